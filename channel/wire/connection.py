@@ -1,0 +1,687 @@
+"""The MMTP connection: a sans-I/O state machine for either role.
+
+Feed it bytes with ``receive_data`` and get events back; call ``send_*``
+methods and collect the bytes to write with ``data_to_send``. It never
+touches a socket, a loop or a clock, so the gateway, the SDK, the stress
+tool and the tests all drive the same object.
+
+On any protocol violation by the peer, ``receive_data`` queues an ERROR
+frame for stream 0 and raises ``ProtocolError``; the caller writes out
+``data_to_send()`` and closes the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from channel.wire import messages as m
+from channel.wire.body import BodyCodec
+from channel.wire.dictionaries import Dictionary
+from channel.wire.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    MessageTooLarge,
+    ProtocolError,
+    StreamsExhausted,
+)
+from channel.wire.events import (
+    AckReceived,
+    ConnectionErrorReceived,
+    DictionaryReceived,
+    Event,
+    GoAwayReceived,
+    HelloAccepted,
+    HelloReceived,
+    PingReceived,
+    PongReceived,
+    PushReceived,
+    RequestReceived,
+    ResponseReceived,
+    SettingsAcknowledged,
+    SettingsReceived,
+    StreamCancelled,
+    StreamErrorReceived,
+)
+from channel.wire.frames import (
+    FLAG_DICT_LAST,
+    FLAG_SETTINGS_ACK,
+    FrameParser,
+    FrameType,
+    RawFrame,
+    encode_frame,
+)
+from channel.wire.headers import Header, HeaderDecoder, HeaderEncoder, Headers, encode_context_free
+from channel.wire.hello import (
+    Hello,
+    HelloAck,
+    decode_hello,
+    decode_hello_ack,
+    encode_hello,
+    encode_hello_ack,
+)
+from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE, Limits
+from channel.wire.presets import preset_entries
+from channel.wire.state import CAN_START_STREAM, RECEIVABLE, Role, State, next_state
+from channel.wire.varint import decode_varint_complete, encode_varint
+
+OP_HEADER = ":op"
+MAX_PING_PAYLOAD = 8
+
+
+class Setting:
+    """SETTINGS identifiers (see the spec's SETTINGS table)."""
+
+    HEADER_TABLE_SIZE = 1
+    MAX_FRAME_SIZE = 2
+    MAX_CONCURRENT_STREAMS = 3
+    MAX_BODY_SIZE = 4
+    HEARTBEAT_S = 5
+
+
+@dataclass
+class PreparedPush:
+    """A push encoded once for many connections (broadcast, topic fan-out).
+
+    Its header block uses only context-free HPACK representations (static
+    table names, literals without indexing), so the same bytes are valid on
+    every connection whatever its dynamic table holds; the body is
+    compressed once per dictionary id and cached.
+    """
+
+    message_id: bytes
+    header_block: bytes
+    body: bytes
+    codec: BodyCodec
+    _tails: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+
+    def tail_for(self, dict_id: int) -> tuple[int, bytes]:
+        tail = self._tails.get(dict_id)
+        if tail is None:
+            encoded = self.codec.encode(self.body, dict_id)
+            flags, rest = m.encode_tail(self.header_block, encoded.data, encoded.compressed)
+            tail = (flags, encode_varint(len(self.message_id)) + self.message_id + rest)
+            self._tails[dict_id] = tail
+        return tail
+
+
+@dataclass
+class _DictTransfer:
+    dict_id: int
+    total_size: int
+    data: bytearray
+
+
+class Connection:
+    """One endpoint of an MMTP connection (``Role.CLIENT`` or ``Role.SERVER``)."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        limits: Limits | None = None,
+        body_codec: BodyCodec | None = None,
+        encoder_table_size_cap: int = INITIAL_HEADER_TABLE_SIZE,
+    ) -> None:
+        self.role = role
+        self.limits = limits or Limits()
+        self.body_codec = body_codec or BodyCodec()
+        self.state = State.IDLE if role is Role.CLIENT else State.AWAIT_HELLO
+        self.hello: Hello | None = None
+        self.hello_ack: HelloAck | None = None
+        self._encoder_table_size_cap = encoder_table_size_cap
+        self._parser = FrameParser(self.limits.max_frame_size)
+        self._outbound: list[bytes] = []
+        self._encoder: HeaderEncoder | None = None
+        self._decoder: HeaderDecoder | None = None
+        defaults = Limits()
+        self.peer_max_frame_size = defaults.max_frame_size
+        self.peer_max_body_size = defaults.max_body_size
+        self.peer_max_concurrent_streams = defaults.max_concurrent_streams
+        self.outgoing_dictionary = 0
+        self._first_local_id = 1 if role is Role.CLIENT else 2
+        self._local_streams: set[int] = set()
+        self._cancelled: set[int] = set()
+        self._remote_streams: set[int] = set()
+        self._goaway_sent = False
+        self._goaway_received = False
+        self._next_delivery_id = 1
+        self._last_delivery_id = 0
+        self._unacked: set[int] = set()
+        self._dict_transfer: _DictTransfer | None = None
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, coalesced for one write."""
+        if not self._outbound:
+            return b""
+        data = b"".join(self._outbound)
+        self._outbound.clear()
+        return data
+
+    def _queue(self, frame_type: FrameType, flags: int, payload: bytes) -> None:
+        self._outbound.append(encode_frame(frame_type, flags, payload))
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def open_local_streams(self) -> frozenset[int]:
+        return frozenset(self._local_streams)
+
+    @property
+    def open_remote_streams(self) -> frozenset[int]:
+        return frozenset(self._remote_streams)
+
+    @property
+    def unacked_deliveries(self) -> frozenset[int]:
+        return frozenset(self._unacked)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def draining(self) -> bool:
+        return self._goaway_sent or self._goaway_received
+
+    # -------------------------------------------------------------- handshake
+
+    def send_hello(self, hello: Hello, *, pipeline_dictionary: int = 0) -> None:
+        """Client: open the conversation. Requests may follow at once.
+
+        ``pipeline_dictionary`` is a dictionary the client knows the server
+        holds (from an earlier HELLO_ACK); requests sent before this
+        connection's HELLO_ACK are compressed with it (0: no dictionary).
+        """
+        self._require_role(Role.CLIENT, "send HELLO")
+        self.state = next_state(self.role, self.state, "send_hello", by_peer=False)
+        preset_entries(hello.preset_id)
+        self.hello = hello
+        self._encoder = HeaderEncoder(hello.preset_id, self._encoder_table_size_cap)
+        self._decoder = HeaderDecoder(
+            hello.preset_id, hello.header_table_size, self.limits.max_header_list_size
+        )
+        self.outgoing_dictionary = pipeline_dictionary
+        self._queue(FrameType.HELLO, 0, encode_hello(hello))
+
+    def accept(
+        self,
+        *,
+        session_id: bytes = b"",
+        resume_ticket: bytes = b"",
+        heartbeat_s: int = 0,
+        server_time_ms: int = 0,
+        resumed: bool = False,
+    ) -> HelloAck:
+        """Server: the device is verified; send HELLO_ACK with our limits."""
+        self._require_role(Role.SERVER, "accept")
+        self.state = next_state(self.role, self.state, "accept", by_peer=False)
+        assert self.hello is not None
+        newest = self.body_codec.dictionaries.newest
+        ack = HelloAck(
+            session_id=session_id,
+            resume_ticket=resume_ticket,
+            heartbeat_s=heartbeat_s,
+            preset_id=self.hello.preset_id,
+            newest_dictionary=newest.dict_id if newest else 0,
+            header_table_size=self.limits.header_table_size,
+            max_frame_size=self.limits.max_frame_size,
+            max_concurrent_streams=self.limits.max_concurrent_streams,
+            max_header_list_size=self.limits.max_header_list_size,
+            max_body_size=self.limits.max_body_size,
+            server_time_ms=server_time_ms,
+            resumed=resumed,
+        )
+        self.hello_ack = ack
+        self._queue(FrameType.HELLO_ACK, 0, encode_hello_ack(ack))
+        return ack
+
+    def reject(self, code: ErrorCode, message: str, retry_after_ms: int = 0) -> None:
+        """Server: refuse the device (bad token, overload); the connection ends."""
+        self._require_role(Role.SERVER, "reject")
+        self.close_with_error(code, message, retry_after_ms)
+
+    def close_with_error(self, code: ErrorCode, message: str, retry_after_ms: int = 0) -> None:
+        """End the connection with ERROR on stream 0 (write it out, then close)."""
+        if self.state is State.CLOSED:
+            return
+        self._queue(FrameType.ERROR, 0, m.encode_error(0, code, retry_after_ms, message))
+        self.state = State.CLOSED
+
+    # ---------------------------------------------------------------- streams
+
+    def send_request(self, op: str, body: bytes = b"", headers: Sequence[Header] = ()) -> int:
+        """Start a stream with a REQUEST; return its stream id."""
+        if not op:
+            raise LocalProtocolError("a REQUEST needs a non-empty operation type")
+        if self.state not in CAN_START_STREAM[self.role] or self.draining:
+            raise LocalProtocolError(f"cannot start a stream in state {self.state.value}")
+        if len(self._local_streams) >= self.peer_max_concurrent_streams:
+            raise StreamsExhausted(
+                f"peer allows {self.peer_max_concurrent_streams} concurrent streams"
+            )
+        stream_id = self._first_local_id
+        while stream_id in self._local_streams:
+            stream_id += 2
+        all_headers = ((OP_HEADER, op), *headers)
+        prefix = encode_varint(stream_id)
+        flags, tail = self._encode_tail(prefix, all_headers, body)
+        self._local_streams.add(stream_id)
+        self._queue(FrameType.REQUEST, flags, prefix + tail)
+        return stream_id
+
+    def send_response(
+        self, stream_id: int, body: bytes = b"", headers: Sequence[Header] = (), status: int = 0
+    ) -> bool:
+        """Answer a peer's stream; False if it was cancelled or already answered."""
+        if not self._finish_remote_stream(stream_id):
+            return False
+        prefix = encode_varint(stream_id) + encode_varint(status)
+        flags, tail = self._encode_tail(prefix, tuple(headers), body)
+        self._queue(FrameType.RESPONSE, flags, prefix + tail)
+        return True
+
+    def send_error(
+        self, stream_id: int, code: ErrorCode, message: str = "", retry_after_ms: int = 0
+    ) -> bool:
+        """End a peer's stream with an error instead of a RESPONSE."""
+        if not self._finish_remote_stream(stream_id):
+            return False
+        self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, code, retry_after_ms, message))
+        return True
+
+    def send_cancel(self, stream_id: int) -> None:
+        """Give up on a stream we started; its id stays taken until the peer's final frame."""
+        if stream_id not in self._local_streams or stream_id in self._cancelled:
+            return
+        self._cancelled.add(stream_id)
+        self._queue(FrameType.CANCEL, 0, encode_varint(stream_id))
+
+    def _finish_remote_stream(self, stream_id: int) -> bool:
+        if self.state not in (State.OPEN, State.CLOSING):
+            raise LocalProtocolError(f"cannot answer streams in state {self.state.value}")
+        if stream_id not in self._remote_streams:
+            return False
+        self._remote_streams.discard(stream_id)
+        return True
+
+    def _encode_tail(self, prefix: bytes, headers: Headers, body: bytes) -> tuple[int, bytes]:
+        assert self._encoder is not None
+        if len(body) > self.peer_max_body_size:
+            raise MessageTooLarge(
+                f"body of {len(body)} bytes exceeds the peer's max_body_size "
+                f"{self.peer_max_body_size}"
+            )
+        encoded = self.body_codec.encode(body, self.outgoing_dictionary)
+        # Checked before HPACK runs: once the encoder's table has changed the
+        # frame must go out, or both sides' tables disagree for good.
+        header_bound = sum(len(n) + len(v) + 12 for n, v in headers) + 4
+        if len(prefix) + len(encoded.data) + header_bound > self.peer_max_frame_size:
+            raise MessageTooLarge(
+                f"message of ~{len(encoded.data) + header_bound} bytes exceeds the peer's "
+                f"max_frame_size {self.peer_max_frame_size}"
+            )
+        header_block = self._encoder.encode(headers) if headers else b""
+        return m.encode_tail(header_block, encoded.data, encoded.compressed)
+
+    # ------------------------------------------------------------------ pushes
+
+    def send_push(self, message_id: bytes, body: bytes, headers: Sequence[Header] = ()) -> int:
+        """Server: deliver a push; return its delivery id (acknowledged by ACK)."""
+        self._require_pushable(message_id)
+        delivery_id = self._take_delivery_id()
+        prefix = encode_varint(delivery_id)
+        msg_id = encode_varint(len(message_id)) + message_id
+        flags, tail = self._encode_tail(prefix + msg_id, tuple(headers), body)
+        self._queue(FrameType.PUSH, flags, prefix + msg_id + tail)
+        return delivery_id
+
+    def prepare_push(
+        self, message_id: bytes, body: bytes, headers: Sequence[Header] = ()
+    ) -> PreparedPush:
+        """Encode a push once for ``send_prepared_push`` on many connections."""
+        return PreparedPush(message_id, encode_context_free(tuple(headers)), body, self.body_codec)
+
+    def send_prepared_push(self, prepared: PreparedPush) -> int:
+        self._require_pushable(prepared.message_id)
+        if len(prepared.body) > self.peer_max_body_size:
+            raise MessageTooLarge("push body exceeds the peer's max_body_size")
+        flags, tail = prepared.tail_for(self.outgoing_dictionary)
+        delivery_id = self._take_delivery_id()
+        self._queue(FrameType.PUSH, flags, encode_varint(delivery_id) + tail)
+        return delivery_id
+
+    def _require_pushable(self, message_id: bytes) -> None:
+        self._require_role(Role.SERVER, "send PUSH")
+        if self.state not in (State.OPEN, State.CLOSING):
+            raise LocalProtocolError(f"cannot push in state {self.state.value}")
+        if not 1 <= len(message_id) <= self.limits.max_message_id_length:
+            raise LocalProtocolError(
+                f"message id must be 1..{self.limits.max_message_id_length} bytes"
+            )
+
+    def _take_delivery_id(self) -> int:
+        delivery_id = self._next_delivery_id
+        self._next_delivery_id += 1
+        self._unacked.add(delivery_id)
+        return delivery_id
+
+    def send_ack(self, *delivery_ids: int) -> None:
+        """Client: acknowledge pushes (batch several ids in one frame)."""
+        self._require_role(Role.CLIENT, "send ACK")
+        for start in range(0, len(delivery_ids), self.limits.max_acks_per_frame):
+            chunk = delivery_ids[start : start + self.limits.max_acks_per_frame]
+            self._queue(FrameType.ACK, 0, m.encode_ack(chunk))
+
+    # ------------------------------------------------------------ connection
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        if len(payload) > MAX_PING_PAYLOAD:
+            raise LocalProtocolError(f"PING payload is at most {MAX_PING_PAYLOAD} bytes")
+        self._queue(FrameType.PING, 0, payload)
+
+    def send_settings(self, settings: Sequence[tuple[int, int]]) -> None:
+        self._queue(FrameType.SETTINGS, 0, m.encode_settings(tuple(settings)))
+
+    def send_goaway(
+        self,
+        code: ErrorCode = ErrorCode.NO_ERROR,
+        *,
+        reconnect_after_ms: int = 0,
+        alternate_endpoint: str = "",
+        message: str = "",
+    ) -> None:
+        """Start draining: the peer should open no new streams and reconnect later."""
+        self.state = next_state(self.role, self.state, "goaway", by_peer=False)
+        self._goaway_sent = True
+        self._queue(
+            FrameType.GOAWAY,
+            0,
+            m.encode_goaway(code, reconnect_after_ms, alternate_endpoint, message),
+        )
+
+    def send_dictionary(self, dictionary: Dictionary) -> None:
+        """Server: deliver a dictionary; later frames may be compressed with it."""
+        self._require_role(Role.SERVER, "send DICT")
+        if self.state not in (State.OPEN, State.CLOSING):
+            raise LocalProtocolError(f"cannot send DICT in state {self.state.value}")
+        content = dictionary.content
+        chunk_size = self.peer_max_frame_size - 32
+        for offset in range(0, len(content), chunk_size):
+            chunk = content[offset : offset + chunk_size]
+            last = offset + chunk_size >= len(content)
+            self._queue(
+                FrameType.DICT,
+                FLAG_DICT_LAST if last else 0,
+                m.encode_dict_chunk(dictionary.dict_id, len(content), offset, chunk),
+            )
+        self.outgoing_dictionary = dictionary.dict_id
+
+    def _require_role(self, role: Role, action: str) -> None:
+        if self.role is not role:
+            raise LocalProtocolError(f"only the {role.value} may {action}")
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Process bytes from the peer; return the events they carried."""
+        events: list[Event] = []
+        if self.closed:
+            return events
+        try:
+            for frame in self._parser.feed(data):
+                self._handle(frame, events)
+                if self.closed:
+                    break
+        except ProtocolError as exc:
+            self.close_with_error(exc.code, exc.message)
+            raise
+        return events
+
+    def _handle(self, frame: RawFrame, events: list[Event]) -> None:
+        allowed = RECEIVABLE.get((self.role, self.state), frozenset())
+        if frame.frame_type not in allowed:
+            raise ProtocolError(
+                ErrorCode.STATE_ERROR,
+                f"{self.role.value} cannot receive {frame.frame_type.name} in state "
+                f"{self.state.value}",
+            )
+        _HANDLERS[frame.frame_type](self, frame, events)
+
+    def _on_hello(self, frame: RawFrame, events: list[Event]) -> None:
+        hello = decode_hello(frame.payload, self.limits)
+        preset_entries(hello.preset_id)
+        self.hello = hello
+        self._decoder = HeaderDecoder(
+            hello.preset_id, self.limits.header_table_size, self.limits.max_header_list_size
+        )
+        self._encoder = HeaderEncoder(hello.preset_id, self._encoder_table_size_cap)
+        self._encoder.use_peer_table_size(hello.header_table_size)
+        self.peer_max_frame_size = hello.max_frame_size
+        held = [d for d in hello.dictionaries if d in self.body_codec.dictionaries]
+        self.outgoing_dictionary = max(held, default=0)
+        self.state = next_state(self.role, self.state, "recv_hello", by_peer=True)
+        events.append(HelloReceived(hello))
+
+    def _on_hello_ack(self, frame: RawFrame, events: list[Event]) -> None:
+        ack = decode_hello_ack(frame.payload)
+        assert self.hello is not None and self._encoder is not None
+        if ack.preset_id != self.hello.preset_id:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_PRESET,
+                f"HELLO_ACK preset {ack.preset_id} differs from the HELLO's {self.hello.preset_id}",
+            )
+        self.hello_ack = ack
+        self._encoder.use_peer_table_size(ack.header_table_size)
+        self.peer_max_frame_size = ack.max_frame_size
+        self.peer_max_body_size = ack.max_body_size
+        self.peer_max_concurrent_streams = ack.max_concurrent_streams
+        usable = [
+            d
+            for d in self.body_codec.dictionaries.ids
+            if d <= ack.newest_dictionary and d in self.hello.dictionaries
+        ]
+        self.outgoing_dictionary = max(usable, default=0)
+        self.state = next_state(self.role, self.state, "recv_hello_ack", by_peer=True)
+        events.append(HelloAccepted(ack))
+
+    def _decode_message(self, payload: bytes, offset: int, flags: int) -> tuple[Headers, bytes]:
+        assert self._decoder is not None
+        tail = m.decode_tail(payload, offset, flags)
+        headers = self._decoder.decode(tail.header_block) if tail.header_block else ()
+        if not tail.compressed:
+            if len(tail.body) > self.limits.max_body_size:
+                raise ProtocolError(ErrorCode.BODY_TOO_LARGE, "raw body exceeds max_body_size")
+            return headers, tail.body
+        body = self.body_codec.decode(
+            tail.body, self.limits.max_body_size, self.limits.max_zstd_window_size
+        )
+        return headers, body
+
+    def _on_request(self, frame: RawFrame, events: list[Event]) -> None:
+        stream_id, offset = m.decode_stream_id(frame.payload)
+        if stream_id % 2 == self._first_local_id % 2:
+            raise ProtocolError(
+                ErrorCode.STREAM_ID_ERROR, f"REQUEST on stream {stream_id} has our parity"
+            )
+        if stream_id in self._remote_streams:
+            raise ProtocolError(ErrorCode.STREAM_ID_ERROR, f"stream {stream_id} is already open")
+        headers, body = self._decode_message(frame.payload, offset, frame.flags)
+        if not headers or headers[0][0] != OP_HEADER or not headers[0][1]:
+            raise ProtocolError(ErrorCode.FIELD_ERROR, "REQUEST must start with an :op header")
+        if self._goaway_sent:
+            self._refuse(stream_id, "draining: retry on a new connection")
+            return
+        if len(self._remote_streams) >= self.limits.max_concurrent_streams:
+            self._refuse(stream_id, f"max_concurrent_streams {self.limits.max_concurrent_streams}")
+            return
+        self._remote_streams.add(stream_id)
+        events.append(RequestReceived(stream_id, headers[0][1], headers[1:], body))
+
+    def _refuse(self, stream_id: int, why: str) -> None:
+        self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, ErrorCode.REFUSED_STREAM, 0, why))
+
+    def _take_local_stream(self, stream_id: int, frame_name: str) -> bool:
+        """Close one of our streams; return False if we had cancelled it."""
+        if stream_id not in self._local_streams:
+            raise ProtocolError(
+                ErrorCode.STREAM_ID_ERROR, f"{frame_name} for stream {stream_id} that is not open"
+            )
+        self._local_streams.discard(stream_id)
+        if stream_id in self._cancelled:
+            self._cancelled.discard(stream_id)
+            return False
+        return True
+
+    def _on_response(self, frame: RawFrame, events: list[Event]) -> None:
+        stream_id, offset = m.decode_stream_id(frame.payload)
+        status, offset = decode_varint_complete(frame.payload, offset)
+        headers, body = self._decode_message(frame.payload, offset, frame.flags)
+        if self._take_local_stream(stream_id, "RESPONSE"):
+            events.append(ResponseReceived(stream_id, status, headers, body))
+
+    def _on_push(self, frame: RawFrame, events: list[Event]) -> None:
+        payload = frame.payload
+        delivery_id, offset = decode_varint_complete(payload, 0)
+        if delivery_id <= self._last_delivery_id:
+            raise ProtocolError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"PUSH delivery id {delivery_id} is not above {self._last_delivery_id}",
+            )
+        self._last_delivery_id = delivery_id
+        length, offset = decode_varint_complete(payload, offset)
+        if not 1 <= length <= self.limits.max_message_id_length or offset + length > len(payload):
+            raise ProtocolError(ErrorCode.FIELD_ERROR, f"PUSH message id length {length} invalid")
+        message_id = payload[offset : offset + length]
+        headers, body = self._decode_message(payload, offset + length, frame.flags)
+        events.append(PushReceived(delivery_id, message_id, headers, body))
+
+    def _on_ack(self, frame: RawFrame, events: list[Event]) -> None:
+        ids = m.decode_ack(frame.payload, self.limits.max_acks_per_frame)
+        known = tuple(i for i in ids if i in self._unacked)
+        self._unacked.difference_update(known)
+        if known:
+            events.append(AckReceived(known))
+
+    def _on_ping(self, frame: RawFrame, events: list[Event]) -> None:
+        if len(frame.payload) > MAX_PING_PAYLOAD:
+            raise ProtocolError(
+                ErrorCode.FIELD_ERROR, f"PING payload over {MAX_PING_PAYLOAD} bytes"
+            )
+        self._queue(FrameType.PONG, 0, frame.payload)
+        events.append(PingReceived(frame.payload))
+
+    def _on_pong(self, frame: RawFrame, events: list[Event]) -> None:
+        events.append(PongReceived(frame.payload))
+
+    def _on_settings(self, frame: RawFrame, events: list[Event]) -> None:
+        if frame.flags & FLAG_SETTINGS_ACK:
+            if frame.payload:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS ACK must be empty")
+            events.append(SettingsAcknowledged())
+            return
+        settings = m.decode_settings(frame.payload)
+        for key, value in settings:
+            self._apply_setting(key, value)
+        self._queue(FrameType.SETTINGS, FLAG_SETTINGS_ACK, b"")
+        events.append(SettingsReceived(settings))
+
+    def _apply_setting(self, key: int, value: int) -> None:
+        if key == Setting.HEADER_TABLE_SIZE:
+            if value < INITIAL_HEADER_TABLE_SIZE:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS header table size below 4096")
+            if self._encoder is not None:
+                self._encoder.use_peer_table_size(value)
+        elif key == Setting.MAX_FRAME_SIZE:
+            if value < 1024:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS max frame size below 1024")
+            self.peer_max_frame_size = value
+        elif key == Setting.MAX_CONCURRENT_STREAMS:
+            if value < 1:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS max concurrent streams 0")
+            self.peer_max_concurrent_streams = value
+        elif key == Setting.MAX_BODY_SIZE:
+            self.peer_max_body_size = value
+        # HEARTBEAT_S and unknown settings need no wire-level action.
+
+    def _on_goaway(self, frame: RawFrame, events: list[Event]) -> None:
+        goaway = m.decode_goaway(frame.payload)
+        self._goaway_received = True
+        self.state = next_state(self.role, self.state, "goaway", by_peer=True)
+        events.append(
+            GoAwayReceived(
+                goaway.code, goaway.reconnect_after_ms, goaway.alternate_endpoint, goaway.message
+            )
+        )
+
+    def _on_error(self, frame: RawFrame, events: list[Event]) -> None:
+        error = m.decode_error(frame.payload)
+        if error.stream_id == 0:
+            self.state = State.CLOSED
+            events.append(ConnectionErrorReceived(error.code, error.retry_after_ms, error.message))
+            return
+        if self._take_local_stream(error.stream_id, "ERROR"):
+            events.append(
+                StreamErrorReceived(
+                    error.stream_id, error.code, error.retry_after_ms, error.message
+                )
+            )
+
+    def _on_cancel(self, frame: RawFrame, events: list[Event]) -> None:
+        stream_id, offset = m.decode_stream_id(frame.payload)
+        if offset != len(frame.payload):
+            raise ProtocolError(ErrorCode.FIELD_ERROR, "CANCEL carries bytes after its stream id")
+        if stream_id not in self._remote_streams:
+            return  # already answered: our final frame crossed the CANCEL
+        self._remote_streams.discard(stream_id)
+        self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, ErrorCode.CANCELLED, 0, ""))
+        events.append(StreamCancelled(stream_id))
+
+    def _on_dict(self, frame: RawFrame, events: list[Event]) -> None:
+        chunk = m.decode_dict_chunk(frame.payload)
+        limit = self.limits.max_dictionary_size
+        if chunk.dict_id == 0 or not 0 < chunk.total_size <= limit:
+            raise ProtocolError(
+                ErrorCode.DICTIONARY_ERROR,
+                f"DICT id {chunk.dict_id} size {chunk.total_size} (limit {limit})",
+            )
+        transfer = self._dict_transfer
+        if transfer is None:
+            transfer = _DictTransfer(chunk.dict_id, chunk.total_size, bytearray())
+            self._dict_transfer = transfer
+        if (
+            chunk.dict_id != transfer.dict_id
+            or chunk.total_size != transfer.total_size
+            or chunk.offset != len(transfer.data)
+            or len(transfer.data) + len(chunk.chunk) > transfer.total_size
+        ):
+            raise ProtocolError(ErrorCode.DICTIONARY_ERROR, "DICT chunk out of sequence")
+        transfer.data += chunk.chunk
+        if not frame.flags & FLAG_DICT_LAST:
+            return
+        self._dict_transfer = None
+        if len(transfer.data) != transfer.total_size:
+            raise ProtocolError(ErrorCode.DICTIONARY_ERROR, "DICT ended before its total size")
+        dictionary = Dictionary(transfer.dict_id, bytes(transfer.data))
+        self.body_codec.dictionaries.add(dictionary)
+        # The server holds what it delivers, so requests may use it too.
+        self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)
+        events.append(DictionaryReceived(dictionary))
+
+
+_HANDLERS = {
+    FrameType.HELLO: Connection._on_hello,
+    FrameType.HELLO_ACK: Connection._on_hello_ack,
+    FrameType.REQUEST: Connection._on_request,
+    FrameType.RESPONSE: Connection._on_response,
+    FrameType.PUSH: Connection._on_push,
+    FrameType.ACK: Connection._on_ack,
+    FrameType.PING: Connection._on_ping,
+    FrameType.PONG: Connection._on_pong,
+    FrameType.SETTINGS: Connection._on_settings,
+    FrameType.GOAWAY: Connection._on_goaway,
+    FrameType.ERROR: Connection._on_error,
+    FrameType.CANCEL: Connection._on_cancel,
+    FrameType.DICT: Connection._on_dict,
+}

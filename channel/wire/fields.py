@@ -1,0 +1,119 @@
+"""Tagged fields: the extensible encoding of HELLO, HELLO_ACK and SETTINGS.
+
+Each field is ``key`` then value, where ``key = field_number << 1 | kind``:
+kind 0 is a varint value, kind 1 a length-prefixed byte string. Unknown
+field numbers are skipped (that is how v1 grows without a new version);
+a known field with the wrong kind, or a non-repeatable field given twice,
+is a FIELD_ERROR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from channel.wire.errors import ErrorCode, ProtocolError
+from channel.wire.varint import decode_varint_complete, encode_varint
+
+KIND_VARINT = 0
+KIND_BYTES = 1
+
+FieldValue = int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    number: int
+    name: str
+    kind: int
+    repeated: bool = False
+    max_length: int | None = None
+
+
+def encode_fields(items: Iterable[tuple[FieldSpec, FieldValue]]) -> bytes:
+    """Encode ``(spec, value)`` pairs in the order given."""
+    out = bytearray()
+    for spec, value in items:
+        out += encode_varint(spec.number << 1 | spec.kind)
+        if spec.kind == KIND_VARINT:
+            assert isinstance(value, int)
+            out += encode_varint(value)
+        else:
+            assert isinstance(value, bytes)
+            out += encode_varint(len(value))
+            out += value
+    return bytes(out)
+
+
+def decode_fields(
+    payload: bytes, specs: dict[int, FieldSpec], frame_name: str
+) -> dict[str, list[FieldValue]]:
+    """Decode a field list into ``{name: [values]}`` for the known fields."""
+    values: dict[str, list[FieldValue]] = {}
+    offset = 0
+    end = len(payload)
+    while offset < end:
+        key, offset = decode_varint_complete(payload, offset)
+        number, kind = key >> 1, key & 1
+        if kind == KIND_VARINT:
+            value: FieldValue
+            value, offset = decode_varint_complete(payload, offset)
+        else:
+            length, offset = decode_varint_complete(payload, offset)
+            if offset + length > end:
+                raise ProtocolError(
+                    ErrorCode.FIELD_ERROR, f"{frame_name} field {number} runs past the frame"
+                )
+            value = payload[offset : offset + length]
+            offset += length
+        spec = specs.get(number)
+        if spec is None:
+            continue
+        if spec.kind != kind:
+            raise ProtocolError(
+                ErrorCode.FIELD_ERROR, f"{frame_name} field {spec.name} has the wrong kind"
+            )
+        if (
+            spec.max_length is not None
+            and isinstance(value, bytes)
+            and len(value) > spec.max_length
+        ):
+            raise ProtocolError(
+                ErrorCode.FIELD_ERROR,
+                f"{frame_name} field {spec.name} is {len(value)} bytes, limit {spec.max_length}",
+            )
+        seen = values.setdefault(spec.name, [])
+        if seen and not spec.repeated:
+            raise ProtocolError(
+                ErrorCode.FIELD_ERROR, f"{frame_name} field {spec.name} appears twice"
+            )
+        seen.append(value)
+    return values
+
+
+def one_int(values: dict[str, list[FieldValue]], name: str, default: int) -> int:
+    found = values.get(name)
+    if not found:
+        return default
+    value = found[0]
+    assert isinstance(value, int)
+    return value
+
+
+def one_bytes(values: dict[str, list[FieldValue]], name: str, default: bytes = b"") -> bytes:
+    found = values.get(name)
+    if not found:
+        return default
+    value = found[0]
+    assert isinstance(value, bytes)
+    return value
+
+
+def one_text(values: dict[str, list[FieldValue]], name: str, frame_name: str) -> str:
+    raw = one_bytes(values, name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            ErrorCode.FIELD_ERROR, f"{frame_name} field {name} is not valid UTF-8"
+        ) from None

@@ -1,0 +1,1 @@
+"""Channel client SDK (asyncio)."""
