@@ -12,7 +12,7 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
 echo "== ruff"
-.venv/bin/ruff check channel sdk_client stress tests
+.venv/bin/ruff check channel sdk_client stress tests scripts
 echo "== mypy --strict (channel/wire, sdk_client)"
 .venv/bin/mypy
 echo "== pytest"

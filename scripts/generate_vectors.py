@@ -1,0 +1,681 @@
+"""Regenerate ``protocol_spec/vectors/`` from the reference implementation.
+
+Run ``.venv/bin/python scripts/generate_vectors.py`` after a deliberate wire
+change (and change the spec in the same commit). The vectors are what other
+implementations test against; ``tests/test_vectors.py`` checks that this
+implementation still produces and accepts exactly these bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from channel.wire import BodyCodec, Connection, Dictionary, DictionaryStore, Limits, Role
+from channel.wire.errors import ProtocolError
+from channel.wire.frames import FrameType, encode_frame
+from channel.wire.varint import encode_varint
+from channel.wire.vectors import event_to_json, perform
+
+VECTORS = Path(__file__).resolve().parent.parent / "protocol_spec" / "vectors"
+TEST_DICT_FILE = "dict-7.mmtpdict"
+TEST_DICT_ID = 7
+
+
+def test_dictionary() -> Dictionary:
+    """The vectors' dictionary: trained once from the synthetic corpus, then frozen."""
+    path = VECTORS / TEST_DICT_FILE
+    if path.exists():
+        return Dictionary.from_file_bytes(path.read_bytes())
+    from channel.corpus import generate_corpus, message_body_bytes
+
+    samples = [message_body_bytes(m) for m in generate_corpus(300, seed=7)]
+    trained = zstandard.train_dictionary(4096, samples, threads=1)
+    dictionary = Dictionary(TEST_DICT_ID, trained.as_bytes())
+    path.write_bytes(dictionary.to_file_bytes())
+    return dictionary
+
+
+HELLO = {
+    "device_id": "a1b2c3d4-0000-4000-8000-00000000d001",
+    "app_id": "com.example.wallet",
+    "token": {"hex": "00" * 4 + "746f6b656e"},
+    "preset_id": 1,
+    "app_version": "8.12.3",
+    "platform": "android",
+}
+ACCEPT = {
+    "session_id": {"hex": "5e5510000000000000000000000000aa"},
+    "resume_ticket": {"hex": "7c" * 48},
+    "heartbeat_s": 240,
+    "server_time_ms": 1_764_000_000_000,
+}
+BALANCE_BODY = '{"userId":"2088031882206968","assetTypes":["BALANCE","YUEBAO"],"currency":"CNY"}'
+BALANCE_REPLY = (
+    '{"code":"SUCCESS","data":{"balance":"2881.25","currency":"CNY",'
+    '"yuebao":{"amount":"66398.07","yesterdayProfit":"0.29"}}}'
+)
+PUSH_BODY = (
+    '{"type":"payment.received","title":"收款到账","amount":"128.50","currency":"CNY",'
+    '"payer":"小明","tradeNo":"2026112622001400000000000001"}'
+)
+
+
+def _req(op: str, trace: str, body: str = BALANCE_BODY) -> dict[str, Any]:
+    return {
+        "op": op,
+        "headers": [
+            ["trace-id", trace],
+            ["ts", "1764000000123"],
+            ["locale", "zh-CN"],
+            ["content-type", "application/json"],
+        ],
+        "body": body,
+    }
+
+
+CONVERSATIONS: list[dict[str, Any]] = [
+    {
+        "name": "full-conversation",
+        "description": (
+            "Handshake with preset 1 and two requests pipelined behind HELLO; responses; "
+            "pushes compressed with dictionary 7 and a batch ACK; a server-initiated request "
+            "answered by the device; PING/PONG; SETTINGS; CANCEL; GOAWAY. The HPACK dynamic "
+            "tables evolve across frames (the second request reuses entries the first added)."
+        ),
+        "client_dictionaries": [TEST_DICT_ID],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            ("client", "send_hello", {**HELLO, "dictionaries": [TEST_DICT_ID]}),
+            (
+                "client",
+                "send_request",
+                _req("account.balance.get", "3da95cd2167b75dfb948f82a8317cba0"),
+            ),
+            (
+                "client",
+                "send_request",
+                _req("account.balance.get", "3da95cd2167b75dfb948f82a8317cba1"),
+            ),
+            ("server", "accept", ACCEPT),
+            (
+                "server",
+                "send_response",
+                {
+                    "stream_id": 1,
+                    "headers": [
+                        ["server-time", "1764000000200"],
+                        ["content-type", "application/json"],
+                    ],
+                    "body": BALANCE_REPLY,
+                },
+            ),
+            (
+                "server",
+                "send_response",
+                {
+                    "stream_id": 3,
+                    "status": 0,
+                    "headers": [
+                        ["server-time", "1764000000201"],
+                        ["content-type", "application/json"],
+                    ],
+                    "body": BALANCE_REPLY,
+                },
+            ),
+            (
+                "server",
+                "send_push",
+                {
+                    "message_id": {"hex": "019a2b3c4d5e6f7081920001"},
+                    "headers": [["priority", "high"], ["collapse-key", "balance"]],
+                    "body": PUSH_BODY,
+                },
+            ),
+            (
+                "server",
+                "send_push",
+                {
+                    "message_id": {"hex": "019a2b3c4d5e6f7081920002"},
+                    "headers": [["priority", "high"], ["collapse-key", "balance"]],
+                    "body": PUSH_BODY,
+                },
+            ),
+            ("client", "send_ack", {"delivery_ids": [1, 2]}),
+            (
+                "server",
+                "send_request",
+                {
+                    "op": "device.location.get",
+                    "headers": [["trace-id", "aa0000000000000000000000000000bb"]],
+                    "body": '{"accuracy":"coarse"}',
+                },
+            ),
+            (
+                "client",
+                "send_response",
+                {"stream_id": 2, "headers": [], "body": '{"lat":"31.23","lng":"121.47"}'},
+            ),
+            ("client", "send_ping", {"payload": {"hex": ""}}),
+            ("server", "send_settings", {"settings": [[1, 8192], [5, 180]]}),
+            ("client", "send_request", _req("bill.list.query", "3da95cd2167b75dfb948f82a8317cba2")),
+            ("client", "send_cancel", {"stream_id": 1}),
+            (
+                "server",
+                "send_goaway",
+                {
+                    "code": "SHUTTING_DOWN",
+                    "reconnect_after_ms": 1500,
+                    "alternate_endpoint": "gw2.example.com:443",
+                    "message": "deploy",
+                },
+            ),
+            ("client", "send_request", None),
+        ],
+    },
+    {
+        "name": "prepared-push-and-dictionary-delivery",
+        "description": (
+            "The server delivers dictionary 7 in DICT chunks (the client announced a small "
+            "max_frame_size), then sends a broadcast push prepared once (context-free header "
+            "block) compressed with the new dictionary."
+        ),
+        "client_dictionaries": [],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            ("client", "send_hello", {**HELLO, "max_frame_size": 1024}),
+            ("server", "accept", ACCEPT),
+            ("server", "send_dictionary", {"dict_id": TEST_DICT_ID}),
+            (
+                "server",
+                "send_prepared_push",
+                {
+                    "message_id": {"hex": "019a2b3c4d5e6f7081920003"},
+                    "headers": [["priority", "normal"], ["content-type", "application/json"]],
+                    "body": PUSH_BODY,
+                },
+            ),
+            ("client", "send_ack", {"delivery_ids": [1]}),
+        ],
+    },
+    {
+        "name": "rejected-token",
+        "description": "The server refuses the device's token: ERROR on stream 0, then close.",
+        "client_dictionaries": [],
+        "server_dictionaries": [],
+        "steps": [
+            ("client", "send_hello", {**HELLO, "preset_id": 0}),
+            (
+                "server",
+                "reject",
+                {"code": "AUTH_EXPIRED", "message": "token expired at 2026-11-26T00:00:00Z"},
+            ),
+        ],
+    },
+]
+
+
+def _store(ids: list[int], dictionary: Dictionary) -> DictionaryStore:
+    return DictionaryStore([dictionary] if TEST_DICT_ID in ids else [])
+
+
+def run_conversation(spec: dict[str, Any], dictionary: Dictionary) -> list[dict[str, Any]]:
+    connections = {
+        "client": Connection(
+            Role.CLIENT, body_codec=BodyCodec(_store(spec["client_dictionaries"], dictionary))
+        ),
+        "server": Connection(
+            Role.SERVER, body_codec=BodyCodec(_store(spec["server_dictionaries"], dictionary))
+        ),
+    }
+    steps: list[dict[str, Any]] = []
+    for actor, action, args in spec["steps"]:
+        peer = "server" if actor == "client" else "client"
+        if args is None:  # a step that must fail locally (documented in the vector)
+            steps.append(
+                {
+                    "actor": actor,
+                    "action": "send_request",
+                    "args": {"op": "any"},
+                    "local_error": "LocalProtocolError",
+                }
+            )
+            continue
+        perform(connections[actor], action, args, {TEST_DICT_ID: dictionary})
+        sent = connections[actor].data_to_send()
+        events = connections[peer].receive_data(sent)
+        reply = connections[peer].data_to_send()
+        step = {
+            "actor": actor,
+            "action": action,
+            "args": args,
+            "hex": sent.hex(),
+            "events": [event_to_json(e) for e in events],
+        }
+        if reply:  # automatic answers: PONG, SETTINGS ACK, ERROR(CANCELLED)
+            step["auto_reply_hex"] = reply.hex()
+            step["auto_reply_events"] = [
+                event_to_json(e) for e in connections[actor].receive_data(reply)
+            ]
+        steps.append(step)
+    return steps
+
+
+def _frame(frame_type: FrameType, flags: int, payload: bytes) -> str:
+    return encode_frame(frame_type, flags, payload).hex()
+
+
+def _hello_hex(**overrides: Any) -> str:
+    client = Connection(Role.CLIENT)
+    perform(client, "send_hello", {**HELLO, **overrides}, {})
+    return client.data_to_send().hex()
+
+
+def invalid_vectors() -> list[dict[str, Any]]:
+    """Inputs a receiver must refuse, with the code of the ERROR it sends."""
+    hello = _hello_hex()
+    hello_v0 = _hello_hex(preset_id=0)
+    handshake = "after-hello"  # the server has received `hello` and accepted
+    cases: list[dict[str, Any]] = [
+        {
+            "name": "first-frame-not-hello",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(FrameType.PING, 0, b""),
+            "error": "STATE_ERROR",
+        },
+        {
+            "name": "unknown-frame-type",
+            "role": "server",
+            "prefix": "none",
+            "hex": "f000",
+            "error": "UNKNOWN_FRAME_TYPE",
+        },
+        {
+            "name": "undefined-flags",
+            "role": "server",
+            "prefix": "none",
+            "hex": "0800",
+            "error": "PROTOCOL_ERROR",
+        },
+        {
+            "name": "frame-too-large",
+            "role": "server",
+            "prefix": "none",
+            "hex": "00" + encode_varint(256 * 1024 + 1).hex(),
+            "error": "FRAME_SIZE_ERROR",
+            "note": "refused from the length alone, before the payload arrives",
+        },
+        {
+            "name": "overlong-varint-length",
+            "role": "server",
+            "prefix": "none",
+            "hex": "00" + "ff" * 8 + "01",
+            "error": "VARINT_ERROR",
+        },
+        {
+            "name": "non-minimal-varint",
+            "role": "server",
+            "prefix": "none",
+            "hex": "008000",
+            "error": "VARINT_ERROR",
+        },
+        {
+            "name": "hello-version-2",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO, 0, bytes.fromhex("0202") + bytes.fromhex("0503") + b"dev"
+            ),
+            "error": "UNSUPPORTED_VERSION",
+        },
+        {
+            "name": "hello-without-device-id",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(FrameType.HELLO, 0, bytes.fromhex("0201")),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "hello-duplicate-field",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201")
+                + bytes.fromhex("0503")
+                + b"dev"
+                + bytes.fromhex("0503")
+                + b"dev",
+            ),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "hello-field-past-end",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO, 0, bytes.fromhex("0201") + bytes.fromhex("0510") + b"dev"
+            ),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "hello-unknown-preset",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201") + bytes.fromhex("0503") + b"dev" + bytes.fromhex("0e63"),
+            ),
+            "error": "UNKNOWN_PRESET",
+        },
+        {
+            "name": "hello-table-size-below-4096",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201") + bytes.fromhex("0503") + b"dev" + bytes.fromhex("128001"),
+            ),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "second-hello",
+            "role": "server",
+            "prefix": handshake,
+            "hex": hello,
+            "error": "STATE_ERROR",
+        },
+        {
+            "name": "request-stream-0",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 0, b"\x00"),
+            "error": "STREAM_ID_ERROR",
+        },
+        {
+            "name": "request-server-parity",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 1, b"\x02\x01\x80"),
+            "error": "STREAM_ID_ERROR",
+        },
+        {
+            "name": "request-without-op",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 0, b"\x01{}"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "response-unknown-stream",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.RESPONSE, 0, b"\x02\x00"),
+            "error": "STREAM_ID_ERROR",
+        },
+        {
+            "name": "push-to-server",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.PUSH, 0, b"\x01\x01\xaa"),
+            "error": "STATE_ERROR",
+        },
+        {
+            "name": "hpack-bad-index",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 1, b"\x01\x02\xff\x7f"),
+            "error": "HEADER_ERROR",
+            "note": "indexed field 0xff7f → index 254 past both tables",
+        },
+        {
+            "name": "hpack-table-size-update-above-max",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 1, b"\x01\x03\x3f\xe1\x3f"),
+            "error": "TABLE_SIZE_ERROR",
+            "note": "dynamic table size update to 8192 when 4096 was announced",
+        },
+        {
+            "name": "zstd-unknown-dictionary",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(
+                FrameType.REQUEST, 3, b"\x01\x01\xbe\x09" + bytes.fromhex("2010") + b"x" * 16
+            ),
+            "error": "UNKNOWN_DICTIONARY",
+        },
+        {
+            "name": "zstd-without-content-size",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 3, b"\x01\x01\xbe\x00" + _zstd_no_size()),
+            "error": "COMPRESSION_ERROR",
+        },
+        {
+            "name": "zstd-declares-256MiB",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 3, b"\x01\x01\xbe\x00" + _zstd_bomb_header()),
+            "error": "BODY_TOO_LARGE",
+            "note": "refused from the frame header before any decompression",
+        },
+        {
+            "name": "zstd-trailing-bytes",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.REQUEST, 3, b"\x01\x01\xbe\x00" + _zstd_small() + b"\x00"),
+            "error": "COMPRESSION_ERROR",
+        },
+        {
+            "name": "ack-empty",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.ACK, 0, b""),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "ping-payload-9-bytes",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.PING, 0, b"123456789"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "settings-ack-with-payload",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.SETTINGS, 1, b"\x01\x01"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "goaway-endpoint-past-end",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.GOAWAY, 0, b"\x00\x00\x09ab"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "dict-to-server",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.DICT, 1, b"\x07\x01\x00x"),
+            "error": "STATE_ERROR",
+        },
+        {
+            "name": "client-gets-request-before-hello-ack",
+            "role": "client",
+            "prefix": "hello-sent",
+            "hex": _frame(FrameType.REQUEST, 0, b"\x02"),
+            "error": "STATE_ERROR",
+        },
+        {
+            "name": "push-delivery-id-not-increasing",
+            "role": "client",
+            "prefix": "accepted",
+            "hex": _frame(FrameType.PUSH, 0, b"\x01\x01\xaa{}")
+            + _frame(FrameType.PUSH, 0, b"\x01\x01\xab{}"),
+            "error": "PROTOCOL_ERROR",
+        },
+        {
+            "name": "push-empty-message-id",
+            "role": "client",
+            "prefix": "accepted",
+            "hex": _frame(FrameType.PUSH, 0, b"\x01\x00{}"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "dict-chunk-out-of-order",
+            "role": "client",
+            "prefix": "accepted",
+            "hex": _frame(FrameType.DICT, 0, b"\x07\x04\x00ab")
+            + _frame(FrameType.DICT, 1, b"\x07\x04\x03cd"),
+            "error": "DICTIONARY_ERROR",
+        },
+        {
+            "name": "dict-too-large",
+            "role": "client",
+            "prefix": "accepted",
+            "hex": _frame(FrameType.DICT, 1, b"\x07" + encode_varint(10 * 1024 * 1024) + b"\x00ab"),
+            "error": "DICTIONARY_ERROR",
+        },
+    ]
+    del hello_v0
+    return cases
+
+
+def _zstd_params(**kwargs: Any) -> zstandard.ZstdCompressionParameters:
+    return zstandard.ZstdCompressionParameters.from_level(
+        3,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        write_checksum=False,
+        write_dict_id=False,
+        **kwargs,
+    )
+
+
+def _zstd_small() -> bytes:
+    return zstandard.ZstdCompressor(
+        compression_params=_zstd_params(write_content_size=True)
+    ).compress(b"hello hello hello hello")
+
+
+def _zstd_no_size() -> bytes:
+    compressor = zstandard.ZstdCompressor(compression_params=_zstd_params(write_content_size=False))
+    obj = compressor.compressobj()
+    return obj.compress(b"hello hello hello hello") + obj.flush()
+
+
+def _zstd_bomb_header() -> bytes:
+    """A frame whose header declares 256 MiB: only its first block is included."""
+    compressor = zstandard.ZstdCompressor(compression_params=_zstd_params(write_content_size=True))
+    return compressor.compress(b"\x00" * (256 * 1024 * 1024))[:64]
+
+
+def check_invalid(case: dict[str, Any]) -> str:
+    """Run one invalid case against the reference implementation; return the error code."""
+    connection = prepared_receiver(case["role"], case["prefix"])
+    try:
+        connection.receive_data(bytes.fromhex(case["hex"]))
+    except ProtocolError as exc:
+        return exc.code.name
+    return "NO_ERROR"
+
+
+def prepared_receiver(role: str, prefix: str) -> Connection:
+    """A receiver in the state a case's ``prefix`` names (see vectors/README.md)."""
+    server = Connection(Role.SERVER, limits=Limits())
+    client = Connection(Role.CLIENT)
+    perform(client, "send_hello", HELLO, {})
+    hello = client.data_to_send()
+    if role == "server":
+        if prefix == "none":
+            return server
+        server.receive_data(hello)
+        perform(server, "accept", ACCEPT, {})
+        server.data_to_send()
+        return server
+    if prefix == "hello-sent":
+        return client
+    server.receive_data(hello)
+    perform(server, "accept", ACCEPT, {})
+    client.receive_data(server.data_to_send())
+    return client
+
+
+PREFIXES = {
+    "none": "a fresh receiver: nothing received yet",
+    "after-hello": (
+        "server role: it received the client's HELLO made from `hello_args` (preset 1), "
+        "then called accept with `accept_args`"
+    ),
+    "hello-sent": "client role: it sent HELLO from `hello_args` and has received nothing",
+    "accepted": (
+        "client role: it sent HELLO from `hello_args` and received the HELLO_ACK the server "
+        "makes from `accept_args`"
+    ),
+    "hello_args": HELLO,
+    "accept_args": ACCEPT,
+}
+
+
+def varint_vectors() -> dict[str, Any]:
+    values = [0, 1, 127, 128, 255, 300, 16383, 16384, 2097151, 2097152, 2**32 - 1, 2**56 - 1]
+    return {
+        "valid": [{"value": v, "hex": encode_varint(v).hex()} for v in values],
+        "invalid": [
+            {"hex": "8000", "error": "VARINT_ERROR", "note": "non-minimal (trailing zero group)"},
+            {"hex": "ff00", "error": "VARINT_ERROR", "note": "non-minimal (127 with a zero group)"},
+            {"hex": "ffffffffffffffff01", "error": "VARINT_ERROR", "note": "longer than 8 bytes"},
+        ],
+    }
+
+
+def main() -> int:
+    VECTORS.mkdir(parents=True, exist_ok=True)
+    dictionary = test_dictionary()
+    meta = {"zstd_version": zstandard.ZSTD_VERSION, "mmtp_version": 1}
+    conversations = [
+        {
+            "name": spec["name"],
+            "description": spec["description"],
+            "client_dictionaries": spec["client_dictionaries"],
+            "server_dictionaries": spec["server_dictionaries"],
+            "steps": run_conversation(spec, dictionary),
+        }
+        for spec in CONVERSATIONS
+    ]
+    cases = invalid_vectors()
+    for case in cases:
+        got = check_invalid(case)
+        if got != case["error"]:
+            print(
+                f"invalid vector {case['name']}: expected {case['error']}, got {got}",
+                file=sys.stderr,
+            )
+            return 1
+    outputs = {
+        "varint.json": varint_vectors(),
+        "conversations.json": {
+            "meta": meta,
+            "dictionary_file": TEST_DICT_FILE,
+            "conversations": conversations,
+        },
+        "invalid.json": {"meta": meta, "prefixes": PREFIXES, "cases": cases},
+    }
+    for name, content in outputs.items():
+        (VECTORS / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {VECTORS / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""MMTP as a wire-size codec: the real ``channel.wire.Connection`` on both ends.
+
+Setup is HELLO (identity and token, once per connection) plus HELLO_ACK
+(session id, a 64-byte resume ticket, limits). Requests carry the app
+headers and the ``:op``; responses a varint status; pushes a 12-byte message
+id, and their cost includes the client's ACK frame (as MQTT's includes
+PUBACK).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from channel.wire import (
+    BodyCodec,
+    Connection,
+    Dictionary,
+    DictionaryStore,
+    Hello,
+    PushReceived,
+    RequestReceived,
+    ResponseReceived,
+    Role,
+)
+from channel.wire.frames import FrameType, encode_frame
+from channel.wire.varint import encode_varint
+from stress.baselines.common import (
+    IdentitySource,
+    Msg,
+    RequestTracker,
+    app_headers,
+    body_bytes,
+    check,
+)
+
+PRESET_ID = 1
+
+
+class MmtpSession:
+    def __init__(self, identity_source: IdentitySource, dictionary: Dictionary | None, preset: int):
+        identity = identity_source.next()
+        held = (dictionary,) if dictionary else ()
+        self.client = Connection(Role.CLIENT, body_codec=BodyCodec(DictionaryStore(held)))
+        self.server = Connection(Role.SERVER, body_codec=BodyCodec(DictionaryStore(held)))
+        self.client.send_hello(
+            Hello(
+                device_id=identity.device_id,
+                app_id=identity.app_id,
+                token=identity.token.encode(),
+                dictionaries=tuple(d.dict_id for d in held),
+                preset_id=preset,
+                app_version=identity.app_version,
+                platform=identity.platform,
+            )
+        )
+        hello = self.client.data_to_send()
+        self.server.receive_data(hello)
+        self.server.accept(
+            session_id=os.urandom(16),
+            resume_ticket=os.urandom(64),
+            heartbeat_s=240,
+            server_time_ms=1_764_000_000_000,
+        )
+        hello_ack = self.server.data_to_send()
+        self.client.receive_data(hello_ack)
+        self._setup = len(hello) + len(hello_ack)
+        self._tracker = RequestTracker()
+        self._push_len = 0
+
+    def setup_bytes(self) -> int:
+        return self._setup
+
+    def encode(self, msg: Msg) -> bytes:
+        kind = msg["kind"]
+        body = body_bytes(msg)
+        headers = app_headers(msg)
+        if kind == "request":
+            stream_id = self.client.send_request(msg["op"], body, headers)
+            self._tracker.opened(msg["op"], stream_id)
+            return self.client.data_to_send()
+        if kind == "response":
+            stream_id = self._tracker.answer(msg["op"])
+            check(stream_id is not None, "mmtp: response without request")
+            assert stream_id is not None
+            self.server.send_response(stream_id, body, headers, status=int(msg.get("status", 0)))
+            return self.server.data_to_send()
+        message_id = bytes.fromhex(msg["message_id"])
+        self.server.send_push(message_id, body, headers)
+        push = self.server.data_to_send()
+        self._push_len = len(push)
+        # The client's ACK is part of the push's cost; its bytes are fully
+        # determined by the delivery id, and decode() checks the real one matches.
+        return push + _expected_ack(self.server)
+
+    def decode(self, data: bytes, msg: Msg) -> None:
+        kind = msg["kind"]
+        if kind == "request":
+            events = self.server.receive_data(data)
+            check(len(events) == 1 and isinstance(events[0], RequestReceived), "mmtp: request")
+            event = events[0]
+            assert isinstance(event, RequestReceived)
+            check(event.op == msg["op"] and event.body == body_bytes(msg), "mmtp: request body")
+            check(list(event.headers) == app_headers(msg), "mmtp: request headers")
+            return
+        if kind == "response":
+            events = self.client.receive_data(data)
+            check(len(events) == 1 and isinstance(events[0], ResponseReceived), "mmtp: response")
+            response = events[0]
+            assert isinstance(response, ResponseReceived)
+            check(response.body == body_bytes(msg), "mmtp: response body")
+            return
+        push, ack = data[: self._push_len], data[self._push_len :]
+        events = self.client.receive_data(push)
+        check(len(events) == 1 and isinstance(events[0], PushReceived), "mmtp: push")
+        received = events[0]
+        assert isinstance(received, PushReceived)
+        check(received.body == body_bytes(msg), "mmtp: push body")
+        self.client.send_ack(received.delivery_id)
+        sent_ack = self.client.data_to_send()
+        check(sent_ack == ack, "mmtp: ACK bytes differ from the ones counted")
+        self.server.receive_data(sent_ack)
+
+
+def _expected_ack(server: Connection) -> bytes:
+    """The exact ACK frame a client sends for the server's latest delivery."""
+    latest = max(server.unacked_deliveries)
+    return encode_frame(FrameType.ACK, 0, encode_varint(latest))
+
+
+class MmtpCodec:
+    def __init__(self, dictionary: Dictionary | None, preset: int = PRESET_ID) -> None:
+        self._dictionary = dictionary
+        self._preset = preset
+        self._identities = IdentitySource()
+        suffix = f"dict {dictionary.dict_id}" if dictionary else "no dict"
+        self.name = f"MMTP (preset {preset}, {suffix})"
+
+    def new_session(self) -> MmtpSession:
+        return MmtpSession(self._identities, self._dictionary, self._preset)
+
+
+def mmtp_codec(dictionary_path: str | Path | None) -> MmtpCodec:
+    """The codec for ``stress.wire_size``; ``None`` runs without a dictionary."""
+    if dictionary_path is None:
+        return MmtpCodec(None)
+    return MmtpCodec(Dictionary.from_file_bytes(Path(dictionary_path).read_bytes()))
