@@ -21,13 +21,18 @@ from channel.corpus import message_body_bytes
 from channel.wire.dictionaries import Dictionary
 
 DEFAULT_DICT_SIZE_BYTES = 16 * 1024
+# zstd's ZDICT_DICTSIZE_MIN: training refuses anything smaller.
+MIN_DICT_SIZE_BYTES = 256
 # The wire codec compresses at level 3, so the k/d search optimises for it.
 DEFAULT_LEVEL = 3
-# Values of the fastCover segment size k the optimiser tries (zstd's "steps").
-DEFAULT_STEPS = 8
-# The optimiser splits its k candidates over threads; each thread trains and
-# scores independently, and the smallest total wins, so the result does not
-# depend on the number of threads (except for exact ties, which we have not seen).
+# fastCover parameter search, measured on the synthetic corpus (20k samples,
+# 16 KiB, held-out seed): d=8 always beat d=6, 40 k-steps (zstd's default) beat
+# 8 and 32 by 0.1-0.4 %, optimising for level 19 lost 2 %. ~1.7 s on 2 cores.
+DEFAULT_DMER_SIZE = 8
+DEFAULT_STEPS = 40
+# The optimiser spreads its k candidates over threads, scores each on the same
+# held-out quarter and keeps the smallest, so the thread count changes the
+# time, not the bytes (checked: 1 and 2 threads give the same sha256).
 DEFAULT_THREADS = 2
 
 Progress = Callable[[str], None]
@@ -48,27 +53,32 @@ def _wire_compression_params(level: int = 3) -> Any:
     )
 
 
+def format_size(n_bytes: int) -> str:
+    """``16 KiB`` for whole KiB, ``1,000 bytes`` otherwise."""
+    return f"{n_bytes // 1024} KiB" if n_bytes % 1024 == 0 else f"{n_bytes:,} bytes"
+
+
 def read_jsonl_samples(path: str | Path) -> Iterator[bytes]:
     """Yield each line's ``body`` as compact JSON bytes; ``CorpusError`` on a bad line."""
     try:
-        source = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        source = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
-        raise CorpusError(f"cannot read {path}: {exc.strerror}") from exc
+        raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with source:
-        for line_number, line in enumerate(source, start=1):
-            if not line.strip():
+        for line_number, raw_line in enumerate(source, start=1):
+            if not raw_line.strip():
                 continue
             try:
-                message = json.loads(line)
+                message = json.loads(raw_line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"{path}, line {line_number}: not UTF-8 text") from exc
             except json.JSONDecodeError as exc:
                 raise CorpusError(
                     f"{path}, line {line_number}: not valid JSON ({exc.msg} at column {exc.colno})"
                 ) from exc
-            except UnicodeDecodeError as exc:
-                raise CorpusError(f"{path}, line {line_number}: not UTF-8 text") from exc
             if not isinstance(message, dict) or "body" not in message:
                 raise CorpusError(
-                    f"{path}, line {line_number}: expected a JSON object with a \"body\" field"
+                    f'{path}, line {line_number}: expected a JSON object with a "body" field'
                 )
             yield message_body_bytes(message)
 
@@ -86,20 +96,32 @@ def train_dictionary(
     The zstd dictionary header carries ``dict_id`` as well, which also makes
     training reproducible (zstd would otherwise pick a random id).
     """
-    sample_list = [bytes(sample) for sample in samples]
+    # Typed Any: zstandard's stub asks for list[ByteString] and list is invariant.
+    sample_list: list[Any] = [bytes(sample) for sample in samples]
     if len(sample_list) < 8:
         raise ValueError(f"need at least 8 samples to train a dictionary, got {len(sample_list)}")
     if progress is not None:
-        progress(f"training {dict_size_bytes / 1024:g} KiB dictionary on {len(sample_list):,} samples")
-    trained = zstandard.train_dictionary(
-        dict_size_bytes,
-        sample_list,
-        d=8,
-        steps=DEFAULT_STEPS,
-        level=level,
-        threads=threads,
-        dict_id=dict_id,
-    )
+        progress(
+            f"training {format_size(dict_size_bytes)} dictionary on {len(sample_list):,} samples"
+        )
+    try:
+        trained = zstandard.train_dictionary(
+            dict_size_bytes,
+            sample_list,
+            d=DEFAULT_DMER_SIZE,
+            steps=DEFAULT_STEPS,
+            level=level,
+            threads=threads,
+            dict_id=dict_id,
+        )
+    except zstandard.ZstdError as exc:
+        total_bytes = sum(map(len, sample_list))
+        raise ValueError(
+            f"zstd could not train a {dict_size_bytes}-byte dictionary from "
+            f"{len(sample_list)} samples ({total_bytes} bytes): {exc}; "
+            f"a dictionary needs at least {MIN_DICT_SIZE_BYTES} bytes and samples of "
+            "roughly 100 times its size"
+        ) from exc
     return Dictionary(dict_id, trained.as_bytes())
 
 

@@ -63,6 +63,7 @@ from channel.wire.hello import (
 from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE, Limits
 from channel.wire.presets import preset_entries
 from channel.wire.state import CAN_START_STREAM, RECEIVABLE, Role, State, next_state
+from channel.wire.typed import decode_typed, split_typed, trace_id_of
 from channel.wire.varint import decode_varint_complete, encode_varint
 
 OP_HEADER = ":op"
@@ -140,9 +141,13 @@ class Connection:
         self.peer_max_concurrent_streams = defaults.max_concurrent_streams
         self.outgoing_dictionary = 0
         self._first_local_id = 1 if role is Role.CLIENT else 2
-        self._local_streams: set[int] = set()
+        # Open streams, each with its request's trace-id (for the RESPONSE echo).
+        self._local_streams: dict[int, str | None] = {}
         self._cancelled: set[int] = set()
-        self._remote_streams: set[int] = set()
+        self._remote_streams: dict[int, str | None] = {}
+        # Epochs of typed timestamps, one per direction (see typed.py).
+        self._send_epoch_ms = 0
+        self._recv_epoch_ms = 0
         self._goaway_sent = False
         self._goaway_received = False
         self._next_delivery_id = 1
@@ -203,6 +208,7 @@ class Connection:
             hello.preset_id, hello.header_table_size, self.limits.max_header_list_size
         )
         self.outgoing_dictionary = pipeline_dictionary
+        self._send_epoch_ms = hello.client_time_ms
         self._queue(FrameType.HELLO, 0, encode_hello(hello))
 
     def accept(
@@ -234,6 +240,7 @@ class Connection:
             resumed=resumed,
         )
         self.hello_ack = ack
+        self._send_epoch_ms = server_time_ms
         self._queue(FrameType.HELLO_ACK, 0, encode_hello_ack(ack))
         return ack
 
@@ -267,7 +274,7 @@ class Connection:
         all_headers = ((OP_HEADER, op), *headers)
         prefix = encode_varint(stream_id)
         flags, tail = self._encode_tail(prefix, all_headers, body)
-        self._local_streams.add(stream_id)
+        self._local_streams[stream_id] = trace_id_of(headers)
         self._queue(FrameType.REQUEST, flags, prefix + tail)
         return stream_id
 
@@ -275,10 +282,11 @@ class Connection:
         self, stream_id: int, body: bytes = b"", headers: Sequence[Header] = (), status: int = 0
     ) -> bool:
         """Answer a peer's stream; False if it was cancelled or already answered."""
-        if not self._finish_remote_stream(stream_id):
+        found, request_trace_id = self._finish_remote_stream(stream_id)
+        if not found:
             return False
         prefix = encode_varint(stream_id) + encode_varint(status)
-        flags, tail = self._encode_tail(prefix, tuple(headers), body)
+        flags, tail = self._encode_tail(prefix, tuple(headers), body, request_trace_id)
         self._queue(FrameType.RESPONSE, flags, prefix + tail)
         return True
 
@@ -286,7 +294,7 @@ class Connection:
         self, stream_id: int, code: ErrorCode, message: str = "", retry_after_ms: int = 0
     ) -> bool:
         """End a peer's stream with an error instead of a RESPONSE."""
-        if not self._finish_remote_stream(stream_id):
+        if not self._finish_remote_stream(stream_id)[0]:
             return False
         self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, code, retry_after_ms, message))
         return True
@@ -298,15 +306,17 @@ class Connection:
         self._cancelled.add(stream_id)
         self._queue(FrameType.CANCEL, 0, encode_varint(stream_id))
 
-    def _finish_remote_stream(self, stream_id: int) -> bool:
+    def _finish_remote_stream(self, stream_id: int) -> tuple[bool, str | None]:
+        """Close a peer's stream; return (it was open, its request's trace-id)."""
         if self.state not in (State.OPEN, State.CLOSING):
             raise LocalProtocolError(f"cannot answer streams in state {self.state.value}")
         if stream_id not in self._remote_streams:
-            return False
-        self._remote_streams.discard(stream_id)
-        return True
+            return False, None
+        return True, self._remote_streams.pop(stream_id)
 
-    def _encode_tail(self, prefix: bytes, headers: Headers, body: bytes) -> tuple[int, bytes]:
+    def _encode_tail(
+        self, prefix: bytes, headers: Headers, body: bytes, echo_trace_id: str | None = None
+    ) -> tuple[int, bytes]:
         assert self._encoder is not None
         if len(body) > self.peer_max_body_size:
             raise MessageTooLarge(
@@ -322,8 +332,9 @@ class Connection:
                 f"message of ~{len(encoded.data) + header_bound} bytes exceeds the peer's "
                 f"max_frame_size {self.peer_max_frame_size}"
             )
-        header_block = self._encoder.encode(headers) if headers else b""
-        return m.encode_tail(header_block, encoded.data, encoded.compressed)
+        hpack_headers, typed = split_typed(headers, self._send_epoch_ms, echo_trace_id)
+        header_block = self._encoder.encode(hpack_headers) if hpack_headers else b""
+        return m.encode_tail(header_block, encoded.data, encoded.compressed, typed)
 
     # ------------------------------------------------------------------ pushes
 
@@ -461,6 +472,7 @@ class Connection:
         self.peer_max_frame_size = hello.max_frame_size
         held = [d for d in hello.dictionaries if d in self.body_codec.dictionaries]
         self.outgoing_dictionary = max(held, default=0)
+        self._recv_epoch_ms = hello.client_time_ms
         self.state = next_state(self.role, self.state, "recv_hello", by_peer=True)
         events.append(HelloReceived(hello))
 
@@ -473,6 +485,7 @@ class Connection:
                 f"HELLO_ACK preset {ack.preset_id} differs from the HELLO's {self.hello.preset_id}",
             )
         self.hello_ack = ack
+        self._recv_epoch_ms = ack.server_time_ms
         self._encoder.use_peer_table_size(ack.header_table_size)
         self.peer_max_frame_size = ack.max_frame_size
         self.peer_max_body_size = ack.max_body_size
@@ -486,10 +499,15 @@ class Connection:
         self.state = next_state(self.role, self.state, "recv_hello_ack", by_peer=True)
         events.append(HelloAccepted(ack))
 
-    def _decode_message(self, payload: bytes, offset: int, flags: int) -> tuple[Headers, bytes]:
+    def _decode_message(
+        self, payload: bytes, offset: int, flags: int, echo_trace_id: str | None = None
+    ) -> tuple[Headers, bytes]:
         assert self._decoder is not None
         tail = m.decode_tail(payload, offset, flags)
         headers = self._decoder.decode(tail.header_block) if tail.header_block else ()
+        if tail.typed_section:
+            typed = decode_typed(tail.typed_section, self._recv_epoch_ms, echo_trace_id)
+            headers = (*headers, *typed)
         if not tail.compressed:
             if len(tail.body) > self.limits.max_body_size:
                 raise ProtocolError(ErrorCode.BODY_TOO_LARGE, "raw body exceeds max_body_size")
@@ -516,7 +534,7 @@ class Connection:
         if len(self._remote_streams) >= self.limits.max_concurrent_streams:
             self._refuse(stream_id, f"max_concurrent_streams {self.limits.max_concurrent_streams}")
             return
-        self._remote_streams.add(stream_id)
+        self._remote_streams[stream_id] = trace_id_of(headers)
         events.append(RequestReceived(stream_id, headers[0][1], headers[1:], body))
 
     def _refuse(self, stream_id: int, why: str) -> None:
@@ -528,7 +546,7 @@ class Connection:
             raise ProtocolError(
                 ErrorCode.STREAM_ID_ERROR, f"{frame_name} for stream {stream_id} that is not open"
             )
-        self._local_streams.discard(stream_id)
+        del self._local_streams[stream_id]
         if stream_id in self._cancelled:
             self._cancelled.discard(stream_id)
             return False
@@ -537,7 +555,8 @@ class Connection:
     def _on_response(self, frame: RawFrame, events: list[Event]) -> None:
         stream_id, offset = m.decode_stream_id(frame.payload)
         status, offset = decode_varint_complete(frame.payload, offset)
-        headers, body = self._decode_message(frame.payload, offset, frame.flags)
+        echo_trace_id = self._local_streams.get(stream_id)
+        headers, body = self._decode_message(frame.payload, offset, frame.flags, echo_trace_id)
         if self._take_local_stream(stream_id, "RESPONSE"):
             events.append(ResponseReceived(stream_id, status, headers, body))
 
@@ -634,7 +653,7 @@ class Connection:
             raise ProtocolError(ErrorCode.FIELD_ERROR, "CANCEL carries bytes after its stream id")
         if stream_id not in self._remote_streams:
             return  # already answered: our final frame crossed the CANCEL
-        self._remote_streams.discard(stream_id)
+        del self._remote_streams[stream_id]
         self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, ErrorCode.CANCELLED, 0, ""))
         events.append(StreamCancelled(stream_id))
 

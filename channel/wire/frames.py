@@ -38,6 +38,7 @@ class FrameType(IntEnum):
 # Flags of message frames (REQUEST, RESPONSE, PUSH).
 FLAG_HEADERS = 0x1
 FLAG_ZSTD = 0x2
+FLAG_TYPED = 0x4
 # Flag of SETTINGS.
 FLAG_SETTINGS_ACK = 0x1
 # Flag of DICT.
@@ -47,9 +48,9 @@ MESSAGE_FRAME_TYPES = frozenset({FrameType.REQUEST, FrameType.RESPONSE, FrameTyp
 
 #: Flags each frame type may carry; any other bit set is a PROTOCOL_ERROR.
 ALLOWED_FLAGS: dict[FrameType, int] = {
-    FrameType.REQUEST: FLAG_HEADERS | FLAG_ZSTD,
-    FrameType.RESPONSE: FLAG_HEADERS | FLAG_ZSTD,
-    FrameType.PUSH: FLAG_HEADERS | FLAG_ZSTD,
+    FrameType.REQUEST: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
+    FrameType.RESPONSE: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
+    FrameType.PUSH: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
     FrameType.SETTINGS: FLAG_SETTINGS_ACK,
     FrameType.DICT: FLAG_DICT_LAST,
 }

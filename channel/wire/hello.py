@@ -37,6 +37,8 @@ class Hello:
     max_frame_size: int = Limits.max_frame_size
     app_version: str = ""
     platform: str = ""
+    #: The client's clock at HELLO: the epoch of typed timestamps it sends.
+    client_time_ms: int = 0
     version: int = PROTOCOL_VERSION
 
 
@@ -72,6 +74,7 @@ _H = {
     "max_frame_size": FieldSpec(10, "max_frame_size", KIND_VARINT),
     "app_version": FieldSpec(11, "app_version", KIND_BYTES),
     "platform": FieldSpec(12, "platform", KIND_BYTES),
+    "client_time_ms": FieldSpec(13, "client_time_ms", KIND_VARINT),
 }
 _HELLO_SPECS = {spec.number: spec for spec in _H.values()}
 
@@ -111,7 +114,13 @@ def encode_hello(hello: Hello) -> bytes:
         if raw:
             items.append((_H[name], raw))
     items.extend((_H["dictionary"], dict_id) for dict_id in hello.dictionaries)
-    for name in ("preset_id", "heartbeat_s", "header_table_size", "max_frame_size"):
+    for name in (
+        "preset_id",
+        "heartbeat_s",
+        "header_table_size",
+        "max_frame_size",
+        "client_time_ms",
+    ):
         number: int = getattr(hello, name)
         if number != getattr(_HELLO_DEFAULTS, name):
             items.append((_H[name], number))
@@ -155,6 +164,7 @@ def decode_hello(payload: bytes, limits: Limits) -> Hello:
         max_frame_size=one_int(values, "max_frame_size", _HELLO_DEFAULTS.max_frame_size),
         app_version=one_text(values, "app_version", "HELLO"),
         platform=one_text(values, "platform", "HELLO"),
+        client_time_ms=one_int(values, "client_time_ms", 0),
         version=version,
     )
     _check_announced_sizes("HELLO", hello.header_table_size, hello.max_frame_size)

@@ -3,6 +3,7 @@
 Message frames (REQUEST, RESPONSE, PUSH) share one tail::
 
     [header block length varint, header block]   if FLAG_HEADERS
+    [typed section length varint, typed section] if FLAG_TYPED (see typed.py)
     body                                        rest of the payload
                                                 (if FLAG_ZSTD: varint dictionary id + zstd frame)
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from channel.wire.errors import ErrorCode, ProtocolError
-from channel.wire.frames import FLAG_HEADERS, FLAG_ZSTD
+from channel.wire.frames import FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD
 from channel.wire.varint import decode_varint_complete, encode_varint
 
 
@@ -24,28 +25,41 @@ class MessageTail:
     """Header block and body of a message frame, both still encoded."""
 
     header_block: bytes
+    typed_section: bytes
     body: bytes
     compressed: bool
 
 
-def encode_tail(header_block: bytes, body: bytes, compressed: bool) -> tuple[int, bytes]:
-    """Return ``(flags, tail bytes)`` for a header block and an encoded body."""
+def encode_tail(
+    header_block: bytes, body: bytes, compressed: bool, typed_section: bytes = b""
+) -> tuple[int, bytes]:
+    """Return ``(flags, tail bytes)`` for a header block, typed section and encoded body."""
     flags = FLAG_ZSTD if compressed else 0
+    parts: list[bytes] = []
     if header_block:
         flags |= FLAG_HEADERS
-        return flags, encode_varint(len(header_block)) + header_block + body
-    return flags, body
+        parts += (encode_varint(len(header_block)), header_block)
+    if typed_section:
+        flags |= FLAG_TYPED
+        parts += (encode_varint(len(typed_section)), typed_section)
+    parts.append(body)
+    return flags, b"".join(parts)
+
+
+def _section(payload: bytes, offset: int, what: str) -> tuple[bytes, int]:
+    length, offset = decode_varint_complete(payload, offset)
+    if length == 0 or offset + length > len(payload):
+        raise ProtocolError(ErrorCode.FIELD_ERROR, f"{what} length is 0 or past the frame")
+    return payload[offset : offset + length], offset + length
 
 
 def decode_tail(payload: bytes, offset: int, flags: int) -> MessageTail:
-    header_block = b""
+    header_block = typed_section = b""
     if flags & FLAG_HEADERS:
-        length, offset = decode_varint_complete(payload, offset)
-        if length == 0 or offset + length > len(payload):
-            raise ProtocolError(ErrorCode.FIELD_ERROR, "header block length is 0 or past the frame")
-        header_block = payload[offset : offset + length]
-        offset += length
-    return MessageTail(header_block, payload[offset:], bool(flags & FLAG_ZSTD))
+        header_block, offset = _section(payload, offset, "header block")
+    if flags & FLAG_TYPED:
+        typed_section, offset = _section(payload, offset, "typed section")
+    return MessageTail(header_block, typed_section, payload[offset:], bool(flags & FLAG_ZSTD))
 
 
 def decode_stream_id(payload: bytes) -> tuple[int, int]:

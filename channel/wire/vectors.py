@@ -6,6 +6,7 @@ readers), so a vector file says exactly what a decoder must produce.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -15,10 +16,8 @@ from channel.wire.hello import Hello, HelloAck
 
 def bytes_to_json(raw: bytes) -> dict[str, str]:
     out = {"hex": raw.hex()}
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         out["utf8"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     return out
 
 

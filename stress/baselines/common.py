@@ -16,7 +16,7 @@ import gzip
 import json
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Protocol, runtime_checkable
@@ -88,16 +88,33 @@ def app_headers_dict(msg: Msg) -> dict[str, str]:
     return dict(app_headers(msg))
 
 
+#: Headers the HTTP baselines derive from the framing; an app header may not override them.
+PROTOCOL_OWNED = frozenset({"content-length", "content-encoding", "host", "transfer-encoding"})
+
+
+def merge_headers(base: list[tuple[str, str]], app: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Protocol headers + app headers. An app header that names a header the protocol already
+    sends (``content-type``, say) *is* that header: its value replaces the protocol's default
+    in place instead of being sent twice."""
+    out = list(base)
+    index = {k: i for i, (k, _) in enumerate(out)}
+    for k, v in app:
+        if k in PROTOCOL_OWNED or k.startswith(":"):
+            raise ValueError(f"app header {k!r} collides with a framing header")
+        i = index.pop(k, None)
+        if i is None:
+            out.append((k, v))
+        else:
+            out[i] = (k, v)
+    return out
+
+
 def check_app_headers(received: list[tuple[str, str]], msg: Msg, proto: str) -> None:
-    """Every app header of ``msg`` must appear, in order, among ``received``."""
-    want = app_headers(msg)
-    got = [(k.lower(), v) for k, v in received]
-    pos = 0
-    for pair in want:
-        try:
-            pos = got.index(pair, pos) + 1
-        except ValueError:
-            raise RoundTripError(f"{proto}: app header {pair!r} lost") from None
+    """Every app header of ``msg`` must be among ``received`` (as many times as sent)."""
+    got = Counter((k.lower(), v) for k, v in received)
+    for pair, n in Counter(app_headers(msg)).items():
+        if got[pair] < n:
+            raise RoundTripError(f"{proto}: app header {pair!r} lost")
 
 
 def check_body(body: Any, msg: Msg, proto: str) -> None:
@@ -186,14 +203,14 @@ class SessionIdentity:
                 f"Wallet/{app_version} ({app_id}; build:{build}; iOS {os_version}; {model}) "
                 "Alamofire/5.8.1"
             )
-        # A realistic HS256 JWT: ~170 characters.
+        # A realistic HS256 JWT: 169 characters.
         jwt_header = _b64url(b'{"alg":"HS256","typ":"JWT"}')
         iat = _EPOCH_S + rng.randint(0, 86_400)
         claims = {
-            "sub": f"u{rng.randint(10**8, 10**9 - 1)}",
+            "sub": f"2088{rng.randint(10**11, 10**12 - 1)}",
             "iat": iat,
             "exp": iat + 3600,
-            "sid": rng.randbytes(6).hex(),
+            "v": 2,
         }
         payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64url(rng.randbytes(32))

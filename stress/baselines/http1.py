@@ -30,6 +30,7 @@ from .common import (
     check_app_headers,
     check_body,
     gzip_if_smaller,
+    merge_headers,
 )
 
 _SERVER = "nginx"
@@ -113,7 +114,7 @@ class Http1Session:
             headers = self._common_request_headers()
             headers += self._body_headers(body, gz)
             headers += [("accept", "application/json"), ("accept-encoding", "gzip")]
-            headers += app_headers(msg)
+            headers = merge_headers(headers, app_headers(msg))
             path = "/rpc/" + quote(msg["op"], safe="._-~")
             return _head(f"POST {path} HTTP/1.1", headers) + body
         headers = self._body_headers(body, gz)
@@ -121,11 +122,11 @@ class Http1Session:
         if kind == "response":
             if msg.get("status", 0):
                 headers.append(("x-status", str(msg["status"])))
-            headers += app_headers(msg)
+            headers = merge_headers(headers, app_headers(msg))
             return _head("HTTP/1.1 200 OK", headers) + body
         if kind == "push":
             headers += [("x-message-id", msg["message_id"]), ("x-topic", msg["topic"])]
-            headers += app_headers(msg)
+            headers = merge_headers(headers, app_headers(msg))
             return _head("HTTP/1.1 200 OK", headers) + body + self._poll_request(msg["message_id"])
         raise ValueError(f"unknown message kind {kind!r}")
 

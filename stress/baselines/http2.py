@@ -48,6 +48,7 @@ from .common import (
     check_body,
     gzip_if_smaller,
     json_compact,
+    merge_headers,
 )
 
 WINDOW = 16 * 1024 * 1024  # what OkHttp advertises
@@ -163,7 +164,7 @@ class Http2Session:
         if gz:
             extra.append(("content-encoding", "gzip"))
         extra += [("accept", "application/json"), ("accept-encoding", "gzip")]
-        extra += app_headers(msg)
+        extra = merge_headers(extra, app_headers(msg))
         self.client.send_headers(sid, headers + _b(extra))
         self._send_body(self.client, sid, body, end_stream=True)
         self.tracker.opened(msg["op"], sid)
@@ -193,7 +194,7 @@ class Http2Session:
                 headers.append(("content-encoding", "gzip"))
             if msg.get("status", 0):
                 headers.append(("x-status", str(msg["status"])))
-            headers += app_headers(msg)
+            headers = merge_headers(headers, app_headers(msg))
             self.server.send_headers(sid, _b(headers))
             self._send_body(self.server, sid, body, end_stream=True)
             return self.server.data_to_send()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from channel.default_dictionary import load_default_dictionary
+from channel.default_presets import register_default_presets
 from channel.wire import (
     BodyCodec,
     Connection,
@@ -34,11 +36,20 @@ from stress.baselines.common import (
     check,
 )
 
-PRESET_ID = 1
+APP_PRESET_ID = 2  # channel/presets/wallet-demo-2.json, built from the training split
+GENERIC_PRESET_ID = 1
+#: Fallback clock at connect when a session carries no timestamp header.
+_DEFAULT_CLOCK_MS = 1_707_554_000_000
 
 
 class MmtpSession:
-    def __init__(self, identity_source: IdentitySource, dictionary: Dictionary | None, preset: int):
+    def __init__(
+        self,
+        identity_source: IdentitySource,
+        dictionary: Dictionary | None,
+        preset: int,
+        clock_ms: int,
+    ):
         identity = identity_source.next()
         held = (dictionary,) if dictionary else ()
         self.client = Connection(Role.CLIENT, body_codec=BodyCodec(DictionaryStore(held)))
@@ -52,6 +63,7 @@ class MmtpSession:
                 preset_id=preset,
                 app_version=identity.app_version,
                 platform=identity.platform,
+                client_time_ms=clock_ms,
             )
         )
         hello = self.client.data_to_send()
@@ -60,7 +72,7 @@ class MmtpSession:
             session_id=os.urandom(16),
             resume_ticket=os.urandom(64),
             heartbeat_s=240,
-            server_time_ms=1_764_000_000_000,
+            server_time_ms=clock_ms,
         )
         hello_ack = self.server.data_to_send()
         self.client.receive_data(hello_ack)
@@ -81,8 +93,8 @@ class MmtpSession:
             return self.client.data_to_send()
         if kind == "response":
             stream_id = self._tracker.answer(msg["op"])
-            check(stream_id is not None, "mmtp: response without request")
-            assert stream_id is not None
+            if stream_id is None:
+                raise AssertionError("mmtp: response without request")
             self.server.send_response(stream_id, body, headers, status=int(msg.get("status", 0)))
             return self.server.data_to_send()
         message_id = bytes.fromhex(msg["message_id"])
@@ -101,7 +113,8 @@ class MmtpSession:
             event = events[0]
             assert isinstance(event, RequestReceived)
             check(event.op == msg["op"] and event.body == body_bytes(msg), "mmtp: request body")
-            check(list(event.headers) == app_headers(msg), "mmtp: request headers")
+            # Typed headers (ids, timestamps) decode after the HPACK-coded ones.
+            check(sorted(event.headers) == sorted(app_headers(msg)), "mmtp: request headers")
             return
         if kind == "response":
             events = self.client.receive_data(data)
@@ -129,19 +142,41 @@ def _expected_ack(server: Connection) -> bytes:
 
 
 class MmtpCodec:
-    def __init__(self, dictionary: Dictionary | None, preset: int = PRESET_ID) -> None:
+    def __init__(self, dictionary: Dictionary | None, preset: int) -> None:
         self._dictionary = dictionary
         self._preset = preset
         self._identities = IdentitySource()
+        self._clock_ms = _DEFAULT_CLOCK_MS
         suffix = f"dict {dictionary.dict_id}" if dictionary else "no dict"
         self.name = f"MMTP (preset {preset}, {suffix})"
 
+    def prepare_session(self, messages: list[Msg]) -> None:
+        """Both clocks at connect = the session's first timestamp (the device's now)."""
+        for msg in messages:
+            for name, value in msg.get("headers", ()):
+                if name in ("ts", "server-time") and value.isdigit():
+                    self._clock_ms = int(value)
+                    return
+
     def new_session(self) -> MmtpSession:
-        return MmtpSession(self._identities, self._dictionary, self._preset)
+        return MmtpSession(self._identities, self._dictionary, self._preset, self._clock_ms)
 
 
-def mmtp_codec(dictionary_path: str | Path | None) -> MmtpCodec:
-    """The codec for ``stress.wire_size``; ``None`` runs without a dictionary."""
+def mmtp_codecs(dictionary_path: str | Path | None) -> list[MmtpCodec]:
+    """The MMTP rows of ``stress.wire_size``: app preset + dictionary (what a deployment
+    runs), generic preset + dictionary, and bare MMTP (no preset, no dictionary).
+
+    ``None`` uses the packaged default dictionary; ``"none"`` none at all.
+    """
+    register_default_presets()
     if dictionary_path is None:
-        return MmtpCodec(None)
-    return MmtpCodec(Dictionary.from_file_bytes(Path(dictionary_path).read_bytes()))
+        dictionary: Dictionary | None = load_default_dictionary()
+    elif str(dictionary_path) == "none":
+        dictionary = None
+    else:
+        dictionary = Dictionary.from_file_bytes(Path(dictionary_path).read_bytes())
+    return [
+        MmtpCodec(dictionary, APP_PRESET_ID),
+        MmtpCodec(dictionary, GENERIC_PRESET_ID),
+        MmtpCodec(None, 0),
+    ]

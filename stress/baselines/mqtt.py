@@ -126,8 +126,10 @@ class MqttSession:
         client_id, pos = _read_str(body, pos + 4)
         user, pos = _read_str(body, pos)
         password, pos = _read_str(body, pos)
-        check((client_id, user, password) == (self.ident.device_id,) * 2 + (self.ident.token,),
-              "mqtt: CONNECT payload")
+        check(
+            (client_id, user, password) == (self.ident.device_id,) * 2 + (self.ident.token,),
+            "mqtt: CONNECT payload",
+        )
         check(read_packet(sub, 0)[0] == SUBSCRIBE, "mqtt: SUBSCRIBE")
 
     def setup_bytes(self) -> int:

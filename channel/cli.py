@@ -1,0 +1,513 @@
+"""The ``channel`` command line.
+
+Each command group lives in one ``_add_<group>_commands(subparsers)`` function
+that registers its parsers and sets ``handler`` to a function taking the parsed
+arguments and returning an exit code; new groups (``serve``, ``token``,
+``device``) add one such function to ``_COMMAND_GROUPS``.
+
+Exit codes: 0 success, 2 usage or input errors the user can fix (bad option,
+missing file, bad JSONL line); the message goes to stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeAlias
+
+from channel import corpus, dicttrain, presetbuild
+from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
+from channel.wire.presets import Preset
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+DICTIONARY_SUFFIX = ".mmtpdict"
+
+Handler = Callable[[argparse.Namespace], int]
+_SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CommandError(Exception):
+    """An error the user can act on; ``main`` prints it and exits with 2."""
+
+
+class _Status:
+    """Progress lines on stderr; on a terminal, updates overwrite one line."""
+
+    def __init__(self) -> None:
+        self._live = sys.stderr.isatty()
+        self._pending = False
+
+    def update(self, text: str) -> None:
+        if self._live:
+            sys.stderr.write(f"\r{text}\x1b[K")
+            sys.stderr.flush()
+            self._pending = True
+
+    def line(self, text: str) -> None:
+        if self._pending:
+            sys.stderr.write("\r\x1b[K")
+            self._pending = False
+        print(text, file=sys.stderr, flush=True)
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _dictionary_id(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_DICTIONARY_ID:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DICTIONARY_ID}, got {value}")
+    return value
+
+
+def _dictionary_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < dicttrain.MIN_DICT_SIZE_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {dicttrain.MIN_DICT_SIZE_BYTES} bytes, got {value}"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A crash mid-write must not leave a truncated dictionary a server would load.
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp creates 0600; servers running as another user must read the file.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _read_dictionary(path: Path) -> Dictionary:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return Dictionary.from_file_bytes(data)
+    except ValueError as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+
+
+# --- channel dict ---------------------------------------------------------------
+
+
+def next_dictionary_id(directory: Path) -> int:
+    """One more than the largest id among ``directory``'s ``.mmtpdict`` files, or 1."""
+    existing = sorted(directory.glob(f"*{DICTIONARY_SUFFIX}")) if directory.is_dir() else []
+    ids = []
+    for path in existing:
+        try:
+            ids.append(_read_dictionary(path).dict_id)
+        except CommandError as exc:
+            # Guessing past an unreadable file could reuse its id for new content.
+            raise CommandError(f"{exc}; cannot choose a new id, pass --id explicitly") from None
+    return max(ids, default=0) + 1
+
+
+def _read_samples(paths: Sequence[Path], status: _Status) -> list[bytes]:
+    samples: list[bytes] = []
+    total_bytes = 0
+    try:
+        for path in paths:
+            for sample in dicttrain.read_jsonl_samples(path):
+                samples.append(sample)
+                total_bytes += len(sample)
+                if len(samples) % 5000 == 0:
+                    status.update(f"read {len(samples):,} samples ({_megabytes(total_bytes)})...")
+    except dicttrain.CorpusError as exc:
+        raise CommandError(str(exc)) from exc
+    status.line(f"read {len(samples):,} samples ({_megabytes(total_bytes)})")
+    return samples
+
+
+def _dict_train(args: argparse.Namespace) -> int:
+    status = _Status()
+    out: Path = args.out
+    if not out.parent.is_dir():
+        raise CommandError(f"output directory {out.parent} does not exist")
+    dict_id = args.id if args.id is not None else next_dictionary_id(out.parent)
+    samples = _read_samples(args.inputs, status)
+    # Read the held-out file before training so a typo fails in seconds, not after it.
+    heldout = _read_samples([args.eval], status) if args.eval is not None else None
+    started_s = time.perf_counter()
+    try:
+        dictionary = dicttrain.train_dictionary(
+            samples, dict_id, args.size, threads=args.threads, progress=status.line
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    status.line(
+        f"trained {dicttrain.format_size(args.size)} dictionary "
+        f"in {time.perf_counter() - started_s:.1f} s"
+    )
+    _write_atomically(out, dictionary.to_file_bytes())
+    print(f"wrote {out}")
+    _print_dictionary(dictionary)
+    if heldout is not None:
+        result = dicttrain.evaluate(dictionary, heldout)
+        print(
+            f"eval:    {result.samples:,} held-out bodies, {result.raw_bytes:,} B raw -> "
+            f"{result.compressed_bytes_with_dict:,} B with dictionary "
+            f"(ratio {result.ratio_with_dict:.3f}), "
+            f"{result.compressed_bytes_without_dict:,} B without "
+            f"(ratio {result.ratio_without_dict:.3f})"
+        )
+    return EXIT_OK
+
+
+def _print_dictionary(dictionary: Dictionary) -> None:
+    print(f"id:      {dictionary.dict_id}")
+    print(f"size:    {len(dictionary.content):,} bytes")
+    print(f"sha256:  {dictionary.sha256}")
+
+
+def _dict_info(args: argparse.Namespace) -> int:
+    _print_dictionary(_read_dictionary(args.path))
+    return EXIT_OK
+
+
+def _add_dict_commands(subparsers: _SubParsers) -> None:
+    group = subparsers.add_parser(
+        "dict",
+        help="train and inspect zstd compression dictionaries (.mmtpdict)",
+        description=(
+            "Bodies on the wire are compressed one message at a time with a zstd dictionary "
+            "both peers hold under the same id. These commands train such a dictionary from "
+            "sample traffic and inspect dictionary files."
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel dict train train.jsonl --out dicts/app-2.mmtpdict --eval heldout.jsonl\n"
+            "  channel dict info channel/dictionaries/default-1.mmtpdict"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="dict_command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a dictionary from JSONL message samples",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            'Read every line\'s "body" from the JSONL inputs (the format of `channel corpus\n'
+            "generate`), encode it as compact JSON and train a zstd dictionary on those\n"
+            "bodies. Writes an .mmtpdict file (MMTP id + zstd dictionary)."
+        ),
+        epilog=(
+            "example:\n"
+            "  channel corpus generate --sessions 1250 --seed 1 --out train.jsonl\n"
+            "  channel corpus generate --sessions 600 --seed 2 --out heldout.jsonl\n"
+            "  channel dict train train.jsonl --id 2 --out dicts/app-2.mmtpdict "
+            "--eval heldout.jsonl\n\n"
+            "Ids are never reused for different content: a newer dictionary gets a larger id."
+        ),
+    )
+    train.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT.jsonl",
+        help='JSONL files of messages, one JSON object with a "body" per line',
+    )
+    train.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="where to write the .mmtpdict file (replaced atomically)",
+    )
+    train.add_argument(
+        "--id",
+        type=_dictionary_id,
+        metavar="N",
+        help="MMTP dictionary id (1..2^32-1); default: one more than the largest "
+        "id among the .mmtpdict files in the output directory, or 1",
+    )
+    train.add_argument(
+        "--size",
+        type=_dictionary_size,
+        default=dicttrain.DEFAULT_DICT_SIZE_BYTES,
+        metavar="BYTES",
+        help="dictionary size in bytes (default: %(default)s)",
+    )
+    train.add_argument(
+        "--eval",
+        type=Path,
+        metavar="HELDOUT.jsonl",
+        help="JSONL file NOT used for training; report bytes with and without "
+        "the dictionary, compressed per message as on the wire",
+    )
+    train.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=dicttrain.DEFAULT_THREADS,
+        metavar="N",
+        help="threads for the parameter search; does not change the result (default: %(default)s)",
+    )
+    train.set_defaults(handler=_dict_train)
+
+    info = commands.add_parser(
+        "info",
+        help="print a dictionary file's id, size and sha256",
+        description="Print the id, content size and sha256 of an .mmtpdict file.",
+        epilog="example:\n  channel dict info channel/dictionaries/default-1.mmtpdict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("path", type=Path, metavar="PATH", help="an .mmtpdict file")
+    info.set_defaults(handler=_dict_info)
+
+
+# --- channel corpus -------------------------------------------------------------
+
+
+def _corpus_generate(args: argparse.Namespace) -> int:
+    status = _Status()
+
+    def report(sessions_done: int, messages: int) -> None:
+        status.update(f"generated {sessions_done:,} sessions ({messages:,} messages)...")
+
+    try:
+        n_messages = corpus.write_corpus(
+            args.out, args.sessions, args.seed, args.push_fraction, progress=report
+        )
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    size_bytes = args.out.stat().st_size
+    status.line(
+        f"wrote {n_messages:,} messages in {args.sessions:,} sessions to {args.out} "
+        f"({_megabytes(size_bytes)})"
+    )
+    return EXIT_OK
+
+
+def _add_corpus_commands(subparsers: _SubParsers) -> None:
+    group = subparsers.add_parser(
+        "corpus",
+        help="generate synthetic mobile RPC and push traffic",
+        description=(
+            "A synthetic, deterministic stand-in for a payment super-app's traffic: RPC "
+            "requests, their responses and server pushes, grouped by session. Used to "
+            "train dictionaries and by the wire-size benchmarks."
+        ),
+        epilog="example:\n  channel corpus generate --sessions 1250 --seed 1 --out train.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="corpus_command", metavar="COMMAND", required=True)
+    generate = commands.add_parser(
+        "generate",
+        help="write a corpus as JSONL",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            'Write one JSON message per line: {"session", "kind": request|response|push,\n'
+            '"op" or "message_id"+"topic", "headers", "body"}. The same seed always\n'
+            "gives the same file; different seeds give disjoint samples, so train on one\n"
+            f"seed (convention: {corpus.TRAIN_SEED}) and measure on another "
+            f"({corpus.HELDOUT_SEED})."
+        ),
+        epilog=(
+            "example (about 20,000 messages):\n"
+            "  channel corpus generate --sessions 1250 --seed 1 --out train.jsonl"
+        ),
+    )
+    generate.add_argument(
+        "--sessions",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="number of sessions (app launches); each has ~16 messages",
+    )
+    generate.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="JSONL file to write (overwritten)"
+    )
+    generate.add_argument(
+        "--push-fraction",
+        type=_fraction,
+        default=corpus.DEFAULT_PUSH_FRACTION,
+        metavar="F",
+        help="expected share of pushes among all messages (default: "
+        "%(default)s); the rest are request/response pairs",
+    )
+    generate.set_defaults(handler=_corpus_generate)
+
+
+# --- channel preset -------------------------------------------------------------
+
+
+def _preset_build(args: argparse.Namespace) -> int:
+    status = _Status()
+    messages: list[dict[str, object]] = []
+    for path in args.inputs:
+        messages.extend(_read_jsonl(path))
+        status.update(f"read {len(messages):,} messages...")
+    status.line(f"read {len(messages):,} messages from {len(args.inputs)} file(s)")
+    try:
+        built = presetbuild.build_preset(messages, args.id, args.name, args.max_bytes)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    _write_atomically(args.out, built.to_json().encode())
+    status.line(
+        f"wrote preset {built.preset_id} ({built.name!r}): {len(built.entries)} entries, "
+        f"{built.table_bytes} table bytes -> {args.out}"
+    )
+    return EXIT_OK
+
+
+def _read_jsonl(path: Path) -> list[dict[str, object]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    out: list[dict[str, object]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(item, dict):
+            raise CommandError(f"{path}:{number}: expected a JSON object")
+        out.append(item)
+    return out
+
+
+def _preset_info(args: argparse.Namespace) -> int:
+    try:
+        preset = Preset.from_json(args.path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read preset {args.path}: {exc}") from exc
+    print(f"id:          {preset.preset_id}")
+    print(f"name:        {preset.name}")
+    print(f"entries:     {len(preset.entries)}")
+    print(f"table bytes: {preset.table_bytes} (of 4096)")
+    return EXIT_OK
+
+
+def _add_preset_commands(subparsers: _SubParsers) -> None:
+    group = subparsers.add_parser(
+        "preset",
+        help="build and inspect HPACK preset header tables",
+        description=(
+            "A preset is a list of header fields both peers insert into their HPACK tables "
+            "before the first message, chosen by id in HELLO, so even a fresh connection "
+            "sends common headers and operation types as one-byte indices. Both the "
+            "gateway and the SDK must register the same preset under the same id."
+        ),
+        epilog="example:\n  channel preset build train.jsonl --id 2 --name my-app --out app-2.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="preset_command", metavar="COMMAND", required=True)
+    build = commands.add_parser(
+        "build",
+        help="build a preset from a JSONL traffic sample",
+        description=(
+            "Count the :op values and app header pairs HPACK would index (never-indexed "
+            "names and typed ids/timestamps excluded) and keep the most frequent ones that "
+            "fit 3072 table bytes, most frequent last (dynamic index 62)."
+        ),
+        epilog="example:\n  channel preset build train.jsonl --id 2 --name my-app --out app-2.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("inputs", nargs="+", type=Path, metavar="INPUT.jsonl")
+    build.add_argument("--id", type=_positive_int, required=True, help="preset id (>= 2)")
+    build.add_argument("--name", default="app", help="a name for logs (default: %(default)s)")
+    build.add_argument("--out", type=Path, required=True, metavar="PATH", help="JSON to write")
+    build.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=3072,
+        metavar="N",
+        help="HPACK table bytes the preset may use, at most 3072 (default: %(default)s)",
+    )
+    build.set_defaults(handler=_preset_build)
+    info = commands.add_parser("info", help="show a preset file's id, name and size")
+    info.add_argument("path", type=Path, metavar="PATH")
+    info.set_defaults(handler=_preset_info)
+
+
+# --- entry point ----------------------------------------------------------------
+
+_COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
+    _add_corpus_commands,
+    _add_dict_commands,
+    _add_preset_commands,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="channel",
+        description="Channel: a mobile long-connection gateway (MMTP over TLS, pushes, RPC, MQTT).",
+        epilog=(
+            "example:\n"
+            "  channel corpus generate --sessions 1250 --seed 1 --out train.jsonl\n"
+            "  channel dict train train.jsonl --out dicts/app-2.mmtpdict\n\n"
+            "Run `channel COMMAND --help` for a command's options and an example."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_commands in _COMMAND_GROUPS:
+        add_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``--help`` returns 0, usage errors 2)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits for --help and usage errors; return its code so callers
+        # (tests, embedding tools) get an int like every other path.
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as exc:
+        print(f"channel: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        # Point stdout at devnull so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
