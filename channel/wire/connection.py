@@ -123,6 +123,7 @@ class Connection:
         limits: Limits | None = None,
         body_codec: BodyCodec | None = None,
         encoder_table_size_cap: int = INITIAL_HEADER_TABLE_SIZE,
+        send_typed_headers: bool = True,
     ) -> None:
         self.role = role
         self.limits = limits or Limits()
@@ -131,6 +132,9 @@ class Connection:
         self.hello: Hello | None = None
         self.hello_ack: HelloAck | None = None
         self._encoder_table_size_cap = encoder_table_size_cap
+        # Receivers always accept typed fields; turning them off on the sending
+        # side exists for measurement and for peers that log raw header blocks.
+        self._send_typed_headers = send_typed_headers
         self._parser = FrameParser(self.limits.max_frame_size)
         self._outbound: list[bytes] = []
         self._encoder: HeaderEncoder | None = None
@@ -332,7 +336,10 @@ class Connection:
                 f"message of ~{len(encoded.data) + header_bound} bytes exceeds the peer's "
                 f"max_frame_size {self.peer_max_frame_size}"
             )
-        hpack_headers, typed = split_typed(headers, self._send_epoch_ms, echo_trace_id)
+        if self._send_typed_headers:
+            hpack_headers, typed = split_typed(headers, self._send_epoch_ms, echo_trace_id)
+        else:
+            hpack_headers, typed = headers, b""
         header_block = self._encoder.encode(hpack_headers) if hpack_headers else b""
         return m.encode_tail(header_block, encoded.data, encoded.compressed, typed)
 
