@@ -25,7 +25,6 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
-import hpack
 
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets

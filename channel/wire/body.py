@@ -113,12 +113,17 @@ class BodyCodec:
                 ErrorCode.BODY_TOO_LARGE,
                 f"body declares {declared} bytes, max_body_size is {max_body_size}",
             )
-        if params.window_size > max_window_size:
+        # One-shot decoding writes straight into a buffer of the declared size,
+        # so memory is bounded by max_body_size; the window limit only stops
+        # frames asking for more than either bound (a single-segment frame's
+        # window is its content size, which max_body_size already allows).
+        window_limit = _next_power_of_two(max(max_window_size, max_body_size))
+        if params.window_size > window_limit:
             raise BodyError(
                 ErrorCode.COMPRESSION_ERROR,
-                f"zstd window {params.window_size} exceeds {max_window_size}",
+                f"zstd window {params.window_size} exceeds {window_limit}",
             )
-        decompressor = self._decompressor(dict_id, max_window_size)
+        decompressor = self._decompressor(dict_id, window_limit)
         try:
             # With a declared size the output buffer is exactly that size, so a
             # frame that lies about its size fails here instead of expanding.
@@ -135,3 +140,7 @@ class BodyCodec:
         if trailing.unused_data:
             raise BodyError(ErrorCode.COMPRESSION_ERROR, "bytes after the end of the zstd frame")
         return bytes(body)
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(10, (value - 1).bit_length())
