@@ -17,8 +17,6 @@ import datetime as _dt
 import gc
 import importlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ from typing import Any
 
 from stress.baselines import baseline_codecs
 from stress.baselines.common import KINDS, Msg, WireCodec, body_bytes
+from stress.machine import machine_info
 
 REFERENCE = "http2-hpack-gzip"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "wire_size.json"
@@ -266,23 +265,6 @@ def add_ratios(results: dict[str, dict[str, Any]], reference: str) -> None:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-    }
 
 
 def _fmt(x: float | None, spec: str) -> str:
