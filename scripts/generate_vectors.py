@@ -47,6 +47,7 @@ HELLO = {
     "preset_id": 1,
     "app_version": "8.12.3",
     "platform": "android",
+    "client_time_ms": 1_764_000_000_000,
 }
 ACCEPT = {
     "session_id": {"hex": "5e5510000000000000000000000000aa"},
@@ -186,8 +187,9 @@ CONVERSATIONS: list[dict[str, Any]] = [
         ),
         "client_dictionaries": [],
         "server_dictionaries": [TEST_DICT_ID],
+        "client_limits": {"max_frame_size": 1024},
         "steps": [
-            ("client", "send_hello", {**HELLO, "max_frame_size": 1024}),
+            ("client", "send_hello", HELLO),
             ("server", "accept", ACCEPT),
             ("server", "send_dictionary", {"dict_id": TEST_DICT_ID}),
             (
@@ -226,7 +228,9 @@ def _store(ids: list[int], dictionary: Dictionary) -> DictionaryStore:
 def run_conversation(spec: dict[str, Any], dictionary: Dictionary) -> list[dict[str, Any]]:
     connections = {
         "client": Connection(
-            Role.CLIENT, body_codec=BodyCodec(_store(spec["client_dictionaries"], dictionary))
+            Role.CLIENT,
+            limits=Limits(**spec.get("client_limits", {})),
+            body_codec=BodyCodec(_store(spec["client_dictionaries"], dictionary)),
         ),
         "server": Connection(
             Role.SERVER, body_codec=BodyCodec(_store(spec["server_dictionaries"], dictionary))
@@ -280,7 +284,48 @@ def invalid_vectors() -> list[dict[str, Any]]:
     hello = _hello_hex()
     hello_v0 = _hello_hex(preset_id=0)
     handshake = "after-hello"  # the server has received `hello` and accepted
+    literal_op = b"\x00\x03:op\x01x"  # literal without indexing, new name
+    typed_request = lambda section: _frame(  # noqa: E731
+        FrameType.REQUEST,
+        0x5,
+        b"\x01" + bytes([len(literal_op)]) + literal_op + encode_varint(len(section)) + section,
+    )
+    echo_bomb = b"\x01\x10" + b"\xaa" * 16 + b"\x05" * 600
     cases: list[dict[str, Any]] = [
+        {
+            "name": "typed-unknown-key",
+            "role": "server",
+            "prefix": handshake,
+            "hex": typed_request(b"\x09\x00"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "typed-echo-on-a-request",
+            "role": "server",
+            "prefix": handshake,
+            "hex": typed_request(b"\x05"),
+            "error": "FIELD_ERROR",
+            "note": "a trace-id echo only exists in a RESPONSE to a request that had one",
+        },
+        {
+            "name": "typed-hex-length-past-section",
+            "role": "server",
+            "prefix": handshake,
+            "hex": typed_request(b"\x01\x10\xaa"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "typed-fields-over-header-list-limit",
+            "role": "client",
+            "prefix": "accepted-with-open-stream",
+            "hex": _frame(
+                FrameType.RESPONSE,
+                0x4,
+                b"\x01\x00" + encode_varint(len(echo_bomb)) + echo_bomb,
+            ),
+            "error": "HEADER_LIST_TOO_LARGE",
+            "note": "600 one-byte echoes of a 32-digit trace-id exceed 16384",
+        },
         {
             "name": "first-frame-not-hello",
             "role": "server",
@@ -608,9 +653,13 @@ def prepared_receiver(role: str, prefix: str) -> Connection:
     server.receive_data(hello)
     perform(server, "accept", ACCEPT, {})
     client.receive_data(server.data_to_send())
+    if prefix == "accepted-with-open-stream":
+        perform(client, "send_request", OPEN_STREAM_REQUEST, {})
+        client.data_to_send()
     return client
 
 
+OPEN_STREAM_REQUEST = {"op": "x", "headers": [["trace-id", "aa" * 16]]}
 PREFIXES = {
     "none": "a fresh receiver: nothing received yet",
     "after-hello": (
@@ -622,6 +671,10 @@ PREFIXES = {
         "client role: it sent HELLO from `hello_args` and received the HELLO_ACK the server "
         "makes from `accept_args`"
     ),
+    "accepted-with-open-stream": (
+        "as `accepted`, then the client sent `open_stream_request` (stream 1, with a trace-id)"
+    ),
+    "open_stream_request": OPEN_STREAM_REQUEST,
     "hello_args": HELLO,
     "accept_args": ACCEPT,
 }
@@ -649,6 +702,7 @@ def main() -> int:
             "description": spec["description"],
             "client_dictionaries": spec["client_dictionaries"],
             "server_dictionaries": spec["server_dictionaries"],
+            "client_limits": spec.get("client_limits", {}),
             "steps": run_conversation(spec, dictionary),
         }
         for spec in CONVERSATIONS

@@ -21,6 +21,7 @@ from channel.wire import (
     Dictionary,
     DictionaryStore,
     ErrorCode,
+    Limits,
     LocalProtocolError,
     ProtocolError,
     Role,
@@ -63,7 +64,11 @@ def _connections(spec: dict[str, Any]) -> dict[str, Connection]:
         return DictionaryStore([DICTIONARY] if DICTIONARY.dict_id in ids else [])
 
     return {
-        "client": Connection(Role.CLIENT, body_codec=BodyCodec(store(spec["client_dictionaries"]))),
+        "client": Connection(
+            Role.CLIENT,
+            limits=Limits(**spec["client_limits"]),
+            body_codec=BodyCodec(store(spec["client_dictionaries"])),
+        ),
         "server": Connection(Role.SERVER, body_codec=BodyCodec(store(spec["server_dictionaries"]))),
     }
 
@@ -107,10 +112,13 @@ def _receiver(role: str, prefix: str) -> Connection:
             perform(server, "accept", args["accept_args"], {})
             server.data_to_send()
         return server
-    if prefix == "accepted":
+    if prefix in ("accepted", "accepted-with-open-stream"):
         server.receive_data(hello)
         perform(server, "accept", args["accept_args"], {})
         client.receive_data(server.data_to_send())
+    if prefix == "accepted-with-open-stream":
+        perform(client, "send_request", args["open_stream_request"], {})
+        client.data_to_send()
     return client
 
 

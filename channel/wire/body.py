@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from channel.wire.dictionaries import DictionaryStore
+from channel.wire.dictionaries import Dictionary, DictionaryStore
 from channel.wire.errors import BodyError, ErrorCode
 from channel.wire.varint import decode_varint_complete, encode_varint
 
@@ -47,13 +47,7 @@ class BodyCodec:
     def _compressor(self, dict_id: int) -> zstandard.ZstdCompressor:
         compressor = self._compressors.get(dict_id)
         if compressor is None:
-            params = zstandard.ZstdCompressionParameters.from_level(
-                self.level,
-                format=_FORMAT,
-                write_content_size=True,
-                write_checksum=False,
-                write_dict_id=False,
-            )
+            params = self._params()
             zdict = self._zstd_dict(dict_id)
             if zdict is not None:
                 zdict.precompute_compress(compression_params=params)
@@ -72,6 +66,30 @@ class BodyCodec:
             )
             self._decompressors[key] = decompressor
         return decompressor
+
+    def check_dictionary(self, dictionary: Dictionary) -> None:
+        """Raise DICTIONARY_ERROR unless zstd can load ``dictionary`` both ways."""
+        try:
+            zdict = zstandard.ZstdCompressionDict(dictionary.content)
+            zstandard.ZstdDecompressor(dict_data=zdict, format=_FORMAT).decompress(
+                zstandard.ZstdCompressor(
+                    dict_data=zdict, compression_params=self._params()
+                ).compress(b"dictionary check")
+            )
+        except zstandard.ZstdError as exc:
+            raise BodyError(
+                ErrorCode.DICTIONARY_ERROR,
+                f"dictionary {dictionary.dict_id} does not load in zstd: {exc}",
+            ) from None
+
+    def _params(self) -> zstandard.ZstdCompressionParameters:
+        return zstandard.ZstdCompressionParameters.from_level(
+            self.level,
+            format=_FORMAT,
+            write_content_size=True,
+            write_checksum=False,
+            write_dict_id=False,
+        )
 
     def _zstd_dict(self, dict_id: int) -> zstandard.ZstdCompressionDict | None:
         if dict_id == 0:
@@ -123,8 +141,8 @@ class BodyCodec:
                 ErrorCode.COMPRESSION_ERROR,
                 f"zstd window {params.window_size} exceeds {window_limit}",
             )
-        decompressor = self._decompressor(dict_id, window_limit)
         try:
+            decompressor = self._decompressor(dict_id, window_limit)
             # With a declared size the output buffer is exactly that size, so a
             # frame that lies about its size fails here instead of expanding.
             body = decompressor.decompress(frame, max_output_size=max(declared, 1))

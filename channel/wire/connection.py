@@ -12,12 +12,14 @@ frame for stream 0 and raises ``ProtocolError``; the caller writes out
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from channel.wire import messages as m
 from channel.wire.body import BodyCodec
-from channel.wire.dictionaries import Dictionary
+from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -51,7 +53,14 @@ from channel.wire.frames import (
     RawFrame,
     encode_frame,
 )
-from channel.wire.headers import Header, HeaderDecoder, HeaderEncoder, Headers, encode_context_free
+from channel.wire.headers import (
+    Header,
+    HeaderDecoder,
+    HeaderEncoder,
+    Headers,
+    encode_context_free,
+    header_list_size,
+)
 from channel.wire.hello import (
     Hello,
     HelloAck,
@@ -78,6 +87,7 @@ class Setting:
     MAX_CONCURRENT_STREAMS = 3
     MAX_BODY_SIZE = 4
     HEARTBEAT_S = 5
+    MAX_HEADER_LIST_SIZE = 6
 
 
 @dataclass
@@ -143,6 +153,9 @@ class Connection:
         self.peer_max_frame_size = defaults.max_frame_size
         self.peer_max_body_size = defaults.max_body_size
         self.peer_max_concurrent_streams = defaults.max_concurrent_streams
+        self.peer_max_header_list_size = defaults.max_header_list_size
+        # SETTINGS we sent that lower our own limits wait for the peer's ACK.
+        self._settings_awaiting_ack: list[tuple[tuple[int, int], ...]] = []
         self.outgoing_dictionary = 0
         self._first_local_id = 1 if role is Role.CLIENT else 2
         # Open streams, each with its request's trace-id (for the RESPONSE echo).
@@ -204,8 +217,22 @@ class Connection:
         connection's HELLO_ACK are compressed with it (0: no dictionary).
         """
         self._require_role(Role.CLIENT, "send HELLO")
+        if pipeline_dictionary and pipeline_dictionary not in self.body_codec.dictionaries:
+            raise LocalProtocolError(f"pipeline dictionary {pipeline_dictionary} is not held")
+        try:
+            preset_entries(hello.preset_id)
+        except ProtocolError as exc:
+            raise LocalProtocolError(exc.message) from None
+        # What we announce is what we enforce: the limits come from ours.
+        hello = dataclasses.replace(
+            hello,
+            header_table_size=self.limits.header_table_size,
+            max_frame_size=self.limits.max_frame_size,
+            max_header_list_size=self.limits.max_header_list_size,
+            max_body_size=self.limits.max_body_size,
+            max_concurrent_streams=self.limits.max_concurrent_streams,
+        )
         self.state = next_state(self.role, self.state, "send_hello", by_peer=False)
-        preset_entries(hello.preset_id)
         self.hello = hello
         self._encoder = HeaderEncoder(hello.preset_id, self._encoder_table_size_cap)
         self._decoder = HeaderDecoder(
@@ -329,8 +356,15 @@ class Connection:
             )
         encoded = self.body_codec.encode(body, self.outgoing_dictionary)
         # Checked before HPACK runs: once the encoder's table has changed the
-        # frame must go out, or both sides' tables disagree for good.
-        header_bound = sum(len(n) + len(v) + 12 for n, v in headers) + 4
+        # frame must go out, or both sides' tables disagree for good. A string
+        # literal is never longer than its octets plus a 5-byte length.
+        list_size = header_list_size(headers)
+        if list_size > self.peer_max_header_list_size:
+            raise MessageTooLarge(
+                f"header list of {list_size} bytes exceeds the peer's max_header_list_size "
+                f"{self.peer_max_header_list_size}"
+            )
+        header_bound = list_size - 32 * len(headers) + 12 * len(headers) + 8
         if len(prefix) + len(encoded.data) + header_bound > self.peer_max_frame_size:
             raise MessageTooLarge(
                 f"message of ~{len(encoded.data) + header_bound} bytes exceeds the peer's "
@@ -366,6 +400,8 @@ class Connection:
         if len(prepared.body) > self.peer_max_body_size:
             raise MessageTooLarge("push body exceeds the peer's max_body_size")
         flags, tail = prepared.tail_for(self.outgoing_dictionary)
+        if len(tail) + 8 > self.peer_max_frame_size:
+            raise MessageTooLarge("push exceeds the peer's max_frame_size")
         delivery_id = self._take_delivery_id()
         self._queue(FrameType.PUSH, flags, encode_varint(delivery_id) + tail)
         return delivery_id
@@ -394,13 +430,54 @@ class Connection:
 
     # ------------------------------------------------------------ connection
 
+    def _require_open(self, what: str) -> None:
+        if self.state not in (State.OPEN, State.CLOSING):
+            raise LocalProtocolError(f"cannot send {what} in state {self.state.value}")
+
     def send_ping(self, payload: bytes = b"") -> None:
+        self._require_open("PING")
         if len(payload) > MAX_PING_PAYLOAD:
             raise LocalProtocolError(f"PING payload is at most {MAX_PING_PAYLOAD} bytes")
         self._queue(FrameType.PING, 0, payload)
 
     def send_settings(self, settings: Sequence[tuple[int, int]]) -> None:
-        self._queue(FrameType.SETTINGS, 0, m.encode_settings(tuple(settings)))
+        """Announce changed receive limits (or a new heartbeat) to the peer.
+
+        A raised limit applies to what we accept at once; a lowered one only
+        after the peer's ACK, since frames it sent before seeing ours may
+        still be on their way.
+        """
+        self._require_open("SETTINGS")
+        pairs = tuple(settings)
+        lowered = []
+        for key, value in pairs:
+            if self._own_setting_raises(key, value):
+                self._apply_own_setting(key, value)
+            else:
+                lowered.append((key, value))
+        self._settings_awaiting_ack.append(tuple(lowered))
+        self._queue(FrameType.SETTINGS, 0, m.encode_settings(pairs))
+
+    _OWN_LIMITS: ClassVar[dict[int, str]] = {
+        Setting.HEADER_TABLE_SIZE: "header_table_size",
+        Setting.MAX_FRAME_SIZE: "max_frame_size",
+        Setting.MAX_CONCURRENT_STREAMS: "max_concurrent_streams",
+        Setting.MAX_BODY_SIZE: "max_body_size",
+        Setting.MAX_HEADER_LIST_SIZE: "max_header_list_size",
+    }
+
+    def _own_setting_raises(self, key: int, value: int) -> bool:
+        field_name = self._OWN_LIMITS.get(key)
+        return field_name is not None and value >= getattr(self.limits, field_name)
+
+    def _apply_own_setting(self, key: int, value: int) -> None:
+        field_name = self._OWN_LIMITS.get(key)
+        if field_name is None:
+            return
+        self.limits = dataclasses.replace(self.limits, **{field_name: value})
+        self._parser.max_frame_size = self.limits.max_frame_size
+        if key == Setting.HEADER_TABLE_SIZE and self._decoder is not None:
+            self._decoder.allow_table_size(value)
 
     def send_goaway(
         self,
@@ -424,6 +501,8 @@ class Connection:
         self._require_role(Role.SERVER, "send DICT")
         if self.state not in (State.OPEN, State.CLOSING):
             raise LocalProtocolError(f"cannot send DICT in state {self.state.value}")
+        # We hold what we deliver: later frames are compressed with it.
+        self.body_codec.dictionaries.add(dictionary)
         content = dictionary.content
         chunk_size = self.peer_max_frame_size - 32
         for offset in range(0, len(content), chunk_size):
@@ -434,7 +513,7 @@ class Connection:
                 FLAG_DICT_LAST if last else 0,
                 m.encode_dict_chunk(dictionary.dict_id, len(content), offset, chunk),
             )
-        self.outgoing_dictionary = dictionary.dict_id
+        self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)
 
     def _require_role(self, role: Role, action: str) -> None:
         if self.role is not role:
@@ -477,6 +556,9 @@ class Connection:
         self._encoder = HeaderEncoder(hello.preset_id, self._encoder_table_size_cap)
         self._encoder.use_peer_table_size(hello.header_table_size)
         self.peer_max_frame_size = hello.max_frame_size
+        self.peer_max_body_size = hello.max_body_size
+        self.peer_max_concurrent_streams = hello.max_concurrent_streams
+        self.peer_max_header_list_size = hello.max_header_list_size
         held = [d for d in hello.dictionaries if d in self.body_codec.dictionaries]
         self.outgoing_dictionary = max(held, default=0)
         self._recv_epoch_ms = hello.client_time_ms
@@ -497,6 +579,7 @@ class Connection:
         self.peer_max_frame_size = ack.max_frame_size
         self.peer_max_body_size = ack.max_body_size
         self.peer_max_concurrent_streams = ack.max_concurrent_streams
+        self.peer_max_header_list_size = ack.max_header_list_size
         usable = [
             d
             for d in self.body_codec.dictionaries.ids
@@ -513,7 +596,8 @@ class Connection:
         tail = m.decode_tail(payload, offset, flags)
         headers = self._decoder.decode(tail.header_block) if tail.header_block else ()
         if tail.typed_section:
-            typed = decode_typed(tail.typed_section, self._recv_epoch_ms, echo_trace_id)
+            budget = self.limits.max_header_list_size - header_list_size(headers)
+            typed = decode_typed(tail.typed_section, self._recv_epoch_ms, echo_trace_id, budget)
             headers = (*headers, *typed)
         if not tail.compressed:
             if len(tail.body) > self.limits.max_body_size:
@@ -605,6 +689,10 @@ class Connection:
         if frame.flags & FLAG_SETTINGS_ACK:
             if frame.payload:
                 raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS ACK must be empty")
+            # An ACK we did not ask for changes nothing, so it is ignored.
+            if self._settings_awaiting_ack:
+                for key, value in self._settings_awaiting_ack.pop(0):
+                    self._apply_own_setting(key, value)
             events.append(SettingsAcknowledged())
             return
         settings = m.decode_settings(frame.payload)
@@ -629,6 +717,8 @@ class Connection:
             self.peer_max_concurrent_streams = value
         elif key == Setting.MAX_BODY_SIZE:
             self.peer_max_body_size = value
+        elif key == Setting.MAX_HEADER_LIST_SIZE:
+            self.peer_max_header_list_size = value
         # HEARTBEAT_S and unknown settings need no wire-level action.
 
     def _on_goaway(self, frame: RawFrame, events: list[Event]) -> None:
@@ -667,7 +757,7 @@ class Connection:
     def _on_dict(self, frame: RawFrame, events: list[Event]) -> None:
         chunk = m.decode_dict_chunk(frame.payload)
         limit = self.limits.max_dictionary_size
-        if chunk.dict_id == 0 or not 0 < chunk.total_size <= limit:
+        if not 0 < chunk.dict_id <= MAX_DICTIONARY_ID or not 0 < chunk.total_size <= limit:
             raise ProtocolError(
                 ErrorCode.DICTIONARY_ERROR,
                 f"DICT id {chunk.dict_id} size {chunk.total_size} (limit {limit})",
@@ -690,6 +780,7 @@ class Connection:
         if len(transfer.data) != transfer.total_size:
             raise ProtocolError(ErrorCode.DICTIONARY_ERROR, "DICT ended before its total size")
         dictionary = Dictionary(transfer.dict_id, bytes(transfer.data))
+        self.body_codec.check_dictionary(dictionary)
         self.body_codec.dictionaries.add(dictionary)
         # The server holds what it delivers, so requests may use it too.
         self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)

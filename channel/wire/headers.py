@@ -18,7 +18,7 @@ from hpack.exceptions import (
     InvalidTableSizeError,
     OversizedHeaderListError,
 )
-from hpack.hpack import encode_integer
+from hpack.hpack import INDEX_INCREMENTAL, encode_integer
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
@@ -60,15 +60,26 @@ class _CountingTable(HeaderTable):
     def __init__(self) -> None:
         super().__init__()
         self.insertions = 0
+        self.resizes = 0
 
     def add(self, name: bytes, value: bytes) -> None:
         self.insertions += 1
         super().add(name, value)
 
     @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        # Any resize may evict entries, even one later undone by a regrow.
+        self.resizes += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+    @property
     def version(self) -> tuple[int, int]:
-        """Changes whenever the table's content may have: insertions or a resize."""
-        return self.insertions, self.maxsize
+        """Changes whenever the table's content may have: insertions or resizes."""
+        return self.insertions, self.resizes
 
 
 class _BlockCache:
@@ -107,11 +118,45 @@ def _load_preset(table: hpack.table.HeaderTable, preset_id: int) -> None:
         table.add(name.encode(), value.encode())
 
 
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+_STATIC_NAME_INDEX = {name: entry[0] for name, entry in HeaderTable.STATIC_TABLE_MAPPING.items()}
+
+
+def _string(raw: bytes) -> bytes:
+    coded = _HUFFMAN.encode(raw)
+    if len(coded) < len(raw):
+        length = encode_integer(len(coded), 7)
+        length[0] |= 0x80
+        return bytes(length) + coded
+    return bytes(encode_integer(len(raw), 7)) + raw
+
+
+class _ShortestStringEncoder(hpack.Encoder):
+    """hpack's encoder, but each string literal Huffman-coded only when that is shorter.
+
+    hpack always Huffman-codes when asked to; for UTF-8 text (Chinese values,
+    say) Huffman makes a literal ~2.8 times longer. RFC 7541 lets the encoder
+    choose per string.
+    """
+
+    def _encode_literal(
+        self, name: bytes, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        return b"".join((indexbit, _string(name), _string(value)))
+
+    def _encode_indexed_literal(
+        self, index: int, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        prefix = encode_integer(index, 6 if indexbit == INDEX_INCREMENTAL else 4)
+        prefix[0] |= ord(indexbit)
+        return bytes(prefix) + _string(value)
+
+
 class HeaderEncoder:
     """Sender side of one direction's HPACK context."""
 
     def __init__(self, preset_id: int, max_table_size: int = INITIAL_HEADER_TABLE_SIZE) -> None:
-        self._encoder = hpack.Encoder()
+        self._encoder = _ShortestStringEncoder()
         self._table = _CountingTable()
         self._encoder.header_table = self._table
         _load_preset(self._table, preset_id)
@@ -154,6 +199,10 @@ class HeaderDecoder:
         self._decoder.max_allowed_table_size = max_table_size
         self._cache = _BlockCache()
 
+    def allow_table_size(self, max_table_size: int) -> None:
+        """Change the largest table the peer's encoder may use (SETTINGS)."""
+        self._decoder.max_allowed_table_size = max_table_size
+
     def decode(self, block: bytes) -> Headers:
         before = self._table.version
         cached = self._cache.get(block, before)
@@ -184,19 +233,6 @@ class HeaderDecoder:
         return headers
 
 
-_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
-_STATIC_NAME_INDEX = {name: entry[0] for name, entry in HeaderTable.STATIC_TABLE_MAPPING.items()}
-
-
-def _string(raw: bytes) -> bytes:
-    coded = _HUFFMAN.encode(raw)
-    if len(coded) < len(raw):
-        length = encode_integer(len(coded), 7)
-        length[0] |= 0x80
-        return bytes(length) + coded
-    return bytes(encode_integer(len(raw), 7)) + raw
-
-
 def encode_context_free(headers: Sequence[Header]) -> bytes:
     """An HPACK block valid in any decoder state, for frames reused across connections.
 
@@ -218,3 +254,8 @@ def encode_context_free(headers: Sequence[Header]) -> bytes:
             out += _string(raw_name)
         out += _string(value.encode())
     return bytes(out)
+
+
+def header_list_size(headers: Sequence[Header]) -> int:
+    """RFC 7541 size of a header list: name + value octets + 32 per field."""
+    return sum(len(name.encode()) + len(value.encode()) + 32 for name, value in headers)

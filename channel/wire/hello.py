@@ -39,6 +39,9 @@ class Hello:
     platform: str = ""
     #: The client's clock at HELLO: the epoch of typed timestamps it sends.
     client_time_ms: int = 0
+    max_header_list_size: int = Limits.max_header_list_size
+    max_body_size: int = Limits.max_body_size
+    max_concurrent_streams: int = Limits.max_concurrent_streams
     version: int = PROTOCOL_VERSION
 
 
@@ -75,6 +78,9 @@ _H = {
     "app_version": FieldSpec(11, "app_version", KIND_BYTES),
     "platform": FieldSpec(12, "platform", KIND_BYTES),
     "client_time_ms": FieldSpec(13, "client_time_ms", KIND_VARINT),
+    "max_header_list_size": FieldSpec(14, "max_header_list_size", KIND_VARINT),
+    "max_body_size": FieldSpec(15, "max_body_size", KIND_VARINT),
+    "max_concurrent_streams": FieldSpec(16, "max_concurrent_streams", KIND_VARINT),
 }
 _HELLO_SPECS = {spec.number: spec for spec in _H.values()}
 
@@ -120,6 +126,9 @@ def encode_hello(hello: Hello) -> bytes:
         "header_table_size",
         "max_frame_size",
         "client_time_ms",
+        "max_header_list_size",
+        "max_body_size",
+        "max_concurrent_streams",
     ):
         number: int = getattr(hello, name)
         if number != getattr(_HELLO_DEFAULTS, name):
@@ -165,8 +174,17 @@ def decode_hello(payload: bytes, limits: Limits) -> Hello:
         app_version=one_text(values, "app_version", "HELLO"),
         platform=one_text(values, "platform", "HELLO"),
         client_time_ms=one_int(values, "client_time_ms", 0),
+        max_header_list_size=one_int(
+            values, "max_header_list_size", _HELLO_DEFAULTS.max_header_list_size
+        ),
+        max_body_size=one_int(values, "max_body_size", _HELLO_DEFAULTS.max_body_size),
+        max_concurrent_streams=one_int(
+            values, "max_concurrent_streams", _HELLO_DEFAULTS.max_concurrent_streams
+        ),
         version=version,
     )
+    if hello.max_concurrent_streams < 1:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "HELLO max_concurrent_streams must be >= 1")
     _check_announced_sizes("HELLO", hello.header_table_size, hello.max_frame_size)
     return hello
 

@@ -51,7 +51,8 @@ RECEIVABLE: dict[tuple[Role, State], frozenset[FrameType]] = {
     (Role.SERVER, State.AWAIT_HELLO): frozenset({F.HELLO}),
     # Requests pipelined behind HELLO are decoded (to keep HPACK in step) and
     # held by the server until it has verified the device.
-    (Role.SERVER, State.AUTHENTICATING): frozenset({F.REQUEST, F.CANCEL, F.PING, F.SETTINGS}),
+    # PING and SETTINGS wait for HELLO_ACK: their answers may not overtake it.
+    (Role.SERVER, State.AUTHENTICATING): frozenset({F.REQUEST, F.CANCEL, F.ERROR}),
     (Role.SERVER, State.OPEN): _SERVER_OPEN,
     (Role.SERVER, State.CLOSING): _SERVER_OPEN,
     (Role.CLIENT, State.HELLO_SENT): frozenset({F.HELLO_ACK, F.ERROR}),

@@ -100,12 +100,27 @@ def split_typed(
     return tuple(rest), bytes(typed)
 
 
-def decode_typed(section: bytes, epoch_ms: int, echo_trace_id: str | None) -> list[Header]:
-    """Decode a typed section body into headers; unknown keys are a FIELD_ERROR."""
+def decode_typed(
+    section: bytes, epoch_ms: int, echo_trace_id: str | None, max_list_size: int
+) -> list[Header]:
+    """Decode a typed section body into headers; unknown keys are a FIELD_ERROR.
+
+    Decoded headers count against ``max_list_size`` (RFC 7541 sizes) like
+    HPACK ones: a one-byte echo entry expands to a whole trace-id.
+    """
     headers: list[Header] = []
     offset = 0
     end = len(section)
+    list_size = 0
     while offset < end:
+        if headers:
+            last_name, last_value = headers[-1]
+            list_size += len(last_name) + len(last_value) + 32
+            if list_size > max_list_size:
+                raise ProtocolError(
+                    ErrorCode.HEADER_LIST_TOO_LARGE,
+                    f"typed fields exceed max_header_list_size {max_list_size}",
+                )
         key, offset = decode_varint_complete(section, offset)
         if key in (KEY_TRACE_ID, KEY_SIGN, KEY_REQUEST_ID):
             length, offset = decode_varint_complete(section, offset)
@@ -127,6 +142,13 @@ def decode_typed(section: bytes, epoch_ms: int, echo_trace_id: str | None) -> li
             headers.append((TRACE_ID, echo_trace_id))
         else:
             raise ProtocolError(ErrorCode.FIELD_ERROR, f"unknown typed field key {key}")
+    if headers:
+        last_name, last_value = headers[-1]
+        if list_size + len(last_name) + len(last_value) + 32 > max_list_size:
+            raise ProtocolError(
+                ErrorCode.HEADER_LIST_TOO_LARGE,
+                f"typed fields exceed max_header_list_size {max_list_size}",
+            )
     return headers
 
 
