@@ -5,7 +5,7 @@ format it implements.
 """
 
 from channel.wire.body import BodyCodec
-from channel.wire.connection import Connection, PreparedPush, Setting
+from channel.wire.connection import Connection, FrameCounters, PreparedPush, Setting
 from channel.wire.dictionaries import Dictionary, DictionaryStore
 from channel.wire.errors import (
     ErrorCode,
@@ -49,6 +49,7 @@ __all__ = [
     "DictionaryStore",
     "ErrorCode",
     "Event",
+    "FrameCounters",
     "FrameType",
     "GoAwayReceived",
     "Hello",

@@ -42,6 +42,9 @@ class BodyCodec:
         self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
         self.level = level
         self._compressors: dict[int, zstandard.ZstdCompressor] = {}
+        #: Body bytes handed to ``encode`` and bytes it produced (for a compression ratio).
+        self.encoded_raw_bytes = 0
+        self.encoded_wire_bytes = 0
         self._decompressors: dict[tuple[int, int], zstandard.ZstdDecompressor] = {}
 
     def _compressor(self, dict_id: int) -> zstandard.ZstdCompressor:
@@ -101,6 +104,12 @@ class BodyCodec:
 
     def encode(self, body: bytes, dict_id: int) -> EncodedBody:
         """Compress with ``dict_id`` (0: no dictionary) when that makes it smaller."""
+        encoded = self._encode(body, dict_id)
+        self.encoded_raw_bytes += len(body)
+        self.encoded_wire_bytes += len(encoded.data)
+        return encoded
+
+    def _encode(self, body: bytes, dict_id: int) -> EncodedBody:
         if len(body) < MIN_COMPRESS_BYTES:
             return EncodedBody(False, body)
         frame = self._compressor(dict_id).compress(body)

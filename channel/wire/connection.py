@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from channel.wire import messages as m
-from channel.wire.body import BodyCodec
+from channel.wire.body import BodyCodec, EncodedBody
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.errors import (
     ErrorCode,
@@ -104,16 +104,50 @@ class PreparedPush:
     header_block: bytes
     body: bytes
     codec: BodyCodec
+    #: RFC 7541 size of the headers, checked against each peer's limit.
+    header_list_size: int = 0
     _tails: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    _bodies: dict[int, EncodedBody] = field(default_factory=dict)
 
-    def tail_for(self, dict_id: int) -> tuple[int, bytes]:
-        tail = self._tails.get(dict_id)
-        if tail is None:
+    def _body(self, dict_id: int) -> EncodedBody:
+        encoded = self._bodies.get(dict_id)
+        if encoded is None:
             encoded = self.codec.encode(self.body, dict_id)
-            flags, rest = m.encode_tail(self.header_block, encoded.data, encoded.compressed)
+            self._bodies[dict_id] = encoded
+        return encoded
+
+    def tail_for(self, dict_id: int, size_update: bytes = b"") -> tuple[int, bytes]:
+        """Flags and payload after the delivery id, for a connection using ``dict_id``.
+
+        ``size_update`` is an HPACK dynamic table size update that connection's
+        encoder still owes; it must open the block, so such a tail is not cached.
+        """
+        tail = None if size_update else self._tails.get(dict_id)
+        if tail is None:
+            encoded = self._body(dict_id)
+            block = size_update + self.header_block
+            flags, rest = m.encode_tail(block, encoded.data, encoded.compressed)
             tail = (flags, encode_varint(len(self.message_id)) + self.message_id + rest)
-            self._tails[dict_id] = tail
+            if not size_update:
+                self._tails[dict_id] = tail
         return tail
+
+
+class FrameCounters:
+    """Frames and bytes by type and direction, shared by all connections of a process.
+
+    One object per process (not per connection) so counting costs no memory
+    per device; metrics exporters read the plain lists at scrape time.
+    """
+
+    __slots__ = ("received", "received_bytes", "sent", "sent_bytes")
+
+    def __init__(self) -> None:
+        size = len(FrameType)
+        self.sent = [0] * size
+        self.sent_bytes = [0] * size
+        self.received = [0] * size
+        self.received_bytes = [0] * size
 
 
 @dataclass
@@ -134,6 +168,7 @@ class Connection:
         body_codec: BodyCodec | None = None,
         encoder_table_size_cap: int = INITIAL_HEADER_TABLE_SIZE,
         send_typed_headers: bool = True,
+        frame_counters: FrameCounters | None = None,
     ) -> None:
         self.role = role
         self.limits = limits or Limits()
@@ -145,6 +180,7 @@ class Connection:
         # Receivers always accept typed fields; turning them off on the sending
         # side exists for measurement and for peers that log raw header blocks.
         self._send_typed_headers = send_typed_headers
+        self._counters = frame_counters
         self._parser = FrameParser(self.limits.max_frame_size)
         self._outbound: list[bytes] = []
         self._encoder: HeaderEncoder | None = None
@@ -183,7 +219,11 @@ class Connection:
         return data
 
     def _queue(self, frame_type: FrameType, flags: int, payload: bytes) -> None:
-        self._outbound.append(encode_frame(frame_type, flags, payload))
+        frame = encode_frame(frame_type, flags, payload)
+        self._outbound.append(frame)
+        if self._counters is not None:
+            self._counters.sent[frame_type] += 1
+            self._counters.sent_bytes[frame_type] += len(frame)
 
     # ------------------------------------------------------------- properties
 
@@ -382,10 +422,12 @@ class Connection:
     def send_push(self, message_id: bytes, body: bytes, headers: Sequence[Header] = ()) -> int:
         """Server: deliver a push; return its delivery id (acknowledged by ACK)."""
         self._require_pushable(message_id)
-        delivery_id = self._take_delivery_id()
+        delivery_id = self._next_delivery_id
         prefix = encode_varint(delivery_id)
         msg_id = encode_varint(len(message_id)) + message_id
         flags, tail = self._encode_tail(prefix + msg_id, tuple(headers), body)
+        # Taken only once encoding succeeded: a refused push leaves no phantom delivery.
+        self._take_delivery_id()
         self._queue(FrameType.PUSH, flags, prefix + msg_id + tail)
         return delivery_id
 
@@ -393,15 +435,29 @@ class Connection:
         self, message_id: bytes, body: bytes, headers: Sequence[Header] = ()
     ) -> PreparedPush:
         """Encode a push once for ``send_prepared_push`` on many connections."""
-        return PreparedPush(message_id, encode_context_free(tuple(headers)), body, self.body_codec)
+        fields = tuple(headers)
+        return PreparedPush(
+            message_id,
+            encode_context_free(fields),
+            body,
+            self.body_codec,
+            header_list_size(fields),
+        )
 
     def send_prepared_push(self, prepared: PreparedPush) -> int:
         self._require_pushable(prepared.message_id)
         if len(prepared.body) > self.peer_max_body_size:
             raise MessageTooLarge("push body exceeds the peer's max_body_size")
+        if prepared.header_list_size > self.peer_max_header_list_size:
+            raise MessageTooLarge("push headers exceed the peer's max_header_list_size")
+        assert self._encoder is not None
+        # Checked before taking the encoder's owed size update, which must then go out.
         flags, tail = prepared.tail_for(self.outgoing_dictionary)
-        if len(tail) + 8 > self.peer_max_frame_size:
+        if len(tail) + 16 > self.peer_max_frame_size:
             raise MessageTooLarge("push exceeds the peer's max_frame_size")
+        size_update = self._encoder.take_size_update()
+        if size_update:
+            flags, tail = prepared.tail_for(self.outgoing_dictionary, size_update)
         delivery_id = self._take_delivery_id()
         self._queue(FrameType.PUSH, flags, encode_varint(delivery_id) + tail)
         return delivery_id
@@ -449,8 +505,16 @@ class Connection:
         """
         self._require_open("SETTINGS")
         pairs = tuple(settings)
+        for key, value in pairs:
+            problem = _setting_problem(key, value)
+            if problem:
+                raise LocalProtocolError(f"SETTINGS {key}={value}: {problem}")
         lowered = []
         for key, value in pairs:
+            # A later value supersedes any lowering of the same key still awaiting its ACK.
+            self._settings_awaiting_ack = [
+                tuple(p for p in pending if p[0] != key) for pending in self._settings_awaiting_ack
+            ]
             if self._own_setting_raises(key, value):
                 self._apply_own_setting(key, value)
             else:
@@ -478,6 +542,8 @@ class Connection:
         self._parser.max_frame_size = self.limits.max_frame_size
         if key == Setting.HEADER_TABLE_SIZE and self._decoder is not None:
             self._decoder.allow_table_size(value)
+        if key == Setting.MAX_HEADER_LIST_SIZE and self._decoder is not None:
+            self._decoder.max_header_list_size = value
 
     def send_goaway(
         self,
@@ -537,6 +603,9 @@ class Connection:
         return events
 
     def _handle(self, frame: RawFrame, events: list[Event]) -> None:
+        if self._counters is not None:
+            self._counters.received[frame.frame_type] += 1
+            self._counters.received_bytes[frame.frame_type] += len(frame.payload)
         allowed = RECEIVABLE.get((self.role, self.state), frozenset())
         if frame.frame_type not in allowed:
             raise ProtocolError(
@@ -702,6 +771,9 @@ class Connection:
         events.append(SettingsReceived(settings))
 
     def _apply_setting(self, key: int, value: int) -> None:
+        problem = _setting_problem(key, value)
+        if problem:
+            raise ProtocolError(ErrorCode.FIELD_ERROR, f"SETTINGS {key}={value}: {problem}")
         if key == Setting.HEADER_TABLE_SIZE:
             if value < INITIAL_HEADER_TABLE_SIZE:
                 raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS header table size below 4096")
@@ -785,6 +857,19 @@ class Connection:
         # The server holds what it delivers, so requests may use it too.
         self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)
         events.append(DictionaryReceived(dictionary))
+
+
+def _setting_problem(key: int, value: int) -> str:
+    """Why a SETTINGS value is invalid ("" if it is fine); the same rule both ways."""
+    if key == Setting.HEADER_TABLE_SIZE and value < INITIAL_HEADER_TABLE_SIZE:
+        return f"header table size below {INITIAL_HEADER_TABLE_SIZE}"
+    if key == Setting.MAX_FRAME_SIZE and value < 1024:
+        return "max frame size below 1024"
+    if key == Setting.MAX_CONCURRENT_STREAMS and value < 1:
+        return "max concurrent streams below 1"
+    if key == Setting.MAX_HEADER_LIST_SIZE and value < 256:
+        return "max header list size below 256"
+    return ""
 
 
 _HANDLERS = {

@@ -151,6 +151,22 @@ class _ShortestStringEncoder(hpack.Encoder):
         prefix[0] |= ord(indexbit)
         return bytes(prefix) + _string(value)
 
+    def _encode_table_size_change(self) -> bytes:
+        # RFC 7541 4.2: signal the smallest size since the last block, then the
+        # final one. hpack replays every change in order, so a grow-then-shrink
+        # between blocks would first announce a size the decoder no longer allows.
+        changes: list[int] = self.table_size_changes
+        self.table_size_changes = []
+        if not changes:
+            return b""
+        smallest, final = min(changes), changes[-1]
+        out = b""
+        for size in (smallest,) if smallest == final else (smallest, final):
+            update = encode_integer(size, 5)
+            update[0] |= 0x20
+            out += bytes(update)
+        return out
+
 
 class HeaderEncoder:
     """Sender side of one direction's HPACK context."""
@@ -162,6 +178,19 @@ class HeaderEncoder:
         _load_preset(self._table, preset_id)
         self._max_table_size = max_table_size
         self._cache = _BlockCache()
+
+    def take_size_update(self) -> bytes:
+        """The dynamic table size update this encoder owes, for a block built elsewhere.
+
+        Context-free blocks (prepared pushes) do not pass through the encoder,
+        so when the peer changed its table size the update is taken here and
+        put in front of such a block; it is then no longer owed.
+        """
+        if not self._table.resized:
+            return b""
+        self._table.resized = False
+        # Every pending change, in order: a shrink then regrow must show the shrink.
+        return bytes(self._encoder._encode_table_size_change())
 
     def use_peer_table_size(self, peer_table_size: int) -> None:
         """Grow (or shrink) to what the peer's decoder announced, within our own cap."""
@@ -198,6 +227,14 @@ class HeaderDecoder:
         _load_preset(self._table, preset_id)
         self._decoder.max_allowed_table_size = max_table_size
         self._cache = _BlockCache()
+
+    @property
+    def max_header_list_size(self) -> int:
+        return int(self._decoder.max_header_list_size)
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._decoder.max_header_list_size = value
 
     def allow_table_size(self, max_table_size: int) -> None:
         """Change the largest table the peer's encoder may use (SETTINGS)."""
