@@ -225,7 +225,7 @@ def test_hello_round_trip(
         st.integers(4096, 2**32),  # header_table_size
         st.integers(1024, 2**32),  # max_frame_size
         st.integers(1, 2**32),  # max_concurrent_streams
-        st.integers(0, 2**32),  # max_header_list_size
+        st.integers(256, 2**32),  # max_header_list_size (>= 256)
         st.integers(0, 2**40),  # max_body_size
         st.integers(0, 2**56 - 1),  # server_time_ms
     ),

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel.wire import ErrorCode, ProtocolError
+from channel.wire.errors import HeaderError
 from channel.wire.headers import (
     NEVER_INDEXED_NAMES,
     HeaderDecoder,
@@ -425,3 +426,18 @@ def test_grow_then_shrink_between_blocks_signals_smallest_then_final() -> None:
     block = encoder.encode([("c", "3")])
     assert block.startswith(b"\x3f\xe1\x3f\x3f\xe1\x7f")  # smallest (8192), then final (16384)
     assert decoder.decode(block) == (("c", "3"),)
+
+
+def test_lowered_limits_apply_to_blocks_seen_before() -> None:
+    """Regression: a cached decode skipped hpack's checks, so a block decoded before a
+    SETTINGS lowered the limits was still accepted after (found by the spec review)."""
+    encoder = HeaderEncoder(0)
+    decoder = HeaderDecoder(0, 4096, 16384)
+    big = encoder.encode([("x-note", "v" * 900)])
+    again = encoder.encode([("x-note", "v" * 900)])  # now fully indexed: cacheable
+    decoder.decode(big)
+    decoder.decode(again)
+    decoder.max_header_list_size = 300
+    with pytest.raises(HeaderError) as info:
+        decoder.decode(again)
+    assert info.value.code is ErrorCode.HEADER_LIST_TOO_LARGE

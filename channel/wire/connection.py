@@ -480,6 +480,7 @@ class Connection:
     def send_ack(self, *delivery_ids: int) -> None:
         """Client: acknowledge pushes (batch several ids in one frame)."""
         self._require_role(Role.CLIENT, "send ACK")
+        self._require_open("ACK")
         for start in range(0, len(delivery_ids), self.limits.max_acks_per_frame):
             chunk = delivery_ids[start : start + self.limits.max_acks_per_frame]
             self._queue(FrameType.ACK, 0, m.encode_ack(chunk))

@@ -235,10 +235,13 @@ class HeaderDecoder:
     @max_header_list_size.setter
     def max_header_list_size(self, value: int) -> None:
         self._decoder.max_header_list_size = value
+        # Cached results were checked against the old limit.
+        self._cache = _BlockCache()
 
     def allow_table_size(self, max_table_size: int) -> None:
         """Change the largest table the peer's encoder may use (SETTINGS)."""
         self._decoder.max_allowed_table_size = max_table_size
+        self._cache = _BlockCache()
 
     def decode(self, block: bytes) -> Headers:
         before = self._table.version

@@ -185,6 +185,7 @@ def decode_hello(payload: bytes, limits: Limits) -> Hello:
     )
     if hello.max_concurrent_streams < 1:
         raise ProtocolError(ErrorCode.FIELD_ERROR, "HELLO max_concurrent_streams must be >= 1")
+    _check_header_list_size("HELLO", hello.max_header_list_size)
     _check_announced_sizes("HELLO", hello.header_table_size, hello.max_frame_size)
     return hello
 
@@ -242,6 +243,7 @@ def decode_hello_ack(payload: bytes) -> HelloAck:
     _check_announced_sizes("HELLO_ACK", ack.header_table_size, ack.max_frame_size)
     if ack.max_concurrent_streams < 1:
         raise ProtocolError(ErrorCode.FIELD_ERROR, "HELLO_ACK max_concurrent_streams must be >= 1")
+    _check_header_list_size("HELLO_ACK", ack.max_header_list_size)
     return ack
 
 
@@ -255,4 +257,12 @@ def _check_announced_sizes(frame_name: str, header_table_size: int, max_frame_si
     if max_frame_size < 1024:
         raise ProtocolError(
             ErrorCode.FIELD_ERROR, f"{frame_name} max_frame_size {max_frame_size} is below 1024"
+        )
+
+
+def _check_header_list_size(frame_name: str, value: int) -> None:
+    # The same floor as SETTINGS MAX_HEADER_LIST_SIZE and Limits.
+    if value < 256:
+        raise ProtocolError(
+            ErrorCode.FIELD_ERROR, f"{frame_name} max_header_list_size {value} is below 256"
         )
