@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from channel import corpus, dicttrain, presetbuild
+from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.presets import Preset
 
@@ -461,12 +462,363 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
     info.set_defaults(handler=_preset_info)
 
 
+# --- channel serve --------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from channel.config import ConfigError, load_config
+    from channel.gateway.run import run_single, run_workers
+
+    overrides = {
+        "server": {
+            "host": args.host,
+            "port": args.port,
+            "admin_port": args.admin_port,
+            "workers": args.workers,
+            "state_dir": args.state_dir,
+        },
+        "log": {"level": args.log_level, "json": False if args.log_text else None},
+    }
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+    if config.server.workers > 1:
+        if config.server.port == 0:
+            raise CommandError("--workers > 1 needs a fixed --port (they share it)")
+        return run_workers(args.config, overrides, config.server.workers)
+    return run_single(config, announce=_announce)
+
+
+def _announce(node: object) -> None:
+    """One JSON line on stdout for tools, a human summary on stderr."""
+    from channel.gateway.node import GatewayNode
+
+    assert isinstance(node, GatewayNode)
+    server = node.config.server
+    info = {
+        "event": "listening",
+        "node": node.node_id,
+        "host": server.host,
+        "port": node.addresses.device_port,
+        "admin_port": node.addresses.admin_port,
+        "ca_cert": str(node.ca_cert) if node.ca_cert else None,
+        "dev_token_key": str(node.dev_token_key) if node.dev_token_key else None,
+        "pid": os.getpid(),
+    }
+    print(json.dumps(info), flush=True)
+    lines = [
+        f"Channel gateway {node.node_id} listening on {server.host}:{info['port']} "
+        f"(TLS 1.3, ALPN mmtp/1); admin http://{server.admin_host}:{info['admin_port']}/metrics",
+    ]
+    if node.ca_cert:
+        lines.append(f"  dev CA certificate (give it to devices): {node.ca_cert}")
+    if node.dev_token_key:
+        lines.append(
+            f"  dev token key: {node.dev_token_key}\n"
+            f"  try: channel token issue --key {node.dev_token_key} --device d1 --user u1 "
+            "--app demo > /tmp/d1.token\n"
+            f"       channel device --port {info['port']} --ca {node.ca_cert} --device d1 "
+            "--app demo --token-file /tmp/d1.token call echo '{\"hi\":1}'"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _add_serve_commands(subparsers: _SubParsers) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run a gateway node",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run a Channel gateway node: devices connect over TLS 1.3 (ALPN mmtp/1) to the\n"
+            "device port; Prometheus metrics, health and admin calls are on the admin port.\n\n"
+            "With no --config it runs on embedded defaults: a dev CA and certificate and a\n"
+            "token key pair are made under --state-dir (paths printed), presence is in\n"
+            "memory, and RPC calls without a route get NOT_FOUND.\n\n"
+            "Settings come from defaults < the TOML file < environment variables\n"
+            "CHANNEL_<SECTION>__<KEY> (e.g. CHANNEL_SERVER__PORT=8443) < these flags.\n"
+            "See channel/config.py for every key.\n\n"
+            "Signals: SIGTERM/SIGINT drain (GOAWAY with a reconnect hint, calls in flight\n"
+            "finish, then exit); SIGHUP reloads the [rpc] routes without dropping devices."
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel serve                                # dev defaults on 127.0.0.1:8443\n"
+            "  channel serve --config /etc/channel/channel.toml --workers 4\n"
+            "  CHANNEL_LIMITS__MAX_FRAME_SIZE=65536 channel serve --port 0   # any free port"
+        ),
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--host", help="device listener address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="device port, 0 = any free port (default 8443)")
+    serve.add_argument("--admin-port", type=int, help="admin/metrics port, 0 = any (default 9100)")
+    serve.add_argument("--workers", type=_positive_int, help="processes sharing the port")
+    serve.add_argument(
+        "--state-dir", help="where dev certificates and keys live (default .channel)"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-text", action="store_true", help="human-readable logs, not JSON")
+    serve.set_defaults(handler=_serve)
+
+
+# --- channel token --------------------------------------------------------------
+
+
+def _token_key_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= tokens.MAX_KEY_ID:
+        raise argparse.ArgumentTypeError(f"must be 0..{tokens.MAX_KEY_ID}, got {value}")
+    return value
+
+
+def _next_token_key_id(directory: Path) -> int:
+    """One more than the largest ``token-<id>`` key id in ``directory``, or 1."""
+    ids = [
+        key_id
+        for path in (directory.glob("token-*") if directory.is_dir() else ())
+        if (key_id := tokens.key_id_from_path(path)) is not None
+    ]
+    key_id = max(ids, default=0) + 1
+    if key_id > tokens.MAX_KEY_ID:
+        raise CommandError(f"{directory} already uses key id {tokens.MAX_KEY_ID}; pass --id")
+    return key_id
+
+
+def _key_id_for(path: Path, explicit: int | None, kind: str) -> int:
+    if explicit is not None:
+        return explicit
+    key_id = tokens.key_id_from_path(path)
+    if key_id is None:
+        raise CommandError(
+            f"cannot tell the key id from the file name {path.name!r} "
+            f"(expected token-<id>.{kind}); pass --key-id"
+        )
+    return key_id
+
+
+def _utc(unix_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+def _token_keygen(args: argparse.Namespace) -> int:
+    key_id = args.id if args.id is not None else _next_token_key_id(args.dir)
+    try:
+        private_path, public_path = tokens.generate_keypair(args.dir, key_id)
+    except FileExistsError as exc:
+        raise CommandError(f"{exc} (pass another --id)") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write keys in {args.dir}: {exc.strerror or exc}") from None
+    print(f"private: {private_path}")
+    print(f"public:  {public_path}")
+    print(
+        f"key id {key_id}: keep {private_path.name} secret on the token issuer; copy "
+        f"{public_path.name} into every gateway's token key directory",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _token_issue(args: argparse.Namespace) -> int:
+    key_id = _key_id_for(args.key, args.key_id, "key")
+    try:
+        private_key = tokens.load_private_key(args.key)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    now = int(time.time())
+    try:
+        claims = tokens.DeviceClaims(
+            device_id=args.device,
+            user_id=args.user,
+            app_id=args.app,
+            issued_at=now,
+            expires_at=now + args.ttl,
+            scopes=tuple(args.scope or ()),
+        )
+        token = tokens.TokenSigner(private_key, key_id).issue(claims)
+    except ValueError as exc:
+        raise CommandError(f"cannot issue token: {exc}") from None
+    print(tokens.encode_token_text(token))
+    print(
+        f"token for device {claims.device_id!r} (user {claims.user_id!r}, app "
+        f"{claims.app_id!r}), key id {key_id}, {len(token)} bytes, expires "
+        f"{_utc(claims.expires_at)} (in {args.ttl} s)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _token_verifier(args: argparse.Namespace) -> tokens.TokenVerifier:
+    try:
+        if args.pub.is_dir():
+            keys = tokens.load_verification_keys(args.pub)
+            if not keys:
+                raise CommandError(f"no token-<id>.pub files in {args.pub}")
+            return tokens.TokenVerifier(keys)
+        key_id = _key_id_for(args.pub, args.key_id, "pub")
+        return tokens.TokenVerifier({key_id: tokens.load_public_key(args.pub)})
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _token_verify(args: argparse.Namespace) -> int:
+    verifier = _token_verifier(args)
+    text = sys.stdin.read() if args.token == "-" else args.token
+    now = time.time()
+    try:
+        token = tokens.decode_token_text(text)
+        claims = verifier.verify(token, device_id=args.device, app_id=args.app, now=now)
+    except tokens.TokenError as exc:
+        raise CommandError(f"token rejected: {exc}") from None
+    print(f"device:  {claims.device_id}")
+    print(f"user:    {claims.user_id}")
+    print(f"app:     {claims.app_id or '(none)'}")
+    print(f"scopes:  {' '.join(claims.scopes) or '(none)'}")
+    print(f"key id:  {tokens.token_key_id(token)}")
+    print(f"issued:  {_utc(claims.issued_at)} (unix {claims.issued_at})")
+    print(
+        f"expires: {_utc(claims.expires_at)} (unix {claims.expires_at}, "
+        f"in {claims.expires_at - int(now)} s)"
+    )
+    print(f"size:    {len(token)} bytes")
+    return EXIT_OK
+
+
+def _add_token_commands(subparsers: _SubParsers) -> None:
+    group = subparsers.add_parser(
+        "token",
+        help="create token keys, issue and verify device tokens",
+        description=(
+            "Devices authenticate with a token: their device id, user id, app id, expiry and\n"
+            "scopes, signed with Ed25519 (about 140 bytes). Your auth service holds the\n"
+            "private key (token-<id>.key) and issues tokens; gateways hold only the public\n"
+            "keys (token-<id>.pub), so a gateway can check tokens but never mint them. The\n"
+            "key id travels in the token, so several keys can be accepted while rotating."
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel token keygen --dir keys\n"
+            "  channel token issue --key keys/token-1.key --device dev-42 --user u-7 "
+            "--app wallet > tok.txt\n"
+            "  channel token verify --pub keys --device dev-42 --app wallet - < tok.txt"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new Ed25519 token key pair",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Write DIR/token-<id>.key (PKCS8 PEM private key, mode 0600) and\n"
+            "DIR/token-<id>.pub (public key) and print their paths. Existing files are\n"
+            "never replaced: tokens already signed with a key would stop verifying."
+        ),
+        epilog=(
+            "example (rotation: add key 2, give gateways both .pub files, switch the\n"
+            "issuer to token-2.key, delete token-1.pub once old tokens expired):\n"
+            "  channel token keygen --dir keys --id 2"
+        ),
+    )
+    keygen.add_argument(
+        "--dir", type=Path, required=True, metavar="DIR", help="directory for the key files"
+    )
+    keygen.add_argument(
+        "--id",
+        type=_token_key_id,
+        metavar="N",
+        help="key id 0..255; default: one more than the largest id in DIR, or 1",
+    )
+    keygen.set_defaults(handler=_token_keygen)
+
+    issue = commands.add_parser(
+        "issue",
+        help="sign a token for a device and print it (base64url)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Sign a token with a private key and print it as base64url on stdout (nothing\n"
+            "else goes to stdout; a summary goes to stderr). For development and tests;\n"
+            "in production your auth service issues tokens with the same format\n"
+            "(channel.security.tokens.TokenSigner)."
+        ),
+        epilog=(
+            "example:\n"
+            "  channel token issue --key keys/token-1.key --device dev-42 --user u-7 \\\n"
+            "      --app wallet --ttl 86400 --scope rpc --scope push"
+        ),
+    )
+    issue.add_argument(
+        "--key", type=Path, required=True, metavar="PRIVATE.key", help="private key file"
+    )
+    issue.add_argument(
+        "--key-id",
+        type=_token_key_id,
+        metavar="N",
+        help="key id to put in the token; default: from the file name token-<id>.key",
+    )
+    issue.add_argument("--device", required=True, metavar="ID", help="device id (as in HELLO)")
+    issue.add_argument("--user", required=True, metavar="ID", help="user id owning the device")
+    issue.add_argument("--app", required=True, metavar="ID", help="app id (as in HELLO)")
+    issue.add_argument(
+        "--ttl",
+        type=_positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime from now (default: %(default)s)",
+    )
+    issue.add_argument(
+        "--scope",
+        action="append",
+        metavar="S",
+        help="a scope granted to the device; repeat for several (at most 16)",
+    )
+    issue.set_defaults(handler=_token_issue)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a token and print its claims",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Check a token the way a gateway does (signature, device, app, expiry with\n"
+            "30 s leeway) and print its claims. A rejected token prints the reason and the\n"
+            "error code the gateway would send, and exits with 2."
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel token verify --pub keys/token-1.pub --device dev-42 TOKEN\n"
+            "  channel token issue ... | channel token verify --pub keys --device dev-42 -"
+        ),
+    )
+    verify.add_argument(
+        "--pub",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="a public key file, or a directory of token-<id>.pub files",
+    )
+    verify.add_argument(
+        "--key-id",
+        type=_token_key_id,
+        metavar="N",
+        help="key id of a --pub file whose name is not token-<id>.pub",
+    )
+    verify.add_argument("--device", required=True, metavar="ID", help="the device presenting it")
+    verify.add_argument("--app", metavar="ID", help="also require this app id")
+    verify.add_argument("token", metavar="TOKEN", help="the base64url token, or - for stdin")
+    verify.set_defaults(handler=_token_verify)
+
+
 # --- entry point ----------------------------------------------------------------
 
 _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
+    _add_serve_commands,
     _add_corpus_commands,
     _add_dict_commands,
     _add_preset_commands,
+    _add_token_commands,
 )
 
 

@@ -55,6 +55,8 @@ RECEIVABLE: dict[tuple[Role, State], frozenset[FrameType]] = {
     (Role.SERVER, State.AUTHENTICATING): frozenset({F.REQUEST, F.CANCEL, F.ERROR}),
     (Role.SERVER, State.OPEN): _SERVER_OPEN,
     (Role.SERVER, State.CLOSING): _SERVER_OPEN,
+    # A server may refuse a connection (limits, draining) before the HELLO arrives.
+    (Role.CLIENT, State.IDLE): frozenset({F.ERROR}),
     (Role.CLIENT, State.HELLO_SENT): frozenset({F.HELLO_ACK, F.ERROR}),
     (Role.CLIENT, State.OPEN): _CLIENT_OPEN,
     (Role.CLIENT, State.CLOSING): _CLIENT_OPEN,

@@ -1,0 +1,265 @@
+"""Gateway configuration: defaults, a TOML file, environment overrides, CLI flags.
+
+Precedence, lowest first: built-in defaults < ``--config FILE`` (TOML) <
+environment variables ``CHANNEL_<SECTION>__<KEY>`` (for example
+``CHANNEL_SERVER__PORT=8443``, ``CHANNEL_LIMITS__MAX_FRAME_SIZE=65536``) <
+command-line flags. Values from the environment are parsed as TOML values
+when they parse (numbers, booleans, ``["a", "b"]``), else taken as strings.
+
+With no file at all the gateway runs on embedded defaults: a dev CA and
+certificate and a token key pair made under ``state_dir``, in-memory presence.
+
+Example ``channel.toml``::
+
+    [server]
+    host = "0.0.0.0"
+    port = 8443                 # device port (TLS 1.3, ALPN mmtp/1)
+    admin_port = 9100           # /metrics, /healthz, /readyz, /admin/*
+    workers = 4                 # processes sharing the port (SO_REUSEPORT)
+    max_connections = 100000
+    max_connections_per_ip = 2000
+    handshake_timeout_s = 10    # TCP accept -> HELLO_ACK
+    state_dir = "/var/lib/channel"
+
+    [tls]
+    cert = "/etc/channel/tls/server.pem"
+    key = "/etc/channel/tls/server.key"
+    client_ca = ""              # set to enable mutual TLS for IoT-style clients
+    require_client_cert = false
+
+    [auth]
+    token_public_keys = ["/etc/channel/keys/token-1.pub"]   # key id from the file name
+    ticket_secret = "..."       # shared by the fleet (tickets from any node resume anywhere)
+    ticket_key_id = 2           # rotation: bump the id, keep the old one accepted a while
+    ticket_accepted_key_ids = [1]
+    ticket_ttl_s = 86400
+
+    [heartbeat]
+    interval_s = 240            # told to devices in HELLO_ACK
+    min_s = 30
+    max_s = 600
+    idle_factor = 1.75          # close after interval * factor of silence
+
+    [limits]                    # every MMTP wire limit, see protocol_spec/mmtp-v1.md
+    max_frame_size = 262144
+    max_concurrent_streams = 64
+    send_buffer_high_water_bytes = 1048576   # slow consumers get GOAWAY SLOW_CONSUMER
+    requests_per_second = 50    # per device, token bucket
+    request_burst = 100
+
+    [rpc]                       # routes and clusters, see channel/rpc/config.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CHANNEL_"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9100
+    workers: int = 1
+    max_connections: int = 100_000
+    max_connections_per_ip: int = 5_000
+    handshake_timeout_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    reconnect_after_ms: int = 2_000
+    state_dir: str = ".channel"
+    node_id: str = ""
+    zone: str = ""
+
+
+@dataclass
+class TlsConfig:
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    require_client_cert: bool = False
+
+
+@dataclass
+class AuthConfig:
+    token_public_keys: list[str] = field(default_factory=list)
+    ticket_secret: str = ""
+    ticket_key_id: int = 1
+    ticket_accepted_key_ids: list[int] = field(default_factory=list)
+    ticket_ttl_s: int = 86_400
+    token_leeway_s: int = 30
+
+
+@dataclass
+class HeartbeatConfig:
+    interval_s: int = 240
+    min_s: int = 30
+    max_s: int = 600
+    idle_factor: float = 1.75
+
+
+@dataclass
+class LimitsConfig:
+    max_frame_size: int = 256 * 1024
+    header_table_size: int = 4096
+    max_header_list_size: int = 16 * 1024
+    max_body_size: int = 1024 * 1024
+    max_concurrent_streams: int = 64
+    send_buffer_high_water_bytes: int = 1024 * 1024
+    requests_per_second: float = 50.0
+    request_burst: int = 100
+    max_pending_requests: int = 64
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    json: bool = True
+
+
+@dataclass
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    rpc: dict[str, Any] = field(default_factory=dict)
+    source: str = "defaults"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
+    where = f"{section}.{key}"
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(current, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(current, list):
+        items: list[Any]
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+        elif isinstance(value, list):
+            items = list(value)
+        else:
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if key.endswith("_ids"):
+            try:
+                return [int(item) for item in items]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: expected a list of integers") from None
+        return [str(item) for item in items]
+    return str(value)
+
+
+def _apply(config: GatewayConfig, section: str, values: Mapping[str, Any], origin: str) -> None:
+    target = getattr(config, section)
+    known = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"{origin}: unknown key {section}.{key} (known: {', '.join(sorted(known))})"
+            )
+        setattr(target, key, _coerce(section, key, getattr(target, key), value))
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> GatewayConfig:
+    """Build the configuration from defaults, ``path``, the environment and overrides."""
+    config = GatewayConfig()
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        for section, values in data.items():
+            if section == "rpc":
+                config.rpc = dict(values)
+            elif section in _SECTIONS and isinstance(values, dict):
+                _apply(config, section, values, str(path))
+            else:
+                raise ConfigError(
+                    f"{path}: unknown section [{section}] (known: {', '.join(_SECTIONS)}, rpc)"
+                )
+        config.source = str(path)
+    env = os.environ if environ is None else environ
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section in _SECTIONS:
+            _apply(config, section, {key: _env_value(raw)}, f"environment {name}")
+    for section, values in (overrides or {}).items():
+        _apply(config, section, {k: v for k, v in values.items() if v is not None}, "flag")
+    validate(config)
+    return config
+
+
+def validate(config: GatewayConfig) -> None:
+    hb = config.heartbeat
+    if not 1 <= hb.min_s <= hb.interval_s <= hb.max_s:
+        raise ConfigError("heartbeat: need 1 <= min_s <= interval_s <= max_s")
+    if hb.idle_factor < 1.2:
+        raise ConfigError(
+            "heartbeat.idle_factor: must be >= 1.2 (a late PING is not a dead device)"
+        )
+    if config.server.workers < 1:
+        raise ConfigError("server.workers: must be >= 1")
+    if config.limits.max_frame_size < 1024:
+        raise ConfigError("limits.max_frame_size: must be >= 1024")
+    if config.limits.header_table_size < 4096:
+        raise ConfigError("limits.header_table_size: must be >= 4096")
+    if config.limits.send_buffer_high_water_bytes < 16 * 1024:
+        raise ConfigError("limits.send_buffer_high_water_bytes: must be >= 16384")
+    if config.auth.ticket_secret and len(config.auth.ticket_secret.encode()) < 32:
+        raise ConfigError("auth.ticket_secret: must be at least 32 bytes (e.g. 64 hex digits)")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

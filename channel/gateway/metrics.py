@@ -1,0 +1,70 @@
+"""Prometheus metrics of one gateway process (own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("channel_connections", "Open device connections", registry=r)
+        self.sessions = Gauge("channel_sessions", "Authenticated device sessions", registry=r)
+        self.handshakes = Counter(
+            "channel_handshakes_total",
+            "Completed MMTP handshakes by kind (full, resumed)",
+            ["kind"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "channel_auth_failures_total", "Refused HELLOs by error code", ["code"], registry=r
+        )
+        self.connection_errors = Counter(
+            "channel_connection_errors_total",
+            "Connections ended by an error, by code",
+            ["code"],
+            registry=r,
+        )
+        self.refused_connections = Counter(
+            "channel_refused_connections_total",
+            "Connections refused before the handshake (limits, draining)",
+            ["reason"],
+            registry=r,
+        )
+        self.frames = Counter(
+            "channel_frames_total",
+            "MMTP frames by direction and type",
+            ["direction", "type"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "channel_bytes_total", "Bytes through TLS by direction", ["direction"], registry=r
+        )
+        self.body_bytes = Counter(
+            "channel_body_bytes_total",
+            "Message body bytes sent, before (raw) and after (wire) compression",
+            ["stage"],
+            registry=r,
+        )
+        self.rpc_latency = Histogram(
+            "channel_rpc_duration_seconds",
+            "Device RPC latency through the gateway, by route and cluster",
+            ["route", "cluster", "status"],
+            buckets=RPC_BUCKETS_S,
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "channel_stream_errors_total",
+            "Stream errors sent to devices, by code",
+            ["code"],
+            registry=r,
+        )
+        self.idle_closed = Counter(
+            "channel_idle_closed_total", "Connections closed for missing heartbeats", registry=r
+        )
+        self.slow_consumers = Counter(
+            "channel_slow_consumers_total", "Connections closed for not reading", registry=r
+        )

@@ -1,0 +1,355 @@
+"""A gateway node: the device listener, its sessions, the admin endpoints, drain.
+
+One ``GatewayNode`` per process. It owns what all sessions share — wire
+limits, the body codec with its dictionaries, the authenticator, the RPC
+router, metrics — and the bookkeeping of connections (per-IP counts, one
+session per device, the sweep that enforces handshake, heartbeat, credential
+and slow-consumer deadlines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from channel.config import GatewayConfig
+from channel.default_dictionary import load_default_dictionary
+from channel.default_presets import register_default_presets
+from channel.gateway.auth import Authenticator
+from channel.gateway.metrics import GatewayMetrics
+from channel.gateway.session import DeviceSession, jittered
+from channel.logs import fields
+from channel.rpc.config import RoutingConfig
+from channel.rpc.model import RpcRequest, RpcResponse
+from channel.rpc.router import RpcRouter
+from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
+from channel.security.tickets import TicketKeyRing, TicketSealer
+from channel.security.tls import peer_certificate_identity, server_ssl_context
+from channel.security.tokens import TokenVerifier, key_id_from_path, load_public_key
+from channel.wire import BodyCodec, DictionaryStore, ErrorCode, FrameCounters, FrameType, Limits
+
+log = logging.getLogger("channel.node")
+
+#: How often the sweep checks deadlines; handshake and idle timeouts are this precise.
+SWEEP_INTERVAL_S = 0.5
+#: A device that has not read for this long while its send buffer is full is dropped.
+SLOW_CONSUMER_GRACE_S = 10.0
+
+
+@dataclass
+class NodeAddresses:
+    device_port: int
+    admin_port: int
+
+
+class GatewayNode:
+    def __init__(self, config: GatewayConfig, *, router: RpcRouter | None = None) -> None:
+        self.config = config
+        self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        register_default_presets()
+        lim = config.limits
+        self.wire_limits = Limits(
+            max_frame_size=lim.max_frame_size,
+            header_table_size=lim.header_table_size,
+            max_header_list_size=lim.max_header_list_size,
+            max_body_size=lim.max_body_size,
+            max_concurrent_streams=lim.max_concurrent_streams,
+        )
+        self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
+        self.dev_token_key: Path | None = None
+        self.ca_cert: Path | None = None
+        self.frame_counters = FrameCounters()
+        self.metrics = GatewayMetrics()
+        self._register_wire_collector()
+        self.authenticator = self._make_authenticator()
+        self.router = router or RpcRouter(RoutingConfig.from_dict(config.rpc))
+        self.sessions: set[DeviceSession] = set()
+        self.by_device: dict[str, DeviceSession] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._server: asyncio.AbstractServer | None = None
+        self._admin: object | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
+        self.ready = False
+        self.addresses = NodeAddresses(0, 0)
+
+    # ---------------------------------------------------------------- set-up
+
+    def _make_authenticator(self) -> Authenticator:
+        auth = self.config.auth
+        state = self.config.state_dir
+        keys = {}
+        paths = [Path(p) for p in auth.token_public_keys]
+        if not paths:
+            private, public = ensure_dev_token_keys(state / "keys")
+            self.dev_token_key = private
+            paths = [public]
+        for path in paths:
+            key_id = key_id_from_path(path)
+            if key_id is None:
+                key_id = 1  # a bare file name: the single key of a small deployment
+            keys[key_id] = load_public_key(path)
+        verifier = TokenVerifier(keys, leeway_s=auth.token_leeway_s)
+        secret = auth.ticket_secret.encode() if auth.ticket_secret else _dev_ticket_secret(state)
+        ring = TicketKeyRing.from_master_secret(
+            secret, auth.ticket_key_id, auth.ticket_accepted_key_ids
+        )
+        return Authenticator(
+            verifier,
+            TicketSealer(ring),
+            ticket_ttl_s=auth.ticket_ttl_s,
+            zone=self.config.server.zone,
+            allow_client_certificates=bool(self.config.tls.client_ca),
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
+        if tls.cert:
+            cert, key = Path(tls.cert), Path(tls.key)
+        else:
+            dev = ensure_dev_certificates(self.config.state_dir / "tls")
+            cert, key, self.ca_cert = dev.cert, dev.key, dev.ca_cert
+            log.info(
+                "using the dev certificate",
+                extra=fields(ca=str(dev.ca_cert), cert=str(cert), sha256=dev.fingerprint_sha256),
+            )
+        return server_ssl_context(
+            cert,
+            key,
+            client_ca=Path(tls.client_ca) if tls.client_ca else None,
+            require_client_cert=tls.require_client_cert,
+        )
+
+    def _register_wire_collector(self) -> None:
+        counters = self.frame_counters
+        codec = self.body_codec
+
+        class _WireCollector:
+            def collect(self) -> Iterable[object]:
+                from prometheus_client.core import CounterMetricFamily
+
+                frames = CounterMetricFamily(
+                    "channel_frames",
+                    "MMTP frames by direction and type",
+                    labels=["direction", "type"],
+                )
+                frame_bytes = CounterMetricFamily(
+                    "channel_frame_bytes",
+                    "MMTP frame bytes by direction and type",
+                    labels=["direction", "type"],
+                )
+                for frame_type in FrameType:
+                    name = frame_type.name
+                    frames.add_metric(["in", name], counters.received[frame_type])
+                    frames.add_metric(["out", name], counters.sent[frame_type])
+                    frame_bytes.add_metric(["in", name], counters.received_bytes[frame_type])
+                    frame_bytes.add_metric(["out", name], counters.sent_bytes[frame_type])
+                body = CounterMetricFamily(
+                    "channel_body_bytes",
+                    "Bodies sent: raw and as encoded (compression ratio)",
+                    labels=["stage"],
+                )
+                body.add_metric(["raw"], codec.encoded_raw_bytes)
+                body.add_metric(["wire"], codec.encoded_wire_bytes)
+                return [frames, frame_bytes, body]
+
+        self.metrics.registry.register(_WireCollector())  # type: ignore[arg-type]
+
+    async def start(self) -> NodeAddresses:
+        loop = asyncio.get_running_loop()
+        server = self.config.server
+        ssl_context = self._ssl_context()
+        await self.router.start()
+        self._server = await loop.create_server(
+            lambda: DeviceSession(self),
+            host=server.host,
+            port=server.port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=server.handshake_timeout_s,
+            reuse_port=server.workers > 1 or None,
+            backlog=4096,
+        )
+        sock = self._server.sockets[0]
+        device_port = sock.getsockname()[1]
+        from channel.gateway.admin import start_admin
+
+        self._admin, admin_port = await start_admin(self)
+        self.addresses = NodeAddresses(device_port, admin_port)
+        self._sweeper = loop.create_task(self._sweep_forever())
+        self.ready = True
+        log.info(
+            "gateway listening",
+            extra=fields(
+                node=self.node_id,
+                host=server.host,
+                port=device_port,
+                admin_port=admin_port,
+                pid=os.getpid(),
+            ),
+        )
+        return self.addresses
+
+    # ------------------------------------------------------------ sessions
+
+    def admit(self, session: DeviceSession, peer_ip: str) -> tuple[ErrorCode, str] | None:
+        """Count a new connection, or say why it is refused."""
+        server = self.config.server
+        reason: tuple[ErrorCode, str] | None = None
+        if self.draining:
+            reason = (ErrorCode.SHUTTING_DOWN, "node is draining; reconnect elsewhere")
+        elif len(self.sessions) >= server.max_connections:
+            reason = (ErrorCode.UNAVAILABLE, "node is at max_connections")
+        elif self._per_ip[peer_ip] >= server.max_connections_per_ip:
+            reason = (ErrorCode.RATE_LIMITED, "too many connections from this address")
+        if reason is not None:
+            self.metrics.refused_connections.labels(reason[0].name).inc()
+            return reason
+        self.sessions.add(session)
+        self._per_ip[peer_ip] += 1
+        self.metrics.connections.set(len(self.sessions))
+        return None
+
+    def forget(self, session: DeviceSession, peer_ip: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self._per_ip[peer_ip] -= 1
+        if self._per_ip[peer_ip] <= 0:
+            del self._per_ip[peer_ip]
+        if session.auth is not None and self.by_device.get(session.device_id) is session:
+            del self.by_device[session.device_id]
+        self.metrics.connections.set(len(self.sessions))
+        self.metrics.sessions.set(len(self.by_device))
+
+    def on_authenticated(self, session: DeviceSession) -> None:
+        assert session.auth is not None
+        self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
+        previous = self.by_device.get(session.device_id)
+        self.by_device[session.device_id] = session
+        if previous is not None and previous is not session:
+            previous.end(ErrorCode.SESSION_REPLACED, "the device connected again elsewhere")
+        self.metrics.sessions.set(len(self.by_device))
+
+    def on_acks(self, session: DeviceSession, delivery_ids: tuple[int, ...]) -> None:
+        """Push delivery receipts arrive here (the push pipeline plugs in)."""
+
+    def heartbeat_for(self, preferred_s: int) -> int:
+        """The interval a device gets: the configured one, or shorter if it asks and may."""
+        hb = self.config.heartbeat
+        if preferred_s and hb.min_s <= preferred_s < hb.interval_s:
+            return preferred_s
+        return hb.interval_s
+
+    def retry_hint_ms(self) -> int:
+        return jittered(self.config.server.reconnect_after_ms)
+
+    def client_certificate_cn(self, transport: asyncio.BaseTransport | None) -> str | None:
+        if transport is None or not self.config.tls.client_ca:
+            return None
+        return peer_certificate_identity(transport.get_extra_info("ssl_object"))
+
+    async def call_upstream(self, request: RpcRequest) -> RpcResponse:
+        return await self.router.handle(request)
+
+    def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
+        route = response.route if hasattr(response, "route") else ""
+        cluster = response.cluster if hasattr(response, "cluster") else ""
+        self.metrics.rpc_latency.labels(route, cluster, str(response.status)).observe(seconds)
+
+    # ---------------------------------------------------------------- sweep
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                self.sweep(time.monotonic(), time.time())
+            except Exception:
+                log.exception("sweep failed")
+
+    def sweep(self, now: float, wall: float) -> None:
+        """Enforce per-connection deadlines (one pass over the sessions)."""
+        handshake_s = self.config.server.handshake_timeout_s
+        hb = self.config.heartbeat
+        high_water = self.config.limits.send_buffer_high_water_bytes
+        for session in list(self.sessions):
+            auth = session.auth
+            if auth is None:
+                if now - session.connected_at > handshake_s:
+                    session.end(ErrorCode.HANDSHAKE_TIMEOUT, f"no HELLO within {handshake_s} s")
+                continue
+            idle_limit = (
+                session.conn.hello_ack.heartbeat_s if session.conn.hello_ack else hb.interval_s
+            ) * hb.idle_factor
+            if now - session.last_seen > idle_limit:
+                self.metrics.idle_closed.inc()
+                session.end(ErrorCode.IDLE_TIMEOUT, f"no frame for {idle_limit:.0f} s")
+            elif auth.auth_expires_at and wall > auth.auth_expires_at:
+                session.send_goaway(ErrorCode.AUTH_EXPIRED, 0, "credential expired; reconnect")
+            elif session.paused_since and (
+                now - session.paused_since > SLOW_CONSUMER_GRACE_S
+                or session.write_buffer_size > 4 * high_water
+            ):
+                self.metrics.slow_consumers.inc()
+                log.info("slow consumer", extra=fields(device=session.device_id))
+                session.abort()
+
+    # ---------------------------------------------------------------- drain
+
+    def reload_routes(self, config: GatewayConfig) -> None:
+        self.router.reload(RoutingConfig.from_dict(config.rpc))
+        self.config.rpc = config.rpc
+        log.info("routes reloaded", extra=fields(source=config.source))
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, tell every device to reconnect later, finish calls, close."""
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        timeout_s = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
+        if self._server is not None:
+            self._server.close()
+        base = self.config.server.reconnect_after_ms
+        for session in list(self.sessions):
+            session.send_goaway(ErrorCode.SHUTTING_DOWN, jittered(base), "node restarting")
+        deadline = time.monotonic() + timeout_s
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort()
+        log.info("drained", extra=fields(node=self.node_id))
+
+    async def close(self) -> None:
+        await self.drain(0 if not self.sessions else None)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._admin is not None:
+            from channel.gateway.admin import stop_admin
+
+            await stop_admin(self._admin)
+        await self.router.close()
+
+
+def _dev_ticket_secret(state_dir: Path) -> bytes:
+    """A ticket secret kept in the state dir, so dev restarts still resume sessions."""
+    path = state_dir / "ticket.secret"
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret

@@ -1,0 +1,102 @@
+"""Running nodes as processes: signals, uvloop, ``--workers N`` with SO_REUSEPORT.
+
+SIGTERM / SIGINT drain (GOAWAY with a jittered reconnect hint, in-flight calls
+finish, then exit 0); SIGHUP reloads the [rpc] routes from the config file.
+With several workers the parent only supervises: each child is a full node
+on the same device port (the kernel spreads connections) and admin port
+``admin_port + index``; signals to the parent are passed on to every child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from channel.config import ConfigError, GatewayConfig, load_config
+from channel.logs import fields, setup_logging
+
+log = logging.getLogger("channel.run")
+
+Announce = Callable[[Any], None]
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve_node(config: GatewayConfig, announce: Announce | None = None) -> int:
+    from channel.gateway.node import GatewayNode
+
+    node = GatewayNode(config)
+    await node.start()
+    if announce is not None:
+        announce(node)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload() -> None:
+        try:
+            node.reload_routes(
+                load_config(config.source) if config.source != "defaults" else config
+            )
+        except (ConfigError, ValueError) as exc:
+            log.error("reload refused", extra=fields(error=str(exc)))
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    log.info("draining", extra=fields(node=node.node_id, connections=len(node.sessions)))
+    await node.drain()
+    await node.close()
+    return 0
+
+
+def run_single(config: GatewayConfig, announce: Announce | None = None) -> int:
+    setup_logging(config.log.level, config.log.json)
+    uv = install_uvloop()
+    log.info("starting", extra=fields(uvloop=uv, config=config.source, pid=os.getpid()))
+    return asyncio.run(serve_node(config, announce))
+
+
+def _worker_main(path: str | None, overrides: Mapping[str, Mapping[str, Any]], index: int) -> None:
+    config = load_config(path, overrides=overrides)
+    if config.server.admin_port:
+        config.server.admin_port += index
+    config.server.node_id = config.server.node_id or f"{os.uname().nodename}-w{index}"
+    sys.exit(run_single(config))
+
+
+def run_workers(path: str | None, overrides: Mapping[str, Mapping[str, Any]], workers: int) -> int:
+    """Start ``workers`` node processes on one port and supervise them."""
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_worker_main, args=(path, overrides, i), name=f"channel-w{i}")
+        for i in range(workers)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = 0
+    for child in children:
+        child.join()
+        status = status or (child.exitcode or 0)
+    return status

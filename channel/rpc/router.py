@@ -1,0 +1,385 @@
+"""The RPC proxy: device REQUEST → traffic rules → upstream HTTP → RESPONSE.
+
+``RpcRouter.handle()`` is all the gateway calls per request. It matches the
+op to a route (exact op beats the longest prefix, then ``*``), lets the
+route's rules pick candidate clusters, and calls the first usable one with
+the route's deadline, retry and breaker policy. It never raises for upstream
+trouble: every failure becomes an ``RpcResponse`` carrying an ``ErrorCode``.
+
+Configuration lives in one immutable ``_State`` swapped by ``reload()`` in a
+single assignment; a call reads the state once, so calls in flight finish
+on the config they started with. Pools of clusters whose config did not
+change (and their breakers and keep-alive connections) carry over; replaced
+pools close when their last call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from channel.rpc.config import OP_PATTERN, RouteConfig, RoutingConfig
+from channel.rpc.metrics import RpcMetrics
+from channel.rpc.model import RpcRequest, RpcResponse
+from channel.rpc.rules import Selection, select
+from channel.rpc.upstream import ClusterPool, Endpoint, upstream_headers
+from channel.wire.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _RouteTable:
+    exact: dict[str, RouteConfig]
+    prefixes: dict[str, RouteConfig]
+    default: RouteConfig | None
+
+    @classmethod
+    def build(cls, routes: tuple[RouteConfig, ...]) -> _RouteTable:
+        return cls(
+            exact={r.match: r for r in routes if not r.is_prefix and not r.is_default},
+            prefixes={r.match: r for r in routes if r.is_prefix},
+            default=next((r for r in routes if r.is_default), None),
+        )
+
+    def match(self, op: str) -> RouteConfig | None:
+        """Exact op, else the longest ``prefix.`` of it, else the ``*`` route."""
+        route = self.exact.get(op)
+        if route is not None:
+            return route
+        end = len(op)
+        while (end := op.rfind(".", 0, end)) >= 0:
+            route = self.prefixes.get(op[: end + 1])
+            if route is not None:
+                return route
+        return self.default
+
+
+@dataclass
+class _State:
+    config: RoutingConfig
+    table: _RouteTable
+    pools: dict[str, ClusterPool]
+    #: Route match → random source for mirror sampling.
+    mirror_rng: random.Random = field(default_factory=random.Random)
+
+
+class RpcRouter:
+    """Routes device RPCs to upstream HTTP clusters; see the module docstring."""
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: RpcMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or RpcMetrics()
+        self._clock = clock
+        self._state = self._build(config, None)
+        self._retired: list[ClusterPool] = []
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the keep-alive HTTP sessions (pools made by a later reload start lazily)."""
+        for pool in self._state.pools.values():
+            await pool.start()
+
+    def reload(self, config: RoutingConfig) -> None:
+        """Swap routes and clusters at once; unchanged clusters keep pools and breakers."""
+        old = self._state
+        new = self._build(config, old)
+        self._state = new
+        kept = {id(pool) for pool in new.pools.values()}
+        self._retired = [p for p in self._retired if not p.closed]
+        retired = [pool for pool in old.pools.values() if id(pool) not in kept]
+        for pool in retired:
+            pool.retire()
+            self._retired.append(pool)
+        log.info(
+            "rpc routing reloaded: %d routes, %d clusters, %d pools retired",
+            len(config.routes),
+            len(config.clusters),
+            len(retired),
+        )
+
+    async def drain_mirrors(self) -> None:
+        """Wait until every mirror call started so far has finished."""
+        while self._mirror_tasks:
+            await asyncio.gather(*self._mirror_tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop accepting calls, cancel pending mirrors and close every pool."""
+        self._closed = True
+        for task in self._mirror_tasks:
+            task.cancel()
+        await self.drain_mirrors()
+        for pool in [*self._state.pools.values(), *self._retired]:
+            await pool.close()
+
+    def _build(self, config: RoutingConfig, previous: _State | None) -> _State:
+        pools: dict[str, ClusterPool] = {}
+        for name, cluster in config.clusters.items():
+            max_bytes = config.max_response_bytes_for(name)
+            old = previous.pools.get(name) if previous else None
+            if (
+                old is not None
+                and old.config == cluster
+                and old.max_response_bytes == max_bytes
+                and old.endpoint_down_s == config.endpoint_down_s
+            ):
+                pools[name] = old
+            else:
+                pools[name] = ClusterPool(
+                    cluster,
+                    clock=self._clock,
+                    metrics=self.metrics,
+                    endpoint_down_s=config.endpoint_down_s,
+                    max_response_bytes=max_bytes,
+                )
+        return _State(config, _RouteTable.build(config.routes), pools)
+
+    # -- calls -----------------------------------------------------------------
+
+    async def handle(self, request: RpcRequest) -> RpcResponse:
+        """Answer one device call; upstream trouble comes back as an error status."""
+        started = self._clock()
+        state = self._state
+        route_label, cluster = "", ""
+        if self._closed:
+            response = RpcResponse.error(ErrorCode.UNAVAILABLE, "gateway is shutting down")
+        elif not OP_PATTERN.fullmatch(request.op):
+            response = RpcResponse.error(
+                ErrorCode.BAD_REQUEST, f"malformed operation type {request.op[:64]!r}"
+            )
+        elif (route := state.table.match(request.op)) is None:
+            response = RpcResponse.error(
+                ErrorCode.NOT_FOUND, f"no route for operation {request.op!r}"
+            )
+        else:
+            route_label = route.match
+            response, cluster = await self._route(state, route, request)
+        self.metrics.observe_call(
+            route_label, cluster, response.status, (self._clock() - started) * 1000
+        )
+        return replace(response, route=route_label, cluster=cluster)
+
+    async def _route(
+        self, state: _State, route: RouteConfig, request: RpcRequest
+    ) -> tuple[RpcResponse, str]:
+        selection = select(route.rules, route.cluster, request)
+        self.metrics.selections[(route.match, selection.picked_by)] += 1
+        try:
+            headers = upstream_headers(request, stress=selection.stress)
+        except ValueError as exc:
+            return RpcResponse.error(ErrorCode.BAD_REQUEST, str(exc)), ""
+        pools = [state.pools[name] for name in selection.clusters]
+        # Hold every candidate before the first await so a reload cannot close
+        # a pool this call may still fail over to.
+        for pool in pools:
+            pool.hold()
+        try:
+            if route.mirror is not None and not selection.stress:
+                self._maybe_mirror(state, route, request, headers)
+            return await self._call(route, selection, pools, request, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rpc %s: unexpected error", request.op)
+            return RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"), ""
+        finally:
+            for pool in pools:
+                pool.unhold()
+
+    async def _call(
+        self,
+        route: RouteConfig,
+        selection: Selection,
+        pools: list[ClusterPool],
+        request: RpcRequest,
+        headers: list[tuple[str, str]],
+    ) -> tuple[RpcResponse, str]:
+        loop = asyncio.get_running_loop()
+        timeout_ms = route.timeout_ms or pools[0].config.timeout_ms
+        deadline = loop.time() + timeout_ms / 1000
+        idempotent = route.is_idempotent(request.op)
+        response = RpcResponse.error(ErrorCode.UNAVAILABLE, "no upstream cluster")
+        for index, pool in enumerate(pools):
+            last = index == len(pools) - 1
+            if not last and not pool.available():
+                self.metrics.failovers[(pool.name, pools[index + 1].name)] += 1
+                continue
+            response, sent = await self._call_cluster(
+                pool, route, request, headers, deadline, idempotent
+            )
+            if sent or last:
+                return response, pool.name
+            # Nothing reached this cluster, so the next one may take the call.
+            self.metrics.failovers[(pool.name, pools[index + 1].name)] += 1
+        return response, pools[-1].name
+
+    async def _call_cluster(
+        self,
+        pool: ClusterPool,
+        route: RouteConfig,
+        request: RpcRequest,
+        headers: list[tuple[str, str]],
+        deadline: float,
+        idempotent: bool,
+    ) -> tuple[RpcResponse, bool]:
+        """Try one cluster within ``deadline``; returns the answer and whether anything was sent.
+
+        Connection failures move on to another endpoint for any op (the
+        request never left); 5xx, timeouts and broken connections are retried
+        only for idempotent ops, up to the route's (else cluster's) retries.
+        """
+        loop = asyncio.get_running_loop()
+        retries_left = 0
+        if idempotent:
+            retries_left = route.retries if route.retries is not None else pool.config.retries
+        connect_tries_left = len(pool.endpoints)
+        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
+        tried: list[Endpoint] = []
+        response: RpcResponse | None = None
+        sent = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return response or RpcResponse.error(
+                    ErrorCode.TIMEOUT, f"no answer for {request.op!r} in time"
+                ), sent
+            endpoint = pool.pick(tried)
+            if endpoint is None:
+                return response or RpcResponse.error(
+                    ErrorCode.UNAVAILABLE,
+                    f"no healthy upstream for {request.op!r}",
+                    retry_after_ms=round(pool.next_endpoint_in_s() * 1000),
+                ), sent
+            if not pool.breaker.allow():
+                self.metrics.breaker_rejections[pool.name] += 1
+                return response or RpcResponse.error(
+                    ErrorCode.UNAVAILABLE,
+                    f"service for {request.op!r} is failing; circuit open",
+                    retry_after_ms=max(1, round(pool.breaker.retry_after_s() * 1000)),
+                ), sent
+            if tried:
+                self.metrics.retries[pool.name] += 1
+            tried.append(endpoint)
+            try:
+                attempt = await pool.post(
+                    endpoint,
+                    request.op,
+                    headers,
+                    request.body,
+                    min(remaining, attempt_timeout_s),
+                )
+            except BaseException:
+                pool.breaker.release()
+                raise
+            self._record(pool, attempt.failure, attempt.outcome)
+            response, sent = attempt.response, sent or attempt.sent
+            if not attempt.failure:
+                return response, sent
+            if not attempt.sent:
+                connect_tries_left -= 1
+                if connect_tries_left > 0:
+                    continue
+                return response, sent
+            if retries_left <= 0:
+                return response, sent
+            retries_left -= 1
+
+    def _record(self, pool: ClusterPool, failure: bool, outcome: str) -> None:
+        if failure:
+            if pool.breaker.record_failure():
+                self.metrics.breaker_opens[pool.name] += 1
+                log.warning(
+                    "rpc cluster %s: circuit opened for %.1fs", pool.name, pool.breaker.open_s
+                )
+        elif outcome == "closed":
+            pool.breaker.release()
+        else:
+            pool.breaker.record_success()
+
+    # -- mirroring -------------------------------------------------------------
+
+    def _maybe_mirror(
+        self,
+        state: _State,
+        route: RouteConfig,
+        request: RpcRequest,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        mirror = route.mirror
+        assert mirror is not None
+        if state.mirror_rng.random() * 100 >= mirror.percent:
+            return
+        pool = state.pools[mirror.cluster]
+        if len(self._mirror_tasks) >= state.config.mirror_max_in_flight or not pool.available():
+            self.metrics.mirror_dropped[pool.name] += 1
+            return
+        pool.hold()
+        task = asyncio.get_running_loop().create_task(
+            self._mirror(pool, request, [*headers, ("x-channel-mirror", "1")])
+        )
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _mirror(
+        self, pool: ClusterPool, request: RpcRequest, headers: list[tuple[str, str]]
+    ) -> None:
+        """Fire-and-forget copy to a shadow cluster: one try, answer discarded."""
+        try:
+            endpoint = pool.pick()
+            if endpoint is None or not pool.breaker.allow():
+                self.metrics.mirror_dropped[pool.name] += 1
+                return
+            timeout_s = (pool.config.attempt_timeout_ms or pool.config.timeout_ms) / 1000
+            try:
+                attempt = await pool.post(endpoint, request.op, headers, request.body, timeout_s)
+            except BaseException:
+                pool.breaker.release()
+                raise
+            self._record(pool, attempt.failure, attempt.outcome)
+            self.metrics.mirror_sent[pool.name] += 1
+            if not attempt.response.ok:
+                self.metrics.mirror_failed[pool.name] += 1
+        except Exception:
+            self.metrics.mirror_failed[pool.name] += 1
+            log.debug("rpc mirror to %s failed", pool.name, exc_info=True)
+        finally:
+            pool.unhold()
+
+    # -- introspection ---------------------------------------------------------
+
+    def describe(self) -> dict[str, object]:
+        """Routes, clusters (endpoints, breaker state, in-flight) and metrics, JSON-friendly."""
+        state = self._state
+        return {
+            "routes": [
+                {
+                    "match": r.match,
+                    "cluster": r.cluster,
+                    "idempotent": r.idempotent,
+                    "idempotent_ops": sorted(r.idempotent_ops),
+                    "timeout_ms": r.timeout_ms,
+                    "retries": r.retries,
+                    "mirror": None
+                    if r.mirror is None
+                    else {"cluster": r.mirror.cluster, "percent": r.mirror.percent},
+                    "rules": [rule.describe() for rule in r.rules],
+                }
+                for r in state.config.routes
+            ],
+            "clusters": {name: pool.describe() for name, pool in state.pools.items()},
+            "retiring_pools": [p.name for p in self._retired if not p.closed],
+            "mirrors_in_flight": len(self._mirror_tasks),
+            "metrics": self.metrics.snapshot(),
+        }

@@ -1,0 +1,101 @@
+"""TLS contexts for MMTP: TLS 1.3 only, ALPN ``mmtp/1``, small handshakes.
+
+Server contexts issue exactly one session ticket per handshake
+(``num_tickets = 1``; OpenSSL's default of 2 costs ~255 bytes more on every
+full handshake) and keep ticket-based resumption on, so a reconnecting device
+does an abbreviated handshake. Python's ``ssl`` has no TLS early data, so
+MMTP's "0-RTT" happens at the protocol level (requests pipelined behind HELLO),
+never as TLS early data.
+
+Optional client certificates serve IoT-style devices (mutual TLS): the
+gateway then takes the device identity from the certificate's common name
+(``peer_certificate_identity``).
+
+A server context does not refuse a client that offers no ALPN or other
+protocols (OpenSSL continues without ALPN); the listener checks
+``negotiated_protocol_ok`` after the handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from channel.wire.hello import ALPN_PROTOCOL
+
+#: Tickets per full handshake; one is all a device keeps.
+SERVER_SESSION_TICKETS = 1
+
+
+def _tls13_only(context: ssl.SSLContext) -> None:
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols([ALPN_PROTOCOL])
+
+
+def server_ssl_context(
+    cert: Path,
+    key: Path,
+    *,
+    client_ca: Path | None = None,
+    require_client_cert: bool = False,
+) -> ssl.SSLContext:
+    """A TLS 1.3 server context for ``cert``/``key`` (PEM files).
+
+    With ``client_ca``, clients may present a certificate signed by it
+    (verified when presented); with ``require_client_cert`` they must, or the
+    handshake fails. ``require_client_cert`` without ``client_ca`` is a
+    ``ValueError``.
+    """
+    if require_client_cert and client_ca is None:
+        raise ValueError("require_client_cert needs client_ca: the CA that signs device certs")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _tls13_only(context)
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    context.num_tickets = SERVER_SESSION_TICKETS
+    # Ticket-based resumption needs no per-session server state: any process
+    # sharing this context resumes. OP_NO_TICKET stays unset on purpose.
+    context.options &= ~ssl.OP_NO_TICKET
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_ssl_context(
+    ca: Path | None, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A TLS 1.3 client context that verifies the server and its host name.
+
+    ``ca`` is the CA file to trust (the dev CA in development); None trusts
+    the system store. ``cert``/``key`` present a client certificate (mTLS).
+    """
+    if key is not None and cert is None:
+        raise ValueError("a client key needs its certificate (cert=...)")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    _tls13_only(context)
+    if cert is not None:
+        context.load_cert_chain(certfile=cert, keyfile=key)
+    return context
+
+
+def negotiated_protocol_ok(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bool:
+    """True if the handshake selected ALPN ``mmtp/1`` (False: no ALPN or another one)."""
+    return ssl_object.selected_alpn_protocol() == ALPN_PROTOCOL
+
+
+def peer_certificate_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The common name of the peer's verified certificate, or None without one.
+
+    Only meaningful on a server context with ``client_ca``: ``getpeercert``
+    reports a certificate only after it was verified against that CA.
+    """
+    peer = ssl_object.getpeercert()
+    if not peer:
+        return None
+    subject = peer.get("subject", ())
+    # ``subject`` is a tuple of RDNs, each a tuple of (name, value) pairs.
+    for rdn in subject if isinstance(subject, tuple) else ():
+        for pair in rdn:
+            if isinstance(pair, tuple) and len(pair) == 2 and pair[0] == "commonName":
+                return str(pair[1])
+    return None
