@@ -25,6 +25,7 @@ from channel import corpus, dicttrain, presetbuild
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.presets import Preset
+from sdk_client.cli import add_device_commands as _add_device_commands
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -519,7 +520,7 @@ def _announce(node: object) -> None:
             f"  try: channel token issue --key {node.dev_token_key} --device d1 --user u1 "
             "--app demo > /tmp/d1.token\n"
             f"       channel device --port {info['port']} --ca {node.ca_cert} --device d1 "
-            "--app demo --token-file /tmp/d1.token call echo '{\"hi\":1}'"
+            "--app demo --token-file /tmp/d1.token call channel.echo '{\"hi\":1}'"
         )
     print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -819,6 +820,7 @@ _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_dict_commands,
     _add_preset_commands,
     _add_token_commands,
+    _add_device_commands,
 )
 
 

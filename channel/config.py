@@ -43,7 +43,8 @@ Example ``channel.toml``::
     [limits]                    # every MMTP wire limit, see protocol_spec/mmtp-v1.md
     max_frame_size = 262144
     max_concurrent_streams = 64
-    send_buffer_high_water_bytes = 1048576   # slow consumers get GOAWAY SLOW_CONSUMER
+    send_buffer_high_water_bytes = 1048576   # above this we stop reading the device's requests
+    slow_consumer_grace_s = 10  # ...and drop it (SLOW_CONSUMER) if it stays there this long
     requests_per_second = 50    # per device, token bucket
     request_burst = 100
 
@@ -114,6 +115,8 @@ class LimitsConfig:
     max_body_size: int = 1024 * 1024
     max_concurrent_streams: int = 64
     send_buffer_high_water_bytes: int = 1024 * 1024
+    #: A device whose send buffer stays above the high-water mark this long is dropped.
+    slow_consumer_grace_s: float = 10.0
     requests_per_second: float = 50.0
     request_burst: int = 100
     max_pending_requests: int = 64

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from pathlib import Path
 
@@ -34,11 +35,23 @@ class RawDevice:
         *,
         limits: Limits | None = None,
         context: ssl.SSLContext | None = None,
+        receive_buffer_bytes: int = 0,
     ) -> RawDevice:
         ctx = context or client_ssl_context(ca_cert)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
-        )
+        if receive_buffer_bytes:
+            # A small kernel buffer, set before connecting (the window is agreed then),
+            # so a device that stops reading backs up into the gateway quickly.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=ctx, server_hostname="localhost"
+            )
+        else:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+            )
         return cls(reader, writer, Connection(Role.CLIENT, limits=limits))
 
     async def flush(self) -> None:

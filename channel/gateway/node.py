@@ -25,6 +25,7 @@ from channel.config import GatewayConfig
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.gateway.auth import Authenticator
+from channel.gateway.builtin import builtin_response
 from channel.gateway.metrics import GatewayMetrics
 from channel.gateway.session import DeviceSession, jittered
 from channel.logs import fields
@@ -41,8 +42,6 @@ log = logging.getLogger("channel.node")
 
 #: How often the sweep checks deadlines; handshake and idle timeouts are this precise.
 SWEEP_INTERVAL_S = 0.5
-#: A device that has not read for this long while its send buffer is full is dropped.
-SLOW_CONSUMER_GRACE_S = 10.0
 
 
 @dataclass
@@ -80,6 +79,9 @@ class GatewayNode:
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
         self.ready = False
+        self._all_gone: asyncio.Event | None = None
+        # Futures for code that waits for one session to end (tests, kick); none by default.
+        self._close_waiters: dict[DeviceSession, asyncio.Future[None]] = {}
         self.addresses = NodeAddresses(0, 0)
 
     # ---------------------------------------------------------------- set-up
@@ -229,6 +231,22 @@ class GatewayNode:
             del self.by_device[session.device_id]
         self.metrics.connections.set(len(self.sessions))
         self.metrics.sessions.set(len(self.by_device))
+        if not self.sessions and self._all_gone is not None:
+            self._all_gone.set()
+        waiter = self._close_waiters.pop(session, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wait_closed(self, session: DeviceSession) -> asyncio.Future[None]:
+        """A future done when ``session``'s connection is gone."""
+        future = self._close_waiters.get(session)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            if session in self.sessions:
+                self._close_waiters[session] = future
+            else:
+                future.set_result(None)
+        return future
 
     def on_authenticated(self, session: DeviceSession) -> None:
         assert session.auth is not None
@@ -258,12 +276,15 @@ class GatewayNode:
         return peer_certificate_identity(transport.get_extra_info("ssl_object"))
 
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
+        builtin = builtin_response(request)
+        if builtin is not None:
+            return builtin
         return await self.router.handle(request)
 
     def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
-        route = response.route if hasattr(response, "route") else ""
-        cluster = response.cluster if hasattr(response, "cluster") else ""
-        self.metrics.rpc_latency.labels(route, cluster, str(response.status)).observe(seconds)
+        # Labels are the route's match and the cluster, never the op (unbounded cardinality).
+        status = "OK" if response.status == 0 else _code_name(response.status)
+        self.metrics.rpc_latency.labels(response.route, response.cluster, status).observe(seconds)
 
     # ---------------------------------------------------------------- sweep
 
@@ -280,6 +301,7 @@ class GatewayNode:
         handshake_s = self.config.server.handshake_timeout_s
         hb = self.config.heartbeat
         high_water = self.config.limits.send_buffer_high_water_bytes
+        grace_s = self.config.limits.slow_consumer_grace_s
         for session in list(self.sessions):
             auth = session.auth
             if auth is None:
@@ -295,11 +317,11 @@ class GatewayNode:
             elif auth.auth_expires_at and wall > auth.auth_expires_at:
                 session.send_goaway(ErrorCode.AUTH_EXPIRED, 0, "credential expired; reconnect")
             elif session.paused_since and (
-                now - session.paused_since > SLOW_CONSUMER_GRACE_S
-                or session.write_buffer_size > 4 * high_water
+                now - session.paused_since > grace_s or session.write_buffer_size > 4 * high_water
             ):
                 self.metrics.slow_consumers.inc()
                 log.info("slow consumer", extra=fields(device=session.device_id))
+                # Its buffer is full: an ERROR frame would never reach it. Just cut.
                 session.abort()
 
     # ---------------------------------------------------------------- drain
@@ -321,9 +343,12 @@ class GatewayNode:
         base = self.config.server.reconnect_after_ms
         for session in list(self.sessions):
             session.send_goaway(ErrorCode.SHUTTING_DOWN, jittered(base), "node restarting")
-        deadline = time.monotonic() + timeout_s
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        self._all_gone = asyncio.Event()
+        if self.sessions:
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), timeout_s)
+            except TimeoutError:
+                log.warning("drain timed out", extra=fields(left=len(self.sessions)))
         for session in list(self.sessions):
             session.abort()
         log.info("drained", extra=fields(node=self.node_id))
@@ -353,3 +378,10 @@ def _dev_ticket_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as handle:
         handle.write(secret)
     return secret
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"CODE_{code}"

@@ -1,0 +1,340 @@
+"""Device RPC through a real gateway to real aiohttp upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from gateway_harness import RunningGateway, gateway, http_upstream
+from raw_device import RawDevice
+from test_gateway_handshake import admin_text
+
+from channel.wire import (
+    ErrorCode,
+    GoAwayReceived,
+    Hello,
+    HelloAccepted,
+    ResponseReceived,
+    StreamErrorReceived,
+)
+
+
+async def connect(
+    gw: RunningGateway, device_id: str, receive_buffer_bytes: int = 0, **hello_fields: Any
+) -> RawDevice:
+    device = await RawDevice.connect(gw.port, gw.ca_cert, receive_buffer_bytes=receive_buffer_bytes)
+    await device.send_hello(
+        Hello(
+            device_id=device_id,
+            app_id="demo",
+            token=gw.token(device_id),
+            preset_id=2,
+            app_version=str(hello_fields.pop("app_version", "8.12.3")),
+            platform=str(hello_fields.pop("platform", "android")),
+            client_time_ms=int(time.time() * 1000),
+        )
+    )
+    (accepted,) = await device.events()
+    assert isinstance(accepted, HelloAccepted)
+    return device
+
+
+async def call(
+    device: RawDevice, op: str, body: bytes = b"{}", headers: tuple[tuple[str, str], ...] = ()
+) -> ResponseReceived | StreamErrorReceived:
+    stream_id = device.conn.send_request(op, body, headers)
+    await device.flush()
+    while True:
+        for event in await device.events():
+            if isinstance(event, ResponseReceived | StreamErrorReceived) and (
+                event.stream_id == stream_id
+            ):
+                return event
+
+
+class Upstream:
+    """A recording aiohttp upstream: every call's op, headers and body."""
+
+    def __init__(self, name: str, *, status: int = 200, delay_s: float = 0.0) -> None:
+        self.name = name
+        self.status = status
+        self.delay_s = delay_s
+        self.calls: list[dict[str, Any]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.called = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls.append(
+            {"op": request.match_info["op"], "headers": dict(request.headers), "body": body}
+        )
+        self.called.set()
+        await self.release.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        reply = json.dumps({"served_by": self.name, "echo": body.decode()}).encode()
+        return web.Response(status=self.status, body=reply, content_type="application/json")
+
+
+def route(match: str, cluster: str, **extra: Any) -> dict[str, Any]:
+    return {"match": match, "cluster": cluster, **extra}
+
+
+async def test_call_reaches_upstream_with_verified_identity(tmp_path: Path) -> None:
+    account = Upstream("account")
+    async with http_upstream({"/rpc/{op}": account.handle}) as url:
+        rpc = {
+            "clusters": {"account": {"endpoints": [url]}},
+            "routes": [route("account.", "account")],
+        }
+        async with gateway(tmp_path, rpc=rpc) as gw:
+            device = await connect(gw, "dev-7")
+            response = await call(
+                device,
+                "account.balance.get",
+                b'{"currency":"CNY"}',
+                (("locale", "zh-CN"), ("x-channel-user-id", "someone-else")),
+            )
+            assert isinstance(response, ResponseReceived) and response.status == 0
+            assert json.loads(response.body)["served_by"] == "account"
+            seen = account.calls[0]
+            assert seen["op"] == "account.balance.get"
+            assert seen["headers"]["x-channel-device-id"] == "dev-7"
+            assert seen["headers"]["x-channel-user-id"] == "u1"  # the token's, not the device's
+            assert seen["headers"]["locale"] == "zh-CN"
+            # Built-in echo needs no upstream.
+            echo = await call(device, "channel.echo", b"ping")
+            assert isinstance(echo, ResponseReceived) and echo.body == b"ping"
+            await device.close()
+
+
+async def test_upstream_failures_map_to_codes_and_breaker_opens(tmp_path: Path) -> None:
+    slow = Upstream("slow", delay_s=2.0)
+    broken = Upstream("broken", status=500)
+    async with (
+        http_upstream({"/rpc/{op}": slow.handle}) as slow_url,
+        http_upstream({"/rpc/{op}": broken.handle}) as broken_url,
+    ):
+        rpc = {
+            "clusters": {
+                "slow": {"endpoints": [slow_url], "timeout_ms": 200},
+                "broken": {
+                    "endpoints": [broken_url],
+                    "breaker": {"failures": 3, "window_s": 30, "open_s": 30},
+                },
+            },
+            "routes": [route("slow.", "slow"), route("broken.", "broken")],
+        }
+        async with gateway(tmp_path, rpc=rpc) as gw:
+            device = await connect(gw, "d1")
+            timed_out = await call(device, "slow.op")
+            assert timed_out.status == ErrorCode.TIMEOUT  # type: ignore[union-attr]
+            for _ in range(3):
+                failed = await call(device, "broken.op")
+                assert isinstance(failed, ResponseReceived)
+                assert failed.status == ErrorCode.UPSTREAM_ERROR
+            hits = len(broken.calls)
+            refused = await call(device, "broken.op")
+            assert isinstance(refused, ResponseReceived)
+            assert refused.status == ErrorCode.UNAVAILABLE
+            assert len(broken.calls) == hits  # the open breaker kept the upstream out of it
+            missing = await call(device, "nobody.home")
+            assert missing.status == ErrorCode.NOT_FOUND  # type: ignore[union-attr]
+            await device.close()
+
+
+async def test_gray_split_and_zone_failover_and_mirroring(tmp_path: Path) -> None:
+    stable, canary = Upstream("stable"), Upstream("canary")
+    sh, shadow = Upstream("sh"), Upstream("shadow")
+    async with (
+        http_upstream({"/rpc/{op}": stable.handle}) as stable_url,
+        http_upstream({"/rpc/{op}": canary.handle}) as canary_url,
+        http_upstream({"/rpc/{op}": sh.handle}) as sh_url,
+        http_upstream({"/rpc/{op}": shadow.handle}) as shadow_url,
+    ):
+        rpc = {
+            "clusters": {
+                "stable": {"endpoints": [stable_url]},
+                "canary": {"endpoints": [canary_url]},
+                # hz's only endpoint refuses connections: nothing listens there.
+                "hz": {"endpoints": ["http://127.0.0.1:9"], "zone": "hz"},
+                "sh": {"endpoints": [sh_url], "zone": "sh"},
+                "shadow": {"endpoints": [shadow_url]},
+            },
+            "routes": [
+                route(
+                    "feed.", "stable", rules=[{"kind": "gray", "percent": 50, "cluster": "canary"}]
+                ),
+                route(
+                    "pay.",
+                    "hz",
+                    rules=[
+                        {"kind": "zone", "clusters": {"hz": "hz", "sh": "sh"}, "failover": ["sh"]}
+                    ],
+                    mirror={"cluster": "shadow", "percent": 100},
+                ),
+            ],
+        }
+        async with gateway(tmp_path, rpc=rpc, server={"zone": "hz"}) as gw:
+            served: dict[str, int] = {}
+            for i in range(40):
+                device = await connect(gw, f"gray-{i}")
+                first = await call(device, "feed.list")
+                second = await call(device, "feed.list")
+                assert isinstance(first, ResponseReceived) and isinstance(second, ResponseReceived)
+                name = json.loads(first.body)["served_by"]
+                assert json.loads(second.body)["served_by"] == name  # stable per device
+                served[name] = served.get(name, 0) + 1
+                await device.close()
+            assert 10 <= served.get("canary", 0) <= 30, served
+            device = await connect(gw, "payer")
+            paid = await call(device, "pay.create", b'{"amount":"1.00"}')
+            assert isinstance(paid, ResponseReceived) and paid.status == 0
+            assert json.loads(paid.body)["served_by"] == "sh"
+            await gw.node.router.drain_mirrors()
+            assert [c["op"] for c in shadow.calls] == ["pay.create"]
+            assert shadow.calls[0]["headers"].get("x-channel-mirror") == "1"
+            await device.close()
+
+
+async def test_route_reload_keeps_devices_connected(tmp_path: Path) -> None:
+    blue, green = Upstream("blue"), Upstream("green")
+    async with (
+        http_upstream({"/rpc/{op}": blue.handle}) as blue_url,
+        http_upstream({"/rpc/{op}": green.handle}) as green_url,
+    ):
+
+        def config_text(active: str) -> str:
+            return (
+                f'[rpc.clusters.blue]\nendpoints = ["{blue_url}"]\n'
+                f'[rpc.clusters.green]\nendpoints = ["{green_url}"]\n'
+                '[[rpc.routes]]\nmatch = "app."\ncluster = "blue"\n'
+                '[[rpc.routes.rules]]\nkind = "color"\n'
+                f'active = "{active}"\nclusters = {{ blue = "blue", green = "green" }}\n'
+            )
+
+        config_file = tmp_path / "channel.toml"
+        config_file.write_text(config_text("blue"))
+        from channel.config import load_config
+
+        async with gateway(tmp_path, rpc=load_config(config_file).rpc) as gw:
+            gw.node.config.source = str(config_file)
+            device = await connect(gw, "d1")
+            before = await call(device, "app.home")
+            assert json.loads(before.body)["served_by"] == "blue"  # type: ignore[union-attr]
+            blue.release.clear()  # a call in flight across the reload
+            blue.called.clear()
+            in_flight = device.conn.send_request("app.slow", b"{}")
+            await device.flush()
+            await asyncio.wait_for(blue.called.wait(), 5)
+            config_file.write_text(config_text("green"))
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"http://127.0.0.1:{gw.admin_port}/admin/reload") as reply,
+            ):
+                assert reply.status == 200
+            blue.release.set()
+            finished = await device.until(ResponseReceived)
+            done = [e for e in finished if isinstance(e, ResponseReceived)]
+            assert done[0].stream_id == in_flight and done[0].status == 0
+            after = await call(device, "app.home")
+            assert json.loads(after.body)["served_by"] == "green"  # type: ignore[union-attr]
+            assert len(gw.node.sessions) == 1  # the same connection throughout
+            await device.close()
+
+
+async def test_drain_finishes_calls_in_flight_then_closes(tmp_path: Path) -> None:
+    slow = Upstream("slow")
+    slow.release.clear()
+    async with http_upstream({"/rpc/{op}": slow.handle}) as url:
+        rpc = {
+            "clusters": {"slow": {"endpoints": [url], "timeout_ms": 10_000}},
+            "routes": [route("slow.", "slow")],
+        }
+        async with gateway(tmp_path, rpc=rpc, server={"reconnect_after_ms": 1000}) as gw:
+            device = await connect(gw, "d1")
+            stream_id = device.conn.send_request("slow.op", b"{}")
+            await device.flush()
+            await asyncio.wait_for(slow.called.wait(), 5)
+            drain = asyncio.create_task(gw.node.drain(timeout_s=10))
+            (goaway,) = await device.events()
+            assert isinstance(goaway, GoAwayReceived)
+            assert goaway.code == ErrorCode.SHUTTING_DOWN
+            assert 1000 <= goaway.reconnect_after_ms <= 1500
+            slow.release.set()
+            (response,) = await device.events()
+            assert isinstance(response, ResponseReceived) and response.stream_id == stream_id
+            assert response.status == 0
+            assert await device.closed_by_peer()
+            await drain
+            assert not gw.node.sessions
+
+
+async def test_rate_limit_answers_with_retry_after(tmp_path: Path) -> None:
+    limits = {"requests_per_second": 1.0, "request_burst": 2}
+    async with gateway(tmp_path, limits=limits) as gw:
+        device = await connect(gw, "d1")
+        results = [await call(device, "channel.echo", b"x") for _ in range(3)]
+        assert [isinstance(r, ResponseReceived) for r in results] == [True, True, False]
+        limited = results[2]
+        assert isinstance(limited, StreamErrorReceived)
+        assert limited.code == ErrorCode.RATE_LIMITED and 0 < limited.retry_after_ms <= 1000
+        await device.close()
+
+
+async def test_device_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+    limits = {
+        "send_buffer_high_water_bytes": 65536,
+        "slow_consumer_grace_s": 0.5,
+        "requests_per_second": 1000.0,
+        "request_burst": 1000,
+    }
+    async with gateway(tmp_path, limits=limits) as gw:
+        device = await connect(gw, "reader-on-strike", receive_buffer_bytes=32768)
+        session = gw.node.by_device["reader-on-strike"]
+        gone = gw.node.wait_closed(session)
+        body = os.urandom(200_000)  # incompressible: every answer is as big as the question
+        for _ in range(40):
+            device.conn.send_request("channel.echo", body)
+            # Never read: the gateway's send buffer fills, it stops reading our requests,
+            # our own writes then stall, and after the grace period it drops us.
+            device.writer.write(device.conn.data_to_send())
+        await asyncio.wait_for(gone, 10)
+        assert session not in gw.node.sessions
+        text = await admin_text(gw, "/metrics")
+        assert "channel_slow_consumers_total 1.0" in text
+        device.writer.transport.abort()
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+async def test_mutual_tls_identifies_iot_devices(tmp_path: Path, with_cert: bool) -> None:
+    from channel.security.devcert import ensure_dev_certificates, issue_client_certificate
+    from channel.security.tls import client_ssl_context
+
+    dev = ensure_dev_certificates(tmp_path / "tls")
+    tls = {"client_ca": str(dev.ca_cert), "require_client_cert": False}
+    async with gateway(tmp_path, tls=tls) as gw:
+        if with_cert:
+            cert, key = issue_client_certificate(
+                dev.ca_cert, dev.ca_key, common_name="till-42", directory=tmp_path / "client"
+            )
+            context = client_ssl_context(gw.ca_cert, cert=cert, key=key)
+        else:
+            context = client_ssl_context(gw.ca_cert)
+        device = await RawDevice.connect(gw.port, gw.ca_cert, context=context)
+        await device.send_hello(Hello(device_id="till-42", app_id="pos"))
+        events = await device.events()
+        if with_cert:
+            assert isinstance(events[0], HelloAccepted)
+            assert gw.node.by_device["till-42"].auth.device.scopes == ("mtls",)  # type: ignore[union-attr]
+            await device.close()
+        else:
+            assert events[0].code == ErrorCode.AUTH_REQUIRED  # type: ignore[union-attr]
