@@ -488,10 +488,10 @@ def _serve(args: argparse.Namespace) -> int:
         if config.server.port == 0:
             raise CommandError("--workers > 1 needs a fixed --port (they share it)")
         return run_workers(args.config, overrides, config.server.workers)
-    return run_single(config, announce=_announce)
+    return run_single(config, announce=announce_listening)
 
 
-def _announce(node: object) -> None:
+def announce_listening(node: object) -> None:
     """One JSON line on stdout for tools, a human summary on stderr."""
     from channel.gateway.node import GatewayNode
 

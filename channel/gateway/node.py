@@ -253,7 +253,9 @@ class GatewayNode:
         self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
         previous = self.by_device.get(session.device_id)
         self.by_device[session.device_id] = session
-        if previous is not None and previous is not session:
+        if previous is not None and previous is not session and not previous.conn.draining:
+            # A draining connection (GOAWAY sent either way) finishes its streams
+            # on its own; only a live duplicate is replaced.
             previous.end(ErrorCode.SESSION_REPLACED, "the device connected again elsewhere")
         self.metrics.sessions.set(len(self.by_device))
 

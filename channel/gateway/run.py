@@ -75,7 +75,9 @@ def _worker_main(path: str | None, overrides: Mapping[str, Mapping[str, Any]], i
     if config.server.admin_port:
         config.server.admin_port += index
     config.server.node_id = config.server.node_id or f"{os.uname().nodename}-w{index}"
-    sys.exit(run_single(config))
+    from channel.cli import announce_listening
+
+    sys.exit(run_single(config, announce=announce_listening))
 
 
 def run_workers(path: str | None, overrides: Mapping[str, Mapping[str, Any]], workers: int) -> int:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from channel.gateway.auth import AuthFailure, AuthResult
 from channel.gateway.ratelimit import TokenBucket
@@ -86,7 +86,8 @@ class DeviceSession(asyncio.Protocol):
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TLS transport is not an asyncio.Transport subclass, only alike.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0] if isinstance(peer, tuple) else ""

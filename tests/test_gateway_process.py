@@ -1,0 +1,148 @@
+"""``channel serve`` as a real process: signals, drain, reload, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from raw_device import RawDevice
+
+from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
+from channel.wire import ErrorCode, GoAwayReceived, Hello, HelloAccepted, ResponseReceived
+
+
+def free_port_below_32768() -> int:
+    """A port for listeners that must be fixed (workers share it): checked, not assumed."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
+class ServeProcess:
+    def __init__(self, state_dir: Path, *args: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "channel",
+                "serve",
+                "--state-dir",
+                str(state_dir),
+                "--log-text",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.listening: list[dict[str, object]] = []
+
+    def wait_listening(self, count: int = 1, timeout_s: float = 30) -> list[dict[str, object]]:
+        """Read the nodes' JSON lines until ``count`` say they listen (bounded wait)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while len(self.listening) < count:
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                self.proc.kill()
+                raise AssertionError(f"no listening line within {timeout_s} s: {self.stderr()}")
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"serve exited: {self.stderr()}")
+            info = json.loads(line)
+            if info.get("event") == "listening":
+                self.listening.append(info)
+        return self.listening
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def token_for(info: dict[str, object], device_id: str) -> bytes:
+    signer = TokenSigner(load_private_key(Path(str(info["dev_token_key"]))), 1)
+    now = int(time.time())
+    return signer.issue(DeviceClaims(device_id, "u1", "demo", now + 600, now))
+
+
+async def connect(info: dict[str, object], device_id: str) -> RawDevice:
+    device = await RawDevice.connect(int(str(info["port"])), Path(str(info["ca_cert"])))
+    await device.send_hello(
+        Hello(device_id=device_id, app_id="demo", token=token_for(info, device_id))
+    )
+    (accepted,) = await device.events()
+    assert isinstance(accepted, HelloAccepted)
+    return device
+
+
+async def test_sigterm_drains_with_goaway_and_exits_zero(tmp_path: Path) -> None:
+    serve = ServeProcess(tmp_path, "--port", "0", "--admin-port", "0")
+    try:
+        (info,) = await asyncio.to_thread(serve.wait_listening)
+        device = await connect(info, "d1")
+        echo = device.conn.send_request("channel.echo", b"before")
+        await device.flush()
+        (answer,) = await device.events()
+        assert isinstance(answer, ResponseReceived) and answer.stream_id == echo
+        serve.proc.send_signal(signal.SIGTERM)
+        (goaway,) = await device.events(10)
+        assert isinstance(goaway, GoAwayReceived) and goaway.code == ErrorCode.SHUTTING_DOWN
+        assert goaway.reconnect_after_ms >= 2000
+        assert await device.closed_by_peer(10)
+        assert await asyncio.to_thread(serve.proc.wait, 30) == 0
+        assert "drained" in serve.stderr()
+    finally:
+        serve.stop()
+
+
+async def test_workers_share_one_port_and_each_drains(tmp_path: Path) -> None:
+    port = free_port_below_32768()
+    serve = ServeProcess(tmp_path, "--port", str(port), "--admin-port", "0", "--workers", "2")
+    try:
+        # Each worker process prints its own line once it listens.
+        listening = await asyncio.to_thread(serve.wait_listening, 2)
+        assert {int(str(i["port"])) for i in listening} == {port}
+        assert len({i["pid"] for i in listening}) == 2
+        devices = [await connect(listening[0], f"w{i}") for i in range(12)]
+        for device in devices:
+            device.conn.send_request("channel.echo", b"x")
+            await device.flush()
+            (answer,) = await device.events()
+            assert isinstance(answer, ResponseReceived) and answer.status == 0
+        # The kernel spread the devices over both workers (all 12 on one: p = 1/2048).
+        counts = []
+        for info in listening:
+            url = f"http://127.0.0.1:{info['admin_port']}/readyz"
+            async with aiohttp.ClientSession() as http, http.get(url) as reply:
+                counts.append((await reply.json())["sessions"])
+        assert sum(counts) == 12 and min(counts) > 0, counts
+        serve.proc.send_signal(signal.SIGTERM)
+        for device in devices:
+            (goaway,) = await device.events(10)
+            assert isinstance(goaway, GoAwayReceived)
+        assert await asyncio.to_thread(serve.proc.wait, 30) == 0
+    finally:
+        serve.stop()
