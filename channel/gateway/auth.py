@@ -19,7 +19,7 @@ from channel.wire import ErrorCode, Hello
 MTLS_SCOPE = "mtls"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthResult:
     device: DeviceContext
     session_id: bytes

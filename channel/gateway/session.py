@@ -170,6 +170,7 @@ class DeviceSession(asyncio.Protocol):
                 extra=fields(device=event.hello.device_id, code=failure.code.name),
             )
             self.conn.reject(failure.code, failure.message)
+            self.conn.forget_credentials()
             return
         self.auth = result
         heartbeat_s = node.heartbeat_for(event.hello.heartbeat_s)
@@ -180,6 +181,7 @@ class DeviceSession(asyncio.Protocol):
             server_time_ms=int(time.time() * 1000),
             resumed=result.resumed,
         )
+        self.conn.forget_credentials()
         limits = node.config.limits
         self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, self.last_seen)
         node.on_authenticated(self)

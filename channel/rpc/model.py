@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from channel.wire.errors import ErrorCode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceContext:
     """Verified identity of the calling device (from its token / ticket and HELLO).
 
