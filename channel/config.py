@@ -71,6 +71,8 @@ class ServerConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
     workers: int = 1
+    #: SO_REUSEPORT: a new process (rolling restart) or several workers share the port.
+    reuse_port: bool = True
     max_connections: int = 100_000
     max_connections_per_ip: int = 5_000
     handshake_timeout_s: float = 10.0

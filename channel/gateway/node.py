@@ -177,7 +177,7 @@ class GatewayNode:
             port=server.port,
             ssl=ssl_context,
             ssl_handshake_timeout=server.handshake_timeout_s,
-            reuse_port=server.workers > 1 or None,
+            reuse_port=server.reuse_port or server.workers > 1 or None,
             backlog=4096,
         )
         sock = self._server.sockets[0]
