@@ -338,3 +338,21 @@ async def test_mutual_tls_identifies_iot_devices(tmp_path: Path, with_cert: bool
             await device.close()
         else:
             assert events[0].code == ErrorCode.AUTH_REQUIRED  # type: ignore[union-attr]
+
+
+async def test_backend_call_to_a_silent_device_times_out_and_cancels(tmp_path: Path) -> None:
+    from channel.wire import RequestReceived, StreamCancelled
+
+    async with gateway(tmp_path) as gw:
+        device = await connect(gw, "mute")
+        call_task = asyncio.create_task(
+            gw.node.call_device("mute", "device.ring", b"{}", timeout_s=0.3)
+        )
+        (request,) = await device.events()
+        assert isinstance(request, RequestReceived) and request.stream_id % 2 == 0
+        answer = await call_task
+        assert answer.status == ErrorCode.TIMEOUT
+        # The device is told to stop; answering afterwards is harmless.
+        events = await device.events()
+        assert [type(e) for e in events] == [StreamCancelled]
+        await device.close()

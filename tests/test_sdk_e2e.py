@@ -27,10 +27,7 @@ from channel.security.tokens import DeviceClaims, TokenSigner, encode_token_text
 from channel.wire import (
     DictionaryStore,
     ErrorCode,
-    Event,
     FrameType,
-    ResponseReceived,
-    StreamErrorReceived,
 )
 from sdk_client import (
     AuthError,
@@ -434,28 +431,7 @@ async def test_push_handler_failure_leaves_the_push_unacked(tmp_path: Path) -> N
 # ------------------------------------------------------ backend -> device
 
 
-@pytest.fixture
-def device_answers(monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[Event]:
-    """Answers devices send to gateway-initiated streams.
-
-    The node has no backend → device call API yet, so tests start the stream
-    on the session's wire connection and read the answer from its events.
-    """
-    answers: asyncio.Queue[Event] = asyncio.Queue()
-    original = DeviceSession._dispatch
-
-    def dispatch(self: DeviceSession, event: Event) -> None:
-        if isinstance(event, ResponseReceived | StreamErrorReceived):
-            answers.put_nowait(event)
-        original(self, event)
-
-    monkeypatch.setattr(DeviceSession, "_dispatch", dispatch)
-    return answers
-
-
-async def test_backend_to_device_calls_reach_the_handlers(
-    tmp_path: Path, device_answers: asyncio.Queue[Event]
-) -> None:
+async def test_backend_to_device_calls_reach_the_handlers(tmp_path: Path) -> None:
     async with gateway_for(tmp_path) as gw, make_client(gw) as client:
 
         @client.handle("device.location.get")
@@ -471,27 +447,23 @@ async def test_backend_to_device_calls_reach_the_handlers(
         def nope(request: Request) -> Response:
             raise NotFound(ErrorCode.NOT_FOUND, "no such sensor")
 
-        conn = session_of(gw).conn
-        ok = conn.send_request("device.location.get", b"why", [("precision", "high")])
-        unknown = conn.send_request("device.unknown", b"")
-        failing = conn.send_request("device.fail", b"")
-        missing = conn.send_request("device.nope", b"")
-        session_of(gw)._flush()
-        answers = {}
-        for _ in range(4):
-            event = await asyncio.wait_for(device_answers.get(), WAIT_S)
-            assert isinstance(event, ResponseReceived | StreamErrorReceived)
-            answers[event.stream_id] = event
-        answer = answers[ok]
-        assert isinstance(answer, ResponseReceived) and answer.status == 0
-        assert json.loads(answer.body) == {"lat": 30.27, "asked": "why"}
-        codes = {sid: getattr(answers[sid], "code", None) for sid in (unknown, failing, missing)}
-        assert codes == {
-            unknown: ErrorCode.NOT_FOUND,
-            failing: ErrorCode.INTERNAL_ERROR,
-            missing: ErrorCode.NOT_FOUND,
-        }
+        device_id = session_of(gw).device_id
+        ok, unknown, failing, missing = await asyncio.gather(
+            gw.node.call_device(device_id, "device.location.get", b"why", (("precision", "high"),)),
+            gw.node.call_device(device_id, "device.unknown"),
+            gw.node.call_device(device_id, "device.fail"),
+            gw.node.call_device(device_id, "device.nope"),
+        )
+        assert ok.status == 0
+        assert json.loads(ok.body) == {"lat": 30.27, "asked": "why"}
+        assert [unknown.status, failing.status, missing.status] == [
+            ErrorCode.NOT_FOUND,
+            ErrorCode.INTERNAL_ERROR,
+            ErrorCode.NOT_FOUND,
+        ]
         assert client.stats.requests_served == 3
+        absent = await gw.node.call_device("nobody", "device.location.get")
+        assert absent.status == ErrorCode.NOT_FOUND
 
 
 # ------------------------------------------------------- limits and timeouts

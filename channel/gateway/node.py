@@ -277,6 +277,20 @@ class GatewayNode:
             return None
         return peer_certificate_identity(transport.get_extra_info("ssl_object"))
 
+    async def call_device(
+        self,
+        device_id: str,
+        op: str,
+        body: bytes = b"",
+        headers: tuple[tuple[str, str], ...] = (),
+        timeout_s: float = 10.0,
+    ) -> RpcResponse:
+        """Backend → device RPC for a device connected to this node."""
+        session = self.by_device.get(device_id)
+        if session is None:
+            return RpcResponse.error(ErrorCode.NOT_FOUND, f"device {device_id} is not connected")
+        return await session.call_device(op, body, headers, timeout_s)
+
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
         builtin = builtin_response(request)
         if builtin is not None:

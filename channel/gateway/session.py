@@ -36,8 +36,10 @@ from channel.wire import (
     LocalProtocolError,
     ProtocolError,
     RequestReceived,
+    ResponseReceived,
     Role,
     StreamCancelled,
+    StreamErrorReceived,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ class DeviceSession(asyncio.Protocol):
 
     __slots__ = (
         "_bucket",
+        "_calls",
         "_closing",
         "_closing_when_idle",
         "_node",
@@ -69,6 +72,8 @@ class DeviceSession(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer_ip = ""
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Gateway-initiated calls to the device awaiting its answer (None: never used).
+        self._calls: dict[int, asyncio.Future[RpcResponse]] | None = None
         self._bucket: TokenBucket | None = None
         self._closing = False
         self._closing_when_idle = False
@@ -108,6 +113,10 @@ class DeviceSession(asyncio.Protocol):
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
+        for future in (self._calls or {}).values():
+            if not future.done():
+                future.set_result(RpcResponse.error(ErrorCode.UNAVAILABLE, "device went away"))
+        self._calls = None
         self._node.forget(self, self._peer_ip)
         self._transport = None
 
@@ -148,6 +157,8 @@ class DeviceSession(asyncio.Protocol):
             self._on_hello(event)
         elif isinstance(event, AckReceived):
             self._node.on_acks(self, event.delivery_ids)
+        elif isinstance(event, ResponseReceived | StreamErrorReceived):
+            self._on_device_answer(event)
         elif isinstance(event, StreamCancelled):
             task = self._tasks.pop(event.stream_id, None)
             if task is not None:
@@ -185,6 +196,40 @@ class DeviceSession(asyncio.Protocol):
         limits = node.config.limits
         self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, self.last_seen)
         node.on_authenticated(self)
+
+    async def call_device(
+        self, op: str, body: bytes, headers: tuple[tuple[str, str], ...], timeout_s: float
+    ) -> RpcResponse:
+        """Call a method on the device (backend → device RPC) and wait for its answer."""
+        if self.auth is None or self.conn.closed or self.conn.draining:
+            return RpcResponse.error(ErrorCode.UNAVAILABLE, "device is not connected here")
+        try:
+            stream_id = self.conn.send_request(op, body, headers)
+        except LocalProtocolError as exc:
+            return RpcResponse.error(ErrorCode.UNAVAILABLE, str(exc))
+        future: asyncio.Future[RpcResponse] = asyncio.get_running_loop().create_future()
+        if self._calls is None:
+            self._calls = {}
+        self._calls[stream_id] = future
+        self._flush()
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            self.conn.send_cancel(stream_id)
+            self._flush()
+            return RpcResponse.error(ErrorCode.TIMEOUT, f"device did not answer in {timeout_s} s")
+        finally:
+            if self._calls is not None:
+                self._calls.pop(stream_id, None)
+
+    def _on_device_answer(self, event: ResponseReceived | StreamErrorReceived) -> None:
+        future = (self._calls or {}).get(event.stream_id)
+        if future is None or future.done():
+            return
+        if isinstance(event, ResponseReceived):
+            future.set_result(RpcResponse(event.status, event.headers, event.body))
+        else:
+            future.set_result(RpcResponse(event.code, (), b"", event.retry_after_ms, event.message))
 
     def _on_request(self, event: RequestReceived) -> None:
         if self.auth is None or self._bucket is None:
