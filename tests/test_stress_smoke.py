@@ -1,0 +1,112 @@
+"""The connection and RPC benchmarks run end to end at toy sizes and write their JSON.
+
+A smoke test only: real gateway, upstream and client processes, a handful of
+devices, well under a second per phase; no figure is checked, only that every
+phase ran and reported (timings on a shared machine prove nothing at this size).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_tool(module: str, out: Path, *args: str) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", module, "--quiet", "--out", str(out), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert f"wrote {out}" in completed.stdout
+    doc: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return doc
+
+
+def test_connections_benchmark_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "connections.json"
+    doc = run_tool(
+        "stress.connections",
+        out,
+        "--devices", "12",
+        "--clients", "1",
+        "--idle-window-s", "0.1",
+        "--settle-interval-s", "0.05",
+    )  # fmt: skip
+    assert {"machine", "layout", "gateway", "baseline", "ratios", "first_rpc"} <= doc.keys()
+    gateway, baseline = doc["gateway"], doc["baseline"]
+    for side in (gateway, baseline):
+        assert side["held"] == 12
+        assert {
+            "kib_per_device",
+            "kib_per_device_after_resume",
+            "rss_before_kib",
+            "rss_after_kib",
+            "idle_cpu_percent",
+        } <= set(side)
+        for phase in ("full", "resumed"):
+            assert {"per_s", "per_server_cpu_s", "wall_s", "server_cpu_s"} <= set(side[phase])
+        assert side["full"]["ok"] == 12 and side["resumed"]["ok"] == 6
+        assert side["resumed"]["tls_resumed"] == 6
+    assert gateway["resumed"]["mmtp_resumed"] == 6
+    first = doc["first_rpc"]
+    for kind in ("full", "resumed", "resumed_other_node"):
+        figures = first[kind]
+        assert figures["response_status"] == 0
+        assert figures["bytes_up"] > 0 and figures["bytes_down"] > 0
+        assert figures["round_trips"] >= 2
+    assert first["resumed"]["tls_resumed"] and first["resumed"]["mmtp_resumed"]
+    assert set(doc["ratios"]) == {
+        "kib_per_device",
+        "kib_per_device_after_resume",
+        "full_per_server_cpu_s",
+        "resumed_per_server_cpu_s",
+    }
+
+
+def test_rpc_benchmark_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "rpc.json"
+    doc = run_tool(
+        "stress.rpc",
+        out,
+        "--seconds", "0.4",
+        "--warmup-s", "0.1",
+        "--unloaded-s", "0.2",
+        "--devices", "3",
+        "--concurrency", "6",
+        "--clients", "1",
+    )  # fmt: skip
+    assert {
+        "machine",
+        "setup",
+        "direct",
+        "gateway",
+        "direct_unloaded",
+        "gateway_unloaded",
+        "added_latency_p50_ms",
+        "added_latency_unloaded_p50_ms",
+        "ratios",
+        "rounds",
+    } <= doc.keys()
+    rounds = doc["rounds"]
+    assert [r["mode"] for r in rounds] == [
+        "direct",
+        "gateway",
+        "direct",
+        "gateway",
+        "direct_unloaded",
+        "gateway_unloaded",
+    ]
+    for key in ("direct", "gateway"):
+        summary = doc[key]
+        assert summary["calls"] > 0 and summary["errors"] == 0
+        assert {"rpc_per_s", "p50_ms", "p99_ms"} <= set(summary)
+    assert "gateway_rpc_per_cpu_s" in doc["gateway"]
+    assert doc["setup"]["devices_held"] == 3
