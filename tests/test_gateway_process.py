@@ -36,8 +36,8 @@ def free_port_below_32768() -> int:
 
 
 class ServeProcess:
-    def __init__(self, state_dir: Path, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -146,3 +146,61 @@ async def test_workers_share_one_port_and_each_drains(tmp_path: Path) -> None:
         assert await asyncio.to_thread(serve.proc.wait, 30) == 0
     finally:
         serve.stop()
+
+
+async def test_rolling_restart_loses_no_call_and_resumes_the_session(tmp_path: Path) -> None:
+    """docs/operations.md's procedure: start the new process on the same port, SIGTERM
+    the old one; a device calling all along sees every call answered and resumes."""
+    from sdk_client import Backoff, Client
+
+    port = free_port_below_32768()
+    args = ("--port", str(port), "--admin-port", "0")
+    # Eight callers in a tight loop would (rightly) hit the per-device rate limit.
+    env = {"CHANNEL_LIMITS__REQUESTS_PER_SECOND": "100000", "CHANNEL_LIMITS__REQUEST_BURST": "1000"}
+    old = ServeProcess(tmp_path, *args, env=env)
+    new: ServeProcess | None = None
+    try:
+        (info,) = await asyncio.to_thread(old.wait_listening)
+        client = Client(
+            "127.0.0.1", port, device_id="roller", token=token_for(info, "roller"),
+            ca_file=Path(str(info["ca_cert"])), app_id="demo",
+            backoff=Backoff(initial_s=0.05, max_s=0.5),
+        )
+        await client.connect()
+        first_session = client.session_id
+        answered = 0
+        progress = asyncio.Condition()
+        stop = asyncio.Event()
+
+        async def keep_calling(worker: int) -> None:
+            nonlocal answered
+            n = 0
+            while not stop.is_set():
+                body = f"{worker}-{n}".encode()
+                response = await client.call("channel.echo", body, timeout=10)
+                assert response.body == body
+                async with progress:
+                    answered += 1
+                    progress.notify_all()
+                n += 1
+
+        async def until_answered(count: int) -> None:
+            async with progress:
+                await asyncio.wait_for(progress.wait_for(lambda: answered >= count), 30)
+
+        callers = [asyncio.create_task(keep_calling(w)) for w in range(8)]
+        await until_answered(200)
+        new = ServeProcess(tmp_path, *args, env=env)
+        await asyncio.to_thread(new.wait_listening)
+        old.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(old.proc.wait, 30) == 0
+        await until_answered(answered + 200)  # calls keep flowing through the new node
+        stop.set()
+        await asyncio.gather(*callers)  # any failed call would raise here
+        assert client.resumed and client.session_id == first_session
+        assert client.stats.connects == 2 and client.stats.call_errors == 0
+        await client.close()
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
