@@ -40,9 +40,10 @@ class TlsServerProtocol(asyncio.Protocol):
     """Server-side TLS over a plain TCP transport; the transport of ``inner``."""
 
     __slots__ = (
+        "_context",
+        "_incoming",
         "_inner",
         "_inner_connected",
-        "_incoming",
         "_outgoing",
         "_read_paused",
         "_read_scheduled",
@@ -51,7 +52,6 @@ class TlsServerProtocol(asyncio.Protocol):
         "_timeout_s",
         "_timer",
         "_transport",
-        "_context",
     )
 
     def __init__(
