@@ -217,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_line()} | pid {os.getpid()}")
     print(f"request: :op + 7 headers, {result['body_bytes']} B JSON body; p50 of {args.iterations}")
     print(
-        f"{'variant':<36} | {'bytes':>5} | {'enc µs':>7} | {'dec µs':>7} | {'total':>7} | ×HTTP/2"
+        f"{'variant':<40} | {'bytes':>5} | {'enc µs':>7} | {'dec µs':>7} | {'total':>7} | ×HTTP/2"
     )
-    print("-" * 86)
+    print("-" * 90)
     for row in result["rows"]:
         print(
-            f"{row['variant']:<36} | {row['bytes']:>5} | {row['encode_us_p50']:>7.2f} | "
+            f"{row['variant']:<40} | {row['bytes']:>5} | {row['encode_us_p50']:>7.2f} | "
             f"{row['decode_us_p50']:>7.2f} | {row['total_us_p50']:>7.2f} | {row['x_http2']:.3f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
