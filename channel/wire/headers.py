@@ -191,6 +191,8 @@ class HeaderEncoder:
 
     def __init__(self, preset_id: int, max_table_size: int = INITIAL_HEADER_TABLE_SIZE) -> None:
         self._encoder = _ShortestStringEncoder()
+        # One Huffman coder per process, not one per connection.
+        self._encoder.huffman_coder = _HUFFMAN
         self._table = _CountingTable()
         self._encoder.header_table = self._table
         _load_preset(self._table, preset_id)
