@@ -81,6 +81,8 @@ class ServerConfig:
     #: "uvloop": uvloop's built-in TLS transport.
     tls_engine: str = "memorybio"
     drain_timeout_s: float = 30.0
+    #: After GOAWAY, how long requests already on the wire may still arrive before close.
+    goaway_grace_s: float = 1.0
     reconnect_after_ms: int = 2_000
     state_dir: str = ".channel"
     node_id: str = ""

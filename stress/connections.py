@@ -650,6 +650,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "heartbeat": {"interval_s": 600, "max_s": 600},
     }
+    if args.tls_engine:
+        settings["server"]["tls_engine"] = args.tls_engine
     doc: dict[str, Any] = {
         "tool": "stress.connections",
         "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -925,6 +927,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="pin",
         action="store_false",
         help="do not pin servers to the first CPU and clients to the others",
+    )
+    p.add_argument(
+        "--tls-engine",
+        choices=("memorybio", "uvloop"),
+        default=None,
+        help="the gateway's server.tls_engine (default: the gateway's default)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the bare TLS baseline")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")

@@ -306,7 +306,11 @@ class DeviceSession(asyncio.Protocol):
             return
         self.conn.send_goaway(code, reconnect_after_ms=reconnect_after_ms, message=message)
         self._flush()
-        self._close_when_idle()
+        # Requests the device sent before it saw the GOAWAY are still on the wire:
+        # give them time to arrive (they get REFUSED_STREAM, which the device
+        # replays elsewhere) instead of closing under them.
+        grace_s = self._node.config.server.goaway_grace_s
+        asyncio.get_running_loop().call_later(grace_s, self._close_when_idle)
 
     def end(self, code: ErrorCode, message: str) -> None:
         """End at once with ERROR on stream 0 (session replaced, idle, slow consumer)."""

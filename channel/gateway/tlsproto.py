@@ -21,6 +21,7 @@ inner protocol ever hearing of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any, cast
@@ -77,9 +78,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         try:
-            self._sslobj = self._context.wrap_bio(
-                self._incoming, self._outgoing, server_side=True
-            )
+            self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         except ssl.SSLError:
             log.exception("cannot create a TLS session")
             self._state = _CLOSED
@@ -228,10 +227,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         sslobj = self._sslobj
         if sslobj is not None:
-            try:
+            with contextlib.suppress(ssl.SSLError, ValueError, OSError):
                 sslobj.unwrap()  # queues our close_notify; the peer's is not awaited
-            except (ssl.SSLError, ValueError, OSError):
-                pass
             self._flush()
         if self._transport is not None:
             self._transport.close()  # after the buffered bytes are written
