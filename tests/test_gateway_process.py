@@ -162,8 +162,12 @@ async def test_rolling_restart_loses_no_call_and_resumes_the_session(tmp_path: P
     try:
         (info,) = await asyncio.to_thread(old.wait_listening)
         client = Client(
-            "127.0.0.1", port, device_id="roller", token=token_for(info, "roller"),
-            ca_file=Path(str(info["ca_cert"])), app_id="demo",
+            "127.0.0.1",
+            port,
+            device_id="roller",
+            token=token_for(info, "roller"),
+            ca_file=Path(str(info["ca_cert"])),
+            app_id="demo",
             backoff=Backoff(initial_s=0.05, max_s=0.5),
         )
         await client.connect()

@@ -86,22 +86,27 @@ class Inner(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.made += 1
         self.transport = transport
+        _changed()
 
     def data_received(self, data: bytes) -> None:
         self.received += data
         if self.echo:
             self.transport.write(data)
+        _changed()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.append(exc)
         if not self.gone.done():
             self.gone.set_result(None)
+        _changed()
 
     def pause_writing(self) -> None:
         self.paused += 1
+        _changed()
 
     def resume_writing(self) -> None:
         self.resumed += 1
+        _changed()
 
 
 class Server:
@@ -147,10 +152,26 @@ async def server(certs: Any) -> AsyncIterator[Server]:
         await srv.wait_closed()
 
 
+#: Events of the waiters in ``wait_for``; every Inner callback sets them all.
+_waiters: list[asyncio.Event] = []
+
+
+def _changed() -> None:
+    for event in _waiters:
+        event.set()
+
+
 async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+    """Wait until ``predicate()`` holds, re-checking after each Inner callback."""
+    event = asyncio.Event()
+    _waiters.append(event)
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await event.wait()
+                event.clear()
+    finally:
+        _waiters.remove(event)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -275,9 +296,11 @@ async def test_pause_reading_holds_back_plaintext(server: Server) -> None:
     await asyncio.wait_for(reader.readexactly(1), 5)
     (inner,) = server.inners
     inner.transport.pause_reading()
+    # Pausing stops the TCP transport underneath, so nothing more is even read.
+    assert not inner.transport.is_reading()
+    assert not inner.transport._transport.is_reading()
     writer.write(b"held")
     await writer.drain()
-    await asyncio.sleep(0.1)
     assert inner.received == b"a"
     inner.transport.resume_reading()
     assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"

@@ -669,9 +669,10 @@ async def test_device_cli_listen_prints_pushes(
 async def _wait_for_session(
     gw: RunningGateway, device_id: str, task: asyncio.Task[int]
 ) -> DeviceSession:
-    """The device's session once authenticated (the CLI runs in a thread: poll the node)."""
-    async with asyncio.timeout(WAIT_S):
-        while device_id not in gw.node.by_device:
-            assert not task.done(), "the CLI exited before connecting"
-            await asyncio.sleep(0.01)
-    return gw.node.by_device[device_id]
+    """The device's session once authenticated (or the CLI's failure, if it exits first)."""
+    authenticated = gw.node.wait_authenticated(device_id)
+    done, _ = await asyncio.wait(
+        {authenticated, task}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert authenticated in done, "the CLI exited (or took too long) before connecting"
+    return authenticated.result()

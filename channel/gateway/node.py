@@ -84,6 +84,7 @@ class GatewayNode:
         self._all_gone: asyncio.Event | None = None
         # Futures for code that waits for one session to end (tests, kick); none by default.
         self._close_waiters: dict[DeviceSession, asyncio.Future[None]] = {}
+        self._auth_waiters: dict[str, list[asyncio.Future[DeviceSession]]] = {}
         self.addresses = NodeAddresses(0, 0)
 
     # ---------------------------------------------------------------- set-up
@@ -254,6 +255,16 @@ class GatewayNode:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def wait_authenticated(self, device_id: str) -> asyncio.Future[DeviceSession]:
+        """A future done when ``device_id`` has a session on this node."""
+        future: asyncio.Future[DeviceSession] = asyncio.get_running_loop().create_future()
+        session = self.by_device.get(device_id)
+        if session is not None:
+            future.set_result(session)
+        else:
+            self._auth_waiters.setdefault(device_id, []).append(future)
+        return future
+
     def wait_closed(self, session: DeviceSession) -> asyncio.Future[None]:
         """A future done when ``session``'s connection is gone."""
         future = self._close_waiters.get(session)
@@ -271,6 +282,9 @@ class GatewayNode:
         self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
         previous = self.by_device.get(session.device_id)
         self.by_device[session.device_id] = session
+        for waiter in self._auth_waiters.pop(session.device_id, ()):
+            if not waiter.done():
+                waiter.set_result(session)
         if previous is not None and previous is not session and not previous.conn.draining:
             # A draining connection (GOAWAY sent either way) finishes its streams
             # on its own; only a live duplicate is replaced.
