@@ -53,6 +53,7 @@ from stress.gateway_proc import (
     MmtpDevice,
     TlsLink,
     TokenMinter,
+    close_worker_processes,
     connect_link,
     cpu_times,
     device_hello,
@@ -340,18 +341,7 @@ class ClientPool:
         return self._replies()
 
     def close(self) -> None:
-        for pipe, proc in zip(self.pipes, self.procs, strict=True):
-            if proc.is_alive():
-                try:
-                    pipe.send(("exit", {}))
-                    if pipe.poll(30):
-                        pipe.recv()
-                except (OSError, EOFError):
-                    pass
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        close_worker_processes(self.pipes, self.procs, "exit", 30)
 
 
 # --------------------------------------------------------------------------- baseline server

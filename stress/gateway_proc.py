@@ -706,3 +706,21 @@ class EchoDevice(TlsLink):
         if not self.ack.done():
             self.ack.set_exception(exc)
             self.ack.exception()
+
+
+def close_worker_processes(
+    pipes: Sequence[Any], procs: Sequence[Any], farewell: str, reply_timeout_s: float
+) -> None:
+    """Ask each benchmark client process to finish (``farewell``), then make sure it is gone."""
+    for pipe, proc in zip(pipes, procs, strict=True):
+        if proc.is_alive():
+            try:
+                pipe.send((farewell, {}))
+                if pipe.poll(reply_timeout_s):
+                    pipe.recv()
+            except (OSError, EOFError):
+                pass
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)

@@ -45,6 +45,7 @@ from stress.gateway_proc import (
     GatewayProcess,
     MmtpDevice,
     TokenMinter,
+    close_worker_processes,
     connect_link,
     cpu_s,
     device_hello,
@@ -294,18 +295,7 @@ class LoadPool:
             pipe.send((command, params))
 
     def close(self) -> None:
-        for pipe, proc in zip(self.pipes, self.procs, strict=True):
-            if proc.is_alive():
-                try:
-                    pipe.send(("close", {}))
-                    if pipe.poll(15):
-                        pipe.recv()
-                except (OSError, EOFError):
-                    pass
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        close_worker_processes(self.pipes, self.procs, "close", 15)
 
 
 def split(total: int, parts: int) -> list[int]:
