@@ -131,6 +131,51 @@ class LimitsConfig:
 
 
 @dataclass
+class PushConfig:
+    #: "memory": this process only (embedded default); "redis": a fleet sharing Redis.
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Talk to a Redis Cluster (``redis_url`` names any one of its nodes).
+    redis_cluster: bool = False
+    #: Prefix of every Redis key (several deployments may share one Redis).
+    key_prefix: str = "ch"
+    #: Presence hashes: size to online devices / 64 (docs/sizing.md); fixed for a fleet's life.
+    presence_buckets: int = 65_536
+    #: A node that has not renewed its lease this long is dead; its devices are offline.
+    lease_ms: int = 6_000
+    #: Undelivered pushes kept per device; the oldest are dropped (reported failed) beyond.
+    queue_cap: int = 100
+    default_ttl_s: int = 86_400
+    max_ttl_s: int = 28 * 86_400
+    #: Message statuses stay queryable this long after the message expires.
+    status_retention_s: int = 86_400
+    #: Receipt stream length kept in Redis (approximate trimming).
+    receipt_stream_maxlen: int = 1_000_000
+    #: Broadcast and topic fan-out: sessions written per event-loop turn.
+    fanout_batch: int = 512
+    #: Redis stream API: backends XADD push requests here and read receipts there.
+    request_stream: str = "channel:push"
+    receipt_stream: str = "channel:receipts"
+    request_stream_enabled: bool = True
+
+
+@dataclass
+class ApiConfig:
+    """The HTTP push API (``/v1/...``, ``/openapi.json``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: API key records, "key_id:sha256-hex-of-secret:scope1+scope2" (see ``channel apikey``).
+    keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 1_000
+    #: Longest ``POST /v1/devices/{id}/rpc`` wait a caller may ask for.
+    max_rpc_timeout_ms: int = 30_000
+    idempotency_ttl_s: int = 86_400
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     json: bool = True
@@ -144,6 +189,8 @@ class GatewayConfig:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -152,7 +199,7 @@ class GatewayConfig:
         return Path(self.server.state_dir)
 
 
-_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log")
+_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log", "push", "api")
 
 
 class ConfigError(ValueError):
@@ -274,5 +321,17 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("auth.ticket_secret: must be at least 32 bytes (e.g. 64 hex digits)")
     if config.server.tls_engine not in ("memorybio", "uvloop"):
         raise ConfigError('server.tls_engine: must be "memorybio" or "uvloop"')
+    push = config.push
+    if push.backend not in ("memory", "redis"):
+        raise ConfigError('push.backend: must be "memory" or "redis"')
+    if push.backend == "memory" and config.server.workers > 1:
+        raise ConfigError(
+            'push.backend: "memory" holds pushes in one process; with server.workers > 1 '
+            'set push.backend = "redis"'
+        )
+    if push.presence_buckets < 1 or push.queue_cap < 1 or push.lease_ms < 1000:
+        raise ConfigError("push: presence_buckets and queue_cap >= 1, lease_ms >= 1000")
+    if not 0 <= push.default_ttl_s <= push.max_ttl_s:
+        raise ConfigError("push: need 0 <= default_ttl_s <= max_ttl_s")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

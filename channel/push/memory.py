@@ -1,0 +1,282 @@
+"""In-memory push stores: the embedded single-node default (``[push] backend = "memory"``).
+
+Everything lives in this process, so a restart loses queued pushes: fine for
+a laptop and for tests, not for production (use ``backend = "redis"``). The
+semantics are the Redis implementation's, checked by the same contract tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from channel.push.model import MessageStatus, Presence, PushMessage, PushStatus, Receipt
+from channel.push.stores import EnqueueOutcome, PushBackend
+
+
+def _mono_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class MemoryPresence:
+    def __init__(self) -> None:
+        self._devices: dict[str, Presence] = {}
+        self._users: dict[str, set[str]] = {}
+        # node_no -> (node_id, lease end in monotonic ms)
+        self._nodes: dict[int, tuple[str, int]] = {}
+        self._next_node = 0
+
+    async def join(self, node_id: str, lease_ms: int) -> int:
+        self._next_node += 1
+        self._nodes[self._next_node] = (node_id, _mono_ms() + lease_ms)
+        return self._next_node
+
+    async def renew(self, node_no: int, node_id: str, lease_ms: int) -> bool:
+        known = self._live(node_no)
+        self._nodes[node_no] = (node_id, _mono_ms() + lease_ms)
+        return known
+
+    async def leave(self, node_no: int) -> None:
+        self._nodes.pop(node_no, None)
+
+    def _live(self, node_no: int) -> bool:
+        lease = self._nodes.get(node_no)
+        return lease is not None and lease[1] > _mono_ms()
+
+    async def set_online(self, entries: Sequence[Presence]) -> None:
+        for entry in entries:
+            old = self._devices.get(entry.device_id)
+            if old is not None and old.user_id != entry.user_id:
+                self._drop_user_device(old.user_id, old.device_id)
+            self._devices[entry.device_id] = entry
+            self._users.setdefault(entry.user_id, set()).add(entry.device_id)
+
+    async def set_offline(self, entries: Sequence[Presence]) -> None:
+        for entry in entries:
+            current = self._devices.get(entry.device_id)
+            if current is not None and current.node_no == entry.node_no:
+                del self._devices[entry.device_id]
+                self._drop_user_device(current.user_id, entry.device_id)
+
+    def _drop_user_device(self, user_id: str, device_id: str) -> None:
+        devices = self._users.get(user_id)
+        if devices is not None:
+            devices.discard(device_id)
+            if not devices:
+                del self._users[user_id]
+
+    async def lookup(self, device_ids: Sequence[str]) -> dict[str, Presence]:
+        found = {}
+        for device_id in device_ids:
+            entry = self._devices.get(device_id)
+            if entry is not None and self._live(entry.node_no):
+                found[device_id] = entry
+        return found
+
+    async def user_devices(self, user_id: str) -> list[Presence]:
+        return list((await self.lookup(sorted(self._users.get(user_id, ())))).values())
+
+    async def live_nodes(self) -> dict[int, str]:
+        now = _mono_ms()
+        return {no: node_id for no, (node_id, end) in self._nodes.items() if end > now}
+
+
+class MemoryQueue:
+    def __init__(self) -> None:
+        # device -> message id -> message; dicts keep insertion (= acceptance) order.
+        self._queues: dict[str, dict[str, PushMessage]] = {}
+
+    async def enqueue(
+        self, items: Sequence[tuple[str, PushMessage]], cap: int
+    ) -> list[EnqueueOutcome]:
+        outcomes = []
+        for device_id, message in items:
+            queue = self._queues.setdefault(device_id, {})
+            replaced: list[str] = []
+            if message.collapse_key:
+                for old_id, old in list(queue.items()):
+                    if old.collapse_key == message.collapse_key:
+                        del queue[old_id]
+                        replaced.append(old_id)
+            queue[message.message_id] = message
+            dropped: list[str] = []
+            while len(queue) > cap:
+                oldest = next(iter(queue))
+                del queue[oldest]
+                dropped.append(oldest)
+            outcomes.append(
+                EnqueueOutcome(device_id, message.message_id, tuple(replaced), tuple(dropped))
+            )
+        return outcomes
+
+    async def pending(
+        self, device_id: str, now_ms: int
+    ) -> tuple[list[PushMessage], list[PushMessage]]:
+        queue = self._queues.get(device_id)
+        if not queue:
+            return [], []
+        live = [m for m in queue.values() if not m.expired(now_ms)]
+        expired = [m for m in queue.values() if m.expired(now_ms)]
+        for message in expired:
+            del queue[message.message_id]
+        if not queue:
+            del self._queues[device_id]
+        live.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
+        return live, expired
+
+    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
+        for device_id, message_id in items:
+            queue = self._queues.get(device_id)
+            if queue is not None:
+                queue.pop(message_id, None)
+                if not queue:
+                    del self._queues[device_id]
+
+    async def revoke(self, device_id: str, message_id: str) -> bool:
+        queue = self._queues.get(device_id)
+        if queue is None or message_id not in queue:
+            return False
+        await self.remove([(device_id, message_id)])
+        return True
+
+
+class MemoryRouter:
+    def __init__(self, presence: MemoryPresence) -> None:
+        self._presence = presence
+        self._inboxes: dict[int, asyncio.Queue[list[bytes]]] = {}
+
+    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
+        inbox = self._inboxes.get(node_no)
+        if inbox is not None and envelopes:
+            inbox.put_nowait(list(envelopes))
+
+    async def send_all(self, envelopes: Sequence[bytes]) -> None:
+        for node_no in await self._presence.live_nodes():
+            await self.send(node_no, envelopes)
+
+    async def inbox(self, node_no: int) -> AsyncIterator[list[bytes]]:
+        queue = self._inboxes.setdefault(node_no, asyncio.Queue())
+        while True:
+            batch = await queue.get()
+            # Coalesce what is already waiting: one turn of fan-out for all of it.
+            while not queue.empty():
+                batch.extend(queue.get_nowait())
+            yield batch
+
+    async def drop_inbox(self, node_no: int) -> None:
+        self._inboxes.pop(node_no, None)
+
+
+@dataclass
+class _StatusEntry:
+    status: MessageStatus
+    drop_at_ms: int
+
+
+@dataclass
+class MemoryReceipts:
+    maxlen: int = 100_000
+    _statuses: dict[str, _StatusEntry] = field(default_factory=dict)
+    _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
+    _next_seq: int = 1
+    _changed: asyncio.Event | None = None
+
+    async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
+        self._expire()
+        for status in statuses:
+            drop_at = status.expires_at_ms + retention_s * 1000
+            self._statuses[status.message_id] = _StatusEntry(status, drop_at)
+
+    async def record(self, receipts: Sequence[Receipt]) -> None:
+        for receipt in receipts:
+            entry = self._statuses.get(receipt.message_id)
+            if entry is not None:
+                status = entry.status
+                current = status.devices.get(receipt.device_id)
+                if current is None:
+                    if receipt.status is PushStatus.DELIVERED:
+                        status.delivered_count += 1
+                elif not current.final:
+                    status.devices[receipt.device_id] = receipt.status
+            self._stream.append((self._next_seq, receipt))
+            self._next_seq += 1
+        while len(self._stream) > self.maxlen:
+            self._stream.popleft()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def status(self, message_id: str) -> MessageStatus | None:
+        entry = self._statuses.get(message_id)
+        if entry is None or entry.drop_at_ms <= int(time.time() * 1000):
+            return None
+        return entry.status
+
+    async def read(self, after: str, count: int, block_ms: int) -> tuple[list[Receipt], str]:
+        start = self._next_seq - 1 if after in ("", "$") else int(after)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            found = self._after(start, count)
+            if found:
+                return [r for _, r in found], str(found[-1][0])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return [], str(start)
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return [], str(start)
+
+    def _after(self, start: int, count: int) -> list[tuple[int, Receipt]]:
+        if not self._stream:
+            return []
+        # Sequence numbers are contiguous, so the position is arithmetic.
+        first = self._stream[0][0]
+        index = max(0, start + 1 - first)
+        return list(itertools.islice(self._stream, index, index + count))
+
+    def _expire(self) -> None:
+        now = int(time.time() * 1000)
+        if len(self._statuses) % 1024 == 0:
+            for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
+                del self._statuses[key]
+
+
+class MemoryIdempotency:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[bytes, float]] = {}
+
+    async def claim(self, key: str, ttl_s: int) -> bytes | None:
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        if len(self._entries) > 100_000:
+            for stale in [k for k, (_, end) in self._entries.items() if end <= now]:
+                del self._entries[stale]
+        self._entries[key] = (b"", now + ttl_s)
+        return None
+
+    async def complete(self, key: str, response: bytes, ttl_s: int) -> None:
+        self._entries[key] = (response, time.monotonic() + ttl_s)
+
+    async def release(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+def memory_backend(receipt_stream_maxlen: int = 100_000) -> PushBackend:
+    presence = MemoryPresence()
+    return PushBackend(
+        name="memory",
+        presence=presence,
+        queue=MemoryQueue(),
+        router=MemoryRouter(presence),
+        receipts=MemoryReceipts(maxlen=receipt_stream_maxlen),
+        idempotency=MemoryIdempotency(),
+    )

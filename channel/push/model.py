@@ -1,0 +1,261 @@
+"""What a push is, once accepted: the message, its targets, its receipts.
+
+These are plain values shared by the API (which builds them from JSON), the
+stores (which pack them for Redis) and the node (which turns them into PUSH
+frames). A message is packed with msgpack into a short array, so a queued
+push costs its body plus a few dozen bytes in Redis.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+#: How long a push with ``ttl_s = 0`` ("only if online now") may still wait for
+#: the device it was routed to: enough to cross nodes and reach a device that
+#: is online but whose connection is being replaced, never enough to look like
+#: store-and-forward.
+ONLINE_ONLY_GRACE_MS = 30_000
+
+
+class Priority(enum.StrEnum):
+    NORMAL = "normal"
+    #: Written to the device ahead of queued normal pushes in the same batch.
+    HIGH = "high"
+
+
+class PushStatus(enum.StrEnum):
+    """Where one message stands for one device (a receipt carries one of these)."""
+
+    ACCEPTED = "accepted"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self is not PushStatus.ACCEPTED
+
+
+class TargetKind(enum.StrEnum):
+    DEVICE = "device"
+    USER = "user"
+    TOPIC = "topic"
+    BROADCAST = "broadcast"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: TargetKind
+    #: Device ids, user ids or topic names; empty for a broadcast.
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PushMessage:
+    """One message as queued and delivered (the same for every target device)."""
+
+    message_id: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Wall-clock ms after which the message is not delivered (reported expired).
+    expires_at_ms: int = 0
+    collapse_key: str = ""
+    priority: Priority = Priority.NORMAL
+    accepted_at_ms: int = 0
+    #: True when the sender asked for ttl 0: delivered only to a device online now.
+    online_only: bool = False
+
+    def expired(self, now_ms: int) -> bool:
+        return now_ms >= self.expires_at_ms
+
+    def wire_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers as the device sees them (collapse key and priority are headers too)."""
+        extra: list[tuple[str, str]] = []
+        if self.collapse_key:
+            extra.append(("collapse-key", self.collapse_key))
+        if self.priority is Priority.HIGH:
+            extra.append(("priority", "high"))
+        return (*self.headers, *extra) if extra else self.headers
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [
+                self.message_id,
+                self.body,
+                [list(h) for h in self.headers],
+                self.expires_at_ms,
+                self.collapse_key,
+                1 if self.priority is Priority.HIGH else 0,
+                self.accepted_at_ms,
+                self.online_only,
+            ],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PushMessage:
+        item = msgpack.unpackb(data, raw=False)
+        return cls(
+            message_id=item[0],
+            body=item[1],
+            headers=tuple((str(n), str(v)) for n, v in item[2]),
+            expires_at_ms=item[3],
+            collapse_key=item[4],
+            priority=Priority.HIGH if item[5] else Priority.NORMAL,
+            accepted_at_ms=item[6],
+            online_only=bool(item[7]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A status change of one message for one device (or a fan-out summary)."""
+
+    message_id: str
+    status: PushStatus
+    device_id: str = ""
+    at_ms: int = 0
+    #: Why, for expired / revoked / failed ("ttl", "collapsed", "queue_full", ...).
+    reason: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "message_id": self.message_id,
+            "status": self.status.value,
+            "at_ms": self.at_ms,
+        }
+        if self.device_id:
+            out["device_id"] = self.device_id
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    def pack(self) -> list[object]:
+        return [self.message_id, self.status.value, self.device_id, self.at_ms, self.reason]
+
+    @classmethod
+    def unpack(cls, item: list[object]) -> Receipt:
+        return cls(str(item[0]), PushStatus(item[1]), str(item[2]), int(item[3]), str(item[4]))  # type: ignore[call-overload]
+
+
+@dataclass(slots=True)
+class MessageStatus:
+    """Everything known about one message: per-device statuses, fan-out counts."""
+
+    message_id: str
+    target: TargetKind
+    accepted_at_ms: int
+    expires_at_ms: int
+    devices: dict[str, PushStatus] = field(default_factory=dict)
+    #: Topic and broadcast messages: devices that acknowledged, per node summed.
+    delivered_count: int = 0
+
+    def to_json(self, now_ms: int) -> dict[str, object]:
+        devices = {}
+        for device, status in self.devices.items():
+            if status is PushStatus.ACCEPTED and now_ms >= self.expires_at_ms:
+                status = PushStatus.EXPIRED  # its expiry passed undelivered
+            devices[device] = status.value
+        out: dict[str, object] = {
+            "message_id": self.message_id,
+            "target": self.target.value,
+            "accepted_at_ms": self.accepted_at_ms,
+            "expires_at_ms": self.expires_at_ms,
+        }
+        if self.target in (TargetKind.DEVICE, TargetKind.USER):
+            out["devices"] = devices
+            out["status"] = _overall(list(devices.values()))
+        else:
+            out["delivered_count"] = self.delivered_count
+        return out
+
+
+def _overall(statuses: list[str]) -> str:
+    if not statuses:
+        return PushStatus.EXPIRED.value
+    if any(s == PushStatus.ACCEPTED.value for s in statuses):
+        return PushStatus.ACCEPTED.value
+    if any(s == PushStatus.DELIVERED.value for s in statuses):
+        return PushStatus.DELIVERED.value
+    return statuses[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Where a device is connected: its node and since when."""
+
+    device_id: str
+    user_id: str
+    node_no: int
+    since_s: int = 0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_counter = int.from_bytes(os.urandom(3), "big")
+
+
+def new_message_id() -> str:
+    """A sortable, unique message id: 48-bit ms time + 24-bit counter + 40 random bits, base32."""
+    global _counter
+    _counter = (_counter + 1) & 0xFFFFFF
+    value = (now_ms() << 64) | (_counter << 40) | int.from_bytes(os.urandom(5), "big")
+    return _b32(value, 23)
+
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _b32(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """A validated push request, from the HTTP API or the Redis stream API."""
+
+    target: Target
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    #: 0: deliver only to devices online now; else keep undelivered this long.
+    ttl_s: int = 86_400
+    collapse_key: str = ""
+    priority: Priority = Priority.NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """What the API answers for one accepted push request."""
+
+    message_id: str
+    target: TargetKind
+    #: Devices the message was queued for (device and user targets).
+    queued: int = 0
+    #: Of those, how many were online (routed to their node at once).
+    online: int = 0
+    #: Devices reported expired at once (ttl 0 and offline).
+    expired: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "message_id": self.message_id,
+            "status": PushStatus.ACCEPTED.value,
+            "target": self.target.value,
+        }
+        if self.target in (TargetKind.DEVICE, TargetKind.USER):
+            out["queued"] = self.queued
+            out["online"] = self.online
+            out["expired"] = list(self.expired)
+        return out

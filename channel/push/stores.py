@@ -1,0 +1,148 @@
+"""The storage and transport a push needs, as small interfaces.
+
+Each has an in-memory implementation (``channel.push.memory``: one node, the
+embedded default) and a Redis one (``channel.push.redis``: a fleet, on a single
+Redis or a Redis Cluster), chosen by ``[push] backend`` and run through the
+same contract tests (``tests/test_push_stores.py``).
+
+* ``PresenceStore`` — which node holds a device; node leases.
+* ``DeviceQueue`` — the per-device store of undelivered pushes: the source of
+  truth for at-least-once. A push is queued before it is routed and removed
+  only when the device acknowledges it, so a node that dies, a Redis stream
+  entry that is lost, or a device that moves never loses a push: whichever node
+  the device reconnects to replays its queue.
+* ``PushRouter`` — moves batches between nodes (each node's inbox).
+* ``ReceiptLog`` — message statuses (queryable) and the receipt stream.
+* ``IdempotencyStore`` — API idempotency keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from channel.push.model import MessageStatus, Presence, PushMessage, Receipt
+
+
+class PresenceStore(Protocol):
+    async def join(self, node_id: str, lease_ms: int) -> int:
+        """Register a node and take its lease; returns its small node number."""
+
+    async def renew(self, node_no: int, node_id: str, lease_ms: int) -> bool:
+        """Extend the lease. False when the store had lost the node (Redis restarted
+        empty, or the lease lapsed): the caller must ``set_online`` its devices again."""
+
+    async def leave(self, node_no: int) -> None:
+        """Drop the lease at once: every device of the node is offline from now."""
+
+    async def set_online(self, entries: Sequence[Presence]) -> None:
+        """Record devices as connected to ``entry.node_no`` (batched, one round trip)."""
+
+    async def set_offline(self, entries: Sequence[Presence]) -> None:
+        """Forget devices, but only where they still point at ``entry.node_no``
+        (a device that moved to another node meanwhile stays there)."""
+
+    async def lookup(self, device_ids: Sequence[str]) -> dict[str, Presence]:
+        """Devices that are online on a node with a live lease (others are absent)."""
+
+    async def user_devices(self, user_id: str) -> list[Presence]:
+        """Online devices of one user (on live nodes)."""
+
+    async def live_nodes(self) -> dict[int, str]:
+        """Node number → node id for every node whose lease has not lapsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOutcome:
+    device_id: str
+    message_id: str
+    #: Older undelivered messages this one replaced through its collapse key.
+    replaced: tuple[str, ...] = ()
+    #: Oldest messages dropped because the device's queue was at its cap.
+    dropped: tuple[str, ...] = ()
+
+
+class DeviceQueue(Protocol):
+    async def enqueue(
+        self, items: Sequence[tuple[str, PushMessage]], cap: int
+    ) -> list[EnqueueOutcome]:
+        """Queue each message for its device (one outcome per item, in order).
+
+        A message with a collapse key replaces the device's queued message with
+        the same key. At most ``cap`` messages stay queued per device; the
+        oldest go first. Keys expire with their newest message.
+        """
+
+    async def pending(
+        self, device_id: str, now_ms: int
+    ) -> tuple[list[PushMessage], list[PushMessage]]:
+        """(queued messages in acceptance order, expired ones now removed)."""
+
+    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
+        """Drop delivered messages: ``(device_id, message_id)`` pairs."""
+
+    async def revoke(self, device_id: str, message_id: str) -> bool:
+        """Drop one undelivered message; False if it was not queued (any more)."""
+
+
+class PushRouter(Protocol):
+    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
+        """Append envelopes to one node's inbox (one entry per call)."""
+
+    async def send_all(self, envelopes: Sequence[bytes]) -> None:
+        """Append envelopes to every live node's inbox (broadcast, topics, kick)."""
+
+    def inbox(self, node_no: int) -> AsyncIterator[list[bytes]]:
+        """This node's inbox, batch by batch, from the moment of the call on.
+
+        It survives store reconnects (reads resume where they stopped)."""
+
+    async def drop_inbox(self, node_no: int) -> None:
+        """Delete a node's inbox (the node is leaving for good)."""
+
+
+class ReceiptLog(Protocol):
+    async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
+        """Record accepted messages (kept ``retention_s`` past their expiry)."""
+
+    async def record(self, receipts: Sequence[Receipt]) -> None:
+        """Apply status changes and append them to the receipt stream.
+
+        A receipt for a device the message does not list (a topic or broadcast
+        delivery) only counts towards ``delivered_count``. A status never goes
+        back from a final one to ``accepted``."""
+
+    async def status(self, message_id: str) -> MessageStatus | None: ...
+
+    async def read(self, after: str, count: int, block_ms: int) -> tuple[list[Receipt], str]:
+        """Receipts after cursor ``after`` ("" = from now on, "0" = from the oldest
+        kept), waiting up to ``block_ms`` for the first; returns the new cursor."""
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, key: str, ttl_s: int) -> bytes | None:
+        """None: the key is new and now ours. Otherwise the stored response,
+        or ``b""`` while the first request with this key is still running."""
+
+    async def complete(self, key: str, response: bytes, ttl_s: int) -> None: ...
+
+    async def release(self, key: str) -> None:
+        """Forget a claim whose request failed, so a retry can run."""
+
+
+@dataclass
+class PushBackend:
+    """The five stores a node uses, from one implementation."""
+
+    name: str
+    presence: PresenceStore
+    queue: DeviceQueue
+    router: PushRouter
+    receipts: ReceiptLog
+    idempotency: IdempotencyStore
+
+    async def close(self) -> None:
+        closer = getattr(self.presence, "aclose", None)
+        if closer is not None:
+            await closer()
