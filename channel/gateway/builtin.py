@@ -3,24 +3,64 @@
 ``channel.echo`` returns the request body (a device can measure its round trip
 and check its channel end to end on a fresh install, before any backend is
 configured); ``channel.time`` returns the gateway's clock in ms (clock-skew
-checks). Everything else goes to the RPC router.
+checks); ``channel.subscribe`` / ``channel.unsubscribe`` (body
+``{"topics": ["news", ...]}``) add or drop this connection's topic
+subscriptions, answering ``{"topics": <how many it now has>}``. A device can
+only subscribe itself: the device id comes from its session, never the body.
+Everything else goes to the RPC router.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from typing import TYPE_CHECKING
 
 from channel.rpc.model import RpcRequest, RpcResponse
+from channel.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from channel.push.delivery import NodeDelivery
 
 ECHO_OP = "channel.echo"
 TIME_OP = "channel.time"
+SUBSCRIBE_OP = "channel.subscribe"
+UNSUBSCRIBE_OP = "channel.unsubscribe"
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_JSON = (("content-type", "application/json"),)
 
 
-def builtin_response(request: RpcRequest) -> RpcResponse | None:
+def builtin_response(
+    request: RpcRequest, delivery: NodeDelivery | None = None
+) -> RpcResponse | None:
     if request.op == ECHO_OP:
         return RpcResponse(0, (("content-type", "application/octet-stream"),), request.body)
     if request.op == TIME_OP:
         body = json.dumps({"server_time_ms": int(time.time() * 1000)}).encode()
-        return RpcResponse(0, (("content-type", "application/json"),), body)
+        return RpcResponse(0, _JSON, body)
+    if request.op in (SUBSCRIBE_OP, UNSUBSCRIBE_OP) and delivery is not None:
+        return _topics(request, delivery)
     return None
+
+
+def _topics(request: RpcRequest, delivery: NodeDelivery) -> RpcResponse:
+    try:
+        topics = json.loads(request.body)["topics"]
+    except (ValueError, KeyError, TypeError):
+        return RpcResponse.error(ErrorCode.BAD_REQUEST, 'body must be {"topics": [names]}')
+    if not isinstance(topics, list) or not all(
+        isinstance(t, str) and TOPIC_NAME.fullmatch(t) for t in topics
+    ):
+        return RpcResponse.error(
+            ErrorCode.BAD_REQUEST, "topics: a list of names of 1-128 of [A-Za-z0-9._-]"
+        )
+    device_id = request.device.device_id
+    try:
+        if request.op == SUBSCRIBE_OP:
+            count = delivery.subscribe(device_id, topics)
+        else:
+            count = delivery.unsubscribe(device_id, topics)
+    except ValueError as exc:
+        return RpcResponse.error(ErrorCode.BAD_REQUEST, str(exc))
+    return RpcResponse(0, _JSON, json.dumps({"topics": count}).encode())

@@ -30,6 +30,9 @@ from channel.gateway.metrics import GatewayMetrics
 from channel.gateway.session import DeviceSession, jittered
 from channel.gateway.tlsproto import tls_server_factory
 from channel.logs import fields
+from channel.push.delivery import NodeDelivery
+from channel.push.service import PushService
+from channel.push.stores import PushBackend
 from channel.rpc.config import RoutingConfig
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.router import RpcRouter
@@ -86,6 +89,9 @@ class GatewayNode:
         self._close_waiters: dict[DeviceSession, asyncio.Future[None]] = {}
         self._auth_waiters: dict[str, list[asyncio.Future[DeviceSession]]] = {}
         self.addresses = NodeAddresses(0, 0)
+        self.backend: PushBackend | None = None
+        self.delivery: NodeDelivery | None = None
+        self.push: PushService | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -174,6 +180,7 @@ class GatewayNode:
         server = self.config.server
         ssl_context = self._ssl_context()
         await self.router.start()
+        await self._start_push()
         reuse_port = server.reuse_port or server.workers > 1 or None
         if server.tls_engine == "memorybio":
             # TLS over plain TCP with ssl.MemoryBIO (channel/gateway/tlsproto.py): less memory.
@@ -216,6 +223,20 @@ class GatewayNode:
         )
         return self.addresses
 
+    async def _start_push(self) -> None:
+        config = self.config.push
+        if config.backend == "redis":
+            from channel.push.redis import redis_backend
+
+            self.backend = await redis_backend(config)
+        else:
+            from channel.push.memory import memory_backend
+
+            self.backend = memory_backend(config.receipt_stream_maxlen)
+        self.delivery = NodeDelivery(self, self.backend, config)
+        await self.delivery.start()
+        self.push = PushService(self, self.backend, self.delivery)
+
     # ------------------------------------------------------------ sessions
 
     def admit(self, session: DeviceSession, peer_ip: str) -> tuple[ErrorCode, str] | None:
@@ -249,6 +270,8 @@ class GatewayNode:
             del self.by_device[session.device_id]
         self.metrics.connections.set(len(self.sessions))
         self.metrics.sessions.set(len(self.by_device))
+        if session.auth is not None and self.delivery is not None:
+            self.delivery.session_closed(session)
         if not self.sessions and self._all_gone is not None:
             self._all_gone.set()
         waiter = self._close_waiters.pop(session, None)
@@ -282,6 +305,8 @@ class GatewayNode:
         self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
         previous = self.by_device.get(session.device_id)
         self.by_device[session.device_id] = session
+        if self.delivery is not None:
+            self.delivery.session_ready(session)
         for waiter in self._auth_waiters.pop(session.device_id, ()):
             if not waiter.done():
                 waiter.set_result(session)
@@ -292,7 +317,8 @@ class GatewayNode:
         self.metrics.sessions.set(len(self.by_device))
 
     def on_acks(self, session: DeviceSession, delivery_ids: tuple[int, ...]) -> None:
-        """Push delivery receipts arrive here (the push pipeline plugs in)."""
+        if self.delivery is not None:
+            self.delivery.on_acks(session, delivery_ids)
 
     def heartbeat_for(self, preferred_s: int) -> int:
         """The interval a device gets: the configured one, or shorter if it asks and may."""
@@ -324,7 +350,7 @@ class GatewayNode:
         return await session.call_device(op, body, headers, timeout_s)
 
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
-        builtin = builtin_response(request)
+        builtin = builtin_response(request, self.delivery)
         if builtin is not None:
             return builtin
         return await self.router.handle(request)
@@ -428,6 +454,10 @@ class GatewayNode:
             from channel.gateway.admin import stop_admin
 
             await stop_admin(self._admin)
+        if self.delivery is not None:
+            await self.delivery.stop()
+        if self.backend is not None:
+            await self.backend.close()
         await self.router.close()
 
 

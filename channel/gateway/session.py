@@ -291,6 +291,10 @@ class DeviceSession(asyncio.Protocol):
 
     # --------------------------------------------------------------- output
 
+    def flush(self) -> None:
+        """Hand what the wire core queued to the transport (one write)."""
+        self._flush()
+
     def _flush(self) -> None:
         data = self.conn.data_to_send()
         transport = self._transport

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from channel.push.model import MessageStatus, Presence, PushMessage, PushStatus, Receipt
@@ -209,6 +209,12 @@ class MemoryReceipts:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+    async def add_delivered(self, counts: Mapping[str, int]) -> None:
+        for message_id, count in counts.items():
+            entry = self._statuses.get(message_id)
+            if entry is not None:
+                entry.status.delivered_count += count
 
     async def status(self, message_id: str) -> MessageStatus | None:
         entry = self._statuses.get(message_id)

@@ -18,7 +18,7 @@ same contract tests (``tests/test_push_stores.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +112,10 @@ class ReceiptLog(Protocol):
         A receipt for a device the message does not list (a topic or broadcast
         delivery) only counts towards ``delivered_count``. A status never goes
         back from a final one to ``accepted``."""
+
+    async def add_delivered(self, counts: Mapping[str, int]) -> None:
+        """Count acknowledged topic / broadcast deliveries (message id → devices),
+        without a receipt per device: a broadcast to millions stays one counter."""
 
     async def status(self, message_id: str) -> MessageStatus | None: ...
 

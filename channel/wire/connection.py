@@ -109,6 +109,14 @@ class PreparedPush:
     _tails: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     _bodies: dict[int, EncodedBody] = field(default_factory=dict)
 
+    @classmethod
+    def build(
+        cls, message_id: bytes, body: bytes, headers: Sequence[Header], codec: BodyCodec
+    ) -> PreparedPush:
+        """Encode a push once, for ``send_prepared_push`` on any connection."""
+        fields = tuple(headers)
+        return cls(message_id, encode_context_free(fields), body, codec, header_list_size(fields))
+
     def _body(self, dict_id: int) -> EncodedBody:
         encoded = self._bodies.get(dict_id)
         if encoded is None:
@@ -477,14 +485,7 @@ class Connection:
         self, message_id: bytes, body: bytes, headers: Sequence[Header] = ()
     ) -> PreparedPush:
         """Encode a push once for ``send_prepared_push`` on many connections."""
-        fields = tuple(headers)
-        return PreparedPush(
-            message_id,
-            encode_context_free(fields),
-            body,
-            self.body_codec,
-            header_list_size(fields),
-        )
+        return PreparedPush.build(message_id, body, headers, self.body_codec)
 
     def send_prepared_push(self, prepared: PreparedPush) -> int:
         self._require_pushable(prepared.message_id)

@@ -1,0 +1,539 @@
+"""The node side of pushes: presence, the inbox, replay on connect, acks, fan-out.
+
+One ``NodeDelivery`` per gateway process. Its jobs:
+
+* hold the node's lease and keep presence true: arrivals and departures are
+  collapsed per device and written in one batch per flush, never one write
+  per heartbeat; a lease renewal that finds the node forgotten (Redis
+  restarted empty) writes every local device again;
+* on connect, write the device's presence *before* reading its queue, so a
+  push accepted meanwhile is either routed here or found in the queue (the
+  API queues before it looks presence up) — no gap;
+* read the node's inbox and write pushes to sessions, one write per session
+  per inbox batch (frames coalesce under load); a push for a device that is
+  no longer here is forwarded to where presence says it went, or left in its
+  queue for the next connect;
+* broadcast and topic pushes are encoded once (``PreparedPush``) and written
+  to sessions in slices of ``fanout_batch`` per event-loop turn;
+* ACKs become queue removals and DELIVERED receipts, batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from channel.logs import fields
+from channel.push import envelopes as env
+from channel.push.model import Presence, PushMessage, PushStatus, Receipt, now_ms
+from channel.push.stores import PushBackend
+from channel.rpc.model import RpcResponse
+from channel.wire import ErrorCode, LocalProtocolError, PreparedPush
+
+if TYPE_CHECKING:
+    from channel.config import PushConfig
+    from channel.gateway.node import GatewayNode
+    from channel.gateway.session import DeviceSession
+
+log = logging.getLogger("channel.push")
+
+#: Batched writes (presence, acks) go out at least this often.
+FLUSH_INTERVAL_S = 0.01
+#: Topics one device may subscribe to on one connection.
+MAX_TOPICS_PER_DEVICE = 64
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    """Pushes written to one connection and not yet acknowledged."""
+
+    #: delivery id -> (message id, queued: removed from the device queue on ACK)
+    by_delivery: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    message_ids: set[str] = field(default_factory=set)
+    #: Set while the queue is being replayed; pushes arriving meanwhile wait here.
+    held: list[PushMessage] | None = None
+    topics: set[str] = field(default_factory=set)
+
+
+class NodeDelivery:
+    def __init__(self, node: GatewayNode, backend: PushBackend, config: PushConfig) -> None:
+        self.node = node
+        self.backend = backend
+        self.config = config
+        self.node_no = 0
+        self.node_names: dict[int, str] = {}
+        self._state: dict[DeviceSession, _Outstanding] = {}
+        self._topics: dict[str, set[DeviceSession]] = {}
+        # device id -> Presence to write (online) or (Presence, False) to clear.
+        self._presence_changes: dict[str, tuple[Presence, bool]] = {}
+        self._replays: list[DeviceSession] = []
+        self._acked: list[tuple[str, str]] = []
+        self._fanout_acks: Counter[str] = Counter()
+        self._receipts: list[Receipt] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._calls: dict[str, asyncio.Future[RpcResponse]] = {}
+        self._call_seq = 0
+        self._flushed: list[asyncio.Future[None]] = []
+        self.pushes_written = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.node_no = await self.backend.presence.join(self.node.node_id, self.config.lease_ms)
+        self.node_names = await self.backend.presence.live_nodes()
+        inbox = self.backend.router.inbox(self.node_no)
+        loop = asyncio.get_running_loop()
+        # The first read registers the inbox before anything can be routed to it.
+        first = loop.create_task(_first(inbox))
+        await asyncio.sleep(0)
+        self._tasks = [
+            loop.create_task(self._consume(inbox, first)),
+            loop.create_task(self._flush_forever()),
+            loop.create_task(self._lease_forever()),
+        ]
+        log.info("push delivery started", extra=fields(node_no=self.node_no))
+
+    async def stop(self) -> None:
+        """Flush what is pending, give up the lease and the inbox."""
+        with contextlib.suppress(Exception):
+            await self._flush_once()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.backend.presence.leave(self.node_no)
+            await self.backend.router.drop_inbox(self.node_no)
+
+    # ------------------------------------------------------------- sessions
+
+    def _presence_of(self, session: DeviceSession) -> Presence:
+        assert session.auth is not None
+        device = session.auth.device
+        return Presence(device.device_id, device.user_id, self.node_no, int(time.time()))
+
+    def session_ready(self, session: DeviceSession) -> None:
+        """A device authenticated here: record presence, then replay its queue."""
+        self._state[session] = _Outstanding(held=[])
+        self._presence_changes[session.device_id] = (self._presence_of(session), True)
+        self._replays.append(session)
+        self._wake.set()
+
+    def session_closed(self, session: DeviceSession) -> None:
+        state = self._state.pop(session, None)
+        if state is None:
+            return
+        for topic in state.topics:
+            members = self._topics.get(topic)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self._topics[topic]
+        if session.device_id not in self.node.by_device:
+            self._presence_changes[session.device_id] = (self._presence_of(session), False)
+            self._wake.set()
+
+    def on_acks(self, session: DeviceSession, delivery_ids: Iterable[int]) -> None:
+        state = self._state.get(session)
+        if state is None:
+            return
+        device_id = session.device_id
+        at = now_ms()
+        for delivery_id in delivery_ids:
+            entry = state.by_delivery.pop(delivery_id, None)
+            if entry is None:
+                continue
+            message_id, queued = entry
+            state.message_ids.discard(message_id)
+            if queued:
+                self._acked.append((device_id, message_id))
+                self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
+            else:
+                self._fanout_acks[message_id] += 1
+        self._wake.set()
+
+    # --------------------------------------------------------------- topics
+
+    def subscribe(self, device_id: str, topics: Iterable[str]) -> int:
+        session = self.node.by_device.get(device_id)
+        state = self._state.get(session) if session is not None else None
+        if session is None or state is None:
+            return 0
+        for topic in topics:
+            if topic in state.topics:
+                continue
+            if len(state.topics) >= MAX_TOPICS_PER_DEVICE:
+                raise ValueError(f"at most {MAX_TOPICS_PER_DEVICE} topics per device")
+            state.topics.add(topic)
+            self._topics.setdefault(topic, set()).add(session)
+        return len(state.topics)
+
+    def unsubscribe(self, device_id: str, topics: Iterable[str]) -> int:
+        session = self.node.by_device.get(device_id)
+        state = self._state.get(session) if session is not None else None
+        if session is None or state is None:
+            return 0
+        for topic in topics:
+            state.topics.discard(topic)
+            members = self._topics.get(topic)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self._topics[topic]
+        return len(state.topics)
+
+    # --------------------------------------------------------------- writing
+
+    def _write(self, session: DeviceSession, message: PushMessage, queued: bool) -> bool:
+        """Queue one PUSH on a session (no flush). False if it cannot take it."""
+        state = self._state.get(session)
+        if state is None or session.conn.closed:
+            return False
+        if message.message_id in state.message_ids:
+            return True  # already on this connection, not yet acknowledged
+        try:
+            delivery_id = session.conn.send_push(
+                message.message_id.encode(), message.body, message.wire_headers()
+            )
+        except LocalProtocolError as exc:
+            # Too large for this device's limits: it will never fit; say so once.
+            self._receipts.append(
+                Receipt(
+                    message.message_id,
+                    PushStatus.FAILED,
+                    session.device_id,
+                    now_ms(),
+                    f"device limits: {exc}"[:200],
+                )
+            )
+            if queued:
+                self._acked.append((session.device_id, message.message_id))
+            return True
+        state.by_delivery[delivery_id] = (message.message_id, queued)
+        state.message_ids.add(message.message_id)
+        self.pushes_written += 1
+        return True
+
+    def _deliver_device(
+        self,
+        device_id: str,
+        message: PushMessage,
+        touched: set[DeviceSession],
+        forward: list[tuple[str, PushMessage]],
+    ) -> None:
+        session = self.node.by_device.get(device_id)
+        state = self._state.get(session) if session is not None else None
+        if session is None or state is None:
+            forward.append((device_id, message))
+            return
+        if message.expired(now_ms()):
+            return  # reported when the queue is next read
+        if state.held is not None:
+            state.held.append(message)
+            return
+        if self._write(session, message, queued=True):
+            touched.add(session)
+
+    async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
+        """Pushes for devices that left: send them on to their new node, if any."""
+        found = await self.backend.presence.lookup([device for device, _ in items])
+        by_node: dict[int, list[bytes]] = {}
+        for device_id, message in items:
+            where = found.get(device_id)
+            if where is not None and where.node_no != self.node_no:
+                by_node.setdefault(where.node_no, []).append(env.device_push(device_id, message))
+        for node_no, batch in by_node.items():
+            await self.backend.router.send(node_no, batch)
+
+    # ----------------------------------------------------------------- inbox
+
+    async def _consume(self, inbox: object, first: asyncio.Task[list[bytes]]) -> None:
+        batch = await first
+        while True:
+            try:
+                await self._handle_batch(batch)
+            except Exception:
+                log.exception("inbox batch failed")
+            batch = await anext(inbox)  # type: ignore[call-overload]
+
+    async def _handle_batch(self, batch: list[bytes]) -> None:
+        touched: set[DeviceSession] = set()
+        forward: list[tuple[str, PushMessage]] = []
+        fanouts: list[tuple[str, PushMessage]] = []
+        for raw in batch:
+            try:
+                item = env.unpack(raw)
+                kind = item[0]
+                if kind == env.DEVICE:
+                    message = PushMessage.unpack(item[2])  # type: ignore[arg-type]
+                    self._deliver_device(str(item[1]), message, touched, forward)
+                elif kind == env.BROADCAST:
+                    fanouts.append(("", PushMessage.unpack(item[1])))  # type: ignore[arg-type]
+                elif kind == env.TOPIC:
+                    fanouts.append((str(item[1]), PushMessage.unpack(item[2])))  # type: ignore[arg-type]
+                elif kind == env.KICK:
+                    self._kick(str(item[1]), str(item[2]))
+                elif kind == env.CALL:
+                    self._serve_call(item)
+                elif kind == env.REPLY:
+                    self._on_reply(item)
+            except Exception:
+                log.exception("bad inbox envelope")
+        # High-priority pushes first within this batch's writes is implicit: the
+        # sessions are flushed together below, so order within a session holds.
+        for session in touched:
+            session.flush()
+        if forward:
+            await self._forward(forward)
+        if fanouts:
+            await self._fan_out(fanouts)
+
+    async def _fan_out(self, fanouts: list[tuple[str, PushMessage]]) -> None:
+        """Broadcast / topic pushes: each encoded once, written in slices per loop turn."""
+        prepared: list[tuple[str, PushMessage, PreparedPush]] = []
+        for topic, message in fanouts:
+            if message.expired(now_ms()):
+                continue
+            prepared.append(
+                (
+                    topic,
+                    message,
+                    PreparedPush.build(
+                        message.message_id.encode(),
+                        message.body,
+                        message.wire_headers(),
+                        self.node.body_codec,
+                    ),
+                )
+            )
+        if not prepared:
+            return
+        # One pass over the sessions writes every pending fan-out to each: several
+        # broadcasts in one inbox batch reach a device as one TLS write.
+        audience: dict[DeviceSession, list[PreparedPush]] = {}
+        everyone = [s for s in self.node.by_device.values() if s in self._state]
+        for topic, _message, push in prepared:
+            members = everyone if not topic else list(self._topics.get(topic, ()))
+            for session in members:
+                audience.setdefault(session, []).append(push)
+        step = self.config.fanout_batch
+        sessions = list(audience)
+        for start in range(0, len(sessions), step):
+            for session in sessions[start : start + step]:
+                state = self._state.get(session)
+                if state is None or session.conn.closed:
+                    continue
+                for push in audience[session]:
+                    message_id = push.message_id.decode()
+                    if message_id in state.message_ids:
+                        continue
+                    try:
+                        delivery_id = session.conn.send_prepared_push(push)
+                    except LocalProtocolError:
+                        continue
+                    state.by_delivery[delivery_id] = (message_id, False)
+                    state.message_ids.add(message_id)
+                    self.pushes_written += 1
+                session.flush()
+            await asyncio.sleep(0)
+
+    # ---------------------------------------------------------------- flushes
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush_once()
+            except Exception:
+                log.exception("push flush failed; retrying")
+                await asyncio.sleep(0.2)
+                self._wake.set()
+            # Let more work gather: one batch per interval under load.
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+
+    def wait_flushed(self) -> asyncio.Future[None]:
+        """Done once everything pending now (presence, replays, acks) is written."""
+        future = asyncio.get_running_loop().create_future()
+        self._flushed.append(future)
+        self._wake.set()
+        return future
+
+    async def _flush_once(self) -> None:
+        backend = self.backend
+        waiters, self._flushed = self._flushed, []
+        try:
+            await self._write_pending(backend)
+        except BaseException:
+            self._flushed = waiters + self._flushed
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _write_pending(self, backend: PushBackend) -> None:
+        changes, self._presence_changes = self._presence_changes, {}
+        replays, self._replays = self._replays, []
+        if changes:
+            online = [p for p, up in changes.values() if up]
+            offline = [p for p, up in changes.values() if not up]
+            try:
+                if offline:
+                    await backend.presence.set_offline(offline)
+                if online:
+                    await backend.presence.set_online(online)
+            except Exception:
+                # Try again with the next flush (newer changes for a device win).
+                for device_id, change in changes.items():
+                    self._presence_changes.setdefault(device_id, change)
+                self._replays = replays + self._replays
+                raise
+        if replays:
+            await self._replay(replays)
+        acked, self._acked = self._acked, []
+        receipts, self._receipts = self._receipts, []
+        counts, self._fanout_acks = self._fanout_acks, Counter()
+        if acked:
+            await backend.queue.remove(acked)
+        if receipts:
+            await backend.receipts.record(receipts)
+        if counts:
+            await backend.receipts.add_delivered(dict(counts))
+
+    async def _replay(self, sessions: list[DeviceSession]) -> None:
+        live = [s for s in sessions if s in self._state and not s.conn.closed]
+        now = now_ms()
+        results = await asyncio.gather(
+            *(self.backend.queue.pending(s.device_id, now) for s in live),
+            return_exceptions=True,
+        )
+        for session, result in zip(live, results, strict=True):
+            state = self._state.get(session)
+            if state is None:
+                continue
+            held, state.held = state.held or [], None
+            if isinstance(result, BaseException):
+                log.warning("queue read failed", extra=fields(device=session.device_id))
+                # Not fatal: the held pushes still go out; the queue is read again
+                # on the next connect.
+                queued: list[PushMessage] = []
+                expired: list[PushMessage] = []
+            else:
+                queued, expired = result
+            for message in expired:
+                self._receipts.append(
+                    Receipt(message.message_id, PushStatus.EXPIRED, session.device_id, now, "ttl")
+                )
+            for message in (*queued, *held):
+                self._write(session, message, queued=True)
+            session.flush()
+
+    async def _lease_forever(self) -> None:
+        period_s = self.config.lease_ms / 3000
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                known = await self.backend.presence.renew(
+                    self.node_no, self.node.node_id, self.config.lease_ms
+                )
+                if not known:
+                    log.warning("presence was lost (store restarted?); writing it again")
+                    await self.backend.presence.set_online(
+                        [
+                            self._presence_of(s)
+                            for s in self.node.by_device.values()
+                            if s in self._state
+                        ]
+                    )
+                self.node_names = await self.backend.presence.live_nodes()
+            except Exception as exc:
+                log.warning("lease renewal failed", extra=fields(error=repr(exc)))
+
+    # ------------------------------------------------------ kicks and calls
+
+    def _kick(self, device_id: str, reason: str) -> None:
+        session = self.node.by_device.get(device_id)
+        if session is not None:
+            session.end(ErrorCode.KICKED, reason or "kicked by the backend")
+
+    def _serve_call(self, item: list[object]) -> None:
+        _, device_id, call_id, reply_node, op, body, headers, timeout_ms = item
+        pairs = tuple((str(n), str(v)) for n, v in headers)  # type: ignore[attr-defined]
+
+        async def run() -> None:
+            response = await self.node.call_device(
+                str(device_id),
+                str(op),
+                bytes(body),
+                pairs,
+                int(timeout_ms) / 1000,  # type: ignore[arg-type,call-overload]
+            )
+            reply = env.pack(
+                env.REPLY,
+                call_id,
+                response.status,
+                [list(h) for h in response.headers],
+                response.body,
+                response.message,
+            )
+            await self.backend.router.send(int(reply_node), [reply])  # type: ignore[call-overload]
+
+        asyncio.get_running_loop().create_task(run())
+
+    def _on_reply(self, item: list[object]) -> None:
+        _, call_id, status, headers, body, message = item
+        future = self._calls.pop(str(call_id), None)
+        if future is not None and not future.done():
+            pairs = tuple((str(n), str(v)) for n, v in headers)  # type: ignore[attr-defined]
+            future.set_result(RpcResponse(int(status), pairs, bytes(body), 0, str(message)))  # type: ignore[call-overload,arg-type]
+
+    async def call_remote(
+        self,
+        node_no: int,
+        device_id: str,
+        op: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...],
+        timeout_s: float,
+    ) -> RpcResponse:
+        self._call_seq += 1
+        call_id = f"{self.node_no}.{self._call_seq}"
+        future: asyncio.Future[RpcResponse] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        envelope = env.pack(
+            env.CALL,
+            device_id,
+            call_id,
+            self.node_no,
+            op,
+            body,
+            [list(h) for h in headers],
+            int(timeout_s * 1000),
+        )
+        try:
+            await self.backend.router.send(node_no, [envelope])
+            # The remote node enforces the device timeout; this one covers the trip.
+            return await asyncio.wait_for(future, timeout_s + 2.0)
+        except TimeoutError:
+            return RpcResponse.error(ErrorCode.TIMEOUT, f"no answer in {timeout_s} s")
+        finally:
+            self._calls.pop(call_id, None)
+
+    # ------------------------------------------------------------ inspection
+
+    def unacked(self, session: DeviceSession) -> int:
+        state = self._state.get(session)
+        return len(state.by_delivery) if state is not None else 0
+
+
+async def _first(inbox: object) -> list[bytes]:
+    return await anext(inbox)  # type: ignore[call-overload,no-any-return]

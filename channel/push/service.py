@@ -1,0 +1,251 @@
+"""Accepting pushes and answering about them: what the HTTP and Redis stream APIs call.
+
+``accept`` is the whole write path of a push, batched over many requests:
+give each a message id, resolve users to devices, **queue first** (the queue
+is what makes delivery at-least-once), look presence up, route one inbox
+entry per node, record statuses, and report at once what cannot be
+delivered (ttl 0 to an offline device, a queue overflow, a collapsed older
+message). Any node can accept a push for any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from channel.push import envelopes as env
+from channel.push.model import (
+    ONLINE_ONLY_GRACE_MS,
+    AcceptResult,
+    MessageStatus,
+    Presence,
+    PushMessage,
+    PushRequest,
+    PushStatus,
+    Receipt,
+    TargetKind,
+    new_message_id,
+    now_ms,
+)
+from channel.push.stores import IdempotencyStore, PushBackend
+from channel.rpc.model import RpcResponse
+from channel.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from channel.config import GatewayConfig
+    from channel.gateway.node import GatewayNode
+    from channel.push.delivery import NodeDelivery
+
+
+class PushService:
+    def __init__(self, node: GatewayNode, backend: PushBackend, delivery: NodeDelivery) -> None:
+        self.node = node
+        self.backend = backend
+        self.delivery = delivery
+        self.config: GatewayConfig = node.config
+        self.idempotency: IdempotencyStore = backend.idempotency
+
+    # ----------------------------------------------------------------- push
+
+    async def accept(self, requests: Sequence[PushRequest]) -> list[AcceptResult]:
+        backend = self.backend
+        push = self.config.push
+        now = now_ms()
+        messages: list[PushMessage] = []
+        user_ids = sorted(
+            {uid for r in requests if r.target.kind is TargetKind.USER for uid in r.target.ids}
+        )
+        user_devices: dict[str, list[str]] = {}
+        for user_id in user_ids:
+            user_devices[user_id] = [
+                p.device_id for p in await backend.presence.user_devices(user_id)
+            ]
+        per_message_devices: list[list[str]] = []
+        for request in requests:
+            ttl_ms = request.ttl_s * 1000 if request.ttl_s > 0 else ONLINE_ONLY_GRACE_MS
+            messages.append(
+                PushMessage(
+                    message_id=new_message_id(),
+                    body=request.body,
+                    headers=request.headers,
+                    expires_at_ms=now + ttl_ms,
+                    collapse_key=request.collapse_key,
+                    priority=request.priority,
+                    accepted_at_ms=now,
+                    online_only=request.ttl_s == 0,
+                )
+            )
+            kind = request.target.kind
+            if kind is TargetKind.DEVICE:
+                per_message_devices.append(list(dict.fromkeys(request.target.ids)))
+            elif kind is TargetKind.USER:
+                devices: list[str] = []
+                for user_id in request.target.ids:
+                    devices.extend(user_devices.get(user_id, ()))
+                per_message_devices.append(list(dict.fromkeys(devices)))
+            else:
+                per_message_devices.append([])
+
+        # Online-only messages are queued only for devices online now.
+        online_only_targets = sorted(
+            {
+                d
+                for m, ds in zip(messages, per_message_devices, strict=True)
+                if m.online_only
+                for d in ds
+            }
+        )
+        online_now = (
+            await backend.presence.lookup(online_only_targets) if online_only_targets else {}
+        )
+        receipts: list[Receipt] = []
+        queue_items: list[tuple[str, PushMessage]] = []
+        expired_now: list[list[str]] = []
+        for message, devices in zip(messages, per_message_devices, strict=True):
+            gone: list[str] = []
+            for device_id in devices:
+                if message.online_only and device_id not in online_now:
+                    gone.append(device_id)
+                    receipts.append(
+                        Receipt(message.message_id, PushStatus.EXPIRED, device_id, now, "offline")
+                    )
+                else:
+                    queue_items.append((device_id, message))
+            expired_now.append(gone)
+
+        statuses = [
+            MessageStatus(
+                message.message_id,
+                request.target.kind,
+                now,
+                message.expires_at_ms,
+                {d: PushStatus.ACCEPTED for d in devices},
+            )
+            for message, request, devices in zip(
+                messages, requests, per_message_devices, strict=True
+            )
+        ]
+        await backend.receipts.create(statuses, push.status_retention_s)
+
+        if queue_items:
+            outcomes = await backend.queue.enqueue(queue_items, push.queue_cap)
+            for outcome in outcomes:
+                for old in outcome.replaced:
+                    receipts.append(
+                        Receipt(old, PushStatus.REVOKED, outcome.device_id, now, "collapsed")
+                    )
+                for old in outcome.dropped:
+                    receipts.append(
+                        Receipt(old, PushStatus.FAILED, outcome.device_id, now, "queue_full")
+                    )
+            # Queued first, looked up second: a device connecting meanwhile either
+            # shows here or finds the message when its node reads its queue.
+            where = await backend.presence.lookup(sorted({d for d, _ in queue_items}))
+        else:
+            where = {}
+        by_node: dict[int, list[bytes]] = {}
+        online_count: dict[str, int] = {}
+        for device_id, message in queue_items:
+            presence = where.get(device_id)
+            if presence is None:
+                continue
+            by_node.setdefault(presence.node_no, []).append(env.device_push(device_id, message))
+            online_count[message.message_id] = online_count.get(message.message_id, 0) + 1
+        for node_no, batch in by_node.items():
+            await backend.router.send(node_no, batch)
+
+        fanouts: list[bytes] = []
+        for message, request in zip(messages, requests, strict=True):
+            kind = request.target.kind
+            if kind is TargetKind.BROADCAST:
+                fanouts.append(env.pack(env.BROADCAST, message.pack()))
+            elif kind is TargetKind.TOPIC:
+                for topic in request.target.ids:
+                    fanouts.append(env.pack(env.TOPIC, topic, message.pack()))
+        if fanouts:
+            await backend.router.send_all(fanouts)
+        if receipts:
+            await backend.receipts.record(receipts)
+
+        results = []
+        for message, request, devices, gone in zip(
+            messages, requests, per_message_devices, expired_now, strict=True
+        ):
+            results.append(
+                AcceptResult(
+                    message.message_id,
+                    request.target.kind,
+                    queued=len(devices) - len(gone),
+                    online=online_count.get(message.message_id, 0),
+                    expired=tuple(gone),
+                )
+            )
+        return results
+
+    # --------------------------------------------------------------- status
+
+    async def status(self, message_id: str) -> dict[str, object] | None:
+        status = await self.backend.receipts.status(message_id)
+        return status.to_json(now_ms()) if status is not None else None
+
+    async def revoke(self, message_id: str) -> dict[str, object] | None:
+        status = await self.backend.receipts.status(message_id)
+        if status is None:
+            return None
+        revoked: list[str] = []
+        already: list[str] = []
+        for device_id, state in status.devices.items():
+            if state is PushStatus.ACCEPTED and await self.backend.queue.revoke(
+                device_id, message_id
+            ):
+                revoked.append(device_id)
+            else:
+                already.append(device_id)
+        at = now_ms()
+        await self.backend.receipts.record(
+            [Receipt(message_id, PushStatus.REVOKED, d, at, "revoked") for d in revoked]
+        )
+        return {"message_id": message_id, "revoked": revoked, "already_final": already}
+
+    async def receipts(self, after: str, count: int, wait_ms: int) -> tuple[list[Receipt], str]:
+        return await self.backend.receipts.read(after, count, wait_ms)
+
+    # ------------------------------------------------------------- presence
+
+    async def device_presence(self, device_id: str) -> Presence | None:
+        return (await self.backend.presence.lookup([device_id])).get(device_id)
+
+    async def user_devices(self, user_id: str) -> list[Presence]:
+        return await self.backend.presence.user_devices(user_id)
+
+    def node_name(self, node_no: int) -> str:
+        return self.delivery.node_names.get(node_no, "")
+
+    async def kick(self, device_id: str, reason: str) -> bool:
+        presence = await self.device_presence(device_id)
+        if presence is None:
+            return False
+        await self.backend.router.send(
+            presence.node_no, [env.pack(env.KICK, device_id, reason or "kicked by the backend")]
+        )
+        return True
+
+    async def call_device(
+        self,
+        device_id: str,
+        op: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...],
+        timeout_s: float,
+    ) -> RpcResponse:
+        """Backend → device RPC, wherever the device is connected."""
+        if device_id in self.node.by_device:
+            return await self.node.call_device(device_id, op, body, headers, timeout_s)
+        presence = await self.device_presence(device_id)
+        if presence is None:
+            return RpcResponse.error(ErrorCode.NOT_FOUND, f"device {device_id} is not online")
+        if presence.node_no == self.delivery.node_no:
+            return await self.node.call_device(device_id, op, body, headers, timeout_s)
+        return await self.delivery.call_remote(
+            presence.node_no, device_id, op, body, headers, timeout_s
+        )

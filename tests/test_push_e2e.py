@@ -1,0 +1,297 @@
+"""Pushes end to end on one node: accept → queue → route → device → ACK → receipt.
+
+Real gateway (TLS 1.3 on port 0), real SDK devices, the in-memory push
+backend (the Redis one runs the same paths in tests/test_push_fleet.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from channel.push.model import Priority, PushRequest, PushStatus, Target, TargetKind
+from channel.push.service import PushService
+from sdk_client import Backoff, Client, Push
+from tests.gateway_harness import RunningGateway, gateway
+
+WAIT_S = 5.0
+
+
+def service(gw: RunningGateway) -> PushService:
+    assert gw.node.push is not None
+    return gw.node.push
+
+
+def to_device(device_id: str, body: bytes, **options: Any) -> PushRequest:
+    return PushRequest(Target(TargetKind.DEVICE, (device_id,)), body, **options)
+
+
+class Device:
+    """An SDK client that records its pushes and wakes waiters."""
+
+    def __init__(self, gw: RunningGateway, device_id: str, user_id: str = "u1") -> None:
+        self.device_id = device_id
+        self.pushes: list[Push] = []
+        self._changed = asyncio.Event()
+        self.client = Client(
+            "127.0.0.1",
+            gw.port,
+            device_id=device_id,
+            token=gw.token(device_id, user_id=user_id),
+            ca_file=gw.ca_cert,
+            app_id="demo",
+            backoff=Backoff(initial_s=0.01, max_s=0.05),
+        )
+        self.client.on_push(self._on_push)
+
+    def _on_push(self, push: Push) -> None:
+        self.pushes.append(push)
+        self._changed.set()
+
+    async def wait_pushes(self, count: int) -> list[Push]:
+        async with asyncio.timeout(WAIT_S):
+            while len(self.pushes) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.pushes
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [p.body for p in self.pushes]
+
+
+@asynccontextmanager
+async def online(
+    gw: RunningGateway, *device_ids: str, user_id: str = "u1"
+) -> AsyncIterator[list[Device]]:
+    devices = [Device(gw, d, user_id) for d in device_ids]
+    async with AsyncExitStack() as stack:
+        for device in devices:
+            await stack.enter_async_context(device.client)
+            await device.client.connect()
+        for device in devices:
+            await asyncio.wait_for(gw.node.wait_authenticated(device.device_id), WAIT_S)
+        # Presence is written in batches just after the handshake: wait for that write.
+        assert gw.node.delivery is not None
+        await asyncio.wait_for(gw.node.delivery.wait_flushed(), WAIT_S)
+        yield devices
+
+
+async def wait_status(svc: PushService, message_id: str, status: str) -> dict[str, Any]:
+    """Wait on the receipt stream (a blocking read) until the message reaches ``status``."""
+    cursor = "0"
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            current = await svc.status(message_id)
+            assert current is not None
+            if current.get("status") == status:
+                return current
+            _, cursor = await svc.receipts(cursor, 1000, 1000)
+
+
+async def test_online_device_gets_the_push_and_the_status_becomes_delivered(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+        svc = service(gw)
+        (result,) = await svc.accept([to_device("d1", b"hello", headers=(("kind", "chat"),))])
+        assert result.queued == 1 and result.online == 1
+        (push,) = await device.wait_pushes(1)
+        assert push.body == b"hello" and push.message_id == result.message_id.encode()
+        assert ("kind", "chat") in push.headers
+        status = await wait_status(svc, result.message_id, "delivered")
+        assert status["devices"] == {"d1": "delivered"}
+        receipts, _ = await svc.receipts("0", 100, 0)
+        assert [(r.message_id, r.status) for r in receipts] == [
+            (result.message_id, PushStatus.DELIVERED)
+        ]
+
+
+async def test_offline_device_gets_its_pushes_in_order_when_it_connects(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        results = await svc.accept([to_device("d1", f"m{i}".encode()) for i in range(5)])
+        assert all(r.queued == 1 and r.online == 0 for r in results)
+        assert (await svc.status(results[0].message_id))["status"] == "accepted"  # type: ignore[index]
+        async with online(gw, "d1") as (device,):
+            await device.wait_pushes(5)
+            assert device.bodies == [f"m{i}".encode() for i in range(5)]
+            for result in results:
+                await wait_status(svc, result.message_id, "delivered")
+
+
+async def test_ttl_zero_to_an_offline_device_is_expired_at_once(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        (result,) = await svc.accept([to_device("d1", b"now or never", ttl_s=0)])
+        assert result.expired == ("d1",) and result.queued == 0
+        assert (await svc.status(result.message_id))["status"] == "expired"  # type: ignore[index]
+        async with online(gw, "d1") as (device,):
+            (later,) = await svc.accept([to_device("d1", b"online now", ttl_s=0)])
+            await device.wait_pushes(1)
+            assert device.bodies == [b"online now"]
+            await wait_status(svc, later.message_id, "delivered")
+
+
+async def test_collapse_key_replaces_an_undelivered_older_push(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        old, _other, _new = await svc.accept(
+            [
+                to_device("d1", b"score 1-0", collapse_key="match-7"),
+                to_device("d1", b"unrelated"),
+                to_device("d1", b"score 2-0", collapse_key="match-7"),
+            ]
+        )
+        status = await svc.status(old.message_id)
+        assert status is not None and status["devices"] == {"d1": "revoked"}
+        async with online(gw, "d1") as (device,):
+            await device.wait_pushes(2)
+            assert device.bodies == [b"unrelated", b"score 2-0"]
+            assert ("collapse-key", "match-7") in device.pushes[1].headers
+
+
+async def test_revoked_push_is_never_delivered(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        doomed, kept = await svc.accept([to_device("d1", b"oops"), to_device("d1", b"fine")])
+        summary = await svc.revoke(doomed.message_id)
+        assert summary == {"message_id": doomed.message_id, "revoked": ["d1"], "already_final": []}
+        async with online(gw, "d1") as (device,):
+            await device.wait_pushes(1)
+            await wait_status(svc, kept.message_id, "delivered")
+            assert device.bodies == [b"fine"]
+        assert (await svc.status(doomed.message_id))["status"] == "revoked"  # type: ignore[index]
+        assert await svc.revoke("no-such-message") is None
+
+
+async def test_queue_cap_drops_the_oldest_and_reports_it_failed(tmp_path: Path) -> None:
+    async with gateway(tmp_path, push={"queue_cap": 3}) as gw:
+        svc = service(gw)
+        results = await svc.accept([to_device("d1", f"m{i}".encode()) for i in range(5)])
+        for dropped in results[:2]:
+            assert (await svc.status(dropped.message_id))["status"] == "failed"  # type: ignore[index]
+        async with online(gw, "d1") as (device,):
+            await device.wait_pushes(3)
+            assert device.bodies == [b"m2", b"m3", b"m4"]
+
+
+async def test_expired_queued_push_is_reported_not_delivered(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        (short,) = await svc.accept([to_device("d1", b"stale", ttl_s=1)])
+        (long,) = await svc.accept([to_device("d1", b"fresh")])
+        await asyncio.sleep(1.05)  # the ttl itself is what is under test
+        async with online(gw, "d1") as (device,):
+            await device.wait_pushes(1)
+            await wait_status(svc, long.message_id, "delivered")
+            assert device.bodies == [b"fresh"]
+        status = await svc.status(short.message_id)
+        assert status is not None and status["status"] == "expired"
+        receipts, _ = await svc.receipts("0", 100, 0)
+        assert (short.message_id, PushStatus.EXPIRED) in [
+            (r.message_id, r.status) for r in receipts
+        ]
+
+
+async def test_user_target_reaches_every_online_device_of_the_user(tmp_path: Path) -> None:
+    async with (
+        gateway(tmp_path) as gw,
+        online(gw, "phone", "tablet", user_id="alice") as devices,
+        online(gw, "bob-phone", user_id="bob") as (bob,),
+    ):
+        svc = service(gw)
+        (result,) = await svc.accept(
+            [PushRequest(Target(TargetKind.USER, ("alice",)), b"hi alice")]
+        )
+        assert result.queued == 2
+        for device in devices:
+            await device.wait_pushes(1)
+        status = await wait_status(svc, result.message_id, "delivered")
+        assert status["devices"] == {"phone": "delivered", "tablet": "delivered"}
+        assert bob.pushes == []
+
+
+async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path) as gw, online(gw, *(f"d{i}" for i in range(30))) as devices:
+        svc = service(gw)
+        _first, second = await svc.accept(
+            [
+                PushRequest(Target(TargetKind.BROADCAST), b"maintenance at 2am"),
+                PushRequest(Target(TargetKind.BROADCAST), b"done", priority=Priority.HIGH),
+            ]
+        )
+        for device in devices:
+            await device.wait_pushes(2)
+            assert device.bodies == [b"maintenance at 2am", b"done"]
+        # Counts are written with the acks; every device acked before its next flush.
+        assert gw.node.delivery is not None
+        async with asyncio.timeout(WAIT_S):
+            while (await svc.status(second.message_id))["delivered_count"] != 30:  # type: ignore[index]
+                await gw.node.delivery.wait_flushed()
+
+
+async def test_topic_push_reaches_only_subscribers(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, online(gw, "fan", "other") as (fan, other):
+        reply = await fan.client.call(
+            "channel.subscribe", json.dumps({"topics": ["scores"]}).encode()
+        )
+        assert json.loads(reply.body) == {"topics": 1}
+        svc = service(gw)
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"goal!")])
+        await fan.wait_pushes(1)
+        # A broadcast behind it proves the other device had its chance at the topic push.
+        await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all")])
+        await other.wait_pushes(1)
+        assert other.bodies == [b"all"]
+        await fan.client.call("channel.unsubscribe", json.dumps({"topics": ["scores"]}).encode())
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"again")])
+        await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all 2")])
+        await fan.wait_pushes(3)
+        assert fan.bodies == [b"goal!", b"all", b"all 2"]
+
+
+async def test_unacked_push_is_redelivered_on_the_next_connection(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        svc = service(gw)
+        async with online(gw, "d1") as (device,):
+            # A device that cannot store the push does not acknowledge it.
+            refused = asyncio.Event()
+
+            def refuse(push: Push) -> None:
+                refused.set()
+                raise RuntimeError("storage full")
+
+            device.client.on_push(refuse)
+            (result,) = await svc.accept([to_device("d1", b"important")])
+            session = gw.node.by_device["d1"]
+            await asyncio.wait_for(refused.wait(), WAIT_S)
+            assert gw.node.delivery is not None and gw.node.delivery.unacked(session) == 1
+        async with online(gw, "d1") as (again,):
+            await again.wait_pushes(1)
+            assert again.bodies == [b"important"]
+            await wait_status(svc, result.message_id, "delivered")
+
+
+async def test_kick_and_backend_to_device_rpc_through_the_service(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+
+        @device.client.handle("app.ping")
+        async def ping(request: Any) -> bytes:
+            return b"pong:" + request.body
+
+        svc = service(gw)
+        answer = await svc.call_device("d1", "app.ping", b"1", (), 2.0)
+        assert answer.status == 0 and answer.body == b"pong:1"
+        missing = await svc.call_device("ghost", "app.ping", b"", (), 1.0)
+        assert missing.status != 0
+        assert await svc.kick("ghost", "") is False
+        session = gw.node.by_device["d1"]
+        assert await svc.kick("d1", "fraud check") is True
+        await asyncio.wait_for(gw.node.wait_closed(session), WAIT_S)
