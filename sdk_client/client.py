@@ -89,6 +89,16 @@ from sdk_client.protocol import ClientProtocol, client_tls_context
 
 log = logging.getLogger("channel.sdk")
 
+#: Gateway built-in operations for topic subscriptions (channel/gateway/builtin.py).
+SUBSCRIBE_OP = "channel.subscribe"
+UNSUBSCRIBE_OP = "channel.unsubscribe"
+
+
+def _log_failure(task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("re-subscribing topics failed: %s", task.exception())
+
+
 #: Used when the server leaves the heartbeat to the client (HELLO_ACK heartbeat_s = 0).
 DEFAULT_HEARTBEAT_S = 60
 #: A dead connection is declared after this many heartbeats without a byte after a PING.
@@ -341,7 +351,9 @@ class Client:
     ``token_with_ticket`` sends the token next to a resume ticket (one round
     trip saved if the ticket was refused, ~80 bytes more per resumed HELLO);
     ``state_file`` keeps the resume ticket across processes (it is a
-    credential: written with mode 0600).
+    credential: written with mode 0600); ``endpoints`` are more gateway
+    addresses, tried in turn after a failed connection attempt (without a load
+    balancer in front, or a node that died).
     """
 
     def __init__(
@@ -369,10 +381,15 @@ class Client:
         heartbeat_hint_s: int = 0,
         token_with_ticket: bool = True,
         state_file: Path | None = None,
+        endpoints: Sequence[tuple[str, int]] = (),
     ) -> None:
         register_default_presets()
         self.host = host
         self.port = port
+        #: Every gateway address to try, in turn, when a connection attempt fails.
+        self.endpoints: list[tuple[str, int]] = [(host, port), *endpoints]
+        self._endpoint = 0
+        self._topics: set[str] = set()
         self.device_id = device_id
         #: The device token; replace it (e.g. after AUTH_EXPIRED) before ``connect()``.
         self.token = token
@@ -518,6 +535,7 @@ class Client:
             while True:
                 try:
                     await self._establish()
+                    self._resubscribe()
                     break
                 except ChannelError as exc:
                     if not retry or is_fatal(exc):
@@ -629,6 +647,7 @@ class Client:
                 await link.hello_ack
         except BaseException as exc:
             self.stats.connect_failures += 1
+            self._next_endpoint()
             link.protocol.abort()
             if not link.ended.done():
                 # create_connection failed before the protocol existed for the loop.
@@ -645,6 +664,11 @@ class Client:
                     ErrorCode.UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {exc}"
                 ) from exc
             raise
+
+    def _next_endpoint(self) -> None:
+        if len(self.endpoints) > 1:
+            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+            self.host, self.port = self.endpoints[self._endpoint]
 
     def _ensure_push_worker(self) -> None:
         if self._push_worker is None or self._push_worker.done():
@@ -841,6 +865,31 @@ class Client:
             link.protocol.close()
 
     # ------------------------------------------------------------------ calls
+
+    async def subscribe(self, *topics: str) -> int:
+        """Receive topic pushes for ``topics`` (kept across reconnects); returns the count."""
+        count = await self._topic_call(SUBSCRIBE_OP, topics)
+        self._topics.update(topics)  # only once the gateway took them
+        return count
+
+    async def unsubscribe(self, *topics: str) -> int:
+        self._topics.difference_update(topics)
+        return await self._topic_call(UNSUBSCRIBE_OP, topics)
+
+    async def _topic_call(self, op: str, topics: Sequence[str]) -> int:
+        response = await self.call(
+            op, json.dumps({"topics": list(topics)}).encode(), idempotent=True
+        )
+        count = json.loads(response.body)["topics"]
+        return int(count)
+
+    def _resubscribe(self) -> None:
+        # Subscriptions live on the connection: a new one starts with none.
+        if self._topics:
+            task = asyncio.get_running_loop().create_task(
+                self._topic_call(SUBSCRIBE_OP, sorted(self._topics))
+            )
+            task.add_done_callback(_log_failure)
 
     async def call(
         self,

@@ -7,15 +7,16 @@ backend (the Redis one runs the same paths in tests/test_push_fleet.py).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from channel.push.model import Priority, PushRequest, PushStatus, Target, TargetKind
 from channel.push.service import PushService
-from sdk_client import Backoff, Client, Push
+from sdk_client import Backoff, BadRequest, Client, Push
 from tests.gateway_harness import RunningGateway, gateway
 
 WAIT_S = 5.0
@@ -239,10 +240,9 @@ async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
 
 async def test_topic_push_reaches_only_subscribers(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw, online(gw, "fan", "other") as (fan, other):
-        reply = await fan.client.call(
-            "channel.subscribe", json.dumps({"topics": ["scores"]}).encode()
-        )
-        assert json.loads(reply.body) == {"topics": 1}
+        assert await fan.client.subscribe("scores") == 1
+        with pytest.raises(BadRequest, match="topics"):
+            await fan.client.subscribe("no spaces")
         svc = service(gw)
         await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"goal!")])
         await fan.wait_pushes(1)
@@ -250,7 +250,7 @@ async def test_topic_push_reaches_only_subscribers(tmp_path: Path) -> None:
         await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all")])
         await other.wait_pushes(1)
         assert other.bodies == [b"all"]
-        await fan.client.call("channel.unsubscribe", json.dumps({"topics": ["scores"]}).encode())
+        assert await fan.client.unsubscribe("scores") == 0
         await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"again")])
         await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all 2")])
         await fan.wait_pushes(3)
