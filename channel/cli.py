@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from channel import corpus, dicttrain, presetbuild
+from channel.api import keys as api_keys
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.presets import Preset
@@ -812,6 +813,86 @@ def _add_token_commands(subparsers: _SubParsers) -> None:
     verify.set_defaults(handler=_token_verify)
 
 
+# --- channel apikey -------------------------------------------------------------
+
+
+def _scope_list(text: str) -> list[str]:
+    scopes = [s.strip() for s in text.replace("+", ",").split(",") if s.strip()]
+    try:
+        api_keys.check_scopes(scopes)
+    except api_keys.ApiKeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return scopes
+
+
+def _apikey_new(args: argparse.Namespace) -> int:
+    try:
+        key, record = api_keys.new_api_key(args.id, args.scopes)
+    except api_keys.ApiKeyError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"key:    {key}")
+    print(f"record: {record}")
+    print(
+        "Give the key to the backend that calls the API (Authorization: Bearer <key>); it is\n"
+        "shown only this once and stored nowhere. Add the record to every gateway, e.g.\n"
+        f'  [api]\n  keys = ["{record}"]\n'
+        f"or CHANNEL_API__KEYS='[\"{record}\"]'. To revoke the key, delete its record.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _add_apikey_commands(subparsers: _SubParsers) -> None:
+    scope_help = "\n".join(f"  {name:9} {what}" for name, what in api_keys.SCOPES.items())
+    group = subparsers.add_parser(
+        "apikey",
+        help="make API keys for the HTTP push API",
+        description=(
+            "Backends call the HTTP push API (/v1/push, /v1/messages/..., /v1/devices/...)\n"
+            "with an API key: Authorization: Bearer ck_<id>_<secret>. Gateways keep only a\n"
+            "record per key in [api] keys (the key id, the SHA-256 of the key, its scopes),\n"
+            "so a leaked config file grants nothing. With no keys configured, a node makes a\n"
+            "development key with every scope in <state_dir>/api/dev.key."
+        ),
+        epilog="example:\n  channel apikey new --id billing --scopes push,status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="apikey_command", metavar="COMMAND", required=True)
+    new = commands.add_parser(
+        "new",
+        help="make a new key and print it with its [api] keys record",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Make a random key (32 bytes) and print two lines on stdout:\n"
+            "  key:    ck_<id>_<secret>      give this to the backend, once\n"
+            "  record: <id>:<sha256>:<scopes>  put this in [api] keys on every gateway\n\n"
+            f"scopes:\n{scope_help}\n  *         all of the above"
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel apikey new --id billing --scopes push,status\n"
+            "  channel apikey new --id support --scopes presence,kick,rpc\n"
+            "  channel apikey new --id ops --scopes '*'\n\n"
+            "rotation: make a key with a new id, add its record, move the backend to it,\n"
+            "then delete the old record."
+        ),
+    )
+    new.add_argument(
+        "--id",
+        required=True,
+        metavar="ID",
+        help="key id, 1..64 of A-Z a-z 0-9 . - (shown in logs and errors; not secret)",
+    )
+    new.add_argument(
+        "--scopes",
+        required=True,
+        type=_scope_list,
+        metavar="S,S",
+        help="comma-separated scopes: push, status, revoke, presence, kick, rpc, or *",
+    )
+    new.set_defaults(handler=_apikey_new)
+
+
 # --- entry point ----------------------------------------------------------------
 
 _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
@@ -820,6 +901,7 @@ _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_dict_commands,
     _add_preset_commands,
     _add_token_commands,
+    _add_apikey_commands,
     _add_device_commands,
 )
 

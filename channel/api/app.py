@@ -1,0 +1,504 @@
+"""The HTTP push API: an aiohttp application in front of ``PushService``.
+
+Routes (JSON in and out; ``/openapi.json`` describes them all)::
+
+    POST /v1/push                         push          202 accept result
+    POST /v1/push/batch                   push          202 {"results": [...]}
+    GET  /v1/messages/{message_id}        status        200 / 404
+    POST /v1/messages/{message_id}/revoke revoke        200 / 404
+    GET  /v1/devices/{device_id}          presence      200 / 404
+    GET  /v1/users/{user_id}/devices      presence      200
+    POST /v1/devices/{device_id}/kick     kick          200 / 404
+    POST /v1/devices/{device_id}/rpc      rpc           200 / 404 / 502 / 504
+    GET  /v1/receipts                     status        200 (long poll)
+    GET  /openapi.json                    (no key)
+
+Every request but ``/openapi.json`` carries ``Authorization: Bearer <key>``
+(``channel.api.keys``). Every 4xx/5xx answer is
+``{"error": {"code", "message", "field"?}}`` (``channel.api.errors``).
+
+The batch route is the hot path (tens of thousands of pushes per second on
+one core): the body is decoded once with ``json.loads``, each item validated
+by plain code, and the whole batch handed to one ``PushService.accept`` call.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from channel.api.errors import ApiError, bad_request, error_json, json_response, not_found
+from channel.api.keys import (
+    DEV_KEY_FILE,
+    ApiKey,
+    ApiKeyError,
+    ApiKeyring,
+    AuthError,
+    ensure_dev_api_key,
+)
+from channel.api.limits import (
+    DEFAULT_RECEIPT_COUNT,
+    DEFAULT_RPC_TIMEOUT_MS,
+    MAX_CURSOR_CHARS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_PUSH_BODY_BYTES,
+    MAX_RECEIPT_COUNT,
+    MAX_RECEIPT_WAIT_MS,
+)
+from channel.api.openapi import openapi_document
+from channel.config import ApiConfig, ConfigError
+from channel.logs import fields
+from channel.push.model import AcceptResult, Presence, PushRequest
+from channel.push.requests import (
+    ValidationError,
+    check_name,
+    parse_device_call,
+    parse_push_request,
+    parse_reason,
+)
+from channel.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from channel.push.service import PushService
+
+log = logging.getLogger("channel.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiState:
+    service: PushService
+    config: ApiConfig
+    keyring: ApiKeyring
+    default_ttl_s: int
+    max_ttl_s: int
+    push_body_bytes: int
+    openapi_body: bytes
+
+
+STATE_KEY: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(
+            exc.status, "BAD_REQUEST" if exc.status < 500 else "INTERNAL_ERROR"
+        )
+        message = exc.text if exc.text and exc.status != 404 else exc.reason
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path} (see /openapi.json)"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return json_response(exc.status, error_json(code, message), headers)
+    except Exception:
+        log.exception("API request failed", extra=fields(method=request.method, path=request.path))
+        return json_response(500, error_json("INTERNAL_ERROR", "the gateway failed; see its log"))
+
+
+def _state(request: web.Request) -> ApiState:
+    return request.app[STATE_KEY]
+
+
+def _authorize(request: web.Request, scope: str) -> ApiKey:
+    try:
+        key = _state(request).keyring.authenticate(request.headers.get("Authorization"))
+    except AuthError as exc:
+        raise ApiError(
+            401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="channel"'}
+        ) from None
+    if not key.allows(scope):
+        raise ApiError(
+            403, "FORBIDDEN", f"API key {key.key_id} lacks scope {scope!r} for this route"
+        )
+    return key
+
+
+async def _read_json(request: web.Request, *, optional: bool = False) -> object:
+    limit = _state(request).config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    if not raw.strip():
+        if optional:
+            return None
+        raise bad_request("the request needs a JSON body")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the body is not valid JSON ({str(exc)[:200]})") from None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "BODY_TOO_LARGE", f"the request body is larger than {limit} bytes (max_body_bytes)"
+    )
+
+
+def _path_id(request: web.Request, name: str, what: str) -> str:
+    value = request.match_info[name]
+    try:
+        return check_name(name, value, what)
+    except ValidationError as exc:
+        raise bad_request(exc.message, exc.field) from None
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    return bad_request(exc.message, exc.field)
+
+
+async def _idempotent(
+    request: web.Request, key: ApiKey, route: str, run: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    """Run ``run`` once per ``Idempotency-Key``: a retry gets the first answer back."""
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        return await run()
+    if (
+        not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
+        or not idempotency_key.isascii()
+        or not idempotency_key.isprintable()
+    ):
+        raise bad_request(
+            f"must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+            "Idempotency-Key",
+        )
+    state = _state(request)
+    store = state.service.idempotency
+    ttl_s = state.config.idempotency_ttl_s
+    # Scoped by API key and route: two callers never see each other's answers.
+    store_key = f"api:{key.key_id}:{route}:{idempotency_key}"
+    stored = await store.claim(store_key, ttl_s)
+    if stored is not None:
+        if not stored:
+            raise ApiError(
+                409,
+                "CONFLICT",
+                "a request with this Idempotency-Key is still running; retry later",
+                "Idempotency-Key",
+            )
+        status_text, _, body = stored.partition(b" ")
+        return web.Response(
+            status=int(status_text),
+            body=body,
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    try:
+        response = await run()
+    except BaseException:
+        await store.release(store_key)
+        raise
+    assert isinstance(response.body, bytes)
+    if 200 <= response.status < 300:
+        await store.complete(store_key, b"%d %b" % (response.status, response.body), ttl_s)
+    else:
+        await store.release(store_key)
+    return response
+
+
+def _presence_json(service: PushService, presence: Presence) -> dict[str, object]:
+    return {
+        "device_id": presence.device_id,
+        "online": True,
+        "node": service.node_name(presence.node_no),
+        "user_id": presence.user_id,
+        "since_s": presence.since_s,
+    }
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise bad_request(f"must be a whole number {low}..{high}", name) from None
+    if not low <= value <= high:
+        raise bad_request(f"must be {low}..{high}", name)
+    return value
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def push(request: web.Request) -> web.Response:
+    key = _authorize(request, "push")
+    state = _state(request)
+    obj = await _read_json(request)
+    try:
+        push_request = parse_push_request(
+            obj,
+            default_ttl_s=state.default_ttl_s,
+            max_ttl_s=state.max_ttl_s,
+            max_body_bytes=state.push_body_bytes,
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+    async def run() -> web.Response:
+        (result,) = await state.service.accept([push_request])
+        return json_response(202, result.to_json())
+
+    return await _idempotent(request, key, "push", run)
+
+
+async def push_batch(request: web.Request) -> web.Response:
+    key = _authorize(request, "push")
+    state = _state(request)
+    obj = await _read_json(request)
+    if not isinstance(obj, dict) or "messages" not in obj:
+        raise bad_request('the body must be {"messages": [push, ...]}', "messages")
+    for name in obj:
+        if name != "messages":
+            raise bad_request("unknown field (known: messages)", str(name)[:64])
+    messages = obj["messages"]
+    limit = state.config.max_batch
+    if not isinstance(messages, list):
+        raise bad_request("must be an array of push requests", "messages")
+    if len(messages) > limit:
+        raise bad_request(
+            f"has {len(messages)} push requests, more than max_batch {limit}; split it",
+            "messages",
+        )
+    default_ttl_s, max_ttl_s, body_bytes = (
+        state.default_ttl_s,
+        state.max_ttl_s,
+        state.push_body_bytes,
+    )
+    valid: list[PushRequest] = []
+    slots: list[dict[str, object] | None] = []
+    for index, item in enumerate(messages):
+        try:
+            valid.append(
+                parse_push_request(
+                    item,
+                    default_ttl_s=default_ttl_s,
+                    max_ttl_s=max_ttl_s,
+                    max_body_bytes=body_bytes,
+                    where=f"messages[{index}].",
+                )
+            )
+            slots.append(None)
+        except ValidationError as exc:
+            slots.append(error_json("BAD_REQUEST", exc.message, exc.field))
+
+    async def run() -> web.Response:
+        accepted: list[AcceptResult] = await state.service.accept(valid) if valid else []
+        done = iter(accepted)
+        results = [slot if slot is not None else next(done).to_json() for slot in slots]
+        return json_response(202, {"results": results})
+
+    return await _idempotent(request, key, "batch", run)
+
+
+async def message_status(request: web.Request) -> web.Response:
+    _authorize(request, "status")
+    message_id = _path_id(request, "message_id", "a message id")
+    status = await _state(request).service.status(message_id)
+    if status is None:
+        raise not_found(f"no message {message_id} (unknown, or past its retention)")
+    return json_response(200, status)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    _authorize(request, "revoke")
+    message_id = _path_id(request, "message_id", "a message id")
+    summary = await _state(request).service.revoke(message_id)
+    if summary is None:
+        raise not_found(f"no message {message_id} (unknown, or past its retention)")
+    return json_response(200, summary)
+
+
+async def device(request: web.Request) -> web.Response:
+    _authorize(request, "presence")
+    device_id = _path_id(request, "device_id", "a device id")
+    service = _state(request).service
+    presence = await service.device_presence(device_id)
+    if presence is None:
+        raise not_found(f"device {device_id} is not online", device_id=device_id, online=False)
+    return json_response(200, _presence_json(service, presence))
+
+
+async def user_devices(request: web.Request) -> web.Response:
+    _authorize(request, "presence")
+    user_id = _path_id(request, "user_id", "a user id")
+    service = _state(request).service
+    devices = await service.user_devices(user_id)
+    return json_response(
+        200, {"user_id": user_id, "devices": [_presence_json(service, p) for p in devices]}
+    )
+
+
+async def kick(request: web.Request) -> web.Response:
+    _authorize(request, "kick")
+    device_id = _path_id(request, "device_id", "a device id")
+    try:
+        reason = parse_reason(await _read_json(request, optional=True))
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    if not await _state(request).service.kick(device_id, reason):
+        raise not_found(f"device {device_id} is not online", device_id=device_id, online=False)
+    return json_response(200, {"device_id": device_id, "kicked": True})
+
+
+#: Device call outcomes other than success, as HTTP statuses (anything else: 502).
+_RPC_HTTP_STATUS = {ErrorCode.TIMEOUT: 504, ErrorCode.NOT_FOUND: 404}
+
+
+async def device_rpc(request: web.Request) -> web.Response:
+    _authorize(request, "rpc")
+    device_id = _path_id(request, "device_id", "a device id")
+    state = _state(request)
+    try:
+        call = parse_device_call(
+            await _read_json(request),
+            default_timeout_ms=DEFAULT_RPC_TIMEOUT_MS,
+            max_timeout_ms=state.config.max_rpc_timeout_ms,
+            max_body_bytes=state.push_body_bytes,
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    response = await state.service.call_device(
+        device_id, call.op, call.body, call.headers, call.timeout_ms / 1000
+    )
+    if response.status != 0:
+        try:
+            code = ErrorCode(response.status)
+            name = code.name
+        except ValueError:
+            code, name = None, f"CODE_{response.status}"
+        extra: dict[str, object] = {"status": response.status}
+        headers: dict[str, str] = {}
+        if response.retry_after_ms > 0:
+            extra["retry_after_ms"] = response.retry_after_ms
+            headers["Retry-After"] = str(math.ceil(response.retry_after_ms / 1000))
+        raise ApiError(
+            _RPC_HTTP_STATUS.get(code, 502) if code is not None else 502,
+            name,
+            response.message or f"the device answered {name}",
+            extra=extra,
+            headers=headers or None,
+        )
+    out: dict[str, object] = {"status": 0, "headers": dict(response.headers)}
+    try:
+        out["body"] = response.body.decode("utf-8")
+    except UnicodeDecodeError:
+        out["body_base64"] = base64.b64encode(response.body).decode("ascii")
+    return json_response(200, out)
+
+
+async def receipts(request: web.Request) -> web.Response:
+    _authorize(request, "status")
+    after = request.query.get("after", "")
+    if len(after) > MAX_CURSOR_CHARS or not after.isprintable():
+        raise bad_request('must be a cursor from an earlier answer, "0" or empty', "after")
+    count = _int_query(request, "count", DEFAULT_RECEIPT_COUNT, 1, MAX_RECEIPT_COUNT)
+    wait_ms = _int_query(request, "wait_ms", 0, 0, MAX_RECEIPT_WAIT_MS)
+    found, cursor = await _state(request).service.receipts(after, count, wait_ms)
+    return json_response(200, {"receipts": [r.to_json() for r in found], "cursor": cursor})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_state(request).openapi_body, content_type="application/json")
+
+
+#: (method, path, handler, scope or "" for no key): the app and the OpenAPI test read this.
+ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
+    ("POST", "/v1/push", push, "push"),
+    ("POST", "/v1/push/batch", push_batch, "push"),
+    ("GET", "/v1/messages/{message_id}", message_status, "status"),
+    ("POST", "/v1/messages/{message_id}/revoke", revoke, "revoke"),
+    ("GET", "/v1/devices/{device_id}", device, "presence"),
+    ("GET", "/v1/users/{user_id}/devices", user_devices, "presence"),
+    ("POST", "/v1/devices/{device_id}/kick", kick, "kick"),
+    ("POST", "/v1/devices/{device_id}/rpc", device_rpc, "rpc"),
+    ("GET", "/v1/receipts", receipts, "status"),
+    ("GET", "/openapi.json", openapi, ""),
+)
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> web.Application:
+    """The API application (not started); ``start_api`` serves it."""
+    gateway = service.config
+    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body_bytes)
+    app[STATE_KEY] = ApiState(
+        service=service,
+        config=config,
+        keyring=keyring,
+        default_ttl_s=gateway.push.default_ttl_s,
+        max_ttl_s=gateway.push.max_ttl_s,
+        push_body_bytes=min(MAX_PUSH_BODY_BYTES, config.max_body_bytes),
+        openapi_body=json.dumps(openapi_document(config), indent=1).encode("utf-8"),
+    )
+    for method, path, handler, _scope in ROUTES:
+        if method == "GET":
+            app.router.add_get(path, handler, allow_head=False)
+        else:
+            app.router.add_route(method, path, handler)
+    return app
+
+
+def api_keyring(service: PushService, config: ApiConfig) -> ApiKeyring:
+    """The keys from ``[api] keys``, or the development key when there are none."""
+    records = list(config.keys)
+    if not records:
+        state_dir = service.config.state_dir
+        _, record = ensure_dev_api_key(state_dir)
+        log.warning(
+            "API: no [api] keys configured; using the development key (every scope)",
+            extra=fields(key_file=str(state_dir / DEV_KEY_FILE)),
+        )
+        records = [record]
+    try:
+        return ApiKeyring(records)
+    except ApiKeyError as exc:
+        raise ConfigError(f"api.keys: {exc}") from None
+
+
+async def start_api(service: PushService, config: ApiConfig) -> tuple[web.AppRunner, int]:
+    """Serve the API on ``config.host:config.port`` (0: any free port); returns the
+    runner (for ``stop_api``) and the bound port."""
+    app = create_app(service, config, api_keyring(service, config))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server = service.config.server
+    # Several workers, or the next process of a rolling restart, share the port.
+    reuse_port = server.reuse_port or server.workers > 1 or None
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = int(runner.addresses[0][1])
+    log.info("push API listening", extra=fields(host=config.host, port=port))
+    return runner, port
+
+
+async def stop_api(runner: Any) -> None:
+    assert isinstance(runner, web.AppRunner)
+    await runner.cleanup()
