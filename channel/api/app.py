@@ -24,6 +24,7 @@ by plain code, and the whole batch handed to one ``PushService.accept`` call.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -55,7 +56,7 @@ from channel.api.limits import (
 from channel.api.openapi import openapi_document
 from channel.config import ApiConfig, ConfigError
 from channel.logs import fields
-from channel.push.model import AcceptResult, Presence, PushRequest
+from channel.push.model import AcceptResult, Presence, PushRequest, Receipt
 from channel.push.requests import (
     ValidationError,
     check_name,
@@ -64,11 +65,14 @@ from channel.push.requests import (
     parse_reason,
 )
 from channel.wire import ErrorCode
+from channel.wire.errors import code_name
 
 if TYPE_CHECKING:
     from channel.push.service import PushService
 
 log = logging.getLogger("channel.api")
+
+SHUTDOWN_GRACE_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,6 +86,8 @@ class ApiState:
     max_ttl_s: int
     push_body_bytes: int
     openapi_body: bytes
+    #: Set when the API shuts down: receipt long polls answer at once.
+    closing: asyncio.Event
 
 
 STATE_KEY: web.AppKey[ApiState] = web.AppKey("api_state", ApiState)
@@ -363,7 +369,7 @@ async def kick(request: web.Request) -> web.Response:
 
 
 #: Device call outcomes other than success, as HTTP statuses (anything else: 502).
-_RPC_HTTP_STATUS = {ErrorCode.TIMEOUT: 504, ErrorCode.NOT_FOUND: 404}
+_RPC_HTTP_STATUS: dict[int, int] = {ErrorCode.TIMEOUT: 504, ErrorCode.NOT_FOUND: 404}
 
 
 async def device_rpc(request: web.Request) -> web.Response:
@@ -383,18 +389,14 @@ async def device_rpc(request: web.Request) -> web.Response:
         device_id, call.op, call.body, call.headers, call.timeout_ms / 1000
     )
     if response.status != 0:
-        try:
-            code = ErrorCode(response.status)
-            name = code.name
-        except ValueError:
-            code, name = None, f"CODE_{response.status}"
+        name = code_name(response.status)
         extra: dict[str, object] = {"status": response.status}
         headers: dict[str, str] = {}
         if response.retry_after_ms > 0:
             extra["retry_after_ms"] = response.retry_after_ms
             headers["Retry-After"] = str(math.ceil(response.retry_after_ms / 1000))
         raise ApiError(
-            _RPC_HTTP_STATUS.get(code, 502) if code is not None else 502,
+            _RPC_HTTP_STATUS.get(response.status, 502),
             name,
             response.message or f"the device answered {name}",
             extra=extra,
@@ -415,8 +417,30 @@ async def receipts(request: web.Request) -> web.Response:
         raise bad_request('must be a cursor from an earlier answer, "0" or empty', "after")
     count = _int_query(request, "count", DEFAULT_RECEIPT_COUNT, 1, MAX_RECEIPT_COUNT)
     wait_ms = _int_query(request, "wait_ms", 0, 0, MAX_RECEIPT_WAIT_MS)
-    found, cursor = await _state(request).service.receipts(after, count, wait_ms)
+    state = _state(request)
+    if wait_ms == 0 or state.closing.is_set():
+        found, cursor = await state.service.receipts(after, count, 0)
+    else:
+        found, cursor = await _long_poll(state, after, count, wait_ms)
     return json_response(200, {"receipts": [r.to_json() for r in found], "cursor": cursor})
+
+
+async def _long_poll(
+    state: ApiState, after: str, count: int, wait_ms: int
+) -> tuple[list[Receipt], str]:
+    """Wait for receipts, but end with none (same cursor) when the API shuts down:
+    a poller then simply asks again, elsewhere, without losing anything."""
+    read = asyncio.ensure_future(state.service.receipts(after, count, wait_ms))
+    closing = asyncio.ensure_future(state.closing.wait())
+    try:
+        await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+        if not read.done():
+            read.cancel()
+    if read.cancelled() or not read.done():
+        return [], after
+    return read.result()
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -453,13 +477,19 @@ def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> 
         max_ttl_s=gateway.push.max_ttl_s,
         push_body_bytes=min(MAX_PUSH_BODY_BYTES, config.max_body_bytes),
         openapi_body=json.dumps(openapi_document(config), indent=1).encode("utf-8"),
+        closing=asyncio.Event(),
     )
+    app.on_shutdown.append(_closing)
     for method, path, handler, _scope in ROUTES:
         if method == "GET":
             app.router.add_get(path, handler, allow_head=False)
         else:
             app.router.add_route(method, path, handler)
     return app
+
+
+async def _closing(app: web.Application) -> None:
+    app[STATE_KEY].closing.set()
 
 
 def api_keyring(service: PushService, config: ApiConfig) -> ApiKeyring:
@@ -483,7 +513,9 @@ async def start_api(service: PushService, config: ApiConfig) -> tuple[web.AppRun
     """Serve the API on ``config.host:config.port`` (0: any free port); returns the
     runner (for ``stop_api``) and the bound port."""
     app = create_app(service, config, api_keyring(service, config))
-    runner = web.AppRunner(app, access_log=None)
+    # In-flight requests get a few seconds at shutdown; a receipts long poll is then
+    # cut (its cursor is still valid for the retry) rather than holding a drain 30 s.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     server = service.config.server
     # Several workers, or the next process of a rolling restart, share the port.
