@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 from openapi_spec_validator import validate
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channel.api.app import start_api, stop_api
 from channel.api.keys import ApiKeyring, ensure_dev_api_key, new_api_key
@@ -475,3 +476,28 @@ async def test_backend_to_device_rpc(tmp_path: Path) -> None:
         too_long = await api.call("POST", path, {"op": "app.echo", "timeout_ms": 30_001})
         assert (too_long.status, too_long.body["error"]["field"]) == (400, "timeout_ms")
         never.set()
+
+
+async def test_unreachable_store_is_503_and_other_failures_500(tmp_path: Path) -> None:
+    async with api_gateway(tmp_path) as (gw, api):
+        assert gw.node.push is not None
+
+        async def store_down(requests: object) -> list[object]:
+            raise RedisConnectionError("Connection refused")
+
+        async def bug(requests: object) -> list[object]:
+            raise RuntimeError("bug")
+
+        push = {"device_id": "d1", "body": "x"}
+        gw.node.push.accept = store_down  # type: ignore[method-assign,assignment]
+        down = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k"})
+        assert (down.status, down.body["error"]["code"]) == (503, "UNAVAILABLE")
+        assert down.headers["Retry-After"] == "1"
+        gw.node.push.accept = bug  # type: ignore[method-assign,assignment]
+        failed = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k"})
+        assert (failed.status, failed.body["error"]["code"]) == (500, "INTERNAL_ERROR")
+        assert "bug" not in failed.body["error"]["message"]
+        del gw.node.push.accept  # back to the class's method
+        # Failed attempts released the key: the retry runs.
+        retry = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k"})
+        assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channel.api.errors import ApiError, bad_request, error_json, json_response, not_found
 from channel.api.keys import (
@@ -113,6 +115,18 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             message = f"no route {request.method} {request.path} (see /openapi.json)"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response(exc.status, error_json(code, message), headers)
+    except ConnectionResetError:
+        raise  # the caller went away: nobody to answer
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning(
+            "API request failed: push store unreachable",
+            extra=fields(method=request.method, path=request.path, error=str(exc)),
+        )
+        return json_response(
+            503,
+            error_json("UNAVAILABLE", "the push store is unreachable; retry shortly"),
+            {"Retry-After": "1"},
+        )
     except Exception:
         log.exception("API request failed", extra=fields(method=request.method, path=request.path))
         return json_response(500, error_json("INTERNAL_ERROR", "the gateway failed; see its log"))

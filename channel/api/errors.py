@@ -26,6 +26,7 @@ API_ERROR_CODES = (
     "CONFLICT",
     "BODY_TOO_LARGE",
     "INTERNAL_ERROR",
+    "UNAVAILABLE",
 )
 
 

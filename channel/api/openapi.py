@@ -37,7 +37,7 @@ def _answer(description: str, schema: str) -> Schema:
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    common = ("400", "401", "403", *(str(s) for s in statuses))
+    common = ("400", "401", "403", *(str(s) for s in statuses), "503")
     return {status: {"$ref": f"#/components/responses/E{status}"} for status in common}
 
 
@@ -363,6 +363,7 @@ _ERROR_RESPONSES = {
     "409": "A request with this Idempotency-Key is still running (CONFLICT)",
     "413": "The request body is larger than [api] max_body_bytes (BODY_TOO_LARGE)",
     "502": "The device answered with an error (its ErrorCode name)",
+    "503": "The push store (Redis) is unreachable; retry after Retry-After (UNAVAILABLE)",
     "504": "The device did not answer within timeout_ms (TIMEOUT)",
 }
 
