@@ -58,8 +58,8 @@ from channel.push.model import (
     TargetKind,
     new_message_id,
 )
-from stress.gateway_proc import cpu_s
 from stress.machine import machine_info, machine_line
+from stress.push import precise_cpu_s
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "presence.json"
 PREFIX = "ch"
@@ -125,7 +125,7 @@ class Inspector:
         return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
 
     def cpu_s(self) -> float:
-        return cpu_s(self.pid)
+        return precise_cpu_s(self.pid)
 
     def keys_by_kind(self, prefix: str) -> dict[str, list[bytes]]:
         """Keys under ``prefix:``, grouped by the kind letter after it (p, u, q, s, in...)."""
@@ -299,11 +299,14 @@ async def measure(args: argparse.Namespace, url: str, pid: int, doc: dict[str, A
 
         ids = [device_id(rng.randrange(n)) for _ in range(args.lookups)]
         with Phase(inspector) as phase:
-            found = 0
+            found = distinct = 0
             for first in range(0, len(ids), args.batch):
-                found += len(await presence.lookup(ids[first : first + args.batch]))
+                chunk = ids[first : first + args.batch]
+                distinct += len(set(chunk))  # a lookup answers each id once
+                found += len(await presence.lookup(chunk))
         doc["lookup_pipelined"] = phase.figures(len(ids), f"lookups, batches of {args.batch}")
         doc["lookup_pipelined"]["found"] = found
+        doc["lookup_pipelined"]["distinct_per_batch"] = distinct
         with Phase(inspector) as phase:
             found = 0
             for device in ids[:single]:
@@ -339,9 +342,63 @@ async def measure(args: argparse.Namespace, url: str, pid: int, doc: dict[str, A
         doc["queue"] = await measure_queue(args, backend, inspector)
         doc["statuses"] = await measure_statuses(args, backend, inspector)
         doc["inbox"] = await measure_inbox(args, backend, inspector, nodes[0])
+        if args.layout_devices:
+            log(quiet, f"other presence encodings, {args.layout_devices:,} devices each ...")
+            doc["layouts"] = measure_layouts(args, inspector)
     finally:
         await backend.close()
         inspector.close()
+
+
+#: Presence encodings to compare with the stores' own: (name, presence value, user index).
+#: The value gets (node number, since as base 36, user id); the user index is the
+#: stores' ``"<user>\\x1f<device>"`` → node number when True.
+LAYOUTS: tuple[tuple[str, str, bool], ...] = (
+    ("as stored: value node:since:user + user index", "{node}:{since}:{user}", True),
+    ("value node:since + user index", "{node}:{since}", True),
+    ("value node + user index", "{node}", True),
+    ("value node:since:user, no user index", "{node}:{since}:{user}", False),
+)
+
+
+def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict[str, Any]]:
+    """used_memory per device of other presence value layouts, written with raw HSETs
+    into the same bucket layout (buckets = devices / --per-bucket) on an emptied Redis."""
+    import zlib
+
+    n = args.layout_devices
+    buckets = max(1, n // args.per_bucket)
+    since = base36(int(time.time()))
+    client = inspector.client
+    out = []
+    for name, template, user_index in LAYOUTS:
+        client.flushall()
+        before = inspector.used_memory()["used_memory"]
+        for first in range(0, n, 1_000):
+            pipe = client.pipeline(transaction=False)
+            for i in range(first, min(first + 1_000, n)):
+                device, user = device_id(i), user_id(i)
+                node = 1 + i % args.nodes
+                value = template.format(node=node, since=since, user=user)
+                pipe.hset(f"x:p:{{{zlib.crc32(device.encode()) % buckets}}}", device, value)
+                if user_index:
+                    field = user + "\x1f" + device
+                    pipe.hset(f"x:u:{{{zlib.crc32(user.encode()) % buckets}}}", field, node)
+            pipe.execute()
+        used = inspector.used_memory()["used_memory"] - before
+        out.append({"layout": name, "devices": n, "bytes_per_device": used / n})
+    client.flushall()
+    return out
+
+
+def base36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        value, digit = divmod(value, 36)
+        out = digits[digit] + out
+        if not value:
+            return out
 
 
 def user_id_count(n: int) -> int:
@@ -457,12 +514,14 @@ def fleet(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any]:
     devices = args.fleet_devices
     session_s = args.session_minutes * 60
     connects_per_s = devices / session_s
-    per_connect = doc["set_online_pipelined"]["redis_commands_per_operation"] or 0
-    per_disconnect = doc["set_offline_pipelined"]["redis_commands_per_operation"] or 0
+    online, offline = doc["set_online_pipelined"], doc["set_offline_pipelined"]
     nodes = devices / args.devices_per_node
     lease_period_s = args.lease_ms / 3000  # NodeDelivery renews at a third of the lease
-    lease_writes = nodes / lease_period_s
-    bytes_per_device = doc["memory"]["bytes_per_device"]
+    redis_cpu = 0.0
+    if online["per_redis_cpu_s"] and offline["per_redis_cpu_s"]:
+        redis_cpu = (
+            connects_per_s / online["per_redis_cpu_s"] + connects_per_s / offline["per_redis_cpu_s"]
+        )
     return {
         "assumptions": {
             "fleet_devices": devices,
@@ -473,13 +532,20 @@ def fleet(args: argparse.Namespace, doc: dict[str, Any]) -> dict[str, Any]:
         },
         "connects_per_s": connects_per_s,
         "disconnects_per_s": connects_per_s,
-        "redis_commands_per_connect": per_connect,
-        "redis_commands_per_disconnect": per_disconnect,
-        "presence_writes_per_s": connects_per_s * (per_connect + per_disconnect),
+        # set_online: HSET presence + HSET user index; set_offline: two compare-and-delete
+        # scripts (EVALSHA, each an HGET and an HDEL inside Redis).
+        "hash_field_writes_per_s": 4 * connects_per_s,
+        "commands_sent_per_s": 4 * connects_per_s,
+        "redis_commands_incl_lua_per_s": connects_per_s
+        * (
+            (online["redis_commands_per_operation"] or 0)
+            + (offline["redis_commands_per_operation"] or 0)
+        ),
+        "redis_cpu_cores_for_churn": redis_cpu,
         "gateway_nodes": nodes,
-        "lease_renewals_per_s": lease_writes,
+        "lease_renewals_per_s": nodes / lease_period_s,
         "heartbeat_writes_per_s": 0,
-        "presence_memory_bytes": bytes_per_device * devices,
+        "presence_memory_bytes": doc["memory"]["bytes_per_device"] * devices,
     }
 
 
@@ -496,7 +562,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
     }
     directory = Path(tempfile.mkdtemp(prefix="channel-bench-presence-"))
-    server = RedisServer(directory)
+    server = RedisServer(directory, None, *args.redis_arg)
     server.start()
     try:
         assert server.proc is not None
@@ -617,14 +683,19 @@ def render(doc: dict[str, Any]) -> str:
         ]
     )
     out.append(_table(rows))
+    if doc.get("layouts"):
+        rows = [["presence encoding (raw HSETs, same buckets)", "bytes per device"]]
+        rows += [[x["layout"], _f(x["bytes_per_device"], ".1f")] for x in doc["layouts"]]
+        out.append(_table(rows))
     fl = doc["fleet"]
     a = fl["assumptions"]
     out.append(
         f"at {a['fleet_devices']:,} devices, mean connection {a['mean_connection_minutes']} min, "
         f"{a['devices_per_gateway_node']:,} devices per node: {fl['connects_per_s']:,.0f} "
-        f"connects/s + as many disconnects -> {fl['presence_writes_per_s']:,.0f} Redis "
-        f"commands/s; {fl['lease_renewals_per_s']:,.0f} lease renewals/s; 0 per heartbeat; "
-        f"presence {fl['presence_memory_bytes'] / 2**30:,.1f} GiB"
+        f"connects/s + as many disconnects -> {fl['commands_sent_per_s']:,.0f} commands/s "
+        f"(hash-field writes), {fl['redis_cpu_cores_for_churn']:.1f} Redis cores busy at the "
+        f"measured per-CPU-s rates; {fl['lease_renewals_per_s']:,.0f} lease renewals/s; "
+        f"0 writes per heartbeat; presence {fl['presence_memory_bytes'] / 2**30:,.1f} GiB"
     )
     return "\n\n".join(out)
 
@@ -646,6 +717,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--offline", type=int, default=200_000, help="devices set offline (200000)")
     p.add_argument("--queue-devices", type=int, default=10_000, help="queued-push devices (10000)")
     p.add_argument("--queue-depth", type=int, default=10, help="pushes per device, deep queue (10)")
+    p.add_argument(
+        "--layout-devices",
+        type=int,
+        default=200_000,
+        help="devices per alternative presence encoding compared (200000; 0 = skip)",
+    )
     g = p.add_argument_group("fleet arithmetic (assumptions, stated in the output)")
     g.add_argument("--fleet-devices", type=int, default=300_000_000)
     g.add_argument(
@@ -656,6 +733,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     g.add_argument("--devices-per-node", type=int, default=100_000)
     g.add_argument("--lease-ms", type=int, default=6_000, help="[push] lease_ms (6000)")
+    p.add_argument(
+        "--redis-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra redis-server argument, repeatable: --redis-arg=--hash-max-listpack-value "
+        "--redis-arg=512",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
