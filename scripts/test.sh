@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine with Python 3.11:
+# installs the servers the tests run for real (Redis, Mosquitto clients),
 # creates .venv, installs Channel with its dev extras, runs lint, types, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages, only when a command is missing (CI runs as root on Debian bookworm).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)  # redis-server, redis-cli
+command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    echo "== apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

@@ -16,6 +16,9 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a Linux dependency
     uvloop = None
 
+#: Real Redis fixtures: redis_server, redis_cluster, redis_factory.
+pytest_plugins = ["tests.redis_servers"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

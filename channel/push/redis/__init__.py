@@ -1,0 +1,50 @@
+"""Redis push stores (``[push] backend = "redis"``): a fleet of nodes sharing one
+Redis or a Redis Cluster (``[push] redis_cluster``).
+
+The key layout is in ``keys``, the Lua scripts in ``lua``, connection policy
+(timeouts, retries, bounded concurrency, pipelines) in ``connection``.
+Requires Redis >= 7.0.
+"""
+
+from __future__ import annotations
+
+from channel.config import PushConfig
+from channel.push.redis.connection import Connection
+from channel.push.redis.idempotency import RedisIdempotency
+from channel.push.redis.keys import Keys
+from channel.push.redis.presence import RedisPresence
+from channel.push.redis.queue import RedisQueue
+from channel.push.redis.receipts import RedisReceipts
+from channel.push.redis.router import RedisRouter
+from channel.push.stores import PushBackend
+
+__all__ = [
+    "RedisIdempotency",
+    "RedisPresence",
+    "RedisQueue",
+    "RedisReceipts",
+    "RedisRouter",
+    "redis_backend",
+]
+
+
+async def redis_backend(config: PushConfig) -> PushBackend:
+    """The five stores on the Redis ``config`` names; reaches it once before returning.
+
+    ``PushBackend.close()`` closes the clients (through ``presence.aclose``)."""
+    conn = Connection(config)
+    try:
+        await conn.start()
+    except BaseException:
+        await conn.aclose()
+        raise
+    keys = Keys(config.key_prefix, config.presence_buckets)
+    presence = RedisPresence(conn, keys)
+    return PushBackend(
+        name="redis",
+        presence=presence,
+        queue=RedisQueue(conn, keys),
+        router=RedisRouter(conn, keys, presence),
+        receipts=RedisReceipts(conn, keys, config.receipt_stream, config.receipt_stream_maxlen),
+        idempotency=RedisIdempotency(conn, keys),
+    )

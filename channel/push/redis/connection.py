@@ -1,0 +1,185 @@
+"""Redis clients for the push stores: timeouts, retries, bounded concurrency, batches.
+
+Two clients per process, each with its own pool: one for commands and one
+for blocking stream reads (inbox, receipts), so a read parked in ``XREAD
+BLOCK`` never holds a connection commands need. Both:
+
+* time out a socket read after ``SOCKET_TIMEOUT_S``, well above the longest
+  ``BLOCK`` issued (``MAX_BLOCK_MS``; redis-py's default 5 s would cut longer
+  blocks and retry them silently);
+* retry on connection errors and timeouts with jittered exponential backoff,
+  so a Redis restart costs a few failed calls at most, not the process;
+* run at most ``MAX_IN_FLIGHT`` calls at once: redis-py's pools raise rather
+  than wait when full, so callers queue here instead.
+
+Everything goes through ``Batch``: commands and Lua scripts in one pipeline per
+``PIPELINE_CHUNK`` (a cluster pipeline splits it per node), scripts by SHA and
+loaded on ``NOSCRIPT`` (a restarted Redis has forgotten them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError
+
+from channel.config import PushConfig
+
+#: Longest ``XREAD BLOCK`` sent; longer waits are made of several reads.
+MAX_BLOCK_MS = 5_000
+SOCKET_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 15
+#: Connections per pool (per node on a cluster).
+MAX_CONNECTIONS = 64
+MAX_IN_FLIGHT = MAX_CONNECTIONS - 4
+#: Commands per pipeline round trip: bounds the memory of one reply.
+PIPELINE_CHUNK = 1_000
+RETRIES = 6
+
+RedisClient = Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class Lua:
+    """A Lua script, run by SHA through ``Batch.script``."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    lua: Lua | None = None
+
+
+class Batch:
+    """Commands for one round trip (chunked when long); ``Connection.run`` returns
+    their replies in order."""
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def add(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """A redis-py command method by name (``"hset"``, ``"xadd"`` …)."""
+        self.ops.append(_Op(method, args, kwargs))
+
+    def script(self, lua: Lua, keys: Sequence[str], args: Sequence[Any]) -> None:
+        # By name: redis-py's cluster pipeline refuses its evalsha() method,
+        # though it routes a raw EVALSHA by its first key.
+        self.ops.append(
+            _Op("execute_command", ("EVALSHA", lua.sha, len(keys), *keys, *args), {}, lua)
+        )
+
+
+def raise_if_cancelled() -> None:
+    """Raise the cancellation of the current task if it got lost on the way.
+
+    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses while connecting)
+    returns normally when the cancellation arrives just as what it waited for
+    completes: the task's ``cancel()`` is swallowed, and a loop around Redis
+    calls would never stop. ``cancelling()`` still tells, so every call here
+    checks it on the way out."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _client(config: PushConfig) -> RedisClient:
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.02), RETRIES),
+        "max_connections": MAX_CONNECTIONS,
+    }
+    if config.redis_cluster:
+        return RedisCluster.from_url(config.redis_url, **options)
+    return Redis.from_url(config.redis_url, **options)
+
+
+class Connection:
+    def __init__(self, config: PushConfig) -> None:
+        self.cluster = config.redis_cluster
+        self.client = _client(config)
+        #: For blocking reads only.
+        self.blocking = _client(config)
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._blocking_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def start(self) -> None:
+        """Reach Redis once, so a wrong URL fails at start-up, not at the first push."""
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()
+        else:
+            await self.client.ping()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.blocking.aclose()
+
+    async def run(self, batch: Batch) -> list[Any]:
+        """Replies in order; raises the first command error after the batch ran."""
+        replies: list[Any] = []
+        for start in range(0, len(batch.ops), PIPELINE_CHUNK):
+            async with self._slots:
+                replies.extend(await self._execute(batch.ops[start : start + PIPELINE_CHUNK]))
+            raise_if_cancelled()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def one(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async with self._slots:
+            reply = await getattr(self.client, method)(*args, **kwargs)
+        raise_if_cancelled()
+        return reply
+
+    async def blocking_read(self, stream: str, after: str, count: int, block_ms: int) -> Any:
+        """``XREAD`` of one stream on the blocking client (``block_ms`` ≤ ``MAX_BLOCK_MS``)."""
+        async with self._blocking_slots:
+            reply = await self.blocking.xread({stream: after}, count=count, block=block_ms)
+        raise_if_cancelled()
+        return reply
+
+    async def _execute(self, ops: Sequence[_Op]) -> list[Any]:
+        replies = await self._pipeline(ops)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            scripts = {lua.source for i in missing if (lua := ops[i].lua) is not None}
+            for source in scripts:
+                # On a cluster SCRIPT LOAD goes to every primary.
+                await self.client.script_load(source)
+            again = await self._pipeline([ops[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, ops: Sequence[_Op]) -> list[Any]:
+        pipe = (
+            self.client.pipeline()
+            if isinstance(self.client, RedisCluster)
+            else self.client.pipeline(transaction=False)
+        )
+        for op in ops:
+            getattr(pipe, op.method)(*op.args, **op.kwargs)
+        return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,65 @@
+"""Where everything lives in Redis: the key layout of the push stores, in one place.
+
+Per device (all keys of one device share its bucket's hash tag ``{b}``, so a
+script over them is single-slot on a cluster):
+
+* ``{p}:p:{b}`` HASH ``h8(device id)`` → ``"node_no:since_b36:user_id"`` —
+  presence. No key per device: ``b = crc32(device id) % presence_buckets``, and
+  a bucket of ~64 devices stays listpack-encoded (tens of bytes per device).
+  ``h8`` is an 8-byte BLAKE2b digest: shorter than most device ids, so fields
+  cost 8 bytes whatever the id (two devices of one bucket collide with
+  probability ~2^-53: never, in practice).
+* ``{p}:q:{b}:<device id>`` HASH message id → ``PushMessage.pack()``, plus
+  ``c:<collapse key>`` → message id — the device's undelivered pushes.
+
+Per user: ``{p}:u:{b}`` HASH ``h8(user id) + device id`` → node number, with
+``b = crc32(user id) % presence_buckets`` (one field per device, so a user with
+many devices never makes a value too long for listpack encoding; the fixed
+8-byte prefix is shorter than most user ids and needs no separator).
+
+Per node: ``{p}:{nodes}`` HASH node number → ``"node_id|lease_end_ms"`` (Redis
+clock), ``{p}:{nodes}:seq`` (node numbers), ``{p}:in:{<node_no>}`` STREAM (inbox).
+
+Per message: ``{p}:s:{<message id>}`` HASH — status; per API key:
+``{p}:i:{<key>}`` STRING — idempotency. The receipt stream is
+``[push] receipt_stream``, named as configured (backends read it by name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+
+def h8(ident: str) -> bytes:
+    """The 8-byte digest naming a device (presence) or a user (user index) in a field."""
+    return hashlib.blake2b(ident.encode(), digest_size=8).digest()
+
+
+class Keys:
+    def __init__(self, prefix: str, presence_buckets: int) -> None:
+        self.prefix = prefix
+        self.buckets = presence_buckets
+        self.nodes = f"{prefix}:{{nodes}}"
+        self.node_seq = f"{prefix}:{{nodes}}:seq"
+
+    def bucket(self, ident: str) -> int:
+        return zlib.crc32(ident.encode()) % self.buckets
+
+    def presence(self, device_id: str) -> str:
+        return f"{self.prefix}:p:{{{self.bucket(device_id)}}}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
+
+    def queue(self, device_id: str) -> str:
+        return f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"
+
+    def inbox(self, node_no: int) -> str:
+        return f"{self.prefix}:in:{{{node_no}}}"
+
+    def status(self, message_id: str) -> str:
+        return f"{self.prefix}:s:{{{message_id}}}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:i:{{{key}}}"

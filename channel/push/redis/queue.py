@@ -1,0 +1,82 @@
+"""Each device's undelivered pushes: one Redis hash per device with a backlog.
+
+Field message id → ``PushMessage.pack()``; field ``c:<collapse key>`` → the id
+of the queued message holding that key. Enqueue is one script per message
+(collapse, cap, expiry in one step), pipelined over a batch; the key expires
+with its longest-lived message. Queues stay small (``[push] queue_cap``), so
+order is restored on read: by (``accepted_at_ms``, message id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from channel.push.model import PushMessage, now_ms
+from channel.push.redis import lua
+from channel.push.redis.connection import Batch, Connection
+from channel.push.redis.keys import Keys
+from channel.push.stores import EnqueueOutcome
+
+#: A queue key outlives even an already-expired message this long, so the next
+#: read can still report it expired.
+MIN_KEY_TTL_MS = 60_000
+
+_POINTER = b"c:"
+
+
+class RedisQueue:
+    def __init__(self, conn: Connection, keys: Keys) -> None:
+        self._conn = conn
+        self._keys = keys
+
+    async def enqueue(
+        self, items: Sequence[tuple[str, PushMessage]], cap: int
+    ) -> list[EnqueueOutcome]:
+        if not items:
+            return []
+        now = now_ms()
+        batch = Batch()
+        for device_id, message in items:
+            ttl_ms = max(message.expires_at_ms - now, MIN_KEY_TTL_MS)
+            args = [message.message_id, message.pack(), message.collapse_key, cap, ttl_ms]
+            batch.script(lua.QUEUE_ENQUEUE, [self._keys.queue(device_id)], args)
+        replies = await self._conn.run(batch)
+        return [
+            EnqueueOutcome(
+                device_id,
+                message.message_id,
+                tuple(r.decode() for r in replaced),
+                tuple(d.decode() for d in dropped),
+            )
+            for (device_id, message), (replaced, dropped) in zip(items, replies, strict=True)
+        ]
+
+    async def pending(
+        self, device_id: str, now_ms: int
+    ) -> tuple[list[PushMessage], list[PushMessage]]:
+        key = self._keys.queue(device_id)
+        stored: dict[bytes, bytes] = await self._conn.one("hgetall", key)
+        messages = [
+            PushMessage.unpack(value)
+            for field, value in stored.items()
+            if not field.startswith(_POINTER)
+        ]
+        messages.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
+        expired = [m for m in messages if m.expired(now_ms)]
+        if expired:
+            await self.remove([(device_id, m.message_id) for m in expired])
+        return [m for m in messages if not m.expired(now_ms)], expired
+
+    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
+        if items:
+            await self._conn.run(self._removals(items))
+
+    async def revoke(self, device_id: str, message_id: str) -> bool:
+        (removed,) = await self._conn.run(self._removals([(device_id, message_id)]))
+        return bool(removed)
+
+    def _removals(self, items: Sequence[tuple[str, str]]) -> Batch:
+        batch = Batch()
+        for device_id, message_id in items:
+            batch.script(lua.QUEUE_REMOVE, [self._keys.queue(device_id)], [message_id])
+        return batch

@@ -1,0 +1,168 @@
+"""Message statuses (one hash per message) and the receipt stream.
+
+``{p}:s:{<message id>}``: ``t`` target kind, ``a`` accepted_at_ms, ``e``
+expires_at_ms, ``n`` delivered count, ``d:<device>`` one status letter; it
+expires ``retention_s`` after the message does. A device's status leaves
+``accepted`` once and the first final status stays (a late "expired" does not
+overwrite "delivered", nor the other way round).
+
+The receipt stream (``[push] receipt_stream``, one key) gets one entry per
+``record`` call (per ``RECEIPTS_PER_ENTRY``): field ``r``, a JSON list of
+``Receipt.to_json()``, so a backend in any language can read it. A read cursor
+is a stream id, or ``<id>#<n>`` when only the first ``n`` receipts of entry
+``<id>`` were returned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from channel.push.model import MessageStatus, PushStatus, Receipt, TargetKind
+from channel.push.redis import lua
+from channel.push.redis.connection import (
+    MAX_BLOCK_MS,
+    Batch,
+    Connection,
+    raise_if_cancelled,
+)
+from channel.push.redis.keys import Keys
+from channel.push.redis.router import last_stream_id
+
+RECEIPTS_PER_ENTRY = 1_000
+
+_LETTER = {
+    PushStatus.ACCEPTED: "a",
+    PushStatus.DELIVERED: "d",
+    PushStatus.EXPIRED: "e",
+    PushStatus.REVOKED: "r",
+    PushStatus.FAILED: "f",
+}
+_STATUS = {letter.encode(): status for status, letter in _LETTER.items()}
+
+
+def receipt_from_json(item: Mapping[str, Any]) -> Receipt:
+    return Receipt(
+        message_id=str(item["message_id"]),
+        status=PushStatus(item["status"]),
+        device_id=str(item.get("device_id", "")),
+        at_ms=int(item.get("at_ms", 0)),
+        reason=str(item.get("reason", "")),
+    )
+
+
+class RedisReceipts:
+    def __init__(self, conn: Connection, keys: Keys, stream: str, maxlen: int) -> None:
+        self._conn = conn
+        self._keys = keys
+        self._stream = stream
+        self._maxlen = maxlen
+
+    async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
+        batch = Batch()
+        for status in statuses:
+            key = self._keys.status(status.message_id)
+            mapping: dict[str, str | int] = {
+                "t": status.target.value,
+                "a": status.accepted_at_ms,
+                "e": status.expires_at_ms,
+            }
+            if status.delivered_count:
+                mapping["n"] = status.delivered_count
+            for device_id, device_status in status.devices.items():
+                mapping["d:" + device_id] = _LETTER[device_status]
+            batch.add("hset", key, mapping=mapping)
+            batch.add("pexpireat", key, status.expires_at_ms + retention_s * 1000)
+        if batch:
+            await self._conn.run(batch)
+
+    async def record(self, receipts: Sequence[Receipt]) -> None:
+        batch = Batch()
+        for receipt in receipts:
+            if receipt.status is not PushStatus.ACCEPTED:  # accepted changes nothing
+                key = self._keys.status(receipt.message_id)
+                args = [receipt.device_id, _LETTER[receipt.status]]
+                batch.script(lua.RECEIPT_RECORD, [key], args)
+        for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
+            chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
+            entry = json.dumps([r.to_json() for r in chunk], separators=(",", ":"))
+            batch.add("xadd", self._stream, {"r": entry}, maxlen=self._maxlen, approximate=True)
+        if batch:
+            await self._conn.run(batch)
+
+    async def add_delivered(self, counts: Mapping[str, int]) -> None:
+        batch = Batch()
+        for message_id, count in counts.items():
+            if count:
+                batch.script(lua.RECEIPT_ADD_DELIVERED, [self._keys.status(message_id)], [count])
+        if batch:
+            await self._conn.run(batch)
+
+    async def status(self, message_id: str) -> MessageStatus | None:
+        stored: dict[bytes, bytes] = await self._conn.one("hgetall", self._keys.status(message_id))
+        if b"t" not in stored:
+            return None
+        return MessageStatus(
+            message_id=message_id,
+            target=TargetKind(stored[b"t"].decode()),
+            accepted_at_ms=int(stored[b"a"]),
+            expires_at_ms=int(stored[b"e"]),
+            devices={
+                field[2:].decode(): _STATUS[value]
+                for field, value in stored.items()
+                if field.startswith(b"d:")
+            },
+            delivered_count=int(stored.get(b"n", 0)),
+        )
+
+    async def read(self, after: str, count: int, block_ms: int) -> tuple[list[Receipt], str]:
+        if after in ("", "$"):
+            after = await last_stream_id(self._conn, self._stream)
+        elif after == "0":
+            after = "0-0"
+        entry_id, _, skip = after.partition("#")
+        if skip:
+            # Part of an entry was returned: that entry again, without its first ``skip``.
+            entries = await self._conn.one("xrange", self._stream, entry_id, "+", count=count)
+            if entries:
+                return self._take(entries, count, after)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            raise_if_cancelled()
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                reply = await self._conn.one("xread", {self._stream: entry_id}, count=count)
+            else:
+                reply = await self._conn.blocking_read(
+                    self._stream, entry_id, count, min(left_ms, MAX_BLOCK_MS)
+                )
+            if reply:
+                return self._take(reply[0][1], count, after)
+            if left_ms <= MAX_BLOCK_MS:
+                return [], after
+
+    @staticmethod
+    def _take(entries: list[Any], count: int, after: str) -> tuple[list[Receipt], str]:
+        """Up to ``count`` receipts from stream entries; the cursor after the last one."""
+        partial_id, _, skip = after.partition("#")
+        out: list[Receipt] = []
+        cursor = after
+        for raw_id, entry in entries:
+            entry_id = raw_id.decode()
+            items = json.loads(entry[b"r"])
+            if skip and entry_id == partial_id:
+                items = items[int(skip) :]
+                done = int(skip)
+            else:
+                done = 0
+            room = count - len(out)
+            if len(items) > room:
+                out.extend(receipt_from_json(i) for i in items[:room])
+                return out, f"{entry_id}#{done + room}"
+            out.extend(receipt_from_json(i) for i in items)
+            cursor = entry_id
+            if len(out) == count:
+                break
+        return out, cursor

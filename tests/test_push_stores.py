@@ -1,0 +1,626 @@
+"""The push stores' contract (``channel/push/stores.py``), over every implementation.
+
+Each test runs on the in-memory stores, on one real Redis and on a real
+three-master Redis Cluster, with a key prefix of its own. Redis-only tests at
+the end restart a dedicated server to check what survives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+
+import pytest
+
+from channel.config import PushConfig
+from channel.push.memory import memory_backend
+from channel.push.model import (
+    MessageStatus,
+    Presence,
+    Priority,
+    PushMessage,
+    PushStatus,
+    Receipt,
+    TargetKind,
+    now_ms,
+)
+from channel.push.redis import redis_backend
+from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter
+from tests.redis_servers import RedisFactory, RedisServer
+
+FAR_MS = 3_600_000
+
+
+def redis_config(url: str, *, cluster: bool = False) -> PushConfig:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    return PushConfig(
+        backend="redis",
+        redis_url=url,
+        redis_cluster=cluster,
+        key_prefix=prefix,
+        presence_buckets=16,
+        receipt_stream=f"{prefix}:receipts",
+    )
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[PushBackend]:
+    if request.param == "memory":
+        stores = memory_backend()
+    elif request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        stores = await redis_backend(redis_config(server.url))
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        stores = await redis_backend(redis_config(cluster.url, cluster=True))
+    try:
+        yield stores
+    finally:
+        await stores.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Poll an observable condition until it holds (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def message(
+    message_id: str,
+    accepted_at_ms: int,
+    *,
+    expires_at_ms: int | None = None,
+    collapse_key: str = "",
+) -> PushMessage:
+    return PushMessage(
+        message_id=message_id,
+        body=b"\x00body of " + message_id.encode() + bytes(range(256)),
+        headers=(("x-kind", "test"), ("x-id", message_id)),
+        expires_at_ms=expires_at_ms if expires_at_ms is not None else now_ms() + FAR_MS,
+        collapse_key=collapse_key,
+        accepted_at_ms=accepted_at_ms,
+    )
+
+
+# ----------------------------------------------------------------- presence
+
+
+async def test_presence_lookup_user_devices_offline(backend: PushBackend) -> None:
+    presence = backend.presence
+    node = await presence.join("node-a", 30_000)
+    a1 = Presence("d1", "u1", node, 1_700_000_000)
+    a2 = Presence("d2", "u1", node, 1_700_000_001)
+    b1 = Presence("d3", "u2", node, 0)
+    await presence.set_online([a1, a2, b1])
+    assert await presence.lookup(["d1", "d2", "d3", "nope"]) == {"d1": a1, "d2": a2, "d3": b1}
+    assert await presence.lookup([]) == {}
+    assert sorted(await presence.user_devices("u1"), key=lambda p: p.device_id) == [a1, a2]
+    assert await presence.user_devices("nobody") == []
+    assert (await presence.live_nodes())[node] == "node-a"
+
+    await presence.set_offline([a1])
+    assert await presence.lookup(["d1", "d2"]) == {"d2": a2}
+    assert await presence.user_devices("u1") == [a2]
+    await presence.set_offline([a1, a2, b1])
+    assert await presence.lookup(["d1", "d2", "d3"]) == {}
+    assert await presence.user_devices("u1") == []
+
+
+async def test_set_offline_spares_a_device_that_moved(backend: PushBackend) -> None:
+    presence = backend.presence
+    a = await presence.join("node-a", 30_000)
+    b = await presence.join("node-b", 30_000)
+    assert a != b
+    assert await presence.live_nodes() == {a: "node-a", b: "node-b"}
+    await presence.set_online([Presence("d1", "u1", a, 10)])
+    moved = Presence("d1", "u1", b, 20)
+    await presence.set_online([moved])
+    # Node a learns late that the device left it.
+    await presence.set_offline([Presence("d1", "u1", a, 10)])
+    assert await presence.lookup(["d1"]) == {"d1": moved}
+    assert await presence.user_devices("u1") == [moved]
+    await presence.set_offline([moved])
+    assert await presence.lookup(["d1"]) == {}
+
+
+async def test_device_that_changes_user_leaves_the_old_one(backend: PushBackend) -> None:
+    presence = backend.presence
+    node = await presence.join("node-a", 30_000)
+    await presence.set_online([Presence("d1", "u1", node, 1)])
+    now_u2 = Presence("d1", "u2", node, 2)
+    await presence.set_online([now_u2])
+    assert await presence.user_devices("u1") == []
+    assert await presence.user_devices("u2") == [now_u2]
+    assert await presence.lookup(["d1"]) == {"d1": now_u2}
+
+
+async def test_ids_with_separators_and_glob_characters(backend: PushBackend) -> None:
+    presence = backend.presence
+    node = await presence.join("node:a|1", 30_000)
+    star = Presence("dev:1*?[x]", "u:1*", node, 5)
+    plain = Presence("dev:2", "u:1", node, 6)
+    no_user = Presence("dev:3", "", node, 7)
+    await presence.set_online([star, plain, no_user])
+    assert await presence.user_devices("u:1*") == [star]
+    assert await presence.user_devices("u:1") == [plain]
+    assert await presence.lookup(["dev:1*?[x]", "dev:3"]) == {"dev:1*?[x]": star, "dev:3": no_user}
+    assert (await presence.live_nodes())[node] == "node:a|1"
+
+
+async def test_leave_takes_every_device_offline(backend: PushBackend) -> None:
+    presence = backend.presence
+    node = await presence.join("node-a", 30_000)
+    await presence.set_online([Presence("d1", "u1", node, 1), Presence("d2", "u1", node, 1)])
+    await presence.leave(node)
+    assert node not in await presence.live_nodes()
+    assert await presence.lookup(["d1", "d2"]) == {}
+    assert await presence.user_devices("u1") == []
+
+
+async def test_lapsed_lease_takes_devices_offline_and_renew_says_so(
+    backend: PushBackend,
+) -> None:
+    presence = backend.presence
+    short = await presence.join("short", 400)
+    long = await presence.join("long", 60_000)
+    assert await presence.renew(short, "short", 400)
+    stays = Presence("d2", "u1", long, 1)
+    await presence.set_online([Presence("d1", "u1", short, 1), stays])
+
+    async def lapsed() -> bool:
+        return await presence.lookup(["d1", "d2"]) == {"d2": stays}
+
+    await until(lapsed)
+    assert await presence.user_devices("u1") == [stays]
+    assert await presence.live_nodes() == {long: "long"}
+    # The node comes back: it is told, and writes its devices again.
+    assert not await presence.renew(short, "short", 60_000)
+    back = Presence("d1", "u1", short, 2)
+    await presence.set_online([back])
+    assert await presence.lookup(["d1"]) == {"d1": back}
+    assert await presence.renew(short, "short", 60_000)
+
+
+async def test_presence_in_large_batches(backend: PushBackend) -> None:
+    presence = backend.presence
+    node = await presence.join("node-a", 30_000)
+    entries = [Presence(f"dev-{i}", f"user-{i % 1000}", node, i) for i in range(2500)]
+    await presence.set_online(entries)
+    found = await presence.lookup([e.device_id for e in entries])
+    assert found == {e.device_id: e for e in entries}
+    assert len(await presence.user_devices("user-7")) == 3
+    await presence.set_offline(entries)
+    assert await presence.lookup([e.device_id for e in entries]) == {}
+
+
+# -------------------------------------------------------------------- queue
+
+
+async def test_queue_keeps_acceptance_order_and_every_field(backend: PushBackend) -> None:
+    queue = backend.queue
+    high = PushMessage(
+        "m2",
+        b"\xff" * 70_000,
+        (("a", "1"),),
+        now_ms() + FAR_MS,
+        priority=Priority.HIGH,
+        accepted_at_ms=2000,
+        online_only=True,
+    )
+    first = message("m1", 1000)
+    other = message("m3", 3000)
+    outcomes = await queue.enqueue([("d1", high), ("d1", first), ("d2", other)], cap=10)
+    assert outcomes == [
+        EnqueueOutcome("d1", "m2"),
+        EnqueueOutcome("d1", "m1"),
+        EnqueueOutcome("d2", "m3"),
+    ]
+    assert await queue.pending("d1", now_ms()) == ([first, high], [])
+    assert await queue.pending("d2", now_ms()) == ([other], [])
+    assert await queue.pending("nobody", now_ms()) == ([], [])
+    assert await queue.enqueue([], cap=10) == []
+
+
+async def test_collapse_key_replaces_the_queued_message(backend: PushBackend) -> None:
+    queue = backend.queue
+    m1 = message("m1", 1, collapse_key="score")
+    m2 = message("m2", 2, collapse_key="other")
+    m3 = message("m3", 3, collapse_key="score")
+    outcomes = await queue.enqueue([("d", m1), ("d", m2), ("d", m3)], cap=10)
+    assert [o.replaced for o in outcomes] == [(), (), ("m1",)]
+    assert (await queue.pending("d", now_ms()))[0] == [m2, m3]
+    # Once delivered, a collapse key has nothing left to replace.
+    await queue.remove([("d", "m3")])
+    (outcome,) = await queue.enqueue([("d", message("m4", 4, collapse_key="score"))], cap=10)
+    assert outcome.replaced == ()
+    assert await queue.revoke("d", "m4")
+    (outcome,) = await queue.enqueue([("d", message("m5", 5, collapse_key="score"))], cap=10)
+    assert outcome.replaced == ()
+    # Another device's queue is its own.
+    (outcome,) = await queue.enqueue([("e", message("m6", 6, collapse_key="score"))], cap=10)
+    assert outcome.replaced == ()
+
+
+async def test_cap_drops_the_oldest(backend: PushBackend) -> None:
+    queue = backend.queue
+    items = [("d", message(f"m{i}", i, collapse_key="x" if i == 1 else "")) for i in range(1, 6)]
+    outcomes = await queue.enqueue(items, cap=3)
+    assert [o.dropped for o in outcomes] == [(), (), (), ("m1",), ("m2",)]
+    queued, _ = await queue.pending("d", now_ms())
+    assert [m.message_id for m in queued] == ["m3", "m4", "m5"]
+    # The dropped message took its collapse key with it.
+    (outcome,) = await queue.enqueue([("d", message("m6", 6, collapse_key="x"))], cap=3)
+    assert outcome.replaced == () and outcome.dropped == ("m3",)
+
+
+async def test_expired_messages_are_reported_once(backend: PushBackend) -> None:
+    queue = backend.queue
+    now = now_ms()
+    gone = message("m1", now - 5000, expires_at_ms=now - 1)
+    live = message("m2", now - 4000, expires_at_ms=now + 60_000)
+    await queue.enqueue([("d", gone), ("d", live)], cap=10)
+    assert await queue.pending("d", now) == ([live], [gone])
+    assert await queue.pending("d", now) == ([live], [])
+    assert await queue.pending("d", now + 120_000) == ([], [live])
+    assert await queue.pending("d", now + 120_000) == ([], [])
+
+
+async def test_remove_and_revoke(backend: PushBackend) -> None:
+    queue = backend.queue
+    await queue.enqueue(
+        [("d1", message("m1", 1)), ("d1", message("m2", 2)), ("d2", message("m3", 3))], cap=10
+    )
+    await queue.remove([("d1", "m1"), ("d2", "m3"), ("d1", "missing"), ("nobody", "m1")])
+    await queue.remove([])
+    assert [m.message_id for m in (await queue.pending("d1", now_ms()))[0]] == ["m2"]
+    assert await queue.pending("d2", now_ms()) == ([], [])
+    assert await queue.revoke("d1", "m2")
+    assert not await queue.revoke("d1", "m2")
+    assert not await queue.revoke("nobody", "m2")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_queue_agrees_with_the_memory_queue(backend: PushBackend, seed: int) -> None:
+    """Random enqueues, removals, revokes and reads give what the in-memory queue gives."""
+    rng = random.Random(seed)
+    reference = memory_backend().queue
+    start = now_ms()
+    clock = start
+    next_id = 0
+    ids: list[tuple[str, str]] = []
+    for _ in range(60):
+        action = rng.random()
+        if action < 0.55:
+            batch = []
+            for _ in range(rng.randint(1, 4)):
+                next_id += 1
+                clock += 1
+                device = rng.choice("abc")
+                lifetime = rng.choice([5, 50, FAR_MS])
+                ck = rng.choice(["", "", "k1", "k2"])
+                item = message(
+                    f"m{next_id:03d}", clock, expires_at_ms=start + lifetime, collapse_key=ck
+                )
+                batch.append((device, item))
+                ids.append((device, item.message_id))
+            cap = rng.choice([2, 4, 100])
+            assert await backend.queue.enqueue(batch, cap) == await reference.enqueue(batch, cap)
+        elif action < 0.7 and ids:
+            chosen = rng.sample(ids, min(len(ids), 3))
+            await backend.queue.remove(chosen)
+            await reference.remove(chosen)
+        elif action < 0.8 and ids:
+            device, message_id = rng.choice(ids)
+            got = await backend.queue.revoke(device, message_id)
+            assert got == await reference.revoke(device, message_id)
+        else:
+            device = rng.choice("abc")
+            at = start + rng.choice([0, 10, 100])
+            assert await backend.queue.pending(device, at) == await reference.pending(device, at)
+    for device in "abc":
+        at = start + FAR_MS - 1
+        assert await backend.queue.pending(device, at) == await reference.pending(device, at)
+
+
+# ------------------------------------------------------------------- router
+
+
+class InboxReader:
+    """Reads a node's inbox in the background; ``ready`` proves reads have begun."""
+
+    def __init__(self, router: PushRouter, node_no: int) -> None:
+        self.router = router
+        self.node_no = node_no
+        self.received: list[bytes] = []
+        self._changed = asyncio.Event()
+        self._inbox = router.inbox(node_no)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for batch in self._inbox:
+            self.received.extend(batch)
+            self._changed.set()
+
+    async def ready(self) -> None:
+        """An inbox reads from its first read on: probe until a probe arrives.
+
+        Probes sent before that are lost; every one after the first that arrives is
+        not, so once the last one sent is in, nothing else can be in flight."""
+        sent = 0
+        deadline = time.monotonic() + 5
+        while not self.received:
+            assert time.monotonic() < deadline, "inbox never started"
+            sent += 1
+            await self.router.send(self.node_no, [b"probe:%d" % sent])
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.05)
+        async with asyncio.timeout(5):
+            while self.received[-1] != b"probe:%d" % sent:
+                self._changed.clear()
+                await self._changed.wait()
+        assert all(e.startswith(b"probe:") for e in self.received)
+        self.received.clear()
+
+    async def take(self, count: int, timeout_s: float = 10.0) -> list[bytes]:
+        """The next ``count`` envelopes, waiting for them (bounded)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.received) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        got = self.received[:count]
+        del self.received[:count]
+        return got
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self._task, 5)
+        aclose = getattr(self._inbox, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def test_router_send_and_inbox(backend: PushBackend) -> None:
+    node = await backend.presence.join("node-a", 30_000)
+    reader = InboxReader(backend.router, node)
+    try:
+        await reader.ready()
+        await backend.router.send(node, [b"a"])
+        await backend.router.send(node, [])
+        await backend.router.send(node, [b"b", b"\x00c"])
+        assert await reader.take(3) == [b"a", b"b", b"\x00c"]
+    finally:
+        await reader.close()
+
+
+async def test_send_all_reaches_every_live_node(backend: PushBackend) -> None:
+    presence, router = backend.presence, backend.router
+    a = await presence.join("node-a", 30_000)
+    b = await presence.join("node-b", 30_000)
+    readers = [InboxReader(router, a), InboxReader(router, b)]
+    try:
+        for reader in readers:
+            await reader.ready()
+        await router.send_all([b"x", b"y"])
+        assert await readers[0].take(2) == [b"x", b"y"]
+        assert await readers[1].take(2) == [b"x", b"y"]
+        await presence.leave(b)
+        await router.send_all([b"only-a"])
+        await router.send(b, [b"direct"])
+        assert await readers[0].take(1) == [b"only-a"]
+        assert await readers[1].take(1) == [b"direct"]
+    finally:
+        for reader in readers:
+            await reader.close()
+    await router.drop_inbox(a)
+    await router.drop_inbox(b)
+    await router.drop_inbox(12345)
+
+
+# ----------------------------------------------------------------- receipts
+
+
+def device_status(message_id: str, *devices: str, expires_at_ms: int = 0) -> MessageStatus:
+    return MessageStatus(
+        message_id=message_id,
+        target=TargetKind.USER if len(devices) > 1 else TargetKind.DEVICE,
+        accepted_at_ms=now_ms(),
+        expires_at_ms=expires_at_ms or now_ms() + FAR_MS,
+        devices=dict.fromkeys(devices, PushStatus.ACCEPTED),
+    )
+
+
+async def test_status_moves_from_accepted_once(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    created = device_status("m1", "d1", "d2", "d3")
+    await receipts.create([created], retention_s=60)
+    assert await receipts.status("m1") == created
+    assert await receipts.status("unknown") is None
+    at = now_ms()
+    await receipts.record(
+        [
+            Receipt("m1", PushStatus.DELIVERED, "d1", at),
+            Receipt("m1", PushStatus.ACCEPTED, "d1", at),
+            Receipt("m1", PushStatus.EXPIRED, "d1", at, "ttl"),
+            Receipt("m1", PushStatus.FAILED, "d2", at, "queue_full"),
+            Receipt("m1", PushStatus.DELIVERED, "d2", at),
+        ]
+    )
+    status = await receipts.status("m1")
+    assert status is not None
+    assert status.devices == {
+        "d1": PushStatus.DELIVERED,
+        "d2": PushStatus.FAILED,
+        "d3": PushStatus.ACCEPTED,
+    }
+    assert status.delivered_count == 0
+    await receipts.record([Receipt("m1", PushStatus.REVOKED, "d3", at, "revoked")])
+    status = await receipts.status("m1")
+    assert status is not None and status.devices["d3"] is PushStatus.REVOKED
+
+
+async def test_fan_out_deliveries_count(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    topic = MessageStatus("t1", TargetKind.TOPIC, now_ms(), now_ms() + FAR_MS)
+    await receipts.create([topic], retention_s=60)
+    await receipts.record(
+        [
+            Receipt("t1", PushStatus.DELIVERED, "x"),
+            Receipt("t1", PushStatus.DELIVERED, "y"),
+            Receipt("t1", PushStatus.EXPIRED, "z"),
+            Receipt("t1", PushStatus.DELIVERED),
+            Receipt("never-created", PushStatus.DELIVERED, "x"),
+        ]
+    )
+    await receipts.add_delivered({"t1": 5, "never-created": 3})
+    await receipts.add_delivered({})
+    status = await receipts.status("t1")
+    assert status is not None
+    assert status.delivered_count == 8 and status.devices == {}
+    assert await receipts.status("never-created") is None
+
+
+async def test_status_kept_for_retention_past_expiry(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    past = now_ms() - 10_000
+    await receipts.create(
+        [device_status("old", "d1", expires_at_ms=past), device_status("kept", "d1")],
+        retention_s=1,
+    )
+    assert await receipts.status("old") is None
+    assert await receipts.status("kept") is not None
+
+
+async def test_receipt_stream_cursor(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    empty, cursor = await receipts.read("", 10, 0)
+    assert empty == []
+    batch = [Receipt(f"m{i}", PushStatus.DELIVERED, f"d{i}", 1000 + i) for i in range(6)]
+    batch[2] = Receipt("m2", PushStatus.EXPIRED, "d2", 1002, "ttl")
+    await receipts.record(batch[:2])
+    await receipts.record(batch[2:3])
+    got, cursor = await receipts.read(cursor, 10, 0)
+    assert got == batch[:3]
+    assert (await receipts.read(cursor, 10, 0))[0] == []
+    await receipts.record(batch[3:])
+    # A count smaller than an entry: the rest comes next time.
+    got, cursor = await receipts.read(cursor, 2, 0)
+    assert got == batch[3:5]
+    got, cursor = await receipts.read(cursor, 2, 0)
+    assert got == batch[5:]
+    assert await receipts.read(cursor, 2, 0) == ([], cursor)
+    everything, _ = await receipts.read("0", 100, 0)
+    assert everything == batch
+    first_two, _ = await receipts.read("0", 2, 0)
+    assert first_two == batch[:2]
+
+
+async def test_receipt_read_waits_for_the_first(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    _, cursor = await receipts.read("", 10, 0)
+    started = time.monotonic()
+    assert await receipts.read(cursor, 10, 200) == ([], cursor)
+    assert time.monotonic() - started >= 0.15
+    waiting = asyncio.create_task(receipts.read(cursor, 10, 8_000))
+    await asyncio.sleep(0)
+    receipt = Receipt("m1", PushStatus.DELIVERED, "d1", 1)
+    await receipts.record([receipt])
+    started = time.monotonic()
+    got, _ = await asyncio.wait_for(waiting, 5)
+    assert got == [receipt]
+    assert time.monotonic() - started < 2
+
+
+# -------------------------------------------------------------- idempotency
+
+
+async def test_idempotency_claim_complete_release(backend: PushBackend) -> None:
+    store = backend.idempotency
+    assert await store.claim("k1", 60) is None
+    assert await store.claim("k1", 60) == b""
+    assert await store.claim("k2", 60) is None
+    await store.complete("k1", b'{"message_id":"m1"}', 60)
+    assert await store.claim("k1", 60) == b'{"message_id":"m1"}'
+    await store.release("k2")
+    assert await store.claim("k2", 60) is None
+
+
+# -------------------------------------------------------- the Redis layout
+
+
+async def test_redis_keys_expire_and_buckets_stay_compact(redis_server: RedisServer) -> None:
+    """What the bytes-per-device and no-leak promises rest on, checked in Redis itself."""
+    config = redis_config(redis_server.url)
+    config.presence_buckets = 2
+    stores = await redis_backend(config)
+    inspect = redis_server.client()
+    try:
+        node = await stores.presence.join("node-a", 30_000)
+        await stores.presence.set_online(
+            [Presence(f"device-{i:04d}", f"user-{i // 2}", node, 1_700_000_000) for i in range(100)]
+        )
+        prefix = config.key_prefix
+        presence_keys = sorted(inspect.scan_iter(f"{prefix}:p:*"))
+        user_keys = sorted(inspect.scan_iter(f"{prefix}:u:*"))
+        assert len(presence_keys) == len(user_keys) == 2
+        for key in presence_keys + user_keys:
+            assert inspect.object("encoding", key) == b"listpack"
+
+        expires = now_ms() + 600_000
+        await stores.queue.enqueue(
+            [("device-0001", message("m1", 1, expires_at_ms=expires))], cap=10
+        )
+        queue_ttl_ms = inspect.pttl(f"{prefix}:q:{{{zlib.crc32(b'device-0001') % 2}}}:device-0001")
+        assert 590_000 < queue_ttl_ms <= 600_000
+        await stores.receipts.create(
+            [device_status("m1", "device-0001", expires_at_ms=expires)], 60
+        )
+        assert 650_000 < inspect.pttl(f"{prefix}:s:{{m1}}") <= 660_000
+        await stores.router.send(node, [b"x"])
+        assert inspect.pttl(f"{prefix}:in:{{{node}}}") > 0
+        await stores.idempotency.claim("k", 60)
+        assert 0 < inspect.ttl(f"{prefix}:i:{{k}}") <= 60
+    finally:
+        inspect.close()
+        await stores.close()
+
+
+# ---------------------------------------------------- a Redis that restarts
+
+
+async def test_presence_and_inbox_survive_a_redis_restart(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    stores = await redis_backend(redis_config(server.url))
+    try:
+        presence = stores.presence
+        node = await presence.join("node-a", 30_000)
+        device = Presence("d1", "u1", node, 1)
+        await presence.set_online([device])
+        reader = InboxReader(stores.router, node)
+        try:
+            await reader.ready()
+            await stores.router.send(node, [b"before"])
+            assert await reader.take(1) == [b"before"]
+
+            await asyncio.to_thread(server.restart)
+
+            # Redis came back empty: the renewal says so and the node writes again.
+            assert not await presence.renew(node, "node-a", 30_000)
+            assert await presence.lookup(["d1"]) == {}
+            await presence.set_online([device])
+            assert await presence.lookup(["d1"]) == {"d1": device}
+            assert await presence.join("node-b", 30_000) != node
+            # The inbox read resumed on its own.
+            await stores.router.send(node, [b"after"])
+            assert await reader.take(1) == [b"after"]
+        finally:
+            await reader.close()
+    finally:
+        await stores.close()
