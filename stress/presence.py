@@ -350,20 +350,25 @@ async def measure(args: argparse.Namespace, url: str, pid: int, doc: dict[str, A
         inspector.close()
 
 
-#: Presence encodings to compare with the stores' own: (name, presence value, user index).
-#: The value gets (node number, since as base 36, user id); the user index is the
-#: stores' ``"<user>\\x1f<device>"`` → node number when True.
-LAYOUTS: tuple[tuple[str, str, bool], ...] = (
-    ("as stored: value node:since:user + user index", "{node}:{since}:{user}", True),
-    ("value node:since + user index", "{node}:{since}", True),
-    ("value node + user index", "{node}", True),
-    ("value node:since:user, no user index", "{node}:{since}:{user}", False),
+#: Presence encodings compared by ``measure_layouts``: (what, presence field, presence
+#: value, user-index field or None). Fields get the device id ``d`` and user id ``u``
+#: (``h8`` = an 8-byte blake2b digest), values the node number, since (base 36) and user.
+LAYOUTS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("field device id, value node:since:user; index user+0x1f+device", "d", "nsu", "u|d"),
+    ("field h8(device), value node:since:user; index h8(user)+device", "h8", "nsu", "h8u+d"),
+    ("field h8(device), value node:since; index h8(user)+device", "h8", "ns", "h8u+d"),
+    ("field h8(device), value node; index h8(user)+device", "h8", "n", "h8u+d"),
+    ("field h8(device), value node:since:user; no user index", "h8", "nsu", None),
 )
 
 
+def _h8(ident: str) -> bytes:
+    return hashlib.blake2b(ident.encode(), digest_size=8).digest()
+
+
 def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict[str, Any]]:
-    """used_memory per device of other presence value layouts, written with raw HSETs
-    into the same bucket layout (buckets = devices / --per-bucket) on an emptied Redis."""
+    """used_memory per device of presence encodings, written with raw HSETs into the
+    same bucket layout (buckets = devices / --per-bucket) on an emptied Redis."""
     import zlib
 
     n = args.layout_devices
@@ -371,7 +376,7 @@ def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict
     since = base36(int(time.time()))
     client = inspector.client
     out = []
-    for name, template, user_index in LAYOUTS:
+    for name, field_kind, value_kind, index_kind in LAYOUTS:
         client.flushall()
         before = inspector.used_memory()["used_memory"]
         for first in range(0, n, 1_000):
@@ -379,11 +384,18 @@ def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict
             for i in range(first, min(first + 1_000, n)):
                 device, user = device_id(i), user_id(i)
                 node = 1 + i % args.nodes
-                value = template.format(node=node, since=since, user=user)
-                pipe.hset(f"x:p:{{{zlib.crc32(device.encode()) % buckets}}}", device, value)
-                if user_index:
-                    field = user + "\x1f" + device
-                    pipe.hset(f"x:u:{{{zlib.crc32(user.encode()) % buckets}}}", field, node)
+                value = {"nsu": f"{node}:{since}:{user}", "ns": f"{node}:{since}", "n": node}[
+                    value_kind
+                ]
+                field: str | bytes = _h8(device) if field_kind == "h8" else device
+                pipe.hset(f"x:p:{{{zlib.crc32(device.encode()) % buckets}}}", field, value)
+                if index_kind is not None:
+                    index_field: str | bytes = (
+                        _h8(user) + device.encode()
+                        if index_kind == "h8u+d"
+                        else user + "\x1f" + device
+                    )
+                    pipe.hset(f"x:u:{{{zlib.crc32(user.encode()) % buckets}}}", index_field, node)
             pipe.execute()
         used = inspector.used_memory()["used_memory"] - before
         out.append({"layout": name, "devices": n, "bytes_per_device": used / n})

@@ -577,6 +577,21 @@ class Redis:
         self.pid = self.server.proc.pid
         self.url = self.server.url
 
+    def commands(self) -> Counter[str]:
+        """Calls per command since the server started (``INFO commandstats``)."""
+        client = self.server.client()
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        return Counter(
+            {
+                k.removeprefix("cmdstat_"): int(v["calls"])
+                for k, v in stats.items()
+                if k != "cmdstat_info"
+            }
+        )
+
     def info_memory(self) -> int:
         client = self.server.client()
         try:
@@ -870,7 +885,7 @@ def run_unicast_backend(
             phase = run_mode(
                 args, clients, generator, pids, clients.pids, mode=mode,
                 seq0=seq_base + (index + 1) * SEQ_STRIDE, rate=rate,
-                seconds=args.seconds, warmup_s=args.warmup_s,
+                seconds=args.seconds, warmup_s=args.warmup_s, redis=redis,
             )  # fmt: skip
             if profiler.enabled:
                 phase["profile"] = profiler.finish()
@@ -907,6 +922,7 @@ def run_mode(
     rate: float,
     seconds: float,
     warmup_s: float,
+    redis: Redis | None = None,
 ) -> dict[str, Any]:
     """One generator run: reset the devices' records, load, drain, collect, analyse."""
     clients.command("reset")
@@ -936,8 +952,10 @@ def run_mode(
     w1 = start_at + warmup_s + seconds
     time.sleep(max(0.0, w0 - time.monotonic()))
     cpu0 = snapshot()
+    commands0 = redis.commands() if redis is not None else Counter()
     time.sleep(max(0.0, w1 - time.monotonic()))
     cpu1 = snapshot()
+    commands = redis.commands() - commands0 if redis is not None else Counter()
     (gen,) = generator.replies()
     accepted = len(gen["accepted"]) // 8
     # Drain: wait until every accepted push arrived, or nothing arrived for a while.
@@ -957,6 +975,12 @@ def run_mode(
     phase = analyse_unicast(gen, reports, (w0, w1), cpu)
     phase.update(mode=mode, target_rate=rate or None, batch=args.batch)
     phase["bad_bodies"] = sum(r["bad_bodies"] for r in reports)
+    if commands:
+        acked = phase["acked_per_s"] * phase["window_s"] if phase["acked_per_s"] else 0
+        # INFO commandstats counts the commands scripts run inside Redis too.
+        phase["redis_commands_per_push"] = (
+            {k: v / acked for k, v in commands.most_common()} if acked else None
+        )
     return phase
 
 
@@ -1354,6 +1378,9 @@ def render(doc: dict[str, Any]) -> str:
             row("latency p99 ms", lambda p: p["latency_ms"]["p99"], ".1f")
             row("latency max ms", lambda p: p["latency_ms"]["max"], ".1f")
             row("HTTP response p50 ms", lambda p: p["http_response_ms"]["p50"], ".1f")
+            # Open loop: latency runs from the actual POST; time the generator was held
+            # back (all --concurrency slots busy) is here, not in the latency.
+            row("generator behind schedule p50 ms", lambda p: p["generator_late_p50_ms"], ",.0f")
             row("lost (accepted, never acked)", lambda p: p["lost"], "d")
             row("duplicates", lambda p: p["duplicates"], "d")
             row("API errors", lambda p: p["api_errors"], "d")
