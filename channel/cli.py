@@ -480,6 +480,7 @@ def _serve(args: argparse.Namespace) -> int:
             "state_dir": args.state_dir,
         },
         "log": {"level": args.log_level, "json": False if args.log_text else None},
+        "api": {"port": args.api_port},
     }
     try:
         config = load_config(args.config, overrides=overrides)
@@ -504,6 +505,7 @@ def announce_listening(node: object) -> None:
         "host": server.host,
         "port": node.addresses.device_port,
         "admin_port": node.addresses.admin_port,
+        "api_port": node.addresses.api_port,
         "ca_cert": str(node.ca_cert) if node.ca_cert else None,
         "dev_token_key": str(node.dev_token_key) if node.dev_token_key else None,
         "pid": os.getpid(),
@@ -513,6 +515,11 @@ def announce_listening(node: object) -> None:
         f"Channel gateway {node.node_id} listening on {server.host}:{info['port']} "
         f"(TLS 1.3, ALPN mmtp/1); admin http://{server.admin_host}:{info['admin_port']}/metrics",
     ]
+    if node.addresses.api_port:
+        lines.append(
+            f"  push API http://{node.config.api.host}:{node.addresses.api_port}/v1 "
+            f"(OpenAPI at /openapi.json; pushes in {node.config.push.backend})"
+        )
     if node.ca_cert:
         lines.append(f"  dev CA certificate (give it to devices): {node.ca_cert}")
     if node.dev_token_key:
@@ -554,6 +561,7 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
     serve.add_argument("--host", help="device listener address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="device port, 0 = any free port (default 8443)")
     serve.add_argument("--admin-port", type=int, help="admin/metrics port, 0 = any (default 9100)")
+    serve.add_argument("--api-port", type=int, help="HTTP push API port, 0 = any (default 8080)")
     serve.add_argument("--workers", type=_positive_int, help="processes sharing the port")
     serve.add_argument(
         "--state-dir", help="where dev certificates and keys live (default .channel)"

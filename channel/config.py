@@ -49,6 +49,21 @@ Example ``channel.toml``::
     requests_per_second = 50    # per device, token bucket
     request_burst = 100
 
+    [push]                      # pushes, presence, the Redis stream API
+    backend = "redis"           # "memory" (one process, the default) or "redis" (a fleet)
+    redis_url = "redis://10.0.0.5:6379/0"
+    redis_cluster = true        # redis_url names any node of a Redis Cluster
+    presence_buckets = 4194304  # online devices / 64, fixed for the fleet's life (docs/sizing.md)
+    lease_ms = 6000             # a node silent this long is dead: its devices are offline
+    queue_cap = 100             # undelivered pushes kept per device (oldest dropped beyond)
+    default_ttl_s = 86400
+    max_ttl_s = 2419200
+
+    [api]                       # the HTTP push API, /openapi.json
+    host = "0.0.0.0"
+    port = 8080
+    keys = ["ops:5e884898da28047151d0e56f8dc62927...:push+status"]   # channel apikey new
+
     [rpc]                       # routes and clusters, see channel/rpc/config.py
 """
 
@@ -324,11 +339,6 @@ def validate(config: GatewayConfig) -> None:
     push = config.push
     if push.backend not in ("memory", "redis"):
         raise ConfigError('push.backend: must be "memory" or "redis"')
-    if push.backend == "memory" and config.server.workers > 1:
-        raise ConfigError(
-            'push.backend: "memory" holds pushes in one process; with server.workers > 1 '
-            'set push.backend = "redis"'
-        )
     if push.presence_buckets < 1 or push.queue_cap < 1 or push.lease_ms < 1000:
         raise ConfigError("push: presence_buckets and queue_cap >= 1, lease_ms >= 1000")
     if not 0 <= push.default_ttl_s <= push.max_ttl_s:

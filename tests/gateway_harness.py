@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from channel.api.keys import ensure_dev_api_key
 from channel.config import GatewayConfig, load_config
 from channel.gateway.node import GatewayNode
 from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
@@ -28,6 +29,9 @@ class RunningGateway:
     admin_port: int
     ca_cert: Path
     signer: TokenSigner
+    api_port: int = 0
+    #: The node's dev API key (all scopes).
+    api_key: str = ""
 
     def token(
         self,
@@ -54,6 +58,7 @@ class RunningGateway:
 def gateway_config(state_dir: Path, **sections: dict[str, Any]) -> GatewayConfig:
     overrides: dict[str, dict[str, Any]] = {
         "server": {"port": 0, "admin_port": 0, "state_dir": str(state_dir)},
+        "api": {"port": 0},
         "log": {"json": False},
     }
     rpc = sections.pop("rpc", {})
@@ -72,8 +77,15 @@ async def gateway(state_dir: Path, **sections: dict[str, Any]) -> AsyncIterator[
     try:
         assert node.ca_cert is not None and node.dev_token_key is not None
         signer = TokenSigner(load_private_key(node.dev_token_key), 1)
+        api_key = ensure_dev_api_key(config.state_dir)[0] if addresses.api_port else ""
         yield RunningGateway(
-            node, addresses.device_port, addresses.admin_port, node.ca_cert, signer
+            node,
+            addresses.device_port,
+            addresses.admin_port,
+            node.ca_cert,
+            signer,
+            addresses.api_port,
+            api_key,
         )
     finally:
         await node.close()

@@ -21,7 +21,6 @@ import jsonschema
 from openapi_spec_validator import validate
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from channel.api.app import start_api, stop_api
 from channel.api.keys import ApiKeyring, ensure_dev_api_key, new_api_key
 from sdk_client import Backoff, Client, Push, Request
 from tests.gateway_harness import RunningGateway, gateway
@@ -131,23 +130,15 @@ async def api_gateway(
     tmp_path: Path, **sections: dict[str, Any]
 ) -> AsyncIterator[tuple[RunningGateway, Api]]:
     """A gateway with its API; the dev key (every scope) is the default key."""
-    async with gateway(tmp_path, **{"api": {"port": 0}, **sections}) as gw:
-        port: int | None = getattr(gw, "api_port", None)
-        runner = None
-        if port is None:  # the node does not start the API itself (yet)
-            assert gw.node.push is not None
-            runner, port = await start_api(gw.node.push, gw.node.config.api)
-        key = getattr(gw, "api_key", None) or ensure_dev_api_key(gw.node.config.state_dir)[0]
-        try:
-            async with aiohttp.ClientSession() as session:
-                api = Api(session, f"http://127.0.0.1:{port}", key)
-                reply = await api.call("GET", "/openapi.json", key=None)
-                assert reply.status == 200
-                api.document = reply.body
-                yield gw, api
-        finally:
-            if runner is not None:
-                await stop_api(runner)
+    async with (
+        gateway(tmp_path, **{"api": {"port": 0}, **sections}) as gw,
+        aiohttp.ClientSession() as session,
+    ):
+        api = Api(session, f"http://127.0.0.1:{gw.api_port}", gw.api_key)
+        reply = await api.call("GET", "/openapi.json", key=None)
+        assert reply.status == 200
+        api.document = reply.body
+        yield gw, api
 
 
 async def wait_status(api: Api, message_id: str, status: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ SWEEP_INTERVAL_S = 0.5
 class NodeAddresses:
     device_port: int
     admin_port: int
+    api_port: int = 0
 
 
 class GatewayNode:
@@ -92,6 +93,8 @@ class GatewayNode:
         self.backend: PushBackend | None = None
         self.delivery: NodeDelivery | None = None
         self.push: PushService | None = None
+        self._api: object | None = None
+        self._stream_api: object | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -208,7 +211,13 @@ class GatewayNode:
         from channel.gateway.admin import start_admin
 
         self._admin, admin_port = await start_admin(self)
-        self.addresses = NodeAddresses(device_port, admin_port)
+        api_port = 0
+        if self.config.api.enabled:
+            from channel.api.app import start_api
+
+            assert self.push is not None
+            self._api, api_port = await start_api(self.push, self.config.api)
+        self.addresses = NodeAddresses(device_port, admin_port, api_port)
         self._sweeper = loop.create_task(self._sweep_forever())
         self.ready = True
         log.info(
@@ -218,6 +227,8 @@ class GatewayNode:
                 host=server.host,
                 port=device_port,
                 admin_port=admin_port,
+                api_port=api_port,
+                push_backend=self.config.push.backend,
                 pid=os.getpid(),
             ),
         )
@@ -232,10 +243,22 @@ class GatewayNode:
         else:
             from channel.push.memory import memory_backend
 
+            if self.config.server.workers > 1:
+                log.warning(
+                    'push.backend "memory" with several workers: a push reaches only the '
+                    'devices of the worker that accepted it; use push.backend = "redis"'
+                )
+
             self.backend = memory_backend(config.receipt_stream_maxlen)
         self.delivery = NodeDelivery(self, self.backend, config)
         await self.delivery.start()
         self.push = PushService(self, self.backend, self.delivery)
+        if self.backend.redis is not None and config.request_stream_enabled:
+            from channel.push.stream_api import StreamApi
+
+            stream_api = StreamApi(self.push, self.backend.redis, self.config)
+            await stream_api.start()
+            self._stream_api = stream_api
 
     # ------------------------------------------------------------ sessions
 
@@ -454,6 +477,15 @@ class GatewayNode:
             from channel.gateway.admin import stop_admin
 
             await stop_admin(self._admin)
+        if self._api is not None:
+            from channel.api.app import stop_api
+
+            await stop_api(self._api)
+        if self._stream_api is not None:
+            from channel.push.stream_api import StreamApi
+
+            assert isinstance(self._stream_api, StreamApi)
+            await self._stream_api.stop()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.backend is not None:

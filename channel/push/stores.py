@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from channel.push.model import MessageStatus, Presence, PushMessage, Receipt
 
@@ -145,6 +145,8 @@ class PushBackend:
     router: PushRouter
     receipts: ReceiptLog
     idempotency: IdempotencyStore
+    #: The Redis client for the stream API (None for the memory backend).
+    redis: Any = None
 
     async def close(self) -> None:
         closer = getattr(self.presence, "aclose", None)

@@ -41,6 +41,7 @@ async def redis_backend(config: PushConfig) -> PushBackend:
     keys = Keys(config.key_prefix, config.presence_buckets)
     presence = RedisPresence(conn, keys)
     return PushBackend(
+        redis=conn.blocking,
         name="redis",
         presence=presence,
         queue=RedisQueue(conn, keys),

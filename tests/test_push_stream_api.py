@@ -1,0 +1,71 @@
+"""The Redis stream push API: a backend XADDs requests, reads results and receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from tests.gateway_harness import gateway
+from tests.test_push_e2e import online
+
+WAIT_S = 10.0
+
+
+async def results_after(client: Any, stream: str, cursor: str, want: int) -> list[dict[str, Any]]:
+    """Read the receipt stream (blocking reads) until ``want`` entries of results came."""
+    found: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT_S):
+        while len(found) < want:
+            reply = await client.xread({stream: cursor}, count=100, block=1000)
+            for _, entries in reply or ():
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    found.extend(r for r in json.loads(fields[b"r"]) if "request_id" in r)
+    return found
+
+
+async def test_pushes_xadded_to_the_request_stream_are_accepted_and_delivered(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    streams = {"request_stream": f"{prefix}:push", "receipt_stream": f"{prefix}:receipts"}
+    push = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": prefix, **streams}
+    client = aioredis.from_url(redis_server.url)
+    try:
+        async with gateway(tmp_path, push=push) as gw, online(gw, "d1") as (device,):
+            start = "0"
+            await client.xadd(
+                streams["request_stream"],
+                {"push": json.dumps({"device_id": "d1", "body": "via xadd"}), "id": "req-1"},
+            )
+            await client.xadd(
+                streams["request_stream"],
+                {"push": json.dumps({"device_id": "d1", "ttl_s": -5, "body": "x"}), "id": "req-2"},
+            )
+            await client.xadd(
+                streams["request_stream"],
+                {
+                    "batch": json.dumps({"messages": [{"user_id": "u1", "body": "to the user"}]}),
+                    "id": "req-3",
+                },
+            )
+            results = await results_after(client, streams["receipt_stream"], start, 3)
+            by_id = {r["request_id"]: r for r in results}
+            assert by_id["req-1"]["status"] == "accepted"
+            assert by_id["req-2"]["status"] == "rejected"
+            assert by_id["req-2"]["error"]["field"] == "ttl_s"
+            assert by_id["req-3"]["status"] == "accepted"
+            await device.wait_pushes(2)
+            assert sorted(device.bodies) == [b"to the user", b"via xadd"]
+            # Every request gets acknowledged in the consumer group (XACK follows the
+            # results' XADD, so poll briefly): nothing stays pending.
+            async with asyncio.timeout(WAIT_S):
+                while (await client.xpending(streams["request_stream"], "channel"))["pending"]:
+                    await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
