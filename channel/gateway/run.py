@@ -10,6 +10,7 @@ on the same device port (the kernel spreads connections) and admin port
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -40,6 +41,7 @@ async def serve_node(config: GatewayConfig, announce: Announce | None = None) ->
 
     node = GatewayNode(config)
     await node.start()
+    tune_gc()
     if announce is not None:
         announce(node)
     loop = asyncio.get_running_loop()
@@ -61,6 +63,21 @@ async def serve_node(config: GatewayConfig, announce: Announce | None = None) ->
     await node.drain()
     await node.close()
     return 0
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic collections for a long-lived server process.
+
+    Everything made at start-up (modules, config, TLS contexts, tables) is moved
+    out of the collector's sight (``gc.freeze``), and the first generation is
+    collected every 50,000 net allocations instead of 700: a node allocates
+    small short-lived objects per frame and per push, and with the defaults
+    full collections over 100,000 sessions stalled the loop for tens of ms
+    (stress/push.py measured p99 at half load 152 -> 57 ms with Redis).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def run_single(config: GatewayConfig, announce: Announce | None = None) -> int:

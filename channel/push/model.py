@@ -8,6 +8,7 @@ push costs its body plus a few dozen bytes in Redis.
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import time
@@ -201,25 +202,30 @@ def now_ms() -> int:
 
 
 _counter = int.from_bytes(os.urandom(3), "big")
+#: Per-process random part, drawn once: uniqueness across processes comes from it,
+#: within the process from the counter (os.urandom per id was the API's top cost).
+_process_salt = int.from_bytes(os.urandom(6), "big")
+#: RFC 4648 base32 re-lettered to Crockford's lower-case alphabet, which sorts in
+#: the same order as the numbers it encodes.
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_message_id() -> str:
-    """A sortable, unique message id: 48-bit ms time + 24-bit counter + 40 random bits, base32."""
+    """A sortable, unique message id: 48-bit ms time, 24-bit counter, 48-bit process salt.
+
+    Fifteen bytes as 24 base32 characters; ids from one process sort by time, then by
+    acceptance order within a millisecond (the counter wraps after 16M ids per ms).
+    """
     global _counter
     _counter = (_counter + 1) & 0xFFFFFF
-    value = (now_ms() << 64) | (_counter << 40) | int.from_bytes(os.urandom(5), "big")
-    return _b32(value, 23)
-
-
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-def _b32(value: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    raw = (
+        (now_ms() & 0xFFFFFFFFFFFF).to_bytes(6, "big")
+        + _counter.to_bytes(3, "big")
+        + _process_salt.to_bytes(6, "big")
+    )
+    return base64.b32encode(raw).translate(_CROCKFORD).decode()
 
 
 @dataclass(frozen=True, slots=True)
