@@ -295,3 +295,18 @@ async def test_kick_and_backend_to_device_rpc_through_the_service(tmp_path: Path
         session = gw.node.by_device["d1"]
         assert await svc.kick("d1", "fraud check") is True
         await asyncio.wait_for(gw.node.wait_closed(session), WAIT_S)
+
+
+async def test_high_priority_overtakes_normal_pushes_routed_in_the_same_batch(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+        await service(gw).accept(
+            [
+                to_device("d1", b"newsletter"),
+                to_device("d1", b"fraud alert", priority=Priority.HIGH),
+            ]
+        )
+        await device.wait_pushes(2)
+        assert device.bodies == [b"fraud alert", b"newsletter"]
+        assert ("priority", "high") in device.pushes[0].headers

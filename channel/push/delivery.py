@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from channel.logs import fields
 from channel.push import envelopes as env
-from channel.push.model import Presence, PushMessage, PushStatus, Receipt, now_ms
+from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
 from channel.push.stores import PushBackend
 from channel.rpc.model import RpcResponse
 from channel.wire import ErrorCode, LocalProtocolError, PreparedPush
@@ -269,13 +269,17 @@ class NodeDelivery:
         touched: set[DeviceSession] = set()
         forward: list[tuple[str, PushMessage]] = []
         fanouts: list[tuple[str, PushMessage]] = []
+        normal: list[tuple[str, PushMessage]] = []
         for raw in batch:
             try:
                 item = env.unpack(raw)
                 kind = item[0]
                 if kind == env.DEVICE:
                     message = PushMessage.unpack(item[2])  # type: ignore[arg-type]
-                    self._deliver_device(str(item[1]), message, touched, forward)
+                    if message.priority is Priority.HIGH:
+                        self._deliver_device(str(item[1]), message, touched, forward)
+                    else:
+                        normal.append((str(item[1]), message))
                 elif kind == env.BROADCAST:
                     fanouts.append(("", PushMessage.unpack(item[1])))  # type: ignore[arg-type]
                 elif kind == env.TOPIC:
@@ -288,8 +292,10 @@ class NodeDelivery:
                     self._on_reply(item)
             except Exception:
                 log.exception("bad inbox envelope")
-        # High-priority pushes first within this batch's writes is implicit: the
-        # sessions are flushed together below, so order within a session holds.
+        # High-priority pushes were written as they came; normal ones follow them,
+        # in arrival order, in the same write per session.
+        for device_id, message in normal:
+            self._deliver_device(device_id, message, touched, forward)
         for session in touched:
             session.flush()
         if forward:

@@ -25,7 +25,8 @@ ONLINE_ONLY_GRACE_MS = 30_000
 
 class Priority(enum.StrEnum):
     NORMAL = "normal"
-    #: Written to the device ahead of queued normal pushes in the same batch.
+    #: Written ahead of normal pushes routed to the node in the same inbox batch, and
+    #: marked ``priority: high`` for the device; a queue replay keeps acceptance order.
     HIGH = "high"
 
 
