@@ -1,12 +1,14 @@
 """Pushes end to end on one node: accept → queue → route → device → ACK → receipt.
 
-Real gateway (TLS 1.3 on port 0), real SDK devices, the in-memory push
-backend (the Redis one runs the same paths in tests/test_push_fleet.py).
+Real gateway (TLS 1.3 on port 0), real SDK devices, every test on the
+in-memory push backend and on a real Redis (tests/test_push_fleet.py runs
+several gateway processes and a Redis Cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -20,6 +22,20 @@ from sdk_client import Backoff, BadRequest, Client, Push
 from tests.gateway_harness import RunningGateway, gateway
 
 WAIT_S = 5.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The [push] section: the in-memory stores, or a real Redis (the same paths)."""
+    if request.param == "memory":
+        return {}
+    server = request.getfixturevalue("redis_server")
+    return {
+        "backend": "redis",
+        "redis_url": server.url,
+        "key_prefix": f"e{uuid.uuid4().hex[:8]}",
+        "request_stream_enabled": False,
+    }
 
 
 def service(gw: RunningGateway) -> PushService:
@@ -95,9 +111,9 @@ async def wait_status(svc: PushService, message_id: str, status: str) -> dict[st
 
 
 async def test_online_device_gets_the_push_and_the_status_becomes_delivered(
-    tmp_path: Path,
+    tmp_path: Path, backend: dict[str, Any]
 ) -> None:
-    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+    async with gateway(tmp_path, push=backend) as gw, online(gw, "d1") as (device,):
         svc = service(gw)
         (result,) = await svc.accept([to_device("d1", b"hello", headers=(("kind", "chat"),))])
         assert result.queued == 1 and result.online == 1
@@ -112,8 +128,10 @@ async def test_online_device_gets_the_push_and_the_status_becomes_delivered(
         ]
 
 
-async def test_offline_device_gets_its_pushes_in_order_when_it_connects(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_offline_device_gets_its_pushes_in_order_when_it_connects(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         results = await svc.accept([to_device("d1", f"m{i}".encode()) for i in range(5)])
         assert all(r.queued == 1 and r.online == 0 for r in results)
@@ -125,8 +143,10 @@ async def test_offline_device_gets_its_pushes_in_order_when_it_connects(tmp_path
                 await wait_status(svc, result.message_id, "delivered")
 
 
-async def test_ttl_zero_to_an_offline_device_is_expired_at_once(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_ttl_zero_to_an_offline_device_is_expired_at_once(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         (result,) = await svc.accept([to_device("d1", b"now or never", ttl_s=0)])
         assert result.expired == ("d1",) and result.queued == 0
@@ -138,8 +158,10 @@ async def test_ttl_zero_to_an_offline_device_is_expired_at_once(tmp_path: Path) 
             await wait_status(svc, later.message_id, "delivered")
 
 
-async def test_collapse_key_replaces_an_undelivered_older_push(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_collapse_key_replaces_an_undelivered_older_push(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         old, _other, _new = await svc.accept(
             [
@@ -156,8 +178,8 @@ async def test_collapse_key_replaces_an_undelivered_older_push(tmp_path: Path) -
             assert ("collapse-key", "match-7") in device.pushes[1].headers
 
 
-async def test_revoked_push_is_never_delivered(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_revoked_push_is_never_delivered(tmp_path: Path, backend: dict[str, Any]) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         doomed, kept = await svc.accept([to_device("d1", b"oops"), to_device("d1", b"fine")])
         summary = await svc.revoke(doomed.message_id)
@@ -170,8 +192,10 @@ async def test_revoked_push_is_never_delivered(tmp_path: Path) -> None:
         assert await svc.revoke("no-such-message") is None
 
 
-async def test_queue_cap_drops_the_oldest_and_reports_it_failed(tmp_path: Path) -> None:
-    async with gateway(tmp_path, push={"queue_cap": 3}) as gw:
+async def test_queue_cap_drops_the_oldest_and_reports_it_failed(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push={**backend, "queue_cap": 3}) as gw:
         svc = service(gw)
         results = await svc.accept([to_device("d1", f"m{i}".encode()) for i in range(5)])
         for dropped in results[:2]:
@@ -181,8 +205,10 @@ async def test_queue_cap_drops_the_oldest_and_reports_it_failed(tmp_path: Path) 
             assert device.bodies == [b"m2", b"m3", b"m4"]
 
 
-async def test_expired_queued_push_is_reported_not_delivered(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_expired_queued_push_is_reported_not_delivered(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         (short,) = await svc.accept([to_device("d1", b"stale", ttl_s=1)])
         (long,) = await svc.accept([to_device("d1", b"fresh")])
@@ -199,9 +225,11 @@ async def test_expired_queued_push_is_reported_not_delivered(tmp_path: Path) -> 
         ]
 
 
-async def test_user_target_reaches_every_online_device_of_the_user(tmp_path: Path) -> None:
+async def test_user_target_reaches_every_online_device_of_the_user(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
     async with (
-        gateway(tmp_path) as gw,
+        gateway(tmp_path, push=backend) as gw,
         online(gw, "phone", "tablet", user_id="alice") as devices,
         online(gw, "bob-phone", user_id="bob") as (bob,),
     ):
@@ -218,9 +246,12 @@ async def test_user_target_reaches_every_online_device_of_the_user(tmp_path: Pat
 
 
 async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
-    tmp_path: Path,
+    tmp_path: Path, backend: dict[str, Any]
 ) -> None:
-    async with gateway(tmp_path) as gw, online(gw, *(f"d{i}" for i in range(30))) as devices:
+    async with (
+        gateway(tmp_path, push=backend) as gw,
+        online(gw, *(f"d{i}" for i in range(30))) as devices,
+    ):
         svc = service(gw)
         _first, second = await svc.accept(
             [
@@ -238,8 +269,8 @@ async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
                 await gw.node.delivery.wait_flushed()
 
 
-async def test_topic_push_reaches_only_subscribers(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw, online(gw, "fan", "other") as (fan, other):
+async def test_topic_push_reaches_only_subscribers(tmp_path: Path, backend: dict[str, Any]) -> None:
+    async with gateway(tmp_path, push=backend) as gw, online(gw, "fan", "other") as (fan, other):
         assert await fan.client.subscribe("scores") == 1
         with pytest.raises(BadRequest, match="topics"):
             await fan.client.subscribe("no spaces")
@@ -257,8 +288,10 @@ async def test_topic_push_reaches_only_subscribers(tmp_path: Path) -> None:
         assert fan.bodies == [b"goal!", b"all", b"all 2"]
 
 
-async def test_unacked_push_is_redelivered_on_the_next_connection(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+async def test_unacked_push_is_redelivered_on_the_next_connection(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
         svc = service(gw)
         async with online(gw, "d1") as (device,):
             # A device that cannot store the push does not acknowledge it.
@@ -279,8 +312,10 @@ async def test_unacked_push_is_redelivered_on_the_next_connection(tmp_path: Path
             await wait_status(svc, result.message_id, "delivered")
 
 
-async def test_kick_and_backend_to_device_rpc_through_the_service(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+async def test_kick_and_backend_to_device_rpc_through_the_service(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw, online(gw, "d1") as (device,):
 
         @device.client.handle("app.ping")
         async def ping(request: Any) -> bytes:
@@ -298,9 +333,9 @@ async def test_kick_and_backend_to_device_rpc_through_the_service(tmp_path: Path
 
 
 async def test_high_priority_overtakes_normal_pushes_routed_in_the_same_batch(
-    tmp_path: Path,
+    tmp_path: Path, backend: dict[str, Any]
 ) -> None:
-    async with gateway(tmp_path) as gw, online(gw, "d1") as (device,):
+    async with gateway(tmp_path, push=backend) as gw, online(gw, "d1") as (device,):
         await service(gw).accept(
             [
                 to_device("d1", b"newsletter"),
