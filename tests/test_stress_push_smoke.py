@@ -110,3 +110,19 @@ def test_presence_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert doc["inbox"]["bytes_per_envelope"] > 0
     assert doc["fleet"]["heartbeat_writes_per_s"] == 0
     assert len(doc["layouts"]) >= 2 and all(x["bytes_per_device"] > 0 for x in doc["layouts"])
+
+
+def test_inbox_benchmark_compares_stream_and_spublish(tmp_path: Path) -> None:
+    out = tmp_path / "inbox.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "stress.inbox", "--batches", "200", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert doc["stream"]["batches_per_s"] > 0 and doc["spublish"]["batches_per_s"] > 0
+    # The reason Channel's inboxes are streams: a reader that was away reads back all.
+    assert doc["stream"]["recovered_after_absence"] == 100
+    assert "stream (Channel)" in done.stdout
