@@ -51,6 +51,7 @@ class StreamApi:
         self.config = config
         self.consumer = service.node.node_id
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.handled = 0
 
     async def start(self) -> None:
@@ -61,9 +62,11 @@ class StreamApi:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The flag ends the loop after its current read (BLOCK_MS) even if the
+            # cancel is swallowed inside redis-py (it can be, on Python 3.11).
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait([self._task], timeout=BLOCK_MS / 1000 + 2)
             self._task = None
 
     async def _run(self) -> None:
@@ -71,7 +74,7 @@ class StreamApi:
         # Our own entries left pending by an earlier run of this node come first.
         cursor = "0"
         claim_every = 0
-        while True:
+        while not self._stopping:
             try:
                 if claim_every <= 0:
                     claim_every = 10
