@@ -30,10 +30,13 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {}
     server = request.getfixturevalue("redis_server")
+    prefix = f"e{uuid.uuid4().hex[:8]}"
+    # Tests share the session's Redis: every key and stream of this one is its own.
     return {
         "backend": "redis",
         "redis_url": server.url,
-        "key_prefix": f"e{uuid.uuid4().hex[:8]}",
+        "key_prefix": prefix,
+        "receipt_stream": f"{prefix}:receipts",
         "request_stream_enabled": False,
     }
 

@@ -53,12 +53,15 @@ class Node:
 class Fleet:
     def __init__(self, tmp_path: Path, redis_url: str, cluster: bool) -> None:
         self.state_dir = tmp_path / "state"
+        prefix = f"t{uuid.uuid4().hex[:8]}"
         self.env = {
+            "CHANNEL_PUSH__RECEIPT_STREAM": f"{prefix}:receipts",
+            "CHANNEL_PUSH__REQUEST_STREAM": f"{prefix}:push",
             "CHANNEL_PUSH__BACKEND": "redis",
             "CHANNEL_PUSH__REDIS_URL": redis_url,
             "CHANNEL_PUSH__REDIS_CLUSTER": "true" if cluster else "false",
             # One prefix per test: tests share the session's Redis.
-            "CHANNEL_PUSH__KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+            "CHANNEL_PUSH__KEY_PREFIX": prefix,
             "CHANNEL_PUSH__LEASE_MS": "2000",
             "CHANNEL_API__PORT": "0",
             "CHANNEL_SERVER__DRAIN_TIMEOUT_S": "1",

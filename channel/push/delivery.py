@@ -81,6 +81,7 @@ class NodeDelivery:
         self._calls: dict[str, asyncio.Future[RpcResponse]] = {}
         self._call_seq = 0
         self._flushed: list[asyncio.Future[None]] = []
+        self._consumer: asyncio.Task[None] | None = None
         self.pushes_written = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -88,13 +89,9 @@ class NodeDelivery:
     async def start(self) -> None:
         self.node_no = await self.backend.presence.join(self.node.node_id, self.config.lease_ms)
         self.node_names = await self.backend.presence.live_nodes()
-        inbox = self.backend.router.inbox(self.node_no)
         loop = asyncio.get_running_loop()
-        # The first read registers the inbox before anything can be routed to it.
-        first = loop.create_task(_first(inbox))
-        await asyncio.sleep(0)
+        self._consumer = await self._start_consumer()
         self._tasks = [
-            loop.create_task(self._consume(inbox, first)),
             loop.create_task(self._flush_forever()),
             loop.create_task(self._lease_forever()),
         ]
@@ -104,6 +101,9 @@ class NodeDelivery:
         """Flush what is pending, give up the lease and the inbox."""
         with contextlib.suppress(Exception):
             await self._flush_once()
+        if self._consumer is not None:
+            self._tasks.append(self._consumer)
+            self._consumer = None
         for task in self._tasks:
             task.cancel()
         # Bounded: on Python 3.11 redis-py's send can swallow a cancel that lands as
@@ -114,6 +114,34 @@ class NodeDelivery:
         with contextlib.suppress(Exception):
             await self.backend.presence.leave(self.node_no)
             await self.backend.router.drop_inbox(self.node_no)
+
+    async def _start_consumer(self) -> asyncio.Task[None]:
+        inbox = self.backend.router.inbox(self.node_no)
+        loop = asyncio.get_running_loop()
+        # The first read registers the inbox before anything can be routed to it.
+        first = loop.create_task(_first(inbox))
+        await asyncio.sleep(0)
+        return loop.create_task(self._consume(inbox, first))
+
+    async def _rejoin(self) -> None:
+        """Take a new node number (and inbox) and write every local device again.
+
+        Called when the store lost this node (Redis restarted empty, or the lease
+        lapsed): another node may have been given the old number meanwhile, so
+        keeping it could mix two nodes' devices. Pushes routed to the old inbox
+        are still in their devices' queues."""
+        old = self.node_no
+        self.node_no = await self.backend.presence.join(self.node.node_id, self.config.lease_ms)
+        if self._consumer is not None:
+            self._consumer.cancel()
+        self._consumer = await self._start_consumer()
+        await self.backend.presence.set_online(
+            [self._presence_of(s) for s in self.node.by_device.values() if s in self._state]
+        )
+        log.warning(
+            "presence was lost (store restarted?); rejoined and wrote it again",
+            extra=fields(old_node_no=old, node_no=self.node_no),
+        )
 
     # ------------------------------------------------------------- sessions
 
@@ -453,14 +481,7 @@ class NodeDelivery:
                     self.node_no, self.node.node_id, self.config.lease_ms
                 )
                 if not known:
-                    log.warning("presence was lost (store restarted?); writing it again")
-                    await self.backend.presence.set_online(
-                        [
-                            self._presence_of(s)
-                            for s in self.node.by_device.values()
-                            if s in self._state
-                        ]
-                    )
+                    await self._rejoin()
                 self.node_names = await self.backend.presence.live_nodes()
             except Exception as exc:
                 log.warning("lease renewal failed", extra=fields(error=repr(exc)))
