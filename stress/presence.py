@@ -60,6 +60,8 @@ from channel.push.model import (
 )
 from stress.machine import machine_info, machine_line
 from stress.push import precise_cpu_s
+from stress.report import fmt as _f
+from stress.report import table as _table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "presence.json"
 PREFIX = "ch"
@@ -597,23 +599,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
-
-
-def _f(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append(" | ".join(cells))
-        if j == 0:
-            lines.append("-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -83,6 +83,8 @@ from stress.gateway_proc import (
     wait_connections,
 )
 from stress.machine import machine_info, machine_line
+from stress.report import fmt as _f
+from stress.report import table as _table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "push.json"
 REPLY_TIMEOUT_S = 600.0
@@ -1318,23 +1320,6 @@ def _gateway_cpu(phase: dict[str, Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _f(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append(" | ".join(cells))
-        if j == 0:
-            lines.append("-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render(doc: dict[str, Any]) -> str:

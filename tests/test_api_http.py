@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from openapi_spec_validator import validate
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channel.api.keys import ApiKeyring, ensure_dev_api_key, new_api_key
-from sdk_client import Backoff, Client, Push, Request
+from sdk_client import Request
 from tests.gateway_harness import RunningGateway, gateway
+from tests.test_push_e2e import online
 
 WAIT_S = 5.0
 
@@ -73,56 +74,6 @@ class Api:
     def check(self, body: object, schema: str) -> None:
         root = {"components": self.document["components"], "$ref": f"#/components/schemas/{schema}"}
         jsonschema.Draft202012Validator(root).validate(body)
-
-
-class Device:
-    """An SDK client recording its pushes."""
-
-    def __init__(self, gw: RunningGateway, device_id: str, user_id: str = "u1") -> None:
-        self.device_id = device_id
-        self.pushes: list[Push] = []
-        self._changed = asyncio.Event()
-        self.client = Client(
-            "127.0.0.1",
-            gw.port,
-            device_id=device_id,
-            token=gw.token(device_id, user_id=user_id),
-            ca_file=gw.ca_cert,
-            app_id="demo",
-            backoff=Backoff(initial_s=0.01, max_s=0.05),
-        )
-        self.client.on_push(self._on_push)
-
-    def _on_push(self, push: Push) -> None:
-        self.pushes.append(push)
-        self._changed.set()
-
-    async def wait_pushes(self, count: int) -> list[Push]:
-        async with asyncio.timeout(WAIT_S):
-            while len(self.pushes) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.pushes
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [p.body for p in self.pushes]
-
-
-@asynccontextmanager
-async def online(
-    gw: RunningGateway, *device_ids: str, user_id: str = "u1"
-) -> AsyncIterator[list[Device]]:
-    devices = [Device(gw, d, user_id) for d in device_ids]
-    async with AsyncExitStack() as stack:
-        for device in devices:
-            await stack.enter_async_context(device.client)
-            await device.client.connect()
-        for device in devices:
-            await asyncio.wait_for(gw.node.wait_authenticated(device.device_id), WAIT_S)
-        assert gw.node.delivery is not None
-        await asyncio.wait_for(gw.node.delivery.wait_flushed(), WAIT_S)
-        yield devices
 
 
 @asynccontextmanager
