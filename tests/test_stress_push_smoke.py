@@ -90,7 +90,7 @@ def test_presence_benchmark_writes_every_figure(tmp_path: Path) -> None:
         "--lookups", "2000",
         "--offline", "500",
         "--queue-devices", "200",
-        "--layout-devices", "500",
+        "--layout-devices", "5000",
     )  # fmt: skip
     memory = doc["memory"]
     assert memory["bytes_per_device"] > 0
