@@ -10,6 +10,7 @@ message). Any node can accept a push for any device.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,11 @@ class PushService:
             {uid for r in requests if r.target.kind is TargetKind.USER for uid in r.target.ids}
         )
         user_devices: dict[str, list[str]] = {}
-        for user_id in user_ids:
-            user_devices[user_id] = [
-                p.device_id for p in await backend.presence.user_devices(user_id)
-            ]
+        # Concurrently: a batch of user pushes costs one round trip, not one per user
+        # (the store bounds how many calls are in flight).
+        found = await asyncio.gather(*(backend.presence.user_devices(u) for u in user_ids))
+        for user_id, presences in zip(user_ids, found, strict=True):
+            user_devices[user_id] = [p.device_id for p in presences]
         per_message_devices: list[list[str]] = []
         for request in requests:
             ttl_ms = request.ttl_s * 1000 if request.ttl_s > 0 else ONLINE_ONLY_GRACE_MS
