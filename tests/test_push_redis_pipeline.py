@@ -8,11 +8,11 @@ on a real Redis, and the replies must match (errors by type and text).
 from __future__ import annotations
 
 import uuid
-from typing import Any
+
+import pytest
 
 from channel.config import PushConfig
 from channel.push.redis.connection import Batch, Connection, Lua, _raw_command
-from tests.redis_servers import RedisServer
 
 ECHO = Lua("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
 FAIL = Lua("return redis.error_reply('ERR no good')")
@@ -31,8 +31,15 @@ def _batch(prefix: str) -> Batch:
     return batch
 
 
-async def test_raw_and_redis_py_pipelines_reply_alike(redis_server: RedisServer) -> None:
-    conn = Connection(PushConfig(redis_url=redis_server.url))
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    name = "redis_server" if request.param == "redis" else "redis_cluster"
+    return request.getfixturevalue(name).url, request.param == "cluster"
+
+
+async def test_raw_and_redis_py_pipelines_reply_alike(redis_url: tuple[str, bool]) -> None:
+    url, cluster = redis_url
+    conn = Connection(PushConfig(redis_url=url, redis_cluster=cluster))
     await conn.start()
     try:
         prefix = f"raw{uuid.uuid4().hex[:6]}"
@@ -41,13 +48,9 @@ async def test_raw_and_redis_py_pipelines_reply_alike(redis_server: RedisServer)
         for op in ops:
             if op.lua is not None:
                 await conn.client.script_load(op.lua.source)
-        commands: list[Any] = [_raw_command(op) for op in ops]
-        raw = await conn._raw_pipeline(commands)
+        raw = await conn._pipeline(ops)  # the hiredis path (per primary on a cluster)
         await conn.client.delete(f"{prefix}:h")
-        pipe = conn.client.pipeline(transaction=False)
-        for op in ops:
-            getattr(pipe, op.method)(*op.args, **op.kwargs)
-        slow = list(await pipe.execute(raise_on_error=False))
+        slow = await conn._redis_py_pipeline(ops)
         assert len(raw) == len(slow)
         for mine, theirs in zip(raw, slow, strict=True):
             if isinstance(theirs, Exception):

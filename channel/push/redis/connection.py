@@ -31,8 +31,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channel.config import PushConfig
@@ -186,38 +192,68 @@ class Connection:
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
-            packed = b"".join(hiredis.pack_command(command) for command in commands)
-            await conn.send_packed_command(packed, check_health=False)
-            reader = hiredis.Reader()
-            stream = conn._reader
-            assert stream is not None
-            replies: list[Any] = []
-            async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                while len(replies) < len(commands):
-                    reply = reader.gets()
-                    if reply is False:
-                        data = await stream.read(65536)
-                        if not data:
-                            raise RedisConnectionError("Redis closed the connection")
-                        reader.feed(data)
-                        continue
-                    replies.append(_reply(reply))
-        except BaseException:
-            # Mid-reply the connection's state is unknown: never hand it out again.
-            await conn.disconnect(nowait=True)
-            raise
+            return await _exchange(conn, commands)
         finally:
             await pool.release(conn)
+
+    async def _raw_cluster(
+        self, ops: Sequence[_Op], commands: Sequence[tuple[Any, ...]]
+    ) -> list[Any]:
+        """The same fast path on a cluster: commands grouped by the primary that owns
+        their first key's slot, one exchange per primary, concurrently. Commands that
+        meet a topology change (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) or a broken
+        connection are run again through redis-py's cluster pipeline, which follows
+        redirections and refreshes the slot map."""
+        assert isinstance(self.client, RedisCluster)
+        client = self.client
+        groups: dict[Any, list[int]] = {}
+        for index, command in enumerate(commands):
+            node = client.nodes_manager.get_node_from_slot(client.keyslot(_first_key(command)))
+            groups.setdefault(node, []).append(index)
+        replies: list[Any] = [None] * len(commands)
+        retry: list[int] = []
+
+        async def on_node(node: Any, indexes: list[int]) -> None:
+            try:
+                conn = node.acquire_connection()
+            except Exception:
+                retry.extend(indexes)
+                return
+            try:
+                got = await _exchange(conn, [commands[i] for i in indexes])
+            except (OSError, RedisConnectionError, RedisTimeoutError):
+                retry.extend(indexes)
+                return
+            finally:
+                node.release(conn)
+            for i, reply in zip(indexes, got, strict=True):
+                if isinstance(reply, _TOPOLOGY_ERRORS):
+                    retry.append(i)
+                else:
+                    replies[i] = reply
+
+        await asyncio.gather(*(on_node(node, indexes) for node, indexes in groups.items()))
+        if retry:
+            retry.sort()
+            again = await self._redis_py_pipeline([ops[i] for i in retry])
+            for i, reply in zip(retry, again, strict=True):
+                replies[i] = reply
         return replies
 
     async def _pipeline(self, ops: Sequence[_Op]) -> list[Any]:
-        if not self.cluster:
-            commands = [_raw_command(op) for op in ops]
-            if all(c is not None for c in commands):
+        commands = [_raw_command(op) for op in ops]
+        if all(c is not None for c in commands):
+            if self.cluster:
+                if all(_first_key(c) is not None for c in commands):  # type: ignore[arg-type]
+                    return await self._raw_cluster(ops, commands)  # type: ignore[arg-type]
+            else:
                 try:
                     return await self._raw_pipeline(commands)  # type: ignore[arg-type]
                 except (OSError, RedisConnectionError, RedisTimeoutError):
                     pass  # redis-py's pipeline below reconnects and retries with backoff
+        return await self._redis_py_pipeline(ops)
+
+    async def _redis_py_pipeline(self, ops: Sequence[_Op]) -> list[Any]:
         pipe = (
             self.client.pipeline()
             if isinstance(self.client, RedisCluster)
@@ -267,3 +303,40 @@ def _reply(reply: Any) -> Any:
         # redis-py's own mapping: error class by prefix ("NOSCRIPT" → NoScriptError).
         return BaseParser.parse_error(str(reply))
     return reply
+
+
+def _first_key(command: tuple[Any, ...]) -> Any:
+    """The key that picks a command's slot (EVALSHA: its first key), or None."""
+    if command[0] == "EVALSHA":
+        return command[3] if int(command[2]) > 0 else None
+    return command[1]
+
+
+_TOPOLOGY_ERRORS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+async def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write and read their replies with a hiredis.Reader."""
+    try:
+        packed = b"".join(hiredis.pack_command(command) for command in commands)
+        await conn.send_packed_command(packed, check_health=False)
+        reader = hiredis.Reader()
+        stream = conn._reader
+        if stream is None:
+            raise RedisConnectionError("not connected")
+        replies: list[Any] = []
+        async with asyncio.timeout(SOCKET_TIMEOUT_S):
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = await stream.read(65536)
+                    if not data:
+                        raise RedisConnectionError("Redis closed the connection")
+                    reader.feed(data)
+                    continue
+                replies.append(_reply(reply))
+    except BaseException:
+        # Mid-reply the connection's state is unknown: never hand it out again as is.
+        await conn.disconnect(nowait=True)
+        raise
+    return replies
