@@ -27,6 +27,7 @@ from typing import Any
 from stress.baselines import baseline_codecs
 from stress.baselines.common import KINDS, Msg, WireCodec, body_bytes
 from stress.machine import machine_info
+from stress.report import table
 
 REFERENCE = "http2-hpack-gzip"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "wire_size.json"
@@ -302,16 +303,7 @@ def render_table(results: dict[str, dict[str, Any]], cold_n: int) -> str:
                 f"{r['decode_us']['mean']:.1f} ({r['decode_us']['p50']:.1f})",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = []
-    for j, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append(" | ".join(cells))
-        if j == 0:
-            lines.append("-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return table(rows)
 
 
 # --------------------------------------------------------------------------- CLI
