@@ -286,6 +286,22 @@ async def test_remove_and_revoke(backend: PushBackend) -> None:
     assert not await queue.revoke("nobody", "m2")
 
 
+async def test_pending_many_reads_many_queues_at_once(backend: PushBackend) -> None:
+    queue = backend.queue
+    stale = message("old", 500, expires_at_ms=now_ms() - 1)
+    fresh = [message(f"m{i}", 1000 + i) for i in range(3)]
+    await queue.enqueue([("a", fresh[1]), ("a", fresh[0]), ("b", stale), ("b", fresh[2])], 10)
+    found = await queue.pending_many(["a", "b", "nobody", "a"], now_ms())
+    assert found == {
+        "a": ([fresh[0], fresh[1]], []),
+        "b": ([fresh[2]], [stale]),
+        "nobody": ([], []),
+    }
+    # The expired one is gone for good; the others stay until acknowledged.
+    assert await queue.pending("b", now_ms()) == ([fresh[2]], [])
+    assert await queue.pending_many([], now_ms()) == {}
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_queue_agrees_with_the_memory_queue(backend: PushBackend, seed: int) -> None:
     """Random enqueues, removals, revokes and reads give what the in-memory queue gives."""

@@ -447,23 +447,19 @@ class NodeDelivery:
     async def _replay(self, sessions: list[DeviceSession]) -> None:
         live = [s for s in sessions if s in self._state and not s.conn.closed]
         now = now_ms()
-        results = await asyncio.gather(
-            *(self.backend.queue.pending(s.device_id, now) for s in live),
-            return_exceptions=True,
-        )
-        for session, result in zip(live, results, strict=True):
+        try:
+            found = await self.backend.queue.pending_many([s.device_id for s in live], now)
+        except Exception:
+            # Read again at the next flush: the sessions keep holding what arrives,
+            # so a device never starts without its queue.
+            self._replays = live + self._replays
+            raise
+        for session in live:
             state = self._state.get(session)
             if state is None:
                 continue
             held, state.held = state.held or [], None
-            if isinstance(result, BaseException):
-                log.warning("queue read failed", extra=fields(device=session.device_id))
-                # Not fatal: the held pushes still go out; the queue is read again
-                # on the next connect.
-                queued: list[PushMessage] = []
-                expired: list[PushMessage] = []
-            else:
-                queued, expired = result
+            queued, expired = found.get(session.device_id, ([], []))
             for message in expired:
                 self._receipts.append(
                     Receipt(message.message_id, PushStatus.EXPIRED, session.device_id, now, "ttl")

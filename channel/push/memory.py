@@ -128,6 +128,11 @@ class MemoryQueue:
         live.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
         return live, expired
 
+    async def pending_many(
+        self, device_ids: Sequence[str], now_ms: int
+    ) -> dict[str, tuple[list[PushMessage], list[PushMessage]]]:
+        return {d: await self.pending(d, now_ms) for d in dict.fromkeys(device_ids)}
+
     async def remove(self, items: Sequence[tuple[str, str]]) -> None:
         for device_id, message_id in items:
             queue = self._queues.get(device_id)

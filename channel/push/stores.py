@@ -79,6 +79,11 @@ class DeviceQueue(Protocol):
     ) -> tuple[list[PushMessage], list[PushMessage]]:
         """(queued messages in acceptance order, expired ones now removed)."""
 
+    async def pending_many(
+        self, device_ids: Sequence[str], now_ms: int
+    ) -> dict[str, tuple[list[PushMessage], list[PushMessage]]]:
+        """``pending`` for many devices in one round trip (a wave of reconnects)."""
+
     async def remove(self, items: Sequence[tuple[str, str]]) -> None:
         """Drop delivered messages: ``(device_id, message_id)`` pairs."""
 

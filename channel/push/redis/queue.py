@@ -54,18 +54,33 @@ class RedisQueue:
     async def pending(
         self, device_id: str, now_ms: int
     ) -> tuple[list[PushMessage], list[PushMessage]]:
-        key = self._keys.queue(device_id)
-        stored: dict[bytes, bytes] = await self._conn.one("hgetall", key)
-        messages = [
-            PushMessage.unpack(value)
-            for field, value in stored.items()
-            if not field.startswith(_POINTER)
-        ]
-        messages.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
-        expired = [m for m in messages if m.expired(now_ms)]
-        if expired:
-            await self.remove([(device_id, m.message_id) for m in expired])
-        return [m for m in messages if not m.expired(now_ms)], expired
+        return (await self.pending_many([device_id], now_ms))[device_id]
+
+    async def pending_many(
+        self, device_ids: Sequence[str], now_ms: int
+    ) -> dict[str, tuple[list[PushMessage], list[PushMessage]]]:
+        devices = list(dict.fromkeys(device_ids))
+        if not devices:
+            return {}
+        batch = Batch()
+        for device_id in devices:
+            batch.add("hgetall", self._keys.queue(device_id))
+        replies: list[dict[bytes, bytes]] = await self._conn.run(batch)
+        out: dict[str, tuple[list[PushMessage], list[PushMessage]]] = {}
+        gone: list[tuple[str, str]] = []
+        for device_id, stored in zip(devices, replies, strict=True):
+            messages = [
+                PushMessage.unpack(value)
+                for field, value in stored.items()
+                if not field.startswith(_POINTER)
+            ]
+            messages.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
+            expired = [m for m in messages if m.expired(now_ms)]
+            gone.extend((device_id, m.message_id) for m in expired)
+            out[device_id] = ([m for m in messages if not m.expired(now_ms)], expired)
+        if gone:
+            await self.remove(gone)
+        return out
 
     async def remove(self, items: Sequence[tuple[str, str]]) -> None:
         if items:
