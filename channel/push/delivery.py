@@ -135,9 +135,17 @@ class NodeDelivery:
         if self._consumer is not None:
             self._consumer.cancel()
         self._consumer = await self._start_consumer()
-        await self.backend.presence.set_online(
-            [self._presence_of(s) for s in self.node.by_device.values() if s in self._state]
-        )
+        sessions = [s for s in self.node.by_device.values() if s in self._state]
+        await self.backend.presence.set_online([self._presence_of(s) for s in sessions])
+        # Pushes accepted while this node was unknown were queued, not routed: read
+        # every local device's queue again (after the presence write, as on connect;
+        # what is already on a connection is not written twice).
+        for session in sessions:
+            state = self._state[session]
+            if state.held is None:
+                state.held = []
+                self._replays.append(session)
+        self._wake.set()
         log.warning(
             "presence was lost (store restarted?); rejoined and wrote it again",
             extra=fields(old_node_no=old, node_no=self.node_no),

@@ -215,10 +215,19 @@ class PushService:
     # ------------------------------------------------------------- presence
 
     async def device_presence(self, device_id: str) -> Presence | None:
-        return (await self.backend.presence.lookup([device_id])).get(device_id)
+        found = (await self.backend.presence.lookup([device_id])).get(device_id)
+        await self._know_nodes([found] if found else [])
+        return found
 
     async def user_devices(self, user_id: str) -> list[Presence]:
-        return await self.backend.presence.user_devices(user_id)
+        found = await self.backend.presence.user_devices(user_id)
+        await self._know_nodes(found)
+        return found
+
+    async def _know_nodes(self, found: Sequence[Presence]) -> None:
+        # A node that joined since the last lease tick is not in the cached names yet.
+        if any(p.node_no not in self.delivery.node_names for p in found):
+            self.delivery.node_names = await self.backend.presence.live_nodes()
 
     def node_name(self, node_no: int) -> str:
         return self.delivery.node_names.get(node_no, "")
