@@ -19,10 +19,11 @@ import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -56,25 +57,50 @@ def _options(**values: str) -> list[str]:
     return [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
 
 
-def _poll(
-    what: str, check: Callable[[], bool], deadline_s: float, proc: subprocess.Popen[bytes]
-) -> None:
-    """Call ``check`` with a short backoff until it is true, the process dies or time is up."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.005
-    last_error: Exception | None = None
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode} before {what}")
-        try:
-            if check():
-                return
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            last_error = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"redis-server: no {what} in {deadline_s} s ({last_error!r})")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+class _LogWatch:
+    """Copies a redis-server's stdout to its log file and tells when a line appears.
+
+    Redis says "Ready to accept connections" and "Cluster state changed: ok" in its
+    log: waiting for those lines waits for the event itself, not a polling loop.
+    """
+
+    def __init__(self, stream: IO[bytes], log: IO[bytes]) -> None:
+        self._lines: list[bytes] = []
+        self._changed = threading.Condition()
+        self._open = True
+        self._thread = threading.Thread(target=self._copy, args=(stream, log), daemon=True)
+        self._thread.start()
+
+    def _copy(self, stream: IO[bytes], log: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            log.flush()
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._open = False
+            self._changed.notify_all()
+
+    def wait_for(self, text: bytes, timeout_s: float, start: int = 0) -> int:
+        """Block until a line (after line ``start``) contains ``text``; its index + 1."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                for index in range(start, len(self._lines)):
+                    if text in self._lines[index]:
+                        return index + 1
+                start = len(self._lines)
+                left = deadline - time.monotonic()
+                if not self._open:
+                    raise RuntimeError(f"redis-server exited before {text!r}")
+                if left <= 0:
+                    raise TimeoutError(f"redis-server: no {text!r} in {timeout_s} s")
+                self._changed.wait(left)
+
+    def join(self) -> None:
+        """After the process ended: the last lines are in the log file."""
+        self._thread.join(5)
 
 
 class RedisServer:
@@ -114,14 +140,12 @@ class RedisServer:
                 ),
                 *self.extra,
             ],
-            stdout=self.log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        probe = self.client()
-        try:
-            _poll("PING answer", probe.ping, START_TIMEOUT_S, self.proc)
-        finally:
-            probe.close()
+        assert self.proc.stdout is not None
+        self.watch = _LogWatch(self.proc.stdout, self.log)
+        self.watch.wait_for(b"Ready to accept connections", START_TIMEOUT_S)
 
     def stop(self) -> None:
         """Stop the server; its data is gone (nothing is persisted)."""
@@ -133,6 +157,7 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.watch.join()
         self.log.close()
 
     def restart(self) -> None:
@@ -184,21 +209,11 @@ class RedisCluster:
             timeout=START_TIMEOUT_S,
         )
         for node in self.nodes:
-            assert node.proc is not None
-            probe = node.client()
-            try:
-                _poll("cluster_state:ok", partial(_cluster_ok, probe), START_TIMEOUT_S, node.proc)
-            finally:
-                probe.close()
+            node.watch.wait_for(b"Cluster state changed: ok", START_TIMEOUT_S)
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-
-def _cluster_ok(client: redis.Redis) -> bool:
-    info = client.cluster("INFO")  # redis-py parses it into a dict
-    return info.get("cluster_state") == "ok" and int(info.get("cluster_slots_ok", 0)) == 16384
 
 
 @pytest.fixture(scope="session")
