@@ -170,11 +170,7 @@ class NodeDelivery:
         if state is None:
             return
         for topic in state.topics:
-            members = self._topics.get(topic)
-            if members is not None:
-                members.discard(session)
-                if not members:
-                    del self._topics[topic]
+            self._leave_topic(session, topic)
         if session.device_id not in self.node.by_device:
             self._presence_changes[session.device_id] = (self._presence_of(session), False)
             self._wake.set()
@@ -200,11 +196,24 @@ class NodeDelivery:
 
     # --------------------------------------------------------------- topics
 
-    def subscribe(self, device_id: str, topics: Iterable[str]) -> int:
+    def _local(self, device_id: str) -> tuple[DeviceSession, _Outstanding] | None:
+        """The device's session on this node, if it has one that takes pushes."""
         session = self.node.by_device.get(device_id)
         state = self._state.get(session) if session is not None else None
-        if session is None or state is None:
+        return (session, state) if session is not None and state is not None else None
+
+    def _leave_topic(self, session: DeviceSession, topic: str) -> None:
+        members = self._topics.get(topic)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self._topics[topic]
+
+    def subscribe(self, device_id: str, topics: Iterable[str]) -> int:
+        local = self._local(device_id)
+        if local is None:
             return 0
+        session, state = local
         for topic in topics:
             if topic in state.topics:
                 continue
@@ -215,17 +224,13 @@ class NodeDelivery:
         return len(state.topics)
 
     def unsubscribe(self, device_id: str, topics: Iterable[str]) -> int:
-        session = self.node.by_device.get(device_id)
-        state = self._state.get(session) if session is not None else None
-        if session is None or state is None:
+        local = self._local(device_id)
+        if local is None:
             return 0
+        session, state = local
         for topic in topics:
             state.topics.discard(topic)
-            members = self._topics.get(topic)
-            if members is not None:
-                members.discard(session)
-                if not members:
-                    del self._topics[topic]
+            self._leave_topic(session, topic)
         return len(state.topics)
 
     # --------------------------------------------------------------- writing
@@ -267,11 +272,11 @@ class NodeDelivery:
         touched: set[DeviceSession],
         forward: list[tuple[str, PushMessage]],
     ) -> None:
-        session = self.node.by_device.get(device_id)
-        state = self._state.get(session) if session is not None else None
-        if session is None or state is None:
+        local = self._local(device_id)
+        if local is None:
             forward.append((device_id, message))
             return
+        session, state = local
         if message.expired(now_ms()):
             return  # reported when the queue is next read
         if state.held is not None:
@@ -362,12 +367,13 @@ class NodeDelivery:
             return
         # One pass over the sessions writes every pending fan-out to each: several
         # broadcasts in one inbox batch reach a device as one TLS write.
-        audience: dict[DeviceSession, list[PreparedPush]] = {}
+        audience: dict[DeviceSession, list[tuple[PreparedPush, str]]] = {}
         everyone = [s for s in self.node.by_device.values() if s in self._state]
-        for topic, _message, push in prepared:
+        for topic, message, push in prepared:
+            entry = (push, message.message_id)
             members = everyone if not topic else list(self._topics.get(topic, ()))
             for session in members:
-                audience.setdefault(session, []).append(push)
+                audience.setdefault(session, []).append(entry)
         step = self.config.fanout_batch
         sessions = list(audience)
         for start in range(0, len(sessions), step):
@@ -375,8 +381,7 @@ class NodeDelivery:
                 state = self._state.get(session)
                 if state is None or session.conn.closed:
                     continue
-                for push in audience[session]:
-                    message_id = push.message_id.decode()
+                for push, message_id in audience[session]:
                     if message_id in state.message_ids:
                         continue
                     try:
