@@ -54,12 +54,27 @@ async def test_pushes_xadded_to_the_request_stream_are_accepted_and_delivered(
                     "id": "req-3",
                 },
             )
-            results = await results_after(client, streams["receipt_stream"], start, 3)
+            # 300 KiB: under the API's request limit, over what one PUSH frame carries.
+            await client.xadd(
+                streams["request_stream"],
+                {"push": json.dumps({"device_id": "d1", "body": "x" * 300_000}), "id": "req-4"},
+            )
+            await client.xadd(
+                streams["request_stream"],
+                {
+                    "batch": json.dumps({"messages": [{"device_id": "d1"}]}),
+                    "id": "req-5",
+                },
+            )
+            results = await results_after(client, streams["receipt_stream"], start, 5)
             by_id = {r["request_id"]: r for r in results}
             assert by_id["req-1"]["status"] == "accepted"
             assert by_id["req-2"]["status"] == "rejected"
             assert by_id["req-2"]["error"]["field"] == "ttl_s"
             assert by_id["req-3"]["status"] == "accepted"
+            assert by_id["req-4"]["status"] == "rejected"
+            assert by_id["req-4"]["error"]["field"] == "body"
+            assert by_id["req-5"]["error"]["field"].startswith("messages[0].")
             await device.wait_pushes(2)
             assert sorted(device.bodies) == [b"to the user", b"via xadd"]
             # Every request gets acknowledged in the consumer group (XACK follows the

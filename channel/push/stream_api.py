@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from channel.api.limits import MAX_PUSH_BODY_BYTES
 from channel.logs import fields
 from channel.push.requests import ValidationError, parse_push_request
 
@@ -125,7 +126,8 @@ class StreamApi:
                     entry,
                     push.default_ttl_s,
                     push.max_ttl_s,
-                    self.config.api.max_body_bytes,
+                    # The HTTP API's limit: a body that fits one PUSH frame.
+                    min(MAX_PUSH_BODY_BYTES, self.config.api.max_body_bytes),
                     self.config.api.max_batch,
                 )
             except ValidationError as exc:
@@ -177,20 +179,16 @@ def _parse_entry(
         messages = batch.get("messages") if isinstance(batch, dict) else None
         if not isinstance(messages, list) or not 1 <= len(messages) <= max_batch:
             raise ValidationError("messages", f"a list of 1..{max_batch} push requests")
-        out = []
-        for index, item in enumerate(messages):
-            try:
-                out.append(
-                    parse_push_request(
-                        item,
-                        default_ttl_s=default_ttl_s,
-                        max_ttl_s=max_ttl_s,
-                        max_body_bytes=max_body,
-                    )
-                )
-            except ValidationError as exc:
-                raise ValidationError(f"messages[{index}].{exc.field}", exc.message) from None
-        return out
+        return [
+            parse_push_request(
+                item,
+                default_ttl_s=default_ttl_s,
+                max_ttl_s=max_ttl_s,
+                max_body_bytes=max_body,
+                where=f"messages[{index}].",
+            )
+            for index, item in enumerate(messages)
+        ]
     raise ValidationError("push", 'an entry needs a "push" (or "batch") field with JSON')
 
 
