@@ -19,6 +19,7 @@ Example ``channel.toml``::
     max_connections = 100000
     max_connections_per_ip = 2000
     handshake_timeout_s = 10    # TCP accept -> HELLO_ACK
+    tcp_fastopen_queue = 4096   # TCP Fast Open (needs sysctl net.ipv4.tcp_fastopen=3); 0 = off
     tls_engine = "memorybio"    # or "uvloop" (its built-in TLS transport)
     state_dir = "/var/lib/channel"
 
@@ -92,6 +93,9 @@ class ServerConfig:
     max_connections: int = 100_000
     max_connections_per_ip: int = 5_000
     handshake_timeout_s: float = 10.0
+    #: TCP Fast Open: SYNs carrying a ClientHello the listener may hold pending; 0 = off.
+    #: Needs bit 0x2 of the net.ipv4.tcp_fastopen sysctl (channel/fastopen.py).
+    tcp_fastopen_queue: int = 4096
     #: "memorybio": TLS over plain TCP with ssl.MemoryBIO (~6 KiB less per idle device);
     #: "uvloop": uvloop's built-in TLS transport.
     tls_engine: str = "memorybio"
@@ -334,6 +338,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("limits.send_buffer_high_water_bytes: must be >= 16384")
     if config.auth.ticket_secret and len(config.auth.ticket_secret.encode()) < 32:
         raise ConfigError("auth.ticket_secret: must be at least 32 bytes (e.g. 64 hex digits)")
+    if config.server.tcp_fastopen_queue < 0:
+        raise ConfigError("server.tcp_fastopen_queue: must be >= 0 (0 = TCP Fast Open off)")
     if config.server.tls_engine not in ("memorybio", "uvloop"):
         raise ConfigError('server.tls_engine: must be "memorybio" or "uvloop"')
     push = config.push

@@ -18,6 +18,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# TCP Fast Open for servers too (bit 0x2), so tests/test_fastopen.py can check the
+# round trip it saves; only where we may (root), keeping the bits already set.
+tfo=/proc/sys/net/ipv4/tcp_fastopen
+if [ -w "$tfo" ] && [ $(( $(cat "$tfo") & 3 )) -ne 3 ]; then
+    echo "== sysctl net.ipv4.tcp_fastopen=$(( $(cat "$tfo") | 3 )) (was $(cat "$tfo"))"
+    echo $(( $(cat "$tfo") | 3 )) > "$tfo" || echo "   (refused: fast-open tests will skip)"
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

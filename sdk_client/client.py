@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from channel import fastopen
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.wire import (
@@ -86,6 +87,7 @@ from sdk_client.errors import (
     is_fatal,
 )
 from sdk_client.protocol import ClientProtocol, client_tls_context
+from sdk_client.tcp import open_socket
 
 log = logging.getLogger("channel.sdk")
 
@@ -175,6 +177,8 @@ class ClientStats:
     resumed_sessions: int = 0
     #: Connections whose TLS handshake was an abbreviated (resumed) one.
     tls_resumed: int = 0
+    #: Connections whose SYN carried the ClientHello (TCP Fast Open): one round trip saved.
+    fast_open_connects: int = 0
     #: Connection attempts that failed (network, TLS, refused HELLO).
     connect_failures: int = 0
     calls: int = 0
@@ -353,7 +357,10 @@ class Client:
     ``state_file`` keeps the resume ticket across processes (it is a
     credential: written with mode 0600); ``endpoints`` are more gateway
     addresses, tried in turn after a failed connection attempt (without a load
-    balancer in front, or a node that died).
+    balancer in front, or a node that died); ``tcp_fast_open`` sends the TLS
+    ClientHello in the TCP SYN once the kernel holds a fast-open cookie for the
+    gateway (Linux; one round trip fewer on every reconnect, see
+    ``channel/fastopen.py``).
     """
 
     def __init__(
@@ -382,6 +389,7 @@ class Client:
         token_with_ticket: bool = True,
         state_file: Path | None = None,
         endpoints: Sequence[tuple[str, int]] = (),
+        tcp_fast_open: bool = True,
     ) -> None:
         register_default_presets()
         self.host = host
@@ -407,6 +415,8 @@ class Client:
         #: Send the token next to a resume ticket, so an expired ticket costs no round trip.
         self.token_with_ticket = token_with_ticket
         self.state_file = state_file
+        #: Send the ClientHello in the SYN once the kernel holds a cookie for the gateway.
+        self.tcp_fast_open = tcp_fast_open
         self.stats = ClientStats()
         self._codec = _default_codec() if dictionaries is None else BodyCodec(dictionaries)
         self._tls = client_tls_context(ca_file, client_cert=client_cert, client_key=client_key)
@@ -636,10 +646,10 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
+                sock = await open_socket(self.host, self.port, fast_open=self.tcp_fast_open)
                 await loop.create_connection(
                     lambda: link.protocol,
-                    self.host,
-                    self.port,
+                    sock=sock,
                     ssl=self._tls,
                     server_hostname=self.server_hostname,
                     ssl_handshake_timeout=self.connect_timeout_s,
@@ -840,6 +850,9 @@ class Client:
         stats = self.stats
         stats.connects += 1
         stats.resumed_sessions += int(ack.resumed)
+        transport = link.protocol.transport
+        if transport is not None and fastopen.syn_carried_data(transport.get_extra_info("socket")):
+            stats.fast_open_connects += 1
         stats.handshake_s = link.opened_at - link.started_at
         stats.first_write_bytes = link.protocol.first_write_bytes
         stats.first_write_requests = link.protocol.first_write_frames.count(FrameType.REQUEST)

@@ -29,6 +29,7 @@ import json
 import math
 import multiprocessing
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -43,6 +44,7 @@ from typing import Any
 
 import uvloop
 
+from channel import fastopen
 from channel.default_presets import register_default_presets
 from channel.security.tls import client_ssl_context, server_ssl_context
 from channel.wire import HelloAck
@@ -423,22 +425,27 @@ async def _first_rpc(
     token: bytes = b"",
     ticket: bytes = b"",
     session: Any = None,
+    source_ip: str = "127.0.0.1",
+    fast_open: bool = True,
 ) -> tuple[dict[str, Any], Any, bytes]:
     hello = device_hello(device_id, token=token, resume_ticket=ticket)
     call = (FIRST_RPC_OP, RPC_BODY, rpc_headers(1))
     device = MmtpDevice(context, hello, session=session, pipelined=[call])
     started = time.perf_counter()
-    await connect_link(device, port)
+    await connect_link(device, port, source_ip, fast_open=fast_open)
     ack = await asyncio.wait_for(device.ack, 10)
     response = await asyncio.wait_for(device.first_calls[0], 10)
     elapsed_ms = (time.perf_counter() - started) * 1000
+    syn_data = device.syn_carried_data
     figures = {
         "bytes_up": device.bytes_out,
         "bytes_down": device.bytes_in,
         "bytes_total": device.bytes_out + device.bytes_in,
         "tls_handshake_bytes_up": device.tls_bytes_out,
         "tls_handshake_bytes_down": device.tls_bytes_in,
-        "round_trips": 1 + device.round_trips,  # + TCP's SYN / SYN-ACK
+        # + TCP's SYN / SYN-ACK, unless the SYN carried the ClientHello (fast open).
+        "round_trips": device.round_trips + (0 if syn_data else 1),
+        "tcp_fast_open": syn_data,
         "tls_resumed": device.session_reused,
         "mmtp_resumed": ack.resumed,
         "response_status": getattr(response, "status", None),
@@ -458,19 +465,46 @@ async def first_rpc_costs(first: GatewayProcess, other: GatewayProcess) -> dict[
     register_default_presets()
     context = client_ssl_context(first.ca_cert)
     token = first.token("probe-1")
-    full, session, ticket = await _first_rpc(first.port, context, "probe-1", token=token)
+    # The kernel keeps fast-open cookies per source and destination address: a source
+    # address this host has never used is a device that never met this gateway.
+    a, b, c = (secrets.randbelow(254) + 1 for _ in range(3))
+    device_ip = f"127.{a}.{b}.{c}"
+    full, session, ticket = await _first_rpc(
+        first.port, context, "probe-1", token=token, source_ip=device_ip
+    )
     resumed, session2, ticket2 = await _first_rpc(
-        first.port, context, "probe-1", ticket=ticket, session=session
+        first.port, context, "probe-1", ticket=ticket, session=session, source_ip=device_ip
     )
     other_node, _, _ = await _first_rpc(
-        other.port, context, "probe-1", ticket=ticket2, session=session2
+        other.port, context, "probe-1", ticket=ticket2, session=session2, source_ip=device_ip
+    )
+    # The same two without fast open (a kernel or network that lacks it), and a returning
+    # device that lost its ticket and session (full TLS handshake over a fast-open SYN).
+    full_no_tfo, session3, ticket3 = await _first_rpc(
+        first.port, context, "probe-1", token=token, source_ip=device_ip, fast_open=False
+    )
+    resumed_no_tfo, _, _ = await _first_rpc(
+        first.port,
+        context,
+        "probe-1",
+        ticket=ticket3,
+        session=session3,
+        source_ip=device_ip,
+        fast_open=False,
+    )
+    full_returning, _, _ = await _first_rpc(
+        first.port, context, "probe-1", token=token, source_ip=device_ip
     )
     return {
         "op": FIRST_RPC_OP,
         "request_body_bytes": len(RPC_BODY),
+        "tcp_fastopen_sysctl": fastopen.sysctl_value(),
         "full": full,
         "resumed": resumed,
         "resumed_other_node": other_node,
+        "full_returning_device": full_returning,
+        "full_no_fast_open": full_no_tfo,
+        "resumed_no_fast_open": resumed_no_tfo,
     }
 
 
@@ -833,14 +867,20 @@ def render(doc: dict[str, Any]) -> str:
                 "RTTs",
                 "TLS hs B",
                 "TLS/MMTP resumed",
+                "SYN data",
             ]
         ]
         for key, label in (
-            ("full", "full handshake (token)"),
+            ("full", "full handshake (token), first contact"),
             ("resumed", "resumed, same node"),
             ("resumed_other_node", "resumed, other node"),
+            ("full_returning_device", "full, device that lost its ticket"),
+            ("full_no_fast_open", "full, no TCP fast open"),
+            ("resumed_no_fast_open", "resumed, no TCP fast open"),
         ):
-            f = first[key]
+            f = first.get(key)
+            if f is None:
+                continue
             rows.append(
                 [
                     label,
@@ -850,11 +890,13 @@ def render(doc: dict[str, Any]) -> str:
                     str(f["round_trips"]),
                     str(f["tls_handshake_bytes_up"] + f["tls_handshake_bytes_down"]),
                     f"{'yes' if f['tls_resumed'] else 'no'}/{'yes' if f['mmtp_resumed'] else 'no'}",
+                    "yes" if f.get("tcp_fast_open") else "no",
                 ]
             )
         out.append(
             f"first RPC: {first['op']} with a {first['request_body_bytes']} B body and 7 app "
-            "headers, pipelined behind HELLO; bytes at the socket (TLS records), RTTs incl. TCP"
+            "headers, pipelined behind HELLO; bytes at the socket (TLS records), RTTs incl. TCP; "
+            f"net.ipv4.tcp_fastopen = {first.get('tcp_fastopen_sysctl')}"
         )
         out.append(_table(rows))
     return "\n".join(out)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from channel import fastopen
 from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
 from channel.wire import (
     Connection,
@@ -569,6 +570,13 @@ class TlsLink(asyncio.Protocol):
         return self.ssl.session if self.ssl is not None else None
 
     @property
+    def syn_carried_data(self) -> bool:
+        """The SYN carried the ClientHello (TCP Fast Open): TCP's round trip was shared."""
+        if self.transport is None:
+            return False
+        return fastopen.syn_carried_data(self.transport.get_extra_info("socket"))
+
+    @property
     def session_reused(self) -> bool:
         return bool(self.ssl is not None and self.ssl.session_reused)
 
@@ -581,15 +589,26 @@ _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 async def connect_link(
-    protocol: asyncio.Protocol, port: int, source_ip: str = "127.0.0.1", host: str = "127.0.0.1"
+    protocol: asyncio.Protocol,
+    port: int,
+    source_ip: str = "127.0.0.1",
+    host: str = "127.0.0.1",
+    *,
+    fast_open: bool = False,
 ) -> None:
-    """Open TCP from ``source_ip`` to ``host:port`` and hand it to ``protocol``."""
+    """Open TCP from ``source_ip`` to ``host:port`` and hand it to ``protocol``.
+
+    ``fast_open``: as the SDK does, the SYN carries the first write (the TLS
+    ClientHello) when the kernel holds a cookie for this source and destination.
+    """
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        if fast_open:
+            fastopen.enable_on_client(sock)
         sock.bind((source_ip, 0))
         await loop.sock_connect(sock, (host, port))
         await loop.create_connection(lambda: protocol, sock=sock)
