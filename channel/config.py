@@ -57,6 +57,8 @@ Example ``channel.toml``::
     presence_buckets = 4194304  # online devices / 64, fixed for the fleet's life (docs/sizing.md)
     lease_ms = 6000             # a node silent this long is dead: its devices are offline
     queue_cap = 100             # undelivered pushes kept per device (oldest dropped beyond)
+    user_devices_ttl_s = 2592000  # a user push reaches devices seen this recently, offline too
+    user_devices_cap = 32       # ...the most recently seen this many
     default_ttl_s = 86400
     max_ttl_s = 2419200
 
@@ -164,6 +166,11 @@ class PushConfig:
     lease_ms: int = 6_000
     #: Undelivered pushes kept per device; the oldest are dropped (reported failed) beyond.
     queue_cap: int = 100
+    #: A push to a user is queued for every device the user connected from this
+    #: recently (offline ones too); 0: only for the user's devices online now.
+    user_devices_ttl_s: int = 30 * 86_400
+    #: At most this many of a user's devices (the most recently seen) get a user push.
+    user_devices_cap: int = 32
     default_ttl_s: int = 86_400
     max_ttl_s: int = 28 * 86_400
     #: Message statuses stay queryable this long after the message expires.
@@ -349,5 +356,9 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push: presence_buckets and queue_cap >= 1, lease_ms >= 1000")
     if not 0 <= push.default_ttl_s <= push.max_ttl_s:
         raise ConfigError("push: need 0 <= default_ttl_s <= max_ttl_s")
+    if push.user_devices_ttl_s < 0:
+        raise ConfigError("push.user_devices_ttl_s: must be >= 0 (0 = online devices only)")
+    if push.user_devices_cap < 1:
+        raise ConfigError("push.user_devices_cap: must be >= 1")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

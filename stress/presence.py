@@ -17,7 +17,9 @@ persistence) and the gateway's own Redis stores (``channel.push.redis``,
    ``--single`` devices), ``lookup`` pipelined vs. single, ``set_offline``
    pipelined: operations/s (wall), per Redis CPU-second (``/proc``), and the
    Redis commands each operation costs (``INFO commandstats``).
-3. **The rest of a push.** Bytes of a queued offline push (``queue.enqueue``,
+3. **The rest of a push.** Bytes per device of the user device directory
+   (``directory.remember`` for the same devices: what a push to a user's offline
+   devices needs), of a queued offline push (``queue.enqueue``,
    one per device and ``--queue-depth`` per device), of a message status
    (``receipts.create``) and of an inbox stream entry (``router.send``).
 4. **Write load at fleet scale.** Presence writes/s for ``--fleet-devices``
@@ -340,7 +342,8 @@ async def measure(args: argparse.Namespace, url: str, pid: int, doc: dict[str, A
             ),
         )
 
-        # 3. offline queue, message statuses, inbox entries
+        # 3. the device directory, offline queue, message statuses, inbox entries
+        doc["directory"] = await measure_directory(args, backend, inspector, nodes)
         doc["queue"] = await measure_queue(args, backend, inspector)
         doc["statuses"] = await measure_statuses(args, backend, inspector)
         doc["inbox"] = await measure_inbox(args, backend, inspector, nodes[0])
@@ -428,6 +431,30 @@ def message(i: int, ttl_s: int = 86_400) -> PushMessage:
         expires_at_ms=now + ttl_s * 1000,
         accepted_at_ms=now,
     )
+
+
+async def measure_directory(
+    args: argparse.Namespace, backend: Any, inspector: Inspector, nodes: Sequence[int]
+) -> dict[str, Any]:
+    """used_memory per device of the user device directory (``directory.remember``), for
+    the same devices and users as presence: what user pushes to offline devices cost."""
+    n = args.devices
+    memory0 = inspector.used_memory()["used_memory"]
+    since = int(time.time())
+    with Phase(inspector) as phase:
+        for first in range(0, n, args.batch):
+            await backend.directory.remember(
+                presences(first, min(first + args.batch, n), nodes, since)
+            )
+    used = inspector.used_memory()["used_memory"] - memory0
+    stats = inspector.key_stats(inspector.keys_by_kind(PREFIX).get("ud", []), lengths="HLEN")
+    return {
+        "devices": n,
+        "bytes_per_device": used / n,
+        "memory_usage_bytes_per_device": stats["memory_usage_bytes"] / n,
+        "keys": stats,
+        "remember": phase.figures(n, f"devices, batches of {args.batch}"),
+    }
 
 
 async def measure_queue(
@@ -667,6 +694,14 @@ def render(doc: dict[str, Any]) -> str:
             f"queued push, {q['deep']['depth']} per device",
             _f(q["deep"]["bytes_per_push"], ".0f"),
             _f(q["deep"]["memory_usage_bytes_per_push"], ".0f"),
+        ]
+    )
+    d = doc["directory"]
+    rows.append(
+        [
+            f"user device directory entry ({d['keys']['encodings']})",
+            _f(d["bytes_per_device"], ".1f"),
+            _f(d["memory_usage_bytes_per_device"], ".1f"),
         ]
     )
     rows.append(

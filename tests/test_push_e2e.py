@@ -261,6 +261,48 @@ async def test_user_target_reaches_every_online_device_of_the_user(
         assert bob.pushes == []
 
 
+async def test_user_push_with_a_ttl_waits_for_the_users_offline_device(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
+        async with online(gw, "tablet", user_id="alice"):
+            pass  # the directory now lists the tablet as alice's
+        svc = service(gw)
+        async with online(gw, "phone", user_id="alice") as (phone,):
+            (result,) = await svc.accept(
+                [PushRequest(Target(TargetKind.USER, ("alice",)), b"hi alice", ttl_s=600)]
+            )
+            assert result.queued == 2
+            await phone.wait_pushes(1)
+        async with online(gw, "tablet", user_id="alice") as (tablet,):
+            (push,) = await tablet.wait_pushes(1)
+            assert push.body == b"hi alice"
+            status = await wait_status(svc, result.message_id, "delivered")
+            assert status["devices"] == {"phone": "delivered", "tablet": "delivered"}
+
+
+async def test_user_push_never_reaches_a_device_now_signed_in_as_another_user(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    async with gateway(tmp_path, push=backend) as gw:
+        async with online(gw, "shared", user_id="alice"):
+            pass
+        svc = service(gw)
+        (for_alice,) = await svc.accept(
+            [PushRequest(Target(TargetKind.USER, ("alice",)), b"for alice", ttl_s=600)]
+        )
+        assert for_alice.queued == 1  # offline, but alice's as far as anyone knows
+        async with online(gw, "shared", user_id="bob") as (device,):
+            status = await wait_status(svc, for_alice.message_id, "failed")
+            assert status["devices"] == {"shared": "failed"}
+            (for_bob,) = await svc.accept(
+                [PushRequest(Target(TargetKind.USER, ("bob",)), b"for bob", ttl_s=600)]
+            )
+            assert for_bob.queued == 1
+            await device.wait_pushes(1)
+            assert device.bodies == [b"for bob"]
+
+
 async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
     tmp_path: Path, backend: dict[str, Any]
 ) -> None:

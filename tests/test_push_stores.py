@@ -198,6 +198,54 @@ async def test_presence_in_large_batches(backend: PushBackend) -> None:
 # -------------------------------------------------------------------- queue
 
 
+# ---------------------------------------------------------------- directory
+
+
+async def test_directory_lists_a_users_devices_newest_first(backend: PushBackend) -> None:
+    directory = backend.directory
+    now = int(time.time())
+    await directory.remember(
+        [
+            Presence("phone", "u1", 1, now - 100),
+            Presence("tablet", "u1", 2, now - 50),
+            Presence("tv", "u2", 1, now - 10),
+            Presence("anonymous", "", 1, now),  # no user: not listed anywhere
+        ]
+    )
+    # Offline or online does not matter: the directory is not presence.
+    found = await directory.known_devices(["u1", "u2", "nobody", "u1"], now)
+    assert found == {"u1": ["tablet", "phone"], "u2": ["tv"]}
+    # A new connection moves a device to the front.
+    await directory.remember([Presence("phone", "u1", 3, now)])
+    assert (await directory.known_devices(["u1"], now))["u1"] == ["phone", "tablet"]
+
+
+async def test_directory_forgets_devices_not_seen_within_ttl(backend: PushBackend) -> None:
+    directory = backend.directory
+    ttl = directory.ttl_s
+    now = int(time.time())
+    await directory.remember(
+        [Presence("old", "u1", 1, now - ttl - 5), Presence("recent", "u1", 1, now - 5)]
+    )
+    assert await directory.known_devices(["u1"], now) == {"u1": ["recent"]}
+    # Forgotten, not just hidden: a later read with an older "now" does not see it.
+    assert await directory.known_devices(["u1"], now - 10) == {"u1": ["recent"]}
+    assert await directory.known_devices(["u1"], now + ttl + 10) == {"u1": []}
+
+
+async def test_directory_keeps_the_newest_cap_devices(backend: PushBackend) -> None:
+    directory = backend.directory
+    cap = directory.cap
+    now = int(time.time())
+    entries = [Presence(f"d{i:03}", "many*[u]", 1, now - 1000 + i) for i in range(cap + 5)]
+    await directory.remember(entries)
+    newest = [e.device_id for e in reversed(entries)][:cap]
+    assert (await directory.known_devices(["many*[u]"], now))["many*[u]"] == newest
+    # The other users of the bucket are not touched by the glob characters.
+    await directory.remember([Presence("x", "many", 1, now)])
+    assert (await directory.known_devices(["many"], now))["many"] == ["x"]
+
+
 async def test_queue_keeps_acceptance_order_and_every_field(backend: PushBackend) -> None:
     queue = backend.queue
     high = PushMessage(

@@ -106,6 +106,8 @@ def test_presence_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert doc[key]["per_s"] > 0, key
     assert doc["lookup_pipelined"]["found"] == doc["lookup_pipelined"]["distinct_per_batch"]
     assert doc["queue"]["one_per_device"]["bytes_per_push"] > 0
+    assert doc["directory"]["keys"]["entries"] == 3000
+    assert doc["directory"]["bytes_per_device"] > 0
     assert doc["statuses"]["bytes_per_status"] > 0
     assert doc["inbox"]["bytes_per_envelope"] > 0
     assert doc["fleet"]["heartbeat_writes_per_s"] == 0

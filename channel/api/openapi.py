@@ -151,7 +151,13 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
                 },
                 "user_id": {
                     "allOf": [_ref("Id")],
-                    "description": "Every device of the user online or queued for",
+                    "description": (
+                        "Every device the user connected from within "
+                        "`push.user_devices_ttl_s` (30 days; the newest "
+                        "`push.user_devices_cap`): online ones now, offline ones from "
+                        "their queue when they connect (ttl 0: online ones only). A "
+                        "device that has signed in as another user since never gets it"
+                    ),
                 },
                 "topic": {
                     "type": "string",

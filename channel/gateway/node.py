@@ -251,7 +251,11 @@ class GatewayNode:
                     'devices of the worker that accepted it; use push.backend = "redis"'
                 )
 
-            self.backend = memory_backend(config.receipt_stream_maxlen)
+            self.backend = memory_backend(
+                config.receipt_stream_maxlen,
+                user_devices_ttl_s=config.user_devices_ttl_s,
+                user_devices_cap=config.user_devices_cap,
+            )
         self.delivery = NodeDelivery(self, self.backend, config)
         await self.delivery.start()
         self.push = PushService(self, self.backend, self.delivery)

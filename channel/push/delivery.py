@@ -242,28 +242,31 @@ class NodeDelivery:
             return False
         if message.message_id in state.message_ids:
             return True  # already on this connection, not yet acknowledged
+        assert session.auth is not None
+        if message.target_users and session.auth.device.user_id not in message.target_users:
+            # A user push queued for a device that has changed hands since: never shown.
+            self._fail(session, message.message_id, queued, "device signed in as another user")
+            return True
         try:
             delivery_id = session.conn.send_push(
                 message.message_id.encode(), message.body, message.wire_headers()
             )
         except LocalProtocolError as exc:
             # Too large for this device's limits: it will never fit; say so once.
-            self._receipts.append(
-                Receipt(
-                    message.message_id,
-                    PushStatus.FAILED,
-                    session.device_id,
-                    now_ms(),
-                    f"device limits: {exc}"[:200],
-                )
-            )
-            if queued:
-                self._acked.append((session.device_id, message.message_id))
+            self._fail(session, message.message_id, queued, f"device limits: {exc}"[:200])
             return True
         state.by_delivery[delivery_id] = (message.message_id, queued)
         state.message_ids.add(message.message_id)
         self.pushes_written += 1
         return True
+
+    def _fail(self, session: DeviceSession, message_id: str, queued: bool, reason: str) -> None:
+        """Report a push this device will never get, and drop it from its queue."""
+        self._receipts.append(
+            Receipt(message_id, PushStatus.FAILED, session.device_id, now_ms(), reason)
+        )
+        if queued:
+            self._acked.append((session.device_id, message_id))
 
     def _deliver_device(
         self,
@@ -439,6 +442,8 @@ class NodeDelivery:
                     await backend.presence.set_offline(offline)
                 if online:
                     await backend.presence.set_online(online)
+                    if self.config.user_devices_ttl_s > 0:
+                        await backend.directory.remember(online)
             except Exception:
                 # Try again with the next flush (newer changes for a device win).
                 for device_id, change in changes.items():

@@ -281,7 +281,47 @@ class MemoryIdempotency:
         self._entries.pop(key, None)
 
 
-def memory_backend(receipt_stream_maxlen: int = 100_000) -> PushBackend:
+class MemoryDirectory:
+    def __init__(self, ttl_s: int, cap: int) -> None:
+        self.ttl_s = ttl_s
+        self.cap = cap
+        # user id -> device id -> last seen (unix s)
+        self._users: dict[str, dict[str, int]] = {}
+
+    async def remember(self, entries: Sequence[Presence]) -> None:
+        for entry in entries:
+            if entry.user_id:
+                seen = self._users.setdefault(entry.user_id, {})
+                seen[entry.device_id] = max(seen.get(entry.device_id, 0), entry.since_s)
+
+    async def known_devices(self, user_ids: Sequence[str], now_s: int) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for user_id in user_ids:
+            seen = self._users.get(user_id)
+            if not seen:
+                continue
+            kept = newest_seen(seen, now_s - self.ttl_s, self.cap)
+            for device_id in [d for d in seen if d not in kept]:
+                del seen[device_id]
+            if not seen:
+                del self._users[user_id]
+            out[user_id] = kept
+        return out
+
+
+def newest_seen(seen: Mapping[str, int], after_s: int, cap: int) -> list[str]:
+    """Devices seen after ``after_s``, newest first (ties by id), at most ``cap``."""
+    recent = [(s, d) for d, s in seen.items() if s > after_s]
+    recent.sort(key=lambda item: (-item[0], item[1]))
+    return [d for _, d in recent[:cap]]
+
+
+def memory_backend(
+    receipt_stream_maxlen: int = 100_000,
+    *,
+    user_devices_ttl_s: int = 30 * 86_400,
+    user_devices_cap: int = 32,
+) -> PushBackend:
     presence = MemoryPresence()
     return PushBackend(
         name="memory",
@@ -290,4 +330,5 @@ def memory_backend(receipt_stream_maxlen: int = 100_000) -> PushBackend:
         router=MemoryRouter(presence),
         receipts=MemoryReceipts(maxlen=receipt_stream_maxlen),
         idempotency=MemoryIdempotency(),
+        directory=MemoryDirectory(user_devices_ttl_s, user_devices_cap),
     )

@@ -72,6 +72,9 @@ class PushMessage:
     accepted_at_ms: int = 0
     #: True when the sender asked for ttl 0: delivered only to a device online now.
     online_only: bool = False
+    #: A push to users: only a session of one of them may get it (a device listed in
+    #: a user's directory may have changed hands since).
+    target_users: tuple[str, ...] = ()
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_at_ms
@@ -96,6 +99,7 @@ class PushMessage:
                 1 if self.priority is Priority.HIGH else 0,
                 self.accepted_at_ms,
                 self.online_only,
+                list(self.target_users),
             ],
             use_bin_type=True,
         )
@@ -112,6 +116,8 @@ class PushMessage:
             priority=Priority.HIGH if item[5] else Priority.NORMAL,
             accepted_at_ms=item[6],
             online_only=bool(item[7]),
+            # Absent in messages queued before target users existed.
+            target_users=tuple(item[8]) if len(item) > 8 else (),
         )
 
 

@@ -48,6 +48,22 @@ class PushService:
 
     # ----------------------------------------------------------------- push
 
+    async def _user_devices(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The devices a push to each user is for: every device the user connected from
+        within ``user_devices_ttl_s`` (offline ones get it through their queue), or,
+        with that set to 0, the user's devices online now."""
+        if not user_ids:
+            return {}
+        if self.config.push.user_devices_ttl_s > 0:
+            return await self.backend.directory.known_devices(user_ids, now_ms() // 1000)
+        # Concurrently: a batch of user pushes costs one round trip, not one per user
+        # (the store bounds how many calls are in flight).
+        found = await asyncio.gather(*(self.backend.presence.user_devices(u) for u in user_ids))
+        return {
+            user_id: [p.device_id for p in presences]
+            for user_id, presences in zip(user_ids, found, strict=True)
+        }
+
     async def accept(self, requests: Sequence[PushRequest]) -> list[AcceptResult]:
         backend = self.backend
         push = self.config.push
@@ -56,12 +72,7 @@ class PushService:
         user_ids = sorted(
             {uid for r in requests if r.target.kind is TargetKind.USER for uid in r.target.ids}
         )
-        user_devices: dict[str, list[str]] = {}
-        # Concurrently: a batch of user pushes costs one round trip, not one per user
-        # (the store bounds how many calls are in flight).
-        found = await asyncio.gather(*(backend.presence.user_devices(u) for u in user_ids))
-        for user_id, presences in zip(user_ids, found, strict=True):
-            user_devices[user_id] = [p.device_id for p in presences]
+        user_devices = await self._user_devices(user_ids)
         per_message_devices: list[list[str]] = []
         for request in requests:
             ttl_ms = request.ttl_s * 1000 if request.ttl_s > 0 else ONLINE_ONLY_GRACE_MS
@@ -75,6 +86,9 @@ class PushService:
                     priority=request.priority,
                     accepted_at_ms=now,
                     online_only=request.ttl_s == 0,
+                    target_users=(
+                        tuple(request.target.ids) if request.target.kind is TargetKind.USER else ()
+                    ),
                 )
             )
             kind = request.target.kind

@@ -6,6 +6,8 @@ Redis or a Redis Cluster), chosen by ``[push] backend`` and run through the
 same contract tests (``tests/test_push_stores.py``).
 
 * ``PresenceStore`` — which node holds a device; node leases.
+* ``DeviceDirectory`` — every device each user connected from lately, online or
+  not: what a push to a user with a ttl is queued for.
 * ``DeviceQueue`` — the per-device store of undelivered pushes: the source of
   truth for at-least-once. A push is queued before it is routed and removed
   only when the device acknowledges it, so a node that dies, a Redis stream
@@ -51,6 +53,30 @@ class PresenceStore(Protocol):
 
     async def live_nodes(self) -> dict[int, str]:
         """Node number → node id for every node whose lease has not lapsed."""
+
+
+class DeviceDirectory(Protocol):
+    """Which devices each user has connected from within ``ttl_s`` (newest ``cap``).
+
+    Presence answers "online now"; the directory answers "whose devices are
+    these", so a push to a user reaches the user's offline devices through their
+    queues. An entry is refreshed at every connection and forgotten ``ttl_s``
+    after the last; a device that changed hands stays listed for its old user
+    until then, which is why delivery checks a user push against the session's
+    user (``PushMessage.target_users``).
+    """
+
+    #: Devices not seen this long are forgotten; at most ``cap`` are listed per user.
+    ttl_s: int
+    cap: int
+
+    async def remember(self, entries: Sequence[Presence]) -> None:
+        """Record ``entry.device_id`` as the device of ``entry.user_id``, seen at
+        ``entry.since_s`` (batched, one round trip)."""
+
+    async def known_devices(self, user_ids: Sequence[str], now_s: int) -> dict[str, list[str]]:
+        """Each user's devices seen within ``ttl_s`` of ``now_s``, newest first, at most
+        ``cap``; older entries are forgotten on the way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +168,7 @@ class IdempotencyStore(Protocol):
 
 @dataclass
 class PushBackend:
-    """The five stores a node uses, from one implementation."""
+    """The six stores a node uses, from one implementation."""
 
     name: str
     presence: PresenceStore
@@ -150,6 +176,7 @@ class PushBackend:
     router: PushRouter
     receipts: ReceiptLog
     idempotency: IdempotencyStore
+    directory: DeviceDirectory
     #: The Redis client for the stream API (None for the memory backend).
     redis: Any = None
 

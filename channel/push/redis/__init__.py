@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from channel.config import PushConfig
 from channel.push.redis.connection import Connection
+from channel.push.redis.directory import RedisDirectory
 from channel.push.redis.idempotency import RedisIdempotency
 from channel.push.redis.keys import Keys
 from channel.push.redis.presence import RedisPresence
@@ -19,6 +20,7 @@ from channel.push.redis.router import RedisRouter
 from channel.push.stores import PushBackend
 
 __all__ = [
+    "RedisDirectory",
     "RedisIdempotency",
     "RedisPresence",
     "RedisQueue",
@@ -29,7 +31,7 @@ __all__ = [
 
 
 async def redis_backend(config: PushConfig) -> PushBackend:
-    """The five stores on the Redis ``config`` names; reaches it once before returning.
+    """The six stores on the Redis ``config`` names; reaches it once before returning.
 
     ``PushBackend.close()`` closes the clients (through ``presence.aclose``)."""
     conn = Connection(config)
@@ -48,4 +50,5 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         router=RedisRouter(conn, keys, presence),
         receipts=RedisReceipts(conn, keys, config.receipt_stream, config.receipt_stream_maxlen),
         idempotency=RedisIdempotency(conn, keys),
+        directory=RedisDirectory(conn, keys, config.user_devices_ttl_s, config.user_devices_cap),
     )

@@ -17,6 +17,11 @@ Per user: ``{p}:u:{b}`` HASH ``h8(user id) + device id`` → node number, with
 many devices never makes a value too long for listpack encoding; the fixed
 8-byte prefix is shorter than most user ids and needs no separator).
 
+Per user, lasting: ``{p}:ud:{b}`` HASH ``h8(user id) + device id`` → last
+connection, unix seconds in base 36 — the device directory (every device the
+user connected from within ``[push] user_devices_ttl_s``, online or not), laid
+out like the user index so it stays listpack-encoded.
+
 Per node: ``{p}:{nodes}`` HASH node number → ``"node_id|lease_end_ms"`` (Redis
 clock), ``{p}:{nodes}:seq`` (node numbers), ``{p}:in:{<node_no>}`` STREAM (inbox).
 
@@ -51,6 +56,9 @@ class Keys:
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
+
+    def user_directory(self, user_id: str) -> str:
+        return f"{self.prefix}:ud:{{{self.bucket(user_id)}}}"
 
     def queue(self, device_id: str) -> str:
         return f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"

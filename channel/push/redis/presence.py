@@ -39,7 +39,7 @@ SCAN_COUNT = 1_000
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _b36(value: int) -> str:
+def b36(value: int) -> str:
     out = ""
     while True:
         value, digit = divmod(value, 36)
@@ -49,7 +49,7 @@ def _b36(value: int) -> str:
 
 
 def encode_presence(entry: Presence) -> str:
-    return f"{entry.node_no}:{_b36(max(entry.since_s, 0))}:{entry.user_id}"
+    return f"{entry.node_no}:{b36(max(entry.since_s, 0))}:{entry.user_id}"
 
 
 def decode_presence(device_id: str, value: str) -> Presence:
@@ -196,17 +196,7 @@ class RedisPresence:
     async def user_devices(self, user_id: str) -> list[Presence]:
         key = self._keys.user(user_id)
         prefix = h8(user_id)
-        pattern = _glob_escape(prefix) + b"*"
-        listed: dict[str, str] = {}
-        cursor = 0
-        while True:
-            cursor, page = await self._conn.one(
-                "hscan", key, cursor, match=pattern, count=SCAN_COUNT
-            )
-            for field, node_no in page.items():
-                listed[field[len(prefix) :].decode()] = node_no.decode()
-            if not cursor:
-                break
+        listed = await scan_user_fields(self._conn, key, prefix)
         if not listed:
             return []
         found, leases, live = await self._lookup(sorted(listed))
@@ -222,15 +212,36 @@ class RedisPresence:
         return [p for p in found.values() if p.user_id == user_id]
 
     async def _forget(self, entries: Iterable[tuple[str, bytes, str]]) -> None:
-        """Compare-and-delete ``(key, field, value-as-read)``: best effort."""
-        batch = Batch()
-        for key, field, value in entries:
-            batch.script(lua.HDEL_IF_EQUAL, [key], [field, value])
-        try:
-            await self._conn.run(batch)
-        except RedisError as exc:
-            log.debug("stale presence not deleted: %r", exc)
+        await forget_if_equal(self._conn, entries, "stale presence")
 
 
-def _glob_escape(raw: bytes) -> bytes:
+async def scan_user_fields(conn: Connection, key: str, prefix: bytes) -> dict[str, str]:
+    """``rest of field → value`` of the fields of ``key`` that start with ``prefix`` (one
+    user's entries in a bucket shared by users)."""
+    pattern = glob_escape(prefix) + b"*"
+    listed: dict[str, str] = {}
+    cursor = 0
+    while True:
+        cursor, page = await conn.one("hscan", key, cursor, match=pattern, count=SCAN_COUNT)
+        for field, value in page.items():
+            listed[field[len(prefix) :].decode()] = value.decode()
+        if not cursor:
+            return listed
+
+
+async def forget_if_equal(
+    conn: Connection, entries: Iterable[tuple[str, bytes, str]], what: str
+) -> None:
+    """Compare-and-delete ``(key, field, value-as-read)``: best effort (the next reader
+    tries again), and never a field someone rewrote meanwhile."""
+    batch = Batch()
+    for key, field, value in entries:
+        batch.script(lua.HDEL_IF_EQUAL, [key], [field, value])
+    try:
+        await conn.run(batch)
+    except RedisError as exc:
+        log.debug("%s not deleted: %r", what, exc)
+
+
+def glob_escape(raw: bytes) -> bytes:
     return b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in raw)
