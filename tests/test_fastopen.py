@@ -151,6 +151,9 @@ async def test_sdk_reconnects_with_fast_open(tmp_path: Path) -> None:
         assert response.body == b"x"
         assert client.stats.connects == 2 and client.resumed
         assert client.stats.fast_open_connects == first + 1
+        # The gateway counts them too (operators see whether fast open works in the field).
+        counted = gw.node.metrics.registry.get_sample_value("channel_tcp_fastopen_handshakes_total")
+        assert counted == client.stats.fast_open_connects
 
 
 async def test_sdk_fast_open_can_be_turned_off(tmp_path: Path) -> None:
@@ -161,3 +164,5 @@ async def test_sdk_fast_open_can_be_turned_off(tmp_path: Path) -> None:
         await client.call("channel.echo", b"x", timeout=WAIT_S)
         assert client.stats.connects == 2
         assert client.stats.fast_open_connects == 0
+        counted = gw.node.metrics.registry.get_sample_value("channel_tcp_fastopen_handshakes_total")
+        assert counted == 0

@@ -19,6 +19,11 @@ class GatewayMetrics:
             ["kind"],
             registry=r,
         )
+        self.fast_open_handshakes = Counter(
+            "channel_tcp_fastopen_handshakes_total",
+            "Completed handshakes whose TCP SYN carried the TLS ClientHello (TCP Fast Open)",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "channel_auth_failures_total", "Refused HELLOs by error code", ["code"], registry=r
         )

@@ -82,6 +82,8 @@ class GatewayNode:
         self._unauthenticated: set[DeviceSession] = set()
         self._per_ip: Counter[str] = Counter()
         self._server: asyncio.AbstractServer | None = None
+        #: The kernel takes fast-open SYNs on our listeners (else no socket is asked).
+        self._fast_open_listening = False
         self._admin: object | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
@@ -277,7 +279,9 @@ class GatewayNode:
         enabled = all(fastopen.enable_on_listener(s, queue) for s in self._server.sockets)
         if not enabled:
             log.info("tcp fast open not available on this platform")
-        elif not fastopen.server_enabled_by_kernel():
+        elif fastopen.server_enabled_by_kernel():
+            self._fast_open_listening = True
+        else:
             # Not a fault: devices connect as before, one round trip slower on reconnect.
             log.info(
                 "tcp fast open is off: the kernel refuses it to servers; "
@@ -349,6 +353,8 @@ class GatewayNode:
         assert session.auth is not None
         self._unauthenticated.discard(session)
         self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
+        if self._fast_open_listening and session.tcp_fast_open:
+            self.metrics.fast_open_handshakes.inc()
         previous = self.by_device.get(session.device_id)
         self.by_device[session.device_id] = session
         if self.delivery is not None:

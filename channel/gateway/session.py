@@ -20,6 +20,7 @@ import random
 import time
 from typing import TYPE_CHECKING, cast
 
+from channel import fastopen
 from channel.gateway.auth import AuthFailure, AuthResult
 from channel.gateway.ratelimit import TokenBucket
 from channel.logs import fields
@@ -355,6 +356,14 @@ class DeviceSession(asyncio.Protocol):
     @property
     def paused_since(self) -> float:
         return self._paused_since
+
+    @property
+    def tcp_fast_open(self) -> bool:
+        """The connection's SYN carried the TLS ClientHello (one round trip saved)."""
+        transport = self._transport
+        return transport is not None and fastopen.syn_carried_data(
+            transport.get_extra_info("socket")
+        )
 
     def abort(self) -> None:
         self._closing = True
