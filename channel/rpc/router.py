@@ -88,7 +88,7 @@ class RpcRouter:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the keep-alive HTTP sessions (pools made by a later reload start lazily)."""
+        """Create the keep-alive HTTP pools (pools made by a later reload start lazily)."""
         for pool in self._state.pools.values():
             await pool.start()
 

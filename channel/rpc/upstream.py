@@ -1,13 +1,16 @@
 """HTTP side of the RPC proxy: one keep-alive pool per upstream cluster.
 
 A ``ClusterPool`` owns the cluster's endpoints (round robin over those not
-marked down), its circuit breaker and one ``aiohttp.ClientSession`` whose
-connector caps connections for the whole cluster. ``post()`` makes exactly
-one HTTP try and classifies it as an ``Attempt``; retries, fail-over and
-deadlines are the router's business.
+marked down), its circuit breaker and one ``H1Pool`` (``channel.rpc.h1pool``:
+our own HTTP/1.1 keep-alive client over ``channel.rpc.http1``) that caps
+connections for the whole cluster and per endpoint. ``post()`` makes one
+HTTP try and classifies it as an ``Attempt``; retries, fail-over and
+deadlines are the router's business. (The pool itself repeats a request
+once, on a new connection, when a reused keep-alive connection was closed
+by the server before any byte of the answer: the idle-close race.)
 
-Memory: a pool is one session plus at most ``max_connections`` idle
-sockets, independent of how many devices call through it.
+Memory: a pool is at most ``max_connections`` sockets with a small parser
+each, independent of how many devices call through it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import email.utils
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import aiohttp
-from multidict import CIMultiDictProxy
-
 from channel.rpc.breaker import CircuitBreaker
 from channel.rpc.config import ClusterConfig
+from channel.rpc.h1pool import ConnectError, ConnectionBroken, H1Pool, H1Response, PoolClosed
+from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import DeviceContext, RpcRequest, RpcResponse
 from channel.wire.errors import ErrorCode
@@ -56,8 +59,6 @@ _STRIPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-encoding", "date", "server"}
 _TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~\-]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_RETRY_AFTER_MS = 3_600_000
-_READ_CHUNK = 64 * 1024
-USER_AGENT = "channel-gateway"
 
 
 def identity_headers(device: DeviceContext) -> list[tuple[str, str]]:
@@ -143,12 +144,39 @@ def error_for_http_status(status: int) -> ErrorCode | None:
     return ErrorCode.UPSTREAM_ERROR
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (name.lower(), value)
-        for name, value in headers.items()
-        if name.lower() not in _STRIPPED_RESPONSE_HEADERS
-    )
+def response_headers(headers: Headers) -> tuple[tuple[str, str], ...]:
+    """The headers a device gets: lowercased, without hop-by-hop, framing, date, server."""
+    return tuple((name, value) for name, value in headers if name not in _STRIPPED_RESPONSE_HEADERS)
+
+
+class _UnsupportedCoding(Exception):
+    pass
+
+
+def _decode_content(coding: str, body: bytes, limit: int) -> bytes | None:
+    """``body`` without its gzip/deflate content-coding; None if it decodes past ``limit``.
+
+    The gateway asks for no content-coding, but a device may forward
+    ``accept-encoding``; the device always gets the decoded body.
+    """
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif coding == "deflate":
+        # RFC 9110 says zlib-wrapped; some servers send raw deflate.
+        raw = bool(body) and body[0] & 0x0F != 8
+        decoder = zlib.decompressobj(wbits=-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+    else:
+        raise _UnsupportedCoding(coding)
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _UnsupportedCoding(f"{coding} ({exc})") from None
+    if len(out) > limit:
+        return None
+    return out
 
 
 @dataclass(frozen=True)
@@ -175,7 +203,7 @@ class Endpoint:
 
 
 class ClusterPool:
-    """Endpoints, breaker and keep-alive HTTP session of one cluster."""
+    """Endpoints, breaker and keep-alive HTTP connections of one cluster."""
 
     def __init__(
         self,
@@ -200,7 +228,7 @@ class ClusterPool:
         self._clock = clock
         self._metrics = metrics
         self._next = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: H1Pool | None = None
         self._in_flight = 0
         self._retired = False
         self._closing: asyncio.Task[None] | None = None
@@ -243,32 +271,19 @@ class ClusterPool:
     # -- HTTP ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._get_session()
+        self._get_pool()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _get_pool(self) -> H1Pool:
+        if self._pool is None:
             cfg = self.config
-            if cfg.keepalive_s > 0:
-                connector = aiohttp.TCPConnector(
-                    limit=cfg.max_connections,
-                    limit_per_host=cfg.max_connections_per_endpoint,
-                    keepalive_timeout=cfg.keepalive_s,
-                )
-            else:
-                connector = aiohttp.TCPConnector(
-                    limit=cfg.max_connections,
-                    limit_per_host=cfg.max_connections_per_endpoint,
-                    force_close=True,
-                )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=cfg.connect_timeout_ms / 1000
-                ),
-                headers={"User-Agent": USER_AGENT},
-                trust_env=False,
+            self._pool = H1Pool(
+                max_connections=cfg.max_connections,
+                max_connections_per_endpoint=cfg.max_connections_per_endpoint,
+                keepalive_s=cfg.keepalive_s,
+                connect_timeout_s=cfg.connect_timeout_ms / 1000,
+                limits=Limits(max_body_bytes=self.max_response_bytes),
             )
-        return self._session
+        return self._pool
 
     async def post(
         self,
@@ -291,22 +306,18 @@ class ClusterPool:
         body: bytes,
         timeout_s: float,
     ) -> Attempt:
-        if self._session is not None and self._session.closed:
+        pool = self._get_pool()
+        if pool.closed:
             return Attempt(
                 RpcResponse.error(ErrorCode.UNAVAILABLE, "upstream pool closed"),
                 "closed",
                 sent=False,
                 failure=False,
             )
-        session = self._get_session()
-        url = f"{endpoint.url}/rpc/{op}"
         try:
             async with asyncio.timeout(timeout_s):
-                async with session.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    return await self._read(resp, op)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                response = await pool.request(endpoint.url, f"/rpc/{op}", headers, body)
+        except ConnectError as exc:
             self.mark_down(endpoint)
             log.warning(
                 "rpc cluster %s: %s marked down for %.1fs: %s",
@@ -330,46 +341,59 @@ class ClusterPool:
                 sent=True,
                 failure=True,
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except BodyTooLarge:
+            return self._too_large(op)
+        except (H1ProtocolError, ConnectionBroken, PoolClosed, OSError) as exc:
             log.info("rpc cluster %s: %s broke: %r", self.name, endpoint.url, exc)
-            return Attempt(
-                RpcResponse.error(ErrorCode.UPSTREAM_ERROR, f"upstream for {op!r} broke off"),
-                "broken",
-                sent=True,
-                failure=True,
-            )
+            return self._broken(op)
+        return self._classify(response, op, endpoint)
 
-    async def _read(self, resp: aiohttp.ClientResponse, op: str) -> Attempt:
-        limit = self.max_response_bytes
-        too_large = Attempt(
+    def _too_large(self, op: str) -> Attempt:
+        return Attempt(
             RpcResponse.error(
-                ErrorCode.UPSTREAM_ERROR, f"upstream answer for {op!r} exceeds {limit} bytes"
+                ErrorCode.UPSTREAM_ERROR,
+                f"upstream answer for {op!r} exceeds {self.max_response_bytes} bytes",
             ),
             "too_large",
             sent=True,
             failure=False,
         )
-        if resp.content_length is not None and resp.content_length > limit:
-            resp.close()
-            return too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                resp.close()
-                return too_large
-            chunks.append(chunk)
-        body = b"".join(chunks)
+
+    def _broken(self, op: str) -> Attempt:
+        return Attempt(
+            RpcResponse.error(ErrorCode.UPSTREAM_ERROR, f"upstream for {op!r} broke off"),
+            "broken",
+            sent=True,
+            failure=True,
+        )
+
+    def _classify(self, resp: H1Response, op: str, endpoint: Endpoint) -> Attempt:
+        body = resp.body
+        headers = resp.headers
+        coding = headers.get("content-encoding")
+        if coding is not None:
+            try:
+                decoded = _decode_content(coding, body, self.max_response_bytes)
+            except _UnsupportedCoding as exc:
+                log.info(
+                    "rpc cluster %s: %s answered with content-encoding %s",
+                    self.name,
+                    endpoint.url,
+                    exc,
+                )
+                return self._broken(op)
+            if decoded is None:
+                return self._too_large(op)
+            body = decoded
         status = resp.status
         code = error_for_http_status(status)
-        retry_after_ms = parse_retry_after(resp.headers.get("Retry-After"))
+        retry_after_ms = parse_retry_after(headers.get("retry-after"))
         outcome = f"http_{status // 100}xx"
         if code is None:
             return Attempt(
                 RpcResponse(
                     status=0,
-                    headers=response_headers(resp.headers),
+                    headers=response_headers(headers),
                     body=body,
                     retry_after_ms=retry_after_ms,
                 ),
@@ -382,7 +406,7 @@ class ClusterPool:
             return Attempt(
                 RpcResponse(
                     status=int(code),
-                    headers=response_headers(resp.headers),
+                    headers=response_headers(headers),
                     body=body,
                     retry_after_ms=retry_after_ms,
                     message=f"upstream answered HTTP {status} for {op!r}",
@@ -391,7 +415,7 @@ class ClusterPool:
                 sent=True,
                 failure=False,
             )
-        # 5xx (and stray 1xx/3xx): the body may hold internals; the device gets none of it.
+        # 5xx (and stray 3xx): the body may hold internals; the device gets none of it.
         return Attempt(
             RpcResponse.error(
                 code, f"upstream answered HTTP {status} for {op!r}", retry_after_ms=retry_after_ms
@@ -416,35 +440,35 @@ class ClusterPool:
         return self._in_flight
 
     def retire(self) -> None:
-        """Replaced by a reload: close the session once the last call using it ends."""
+        """Replaced by a reload: close the pool once the last call using it ends."""
         self._retired = True
         self._maybe_close()
 
     def _maybe_close(self) -> None:
         if not self._retired or self._in_flight or self._closing is not None:
             return
-        if self._session is None or self._session.closed:
+        if self._pool is None or self._pool.closed:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: ``close()`` will do it
-        self._closing = loop.create_task(self._session.close())
+        self._closing = loop.create_task(self._pool.close())
 
     @property
     def closed(self) -> bool:
-        """Retired and fully closed (or never opened a session)."""
+        """Retired and fully closed (or never opened a pool)."""
         if not self._retired or self._in_flight:
             return False
         if self._closing is not None:
             return self._closing.done()
-        return self._session is None or self._session.closed
+        return self._pool is None or self._pool.closed
 
     async def close(self) -> None:
         if self._closing is not None:
             await self._closing
-        elif self._session is not None and not self._session.closed:
-            await self._session.close()
+        elif self._pool is not None and not self._pool.closed:
+            await self._pool.close()
 
     def describe(self) -> dict[str, object]:
         now = self._clock()

@@ -1,0 +1,561 @@
+"""Keep-alive HTTP/1.1 connections to one upstream cluster's endpoints.
+
+The asyncio side of ``channel.rpc.http1``: each connection is an
+``asyncio.Protocol`` (no streams) that feeds ``data_received`` into a
+``ClientConnection`` and resolves one future per request. ``H1Pool.request()``
+takes an idle connection to the endpoint (most recently used first) or opens
+one (``TCP_NODELAY``, TLS for ``https://`` with the default verified
+context, ``connect_timeout_s``), writes the request in one call and waits
+for the whole response.
+
+Caps: at most ``max_connections`` open (or opening) connections in the pool
+and ``max_connections_per_endpoint`` per endpoint (0 = no cap); callers
+beyond them wait in FIFO order (a waiter that cannot go yet does not hold
+back one for another endpoint). An idle connection to another endpoint is
+closed to make room. Idle connections close after ``keepalive_s``; with 0
+every connection closes after its request.
+
+A connection that broke, answered ``Connection: close``, sent bytes nobody
+asked for, or whose request was cancelled (e.g. by the caller's
+``asyncio.timeout``) is closed, never handed out again. The one retry here
+is the keep-alive race: a *reused* connection that the server closes (EOF or
+reset) before a single byte of the response arrived is retried once on a new
+connection. Every other failure is the caller's to handle.
+
+Errors: ``ConnectError`` (nothing was sent), ``ConnectionBroken`` (the
+request may have been sent; no complete answer), ``H1ProtocolError`` and
+``BodyTooLarge`` from the codec, ``PoolClosed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+from channel.rpc.http1 import (
+    USER_AGENT,
+    ClientConnection,
+    Data,
+    EndOfMessage,
+    H1ErrorCode,
+    H1ProtocolError,
+    Headers,
+    Limits,
+    Response,
+    encode_request,
+)
+
+
+class ConnectError(Exception):
+    """The endpoint could not be reached (refused, DNS, TLS handshake, connect timeout)."""
+
+
+class ConnectionBroken(Exception):
+    """The connection ended before a complete response; the request may have been processed."""
+
+
+class PoolClosed(Exception):
+    """The pool was closed."""
+
+
+class _StaleConnection(ConnectionBroken):
+    """A reused connection closed before any byte of the response: the keep-alive race."""
+
+
+@dataclass(frozen=True, slots=True)
+class H1Response:
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes
+    http_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an endpoint URL points: ``scheme://host[:port][/prefix]``."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+    #: The ``Host`` header value.
+    authority: str
+    #: Path prefix for request targets, without a trailing slash.
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://host[:port] or https://host[:port], got {url!r}")
+        tls = parts.scheme == "https"
+        return cls(
+            url=url,
+            host=parts.hostname,
+            port=parts.port or (443 if tls else 80),
+            tls=tls,
+            authority=parts.netloc.rpartition("@")[2],
+            prefix=parts.path.rstrip("/"),
+        )
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """Verified TLS (system CAs, hostname check), made once per process."""
+    return ssl.create_default_context()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection and its HTTP/1.1 state."""
+
+    def __init__(self, pool: H1Pool, origin: Origin, limits: Limits) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.codec = ClientConnection(limits)
+        self.transport: asyncio.Transport | None = None
+        #: Has carried a request before the current one.
+        self.reused = False
+        #: Counted in the pool's open-connection totals.
+        self.counted = True
+        self.idle_since = 0.0
+        self.lost = False
+        self.closed_event = asyncio.Event()
+        self._waiter: asyncio.Future[H1Response] | None = None
+        self._response: Response | None = None
+        self._body: list[bytes] = []
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            # Bytes while idle: nothing can be trusted on this connection any more.
+            self.abort()
+            self.pool._forget(self)
+            return
+        try:
+            events = self.codec.receive_data(data)
+        except H1ProtocolError as exc:
+            self._fail(exc)
+            return
+        for event in events:
+            if type(event) is Data:
+                self._body.append(event.data)
+            elif type(event) is Response:
+                self._response = event
+            elif type(event) is EndOfMessage:
+                self._complete()
+
+    def eof_received(self) -> bool | None:
+        if self._waiter is not None:
+            try:
+                for event in self.codec.receive_data(b""):
+                    if type(event) is EndOfMessage:
+                        self._complete()
+            except H1ProtocolError as exc:
+                self._fail(self._lost_error(exc))
+        else:
+            self.codec.keep_alive = False
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.codec.keep_alive = False
+        if self._waiter is not None:
+            self._fail(self._lost_error(exc))
+        self.pool._connection_lost(self)
+        self.closed_event.set()
+
+    # -- requests --------------------------------------------------------------
+
+    def _lost_error(self, exc: BaseException | None) -> Exception:
+        if isinstance(exc, H1ProtocolError) and exc.code is not H1ErrorCode.NO_RESPONSE:
+            return exc
+        if self.reused and not self.codec.response_started:
+            return _StaleConnection(f"{self.origin.url}: idle connection closed by the server")
+        detail = f": {exc}" if exc is not None else ""
+        return ConnectionBroken(f"{self.origin.url}: connection closed before the answer{detail}")
+
+    def _complete(self) -> None:
+        waiter, response = self._waiter, self._response
+        assert waiter is not None and response is not None
+        body = self._body
+        self._waiter = self._response = None
+        self._body = []
+        if not waiter.done():
+            waiter.set_result(
+                H1Response(
+                    response.status,
+                    response.reason,
+                    response.headers,
+                    body[0] if len(body) == 1 else b"".join(body),
+                    response.http_version,
+                )
+            )
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self._waiter
+        self._waiter = self._response = None
+        self._body = []
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.abort()
+
+    def send(self, request: bytes) -> asyncio.Future[H1Response]:
+        assert self._waiter is None
+        if self.transport is None or not self.usable:
+            raise self._lost_error(None)
+        self.codec.begin_request()
+        waiter = self.pool.loop.create_future()
+        self._waiter = waiter
+        self.transport.write(request)
+        return waiter
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.codec.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    origin: Origin
+    #: Resolves to an idle connection to reuse, or None: a slot is reserved, open one.
+    future: asyncio.Future[_Connection | None]
+    fresh: bool
+
+
+class H1Pool:
+    """Keep-alive connections to a set of endpoints under shared caps; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        max_connections_per_endpoint: int = 0,
+        keepalive_s: float = 15.0,
+        connect_timeout_s: float = 1.0,
+        limits: Limits | None = None,
+        user_agent: str = USER_AGENT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.max_connections = max_connections
+        self.max_connections_per_endpoint = max_connections_per_endpoint
+        self.keepalive_s = keepalive_s
+        self.connect_timeout_s = connect_timeout_s
+        self.limits = limits or Limits()
+        self.user_agent = user_agent
+        self._ssl_context = ssl_context
+        self._origins: dict[str, Origin] = {}
+        self._idle: dict[str, list[_Connection]] = {}
+        self._open: dict[str, int] = {}
+        self._total = 0
+        self._connections: set[_Connection] = set()
+        self._waiters: deque[_Waiter] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._granting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Open (incl. opening), idle connections and queued callers."""
+        return {
+            "open": self._total,
+            "idle": sum(len(conns) for conns in self._idle.values()),
+            "waiting": len(self._waiters),
+        }
+
+    # -- requests --------------------------------------------------------------
+
+    async def request(
+        self,
+        url: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        method: str = "POST",
+    ) -> H1Response:
+        """``method {url's path}{target}`` on a pooled connection to ``url``; the whole answer."""
+        if self._closed:
+            raise PoolClosed("the upstream pool is closed")
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = self._origins[url] = Origin.parse(url)
+        payload = encode_request(
+            method,
+            origin.prefix + target,
+            host=origin.authority,
+            headers=headers,
+            body=body,
+            user_agent=self.user_agent,
+        )
+        conn = await self._acquire(origin, fresh=False)
+        try:
+            return await self._exchange(conn, payload)
+        except _StaleConnection:
+            pass
+        conn = await self._acquire(origin, fresh=True)
+        try:
+            return await self._exchange(conn, payload)
+        except _StaleConnection as exc:  # not reused: cannot happen, but never loop
+            raise ConnectionBroken(str(exc)) from None
+
+    async def _exchange(self, conn: _Connection, payload: bytes) -> H1Response:
+        try:
+            response = await conn.send(payload)
+        except BaseException:
+            # Cancelled or failed half way: this connection's state is unknown.
+            conn.abort()
+            self._forget(conn)
+            raise
+        self._release(conn)
+        return response
+
+    # -- acquiring and releasing ----------------------------------------------
+
+    def _can_open(self, origin: Origin) -> bool:
+        cap = self.max_connections_per_endpoint
+        if cap and self._open.get(origin.url, 0) >= cap:
+            return False
+        if self._total < self.max_connections:
+            return True
+        return self._evict_idle()
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest idle connection anywhere to free a slot."""
+        oldest: _Connection | None = None
+        for conns in self._idle.values():
+            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
+                oldest = conns[0]
+        if oldest is None:
+            return False
+        self._drop(oldest, grant=False)  # the caller takes the slot
+        return True
+
+    def _reserve(self, origin: Origin) -> None:
+        self._total += 1
+        self._open[origin.url] = self._open.get(origin.url, 0) + 1
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        conns = self._idle.get(origin.url)
+        while conns:
+            conn = conns.pop()
+            if conn.usable and self.loop.time() - conn.idle_since < self.keepalive_s:
+                conn.reused = True
+                return conn
+            self._drop(conn)
+        return None
+
+    async def _acquire(self, origin: Origin, *, fresh: bool) -> _Connection:
+        if self._closed:
+            raise PoolClosed("the upstream pool is closed")
+        if not fresh:
+            conn = self._take_idle(origin)
+            if conn is not None:
+                return conn
+        if self._can_open(origin):
+            self._reserve(origin)
+            return await self._connect(origin)
+        waiter = _Waiter(origin, self.loop.create_future(), fresh)
+        self._waiters.append(waiter)
+        try:
+            granted = await waiter.future
+        except BaseException:
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Granted just as we were cancelled: give it back.
+                if waiter.future.exception() is None:
+                    self._give_back(origin, waiter.future.result())
+            elif waiter in self._waiters:  # close() may have emptied the queue already
+                self._waiters.remove(waiter)
+            raise
+        if granted is not None:
+            return granted
+        return await self._connect(origin)
+
+    def _give_back(self, origin: Origin, granted: _Connection | None) -> None:
+        if granted is not None:
+            self._release(granted)
+        else:
+            self._unreserve(origin)
+            self._grant()
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        """Open a connection in a slot already reserved for ``origin``."""
+        limits = self.limits
+        context = None
+        if origin.tls:
+            context = self._ssl_context or default_ssl_context()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self, origin, limits),
+                    origin.host,
+                    origin.port,
+                    ssl=context,
+                    server_hostname=origin.host if context is not None else None,
+                )
+        except TimeoutError:
+            self._unreserve(origin)
+            self._grant()
+            raise ConnectError(
+                f"{origin.url}: no connection within {round(self.connect_timeout_s * 1000)} ms"
+            ) from None
+        except OSError as exc:
+            self._unreserve(origin)
+            self._grant()
+            raise ConnectError(f"{origin.url}: {exc}") from exc
+        except BaseException:
+            self._unreserve(origin)
+            self._grant()
+            raise
+        if self._closed:
+            conn.abort()
+            self._forget(conn)
+            raise PoolClosed("the upstream pool closed while connecting")
+        if not conn.lost:
+            self._connections.add(conn)
+        return conn
+
+    def _unreserve(self, origin: Origin) -> None:
+        self._total -= 1
+        self._open[origin.url] -= 1
+
+    def _release(self, conn: _Connection) -> None:
+        """A finished request's connection: back to idle if it may carry another one."""
+        if not (conn.codec.keep_alive and conn.usable and self.keepalive_s > 0) or self._closed:
+            self._drop(conn)
+            return
+        conn.codec.start_next_cycle()
+        for waiter in self._waiters:
+            if waiter.origin.url == conn.origin.url and not waiter.fresh:
+                self._waiters.remove(waiter)
+                conn.reused = True
+                waiter.future.set_result(conn)
+                return
+        conn.idle_since = self.loop.time()
+        idle = self._idle.get(conn.origin.url)
+        if idle is None:
+            idle = self._idle[conn.origin.url] = []
+        idle.append(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_at(conn.idle_since + self.keepalive_s, self._sweep_idle)
+        if self._waiters:
+            self._grant()
+
+    def _drop(self, conn: _Connection, *, grant: bool = True) -> None:
+        """Close ``conn`` (between requests) and free its slot for a waiter."""
+        conn.close()
+        self._forget(conn, grant=grant)
+
+    def _connection_lost(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        self._forget(conn)
+
+    def _forget(self, conn: _Connection, *, grant: bool = True) -> None:
+        """Take ``conn`` out of the counts and the idle lists (once)."""
+        if not conn.counted:
+            return
+        conn.counted = False
+        self._unreserve(conn.origin)
+        idle = self._idle.get(conn.origin.url)
+        if idle and conn in idle:
+            idle.remove(conn)
+        if grant:
+            self._grant()
+
+    def _grant(self) -> None:
+        """Let queued callers go, in order, as far as the caps allow."""
+        if not self._waiters or self._closed or self._granting:
+            return
+        self._granting = True
+        try:
+            progressed = True
+            while progressed and self._waiters:
+                progressed = False
+                total = self._total
+                for waiter in list(self._waiters):
+                    if waiter.future.done():
+                        continue
+                    conn = None if waiter.fresh else self._take_idle(waiter.origin)
+                    if conn is not None:
+                        self._waiters.remove(waiter)
+                        waiter.future.set_result(conn)
+                        progressed = True
+                    elif self._can_open(waiter.origin):
+                        self._waiters.remove(waiter)
+                        self._reserve(waiter.origin)
+                        waiter.future.set_result(None)
+                        progressed = True
+                # Slots freed while passing (stale idle connections) may fit earlier waiters.
+                progressed = progressed or self._total < total
+        finally:
+            self._granting = False
+
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        next_due: float | None = None
+        for conns in list(self._idle.values()):
+            for conn in list(conns):
+                due = conn.idle_since + self.keepalive_s
+                if due <= now:
+                    self._drop(conn)
+                elif next_due is None or due < next_due:
+                    next_due = due
+        if next_due is not None and not self._closed:
+            self._sweep = self.loop.call_at(next_due, self._sweep_idle)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every connection; calls in flight fail with ``ConnectionBroken``."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(PoolClosed("the upstream pool closed"))
+        connections = [conn for conn in self._connections if conn.transport is not None]
+        for conn in connections:
+            conn.abort()
+        for conn in connections:
+            await conn.closed_event.wait()
+        self._connections.clear()
