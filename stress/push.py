@@ -1118,6 +1118,16 @@ def fanout_scenarios(
             f"{r['per_gateway_cpu_s'] or 0:,.0f} per gateway CPU-s "
             f"({r['per_gateway_cpu_s_with_acks'] or 0:,.0f} with acks)",
         )
+    if label == "full" and not ack_delay_s:
+        out["unicast_behind_broadcast"] = r = unicast_behind_broadcast(
+            args, clients, url, key, devices, seq
+        )
+        log(
+            args.quiet,
+            f"unicast posted right behind a {devices:,}-device broadcast: p50 "
+            f"{r['unicast_p50_ms'] or 0:.1f} ms, max {r['unicast_max_ms'] or 0:.1f} ms; the "
+            f"broadcast's last delivery {r['broadcast_all_delivered_ms'] or 0:.1f} ms",
+        )
     if profiler.enabled and label == "full" and not ack_delay_s:
         # Longer runs of batches and of single broadcasts, only to see where the
         # gateway's CPU goes (not timed: the profiler costs the gateway some CPU).
@@ -1128,6 +1138,62 @@ def fanout_scenarios(
                 fanout_once(args, clients, gateway, url, key, devices, seq, count, True)
             out[f"profile_{name}"] = profiler.finish()
     return out
+
+
+def unicast_behind_broadcast(
+    args: argparse.Namespace,
+    clients: Workers,
+    url: str,
+    key: str,
+    devices: int,
+    seq: list[int],
+    probes: int = 50,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """Head-of-line blocking: a batch of unicasts posted right after a broadcast to every
+    device. POST -> ACK latency of the unicasts against the broadcast's last delivery."""
+    latencies: list[float] = []
+    all_delivered: list[float] = []
+    ids = device_ids(devices)
+    rng = random.Random(seq[0])
+    for _ in range(repeats):
+        clients.command("reset")
+        k = seq[0]
+        seq[0] += 1
+        t0 = time.monotonic()
+        post_json(url + "/v1/push/batch", key, {"messages": [_broadcast(k, t0)]})
+        t1 = time.monotonic()
+        unicasts = [
+            {"device_id": d, "body": json.dumps({"seq": i, "t": t1}), "ttl_s": 60}
+            for i, d in enumerate(rng.sample(ids, min(probes, len(ids))))
+        ]
+        post_json(url + "/v1/push/batch", key, {"messages": unicasts})
+        replies = clients.command("wait_fanout", ks=[k], timeout_s=args.fanout_timeout_s)
+        lasts = [v for r in replies for v in r["last"].values() if v is not None]
+        if lasts:
+            all_delivered.append(max(lasts) - t0)
+        deadline = time.monotonic() + args.fanout_timeout_s
+        while time.monotonic() < deadline:
+            if sum(r["received"] for r in clients.command("count")) >= len(unicasts):
+                break
+            time.sleep(0.01)
+        for report in clients.command("report"):
+            sent = array.array("d")
+            sent.frombytes(report["sent"])
+            acked = array.array("d")
+            acked.frombytes(report["acked"])
+            latencies += [a - s for s, a in zip(sent, acked, strict=True)]
+    latencies.sort()
+    return {
+        "probes": probes,
+        "repeats": repeats,
+        "unicasts_received": len(latencies),
+        "unicast_p50_ms": _ms(latencies, 0.5),
+        "unicast_max_ms": latencies[-1] * 1000 if latencies else None,
+        "broadcast_all_delivered_ms": (
+            statistics.median(all_delivered) * 1000 if all_delivered else None
+        ),
+    }
 
 
 def combine_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -1424,6 +1490,15 @@ def render(doc: dict[str, Any]) -> str:
                         ]
                     )
             out.append(_table(rows))
+        hol = full.get("unicast_behind_broadcast")
+        if hol:
+            out.append(
+                f"{hol['probes']} unicasts posted right behind a broadcast to "
+                f"{full['devices']:,} devices (x{hol['repeats']}): POST -> ACK p50 "
+                f"{_f(hol['unicast_p50_ms'], '.1f')} ms, max {_f(hol['unicast_max_ms'], '.1f')} "
+                f"ms; the broadcast's last delivery {_f(hol['broadcast_all_delivered_ms'], '.1f')} "
+                "ms after its POST"
+            )
     return "\n\n".join(out)
 
 

@@ -346,6 +346,34 @@ async def test_topic_push_reaches_only_subscribers(tmp_path: Path, backend: dict
         assert fan.bodies == [b"goal!", b"all", b"all 2"]
 
 
+async def test_fanouts_going_round_in_slices_reach_each_device_once_in_order(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    # Two sessions per slice: the broadcasts and the topic push go round the ring in
+    # several steps, and those accepted while it turns ride in the same writes.
+    push = {**backend, "fanout_batch": 2}
+    async with (
+        gateway(tmp_path, push=push) as gw,
+        online(gw, *(f"d{i}" for i in range(7))) as devices,
+    ):
+        fans = devices[:4]
+        for device in fans:
+            assert await device.client.subscribe("scores") == 1
+        svc = service(gw)
+        first = await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b1")])
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"goal")])
+        (last,) = await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b2")])
+        for device in devices:
+            expected = [b"b1", b"goal", b"b2"] if device in fans else [b"b1", b"b2"]
+            await device.wait_pushes(len(expected))
+            assert device.bodies == expected
+        assert gw.node.delivery is not None
+        async with asyncio.timeout(WAIT_S):
+            for result in (*first, last):
+                while (await svc.status(result.message_id))["delivered_count"] != 7:  # type: ignore[index]
+                    await gw.node.delivery.wait_flushed()
+
+
 async def test_unacked_push_is_redelivered_on_the_next_connection(
     tmp_path: Path, backend: dict[str, Any]
 ) -> None:

@@ -14,7 +14,10 @@ One ``NodeDelivery`` per gateway process. Its jobs:
   no longer here is forwarded to where presence says it went, or left in its
   queue for the next connect;
 * broadcast and topic pushes are encoded once (``PreparedPush``) and written
-  to sessions in slices of ``fanout_batch`` per event-loop turn;
+  by one cursor going round the sessions, ``fanout_batch`` per event-loop
+  turn; a fan-out that arrives mid-round rides in the same writes as those
+  already going (``channel/push/fanout.py``), so under a stream of them each
+  device gets one write per round, not one per push;
 * ACKs become queue removals and DELIVERED receipts, batched.
 """
 
@@ -25,12 +28,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from channel.logs import fields
 from channel.push import envelopes as env
+from channel.push.fanout import FanoutRing
 from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
 from channel.push.stores import PushBackend
 from channel.rpc.model import RpcResponse
@@ -47,6 +51,11 @@ log = logging.getLogger("channel.push")
 FLUSH_INTERVAL_S = 0.01
 #: Topics one device may subscribe to on one connection.
 MAX_TOPICS_PER_DEVICE = 64
+#: Fan-outs going round the ring beyond which the node stops reading its inbox.
+MAX_RING_PENDING = 256
+
+#: A fan-out push as the ring carries it: encoded once, and its message id.
+_FanoutPush = tuple[PreparedPush, str]
 
 
 @dataclass(slots=True)
@@ -82,6 +91,10 @@ class NodeDelivery:
         self._call_seq = 0
         self._flushed: list[asyncio.Future[None]] = []
         self._consumer: asyncio.Task[None] | None = None
+        self._ring: FanoutRing[DeviceSession, _FanoutPush] = FanoutRing(
+            self._write_fanout, self._fanout_alive
+        )
+        self._ring_task: asyncio.Task[None] | None = None
         self.pushes_written = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -104,6 +117,9 @@ class NodeDelivery:
         if self._consumer is not None:
             self._tasks.append(self._consumer)
             self._consumer = None
+        if self._ring_task is not None:
+            self._tasks.append(self._ring_task)
+            self._ring_task = None
         for task in self._tasks:
             task.cancel()
         # Bounded: on Python 3.11 redis-py's send can swallow a cancel that lands as
@@ -349,7 +365,8 @@ class NodeDelivery:
             await self._fan_out(fanouts)
 
     async def _fan_out(self, fanouts: list[tuple[str, PushMessage]]) -> None:
-        """Broadcast / topic pushes: each encoded once, written in slices per loop turn."""
+        """Broadcast / topic pushes: each encoded once, written by the fan-out ring
+        (``channel/push/fanout.py``) in slices of ``fanout_batch`` per loop turn."""
         prepared: list[tuple[str, PushMessage, PreparedPush]] = []
         for topic, message in fanouts:
             if message.expired(now_ms()):
@@ -368,34 +385,56 @@ class NodeDelivery:
             )
         if not prepared:
             return
-        # One pass over the sessions writes every pending fan-out to each: several
-        # broadcasts in one inbox batch reach a device as one TLS write.
-        audience: dict[DeviceSession, list[tuple[PreparedPush, str]]] = {}
-        everyone = [s for s in self.node.by_device.values() if s in self._state]
+        # While the ring is idle, a topic with at most one slice of subscribers is
+        # written now (several in one batch coalesce per session); everything else
+        # joins the ring, behind what is already going round (fan-outs keep their order).
+        small: dict[DeviceSession, list[_FanoutPush]] = {}
+        everyone: list[DeviceSession] | None = None
         for topic, message, push in prepared:
             entry = (push, message.message_id)
-            members = everyone if not topic else list(self._topics.get(topic, ()))
-            for session in members:
-                audience.setdefault(session, []).append(entry)
-        step = self.config.fanout_batch
-        sessions = list(audience)
-        for start in range(0, len(sessions), step):
-            for session in sessions[start : start + step]:
-                state = self._state.get(session)
-                if state is None or session.conn.closed:
+            if topic:
+                members = self._topics.get(topic, set())
+                if not self._ring.pending and len(members) <= self.config.fanout_batch:
+                    for session in members:
+                        small.setdefault(session, []).append(entry)
                     continue
-                for push, message_id in audience[session]:
-                    if message_id in state.message_ids:
-                        continue
-                    try:
-                        delivery_id = session.conn.send_prepared_push(push)
-                    except LocalProtocolError:
-                        continue
-                    state.by_delivery[delivery_id] = (message_id, False)
-                    state.message_ids.add(message_id)
-                    self.pushes_written += 1
-                session.flush()
+                audience: frozenset[DeviceSession] | None = frozenset(members)
+            else:
+                audience = None
+            if everyone is None:
+                everyone = [s for s in self.node.by_device.values() if s in self._state]
+            self._ring.join(entry, everyone, audience)
+        for session, entries in small.items():
+            if self._fanout_alive(session):
+                self._write_fanout(session, entries)
+        if self._ring.pending and (self._ring_task is None or self._ring_task.done()):
+            self._ring_task = asyncio.get_running_loop().create_task(self._run_ring())
+        # Backpressure: stop reading the inbox while the ring is this far behind.
+        while self._ring.pending > MAX_RING_PENDING and self._ring_task is not None:
+            await asyncio.wait([self._ring_task], timeout=0.05)
+
+    async def _run_ring(self) -> None:
+        step = self.config.fanout_batch
+        while self._ring.step(step):
             await asyncio.sleep(0)
+
+    def _fanout_alive(self, session: DeviceSession) -> bool:
+        return session in self._state and not session.conn.closed
+
+    def _write_fanout(self, session: DeviceSession, entries: Sequence[_FanoutPush]) -> None:
+        """One session's share of fan-outs: every push it has not got, one flush."""
+        state = self._state[session]
+        for push, message_id in entries:
+            if message_id in state.message_ids:
+                continue
+            try:
+                delivery_id = session.conn.send_prepared_push(push)
+            except LocalProtocolError:
+                continue
+            state.by_delivery[delivery_id] = (message_id, False)
+            state.message_ids.add(message_id)
+            self.pushes_written += 1
+        session.flush()
 
     # ---------------------------------------------------------------- flushes
 
