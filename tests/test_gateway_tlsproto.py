@@ -372,18 +372,154 @@ async def test_many_idle_connections_stay_small(server: Server) -> None:
     await wait_for(lambda: sum(i.made for i in server.inners) == n + 20)
     gc.collect()
     per_connection_kib = (_rss_kib() - before) / n
-    # Server (~17 KiB of OpenSSL state) plus this cheap client, both in this process.
+    # Server (~14 KiB of OpenSSL state) plus this cheap client, both in this process.
     assert per_connection_kib < 48, per_connection_kib
     for inner in server.inners:
         tls = inner.transport
         assert isinstance(tls, TlsServerProtocol)
         assert not hasattr(tls, "__dict__")
         assert tls._timer is None  # the handshake timer is gone once the handshake is done
-        assert tls._incoming is not None and tls._incoming.pending == 0
-        assert tls._outgoing is not None and tls._outgoing.pending == 0
+        assert tls._plaintext is None  # nothing decrypted and held back
+        # One pair of memory BIOs for the whole listener, empty between callbacks.
+        assert tls._bios is server.inners[0].transport._bios
+        assert tls._bios.incoming.pending == 0 and tls._bios.outgoing.pending == 0
     for client in clients:
         client.transport.abort()
     await wait_for(lambda: all(i.lost for i in server.inners))
     for inner in server.inners:
         assert len(inner.lost) == 1
         assert inner.transport._sslobj is None  # TLS state released on connection_lost
+
+
+# ------------------------------------------------- one pair of memory BIOs per listener
+
+
+class RawTls:
+    """A TLS client over a plain TCP stream, so a test decides where records are cut."""
+
+    def __init__(
+        self, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, reader: Any
+    ) -> None:
+        self.sslobj, self.incoming, self.outgoing = sslobj, incoming, outgoing
+        self.reader: asyncio.StreamReader = reader
+        self.writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    async def connect(cls, server: Server) -> RawTls:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        sslobj = server.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        client = cls(sslobj, incoming, outgoing, reader)
+        client.writer = writer
+        while True:
+            try:
+                sslobj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                incoming.write(await asyncio.wait_for(reader.read(65536), 5))
+        writer.write(outgoing.read())  # the client Finished
+        return client
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as TLS records, not sent."""
+        self.sslobj.write(data)
+        return self.outgoing.read()
+
+    def send_raw(self, wire: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(wire)
+
+    async def read(self, size: int) -> bytes:
+        """Exactly ``size`` plaintext bytes, or fewer if the server closes (close_notify/EOF)."""
+        got = bytearray()
+        async with asyncio.timeout(5):
+            while len(got) < size:
+                try:
+                    chunk = self.sslobj.read(size - len(got))
+                    if not chunk:
+                        break  # the server's close_notify
+                    got += chunk
+                    continue
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    break
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self.incoming.write(data)
+        return bytes(got)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def test_connections_sharing_the_bios_keep_their_streams_apart(server: Server) -> None:
+    a = await RawTls.connect(server)
+    b = await RawTls.connect(server)
+    await wait_for(lambda: len(server.inners) == 2 and all(i.made for i in server.inners))
+    inner_a = server.inners[0]
+    message_a = bytes(range(256)) * 80  # 20 KiB: two records
+    wire_a = a.seal(message_a)
+    # A's first record whole and the start of its second: the server keeps the partial
+    # record in A's own SSL state, not in the BIO that B's bytes go through next.
+    cut = len(wire_a) - 1000
+    a.send_raw(wire_a[:cut])
+    await wait_for(lambda: len(inner_a.received) == 16384)
+    message_b = b"b" * 5000
+    b.send_raw(b.seal(message_b))
+    assert await b.read(len(message_b)) == message_b
+    a.send_raw(wire_a[cut:])
+    assert await a.read(len(message_a)) == message_a
+    a.close()
+    b.close()
+
+
+async def test_closing_other_connections_from_a_callback(server: Server) -> None:
+    """A session replaced from inside its successor's HELLO: the closes' close_notify
+    records go to their own connections, and the caller's stream goes on."""
+    clients = [await RawTls.connect(server) for _ in range(3)]
+    await wait_for(lambda: len(server.inners) == 3 and all(i.made for i in server.inners))
+    killer = server.inners[0]
+    echo = killer.data_received
+
+    def data_received(data: bytes) -> None:
+        if data == b"kill":
+            for other in server.inners[1:]:
+                other.transport.close()
+        echo(data)
+
+    killer.data_received = data_received  # type: ignore[method-assign]
+    clients[0].send_raw(clients[0].seal(b"kill"))
+    assert await clients[0].read(4) == b"kill"
+    for client in clients[1:]:
+        assert await client.read(1) == b""  # close_notify, not someone else's records
+    clients[0].send_raw(clients[0].seal(b"still here"))
+    assert await clients[0].read(10) == b"still here"
+    for client in clients:
+        client.close()
+
+
+async def test_plaintext_decrypted_before_a_pause_waits_for_resume(server: Server) -> None:
+    client = await RawTls.connect(server)
+    await wait_for(lambda: len(server.inners) == 1 and server.inners[0].made == 1)
+    inner = server.inners[0]
+    inner.echo = False
+    record = inner.data_received
+
+    def data_received(data: bytes) -> None:
+        record(data)
+        inner.transport.pause_reading()  # after the first record: the rest must wait
+
+    inner.data_received = data_received  # type: ignore[method-assign]
+    message = bytes(range(256)) * 160  # 40 KiB: three records, sent in one write
+    client.send_raw(client.seal(message))
+    await wait_for(lambda: len(inner.received) == 16384)
+    assert not inner.transport.is_reading()
+    inner.data_received = record  # type: ignore[method-assign]
+    inner.transport.resume_reading()
+    await wait_for(lambda: len(inner.received) == len(message))
+    assert inner.received == message
+    client.close()

@@ -795,7 +795,7 @@ def test_prepared_push_decodes_on_connections_in_different_states() -> None:
     prepared = pairs[0].server.prepare_push(b"bcast-1", body, headers)
     tails: list[bytes] = []
     for pair in pairs:
-        tables = list(pair.client._decoder._decoder.header_table.dynamic_entries)  # type: ignore[union-attr]
+        tables = pair.client._decoder.table_entries()  # type: ignore[union-attr]
         delivery_id = pair.server.send_prepared_push(prepared)
         data = pair.server.data_to_send()
         (frame,) = parse_frames(data)
@@ -807,7 +807,7 @@ def test_prepared_push_decodes_on_connections_in_different_states() -> None:
             PushReceived(delivery_id, b"bcast-1", headers, body)
         ]
         # The context-free block left the client's table as it was.
-        assert list(pair.client._decoder._decoder.header_table.dynamic_entries) == tables  # type: ignore[union-attr]
+        assert pair.client._decoder.table_entries() == tables  # type: ignore[union-attr]
     assert len({pair.server.send_push(b"after", b"x") for pair in pairs}) >= 1
     # Same dictionary, same bytes after the delivery id; no dictionary, other bytes.
     assert tails[0] == tails[1]
@@ -843,7 +843,7 @@ def test_message_too_large_leaves_hpack_state_untouched() -> None:
     pair = open_pair(server_limits=Limits(max_frame_size=1024, max_body_size=4096))
     client = pair.client
     assert client.peer_max_frame_size == 1024 and client.peer_max_body_size == 4096
-    table = list(client._encoder._encoder.header_table.dynamic_entries)  # type: ignore[union-attr]
+    table = client._encoder.table_entries()  # type: ignore[union-attr]
     noise = random.Random(4).randbytes(1500)
     with pytest.raises(MessageTooLarge):
         client.send_request("upload", noise, [("x-new-header", "fresh value")])
@@ -851,7 +851,7 @@ def test_message_too_large_leaves_hpack_state_untouched() -> None:
         client.send_request("upload", b"", [("x-new-header", "v" * 1100)])
     with pytest.raises(MessageTooLarge):
         client.send_request("upload", b"z" * 4097, [("x-new-header", "fresh value")])
-    assert list(client._encoder._encoder.header_table.dynamic_entries) == table  # type: ignore[union-attr]
+    assert client._encoder.table_entries() == table  # type: ignore[union-attr]
     assert client.data_to_send() == b""
     assert client.open_local_streams == frozenset()
     # The peer's decoder is still in step.

@@ -65,11 +65,11 @@ def representations(block: bytes) -> list[str]:
 
 
 def dynamic_entries(decoder: HeaderDecoder) -> list[tuple[bytes, bytes]]:
-    return list(decoder._decoder.header_table.dynamic_entries)
+    return decoder.table_entries()
 
 
 def encoder_entries(encoder: HeaderEncoder) -> list[tuple[bytes, bytes]]:
-    return list(encoder._encoder.header_table.dynamic_entries)
+    return encoder.table_entries()
 
 
 def plain_hpack_decoder(preset_id: int) -> hpack.Decoder:
@@ -245,10 +245,10 @@ def test_context_free_blocks_decode_in_any_state(headers: list[tuple[str, str]],
     for _ in range(3):
         decoder, plain = _evolved_decoder(rng)
         table = dynamic_entries(decoder)
-        size = decoder._decoder.header_table_size
+        size = decoder.header_table_size
         assert decoder.decode(block) == tuple(headers)
         assert dynamic_entries(decoder) == table
-        assert decoder._decoder.header_table_size == size
+        assert decoder.header_table_size == size
         plain_table = list(plain.header_table.dynamic_entries)
         assert [(str(n), str(v)) for n, v in plain.decode(block)] == headers
         assert list(plain.header_table.dynamic_entries) == plain_table

@@ -27,6 +27,7 @@ from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.gateway.auth import Authenticator
 from channel.gateway.builtin import builtin_response
+from channel.gateway.heaptrim import HeapTrimmer
 from channel.gateway.metrics import GatewayMetrics
 from channel.gateway.session import DeviceSession, jittered
 from channel.gateway.tlsproto import tls_server_factory
@@ -81,6 +82,7 @@ class GatewayNode:
         self.by_device: dict[str, DeviceSession] = {}
         self._unauthenticated: set[DeviceSession] = set()
         self._per_ip: Counter[str] = Counter()
+        self.heap_trimmer = HeapTrimmer(config.server.malloc_trim_after_handshakes)
         self._server: asyncio.AbstractServer | None = None
         #: The kernel takes fast-open SYNs on our listeners (else no socket is asked).
         self._fast_open_listening = False
@@ -352,6 +354,7 @@ class GatewayNode:
     def on_authenticated(self, session: DeviceSession) -> None:
         assert session.auth is not None
         self._unauthenticated.discard(session)
+        self.heap_trimmer.handshake()
         self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
         if self._fast_open_listening and session.tcp_fast_open:
             self.metrics.fast_open_handshakes.inc()
@@ -431,6 +434,7 @@ class GatewayNode:
                     self.sweep(now, time.time())
                 else:
                     self.sweep_handshakes(now)
+                self.heap_trimmer.tick(now)
             except Exception:
                 log.exception("sweep failed")
 

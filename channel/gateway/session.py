@@ -15,8 +15,10 @@ timer per connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -72,9 +74,12 @@ class DeviceSession(asyncio.Protocol):
         self._node = node
         self._transport: asyncio.Transport | None = None
         self._peer_ip = ""
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Calls being served, by stream id (None while there are none: an idle
+        # session holds no empty containers, see tests/test_session_footprint.py).
+        self._tasks: dict[int, asyncio.Task[None]] | None = None
         # Gateway-initiated calls to the device awaiting its answer (None: never used).
         self._calls: dict[int, asyncio.Future[RpcResponse]] | None = None
+        # The request rate limit, made at the first request (it starts full either way).
         self._bucket: TokenBucket | None = None
         self._closing = False
         self._closing_when_idle = False
@@ -96,7 +101,8 @@ class DeviceSession(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        self._peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        # Interned: devices behind one NAT address share the string (and the per-IP key).
+        self._peer_ip = sys.intern(peer[0]) if isinstance(peer, tuple) else ""
         high_water = self._node.config.limits.send_buffer_high_water_bytes
         transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
         refusal = self._node.admit(self, self._peer_ip)
@@ -111,9 +117,9 @@ class DeviceSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for task in self._tasks.values():
+        tasks, self._tasks = self._tasks, None
+        for task in (tasks or {}).values():
             task.cancel()
-        self._tasks.clear()
         for future in (self._calls or {}).values():
             if not future.done():
                 future.set_result(RpcResponse.error(ErrorCode.UNAVAILABLE, "device went away"))
@@ -161,7 +167,7 @@ class DeviceSession(asyncio.Protocol):
         elif isinstance(event, ResponseReceived | StreamErrorReceived):
             self._on_device_answer(event)
         elif isinstance(event, StreamCancelled):
-            task = self._tasks.pop(event.stream_id, None)
+            task = self._pop_task(event.stream_id)
             if task is not None:
                 task.cancel()
         elif isinstance(event, GoAwayReceived):
@@ -184,7 +190,6 @@ class DeviceSession(asyncio.Protocol):
             self.conn.reject(failure.code, failure.message)
             self.conn.forget_credentials()
             return
-        self.auth = result
         heartbeat_s = node.heartbeat_for(event.hello.heartbeat_s)
         self.conn.accept(
             session_id=result.session_id,
@@ -194,8 +199,8 @@ class DeviceSession(asyncio.Protocol):
             resumed=result.resumed,
         )
         self.conn.forget_credentials()
-        limits = node.config.limits
-        self._bucket = TokenBucket(limits.requests_per_second, limits.request_burst, self.last_seen)
+        # The ticket went out in HELLO_ACK; no secret outlives its use.
+        self.auth = dataclasses.replace(result, resume_ticket=b"")
         node.on_authenticated(self)
 
     async def call_device(
@@ -233,10 +238,17 @@ class DeviceSession(asyncio.Protocol):
             future.set_result(RpcResponse(event.code, (), b"", event.retry_after_ms, event.message))
 
     def _on_request(self, event: RequestReceived) -> None:
-        if self.auth is None or self._bucket is None:
+        if self.auth is None:
             # Pipelined requests only arrive after HelloReceived; a refused HELLO closes.
             return
-        wait_s = self._bucket.take(time.monotonic())
+        now = time.monotonic()
+        bucket = self._bucket
+        if bucket is None:
+            limits = self._node.config.limits
+            bucket = self._bucket = TokenBucket(
+                limits.requests_per_second, limits.request_burst, now
+            )
+        wait_s = bucket.take(now)
         if wait_s > 0:
             self._stream_error(
                 event.stream_id,
@@ -245,24 +257,27 @@ class DeviceSession(asyncio.Protocol):
                 int(wait_s * 1000) + 1,
             )
             return
-        if len(self._tasks) >= self._node.config.limits.max_pending_requests:
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = {}
+        if len(tasks) >= self._node.config.limits.max_pending_requests:
             self._stream_error(event.stream_id, ErrorCode.REFUSED_STREAM, "too many calls")
             return
         request = RpcRequest(event.op, event.headers, event.body, self.auth.device)
         task = asyncio.get_running_loop().create_task(self._serve(event.stream_id, request))
-        self._tasks[event.stream_id] = task
+        tasks[event.stream_id] = task
 
     async def _serve(self, stream_id: int, request: RpcRequest) -> None:
         started = time.monotonic()
         try:
             response = await self._node.call_upstream(request)
         except asyncio.CancelledError:
-            self._tasks.pop(stream_id, None)
+            self._pop_task(stream_id)
             raise
         except Exception:
             log.exception("rpc handler failed", extra=fields(op=request.op))
             response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
-        self._tasks.pop(stream_id, None)
+        self._pop_task(stream_id)
         self._node.observe_rpc(request, response, time.monotonic() - started)
         if self._closing or self.conn.closed:
             return
@@ -283,6 +298,15 @@ class DeviceSession(asyncio.Protocol):
         self._flush()
         if self._closing_when_idle and not self._tasks:
             self._close()
+
+    def _pop_task(self, stream_id: int) -> asyncio.Task[None] | None:
+        tasks = self._tasks
+        if tasks is None:
+            return None
+        task = tasks.pop(stream_id, None)
+        if not tasks:
+            self._tasks = None
+        return task
 
     def _stream_error(
         self, stream_id: int, code: ErrorCode, message: str, retry_after_ms: int = 0
@@ -347,7 +371,7 @@ class DeviceSession(asyncio.Protocol):
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) if self._tasks is not None else 0
 
     @property
     def write_buffer_size(self) -> int:

@@ -2,16 +2,37 @@
 
 uvloop's built-in TLS transport costs ~23.5 KiB per idle connection (and
 grows to ~31 KiB after reconnect churn); doing TLS ourselves over a plain
-uvloop TCP transport with ``SSLContext.wrap_bio`` costs ~17.6 KiB and stays
+uvloop TCP transport with ``SSLContext.wrap_bio`` costs ~14 KiB and stays
 flat. ``TlsServerProtocol`` is the TCP-side protocol; to the inner protocol
 (``DeviceSession``) it is the transport, with the subset of
 ``asyncio.Transport`` the gateway uses plus ``get_extra_info("ssl_object")``.
 
-Per connection it keeps one ``SSLObject``, its two (normally empty) memory
-BIOs and a handful of slots: no read buffer (``SSLObject.read`` allocates
-the plaintext it returns), no write queue (ciphertext goes straight to the
-TCP transport, whose buffer and flow control the inner protocol sees through
-``get_write_buffer_size`` and ``pause_writing``/``resume_writing``).
+Per connection it keeps one ``SSLObject`` and a handful of slots: no read
+buffer (``SSLObject.read`` allocates the plaintext it returns), no write
+queue (ciphertext goes straight to the TCP transport, whose buffer and flow
+control the inner protocol sees through ``get_write_buffer_size`` and
+``pause_writing``/``resume_writing``), and no memory BIOs of its own.
+
+**One pair of memory BIOs per listener, shared by all its connections.** An
+OpenSSL memory BIO keeps the largest buffer it ever held (the ClientHello on
+one side, the server's first flight on the other): two private BIOs cost
+~2.2 KiB per connection for ever. Sharing is sound because every use of a
+connection's ``SSLObject`` leaves both BIOs empty before any other
+connection's code runs:
+
+* incoming bytes are written, and the records in them are all decrypted
+  (``SSLObject.read`` until it wants more; OpenSSL keeps a partial record in
+  its own per-connection buffer, so the BIO is then empty) *before* the
+  inner protocol sees any plaintext; whatever OpenSSL refused (bytes after a
+  bad record or a close_notify) is dropped, not left for the next connection;
+* every operation that can produce ciphertext (handshake, read, write,
+  ``unwrap``) is followed by a flush that empties the outgoing BIO into this
+  connection's TCP transport (or drops it when that is gone).
+
+Callbacks into the inner protocol therefore always find both BIOs empty,
+whatever they do to other connections (a replaced session is closed from
+inside its successor's HELLO). Plaintext the inner protocol is not ready for
+(it paused reading) waits in a list that exists only then.
 
 The handshake timeout is a timer that exists only while the handshake runs;
 a client that fails the handshake or never finishes it is closed without the
@@ -33,19 +54,35 @@ _OPEN = 1
 _CLOSING = 2
 _CLOSED = 3
 
-#: Largest plaintext taken out of the SSL object per read (a TLS record is <= 16 KiB).
-READ_SIZE = 65536
+#: Largest plaintext taken out of the SSL object per read: a TLS record's (2**14 bytes).
+#: ``SSLObject.read(n)`` allocates n bytes before shrinking them to what it read.
+READ_SIZE = 16384
+
+#: What to do once the plaintext before it has been delivered.
+_END_CLOSE = 1  # close_notify (or EOF) from the peer: answer with ours and close
+_END_ABORT = 2  # a bad record: cut the connection
+
+
+class SharedBios:
+    """The memory BIO pair every connection of one listener (one event loop) uses."""
+
+    __slots__ = ("incoming", "outgoing")
+
+    def __init__(self) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
 
 
 class TlsServerProtocol(asyncio.Protocol):
     """Server-side TLS over a plain TCP transport; the transport of ``inner``."""
 
     __slots__ = (
+        "_bios",
         "_context",
-        "_incoming",
+        "_end",
         "_inner",
         "_inner_connected",
-        "_outgoing",
+        "_plaintext",
         "_read_paused",
         "_read_scheduled",
         "_sslobj",
@@ -56,17 +93,23 @@ class TlsServerProtocol(asyncio.Protocol):
     )
 
     def __init__(
-        self, context: ssl.SSLContext, inner: asyncio.Protocol, handshake_timeout_s: float
+        self,
+        context: ssl.SSLContext,
+        inner: asyncio.Protocol,
+        handshake_timeout_s: float,
+        bios: SharedBios | None = None,
     ) -> None:
         self._context = context
+        self._bios = bios if bios is not None else SharedBios()
         self._inner = inner
         self._inner_connected = False
         self._timeout_s = handshake_timeout_s
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._sslobj: ssl.SSLObject | None = None
-        self._incoming: ssl.MemoryBIO | None = None
-        self._outgoing: ssl.MemoryBIO | None = None
+        # Decrypted, not yet delivered (the inner protocol paused reading); None: nothing.
+        self._plaintext: list[bytes] | None = None
+        self._end = 0
         self._state = _HANDSHAKE
         self._read_paused = False
         self._read_scheduled = False
@@ -75,10 +118,9 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
+        bios = self._bios
         try:
-            self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+            self._sslobj = self._context.wrap_bio(bios.incoming, bios.outgoing, server_side=True)
         except ssl.SSLError:
             log.exception("cannot create a TLS session")
             self._state = _CLOSED
@@ -89,14 +131,26 @@ class TlsServerProtocol(asyncio.Protocol):
             self._timer = loop.call_later(self._timeout_s, self._handshake_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        incoming = self._incoming
-        if incoming is None or self._state >= _CLOSING:
+        sslobj = self._sslobj
+        if sslobj is None or self._state >= _CLOSING:
             return
+        incoming = self._bios.incoming
         incoming.write(data)
-        if self._state == _HANDSHAKE and not self._handshake_step():
-            return
-        if not self._read_paused:
-            self._read_plaintext()
+        connected_now = False
+        try:
+            if self._state == _HANDSHAKE:
+                if not self._handshake_step(sslobj):
+                    return
+                connected_now = True
+            self._decrypt(sslobj)
+        finally:
+            if incoming.pending:
+                self._drop_unread(incoming)
+            self._flush()
+        if connected_now:
+            self._inner_connected = True
+            self._inner.connection_made(self)  # type: ignore[arg-type]
+        self._deliver()
 
     def eof_received(self) -> bool | None:
         # TCP FIN without close_notify (or after it): nothing more will come; close.
@@ -111,8 +165,7 @@ class TlsServerProtocol(asyncio.Protocol):
             inner.connection_lost(exc)
         # Drop the TLS state now rather than whenever the inner protocol lets go of us.
         self._sslobj = None
-        self._incoming = None
-        self._outgoing = None
+        self._plaintext = None
         self._transport = None
 
     def pause_writing(self) -> None:
@@ -125,14 +178,11 @@ class TlsServerProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------- handshake
 
-    def _handshake_step(self) -> bool:
-        """Advance the handshake; True once it is complete and the inner protocol is connected."""
-        sslobj = self._sslobj
-        assert sslobj is not None
+    def _handshake_step(self, sslobj: ssl.SSLObject) -> bool:
+        """Advance the handshake; True once it is complete (the inner protocol is told later)."""
         try:
             sslobj.do_handshake()
         except ssl.SSLWantReadError:
-            self._flush()
             return False
         except (ssl.SSLError, ValueError, OSError) as exc:
             # Garbage, a refused version or certificate: send the alert, close, tell nobody.
@@ -145,11 +195,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return False
         self._cancel_timer()
         self._state = _OPEN
-        # TLS 1.3: the server's session ticket follows its Finished; send it now.
-        self._flush()
-        self._inner_connected = True
-        self._inner.connection_made(self)  # type: ignore[arg-type]
-        return self._state == _OPEN
+        return True
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
@@ -165,41 +211,76 @@ class TlsServerProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ data
 
-    def _read_plaintext(self) -> None:
-        sslobj = self._sslobj
-        inner = self._inner
-        while self._state == _OPEN and not self._read_paused and sslobj is not None:
+    def _decrypt(self, sslobj: ssl.SSLObject) -> None:
+        """Take every whole record out of the shared incoming BIO, before anyone else runs."""
+        chunks = self._plaintext
+        while not self._end:
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                # close_notify from the peer: answer with ours and close.
-                self.close()
-                return
+                self._end = _END_CLOSE
+                break
             except (ssl.SSLError, ValueError) as exc:
                 log.debug("TLS record error: %s", exc)
-                self._flush()
-                self.abort()
-                return
+                self._end = _END_ABORT
+                break
             if not chunk:
+                self._end = _END_CLOSE
+                break
+            if chunks is None:
+                chunks = self._plaintext = [chunk]
+            else:
+                chunks.append(chunk)
+
+    def _drop_unread(self, incoming: ssl.MemoryBIO) -> None:
+        """Empty the shared incoming BIO: its bytes must never reach another connection.
+
+        After a bad record or a close_notify the rest is garbage. Otherwise OpenSSL
+        only wants more input once it has taken all there was (a partial record goes
+        to its own buffer), so bytes left here would be a broken assumption: this
+        connection is cut rather than its stream silently corrupted.
+        """
+        left = len(incoming.read())
+        if not self._end and self._state in (_HANDSHAKE, _OPEN):
+            log.warning("TLS input left unread (%d bytes); closing the connection", left)
+            self._end = _END_ABORT
+            if self._state == _HANDSHAKE:
+                self.abort()
+
+    def _deliver(self) -> None:
+        """Hand decrypted plaintext to the inner protocol while it reads; then any ending."""
+        chunks = self._plaintext
+        if chunks is not None:
+            inner = self._inner
+            delivered = 0
+            while delivered < len(chunks) and self._state == _OPEN and not self._read_paused:
+                chunk = chunks[delivered]
+                delivered += 1
+                inner.data_received(chunk)
+            if self._plaintext is chunks:  # connection_lost may have dropped it meanwhile
+                del chunks[:delivered]
+                if not chunks or self._state != _OPEN:
+                    self._plaintext = None
+        if self._end and self._plaintext is None and self._state == _OPEN:
+            if self._end == _END_CLOSE:
                 self.close()
-                return
-            inner.data_received(chunk)
-        # Post-handshake messages (key updates) the reads may have produced.
-        self._flush()
+            else:
+                self.abort()
 
     def _resume_pending_reads(self) -> None:
         self._read_scheduled = False
         if self._state == _OPEN and not self._read_paused:
-            self._read_plaintext()
+            self._deliver()
 
     def _flush(self) -> None:
-        outgoing = self._outgoing
-        transport = self._transport
-        if outgoing is None or transport is None or not outgoing.pending:
+        outgoing = self._bios.outgoing
+        if not outgoing.pending:
             return
-        transport.write(outgoing.read())
+        data = outgoing.read()  # taken even with no transport: it is no other connection's
+        if self._transport is not None:
+            self._transport.write(data)
 
     # -------------------------------------------------- inner side (transport)
 
@@ -266,10 +347,8 @@ class TlsServerProtocol(asyncio.Protocol):
             self._transport.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        size = self._outgoing.pending if self._outgoing is not None else 0
-        if self._transport is not None:
-            size += self._transport.get_write_buffer_size()
-        return size
+        # The outgoing BIO is always empty between calls: everything is in the transport.
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def pause_reading(self) -> None:
         if self._read_paused:
@@ -284,14 +363,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._read_paused = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
-        # Records that arrived before the pause are still in the incoming BIO.
-        incoming, sslobj = self._incoming, self._sslobj
-        if (
-            incoming is not None
-            and sslobj is not None
-            and (incoming.pending or sslobj.pending())
-            and not self._read_scheduled
-        ):
+        # Plaintext decrypted before the pause (or the ending behind it) is still to deliver.
+        if (self._plaintext or self._end) and not self._read_scheduled:
             self._read_scheduled = True
             asyncio.get_running_loop().call_soon(self._resume_pending_reads)
 
@@ -304,9 +377,14 @@ def tls_server_factory(
     inner_factory: Any,
     handshake_timeout_s: float,
 ) -> Any:
-    """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside."""
+    """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside.
+
+    Its connections share one pair of memory BIOs (see the module doc); a
+    server's protocols all run on its event loop's thread.
+    """
+    bios = SharedBios()
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s)
+        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios)
 
     return factory

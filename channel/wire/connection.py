@@ -224,7 +224,8 @@ class Connection:
         self._send_typed_headers = send_typed_headers
         self._counters = frame_counters
         self._parser = FrameParser(self.limits.max_frame_size)
-        self._outbound: list[bytes] = []
+        # Frames queued for the next data_to_send (None: nothing queued).
+        self._outbound: list[bytes] | None = None
         self._encoder: HeaderEncoder | None = None
         self._decoder: HeaderDecoder | None = None
         defaults = Limits()
@@ -233,14 +234,17 @@ class Connection:
         self.peer_max_concurrent_streams = defaults.max_concurrent_streams
         self.peer_max_header_list_size = defaults.max_header_list_size
         # SETTINGS we sent that lower our own limits wait for the peer's ACK.
-        self._settings_awaiting_ack: list[tuple[tuple[int, int], ...]] = []
+        self._settings_awaiting_ack: tuple[tuple[tuple[int, int], ...], ...] = ()
         self.outgoing_dictionary = 0
         self._first_local_id = 1 if role is Role.CLIENT else 2
         # Open streams, each with its request's trace-id (for the RESPONSE echo).
-        self._local_streams: dict[int, str | None] = {}
-        # Dicts used as sets: an empty dict costs 64 bytes, an empty set 216.
-        self._cancelled: dict[int, None] = {}
-        self._remote_streams: dict[int, str | None] = {}
+        # These tables exist only while they hold something (None otherwise): most
+        # connections of a gateway are idle, and a dict that ever held an entry
+        # keeps its table (~220 bytes) after the entry is gone.
+        self._local_streams: dict[int, str | None] | None = None
+        # Dicts used as sets: a dict costs less than a set.
+        self._cancelled: dict[int, None] | None = None
+        self._remote_streams: dict[int, str | None] | None = None
         # Epochs of typed timestamps, one per direction (see typed.py).
         self._send_epoch_ms = 0
         self._recv_epoch_ms = 0
@@ -248,22 +252,25 @@ class Connection:
         self._goaway_received = False
         self._next_delivery_id = 1
         self._last_delivery_id = 0
-        self._unacked: dict[int, None] = {}
+        self._unacked: dict[int, None] | None = None
         self._dict_transfer: _DictTransfer | None = None
 
     # ------------------------------------------------------------------ output
 
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, coalesced for one write."""
-        if not self._outbound:
+        outbound = self._outbound
+        if outbound is None:
             return b""
-        data = b"".join(self._outbound)
-        self._outbound.clear()
-        return data
+        self._outbound = None
+        return outbound[0] if len(outbound) == 1 else b"".join(outbound)
 
     def _queue(self, frame_type: FrameType, flags: int, payload: bytes) -> None:
         frame = encode_frame(frame_type, flags, payload)
-        self._outbound.append(frame)
+        if self._outbound is None:
+            self._outbound = [frame]
+        else:
+            self._outbound.append(frame)
         if self._counters is not None:
             self._counters.sent[frame_type] += 1
             self._counters.sent_bytes[frame_type] += len(frame)
@@ -272,15 +279,15 @@ class Connection:
 
     @property
     def open_local_streams(self) -> frozenset[int]:
-        return frozenset(self._local_streams)
+        return frozenset(self._local_streams or ())
 
     @property
     def open_remote_streams(self) -> frozenset[int]:
-        return frozenset(self._remote_streams)
+        return frozenset(self._remote_streams or ())
 
     @property
     def unacked_deliveries(self) -> frozenset[int]:
-        return frozenset(self._unacked)
+        return frozenset(self._unacked or ())
 
     @property
     def closed(self) -> bool:
@@ -385,17 +392,20 @@ class Connection:
             raise LocalProtocolError("a REQUEST needs a non-empty operation type")
         if self.state not in CAN_START_STREAM[self.role] or self.draining:
             raise LocalProtocolError(f"cannot start a stream in state {self.state.value}")
-        if len(self._local_streams) >= self.peer_max_concurrent_streams:
+        local = self._local_streams
+        if local is None:
+            local = self._local_streams = {}
+        if len(local) >= self.peer_max_concurrent_streams:
             raise StreamsExhausted(
                 f"peer allows {self.peer_max_concurrent_streams} concurrent streams"
             )
         stream_id = self._first_local_id
-        while stream_id in self._local_streams:
+        while stream_id in local:
             stream_id += 2
         all_headers = ((OP_HEADER, op), *headers)
         prefix = encode_varint(stream_id)
         flags, tail = self._encode_tail(prefix, all_headers, body)
-        self._local_streams[stream_id] = trace_id_of(headers)
+        local[stream_id] = trace_id_of(headers)
         self._queue(FrameType.REQUEST, flags, prefix + tail)
         return stream_id
 
@@ -422,7 +432,11 @@ class Connection:
 
     def send_cancel(self, stream_id: int) -> None:
         """Give up on a stream we started; its id stays taken until the peer's final frame."""
-        if stream_id not in self._local_streams or stream_id in self._cancelled:
+        if stream_id not in (self._local_streams or ()):
+            return
+        if self._cancelled is None:
+            self._cancelled = {}
+        elif stream_id in self._cancelled:
             return
         self._cancelled[stream_id] = None
         self._queue(FrameType.CANCEL, 0, encode_varint(stream_id))
@@ -431,9 +445,13 @@ class Connection:
         """Close a peer's stream; return (it was open, its request's trace-id)."""
         if self.state not in (State.OPEN, State.CLOSING):
             raise LocalProtocolError(f"cannot answer streams in state {self.state.value}")
-        if stream_id not in self._remote_streams:
+        remote = self._remote_streams
+        if remote is None or stream_id not in remote:
             return False, None
-        return True, self._remote_streams.pop(stream_id)
+        trace_id = remote.pop(stream_id)
+        if not remote:
+            self._remote_streams = None
+        return True, trace_id
 
     def _encode_tail(
         self, prefix: bytes, headers: Headers, body: bytes, echo_trace_id: str | None = None
@@ -517,6 +535,8 @@ class Connection:
     def _take_delivery_id(self) -> int:
         delivery_id = self._next_delivery_id
         self._next_delivery_id += 1
+        if self._unacked is None:
+            self._unacked = {}
         self._unacked[delivery_id] = None
         return delivery_id
 
@@ -556,14 +576,14 @@ class Connection:
         lowered = []
         for key, value in pairs:
             # A later value supersedes any lowering of the same key still awaiting its ACK.
-            self._settings_awaiting_ack = [
+            self._settings_awaiting_ack = tuple(
                 tuple(p for p in pending if p[0] != key) for pending in self._settings_awaiting_ack
-            ]
+            )
             if self._own_setting_raises(key, value):
                 self._apply_own_setting(key, value)
             else:
                 lowered.append((key, value))
-        self._settings_awaiting_ack.append(tuple(lowered))
+        self._settings_awaiting_ack = (*self._settings_awaiting_ack, tuple(lowered))
         self._queue(FrameType.SETTINGS, 0, m.encode_settings(pairs))
 
     _OWN_LIMITS: ClassVar[dict[int, str]] = {
@@ -727,7 +747,7 @@ class Connection:
             raise ProtocolError(
                 ErrorCode.STREAM_ID_ERROR, f"REQUEST on stream {stream_id} has our parity"
             )
-        if stream_id in self._remote_streams:
+        if stream_id in (self._remote_streams or ()):
             raise ProtocolError(ErrorCode.STREAM_ID_ERROR, f"stream {stream_id} is already open")
         headers, body = self._decode_message(frame.payload, offset, frame.flags)
         if not headers or headers[0][0] != OP_HEADER or not headers[0][1]:
@@ -735,10 +755,13 @@ class Connection:
         if self._goaway_sent:
             self._refuse(stream_id, "draining: retry on a new connection")
             return
-        if len(self._remote_streams) >= self.limits.max_concurrent_streams:
+        remote = self._remote_streams
+        if remote is None:
+            remote = self._remote_streams = {}
+        if len(remote) >= self.limits.max_concurrent_streams:
             self._refuse(stream_id, f"max_concurrent_streams {self.limits.max_concurrent_streams}")
             return
-        self._remote_streams[stream_id] = trace_id_of(headers)
+        remote[stream_id] = trace_id_of(headers)
         events.append(RequestReceived(stream_id, headers[0][1], headers[1:], body))
 
     def _refuse(self, stream_id: int, why: str) -> None:
@@ -746,20 +769,26 @@ class Connection:
 
     def _take_local_stream(self, stream_id: int, frame_name: str) -> bool:
         """Close one of our streams; return False if we had cancelled it."""
-        if stream_id not in self._local_streams:
+        local = self._local_streams
+        if local is None or stream_id not in local:
             raise ProtocolError(
                 ErrorCode.STREAM_ID_ERROR, f"{frame_name} for stream {stream_id} that is not open"
             )
-        del self._local_streams[stream_id]
-        if stream_id in self._cancelled:
-            del self._cancelled[stream_id]
+        del local[stream_id]
+        if not local:
+            self._local_streams = None
+        cancelled = self._cancelled
+        if cancelled is not None and stream_id in cancelled:
+            del cancelled[stream_id]
+            if not cancelled:
+                self._cancelled = None
             return False
         return True
 
     def _on_response(self, frame: RawFrame, events: list[Event]) -> None:
         stream_id, offset = m.decode_stream_id(frame.payload)
         status, offset = decode_varint_complete(frame.payload, offset)
-        echo_trace_id = self._local_streams.get(stream_id)
+        echo_trace_id = (self._local_streams or {}).get(stream_id)
         headers, body = self._decode_message(frame.payload, offset, frame.flags, echo_trace_id)
         if self._take_local_stream(stream_id, "RESPONSE"):
             events.append(ResponseReceived(stream_id, status, headers, body))
@@ -782,9 +811,14 @@ class Connection:
 
     def _on_ack(self, frame: RawFrame, events: list[Event]) -> None:
         ids = m.decode_ack(frame.payload, self.limits.max_acks_per_frame)
-        known = tuple(i for i in dict.fromkeys(ids) if i in self._unacked)
+        unacked = self._unacked
+        if unacked is None:
+            return
+        known = tuple(i for i in dict.fromkeys(ids) if i in unacked)
         for delivery_id in known:
-            del self._unacked[delivery_id]
+            del unacked[delivery_id]
+        if not unacked:
+            self._unacked = None
         if known:
             events.append(AckReceived(known))
 
@@ -805,7 +839,11 @@ class Connection:
                 raise ProtocolError(ErrorCode.FIELD_ERROR, "SETTINGS ACK must be empty")
             # An ACK we did not ask for changes nothing, so it is ignored.
             if self._settings_awaiting_ack:
-                for key, value in self._settings_awaiting_ack.pop(0):
+                first, self._settings_awaiting_ack = (
+                    self._settings_awaiting_ack[0],
+                    self._settings_awaiting_ack[1:],
+                )
+                for key, value in first:
                     self._apply_own_setting(key, value)
             events.append(SettingsAcknowledged())
             return
@@ -865,9 +903,12 @@ class Connection:
         stream_id, offset = m.decode_stream_id(frame.payload)
         if offset != len(frame.payload):
             raise ProtocolError(ErrorCode.FIELD_ERROR, "CANCEL carries bytes after its stream id")
-        if stream_id not in self._remote_streams:
+        remote = self._remote_streams
+        if remote is None or stream_id not in remote:
             return  # already answered: our final frame crossed the CANCEL
-        del self._remote_streams[stream_id]
+        del remote[stream_id]
+        if not remote:
+            self._remote_streams = None
         self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, ErrorCode.CANCELLED, 0, ""))
         events.append(StreamCancelled(stream_id))
 

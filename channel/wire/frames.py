@@ -73,20 +73,39 @@ def encode_frame(frame_type: FrameType, flags: int, payload: bytes) -> bytes:
 
 
 class FrameParser:
-    """Turns a byte stream into ``RawFrame``s, holding at most one frame's bytes."""
+    """Turns a byte stream into ``RawFrame``s, holding at most one frame's bytes.
+
+    Between reads it holds nothing but the tail of a frame that has not fully
+    arrived (no buffer at all when the last read ended on a frame boundary,
+    the usual case): an idle connection's parser is two slots.
+    """
+
+    __slots__ = ("_partial", "max_frame_size")
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
+        self._partial: bytearray | None = None
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        return len(self._partial) if self._partial is not None else 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         """Add bytes; return every frame now complete, in order."""
-        buffer = self._buffer
-        buffer += data
+        buffer: bytes | bytearray | memoryview
+        if self._partial is not None:
+            self._partial += data
+            buffer = self._partial
+        else:
+            buffer = data
+        try:
+            return self._parse(buffer)
+        except ProtocolError:
+            if buffer is not self._partial:
+                self._partial = bytearray(buffer)  # kept as fed, as when it is buffered
+            raise
+
+    def _parse(self, buffer: bytes | bytearray | memoryview) -> list[RawFrame]:
         frames: list[RawFrame] = []
         offset = 0
         end = len(buffer)
@@ -117,6 +136,11 @@ class FrameParser:
                 break
             frames.append(RawFrame(frame_type, flags, bytes(buffer[payload_start:payload_end])))
             offset = payload_end
-        if offset:
+        if offset >= end:
+            self._partial = None
+        elif buffer is self._partial:
             del buffer[:offset]
+        else:
+            # Copied: the caller's buffer may be reused once we return.
+            self._partial = bytearray(buffer[offset:])
         return frames

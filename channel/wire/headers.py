@@ -8,6 +8,7 @@ block, so the very first message can already refer to them by index.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import hpack
@@ -55,15 +56,27 @@ BLOCK_CACHE_ENTRIES = 8
 
 
 class _CountingTable(HeaderTable):
-    """hpack's table plus a counter of insertions, so caches know it changed."""
+    """hpack's table plus a counter of insertions, so caches know it changed.
+
+    Until its first insertion or shrink the table's entries are the preset's
+    shared tuple (``_load_preset``), not a deque of its own: a connection
+    whose headers all hit the preset or the static table never pays for a
+    copy (a deque is 760 bytes). Every mutation goes through ``add`` or the
+    ``maxsize`` setter, which make the copy first.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.insertions = 0
         self.resizes = 0
 
+    def _own_entries(self) -> None:
+        if isinstance(self.dynamic_entries, tuple):
+            self.dynamic_entries = deque(self.dynamic_entries)
+
     def add(self, name: bytes, value: bytes) -> None:
         self.insertions += 1
+        self._own_entries()
         super().add(name, value)
 
     @property
@@ -74,6 +87,8 @@ class _CountingTable(HeaderTable):
     def maxsize(self, newmax: int) -> None:
         # Any resize may evict entries, even one later undone by a regrow.
         self.resizes += 1
+        if newmax <= 0 or newmax < self._current_size:
+            self._own_entries()  # this resize evicts (pops) or clears
         HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
 
     @property
@@ -119,20 +134,26 @@ class _BlockCache:
 _PRESET_TABLES: dict[int, tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
 
 
-def _load_preset(table: hpack.table.HeaderTable, preset_id: int) -> None:
-    """Insert the preset's entries in listed order (last listed = index 62)."""
+def _preset_table(preset_id: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
+    """The preset's entries as hpack stores them and their size (``ProtocolError`` if unknown)."""
     built = _PRESET_TABLES.get(preset_id)
     if built is None:
         encoded = [(n.encode(), v.encode()) for n, v in preset_entries(preset_id)]
         size = sum(table_entry_size(n, v) for n, v in encoded)
         built = (tuple(reversed(encoded)), size)
         _PRESET_TABLES[preset_id] = built
-    entries, size = built
+    return built
+
+
+def _load_preset(table: _CountingTable, preset_id: int) -> None:
+    """Insert the preset's entries in listed order (last listed = index 62)."""
+    entries, size = _preset_table(preset_id)
     if table.dynamic_entries or size > table.maxsize:
         for name, value in reversed(entries):  # the general path, with evictions
             table.add(name, value)
         return
-    table.dynamic_entries.extend(entries)
+    # Shared, not copied: the table copies it before its first change (_CountingTable).
+    table.dynamic_entries = entries  # type: ignore[assignment]
     table._current_size = size
 
 
@@ -187,17 +208,52 @@ class _ShortestStringEncoder(hpack.Encoder):
 
 
 class HeaderEncoder:
-    """Sender side of one direction's HPACK context."""
+    """Sender side of one direction's HPACK context.
+
+    The hpack state (encoder, table, block cache) is built on the first block
+    that needs it: most connections of a push gateway sit idle, and an idle
+    connection's context is just its settings. Peer table size changes made
+    before that are replayed in order, so the first block is byte for byte
+    what an eagerly built encoder would have produced.
+    """
+
+    __slots__ = ("_cache", "_encoder", "_max_table_size", "_preset_id", "_sizes", "_table")
 
     def __init__(self, preset_id: int, max_table_size: int = INITIAL_HEADER_TABLE_SIZE) -> None:
-        self._encoder = _ShortestStringEncoder()
-        # One Huffman coder per process, not one per connection.
-        self._encoder.huffman_coder = _HUFFMAN
-        self._table = _CountingTable()
-        self._encoder.header_table = self._table
-        _load_preset(self._table, preset_id)
+        _preset_table(preset_id)  # an unknown preset fails here, not at the first block
+        self._preset_id = preset_id
         self._max_table_size = max_table_size
-        self._cache = _BlockCache()
+        #: Table size changes made before the hpack state existed (replayed in order).
+        self._sizes: tuple[int, ...] = ()
+        self._encoder: _ShortestStringEncoder | None = None
+        self._table: _CountingTable | None = None
+        self._cache: _BlockCache | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether the hpack state exists (a block was encoded or a size update owed)."""
+        return self._encoder is not None
+
+    def _state(self) -> tuple[_ShortestStringEncoder, _CountingTable, _BlockCache]:
+        encoder, table, cache = self._encoder, self._table, self._cache
+        if encoder is None or table is None or cache is None:
+            encoder = _ShortestStringEncoder()
+            # One Huffman coder per process, not one per connection.
+            encoder.huffman_coder = _HUFFMAN
+            table = _CountingTable()
+            encoder.header_table = table
+            _load_preset(table, self._preset_id)
+            for size in self._sizes:
+                encoder.header_table_size = size
+            self._sizes = ()
+            cache = _BlockCache()
+            self._encoder, self._table, self._cache = encoder, table, cache
+        return encoder, table, cache
+
+    def _table_size(self) -> int:
+        if self._encoder is not None:
+            return int(self._encoder.header_table_size)
+        return self._sizes[-1] if self._sizes else HeaderTable.DEFAULT_SIZE
 
     def take_size_update(self) -> bytes:
         """The dynamic table size update this encoder owes, for a block built elsewhere.
@@ -206,23 +262,35 @@ class HeaderEncoder:
         so when the peer changed its table size the update is taken here and
         put in front of such a block; it is then no longer owed.
         """
-        if not self._table.resized:
+        if self._encoder is None and not self._sizes:
             return b""
-        self._table.resized = False
+        encoder, table, _ = self._state()
+        if not table.resized:
+            return b""
+        table.resized = False
         # Every pending change, in order: a shrink then regrow must show the shrink.
-        return bytes(self._encoder._encode_table_size_change())
+        return bytes(encoder._encode_table_size_change())
 
     def use_peer_table_size(self, peer_table_size: int) -> None:
         """Grow (or shrink) to what the peer's decoder announced, within our own cap."""
         size = min(peer_table_size, self._max_table_size)
-        if size != self._encoder.header_table_size:
+        if size == self._table_size():
+            return
+        if self._encoder is not None:
             self._encoder.header_table_size = size
+        else:
+            self._sizes = (*self._sizes, size)
+
+    def table_entries(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (for tests and debugging)."""
+        return list(self._state()[1].dynamic_entries)
 
     def encode(self, headers: Sequence[Header]) -> bytes:
+        encoder, table, cache = self._state()
         key = tuple(headers)
-        before = self._table.version
-        if not self._table.resized:
-            cached = self._cache.get(key, before)
+        before = table.version
+        if not table.resized:
+            cached = cache.get(key, before)
             if cached is not None:
                 assert isinstance(cached, bytes)
                 return cached
@@ -230,53 +298,100 @@ class HeaderEncoder:
             (name, value, True) if name in NEVER_INDEXED_NAMES else (name, value)
             for name, value in headers
         ]
-        had_resize = self._table.resized
-        block = bytes(self._encoder.encode(fields, huffman=True))
-        if self._table.version == before and not had_resize:
-            self._cache.put(key, before, block)
+        had_resize = table.resized
+        block = bytes(encoder.encode(fields, huffman=True))
+        if table.version == before and not had_resize:
+            cache.put(key, before, block)
         return block
 
 
 class HeaderDecoder:
-    """Receiver side of one direction's HPACK context, with limits."""
+    """Receiver side of one direction's HPACK context, with limits.
+
+    Like ``HeaderEncoder``, the hpack state is built on the first block.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_decoder",
+        "_max_header_list_size",
+        "_max_table_size",
+        "_preset_id",
+        "_table",
+    )
 
     def __init__(self, preset_id: int, max_table_size: int, max_header_list_size: int) -> None:
-        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
-        self._table = _CountingTable()
-        self._decoder.header_table = self._table
-        _load_preset(self._table, preset_id)
-        self._decoder.max_allowed_table_size = max_table_size
-        self._cache = _BlockCache()
+        _preset_table(preset_id)
+        self._preset_id = preset_id
+        self._max_table_size = max_table_size
+        self._max_header_list_size = max_header_list_size
+        self._decoder: hpack.Decoder | None = None
+        self._table: _CountingTable | None = None
+        self._cache: _BlockCache | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether the hpack state exists (a block was decoded)."""
+        return self._decoder is not None
+
+    def _state(self) -> tuple[hpack.Decoder, _CountingTable, _BlockCache]:
+        decoder, table, cache = self._decoder, self._table, self._cache
+        if decoder is None or table is None or cache is None:
+            decoder = hpack.Decoder(max_header_list_size=self._max_header_list_size)
+            table = _CountingTable()
+            decoder.header_table = table
+            _load_preset(table, self._preset_id)
+            decoder.max_allowed_table_size = self._max_table_size
+            cache = _BlockCache()
+            self._decoder, self._table, self._cache = decoder, table, cache
+        return decoder, table, cache
 
     @property
     def max_header_list_size(self) -> int:
-        return int(self._decoder.max_header_list_size)
+        return self._max_header_list_size
 
     @max_header_list_size.setter
     def max_header_list_size(self, value: int) -> None:
-        self._decoder.max_header_list_size = value
-        # Cached results were checked against the old limit.
-        self._cache = _BlockCache()
+        self._max_header_list_size = value
+        if self._decoder is not None:
+            self._decoder.max_header_list_size = value
+            # Cached results were checked against the old limit.
+            self._cache = _BlockCache()
+
+    @property
+    def header_table_size(self) -> int:
+        """The size the peer's encoder has set the table to (4096 until it says otherwise)."""
+        if self._decoder is None:
+            return HeaderTable.DEFAULT_SIZE
+        return int(self._decoder.header_table_size)
 
     def allow_table_size(self, max_table_size: int) -> None:
         """Change the largest table the peer's encoder may use (SETTINGS)."""
-        self._decoder.max_allowed_table_size = max_table_size
-        self._cache = _BlockCache()
+        self._max_table_size = max_table_size
+        if self._decoder is not None:
+            self._decoder.max_allowed_table_size = max_table_size
+            self._cache = _BlockCache()
+
+    def table_entries(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (for tests and debugging)."""
+        return list(self._state()[1].dynamic_entries)
 
     def decode(self, block: bytes) -> Headers:
-        before = self._table.version
-        cached = self._cache.get(block, before)
+        decoder, table, cache = self._state()
+        before = table.version
+        cached = cache.get(block, before)
         if cached is not None:
             assert isinstance(cached, tuple)
             return cached
-        headers = self._decode(block)
-        if self._table.version == before:
-            self._cache.put(block, before, headers)
+        headers = self._decode(decoder, block)
+        if table.version == before:
+            cache.put(block, before, headers)
         return headers
 
-    def _decode(self, block: bytes) -> Headers:
+    @staticmethod
+    def _decode(decoder: hpack.Decoder, block: bytes) -> Headers:
         try:
-            decoded = self._decoder.decode(block)
+            decoded = decoder.decode(block)
         except OversizedHeaderListError as exc:
             raise HeaderError(ErrorCode.HEADER_LIST_TOO_LARGE, str(exc)) from None
         except InvalidTableSizeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from channel.wire.errors import ErrorCode, ProtocolError
@@ -22,7 +23,7 @@ PROTOCOL_VERSION = 1
 ALPN_PROTOCOL = "mmtp/1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     """What a device says about itself in its first frame."""
 
@@ -45,7 +46,7 @@ class Hello:
     version: int = PROTOCOL_VERSION
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HelloAck:
     """The server's answer: the session, the ticket to resume it, and its limits."""
 
@@ -137,6 +138,21 @@ def encode_hello(hello: Hello) -> bytes:
     return encode_fields(items)
 
 
+def _common_text(values: dict[str, list[FieldValue]], name: str) -> str:
+    """A HELLO string most devices share (app id, version, platform), interned.
+
+    A server holds one HELLO per connection: a million devices on three app
+    versions then hold three strings, not a million copies.
+    """
+    return sys.intern(one_text(values, name, "HELLO"))
+
+
+def _common_int(values: dict[str, list[FieldValue]], name: str, default: int) -> int:
+    """A HELLO limit, as the shared ``default`` object when it has the default value."""
+    value = one_int(values, name, default)
+    return default if value == default else value
+
+
 def decode_hello(payload: bytes, limits: Limits) -> Hello:
     values = decode_fields(payload, _HELLO_SPECS, "HELLO")
     version = one_int(values, "version", 0)
@@ -163,21 +179,21 @@ def decode_hello(payload: bytes, limits: Limits) -> Hello:
     dictionaries = tuple(int(v) for v in values.get("dictionary", ()))
     hello = Hello(
         device_id=device_id,
-        app_id=one_text(values, "app_id", "HELLO"),
+        app_id=_common_text(values, "app_id"),
         token=one_bytes(values, "token"),
         resume_ticket=one_bytes(values, "resume_ticket"),
         dictionaries=dictionaries,
         preset_id=one_int(values, "preset_id", 0),
         heartbeat_s=one_int(values, "heartbeat_s", 0),
-        header_table_size=one_int(values, "header_table_size", INITIAL_HEADER_TABLE_SIZE),
-        max_frame_size=one_int(values, "max_frame_size", _HELLO_DEFAULTS.max_frame_size),
-        app_version=one_text(values, "app_version", "HELLO"),
-        platform=one_text(values, "platform", "HELLO"),
+        header_table_size=_common_int(values, "header_table_size", INITIAL_HEADER_TABLE_SIZE),
+        max_frame_size=_common_int(values, "max_frame_size", _HELLO_DEFAULTS.max_frame_size),
+        app_version=_common_text(values, "app_version"),
+        platform=_common_text(values, "platform"),
         client_time_ms=one_int(values, "client_time_ms", 0),
-        max_header_list_size=one_int(
+        max_header_list_size=_common_int(
             values, "max_header_list_size", _HELLO_DEFAULTS.max_header_list_size
         ),
-        max_body_size=one_int(values, "max_body_size", _HELLO_DEFAULTS.max_body_size),
+        max_body_size=_common_int(values, "max_body_size", _HELLO_DEFAULTS.max_body_size),
         max_concurrent_streams=one_int(
             values, "max_concurrent_streams", _HELLO_DEFAULTS.max_concurrent_streams
         ),
