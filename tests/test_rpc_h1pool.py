@@ -298,6 +298,26 @@ async def test_keep_alive_race_is_retried_once_on_a_new_connection(reset: bool) 
         assert server.requests == 3  # the upstream did see the raced request once
 
 
+@pytest.mark.parametrize("reset", [False, True])
+async def test_keep_alive_race_is_not_replayed_for_a_request_that_must_not_run_twice(
+    reset: bool,
+) -> None:
+    """The upstream may have read the raced request: a non-idempotent op is not resent."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        await server.counted_request(conn)
+        await conn.answer()
+        await server.counted_request(conn)
+        if reset:
+            conn.reset()
+
+    async with raw_server(script) as server, h1pool() as pool:
+        await post(pool, server.url)
+        with pytest.raises(ConnectionBroken):
+            await pool.request(server.url, "/rpc/pay", [], b"{}", replay_if_stale=False)
+        assert server.connections == 1 and server.requests == 2  # sent once, never again
+
+
 async def test_a_new_connection_closed_without_answer_is_not_retried() -> None:
     async def script(server: RawServer, conn: RawConn) -> None:
         await server.counted_request(conn)
@@ -481,7 +501,7 @@ def cluster_pool(*urls: str, max_response_bytes: int = 1 << 20, **extra: Any) ->
 
 
 async def attempt(pool: ClusterPool, headers: list[tuple[str, str]] | None = None) -> Any:
-    return await pool.post(pool.endpoints[0], "svc.x", headers or [], b"{}", 1.0)
+    return await pool.post(pool.endpoints[0], "svc.x", headers or [], b"{}", 1.0, idempotent=True)
 
 
 async def test_cluster_pool_outcomes() -> None:
@@ -530,7 +550,9 @@ async def test_cluster_pool_outcomes() -> None:
             assert not pools["connect_error"].healthy()
             timeout_pool = cluster_pool(stall.url)
             pools["timeout"] = timeout_pool
-            timed_out = await timeout_pool.post(timeout_pool.endpoints[0], "svc.x", [], b"", 0.05)
+            timed_out = await timeout_pool.post(
+                timeout_pool.endpoints[0], "svc.x", [], b"", 0.05, idempotent=True
+            )
             assert timed_out.outcome == "timeout" and timed_out.response.status == ErrorCode.TIMEOUT
         finally:
             for pool in pools.values():
@@ -545,10 +567,12 @@ async def test_cluster_pool_decodes_gzip_within_the_limit() -> None:
         pool = cluster_pool(up.url, max_response_bytes=150)
         try:
             headers = [("accept-encoding", "gzip"), ("x-compress", "1")]
-            ok = await pool.post(pool.endpoints[0], "svc.x", headers, b"ab", 1.0)
+            ok = await pool.post(pool.endpoints[0], "svc.x", headers, b"ab", 1.0, idempotent=True)
             assert ok.outcome == "http_2xx" and ok.response.body == b"ab" * 50
             assert "content-encoding" not in dict(ok.response.headers)
-            big = await pool.post(pool.endpoints[0], "svc.x", headers, b"abcd", 1.0)
+            big = await pool.post(
+                pool.endpoints[0], "svc.x", headers, b"abcd", 1.0, idempotent=True
+            )
             assert big.outcome == "too_large"  # 200 bytes once decoded, from a few on the wire
         finally:
             await pool.close()

@@ -20,7 +20,9 @@ asked for, or whose request was cancelled (e.g. by the caller's
 ``asyncio.timeout``) is closed, never handed out again. The one retry here
 is the keep-alive race: a *reused* connection that the server closes (EOF or
 reset) before a single byte of the response arrived is retried once on a new
-connection. Every other failure is the caller's to handle.
+connection, if the caller says the request may run twice (``replay_if_stale``;
+the server may have read it before closing). Every other failure is the
+caller's to handle.
 
 Errors: ``ConnectError`` (nothing was sent), ``ConnectionBroken`` (the
 request may have been sent; no complete answer), ``H1ProtocolError`` and
@@ -310,8 +312,14 @@ class H1Pool:
         body: bytes,
         *,
         method: str = "POST",
+        replay_if_stale: bool = True,
     ) -> H1Response:
-        """``method {url's path}{target}`` on a pooled connection to ``url``; the whole answer."""
+        """``method {url's path}{target}`` on a pooled connection to ``url``; the whole answer.
+
+        ``replay_if_stale``: send again on a new connection when a reused one is closed
+        before any byte of the answer (the keep-alive race). The upstream may have read
+        the request before closing, so pass False for a request that must not run twice:
+        the race is then a ``ConnectionBroken``."""
         if self._closed:
             raise PoolClosed("the upstream pool is closed")
         origin = self._origins.get(url)
@@ -328,8 +336,9 @@ class H1Pool:
         conn = await self._acquire(origin, fresh=False)
         try:
             return await self._exchange(conn, payload)
-        except _StaleConnection:
-            pass
+        except _StaleConnection as exc:
+            if not replay_if_stale:
+                raise ConnectionBroken(str(exc)) from None
         conn = await self._acquire(origin, fresh=True)
         try:
             return await self._exchange(conn, payload)

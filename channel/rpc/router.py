@@ -279,6 +279,7 @@ class RpcRouter:
                     headers,
                     request.body,
                     min(remaining, attempt_timeout_s),
+                    idempotent=idempotent,
                 )
             except BaseException:
                 pool.breaker.release()
@@ -343,7 +344,10 @@ class RpcRouter:
                 return
             timeout_s = (pool.config.attempt_timeout_ms or pool.config.timeout_ms) / 1000
             try:
-                attempt = await pool.post(endpoint, request.op, headers, request.body, timeout_s)
+                # A shadow copy is never sent twice: one try, not even the keep-alive replay.
+                attempt = await pool.post(
+                    endpoint, request.op, headers, request.body, timeout_s, idempotent=False
+                )
             except BaseException:
                 pool.breaker.release()
                 raise

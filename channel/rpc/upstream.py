@@ -292,9 +292,15 @@ class ClusterPool:
         headers: list[tuple[str, str]],
         body: bytes,
         timeout_s: float,
+        *,
+        idempotent: bool,
     ) -> Attempt:
-        """One ``POST {endpoint}/rpc/{op}`` within ``timeout_s``; never raises for I/O trouble."""
-        attempt = await self._post(endpoint, op, headers, body, timeout_s)
+        """One ``POST {endpoint}/rpc/{op}`` within ``timeout_s``; never raises for I/O trouble.
+
+        ``idempotent``: a reused keep-alive connection that the upstream closed before
+        answering (it may have read the request) is tried again on a new one; otherwise
+        that is a broken attempt, so a non-idempotent op never runs twice."""
+        attempt = await self._post(endpoint, op, headers, body, timeout_s, idempotent)
         self._metrics.attempts[(self.name, attempt.outcome)] += 1
         return attempt
 
@@ -305,6 +311,7 @@ class ClusterPool:
         headers: list[tuple[str, str]],
         body: bytes,
         timeout_s: float,
+        idempotent: bool,
     ) -> Attempt:
         pool = self._get_pool()
         if pool.closed:
@@ -316,7 +323,9 @@ class ClusterPool:
             )
         try:
             async with asyncio.timeout(timeout_s):
-                response = await pool.request(endpoint.url, f"/rpc/{op}", headers, body)
+                response = await pool.request(
+                    endpoint.url, f"/rpc/{op}", headers, body, replay_if_stale=idempotent
+                )
         except ConnectError as exc:
             self.mark_down(endpoint)
             log.warning(
