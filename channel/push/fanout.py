@@ -90,16 +90,24 @@ class FanoutRing(Generic[S, P]):
         """Visit up to ``positions`` sessions; True while pushes remain."""
         ring = self._ring
         joined = self._joined
+        # What every position below ``uniform_below`` gets, when no topic push is going:
+        # the common case (broadcasts) costs one comparison per position.
+        uniform = [j.push for j in joined] if all(j.members is None for j in joined) else None
+        uniform_below = min((j.ring_len for j in joined), default=0)
+        done_at = self._done_at()
         for _ in range(positions):
             if not joined:
                 break
             position = self._cursor
             session = ring[position]
-            due = [
-                j.push
-                for j in joined
-                if position < j.ring_len and (j.members is None or session in j.members)
-            ]
+            if uniform is not None and position < uniform_below:
+                due = uniform
+            else:
+                due = [
+                    j.push
+                    for j in joined
+                    if position < j.ring_len and (j.members is None or session in j.members)
+                ]
             if due and self._alive(session):
                 self._write(session, due)
             position += 1
@@ -107,11 +115,22 @@ class FanoutRing(Generic[S, P]):
                 position = 0
                 for j in joined:
                     j.wrapped = True
+                done_at = self._done_at()
             self._cursor = position
-            if any(j.wrapped and position >= j.start for j in joined):
+            if done_at is not None and position >= done_at:
                 joined[:] = [j for j in joined if not (j.wrapped and position >= j.start)]
+                uniform = (
+                    [j.push for j in joined] if all(j.members is None for j in joined) else None
+                )
+                uniform_below = min((j.ring_len for j in joined), default=0)
+                done_at = self._done_at()
         if not joined:
             self._ring = []
             self._in_ring = set()
             self._cursor = 0
         return bool(joined)
+
+    def _done_at(self) -> int | None:
+        """The position at which the next push is done (pushes that wrapped finish when
+        the cursor reaches where they joined)."""
+        return min((j.start for j in self._joined if j.wrapped), default=None)

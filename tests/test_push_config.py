@@ -1,0 +1,35 @@
+"""``[push]`` settings a node refuses to start with, each named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channel.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("user_devices_ttl_s = -1", r"push\.user_devices_ttl_s"),
+        ("user_devices_cap = 0", r"push\.user_devices_cap"),
+        ("fanout_batch = 0", r"push\.fanout_batch"),
+    ],
+)
+def test_bad_push_settings_are_named(tmp_path: Path, setting: str, message: str) -> None:
+    config_file = tmp_path / "channel.toml"
+    config_file.write_text(f"[push]\n{setting}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_file, environ={})
+
+
+def test_push_settings_take_environment_overrides(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        environ={
+            "CHANNEL_PUSH__USER_DEVICES_TTL_S": "0",
+            "CHANNEL_PUSH__FANOUT_BATCH": "64",
+        },
+    )
+    assert config.push.user_devices_ttl_s == 0 and config.push.fanout_batch == 64
