@@ -61,6 +61,7 @@ Example ``channel.toml``::
     user_devices_ttl_s = 2592000  # a user push reaches devices seen this recently, offline too
     user_devices_cap = 32       # ...the most recently seen this many
     default_ttl_s = 86400
+    final_status_retention_s = 3600   # a status whose devices are all final goes this long after
     max_ttl_s = 2419200
 
     [api]                       # the HTTP push API, /openapi.json
@@ -181,6 +182,11 @@ class PushConfig:
     max_ttl_s: int = 28 * 86_400
     #: Message statuses stay queryable this long after the message expires.
     status_retention_s: int = 86_400
+    #: ...but a device or user push whose every device reached a final status (delivered,
+    #: expired, revoked, failed) is kept only this long after the last one: most statuses
+    #: are final within seconds, and a 2-day life made them most of Redis (docs/sizing.md).
+    #: 0: as long as status_retention_s.
+    final_status_retention_s: float = 3_600.0
     #: Receipt stream length kept in Redis (approximate trimming).
     receipt_stream_maxlen: int = 1_000_000
     #: Broadcast and topic fan-out: sessions written per event-loop turn. Smaller lets
@@ -371,6 +377,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.user_devices_ttl_s: must be >= 0 (0 = online devices only)")
     if push.user_devices_cap < 1:
         raise ConfigError("push.user_devices_cap: must be >= 1")
+    if push.final_status_retention_s < 0:
+        raise ConfigError("push.final_status_retention_s: must be >= 0 (0 = status_retention_s)")
     if push.fanout_batch < 1:
         raise ConfigError("push.fanout_batch: must be >= 1")
     if bool(config.tls.cert) != bool(config.tls.key):

@@ -15,6 +15,7 @@ from channel.config import ConfigError, load_config
         ("user_devices_ttl_s = -1", r"push\.user_devices_ttl_s"),
         ("user_devices_cap = 0", r"push\.user_devices_cap"),
         ("fanout_batch = 0", r"push\.fanout_batch"),
+        ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
     ],
 )
 def test_bad_push_settings_are_named(tmp_path: Path, setting: str, message: str) -> None:

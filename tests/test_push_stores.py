@@ -30,7 +30,7 @@ from channel.push.model import (
     now_ms,
 )
 from channel.push.redis import redis_backend
-from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter
+from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter, ReceiptLog
 from tests.redis_servers import RedisFactory, RedisServer
 
 FAR_MS = 3_600_000
@@ -486,6 +486,16 @@ async def test_send_all_reaches_every_live_node(backend: PushBackend) -> None:
 # ----------------------------------------------------------------- receipts
 
 
+def fanout_status(message_id: str) -> MessageStatus:
+    return MessageStatus(
+        message_id=message_id,
+        target=TargetKind.BROADCAST,
+        accepted_at_ms=now_ms(),
+        expires_at_ms=now_ms() + FAR_MS,
+        devices={},
+    )
+
+
 def device_status(message_id: str, *devices: str, expires_at_ms: int = 0) -> MessageStatus:
     return MessageStatus(
         message_id=message_id,
@@ -555,6 +565,44 @@ async def test_status_kept_for_retention_past_expiry(backend: PushBackend) -> No
     )
     assert await receipts.status("old") is None
     assert await receipts.status("kept") is not None
+
+
+async def gone(receipts: ReceiptLog, message_id: str) -> None:
+    """Wait (bounded) for a status to lapse: the passing of time is what is tested."""
+    async with asyncio.timeout(5):
+        while await receipts.status(message_id) is not None:
+            await asyncio.sleep(0.01)
+
+
+async def test_status_final_for_every_device_goes_after_the_final_retention(
+    backend: PushBackend,
+) -> None:
+    receipts = backend.receipts
+    receipts.final_retention_ms = 50
+    await receipts.create(
+        [
+            device_status("done", "d1", "d2"),
+            device_status("half", "d1", "d2"),
+            device_status("nobody"),  # a user push that found no device: final at once
+            fanout_status("everyone"),
+        ],
+        retention_s=3600,
+    )
+    at = now_ms()
+    await receipts.record(
+        [
+            Receipt("done", PushStatus.DELIVERED, "d1", at),
+            Receipt("half", PushStatus.DELIVERED, "d1", at),
+            Receipt("everyone", PushStatus.DELIVERED, "d9", at),
+        ]
+    )
+    assert await receipts.status("done") is not None  # d2 is still on its way
+    await receipts.record([Receipt("done", PushStatus.EXPIRED, "d2", at, "ttl")])
+    await gone(receipts, "done")
+    await gone(receipts, "nobody")
+    # Well past the final retention, what is not final (or is a fan-out) is still there.
+    assert await receipts.status("half") is not None
+    assert await receipts.status("everyone") is not None
 
 
 async def test_receipt_stream_cursor(backend: PushBackend) -> None:

@@ -415,7 +415,9 @@ def openapi_document(config: ApiConfig | None = None) -> dict[str, Any]:
                 "status",
                 "Where a message stands",
                 "Per-device statuses (device and user targets) or the delivered count "
-                "(topics, broadcast). Kept for [push] status_retention_s past its expiry.",
+                "(topics, broadcast). Kept for [push] status_retention_s past its expiry; "
+                "a device or user push's, [push] final_status_retention_s (1 hour) after "
+                "its last device reached a final status, if sooner. 404 after that.",
                 {"200": _answer("The message's status", "MessageStatus"), **_errors(404)},
                 parameters=[message_id],
                 tag="status",

@@ -259,6 +259,7 @@ class GatewayNode:
                 config.receipt_stream_maxlen,
                 user_devices_ttl_s=config.user_devices_ttl_s,
                 user_devices_cap=config.user_devices_cap,
+                final_status_retention_ms=round(config.final_status_retention_s * 1000),
             )
         self.delivery = NodeDelivery(self, self.backend, config)
         await self.delivery.start()

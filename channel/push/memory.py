@@ -14,7 +14,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from channel.push.model import MessageStatus, Presence, PushMessage, PushStatus, Receipt
+from channel.push.model import (
+    MessageStatus,
+    Presence,
+    PushMessage,
+    PushStatus,
+    Receipt,
+    drop_at_ms,
+)
 from channel.push.stores import EnqueueOutcome, PushBackend
 
 
@@ -180,11 +187,15 @@ class MemoryRouter:
 class _StatusEntry:
     status: MessageStatus
     drop_at_ms: int
+    #: Listed devices not yet final.
+    pending: int = 0
 
 
 @dataclass
 class MemoryReceipts:
     maxlen: int = 100_000
+    #: A status whose listed devices are all final is dropped this long after (0: never sooner).
+    final_retention_ms: int = 3_600_000
     _statuses: dict[str, _StatusEntry] = field(default_factory=dict)
     _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
     _next_seq: int = 1
@@ -193,8 +204,9 @@ class MemoryReceipts:
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire()
         for status in statuses:
-            drop_at = status.expires_at_ms + retention_s * 1000
-            self._statuses[status.message_id] = _StatusEntry(status, drop_at)
+            drop_at = drop_at_ms(status, retention_s, self.final_retention_ms)
+            pending = sum(1 for s in status.devices.values() if not s.final)
+            self._statuses[status.message_id] = _StatusEntry(status, drop_at, pending)
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         for receipt in receipts:
@@ -207,6 +219,10 @@ class MemoryReceipts:
                         status.delivered_count += 1
                 elif not current.final:
                     status.devices[receipt.device_id] = receipt.status
+                    entry.pending -= 1
+                    if entry.pending <= 0 and self.final_retention_ms > 0:
+                        drop_at = int(time.time() * 1000) + self.final_retention_ms
+                        entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
             self._stream.append((self._next_seq, receipt))
             self._next_seq += 1
         while len(self._stream) > self.maxlen:
@@ -321,6 +337,7 @@ def memory_backend(
     *,
     user_devices_ttl_s: int = 30 * 86_400,
     user_devices_cap: int = 32,
+    final_status_retention_ms: int = 3_600_000,
 ) -> PushBackend:
     presence = MemoryPresence()
     return PushBackend(
@@ -328,7 +345,9 @@ def memory_backend(
         presence=presence,
         queue=MemoryQueue(),
         router=MemoryRouter(presence),
-        receipts=MemoryReceipts(maxlen=receipt_stream_maxlen),
+        receipts=MemoryReceipts(
+            maxlen=receipt_stream_maxlen, final_retention_ms=final_status_retention_ms
+        ),
         idempotency=MemoryIdempotency(),
         directory=MemoryDirectory(user_devices_ttl_s, user_devices_cap),
     )

@@ -121,6 +121,20 @@ class PushMessage:
         )
 
 
+def drop_at_ms(status: MessageStatus, retention_s: int, final_retention_ms: int) -> int:
+    """When a new status goes: ``retention_s`` after the message expires, or, for a device
+    or user push with no device left to reach (none listed, or all final already),
+    ``final_retention_ms`` from now if sooner."""
+    drop_at = status.expires_at_ms + retention_s * 1000
+    if (
+        final_retention_ms > 0
+        and status.target in (TargetKind.DEVICE, TargetKind.USER)
+        and all(s.final for s in status.devices.values())
+    ):
+        drop_at = min(drop_at, now_ms() + final_retention_ms)
+    return drop_at
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """A status change of one message for one device (or a fan-out summary)."""

@@ -134,8 +134,14 @@ class PushRouter(Protocol):
 
 
 class ReceiptLog(Protocol):
+    #: A device or user push's status is dropped this long after its last listed device
+    #: reached a final status, if that is sooner than ``retention_s`` past its expiry
+    #: (0: never sooner). Fan-out statuses keep the full retention.
+    final_retention_ms: int
+
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
-        """Record accepted messages (kept ``retention_s`` past their expiry)."""
+        """Record accepted messages (kept ``retention_s`` past their expiry, or see
+        ``final_retention_ms``)."""
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         """Apply status changes and append them to the receipt stream.

@@ -48,7 +48,13 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         presence=presence,
         queue=RedisQueue(conn, keys),
         router=RedisRouter(conn, keys, presence),
-        receipts=RedisReceipts(conn, keys, config.receipt_stream, config.receipt_stream_maxlen),
+        receipts=RedisReceipts(
+            conn,
+            keys,
+            config.receipt_stream,
+            config.receipt_stream_maxlen,
+            round(config.final_status_retention_s * 1000),
+        ),
         idempotency=RedisIdempotency(conn, keys),
         directory=RedisDirectory(conn, keys, config.user_devices_ttl_s, config.user_devices_cap),
     )

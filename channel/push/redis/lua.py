@@ -201,8 +201,9 @@ return 1
 """
 )
 
-#: KEYS: status. ARGV: device id ("" for a fan-out delivery), status letter.
-#: A listed device moves only from accepted; other deliveries count.
+#: KEYS: status. ARGV: device id ("" for a fan-out delivery), status letter, final
+#: retention ms. A listed device moves only from accepted; other deliveries count. When
+#: the last listed device leaves accepted, the status expires within the final retention.
 RECEIPT_RECORD = Lua(
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -210,7 +211,17 @@ if ARGV[1] ~= '' then
   local f = 'd:' .. ARGV[1]
   local current = redis.call('HGET', KEYS[1], f)
   if current then
-    if current == 'a' then redis.call('HSET', KEYS[1], f, ARGV[2]) end
+    if current == 'a' then
+      redis.call('HSET', KEYS[1], f, ARGV[2])
+      -- 'p' counts devices still 'a' (statuses written before it existed have none).
+      if redis.call('HEXISTS', KEYS[1], 'p') == 1 then
+        local keep = tonumber(ARGV[3])
+        if redis.call('HINCRBY', KEYS[1], 'p', -1) <= 0 and keep > 0 then
+          local ttl = redis.call('PTTL', KEYS[1])
+          if ttl < 0 or ttl > keep then redis.call('PEXPIRE', KEYS[1], keep) end
+        end
+      end
+    end
     return 1
   end
 end

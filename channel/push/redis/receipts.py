@@ -1,10 +1,11 @@
 """Message statuses (one hash per message) and the receipt stream.
 
 ``{p}:s:{<message id>}``: ``t`` target kind, ``a`` accepted_at_ms, ``e``
-expires_at_ms, ``n`` delivered count, ``d:<device>`` one status letter; it
-expires ``retention_s`` after the message does. A device's status leaves
-``accepted`` once and the first final status stays (a late "expired" does not
-overwrite "delivered", nor the other way round).
+expires_at_ms, ``n`` delivered count, ``d:<device>`` one status letter, ``p``
+devices still accepted; it expires ``retention_s`` after the message does, or
+``final_retention_ms`` after its last device reached a final status if sooner.
+A device's status leaves ``accepted`` once and the first final status stays (a
+late "expired" does not overwrite "delivered", nor the other way round).
 
 The receipt stream (``[push] receipt_stream``, one key) gets one entry per
 ``record`` call (per ``RECEIPTS_PER_ENTRY``): field ``r``, a JSON list of
@@ -20,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from channel.push.model import MessageStatus, PushStatus, Receipt, TargetKind
+from channel.push.model import MessageStatus, PushStatus, Receipt, TargetKind, drop_at_ms
 from channel.push.redis import lua
 from channel.push.redis.connection import (
     MAX_BLOCK_MS,
@@ -54,11 +55,14 @@ def receipt_from_json(item: Mapping[str, Any]) -> Receipt:
 
 
 class RedisReceipts:
-    def __init__(self, conn: Connection, keys: Keys, stream: str, maxlen: int) -> None:
+    def __init__(
+        self, conn: Connection, keys: Keys, stream: str, maxlen: int, final_retention_ms: int
+    ) -> None:
         self._conn = conn
         self._keys = keys
         self._stream = stream
         self._maxlen = maxlen
+        self.final_retention_ms = final_retention_ms
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         batch = Batch()
@@ -73,8 +77,11 @@ class RedisReceipts:
                 mapping["n"] = status.delivered_count
             for device_id, device_status in status.devices.items():
                 mapping["d:" + device_id] = _LETTER[device_status]
+            pending = sum(1 for s in status.devices.values() if not s.final)
+            if pending:
+                mapping["p"] = pending
             batch.add("hset", key, mapping=mapping)
-            batch.add("pexpireat", key, status.expires_at_ms + retention_s * 1000)
+            batch.add("pexpireat", key, drop_at_ms(status, retention_s, self.final_retention_ms))
         if batch:
             await self._conn.run(batch)
 
@@ -83,7 +90,7 @@ class RedisReceipts:
         for receipt in receipts:
             if receipt.status is not PushStatus.ACCEPTED:  # accepted changes nothing
                 key = self._keys.status(receipt.message_id)
-                args = [receipt.device_id, _LETTER[receipt.status]]
+                args = [receipt.device_id, _LETTER[receipt.status], self.final_retention_ms]
                 batch.script(lua.RECEIPT_RECORD, [key], args)
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
