@@ -178,6 +178,9 @@ class PushConfig:
     user_devices_ttl_s: int = 30 * 86_400
     #: At most this many of a user's devices (the most recently seen) get a user push.
     user_devices_cap: int = 32
+    #: The fleet sweeps the whole directory once per this period (nodes share the work),
+    #: forgetting devices not seen within the ttl whose users nobody pushes to; 0: never.
+    user_devices_sweep_s: int = 86_400
     default_ttl_s: int = 86_400
     max_ttl_s: int = 28 * 86_400
     #: Message statuses stay queryable this long after the message expires.
@@ -375,6 +378,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push: need 0 <= default_ttl_s <= max_ttl_s")
     if push.user_devices_ttl_s < 0:
         raise ConfigError("push.user_devices_ttl_s: must be >= 0 (0 = online devices only)")
+    if push.user_devices_sweep_s < 0:
+        raise ConfigError("push.user_devices_sweep_s: must be >= 0 (0 = no sweep)")
     if push.user_devices_cap < 1:
         raise ConfigError("push.user_devices_cap: must be >= 1")
     if push.final_status_retention_s < 0:

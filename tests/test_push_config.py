@@ -14,6 +14,7 @@ from channel.config import ConfigError, load_config
     [
         ("user_devices_ttl_s = -1", r"push\.user_devices_ttl_s"),
         ("user_devices_cap = 0", r"push\.user_devices_cap"),
+        ("user_devices_sweep_s = -1", r"push\.user_devices_sweep_s"),
         ("fanout_batch = 0", r"push\.fanout_batch"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
     ],

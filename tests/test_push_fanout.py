@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channel.push.delivery import sweep_window
 from channel.push.fanout import FanoutRing
 
 
@@ -145,3 +146,30 @@ def test_every_push_reaches_exactly_its_audience_once(
         assert sorted(reached) == sorted(audience), push  # each once, nobody else
     # One write per visit: a session never gets two writes for one position.
     assert all(len(set(pushes)) == len(pushes) for _, pushes in rec.writes)
+
+
+# ------------------------------------------------------------- directory sweep shares
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    buckets=st.integers(min_value=1, max_value=300),
+    node_count=st.integers(min_value=1, max_value=9),
+    fraction=st.floats(min_value=0.001, max_value=1.5),
+)
+def test_live_nodes_sweep_every_bucket_once_per_round(
+    buckets: int, node_count: int, fraction: float
+) -> None:
+    nodes = [3 * i + 1 for i in range(node_count)]  # node numbers need not be dense
+    swept: list[int] = []
+    for node in nodes:
+        offset = 0
+        mine: list[int] = []
+        while True:
+            first, count = sweep_window(buckets, nodes, node, offset, fraction)
+            if count == 0 or first in mine:
+                break  # no share, or back at the start of it: one round done
+            mine += range(first, first + count)
+            offset += count
+        swept += mine
+    assert sorted(swept) == list(range(buckets))  # every bucket, exactly once

@@ -233,6 +233,26 @@ async def test_directory_forgets_devices_not_seen_within_ttl(backend: PushBacken
     assert await directory.known_devices(["u1"], now + ttl + 10) == {"u1": []}
 
 
+async def test_directory_sweep_forgets_what_no_push_read(backend: PushBackend) -> None:
+    directory = backend.directory
+    ttl = directory.ttl_s
+    now = int(time.time())
+    users = [f"user-{i}" for i in range(40)]
+    await directory.remember(
+        [Presence(f"old-{u}", u, 1, now - ttl - 1) for u in users]
+        + [Presence(f"new-{u}", u, 1, now) for u in users[::2]]
+    )
+    # Swept in two halves, the way nodes share the buckets.
+    half = -(-directory.buckets // 2)
+    forgotten = await directory.sweep(0, half, now)
+    forgotten += await directory.sweep(half, directory.buckets - half, now)
+    assert forgotten == len(users)
+    # Nothing old is left to forget, and what is recent stays.
+    assert await directory.sweep(0, directory.buckets, now) == 0
+    found = await directory.known_devices(users, now)
+    assert found == {u: [f"new-{u}"] for u in users[::2]}
+
+
 async def test_directory_keeps_the_newest_cap_devices(backend: PushBackend) -> None:
     directory = backend.directory
     cap = directory.cap

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -97,7 +98,10 @@ class NodeDelivery:
             self._write_fanout, self._fanout_alive
         )
         self._ring_task: asyncio.Task[None] | None = None
+        self._sweep_offset = 0
         self.pushes_written = 0
+        #: Directory entries this node's sweeps forgot (devices not seen within the ttl).
+        self.directory_forgotten = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -540,6 +544,28 @@ class NodeDelivery:
                 self.node_names = await self.backend.presence.live_nodes()
             except Exception as exc:
                 log.warning("lease renewal failed", extra=fields(error=repr(exc)))
+                continue
+            try:
+                await self._sweep_directory(period_s)
+            except Exception as exc:
+                log.warning("device directory sweep failed", extra=fields(error=repr(exc)))
+
+    async def _sweep_directory(self, period_s: float) -> None:
+        """This node's share of the directory sweep: the live nodes split the buckets,
+        and each goes through its share once per ``user_devices_sweep_s``."""
+        config = self.config
+        if config.user_devices_ttl_s <= 0 or config.user_devices_sweep_s <= 0:
+            return
+        directory = self.backend.directory
+        first, count = sweep_window(
+            directory.buckets,
+            sorted(self.node_names),
+            self.node_no,
+            self._sweep_offset,
+            period_s / config.user_devices_sweep_s,
+        )
+        self._sweep_offset += count
+        self.directory_forgotten += await directory.sweep(first, count, int(time.time()))
 
     # ------------------------------------------------------ kicks and calls
 
@@ -616,6 +642,25 @@ class NodeDelivery:
     def unacked(self, session: DeviceSession) -> int:
         state = self._state.get(session)
         return len(state.by_delivery) if state is not None else 0
+
+
+def sweep_window(
+    buckets: int, nodes: Sequence[int], node_no: int, offset: int, fraction: float
+) -> tuple[int, int]:
+    """The buckets one node sweeps this tick: the live nodes split ``buckets`` into equal
+    shares by rank; a node walks its share from ``offset``, ``fraction`` of it per tick
+    (at least one bucket), and starts over at its end. Returns (first bucket, count);
+    count is 0 for a node with no share (more nodes than buckets)."""
+    ranked = list(nodes) or [node_no]
+    rank = ranked.index(node_no) if node_no in ranked else 0
+    share = -(-buckets // len(ranked))
+    start = rank * share
+    share = min(share, buckets - start)  # the last share may be short, or empty
+    if share <= 0:
+        return 0, 0
+    position = offset % share
+    per_tick = max(1, math.ceil(share * fraction))
+    return start + position, min(per_tick, share - position)
 
 
 async def _first(inbox: object) -> list[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -298,31 +299,53 @@ class MemoryIdempotency:
 
 
 class MemoryDirectory:
+    #: Users are kept in this many shards, so a sweep step walks a shard, not everyone.
+    SHARDS = 256
+
     def __init__(self, ttl_s: int, cap: int) -> None:
         self.ttl_s = ttl_s
         self.cap = cap
-        # user id -> device id -> last seen (unix s)
-        self._users: dict[str, dict[str, int]] = {}
+        self.buckets = self.SHARDS
+        # shard -> user id -> device id -> last seen (unix s)
+        self._shards: list[dict[str, dict[str, int]]] = [{} for _ in range(self.SHARDS)]
+
+    def _shard(self, user_id: str) -> dict[str, dict[str, int]]:
+        return self._shards[zlib.crc32(user_id.encode()) % self.SHARDS]
 
     async def remember(self, entries: Sequence[Presence]) -> None:
         for entry in entries:
             if entry.user_id:
-                seen = self._users.setdefault(entry.user_id, {})
+                seen = self._shard(entry.user_id).setdefault(entry.user_id, {})
                 seen[entry.device_id] = max(seen.get(entry.device_id, 0), entry.since_s)
 
     async def known_devices(self, user_ids: Sequence[str], now_s: int) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for user_id in user_ids:
-            seen = self._users.get(user_id)
+            shard = self._shard(user_id)
+            seen = shard.get(user_id)
             if not seen:
                 continue
             kept = newest_seen(seen, now_s - self.ttl_s, self.cap)
             for device_id in [d for d in seen if d not in kept]:
                 del seen[device_id]
             if not seen:
-                del self._users[user_id]
+                del shard[user_id]
             out[user_id] = kept
         return out
+
+    async def sweep(self, first_bucket: int, count: int, now_s: int) -> int:
+        cutoff = now_s - self.ttl_s
+        forgotten = 0
+        for i in range(min(count, self.SHARDS)):
+            shard = self._shards[(first_bucket + i) % self.SHARDS]
+            for user_id in list(shard):
+                seen = shard[user_id]
+                for device_id in [d for d, s in seen.items() if s <= cutoff]:
+                    del seen[device_id]
+                    forgotten += 1
+                if not seen:
+                    del shard[user_id]
+        return forgotten
 
 
 def newest_seen(seen: Mapping[str, int], after_s: int, cap: int) -> list[str]:

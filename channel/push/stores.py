@@ -69,6 +69,8 @@ class DeviceDirectory(Protocol):
     #: Devices not seen this long are forgotten; at most ``cap`` are listed per user.
     ttl_s: int
     cap: int
+    #: How the directory is split for ``sweep`` (1 when it is not).
+    buckets: int
 
     async def remember(self, entries: Sequence[Presence]) -> None:
         """Record ``entry.device_id`` as the device of ``entry.user_id``, seen at
@@ -77,6 +79,11 @@ class DeviceDirectory(Protocol):
     async def known_devices(self, user_ids: Sequence[str], now_s: int) -> dict[str, list[str]]:
         """Each user's devices seen within ``ttl_s`` of ``now_s``, newest first, at most
         ``cap``; older entries are forgotten on the way."""
+
+    async def sweep(self, first_bucket: int, count: int, now_s: int) -> int:
+        """Forget entries not seen within ``ttl_s`` in buckets ``first_bucket`` ..
+        ``first_bucket + count - 1`` (modulo ``buckets``): users nobody pushes to are
+        never read, so nodes sweep the directory slowly. Returns entries forgotten."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ A connection writes one field (``HSET``, batched with the node's other presence
 writes); a push to users reads each user's fields with ``HSCAN`` on the user's
 bucket, keeps the newest ``cap`` seen within ``ttl_s`` and deletes the rest,
 compare-and-delete, so a device that connects meanwhile is never forgotten.
+The entries of users nobody pushes to are forgotten by ``sweep``, which each
+node runs over its share of the buckets (``NodeDelivery``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 from channel.push.memory import newest_seen
 from channel.push.model import Presence
+from channel.push.redis import lua
 from channel.push.redis.connection import Batch, Connection
 from channel.push.redis.keys import Keys, h8
 from channel.push.redis.presence import b36, forget_if_equal, scan_user_fields
@@ -24,6 +27,7 @@ class RedisDirectory:
         self._keys = keys
         self.ttl_s = ttl_s
         self.cap = cap
+        self.buckets = keys.buckets
 
     async def remember(self, entries: Sequence[Presence]) -> None:
         batch = Batch()
@@ -54,6 +58,16 @@ class RedisDirectory:
         if stale:
             await forget_if_equal(self._conn, stale, "old directory entries")
         return out
+
+    async def sweep(self, first_bucket: int, count: int, now_s: int) -> int:
+        batch = Batch()
+        cutoff = now_s - self.ttl_s
+        for i in range(min(count, self.buckets)):
+            key = self._keys.user_directory_bucket((first_bucket + i) % self.buckets)
+            batch.script(lua.DIRECTORY_SWEEP, [key], [cutoff])
+        if not batch:
+            return 0
+        return sum(int(n) for n in await self._conn.run(batch))
 
     async def _read(self, user_id: str) -> dict[str, str]:
         """``device id → last seen (base 36)`` of one user, from the user's bucket."""

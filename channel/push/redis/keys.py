@@ -58,7 +58,10 @@ class Keys:
         return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
 
     def user_directory(self, user_id: str) -> str:
-        return f"{self.prefix}:ud:{{{self.bucket(user_id)}}}"
+        return self.user_directory_bucket(self.bucket(user_id))
+
+    def user_directory_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}:ud:{{{bucket}}}"
 
     def queue(self, device_id: str) -> str:
         return f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"

@@ -230,6 +230,24 @@ return 1
 """
 )
 
+#: KEYS: a directory bucket. ARGV: cutoff (unix s) → delete the fields whose last-seen
+#: (base 36) is at or before it; returns how many. A bucket holds ~64 users' devices.
+DIRECTORY_SWEEP = Lua(
+    """
+local cutoff = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+local gone = 0
+for i = 1, #all, 2 do
+  local seen = tonumber(all[i + 1], 36)
+  if seen == nil or seen <= cutoff then
+    redis.call('HDEL', KEYS[1], all[i])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+)
+
 #: KEYS: status. ARGV: count.
 RECEIPT_ADD_DELIVERED = Lua(
     """
