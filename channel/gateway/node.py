@@ -182,6 +182,34 @@ class GatewayNode:
                 return [frames, frame_bytes, body]
 
         self.metrics.registry.register(_WireCollector())  # type: ignore[arg-type]
+        node = self
+
+        class _PushCollector:
+            def collect(self) -> Iterable[object]:
+                from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+                delivery = node.delivery
+                if delivery is None:
+                    return []
+                return [
+                    CounterMetricFamily(
+                        "channel_pushes_written",
+                        "PUSH frames written to devices (unicast, fan-out, replays)",
+                        value=delivery.pushes_written,
+                    ),
+                    GaugeMetricFamily(
+                        "channel_fanout_pending",
+                        "Broadcast and topic pushes going round this node's sessions",
+                        value=delivery.fanout_pending,
+                    ),
+                    CounterMetricFamily(
+                        "channel_user_directory_forgotten",
+                        "Device directory entries this node's sweeps forgot (not seen in ttl)",
+                        value=delivery.directory_forgotten,
+                    ),
+                ]
+
+        self.metrics.registry.register(_PushCollector())  # type: ignore[arg-type]
 
     async def start(self) -> NodeAddresses:
         loop = asyncio.get_running_loop()

@@ -419,6 +419,11 @@ class NodeDelivery:
         while self._ring.pending > MAX_RING_PENDING and self._ring_task is not None:
             await asyncio.wait([self._ring_task], timeout=0.05)
 
+    @property
+    def fanout_pending(self) -> int:
+        """Fan-out pushes going round the ring now."""
+        return self._ring.pending
+
     async def _run_ring(self) -> None:
         step = self.config.fanout_batch
         while self._ring.step(step):
