@@ -60,6 +60,7 @@ from channel.push.model import (
     TargetKind,
     new_message_id,
 )
+from channel.push.redis.presence import b36
 from stress.machine import machine_info, machine_line
 from stress.push import precise_cpu_s
 from stress.report import fmt as _f
@@ -378,7 +379,7 @@ def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict
 
     n = args.layout_devices
     buckets = max(1, n // args.per_bucket)
-    since = base36(int(time.time()))
+    since = b36(int(time.time()))
     client = inspector.client
     out = []
     for name, field_kind, value_kind, index_kind in LAYOUTS:
@@ -406,16 +407,6 @@ def measure_layouts(args: argparse.Namespace, inspector: Inspector) -> list[dict
         out.append({"layout": name, "devices": n, "bytes_per_device": used / n})
     client.flushall()
     return out
-
-
-def base36(value: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        value, digit = divmod(value, 36)
-        out = digits[digit] + out
-        if not value:
-            return out
 
 
 def user_id_count(n: int) -> int:
