@@ -22,6 +22,7 @@ from channel.push.model import (
     PushStatus,
     Receipt,
     drop_at_ms,
+    final_drop_at_ms,
 )
 from channel.push.stores import EnqueueOutcome, PushBackend
 
@@ -221,8 +222,8 @@ class MemoryReceipts:
                 elif not current.final:
                     status.devices[receipt.device_id] = receipt.status
                     entry.pending -= 1
-                    if entry.pending <= 0 and self.final_retention_ms > 0:
-                        drop_at = int(time.time() * 1000) + self.final_retention_ms
+                    drop_at = final_drop_at_ms(receipt, self.final_retention_ms)
+                    if entry.pending <= 0 and drop_at > 0:
                         entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
             self._stream.append((self._next_seq, receipt))
             self._next_seq += 1

@@ -124,15 +124,23 @@ class PushMessage:
 def drop_at_ms(status: MessageStatus, retention_s: int, final_retention_ms: int) -> int:
     """When a new status goes: ``retention_s`` after the message expires, or, for a device
     or user push with no device left to reach (none listed, or all final already),
-    ``final_retention_ms`` from now if sooner."""
+    ``final_retention_ms`` after it was accepted if sooner."""
     drop_at = status.expires_at_ms + retention_s * 1000
     if (
         final_retention_ms > 0
         and status.target in (TargetKind.DEVICE, TargetKind.USER)
         and all(s.final for s in status.devices.values())
     ):
-        drop_at = min(drop_at, now_ms() + final_retention_ms)
+        drop_at = min(drop_at, (status.accepted_at_ms or now_ms()) + final_retention_ms)
     return drop_at
+
+
+def final_drop_at_ms(receipt: Receipt, final_retention_ms: int) -> int:
+    """When a status goes if ``receipt`` made its last device final: ``final_retention_ms``
+    after the receipt's time (0: no sooner than its retention)."""
+    if final_retention_ms <= 0:
+        return 0
+    return (receipt.at_ms or now_ms()) + final_retention_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,9 +201,10 @@ return 1
 """
 )
 
-#: KEYS: status. ARGV: device id ("" for a fan-out delivery), status letter, final
-#: retention ms. A listed device moves only from accepted; other deliveries count. When
-#: the last listed device leaves accepted, the status expires within the final retention.
+#: KEYS: status. ARGV: device id ("" for a fan-out delivery), status letter, the
+#: unix ms at which the status is to go once final (0: not sooner). A listed device
+#: moves only from accepted; other deliveries count. When the last listed device leaves
+#: accepted, the status expires at that time if it would have lived longer.
 RECEIPT_RECORD = Lua(
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -215,10 +216,10 @@ if ARGV[1] ~= '' then
       redis.call('HSET', KEYS[1], f, ARGV[2])
       -- 'p' counts devices still 'a' (statuses written before it existed have none).
       if redis.call('HEXISTS', KEYS[1], 'p') == 1 then
-        local keep = tonumber(ARGV[3])
-        if redis.call('HINCRBY', KEYS[1], 'p', -1) <= 0 and keep > 0 then
-          local ttl = redis.call('PTTL', KEYS[1])
-          if ttl < 0 or ttl > keep then redis.call('PEXPIRE', KEYS[1], keep) end
+        local drop = tonumber(ARGV[3])
+        if redis.call('HINCRBY', KEYS[1], 'p', -1) <= 0 and drop > 0 then
+          local current = redis.call('PEXPIRETIME', KEYS[1])
+          if current < 0 or current > drop then redis.call('PEXPIREAT', KEYS[1], drop) end
         end
       end
     end

@@ -3,7 +3,8 @@
 ``{p}:s:{<message id>}``: ``t`` target kind, ``a`` accepted_at_ms, ``e``
 expires_at_ms, ``n`` delivered count, ``d:<device>`` one status letter, ``p``
 devices still accepted; it expires ``retention_s`` after the message does, or
-``final_retention_ms`` after its last device reached a final status if sooner.
+``final_retention_ms`` after its last device reached a final status (the
+receipt's time) if sooner.
 A device's status leaves ``accepted`` once and the first final status stays (a
 late "expired" does not overwrite "delivered", nor the other way round).
 
@@ -21,7 +22,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from channel.push.model import MessageStatus, PushStatus, Receipt, TargetKind, drop_at_ms
+from channel.push.model import (
+    MessageStatus,
+    PushStatus,
+    Receipt,
+    TargetKind,
+    drop_at_ms,
+    final_drop_at_ms,
+)
 from channel.push.redis import lua
 from channel.push.redis.connection import (
     MAX_BLOCK_MS,
@@ -90,7 +98,11 @@ class RedisReceipts:
         for receipt in receipts:
             if receipt.status is not PushStatus.ACCEPTED:  # accepted changes nothing
                 key = self._keys.status(receipt.message_id)
-                args = [receipt.device_id, _LETTER[receipt.status], self.final_retention_ms]
+                args = [
+                    receipt.device_id,
+                    _LETTER[receipt.status],
+                    final_drop_at_ms(receipt, self.final_retention_ms),
+                ]
                 batch.script(lua.RECEIPT_RECORD, [key], args)
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
