@@ -491,9 +491,14 @@ class NodeDelivery:
                 if offline:
                     await backend.presence.set_offline(offline)
                 if online:
-                    await backend.presence.set_online(online)
                     if self.config.user_devices_ttl_s > 0:
-                        await backend.directory.remember(online)
+                        # Independent writes: one round trip's wait, not two.
+                        await asyncio.gather(
+                            backend.presence.set_online(online),
+                            backend.directory.remember(online),
+                        )
+                    else:
+                        await backend.presence.set_online(online)
             except Exception:
                 # Try again with the next flush (newer changes for a device win).
                 for device_id, change in changes.items():
