@@ -262,7 +262,10 @@ _IDS = st.text("abcdefgh0123-_.:", min_size=1, max_size=12)
     target=st.sampled_from(["device_id", "device_ids", "user_id", "topic", "broadcast"]),
     ids=st.lists(_IDS, min_size=1, max_size=5),
     body=st.binary(max_size=64),
-    headers=st.dictionaries(st.text("abc-1", min_size=1, max_size=5), st.text(max_size=8)),
+    # Valid requests only: at most MAX_HEADERS headers (more is the rejection tested above).
+    headers=st.dictionaries(
+        st.text("abc-1", min_size=1, max_size=5), st.text(max_size=8), max_size=MAX_HEADERS
+    ),
     ttl_s=st.integers(0, 86_400),
 )
 def test_valid_requests_survive_a_json_round_trip(
