@@ -25,6 +25,8 @@ def _batch(prefix: str) -> Batch:
     batch.add("hmget", f"{prefix}:h", ["f", "a", "missing"])
     batch.add("pexpire", f"{prefix}:h", 60_000)
     batch.add("pexpireat", f"{prefix}:nope", 1)
+    batch.add("hdel", f"{prefix}:h", "b")
+    batch.add("hdel", f"{prefix}:h", "missing")
     batch.script(ECHO, [f"{prefix}:k"], ["x", 41])
     batch.script(FAIL, [f"{prefix}:k"], [])
     batch.add("hset", f"{prefix}:h", "f")  # wrong arity: not a raw command

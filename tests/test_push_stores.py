@@ -30,7 +30,7 @@ from channel.push.model import (
     now_ms,
 )
 from channel.push.redis import redis_backend
-from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter
+from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter, QueuedRef
 from tests.redis_servers import RedisFactory, RedisServer
 
 FAR_MS = 3_600_000
@@ -306,6 +306,10 @@ async def test_collapse_key_replaces_the_queued_message(backend: PushBackend) ->
     assert await queue.revoke("d", "m4")
     (outcome,) = await queue.enqueue([("d", message("m5", 5, collapse_key="score"))], cap=10)
     assert outcome.replaced == ()
+    # Removed with its collapse key given (the node knows it): the pointer goes too.
+    await queue.remove([("d", "m5", "score")])
+    (outcome,) = await queue.enqueue([("d", message("m7", 7, collapse_key="score"))], cap=10)
+    assert outcome.replaced == ()
     # Another device's queue is its own.
     (outcome,) = await queue.enqueue([("e", message("m6", 6, collapse_key="score"))], cap=10)
     assert outcome.replaced == ()
@@ -340,7 +344,7 @@ async def test_remove_and_revoke(backend: PushBackend) -> None:
     await queue.enqueue(
         [("d1", message("m1", 1)), ("d1", message("m2", 2)), ("d2", message("m3", 3))], cap=10
     )
-    await queue.remove([("d1", "m1"), ("d2", "m3"), ("d1", "missing"), ("nobody", "m1")])
+    await queue.remove([("d1", "m1"), ("d2", "m3", ""), ("d1", "missing", ""), ("nobody", "m1")])
     await queue.remove([])
     assert [m.message_id for m in (await queue.pending("d1", now_ms()))[0]] == ["m2"]
     assert await queue.pending("d2", now_ms()) == ([], [])
@@ -373,7 +377,7 @@ async def test_queue_agrees_with_the_memory_queue(backend: PushBackend, seed: in
     start = now_ms()
     clock = start
     next_id = 0
-    ids: list[tuple[str, str]] = []
+    ids: list[tuple[str, str, str]] = []
     for _ in range(60):
         action = rng.random()
         if action < 0.55:
@@ -388,15 +392,18 @@ async def test_queue_agrees_with_the_memory_queue(backend: PushBackend, seed: in
                     f"m{next_id:03d}", clock, expires_at_ms=start + lifetime, collapse_key=ck
                 )
                 batch.append((device, item))
-                ids.append((device, item.message_id))
+                ids.append((device, item.message_id, ck))
             cap = rng.choice([2, 4, 100])
             assert await backend.queue.enqueue(batch, cap) == await reference.enqueue(batch, cap)
         elif action < 0.7 and ids:
-            chosen = rng.sample(ids, min(len(ids), 3))
+            # With the collapse key (as nodes remove what was delivered) or without.
+            chosen: list[QueuedRef] = [
+                ref if rng.random() < 0.5 else ref[:2] for ref in rng.sample(ids, min(len(ids), 3))
+            ]
             await backend.queue.remove(chosen)
             await reference.remove(chosen)
         elif action < 0.8 and ids:
-            device, message_id = rng.choice(ids)
+            device, message_id, _ = rng.choice(ids)
             got = await backend.queue.revoke(device, message_id)
             assert got == await reference.revoke(device, message_id)
         else:
@@ -747,5 +754,35 @@ async def test_presence_and_inbox_survive_a_redis_restart(redis_factory: RedisFa
             assert await reader.take(1) == [b"after"]
         finally:
             await reader.close()
+    finally:
+        await stores.close()
+
+
+async def test_status_written_before_the_pending_count_keeps_its_retention(
+    redis_server: RedisServer,
+) -> None:
+    """A status from before ``p`` (devices still accepted) existed: a final receipt for
+    one of its devices neither invents the count nor moves its expiry."""
+    config = redis_config(redis_server.url)
+    stores = await redis_backend(config)
+    try:
+        receipts = stores.receipts
+        receipts.final_retention_ms = 60_000  # type: ignore[attr-defined]
+        await receipts.create([device_status("old", "d1", "d2")], retention_s=3600)
+        key = f"{config.key_prefix}:s:{{old}}"
+        client = redis_server.client()
+        try:
+            client.hdel(key, "p")  # as such a status was written
+            ttl_before = client.pttl(key)
+            await receipts.record([Receipt("old", PushStatus.DELIVERED, "d1", now_ms() - 120_000)])
+            assert client.hget(key, "p") is None
+            assert client.pttl(key) > ttl_before - 60_000  # not brought forward
+            await receipts.record([Receipt("old", PushStatus.DELIVERED, "d2", now_ms() - 120_000)])
+            assert client.hget(key, "p") is None and client.exists(key)
+        finally:
+            client.close()
+        status = await receipts.status("old")
+        assert status is not None
+        assert status.devices == {"d1": PushStatus.DELIVERED, "d2": PushStatus.DELIVERED}
     finally:
         await stores.close()

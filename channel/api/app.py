@@ -37,6 +37,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from channel import fastjson
 from channel.api.errors import ApiError, bad_request, error_json, json_response, not_found
 from channel.api.keys import (
     DEV_KEY_FILE,
@@ -163,7 +164,7 @@ async def _read_json(request: web.Request, *, optional: bool = False) -> object:
             return None
         raise bad_request("the request needs a JSON body")
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise bad_request(f"the body is not valid JSON ({str(exc)[:200]})") from None
 

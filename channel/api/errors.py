@@ -9,10 +9,11 @@ device; ``METHOD_NOT_ALLOWED`` and ``CONFLICT`` are the HTTP-only additions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from aiohttp import web
+
+from channel import fastjson
 
 #: Every ``error.code`` the HTTP API itself produces (device RPC errors add the
 #: device's own ``ErrorCode`` name).
@@ -35,7 +36,7 @@ def json_response(
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps(body, separators=(",", ":")).encode("utf-8"),
+        body=fastjson.dumps(body),
         content_type="application/json",
         headers=headers,
     )

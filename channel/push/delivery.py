@@ -37,7 +37,7 @@ from channel.logs import fields
 from channel.push import envelopes as env
 from channel.push.fanout import FanoutRing
 from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
-from channel.push.stores import PushBackend
+from channel.push.stores import PushBackend, QueuedRef
 from channel.rpc.model import RpcResponse
 from channel.wire import ErrorCode, LocalProtocolError, PreparedPush
 
@@ -63,8 +63,10 @@ _FanoutPush = tuple[PreparedPush, str]
 class _Outstanding:
     """Pushes written to one connection and not yet acknowledged."""
 
-    #: delivery id -> (message id, queued: removed from the device queue on ACK)
-    by_delivery: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    #: delivery id -> (message id, its collapse key if it was queued, else None): a
+    #: queued message is removed from the device queue on ACK (the key spares the
+    #: store reading it), a fan-out one only counted.
+    by_delivery: dict[int, tuple[str, str | None]] = field(default_factory=dict)
     #: Dicts used as sets: one of these per connection, and an empty set costs 216 bytes,
     #: an empty dict 64 (tests/test_session_footprint.py).
     message_ids: dict[str, None] = field(default_factory=dict)
@@ -85,7 +87,7 @@ class NodeDelivery:
         # device id -> Presence to write (online) or (Presence, False) to clear.
         self._presence_changes: dict[str, tuple[Presence, bool]] = {}
         self._replays: list[DeviceSession] = []
-        self._acked: list[tuple[str, str]] = []
+        self._acked: list[QueuedRef] = []
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
         self._wake = asyncio.Event()
@@ -207,10 +209,10 @@ class NodeDelivery:
             entry = state.by_delivery.pop(delivery_id, None)
             if entry is None:
                 continue
-            message_id, queued = entry
+            message_id, collapse_key = entry
             state.message_ids.pop(message_id, None)
-            if queued:
-                self._acked.append((device_id, message_id))
+            if collapse_key is not None:
+                self._acked.append((device_id, message_id, collapse_key))
                 self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
             else:
                 self._fanout_acks[message_id] += 1
@@ -277,7 +279,10 @@ class NodeDelivery:
             # Too large for this device's limits: it will never fit; say so once.
             self._fail(session, message.message_id, queued, f"device limits: {exc}"[:200])
             return True
-        state.by_delivery[delivery_id] = (message.message_id, queued)
+        state.by_delivery[delivery_id] = (
+            message.message_id,
+            message.collapse_key if queued else None,
+        )
         state.message_ids[message.message_id] = None
         self.pushes_written += 1
         return True
@@ -442,7 +447,7 @@ class NodeDelivery:
                 delivery_id = session.conn.send_prepared_push(push)
             except LocalProtocolError:
                 continue
-            state.by_delivery[delivery_id] = (message_id, False)
+            state.by_delivery[delivery_id] = (message_id, None)
             state.message_ids[message_id] = None
             self.pushes_written += 1
         session.flush()

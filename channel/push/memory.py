@@ -24,7 +24,7 @@ from channel.push.model import (
     drop_at_ms,
     final_drop_at_ms,
 )
-from channel.push.stores import EnqueueOutcome, PushBackend
+from channel.push.stores import EnqueueOutcome, PushBackend, QueuedRef
 
 
 def _mono_ms() -> int:
@@ -142,8 +142,8 @@ class MemoryQueue:
     ) -> dict[str, tuple[list[PushMessage], list[PushMessage]]]:
         return {d: await self.pending(d, now_ms) for d in dict.fromkeys(device_ids)}
 
-    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
-        for device_id, message_id in items:
+    async def remove(self, items: Sequence[QueuedRef]) -> None:
+        for device_id, message_id, *_ in items:
             queue = self._queues.get(device_id)
             if queue is not None:
                 queue.pop(message_id, None)

@@ -75,6 +75,9 @@ class PushMessage:
     #: A push to users: only a session of one of them may get it (a device listed in
     #: a user's directory may have changed hands since).
     target_users: tuple[str, ...] = ()
+    #: ``pack()``'s bytes, kept once made (or read): a push is packed for its device
+    #: queue and again for the inbox envelope, and a user push once per device.
+    _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_at_ms
@@ -89,7 +92,9 @@ class PushMessage:
         return (*self.headers, *extra) if extra else self.headers
 
     def pack(self) -> bytes:
-        return msgpack.packb(
+        if self._packed is not None:
+            return self._packed
+        packed: bytes = msgpack.packb(
             [
                 self.message_id,
                 self.body,
@@ -103,11 +108,13 @@ class PushMessage:
             ],
             use_bin_type=True,
         )
+        object.__setattr__(self, "_packed", packed)
+        return packed
 
     @classmethod
     def unpack(cls, data: bytes) -> PushMessage:
         item = msgpack.unpackb(data, raw=False)
-        return cls(
+        message = cls(
             message_id=item[0],
             body=item[1],
             headers=tuple((str(n), str(v)) for n, v in item[2]),
@@ -119,6 +126,8 @@ class PushMessage:
             # Absent in messages queued before target users existed.
             target_users=tuple(item[8]) if len(item) > 8 else (),
         )
+        object.__setattr__(message, "_packed", bytes(data))
+        return message
 
 
 def drop_at_ms(status: MessageStatus, retention_s: int, final_retention_ms: int) -> int:
@@ -129,7 +138,7 @@ def drop_at_ms(status: MessageStatus, retention_s: int, final_retention_ms: int)
     if (
         final_retention_ms > 0
         and status.target in (TargetKind.DEVICE, TargetKind.USER)
-        and all(s.final for s in status.devices.values())
+        and PushStatus.ACCEPTED not in status.devices.values()  # all final
     ):
         drop_at = min(drop_at, (status.accepted_at_ms or now_ms()) + final_retention_ms)
     return drop_at
@@ -241,20 +250,42 @@ _CROCKFORD = bytes.maketrans(
 )
 
 
+def message_id_of(raw: bytes) -> str:
+    """Fifteen bytes as 24 characters of ``_CROCKFORD`` base32 (the reference encoding)."""
+    return base64.b32encode(raw).translate(_CROCKFORD).decode()
+
+
+_DIGITS = "0123456789abcdefghjkmnpqrstvwxyz"
+#: Every pair of digits, by the ten bits it encodes.
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]
+#: The last 9 characters encode bits 44..0, all process salt: the same in every id.
+_SALT_TAIL = message_id_of(bytes(9) + _process_salt.to_bytes(6, "big"))[15:]
+
+
 def new_message_id() -> str:
     """A sortable, unique message id: 48-bit ms time, 24-bit counter, 48-bit process salt.
 
-    Fifteen bytes as 24 base32 characters; ids from one process sort by time, then by
-    acceptance order within a millisecond (the counter wraps after 16M ids per ms).
+    Fifteen bytes as 24 base32 characters (``message_id_of``); ids from one process sort
+    by time, then by acceptance order within a millisecond (the counter wraps after 16M
+    ids per ms). Built from a table of digit pairs and the salt's constant tail: one
+    push pays for one of these, and ``base64.b32encode`` is pure Python.
     """
     global _counter
     _counter = (_counter + 1) & 0xFFFFFF
-    raw = (
-        (now_ms() & 0xFFFFFFFFFFFF).to_bytes(6, "big")
-        + _counter.to_bytes(3, "big")
-        + _process_salt.to_bytes(6, "big")
+    # Bits 119..45: time, counter and the salt's top 3 bits; 15 characters.
+    head = ((now_ms() & 0xFFFFFFFFFFFF) << 27) | (_counter << 3) | (_process_salt >> 45)
+    pairs = _PAIRS
+    return (
+        pairs[head >> 65]
+        + pairs[(head >> 55) & 0x3FF]
+        + pairs[(head >> 45) & 0x3FF]
+        + pairs[(head >> 35) & 0x3FF]
+        + pairs[(head >> 25) & 0x3FF]
+        + pairs[(head >> 15) & 0x3FF]
+        + pairs[(head >> 5) & 0x3FF]
+        + _DIGITS[head & 0x1F]
+        + _SALT_TAIL
     )
-    return base64.b32encode(raw).translate(_CROCKFORD).decode()
 
 
 @dataclass(frozen=True, slots=True)

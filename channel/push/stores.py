@@ -26,6 +26,11 @@ from typing import Any, Protocol
 
 from channel.push.model import MessageStatus, Presence, PushMessage, Receipt
 
+#: A queued message: ``(device id, message id)``, or ``(device id, message id, collapse
+#: key)`` when the caller knows the key ("" for none), so the store need not read the
+#: message to clear its collapse pointer (on Redis: a plain ``HDEL`` instead of a script).
+QueuedRef = tuple[str, str] | tuple[str, str, str]
+
 
 class PresenceStore(Protocol):
     async def join(self, node_id: str, lease_ms: int) -> int:
@@ -117,8 +122,8 @@ class DeviceQueue(Protocol):
     ) -> dict[str, tuple[list[PushMessage], list[PushMessage]]]:
         """``pending`` for many devices in one round trip (a wave of reconnects)."""
 
-    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
-        """Drop delivered messages: ``(device_id, message_id)`` pairs."""
+    async def remove(self, items: Sequence[QueuedRef]) -> None:
+        """Drop delivered messages (a collapse key given must be the message's own)."""
 
     async def revoke(self, device_id: str, message_id: str) -> bool:
         """Drop one undelivered message; False if it was not queued (any more)."""

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from channel import fastjson
 from channel.api.limits import MAX_PUSH_BODY_BYTES
 from channel.logs import fields
 from channel.push.requests import ValidationError, parse_push_request
@@ -153,7 +153,7 @@ class StreamApi:
                 results.append({"request_id": request_id, **result.to_json()})
         await self.client.xadd(
             push.receipt_stream,
-            {"r": json.dumps(results, separators=(",", ":"))},
+            {"r": fastjson.dumps(results)},
             maxlen=push.receipt_stream_maxlen,
             approximate=True,
         )
@@ -194,7 +194,7 @@ def _parse_entry(
 
 def _json(value: Any, name: str) -> Any:
     try:
-        return json.loads(value)
+        return fastjson.loads(value)
     except (ValueError, TypeError):
         raise ValidationError(name, "not valid JSON") from None
 

@@ -91,6 +91,11 @@ class Batch:
         """A redis-py command method by name (``"hset"``, ``"xadd"`` …)."""
         self.ops.append(_Op(method, args, kwargs))
 
+    def command(self, *args: Any) -> None:
+        """A command as Redis spells it (``"HSET", key, field, value, …``; its first key
+        second), sent as is: no redis-py method (and no mapping to flatten) in between."""
+        self.ops.append(_Op("execute_command", args, {}))
+
     def script(self, lua: Lua, keys: Sequence[str], args: Sequence[Any]) -> None:
         # By name: redis-py's cluster pipeline refuses its evalsha() method,
         # though it routes a raw EVALSHA by its first key.
@@ -276,6 +281,8 @@ def _raw_command(op: _Op) -> tuple[Any, ...] | None:
             return ("HSET", args[0], *(x for pair in mapping.items() for x in pair))
         if not kwargs and len(args) == 3:
             return ("HSET", *args)
+    elif method == "hdel" and not kwargs and len(args) == 2:
+        return ("HDEL", *args)
     elif method == "hmget" and not kwargs and len(args) == 2:
         return ("HMGET", args[0], *args[1])
     elif method in ("pexpire", "pexpireat") and not kwargs and len(args) == 2:

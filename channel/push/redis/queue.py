@@ -15,7 +15,7 @@ from channel.push.model import PushMessage, now_ms
 from channel.push.redis import lua
 from channel.push.redis.connection import Batch, Connection
 from channel.push.redis.keys import Keys
-from channel.push.stores import EnqueueOutcome
+from channel.push.stores import EnqueueOutcome, QueuedRef
 
 #: A queue key outlives even an already-expired message this long, so the next
 #: read can still report it expired.
@@ -67,7 +67,7 @@ class RedisQueue:
             batch.add("hgetall", self._keys.queue(device_id))
         replies: list[dict[bytes, bytes]] = await self._conn.run(batch)
         out: dict[str, tuple[list[PushMessage], list[PushMessage]]] = {}
-        gone: list[tuple[str, str]] = []
+        gone: list[QueuedRef] = []
         for device_id, stored in zip(devices, replies, strict=True):
             messages = [
                 PushMessage.unpack(value)
@@ -76,13 +76,13 @@ class RedisQueue:
             ]
             messages.sort(key=lambda m: (m.accepted_at_ms, m.message_id))
             expired = [m for m in messages if m.expired(now_ms)]
-            gone.extend((device_id, m.message_id) for m in expired)
+            gone.extend((device_id, m.message_id, m.collapse_key) for m in expired)
             out[device_id] = ([m for m in messages if not m.expired(now_ms)], expired)
         if gone:
             await self.remove(gone)
         return out
 
-    async def remove(self, items: Sequence[tuple[str, str]]) -> None:
+    async def remove(self, items: Sequence[QueuedRef]) -> None:
         if items:
             await self._conn.run(self._removals(items))
 
@@ -90,8 +90,15 @@ class RedisQueue:
         (removed,) = await self._conn.run(self._removals([(device_id, message_id)]))
         return bool(removed)
 
-    def _removals(self, items: Sequence[tuple[str, str]]) -> Batch:
+    def _removals(self, items: Sequence[QueuedRef]) -> Batch:
         batch = Batch()
-        for device_id, message_id in items:
-            batch.script(lua.QUEUE_REMOVE, [self._keys.queue(device_id)], [message_id])
+        for item in items:
+            key = self._keys.queue(item[0])
+            if len(item) == 2:
+                batch.script(lua.QUEUE_REMOVE, [key], [item[1]])
+            elif item[2]:
+                batch.script(lua.QUEUE_REMOVE, [key], [item[1], item[2]])
+            else:
+                # No collapse pointer to clear: the script's HDEL alone (same reply).
+                batch.add("hdel", key, item[1])
         return batch

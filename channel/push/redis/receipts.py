@@ -17,11 +17,11 @@ is a stream id, or ``<id>#<n>`` when only the first ``n`` receipts of entry
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from channel import fastjson
 from channel.push.model import (
     MessageStatus,
     PushStatus,
@@ -74,22 +74,29 @@ class RedisReceipts:
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         batch = Batch()
+        accepted = PushStatus.ACCEPTED
         for status in statuses:
             key = self._keys.status(status.message_id)
-            mapping: dict[str, str | int] = {
-                "t": status.target.value,
-                "a": status.accepted_at_ms,
-                "e": status.expires_at_ms,
-            }
+            fields: list[str | int] = [
+                "t",
+                status.target.value,
+                "a",
+                status.accepted_at_ms,
+                "e",
+                status.expires_at_ms,
+            ]
             if status.delivered_count:
-                mapping["n"] = status.delivered_count
+                fields += ("n", status.delivered_count)
+            pending = 0
             for device_id, device_status in status.devices.items():
-                mapping["d:" + device_id] = _LETTER[device_status]
-            pending = sum(1 for s in status.devices.values() if not s.final)
+                fields += ("d:" + device_id, _LETTER[device_status])
+                pending += device_status is accepted
             if pending:
-                mapping["p"] = pending
-            batch.add("hset", key, mapping=mapping)
-            batch.add("pexpireat", key, drop_at_ms(status, retention_s, self.final_retention_ms))
+                fields += ("p", pending)
+            batch.command("HSET", key, *fields)
+            batch.command(
+                "PEXPIREAT", key, drop_at_ms(status, retention_s, self.final_retention_ms)
+            )
         if batch:
             await self._conn.run(batch)
 
@@ -106,7 +113,7 @@ class RedisReceipts:
                 batch.script(lua.RECEIPT_RECORD, [key], args)
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
-            entry = json.dumps([r.to_json() for r in chunk], separators=(",", ":"))
+            entry = fastjson.dumps([r.to_json() for r in chunk])
             batch.add("xadd", self._stream, {"r": entry}, maxlen=self._maxlen, approximate=True)
         if batch:
             await self._conn.run(batch)
@@ -170,7 +177,7 @@ class RedisReceipts:
         cursor = after
         for raw_id, entry in entries:
             entry_id = raw_id.decode()
-            items = json.loads(entry[b"r"])
+            items: Any = fastjson.loads(entry[b"r"])
             if skip and entry_id == partial_id:
                 items = items[int(skip) :]
                 done = int(skip)

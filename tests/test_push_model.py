@@ -1,0 +1,77 @@
+"""Push values: message ids, packing, JSON of the hot paths."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from channel import fastjson
+from channel.push import model
+from channel.push.model import PushMessage, message_id_of, new_message_id
+
+
+def _fields(message_id: str) -> tuple[int, int, int]:
+    """(ms, counter, salt) that an id encodes."""
+    n = 0
+    for char in message_id:
+        n = n * 32 + model._DIGITS.index(char)
+    return n >> 72, (n >> 48) & 0xFFFFFF, n & 0xFFFFFFFFFFFF
+
+
+def test_new_message_id_is_the_reference_encoding_of_time_counter_and_salt() -> None:
+    before = model.now_ms()
+    ids = [new_message_id() for _ in range(2_000)]
+    after = model.now_ms()
+    for message_id in ids:
+        ms, counter, salt = _fields(message_id)
+        raw = ms.to_bytes(6, "big") + counter.to_bytes(3, "big") + salt.to_bytes(6, "big")
+        assert message_id_of(raw) == message_id
+        assert before <= ms <= after and salt == model._process_salt
+    assert len(set(ids)) == len(ids)
+    # Sortable: by time, then by acceptance order (unless the counter wrapped).
+    wrapped = any(_fields(a)[1] > _fields(b)[1] for a, b in itertools.pairwise(ids))
+    assert wrapped or ids == sorted(ids)
+
+
+@given(st.binary(min_size=15, max_size=15))
+def test_message_id_of_sorts_like_the_bytes(raw: bytes) -> None:
+    other = bytes(255 - b for b in raw)
+    assert (message_id_of(raw) < message_id_of(other)) == (raw < other)
+    assert len(message_id_of(raw)) == 24
+
+
+def test_pack_round_trip() -> None:
+    message = PushMessage("m1", b"\x00body", (("a", "b"),), 10, "ck", accepted_at_ms=5)
+    again = PushMessage.unpack(message.pack())
+    assert again == message
+    assert again.pack() == message.pack()
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json_values)
+def test_fastjson_reads_what_json_reads(value: object) -> None:
+    text = json.dumps(value)
+    assert fastjson.loads(text.encode()) == json.loads(text)
+    assert json.loads(fastjson.dumps(value)) == value
+
+
+def test_fastjson_keeps_json_answers_where_orjson_refuses() -> None:
+    huge = "123456789012345678901234567890"
+    assert fastjson.loads(f'{{"ttl_s": {huge}}}') == {"ttl_s": float(huge)}
+    assert fastjson.loads("[NaN]") == json.loads("[NaN]")
+    assert fastjson.loads('"\\ud800"') == "\ud800"
+    assert json.loads(fastjson.dumps({"n": int(huge)})) == {"n": int(huge)}
+    assert json.loads(fastjson.dumps({1: "x"})) == {"1": "x"}
