@@ -14,7 +14,9 @@ the SDK does) and record when the ACK was written: latency = POST sent → ACK
 written. Reported: acked pushes/s, p50/p99/max latency, pushes lost (accepted,
 never delivered within ``--drain-s``), duplicates, and the CPU-seconds of every
 process per 1,000 pushes. The same pushes with ``[push] backend = "memory"`` (no
-Redis) run in the same invocation: the table shows Redis ÷ memory.
+Redis) run in the same invocation: the table shows Redis ÷ memory. ``--backends
+memory,redis,cluster`` adds a Redis Cluster of three masters (its CPU summed over
+them). The JSON has Redis's commands and microseconds per push, by command.
 
 **Broadcast fan-out.** N devices (default 10,000; 2,500 per client process,
 the open-file limit is 20,000 per process) on one gateway; M broadcasts in
@@ -579,20 +581,22 @@ class Redis:
         self.pid = self.server.proc.pid
         self.url = self.server.url
 
-    def commands(self) -> Counter[str]:
-        """Calls per command since the server started (``INFO commandstats``)."""
+    def commands(self) -> tuple[Counter[str], Counter[str]]:
+        """Calls and microseconds per command since the server started (``INFO
+        commandstats``; a script's inner commands count both on their own and in its
+        EVALSHA's time)."""
         client = self.server.client()
         try:
             stats = client.info("commandstats")
         finally:
             client.close()
-        return Counter(
-            {
-                k.removeprefix("cmdstat_"): int(v["calls"])
-                for k, v in stats.items()
-                if k != "cmdstat_info"
-            }
-        )
+        calls: Counter[str] = Counter()
+        usec: Counter[str] = Counter()
+        for k, v in stats.items():
+            if k != "cmdstat_info":
+                calls[k.removeprefix("cmdstat_")] = int(v["calls"])
+                usec[k.removeprefix("cmdstat_")] = int(v["usec"])
+        return calls, usec
 
     def info_memory(self) -> int:
         client = self.server.client()
@@ -603,6 +607,41 @@ class Redis:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class Cluster:
+    """A throwaway Redis Cluster of three masters (``tests.redis_servers.RedisCluster``):
+    what ``Redis`` reports, summed over its nodes."""
+
+    def __init__(self, directory: Path) -> None:
+        from tests.redis_servers import RedisCluster
+
+        self.cluster = RedisCluster(directory)
+        self.cluster.start()
+        self.nodes = [Redis.__new__(Redis) for _ in self.cluster.nodes]
+        for node, server in zip(self.nodes, self.cluster.nodes, strict=True):
+            assert server.proc is not None
+            node.server, node.pid, node.url = server, server.proc.pid, server.url
+        self.url = self.cluster.url
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {f"redis{i}": node.pid for i, node in enumerate(self.nodes)}
+
+    def commands(self) -> tuple[Counter[str], Counter[str]]:
+        calls: Counter[str] = Counter()
+        usec: Counter[str] = Counter()
+        for node in self.nodes:
+            c, u = node.commands()
+            calls += c
+            usec += u
+        return calls, usec
+
+    def info_memory(self) -> int:
+        return sum(node.info_memory() for node in self.nodes)
+
+    def stop(self) -> None:
+        self.cluster.stop()
 
 
 def gateway_settings(n: int, backend: str, redis_url: str = "", buckets: int = 0) -> dict[str, Any]:
@@ -616,7 +655,9 @@ def gateway_settings(n: int, backend: str, redis_url: str = "", buckets: int = 0
         "push": {"backend": backend},
         "api": {"port": 0},
     }
-    if backend == "redis":
+    if backend in ("redis", "cluster"):
+        settings["push"]["backend"] = "redis"
+        settings["push"]["redis_cluster"] = backend == "cluster"
         settings["push"]["redis_url"] = redis_url
         settings["push"]["presence_buckets"] = buckets or max(16, n // 64)
     return settings
@@ -829,7 +870,7 @@ def run_unicast_backend(
     n = args.devices
     label = backend if nodes == 1 else f"{backend}×{nodes}"
     state_dir = state_root / label
-    redis: Redis | None = None
+    redis: Redis | Cluster | None = None
     gateways: list[GatewayProcess] = []
     clients: Workers | None = None
     generator: Workers | None = None
@@ -838,6 +879,9 @@ def run_unicast_backend(
         if backend == "redis":
             redis = Redis(state_dir / "redis")
             result["redis_pid"] = redis.pid
+        elif backend == "cluster":
+            redis = Cluster(state_dir / "cluster")
+            result["redis_pids"] = redis.pids
         settings = gateway_settings(n, backend, redis.url if redis else "", args.presence_buckets)
         for i in range(nodes):
             gateways.append(
@@ -860,7 +904,7 @@ def run_unicast_backend(
         generator.command("setup", api_urls=urls, key=key, connections=args.concurrency)
         pids = {
             **{g.name: g.pid for g in gateways},
-            **({"redis": redis.pid} if redis else {}),
+            **(redis.pids if isinstance(redis, Cluster) else {"redis": redis.pid} if redis else {}),
             "generator": generator.pids[0],
             "clients": -1,
         }
@@ -924,7 +968,7 @@ def run_mode(
     rate: float,
     seconds: float,
     warmup_s: float,
-    redis: Redis | None = None,
+    redis: Redis | Cluster | None = None,
 ) -> dict[str, Any]:
     """One generator run: reset the devices' records, load, drain, collect, analyse."""
     clients.command("reset")
@@ -954,10 +998,11 @@ def run_mode(
     w1 = start_at + warmup_s + seconds
     time.sleep(max(0.0, w0 - time.monotonic()))
     cpu0 = snapshot()
-    commands0 = redis.commands() if redis is not None else Counter()
+    calls0, usec0 = redis.commands() if redis is not None else (Counter(), Counter())
     time.sleep(max(0.0, w1 - time.monotonic()))
     cpu1 = snapshot()
-    commands = redis.commands() - commands0 if redis is not None else Counter()
+    calls1, usec1 = redis.commands() if redis is not None else (Counter(), Counter())
+    commands, usec = calls1 - calls0, usec1 - usec0
     (gen,) = generator.replies()
     accepted = len(gen["accepted"]) // 8
     # Drain: wait until every accepted push arrived, or nothing arrived for a while.
@@ -982,6 +1027,9 @@ def run_mode(
         # INFO commandstats counts the commands scripts run inside Redis too.
         phase["redis_commands_per_push"] = (
             {k: v / acked for k, v in commands.most_common()} if acked else None
+        )
+        phase["redis_usec_per_push"] = (
+            {k: v / acked for k, v in usec.most_common()} if acked else None
         )
     return phase
 
@@ -1540,7 +1588,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backends",
         type=lambda s: [b for b in s.split(",") if b],
         default=["memory", "redis"],
-        help="push backends, each a gateway of its own (default memory,redis)",
+        help="push backends, each a gateway of its own: memory, redis (one redis-server), "
+        "cluster (a Redis Cluster of three masters); default memory,redis",
     )
     u.add_argument(
         "--nodes",
@@ -1613,8 +1662,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not set(args.modes) <= {"rate", "max", "half"} or not args.modes:
         p.error("--modes: rate, max, half (half runs after max)")
-    if not set(args.backends) <= {"memory", "redis"}:
-        p.error("--backends: memory and/or redis")
+    if not set(args.backends) <= {"memory", "redis", "cluster"}:
+        p.error("--backends: memory, redis and/or cluster")
     if args.batch < 1 or args.batch > 1000:
         p.error("--batch must be 1..1000 (the API's max_batch)")
     return args

@@ -128,3 +128,25 @@ def test_inbox_benchmark_compares_stream_and_spublish(tmp_path: Path) -> None:
     # The reason Channel's inboxes are streams: a reader that was away reads back all.
     assert doc["stream"]["recovered_after_absence"] == 100
     assert "stream (Channel)" in done.stdout
+
+
+def test_push_benchmark_on_a_redis_cluster(tmp_path: Path) -> None:
+    out = tmp_path / "push.json"
+    doc = run_tool(
+        "stress.push",
+        out,
+        "--backends", "cluster",
+        "--modes", "max",
+        "--devices", "10",
+        "--batch", "10",
+        "--seconds", "0.5",
+        "--warmup-s", "0.2",
+        "--drain-s", "3",
+        "--fanout-devices", "0",
+        "--no-pin",
+    )  # fmt: skip
+    phase = doc["unicast"]["cluster"]["max"]
+    assert phase["accepted"] > 0 and phase["lost"] == 0 and phase["api_errors"] == 0
+    # Every master's CPU is counted, and Redis's time per push by command is there.
+    assert {"redis0", "redis1", "redis2"} <= phase["cpu_s"].keys()
+    assert phase["redis_usec_per_push"]["evalsha"] > 0
