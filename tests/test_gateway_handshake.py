@@ -218,7 +218,19 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
         text = await admin_text(gw, "/metrics")
         assert 'channel_handshakes_total{kind="full"} 1.0' in text
         assert 'channel_frames_total{direction="in",type="HELLO"} 1.0' in text
+        # Bytes through TLS both ways (the HELLO and its HELLO_ACK at least).
+        assert float(_sample(text, 'channel_bytes_total{direction="in"}')) > 0
+        assert float(_sample(text, 'channel_bytes_total{direction="out"}')) > 0
+        # Each family once: Prometheus refuses a scrape with a second HELP or TYPE line
+        # for a name (an unused Counter and a collector both named channel_frames did).
+        declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(declared) == len(set(declared)), sorted(declared)
         await device.close()
+
+
+def _sample(text: str, name: str) -> str:
+    (value,) = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return value
 
 
 async def admin_text(gw: RunningGateway, path: str) -> str:

@@ -39,21 +39,8 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
-        self.frames = Counter(
-            "channel_frames_total",
-            "MMTP frames by direction and type",
-            ["direction", "type"],
-            registry=r,
-        )
-        self.bytes = Counter(
-            "channel_bytes_total", "Bytes through TLS by direction", ["direction"], registry=r
-        )
-        self.body_bytes = Counter(
-            "channel_body_bytes_total",
-            "Message body bytes sent, before (raw) and after (wire) compression",
-            ["stage"],
-            registry=r,
-        )
+        # Frames, MMTP bytes and body bytes are counted as plain ints where they pass
+        # (every push and ACK) and read at scrape time: GatewayNode._register_wire_collector.
         self.rpc_latency = Histogram(
             "channel_rpc_duration_seconds",
             "Device RPC latency through the gateway, by route and cluster",

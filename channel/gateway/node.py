@@ -74,6 +74,9 @@ class GatewayNode:
         self.dev_token_key: Path | None = None
         self.ca_cert: Path | None = None
         self.frame_counters = FrameCounters()
+        #: MMTP bytes to and from devices (inside TLS), for /metrics.
+        self.mmtp_bytes_in = 0
+        self.mmtp_bytes_out = 0
         self.metrics = GatewayMetrics()
         self._register_wire_collector()
         self.authenticator = self._make_authenticator()
@@ -151,6 +154,7 @@ class GatewayNode:
     def _register_wire_collector(self) -> None:
         counters = self.frame_counters
         codec = self.body_codec
+        node = self
 
         class _WireCollector:
             def collect(self) -> Iterable[object]:
@@ -179,10 +183,16 @@ class GatewayNode:
                 )
                 body.add_metric(["raw"], codec.encoded_raw_bytes)
                 body.add_metric(["wire"], codec.encoded_wire_bytes)
-                return [frames, frame_bytes, body]
+                mmtp = CounterMetricFamily(
+                    "channel_bytes",
+                    "MMTP bytes to and from devices (inside TLS) by direction",
+                    labels=["direction"],
+                )
+                mmtp.add_metric(["in"], node.mmtp_bytes_in)
+                mmtp.add_metric(["out"], node.mmtp_bytes_out)
+                return [frames, frame_bytes, body, mmtp]
 
         self.metrics.registry.register(_WireCollector())  # type: ignore[arg-type]
-        node = self
 
         class _PushCollector:
             def collect(self) -> Iterable[object]:

@@ -140,7 +140,7 @@ class DeviceSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
-        self._node.metrics.bytes.labels("in").inc(len(data))
+        self._node.mmtp_bytes_in += len(data)
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -325,7 +325,7 @@ class DeviceSession(asyncio.Protocol):
         transport = self._transport
         if not data or transport is None:
             return
-        self._node.metrics.bytes.labels("out").inc(len(data))
+        self._node.mmtp_bytes_out += len(data)
         transport.write(data)
 
     def send_goaway(self, code: ErrorCode, reconnect_after_ms: int, message: str) -> None:
