@@ -62,6 +62,7 @@ Example ``channel.toml``::
     user_devices_cap = 32       # ...the most recently seen this many
     default_ttl_s = 86400
     final_status_retention_s = 3600   # a status whose devices are all final goes this long after
+    inbox_max_entries = 10000   # batches a node's Redis inbox keeps unread (then trimmed)
     max_ttl_s = 2419200
 
     [api]                       # the HTTP push API, /openapi.json
@@ -192,6 +193,11 @@ class PushConfig:
     final_status_retention_s: float = 3_600.0
     #: Receipt stream length kept in Redis (approximate trimming).
     receipt_stream_maxlen: int = 1_000_000
+    #: Entries (batches of pushes) a node's Redis inbox keeps before its oldest are
+    #: trimmed (approximate: Redis trims whole stream nodes of ~100 entries). Bounds what
+    #: a stalled node's inbox costs Redis; pushes stay safe in their devices' queues, and
+    #: a node that finds entries trimmed before it read them replays its devices' queues.
+    inbox_max_entries: int = 10_000
     #: Broadcast and topic fan-out: sessions written per event-loop turn. Smaller lets
     #: unicasts, ACKs and API calls in sooner during a fan-out (128: a unicast posted
     #: behind a 10,000-device broadcast is acked in ~40 ms, 512: ~80-140 ms), at no
@@ -386,5 +392,7 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.final_status_retention_s: must be >= 0 (0 = status_retention_s)")
     if push.fanout_batch < 1:
         raise ConfigError("push.fanout_batch: must be >= 1")
+    if push.inbox_max_entries < 1:
+        raise ConfigError("push.inbox_max_entries: must be >= 1")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

@@ -16,6 +16,7 @@ from channel.config import ConfigError, load_config
         ("user_devices_cap = 0", r"push\.user_devices_cap"),
         ("user_devices_sweep_s = -1", r"push\.user_devices_sweep_s"),
         ("fanout_batch = 0", r"push\.fanout_batch"),
+        ("inbox_max_entries = 0", r"push\.inbox_max_entries"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
     ],
 )

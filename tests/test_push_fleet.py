@@ -232,3 +232,34 @@ async def test_node_rewrites_presence_after_redis_restarts_empty(
             await device.wait_for({reply["message_id"]})
     finally:
         fleet.stop()
+
+
+async def test_a_node_paused_past_its_inbox_limit_replays_its_devices_queues(
+    fleet: Fleet,
+) -> None:
+    """A node stopped (SIGSTOP: a long GC pause, a starved VM) while pushes for its devices
+    pile up past ``inbox_max_entries``: Redis trims its inbox before it reads it. When it
+    runs again it sees the gap in the entry numbers and replays its devices' queues, so
+    the devices get every push now, not at their next reconnect."""
+    fleet.env["CHANNEL_PUSH__INBOX_MAX_ENTRIES"] = "5"
+    fleet.env["CHANNEL_PUSH__LEASE_MS"] = "60000"  # the pause must not look like a death
+    a = await fleet.start_node()
+    b = await fleet.start_node()
+    devices = [Device(a, f"p{i}") for i in range(4)]  # on A only: they wait for it
+    accepted: dict[str, set[str]] = {d.device_id: set() for d in devices}
+    async with aiohttp.ClientSession() as http, connected(*devices):
+        for device in devices:
+            await wait_online(http, b, device, on=a)
+        os.kill(a.serve.proc.pid, signal.SIGSTOP)
+        try:
+            # One inbox entry per request: 320 entries, Redis keeps the newest ~100-200;
+            # 80 pushes per device stay within queue_cap (100).
+            for index in range(320):
+                device = devices[index % len(devices)]
+                body = {"device_id": device.device_id, "body": f"n{index}", "ttl_s": 600}
+                reply = await b.post(http, "/v1/push", body)
+                accepted[device.device_id].add(reply["message_id"])
+        finally:
+            os.kill(a.serve.proc.pid, signal.SIGCONT)
+        for device in devices:
+            await device.wait_for(accepted[device.device_id], timeout_s=30)

@@ -18,6 +18,7 @@ from contextlib import suppress
 import pytest
 
 from channel.config import PushConfig
+from channel.push import envelopes
 from channel.push.memory import memory_backend
 from channel.push.model import (
     MessageStatus,
@@ -484,6 +485,52 @@ async def test_router_send_and_inbox(backend: PushBackend) -> None:
         assert await reader.take(3) == [b"a", b"b", b"\x00c"]
     finally:
         await reader.close()
+
+
+async def test_inbox_read_after_entries_were_trimmed_starts_with_resync(
+    backend: PushBackend,
+) -> None:
+    """A node that falls so far behind that its inbox is trimmed past what it read is told
+    so (a RESYNC envelope first), so it can replay its devices' queues."""
+    if backend.name == "memory":
+        pytest.skip("the in-process inbox is never trimmed")
+    router = backend.router
+    router.max_entries = 5  # type: ignore[attr-defined]
+    node = await backend.presence.join("node-a", 30_000)
+    inbox = router.inbox(node)
+    first = asyncio.ensure_future(anext(inbox))
+    sent = 0
+    while not first.done():  # probe until reads have begun
+        sent += 1
+        await router.send(node, [b"probe:%d" % sent])
+        await asyncio.wait([first], timeout=0.05)
+    read = list(first.result())
+    while read[-1] != b"probe:%d" % sent:
+        read += await anext(inbox)
+    # Within the limit: read in order, no RESYNC.
+    await router.send(node, [b"kept:1"])
+    await router.send(node, [b"kept:2"])
+    got = await anext(inbox)
+    while len(got) < 2:
+        got += await anext(inbox)
+    assert got == [b"kept:1", b"kept:2"]
+    # The node stops reading; 350 entries later Redis has trimmed whole stream nodes
+    # (~100 entries each) beyond the newest 5.
+    for index in range(350):
+        await router.send(node, [b"late:%d" % index])
+    got = await anext(inbox)
+    assert envelopes.unpack(got[0]) == [envelopes.RESYNC]
+    assert b"late:0" not in got and got[-1].startswith(b"late:")
+    rest = got[1:]
+    numbers = [int(e.split(b":")[1]) for e in rest]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    # Caught up: the next entries come without a RESYNC.
+    await router.send(node, [b"after"])
+    got = await anext(inbox)
+    while got[-1] != b"after":
+        got += await anext(inbox)
+    assert all(e != envelopes.pack(envelopes.RESYNC) for e in got)
+    await inbox.aclose()
 
 
 async def test_send_all_reaches_every_live_node(backend: PushBackend) -> None:

@@ -162,18 +162,23 @@ class NodeDelivery:
         sessions = [s for s in self.node.by_device.values() if s in self._state]
         await self.backend.presence.set_online([self._presence_of(s) for s in sessions])
         # Pushes accepted while this node was unknown were queued, not routed: read
-        # every local device's queue again (after the presence write, as on connect;
-        # what is already on a connection is not written twice).
-        for session in sessions:
-            state = self._state[session]
-            if state.held is None:
-                state.held = []
-                self._replays.append(session)
-        self._wake.set()
+        # every local device's queue again (after the presence write, as on connect).
+        self._replay_everyone()
         log.warning(
             "presence was lost (store restarted?); rejoined and wrote it again",
             extra=fields(old_node_no=old, node_no=self.node_no),
         )
+
+    def _replay_everyone(self) -> None:
+        """Read every local device's queue again, as on connect (what is already on a
+        connection is not written twice): for pushes that were queued but whose routing
+        to this node was lost."""
+        for session in self.node.by_device.values():
+            state = self._state.get(session)
+            if state is not None and state.held is None:
+                state.held = []
+                self._replays.append(session)
+        self._wake.set()
 
     # ------------------------------------------------------------- sessions
 
@@ -362,6 +367,8 @@ class NodeDelivery:
                     self._serve_call(item)
                 elif kind == env.REPLY:
                     self._on_reply(item)
+                elif kind == env.RESYNC:
+                    self._replay_everyone()
             except Exception:
                 log.exception("bad inbox envelope")
         # High-priority pushes were written as they came; normal ones follow them,

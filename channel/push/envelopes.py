@@ -18,6 +18,9 @@ TOPIC = "t"  # [t, topic, packed message]: to the node's subscribers of a topic
 KICK = "k"  # [k, device_id, reason]
 CALL = "c"  # [c, device_id, call_id, reply_node, op, body, headers, timeout_ms]
 REPLY = "r"  # [r, call_id, status, headers, body, message]
+#: [s]: inbox entries were lost before the node read them (trimmed): replay every local
+#: device's queue. Made by the Redis inbox reader, never sent between nodes.
+RESYNC = "s"
 
 
 def pack(*fields: object) -> bytes:

@@ -47,7 +47,7 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         name="redis",
         presence=presence,
         queue=RedisQueue(conn, keys),
-        router=RedisRouter(conn, keys, presence),
+        router=RedisRouter(conn, keys, presence, config.inbox_max_entries),
         receipts=RedisReceipts(
             conn,
             keys,

@@ -23,7 +23,8 @@ user connected from within ``[push] user_devices_ttl_s``, online or not), laid
 out like the user index so it stays listpack-encoded.
 
 Per node: ``{p}:{nodes}`` HASH node number → ``"node_id|lease_end_ms"`` (Redis
-clock), ``{p}:{nodes}:seq`` (node numbers), ``{p}:in:{<node_no>}`` STREAM (inbox).
+clock), ``{p}:{nodes}:seq`` (node numbers), ``{p}:in:{<node_no>}`` STREAM (inbox),
+``{p}:in:{<node_no>}:seq`` (the inbox's entry numbers).
 
 Per message: ``{p}:s:{<message id>}`` HASH — status; per API key:
 ``{p}:i:{<key>}`` STRING — idempotency. The receipt stream is
@@ -68,6 +69,9 @@ class Keys:
 
     def inbox(self, node_no: int) -> str:
         return f"{self.prefix}:in:{{{node_no}}}"
+
+    def inbox_seq(self, node_no: int) -> str:
+        return f"{self.prefix}:in:{{{node_no}}}:seq"
 
     def status(self, message_id: str) -> str:
         return f"{self.prefix}:s:{{{message_id}}}"

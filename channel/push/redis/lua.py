@@ -245,6 +245,20 @@ return 1
 """
 )
 
+#: KEYS: inbox stream, its entry counter. ARGV: max entries (approximate), payload, idle
+#: ttl ms → the entry's number. Numbered in the same step as it is added, so entries
+#: are numbered in stream order: a node that reads a number more than one past the last
+#: it read knows entries were trimmed before it read them.
+INBOX_ADD = Lua(
+    """
+local n = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 's', n, 'b', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return n
+"""
+)
+
 #: KEYS: a directory bucket. ARGV: cutoff (unix s) → delete the fields whose last-seen
 #: (base 36) is at or before it; returns how many. A bucket holds ~64 users' devices.
 DIRECTORY_SWEEP = Lua(

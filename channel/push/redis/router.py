@@ -1,10 +1,16 @@
 """Node inboxes as Redis streams: one entry per batch, read with ``XREAD BLOCK``.
 
 ``{p}:in:{<node_no>}``: each entry's field ``b`` is a msgpack list of
-envelopes. The owning node reads it on a dedicated connection and trims what it
-has read, so a stream holds only what is in flight; ``INBOX_MAXLEN`` bounds a
-stalled node's backlog (the device queues, not the inbox, hold pushes safe) and
-an inbox nobody writes to expires.
+envelopes, ``s`` its number (``{p}:in:{<node_no>}:seq``, taken in the same script
+that adds it). The owning node reads it on a dedicated connection and trims what
+it has read, so a stream holds only what is in flight; ``[push]
+inbox_max_entries`` bounds a stalled node's backlog, and an inbox nobody writes to
+expires.
+
+Entries trimmed before the node read them are not lost pushes (the device
+queues, not the inbox, hold pushes safe), but nothing would write them to their
+devices until those reconnect. The numbers tell: a read that skips numbers
+starts with a ``RESYNC`` envelope, and the node replays its devices' queues.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import msgpack
 from redis.exceptions import RedisError
 
 from channel.logs import fields
+from channel.push import envelopes as env
+from channel.push.redis import lua
 from channel.push.redis.connection import Batch, Connection, raise_if_cancelled
 from channel.push.redis.keys import Keys
 from channel.push.redis.presence import RedisPresence
 
 log = logging.getLogger("channel.push")
 
-INBOX_MAXLEN = 10_000
 INBOX_BLOCK_MS = 1_000
 #: Entries taken per read (each a batch); what they hold is yielded as one batch.
 INBOX_READ_COUNT = 256
@@ -38,10 +45,13 @@ async def last_stream_id(conn: Connection, key: str) -> str:
 
 
 class RedisRouter:
-    def __init__(self, conn: Connection, keys: Keys, presence: RedisPresence) -> None:
+    def __init__(
+        self, conn: Connection, keys: Keys, presence: RedisPresence, max_entries: int = 10_000
+    ) -> None:
         self._conn = conn
         self._keys = keys
         self._presence = presence
+        self.max_entries = max_entries
 
     async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
         if envelopes:
@@ -56,14 +66,15 @@ class RedisRouter:
         payload = msgpack.packb(list(envelopes), use_bin_type=True)
         batch = Batch()
         for node_no in node_nos:
-            key = self._keys.inbox(node_no)
-            batch.add("xadd", key, {"b": payload}, maxlen=INBOX_MAXLEN, approximate=True)
-            batch.add("pexpire", key, INBOX_IDLE_TTL_MS)
+            keys = [self._keys.inbox(node_no), self._keys.inbox_seq(node_no)]
+            batch.script(lua.INBOX_ADD, keys, [self.max_entries, payload, INBOX_IDLE_TTL_MS])
         return batch
 
     async def inbox(self, node_no: int) -> AsyncIterator[list[bytes]]:
         key = self._keys.inbox(node_no)
         cursor: str | None = None
+        #: The number of the last entry read (None: none read yet).
+        last: int | None = None
         failures = 0
         while True:
             raise_if_cancelled()
@@ -87,10 +98,25 @@ class RedisRouter:
             if not reply:
                 continue
             batch: list[bytes] = []
+            gap = False
             for entry_id, entry in reply[0][1]:
+                number = int(entry.get(b"s", 0))
+                # 1 starts a new count (the counter expired with an idle inbox, or Redis
+                # restarted empty, which the node's lease renewal finds out); older nodes
+                # write no number (0).
+                if last is not None and number > last + 1 and last > 0:
+                    gap = True
+                last = number
                 batch.extend(msgpack.unpackb(entry[b"b"], raw=False))
                 cursor = entry_id.decode()
             await self._trim(key, cursor)
+            if gap:
+                log.warning(
+                    "inbox entries were trimmed before this node read them; "
+                    "replaying its devices' queues",
+                    extra=fields(node_no=node_no, max_entries=self.max_entries),
+                )
+                batch.insert(0, env.pack(env.RESYNC))
             yield batch
 
     async def _trim(self, key: str, read_up_to: str) -> None:
