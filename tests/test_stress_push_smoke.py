@@ -109,6 +109,7 @@ def test_presence_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert doc["directory"]["keys"]["entries"] == 3000
     assert doc["directory"]["bytes_per_device"] > 0
     assert doc["statuses"]["bytes_per_status"] > 0
+    assert doc["statuses"]["memory_usage_bytes_per_status"] > 0
     assert doc["inbox"]["bytes_per_envelope"] > 0
     assert doc["fleet"]["heartbeat_writes_per_s"] == 0
     assert len(doc["layouts"]) >= 2 and all(x["bytes_per_device"] > 0 for x in doc["layouts"])
