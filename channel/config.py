@@ -191,7 +191,9 @@ class PushConfig:
     #: are final within seconds, and a 2-day life made them most of Redis (docs/sizing.md).
     #: 0: as long as status_retention_s.
     final_status_retention_s: float = 3_600.0
-    #: Receipt stream length kept in Redis (approximate trimming).
+    #: Receipts (and stream API results) the receipt stream keeps, about (Redis trims
+    #: whole stream nodes): ~130 B of Redis each, so 1M is ~130 MB on one shard
+    #: (``python -m stress.presence``).
     receipt_stream_maxlen: int = 1_000_000
     #: Entries (batches of pushes) a node's Redis inbox keeps before its oldest are
     #: trimmed (approximate: Redis trims whole stream nodes of ~100 entries). Bounds what

@@ -57,6 +57,7 @@ from channel.push.model import (
     Presence,
     PushMessage,
     PushStatus,
+    Receipt,
     TargetKind,
     new_message_id,
 )
@@ -348,6 +349,7 @@ async def measure(args: argparse.Namespace, url: str, pid: int, doc: dict[str, A
         doc["queue"] = await measure_queue(args, backend, inspector)
         doc["statuses"] = await measure_statuses(args, backend, inspector)
         doc["inbox"] = await measure_inbox(args, backend, inspector, nodes[0])
+        doc["receipt_stream"] = await measure_receipt_stream(args, backend, inspector)
         if args.layout_devices:
             log(quiet, f"other presence encodings, {args.layout_devices:,} devices each ...")
             doc["layouts"] = measure_layouts(args, inspector)
@@ -548,6 +550,35 @@ async def measure_inbox(
     }
 
 
+async def measure_receipt_stream(
+    args: argparse.Namespace, backend: Any, inspector: Inspector
+) -> dict[str, Any]:
+    """Bytes per delivery receipt in the receipt stream, entries of 100 (a busy node's
+    flush): what ``[push] receipt_stream_maxlen`` receipts cost Redis."""
+    count = min(args.queue_devices, 100_000)
+    per_entry = 100
+    at = int(time.time() * 1000)
+    stream = backend.receipts._stream
+    memory0 = inspector.used_memory()["used_memory"]
+    with Phase(inspector) as phase:
+        for first in range(0, count, per_entry):
+            await backend.receipts.record(
+                [
+                    Receipt(new_message_id(), PushStatus.DELIVERED, device_id(first + j), at)
+                    for j in range(per_entry)
+                ]
+            )
+    used = inspector.used_memory()["used_memory"] - memory0
+    usage = int(inspector.client.memory_usage(stream, samples=0) or 0)
+    return {
+        "receipts": count,
+        "per_entry": per_entry,
+        "bytes_per_receipt": used / count if count else None,
+        "memory_usage_bytes_per_receipt": usage / count if count else None,
+        "record": phase.figures(count // per_entry, f"entries of {per_entry} receipts"),
+    }
+
+
 # --------------------------------------------------------------------------- fleet arithmetic
 
 
@@ -717,6 +748,14 @@ def render(doc: dict[str, Any]) -> str:
             f"inbox envelope (entries of {doc['inbox']['per_entry']})",
             _f(doc["inbox"]["bytes_per_envelope"], ".0f"),
             "-",
+        ]
+    )
+    r = doc["receipt_stream"]
+    rows.append(
+        [
+            f"receipt in the receipt stream (entries of {r['per_entry']})",
+            _f(r["bytes_per_receipt"], ".0f"),
+            _f(r["memory_usage_bytes_per_receipt"], ".0f"),
         ]
     )
     out.append(_table(rows))

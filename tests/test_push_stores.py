@@ -8,6 +8,7 @@ the end restart a dedicated server to check what survives it.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -831,5 +832,32 @@ async def test_status_written_before_the_pending_count_keeps_its_retention(
         status = await receipts.status("old")
         assert status is not None
         assert status.devices == {"d1": PushStatus.DELIVERED, "d2": PushStatus.DELIVERED}
+    finally:
+        await stores.close()
+
+
+async def test_receipt_stream_keeps_about_maxlen_receipts_not_entries(
+    redis_server: RedisServer,
+) -> None:
+    """``receipt_stream_maxlen`` counts receipts, as the memory backend does: entries
+    hold a flush's worth each (more the busier the node), so a bound in entries let the
+    stream grow with the push rate."""
+    config = redis_config(redis_server.url)
+    config.receipt_stream_maxlen = 1_000
+    stores = await redis_backend(config)
+    try:
+        for batch in range(300):  # 12,000 receipts in entries of 40
+            await stores.receipts.record(
+                [Receipt(f"m{batch}.{i}", PushStatus.DELIVERED, "d", 1) for i in range(40)]
+            )
+        client = redis_server.client()
+        try:
+            entries = client.xrange(config.receipt_stream)
+        finally:
+            client.close()
+        kept = sum(len(json.loads(fields[b"r"])) for _, fields in entries)
+        # Redis trims whole stream nodes (100 entries): about the bound, never all 12,000
+        # (a bound of 1,000 entries kept every one).
+        assert 1_000 <= kept <= 6_000, kept
     finally:
         await stores.close()

@@ -111,6 +111,7 @@ def test_presence_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert doc["statuses"]["bytes_per_status"] > 0
     assert doc["statuses"]["memory_usage_bytes_per_status"] > 0
     assert doc["inbox"]["bytes_per_envelope"] > 0
+    assert doc["receipt_stream"]["memory_usage_bytes_per_receipt"] > 0
     assert doc["fleet"]["heartbeat_writes_per_s"] == 0
     assert len(doc["layouts"]) >= 2 and all(x["bytes_per_device"] > 0 for x in doc["layouts"])
 

@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError
 from channel import fastjson
 from channel.api.limits import MAX_PUSH_BODY_BYTES
 from channel.logs import fields
+from channel.push.redis.receipts import entries_for
 from channel.push.requests import ValidationError, parse_push_request
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ class StreamApi:
         await self.client.xadd(
             push.receipt_stream,
             {"r": fastjson.dumps(results)},
-            maxlen=push.receipt_stream_maxlen,
+            maxlen=entries_for(push.receipt_stream_maxlen, len(results)),
             approximate=True,
         )
         # Acknowledged only now: a node killed before this point leaves them pending.

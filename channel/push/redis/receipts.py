@@ -42,6 +42,17 @@ from channel.push.redis.router import last_stream_id
 
 RECEIPTS_PER_ENTRY = 1_000
 
+
+def entries_for(max_receipts: int, per_entry: int) -> int:
+    """The stream length (in entries, which Redis counts) that keeps about ``max_receipts``
+    receipts when entries hold ``per_entry`` each, as this one does.
+
+    A node writes one entry per flush, so an entry holds more receipts the busier the
+    node is: a bound in entries alone let the stream grow with the push rate (1M entries
+    of ~100 receipts each is ~10 GB). Entries of a steady rate are alike in size; when
+    the rate falls, older, larger entries are kept a little longer than their share."""
+    return max(1, max_receipts // max(1, per_entry))
+
 _LETTER = {
     PushStatus.ACCEPTED: "a",
     PushStatus.DELIVERED: "d",
@@ -114,7 +125,8 @@ class RedisReceipts:
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
             entry = fastjson.dumps([r.to_json() for r in chunk])
-            batch.add("xadd", self._stream, {"r": entry}, maxlen=self._maxlen, approximate=True)
+            maxlen = entries_for(self._maxlen, len(chunk))
+            batch.add("xadd", self._stream, {"r": entry}, maxlen=maxlen, approximate=True)
         if batch:
             await self._conn.run(batch)
 
