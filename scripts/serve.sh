@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/channel ]; then
-    "$PYTHON" -m venv .venv
+# (Re)install when the venv is new or pyproject.toml changed since (a new dependency).
+stamp=.venv/.channel-installed
+if [ ! -x .venv/bin/channel ] || [ pyproject.toml -nt "$stamp" ]; then
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
     .venv/bin/python -m pip install --quiet -e .
+    touch "$stamp"
 fi
 exec .venv/bin/channel serve --log-text "$@"
