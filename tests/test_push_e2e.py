@@ -323,6 +323,7 @@ async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
         registry = gw.node.metrics.registry
         assert registry.get_sample_value("channel_pushes_written_total") == 60
         assert registry.get_sample_value("channel_fanout_pending") == 0
+        assert registry.get_sample_value("channel_inbox_resyncs_total") == 0
         # Counts are written with the acks; every device acked before its next flush.
         assert gw.node.delivery is not None
         async with asyncio.timeout(WAIT_S):

@@ -263,3 +263,13 @@ async def test_a_node_paused_past_its_inbox_limit_replays_its_devices_queues(
             os.kill(a.serve.proc.pid, signal.SIGCONT)
         for device in devices:
             await device.wait_for(accepted[device.device_id], timeout_s=30)
+        # Operators see it happen.
+        metrics_url = f"http://127.0.0.1:{a.info['admin_port']}/metrics"
+        async with http.get(metrics_url) as response:
+            text = await response.text()
+        (resyncs,) = [
+            float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("channel_inbox_resyncs_total ")
+        ]
+        assert resyncs >= 1

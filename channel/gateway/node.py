@@ -217,6 +217,12 @@ class GatewayNode:
                         "Device directory entries this node's sweeps forgot (not seen in ttl)",
                         value=delivery.directory_forgotten,
                     ),
+                    CounterMetricFamily(
+                        "channel_inbox_resyncs",
+                        "Times this node found Redis had trimmed inbox entries it had not read "
+                        "(inbox_max_entries) and replayed its devices' queues",
+                        value=delivery.inbox_resyncs,
+                    ),
                 ]
 
         self.metrics.registry.register(_PushCollector())  # type: ignore[arg-type]

@@ -104,6 +104,9 @@ class NodeDelivery:
         self.pushes_written = 0
         #: Directory entries this node's sweeps forgot (devices not seen within the ttl).
         self.directory_forgotten = 0
+        #: Times this node found inbox entries trimmed before it read them and replayed
+        #: its devices' queues (``channel_inbox_resyncs_total``).
+        self.inbox_resyncs = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -368,6 +371,7 @@ class NodeDelivery:
                 elif kind == env.REPLY:
                     self._on_reply(item)
                 elif kind == env.RESYNC:
+                    self.inbox_resyncs += 1
                     self._replay_everyone()
             except Exception:
                 log.exception("bad inbox envelope")

@@ -53,6 +53,7 @@ def entries_for(max_receipts: int, per_entry: int) -> int:
     the rate falls, older, larger entries are kept a little longer than their share."""
     return max(1, max_receipts // max(1, per_entry))
 
+
 _LETTER = {
     PushStatus.ACCEPTED: "a",
     PushStatus.DELIVERED: "d",
