@@ -1052,10 +1052,12 @@ def run_fanout(args: argparse.Namespace, state_root: Path, profiler: Profiler) -
         settings = gateway_settings(n, "redis", redis.url, args.presence_buckets)
     else:
         settings = gateway_settings(n, "memory")
+    settings["push"]["fanout_linger_ms"] = args.fanout_linger_ms
     gateway = GatewayProcess(state_dir=state_dir, settings=settings, name="gateway-fanout")
     clients: Workers | None = None
     result: dict[str, Any] = {
         "backend": args.fanout_backend,
+        "fanout_linger_ms": args.fanout_linger_ms,
         "pinned": {"gateway": server_cpus, "clients": client_cpus},
     }
     try:
@@ -1641,6 +1643,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "from the 'until idle again' figure over the time it waited for the last ACKs",
     )
     f.add_argument("--fanout-timeout-s", type=float, default=60.0)
+    f.add_argument(
+        "--fanout-linger-ms",
+        type=float,
+        default=0.0,
+        help="[push] fanout_linger_ms of the fan-out gateway (default 0: the ring starts at "
+        "once); broadcasts posted within it share one write per device",
+    )
     f.add_argument(
         "--no-pin",
         dest="pin",

@@ -435,3 +435,39 @@ async def test_high_priority_overtakes_normal_pushes_routed_in_the_same_batch(
         await device.wait_pushes(2)
         assert device.bodies == [b"fraud alert", b"newsletter"]
         assert ("priority", "high") in device.pushes[0].headers
+
+
+async def test_broadcasts_posted_one_by_one_within_the_linger_share_one_write(
+    tmp_path: Path,
+) -> None:
+    """``fanout_linger_ms``: a broadcast that finds the ring idle waits; broadcasts posted
+    meanwhile, each in its own request, reach every device in one write."""
+    async with (
+        gateway(tmp_path, push={"fanout_linger_ms": 3000}) as gw,
+        online(gw, *(f"d{i}" for i in range(5))) as devices,
+    ):
+        svc = service(gw)
+        delivery = gw.node.delivery
+        assert delivery is not None
+        for k in range(3):
+            await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b%d" % k)])
+            async with asyncio.timeout(WAIT_S):  # on the ring, which has not started
+                while delivery.fanout_pending != k + 1:
+                    await asyncio.sleep(0.005)
+        for device in devices:
+            await device.wait_pushes(3)
+            assert device.bodies == [b"b0", b"b1", b"b2"]
+        assert delivery.pushes_written == 15
+        assert delivery.fanout_writes == 5  # one write per device for all three
+        registry = gw.node.metrics.registry
+        assert registry.get_sample_value("channel_fanout_writes_total") == 5
+
+
+async def test_without_linger_each_broadcast_is_written_at_once(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, online(gw, "d0", "d1") as devices:
+        svc = service(gw)
+        for k in range(2):
+            await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b%d" % k)])
+            for device in devices:
+                await device.wait_pushes(k + 1)
+        assert gw.node.delivery is not None and gw.node.delivery.fanout_writes == 4

@@ -218,6 +218,12 @@ class GatewayNode:
                         value=delivery.directory_forgotten,
                     ),
                     CounterMetricFamily(
+                        "channel_fanout_writes",
+                        "Session writes of broadcast and topic pushes (each carries every "
+                        "fan-out push due to that session: fewer per push under load)",
+                        value=delivery.fanout_writes,
+                    ),
+                    CounterMetricFamily(
                         "channel_inbox_resyncs",
                         "Times this node found Redis had trimmed inbox entries it had not read "
                         "(inbox_max_entries) and replayed its devices' queues",

@@ -107,6 +107,9 @@ class NodeDelivery:
         #: Times this node found inbox entries trimmed before it read them and replayed
         #: its devices' queues (``channel_inbox_resyncs_total``).
         self.inbox_resyncs = 0
+        #: Session writes of fan-out pushes (``channel_fanout_writes_total``): against
+        #: fan-out pushes written, how many frames each write carried.
+        self.fanout_writes = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -430,7 +433,8 @@ class NodeDelivery:
             if self._fanout_alive(session):
                 self._write_fanout(session, entries)
         if self._ring.pending and (self._ring_task is None or self._ring_task.done()):
-            self._ring_task = asyncio.get_running_loop().create_task(self._run_ring())
+            linger_s = self.config.fanout_linger_ms / 1000
+            self._ring_task = asyncio.get_running_loop().create_task(self._run_ring(linger_s))
         # Backpressure: stop reading the inbox while the ring is this far behind.
         while self._ring.pending > MAX_RING_PENDING and self._ring_task is not None:
             await asyncio.wait([self._ring_task], timeout=0.05)
@@ -440,7 +444,10 @@ class NodeDelivery:
         """Fan-out pushes going round the ring now."""
         return self._ring.pending
 
-    async def _run_ring(self) -> None:
+    async def _run_ring(self, linger_s: float = 0.0) -> None:
+        if linger_s > 0:
+            # Fan-outs arriving meanwhile join at the same position: one write each.
+            await asyncio.sleep(linger_s)
         step = self.config.fanout_batch
         while self._ring.step(step):
             await asyncio.sleep(0)
@@ -451,6 +458,7 @@ class NodeDelivery:
     def _write_fanout(self, session: DeviceSession, entries: Sequence[_FanoutPush]) -> None:
         """One session's share of fan-outs: every push it has not got, one flush."""
         state = self._state[session]
+        written = self.pushes_written
         for push, message_id in entries:
             if message_id in state.message_ids:
                 continue
@@ -461,7 +469,9 @@ class NodeDelivery:
             state.by_delivery[delivery_id] = (message_id, None)
             state.message_ids[message_id] = None
             self.pushes_written += 1
-        session.flush()
+        if self.pushes_written != written:
+            self.fanout_writes += 1
+            session.flush()
 
     # ---------------------------------------------------------------- flushes
 
