@@ -56,9 +56,11 @@ def test_push_benchmark_writes_every_figure(tmp_path: Path) -> None:
         "--min-deliveries", "1",
         "--idle-window-s", "0.2",
         "--ack-delays-ms", "0,100",
+        "--fanout-linger-ms", "20",
         "--no-pin",
     )  # fmt: skip
     assert {"machine", "unicast", "fanout", "ratios"} <= doc.keys()
+    assert doc["fanout"]["fanout_linger_ms"] == 20
     assert set(doc["unicast"]) == {"memory", "redis", "redisx2"}
     for label, side in doc["unicast"].items():
         assert side["devices_held"] == 20, label
