@@ -572,14 +572,17 @@ def device_pool(n: int, ca_cert: Path, timeout_s: float, cpus: list[int] | None)
 class Redis:
     """A throwaway ``redis-server`` (``tests.redis_servers.RedisServer``) on a free port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path | None = None, server: Any = None) -> None:
+        """A new server in ``directory``, or one already running (``server``)."""
         from tests.redis_servers import RedisServer
 
-        self.server = RedisServer(directory)
-        self.server.start()
-        assert self.server.proc is not None
-        self.pid = self.server.proc.pid
-        self.url = self.server.url
+        if server is None:
+            server = RedisServer(directory)
+            server.start()
+        self.server = server
+        assert server.proc is not None
+        self.pid = server.proc.pid
+        self.url = server.url
 
     def commands(self) -> tuple[Counter[str], Counter[str]]:
         """Calls and microseconds per command since the server started (``INFO
@@ -618,10 +621,7 @@ class Cluster:
 
         self.cluster = RedisCluster(directory)
         self.cluster.start()
-        self.nodes = [Redis.__new__(Redis) for _ in self.cluster.nodes]
-        for node, server in zip(self.nodes, self.cluster.nodes, strict=True):
-            assert server.proc is not None
-            node.server, node.pid, node.url = server, server.proc.pid, server.url
+        self.nodes = [Redis(server=server) for server in self.cluster.nodes]
         self.url = self.cluster.url
 
     @property

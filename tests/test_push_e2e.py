@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 
+from channel.push import envelopes
 from channel.push.model import (
     Priority,
+    PushMessage,
     PushRequest,
     PushStatus,
     Target,
     TargetKind,
+    new_message_id,
     now_ms,
 )
 from channel.push.service import PushService
@@ -440,20 +443,24 @@ async def test_high_priority_overtakes_normal_pushes_routed_in_the_same_batch(
 async def test_broadcasts_posted_one_by_one_within_the_linger_share_one_write(
     tmp_path: Path,
 ) -> None:
-    """``fanout_linger_ms``: a broadcast that finds the ring idle waits; broadcasts posted
-    meanwhile, each in its own request, reach every device in one write."""
+    """``fanout_linger_ms``: a broadcast that finds the ring idle waits; broadcasts that
+    reach the node meanwhile, each in its own inbox batch, reach every device in one write."""
     async with (
         gateway(tmp_path, push={"fanout_linger_ms": 3000}) as gw,
         online(gw, *(f"d{i}" for i in range(5))) as devices,
     ):
-        svc = service(gw)
         delivery = gw.node.delivery
         assert delivery is not None
+        far = now_ms() + 600_000
         for k in range(3):
-            await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b%d" % k)])
-            async with asyncio.timeout(WAIT_S):  # on the ring, which has not started
-                while delivery.fanout_pending != k + 1:
-                    await asyncio.sleep(0.005)
+            # As the inbox hands each over: when the call returns it is on the ring,
+            # which has not started (a separate batch per broadcast, as separate requests).
+            message = PushMessage(new_message_id(), b"b%d" % k, expires_at_ms=far)
+            await delivery._handle_batch([envelopes.pack(envelopes.BROADCAST, message.pack())])
+            # One loop turn: a ring started at once has written everyone by now (its
+            # task was scheduled first, and 5 devices are one step); a lingering one not.
+            await asyncio.sleep(0)
+            assert delivery.fanout_pending == k + 1 and delivery.fanout_writes == 0
         for device in devices:
             await device.wait_pushes(3)
             assert device.bodies == [b"b0", b"b1", b"b2"]
