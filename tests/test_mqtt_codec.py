@@ -10,6 +10,8 @@ section, with the field named in the comment.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import random
 
 import pytest
@@ -66,9 +68,12 @@ from channel.mqtt import (
     connack_return_code,
     decode,
     encode,
+    encode_publish,
+    prepare_publish,
 )
 from channel.mqtt.primitives import read_string, string_bytes, varint_bytes
 from channel.mqtt.reasons import ALLOWED_REASON_CODES, PacketType
+from channel.mqtt.slots import fast_init
 
 R = ReasonCode
 V4, V5 = MQTT_3_1_1, MQTT_5
@@ -501,7 +506,7 @@ ROUND_TRIPS = {
 
 @pytest.mark.parametrize("version", [V4, V5])
 @pytest.mark.parametrize("kind", sorted(ROUND_TRIPS))
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_round_trip(kind: str, version: int, data: st.DataObject) -> None:
     if kind == "auth" and version == V4:
@@ -513,7 +518,30 @@ def test_round_trip(kind: str, version: int, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("version", [V4, V5])
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_publish_fast_paths_give_the_same_bytes(version: int, data: st.DataObject) -> None:
+    p = data.draw(publishes(version, from_client=False))
+    fields = {"version": version, "retain": p.retain, "properties": p.properties}
+    encoded = encode(p, version)
+    assert encode_publish(p.topic, p.payload, p.qos, p.packet_id, dup=p.dup, **fields) == encoded
+    prepared = prepare_publish(p.topic, p.payload, p.qos, **fields)
+    assert prepared.to_bytes(p.packet_id, p.dup) == encoded
+
+
+def test_prepared_publish_refuses_bad_packet_ids() -> None:
+    with pytest.raises(LocalMqttError):
+        prepare_publish("a", b"", 1, version=V4).to_bytes(0)
+    with pytest.raises(LocalMqttError):
+        prepare_publish("a", b"", 0, version=V4).to_bytes(0, dup=True)
+    with pytest.raises(LocalMqttError):
+        prepare_publish("a/#", b"", 0, version=V4)
+    with pytest.raises(LocalMqttError):
+        encode_publish("a", b"", 0, version=3)
+
+
+@pytest.mark.parametrize("version", [V4, V5])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_client_stream_split_anywhere(version: int, data: st.DataObject) -> None:
     """A client's whole conversation, cut at random points, parses to the same packets."""
@@ -530,7 +558,7 @@ def test_client_stream_split_anywhere(version: int, data: st.DataObject) -> None
 
 
 @pytest.mark.parametrize("version", [V4, V5])
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_server_stream_byte_by_byte(version: int, data: st.DataObject) -> None:
     packets = data.draw(st.lists(server_packets(version), max_size=6))
@@ -686,10 +714,40 @@ def test_mutated_streams_raise_only_mqtt_errors(side: str, version: int, stream:
 
 
 @pytest.mark.parametrize("version", [V4, V5])
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(tail=st.binary(max_size=64))
 def test_random_bytes_after_connect(version: int, tail: bytes) -> None:
     parser = _server(version)
     with contextlib.suppress(MqttError):
         parser.feed(tail)
     assert parser.buffered_bytes <= len(tail)
+
+
+# ------------------------------------------------------------ the packet classes
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [Auth, Connack, Connect, Disconnect, Properties, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+     Suback, Subscribe, Subscription, Unsuback, Unsubscribe, Will],
+)  # fmt: skip
+def test_packet_classes_stay_frozen_dataclasses(cls: type) -> None:
+    fields = dataclasses.fields(cls)
+    required = {f.name: f"{f.name}-value" for f in fields if f.default is dataclasses.MISSING}
+    made = cls(**required)
+    for f in fields:  # every field set, from its argument or its default
+        expected = required.get(f.name, f.default)
+        assert getattr(made, f.name) == expected
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, "changed")
+    assert dataclasses.replace(made) == made
+    assert list(inspect.signature(cls).parameters) == [f.name for f in fields]
+
+
+def test_fast_init_refuses_fields_it_cannot_build() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithFactory:
+        items: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError):
+        fast_init(WithFactory)

@@ -110,7 +110,7 @@ _filters = st.builds(
 ).filter(bool)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(filters=st.lists(_filters, max_size=12), topic=_topics)
 def test_trie_agrees_with_the_reference_matcher(filters: list[str], topic: str) -> None:
     trie: TopicTrie[int] = TopicTrie()
@@ -120,7 +120,7 @@ def test_trie_agrees_with_the_reference_matcher(filters: list[str], topic: str) 
     assert sorted(trie.match(topic)) == expected
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(filters=st.lists(_filters, min_size=1, max_size=10), data=st.data())
 def test_trie_remove_prunes_back_to_empty(filters: list[str], data: st.DataObject) -> None:
     trie: TopicTrie[str] = TopicTrie()

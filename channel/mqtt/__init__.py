@@ -44,6 +44,7 @@ from channel.mqtt.packets import (
 )
 from channel.mqtt.parser import DEFAULT_MAX_PACKET_SIZE_BYTES, Parser, Role, decode
 from channel.mqtt.properties import NO_PROPERTIES, Properties, PropertyId
+from channel.mqtt.publish import PreparedPublish, encode_publish, prepare_publish
 from channel.mqtt.reasons import (
     MQTT_3_1_1,
     MQTT_5,
@@ -78,6 +79,7 @@ __all__ = [
     "Parser",
     "Pingreq",
     "Pingresp",
+    "PreparedPublish",
     "Properties",
     "PropertyId",
     "Puback",
@@ -100,5 +102,7 @@ __all__ = [
     "connack_return_code",
     "decode",
     "encode",
+    "encode_publish",
+    "prepare_publish",
     "topic_matches",
 ]

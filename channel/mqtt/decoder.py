@@ -42,12 +42,8 @@ from channel.mqtt.primitives import (
     read_string,
     read_uint16,
 )
-from channel.mqtt.properties import (
-    NO_PROPERTIES,
-    WILL_PROPERTIES,
-    Properties,
-    decode_properties,
-)
+from channel.mqtt.properties import NO_PROPERTIES, WILL_PROPERTIES, Properties
+from channel.mqtt.property_codec import decode_properties
 from channel.mqtt.reasons import (
     ALLOWED_REASON_CODES,
     MQTT_3_1_1,
@@ -246,10 +242,8 @@ def _pub_ack_fields(
 
 
 def decode_puback(flags: int, body: bytes, version: int) -> Puback:
-    if len(body) == 2:  # the push hot path: a bare acknowledgement
-        packet_id = (body[0] << 8) | body[1]
-        if packet_id:
-            return Puback(packet_id)
+    if len(body) == 2 and (packet_id := (body[0] << 8) | body[1]):
+        return Puback(packet_id)  # the push hot path: a bare acknowledgement
     return Puback(*_pub_ack_fields(PacketType.PUBACK, body, version))
 
 

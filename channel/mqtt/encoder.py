@@ -41,7 +41,9 @@ from channel.mqtt.packets import (
     Unsubscribe,
 )
 from channel.mqtt.primitives import binary_bytes, string_bytes, varint_bytes
-from channel.mqtt.properties import NO_PROPERTIES, WILL_PROPERTIES, Properties, encode_properties
+from channel.mqtt.properties import NO_PROPERTIES, WILL_PROPERTIES, Properties
+from channel.mqtt.property_codec import encode_properties
+from channel.mqtt.publish import encode_publish
 from channel.mqtt.reasons import (
     ALLOWED_REASON_CODES,
     MQTT_3_1_1,
@@ -179,28 +181,10 @@ def _reason_and_props(
 
 
 def _publish(p: Publish, version: int) -> bytes:
-    qos = p.qos
-    if qos == 0:
-        if p.packet_id or p.dup:
-            raise LocalMqttError("a QoS 0 PUBLISH has no packet id and no DUP flag")
-        packet_id = b""
-    elif qos == 1 or qos == 2:
-        packet_id = _packet_id(p.packet_id)
-    else:
-        raise LocalMqttError(f"PUBLISH QoS must be 0, 1 or 2, not {qos}")
-    topic = p.topic
-    if "+" in topic or "#" in topic:
-        raise LocalMqttError(f"PUBLISH {topic_name_problem(topic)}")
-    if not topic and (version == MQTT_3_1_1 or p.properties.topic_alias is None):
-        raise LocalMqttError("PUBLISH topic name is empty and there is no topic alias")
-    first = 0x30 | (qos << 1) | (0x08 if p.dup else 0) | (0x01 if p.retain else 0)
-    topic_bytes = string_bytes(topic)
-    props = encode_properties(p.properties, PacketType.PUBLISH) if version == MQTT_5 else b""
-    payload = p.payload
-    remaining = len(topic_bytes) + len(packet_id) + len(props) + len(payload)
-    return b"".join(
-        (bytes((first,)), varint_bytes(remaining), topic_bytes, packet_id, props, payload)
-    )
+    return encode_publish(
+        p.topic, p.payload, p.qos, p.packet_id,
+        version=version, retain=p.retain, dup=p.dup, properties=p.properties,
+    )  # fmt: skip
 
 
 def _pub_ack(

@@ -14,6 +14,7 @@ from enum import IntEnum
 
 from channel.mqtt.properties import NO_PROPERTIES, Properties
 from channel.mqtt.reasons import PacketType, ReasonCode
+from channel.mqtt.slots import fast_init
 
 
 class RetainHandling(IntEnum):
@@ -24,6 +25,7 @@ class RetainHandling(IntEnum):
     DO_NOT_SEND = 2
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Will:
     """The Will Message of a CONNECT; ``properties`` are its Will Properties."""
@@ -35,6 +37,7 @@ class Will:
     properties: Properties = NO_PROPERTIES
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Connect:
     client_id: str
@@ -47,6 +50,7 @@ class Connect:
     packet_type = PacketType.CONNECT
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Connack:
     session_present: bool = False
@@ -55,6 +59,7 @@ class Connack:
     packet_type = PacketType.CONNACK
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Publish:
     topic: str  # may be "" in MQTT 5 when properties.topic_alias is set
@@ -67,6 +72,7 @@ class Publish:
     packet_type = PacketType.PUBLISH
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Puback:
     packet_id: int
@@ -75,6 +81,7 @@ class Puback:
     packet_type = PacketType.PUBACK
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pubrec:
     packet_id: int
@@ -83,6 +90,7 @@ class Pubrec:
     packet_type = PacketType.PUBREC
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pubrel:
     packet_id: int
@@ -91,6 +99,7 @@ class Pubrel:
     packet_type = PacketType.PUBREL
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pubcomp:
     packet_id: int
@@ -99,6 +108,7 @@ class Pubcomp:
     packet_type = PacketType.PUBCOMP
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """One topic filter of a SUBSCRIBE with its options (``qos`` is the maximum QoS)."""
@@ -110,6 +120,7 @@ class Subscription:
     retain_handling: RetainHandling = RetainHandling.SEND_ON_SUBSCRIBE
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     packet_id: int
@@ -118,6 +129,7 @@ class Subscribe:
     packet_type = PacketType.SUBSCRIBE
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Suback:
     """``reason_codes``: one per subscription; GRANTED_QOS_n or a refusal (>= 0x80)."""
@@ -128,6 +140,7 @@ class Suback:
     packet_type = PacketType.SUBACK
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     packet_id: int
@@ -136,6 +149,7 @@ class Unsubscribe:
     packet_type = PacketType.UNSUBSCRIBE
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unsuback:
     """``reason_codes``: one per filter in MQTT 5; 3.1.1 has none (decodes as ``()``)."""
@@ -146,16 +160,19 @@ class Unsuback:
     packet_type = PacketType.UNSUBACK
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pingreq:
     packet_type = PacketType.PINGREQ
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pingresp:
     packet_type = PacketType.PINGRESP
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Disconnect:
     reason_code: ReasonCode = ReasonCode.NORMAL_DISCONNECTION
@@ -163,6 +180,7 @@ class Disconnect:
     packet_type = PacketType.DISCONNECT
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Auth:
     """MQTT 5 only: enhanced authentication exchange."""

@@ -43,6 +43,7 @@ _FROM_SERVER = frozenset(
     {_P.CONNACK, _P.PUBLISH, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP, _P.SUBACK,
      _P.UNSUBACK, _P.PINGRESP, _P.DISCONNECT, _P.AUTH}
 )  # fmt: skip
+_PUBLISH = int(_P.PUBLISH)
 _FIXED_FLAGS = {_P.PUBREL: 0x2, _P.SUBSCRIBE: 0x2, _P.UNSUBSCRIBE: 0x2}
 
 Problem = tuple[Callable[[str], MqttError], str]
@@ -167,20 +168,13 @@ class Parser:
             if isinstance(entry, tuple):
                 raise entry[0](entry[1])
             pos = offset + 1
-            remaining = shift = 0
-            while True:
-                if pos >= end:
-                    return offset
-                byte = buffer[pos]
+            if pos < end and buffer[pos] < 0x80:  # most packets: under 128 bytes
+                remaining = buffer[pos]
                 pos += 1
-                remaining |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    if byte == 0 and shift:
-                        raise MalformedPacket("remaining length not in its shortest form")
-                    break
-                shift += 7
-                if shift == 28:
-                    raise MalformedPacket("remaining length longer than 4 bytes")
+            else:
+                remaining, pos = _remaining_length(buffer, pos, end)
+                if pos < 0:
+                    return offset
             size = pos - offset + remaining
             if size > self.max_packet_size_bytes:
                 raise PacketTooLarge(
@@ -189,27 +183,47 @@ class Parser:
             body_end = pos + remaining
             if body_end > end:
                 return offset
-            packets.append(self._decode(entry, first, bytes(buffer[pos:body_end])))
+            body = bytes(buffer[pos:body_end])
+            version = self.version
+            if version is None:
+                packets.append(self._first_connect(entry, first, body))
+            else:
+                packet = entry(first & 0x0F, body, version)
+                if first >> 4 == _PUBLISH and self.role is Role.SERVER:
+                    _check_client_publish(packet)
+                packets.append(packet)
             offset = body_end
         return offset
 
-    def _decode(self, decoder: Decoder, first: int, body: bytes) -> Packet:
-        version = self.version
-        if version is None:  # a server's first packet, CONNECT by the table
-            version = connect_level(body)
-            if version in PROTOCOL_LEVELS:
-                self.version = version
-                self._table = _TABLES[(self.role, version)]
-            packet = decoder(first & 0x0F, body, version or 0)
-            return packet
-        packet = decoder(first & 0x0F, body, version)
-        if (
-            isinstance(packet, Publish)
-            and self.role is Role.SERVER
-            and packet.properties.subscription_identifiers
-        ):
-            raise MqttProtocolError("a client's PUBLISH carries a subscription identifier")
-        return packet
+    def _first_connect(self, decoder: Decoder, first: int, body: bytes) -> Packet:
+        """A server's first packet (CONNECT, by the table): it fixes the protocol level."""
+        version = connect_level(body)
+        if version in PROTOCOL_LEVELS:
+            self.version = version
+            self._table = _TABLES[(self.role, version)]
+        return decoder(first & 0x0F, body, version or 0)
+
+
+def _remaining_length(buffer: Buffer, pos: int, end: int) -> tuple[int, int]:
+    """(Remaining Length, position after it); position -1 if the buffer ends inside it."""
+    remaining = shift = 0
+    while pos < end:
+        byte = buffer[pos]
+        pos += 1
+        remaining |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if byte == 0 and shift:
+                raise MalformedPacket("remaining length not in its shortest form")
+            return remaining, pos
+        shift += 7
+        if shift == 28:
+            raise MalformedPacket("remaining length longer than 4 bytes")
+    return 0, -1
+
+
+def _check_client_publish(packet: Packet) -> None:
+    if isinstance(packet, Publish) and packet.properties.subscription_identifiers:
+        raise MqttProtocolError("a client's PUBLISH carries a subscription identifier")
 
 
 def decode(data: Buffer, version: int) -> Packet:

@@ -75,12 +75,17 @@ def read_string(buf: Buffer, pos: int) -> tuple[str, int]:
         raise MalformedPacket(f"ill-formed UTF-8 string: {exc.reason}") from None
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint_bytes(value: int) -> bytes:
     """Encode ``value`` (0 .. 268,435,455) as a Variable Byte Integer."""
-    if value < 0x80:
-        if value < 0:
-            raise LocalMqttError(f"variable byte integer must be non-negative, got {value}")
-        return bytes((value,))
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    if 0x80 <= value < 0x4000:  # most packets: 128 B .. 16 KiB
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0:
+        raise LocalMqttError(f"variable byte integer must be non-negative, got {value}")
     if value > MAX_VARINT:
         raise LocalMqttError(f"variable byte integer {value} exceeds {MAX_VARINT}")
     out = bytearray()

@@ -2,22 +2,18 @@
 
 ``PROPERTY_SPECS`` says, for every property identifier, its data type, the
 packets (or the Will Properties of CONNECT) it may appear in and the values
-it may take. Decoding enforces the table: an identifier unknown or not
-allowed in the packet is a Malformed Packet (section 2.2.2.2), a second copy
-of anything but User Property and (in PUBLISH) Subscription Identifier is a
-Protocol Error, and so are the values the specification forbids (0 for
-Receive Maximum, Topic Alias, Maximum Packet Size and Subscription
-Identifier; anything but 0 or 1 in the one-byte flags).
+it may take; ``channel.mqtt.property_codec`` reads and writes properties by it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import Enum, IntEnum
 from typing import Any
 
-from channel.mqtt.errors import LocalMqttError, MalformedPacket, MqttProtocolError
+from channel.mqtt.errors import LocalMqttError
 from channel.mqtt.primitives import (
     MAX_VARINT,
     Buffer,
@@ -32,7 +28,7 @@ from channel.mqtt.primitives import (
     varint_bytes,
 )
 from channel.mqtt.reasons import PacketType
-from channel.mqtt.topics import check_topic_name
+from channel.mqtt.slots import fast_init
 
 
 class PropertyId(IntEnum):
@@ -80,6 +76,7 @@ class PropertyType(Enum):
 WILL_PROPERTIES = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, repr=False)
 class Properties:
     """Every MQTT 5 property; ``None`` / ``()`` means absent. Intervals are seconds."""
@@ -127,6 +124,34 @@ class Properties:
 NO_PROPERTIES = Properties()
 
 
+Reader = Callable[[Buffer, int], tuple[Any, int]]
+
+
+def _read_pair(buf: Buffer, pos: int) -> tuple[tuple[str, str], int]:
+    name, pos = read_string(buf, pos)
+    value, pos = read_string(buf, pos)
+    return (name, value), pos
+
+
+_READERS: dict[PropertyType, Reader] = {
+    PropertyType.BYTE: read_byte,
+    PropertyType.BOOL: read_byte,
+    PropertyType.UINT16: read_uint16,
+    PropertyType.UINT32: read_uint32,
+    PropertyType.VARINT: read_varint,
+    PropertyType.STRING: read_string,
+    PropertyType.BINARY: read_binary,
+    PropertyType.STRING_PAIR: _read_pair,
+}
+#: Largest value and width in bytes (0: variable) of the integer types.
+_INTEGERS = {
+    PropertyType.BYTE: (0xFF, 1),
+    PropertyType.UINT16: (0xFFFF, 2),
+    PropertyType.UINT32: (0xFFFF_FFFF, 4),
+    PropertyType.VARINT: (MAX_VARINT, 0),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PropertySpec:
     property_id: PropertyId
@@ -136,6 +161,35 @@ class PropertySpec:
     #: A value rule beyond the type's range; ``None`` means any value of the type.
     valid: Callable[[int], bool] | None = None
     repeatable: bool = False
+    #: Reads the value after the identifier: ``(value, position after it)``.
+    read: Reader = dataclass_field(init=False, repr=False, compare=False)
+    #: Identifier and value as bytes; ``LocalMqttError`` for a value the table forbids.
+    write: Callable[[Any], bytes] = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read", _READERS[self.kind])
+        object.__setattr__(self, "write", _writer(self))
+
+
+def _writer(spec: PropertySpec) -> Callable[[Any], bytes]:
+    prefix = bytes((spec.property_id,))
+    kind, valid, name = spec.kind, spec.valid, spec.property_id.name
+    if kind is PropertyType.STRING:
+        return lambda value: prefix + string_bytes(value)
+    if kind is PropertyType.BINARY:
+        return lambda value: prefix + binary_bytes(value)
+    if kind is PropertyType.STRING_PAIR:
+        return lambda pair: prefix + string_bytes(pair[0]) + string_bytes(pair[1])
+    if kind is PropertyType.BOOL:
+        return lambda value: prefix + (b"\x01" if value else b"\x00")
+    top, width = _INTEGERS[kind]
+
+    def write_integer(value: int) -> bytes:
+        if not 0 <= value <= top or (valid is not None and not valid(value)):
+            raise LocalMqttError(f"property {name} may not be {value}")
+        return prefix + (value.to_bytes(width, "big") if width else varint_bytes(value))
+
+    return write_integer
 
 
 _P = PacketType
@@ -224,114 +278,4 @@ PROPERTY_SPECS: tuple[PropertySpec, ...] = (
     ),
     _S(_I.SHARED_SUBSCRIPTION_AVAILABLE, "shared_subscription_available", _T.BOOL, _CONNACK),
 )
-_BY_ID: dict[int, PropertySpec] = {spec.property_id: spec for spec in PROPERTY_SPECS}
-
-
-# ---------------------------------------------------------------- decoding
-
-
-def _read_value(kind: PropertyType, buf: Buffer, pos: int) -> tuple[Any, int]:
-    if kind is PropertyType.STRING:
-        return read_string(buf, pos)
-    if kind is PropertyType.UINT32:
-        return read_uint32(buf, pos)
-    if kind is PropertyType.UINT16:
-        return read_uint16(buf, pos)
-    if kind is PropertyType.BYTE or kind is PropertyType.BOOL:
-        return read_byte(buf, pos)
-    if kind is PropertyType.VARINT:
-        return read_varint(buf, pos)
-    if kind is PropertyType.BINARY:
-        return read_binary(buf, pos)
-    name, pos = read_string(buf, pos)
-    value, pos = read_string(buf, pos)
-    return (name, value), pos
-
-
-def decode_properties(buf: Buffer, pos: int, where: int) -> tuple[Properties, int]:
-    """Read a Property Length and the properties after it, for packet ``where``."""
-    if pos < len(buf) and buf[pos] == 0:
-        return NO_PROPERTIES, pos + 1
-    length, pos = read_varint(buf, pos)
-    end = pos + length
-    if end > len(buf):
-        raise MalformedPacket(f"property length {length} runs past the packet end")
-    found: dict[str, Any] = {}
-    lists: dict[str, list[Any]] = {}
-    section = memoryview(buf)[:end]  # reads inside the properties cannot run past ``end``
-    while pos < end:
-        identifier, pos = read_varint(section, pos)
-        spec = _BY_ID.get(identifier)
-        if spec is None or where not in spec.allowed_in:
-            raise MalformedPacket(f"property 0x{identifier:02x} is not allowed here")
-        value, pos = _read_value(spec.kind, section, pos)
-        _check_value(spec, value)
-        if spec.repeatable:
-            lists.setdefault(spec.field, []).append(value)
-        elif spec.field in found:
-            raise MqttProtocolError(f"property {spec.property_id.name} appears twice")
-        else:
-            found[spec.field] = value if spec.kind is not PropertyType.BOOL else bool(value)
-    for field, values in lists.items():
-        if field == "subscription_identifiers" and len(values) > 1 and where != PacketType.PUBLISH:
-            raise MqttProtocolError("SUBSCRIBE carries more than one subscription identifier")
-        found[field] = tuple(values)
-    return Properties(**found), end
-
-
-def _check_value(spec: PropertySpec, value: Any) -> None:
-    if spec.kind is PropertyType.BOOL and value > 1:
-        raise MqttProtocolError(f"property {spec.property_id.name} must be 0 or 1, got {value}")
-    if spec.valid is not None and not spec.valid(value):
-        raise MqttProtocolError(f"property {spec.property_id.name} may not be {value}")
-    if spec.property_id is PropertyId.RESPONSE_TOPIC:
-        check_topic_name(value)
-
-
-# ---------------------------------------------------------------- encoding
-
-_LIMITS = {
-    PropertyType.BYTE: 0xFF,
-    PropertyType.UINT16: 0xFFFF,
-    PropertyType.UINT32: 0xFFFF_FFFF,
-    PropertyType.VARINT: MAX_VARINT,
-}
-
-
-def _value_bytes(spec: PropertySpec, value: Any) -> bytes:
-    kind = spec.kind
-    if kind is PropertyType.STRING:
-        return string_bytes(value)
-    if kind is PropertyType.BINARY:
-        return binary_bytes(value)
-    if kind is PropertyType.STRING_PAIR:
-        return string_bytes(value[0]) + string_bytes(value[1])
-    if kind is PropertyType.BOOL:
-        return b"\x01" if value else b"\x00"
-    if not 0 <= value <= _LIMITS[kind] or (spec.valid is not None and not spec.valid(value)):
-        raise LocalMqttError(f"property {spec.property_id.name} may not be {value}")
-    if kind is PropertyType.VARINT:
-        return varint_bytes(value)
-    return int(value).to_bytes({0xFF: 1, 0xFFFF: 2}.get(_LIMITS[kind], 4), "big")
-
-
-def encode_properties(props: Properties, where: int) -> bytes:
-    """Property Length and properties, in identifier order, for packet ``where``."""
-    if props is NO_PROPERTIES:
-        return b"\x00"
-    out = bytearray()
-    for spec in PROPERTY_SPECS:
-        value = getattr(props, spec.field)
-        if value is None or value == ():
-            continue
-        if where not in spec.allowed_in:
-            raise LocalMqttError(f"property {spec.property_id.name} is not allowed here")
-        prefix = bytes((spec.property_id,))
-        if spec.repeatable:
-            if spec.kind is PropertyType.VARINT and len(value) > 1 and where != PacketType.PUBLISH:
-                raise LocalMqttError("only PUBLISH may carry several subscription identifiers")
-            for item in value:
-                out += prefix + _value_bytes(spec, item)
-        else:
-            out += prefix + _value_bytes(spec, value)
-    return varint_bytes(len(out)) + bytes(out)
+PROPERTY_BY_ID: dict[int, PropertySpec] = {spec.property_id: spec for spec in PROPERTY_SPECS}
