@@ -284,6 +284,7 @@ ERRORS: list[tuple[str, str, int | None, str, type[MqttError], int]] = [
     ("connect-trailing-byte", "server", None, f"100e {_C} 04 02 003c {_X} ff",
      MalformedPacket, 0x81),
     ("connect-truncated", "server", None, f"100c {_C} 04 02 003c 0001", MalformedPacket, 0x81),
+    ("connect-only-protocol-name", "server", None, f"1006 {_C}", MalformedPacket, 0x81),
     ("string-u0000", "server", None, f"100d {_C} 04 02 003c 000100", MalformedPacket, 0x81),
     ("string-surrogate", "server", None, f"100f {_C} 04 02 003c 0003eda080",
      MalformedPacket, 0x81),

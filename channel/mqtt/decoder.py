@@ -102,6 +102,8 @@ def decode_connect(flags: int, body: bytes, version: int) -> Connect:
     level = connect_level(body)
     if level is None:
         name, _ = read_string(body, 0)
+        if name == "MQTT":
+            raise MalformedPacket("CONNECT ends after the protocol name")
         raise UnsupportedProtocolVersion(f"protocol name {name!r} is not 'MQTT'")
     if level not in PROTOCOL_LEVELS:
         raise UnsupportedProtocolVersion(f"protocol level {level} is neither 4 nor 5")
