@@ -68,8 +68,12 @@ CONNACK_PROPERTIES = Properties(
 class ScriptedBroker:
     """Serves one connection on 127.0.0.1:0 with ``Parser`` and ``encode``."""
 
-    def __init__(self, deliver: Publish | None = None) -> None:
+    def __init__(
+        self, deliver: Publish | None = None, deliver_after: type[Packet] = Subscribe
+    ) -> None:
+        #: Sent with the answer to the first ``deliver_after`` packet (SUBSCRIBE or UNSUBSCRIBE).
         self.deliver = deliver
+        self.deliver_after = deliver_after
         self.received: list[Packet] = []
         self.errors: list[BaseException] = []
         self.version: int | None = None
@@ -135,12 +139,19 @@ class ScriptedBroker:
                 for s in packet.subscriptions
             )
             suback = Suback(packet.packet_id, codes, Properties(reason_string="ok"))
-            return [suback] + ([self.deliver] if self.deliver else [])
+            return [suback, *self._delivery(packet)]
         if isinstance(packet, Unsubscribe):
-            return [Unsuback(packet.packet_id, (R.SUCCESS,) * len(packet.topic_filters))]
+            codes = (R.SUCCESS,) * len(packet.topic_filters)
+            return [Unsuback(packet.packet_id, codes), *self._delivery(packet)]
         if isinstance(packet, Pingreq):
             return [PINGRESP]
         return []
+
+    def _delivery(self, packet: Packet) -> list[Packet]:
+        if self.deliver is None or not isinstance(packet, self.deliver_after):
+            return []
+        deliver, self.deliver = self.deliver, None
+        return [deliver]
 
 
 def _recv(conn: socket.socket) -> bytes:
@@ -253,7 +264,10 @@ def test_mosquitto_pub_v311_retained_qos1_with_will() -> None:
 def test_mosquitto_sub_subscribes_receives_and_acknowledges(
     flag: str, version: int, delivered: Publish
 ) -> None:
-    broker = ScriptedBroker(deliver=delivered)
+    # Delivered with the UNSUBACK: the last thing sent, so mosquitto_sub has read everything
+    # when it hangs up (closing with unread data would reset the connection and could lose
+    # its DISCONNECT).
+    broker = ScriptedBroker(deliver=delivered, deliver_after=Unsubscribe)
     extra = ["-D", "subscribe", "user-property", "a", "b"] if version == MQTT_5 else []
     out = _run(
         broker, "mosquitto_sub", "-V", flag, "-q", "1", "-C", "1", "-W", "15", "-c",
