@@ -166,7 +166,7 @@ def _puback_ops() -> dict[str, Op]:
     }
 
 
-def _check(publish: dict[str, Op]) -> None:
+def _check() -> None:
     """The variants produce the same bytes, or the comparison means nothing."""
     paho4 = _CapturingClient(paho.MQTTv311)
     paho4._send_publish(7, TOPIC.encode(), PAYLOAD, 1)
@@ -180,7 +180,7 @@ def _check(publish: dict[str, Op]) -> None:
     assert paho_packet.decode_puback(0x40, b"\x00\x07", paho.MQTTv5).mid == 7
 
 
-def _measure(ops: dict[str, Op], samples: int, batch: int) -> dict[str, float]:
+def _measure(ops: dict[str, Op], samples: int, batch: int, quiet: bool) -> dict[str, float]:
     clock = time.perf_counter_ns
     times: dict[str, list[float]] = {name: [] for name in ops}
     for op in ops.values():  # warm-up
@@ -199,18 +199,18 @@ def _measure(ops: dict[str, Op], samples: int, batch: int) -> dict[str, float]:
                 if "per feed" in name:
                     per_op /= PUBACKS_PER_READ
                 times[name].append(per_op)
-            if sample % 500 == 0:
+            if sample % 500 == 0 and not quiet:
                 print(f"[mqtt_codec_speed] {sample}/{samples}", file=sys.stderr, flush=True)
     finally:
         gc.enable()
     return {name: statistics.median(values) / 1000 for name, values in times.items()}
 
 
-def run(samples: int, batch: int) -> dict[str, Any]:
+def run(samples: int, batch: int, quiet: bool = False) -> dict[str, Any]:
     publish, puback = _publish_ops(), _puback_ops()
-    _check(publish)
-    tables = {"publish_encode": _measure(publish, samples, batch)}
-    tables["puback_decode"] = _measure(puback, samples, batch)
+    _check()
+    tables = {"publish_encode": _measure(publish, samples, batch, quiet)}
+    tables["puback_decode"] = _measure(puback, samples, batch, quiet)
     rows = []
     for table, results in tables.items():
         reference = next(v for k, v in results.items() if k.startswith("paho-mqtt 3.1.1"))
@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("stress/results/mqtt_codec_speed.json"))
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    result = run(args.samples, args.batch)
+    result = run(args.samples, args.batch, args.quiet)
     print(f"machine: {machine_line()} | pid {os.getpid()}")
     print(
         f"PUBLISH QoS 1, topic {len(TOPIC)} B, payload {result['payload_bytes']} B; "

@@ -1,4 +1,4 @@
-"""The connection and RPC benchmarks run end to end at toy sizes and write their JSON.
+"""The connection, RPC and MQTT codec benchmarks run end to end at toy sizes and write their JSON.
 
 A smoke test only: real gateway, upstream and client processes, a handful of
 devices, well under a second per phase; no figure is checked, only that every
@@ -110,3 +110,14 @@ def test_rpc_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert {"rpc_per_s", "p50_ms", "p99_ms"} <= set(summary)
     assert "gateway_rpc_per_cpu_s" in doc["gateway"]
     assert doc["setup"]["devices_held"] == 3
+
+
+def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
+    out = tmp_path / "mqtt_codec_speed.json"
+    doc = run_tool("stress.mqtt_codec_speed", out, "--samples", "3", "--batch", "2")
+    variants = {(row["operation"], row["variant"]) for row in doc["rows"]}
+    assert {op for op, _ in variants} == {"publish_encode", "puback_decode"}
+    assert ("publish_encode", "paho-mqtt 3.1.1") in variants
+    assert ("puback_decode", "channel.mqtt 5.0 (feed)") in variants
+    assert all(row["us_p50"] > 0 for row in doc["rows"])
+    assert doc["machine"]["cores"]
