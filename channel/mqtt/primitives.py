@@ -113,7 +113,3 @@ def string_bytes(text: str) -> bytes:
         raise LocalMqttError(f"string of {len(raw)} bytes exceeds {MAX_STRING_BYTES}")
     return len(raw).to_bytes(2, "big") + raw
 
-
-def check_uint(value: int, bits: int, what: str) -> None:
-    if not 0 <= value < (1 << bits):
-        raise LocalMqttError(f"{what} {value} does not fit {bits} unsigned bits")
