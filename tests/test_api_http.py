@@ -15,18 +15,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import jsonschema
+import pytest
 from openapi_spec_validator import validate
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channel.api.keys import ApiKeyring, ensure_dev_api_key, new_api_key
 from sdk_client import Request
 from tests.gateway_harness import RunningGateway, gateway
-from tests.test_push_e2e import online
+from tests.test_push_e2e import online, push_section
 
 WAIT_S = 5.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def push_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The [push] section: the in-memory stores, or a real Redis."""
+    return push_section(request)
 
 
 @dataclass
@@ -443,3 +451,42 @@ async def test_unreachable_store_is_503_and_other_failures_500(tmp_path: Path) -
         # Failed attempts released the key: the retry runs.
         retry = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k"})
         assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers
+
+
+# ------------------------------------------------------------------ receipt cursors
+
+#: Cursors no store ever hands out: each once answered 500 with a traceback.
+BAD_CURSORS = [
+    "abc",
+    "1-",
+    "-1",
+    "zzz-1",
+    "1-x",
+    "1#",
+    "#3",
+    "1-2#x",
+    "1.5",
+    "+1",
+    " 1",
+    "1-2-3",
+    "$$",
+    "99999999999999999999",  # past a stream id's 64 bits
+    "1-99999999999999999999",
+    "٣",  # a digit, but not an ASCII one
+]
+
+
+async def test_bad_receipt_cursors_are_refused_by_name(
+    tmp_path: Path, push_backend: dict[str, Any]
+) -> None:
+    async with api_gateway(tmp_path, push=push_backend) as (_, api):
+        for cursor in BAD_CURSORS:
+            reply = await api.call("GET", "/v1/receipts?" + urlencode({"after": cursor}))
+            assert (reply.status, reply.body["error"]["field"]) == (400, "after"), cursor
+            assert reply.body["error"]["code"] == "BAD_REQUEST"
+        # Every cursor form a store hands out still reads, on either backend.
+        for cursor in ["", "$", "0", "0-0", "12", "1700000000000-3", "1700000000000-3#2"]:
+            reply = await api.call(
+                "GET", "/v1/receipts?" + urlencode({"after": cursor}), schema="ReceiptPage"
+            )
+            assert reply.status == 200, (cursor, reply.body)

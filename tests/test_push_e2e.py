@@ -38,6 +38,11 @@ WAIT_S = 5.0
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The [push] section: the in-memory stores, or a real Redis (the same paths)."""
+    return push_section(request)
+
+
+def push_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``backend``'s value, for modules that parametrize a fixture of their own."""
     if request.param == "memory":
         return {}
     server = request.getfixturevalue("redis_server")

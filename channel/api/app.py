@@ -50,7 +50,6 @@ from channel.api.keys import (
 from channel.api.limits import (
     DEFAULT_RECEIPT_COUNT,
     DEFAULT_RPC_TIMEOUT_MS,
-    MAX_CURSOR_CHARS,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_PUSH_BODY_BYTES,
     MAX_RECEIPT_COUNT,
@@ -59,6 +58,7 @@ from channel.api.limits import (
 from channel.api.openapi import openapi_document
 from channel.config import ApiConfig, ConfigError
 from channel.logs import fields
+from channel.push.cursors import CURSOR_HELP, is_receipt_cursor
 from channel.push.model import AcceptResult, Presence, PushRequest, Receipt
 from channel.push.requests import (
     ValidationError,
@@ -428,8 +428,8 @@ async def device_rpc(request: web.Request) -> web.Response:
 async def receipts(request: web.Request) -> web.Response:
     _authorize(request, "status")
     after = request.query.get("after", "")
-    if len(after) > MAX_CURSOR_CHARS or not after.isprintable():
-        raise bad_request('must be a cursor from an earlier answer, "0" or empty', "after")
+    if not is_receipt_cursor(after):
+        raise bad_request(CURSOR_HELP, "after")
     count = _int_query(request, "count", DEFAULT_RECEIPT_COUNT, 1, MAX_RECEIPT_COUNT)
     wait_ms = _int_query(request, "wait_ms", 0, 0, MAX_RECEIPT_WAIT_MS)
     state = _state(request)

@@ -6,7 +6,6 @@ from __future__ import annotations
 MAX_RECEIPT_WAIT_MS = 30_000
 MAX_RECEIPT_COUNT = 1_000
 DEFAULT_RECEIPT_COUNT = 100
-MAX_CURSOR_CHARS = 64
 #: ``POST /v1/devices/{id}/rpc`` without ``timeout_ms`` waits this long (capped by config).
 DEFAULT_RPC_TIMEOUT_MS = 10_000
 MAX_IDEMPOTENCY_KEY_CHARS = 128

@@ -17,6 +17,7 @@ from channel.api import limits as api_limits
 from channel.api.errors import API_ERROR_CODES
 from channel.config import ApiConfig
 from channel.push import requests as limits
+from channel.push.cursors import CURSOR_HELP, RECEIPT_CURSOR_PATTERN
 from channel.push.model import PushStatus, TargetKind
 from channel.wire import ErrorCode
 
@@ -501,9 +502,10 @@ def openapi_document(config: ApiConfig | None = None) -> dict[str, Any]:
                     {
                         "name": "after",
                         "in": "query",
+                        "description": "The cursor of the previous page; " + CURSOR_HELP,
                         "schema": {
                             "type": "string",
-                            "maxLength": api_limits.MAX_CURSOR_CHARS,
+                            "pattern": RECEIPT_CURSOR_PATTERN,
                             "default": "",
                         },
                     },

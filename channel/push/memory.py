@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from channel.push.cursors import cursor_sequence
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -246,7 +247,8 @@ class MemoryReceipts:
         return entry.status
 
     async def read(self, after: str, count: int, block_ms: int) -> tuple[list[Receipt], str]:
-        start = self._next_seq - 1 if after in ("", "$") else int(after)
+        # A Redis cursor here (a node switched backends) reads from its leading number.
+        start = self._next_seq - 1 if after in ("", "$") else cursor_sequence(after)
         deadline = time.monotonic() + block_ms / 1000
         while True:
             found = self._after(start, count)
