@@ -218,6 +218,12 @@ async def test_validation_and_request_errors_are_json(tmp_path: Path) -> None:
         assert (reply.status, reply.body["error"]["field"]) == (400, "count")
         reply = await api.call("GET", "/v1/receipts?wait_ms=30001")
         assert (reply.status, reply.body["error"]["field"]) == (400, "wait_ms")
+        # The schema says object: null is refused, not taken for "no headers".
+        reply = await api.call("POST", "/v1/push", {"device_id": "d1", "body": "", "headers": None})
+        assert (reply.status, reply.body["error"]["field"]) == (400, "headers")
+        rpc = {"op": "app.echo", "headers": None}
+        reply = await api.call("POST", "/v1/devices/d1/rpc", rpc)
+        assert (reply.status, reply.body["error"]["field"]) == (400, "headers")
 
 
 # ------------------------------------------------------------------ keys

@@ -54,6 +54,7 @@ from channel.api.limits import (
     MAX_PUSH_BODY_BYTES,
     MAX_RECEIPT_COUNT,
     MAX_RECEIPT_WAIT_MS,
+    check_idempotency_key,
 )
 from channel.api.openapi import openapi_document
 from channel.config import ApiConfig, ConfigError
@@ -194,11 +195,7 @@ async def _idempotent(
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
         return await run()
-    if (
-        not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
-        or not idempotency_key.isascii()
-        or not idempotency_key.isprintable()
-    ):
+    if not check_idempotency_key(idempotency_key):
         raise bad_request(
             f"must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
             "Idempotency-Key",

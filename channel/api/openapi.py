@@ -19,9 +19,13 @@ from channel.config import ApiConfig
 from channel.push import requests as limits
 from channel.push.cursors import CURSOR_HELP, RECEIPT_CURSOR_PATTERN
 from channel.push.model import PushStatus, TargetKind
+from channel.security.tokens import MAX_ID_BYTES
 from channel.wire import ErrorCode
 
 JSON = "application/json"
+#: JSON Schema's maxLength counts characters; where the server counts UTF-8 bytes the
+#: schema says how many in this extension keyword too.
+MAX_BYTES = "x-max-utf8-bytes"
 Schema = dict[str, Any]
 
 
@@ -52,7 +56,7 @@ def _path_param(name: str, description: str) -> Schema:
     }
 
 
-_IDEMPOTENCY_KEY: Schema = {
+_IDEMPOTENCY_KEY_PARAMETER: Schema = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
@@ -65,8 +69,10 @@ _IDEMPOTENCY_KEY: Schema = {
         "type": "string",
         "minLength": 1,
         "maxLength": api_limits.MAX_IDEMPOTENCY_KEY_CHARS,
+        "pattern": api_limits.IDEMPOTENCY_KEY_PATTERN,
     },
 }
+_IDEMPOTENCY_KEY: Schema = {"$ref": "#/components/parameters/IdempotencyKey"}
 
 
 def _operation(
@@ -104,8 +110,16 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
             "`priority` and `x-channel-*` are reserved."
         ),
         "maxProperties": limits.MAX_HEADERS,
-        "propertyNames": {"pattern": "^[a-z0-9-]+$", "maxLength": limits.MAX_HEADER_NAME_BYTES},
-        "additionalProperties": {"type": "string"},
+        "propertyNames": {
+            "pattern": limits.HEADER_NAME_PATTERN,
+            "maxLength": limits.MAX_HEADER_NAME_BYTES,
+        },
+        "additionalProperties": {
+            "type": "string",
+            "pattern": limits.HEADER_VALUE_PATTERN,
+            "maxLength": limits.MAX_HEADER_VALUE_BYTES,
+            MAX_BYTES: limits.MAX_HEADER_VALUE_BYTES,
+        },
     }
     error_codes = sorted({*API_ERROR_CODES, *(code.name for code in ErrorCode if code)})
     targets = ("device_id", "device_ids", "user_id", "topic", "broadcast")
@@ -125,9 +139,14 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
         "Id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 128,
-            "pattern": r"^\S+$",
-            "description": "1..128 UTF-8 bytes, printable, no whitespace",
+            "maxLength": MAX_ID_BYTES,
+            MAX_BYTES: MAX_ID_BYTES,
+            "pattern": limits.ID_PATTERN,
+            "description": (
+                f"1..{MAX_ID_BYTES} UTF-8 bytes ({MAX_BYTES}); no control characters, "
+                "whitespace, separators or invisible format characters (soft hyphen, "
+                "zero-width and bidi marks, BOM)"
+            ),
         },
         "Headers": headers,
         "PushRequest": {
@@ -162,7 +181,7 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
                 },
                 "topic": {
                     "type": "string",
-                    "pattern": "^[A-Za-z0-9._-]{1,128}$",
+                    "pattern": limits.TOPIC_PATTERN,
                     "description": "Devices subscribed to the topic (online now)",
                 },
                 "broadcast": {"const": True, "description": "Every device online now"},
@@ -184,6 +203,8 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
                 "collapse_key": {
                     "type": "string",
                     "maxLength": limits.MAX_COLLAPSE_KEY_BYTES,
+                    MAX_BYTES: limits.MAX_COLLAPSE_KEY_BYTES,
+                    "pattern": limits.TEXT_PATTERN,
                     "description": "A newer push with this key replaces an undelivered older one",
                 },
                 "priority": {"enum": ["normal", "high"], "default": "normal"},
@@ -277,7 +298,11 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "reason": {"type": "string", "maxLength": limits.MAX_REASON_CHARS},
+                "reason": {
+                    "type": "string",
+                    "maxLength": limits.MAX_REASON_CHARS,
+                    "pattern": limits.TEXT_PATTERN,
+                },
             },
         },
         "KickResult": {
@@ -577,6 +602,7 @@ def openapi_document(config: ApiConfig | None = None) -> dict[str, Any]:
                 }
             },
             "schemas": _schemas(config),
+            "parameters": {"IdempotencyKey": _IDEMPOTENCY_KEY_PARAMETER},
             "responses": {
                 f"E{status}": _answer(description, "Error")
                 for status, description in _ERROR_RESPONSES.items()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 
-RECEIPT_CURSOR_PATTERN = r"^(|\$|[0-9]{1,19}(-[0-9]{1,19})?(#[0-9]{1,9})?)$"
+#: On ``$(?!\n)`` (the end of the text for Python's re and ECMA-262 alike) see
+#: channel/push/requests.py.
+RECEIPT_CURSOR_PATTERN = r"^(|\$|[0-9]{1,19}(-[0-9]{1,19})?(#[0-9]{1,9})?)$(?!\n)"
 _CURSOR = re.compile(RECEIPT_CURSOR_PATTERN)
 CURSOR_HELP = (
     'must be a cursor from an earlier answer ("<n>", "<ms>-<n>" or "<ms>-<n>#<k>", '
