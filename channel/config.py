@@ -229,7 +229,12 @@ class ApiConfig:
     max_batch: int = 1_000
     #: Longest ``POST /v1/devices/{id}/rpc`` wait a caller may ask for.
     max_rpc_timeout_ms: int = 30_000
+    #: How long an Idempotency-Key's answer is kept for retries.
     idempotency_ttl_s: int = 86_400
+    #: While the first request with a key runs, its placeholder lives this long and its
+    #: node renews it (every third of it): a node that dies mid-request frees the key
+    #: for retries within this time, instead of answering them 409 for the whole TTL.
+    idempotency_lease_s: float = 10.0
 
 
 @dataclass
@@ -403,5 +408,12 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.fanout_linger_ms: must be 0..10000")
     if push.inbox_max_entries < 1:
         raise ConfigError("push.inbox_max_entries: must be >= 1")
+    api = config.api
+    if api.idempotency_ttl_s < 1:
+        raise ConfigError("api.idempotency_ttl_s: must be >= 1")
+    if not 0.5 <= api.idempotency_lease_s <= min(300, api.idempotency_ttl_s):
+        raise ConfigError(
+            "api.idempotency_lease_s: must be 0.5..300 and at most api.idempotency_ttl_s"
+        )
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

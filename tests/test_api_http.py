@@ -308,9 +308,10 @@ async def test_idempotency_key_replays_the_first_answer(tmp_path: Path) -> None:
 
         # The first request with a key still running: a retry is told to wait.
         assert gw.node.push is not None
-        await gw.node.push.idempotency.claim("api:dev:push:k4", 60)
+        await gw.node.push.idempotency.claim("api:dev:push:k4", b"another node", 60_000)
         busy = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k4"})
         assert (busy.status, busy.body["error"]["code"]) == (409, "CONFLICT")
+        assert busy.headers["Retry-After"] == "10"  # the lease, [api] idempotency_lease_s
 
         long_key = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k" * 129})
         assert (long_key.status, long_key.body["error"]["field"]) == (400, "Idempotency-Key")

@@ -29,6 +29,7 @@ import base64
 import json
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,7 @@ from channel.push.requests import (
     parse_push_request,
     parse_reason,
 )
+from channel.push.stores import IdempotencyStore, is_running
 from channel.wire import ErrorCode
 from channel.wire.errors import code_name
 
@@ -202,17 +204,20 @@ async def _idempotent(
         )
     state = _state(request)
     store = state.service.idempotency
-    ttl_s = state.config.idempotency_ttl_s
+    config = state.config
+    lease_ms = round(config.idempotency_lease_s * 1000)
     # Scoped by API key and route: two callers never see each other's answers.
     store_key = f"api:{key.key_id}:{route}:{idempotency_key}"
-    stored = await store.claim(store_key, ttl_s)
+    owner = secrets.token_hex(8).encode("ascii")
+    stored = await store.claim(store_key, owner, lease_ms)
     if stored is not None:
-        if not stored:
+        if is_running(stored):
             raise ApiError(
                 409,
                 "CONFLICT",
                 "a request with this Idempotency-Key is still running; retry later",
                 "Idempotency-Key",
+                headers={"Retry-After": str(max(1, math.ceil(config.idempotency_lease_s)))},
             )
         status_text, _, body = stored.partition(b" ")
         return web.Response(
@@ -221,17 +226,38 @@ async def _idempotent(
             content_type="application/json",
             headers={"Idempotent-Replayed": "true"},
         )
+    renewing = asyncio.ensure_future(_renew_lease(store, store_key, owner, lease_ms))
     try:
         response = await run()
     except BaseException:
-        await store.release(store_key)
+        renewing.cancel()
+        await store.release(store_key, owner)
         raise
+    renewing.cancel()
     assert isinstance(response.body, bytes)
     if 200 <= response.status < 300:
-        await store.complete(store_key, b"%d %b" % (response.status, response.body), ttl_s)
+        await store.complete(
+            store_key, b"%d %b" % (response.status, response.body), config.idempotency_ttl_s
+        )
     else:
-        await store.release(store_key)
+        await store.release(store_key, owner)
     return response
+
+
+async def _renew_lease(store: IdempotencyStore, key: str, owner: bytes, lease_ms: int) -> None:
+    """Keep a running request's placeholder alive: renewed every third of its lease, so
+    two renewals may fail (a Redis hiccup) before it lapses."""
+    while True:
+        await asyncio.sleep(lease_ms / 3000)
+        try:
+            if not await store.renew(key, owner, lease_ms):
+                log.warning(
+                    "idempotency lease lost while the request ran: a retry may run it again",
+                    extra=fields(key=key),
+                )
+                return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("idempotency lease renewal failed", extra=fields(key=key, error=str(exc)))
 
 
 def _presence_json(service: PushService, presence: Presence) -> dict[str, object]:

@@ -63,7 +63,8 @@ _IDEMPOTENCY_KEY_PARAMETER: Schema = {
     "description": (
         "Makes a retry safe: the first answer for this key (per API key and route) is "
         "stored and returned again, with `Idempotent-Replayed: true`. While the first "
-        "request is still running a retry gets 409 CONFLICT."
+        "request is still running a retry gets 409 CONFLICT with Retry-After; if the node "
+        "running it dies, the key is free again within [api] idempotency_lease_s (10 s)."
     ),
     "schema": {
         "type": "string",
