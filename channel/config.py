@@ -70,6 +70,10 @@ Example ``channel.toml``::
     port = 8080
     keys = ["ops:5e884898da28047151d0e56f8dc62927...:push+status"]   # channel apikey new
 
+    [admin]                     # the admin port: /admin/* needs a key with scope "admin"
+    open_metrics = true         # GET /metrics without a key
+    open_health = true          # GET /healthz, /readyz without a key
+
     [rpc]                       # routes and clusters, see channel/rpc/config.py
 """
 
@@ -238,6 +242,17 @@ class ApiConfig:
 
 
 @dataclass
+class AdminConfig:
+    """The admin port (``[server] admin_host``, ``admin_port``). ``/admin/*`` always
+    needs an API key with the ``admin`` scope (``[api] keys``; ``*`` does not imply it)."""
+
+    #: ``GET /metrics`` without a key (Prometheus scrapers); false: it needs the scope too.
+    open_metrics: bool = True
+    #: ``GET /healthz`` and ``/readyz`` without a key (load balancers, orchestrators).
+    open_health: bool = True
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     json: bool = True
@@ -253,6 +268,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     push: PushConfig = field(default_factory=PushConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -261,7 +277,7 @@ class GatewayConfig:
         return Path(self.server.state_dir)
 
 
-_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log", "push", "api")
+_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log", "push", "api", "admin")
 
 
 class ConfigError(ValueError):

@@ -32,6 +32,7 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -40,14 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channel import fastjson
 from channel.api.errors import ApiError, bad_request, error_json, json_response, not_found
-from channel.api.keys import (
-    DEV_KEY_FILE,
-    ApiKey,
-    ApiKeyError,
-    ApiKeyring,
-    AuthError,
-    ensure_dev_api_key,
-)
+from channel.api.keys import ApiKey, ApiKeyError, ApiKeyring, AuthError, load_keyring
 from channel.api.limits import (
     DEFAULT_RECEIPT_COUNT,
     DEFAULT_RPC_TIMEOUT_MS,
@@ -530,27 +524,20 @@ async def _closing(app: web.Application) -> None:
     app[STATE_KEY].closing.set()
 
 
-def api_keyring(service: PushService, config: ApiConfig) -> ApiKeyring:
+def api_keyring(state_dir: Path, config: ApiConfig) -> ApiKeyring:
     """The keys from ``[api] keys``, or the development key when there are none."""
-    records = list(config.keys)
-    if not records:
-        state_dir = service.config.state_dir
-        _, record = ensure_dev_api_key(state_dir)
-        log.warning(
-            "API: no [api] keys configured; using the development key (every scope)",
-            extra=fields(key_file=str(state_dir / DEV_KEY_FILE)),
-        )
-        records = [record]
     try:
-        return ApiKeyring(records)
+        return load_keyring(state_dir, config.keys)
     except ApiKeyError as exc:
         raise ConfigError(f"api.keys: {exc}") from None
 
 
-async def start_api(service: PushService, config: ApiConfig) -> tuple[web.AppRunner, int]:
+async def start_api(
+    service: PushService, config: ApiConfig, keyring: ApiKeyring
+) -> tuple[web.AppRunner, int]:
     """Serve the API on ``config.host:config.port`` (0: any free port); returns the
     runner (for ``stop_api``) and the bound port."""
-    app = create_app(service, config, api_keyring(service, config))
+    app = create_app(service, config, keyring)
     # In-flight requests get a few seconds at shutdown; a receipts long poll is then
     # cut (its cursor is still valid for the retry) rather than holding a drain 30 s.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
