@@ -70,6 +70,13 @@ Example ``channel.toml``::
     port = 8080
     keys = ["ops:5e884898da28047151d0e56f8dc62927...:push+status"]   # channel apikey new
 
+    [http]                      # the push API's and the admin port's HTTP servers
+    header_timeout_s = 10       # a request's first byte -> end of its headers, else 408
+    body_timeout_s = 30         # reading a request body, else 408
+    idle_timeout_s = 60         # no request under way
+    max_connections = 4096      # per server, else 503
+    max_connections_per_ip = 256    # per server and client address, else 429
+
     [admin]                     # the admin port: /admin/* needs a key with scope "admin"
     open_metrics = true         # GET /metrics without a key
     open_health = true          # GET /healthz, /readyz without a key
@@ -242,6 +249,23 @@ class ApiConfig:
 
 
 @dataclass
+class HttpConfig:
+    """Bounds of the HTTP servers (the push API and the admin port; each counts its own
+    connections). See ``channel/httpserver.py``."""
+
+    #: From a request's first byte to the end of its headers; then 408 and close.
+    header_timeout_s: float = 10.0
+    #: A handler's read of the request body; then 408 and close.
+    body_timeout_s: float = 30.0
+    #: A connection with no request under way (since it opened or its last answer).
+    idle_timeout_s: float = 60.0
+    #: Open connections per server; one more gets 503 and is closed.
+    max_connections: int = 4_096
+    #: Open connections per client address per server; one more gets 429 and is closed.
+    max_connections_per_ip: int = 256
+
+
+@dataclass
 class AdminConfig:
     """The admin port (``[server] admin_host``, ``admin_port``). ``/admin/*`` always
     needs an API key with the ``admin`` scope (``[api] keys``; ``*`` does not imply it)."""
@@ -269,6 +293,7 @@ class GatewayConfig:
     push: PushConfig = field(default_factory=PushConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -277,7 +302,18 @@ class GatewayConfig:
         return Path(self.server.state_dir)
 
 
-_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log", "push", "api", "admin")
+_SECTIONS = (
+    "server",
+    "tls",
+    "auth",
+    "heartbeat",
+    "limits",
+    "log",
+    "push",
+    "api",
+    "admin",
+    "http",
+)
 
 
 class ConfigError(ValueError):
@@ -431,5 +467,11 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError(
             "api.idempotency_lease_s: must be 0.5..300 and at most api.idempotency_ttl_s"
         )
+    http = config.http
+    for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+        if not 0.1 <= getattr(http, name) <= 3_600:
+            raise ConfigError(f"http.{name}: must be 0.1..3600 seconds")
+    if not 1 <= http.max_connections_per_ip <= http.max_connections:
+        raise ConfigError("http: need 1 <= max_connections_per_ip <= max_connections")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

@@ -53,6 +53,13 @@ from channel.api.limits import (
 )
 from channel.api.openapi import openapi_document
 from channel.config import ApiConfig, ConfigError
+from channel.httpserver import (
+    ConnectionGate,
+    GuardedSite,
+    guard_middleware,
+    read_body,
+    runner_options,
+)
 from channel.logs import fields
 from channel.push.cursors import CURSOR_HELP, is_receipt_cursor
 from channel.push.model import AcceptResult, Presence, PushRequest, Receipt
@@ -85,6 +92,7 @@ class ApiState:
     default_ttl_s: int
     max_ttl_s: int
     push_body_bytes: int
+    body_timeout_s: float
     openapi_body: bytes
     #: Set when the API shuts down: receipt long polls answer at once.
     closing: asyncio.Event
@@ -152,10 +160,18 @@ async def _read_json(request: web.Request, *, optional: bool = False) -> object:
     limit = _state(request).config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    timeout_s = _state(request).body_timeout_s
     try:
-        raw = await request.read()
+        raw = await read_body(request, timeout_s)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "TIMEOUT",
+            f"the request body did not arrive within {timeout_s:g} s ([http] body_timeout_s)",
+            close=True,
+        ) from None
     if not raw.strip():
         if optional:
             return None
@@ -500,7 +516,9 @@ ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
 def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> web.Application:
     """The API application (not started); ``start_api`` serves it."""
     gateway = service.config
-    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[guard_middleware, _json_errors], client_max_size=config.max_body_bytes
+    )
     app[STATE_KEY] = ApiState(
         service=service,
         config=config,
@@ -508,6 +526,7 @@ def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> 
         default_ttl_s=gateway.push.default_ttl_s,
         max_ttl_s=gateway.push.max_ttl_s,
         push_body_bytes=min(MAX_PUSH_BODY_BYTES, config.max_body_bytes),
+        body_timeout_s=gateway.http.body_timeout_s,
         openapi_body=json.dumps(openapi_document(config), indent=1).encode("utf-8"),
         closing=asyncio.Event(),
     )
@@ -540,12 +559,16 @@ async def start_api(
     app = create_app(service, config, keyring)
     # In-flight requests get a few seconds at shutdown; a receipts long poll is then
     # cut (its cursor is still valid for the retry) rather than holding a drain 30 s.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    http = service.config.http
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **runner_options(http)
+    )
     await runner.setup()
     server = service.config.server
     # Several workers, or the next process of a rolling restart, share the port.
     reuse_port = server.reuse_port or server.workers > 1 or None
-    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+    gate = ConnectionGate(http, "push API")
+    site = GuardedSite(runner, config.host, config.port, gate, reuse_port=reuse_port, backlog=1024)
     try:
         await site.start()
     except BaseException:

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from channel.api.errors import error_json, json_response
 from channel.api.keys import ADMIN_SCOPE, ApiKeyring, AuthError
 from channel.config import ConfigError, load_config
+from channel.httpserver import ConnectionGate, GuardedSite, guard_middleware, runner_options
 
 if TYPE_CHECKING:
     from channel.gateway.node import GatewayNode
@@ -131,7 +132,7 @@ async def device(request: web.Request) -> web.Response:
 
 def create_admin_app(node: GatewayNode, keyring: ApiKeyring) -> web.Application:
     admin = node.config.admin
-    app = web.Application(middlewares=[_admin_auth])
+    app = web.Application(middlewares=[guard_middleware, _admin_auth])
     app[NODE_KEY] = node
     app[KEYRING_KEY] = keyring
     app[OPEN_PATHS_KEY] = open_paths(admin.open_metrics, admin.open_health)
@@ -145,10 +146,12 @@ def create_admin_app(node: GatewayNode, keyring: ApiKeyring) -> web.Application:
 
 
 async def start_admin(node: GatewayNode, keyring: ApiKeyring) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(create_admin_app(node, keyring), access_log=None)
+    http = node.config.http
+    runner = web.AppRunner(create_admin_app(node, keyring), access_log=None, **runner_options(http))
     await runner.setup()
     server = node.config.server
-    site = web.TCPSite(runner, server.admin_host, server.admin_port, reuse_port=None)
+    gate = ConnectionGate(http, "admin port")
+    site = GuardedSite(runner, server.admin_host, server.admin_port, gate, reuse_port=None)
     await site.start()
     port = runner.addresses[0][1]
     return runner, int(port)
