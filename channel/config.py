@@ -77,6 +77,9 @@ Example ``channel.toml``::
     max_connections = 4096      # per server, else 503
     max_connections_per_ip = 256    # per server and client address, else 429
 
+    [topics]                    # which topics a device may subscribe to
+    allow = ["public.**", "user.{user_id}.**", "device.{device_id}.**"]   # the default
+
     [admin]                     # the admin port: /admin/* needs a key with scope "admin"
     open_metrics = true         # GET /metrics without a key
     open_health = true          # GET /healthz, /readyz without a key
@@ -249,6 +252,17 @@ class ApiConfig:
 
 
 @dataclass
+class TopicsConfig:
+    """Which topics a device may subscribe to (``channel/push/topics.py``)."""
+
+    #: A topic must match one of these: ``*`` one segment, ``**`` the rest, ``{device_id}``
+    #: / ``{user_id}`` / ``{app_id}`` the device's own ids. ``["**"]``: every topic.
+    allow: list[str] = field(
+        default_factory=lambda: ["public.**", "user.{user_id}.**", "device.{device_id}.**"]
+    )
+
+
+@dataclass
 class HttpConfig:
     """Bounds of the HTTP servers (the push API and the admin port; each counts its own
     connections). See ``channel/httpserver.py``."""
@@ -294,6 +308,7 @@ class GatewayConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -313,6 +328,7 @@ _SECTIONS = (
     "api",
     "admin",
     "http",
+    "topics",
 )
 
 
@@ -467,6 +483,12 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError(
             "api.idempotency_lease_s: must be 0.5..300 and at most api.idempotency_ttl_s"
         )
+    from channel.push.topics import TopicRuleError, TopicRules
+
+    try:
+        TopicRules(config.topics.allow)
+    except TopicRuleError as exc:
+        raise ConfigError(f"topics.allow: {exc}") from None
     http = config.http
     for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
         if not 0.1 <= getattr(http, name) <= 3_600:

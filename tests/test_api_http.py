@@ -143,14 +143,14 @@ async def test_push_reaches_the_device_and_becomes_delivered(tmp_path: Path) -> 
 async def test_binary_body_user_topic_and_broadcast_targets(tmp_path: Path) -> None:
     async with api_gateway(tmp_path) as (gw, api), online(gw, "a", "b", user_id="u9") as devs:
         a, b = devs
-        await a.client.subscribe("news")
+        await a.client.subscribe("public.news")
         binary = base64.b64encode(b"\x00\xff").decode()
         user = await api.call("POST", "/v1/push", {"user_id": "u9", "body_base64": binary})
         assert user.status == 202 and user.body["queued"] == 2
         await a.wait_pushes(1)
         await b.wait_pushes(1)
         assert a.bodies == b.bodies == [b"\x00\xff"]
-        topic = await api.call("POST", "/v1/push", {"topic": "news", "body": "t"})
+        topic = await api.call("POST", "/v1/push", {"topic": "public.news", "body": "t"})
         assert topic.status == 202 and topic.body["target"] == "topic"
         await a.wait_pushes(2)
         everyone = await api.call("POST", "/v1/push", {"broadcast": True, "body": "all"})
