@@ -42,7 +42,7 @@ def _answer(description: str, schema: str) -> Schema:
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    common = ("400", "401", "403", *(str(s) for s in statuses), "503")
+    common = ("400", "401", "403", *(str(s) for s in statuses), "408", "429", "503")
     return {status: {"$ref": f"#/components/responses/E{status}"} for status in common}
 
 
@@ -396,7 +396,18 @@ _ERROR_RESPONSES = {
     "409": "A request with this Idempotency-Key is still running (CONFLICT)",
     "413": "The request body is larger than [api] max_body_bytes (BODY_TOO_LARGE)",
     "502": "The device answered with an error (its ErrorCode name)",
-    "503": "The push store (Redis) is unreachable; retry after Retry-After (UNAVAILABLE)",
+    "408": (
+        "The request's headers or body did not arrive within [http] header_timeout_s / "
+        "body_timeout_s (TIMEOUT); the connection is closed"
+    ),
+    "429": (
+        "Too many connections from this address ([http] max_connections_per_ip; "
+        "RATE_LIMITED); the connection is closed"
+    ),
+    "503": (
+        "The push store (Redis) is unreachable, or the server is at [http] max_connections "
+        "(UNAVAILABLE); retry after Retry-After"
+    ),
     "504": "The device did not answer within timeout_ms (TIMEOUT)",
 }
 
