@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from channel import corpus, dicttrain, presetbuild
+from channel.admincli import add_admin_commands as _add_admin_commands
 from channel.api import keys as api_keys
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
@@ -514,6 +515,8 @@ def announce_listening(node: object) -> None:
     lines = [
         f"Channel gateway {node.node_id} listening on {server.host}:{info['port']} "
         f"(TLS 1.3, ALPN mmtp/1); admin http://{server.admin_host}:{info['admin_port']}/metrics",
+        f"  admin actions need a key with scope admin: channel admin --url "
+        f"http://{server.admin_host}:{info['admin_port']} routes",
     ]
     if node.addresses.api_port:
         lines.append(
@@ -859,8 +862,9 @@ def _add_apikey_commands(subparsers: _SubParsers) -> None:
             "Backends call the HTTP push API (/v1/push, /v1/messages/..., /v1/devices/...)\n"
             "with an API key: Authorization: Bearer ck_<id>_<secret>. Gateways keep only a\n"
             "record per key in [api] keys (the key id, the SHA-256 of the key, its scopes),\n"
-            "so a leaked config file grants nothing. With no keys configured, a node makes a\n"
-            "development key with every scope in <state_dir>/api/dev.key."
+            "so a leaked config file grants nothing. The admin port's /admin/* takes keys\n"
+            "with the admin scope from the same records. With no keys configured, a node\n"
+            "makes a development key with every scope in <state_dir>/api/dev.key."
         ),
         epilog="example:\n  channel apikey new --id billing --scopes push,status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -874,13 +878,14 @@ def _add_apikey_commands(subparsers: _SubParsers) -> None:
             "Make a random key (32 bytes) and print two lines on stdout:\n"
             "  key:    ck_<id>_<secret>      give this to the backend, once\n"
             "  record: <id>:<sha256>:<scopes>  put this in [api] keys on every gateway\n\n"
-            f"scopes:\n{scope_help}\n  *         all of the above"
+            f"scopes:\n{scope_help}\n  *         all of the above but admin"
         ),
         epilog=(
             "examples:\n"
             "  channel apikey new --id billing --scopes push,status\n"
             "  channel apikey new --id support --scopes presence,kick,rpc\n"
-            "  channel apikey new --id ops --scopes '*'\n\n"
+            "  channel apikey new --id ops --scopes '*'\n"
+            "  channel apikey new --id ops-admin --scopes admin   # the admin port\n\n"
             "rotation: make a key with a new id, add its record, move the backend to it,\n"
             "then delete the old record."
         ),
@@ -896,7 +901,7 @@ def _add_apikey_commands(subparsers: _SubParsers) -> None:
         required=True,
         type=_scope_list,
         metavar="S,S",
-        help="comma-separated scopes: push, status, revoke, presence, kick, rpc, or *",
+        help="comma-separated scopes: push, status, revoke, presence, kick, rpc, admin, or *",
     )
     new.set_defaults(handler=_apikey_new)
 
@@ -910,6 +915,7 @@ _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_preset_commands,
     _add_token_commands,
     _add_apikey_commands,
+    _add_admin_commands,
     _add_device_commands,
 )
 

@@ -70,6 +70,20 @@ Example ``channel.toml``::
     port = 8080
     keys = ["ops:5e884898da28047151d0e56f8dc62927...:push+status"]   # channel apikey new
 
+    [http]                      # the push API's and the admin port's HTTP servers
+    header_timeout_s = 10       # a request's first byte -> end of its headers, else 408
+    body_timeout_s = 30         # reading a request body, else 408
+    idle_timeout_s = 60         # no request under way
+    max_connections = 4096      # per server, else 503
+    max_connections_per_ip = 256    # per server and client address, else 429
+
+    [topics]                    # which topics a device may subscribe to
+    allow = ["public.**", "user.{user_id}.**", "device.{device_id}.**"]   # the default
+
+    [admin]                     # the admin port: /admin/* needs a key with scope "admin"
+    open_metrics = true         # GET /metrics without a key
+    open_health = true          # GET /healthz, /readyz without a key
+
     [rpc]                       # routes and clusters, see channel/rpc/config.py
 """
 
@@ -229,7 +243,51 @@ class ApiConfig:
     max_batch: int = 1_000
     #: Longest ``POST /v1/devices/{id}/rpc`` wait a caller may ask for.
     max_rpc_timeout_ms: int = 30_000
+    #: How long an Idempotency-Key's answer is kept for retries.
     idempotency_ttl_s: int = 86_400
+    #: While the first request with a key runs, its placeholder lives this long and its
+    #: node renews it (every third of it): a node that dies mid-request frees the key
+    #: for retries within this time, instead of answering them 409 for the whole TTL.
+    idempotency_lease_s: float = 10.0
+
+
+@dataclass
+class TopicsConfig:
+    """Which topics a device may subscribe to (``channel/push/topics.py``)."""
+
+    #: A topic must match one of these: ``*`` one segment, ``**`` the rest, ``{device_id}``
+    #: / ``{user_id}`` / ``{app_id}`` the device's own ids. ``["**"]``: every topic.
+    allow: list[str] = field(
+        default_factory=lambda: ["public.**", "user.{user_id}.**", "device.{device_id}.**"]
+    )
+
+
+@dataclass
+class HttpConfig:
+    """Bounds of the HTTP servers (the push API and the admin port; each counts its own
+    connections). See ``channel/httpserver.py``."""
+
+    #: From a request's first byte to the end of its headers; then 408 and close.
+    header_timeout_s: float = 10.0
+    #: A handler's read of the request body; then 408 and close.
+    body_timeout_s: float = 30.0
+    #: A connection with no request under way (since it opened or its last answer).
+    idle_timeout_s: float = 60.0
+    #: Open connections per server; one more gets 503 and is closed.
+    max_connections: int = 4_096
+    #: Open connections per client address per server; one more gets 429 and is closed.
+    max_connections_per_ip: int = 256
+
+
+@dataclass
+class AdminConfig:
+    """The admin port (``[server] admin_host``, ``admin_port``). ``/admin/*`` always
+    needs an API key with the ``admin`` scope (``[api] keys``; ``*`` does not imply it)."""
+
+    #: ``GET /metrics`` without a key (Prometheus scrapers); false: it needs the scope too.
+    open_metrics: bool = True
+    #: ``GET /healthz`` and ``/readyz`` without a key (load balancers, orchestrators).
+    open_health: bool = True
 
 
 @dataclass
@@ -248,6 +306,9 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     push: PushConfig = field(default_factory=PushConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -256,7 +317,19 @@ class GatewayConfig:
         return Path(self.server.state_dir)
 
 
-_SECTIONS = ("server", "tls", "auth", "heartbeat", "limits", "log", "push", "api")
+_SECTIONS = (
+    "server",
+    "tls",
+    "auth",
+    "heartbeat",
+    "limits",
+    "log",
+    "push",
+    "api",
+    "admin",
+    "http",
+    "topics",
+)
 
 
 class ConfigError(ValueError):
@@ -403,5 +476,24 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.fanout_linger_ms: must be 0..10000")
     if push.inbox_max_entries < 1:
         raise ConfigError("push.inbox_max_entries: must be >= 1")
+    api = config.api
+    if api.idempotency_ttl_s < 1:
+        raise ConfigError("api.idempotency_ttl_s: must be >= 1")
+    if not 0.5 <= api.idempotency_lease_s <= min(300, api.idempotency_ttl_s):
+        raise ConfigError(
+            "api.idempotency_lease_s: must be 0.5..300 and at most api.idempotency_ttl_s"
+        )
+    from channel.push.topics import TopicRuleError, TopicRules
+
+    try:
+        TopicRules(config.topics.allow)
+    except TopicRuleError as exc:
+        raise ConfigError(f"topics.allow: {exc}") from None
+    http = config.http
+    for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+        if not 0.1 <= getattr(http, name) <= 3_600:
+            raise ConfigError(f"http.{name}: must be 0.1..3600 seconds")
+    if not 1 <= http.max_connections_per_ip <= http.max_connections:
+        raise ConfigError("http: need 1 <= max_connections_per_ip <= max_connections")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")

@@ -880,7 +880,11 @@ class Client:
     # ------------------------------------------------------------------ calls
 
     async def subscribe(self, *topics: str) -> int:
-        """Receive topic pushes for ``topics`` (kept across reconnects); returns the count."""
+        """Receive topic pushes for ``topics`` (kept across reconnects); returns the count.
+
+        Raises ``Forbidden`` (nothing subscribed) when the gateway's ``[topics] allow``
+        rules do not give this device one of them; by default a device may join
+        ``public.*`` topics and ``user.<its user id>.*``, ``device.<its device id>.*``."""
         count = await self._topic_call(SUBSCRIBE_OP, topics)
         self._topics.update(topics)  # only once the gateway took them
         return count

@@ -106,6 +106,8 @@ max_s = 600
 endpoints = ["{upstream_url}"]
 timeout_ms = 10000
 max_connections = {max(100, concurrency)}
+# Nor a device's cap on calls in flight (--concurrency may exceed 16 per device).
+breaker.device_max_in_flight = 0
 
 [[rpc.routes]]
 match = "bench."

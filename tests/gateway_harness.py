@@ -30,7 +30,7 @@ class RunningGateway:
     ca_cert: Path
     signer: TokenSigner
     api_port: int = 0
-    #: The node's dev API key (all scopes).
+    #: The node's dev API key (every scope, admin too; "" when [api] keys are set).
     api_key: str = ""
 
     def token(
@@ -77,7 +77,8 @@ async def gateway(state_dir: Path, **sections: dict[str, Any]) -> AsyncIterator[
     try:
         assert node.ca_cert is not None and node.dev_token_key is not None
         signer = TokenSigner(load_private_key(node.dev_token_key), 1)
-        api_key = ensure_dev_api_key(config.state_dir)[0] if addresses.api_port else ""
+        # The node made it (no [api] keys): every scope, the admin port's too.
+        api_key = ensure_dev_api_key(config.state_dir)[0] if not config.api.keys else ""
         yield RunningGateway(
             node,
             addresses.device_port,

@@ -15,18 +15,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import jsonschema
+import pytest
 from openapi_spec_validator import validate
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channel.api.keys import ApiKeyring, ensure_dev_api_key, new_api_key
 from sdk_client import Request
 from tests.gateway_harness import RunningGateway, gateway
-from tests.test_push_e2e import online
+from tests.test_push_e2e import online, push_section
 
 WAIT_S = 5.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def push_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The [push] section: the in-memory stores, or a real Redis."""
+    return push_section(request)
 
 
 @dataclass
@@ -135,14 +143,14 @@ async def test_push_reaches_the_device_and_becomes_delivered(tmp_path: Path) -> 
 async def test_binary_body_user_topic_and_broadcast_targets(tmp_path: Path) -> None:
     async with api_gateway(tmp_path) as (gw, api), online(gw, "a", "b", user_id="u9") as devs:
         a, b = devs
-        await a.client.subscribe("news")
+        await a.client.subscribe("public.news")
         binary = base64.b64encode(b"\x00\xff").decode()
         user = await api.call("POST", "/v1/push", {"user_id": "u9", "body_base64": binary})
         assert user.status == 202 and user.body["queued"] == 2
         await a.wait_pushes(1)
         await b.wait_pushes(1)
         assert a.bodies == b.bodies == [b"\x00\xff"]
-        topic = await api.call("POST", "/v1/push", {"topic": "news", "body": "t"})
+        topic = await api.call("POST", "/v1/push", {"topic": "public.news", "body": "t"})
         assert topic.status == 202 and topic.body["target"] == "topic"
         await a.wait_pushes(2)
         everyone = await api.call("POST", "/v1/push", {"broadcast": True, "body": "all"})
@@ -210,6 +218,12 @@ async def test_validation_and_request_errors_are_json(tmp_path: Path) -> None:
         assert (reply.status, reply.body["error"]["field"]) == (400, "count")
         reply = await api.call("GET", "/v1/receipts?wait_ms=30001")
         assert (reply.status, reply.body["error"]["field"]) == (400, "wait_ms")
+        # The schema says object: null is refused, not taken for "no headers".
+        reply = await api.call("POST", "/v1/push", {"device_id": "d1", "body": "", "headers": None})
+        assert (reply.status, reply.body["error"]["field"]) == (400, "headers")
+        rpc = {"op": "app.echo", "headers": None}
+        reply = await api.call("POST", "/v1/devices/d1/rpc", rpc)
+        assert (reply.status, reply.body["error"]["field"]) == (400, "headers")
 
 
 # ------------------------------------------------------------------ keys
@@ -294,9 +308,10 @@ async def test_idempotency_key_replays_the_first_answer(tmp_path: Path) -> None:
 
         # The first request with a key still running: a retry is told to wait.
         assert gw.node.push is not None
-        await gw.node.push.idempotency.claim("api:dev:push:k4", 60)
+        await gw.node.push.idempotency.claim("api:dev:push:k4", b"another node", 60_000)
         busy = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k4"})
         assert (busy.status, busy.body["error"]["code"]) == (409, "CONFLICT")
+        assert busy.headers["Retry-After"] == "10"  # the lease, [api] idempotency_lease_s
 
         long_key = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k" * 129})
         assert (long_key.status, long_key.body["error"]["field"]) == (400, "Idempotency-Key")
@@ -443,3 +458,42 @@ async def test_unreachable_store_is_503_and_other_failures_500(tmp_path: Path) -
         # Failed attempts released the key: the retry runs.
         retry = await api.call("POST", "/v1/push", push, headers={"Idempotency-Key": "k"})
         assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers
+
+
+# ------------------------------------------------------------------ receipt cursors
+
+#: Cursors no store ever hands out: each once answered 500 with a traceback.
+BAD_CURSORS = [
+    "abc",
+    "1-",
+    "-1",
+    "zzz-1",
+    "1-x",
+    "1#",
+    "#3",
+    "1-2#x",
+    "1.5",
+    "+1",
+    " 1",
+    "1-2-3",
+    "$$",
+    "99999999999999999999",  # past a stream id's 64 bits
+    "1-99999999999999999999",
+    "٣",  # a digit, but not an ASCII one
+]
+
+
+async def test_bad_receipt_cursors_are_refused_by_name(
+    tmp_path: Path, push_backend: dict[str, Any]
+) -> None:
+    async with api_gateway(tmp_path, push=push_backend) as (_, api):
+        for cursor in BAD_CURSORS:
+            reply = await api.call("GET", "/v1/receipts?" + urlencode({"after": cursor}))
+            assert (reply.status, reply.body["error"]["field"]) == (400, "after"), cursor
+            assert reply.body["error"]["code"] == "BAD_REQUEST"
+        # Every cursor form a store hands out still reads, on either backend.
+        for cursor in ["", "$", "0", "0-0", "12", "1700000000000-3", "1700000000000-3#2"]:
+            reply = await api.call(
+                "GET", "/v1/receipts?" + urlencode({"after": cursor}), schema="ReceiptPage"
+            )
+            assert reply.status == 200, (cursor, reply.body)

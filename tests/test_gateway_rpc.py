@@ -238,7 +238,10 @@ async def test_route_reload_keeps_devices_connected(tmp_path: Path) -> None:
             config_file.write_text(config_text("green"))
             async with (
                 aiohttp.ClientSession() as http,
-                http.post(f"http://127.0.0.1:{gw.admin_port}/admin/reload") as reply,
+                http.post(
+                    f"http://127.0.0.1:{gw.admin_port}/admin/reload",
+                    headers={"Authorization": f"Bearer {gw.api_key}"},
+                ) as reply,
             ):
                 assert reply.status == 200
             blue.release.set()

@@ -38,6 +38,11 @@ WAIT_S = 5.0
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The [push] section: the in-memory stores, or a real Redis (the same paths)."""
+    return push_section(request)
+
+
+def push_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``backend``'s value, for modules that parametrize a fixture of their own."""
     if request.param == "memory":
         return {}
     server = request.getfixturevalue("redis_server")
@@ -336,18 +341,18 @@ async def test_broadcast_reaches_every_connected_device_and_counts_deliveries(
 
 async def test_topic_push_reaches_only_subscribers(tmp_path: Path, backend: dict[str, Any]) -> None:
     async with gateway(tmp_path, push=backend) as gw, online(gw, "fan", "other") as (fan, other):
-        assert await fan.client.subscribe("scores") == 1
+        assert await fan.client.subscribe("public.scores") == 1
         with pytest.raises(BadRequest, match="topics"):
             await fan.client.subscribe("no spaces")
         svc = service(gw)
-        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"goal!")])
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("public.scores",)), b"goal!")])
         await fan.wait_pushes(1)
         # A broadcast behind it proves the other device had its chance at the topic push.
         await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all")])
         await other.wait_pushes(1)
         assert other.bodies == [b"all"]
-        assert await fan.client.unsubscribe("scores") == 0
-        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"again")])
+        assert await fan.client.unsubscribe("public.scores") == 0
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("public.scores",)), b"again")])
         await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"all 2")])
         await fan.wait_pushes(3)
         assert fan.bodies == [b"goal!", b"all", b"all 2"]
@@ -365,10 +370,10 @@ async def test_fanouts_going_round_in_slices_reach_each_device_once_in_order(
     ):
         fans = devices[:4]
         for device in fans:
-            assert await device.client.subscribe("scores") == 1
+            assert await device.client.subscribe("public.scores") == 1
         svc = service(gw)
         first = await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b1")])
-        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("scores",)), b"goal")])
+        await svc.accept([PushRequest(Target(TargetKind.TOPIC, ("public.scores",)), b"goal")])
         (last,) = await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b2")])
         for device in devices:
             expected = [b"b1", b"goal", b"b2"] if device in fans else [b"b1", b"b2"]

@@ -145,6 +145,13 @@ def test_url_safe_and_unpadded_base64() -> None:
             "RFC 7541",
         ),
         ({"device_id": "d", "body": "", "colapse_key": "k"}, "colapse_key", "unknown field"),
+        # null is a wrong type, not an absent field (the schema says object / string).
+        ({"device_id": "d", "body": "", "headers": None}, "headers", "got null"),
+        ({"device_id": "d", "body": None}, "body", "got null"),
+        ({"device_id": "d", "body_base64": None}, "body_base64", "base64"),
+        ({"device_id": "d", "body": None, "body_base64": "eA=="}, "body_base64", "not both"),
+        ({"device_id": "a\u200bb", "body": ""}, "device_id", "invisible"),
+        ({"device_id": "d", "body": "", "collapse_key": "a\x85b"}, "collapse_key", "control"),
         ([], "", "JSON object"),
     ],
 )
@@ -189,6 +196,8 @@ def test_device_call() -> None:
         ({"op": "a", "timeout_ms": 0}, "timeout_ms"),
         ({"op": "a", "timeout_ms": 30_001}, "timeout_ms"),
         ({"op": "a", "extra": 1}, "extra"),
+        ({"op": "a", "headers": None}, "headers"),
+        ({"op": "a", "body": None}, "body"),
     ]:
         with pytest.raises(ValidationError) as info:
             parse_device_call(obj, default_timeout_ms=1, max_timeout_ms=30_000, max_body_bytes=1)

@@ -32,7 +32,7 @@ from channel.push.model import (
     now_ms,
 )
 from channel.push.redis import redis_backend
-from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter, QueuedRef
+from channel.push.stores import EnqueueOutcome, PushBackend, PushRouter, QueuedRef, is_running
 from tests.redis_servers import RedisFactory, RedisServer
 
 FAR_MS = 3_600_000
@@ -736,13 +736,42 @@ async def test_receipt_read_waits_for_the_first(backend: PushBackend) -> None:
 
 async def test_idempotency_claim_complete_release(backend: PushBackend) -> None:
     store = backend.idempotency
-    assert await store.claim("k1", 60) is None
-    assert await store.claim("k1", 60) == b""
-    assert await store.claim("k2", 60) is None
-    await store.complete("k1", b'{"message_id":"m1"}', 60)
-    assert await store.claim("k1", 60) == b'{"message_id":"m1"}'
-    await store.release("k2")
-    assert await store.claim("k2", 60) is None
+    answer = b'202 {"message_id":"m1"}'
+    assert await store.claim("k1", b"a", 60_000) is None
+    held = await store.claim("k1", b"b", 60_000)
+    assert held is not None and is_running(held)
+    assert await store.claim("k2", b"a", 60_000) is None
+    await store.complete("k1", answer, 60)
+    assert await store.claim("k1", b"c", 60_000) == answer
+    # An answer is nobody's placeholder: neither renewed nor released.
+    assert not await store.renew("k1", b"a", 60_000)
+    await store.release("k1", b"a")
+    assert await store.claim("k1", b"c", 60_000) == answer
+    # Only the owner releases its placeholder.
+    await store.release("k2", b"someone else")
+    held = await store.claim("k2", b"c", 60_000)
+    assert held is not None and is_running(held)
+    await store.release("k2", b"a")
+    assert await store.claim("k2", b"c", 60_000) is None
+
+
+async def test_idempotency_placeholder_lapses_unless_its_owner_renews_it(
+    backend: PushBackend,
+) -> None:
+    store = backend.idempotency
+    assert await store.claim("renewed", b"a", 300) is None
+    assert await store.claim("left", b"a", 300) is None
+    # Time passing is what is tested: three renewals span 1.5 leases.
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        assert await store.renew("renewed", b"a", 300)
+        assert not await store.renew("renewed", b"b", 300)
+    held = await store.claim("renewed", b"b", 300)
+    assert held is not None and is_running(held)
+    # Never renewed: lapsed, so the next claim is b's, and a cannot take it back.
+    assert await store.claim("left", b"b", 300) is None
+    assert not await store.renew("left", b"a", 300)
+    assert await store.renew("left", b"b", 300)
 
 
 # -------------------------------------------------------- the Redis layout
@@ -778,8 +807,8 @@ async def test_redis_keys_expire_and_buckets_stay_compact(redis_server: RedisSer
         assert 650_000 < inspect.pttl(f"{prefix}:s:{{m1}}") <= 660_000
         await stores.router.send(node, [b"x"])
         assert inspect.pttl(f"{prefix}:in:{{{node}}}") > 0
-        await stores.idempotency.claim("k", 60)
-        assert 0 < inspect.ttl(f"{prefix}:i:{{k}}") <= 60
+        await stores.idempotency.claim("k", b"owner", 10_000)
+        assert 0 < inspect.pttl(f"{prefix}:i:{{k}}") <= 10_000
     finally:
         inspect.close()
         await stores.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from channel.rpc.breaker import HALF_OPEN_RETRY_AFTER_S, BreakerState, CircuitBreaker
+from channel.rpc.devices import DeviceGuard
 from tests.rpc_upstream import FakeClock
 
 
@@ -124,3 +125,66 @@ def test_bad_parameters(kwargs: dict[str, float]) -> None:
     args = {"failures": 3, "window_s": 1.0, "open_s": 1.0, **kwargs}
     with pytest.raises(ValueError):
         CircuitBreaker(clock=FakeClock(), **args)  # type: ignore[arg-type]
+
+
+def test_failures_of_one_source_do_not_open_a_breaker_that_needs_several() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=3, window_s=10, open_s=5, clock=clock, min_devices=3)
+    for _ in range(10):
+        assert not breaker.record_failure("mallory")
+    assert not breaker.record_failure("alice")
+    assert breaker.record_failure("bob")  # three devices now, and failures enough
+    assert state(breaker) is BreakerState.OPEN
+
+
+def test_sources_must_fail_within_the_window() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=3, window_s=10, open_s=5, clock=clock, min_devices=3)
+    breaker.record_failure("a")
+    clock.advance(11)
+    breaker.record_failure("b")
+    breaker.record_failure("b")
+    assert not breaker.record_failure("b")  # "a" failed too long ago
+    assert breaker.record_failure("c") is False  # a, then b, c: only two within 10 s
+    assert breaker.record_failure("d")
+
+
+def test_a_refused_connection_counts_whoever_saw_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=3, window_s=10, open_s=5, clock=clock, min_devices=3)
+    assert not breaker.record_failure(None)
+    assert not breaker.record_failure(None)
+    assert breaker.record_failure(None)
+
+
+def test_a_device_has_a_breaker_and_a_cap_of_its_own() -> None:
+    clock = FakeClock()
+    guard = DeviceGuard(failures=2, window_s=10, open_s=5, max_in_flight=2, clock=clock)
+    assert not guard.record_failure("mallory")
+    assert guard.record_failure("mallory")
+    refusal = guard.refusal("mallory")
+    assert refusal is not None and refusal.reason == "open"
+    assert refusal.retry_after_s == pytest.approx(5)
+    assert guard.refusal("alice") is None
+    clock.advance(5)
+    assert guard.refusal("mallory") is None  # no half-open: it simply ends
+    guard.started("alice")
+    guard.started("alice")
+    busy = guard.refusal("alice")
+    assert busy is not None and busy.reason == "busy"
+    guard.finished("alice")
+    assert guard.refusal("alice") is None
+    assert guard.describe()["devices_in_flight"] == 1
+
+
+def test_device_failures_are_forgotten_and_bounded() -> None:
+    clock = FakeClock()
+    guard = DeviceGuard(
+        failures=3, window_s=10, open_s=5, max_in_flight=0, clock=clock, max_tracked=100
+    )
+    for i in range(1_000):
+        guard.record_failure(f"d{i}")
+    assert len(guard._failed) <= 100
+    clock.advance(11)
+    guard.record_failure("late")
+    assert list(guard._failed) == ["late"]

@@ -250,14 +250,15 @@ async def test_breaker_opens_fails_fast_and_half_open_probe_closes_it() -> None:
             up.url, cluster_extra={"breaker": {"failures": 3, "window_s": 10, "open_s": 20}}
         )
         async with running_router(rpc, clock=clock) as router:
-            for _ in range(3):
-                assert (await router.handle(rpc_request("svc.x"))).status == (
+            # Failing for three devices (min_devices): the upstream, not one caller.
+            for i in range(3):
+                assert (await router.handle(rpc_request("svc.x", device_id=f"d{i}"))).status == (
                     ErrorCode.UPSTREAM_ERROR
                 )
             assert router.metrics.breaker_opens["svc"] == 1
 
             clock.advance(5)
-            fast = await router.handle(rpc_request("svc.x"))
+            fast = await router.handle(rpc_request("svc.x", device_id="a-fourth-one"))
             assert fast.status == ErrorCode.UNAVAILABLE
             assert fast.retry_after_ms == 15_000
             assert len(up.hits) == 3  # never reached the upstream
@@ -276,9 +277,8 @@ async def test_half_open_admits_one_probe_at_a_time() -> None:
     clock = FakeClock()
     async with upstream_farm() as farm:
         up = await farm.start(status=500)
-        rpc = one_route(
-            up.url, cluster_extra={"breaker": {"failures": 1, "window_s": 10, "open_s": 1}}
-        )
+        breaker = {"failures": 1, "window_s": 10, "open_s": 1, "min_devices": 1}
+        rpc = one_route(up.url, cluster_extra={"breaker": breaker})
         async with running_router(rpc, clock=clock) as router:
             await router.handle(rpc_request("svc.x"))
             clock.advance(1)
@@ -290,6 +290,76 @@ async def test_half_open_admits_one_probe_at_a_time() -> None:
             up.gate.set()
             assert (await probe).status == 0
             assert (await router.handle(rpc_request("svc.x"))).status == 0
+
+
+async def _slow_or_fast(never: asyncio.Event) -> Any:
+    async def respond(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.match_info["op"].startswith("svc.slow"):
+            await never.wait()
+        return web.Response(body=b"fast")
+
+    return respond
+
+
+async def test_one_devices_timeouts_do_not_open_the_breaker_for_others() -> None:
+    never = asyncio.Event()
+    async with upstream_farm() as farm:
+        up = await farm.start(responder=await _slow_or_fast(never))
+        rpc = one_route(up.url, cluster_extra={"timeout_ms": 100})
+        async with running_router(rpc, clock=FakeClock()) as router:
+            for _ in range(5):
+                slow = await router.handle(rpc_request("svc.slow.report", device_id="mallory"))
+                assert slow.status == ErrorCode.TIMEOUT
+            # Its sixth call: turned away by its own breaker, before the upstream.
+            sixth = await router.handle(rpc_request("svc.slow.report", device_id="mallory"))
+            assert sixth.status == ErrorCode.UNAVAILABLE and "this device" in sixth.message
+            assert sixth.retry_after_ms == 15_000 and len(up.hits) == 5
+            # Everyone else's calls go on: the cluster's breaker stayed closed.
+            other = await router.handle(rpc_request("svc.balance", device_id="alice"))
+            assert other.status == 0 and other.body == b"fast"
+            described: Any = router.describe()["clusters"]
+            assert described["svc"]["breaker"]["state"] == "closed"
+            assert router.metrics.breaker_opens["svc"] == 0
+            assert router.metrics.device_breaker_opens["svc"] == 1
+        never.set()
+
+
+async def test_an_upstream_failing_for_many_devices_still_opens_its_breaker() -> None:
+    never = asyncio.Event()
+    async with upstream_farm() as farm:
+        up = await farm.start(responder=await _slow_or_fast(never))
+        rpc = one_route(up.url, cluster_extra={"timeout_ms": 100})
+        async with running_router(rpc, clock=FakeClock()) as router:
+            for i in range(5):
+                slow = await router.handle(rpc_request("svc.slow.x", device_id=f"d{i}"))
+                assert slow.status == ErrorCode.TIMEOUT
+            assert router.metrics.breaker_opens["svc"] == 1
+            refused = await router.handle(rpc_request("svc.balance", device_id="alice"))
+            assert refused.status == ErrorCode.UNAVAILABLE and "circuit open" in refused.message
+            assert len(up.hits) == 5
+        never.set()
+
+
+async def test_one_device_cannot_hold_every_call_slot() -> None:
+    gate = asyncio.Event()
+    async with upstream_farm() as farm:
+        up = await farm.start(responder=await _slow_or_fast(gate))
+        breaker = {"device_max_in_flight": 2}
+        rpc = one_route(up.url, cluster_extra={"breaker": breaker, "timeout_ms": 10_000})
+        async with running_router(rpc) as router:
+            held = [
+                asyncio.create_task(router.handle(rpc_request("svc.slow", device_id="mallory")))
+                for _ in range(2)
+            ]
+            await up.wait_hits(2)
+            third = await router.handle(rpc_request("svc.slow", device_id="mallory"))
+            assert third.status == ErrorCode.RATE_LIMITED and third.retry_after_ms > 0
+            assert len(up.hits) == 2
+            assert (await router.handle(rpc_request("svc.fast", device_id="alice"))).status == 0
+            gate.set()
+            assert [(await task).status for task in held] == [0, 0]
+            # Its slots are back.
+            assert (await router.handle(rpc_request("svc.slow", device_id="mallory"))).status == 0
 
 
 # -- mirroring -------------------------------------------------------------------

@@ -216,7 +216,10 @@ async def test_zone_fails_over_while_zone_breaker_is_open() -> None:
         sh = await farm.start("sh")
         rpc = {
             "clusters": {
-                "hz": cluster(hz.url, breaker={"failures": 2, "window_s": 10, "open_s": 30}),
+                "hz": cluster(
+                    hz.url,
+                    breaker={"failures": 2, "window_s": 10, "open_s": 30, "min_devices": 1},
+                ),
                 "sh": cluster(sh.url),
             },
             "routes": [

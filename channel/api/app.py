@@ -29,8 +29,10 @@ import base64
 import json
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -39,26 +41,27 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channel import fastjson
 from channel.api.errors import ApiError, bad_request, error_json, json_response, not_found
-from channel.api.keys import (
-    DEV_KEY_FILE,
-    ApiKey,
-    ApiKeyError,
-    ApiKeyring,
-    AuthError,
-    ensure_dev_api_key,
-)
+from channel.api.keys import ApiKey, ApiKeyError, ApiKeyring, AuthError, load_keyring
 from channel.api.limits import (
     DEFAULT_RECEIPT_COUNT,
     DEFAULT_RPC_TIMEOUT_MS,
-    MAX_CURSOR_CHARS,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_PUSH_BODY_BYTES,
     MAX_RECEIPT_COUNT,
     MAX_RECEIPT_WAIT_MS,
+    check_idempotency_key,
 )
 from channel.api.openapi import openapi_document
 from channel.config import ApiConfig, ConfigError
+from channel.httpserver import (
+    ConnectionGate,
+    GuardedSite,
+    guard_middleware,
+    read_body,
+    runner_options,
+)
 from channel.logs import fields
+from channel.push.cursors import CURSOR_HELP, is_receipt_cursor
 from channel.push.model import AcceptResult, Presence, PushRequest, Receipt
 from channel.push.requests import (
     ValidationError,
@@ -67,6 +70,7 @@ from channel.push.requests import (
     parse_push_request,
     parse_reason,
 )
+from channel.push.stores import IdempotencyStore, is_running
 from channel.wire import ErrorCode
 from channel.wire.errors import code_name
 
@@ -88,6 +92,7 @@ class ApiState:
     default_ttl_s: int
     max_ttl_s: int
     push_body_bytes: int
+    body_timeout_s: float
     openapi_body: bytes
     #: Set when the API shuts down: receipt long polls answer at once.
     closing: asyncio.Event
@@ -155,10 +160,18 @@ async def _read_json(request: web.Request, *, optional: bool = False) -> object:
     limit = _state(request).config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    timeout_s = _state(request).body_timeout_s
     try:
-        raw = await request.read()
+        raw = await read_body(request, timeout_s)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "TIMEOUT",
+            f"the request body did not arrive within {timeout_s:g} s ([http] body_timeout_s)",
+            close=True,
+        ) from None
     if not raw.strip():
         if optional:
             return None
@@ -194,28 +207,27 @@ async def _idempotent(
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
         return await run()
-    if (
-        not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
-        or not idempotency_key.isascii()
-        or not idempotency_key.isprintable()
-    ):
+    if not check_idempotency_key(idempotency_key):
         raise bad_request(
             f"must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
             "Idempotency-Key",
         )
     state = _state(request)
     store = state.service.idempotency
-    ttl_s = state.config.idempotency_ttl_s
+    config = state.config
+    lease_ms = round(config.idempotency_lease_s * 1000)
     # Scoped by API key and route: two callers never see each other's answers.
     store_key = f"api:{key.key_id}:{route}:{idempotency_key}"
-    stored = await store.claim(store_key, ttl_s)
+    owner = secrets.token_hex(8).encode("ascii")
+    stored = await store.claim(store_key, owner, lease_ms)
     if stored is not None:
-        if not stored:
+        if is_running(stored):
             raise ApiError(
                 409,
                 "CONFLICT",
                 "a request with this Idempotency-Key is still running; retry later",
                 "Idempotency-Key",
+                headers={"Retry-After": str(max(1, math.ceil(config.idempotency_lease_s)))},
             )
         status_text, _, body = stored.partition(b" ")
         return web.Response(
@@ -224,17 +236,38 @@ async def _idempotent(
             content_type="application/json",
             headers={"Idempotent-Replayed": "true"},
         )
+    renewing = asyncio.ensure_future(_renew_lease(store, store_key, owner, lease_ms))
     try:
         response = await run()
     except BaseException:
-        await store.release(store_key)
+        renewing.cancel()
+        await store.release(store_key, owner)
         raise
+    renewing.cancel()
     assert isinstance(response.body, bytes)
     if 200 <= response.status < 300:
-        await store.complete(store_key, b"%d %b" % (response.status, response.body), ttl_s)
+        await store.complete(
+            store_key, b"%d %b" % (response.status, response.body), config.idempotency_ttl_s
+        )
     else:
-        await store.release(store_key)
+        await store.release(store_key, owner)
     return response
+
+
+async def _renew_lease(store: IdempotencyStore, key: str, owner: bytes, lease_ms: int) -> None:
+    """Keep a running request's placeholder alive: renewed every third of its lease, so
+    two renewals may fail (a Redis hiccup) before it lapses."""
+    while True:
+        await asyncio.sleep(lease_ms / 3000)
+        try:
+            if not await store.renew(key, owner, lease_ms):
+                log.warning(
+                    "idempotency lease lost while the request ran: a retry may run it again",
+                    extra=fields(key=key),
+                )
+                return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("idempotency lease renewal failed", extra=fields(key=key, error=str(exc)))
 
 
 def _presence_json(service: PushService, presence: Presence) -> dict[str, object]:
@@ -428,8 +461,8 @@ async def device_rpc(request: web.Request) -> web.Response:
 async def receipts(request: web.Request) -> web.Response:
     _authorize(request, "status")
     after = request.query.get("after", "")
-    if len(after) > MAX_CURSOR_CHARS or not after.isprintable():
-        raise bad_request('must be a cursor from an earlier answer, "0" or empty', "after")
+    if not is_receipt_cursor(after):
+        raise bad_request(CURSOR_HELP, "after")
     count = _int_query(request, "count", DEFAULT_RECEIPT_COUNT, 1, MAX_RECEIPT_COUNT)
     wait_ms = _int_query(request, "wait_ms", 0, 0, MAX_RECEIPT_WAIT_MS)
     state = _state(request)
@@ -483,7 +516,9 @@ ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
 def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> web.Application:
     """The API application (not started); ``start_api`` serves it."""
     gateway = service.config
-    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[guard_middleware, _json_errors], client_max_size=config.max_body_bytes
+    )
     app[STATE_KEY] = ApiState(
         service=service,
         config=config,
@@ -491,6 +526,7 @@ def create_app(service: PushService, config: ApiConfig, keyring: ApiKeyring) -> 
         default_ttl_s=gateway.push.default_ttl_s,
         max_ttl_s=gateway.push.max_ttl_s,
         push_body_bytes=min(MAX_PUSH_BODY_BYTES, config.max_body_bytes),
+        body_timeout_s=gateway.http.body_timeout_s,
         openapi_body=json.dumps(openapi_document(config), indent=1).encode("utf-8"),
         closing=asyncio.Event(),
     )
@@ -507,35 +543,32 @@ async def _closing(app: web.Application) -> None:
     app[STATE_KEY].closing.set()
 
 
-def api_keyring(service: PushService, config: ApiConfig) -> ApiKeyring:
+def api_keyring(state_dir: Path, config: ApiConfig) -> ApiKeyring:
     """The keys from ``[api] keys``, or the development key when there are none."""
-    records = list(config.keys)
-    if not records:
-        state_dir = service.config.state_dir
-        _, record = ensure_dev_api_key(state_dir)
-        log.warning(
-            "API: no [api] keys configured; using the development key (every scope)",
-            extra=fields(key_file=str(state_dir / DEV_KEY_FILE)),
-        )
-        records = [record]
     try:
-        return ApiKeyring(records)
+        return load_keyring(state_dir, config.keys)
     except ApiKeyError as exc:
         raise ConfigError(f"api.keys: {exc}") from None
 
 
-async def start_api(service: PushService, config: ApiConfig) -> tuple[web.AppRunner, int]:
+async def start_api(
+    service: PushService, config: ApiConfig, keyring: ApiKeyring
+) -> tuple[web.AppRunner, int]:
     """Serve the API on ``config.host:config.port`` (0: any free port); returns the
     runner (for ``stop_api``) and the bound port."""
-    app = create_app(service, config, api_keyring(service, config))
+    app = create_app(service, config, keyring)
     # In-flight requests get a few seconds at shutdown; a receipts long poll is then
     # cut (its cursor is still valid for the retry) rather than holding a drain 30 s.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    http = service.config.http
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **runner_options(http)
+    )
     await runner.setup()
     server = service.config.server
     # Several workers, or the next process of a rolling restart, share the port.
     reuse_port = server.reuse_port or server.workers > 1 or None
-    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+    gate = ConnectionGate(http, "push API")
+    site = GuardedSite(runner, config.host, config.port, gate, reuse_port=reuse_port, backlog=1024)
     try:
         await site.start()
     except BaseException:

@@ -26,6 +26,8 @@ API_ERROR_CODES = (
     "METHOD_NOT_ALLOWED",
     "CONFLICT",
     "BODY_TOO_LARGE",
+    "TIMEOUT",
+    "RATE_LIMITED",
     "INTERNAL_ERROR",
     "UNAVAILABLE",
 )
@@ -61,6 +63,7 @@ class ApiError(Exception):
         *,
         extra: Mapping[str, object] | None = None,
         headers: Mapping[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -69,12 +72,17 @@ class ApiError(Exception):
         self.field = field
         self.extra = extra
         self.headers = headers
+        #: Close the connection after the answer (the request's body was not read).
+        self.close = close
 
     def response(self) -> web.Response:
         body = error_json(self.code, self.message, self.field)
         if self.extra:
             body.update(self.extra)
-        return json_response(self.status, body, self.headers)
+        response = json_response(self.status, body, self.headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def bad_request(message: str, field: str | None = None) -> ApiError:

@@ -13,11 +13,14 @@ callers, then deleting the old record.
 
 Scopes: ``push`` (push, batch, topic, broadcast), ``status`` (message status,
 receipts), ``revoke``, ``presence`` (device and user look-ups), ``kick``,
-``rpc`` (call a method on a device), and ``*`` (all of them).
+``rpc`` (call a method on a device), ``*`` (all of those), and ``admin`` (the
+admin port's ``/admin/*``: routes, reload, device look-ups). ``*`` does not
+include ``admin``: a backend's key for pushing should not reconfigure a node, so
+an admin key names the scope.
 
 With no ``[api] keys`` at all, a node makes one development key with every
-scope under ``<state_dir>/api/dev.key`` (mode 0600, reused across restarts)
-and logs only that path.
+scope (``*`` and ``admin``) under ``<state_dir>/api/dev.key`` (mode 0600, reused
+across restarts) and logs only that path.
 """
 
 from __future__ import annotations
@@ -25,16 +28,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from channel.logs import fields
 from channel.security.keys import write_private_file
+
+log = logging.getLogger("channel.api")
 
 KEY_PREFIX = "ck_"
 ALL_SCOPES = "*"
+#: The admin port's scope: never implied by ``*``.
+ADMIN_SCOPE = "admin"
 #: Every scope a key can hold, with what it allows (``channel apikey new --help``).
 SCOPES: dict[str, str] = {
     "push": "send pushes: POST /v1/push, /v1/push/batch (devices, users, topics, broadcast)",
@@ -43,7 +52,10 @@ SCOPES: dict[str, str] = {
     "presence": "look devices and users up: GET /v1/devices/*, /v1/users/*/devices",
     "kick": "disconnect a device: POST /v1/devices/*/kick",
     "rpc": "call a method on a device and wait for its answer: POST /v1/devices/*/rpc",
+    ADMIN_SCOPE: "the admin port's /admin/* (routes, reload, device look-ups); not included in *",
 }
+#: What the development key holds: everything.
+DEV_SCOPES = frozenset({ALL_SCOPES, ADMIN_SCOPE})
 DEV_KEY_ID = "dev"
 DEV_KEY_FILE = Path("api") / "dev.key"
 
@@ -76,7 +88,7 @@ class ApiKey:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes or ALL_SCOPES in self.scopes
+        return scope in self.scopes or (ALL_SCOPES in self.scopes and scope != ADMIN_SCOPE)
 
     def record(self) -> str:
         return f"{self.key_id}:{self.digest.hex()}:{'+'.join(sorted(self.scopes))}"
@@ -185,13 +197,13 @@ class ApiKeyring:
 
 
 def ensure_dev_api_key(state_dir: Path) -> tuple[str, str]:
-    """The development key (all scopes) under ``state_dir/api/dev.key``:
+    """The development key (``DEV_SCOPES``) under ``state_dir/api/dev.key``:
     made once with mode 0600, then reused. Returns ``(key, record)``."""
     path = state_dir / DEV_KEY_FILE
     key = _read_dev_key(path)
     if key is None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key, _ = new_api_key(DEV_KEY_ID, [ALL_SCOPES])
+        key, _ = new_api_key(DEV_KEY_ID, sorted(DEV_SCOPES))
         try:
             write_private_file(path, (key + "\n").encode("ascii"), exclusive=True)
         except FileExistsError:
@@ -199,7 +211,7 @@ def ensure_dev_api_key(state_dir: Path) -> tuple[str, str]:
             key = _read_dev_key(path)
             if key is None:
                 raise ApiKeyError(f"{path} is not a Channel API key; delete it") from None
-    return key, ApiKey(DEV_KEY_ID, key_digest(key), frozenset({ALL_SCOPES})).record()
+    return key, ApiKey(DEV_KEY_ID, key_digest(key), DEV_SCOPES).record()
 
 
 def _read_dev_key(path: Path) -> str | None:
@@ -215,3 +227,16 @@ def _read_dev_key(path: Path) -> str | None:
     except ApiKeyError:
         raise ApiKeyError(f"{path} is not a Channel API key; delete it") from None
     return text
+
+
+def load_keyring(state_dir: Path, records: Sequence[str]) -> ApiKeyring:
+    """The keys of ``[api] keys`` (the push API's and the admin port's), or the
+    development key when there are none; ``ApiKeyError`` names a bad record."""
+    if not records:
+        _, record = ensure_dev_api_key(state_dir)
+        log.warning(
+            "no [api] keys configured; using the development key (every scope, admin too)",
+            extra=fields(key_file=str(state_dir / DEV_KEY_FILE)),
+        )
+        records = [record]
+    return ApiKeyring(records)

@@ -17,10 +17,15 @@ from channel.api import limits as api_limits
 from channel.api.errors import API_ERROR_CODES
 from channel.config import ApiConfig
 from channel.push import requests as limits
+from channel.push.cursors import CURSOR_HELP, RECEIPT_CURSOR_PATTERN
 from channel.push.model import PushStatus, TargetKind
+from channel.security.tokens import MAX_ID_BYTES
 from channel.wire import ErrorCode
 
 JSON = "application/json"
+#: JSON Schema's maxLength counts characters; where the server counts UTF-8 bytes the
+#: schema says how many in this extension keyword too.
+MAX_BYTES = "x-max-utf8-bytes"
 Schema = dict[str, Any]
 
 
@@ -37,7 +42,7 @@ def _answer(description: str, schema: str) -> Schema:
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    common = ("400", "401", "403", *(str(s) for s in statuses), "503")
+    common = ("400", "401", "403", *(str(s) for s in statuses), "408", "429", "503")
     return {status: {"$ref": f"#/components/responses/E{status}"} for status in common}
 
 
@@ -51,21 +56,24 @@ def _path_param(name: str, description: str) -> Schema:
     }
 
 
-_IDEMPOTENCY_KEY: Schema = {
+_IDEMPOTENCY_KEY_PARAMETER: Schema = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
     "description": (
         "Makes a retry safe: the first answer for this key (per API key and route) is "
         "stored and returned again, with `Idempotent-Replayed: true`. While the first "
-        "request is still running a retry gets 409 CONFLICT."
+        "request is still running a retry gets 409 CONFLICT with Retry-After; if the node "
+        "running it dies, the key is free again within [api] idempotency_lease_s (10 s)."
     ),
     "schema": {
         "type": "string",
         "minLength": 1,
         "maxLength": api_limits.MAX_IDEMPOTENCY_KEY_CHARS,
+        "pattern": api_limits.IDEMPOTENCY_KEY_PATTERN,
     },
 }
+_IDEMPOTENCY_KEY: Schema = {"$ref": "#/components/parameters/IdempotencyKey"}
 
 
 def _operation(
@@ -103,8 +111,16 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
             "`priority` and `x-channel-*` are reserved."
         ),
         "maxProperties": limits.MAX_HEADERS,
-        "propertyNames": {"pattern": "^[a-z0-9-]+$", "maxLength": limits.MAX_HEADER_NAME_BYTES},
-        "additionalProperties": {"type": "string"},
+        "propertyNames": {
+            "pattern": limits.HEADER_NAME_PATTERN,
+            "maxLength": limits.MAX_HEADER_NAME_BYTES,
+        },
+        "additionalProperties": {
+            "type": "string",
+            "pattern": limits.HEADER_VALUE_PATTERN,
+            "maxLength": limits.MAX_HEADER_VALUE_BYTES,
+            MAX_BYTES: limits.MAX_HEADER_VALUE_BYTES,
+        },
     }
     error_codes = sorted({*API_ERROR_CODES, *(code.name for code in ErrorCode if code)})
     targets = ("device_id", "device_ids", "user_id", "topic", "broadcast")
@@ -124,9 +140,14 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
         "Id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 128,
-            "pattern": r"^\S+$",
-            "description": "1..128 UTF-8 bytes, printable, no whitespace",
+            "maxLength": MAX_ID_BYTES,
+            MAX_BYTES: MAX_ID_BYTES,
+            "pattern": limits.ID_PATTERN,
+            "description": (
+                f"1..{MAX_ID_BYTES} UTF-8 bytes ({MAX_BYTES}); no control characters, "
+                "whitespace, separators or invisible format characters (soft hyphen, "
+                "zero-width and bidi marks, BOM)"
+            ),
         },
         "Headers": headers,
         "PushRequest": {
@@ -161,7 +182,7 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
                 },
                 "topic": {
                     "type": "string",
-                    "pattern": "^[A-Za-z0-9._-]{1,128}$",
+                    "pattern": limits.TOPIC_PATTERN,
                     "description": "Devices subscribed to the topic (online now)",
                 },
                 "broadcast": {"const": True, "description": "Every device online now"},
@@ -183,6 +204,8 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
                 "collapse_key": {
                     "type": "string",
                     "maxLength": limits.MAX_COLLAPSE_KEY_BYTES,
+                    MAX_BYTES: limits.MAX_COLLAPSE_KEY_BYTES,
+                    "pattern": limits.TEXT_PATTERN,
                     "description": "A newer push with this key replaces an undelivered older one",
                 },
                 "priority": {"enum": ["normal", "high"], "default": "normal"},
@@ -276,7 +299,11 @@ def _schemas(config: ApiConfig) -> dict[str, Schema]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "reason": {"type": "string", "maxLength": limits.MAX_REASON_CHARS},
+                "reason": {
+                    "type": "string",
+                    "maxLength": limits.MAX_REASON_CHARS,
+                    "pattern": limits.TEXT_PATTERN,
+                },
             },
         },
         "KickResult": {
@@ -369,7 +396,18 @@ _ERROR_RESPONSES = {
     "409": "A request with this Idempotency-Key is still running (CONFLICT)",
     "413": "The request body is larger than [api] max_body_bytes (BODY_TOO_LARGE)",
     "502": "The device answered with an error (its ErrorCode name)",
-    "503": "The push store (Redis) is unreachable; retry after Retry-After (UNAVAILABLE)",
+    "408": (
+        "The request's headers or body did not arrive within [http] header_timeout_s / "
+        "body_timeout_s (TIMEOUT); the connection is closed"
+    ),
+    "429": (
+        "Too many connections from this address ([http] max_connections_per_ip; "
+        "RATE_LIMITED); the connection is closed"
+    ),
+    "503": (
+        "The push store (Redis) is unreachable, or the server is at [http] max_connections "
+        "(UNAVAILABLE); retry after Retry-After"
+    ),
     "504": "The device did not answer within timeout_ms (TIMEOUT)",
 }
 
@@ -501,9 +539,10 @@ def openapi_document(config: ApiConfig | None = None) -> dict[str, Any]:
                     {
                         "name": "after",
                         "in": "query",
+                        "description": "The cursor of the previous page; " + CURSOR_HELP,
                         "schema": {
                             "type": "string",
-                            "maxLength": api_limits.MAX_CURSOR_CHARS,
+                            "pattern": RECEIPT_CURSOR_PATTERN,
                             "default": "",
                         },
                     },
@@ -575,6 +614,7 @@ def openapi_document(config: ApiConfig | None = None) -> dict[str, Any]:
                 }
             },
             "schemas": _schemas(config),
+            "parameters": {"IdempotencyKey": _IDEMPOTENCY_KEY_PARAMETER},
             "responses": {
                 f"E{status}": _answer(description, "Error")
                 for status, description in _ERROR_RESPONSES.items()

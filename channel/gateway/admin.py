@@ -5,21 +5,67 @@
 ``GET /admin/routes`` (current RPC routes, clusters and breaker states),
 ``POST /admin/reload`` (re-read the config file's [rpc] section, like SIGHUP),
 ``GET /admin/devices/{device_id}`` (is this device connected here).
+
+Everything under ``/admin/`` (and any path not listed) needs an API key with the
+``admin`` scope (``Authorization: Bearer ck_...``, keys from ``[api] keys``; ``*``
+does not imply it). ``/metrics`` and ``/healthz``, ``/readyz`` are open unless
+``[admin] open_metrics`` / ``open_health`` say otherwise. Errors are the push
+API's ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channel.api.errors import error_json, json_response
+from channel.api.keys import ADMIN_SCOPE, ApiKeyring, AuthError
 from channel.config import ConfigError, load_config
+from channel.httpserver import ConnectionGate, GuardedSite, guard_middleware, runner_options
 
 if TYPE_CHECKING:
     from channel.gateway.node import GatewayNode
 
 NODE_KEY: web.AppKey[Any] = web.AppKey("node")
+KEYRING_KEY: web.AppKey[ApiKeyring] = web.AppKey("keyring", ApiKeyring)
+OPEN_PATHS_KEY: web.AppKey[frozenset[str]] = web.AppKey("open_paths", frozenset)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def open_paths(open_metrics: bool, open_health: bool) -> frozenset[str]:
+    """The paths served without a key."""
+    paths = {"/metrics"} if open_metrics else set()
+    if open_health:
+        paths |= {"/healthz", "/readyz"}
+    return frozenset(paths)
+
+
+@web.middleware
+async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Checked before routing answers: without a key, a 404 would map the admin port.
+    if request.path not in request.app[OPEN_PATHS_KEY]:
+        try:
+            key = request.app[KEYRING_KEY].authenticate(request.headers.get("Authorization"))
+        except AuthError as exc:
+            return json_response(
+                401,
+                error_json(exc.code, exc.message),
+                {"WWW-Authenticate": 'Bearer realm="channel-admin"'},
+            )
+        if not key.allows(ADMIN_SCOPE):
+            message = f"API key {key.key_id} lacks scope {ADMIN_SCOPE!r} (admin port)"
+            return json_response(403, error_json("FORBIDDEN", message))
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status, "BAD_REQUEST")
+        return json_response(exc.status, error_json(code, f"{exc.reason}: {request.path}"))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -53,13 +99,12 @@ async def reload(request: web.Request) -> web.Response:
     node: GatewayNode = request.app[NODE_KEY]
     source = node.config.source
     if source == "defaults":
-        return web.json_response(
-            {"error": "the node runs without a config file; nothing to reload"}, status=409
-        )
+        message = "the node runs without a config file; nothing to reload"
+        return json_response(409, error_json("CONFLICT", message))
     try:
         node.reload_routes(load_config(source))
     except (ConfigError, ValueError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+        return json_response(400, error_json("BAD_REQUEST", str(exc)))
     return web.json_response({"reloaded": source, "routes": node.router.describe()})
 
 
@@ -85,19 +130,28 @@ async def device(request: web.Request) -> web.Response:
     )
 
 
-async def start_admin(node: GatewayNode) -> tuple[web.AppRunner, int]:
-    app = web.Application()
+def create_admin_app(node: GatewayNode, keyring: ApiKeyring) -> web.Application:
+    admin = node.config.admin
+    app = web.Application(middlewares=[guard_middleware, _admin_auth])
     app[NODE_KEY] = node
+    app[KEYRING_KEY] = keyring
+    app[OPEN_PATHS_KEY] = open_paths(admin.open_metrics, admin.open_health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/routes", routes)
     app.router.add_post("/admin/reload", reload)
     app.router.add_get("/admin/devices/{device_id}", device)
-    runner = web.AppRunner(app, access_log=None)
+    return app
+
+
+async def start_admin(node: GatewayNode, keyring: ApiKeyring) -> tuple[web.AppRunner, int]:
+    http = node.config.http
+    runner = web.AppRunner(create_admin_app(node, keyring), access_log=None, **runner_options(http))
     await runner.setup()
     server = node.config.server
-    site = web.TCPSite(runner, server.admin_host, server.admin_port, reuse_port=None)
+    gate = ConnectionGate(http, "admin port")
+    site = GuardedSite(runner, server.admin_host, server.admin_port, gate, reuse_port=None)
     await site.start()
     port = runner.addresses[0][1]
     return runner, int(port)

@@ -6,7 +6,9 @@ configured); ``channel.time`` returns the gateway's clock in ms (clock-skew
 checks); ``channel.subscribe`` / ``channel.unsubscribe`` (body
 ``{"topics": ["news", ...]}``) add or drop this connection's topic
 subscriptions, answering ``{"topics": <how many it now has>}``. A device can
-only subscribe itself: the device id comes from its session, never the body.
+only subscribe itself: the device id comes from its session, never the body; and
+only to topics ``[topics] allow`` gives it (``channel/push/topics.py``), else the
+whole call is refused with ``FORBIDDEN`` naming the topic.
 Everything else goes to the RPC router.
 """
 
@@ -17,6 +19,8 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from channel.push.requests import TOPIC_PATTERN
+from channel.push.topics import TopicForbidden
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.wire import ErrorCode
 
@@ -27,7 +31,7 @@ ECHO_OP = "channel.echo"
 TIME_OP = "channel.time"
 SUBSCRIBE_OP = "channel.subscribe"
 UNSUBSCRIBE_OP = "channel.unsubscribe"
-TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+TOPIC_NAME = re.compile(TOPIC_PATTERN)
 _JSON = (("content-type", "application/json"),)
 
 
@@ -61,6 +65,8 @@ def _topics(request: RpcRequest, delivery: NodeDelivery) -> RpcResponse:
             count = delivery.subscribe(device_id, topics)
         else:
             count = delivery.unsubscribe(device_id, topics)
+    except TopicForbidden as exc:
+        return RpcResponse.error(ErrorCode.FORBIDDEN, str(exc))
     except ValueError as exc:
         return RpcResponse.error(ErrorCode.BAD_REQUEST, str(exc))
     return RpcResponse(0, _JSON, json.dumps({"topics": count}).encode())

@@ -264,15 +264,16 @@ class GatewayNode:
         sock = self._server.sockets[0]
         device_port = sock.getsockname()[1]
         self._enable_fastopen()
+        from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
 
-        self._admin, admin_port = await start_admin(self)
+        # One keyring ([api] keys) for the push API and the admin port's "admin" scope.
+        keyring = api_keyring(self.config.state_dir, self.config.api)
+        self._admin, admin_port = await start_admin(self, keyring)
         api_port = 0
         if self.config.api.enabled:
-            from channel.api.app import start_api
-
             assert self.push is not None
-            self._api, api_port = await start_api(self.push, self.config.api)
+            self._api, api_port = await start_api(self.push, self.config.api, keyring)
         self.addresses = NodeAddresses(device_port, admin_port, api_port)
         self._sweeper = loop.create_task(self._sweep_forever())
         self.ready = True

@@ -38,6 +38,7 @@ from channel.push import envelopes as env
 from channel.push.fanout import FanoutRing
 from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
 from channel.push.stores import PushBackend, QueuedRef
+from channel.push.topics import TopicForbidden, TopicRules
 from channel.rpc.model import RpcResponse
 from channel.wire import ErrorCode, LocalProtocolError, PreparedPush
 
@@ -80,6 +81,7 @@ class NodeDelivery:
         self.node = node
         self.backend = backend
         self.config = config
+        self.topic_rules = TopicRules(node.config.topics.allow)
         self.node_no = 0
         self.node_names: dict[int, str] = {}
         self._state: dict[DeviceSession, _Outstanding] = {}
@@ -244,11 +246,23 @@ class NodeDelivery:
             if not members:
                 del self._topics[topic]
 
-    def subscribe(self, device_id: str, topics: Iterable[str]) -> int:
+    def subscribe(self, device_id: str, topics: Sequence[str]) -> int:
+        """Add topics to the device's session; ``TopicForbidden`` (nothing added) when
+        ``[topics] allow`` does not let this device have one of them."""
         local = self._local(device_id)
         if local is None:
             return 0
         session, state = local
+        assert session.auth is not None
+        device = session.auth.device
+        for topic in topics:
+            if not self.topic_rules.allows(
+                topic, device_id=device.device_id, user_id=device.user_id, app_id=device.app_id
+            ):
+                raise TopicForbidden(
+                    f"this device may not subscribe to {topic!r} "
+                    f"(allowed: {self.topic_rules.describe() or 'no topics'})"
+                )
         for topic in topics:
             if topic in state.topics:
                 continue

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from channel.push.cursors import cursor_sequence
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -24,7 +25,7 @@ from channel.push.model import (
     drop_at_ms,
     final_drop_at_ms,
 )
-from channel.push.stores import EnqueueOutcome, PushBackend, QueuedRef
+from channel.push.stores import RUNNING, EnqueueOutcome, PushBackend, QueuedRef
 
 
 def _mono_ms() -> int:
@@ -246,7 +247,8 @@ class MemoryReceipts:
         return entry.status
 
     async def read(self, after: str, count: int, block_ms: int) -> tuple[list[Receipt], str]:
-        start = self._next_seq - 1 if after in ("", "$") else int(after)
+        # A Redis cursor here (a node switched backends) reads from its leading number.
+        start = self._next_seq - 1 if after in ("", "$") else cursor_sequence(after)
         deadline = time.monotonic() + block_ms / 1000
         while True:
             found = self._after(start, count)
@@ -279,24 +281,37 @@ class MemoryReceipts:
 
 class MemoryIdempotency:
     def __init__(self) -> None:
+        # key -> (stored bytes, end in monotonic seconds)
         self._entries: dict[str, tuple[bytes, float]] = {}
 
-    async def claim(self, key: str, ttl_s: int) -> bytes | None:
-        now = time.monotonic()
+    def _live(self, key: str, now: float) -> bytes | None:
         entry = self._entries.get(key)
-        if entry is not None and entry[1] > now:
-            return entry[0]
+        return entry[0] if entry is not None and entry[1] > now else None
+
+    async def claim(self, key: str, owner: bytes, lease_ms: int) -> bytes | None:
+        now = time.monotonic()
+        held = self._live(key, now)
+        if held is not None:
+            return held
         if len(self._entries) > 100_000:
             for stale in [k for k, (_, end) in self._entries.items() if end <= now]:
                 del self._entries[stale]
-        self._entries[key] = (b"", now + ttl_s)
+        self._entries[key] = (RUNNING + owner, now + lease_ms / 1000)
         return None
+
+    async def renew(self, key: str, owner: bytes, lease_ms: int) -> bool:
+        now = time.monotonic()
+        if self._live(key, now) != RUNNING + owner:
+            return False
+        self._entries[key] = (RUNNING + owner, now + lease_ms / 1000)
+        return True
 
     async def complete(self, key: str, response: bytes, ttl_s: int) -> None:
         self._entries[key] = (response, time.monotonic() + ttl_s)
 
-    async def release(self, key: str) -> None:
-        self._entries.pop(key, None)
+    async def release(self, key: str, owner: bytes) -> None:
+        if self._live(key, time.monotonic()) == RUNNING + owner:
+            del self._entries[key]
 
 
 class MemoryDirectory:

@@ -53,12 +53,34 @@ _PUSH_FIELDS = frozenset(
     (*_TARGET_FIELDS, "body", "body_base64", "headers", "ttl_s", "collapse_key", "priority")
 )
 _CALL_FIELDS = frozenset(("op", "body", "body_base64", "headers", "timeout_ms"))
+# The character rules below are the OpenAPI document's patterns too (channel/api/openapi.py;
+# tests/test_openapi_patterns.py walks them against these checks). Each is written so
+# Python's re and ECMA-262 read it alike: it ends with ``$(?!\n)``, the end of the text
+# in both (Python's ``$`` alone also matches before a final newline, so a schema check
+# with ``re.search`` would pass "abc\n"). Lone surrogates (possible in JSON text) are
+# refused everywhere: they have no UTF-8 form.
+#: Ids (device, user, message ids, operation names): no control characters (C0, DEL, C1),
+#: whitespace or separators, and none of the invisible format characters that make two
+#: ids look the same (soft hyphen, zero-width and bidi marks, BOM).
+ID_PATTERN = (
+    r"^[^\x00-\x20\x7f-\xa0\xad\u1680\u180e\u2000-\u200f\u2028-\u202f"
+    r"\u205f-\u206f\u3000\ud800-\udfff\ufeff\ufff9-\ufffb]+$(?!\n)"
+)
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,128}$(?!\n)"
+#: Lowercase names; ``collapse-key``, ``priority`` and ``x-channel-*`` are reserved.
+HEADER_NAME_PATTERN = r"^(?!x-channel-|collapse-key$|priority$)[a-z0-9-]+$(?!\n)"
+#: Control characters other than tab: HTTP header values may not carry them,
+#: and devices commonly hand push headers on to HTTP-shaped code.
+HEADER_VALUE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]*$(?!\n)"
+#: Short texts (collapse keys, kick reasons): no control characters at all.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*$(?!\n)"
+
+_ID = re.compile(ID_PATTERN)
 _HEADER_NAME = re.compile(r"[a-z0-9-]+")
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_TOPIC = re.compile(TOPIC_PATTERN)
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
-# Control characters other than tab: HTTP header values may not carry them,
-# and devices commonly hand push headers on to HTTP-shaped code.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
+_TEXT = re.compile(TEXT_PATTERN)
 _PRIORITIES = {"normal": Priority.NORMAL, "high": Priority.HIGH}
 
 
@@ -105,17 +127,22 @@ def _shown(name: object) -> str:
 
 
 def check_name(field: str, value: object, what: str = "an id") -> str:
-    """A device, user or message id: 1..128 UTF-8 bytes, printable, no whitespace."""
+    """A device, user or message id: 1..128 UTF-8 bytes of ``ID_PATTERN``."""
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string ({what}), got {_describe(value)}")
-    # ASCII ids (the usual case) skip the encoding round trip.
-    if not (value.isascii() and 0 < len(value) <= MAX_ID_BYTES):
+    if not _ID.fullmatch(value):
+        if not value:
+            raise ValidationError(field, "must not be empty")
+        raise ValidationError(
+            field,
+            f"must be {what} without whitespace, control or invisible format characters",
+        )
+    # ASCII ids (the usual case) skip the encoding round trip; surrogates are gone.
+    if not (value.isascii() and len(value) <= MAX_ID_BYTES):
         try:
             check_id(field, value)
         except ValueError as exc:
             raise ValidationError(field, str(exc).removeprefix(field + " ")) from None
-    if not value.isprintable() or " " in value:
-        raise ValidationError(field, f"must be {what} without whitespace or control characters")
     return value
 
 
@@ -154,11 +181,12 @@ def _target(obj: dict[str, object], where: str) -> Target:
 
 
 def _body(obj: dict[str, object], where: str, max_body_bytes: int, *, required: bool) -> bytes:
-    text = obj.get("body")
-    encoded = obj.get("body_base64")
-    if text is not None and encoded is not None:
+    # Presence, not truthiness or None: ``"body": null`` is a wrong type, not an absence.
+    has_text, has_encoded = "body" in obj, "body_base64" in obj
+    text, encoded = obj.get("body"), obj.get("body_base64")
+    if has_text and has_encoded:
         raise ValidationError(where + "body_base64", "give body or body_base64, not both")
-    if text is not None:
+    if has_text:
         field = where + "body"
         if not isinstance(text, str):
             raise ValidationError(
@@ -171,7 +199,7 @@ def _body(obj: dict[str, object], where: str, max_body_bytes: int, *, required: 
             body = text.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError(field, "is not valid Unicode text (lone surrogate)") from None
-    elif encoded is not None:
+    elif has_encoded:
         field = where + "body_base64"
         if not isinstance(encoded, str) or not _BASE64.fullmatch(encoded):
             raise ValidationError(field, "must be a base64 string (standard or URL-safe)")
@@ -219,12 +247,11 @@ def check_headers(field: str, value: object, *, extra_size: int = 0) -> tuple[tu
             raise ValidationError(where, "x-channel-* headers are reserved for the gateway")
         if not isinstance(text, str):
             raise ValidationError(where, f"must be a string, got {_describe(text)}")
-        if _CONTROL.search(text):
-            raise ValidationError(where, "must not contain control characters")
-        try:
-            length = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise ValidationError(where, "is not valid Unicode text (lone surrogate)") from None
+        if not _HEADER_VALUE.fullmatch(text):
+            raise ValidationError(
+                where, "must not contain control characters (tab aside) or lone surrogates"
+            )
+        length = len(text.encode("utf-8"))
         if length > MAX_HEADER_VALUE_BYTES:
             raise ValidationError(where, f"is longer than {MAX_HEADER_VALUE_BYTES} bytes")
         size += len(name) + length + 32
@@ -279,8 +306,8 @@ def parse_push_request(
         raise ValidationError(where + "priority", 'must be "normal" or "high"')
 
     headers: tuple[tuple[str, str], ...] = ()
-    raw_headers = obj.get("headers")
-    if raw_headers is not None:
+    if "headers" in obj:
+        raw_headers = obj["headers"]
         # collapse-key and priority travel as headers too (PushMessage.wire_headers).
         extra = (len(collapse_key) + 44 if collapse_key else 0) + (
             44 if priority is Priority.HIGH else 0
@@ -297,25 +324,18 @@ def parse_push_request(
     )
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _check_collapse_key(field: str, value: object) -> str:
     if value == "":
         return ""
     if (
         not isinstance(value, str)
-        or not value.isprintable()
-        or _has_surrogate(value)
+        or not _TEXT.fullmatch(value)
         or len(value.encode("utf-8")) > MAX_COLLAPSE_KEY_BYTES
     ):
         raise ValidationError(
-            field, f"must be printable text of at most {MAX_COLLAPSE_KEY_BYTES} UTF-8 bytes"
+            field,
+            f"must be text without control characters, at most {MAX_COLLAPSE_KEY_BYTES} "
+            "UTF-8 bytes",
         )
     return value
 
@@ -333,8 +353,7 @@ def parse_device_call(
         raise ValidationError("op", "needs the operation name the device handles (a string)")
     check_name("op", op, "an operation name")
     body = _body(obj, "", max_body_bytes, required=False)
-    raw_headers = obj.get("headers")
-    headers = check_headers("headers", raw_headers) if raw_headers is not None else ()
+    headers = check_headers("headers", obj["headers"]) if "headers" in obj else ()
     timeout_ms = obj.get("timeout_ms", min(default_timeout_ms, max_timeout_ms))
     if type(timeout_ms) is not int or not 1 <= timeout_ms <= max_timeout_ms:
         raise ValidationError("timeout_ms", f"must be a whole number 1..{max_timeout_ms}")
@@ -349,13 +368,9 @@ def parse_reason(obj: object) -> str:
         raise ValidationError("", f"the request must be a JSON object, got {_describe(obj)}")
     _unknown(obj, frozenset(("reason",)), "")
     reason = obj.get("reason", "")
-    if (
-        not isinstance(reason, str)
-        or len(reason) > MAX_REASON_CHARS
-        or not reason.isprintable()
-        or _has_surrogate(reason)
-    ):
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or not _TEXT.fullmatch(reason):
         raise ValidationError(
-            "reason", f"must be printable text of at most {MAX_REASON_CHARS} characters"
+            "reason",
+            f"must be text without control characters, at most {MAX_REASON_CHARS} characters",
         )
     return reason

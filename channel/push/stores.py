@@ -173,15 +173,36 @@ class ReceiptLog(Protocol):
         kept), waiting up to ``block_ms`` for the first; returns the new cursor."""
 
 
+#: A placeholder (a request with this key is running) is this byte and its owner's token;
+#: a stored answer never starts with it (it starts with its HTTP status).
+RUNNING = b"~"
+
+
+def is_running(stored: bytes) -> bool:
+    """Whether what a key holds is a placeholder (``b""``: one from before leases)."""
+    return not stored or stored.startswith(RUNNING)
+
+
 class IdempotencyStore(Protocol):
-    async def claim(self, key: str, ttl_s: int) -> bytes | None:
-        """None: the key is new and now ours. Otherwise the stored response,
-        or ``b""`` while the first request with this key is still running."""
+    """API idempotency keys: a short, renewed lease while the first request runs, then
+    its answer for the full TTL. A node that dies mid-request stops renewing, so its
+    placeholder lapses within a lease and a retry runs, instead of waiting out the TTL."""
 
-    async def complete(self, key: str, response: bytes, ttl_s: int) -> None: ...
+    async def claim(self, key: str, owner: bytes, lease_ms: int) -> bytes | None:
+        """None: the key was free and ``owner`` now holds it for ``lease_ms``.
+        Otherwise what it holds: the stored response, or a placeholder
+        (``is_running``) while the first request with this key still runs."""
 
-    async def release(self, key: str) -> None:
-        """Forget a claim whose request failed, so a retry can run."""
+    async def renew(self, key: str, owner: bytes, lease_ms: int) -> bool:
+        """Extend ``owner``'s placeholder to ``lease_ms`` from now; False (and nothing
+        changed) when the key no longer holds ``owner``'s placeholder."""
+
+    async def complete(self, key: str, response: bytes, ttl_s: int) -> None:
+        """Store the answer (whoever holds the key: a retry then finds it)."""
+
+    async def release(self, key: str, owner: bytes) -> None:
+        """Drop ``owner``'s placeholder (its request failed), so a retry can run; a key
+        that holds anything else is left alone."""
 
 
 @dataclass

@@ -11,11 +11,21 @@ Only the timestamps of the last ``failures`` failures are kept (a bounded
 deque), so a breaker costs the same at 10 or 100k calls per second. A
 success does not erase earlier failures in the window: a cluster failing
 every other call still trips.
+
+A failure is recorded with its source: the device whose call failed, or None
+for a failure that says nothing about the caller (the upstream refused the
+connection). The breaker opens only when the failures in the window come from
+at least ``min_devices`` sources (each None its own), so one device whose calls
+time out (a slow query of its own, or an attack) cannot open the breaker for
+every other device; it has a breaker of its own (``channel.rpc.devices``). The
+last ``min_devices`` distinct sources are kept, newest last: there are that
+many within the window exactly when the oldest of them is.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import itertools
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -46,17 +56,24 @@ class CircuitBreaker:
         window_s: float,
         open_s: float,
         clock: Callable[[], float],
+        min_devices: int = 1,
     ) -> None:
         if failures < 0:
             raise ValueError("failures must be >= 0 (0 disables the breaker)")
         if window_s <= 0 or open_s <= 0:
             raise ValueError("window_s and open_s must be > 0")
+        if min_devices < 1:
+            raise ValueError("min_devices must be >= 1")
         self.failures = failures
         self.window_s = window_s
         self.open_s = open_s
+        self.min_devices = min_devices
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failure_times: deque[float] = deque(maxlen=max(failures, 1))
+        #: The last ``min_devices`` distinct sources of failures → their last failure time.
+        self._sources: OrderedDict[object, float] = OrderedDict()
+        self._anonymous = itertools.count()
         self._opened_at = 0.0
         self._probe_out = False
         #: Times the breaker went from CLOSED or HALF_OPEN to OPEN.
@@ -105,9 +122,11 @@ class CircuitBreaker:
             self._state = BreakerState.CLOSED
             self._probe_out = False
             self._failure_times.clear()
+            self._sources.clear()
 
-    def record_failure(self) -> bool:
-        """Count a failure; returns True if this failure opened the breaker."""
+    def record_failure(self, source: str | None = None) -> bool:
+        """Count a failure of ``source`` (a device; None: not the caller's doing, each
+        such failure a source of its own); returns True if it opened the breaker."""
         if not self.enabled:
             return False
         now = self._clock()
@@ -118,9 +137,16 @@ class CircuitBreaker:
             # A call let through before the breaker opened, failing late.
             return False
         self._failure_times.append(now)
+        key: object = source if source is not None else next(self._anonymous)
+        self._sources[key] = now
+        self._sources.move_to_end(key)
+        if len(self._sources) > self.min_devices:
+            self._sources.popitem(last=False)
         if (
             len(self._failure_times) >= self.failures
             and now - self._failure_times[0] <= self.window_s
+            and len(self._sources) >= self.min_devices
+            and now - next(iter(self._sources.values())) <= self.window_s
         ):
             self._open(now)
             return True
@@ -137,6 +163,7 @@ class CircuitBreaker:
             "failures": self.failures,
             "window_s": self.window_s,
             "open_s": self.open_s,
+            "min_devices": self.min_devices,
             "retry_after_s": round(self.retry_after_s(), 3),
             "opens": self.opens,
         }
@@ -146,4 +173,5 @@ class CircuitBreaker:
         self._opened_at = now
         self._probe_out = False
         self._failure_times.clear()
+        self._sources.clear()
         self.opens += 1

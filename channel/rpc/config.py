@@ -21,7 +21,11 @@ A full example (every key shown; only ``endpoints``, ``match`` and
     attempt_timeout_ms = 1000        # one try (default: timeout_ms); lets a retry fit in
     connect_timeout_ms = 500
     retries = 1                      # extra tries, only for idempotent ops
-    breaker = { failures = 5, window_s = 10, open_s = 15 }  # failures = 0 disables it
+    breaker.failures = 5             # failed tries within window_s open it; 0 = no breakers
+    breaker.window_s = 10
+    breaker.open_s = 15
+    breaker.min_devices = 3          # ...for everyone only if from this many devices
+    breaker.device_max_in_flight = 16   # calls one device may have in flight here
     zone = "hz"                      # the zone this cluster serves (checked by zone rules)
     max_connections = 100            # keep-alive pool size for the whole cluster
     max_connections_per_endpoint = 0 # 0 = no per-endpoint cap
@@ -100,6 +104,16 @@ endpoint only for idempotent ops. ``mirror`` copies ``percent`` of the
 route's calls (sampled at random, stress calls never) to the shadow cluster,
 fire-and-forget, one try, protected by the shadow's own breaker.
 
+Breakers isolate devices: ``breaker`` opens the cluster for everyone only when
+``failures`` failed tries (connect errors, timeouts, 5xx, broken answers) within
+``window_s`` come from at least ``min_devices`` different devices; a refused
+connection counts whoever saw it, as it says nothing about the caller. Each device
+also has a breaker of its own on the cluster with the same ``failures``,
+``window_s`` and ``open_s`` (only it is turned away, UNAVAILABLE with a retry hint)
+and at most ``device_max_in_flight`` calls in flight to it (0: no cap; the next
+gets RATE_LIMITED), so one device's slow calls can neither open the cluster's
+breaker nor hold all of its pooled connections. ``failures = 0`` disables both.
+
 Header names in rules are matched case-insensitively against the headers
 the device sent; ``x-channel-*`` names are refused because the gateway
 strips them from devices (they carry verified identity to upstreams).
@@ -141,6 +155,10 @@ class BreakerConfig:
     failures: int = 5
     window_s: float = 10.0
     open_s: float = 15.0
+    #: The cluster's breaker opens only on failures from this many devices or more.
+    min_devices: int = 3
+    #: Calls one device may have in flight to the cluster (0: no cap).
+    device_max_in_flight: int = 16
 
 
 @dataclass(frozen=True)
@@ -386,11 +404,15 @@ def _parse_cluster(name: str, t: _Table) -> ClusterConfig:
     for i, endpoint in enumerate(endpoints):
         if endpoint in endpoints[:i]:
             raise ValueError(f"{t.field('endpoints')}[{i}]: duplicate endpoint {endpoint!r}")
-    b = t.table("breaker", ("failures", "window_s", "open_s"))
+    b = t.table(
+        "breaker", ("failures", "window_s", "open_s", "min_devices", "device_max_in_flight")
+    )
     breaker = BreakerConfig(
         failures=b.integer("failures", 5),
         window_s=b.number("window_s", 10.0, lo=0.001),
         open_s=b.number("open_s", 15.0, lo=0.001),
+        min_devices=b.integer("min_devices", 3, lo=1),
+        device_max_in_flight=b.integer("device_max_in_flight", 16),
     )
     return ClusterConfig(
         name=name,

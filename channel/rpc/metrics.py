@@ -72,6 +72,10 @@ class RpcMetrics:
     breaker_rejections: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: cluster → times its breaker opened.
     breaker_opens: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: cluster → calls turned away by their device's own breaker or in-flight cap.
+    device_rejections: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: cluster → times a device's own breaker on it opened.
+    device_breaker_opens: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: cluster → times an endpoint was marked down after a connection error.
     endpoints_marked_down: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: shadow cluster → mirror calls sent / failed (error or non-2xx) / dropped (over the cap).
@@ -108,6 +112,8 @@ class RpcMetrics:
             "failovers": flat(self.failovers),
             "breaker_rejections": dict(self.breaker_rejections),
             "breaker_opens": dict(self.breaker_opens),
+            "device_rejections": dict(self.device_rejections),
+            "device_breaker_opens": dict(self.device_breaker_opens),
             "endpoints_marked_down": dict(self.endpoints_marked_down),
             "mirror_sent": dict(self.mirror_sent),
             "mirror_failed": dict(self.mirror_failed),

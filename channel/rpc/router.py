@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from channel.rpc.config import OP_PATTERN, RouteConfig, RoutingConfig
+from channel.rpc.devices import Refusal
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.rules import Selection, select
@@ -213,7 +214,7 @@ class RpcRouter:
         response = RpcResponse.error(ErrorCode.UNAVAILABLE, "no upstream cluster")
         for index, pool in enumerate(pools):
             last = index == len(pools) - 1
-            if not last and not pool.available():
+            if not last and not pool.available(request.device.device_id):
                 self.metrics.failovers[(pool.name, pools[index + 1].name)] += 1
                 continue
             response, sent = await self._call_cluster(
@@ -236,10 +237,32 @@ class RpcRouter:
     ) -> tuple[RpcResponse, bool]:
         """Try one cluster within ``deadline``; returns the answer and whether anything was sent.
 
-        Connection failures move on to another endpoint for any op (the
-        request never left); 5xx, timeouts and broken connections are retried
-        only for idempotent ops, up to the route's (else cluster's) retries.
+        A device turned away by its own breaker or in-flight cap on the cluster is
+        answered at once (nothing sent). Connection failures move on to another
+        endpoint for any op (the request never left); 5xx, timeouts and broken
+        connections are retried only for idempotent ops, up to the route's (else
+        cluster's) retries.
         """
+        device = request.device.device_id
+        refusal = pool.devices.refusal(device)
+        if refusal is not None:
+            self.metrics.device_rejections[pool.name] += 1
+            return _device_refused(refusal, request.op), False
+        pool.devices.started(device)
+        try:
+            return await self._try_cluster(pool, route, request, headers, deadline, idempotent)
+        finally:
+            pool.devices.finished(device)
+
+    async def _try_cluster(
+        self,
+        pool: ClusterPool,
+        route: RouteConfig,
+        request: RpcRequest,
+        headers: list[tuple[str, str]],
+        deadline: float,
+        idempotent: bool,
+    ) -> tuple[RpcResponse, bool]:
         loop = asyncio.get_running_loop()
         retries_left = 0
         if idempotent:
@@ -284,7 +307,7 @@ class RpcRouter:
             except BaseException:
                 pool.breaker.release()
                 raise
-            self._record(pool, attempt.failure, attempt.outcome)
+            self._record(pool, attempt.failure, attempt.outcome, request.device.device_id)
             response, sent = attempt.response, sent or attempt.sent
             if not attempt.failure:
                 return response, sent
@@ -297,13 +320,18 @@ class RpcRouter:
                 return response, sent
             retries_left -= 1
 
-    def _record(self, pool: ClusterPool, failure: bool, outcome: str) -> None:
+    def _record(self, pool: ClusterPool, failure: bool, outcome: str, device: str) -> None:
         if failure:
-            if pool.breaker.record_failure():
+            # A refused connection says nothing about the caller: it counts as its own
+            # source, so the cluster's breaker opens on it whoever called.
+            source = None if outcome == "connect_error" else device
+            if pool.breaker.record_failure(source):
                 self.metrics.breaker_opens[pool.name] += 1
                 log.warning(
                     "rpc cluster %s: circuit opened for %.1fs", pool.name, pool.breaker.open_s
                 )
+            if pool.devices.record_failure(device):
+                self.metrics.device_breaker_opens[pool.name] += 1
         elif outcome == "closed":
             pool.breaker.release()
         else:
@@ -339,7 +367,12 @@ class RpcRouter:
         """Fire-and-forget copy to a shadow cluster: one try, answer discarded."""
         try:
             endpoint = pool.pick()
-            if endpoint is None or not pool.breaker.allow():
+            device = request.device.device_id
+            if (
+                endpoint is None
+                or pool.devices.refusal(device) is not None
+                or not pool.breaker.allow()
+            ):
                 self.metrics.mirror_dropped[pool.name] += 1
                 return
             timeout_s = (pool.config.attempt_timeout_ms or pool.config.timeout_ms) / 1000
@@ -351,7 +384,7 @@ class RpcRouter:
             except BaseException:
                 pool.breaker.release()
                 raise
-            self._record(pool, attempt.failure, attempt.outcome)
+            self._record(pool, attempt.failure, attempt.outcome, device)
             self.metrics.mirror_sent[pool.name] += 1
             if not attempt.response.ok:
                 self.metrics.mirror_failed[pool.name] += 1
@@ -387,3 +420,18 @@ class RpcRouter:
             "mirrors_in_flight": len(self._mirror_tasks),
             "metrics": self.metrics.snapshot(),
         }
+
+
+def _device_refused(refusal: Refusal, op: str) -> RpcResponse:
+    retry_after_ms = max(1, round(refusal.retry_after_s * 1000))
+    if refusal.reason == "busy":
+        return RpcResponse.error(
+            ErrorCode.RATE_LIMITED,
+            f"too many calls in flight from this device to the service for {op!r}",
+            retry_after_ms=retry_after_ms,
+        )
+    return RpcResponse.error(
+        ErrorCode.UNAVAILABLE,
+        f"calls from this device to the service for {op!r} keep failing; retry later",
+        retry_after_ms=retry_after_ms,
+    )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from channel.rpc.breaker import CircuitBreaker
 from channel.rpc.config import ClusterConfig
+from channel.rpc.devices import DeviceGuard
 from channel.rpc.h1pool import ConnectError, ConnectionBroken, H1Pool, H1Response, PoolClosed
 from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits
 from channel.rpc.metrics import RpcMetrics
@@ -217,10 +218,20 @@ class ClusterPool:
         self.config = config
         self.name = config.name
         self.endpoints = [Endpoint(url) for url in config.endpoints]
+        breaker = config.breaker
         self.breaker = CircuitBreaker(
-            failures=config.breaker.failures,
-            window_s=config.breaker.window_s,
-            open_s=config.breaker.open_s,
+            failures=breaker.failures,
+            window_s=breaker.window_s,
+            open_s=breaker.open_s,
+            min_devices=breaker.min_devices,
+            clock=clock,
+        )
+        #: Each device's own breaker and in-flight cap on this cluster.
+        self.devices = DeviceGuard(
+            failures=breaker.failures,
+            window_s=breaker.window_s,
+            open_s=breaker.open_s,
+            max_in_flight=breaker.device_max_in_flight,
             clock=clock,
         )
         self.endpoint_down_s = endpoint_down_s
@@ -239,8 +250,11 @@ class ClusterPool:
         now = self._clock()
         return any(ep.down_until <= now for ep in self.endpoints)
 
-    def available(self) -> bool:
-        """Worth trying now: breaker lets a call through and some endpoint is up."""
+    def available(self, device: str | None = None) -> bool:
+        """Worth trying now: the breakers (the cluster's, and ``device``'s own) let a
+        call through and some endpoint is up."""
+        if device is not None and self.devices.refusal(device) is not None:
+            return False
         return self.breaker.would_allow() and self.healthy()
 
     def pick(self, avoid: Collection[Endpoint] = ()) -> Endpoint | None:
@@ -484,6 +498,7 @@ class ClusterPool:
         return {
             "endpoints": [ep.describe(now) for ep in self.endpoints],
             "breaker": self.breaker.describe(),
+            "devices": self.devices.describe(),
             "in_flight": self._in_flight,
             "zone": self.config.zone,
             "timeout_ms": self.config.timeout_ms,

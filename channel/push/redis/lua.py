@@ -70,6 +70,26 @@ return 0
 """
 )
 
+#: KEYS: key. ARGV: value, ms → set the key to expire in ms if it holds exactly that value.
+PEXPIRE_IF_EQUAL = Lua(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+)
+
+#: KEYS: key. ARGV: value → delete the key if it holds exactly that value.
+DEL_IF_EQUAL = Lua(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+)
+
 #: KEYS: hash. ARGV: field, node number → delete the field if its value is that
 #: node number, alone or followed by ":" (a device that moved stays).
 HDEL_IF_NODE = Lua(
