@@ -73,7 +73,7 @@ from channel.wire import (
 )
 from channel.wire.frames import encode_frame
 from channel.wire.headers import Header, Headers
-from channel.wire.hello import encode_hello, encode_hello_ack
+from channel.wire.hello import MAX_HELLO_DICTIONARIES, encode_hello, encode_hello_ack
 from sdk_client.backoff import Backoff
 from sdk_client.dedupe import DedupeWindow
 from sdk_client.errors import (
@@ -609,7 +609,7 @@ class Client:
             app_id=self.app_id,
             token=self.token if not ticket or self.token_with_ticket else b"",
             resume_ticket=ticket,
-            dictionaries=self._codec.dictionaries.ids,
+            dictionaries=self._hello_dictionaries(),
             preset_id=self.preset_id,
             heartbeat_s=self.heartbeat_hint_s,
             app_version=self.app_version,
@@ -617,8 +617,12 @@ class Client:
             client_time_ms=_now_ms(),
         )
 
+    def _hello_dictionaries(self) -> tuple[int, ...]:
+        # The newest ones only: a HELLO lists at most MAX_HELLO_DICTIONARIES.
+        return self._codec.dictionaries.ids[-MAX_HELLO_DICTIONARIES:]
+
     def _pipeline_dictionary(self) -> int:
-        usable = [d for d in self._codec.dictionaries.ids if d <= self._server_dictionary]
+        usable = [d for d in self._hello_dictionaries() if d <= self._server_dictionary]
         return max(usable, default=0)
 
     async def _establish(self) -> None:
