@@ -29,6 +29,7 @@ from channel.gateway.auth import Authenticator
 from channel.gateway.builtin import builtin_response
 from channel.gateway.heaptrim import HeapTrimmer
 from channel.gateway.metrics import GatewayMetrics
+from channel.gateway.ratelimit import CpuBudget
 from channel.gateway.session import DeviceSession, jittered
 from channel.gateway.tlsproto import tls_server_factory
 from channel.logs import fields
@@ -69,6 +70,13 @@ class GatewayNode:
             max_header_list_size=lim.max_header_list_size,
             max_body_size=lim.max_body_size,
             max_concurrent_streams=lim.max_concurrent_streams,
+            max_hello_size=lim.max_hello_size,
+        )
+        #: Every device's input CPU budget (None: unbudgeted), see gateway/session.py.
+        self.input_budget = (
+            CpuBudget(lim.device_input_cpu_ms_per_s / 1000, lim.device_input_burst_ms / 1000)
+            if lim.device_input_cpu_ms_per_s > 0
+            else None
         )
         self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
         self.dev_token_key: Path | None = None

@@ -696,7 +696,7 @@ class Connection:
             return events, False
         parser = self._parser
         try:
-            if self.state is State.AWAIT_HELLO:
+            if self.state is State.AWAIT_HELLO and max_frames != 0:
                 # The HELLO alone first, under max_hello_size; the frames behind it
                 # are read under the limits it sets.
                 hello = parser.feed(data, 1)
