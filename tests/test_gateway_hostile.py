@@ -178,3 +178,69 @@ async def test_unknown_field_hello_with_a_bad_token_is_refused_on_its_fields(
         errors = [e for e in events if isinstance(e, ConnectionErrorReceived)]
         assert errors and errors[0].code == ErrorCode.FIELD_ERROR
         assert "unknown numbers" in errors[0].message
+
+
+# ------------------------------------------- item 6: counted at TCP accept
+
+
+@pytest.fixture(params=["memorybio", "uvloop"])
+def tls_engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _idle_tcp(port: int, count: int) -> list[asyncio.Task[bytes]]:
+    """``count`` TCP connections that never send a byte; each task ends when it is closed."""
+    tasks = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        tasks.append(asyncio.create_task(_until_closed(reader, writer)))
+    return tasks
+
+
+async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    try:
+        return await reader.read()
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_connections_over_the_per_ip_limit_are_cut_at_accept(
+    tmp_path: Path, tls_engine: str
+) -> None:
+    server = {"max_connections_per_ip": 3, "handshake_timeout_s": 60, "tls_engine": tls_engine}
+    async with gateway(tmp_path, server=server) as gw:
+        tasks = await _idle_tcp(gw.port, 10)
+        closed: set[asyncio.Task[bytes]] = set()
+        while len(closed) < 7:
+            done, _ = await asyncio.wait(
+                set(tasks) - closed, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert done, f"only {len(closed)} of the 7 extra connections were closed"
+            closed |= done
+        # Cut at once (no TLS byte was ever sent to them), while the three counted
+        # ones wait for a ClientHello until their handshake timeout (60 s here).
+        assert len(closed) == 7 and all(task.result() == b"" for task in closed)
+        assert not any(task.done() for task in set(tasks) - closed)
+        refused = gw.node.metrics.refused_connections.labels("RATE_LIMITED")._value.get()
+        assert refused == 7
+        assert gw.node._per_ip["127.0.0.1"] == 3
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_idle_counted_connections_close_at_the_handshake_timeout_and_free_their_slot(
+    tmp_path: Path, tls_engine: str
+) -> None:
+    server = {"max_connections_per_ip": 3, "handshake_timeout_s": 0.5, "tls_engine": tls_engine}
+    async with gateway(tmp_path, server=server) as gw:
+        tasks = await _idle_tcp(gw.port, 3)
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [b""] * 3
+        while gw.node._per_ip:  # the server's side of the close runs after the client's
+            await asyncio.sleep(0.01)
+        device = await connect(gw, "after")
+        assert isinstance(await call(device, "channel.echo", b"x"), ResponseReceived)
+        await device.close()
+        assert gw.node.metrics.refused_connections.labels("RATE_LIMITED")._value.get() == 0

@@ -32,7 +32,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-import sys
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -84,7 +83,6 @@ class DeviceSession(asyncio.Protocol):
         "_holds",
         "_node",
         "_paused_since",
-        "_peer_ip",
         "_tasks",
         "_transport",
         "auth",
@@ -96,7 +94,6 @@ class DeviceSession(asyncio.Protocol):
     def __init__(self, node: GatewayNode) -> None:
         self._node = node
         self._transport: asyncio.Transport | None = None
-        self._peer_ip = ""
         # Calls being served, by stream id (None while there are none: an idle
         # session holds no empty containers, see tests/test_session_footprint.py).
         self._tasks: dict[int, asyncio.Task[None]] | None = None
@@ -126,12 +123,9 @@ class DeviceSession(asyncio.Protocol):
         # uvloop's TLS transport is not an asyncio.Transport subclass, only alike.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        # Interned: devices behind one NAT address share the string (and the per-IP key).
-        self._peer_ip = sys.intern(peer[0]) if isinstance(peer, tuple) else ""
         high_water = self._node.config.limits.send_buffer_high_water_bytes
         transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
-        refusal = self._node.admit(self, self._peer_ip)
+        refusal = self._node.admit(self)
         if refusal is None and not negotiated_protocol_ok(transport.get_extra_info("ssl_object")):
             # OpenSSL lets a client without ALPN mmtp/1 through; we do not.
             refusal = (ErrorCode.UNSUPPORTED_VERSION, "ALPN mmtp/1 was not negotiated")
@@ -150,7 +144,7 @@ class DeviceSession(asyncio.Protocol):
             if not future.done():
                 future.set_result(RpcResponse.error(ErrorCode.UNAVAILABLE, "device went away"))
         self._calls = None
-        self._node.forget(self, self._peer_ip)
+        self._node.forget(self)
         self._transport = None
 
     def pause_writing(self) -> None:

@@ -37,6 +37,13 @@ inside its successor's HELLO). Plaintext the inner protocol is not ready for
 The handshake timeout is a timer that exists only while the handshake runs;
 a client that fails the handshake or never finishes it is closed without the
 inner protocol ever hearing of it.
+
+**Counted at TCP accept.** With an ``AcceptGate`` (the node), a connection is
+counted against the per-address and total limits the moment TCP accepts it,
+before any TLS work, and released when TCP closes; one over a limit is cut at
+once, with no TLS object ever made for it. Counting only once TLS completed
+let 150 idle connections from one address be held for a handshake timeout
+each, whatever ``max_connections_per_ip`` said.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any, cast
+import sys
+from typing import Any, Protocol, cast
 
 log = logging.getLogger("channel.tls")
 
@@ -61,6 +69,22 @@ READ_SIZE = 16384
 #: What to do once the plaintext before it has been delivered.
 _END_CLOSE = 1  # close_notify (or EOF) from the peer: answer with ours and close
 _END_ABORT = 2  # a bad record: cut the connection
+
+
+class AcceptGate(Protocol):
+    """Counts connections from TCP accept to TCP close (the node's limits)."""
+
+    def admit_connection(self, peer_ip: str) -> bool:
+        """Count a just-accepted connection; False: refused, cut it now."""
+
+    def release_connection(self, peer_ip: str) -> None:
+        """The connection ``admit_connection`` counted is gone."""
+
+
+def peer_ip_of(transport: asyncio.BaseTransport) -> str:
+    """The peer's address, interned: devices behind one NAT address share the string."""
+    peer = transport.get_extra_info("peername")
+    return sys.intern(peer[0]) if isinstance(peer, tuple) else ""
 
 
 class SharedBios:
@@ -80,8 +104,10 @@ class TlsServerProtocol(asyncio.Protocol):
         "_bios",
         "_context",
         "_end",
+        "_gate",
         "_inner",
         "_inner_connected",
+        "_peer_ip",
         "_plaintext",
         "_read_paused",
         "_read_scheduled",
@@ -98,8 +124,12 @@ class TlsServerProtocol(asyncio.Protocol):
         inner: asyncio.Protocol,
         handshake_timeout_s: float,
         bios: SharedBios | None = None,
+        gate: AcceptGate | None = None,
     ) -> None:
         self._context = context
+        self._gate = gate
+        # The address the gate counted this connection under (None: not counted).
+        self._peer_ip: str | None = None
         self._bios = bios if bios is not None else SharedBios()
         self._inner = inner
         self._inner_connected = False
@@ -118,6 +148,14 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        gate = self._gate
+        if gate is not None:
+            peer_ip = peer_ip_of(transport)
+            if not gate.admit_connection(peer_ip):
+                self._state = _CLOSED
+                self._transport.abort()
+                return
+            self._peer_ip = peer_ip
         bios = self._bios
         try:
             self._sslobj = self._context.wrap_bio(bios.incoming, bios.outgoing, server_side=True)
@@ -159,6 +197,9 @@ class TlsServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._cancel_timer()
+        if self._peer_ip is not None and self._gate is not None:
+            peer_ip, self._peer_ip = self._peer_ip, None
+            self._gate.release_connection(peer_ip)
         if self._inner_connected:
             self._inner_connected = False
             inner = self._inner
@@ -376,15 +417,17 @@ def tls_server_factory(
     context: ssl.SSLContext,
     inner_factory: Any,
     handshake_timeout_s: float,
+    gate: AcceptGate | None = None,
 ) -> Any:
     """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside.
 
     Its connections share one pair of memory BIOs (see the module doc); a
-    server's protocols all run on its event loop's thread.
+    server's protocols all run on its event loop's thread. With ``gate``,
+    connections are counted (and refused) at TCP accept.
     """
     bios = SharedBios()
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios)
+        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios, gate)
 
     return factory
