@@ -42,6 +42,7 @@ class GatedTlsAcceptor(asyncio.Protocol):
         "_connected",
         "_early",
         "_gate",
+        "_handshake",
         "_inner",
         "_lost",
         "_peer_ip",
@@ -62,6 +63,8 @@ class GatedTlsAcceptor(asyncio.Protocol):
         self._ciphertext: list[bytes] | None = None
         # Plaintext that arrived between the handshake's end and our connection_made.
         self._early: list[bytes] | None = None
+        # The start_tls task, held while it runs (the loop keeps only a weak reference).
+        self._handshake: asyncio.Task[None] | None = None
 
     # --------------------------------------------------- as the TCP protocol
 
@@ -74,7 +77,7 @@ class GatedTlsAcceptor(asyncio.Protocol):
             return
         self._peer_ip = peer_ip
         loop = asyncio.get_running_loop()
-        loop.create_task(self._start_tls(tcp))
+        self._handshake = loop.create_task(self._start_tls(tcp))
         loop.call_soon(self._hand_over_ciphertext, tcp)
 
     def _hand_over_ciphertext(self, tcp: asyncio.Transport) -> None:
@@ -99,6 +102,12 @@ class GatedTlsAcceptor(asyncio.Protocol):
             view = view[size:]
 
     async def _start_tls(self, tcp: asyncio.Transport) -> None:
+        try:
+            await self._upgrade(tcp)
+        finally:
+            self._handshake = None
+
+    async def _upgrade(self, tcp: asyncio.Transport) -> None:
         settings = self._settings
         try:
             tls = await asyncio.get_running_loop().start_tls(
