@@ -54,3 +54,12 @@ class CpuBudget:
     def spent(self, start: float, spent_s: float) -> float:
         """``ready_at`` after spending ``spent_s`` from ``start``; over budget if it is > now."""
         return start + spent_s * self._per_cpu_s
+
+    def resume_at(self, ready_at: float) -> float:
+        """When a device over its budget may go on: once it has half a burst again.
+
+        Not as soon as the debt is paid: a device then gets one frame through per
+        pause, and a pause and a resume per frame (two system calls each) would
+        cost the node more than the frames.
+        """
+        return ready_at + self._burst_s * self._per_cpu_s / 2

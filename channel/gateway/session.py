@@ -211,7 +211,7 @@ class DeviceSession(asyncio.Protocol):
         # device; its buffered input waits in the parser, the TLS layer, the kernel).
         self._node.metrics.input_budget_pauses.inc()
         self._hold(HOLD_BUDGET)
-        asyncio.get_running_loop().call_later(ready_at - now, self._budget_paid)
+        asyncio.get_running_loop().call_later(budget.resume_at(ready_at) - now, self._budget_paid)
 
     def _budget_paid(self) -> None:
         if self._transport is None or self._closing:
