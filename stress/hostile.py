@@ -406,7 +406,7 @@ class LeaseWatch:
 
     async def numbers(self) -> dict[int, str]:
         raw = await self._client.hgetall(self._key)
-        return {int(k): v.decode() for k, v in raw.items()}
+        return {int(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
 
     async def node_numbers(self) -> list[int]:
         return sorted(n for n, v in (await self.numbers()).items() if v.startswith(NODE_ID + "|"))
@@ -458,7 +458,7 @@ async def idle_tcp(
     count: int, per_ip: int, handshake_timeout_s: float, quiet: bool
 ) -> dict[str, Any]:
     """``count`` idle TCP connections from one address to a node with ``per_ip``."""
-    settings = {
+    settings: dict[str, dict[str, Any]] = {
         "server": {
             "max_connections_per_ip": per_ip,
             "handshake_timeout_s": handshake_timeout_s,
@@ -511,7 +511,7 @@ async def attack_node(args: argparse.Namespace) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if args.no_budget:
         limits["device_input_cpu_ms_per_s"] = 0
-    settings = {
+    settings: dict[str, dict[str, Any]] = {
         "server": {"node_id": NODE_ID},
         "push": {"backend": "redis", "redis_url": redis.url, "key_prefix": KEY_PREFIX},
         "limits": limits,
@@ -555,7 +555,7 @@ async def _attack_node(
         quiet_start = time.monotonic()
         log(quiet, f"baseline: {args.baseline_s} s")
         await asyncio.sleep(args.baseline_s)
-        windows = [
+        windows: list[dict[str, Any]] = [
             {"attack": "baseline", "what": "no attack", "window": [quiet_start, time.monotonic()]}
         ]
         for attack in ATTACKS:

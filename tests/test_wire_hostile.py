@@ -129,9 +129,7 @@ _WORST_TEXT = st.text(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    fields=st.lists(st.tuples(_WORST_TEXT.filter(bool), _WORST_TEXT), min_size=1, max_size=60)
-)
+@given(fields=st.lists(st.tuples(_WORST_TEXT.filter(bool), _WORST_TEXT), min_size=1, max_size=60))
 def test_every_block_of_a_list_within_the_limit_passes_the_length_rule(
     fields: list[tuple[str, str]],
 ) -> None:
