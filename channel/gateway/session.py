@@ -197,10 +197,11 @@ class DeviceSession(asyncio.Protocol):
             self._flush()
             self._close()
             return
-        self._flush()
+        self._flush()  # the answers' TLS records are the device's cost too
         if conn.closed:
             self._close()
         elif budget is not None:
+            now = time.perf_counter()
             self._charge(budget, budget.spent(start, now - started), now)
 
     def _charge(self, budget: CpuBudget, ready_at: float, now: float) -> None:
@@ -217,9 +218,8 @@ class DeviceSession(asyncio.Protocol):
         if self._transport is None or self._closing:
             return
         self._holds &= ~HOLD_BUDGET
-        self._read(b"")  # what the parser still holds, first
-        if not self._holds:
-            self._release(0)
+        self._read(b"")  # what the parser still holds, first: it may use up the budget again
+        self._release(0)  # reading resumes if nothing holds it any more
 
     # --------------------------------------------------------------- events
 
