@@ -50,6 +50,9 @@ Example ``channel.toml``::
     slow_consumer_grace_s = 10  # ...and drop it (SLOW_CONSUMER) if it stays there this long
     requests_per_second = 50    # per device, token bucket
     request_burst = 100
+    max_hello_size = 8192       # the first frame, before the device is authenticated
+    device_input_cpu_ms_per_s = 250  # CPU a device's input may use (0 = unbudgeted)...
+    device_input_burst_ms = 5   # ...and at once, before its reading waits
 
     [push]                      # pushes, presence, the Redis stream API
     backend = "redis"           # "memory" (one process, the default) or "redis" (a fleet)
@@ -171,6 +174,17 @@ class LimitsConfig:
     requests_per_second: float = 50.0
     request_burst: int = 100
     max_pending_requests: int = 64
+    #: Largest HELLO (the first frame), refused from its length: a device that has
+    #: not authenticated yet gets the server to buffer and parse at most this much.
+    max_hello_size: int = 8 * 1024
+    #: CPU time one device's input (decoding, dispatch, the answers it causes) may use,
+    #: in ms per second: 250 = a quarter of a core. Beyond it the device's reading is
+    #: paused until the budget is paid off, so no device takes more than this slice of
+    #: the node, whatever it sends. 0 = no budget.
+    device_input_cpu_ms_per_s: float = 250.0
+    #: ...and at most this much at once (what another device's PING may wait behind it,
+    #: plus one frame).
+    device_input_burst_ms: float = 5.0
 
 
 @dataclass
@@ -449,6 +463,15 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("limits.header_table_size: must be >= 4096")
     if config.limits.send_buffer_high_water_bytes < 16 * 1024:
         raise ConfigError("limits.send_buffer_high_water_bytes: must be >= 16384")
+    if config.limits.max_hello_size < 1024:
+        raise ConfigError("limits.max_hello_size: must be >= 1024")
+    if not 0 <= config.limits.device_input_cpu_ms_per_s < 1000:
+        raise ConfigError(
+            "limits.device_input_cpu_ms_per_s: must be 0 (no budget) up to below 1000 "
+            "(a device gets at most that share of one core)"
+        )
+    if config.limits.device_input_burst_ms <= 0:
+        raise ConfigError("limits.device_input_burst_ms: must be > 0")
     if config.auth.ticket_secret and len(config.auth.ticket_secret.encode()) < 32:
         raise ConfigError("auth.ticket_secret: must be at least 32 bytes (e.g. 64 hex digits)")
     if config.server.tcp_fastopen_queue < 0:

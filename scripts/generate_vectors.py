@@ -490,6 +490,76 @@ def invalid_vectors() -> list[dict[str, Any]]:
             "note": "dynamic table size update to 8192 when 4096 was announced",
         },
         {
+            "name": "hpack-three-size-updates",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(
+                FrameType.REQUEST,
+                1,
+                b"\x01" + encode_varint(3 + len(literal_op)) + b"\x20\x20\x20" + literal_op,
+            ),
+            "error": "HEADER_ERROR",
+            "note": "RFC 7541 4.2 allows at most two size updates at the start of a block",
+        },
+        {
+            "name": "settings-17-pairs",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.SETTINGS, 0, b"".join(bytes([0x40 + i, 0]) for i in range(17))),
+            "error": "FIELD_ERROR",
+            "note": "at most 16 pairs per SETTINGS, unknown ids (0x40...) included",
+        },
+        {
+            "name": "settings-id-twice",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.SETTINGS, 0, b"\x05\x3c\x05\x78"),
+            "error": "FIELD_ERROR",
+            "note": "HEARTBEAT_S given twice in one frame",
+        },
+        {
+            "name": "settings-longer-than-16-pairs",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(FrameType.SETTINGS, 0, b"\x00" * 257),
+            "error": "FIELD_ERROR",
+            "note": "257 bytes cannot be 16 pairs of 8-byte varints: refused from the length",
+        },
+        {
+            "name": "hello-33-unknown-fields",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201") + bytes.fromhex("0503") + b"dev" + b"\xfe\x01\x00" * 33,
+            ),
+            "error": "FIELD_ERROR",
+            "note": "field 127 (varint 0) 33 times: at most 32 unknown fields",
+        },
+        {
+            "name": "hello-33-dictionaries",
+            "role": "server",
+            "prefix": "none",
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201")
+                + bytes.fromhex("0503")
+                + b"dev"
+                + b"".join(b"\x0c" + bytes([i]) for i in range(1, 34)),
+            ),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "hello-larger-than-max-hello-size",
+            "role": "server",
+            "prefix": "none",
+            "hex": "00" + encode_varint(8 * 1024 + 1).hex(),
+            "error": "FRAME_SIZE_ERROR",
+            "note": "the first frame is refused from its length above max_hello_size (8192)",
+        },
+        {
             "name": "zstd-unknown-dictionary",
             "role": "server",
             "prefix": handshake,

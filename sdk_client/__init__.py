@@ -4,6 +4,7 @@
 
     from sdk_client import Client, NotFound
 
+    token = Path("d1.token").read_text()  # as `channel token issue` printed it
     async with Client("gw.example.com", 8443, device_id="d1", token=token,
                       ca_file=Path("ca.pem"), app_id="wallet") as client:
 

@@ -73,7 +73,7 @@ from channel.wire import (
 )
 from channel.wire.frames import encode_frame
 from channel.wire.headers import Header, Headers
-from channel.wire.hello import encode_hello, encode_hello_ack
+from channel.wire.hello import MAX_HELLO_DICTIONARIES, encode_hello, encode_hello_ack
 from sdk_client.backoff import Backoff
 from sdk_client.dedupe import DedupeWindow
 from sdk_client.errors import (
@@ -335,10 +335,9 @@ class Client:
     """An MMTP device connection to a Channel gateway (see the module docstring).
 
     Identity: ``device_id``, ``app_id``, ``app_version`` and ``platform`` as
-    the token was issued; ``token`` is the binary device token
-    (``channel.security.tokens.decode_token_text`` turns its base64url text
-    into bytes). ``client_cert``/``client_key`` present a certificate instead
-    (mutual TLS devices).
+    the token was issued; ``token`` is the device token, as the base64url text
+    ``channel token issue`` prints (``str``) or as its bytes. ``client_cert``/
+    ``client_key`` present a certificate instead (mutual TLS devices).
 
     Transport: ``ca_file`` is the CA that signed the gateway's certificate
     (None: the system store); ``server_hostname`` is the name the certificate
@@ -369,7 +368,7 @@ class Client:
         port: int,
         *,
         device_id: str,
-        token: bytes = b"",
+        token: bytes | str = b"",
         ca_file: Path | None = None,
         app_id: str = "",
         app_version: str = "",
@@ -399,7 +398,7 @@ class Client:
         self._endpoint = 0
         self._topics: set[str] = set()
         self.device_id = device_id
-        #: The device token; replace it (e.g. after AUTH_EXPIRED) before ``connect()``.
+        self._token = b""
         self.token = token
         self.app_id = app_id
         self.app_version = app_version
@@ -444,6 +443,20 @@ class Client:
         self._load_state()
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def token(self) -> bytes:
+        """The device token; replace it (e.g. after AUTH_EXPIRED) before ``connect()``.
+
+        Set it to the base64url text ``channel token issue`` prints (surrounding
+        whitespace, as read from a file, is ignored) or to the token's bytes;
+        ``ValueError`` for text that is not base64url, ``TypeError`` for anything else.
+        """
+        return self._token
+
+    @token.setter
+    def token(self, value: bytes | bytearray | memoryview | str) -> None:
+        self._token = token_bytes(value)
 
     @property
     def connected(self) -> bool:
@@ -609,7 +622,7 @@ class Client:
             app_id=self.app_id,
             token=self.token if not ticket or self.token_with_ticket else b"",
             resume_ticket=ticket,
-            dictionaries=self._codec.dictionaries.ids,
+            dictionaries=self._hello_dictionaries(),
             preset_id=self.preset_id,
             heartbeat_s=self.heartbeat_hint_s,
             app_version=self.app_version,
@@ -617,8 +630,12 @@ class Client:
             client_time_ms=_now_ms(),
         )
 
+    def _hello_dictionaries(self) -> tuple[int, ...]:
+        # The newest ones only: a HELLO lists at most MAX_HELLO_DICTIONARIES.
+        return self._codec.dictionaries.ids[-MAX_HELLO_DICTIONARIES:]
+
     def _pipeline_dictionary(self) -> int:
-        usable = [d for d in self._codec.dictionaries.ids if d <= self._server_dictionary]
+        usable = [d for d in self._hello_dictionaries() if d <= self._server_dictionary]
         return max(usable, default=0)
 
     async def _establish(self) -> None:
@@ -1204,3 +1221,26 @@ def _wire_code(code: int) -> ErrorCode:
         return ErrorCode(code)
     except ValueError:
         return ErrorCode.INTERNAL_ERROR
+
+
+#: Longest token text accepted: a token is at most 2048 bytes (the server's limit).
+_MAX_TOKEN_TEXT_CHARS = (2048 * 4 + 2) // 3
+_BASE64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def token_bytes(token: bytes | bytearray | memoryview | str) -> bytes:
+    """A device token as bytes, from its bytes or its base64url text (``channel token issue``)."""
+    if isinstance(token, bytes | bytearray | memoryview):
+        return bytes(token)
+    if not isinstance(token, str):
+        raise TypeError(
+            f"token must be the text `channel token issue` prints (str) or bytes, "
+            f"not {type(token).__name__}"
+        )
+    text = token.strip().encode("ascii", "replace")
+    if len(text) > _MAX_TOKEN_TEXT_CHARS or len(text) % 4 == 1 or not _BASE64URL.issuperset(text):
+        raise ValueError(
+            "token text is not a base64url device token (A-Z a-z 0-9 - _, as "
+            "`channel token issue` prints it)"
+        )
+    return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))

@@ -523,3 +523,63 @@ async def test_plaintext_decrypted_before_a_pause_waits_for_resume(server: Serve
     await wait_for(lambda: len(inner.received) == len(message))
     assert inner.received == message
     client.close()
+
+
+# ------------------------------------------------------------ ALPN on the ClientHello
+
+
+def _client_flight(context: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.MemoryBIO, bytes]:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return client, incoming, outgoing.read()
+
+
+async def test_client_hello_without_mmtp_alpn_gets_an_alert_and_nothing_else(
+    server: Server,
+) -> None:
+    for offered in ([], ["h2"]):
+        context = ssl.create_default_context(cafile=str(server.ca))
+        if offered:
+            context.set_alpn_protocols(offered)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        client, incoming, flight = _client_flight(context)
+        writer.write(flight)
+        answer = await asyncio.wait_for(reader.read(), 5)  # everything, up to EOF
+        # One plaintext fatal alert, no_application_protocol (120): no ServerHello.
+        assert answer == bytes.fromhex("15 03 03 00 02 02 78")
+        incoming.write(answer)
+        with pytest.raises(ssl.SSLError, match="no application protocol"):
+            client.do_handshake()
+        writer.close()
+    assert all(inner.made == 0 for inner in server.inners)
+
+
+async def test_client_hello_trickled_a_byte_at_a_time_completes(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    client, incoming, flight = _client_flight(server.client_context())
+    for i in range(len(flight)):
+        writer.write(flight[i : i + 1])
+        await writer.drain()
+    incoming.write(await asyncio.wait_for(reader.read(4096), 5))  # ServerHello ... Finished
+    while True:
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            incoming.write(await asyncio.wait_for(reader.read(4096), 5))
+    assert client.selected_alpn_protocol() == "mmtp/1"
+    writer.close()
+
+
+async def test_client_hello_in_too_many_tiny_records_is_refused(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    # A 16 KiB ClientHello header, then its body one byte per record: 6 bytes per
+    # byte of body, so the buffer limit (32 KiB) is reached long before the end.
+    header = b"\x01" + (16 * 1024).to_bytes(3, "big")
+    tiny = b"".join(b"\x16\x03\x01\x00\x01" + bytes((i % 256,)) for i in range(8000))
+    writer.write(b"\x16\x03\x01\x00\x04" + header + tiny)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer == bytes.fromhex("15 03 03 00 02 02 32")  # decode_error
+    writer.close()

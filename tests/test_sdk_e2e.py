@@ -208,6 +208,16 @@ async def test_call_pipelined_behind_hello_is_answered_in_the_first_round_trip(
         assert not client.connected
 
 
+async def test_token_as_the_text_channel_token_issue_prints(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    async with gateway_for(tmp_path, rpc=rpc_config(upstream)) as gw:
+        printed = encode_token_text(gw.token("d1")) + "\n"  # as read from its file
+        async with make_client(gw, token=printed) as client:
+            assert client.token == gw.token("d1")
+            assert (await client.call("echo.hi", b"text")).body == b"echo:text"
+
+
 async def test_error_status_raises_the_mapped_exception(tmp_path: Path, upstream: Upstream) -> None:
     async with gateway_for(tmp_path, rpc=rpc_config(upstream)) as gw, make_client(gw) as client:
         with pytest.raises(NotFound) as caught:

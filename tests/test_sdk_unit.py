@@ -19,6 +19,7 @@ from sdk_client import (
     BadRequest,
     Cancelled,
     ChannelError,
+    Client,
     DedupeWindow,
     Forbidden,
     InternalError,
@@ -263,3 +264,35 @@ def test_device_cli_bad_token_is_a_usage_error(capsys: pytest.CaptureFixture[str
     )
     assert code == 2
     assert "bad token" in capsys.readouterr().err
+
+
+def test_token_bytes_accepts_the_printed_text_and_bytes() -> None:
+    from channel.security.tokens import encode_token_text
+    from sdk_client.client import token_bytes
+
+    raw = bytes(range(200))
+    assert token_bytes(raw) == raw
+    assert token_bytes(bytearray(raw)) == raw
+    assert token_bytes(encode_token_text(raw)) == raw
+    assert token_bytes("  " + encode_token_text(raw) + "\n") == raw
+    assert token_bytes("") == b""
+
+
+@pytest.mark.parametrize("text", ["not base64!", "abcde", "x" * 3000, "tökén"])
+def test_token_text_that_is_not_a_token_is_a_clear_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="channel token issue"):
+        Client("127.0.0.1", 1, device_id="d1", token=text)
+
+
+@pytest.mark.parametrize("token", [12345, None, ["abc"]])
+def test_token_of_another_type_is_a_clear_type_error(token: object) -> None:
+    with pytest.raises(TypeError, match="token must be"):
+        Client("127.0.0.1", 1, device_id="d1", token=token)  # type: ignore[arg-type]
+
+
+def test_token_can_be_replaced_with_text() -> None:
+    from channel.security.tokens import encode_token_text
+
+    client = Client("127.0.0.1", 1, device_id="d1", token=b"old")
+    client.token = encode_token_text(b"new token")  # type: ignore[assignment]
+    assert client.token == b"new token"

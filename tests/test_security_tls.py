@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import shutil
 import socket
 import ssl
 import stat
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,3 +323,96 @@ def test_client_certificate_from_another_ca_is_refused(
 def test_required_client_cert_needs_a_ca(certs: DevCertificates) -> None:
     with pytest.raises(ValueError, match="client_ca"):
         server_ssl_context(certs.cert, certs.key, require_client_cert=True)
+
+
+# --- key exchange groups ------------------------------------------------------------
+
+
+def _openssl_client_with_groups(
+    server_context: ssl.SSLContext, certs: DevCertificates, groups: str
+) -> tuple[bool, str | None]:
+    """``openssl s_client -groups GROUPS`` against one accepted connection.
+
+    Returns whether the handshake completed and the group the server chose
+    (None if it did not), as the server's side saw it.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    result: dict[str, object] = {}
+
+    def serve() -> None:
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        try:
+            with server_context.wrap_socket(conn, server_side=True) as tls:
+                result["cipher"] = tls.cipher()
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        run = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-tls1_3",
+                "-groups",
+                groups,
+                "-alpn",
+                "mmtp/1",
+                "-CAfile",
+                str(certs.ca_cert),
+                "-servername",
+                "localhost",
+                "-brief",
+            ],
+            input=b"",
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    finally:
+        thread.join(20)
+        listener.close()
+    output = run.stdout.decode() + run.stderr.decode()
+    # "Server Temp Key: X25519, 253 bits" or "...: ECDH, prime256v1, 256 bits"
+    chosen = re.search(r"Server Temp Key: (?:ECDH, )?([\w-]+)", output)
+    return "error" not in result, chosen.group(1) if chosen else None
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize(
+    ("offered", "accepted"),
+    [
+        ("X25519", True),
+        ("P-256", True),
+        ("X448", False),
+        ("secp521r1", False),
+        ("P-384", False),
+        ("X448:P-256", True),  # the client retries with a group the server named
+    ],
+)
+def test_server_accepts_only_x25519_and_p256_key_shares(
+    server_context: ssl.SSLContext, certs: DevCertificates, offered: str, accepted: bool
+) -> None:
+    completed, chosen = _openssl_client_with_groups(server_context, certs, offered)
+    assert completed is accepted, (offered, chosen)
+    if accepted:
+        assert chosen in ("X25519", "prime256v1"), output_hint(offered, chosen)
+
+
+def output_hint(offered: str, chosen: str | None) -> str:
+    return f"offered {offered}, server chose {chosen}"
+
+
+def test_restrict_groups_reports_a_group_openssl_does_not_know() -> None:
+    from channel.security.tls import restrict_groups
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert restrict_groups(context, ("X25519", "P-256"))
+    assert not restrict_groups(context, ("no-such-group",))

@@ -33,9 +33,9 @@ from channel.wire.connection import MAX_PING_PAYLOAD, Connection, Setting
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary, DictionaryStore
 from channel.wire.errors import CONNECTION_ERROR_CODES, ErrorCode, ProtocolError
 from channel.wire.events import DictionaryReceived, Event
-from channel.wire.fields import KIND_BYTES, KIND_VARINT, FieldSpec
+from channel.wire.fields import KIND_BYTES, KIND_VARINT, MAX_UNKNOWN_FIELDS, FieldSpec
 from channel.wire.frames import ALLOWED_FLAGS, FrameType, encode_frame
-from channel.wire.headers import NEVER_INDEXED_NAMES, HeaderEncoder
+from channel.wire.headers import MAX_SIZE_UPDATES, NEVER_INDEXED_NAMES, HeaderEncoder
 from channel.wire.hello import Hello, HelloAck, decode_hello, decode_hello_ack
 from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE, Limits
 from channel.wire.presets import ENTRY_OVERHEAD, MAX_PRESET_TABLE_BYTES, preset_entries
@@ -337,6 +337,12 @@ def test_protocol_constants_table() -> None:
         "Preset table space": lambda where, cell: _check_int(where, cell, MAX_PRESET_TABLE_BYTES),
         "Typed HEX value": lambda where, cell: _check_range(where, cell, 1, typed.MAX_HEX_BYTES),
         "Dictionary id": lambda where, cell: _check_range(where, cell, 1, MAX_DICTIONARY_ID),
+        "SETTINGS pairs": lambda where, cell: _check_int(where, cell, m.MAX_SETTINGS_PAIRS),
+        "Unknown tagged fields": lambda where, cell: _check_int(where, cell, MAX_UNKNOWN_FIELDS),
+        "HELLO dictionary ids": lambda where, cell: _check_int(
+            where, cell, hello_module.MAX_HELLO_DICTIONARIES
+        ),
+        "HPACK size updates": lambda where, cell: _check_int(where, cell, MAX_SIZE_UPDATES),
     }
     for constant, check in checks.items():
         assert constant in values, f"{tab.section.label}: constant {constant!r} is missing"
@@ -430,6 +436,10 @@ def test_handshake_field_table(frame: HandshakeFrame) -> None:
         assert kind.startswith(("varint", "bytes")), f"{where}: kind must be varint or bytes"
         assert spec.kind == expected_kind, f"{where}: kind {kind!r}, FieldSpec.kind {spec.kind}"
         assert spec.repeated == ("repeated" in kind), f"{where}: 'repeated' differs from FieldSpec"
+        most = re.search(r"at most (\d+)", kind)
+        assert spec.max_count == (int(most.group(1)) if most else None), (
+            f"{where}: 'at most' differs from FieldSpec.max_count {spec.max_count}"
+        )
         attribute = ATTRIBUTE_OF_FIELD.get(name, name)
         assert attribute in hints, f"{where}: {frame.cls.__name__} has no attribute {attribute}"
         if expected_kind == KIND_BYTES:

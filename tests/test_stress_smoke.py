@@ -121,3 +121,28 @@ def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
     assert ("puback_decode", "channel.mqtt 5.0 (feed)") in variants
     assert all(row["us_p50"] > 0 for row in doc["rows"])
     assert doc["machine"]["cores"]
+
+
+def test_hostile_benchmark_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    doc = run_tool(
+        "stress.hostile",
+        out,
+        "--frames", "2",
+        "--flood-s", "0.3",
+        "--baseline-s", "0.3",
+        "--settle-s", "0.1",
+        "--idle-tcp", "4",
+        "--per-ip", "2",
+        "--handshake-timeout-s", "1",
+    )  # fmt: skip
+    assert {"machine", "args", "node", "idle_tcp", "bars_met"} <= doc.keys()
+    windows = {w["attack"]: w for w in doc["node"]["windows"]}
+    assert {"baseline", "hpack-size-updates", "ping-flood", "baseline-after"} <= windows.keys()
+    assert windows["hpack-size-updates"]["units_sent"] == 2
+    assert windows["hpack-size-updates"]["connections_refused"] == 2
+    assert windows["baseline"]["ping"]["n"] > 0
+    lease = doc["node"]["lease"]
+    assert lease["node_numbers_before"] and lease["samples"] > 0
+    idle = doc["idle_tcp"]
+    assert idle["closed_within_1s"] + idle["closed_at_handshake_timeout"] == 4

@@ -60,3 +60,9 @@ class GatewayMetrics:
         self.slow_consumers = Counter(
             "channel_slow_consumers_total", "Connections closed for not reading", registry=r
         )
+        self.input_budget_pauses = Counter(
+            "channel_input_budget_pauses_total",
+            "Times a device's input used its CPU budget and its reading was paused "
+            "([limits] device_input_cpu_ms_per_s, device_input_burst_ms)",
+            registry=r,
+        )

@@ -29,8 +29,10 @@ from channel.gateway.auth import Authenticator
 from channel.gateway.builtin import builtin_response
 from channel.gateway.heaptrim import HeapTrimmer
 from channel.gateway.metrics import GatewayMetrics
+from channel.gateway.ratelimit import CpuBudget
 from channel.gateway.session import DeviceSession, jittered
 from channel.gateway.tlsproto import tls_server_factory
+from channel.gateway.uvtls import gated_tls_factory
 from channel.logs import fields
 from channel.push.delivery import NodeDelivery
 from channel.push.service import PushService
@@ -69,6 +71,13 @@ class GatewayNode:
             max_header_list_size=lim.max_header_list_size,
             max_body_size=lim.max_body_size,
             max_concurrent_streams=lim.max_concurrent_streams,
+            max_hello_size=lim.max_hello_size,
+        )
+        #: Every device's input CPU budget (None: unbudgeted), see gateway/session.py.
+        self.input_budget = (
+            CpuBudget(lim.device_input_cpu_ms_per_s / 1000, lim.device_input_burst_ms / 1000)
+            if lim.device_input_cpu_ms_per_s > 0
+            else None
         )
         self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
         self.dev_token_key: Path | None = None
@@ -84,6 +93,8 @@ class GatewayNode:
         self.sessions: set[DeviceSession] = set()
         self.by_device: dict[str, DeviceSession] = {}
         self._unauthenticated: set[DeviceSession] = set()
+        #: Connections from TCP accept to TCP close, in all and per address (admit_connection).
+        self._tcp_connections = 0
         self._per_ip: Counter[str] = Counter()
         self.heap_trimmer = HeapTrimmer(config.server.malloc_trim_after_handshakes)
         self._server: asyncio.AbstractServer | None = None
@@ -240,27 +251,20 @@ class GatewayNode:
         await self.router.start()
         await self._start_push()
         reuse_port = server.reuse_port or server.workers > 1 or None
+        # Both engines count connections at TCP accept, before any TLS work (self is the gate).
         if server.tls_engine == "memorybio":
             # TLS over plain TCP with ssl.MemoryBIO (channel/gateway/tlsproto.py): less memory.
-            self._server = await loop.create_server(
-                tls_server_factory(
-                    ssl_context, lambda: DeviceSession(self), server.handshake_timeout_s
-                ),
-                host=server.host,
-                port=server.port,
-                reuse_port=reuse_port,
-                backlog=4096,
+            factory = tls_server_factory(
+                ssl_context, lambda: DeviceSession(self), server.handshake_timeout_s, self
             )
         else:
-            self._server = await loop.create_server(
-                lambda: DeviceSession(self),
-                host=server.host,
-                port=server.port,
-                ssl=ssl_context,
-                ssl_handshake_timeout=server.handshake_timeout_s,
-                reuse_port=reuse_port,
-                backlog=4096,
+            # uvloop's TLS transport, started once the connection is counted (uvtls.py).
+            factory = gated_tls_factory(
+                ssl_context, lambda: DeviceSession(self), server.handshake_timeout_s, self
             )
+        self._server = await loop.create_server(
+            factory, host=server.host, port=server.port, reuse_port=reuse_port, backlog=4096
+        )
         sock = self._server.sockets[0]
         device_port = sock.getsockname()[1]
         self._enable_fastopen()
@@ -343,36 +347,53 @@ class GatewayNode:
                 extra=fields(sysctl=fastopen.sysctl_value()),
             )
 
-    def admit(self, session: DeviceSession, peer_ip: str) -> tuple[ErrorCode, str] | None:
-        """Count a new connection, or say why it is refused."""
+    def admit_connection(self, peer_ip: str) -> bool:
+        """Count a connection TCP just accepted, before any TLS work; False: cut it now.
+
+        Over ``max_connections`` or ``max_connections_per_ip`` the connection is
+        closed without a word (no TLS, so no MMTP ERROR can be sent): a client sees
+        the connection reset and backs off as after any network failure.
+        """
         server = self.config.server
-        reason: tuple[ErrorCode, str] | None = None
+        if self._tcp_connections >= server.max_connections:
+            self.metrics.refused_connections.labels(ErrorCode.UNAVAILABLE.name).inc()
+            return False
+        if self._per_ip[peer_ip] >= server.max_connections_per_ip:
+            self.metrics.refused_connections.labels(ErrorCode.RATE_LIMITED.name).inc()
+            return False
+        self._tcp_connections += 1
+        self._per_ip[peer_ip] += 1
+        self.metrics.connections.set(self._tcp_connections)
+        return True
+
+    def release_connection(self, peer_ip: str) -> None:
+        self._tcp_connections -= 1
+        left = self._per_ip[peer_ip] - 1
+        if left > 0:
+            self._per_ip[peer_ip] = left
+        else:
+            del self._per_ip[peer_ip]
+        self.metrics.connections.set(self._tcp_connections)
+
+    def admit(self, session: DeviceSession) -> tuple[ErrorCode, str] | None:
+        """Register a connection whose TLS handshake completed, or say why it is refused.
+
+        (It was counted against the connection limits when TCP accepted it.)
+        """
         if self.draining:
-            reason = (ErrorCode.SHUTTING_DOWN, "node is draining; reconnect elsewhere")
-        elif len(self.sessions) >= server.max_connections:
-            reason = (ErrorCode.UNAVAILABLE, "node is at max_connections")
-        elif self._per_ip[peer_ip] >= server.max_connections_per_ip:
-            reason = (ErrorCode.RATE_LIMITED, "too many connections from this address")
-        if reason is not None:
-            self.metrics.refused_connections.labels(reason[0].name).inc()
-            return reason
+            self.metrics.refused_connections.labels(ErrorCode.SHUTTING_DOWN.name).inc()
+            return (ErrorCode.SHUTTING_DOWN, "node is draining; reconnect elsewhere")
         self.sessions.add(session)
         self._unauthenticated.add(session)
-        self._per_ip[peer_ip] += 1
-        self.metrics.connections.set(len(self.sessions))
         return None
 
-    def forget(self, session: DeviceSession, peer_ip: str) -> None:
+    def forget(self, session: DeviceSession) -> None:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
         self._unauthenticated.discard(session)
-        self._per_ip[peer_ip] -= 1
-        if self._per_ip[peer_ip] <= 0:
-            del self._per_ip[peer_ip]
         if session.auth is not None and self.by_device.get(session.device_id) is session:
             del self.by_device[session.device_id]
-        self.metrics.connections.set(len(self.sessions))
         self.metrics.sessions.set(len(self.by_device))
         if session.auth is not None and self.delivery is not None:
             self.delivery.session_closed(session)

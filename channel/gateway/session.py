@@ -10,6 +10,20 @@ Life of a connection: TLS handshake (transport) → HELLO → authenticate
 served in the same turn → requests, pings, acks … → GOAWAY or an error →
 close. Idle and credential expiry are checked by the node's sweep, not by a
 timer per connection.
+
+**A CPU budget per device.** Input is processed one frame at a time, and the
+time it takes (decoding, dispatch, the answers it causes) is charged to the
+device (``CpuBudget``: ``[limits] device_input_cpu_ms_per_s`` of a core, at
+most ``device_input_burst_ms`` at once). A device over its budget has its
+reading paused until the budget is paid off: the rest of its input waits in
+the wire core's frame buffer, the TLS layer and then the kernel, while every
+other device and task on the loop runs. Time is the measure, not bytes or
+frames, because their cost differs by a factor of a thousand (a PING ~4 µs, a
+legal request with a 16 KiB Huffman-coded header list ~10 ms); the wire core's
+structural limits keep any single frame's cost bounded, the budget keeps the
+number of such frames one device gets through per second bounded. The clock is
+wall time (``perf_counter``): a step preempted by the OS is charged in full,
+which can only slow that device, never the others.
 """
 
 from __future__ import annotations
@@ -18,13 +32,12 @@ import asyncio
 import dataclasses
 import logging
 import random
-import sys
 import time
 from typing import TYPE_CHECKING, cast
 
 from channel import fastopen
 from channel.gateway.auth import AuthFailure, AuthResult
-from channel.gateway.ratelimit import TokenBucket
+from channel.gateway.ratelimit import CpuBudget, TokenBucket
 from channel.logs import fields
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.security.tls import negotiated_protocol_ok
@@ -37,10 +50,12 @@ from channel.wire import (
     GoAwayReceived,
     HelloReceived,
     LocalProtocolError,
+    MessageTooLarge,
     ProtocolError,
     RequestReceived,
     ResponseReceived,
     Role,
+    State,
     StreamCancelled,
     StreamErrorReceived,
 )
@@ -49,6 +64,11 @@ if TYPE_CHECKING:
     from channel.gateway.node import GatewayNode
 
 log = logging.getLogger("channel.session")
+
+#: Why reading is paused (bits of ``_holds``): the device does not read what we send,
+#: or its input used up its CPU budget. Reading resumes when no reason is left.
+HOLD_WRITING = 1
+HOLD_BUDGET = 2
 
 
 class DeviceSession(asyncio.Protocol):
@@ -59,9 +79,10 @@ class DeviceSession(asyncio.Protocol):
         "_calls",
         "_closing",
         "_closing_when_idle",
+        "_cpu_ready_at",
+        "_holds",
         "_node",
         "_paused_since",
-        "_peer_ip",
         "_tasks",
         "_transport",
         "auth",
@@ -73,7 +94,6 @@ class DeviceSession(asyncio.Protocol):
     def __init__(self, node: GatewayNode) -> None:
         self._node = node
         self._transport: asyncio.Transport | None = None
-        self._peer_ip = ""
         # Calls being served, by stream id (None while there are none: an idle
         # session holds no empty containers, see tests/test_session_footprint.py).
         self._tasks: dict[int, asyncio.Task[None]] | None = None
@@ -84,6 +104,9 @@ class DeviceSession(asyncio.Protocol):
         self._closing = False
         self._closing_when_idle = False
         self._paused_since = 0.0
+        # CpuBudget's ready_at (0.0: a full burst) and the reasons reading is paused.
+        self._cpu_ready_at = 0.0
+        self._holds = 0
         self.conn = Connection(
             Role.SERVER,
             limits=node.wire_limits,
@@ -100,12 +123,9 @@ class DeviceSession(asyncio.Protocol):
         # uvloop's TLS transport is not an asyncio.Transport subclass, only alike.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        # Interned: devices behind one NAT address share the string (and the per-IP key).
-        self._peer_ip = sys.intern(peer[0]) if isinstance(peer, tuple) else ""
         high_water = self._node.config.limits.send_buffer_high_water_bytes
         transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
-        refusal = self._node.admit(self, self._peer_ip)
+        refusal = self._node.admit(self)
         if refusal is None and not negotiated_protocol_ok(transport.get_extra_info("ssl_object")):
             # OpenSSL lets a client without ALPN mmtp/1 through; we do not.
             refusal = (ErrorCode.UNSUPPORTED_VERSION, "ALPN mmtp/1 was not negotiated")
@@ -124,36 +144,82 @@ class DeviceSession(asyncio.Protocol):
             if not future.done():
                 future.set_result(RpcResponse.error(ErrorCode.UNAVAILABLE, "device went away"))
         self._calls = None
-        self._node.forget(self, self._peer_ip)
+        self._node.forget(self)
         self._transport = None
 
     def pause_writing(self) -> None:
         # The device is not reading what we send: stop reading its requests too.
         self._paused_since = time.monotonic()
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._hold(HOLD_WRITING)
 
     def resume_writing(self) -> None:
         self._paused_since = 0.0
-        if self._transport is not None and not self._closing:
+        self._release(HOLD_WRITING)
+
+    def _hold(self, reason: int) -> None:
+        if not self._holds and self._transport is not None:
+            self._transport.pause_reading()
+        self._holds |= reason
+
+    def _release(self, reason: int) -> None:
+        self._holds &= ~reason
+        if not self._holds and self._transport is not None and not self._closing:
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
         self._node.mmtp_bytes_in += len(data)
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        """Process input one frame at a time while the device's CPU budget lasts."""
+        budget = self._node.input_budget
+        conn = self.conn
+        started = time.perf_counter()
+        start = budget.start(self._cpu_ready_at, started) if budget is not None else 0.0
+        # Over budget already (input the transport had in hand): keep it, process none.
+        steps = 0 if start > started else 1
+        now = started
         try:
-            events = self.conn.receive_data(data)
+            while True:
+                events, more = conn.receive_frames(data, steps)
+                data = b""
+                for event in events:
+                    self._dispatch(event)
+                now = time.perf_counter()
+                if not more or self._closing or conn.closed:
+                    break
+                if budget is not None and budget.spent(start, now - started) > now:
+                    break
         except ProtocolError as exc:
             self._node.metrics.connection_errors.labels(exc.code.name).inc()
             log.info("protocol error", extra=fields(device=self.device_id, code=exc.code.name))
             self._flush()
             self._close()
             return
-        for event in events:
-            self._dispatch(event)
-        self._flush()
-        if self.conn.closed:
+        self._flush()  # the answers' TLS records are the device's cost too
+        if conn.closed:
             self._close()
+        elif budget is not None:
+            now = time.perf_counter()
+            self._charge(budget, budget.spent(start, now - started), now)
+
+    def _charge(self, budget: CpuBudget, ready_at: float, now: float) -> None:
+        self._cpu_ready_at = ready_at
+        if ready_at <= now or self._closing:
+            return
+        # Over budget: no more input until it is paid off (the sweep still sees the
+        # device; its buffered input waits in the parser, the TLS layer, the kernel).
+        self._node.metrics.input_budget_pauses.inc()
+        self._hold(HOLD_BUDGET)
+        asyncio.get_running_loop().call_later(budget.resume_at(ready_at) - now, self._budget_paid)
+
+    def _budget_paid(self) -> None:
+        if self._transport is None or self._closing:
+            return
+        self._holds &= ~HOLD_BUDGET
+        self._read(b"")  # what the parser still holds, first: it may use up the budget again
+        self._release(0)  # reading resumes if nothing holds it any more
 
     # --------------------------------------------------------------- events
 
@@ -177,6 +243,9 @@ class DeviceSession(asyncio.Protocol):
             self._close()
 
     def _on_hello(self, event: HelloReceived) -> None:
+        if self.conn.state is not State.AUTHENTICATING:
+            # Frames behind the HELLO already ended the connection (an ERROR on stream 0).
+            return
         node = self._node
         cert_cn = node.client_certificate_cn(self._transport)
         try:
@@ -292,9 +361,10 @@ class DeviceSession(asyncio.Protocol):
                     response.headers,
                     status=response.status,
                 )
-        except LocalProtocolError as exc:
-            # The answer does not fit the device's limits: tell it so instead.
-            self.conn.send_error(stream_id, ErrorCode.UPSTREAM_ERROR, str(exc)[:200])
+        except MessageTooLarge as exc:
+            # The stream is still open (the wire core checks before closing it): end it
+            # with an error the device can read, which frees its slot on both sides.
+            self._stream_error(stream_id, ErrorCode.UPSTREAM_ERROR, f"answer not sent: {exc}"[:200])
         self._flush()
         if self._closing_when_idle and not self._tasks:
             self._close()

@@ -37,6 +37,23 @@ inside its successor's HELLO). Plaintext the inner protocol is not ready for
 The handshake timeout is a timer that exists only while the handshake runs;
 a client that fails the handshake or never finishes it is closed without the
 inner protocol ever hearing of it.
+
+**ALPN is checked on the ClientHello.** OpenSSL (through Python's ``ssl``)
+lets a client that offers no ``mmtp/1`` complete the handshake without ALPN;
+MMTP requires the handshake to fail. The bytes of the ClientHello are read
+here first (``channel.security.clienthello``, bounded at 16 KiB): a client
+that does not offer ``mmtp/1`` gets a ``no_application_protocol`` alert and
+the connection ends before OpenSSL sees a byte; one whose first bytes are not
+a ClientHello this reader understands gets ``decode_error``. Until the
+ClientHello is whole its bytes wait in a buffer of this connection (they
+cannot wait in the shared BIO).
+
+**Counted at TCP accept.** With an ``AcceptGate`` (the node), a connection is
+counted against the per-address and total limits the moment TCP accepts it,
+before any TLS work, and released when TCP closes; one over a limit is cut at
+once, with no TLS object ever made for it. Counting only once TLS completed
+let 150 idle connections from one address be held for a handshake timeout
+each, whatever ``max_connections_per_ip`` said.
 """
 
 from __future__ import annotations
@@ -45,7 +62,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any, cast
+import sys
+from typing import Any, Protocol, cast
+
+from channel.security.clienthello import (
+    ALERT_DECODE_ERROR,
+    ALERT_NO_APPLICATION_PROTOCOL,
+    MAX_CLIENT_HELLO_BYTES,
+    MalformedClientHello,
+    fatal_alert,
+    read_client_hello,
+)
+from channel.wire.hello import ALPN_PROTOCOL
 
 log = logging.getLogger("channel.tls")
 
@@ -58,9 +86,31 @@ _CLOSED = 3
 #: ``SSLObject.read(n)`` allocates n bytes before shrinking them to what it read.
 READ_SIZE = 16384
 
+#: The ALPN protocol id a ClientHello must offer (RFC 7301), as it is on the wire.
+ALPN_BYTES = ALPN_PROTOCOL.encode()
+#: Most bytes kept while the ClientHello is incomplete: its largest size and room for
+#: the headers of the records it is split into.
+MAX_HELLO_BUFFER_BYTES = 2 * MAX_CLIENT_HELLO_BYTES
+
 #: What to do once the plaintext before it has been delivered.
 _END_CLOSE = 1  # close_notify (or EOF) from the peer: answer with ours and close
 _END_ABORT = 2  # a bad record: cut the connection
+
+
+class AcceptGate(Protocol):
+    """Counts connections from TCP accept to TCP close (the node's limits)."""
+
+    def admit_connection(self, peer_ip: str) -> bool:
+        """Count a just-accepted connection; False: refused, cut it now."""
+
+    def release_connection(self, peer_ip: str) -> None:
+        """The connection ``admit_connection`` counted is gone."""
+
+
+def peer_ip_of(transport: asyncio.BaseTransport) -> str:
+    """The peer's address, interned: devices behind one NAT address share the string."""
+    peer = transport.get_extra_info("peername")
+    return sys.intern(peer[0]) if isinstance(peer, tuple) else ""
 
 
 class SharedBios:
@@ -80,8 +130,11 @@ class TlsServerProtocol(asyncio.Protocol):
         "_bios",
         "_context",
         "_end",
+        "_gate",
+        "_hello",
         "_inner",
         "_inner_connected",
+        "_peer_ip",
         "_plaintext",
         "_read_paused",
         "_read_scheduled",
@@ -98,8 +151,14 @@ class TlsServerProtocol(asyncio.Protocol):
         inner: asyncio.Protocol,
         handshake_timeout_s: float,
         bios: SharedBios | None = None,
+        gate: AcceptGate | None = None,
     ) -> None:
         self._context = context
+        self._gate = gate
+        # The address the gate counted this connection under (None: not counted).
+        self._peer_ip: str | None = None
+        # ClientHello bytes while it is incomplete (b"": none yet); None once checked.
+        self._hello: bytes | None = b""
         self._bios = bios if bios is not None else SharedBios()
         self._inner = inner
         self._inner_connected = False
@@ -118,6 +177,14 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        gate = self._gate
+        if gate is not None:
+            peer_ip = peer_ip_of(transport)
+            if not gate.admit_connection(peer_ip):
+                self._state = _CLOSED
+                self._transport.abort()
+                return
+            self._peer_ip = peer_ip
         bios = self._bios
         try:
             self._sslobj = self._context.wrap_bio(bios.incoming, bios.outgoing, server_side=True)
@@ -134,6 +201,10 @@ class TlsServerProtocol(asyncio.Protocol):
         sslobj = self._sslobj
         if sslobj is None or self._state >= _CLOSING:
             return
+        if self._hello is not None:
+            data = self._check_client_hello(data)
+            if not data:
+                return
         incoming = self._bios.incoming
         incoming.write(data)
         connected_now = False
@@ -159,6 +230,9 @@ class TlsServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._cancel_timer()
+        if self._peer_ip is not None and self._gate is not None:
+            peer_ip, self._peer_ip = self._peer_ip, None
+            self._gate.release_connection(peer_ip)
         if self._inner_connected:
             self._inner_connected = False
             inner = self._inner
@@ -177,6 +251,36 @@ class TlsServerProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
     # ------------------------------------------------------------- handshake
+
+    def _check_client_hello(self, data: bytes) -> bytes:
+        """Every byte so far once the ClientHello is whole and offers mmtp/1; else b""."""
+        received = self._hello + data if self._hello else data
+        try:
+            hello = read_client_hello(received)
+        except MalformedClientHello as exc:
+            log.debug("not a ClientHello we accept: %s", exc)
+            self._refuse_hello(ALERT_DECODE_ERROR)
+            return b""
+        if hello is None:
+            if len(received) > MAX_HELLO_BUFFER_BYTES:  # a ClientHello in tiny records
+                self._refuse_hello(ALERT_DECODE_ERROR)
+            else:
+                self._hello = received
+            return b""
+        self._hello = None
+        if ALPN_BYTES not in (hello.alpn_protocols or ()):
+            log.debug("ClientHello without ALPN %s: %s", ALPN_PROTOCOL, hello.alpn_protocols)
+            self._refuse_hello(ALERT_NO_APPLICATION_PROTOCOL)
+            return b""
+        return received
+
+    def _refuse_hello(self, alert: int) -> None:
+        self._hello = None
+        self._state = _CLOSED
+        self._cancel_timer()
+        if self._transport is not None:
+            self._transport.write(fatal_alert(alert))
+            self._transport.close()
 
     def _handshake_step(self, sslobj: ssl.SSLObject) -> bool:
         """Advance the handshake; True once it is complete (the inner protocol is told later)."""
@@ -376,15 +480,17 @@ def tls_server_factory(
     context: ssl.SSLContext,
     inner_factory: Any,
     handshake_timeout_s: float,
+    gate: AcceptGate | None = None,
 ) -> Any:
     """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside.
 
     Its connections share one pair of memory BIOs (see the module doc); a
-    server's protocols all run on its event loop's thread.
+    server's protocols all run on its event loop's thread. With ``gate``,
+    connections are counted (and refused) at TCP accept.
     """
     bios = SharedBios()
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios)
+        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios, gate)
 
     return factory

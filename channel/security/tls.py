@@ -12,12 +12,24 @@ gateway then takes the device identity from the certificate's common name
 (``peer_certificate_identity``).
 
 A server context does not refuse a client that offers no ALPN or other
-protocols (OpenSSL continues without ALPN); the listener checks
-``negotiated_protocol_ok`` after the handshake.
+protocols (OpenSSL continues without ALPN): the gateway's TLS engine reads the
+ClientHello first and fails such a handshake itself (``tlsproto``), and the
+session checks ``negotiated_protocol_ok`` after the handshake as well.
+
+Server contexts offer key exchange with X25519 and P-256 only
+(``SERVER_GROUPS``): both are fast, universally supported and what every
+mobile TLS stack sends a key share for; X448 and P-384/P-521 cost several
+times more CPU per handshake for a security margin MMTP does not need, so a
+client gets no say in making the gateway pay it. Python 3.11's ``ssl`` has no
+API for the group list, so ``restrict_groups`` sets it through OpenSSL
+(``SSL_CTX_set1_groups_list``) on the context's own ``SSL_CTX``, after
+checking that the pointer it found is that context's.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import ssl
 from pathlib import Path
 
@@ -25,6 +37,13 @@ from channel.wire.hello import ALPN_PROTOCOL
 
 #: Tickets per full handshake; one is all a device keeps.
 SERVER_SESSION_TICKETS = 1
+#: Key exchange groups a server context accepts (OpenSSL names, in preference order).
+SERVER_GROUPS = ("X25519", "P-256")
+
+log = logging.getLogger("channel.tls")
+
+#: OpenSSL's SSL_CTRL_SET_GROUPS_LIST (ssl.h): what SSL_CTX_set1_groups_list expands to.
+_SSL_CTRL_SET_GROUPS_LIST = 92
 
 
 def _tls13_only(context: ssl.SSLContext) -> None:
@@ -51,6 +70,7 @@ def server_ssl_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _tls13_only(context)
     context.load_cert_chain(certfile=cert, keyfile=key)
+    restrict_groups(context, SERVER_GROUPS)
     context.num_tickets = SERVER_SESSION_TICKETS
     # Ticket-based resumption needs no per-session server state: any process
     # sharing this context resumes. OP_NO_TICKET stays unset on purpose.
@@ -99,3 +119,50 @@ def peer_certificate_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str 
             if isinstance(pair, tuple) and len(pair) == 2 and pair[0] == "commonName":
                 return str(pair[1])
     return None
+
+
+def restrict_groups(context: ssl.SSLContext, groups: tuple[str, ...]) -> bool:
+    """Limit the key exchange groups ``context`` negotiates; False (and a warning) if it cannot.
+
+    Uses ``SSLContext.set_groups`` where Python has it (3.15+); else OpenSSL's
+    ``SSL_CTX_set1_groups_list`` through ctypes, on the ``SSL_CTX`` pointer that
+    CPython keeps first after the object header of an ``SSLContext``. That
+    pointer is used only once ``SSL_CTX_get_options`` through it returns the
+    context's own options, read through Python; a mismatch, another Python, or a
+    missing symbol leaves OpenSSL's default groups in place.
+    """
+    names = ":".join(groups)
+    setter = getattr(context, "set_groups", None)
+    if setter is not None:  # pragma: no cover - Python 3.15+
+        setter(names)
+        return True
+    try:
+        done = _set_groups_list(context, names)
+    except (OSError, AttributeError, ValueError) as exc:
+        log.warning("cannot restrict TLS key exchange groups: %s", exc)
+        return False
+    if not done:
+        log.warning("cannot restrict TLS key exchange groups to %s", names)
+    return done
+
+
+def _set_groups_list(context: ssl.SSLContext, names: str) -> bool:
+    import _ssl
+    import sys
+
+    if sys.implementation.name != "cpython" or not _ssl.__file__:
+        return False
+    libssl = ctypes.CDLL(_ssl.__file__)  # its symbols include the libssl it links
+    get_options = libssl.SSL_CTX_get_options
+    get_options.restype = ctypes.c_uint64
+    get_options.argtypes = [ctypes.c_void_p]
+    control = libssl.SSL_CTX_ctrl
+    control.restype = ctypes.c_long
+    control.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or pointer % ctypes.alignment(ctypes.c_void_p):
+        return False
+    if get_options(pointer) != int(context.options):
+        return False
+    encoded = ctypes.create_string_buffer(names.encode())
+    return bool(control(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.addressof(encoded)))

@@ -62,6 +62,7 @@ from channel.wire.headers import (
     header_list_size,
 )
 from channel.wire.hello import (
+    MAX_HELLO_DICTIONARIES,
     Hello,
     HelloAck,
     decode_hello,
@@ -77,6 +78,8 @@ from channel.wire.varint import decode_varint_complete, encode_varint
 
 OP_HEADER = ":op"
 MAX_PING_PAYLOAD = 8
+#: What ``_remote_stream`` returns for a stream that is not open (None is a trace-id).
+_NOT_OPEN = object()
 
 
 class Setting:
@@ -223,7 +226,11 @@ class Connection:
         # side exists for measurement and for peers that log raw header blocks.
         self._send_typed_headers = send_typed_headers
         self._counters = frame_counters
-        self._parser = FrameParser(self.limits.max_frame_size)
+        # A server reads its first frame, the HELLO, under max_hello_size (_on_hello lifts it).
+        first_frame_size = self.limits.max_frame_size
+        if role is Role.SERVER:
+            first_frame_size = min(first_frame_size, self.limits.max_hello_size)
+        self._parser = FrameParser(first_frame_size)
         # Frames queued for the next data_to_send (None: nothing queued).
         self._outbound: list[bytes] | None = None
         self._encoder: HeaderEncoder | None = None
@@ -309,6 +316,10 @@ class Connection:
         self._require_role(Role.CLIENT, "send HELLO")
         if pipeline_dictionary and pipeline_dictionary not in self.body_codec.dictionaries:
             raise LocalProtocolError(f"pipeline dictionary {pipeline_dictionary} is not held")
+        if len(hello.dictionaries) > MAX_HELLO_DICTIONARIES:
+            raise LocalProtocolError(
+                f"a HELLO lists at most {MAX_HELLO_DICTIONARIES} dictionaries (send the newest)"
+            )
         try:
             preset_entries(hello.preset_id)
         except ProtocolError as exc:
@@ -412,12 +423,19 @@ class Connection:
     def send_response(
         self, stream_id: int, body: bytes = b"", headers: Sequence[Header] = (), status: int = 0
     ) -> bool:
-        """Answer a peer's stream; False if it was cancelled or already answered."""
-        found, request_trace_id = self._finish_remote_stream(stream_id)
-        if not found:
+        """Answer a peer's stream; False if it was cancelled or already answered.
+
+        ``MessageTooLarge`` if the answer exceeds the peer's limits: the stream
+        then stays open, for ``send_error`` to end it.
+        """
+        request_trace_id = self._remote_stream(stream_id)
+        if request_trace_id is _NOT_OPEN:
             return False
         prefix = encode_varint(stream_id) + encode_varint(status)
-        flags, tail = self._encode_tail(prefix, tuple(headers), body, request_trace_id)
+        trace_id = request_trace_id if isinstance(request_trace_id, str) else None
+        # Encoded (and checked against the peer's limits) before the stream is closed.
+        flags, tail = self._encode_tail(prefix, tuple(headers), body, trace_id)
+        self._close_remote_stream(stream_id)
         self._queue(FrameType.RESPONSE, flags, prefix + tail)
         return True
 
@@ -425,8 +443,9 @@ class Connection:
         self, stream_id: int, code: ErrorCode, message: str = "", retry_after_ms: int = 0
     ) -> bool:
         """End a peer's stream with an error instead of a RESPONSE."""
-        if not self._finish_remote_stream(stream_id)[0]:
+        if self._remote_stream(stream_id) is _NOT_OPEN:
             return False
+        self._close_remote_stream(stream_id)
         self._queue(FrameType.ERROR, 0, m.encode_error(stream_id, code, retry_after_ms, message))
         return True
 
@@ -441,17 +460,21 @@ class Connection:
         self._cancelled[stream_id] = None
         self._queue(FrameType.CANCEL, 0, encode_varint(stream_id))
 
-    def _finish_remote_stream(self, stream_id: int) -> tuple[bool, str | None]:
-        """Close a peer's stream; return (it was open, its request's trace-id)."""
+    def _remote_stream(self, stream_id: int) -> object:
+        """The trace-id of a peer's open stream's request (None: none), or ``_NOT_OPEN``."""
         if self.state not in (State.OPEN, State.CLOSING):
             raise LocalProtocolError(f"cannot answer streams in state {self.state.value}")
         remote = self._remote_streams
-        if remote is None or stream_id not in remote:
-            return False, None
-        trace_id = remote.pop(stream_id)
+        if remote is None:
+            return _NOT_OPEN
+        return remote.get(stream_id, _NOT_OPEN)
+
+    def _close_remote_stream(self, stream_id: int) -> None:
+        remote = self._remote_streams
+        assert remote is not None
+        del remote[stream_id]
         if not remote:
             self._remote_streams = None
-        return True, trace_id
 
     def _encode_tail(
         self, prefix: bytes, headers: Headers, body: bytes, echo_trace_id: str | None = None
@@ -569,6 +592,9 @@ class Connection:
         """
         self._require_open("SETTINGS")
         pairs = tuple(settings)
+        problem = m.settings_problem(pairs)
+        if problem:
+            raise LocalProtocolError(problem)
         for key, value in pairs:
             problem = _setting_problem(key, value)
             if problem:
@@ -653,18 +679,44 @@ class Connection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Process bytes from the peer; return the events they carried."""
+        return self.receive_frames(data, None)[0]
+
+    def receive_frames(
+        self, data: bytes | bytearray | memoryview, max_frames: int | None
+    ) -> tuple[list[Event], bool]:
+        """Like ``receive_data``, processing at most ``max_frames`` frames (None: all).
+
+        Returns the events and whether complete frames may still be buffered:
+        then ``receive_frames(b"", n)`` goes on. This lets an I/O adapter bound
+        the work one peer causes at a time (the gateway budgets each device's
+        CPU time between frames).
+        """
         events: list[Event] = []
         if self.closed:
-            return events
+            return events, False
+        parser = self._parser
         try:
-            for frame in self._parser.feed(data):
+            if self.state is State.AWAIT_HELLO and max_frames != 0:
+                # The HELLO alone first, under max_hello_size; the frames behind it
+                # are read under the limits it sets.
+                hello = parser.feed(data, 1)
+                data = b""
+                for frame in hello:
+                    self._handle(frame, events)
+                if not hello or self.closed:
+                    return events, False
+                if max_frames is not None:
+                    max_frames -= 1
+            frames = parser.feed(data, max_frames)
+            for frame in frames:
                 self._handle(frame, events)
                 if self.closed:
-                    break
+                    return events, False
         except ProtocolError as exc:
             self.close_with_error(exc.code, exc.message)
             raise
-        return events
+        more = max_frames is not None and len(frames) == max_frames and parser.buffered_bytes > 0
+        return events, more
 
     def _handle(self, frame: RawFrame, events: list[Event]) -> None:
         if self._counters is not None:
@@ -682,6 +734,7 @@ class Connection:
     def _on_hello(self, frame: RawFrame, events: list[Event]) -> None:
         hello = decode_hello(frame.payload, self.limits)
         preset_entries(hello.preset_id)
+        self._parser.max_frame_size = self.limits.max_frame_size
         self.hello = hello
         self._decoder = HeaderDecoder(
             hello.preset_id, self.limits.header_table_size, self.limits.max_header_list_size

@@ -90,8 +90,16 @@ class FrameParser:
     def buffered_bytes(self) -> int:
         return len(self._partial) if self._partial is not None else 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
-        """Add bytes; return every frame now complete, in order."""
+    def feed(
+        self, data: bytes | bytearray | memoryview, max_frames: int | None = None
+    ) -> list[RawFrame]:
+        """Add bytes; return the frames now complete, in order.
+
+        With ``max_frames``, at most that many: parsing stops there and the rest
+        stays buffered, its frame headers not yet read (``feed(b"")`` goes on).
+        A limit changed in between (``max_frame_size``) therefore applies to
+        every frame not yet returned.
+        """
         buffer: bytes | bytearray | memoryview
         if self._partial is not None:
             self._partial += data
@@ -99,17 +107,17 @@ class FrameParser:
         else:
             buffer = data
         try:
-            return self._parse(buffer)
+            return self._parse(buffer, -1 if max_frames is None else max_frames)
         except ProtocolError:
             if buffer is not self._partial:
                 self._partial = bytearray(buffer)  # kept as fed, as when it is buffered
             raise
 
-    def _parse(self, buffer: bytes | bytearray | memoryview) -> list[RawFrame]:
+    def _parse(self, buffer: bytes | bytearray | memoryview, max_frames: int) -> list[RawFrame]:
         frames: list[RawFrame] = []
         offset = 0
         end = len(buffer)
-        while offset < end:
+        while offset < end and len(frames) != max_frames:
             first = buffer[offset]
             frame_type = _KNOWN_TYPES.get(first >> 4)
             if frame_type is None:
@@ -128,8 +136,8 @@ class FrameParser:
                 break
             if length > self.max_frame_size:
                 raise FrameSizeError(
-                    f"{frame_type.name} frame of {length} bytes exceeds max_frame_size "
-                    f"{self.max_frame_size}"
+                    f"{frame_type.name} frame of {length} bytes exceeds the limit of "
+                    f"{self.max_frame_size} bytes"
                 )
             payload_end = payload_start + length
             if payload_end > end:

@@ -383,6 +383,7 @@ class HeaderDecoder:
         if cached is not None:
             assert isinstance(cached, tuple)
             return cached
+        _check_structure(block, self._max_header_list_size)
         headers = self._decode(decoder, block)
         if table.version == before:
             cache.put(block, before, headers)
@@ -406,6 +407,61 @@ class HeaderDecoder:
             if not name:
                 raise HeaderError(ErrorCode.HEADER_ERROR, "header with an empty name")
         return headers
+
+
+#: RFC 7541 4.2: at most two dynamic table size updates, at the start of a block.
+MAX_SIZE_UPDATES = 2
+#: Bytes one field may take per byte of its RFC 7541 size (name + value + 32): a
+#: Huffman code is at most 30 bits per octet, and the prefixes and length
+#: integers (at most 13 bytes) fit in the 32. The size updates add at most 12.
+_BLOCK_BYTES_PER_LIST_BYTE = 4
+_SIZE_UPDATES_MAX_BYTES = 12
+
+
+def _check_structure(block: bytes, max_header_list_size: int) -> None:
+    """Refuse, before hpack walks it, a block whose work is out of proportion to its result.
+
+    hpack applies any number of size updates at the start of a block (a 256 KiB
+    block of them cost ~230 ms) and decodes a whole Huffman string before it
+    checks the header list size. A block longer than any header list within
+    the limit could be encoded as, or opening with more than two size updates,
+    is refused here in O(1) for the normal block (one length compare, one bit
+    test) and O(updates) otherwise.
+    """
+    limit = _BLOCK_BYTES_PER_LIST_BYTE * max_header_list_size + _SIZE_UPDATES_MAX_BYTES
+    if len(block) > limit:
+        raise HeaderError(
+            ErrorCode.HEADER_LIST_TOO_LARGE,
+            f"header block of {len(block)} bytes cannot decode to a header list within "
+            f"max_header_list_size {max_header_list_size}",
+        )
+    offset = 0
+    updates = 0
+    while offset < len(block) and block[offset] & 0xE0 == 0x20:
+        updates += 1
+        if updates > MAX_SIZE_UPDATES:
+            raise HeaderError(
+                ErrorCode.HEADER_ERROR,
+                f"more than {MAX_SIZE_UPDATES} dynamic table size updates open the header "
+                "block (RFC 7541 4.2)",
+            )
+        offset = _skip_integer(block, offset, 0x1F)
+
+
+#: Continuation bytes of an integer worth skipping: a longer one is no table size
+#: hpack will accept, and it refuses it itself.
+_MAX_INTEGER_CONTINUATION = 8
+
+
+def _skip_integer(block: bytes, offset: int, prefix_mask: int) -> int:
+    """Offset after the RFC 7541 integer at ``offset`` (len(block) if it does not end soon)."""
+    if block[offset] & prefix_mask != prefix_mask:
+        return offset + 1
+    end = min(len(block), offset + 1 + _MAX_INTEGER_CONTINUATION)
+    for position in range(offset + 1, end):
+        if not block[position] & 0x80:
+            return position + 1
+    return len(block)
 
 
 def encode_context_free(headers: Sequence[Header]) -> bytes:

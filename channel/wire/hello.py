@@ -21,6 +21,8 @@ from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE, Limits
 
 PROTOCOL_VERSION = 1
 ALPN_PROTOCOL = "mmtp/1"
+#: Most dictionary ids one HELLO may list (a client holding more lists its newest).
+MAX_HELLO_DICTIONARIES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,9 @@ _H = {
     "app_id": FieldSpec(3, "app_id", KIND_BYTES),
     "token": FieldSpec(4, "token", KIND_BYTES),
     "resume_ticket": FieldSpec(5, "resume_ticket", KIND_BYTES),
-    "dictionary": FieldSpec(6, "dictionary", KIND_VARINT, repeated=True),
+    "dictionary": FieldSpec(
+        6, "dictionary", KIND_VARINT, repeated=True, max_count=MAX_HELLO_DICTIONARIES
+    ),
     "preset_id": FieldSpec(7, "preset_id", KIND_VARINT),
     "heartbeat_s": FieldSpec(8, "heartbeat_s", KIND_VARINT),
     "header_table_size": FieldSpec(9, "header_table_size", KIND_VARINT),

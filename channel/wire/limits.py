@@ -35,6 +35,9 @@ class Limits:
     max_identity_length: int = 128
     #: Longest token or resume ticket in HELLO.
     max_credential_length: int = 2048
+    #: Largest HELLO payload a server accepts (refused from the frame's length,
+    #: before it is read): a device not yet authenticated is held to a small frame.
+    max_hello_size: int = 8 * 1024
     #: Longest push message id.
     max_message_id_length: int = 64
     #: Largest dictionary the peer may deliver with DICT frames.
@@ -51,3 +54,5 @@ class Limits:
             raise ValueError("max_concurrent_streams must be at least 1")
         if self.max_header_list_size < 256:
             raise ValueError("max_header_list_size must be at least 256")
+        if self.max_hello_size < 1024:
+            raise ValueError("max_hello_size must be at least 1024 bytes")

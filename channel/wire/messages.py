@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from channel.wire.errors import ErrorCode, ProtocolError
 from channel.wire.frames import FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD
-from channel.wire.varint import decode_varint_complete, encode_varint
+from channel.wire.varint import MAX_VARINT_BYTES, decode_varint_complete, encode_varint
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,18 +161,44 @@ def decode_dict_chunk(payload: bytes) -> DictChunk:
     return DictChunk(dict_id, total_size, chunk_offset, payload[offset:])
 
 
+#: Most pairs one SETTINGS frame may carry, each id at most once: six ids are
+#: defined, and without a cap a 256 KiB frame of unknown ids cost ~90 ms to walk.
+MAX_SETTINGS_PAIRS = 16
+_MAX_SETTINGS_PAYLOAD = MAX_SETTINGS_PAIRS * 2 * MAX_VARINT_BYTES
+
+
+def settings_problem(settings: tuple[tuple[int, int], ...]) -> str:
+    """Why a SETTINGS frame's pairs break the frame rules ("" if they do not)."""
+    if len(settings) > MAX_SETTINGS_PAIRS:
+        return f"SETTINGS carries more than {MAX_SETTINGS_PAIRS} pairs"
+    if len({key for key, _ in settings}) != len(settings):
+        return "SETTINGS carries an id twice"
+    return ""
+
+
 def encode_settings(settings: tuple[tuple[int, int], ...]) -> bytes:
     return b"".join(encode_varint(key) + encode_varint(value) for key, value in settings)
 
 
 def decode_settings(payload: bytes) -> tuple[tuple[int, int], ...]:
+    # Refused from its length alone when it cannot be at most MAX_SETTINGS_PAIRS pairs.
+    if len(payload) > _MAX_SETTINGS_PAYLOAD:
+        raise ProtocolError(
+            ErrorCode.FIELD_ERROR,
+            f"SETTINGS payload of {len(payload)} bytes is longer than "
+            f"{MAX_SETTINGS_PAIRS} pairs can be",
+        )
     pairs: list[tuple[int, int]] = []
     offset = 0
     while offset < len(payload):
         key, offset = decode_varint_complete(payload, offset)
         value, offset = decode_varint_complete(payload, offset)
         pairs.append((key, value))
-    return tuple(pairs)
+    settings = tuple(pairs)
+    problem = settings_problem(settings)
+    if problem:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, problem)
+    return settings
 
 
 def _text(raw: bytes, what: str) -> str:
