@@ -1015,9 +1015,13 @@ impl Connection {
         let mut lowered = Vec::new();
         for &(key, value) in settings {
             // A later value supersedes any lowering of the same key still awaiting its ACK.
+            // So does a later pair of the same frame (the reference still
+            // applies such a lowering at the ACK, leaving its decoder below
+            // what the peer was last told).
             for pending in &mut self.settings_awaiting_ack {
                 pending.retain(|(k, _)| *k != key);
             }
+            lowered.retain(|(k, _)| *k != key);
             if self.own_setting_raises(key, value) {
                 self.apply_own_setting(key, value);
             } else {

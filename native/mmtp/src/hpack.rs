@@ -497,7 +497,7 @@ fn write_size_update(out: &mut Vec<u8>, smallest: usize, last: usize) {
 // ------------------------------------------------------------------ encoder
 
 /// Sender side of one direction's HPACK context.
-pub(crate) struct Encoder {
+pub struct Encoder {
     table: DynTable,
     /// Table size changes since the last block: (smallest, final).
     pending_update: Option<(usize, usize)>,
@@ -506,7 +506,7 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn new(preset: Arc<PresetTable>, cap: u64) -> Self {
+    pub fn new(preset: Arc<PresetTable>, cap: u64) -> Self {
         Encoder {
             table: DynTable::with_preset(preset),
             pending_update: None,
@@ -515,7 +515,7 @@ impl Encoder {
     }
 
     /// Grow (or shrink) to what the peer's decoder announced, within our cap.
-    pub(crate) fn use_peer_table_size(&mut self, peer_table_size: u64) {
+    pub fn use_peer_table_size(&mut self, peer_table_size: u64) {
         let size = usize::try_from(peer_table_size)
             .unwrap_or(usize::MAX)
             .min(self.cap);
@@ -530,13 +530,13 @@ impl Encoder {
     }
 
     /// Whether a size update is owed to the next block.
-    pub(crate) fn owes_size_update(&self) -> bool {
+    pub fn owes_size_update(&self) -> bool {
         self.pending_update.is_some()
     }
 
     /// Append the size update this encoder owes (for a block built elsewhere,
     /// a context-free one); it is then no longer owed.
-    pub(crate) fn take_size_update(&mut self, out: &mut Vec<u8>) {
+    pub fn take_size_update(&mut self, out: &mut Vec<u8>) {
         if let Some((smallest, last)) = self.pending_update.take() {
             write_size_update(out, smallest, last);
         }
@@ -592,6 +592,16 @@ impl Encoder {
     pub(crate) fn table_mut(&mut self) -> &mut DynTable {
         &mut self.table
     }
+
+    /// Append a header block for every field of `headers`.
+    pub fn encode_all<H: HeaderList + ?Sized>(&mut self, out: &mut Vec<u8>, headers: &H) {
+        self.encode(out, headers, |_, _| true);
+    }
+
+    /// The dynamic table, newest first.
+    pub fn table_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.table.entries()
+    }
 }
 
 /// A block valid in any decoder state (spec section 9.7): literals without
@@ -615,14 +625,14 @@ pub fn encode_context_free<H: HeaderList + ?Sized>(out: &mut Vec<u8>, headers: &
 // ------------------------------------------------------------------ decoder
 
 /// Receiver side of one direction's HPACK context, with limits.
-pub(crate) struct Decoder {
+pub struct Decoder {
     table: DynTable,
     /// Largest table the peer's encoder may use (our announced size).
     max_allowed: usize,
 }
 
 impl Decoder {
-    pub(crate) fn new(preset: Arc<PresetTable>, max_allowed: u64) -> Self {
+    pub fn new(preset: Arc<PresetTable>, max_allowed: u64) -> Self {
         Decoder {
             table: DynTable::with_preset(preset),
             max_allowed: usize::try_from(max_allowed).unwrap_or(usize::MAX),
@@ -630,7 +640,7 @@ impl Decoder {
     }
 
     /// Change the largest table the peer's encoder may use (SETTINGS).
-    pub(crate) fn allow_table_size(&mut self, max_allowed: u64) {
+    pub fn allow_table_size(&mut self, max_allowed: u64) {
         self.max_allowed = usize::try_from(max_allowed).unwrap_or(usize::MAX);
     }
 
@@ -642,10 +652,15 @@ impl Decoder {
         &mut self.table
     }
 
+    /// The dynamic table, newest first.
+    pub fn table_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.table.entries()
+    }
+
     /// Decode `block`, appending its fields to `out`; returns the list's RFC
     /// 7541 size. Stops with `HEADER_LIST_TOO_LARGE` as soon as the running
     /// size exceeds `max_list_size`.
-    pub(crate) fn decode(
+    pub fn decode(
         &mut self,
         block: &[u8],
         max_list_size: u64,

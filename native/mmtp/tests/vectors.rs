@@ -18,7 +18,11 @@ fn varint_vectors_both_directions() {
         let mut out = Vec::new();
         encode_varint(&mut out, value);
         assert_eq!(out, raw, "encode {value}");
-        assert_eq!(decode_varint(&raw, 0).unwrap(), (value, raw.len()), "decode {value}");
+        assert_eq!(
+            decode_varint(&raw, 0).unwrap(),
+            (value, raw.len()),
+            "decode {value}"
+        );
     }
     let invalid = vectors["invalid"].as_array().unwrap();
     for case in invalid {
@@ -36,8 +40,15 @@ fn varint_vectors_both_directions() {
 #[test]
 fn conversation_vectors() {
     let vectors = load_json(vectors_dir().join("conversations.json"));
-    assert_eq!(vectors["meta"]["zstd_version"], serde_json::json!([1, 5, 7]));
-    assert_eq!(zstd_safe::version_number(), 10507, "the vectors' compressed bytes need libzstd 1.5.7");
+    assert_eq!(
+        vectors["meta"]["zstd_version"],
+        serde_json::json!([1, 5, 7])
+    );
+    assert_eq!(
+        zstd_safe::version_number(),
+        10507,
+        "the vectors' compressed bytes need libzstd 1.5.7"
+    );
     let mut checks = 0;
     for spec in vectors["conversations"].as_array().unwrap() {
         checks += replay_conversation(spec);
@@ -67,7 +78,12 @@ fn receiver(role: &str, prefix: &str, prefixes: &Value) -> mmtp::Connection {
         client.receive(&server.data_to_send(), &mut events).unwrap();
     }
     if prefix == "accepted-with-open-stream" {
-        perform(&mut client, "send_request", &prefixes["open_stream_request"]).unwrap();
+        perform(
+            &mut client,
+            "send_request",
+            &prefixes["open_stream_request"],
+        )
+        .unwrap();
         client.data_to_send();
     }
     client
@@ -96,10 +112,17 @@ fn invalid_input_vectors() {
         assert_eq!(*frame_type, 0xA, "{name}: last frame is ERROR");
         let (stream, code, _) = error_fields(payload);
         assert_eq!(stream, 0, "{name}");
-        assert_eq!(ErrorCode::from_value(code).unwrap().name(), expected, "{name}");
+        assert_eq!(
+            ErrorCode::from_value(code).unwrap().name(),
+            expected,
+            "{name}"
+        );
         assert_eq!(connection.state(), State::Closed, "{name}");
         connection.receive(&[0x60, 0x00], &mut events).unwrap();
-        assert!(events.is_empty() && connection.data_to_send().is_empty(), "{name}");
+        assert!(
+            events.is_empty() && connection.data_to_send().is_empty(),
+            "{name}"
+        );
     }
     assert_eq!(cases.len(), 38);
 }

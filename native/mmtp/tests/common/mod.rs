@@ -132,19 +132,25 @@ pub fn event_json(event: &Event) -> Value {
             op,
             headers,
             body,
-        } => json!({"stream_id": stream_id, "op": op, "headers": headers_json(headers), "body": bytes_json(body)}),
+        } => {
+            json!({"stream_id": stream_id, "op": op, "headers": headers_json(headers), "body": bytes_json(body)})
+        }
         Event::ResponseReceived {
             stream_id,
             status,
             headers,
             body,
-        } => json!({"stream_id": stream_id, "status": status, "headers": headers_json(headers), "body": bytes_json(body)}),
+        } => {
+            json!({"stream_id": stream_id, "status": status, "headers": headers_json(headers), "body": bytes_json(body)})
+        }
         Event::PushReceived {
             delivery_id,
             message_id,
             headers,
             body,
-        } => json!({"delivery_id": delivery_id, "message_id": bytes_json(message_id), "headers": headers_json(headers), "body": bytes_json(body)}),
+        } => {
+            json!({"delivery_id": delivery_id, "message_id": bytes_json(message_id), "headers": headers_json(headers), "body": bytes_json(body)})
+        }
         Event::AckReceived { delivery_ids } => json!({"delivery_ids": delivery_ids}),
         Event::PingReceived { payload } | Event::PongReceived { payload } => {
             json!({"payload": bytes_json(payload)})
@@ -158,13 +164,17 @@ pub fn event_json(event: &Event) -> Value {
             reconnect_after_ms,
             alternate_endpoint,
             message,
-        } => json!({"code": code, "reconnect_after_ms": reconnect_after_ms, "alternate_endpoint": alternate_endpoint, "message": message}),
+        } => {
+            json!({"code": code, "reconnect_after_ms": reconnect_after_ms, "alternate_endpoint": alternate_endpoint, "message": message})
+        }
         Event::StreamErrorReceived {
             stream_id,
             code,
             retry_after_ms,
             message,
-        } => json!({"stream_id": stream_id, "code": code, "retry_after_ms": retry_after_ms, "message": message}),
+        } => {
+            json!({"stream_id": stream_id, "code": code, "retry_after_ms": retry_after_ms, "message": message})
+        }
         Event::ConnectionErrorReceived {
             code,
             retry_after_ms,
@@ -222,7 +232,12 @@ pub fn limits_from(spec: Option<&Value>) -> Limits {
 
 /// A connection for the vectors: `dictionaries` ids out of {7}; `options`
 /// may hold `encoder_table_size_cap` and `send_typed_headers`.
-pub fn connection(role: Role, limits: Limits, dictionaries: &Value, options: Option<&Value>) -> Connection {
+pub fn connection(
+    role: Role,
+    limits: Limits,
+    dictionaries: &Value,
+    options: Option<&Value>,
+) -> Connection {
     let held: Vec<Dictionary> = dictionaries
         .as_array()
         .map(|ids| {
@@ -235,7 +250,11 @@ pub fn connection(role: Role, limits: Limits, dictionaries: &Value, options: Opt
     let codec = Arc::new(BodyCodec::new(held).unwrap());
     let mut opts = Options::default();
     if let Some(options) = options {
-        opts.encoder_table_size_cap = u(options, "encoder_table_size_cap", opts.encoder_table_size_cap);
+        opts.encoder_table_size_cap = u(
+            options,
+            "encoder_table_size_cap",
+            opts.encoder_table_size_cap,
+        );
         if let Some(typed) = options.get("send_typed_headers").and_then(Value::as_bool) {
             opts.send_typed_headers = typed;
         }
@@ -272,7 +291,10 @@ pub fn perform(connection: &mut Connection, action: &str, args: &Value) -> Resul
                 resume_ticket: json_bytes(args.get("resume_ticket")),
                 heartbeat_s: u(args, "heartbeat_s", 0),
                 server_time_ms: u(args, "server_time_ms", 0),
-                resumed: args.get("resumed").and_then(Value::as_bool).unwrap_or(false),
+                resumed: args
+                    .get("resumed")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
             .map(|_| ()),
         "reject" => connection.reject(code(args, "code", "NO_ERROR"), s(args, "message"), 0),
@@ -413,7 +435,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
     for block in message.chunks(64) {
         let mut w = [0u32; 64];
         for i in 0..16 {
-            w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+            w[i] = u32::from_be_bytes([
+                block[4 * i],
+                block[4 * i + 1],
+                block[4 * i + 2],
+                block[4 * i + 3],
+            ]);
         }
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
@@ -496,13 +523,19 @@ pub fn replay_conversation(spec: &Value) -> usize {
         let reply = peer.data_to_send();
         assert_eq!(
             hex(&reply),
-            step.get("auto_reply_hex").and_then(Value::as_str).unwrap_or(""),
+            step.get("auto_reply_hex")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             "{at}: auto reply"
         );
         if !reply.is_empty() {
             let mut echoed = Vec::new();
             actor.receive(&reply, &mut echoed).unwrap();
-            assert_eq!(events_json(&echoed), step["auto_reply_events"], "{at}: auto reply events");
+            assert_eq!(
+                events_json(&echoed),
+                step["auto_reply_events"],
+                "{at}: auto reply events"
+            );
         }
         checks += 1;
     }
