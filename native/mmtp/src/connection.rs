@@ -38,6 +38,9 @@ use crate::varint::{encode_varint, varint_size, MAX_VARINT};
 
 pub(crate) const OP_HEADER: &str = ":op";
 
+/// A dynamic table's entries, newest first, as (name, value) octets.
+pub type TableEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// SETTINGS identifiers (spec section 7.4).
 pub mod setting {
     pub const HEADER_TABLE_SIZE: u64 = 1;
@@ -463,7 +466,7 @@ impl Connection {
 
     /// The encoder's / decoder's dynamic table, newest first (tests, debugging).
     #[doc(hidden)]
-    pub fn hpack_tables(&self) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>) {
+    pub fn hpack_tables(&self) -> (TableEntries, TableEntries) {
         (
             self.encoder
                 .as_ref()

@@ -791,7 +791,7 @@ fn read_string(data: &[u8], into: &mut Vec<u8>) -> Result<(usize, usize), Protoc
         .ok_or_else(truncated)?;
     let raw = &data[used..end];
     if data[0] & 0x80 != 0 {
-        huffman::decode(into, raw).map_err(|()| bad_huffman())?;
+        huffman::decode(into, raw).map_err(|_| bad_huffman())?;
     } else {
         into.extend_from_slice(raw);
     }

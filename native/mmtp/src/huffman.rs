@@ -373,8 +373,12 @@ fn build_machine() -> Machine {
     Machine { steps }
 }
 
-/// Append the decoding of a Huffman-coded string; `Err(())` if it is invalid.
-pub fn decode(out: &mut Vec<u8>, coded: &[u8]) -> Result<(), ()> {
+/// A Huffman-coded string that RFC 7541 does not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidHuffman;
+
+/// Append the decoding of a Huffman-coded string.
+pub fn decode(out: &mut Vec<u8>, coded: &[u8]) -> Result<(), InvalidHuffman> {
     if coded.is_empty() {
         return Ok(());
     }
@@ -385,7 +389,7 @@ pub fn decode(out: &mut Vec<u8>, coded: &[u8]) -> Result<(), ()> {
         for nibble in [byte >> 4, byte & 0x0f] {
             let step = steps[state * 16 + nibble as usize];
             if step.flags & FAIL != 0 {
-                return Err(());
+                return Err(InvalidHuffman);
             }
             if step.flags & EMIT != 0 {
                 out.push(step.symbol);
@@ -395,7 +399,7 @@ pub fn decode(out: &mut Vec<u8>, coded: &[u8]) -> Result<(), ()> {
         }
     }
     if flags & ACCEPT == 0 {
-        return Err(());
+        return Err(InvalidHuffman);
     }
     Ok(())
 }

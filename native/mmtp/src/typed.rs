@@ -69,7 +69,7 @@ fn unzigzag(value: u64) -> i64 {
     if value % 2 == 0 {
         (value / 2) as i64
     } else {
-        -(((value + 1) / 2) as i64)
+        -(value.div_ceil(2) as i64)
     }
 }
 

@@ -25,17 +25,28 @@ use crate::varint::decode_varint_complete;
 /// Marks an acknowledged id inside `unacked` while an ACK is processed.
 const ACKED: u64 = 1 << 63;
 
+/// What decoding a message frame needs from the connection.
+struct MessageContext<'a> {
+    decoder: Option<&'a mut Decoder>,
+    limits: &'a Limits,
+    codec: &'a BodyCodec,
+    recv_epoch_ms: u64,
+}
+
 /// Decode a message frame's header block, typed section and body.
 fn decode_message(
-    decoder: Option<&mut Decoder>,
-    limits: &Limits,
-    codec: &BodyCodec,
-    recv_epoch_ms: u64,
+    context: MessageContext<'_>,
     payload: &[u8],
     offset: usize,
     flags: u8,
     echo_trace_id: Option<&str>,
 ) -> Result<(Headers, Vec<u8>), ProtocolError> {
+    let MessageContext {
+        decoder,
+        limits,
+        codec,
+        recv_epoch_ms,
+    } = context;
     let tail = messages::decode_tail(payload, offset, flags)?;
     let mut headers = Headers::new();
     let mut hpack_size = 0;
@@ -67,6 +78,15 @@ fn decode_message(
 }
 
 impl Connection {
+    fn message_context(&mut self) -> MessageContext<'_> {
+        MessageContext {
+            decoder: self.decoder.as_mut(),
+            limits: &self.limits,
+            codec: &self.codec,
+            recv_epoch_ms: self.recv_epoch_ms,
+        }
+    }
+
     /// Process bytes from the peer, appending the events they carried.
     ///
     /// On a protocol violation the connection queues an ERROR frame on stream
@@ -277,16 +297,8 @@ impl Connection {
                 format!("stream {stream_id} is already open"),
             ));
         }
-        let (mut headers, body) = decode_message(
-            self.decoder.as_mut(),
-            &self.limits,
-            &self.codec,
-            self.recv_epoch_ms,
-            payload,
-            offset,
-            flags,
-            None,
-        )?;
+        let (mut headers, body) =
+            decode_message(self.message_context(), payload, offset, flags, None)?;
         match headers.get(0) {
             Some((name, value)) if name == OP_HEADER && !value.is_empty() => {}
             _ => {
@@ -358,16 +370,13 @@ impl Connection {
             .iter()
             .find(|s| s.id == stream_id)
             .and_then(|s| s.trace_id.as_deref());
-        let (headers, body) = decode_message(
-            self.decoder.as_mut(),
-            &self.limits,
-            &self.codec,
-            self.recv_epoch_ms,
-            payload,
-            offset,
-            flags,
-            echo,
-        )?;
+        let context = MessageContext {
+            decoder: self.decoder.as_mut(),
+            limits: &self.limits,
+            codec: &self.codec,
+            recv_epoch_ms: self.recv_epoch_ms,
+        };
+        let (headers, body) = decode_message(context, payload, offset, flags, echo)?;
         if self.take_local_stream(stream_id, "RESPONSE")? {
             events.push(Event::ResponseReceived {
                 stream_id,
@@ -408,16 +417,7 @@ impl Connection {
         }
         let end = offset + length as usize;
         let message_id = payload[offset..end].to_vec();
-        let (headers, body) = decode_message(
-            self.decoder.as_mut(),
-            &self.limits,
-            &self.codec,
-            self.recv_epoch_ms,
-            payload,
-            end,
-            flags,
-            None,
-        )?;
+        let (headers, body) = decode_message(self.message_context(), payload, end, flags, None)?;
         events.push(Event::PushReceived {
             delivery_id,
             message_id,
