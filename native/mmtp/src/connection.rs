@@ -1006,6 +1006,9 @@ impl Connection {
     /// be on their way.
     pub fn send_settings(&mut self, settings: &[(u64, u64)]) -> Result<(), LocalError> {
         self.require_open("SETTINGS")?;
+        if let Some(problem) = messages::settings_problem(settings) {
+            return Err(LocalError::Forbidden(problem.into()));
+        }
         for &(key, value) in settings {
             check_varint(key, "SETTINGS id")?;
             check_varint(value, "SETTINGS value")?;

@@ -15,15 +15,15 @@ pub(crate) enum FieldValue<'a> {
     Bytes(&'a [u8]),
 }
 
-/// How a frame's known fields look: `(kind, repeated)` by field number.
-pub(crate) type FieldSpecs = fn(u64) -> Option<(u64, bool)>;
+/// How a frame's known fields look: `(kind, most occurrences)` by field number.
+pub(crate) type FieldSpecs = fn(u64) -> Option<(u64, usize)>;
 
 /// Walk a field list, handing every known field to `visit` in order.
 ///
 /// Errors as the reference's `decode_fields`: a known field of the wrong kind
-/// or a non-repeated field given twice is a `FIELD_ERROR`, as is a length
-/// past the payload; `max_unknown` fields of unknown number are skipped, one
-/// more is a `FIELD_ERROR` (issue 10 hardening).
+/// a non-repeated field given twice or a repeated one more often than allowed
+/// is a `FIELD_ERROR`, as is a length past the payload; `max_unknown` fields of
+/// unknown number are skipped, one more is a `FIELD_ERROR`.
 pub(crate) fn decode_fields<'a>(
     payload: &'a [u8],
     frame_name: &str,
@@ -32,7 +32,7 @@ pub(crate) fn decode_fields<'a>(
     mut visit: impl FnMut(u64, FieldValue<'a>) -> Result<(), ProtocolError>,
 ) -> Result<(), ProtocolError> {
     let mut offset = 0;
-    let mut seen: u64 = 0;
+    let mut seen = [0usize; 64]; // occurrences by (known, so small) number
     let mut unknown = 0u64;
     while offset < payload.len() {
         let (key, next) = decode_varint_complete(payload, offset)?;
@@ -56,12 +56,12 @@ pub(crate) fn decode_fields<'a>(
             offset = end;
             FieldValue::Bytes(bytes)
         };
-        let Some((spec_kind, repeated)) = specs(number) else {
+        let Some((spec_kind, most)) = specs(number) else {
             unknown += 1;
             if unknown > max_unknown {
                 return Err(ProtocolError::new(
                     ErrorCode::FieldError,
-                    format!("{frame_name} carries more than {max_unknown} unknown fields"),
+                    format!("{frame_name} has more than {max_unknown} fields of unknown numbers"),
                 ));
             }
             continue;
@@ -72,14 +72,20 @@ pub(crate) fn decode_fields<'a>(
                 format!("{frame_name} field {number} has the wrong kind"),
             ));
         }
-        let bit = 1u64 << number; // known numbers are below 64
-        if seen & bit != 0 && !repeated {
+        let count = &mut seen[number as usize % 64];
+        if *count >= 1 && most == 1 {
             return Err(ProtocolError::new(
                 ErrorCode::FieldError,
                 format!("{frame_name} field {number} appears twice"),
             ));
         }
-        seen |= bit;
+        if *count >= most {
+            return Err(ProtocolError::new(
+                ErrorCode::FieldError,
+                format!("{frame_name} field {number} appears more than {most} times"),
+            ));
+        }
+        *count += 1;
         visit(number, value)?;
     }
     Ok(())

@@ -161,13 +161,23 @@ pub(crate) fn next_frame(
 /// Check every frame header in `buffer`; return the end of the last complete
 /// frame. As the reference's parser does, a buffer is split into frames (and
 /// every frame header checked) before any of its frames is handled.
-pub(crate) fn scan(buffer: &[u8], max_frame_size: u64) -> Result<usize, ProtocolError> {
-    let mut offset = 0;
-    while offset < buffer.len() {
+/// At most `max_frames` frames are read (their headers checked); the rest
+/// is left for later, its headers not yet read. Returns (end, frames read).
+pub(crate) fn scan(
+    buffer: &[u8],
+    mut offset: usize,
+    max_frame_size: u64,
+    max_frames: usize,
+) -> Result<(usize, usize), ProtocolError> {
+    let mut count = 0;
+    while offset < buffer.len() && count < max_frames {
         match next_frame(buffer, offset, max_frame_size)? {
-            Some(frame) => offset = frame.end,
+            Some(frame) => {
+                offset = frame.end;
+                count += 1;
+            }
             None => break,
         }
     }
-    Ok(offset)
+    Ok((offset, count))
 }

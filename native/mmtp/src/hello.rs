@@ -3,7 +3,8 @@
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::fields::{decode_fields, put_bytes, put_int, FieldValue, KIND_BYTES, KIND_VARINT};
 use crate::limits::{
-    Limits, INITIAL_HEADER_TABLE_SIZE, MIN_MAX_FRAME_SIZE, MIN_MAX_HEADER_LIST_SIZE,
+    Limits, INITIAL_HEADER_TABLE_SIZE, MAX_HELLO_DICTIONARIES, MAX_UNKNOWN_FIELDS,
+    MIN_MAX_FRAME_SIZE, MIN_MAX_HEADER_LIST_SIZE,
 };
 
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -145,19 +146,19 @@ pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) {
     }
 }
 
-fn hello_specs(number: u64) -> Option<(u64, bool)> {
+fn hello_specs(number: u64) -> Option<(u64, usize)> {
     match number {
-        2..=5 | 11 | 12 => Some((KIND_BYTES, false)),
-        6 => Some((KIND_VARINT, true)),
-        1 | 7..=10 | 13..=16 => Some((KIND_VARINT, false)),
+        2..=5 | 11 | 12 => Some((KIND_BYTES, 1)),
+        6 => Some((KIND_VARINT, MAX_HELLO_DICTIONARIES)),
+        1 | 7..=10 | 13..=16 => Some((KIND_VARINT, 1)),
         _ => None,
     }
 }
 
-fn ack_specs(number: u64) -> Option<(u64, bool)> {
+fn ack_specs(number: u64) -> Option<(u64, usize)> {
     match number {
-        2 | 3 => Some((KIND_BYTES, false)),
-        1 | 4..=13 => Some((KIND_VARINT, false)),
+        2 | 3 => Some((KIND_BYTES, 1)),
+        1 | 4..=13 => Some((KIND_VARINT, 1)),
         _ => None,
     }
 }
@@ -197,7 +198,7 @@ pub fn decode_hello(payload: &[u8], limits: &Limits) -> Result<Hello, ProtocolEr
         payload,
         "HELLO",
         hello_specs,
-        limits.max_unknown_hello_fields,
+        MAX_UNKNOWN_FIELDS,
         |number, value| {
             match number {
                 1 => hello.version = int(value),

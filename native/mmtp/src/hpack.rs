@@ -18,7 +18,9 @@ use std::sync::Arc;
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::headers::{HeaderList, Headers};
 use crate::huffman;
-use crate::limits::MAX_TABLE_SIZE_UPDATES_PER_BLOCK;
+use crate::limits::{
+    BLOCK_BYTES_PER_LIST_BYTE, MAX_TABLE_SIZE_UPDATES_PER_BLOCK, SIZE_UPDATES_MAX_BYTES,
+};
 use crate::presets::{PresetTable, ENTRY_OVERHEAD};
 
 /// RFC 7541 Appendix A: the static table (index = position + 1).
@@ -666,6 +668,7 @@ impl Decoder {
         max_list_size: u64,
         out: &mut Headers,
     ) -> Result<u64, ProtocolError> {
+        check_structure(block, max_list_size)?;
         let mut pos = 0;
         let mut list_size = 0u64;
         let mut any_field = false;
@@ -779,6 +782,50 @@ impl Decoder {
         }
         Ok(total)
     }
+}
+
+/// Refuse, before decoding, a block whose work is out of proportion to what
+/// it can carry (spec section 9.2): longer than any header list within the
+/// limit could be encoded as, or opening with more than two size updates.
+fn check_structure(block: &[u8], max_list_size: u64) -> Result<(), ProtocolError> {
+    let limit = BLOCK_BYTES_PER_LIST_BYTE
+        .saturating_mul(max_list_size)
+        .saturating_add(SIZE_UPDATES_MAX_BYTES);
+    if block.len() as u64 > limit {
+        return Err(ProtocolError::new(
+            ErrorCode::HeaderListTooLarge,
+            format!(
+                "header block of {} bytes cannot decode to a header list within \
+                 max_header_list_size {max_list_size}",
+                block.len()
+            ),
+        ));
+    }
+    let mut offset = 0;
+    let mut updates = 0;
+    while offset < block.len() && block[offset] & 0xe0 == 0x20 {
+        updates += 1;
+        if updates > MAX_TABLE_SIZE_UPDATES_PER_BLOCK {
+            return perr(
+                ErrorCode::HeaderError,
+                "more than 2 dynamic table size updates open the header block (RFC 7541 4.2)",
+            );
+        }
+        offset = skip_integer(block, offset, 0x1f);
+    }
+    Ok(())
+}
+
+/// Offset after the integer at `offset` (the block's end if it does not end
+/// within 8 continuation bytes: no table size the decoder accepts is longer).
+fn skip_integer(block: &[u8], offset: usize, prefix_mask: u8) -> usize {
+    if block[offset] & prefix_mask != prefix_mask {
+        return offset + 1;
+    }
+    let end = block.len().min(offset + 1 + 8);
+    (offset + 1..end)
+        .find(|&position| block[position] & 0x80 == 0)
+        .map_or(block.len(), |position| position + 1)
 }
 
 /// Read a string literal into `into`; returns (length prefix size, bytes used).

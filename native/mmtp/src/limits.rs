@@ -23,6 +23,21 @@ pub const MAX_PRESET_TABLE_BYTES: usize = 3072;
 /// (RFC 7541 section 4.2: the smallest size since the last block, then the
 /// final one); more, or one after a field, is a `HEADER_ERROR`.
 pub const MAX_TABLE_SIZE_UPDATES_PER_BLOCK: usize = 2;
+/// A header block longer than `BLOCK_BYTES_PER_LIST_BYTE * max_header_list_size
+/// + SIZE_UPDATES_MAX_BYTES` cannot decode to a list within the limit (a
+/// Huffman code takes at most 30 bits per octet; prefixes and lengths fit in
+/// the 32 bytes a field counts besides its octets): `HEADER_LIST_TOO_LARGE`,
+/// refused before decoding.
+pub const BLOCK_BYTES_PER_LIST_BYTE: u64 = 4;
+pub const SIZE_UPDATES_MAX_BYTES: u64 = 12;
+/// Most pairs in one SETTINGS frame, each id at most once (spec section 6.9).
+pub const MAX_SETTINGS_PAIRS: usize = 16;
+/// Longest SETTINGS payload 16 pairs can take; longer is refused from its length.
+pub const MAX_SETTINGS_PAYLOAD: usize = MAX_SETTINGS_PAIRS * 2 * 8;
+/// Fields of unknown number allowed in one HELLO or HELLO_ACK (spec section 7.1).
+pub const MAX_UNKNOWN_FIELDS: u64 = 32;
+/// Most dictionary ids one HELLO may list (spec section 7.2).
+pub const MAX_HELLO_DICTIONARIES: usize = 32;
 
 /// Limits of one endpoint. Sizes are bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +64,9 @@ pub struct Limits {
     pub max_dictionary_size: u64,
     /// Most delivery ids in one ACK frame.
     pub max_acks_per_frame: u64,
-    /// Most pairs in one SETTINGS frame (issue 10 hardening).
-    pub max_settings_pairs: u64,
-    /// Most fields of unknown number in one HELLO (issue 10 hardening).
-    pub max_unknown_hello_fields: u64,
-    /// Largest HELLO payload, checked from the frame length before decoding
-    /// (issue 10 hardening).
+    /// Largest HELLO payload a server accepts: its first frame is read under
+    /// min(`max_frame_size`, this), so a longer one is a `FRAME_SIZE_ERROR`
+    /// from its length alone (spec section 4.1).
     pub max_hello_size: u64,
 }
 
@@ -72,8 +84,6 @@ impl Default for Limits {
             max_message_id_length: 64,
             max_dictionary_size: 256 * 1024,
             max_acks_per_frame: 1024,
-            max_settings_pairs: 32,
-            max_unknown_hello_fields: 32,
             max_hello_size: 8192,
         }
     }
@@ -96,6 +106,9 @@ impl Limits {
         }
         if self.max_header_list_size < MIN_MAX_HEADER_LIST_SIZE {
             return Err("max_header_list_size must be at least 256".into());
+        }
+        if self.max_hello_size < MIN_MAX_FRAME_SIZE {
+            return Err("max_hello_size must be at least 1024 bytes".into());
         }
         Ok(())
     }

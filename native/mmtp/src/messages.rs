@@ -2,6 +2,7 @@
 
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::frames::{FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD};
+use crate::limits::{MAX_SETTINGS_PAIRS, MAX_SETTINGS_PAYLOAD};
 use crate::varint::{decode_varint_complete, encode_varint};
 
 /// Header block, typed section and body of a message frame, still encoded.
@@ -174,25 +175,45 @@ pub(crate) fn decode_dict_chunk(payload: &[u8]) -> Result<DictChunk<'_>, Protoco
     })
 }
 
-/// Decode SETTINGS pairs into `pairs`; more than `max_pairs` is a `FIELD_ERROR`
-/// (issue 10 hardening), found before any pair is applied.
+/// Why SETTINGS pairs break the frame rules (at most 16, each id once).
+pub(crate) fn settings_problem(settings: &[(u64, u64)]) -> Option<String> {
+    if settings.len() > MAX_SETTINGS_PAIRS {
+        return Some(format!(
+            "SETTINGS carries more than {MAX_SETTINGS_PAIRS} pairs"
+        ));
+    }
+    for (i, (key, _)) in settings.iter().enumerate() {
+        if settings[..i].iter().any(|(k, _)| k == key) {
+            return Some("SETTINGS carries an id twice".into());
+        }
+    }
+    None
+}
+
+/// Decode SETTINGS pairs into `pairs` (spec section 6.9): a payload longer
+/// than 16 pairs can be is refused from its length, before decoding.
 pub(crate) fn decode_settings(
     payload: &[u8],
-    max_pairs: u64,
     pairs: &mut Vec<(u64, u64)>,
 ) -> Result<(), ProtocolError> {
+    if payload.len() > MAX_SETTINGS_PAYLOAD {
+        return Err(ProtocolError::new(
+            ErrorCode::FieldError,
+            format!(
+                "SETTINGS payload of {} bytes is longer than {MAX_SETTINGS_PAIRS} pairs can be",
+                payload.len()
+            ),
+        ));
+    }
     let mut offset = 0;
     while offset < payload.len() {
-        if pairs.len() as u64 >= max_pairs {
-            return Err(ProtocolError::new(
-                ErrorCode::FieldError,
-                format!("SETTINGS carries more than {max_pairs} pairs"),
-            ));
-        }
         let (key, next) = decode_varint_complete(payload, offset)?;
         let (value, next) = decode_varint_complete(payload, next)?;
         offset = next;
         pairs.push((key, value));
+    }
+    if let Some(problem) = settings_problem(pairs) {
+        return Err(ProtocolError::new(ErrorCode::FieldError, problem));
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ decoder is run here with that rule added (at most two), as the Rust crate has it
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ from typing import Any
 import hpack
 from hpack.exceptions import HPACKDecodingError
 
-ROOT = Path(__file__).resolve().parents[3]
+# The reference to compare with: this checkout's, or another one's
+# (MMTP_REFERENCE_ROOT, e.g. a branch with spec changes not merged yet).
+ROOT = Path(os.environ.get("MMTP_REFERENCE_ROOT", Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(ROOT))
 
 from channel.wire import (  # noqa: E402
@@ -51,7 +54,7 @@ from channel.wire import (  # noqa: E402
 from channel.wire.headers import HeaderDecoder, HeaderEncoder, encode_context_free  # noqa: E402
 from channel.wire.vectors import event_to_json, perform  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "data" / "differential.json"
+OUT = Path(__file__).resolve().parent / "data" / "differential.json"  # always this checkout's
 VECTORS = ROOT / "protocol_spec" / "vectors"
 DICT = Dictionary.from_file_bytes((VECTORS / "dict-7.mmtpdict").read_bytes())
 DICTS = {7: DICT}

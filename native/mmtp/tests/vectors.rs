@@ -124,7 +124,7 @@ fn invalid_input_vectors() {
             "{name}"
         );
     }
-    assert_eq!(cases.len(), 38);
+    assert!(cases.len() >= 38);
 }
 
 #[test]

@@ -95,33 +95,42 @@ impl Connection {
     /// event from this call (`events` is left as it was). A closed connection
     /// ignores what it receives.
     pub fn receive(&mut self, data: &[u8], events: &mut Vec<Event>) -> Result<(), ProtocolError> {
+        self.receive_frames(data, usize::MAX, events).map(|_| ())
+    }
+
+    /// Like [`receive`](Self::receive), handling at most `max_frames` frames;
+    /// returns whether complete frames may still be buffered (then
+    /// `receive_frames(&[], n, ..)` goes on). Lets an I/O driver bound the
+    /// work one peer causes at a time.
+    pub fn receive_frames(
+        &mut self,
+        data: &[u8],
+        max_frames: usize,
+        events: &mut Vec<Event>,
+    ) -> Result<bool, ProtocolError> {
         if self.state == State::Closed {
-            return Ok(());
+            return Ok(false);
         }
         let events_before = events.len();
         let result = if self.partial.is_empty() {
-            match self.receive_buffer(data, events) {
-                Ok(consumed) => {
+            self.receive_buffer(data, max_frames, events)
+                .map(|(consumed, more)| {
                     if consumed < data.len() && self.state != State::Closed {
                         self.partial = data[consumed..].to_vec();
                     }
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
+                    more
+                })
         } else {
             let mut buffer = std::mem::take(&mut self.partial);
             buffer.extend_from_slice(data);
-            match self.receive_buffer(&buffer, events) {
-                Ok(consumed) => {
+            self.receive_buffer(&buffer, max_frames, events)
+                .map(|(consumed, more)| {
                     if consumed < buffer.len() && self.state != State::Closed {
                         buffer.drain(..consumed);
                         self.partial = buffer;
                     }
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
+                    more
+                })
         };
         if let Err(error) = &result {
             events.truncate(events_before);
@@ -131,17 +140,34 @@ impl Connection {
         result
     }
 
-    /// Handle every complete frame of `buffer`; return the bytes consumed.
+    /// Handle up to `max_frames` complete frames of `buffer`; return the bytes
+    /// consumed and whether the frame budget stopped it.
     fn receive_buffer(
         &mut self,
         buffer: &[u8],
+        max_frames: usize,
         events: &mut Vec<Event>,
-    ) -> Result<usize, ProtocolError> {
-        // Every frame header is checked before any frame is handled, and with
-        // the limit in force when the bytes arrived, as the reference does.
-        let max_frame_size = self.limits.max_frame_size;
-        let complete = scan(buffer, max_frame_size)?;
+    ) -> Result<(usize, bool), ProtocolError> {
         let mut offset = 0;
+        let mut budget = max_frames;
+        if self.state == State::AwaitHello && budget > 0 && !buffer.is_empty() {
+            // The HELLO alone first, under max_hello_size (spec section 4.1);
+            // the frames behind it are read under the limits it sets.
+            let limit = self.limits.max_frame_size.min(self.limits.max_hello_size);
+            let Some(frame) = next_frame(buffer, 0, limit)? else {
+                return Ok((0, false));
+            };
+            self.handle(frame, &buffer[frame.start..frame.end], events)?;
+            offset = frame.end;
+            budget -= 1;
+            if self.state == State::Closed {
+                return Ok((offset, false));
+            }
+        }
+        // The frame headers are checked before any of these frames is handled,
+        // with the limit in force when the bytes arrived, as the reference does.
+        let max_frame_size = self.limits.max_frame_size;
+        let (complete, count) = scan(buffer, offset, max_frame_size, budget)?;
         while offset < complete {
             let Some(frame) = next_frame(buffer, offset, max_frame_size)? else {
                 break;
@@ -149,10 +175,10 @@ impl Connection {
             self.handle(frame, &buffer[frame.start..frame.end], events)?;
             offset = frame.end;
             if self.state == State::Closed {
-                break;
+                return Ok((offset, false));
             }
         }
-        Ok(complete)
+        Ok((complete, count == budget && complete < buffer.len()))
     }
 
     fn handle(
@@ -201,16 +227,6 @@ impl Connection {
     }
 
     fn on_hello(&mut self, payload: &[u8], events: &mut Vec<Event>) -> Result<(), ProtocolError> {
-        if payload.len() as u64 > self.limits.max_hello_size {
-            return Err(ProtocolError::new(
-                ErrorCode::FieldError,
-                format!(
-                    "HELLO of {} bytes exceeds {}",
-                    payload.len(),
-                    self.limits.max_hello_size
-                ),
-            ));
-        }
         let hello = decode_hello(payload, &self.limits)?;
         let Some(preset) = self.presets.get(hello.preset_id).cloned() else {
             return Err(ProtocolError::new(
@@ -490,7 +506,7 @@ impl Connection {
             return Ok(());
         }
         let mut settings = Vec::new();
-        messages::decode_settings(payload, self.limits.max_settings_pairs, &mut settings)?;
+        messages::decode_settings(payload, &mut settings)?;
         for &(key, value) in &settings {
             self.apply_setting(key, value)?;
         }

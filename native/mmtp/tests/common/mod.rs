@@ -21,8 +21,12 @@ pub fn load_json(path: PathBuf) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The spec's vectors; `MMTP_VECTORS_DIR` points elsewhere (another checkout).
 pub fn vectors_dir() -> PathBuf {
-    repo_root().join("protocol_spec/vectors")
+    match std::env::var_os("MMTP_VECTORS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_root().join("protocol_spec/vectors"),
+    }
 }
 
 pub fn dictionary() -> Dictionary {
