@@ -1,4 +1,4 @@
-"""µs per protocol operation: the Python reference (channel/wire) beside the Rust twin (native/mmtp).
+"""µs per protocol operation: Python reference (channel/wire) beside the Rust twin (native/mmtp).
 
 Five operations on a warm connection with preset 2 and dictionary 1, as the
 gateway runs them: decode a typical REQUEST (``:op`` + 7 headers, 300-byte

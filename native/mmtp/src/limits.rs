@@ -23,11 +23,10 @@ pub const MAX_PRESET_TABLE_BYTES: usize = 3072;
 /// (RFC 7541 section 4.2: the smallest size since the last block, then the
 /// final one); more, or one after a field, is a `HEADER_ERROR`.
 pub const MAX_TABLE_SIZE_UPDATES_PER_BLOCK: usize = 2;
-/// A header block longer than `BLOCK_BYTES_PER_LIST_BYTE * max_header_list_size
-/// + SIZE_UPDATES_MAX_BYTES` cannot decode to a list within the limit (a
-/// Huffman code takes at most 30 bits per octet; prefixes and lengths fit in
-/// the 32 bytes a field counts besides its octets): `HEADER_LIST_TOO_LARGE`,
-/// refused before decoding.
+/// A header block longer than 4 × `max_header_list_size` + 12 bytes cannot
+/// decode to a list within the limit (a Huffman code takes at most 30 bits per
+/// octet; prefixes and lengths fit in the 32 bytes a field counts besides its
+/// octets): `HEADER_LIST_TOO_LARGE`, refused before decoding.
 pub const BLOCK_BYTES_PER_LIST_BYTE: u64 = 4;
 pub const SIZE_UPDATES_MAX_BYTES: u64 = 12;
 /// Most pairs in one SETTINGS frame, each id at most once (spec section 6.9).
