@@ -16,9 +16,11 @@ far more inputs without needing Python:
   ``invalid.json``'s prefixes, with the events or error code and the bytes
   the reference queued.
 
-The reference accepts any number of table size updates at the start of a
-block; while the spec's hardening (issue 10) is not in the reference yet, the
-decoder is run here with that rule added (at most two), as the Rust crate has it.
+The data in the repository was made with the hardened reference of issue 10
+(``MMTP_REFERENCE_ROOT`` pointing at that branch before it was merged). An
+unhardened reference accepts any number of table size updates at the start of
+a block, so its decoder is run here with that rule added (at most two);
+against a hardened one the patch never triggers.
 
     .venv/bin/python native/mmtp/tests/generate_differential.py
 """
