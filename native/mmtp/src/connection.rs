@@ -807,6 +807,9 @@ impl Connection {
                 _ => any_typed = true,
             }
         }
+        if any_hpack && self.encoder.is_none() {
+            return Err(LocalError::forbidden("no HPACK context before HELLO"));
+        }
         let mut flags = 0;
         if encoded.compressed() {
             flags |= FLAG_ZSTD;
@@ -823,12 +826,11 @@ impl Connection {
         if any_hpack {
             let block_reserved = varint_size(header_bound);
             let block_start = reserve_length(&mut self.out, block_reserved);
-            let Some(encoder) = self.encoder.as_mut() else {
-                return Err(LocalError::forbidden("no HPACK context before HELLO"));
-            };
-            encoder.encode(&mut self.out, headers, |name, value| {
-                !typed_on || classify(name, value, echo_trace_id) == Typed::No
-            });
+            if let Some(encoder) = self.encoder.as_mut() {
+                encoder.encode(&mut self.out, headers, |name, value| {
+                    !typed_on || classify(name, value, echo_trace_id) == Typed::No
+                });
+            }
             patch_length(&mut self.out, block_start, block_reserved);
         }
         if any_typed {
