@@ -470,7 +470,7 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from channel.config import ConfigError, load_config
-    from channel.gateway.run import run_single, run_workers
+    from channel.gateway.run import announce_listening, run_single, run_workers
 
     overrides = {
         "server": {
@@ -492,48 +492,6 @@ def _serve(args: argparse.Namespace) -> int:
             raise CommandError("--workers > 1 needs a fixed --port (they share it)")
         return run_workers(args.config, overrides, config.server.workers)
     return run_single(config, announce=announce_listening)
-
-
-def announce_listening(node: object) -> None:
-    """One JSON line on stdout for tools, a human summary on stderr."""
-    from channel.gateway.node import GatewayNode
-
-    assert isinstance(node, GatewayNode)
-    server = node.config.server
-    info = {
-        "event": "listening",
-        "node": node.node_id,
-        "host": server.host,
-        "port": node.addresses.device_port,
-        "admin_port": node.addresses.admin_port,
-        "api_port": node.addresses.api_port,
-        "ca_cert": str(node.ca_cert) if node.ca_cert else None,
-        "dev_token_key": str(node.dev_token_key) if node.dev_token_key else None,
-        "pid": os.getpid(),
-    }
-    print(json.dumps(info), flush=True)
-    lines = [
-        f"Channel gateway {node.node_id} listening on {server.host}:{info['port']} "
-        f"(TLS 1.3, ALPN mmtp/1); admin http://{server.admin_host}:{info['admin_port']}/metrics",
-        f"  admin actions need a key with scope admin: channel admin --url "
-        f"http://{server.admin_host}:{info['admin_port']} routes",
-    ]
-    if node.addresses.api_port:
-        lines.append(
-            f"  push API http://{node.config.api.host}:{node.addresses.api_port}/v1 "
-            f"(OpenAPI at /openapi.json; pushes in {node.config.push.backend})"
-        )
-    if node.ca_cert:
-        lines.append(f"  dev CA certificate (give it to devices): {node.ca_cert}")
-    if node.dev_token_key:
-        lines.append(
-            f"  dev token key: {node.dev_token_key}\n"
-            f"  try: channel token issue --key {node.dev_token_key} --device d1 --user u1 "
-            "--app demo > /tmp/d1.token\n"
-            f"       channel device --port {info['port']} --ca {node.ca_cert} --device d1 "
-            "--app demo --token-file /tmp/d1.token call channel.echo '{\"hi\":1}'"
-        )
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _add_serve_commands(subparsers: _SubParsers) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import inspect
 import json
 import logging
@@ -179,6 +180,8 @@ class ClientStats:
     tls_resumed: int = 0
     #: Connections whose SYN carried the ClientHello (TCP Fast Open): one round trip saved.
     fast_open_connects: int = 0
+    #: Connects tried again because fast open had no cookie yet (see ``_connect_tls``).
+    fast_open_retries: int = 0
     #: Connection attempts that failed (network, TLS, refused HELLO).
     connect_failures: int = 0
     calls: int = 0
@@ -663,14 +666,7 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                sock = await open_socket(self.host, self.port, fast_open=self.tcp_fast_open)
-                await loop.create_connection(
-                    lambda: link.protocol,
-                    sock=sock,
-                    ssl=self._tls,
-                    server_hostname=self.server_hostname,
-                    ssl_handshake_timeout=self.connect_timeout_s,
-                )
+                await self._connect_tls(link, loop)
                 await link.hello_ack
         except BaseException as exc:
             self.stats.connect_failures += 1
@@ -691,6 +687,32 @@ class Client:
                     ErrorCode.UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {exc}"
                 ) from exc
             raise
+
+    async def _connect_tls(self, link: _Link, loop: asyncio.AbstractEventLoop) -> None:
+        """TCP (with fast open if on) and TLS to the current endpoint.
+
+        With TCP fast open and no cookie for the server yet, Linux sends a bare SYN
+        and fails the first write (the ClientHello) with EINPROGRESS, which the event
+        loop's transport takes for a broken connection. The cookie arrives with that
+        SYN's answer, so trying once more connects (with the ClientHello in the SYN).
+        """
+        fast_open = self.tcp_fast_open
+        for attempt in (1, 2):
+            sock = await open_socket(self.host, self.port, fast_open=fast_open)
+            try:
+                await loop.create_connection(
+                    lambda: link.protocol,
+                    sock=sock,
+                    ssl=self._tls,
+                    server_hostname=self.server_hostname,
+                    ssl_handshake_timeout=self.connect_timeout_s,
+                )
+                return
+            except OSError as exc:
+                sock.close()
+                if not (fast_open and exc.errno == errno.EINPROGRESS and attempt == 1):
+                    raise
+                self.stats.fast_open_retries += 1
 
     def _next_endpoint(self) -> None:
         if len(self.endpoints) > 1:

@@ -156,6 +156,32 @@ async def test_sdk_reconnects_with_fast_open(tmp_path: Path) -> None:
         assert counted == client.stats.fast_open_connects
 
 
+@needs_kernel_fastopen
+async def test_sdk_connects_with_fast_open_to_a_gateway_it_has_no_cookie_for(
+    tmp_path: Path,
+) -> None:
+    # A gateway on an address this host never connected to: the kernel has no cookie,
+    # sends a bare SYN and fails the ClientHello's write with EINPROGRESS, which the
+    # event loop took for a broken connection (the SDK reported UNAVAILABLE).
+    host = fresh_device_address()
+    async with gateway(tmp_path, server={"host": host}) as gw:
+        client = Client(
+            host,
+            gw.port,
+            device_id="d1",
+            token=gw.token("d1"),
+            ca_file=gw.ca_cert,
+            server_hostname="127.0.0.1",
+            app_id="demo",
+            backoff=Backoff(initial_s=0.01, max_s=0.05),
+        )
+        async with client:
+            response = await client.call("channel.echo", b"x", timeout=WAIT_S)
+        assert response.body == b"x"
+        assert client.stats.connect_failures == 0
+        assert client.stats.fast_open_retries <= 1
+
+
 async def test_sdk_fast_open_can_be_turned_off(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw, make_client(gw, tcp_fast_open=False) as client:
         lost = disconnect_events(client)

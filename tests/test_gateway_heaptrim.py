@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from channel.config import ConfigError, load_config
-from channel.gateway.heaptrim import HeapTrimmer, glibc_malloc_trim
+from channel.engine.heaptrim import HeapTrimmer, glibc_malloc_trim
 
 
 class CountingTrim:

@@ -19,7 +19,7 @@ from gateway_harness import RunningGateway, gateway, http_upstream
 from raw_device import RawDevice
 from test_gateway_rpc import call, connect
 
-from channel.gateway.session import HOLD_BUDGET
+from channel.engine.pysession import HOLD_BUDGET
 from channel.wire import (
     ConnectionErrorReceived,
     ErrorCode,
@@ -52,7 +52,7 @@ async def test_hello_then_error_zero_in_one_read_leaves_no_traceback(
         device.writer.write(hello + bytes.fromhex("a0 03 00 1a 00"))
         await device.writer.drain()
         assert await device.closed_by_peer()
-        for session in list(gw.node.sessions):
+        for session in list(gw.node.engine.sessions):
             await asyncio.wait_for(gw.node.wait_closed(session), 5)
         assert "d1" not in gw.node.by_device
     problems = [r for r in caplog.records if r.exc_info or "Fatal error" in r.getMessage()]
@@ -149,7 +149,7 @@ async def test_a_flooding_device_is_paused_while_another_is_answered(tmp_path: P
 
 async def test_the_budget_can_be_turned_off(tmp_path: Path) -> None:
     async with gateway(tmp_path, limits={"device_input_cpu_ms_per_s": 0}) as gw:
-        assert gw.node.input_budget is None
+        assert gw.node.mmtp.input_budget is None
         device = await connect(gw, "d1")
         assert isinstance(await call(device, "channel.echo", b"x"), ResponseReceived)
         await device.close()
@@ -225,7 +225,7 @@ async def test_connections_over_the_per_ip_limit_are_cut_at_accept(
         assert not any(task.done() for task in set(tasks) - closed)
         refused = gw.node.metrics.refused_connections.labels("RATE_LIMITED")._value.get()
         assert refused == 7
-        assert gw.node._per_ip["127.0.0.1"] == 3
+        assert gw.node.engine._per_ip["127.0.0.1"] == 3
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -238,7 +238,7 @@ async def test_idle_counted_connections_close_at_the_handshake_timeout_and_free_
     async with gateway(tmp_path, server=server) as gw:
         tasks = await _idle_tcp(gw.port, 3)
         assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [b""] * 3
-        while gw.node._per_ip:  # the server's side of the close runs after the client's
+        while gw.node.engine._per_ip:  # the server's side of the close runs after the client's
             await asyncio.sleep(0.01)
         device = await connect(gw, "after")
         assert isinstance(await call(device, "channel.echo", b"x"), ResponseReceived)

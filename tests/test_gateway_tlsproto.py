@@ -1,4 +1,4 @@
-"""TLS over plain TCP with ssl.MemoryBIO (``channel.gateway.tlsproto``), over real sockets.
+"""TLS over plain TCP with ssl.MemoryBIO (``channel.engine.tlsproto``), over real sockets.
 
 Also runs the gateway's handshake and RPC tests once more with the other TLS
 engine (uvloop's built-in TLS transport), so both engines stay covered.
@@ -19,7 +19,7 @@ import pytest
 import test_gateway_handshake as handshake_tests
 import test_gateway_rpc as rpc_tests
 
-from channel.gateway.tlsproto import TlsServerProtocol, tls_server_factory
+from channel.engine.tlsproto import TlsServerProtocol, tls_server_factory
 from channel.security.devcert import ensure_dev_certificates
 from channel.security.tls import (
     client_ssl_context,
@@ -277,7 +277,7 @@ async def test_write_buffer_limits_pause_and_resume_the_inner_protocol(server: S
         await asyncio.sleep(0)
     assert inner.paused == 1 and inner.resumed == 0
     assert transport.get_write_buffer_size() > 65536
-    transport.pause_reading()  # what DeviceSession does on pause_writing
+    transport.pause_reading()  # what PyMmtpSession does on pause_writing
     transport.resume_reading()
     # Drain at the client: the buffer falls under the low mark and the inner protocol resumes.
     got = 0

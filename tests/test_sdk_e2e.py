@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from channel.cli import main as channel_main
-from channel.gateway.session import DeviceSession
+from channel.engine.pysession import PyMmtpSession
 from channel.security.tokens import DeviceClaims, TokenSigner, encode_token_text
+from channel.sessions import Session
 from channel.wire import (
     DictionaryStore,
     ErrorCode,
@@ -127,8 +128,10 @@ def disconnect_events(client: Client) -> asyncio.Queue[ChannelError]:
     return queue
 
 
-def session_of(gw: RunningGateway, device_id: str = "d1") -> DeviceSession:
-    return gw.node.by_device[device_id]
+def session_of(gw: RunningGateway, device_id: str = "d1") -> PyMmtpSession:
+    session = gw.node.by_device[device_id]
+    assert isinstance(session, PyMmtpSession)
+    return session
 
 
 class Relay:
@@ -328,7 +331,7 @@ async def test_goaway_moves_new_calls_to_a_new_connection(
     async with gateway_for(tmp_path, rpc=rpc_config(upstream)) as gw, make_client(gw) as client:
         lost = disconnect_events(client)
         old = session_of(gw)
-        old.send_goaway(ErrorCode.SHUTTING_DOWN, 20, "node restarting")
+        old.goaway(ErrorCode.SHUTTING_DOWN, 20, "node restarting")
         reason = await asyncio.wait_for(lost.get(), WAIT_S)
         assert reason.code == ErrorCode.SHUTTING_DOWN
         fresh = await client.call("echo.fresh", b"f", timeout=WAIT_S)
@@ -344,7 +347,7 @@ async def test_goaway_lets_in_flight_calls_finish_on_the_old_connection(
         with upstream.holding("echo.slow"):
             in_flight = asyncio.create_task(client.call("echo.slow", b"s", timeout=WAIT_S))
             assert await asyncio.wait_for(upstream.hits.get(), WAIT_S) == "echo.slow"
-            session_of(gw).send_goaway(ErrorCode.SHUTTING_DOWN, 20, "node restarting")
+            session_of(gw).goaway(ErrorCode.SHUTTING_DOWN, 20, "node restarting")
             # New calls go to a new connection while the old one finishes its call.
             fresh = await client.call("echo.fresh", b"f", timeout=WAIT_S)
             assert fresh.body == b"echo:f"
@@ -383,7 +386,7 @@ async def test_heartbeats_keep_an_idle_connection_past_the_idle_limit(tmp_path: 
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(lost.get(), 3.2)
         assert client.stats.pings_sent >= 2
-        assert gw.node.frame_counters.received[FrameType.PING] >= 2
+        assert gw.node.mmtp.wire.frames.received[FrameType.PING] >= 2
         assert session_of(gw) is session and client.connected
         assert client.stats.connects == 1
 
@@ -391,10 +394,11 @@ async def test_heartbeats_keep_an_idle_connection_past_the_idle_limit(tmp_path: 
 # -------------------------------------------------------------------- pushes
 
 
-async def test_duplicate_push_is_delivered_once_and_both_are_acked(tmp_path: Path) -> None:
+async def test_duplicate_push_is_delivered_once_and_both_are_acked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with gateway_for(tmp_path) as gw:
-        acked: asyncio.Queue[tuple[int, ...]] = asyncio.Queue()
-        gw.node.on_acks = lambda session, ids: acked.put_nowait(ids)  # type: ignore[method-assign]
+        acked = spy_acks(gw, monkeypatch)
         async with make_client(gw) as client:
             delivered: list[Push] = []
 
@@ -403,26 +407,41 @@ async def test_duplicate_push_is_delivered_once_and_both_are_acked(tmp_path: Pat
                 delivered.append(push)
 
             session = session_of(gw)
-            first = session.conn.send_push(b"msg-1", b'{"title":"hi"}', [("collapse-key", "c")])
-            second = session.conn.send_push(b"msg-1", b'{"title":"hi"}', [("collapse-key", "c")])
-            session._flush()
+            assert session.push("msg-1", b'{"title":"hi"}', (("collapse-key", "c"),), True) is None
+            assert session.push("msg-1", b'{"title":"hi"}', (("collapse-key", "c"),), True) is None
+            session.flush()
             # Both deliveries acknowledged, batched into one ACK frame.
-            assert await asyncio.wait_for(acked.get(), WAIT_S) == (first, second)
+            assert await asyncio.wait_for(acked.get(), WAIT_S) == ["msg-1", "msg-1"]
             assert delivered == [Push(b"msg-1", (("collapse-key", "c"),), b'{"title":"hi"}')]
             assert client.stats.pushes_duplicate == 1
-            assert gw.node.frame_counters.received[FrameType.ACK] == 1
+            assert gw.node.mmtp.wire.frames.received[FrameType.ACK] == 1
             # A redelivery on a later connection (new delivery id) is still a duplicate.
-            third = session.conn.send_push(b"msg-1", b'{"title":"hi"}')
-            fourth = session.conn.send_push(b"msg-2", b"second")
-            session._flush()
-            assert await asyncio.wait_for(acked.get(), WAIT_S) == (third, fourth)
+            session.push("msg-1", b'{"title":"hi"}', (), True)
+            session.push("msg-2", b"second", (), True)
+            session.flush()
+            assert await asyncio.wait_for(acked.get(), WAIT_S) == ["msg-1", "msg-2"]
             assert [p.message_id for p in delivered] == [b"msg-1", b"msg-2"]
 
 
-async def test_push_handler_failure_leaves_the_push_unacked(tmp_path: Path) -> None:
+def spy_acks(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[list[str]]:
+    """The message ids of every ACK the node's sessions report, one list per ACK batch."""
+    acked: asyncio.Queue[list[str]] = asyncio.Queue()
+    registry = gw.node.registry
+    report = registry.acks
+
+    def acks(session: Session, message_ids: Sequence[str]) -> None:
+        acked.put_nowait(list(message_ids))
+        report(session, message_ids)
+
+    monkeypatch.setattr(registry, "acks", acks)
+    return acked
+
+
+async def test_push_handler_failure_leaves_the_push_unacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with gateway_for(tmp_path) as gw:
-        acked: asyncio.Queue[tuple[int, ...]] = asyncio.Queue()
-        gw.node.on_acks = lambda session, ids: acked.put_nowait(ids)  # type: ignore[method-assign]
+        acked = spy_acks(gw, monkeypatch)
         async with make_client(gw) as client:
 
             @client.on_push
@@ -431,10 +450,10 @@ async def test_push_handler_failure_leaves_the_push_unacked(tmp_path: Path) -> N
                     raise RuntimeError("cannot store")
 
             session = session_of(gw)
-            session.conn.send_push(b"m-bad", b"bad")
-            good = session.conn.send_push(b"m-good", b"good")
-            session._flush()
-            assert await asyncio.wait_for(acked.get(), WAIT_S) == (good,)
+            session.push("m-bad", b"bad", (), True)
+            session.push("m-good", b"good", (), True)
+            session.flush()
+            assert await asyncio.wait_for(acked.get(), WAIT_S) == ["m-good"]
             assert client.stats.push_handler_errors == 1
 
 
@@ -505,13 +524,13 @@ async def test_refused_stream_is_retried_once_a_stream_ends(
     tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refusals: asyncio.Queue[ErrorCode] = asyncio.Queue()
-    original = DeviceSession._stream_error
+    original = PyMmtpSession.stream_error
 
-    def stream_error(self: DeviceSession, stream_id: int, code: ErrorCode, *args: Any) -> None:
+    def stream_error(self: PyMmtpSession, stream_id: int, code: ErrorCode, *args: Any) -> None:
         refusals.put_nowait(code)
         original(self, stream_id, code, *args)
 
-    monkeypatch.setattr(DeviceSession, "_stream_error", stream_error)
+    monkeypatch.setattr(PyMmtpSession, "stream_error", stream_error)
     limits = {"max_pending_requests": 1}
     async with (
         gateway_for(tmp_path, rpc=rpc_config(upstream), limits=limits) as gw,
@@ -544,7 +563,7 @@ async def test_call_timeout_raises_and_cancels_the_stream(
             assert await client.call("echo.next", b"n") == Response(
                 0, (("x-locale", ""), ("content-type", "application/octet-stream")), b"echo:n"
             )
-            assert gw.node.frame_counters.received[FrameType.CANCEL] == 1
+            assert gw.node.mmtp.wire.frames.received[FrameType.CANCEL] == 1
             assert session_of(gw).in_flight == 0
 
 
@@ -584,7 +603,7 @@ async def test_delivered_dictionary_is_kept_and_announced_next_time(tmp_path: Pa
         session = session_of(gw)
         session.conn.send_dictionary(dictionary)
         session.conn.send_push(b"after-dict", b"compressed with it " * 8)
-        session._flush()
+        session.flush()
         push = await asyncio.wait_for(got, WAIT_S)
         assert push.body == b"compressed with it " * 8
         assert store.ids == (9,)
@@ -670,7 +689,7 @@ async def test_device_cli_listen_prints_pushes(
         listening = asyncio.create_task(asyncio.to_thread(channel_main, argv))
         session = await _wait_for_session(gw, "d9", listening)
         session.conn.send_push(b"\x01\x02", "héllo".encode(), [("kind", "greeting")])
-        session._flush()
+        session.flush()
         assert await asyncio.wait_for(listening, WAIT_S) == 0
         line = json.loads(capsys.readouterr().out)
         assert line == {"message_id": "0102", "headers": {"kind": "greeting"}, "body": "héllo"}
@@ -678,7 +697,7 @@ async def test_device_cli_listen_prints_pushes(
 
 async def _wait_for_session(
     gw: RunningGateway, device_id: str, task: asyncio.Task[int]
-) -> DeviceSession:
+) -> PyMmtpSession:
     """The device's session once authenticated (or the CLI's failure, if it exits first)."""
     authenticated = gw.node.wait_authenticated(device_id)
     done, _ = await asyncio.wait(

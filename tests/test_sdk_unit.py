@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import random
+import socket
 import ssl
 from pathlib import Path
 
@@ -296,3 +298,33 @@ def test_token_can_be_replaced_with_text() -> None:
     client = Client("127.0.0.1", 1, device_id="d1", token=b"old")
     client.token = encode_token_text(b"new token")  # type: ignore[assignment]
     assert client.token == b"new token"
+
+
+class _FirstWriteInProgress:
+    """An event loop whose first TLS connect fails as Linux's fast open does without a
+    cookie (EINPROGRESS from the ClientHello's write); the second succeeds."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def create_connection(self, *args: object, **kwargs: object) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise OSError(errno.EINPROGRESS, "Operation now in progress")
+
+
+async def test_fast_open_without_a_cookie_is_tried_again_not_reported_unavailable() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = Client("127.0.0.1", listener.getsockname()[1], device_id="d1", token=b"t")
+        loop = _FirstWriteInProgress()
+        await client._connect_tls(None, loop)  # type: ignore[arg-type]
+        assert loop.attempts == 2 and client.stats.fast_open_retries == 1
+        # Without fast open an EINPROGRESS is a real failure: no second try.
+        client = Client(
+            "127.0.0.1", listener.getsockname()[1], device_id="d1", token=b"t", tcp_fast_open=False
+        )
+        with pytest.raises(OSError):
+            await client._connect_tls(None, _FirstWriteInProgress())  # type: ignore[arg-type]
+    finally:
+        listener.close()

@@ -22,8 +22,8 @@ from helpers import ConnectionPair
 from raw_device import RawDevice
 
 from channel.default_presets import register_default_presets
-from channel.gateway.session import DeviceSession
-from channel.gateway.tlsproto import TlsServerProtocol
+from channel.engine.pysession import PyMmtpSession
+from channel.engine.tlsproto import TlsServerProtocol
 from channel.wire import (
     BodyCodec,
     Connection,
@@ -182,7 +182,7 @@ async def test_idle_devices_over_tls_stay_under_budget(tmp_path: Path) -> None:
         assert per_device < IDLE_DEVICE_BYTES, per_device
         sessions = [gw.node.by_device[f"device-{i:06d}"] for i in range(n)]
         for session in sessions:
-            assert isinstance(session, DeviceSession)
+            assert isinstance(session, PyMmtpSession)
             assert session._tasks is None and session._bucket is None  # made on first call
             assert session.auth is not None and session.auth.resume_ticket == b""
             tls = session._transport

@@ -16,18 +16,38 @@ API's ``{"error": {"code", "message"}}``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channel.api.errors import error_json, json_response
 from channel.api.keys import ADMIN_SCOPE, ApiKeyring, AuthError
-from channel.config import ConfigError, load_config
+from channel.config import ConfigError, GatewayConfig, load_config
 from channel.httpserver import ConnectionGate, GuardedSite, guard_middleware, runner_options
+from channel.metrics import GatewayMetrics
+from channel.rpc.router import RpcRouter
+from channel.sessions import Session
 
-if TYPE_CHECKING:
-    from channel.gateway.node import GatewayNode
+
+class AdminTarget(Protocol):
+    """What the admin port reads and acts on (the node gives itself)."""
+
+    config: GatewayConfig
+    metrics: GatewayMetrics
+    router: RpcRouter
+    node_id: str
+    ready: bool
+    draining: bool
+
+    @property
+    def connection_count(self) -> int: ...
+
+    @property
+    def by_device(self) -> dict[str, Session]: ...
+
+    def reload_routes(self, config: GatewayConfig) -> None: ...
+
 
 NODE_KEY: web.AppKey[Any] = web.AppKey("node")
 KEYRING_KEY: web.AppKey[ApiKeyring] = web.AppKey("keyring", ApiKeyring)
@@ -69,34 +89,34 @@ async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def metrics(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     body = generate_latest(node.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     return web.json_response({"status": "ok", "node": node.node_id})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     body = {
         "ready": node.ready,
         "draining": node.draining,
-        "connections": len(node.sessions),
+        "connections": node.connection_count,
         "sessions": len(node.by_device),
     }
     return web.json_response(body, status=200 if node.ready else 503)
 
 
 async def routes(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     return web.json_response(node.router.describe())
 
 
 async def reload(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     source = node.config.source
     if source == "defaults":
         message = "the node runs without a config file; nothing to reload"
@@ -109,28 +129,27 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def device(request: web.Request) -> web.Response:
-    node: GatewayNode = request.app[NODE_KEY]
+    node: AdminTarget = request.app[NODE_KEY]
     device_id = request.match_info["device_id"]
     session = node.by_device.get(device_id)
-    if session is None or session.auth is None:
+    if session is None:
         return web.json_response({"device_id": device_id, "online": False}, status=404)
-    auth = session.auth
+    device = session.device
     return web.json_response(
         {
             "device_id": device_id,
             "online": True,
             "node": node.node_id,
-            "user_id": auth.device.user_id,
-            "app_id": auth.device.app_id,
-            "app_version": auth.device.app_version,
-            "platform": auth.device.platform,
-            "resumed": auth.resumed,
-            "in_flight": session.in_flight,
+            "user_id": device.user_id,
+            "app_id": device.app_id,
+            "app_version": device.app_version,
+            "platform": device.platform,
+            **session.describe(),
         }
     )
 
 
-def create_admin_app(node: GatewayNode, keyring: ApiKeyring) -> web.Application:
+def create_admin_app(node: AdminTarget, keyring: ApiKeyring) -> web.Application:
     admin = node.config.admin
     app = web.Application(middlewares=[guard_middleware, _admin_auth])
     app[NODE_KEY] = node
@@ -145,7 +164,7 @@ def create_admin_app(node: GatewayNode, keyring: ApiKeyring) -> web.Application:
     return app
 
 
-async def start_admin(node: GatewayNode, keyring: ApiKeyring) -> tuple[web.AppRunner, int]:
+async def start_admin(node: AdminTarget, keyring: ApiKeyring) -> tuple[web.AppRunner, int]:
     http = node.config.http
     runner = web.AppRunner(create_admin_app(node, keyring), access_log=None, **runner_options(http))
     await runner.setup()

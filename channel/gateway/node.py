@@ -1,10 +1,10 @@
-"""A gateway node: the device listener, its sessions, the admin endpoints, drain.
+"""A gateway node: the composition root that builds every part of a process and wires them.
 
-One ``GatewayNode`` per process. It owns what all sessions share — wire
-limits, the body codec with its dictionaries, the authenticator, the RPC
-router, metrics — and the bookkeeping of connections (per-IP counts, one
-session per device, the sweep that enforces handshake, heartbeat, credential
-and slow-consumer deadlines).
+One ``GatewayNode`` per process. It reads the configuration and builds the
+session registry, the MMTP policy (``MmtpService``: authentication, limits,
+the RPC router behind it), the engine that moves the bytes, push delivery,
+the push API, the Redis stream API and the admin port, then wires callbacks
+between them. Nothing imports it back (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -16,40 +16,36 @@ import secrets
 import socket
 import ssl
 import time
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from channel import fastopen
 from channel.config import GatewayConfig
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
-from channel.gateway.auth import Authenticator
+from channel.engine.python import PythonEngine
 from channel.gateway.builtin import builtin_response
-from channel.gateway.heaptrim import HeapTrimmer
-from channel.gateway.metrics import GatewayMetrics
-from channel.gateway.ratelimit import CpuBudget
-from channel.gateway.session import DeviceSession, jittered
-from channel.gateway.tlsproto import tls_server_factory
-from channel.gateway.uvtls import gated_tls_factory
+from channel.gateway.collectors import register_push_collector, register_wire_collector
 from channel.logs import fields
+from channel.metrics import GatewayMetrics
+from channel.mmtp.service import MmtpService
 from channel.push.delivery import NodeDelivery
 from channel.push.service import PushService
 from channel.push.stores import PushBackend
 from channel.rpc.config import RoutingConfig
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.router import RpcRouter
+from channel.security.auth import Authenticator
 from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
 from channel.security.tickets import TicketKeyRing, TicketSealer
-from channel.security.tls import peer_certificate_identity, server_ssl_context
+from channel.security.tls import server_ssl_context
 from channel.security.tokens import TokenVerifier, key_id_from_path, load_public_key
-from channel.wire import BodyCodec, DictionaryStore, ErrorCode, FrameCounters, FrameType, Limits
+from channel.sessions import Session, SessionRegistry
+from channel.wire import BodyCodec, DictionaryStore, ErrorCode
 
 log = logging.getLogger("channel.node")
 
-#: How often the sweep checks deadlines; handshake and idle timeouts are this precise.
-SWEEP_INTERVAL_S = 0.5
+#: How often credential expiry is checked over every session.
+EXPIRY_SWEEP_S = 5.0
 
 
 @dataclass
@@ -64,56 +60,33 @@ class GatewayNode:
         self.config = config
         self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
         register_default_presets()
-        lim = config.limits
-        self.wire_limits = Limits(
-            max_frame_size=lim.max_frame_size,
-            header_table_size=lim.header_table_size,
-            max_header_list_size=lim.max_header_list_size,
-            max_body_size=lim.max_body_size,
-            max_concurrent_streams=lim.max_concurrent_streams,
-            max_hello_size=lim.max_hello_size,
-        )
-        #: Every device's input CPU budget (None: unbudgeted), see gateway/session.py.
-        self.input_budget = (
-            CpuBudget(lim.device_input_cpu_ms_per_s / 1000, lim.device_input_burst_ms / 1000)
-            if lim.device_input_cpu_ms_per_s > 0
-            else None
-        )
         self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
         self.dev_token_key: Path | None = None
         self.ca_cert: Path | None = None
-        self.frame_counters = FrameCounters()
-        #: MMTP bytes to and from devices (inside TLS), for /metrics.
-        self.mmtp_bytes_in = 0
-        self.mmtp_bytes_out = 0
         self.metrics = GatewayMetrics()
-        self._register_wire_collector()
-        self.authenticator = self._make_authenticator()
+        self.registry = SessionRegistry()
         self.router = router or RpcRouter(RoutingConfig.from_dict(config.rpc))
-        self.sessions: set[DeviceSession] = set()
-        self.by_device: dict[str, DeviceSession] = {}
-        self._unauthenticated: set[DeviceSession] = set()
-        #: Connections from TCP accept to TCP close, in all and per address (admit_connection).
-        self._tcp_connections = 0
-        self._per_ip: Counter[str] = Counter()
-        self.heap_trimmer = HeapTrimmer(config.server.malloc_trim_after_handshakes)
-        self._server: asyncio.AbstractServer | None = None
-        #: The kernel takes fast-open SYNs on our listeners (else no socket is asked).
-        self._fast_open_listening = False
-        self._admin: object | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self.mmtp = MmtpService(
+            config,
+            authenticator=self._make_authenticator(),
+            registry=self.registry,
+            metrics=self.metrics,
+            body_codec=self.body_codec,
+            upstream=self.call_upstream,
+        )
+        register_wire_collector(self.metrics.registry, self.mmtp.wire, self.body_codec)
+        register_push_collector(self.metrics.registry, lambda: self.delivery)
+        self.engine = PythonEngine(self.mmtp)
         self.draining = False
         self.ready = False
-        self._all_gone: asyncio.Event | None = None
-        # Futures for code that waits for one session to end (tests, kick); none by default.
-        self._close_waiters: dict[DeviceSession, asyncio.Future[None]] = {}
-        self._auth_waiters: dict[str, list[asyncio.Future[DeviceSession]]] = {}
         self.addresses = NodeAddresses(0, 0)
         self.backend: PushBackend | None = None
         self.delivery: NodeDelivery | None = None
         self.push: PushService | None = None
+        self._admin: object | None = None
         self._api: object | None = None
         self._stream_api: object | None = None
+        self._expiry: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -162,112 +135,11 @@ class GatewayNode:
             require_client_cert=tls.require_client_cert,
         )
 
-    def _register_wire_collector(self) -> None:
-        counters = self.frame_counters
-        codec = self.body_codec
-        node = self
-
-        class _WireCollector:
-            def collect(self) -> Iterable[object]:
-                from prometheus_client.core import CounterMetricFamily
-
-                frames = CounterMetricFamily(
-                    "channel_frames",
-                    "MMTP frames by direction and type",
-                    labels=["direction", "type"],
-                )
-                frame_bytes = CounterMetricFamily(
-                    "channel_frame_bytes",
-                    "MMTP frame bytes by direction and type",
-                    labels=["direction", "type"],
-                )
-                for frame_type in FrameType:
-                    name = frame_type.name
-                    frames.add_metric(["in", name], counters.received[frame_type])
-                    frames.add_metric(["out", name], counters.sent[frame_type])
-                    frame_bytes.add_metric(["in", name], counters.received_bytes[frame_type])
-                    frame_bytes.add_metric(["out", name], counters.sent_bytes[frame_type])
-                body = CounterMetricFamily(
-                    "channel_body_bytes",
-                    "Bodies sent: raw and as encoded (compression ratio)",
-                    labels=["stage"],
-                )
-                body.add_metric(["raw"], codec.encoded_raw_bytes)
-                body.add_metric(["wire"], codec.encoded_wire_bytes)
-                mmtp = CounterMetricFamily(
-                    "channel_bytes",
-                    "MMTP bytes to and from devices (inside TLS) by direction",
-                    labels=["direction"],
-                )
-                mmtp.add_metric(["in"], node.mmtp_bytes_in)
-                mmtp.add_metric(["out"], node.mmtp_bytes_out)
-                return [frames, frame_bytes, body, mmtp]
-
-        self.metrics.registry.register(_WireCollector())  # type: ignore[arg-type]
-
-        class _PushCollector:
-            def collect(self) -> Iterable[object]:
-                from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-                delivery = node.delivery
-                if delivery is None:
-                    return []
-                return [
-                    CounterMetricFamily(
-                        "channel_pushes_written",
-                        "PUSH frames written to devices (unicast, fan-out, replays)",
-                        value=delivery.pushes_written,
-                    ),
-                    GaugeMetricFamily(
-                        "channel_fanout_pending",
-                        "Broadcast and topic pushes going round this node's sessions",
-                        value=delivery.fanout_pending,
-                    ),
-                    CounterMetricFamily(
-                        "channel_user_directory_forgotten",
-                        "Device directory entries this node's sweeps forgot (not seen in ttl)",
-                        value=delivery.directory_forgotten,
-                    ),
-                    CounterMetricFamily(
-                        "channel_fanout_writes",
-                        "Session writes of broadcast and topic pushes (each carries every "
-                        "fan-out push due to that session: fewer per push under load)",
-                        value=delivery.fanout_writes,
-                    ),
-                    CounterMetricFamily(
-                        "channel_inbox_resyncs",
-                        "Times this node found Redis had trimmed inbox entries it had not read "
-                        "(inbox_max_entries) and replayed its devices' queues",
-                        value=delivery.inbox_resyncs,
-                    ),
-                ]
-
-        self.metrics.registry.register(_PushCollector())  # type: ignore[arg-type]
-
     async def start(self) -> NodeAddresses:
-        loop = asyncio.get_running_loop()
-        server = self.config.server
         ssl_context = self._ssl_context()
         await self.router.start()
         await self._start_push()
-        reuse_port = server.reuse_port or server.workers > 1 or None
-        # Both engines count connections at TCP accept, before any TLS work (self is the gate).
-        if server.tls_engine == "memorybio":
-            # TLS over plain TCP with ssl.MemoryBIO (channel/gateway/tlsproto.py): less memory.
-            factory = tls_server_factory(
-                ssl_context, lambda: DeviceSession(self), server.handshake_timeout_s, self
-            )
-        else:
-            # uvloop's TLS transport, started once the connection is counted (uvtls.py).
-            factory = gated_tls_factory(
-                ssl_context, lambda: DeviceSession(self), server.handshake_timeout_s, self
-            )
-        self._server = await loop.create_server(
-            factory, host=server.host, port=server.port, reuse_port=reuse_port, backlog=4096
-        )
-        sock = self._server.sockets[0]
-        device_port = sock.getsockname()[1]
-        self._enable_fastopen()
+        device_port = await self.engine.start(ssl_context)
         from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
 
@@ -279,16 +151,17 @@ class GatewayNode:
             assert self.push is not None
             self._api, api_port = await start_api(self.push, self.config.api, keyring)
         self.addresses = NodeAddresses(device_port, admin_port, api_port)
-        self._sweeper = loop.create_task(self._sweep_forever())
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_forever())
         self.ready = True
         log.info(
             "gateway listening",
             extra=fields(
                 node=self.node_id,
-                host=server.host,
+                host=self.config.server.host,
                 port=device_port,
                 admin_port=admin_port,
                 api_port=api_port,
+                engine=self.engine.name,
                 push_backend=self.config.push.backend,
                 pid=os.getpid(),
             ),
@@ -316,152 +189,36 @@ class GatewayNode:
                 user_devices_cap=config.user_devices_cap,
                 final_status_retention_ms=round(config.final_status_retention_s * 1000),
             )
-        self.delivery = NodeDelivery(self, self.backend, config)
+        self.delivery = NodeDelivery(self.registry, self.backend, self.config, self.node_id)
+        self.registry.listener = self.delivery
         await self.delivery.start()
-        self.push = PushService(self, self.backend, self.delivery)
+        self.push = PushService(self.registry, self.backend, self.delivery, self.config)
         if self.backend.redis is not None and config.request_stream_enabled:
             from channel.push.stream_api import StreamApi
 
-            stream_api = StreamApi(self.push, self.backend.redis, self.config)
+            stream_api = StreamApi(self.push, self.backend.redis, self.config, self.node_id)
             await stream_api.start()
             self._stream_api = stream_api
 
-    # ------------------------------------------------------------ sessions
+    # ---------------------------------------------------- sessions and calls
 
-    def _enable_fastopen(self) -> None:
-        """TCP Fast Open on the device listeners: a returning device's ClientHello rides
-        in its SYN, one round trip fewer to its first answer (channel/fastopen.py)."""
-        queue = self.config.server.tcp_fastopen_queue
-        if queue <= 0 or self._server is None:
-            return
-        enabled = all(fastopen.enable_on_listener(s, queue) for s in self._server.sockets)
-        if not enabled:
-            log.info("tcp fast open not available on this platform")
-        elif fastopen.server_enabled_by_kernel():
-            self._fast_open_listening = True
-        else:
-            # Not a fault: devices connect as before, one round trip slower on reconnect.
-            log.info(
-                "tcp fast open is off: the kernel refuses it to servers; "
-                "sysctl net.ipv4.tcp_fastopen=3 turns it on",
-                extra=fields(sysctl=fastopen.sysctl_value()),
-            )
+    @property
+    def by_device(self) -> dict[str, Session]:
+        """The devices connected here (authenticated sessions, any protocol)."""
+        return self.registry.by_device
 
-    def admit_connection(self, peer_ip: str) -> bool:
-        """Count a connection TCP just accepted, before any TLS work; False: cut it now.
+    @property
+    def connection_count(self) -> int:
+        """Device connections past their TLS handshake, with or without a session yet."""
+        return self.engine.connection_count
 
-        Over ``max_connections`` or ``max_connections_per_ip`` the connection is
-        closed without a word (no TLS, so no MMTP ERROR can be sent): a client sees
-        the connection reset and backs off as after any network failure.
-        """
-        server = self.config.server
-        if self._tcp_connections >= server.max_connections:
-            self.metrics.refused_connections.labels(ErrorCode.UNAVAILABLE.name).inc()
-            return False
-        if self._per_ip[peer_ip] >= server.max_connections_per_ip:
-            self.metrics.refused_connections.labels(ErrorCode.RATE_LIMITED.name).inc()
-            return False
-        self._tcp_connections += 1
-        self._per_ip[peer_ip] += 1
-        self.metrics.connections.set(self._tcp_connections)
-        return True
-
-    def release_connection(self, peer_ip: str) -> None:
-        self._tcp_connections -= 1
-        left = self._per_ip[peer_ip] - 1
-        if left > 0:
-            self._per_ip[peer_ip] = left
-        else:
-            del self._per_ip[peer_ip]
-        self.metrics.connections.set(self._tcp_connections)
-
-    def admit(self, session: DeviceSession) -> tuple[ErrorCode, str] | None:
-        """Register a connection whose TLS handshake completed, or say why it is refused.
-
-        (It was counted against the connection limits when TCP accepted it.)
-        """
-        if self.draining:
-            self.metrics.refused_connections.labels(ErrorCode.SHUTTING_DOWN.name).inc()
-            return (ErrorCode.SHUTTING_DOWN, "node is draining; reconnect elsewhere")
-        self.sessions.add(session)
-        self._unauthenticated.add(session)
-        return None
-
-    def forget(self, session: DeviceSession) -> None:
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        self._unauthenticated.discard(session)
-        if session.auth is not None and self.by_device.get(session.device_id) is session:
-            del self.by_device[session.device_id]
-        self.metrics.sessions.set(len(self.by_device))
-        if session.auth is not None and self.delivery is not None:
-            self.delivery.session_closed(session)
-        if not self.sessions and self._all_gone is not None:
-            self._all_gone.set()
-        waiter = self._close_waiters.pop(session, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def wait_authenticated(self, device_id: str) -> asyncio.Future[DeviceSession]:
+    def wait_authenticated(self, device_id: str) -> asyncio.Future[Session]:
         """A future done when ``device_id`` has a session on this node."""
-        future: asyncio.Future[DeviceSession] = asyncio.get_running_loop().create_future()
-        session = self.by_device.get(device_id)
-        if session is not None:
-            future.set_result(session)
-        else:
-            self._auth_waiters.setdefault(device_id, []).append(future)
-        return future
+        return self.registry.wait_ready(device_id)
 
-    def wait_closed(self, session: DeviceSession) -> asyncio.Future[None]:
+    def wait_closed(self, session: Session) -> asyncio.Future[None]:
         """A future done when ``session``'s connection is gone."""
-        future = self._close_waiters.get(session)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            if session in self.sessions:
-                self._close_waiters[session] = future
-            else:
-                future.set_result(None)
-        return future
-
-    def on_authenticated(self, session: DeviceSession) -> None:
-        assert session.auth is not None
-        self._unauthenticated.discard(session)
-        self.heap_trimmer.handshake()
-        self.metrics.handshakes.labels("resumed" if session.auth.resumed else "full").inc()
-        if self._fast_open_listening and session.tcp_fast_open:
-            self.metrics.fast_open_handshakes.inc()
-        previous = self.by_device.get(session.device_id)
-        self.by_device[session.device_id] = session
-        if self.delivery is not None:
-            self.delivery.session_ready(session)
-        for waiter in self._auth_waiters.pop(session.device_id, ()):
-            if not waiter.done():
-                waiter.set_result(session)
-        if previous is not None and previous is not session and not previous.conn.draining:
-            # A draining connection (GOAWAY sent either way) finishes its streams
-            # on its own; only a live duplicate is replaced.
-            previous.end(ErrorCode.SESSION_REPLACED, "the device connected again elsewhere")
-        self.metrics.sessions.set(len(self.by_device))
-
-    def on_acks(self, session: DeviceSession, delivery_ids: tuple[int, ...]) -> None:
-        if self.delivery is not None:
-            self.delivery.on_acks(session, delivery_ids)
-
-    def heartbeat_for(self, preferred_s: int) -> int:
-        """The interval a device gets: the configured one, or shorter if it asks and may."""
-        hb = self.config.heartbeat
-        if preferred_s and hb.min_s <= preferred_s < hb.interval_s:
-            return preferred_s
-        return hb.interval_s
-
-    def retry_hint_ms(self) -> int:
-        return jittered(self.config.server.reconnect_after_ms)
-
-    def client_certificate_cn(self, transport: asyncio.BaseTransport | None) -> str | None:
-        if transport is None or not self.config.tls.client_ca:
-            return None
-        return peer_certificate_identity(transport.get_extra_info("ssl_object"))
+        return self.registry.wait_closed(session)
 
     async def call_device(
         self,
@@ -472,10 +229,7 @@ class GatewayNode:
         timeout_s: float = 10.0,
     ) -> RpcResponse:
         """Backend → device RPC for a device connected to this node."""
-        session = self.by_device.get(device_id)
-        if session is None:
-            return RpcResponse.error(ErrorCode.NOT_FOUND, f"device {device_id} is not connected")
-        return await session.call_device(op, body, headers, timeout_s)
+        return await self.registry.call(device_id, op, body, headers, timeout_s)
 
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
         builtin = builtin_response(request, self.delivery)
@@ -483,65 +237,20 @@ class GatewayNode:
             return builtin
         return await self.router.handle(request)
 
-    def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
-        # Labels are the route's match and the cluster, never the op (unbounded cardinality).
-        status = "OK" if response.status == 0 else _code_name(response.status)
-        self.metrics.rpc_latency.labels(response.route, response.cluster, status).observe(seconds)
-
-    # ---------------------------------------------------------------- sweep
-
-    async def _sweep_forever(self) -> None:
-        # Handshake deadlines are checked every SWEEP_INTERVAL_S over the (few)
-        # connections still without a session; the full pass over every session
-        # (idle, expiry, slow consumers) runs only as often as its deadlines need:
-        # at 100,000 devices a twice-a-second full pass cost a quarter of a core.
-        hb = self.config.heartbeat
-        full_every_s = min(5.0, max(SWEEP_INTERVAL_S, hb.min_s / 4))
-        last_full = time.monotonic()
+    async def _expire_forever(self) -> None:
+        """Sessions whose credential expired get GOAWAY AUTH_EXPIRED (any protocol)."""
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            now = time.monotonic()
+            await asyncio.sleep(EXPIRY_SWEEP_S)
             try:
-                if now - last_full >= full_every_s:
-                    last_full = now
-                    self.sweep(now, time.time())
-                else:
-                    self.sweep_handshakes(now)
-                self.heap_trimmer.tick(now)
+                self.expire_credentials(time.time())
             except Exception:
-                log.exception("sweep failed")
+                log.exception("credential expiry sweep failed")
 
-    def sweep_handshakes(self, now: float) -> None:
-        handshake_s = self.config.server.handshake_timeout_s
-        for session in list(self._unauthenticated):
-            if now - session.connected_at > handshake_s:
-                session.end(ErrorCode.HANDSHAKE_TIMEOUT, f"no HELLO within {handshake_s} s")
-
-    def sweep(self, now: float, wall: float) -> None:
-        """Enforce per-connection deadlines (one pass over the sessions)."""
-        self.sweep_handshakes(now)
-        hb = self.config.heartbeat
-        high_water = self.config.limits.send_buffer_high_water_bytes
-        grace_s = self.config.limits.slow_consumer_grace_s
-        for session in list(self.by_device.values()):
-            auth = session.auth
-            if auth is None:
-                continue
-            idle_limit = (
-                session.conn.hello_ack.heartbeat_s if session.conn.hello_ack else hb.interval_s
-            ) * hb.idle_factor
-            if now - session.last_seen > idle_limit:
-                self.metrics.idle_closed.inc()
-                session.end(ErrorCode.IDLE_TIMEOUT, f"no frame for {idle_limit:.0f} s")
-            elif auth.auth_expires_at and wall > auth.auth_expires_at:
-                session.send_goaway(ErrorCode.AUTH_EXPIRED, 0, "credential expired; reconnect")
-            elif session.paused_since and (
-                now - session.paused_since > grace_s or session.write_buffer_size > 4 * high_water
-            ):
-                self.metrics.slow_consumers.inc()
-                log.info("slow consumer", extra=fields(device=session.device_id))
-                # Its buffer is full: an ERROR frame would never reach it. Just cut.
-                session.abort()
+    def expire_credentials(self, wall: float) -> None:
+        for session in list(self.registry.by_device.values()):
+            expires_at = session.expires_at
+            if expires_at and wall > expires_at and not session.draining:
+                session.goaway(ErrorCode.AUTH_EXPIRED, 0, "credential expired; reconnect")
 
     # ---------------------------------------------------------------- drain
 
@@ -557,28 +266,14 @@ class GatewayNode:
         self.draining = True
         self.ready = False
         timeout_s = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
-        if self._server is not None:
-            self._server.close()
-        base = self.config.server.reconnect_after_ms
-        for session in list(self.sessions):
-            session.send_goaway(ErrorCode.SHUTTING_DOWN, jittered(base), "node restarting")
-        self._all_gone = asyncio.Event()
-        if self.sessions:
-            try:
-                await asyncio.wait_for(self._all_gone.wait(), timeout_s)
-            except TimeoutError:
-                log.warning("drain timed out", extra=fields(left=len(self.sessions)))
-        for session in list(self.sessions):
-            session.abort()
+        await self.engine.drain(timeout_s)
         log.info("drained", extra=fields(node=self.node_id))
 
     async def close(self) -> None:
-        await self.drain(0 if not self.sessions else None)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self.drain(0 if not self.engine.connection_count else None)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await self.engine.close()
         if self._admin is not None:
             from channel.gateway.admin import stop_admin
 
@@ -598,6 +293,23 @@ class GatewayNode:
             await self.backend.close()
         await self.router.close()
 
+    # ------------------------------------------------------------ announcing
+
+    def listening_info(self) -> dict[str, object]:
+        """What the ``listening`` JSON line says: every listener's real port."""
+        return {
+            "event": "listening",
+            "node": self.node_id,
+            "host": self.config.server.host,
+            "port": self.addresses.device_port,
+            "admin_port": self.addresses.admin_port,
+            "api_port": self.addresses.api_port,
+            "engine": self.engine.name,
+            "ca_cert": str(self.ca_cert) if self.ca_cert else None,
+            "dev_token_key": str(self.dev_token_key) if self.dev_token_key else None,
+            "pid": os.getpid(),
+        }
+
 
 def _dev_ticket_secret(state_dir: Path) -> bytes:
     """A ticket secret kept in the state dir, so dev restarts still resume sessions."""
@@ -610,10 +322,3 @@ def _dev_ticket_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as handle:
         handle.write(secret)
     return secret
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"CODE_{code}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import multiprocessing
 import os
@@ -59,10 +60,42 @@ async def serve_node(config: GatewayConfig, announce: Announce | None = None) ->
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
-    log.info("draining", extra=fields(node=node.node_id, connections=len(node.sessions)))
+    log.info("draining", extra=fields(node=node.node_id, connections=node.connection_count))
     await node.drain()
     await node.close()
     return 0
+
+
+def announce_listening(node: Any) -> None:
+    """One JSON line on stdout for tools (every listener's real port), a human summary on
+    stderr."""
+    info = node.listening_info()
+    print(json.dumps(info), flush=True)
+    server = node.config.server
+    lines = [
+        f"Channel gateway {info['node']} ({info['engine']} engine) listening on "
+        f"{server.host}:{info['port']} (TLS 1.3, ALPN mmtp/1); "
+        f"admin http://{server.admin_host}:{info['admin_port']}/metrics",
+        f"  admin actions need a key with scope admin: channel admin --url "
+        f"http://{server.admin_host}:{info['admin_port']} routes",
+    ]
+    if info["api_port"]:
+        lines.append(
+            f"  push API http://{node.config.api.host}:{info['api_port']}/v1 "
+            f"(OpenAPI at /openapi.json; pushes in {node.config.push.backend})"
+        )
+    ca_cert, token_key = info["ca_cert"], info["dev_token_key"]
+    if ca_cert:
+        lines.append(f"  dev CA certificate (give it to devices): {ca_cert}")
+    if token_key:
+        lines.append(
+            f"  dev token key: {token_key}\n"
+            f"  try: channel token issue --key {token_key} --device d1 --user u1 "
+            "--app demo > /tmp/d1.token\n"
+            f"       channel device --port {info['port']} --ca {ca_cert} --device d1 "
+            "--app demo --token-file /tmp/d1.token call channel.echo '{\"hi\":1}'"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def tune_gc() -> None:
@@ -92,8 +125,6 @@ def _worker_main(path: str | None, overrides: Mapping[str, Mapping[str, Any]], i
     if config.server.admin_port:
         config.server.admin_port += index
     config.server.node_id = config.server.node_id or f"{os.uname().nodename}-w{index}"
-    from channel.cli import announce_listening
-
     sys.exit(run_single(config, announce=announce_listening))
 
 

@@ -36,10 +36,10 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from channel import fastopen
-from channel.gateway.auth import AuthFailure, AuthResult
-from channel.gateway.ratelimit import CpuBudget, TokenBucket
 from channel.logs import fields
+from channel.ratelimit import CpuBudget, TokenBucket
 from channel.rpc.model import RpcRequest, RpcResponse
+from channel.security.auth import AuthFailure, AuthResult
 from channel.security.tls import negotiated_protocol_ok
 from channel.wire import (
     AckReceived,

@@ -112,4 +112,3 @@ def string_bytes(text: str) -> bytes:
     if len(raw) > MAX_STRING_BYTES:
         raise LocalMqttError(f"string of {len(raw)} bytes exceeds {MAX_STRING_BYTES}")
     return len(raw).to_bytes(2, "big") + raw
-

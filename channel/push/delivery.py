@@ -13,8 +13,9 @@ One ``NodeDelivery`` per gateway process. Its jobs:
   per inbox batch (frames coalesce under load); a push for a device that is
   no longer here is forwarded to where presence says it went, or left in its
   queue for the next connect;
-* broadcast and topic pushes are encoded once (``PreparedPush``) and written
-  by one cursor going round the sessions, ``fanout_batch`` per event-loop
+* broadcast and topic pushes are built once (``FanoutPush``); an engine that
+  fans out natively writes its share of an audience in one call, the other
+  sessions are written by one cursor going round them, ``fanout_batch`` per event-loop
   turn; a fan-out that arrives mid-round rides in the same writes as those
   already going (``channel/push/fanout.py``), so under a stream of them each
   device gets one write per round, not one per push;
@@ -40,12 +41,11 @@ from channel.push.model import Presence, Priority, PushMessage, PushStatus, Rece
 from channel.push.stores import PushBackend, QueuedRef
 from channel.push.topics import TopicForbidden, TopicRules
 from channel.rpc.model import RpcResponse
-from channel.wire import ErrorCode, LocalProtocolError, PreparedPush
+from channel.sessions import FanoutEngine, FanoutPush, Session, SessionRegistry
+from channel.wire import ErrorCode
 
 if TYPE_CHECKING:
-    from channel.config import PushConfig
-    from channel.gateway.node import GatewayNode
-    from channel.gateway.session import DeviceSession
+    from channel.config import GatewayConfig
 
 log = logging.getLogger("channel.push")
 
@@ -56,39 +56,42 @@ MAX_TOPICS_PER_DEVICE = 64
 #: Fan-outs going round the ring beyond which the node stops reading its inbox.
 MAX_RING_PENDING = 256
 
-#: A fan-out push as the ring carries it: encoded once, and its message id.
-_FanoutPush = tuple[PreparedPush, str]
-
 
 @dataclass(slots=True)
 class _Outstanding:
-    """Pushes written to one connection and not yet acknowledged."""
+    """Queued pushes written to one connection and not yet acknowledged, and its topics."""
 
-    #: delivery id -> (message id, its collapse key if it was queued, else None): a
-    #: queued message is removed from the device queue on ACK (the key spares the
-    #: store reading it), a fan-out one only counted.
-    by_delivery: dict[int, tuple[str, str | None]] = field(default_factory=dict)
-    #: Dicts used as sets: one of these per connection, and an empty set costs 216 bytes,
-    #: an empty dict 64 (tests/test_session_footprint.py).
-    message_ids: dict[str, None] = field(default_factory=dict)
+    #: message id -> its collapse key: on ACK the message is removed from the device
+    #: queue (the key spares the store reading it). Fan-out pushes are not kept here:
+    #: they are only counted when acknowledged. Dicts, not sets: one of these per
+    #: connection, and an empty set costs 216 bytes, an empty dict 64
+    #: (tests/test_session_footprint.py).
+    message_ids: dict[str, str] = field(default_factory=dict)
     #: Set while the queue is being replayed; pushes arriving meanwhile wait here.
     held: list[PushMessage] | None = None
     topics: dict[str, None] = field(default_factory=dict)
 
 
 class NodeDelivery:
-    def __init__(self, node: GatewayNode, backend: PushBackend, config: PushConfig) -> None:
-        self.node = node
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        backend: PushBackend,
+        config: GatewayConfig,
+        node_id: str,
+    ) -> None:
+        self.registry = registry
         self.backend = backend
-        self.config = config
-        self.topic_rules = TopicRules(node.config.topics.allow)
+        self.config = config.push
+        self.node_id = node_id
+        self.topic_rules = TopicRules(config.topics.allow)
         self.node_no = 0
         self.node_names: dict[int, str] = {}
-        self._state: dict[DeviceSession, _Outstanding] = {}
-        self._topics: dict[str, set[DeviceSession]] = {}
+        self._state: dict[Session, _Outstanding] = {}
+        self._topics: dict[str, set[Session]] = {}
         # device id -> Presence to write (online) or (Presence, False) to clear.
         self._presence_changes: dict[str, tuple[Presence, bool]] = {}
-        self._replays: list[DeviceSession] = []
+        self._replays: list[Session] = []
         self._acked: list[QueuedRef] = []
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
@@ -98,7 +101,9 @@ class NodeDelivery:
         self._call_seq = 0
         self._flushed: list[asyncio.Future[None]] = []
         self._consumer: asyncio.Task[None] | None = None
-        self._ring: FanoutRing[DeviceSession, _FanoutPush] = FanoutRing(
+        #: Ready sessions the ring writes fan-outs to (their engine does not fan out).
+        self._ring_sessions: dict[Session, None] = {}
+        self._ring: FanoutRing[Session, FanoutPush] = FanoutRing(
             self._write_fanout, self._fanout_alive
         )
         self._ring_task: asyncio.Task[None] | None = None
@@ -116,7 +121,7 @@ class NodeDelivery:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.node_no = await self.backend.presence.join(self.node.node_id, self.config.lease_ms)
+        self.node_no = await self.backend.presence.join(self.node_id, self.config.lease_ms)
         self.node_names = await self.backend.presence.live_nodes()
         loop = asyncio.get_running_loop()
         self._consumer = await self._start_consumer()
@@ -163,11 +168,11 @@ class NodeDelivery:
         keeping it could mix two nodes' devices. Pushes routed to the old inbox
         are still in their devices' queues."""
         old = self.node_no
-        self.node_no = await self.backend.presence.join(self.node.node_id, self.config.lease_ms)
+        self.node_no = await self.backend.presence.join(self.node_id, self.config.lease_ms)
         if self._consumer is not None:
             self._consumer.cancel()
         self._consumer = await self._start_consumer()
-        sessions = [s for s in self.node.by_device.values() if s in self._state]
+        sessions = [s for s in self.registry.by_device.values() if s in self._state]
         await self.backend.presence.set_online([self._presence_of(s) for s in sessions])
         # Pushes accepted while this node was unknown were queued, not routed: read
         # every local device's queue again (after the presence write, as on connect).
@@ -181,7 +186,7 @@ class NodeDelivery:
         """Read every local device's queue again, as on connect (what is already on a
         connection is not written twice): for pushes that were queued but whose routing
         to this node was lost."""
-        for session in self.node.by_device.values():
+        for session in self.registry.by_device.values():
             state = self._state.get(session)
             if state is not None and state.held is None:
                 state.held = []
@@ -190,56 +195,68 @@ class NodeDelivery:
 
     # ------------------------------------------------------------- sessions
 
-    def _presence_of(self, session: DeviceSession) -> Presence:
-        assert session.auth is not None
-        device = session.auth.device
+    def _presence_of(self, session: Session) -> Presence:
+        device = session.device
         return Presence(device.device_id, device.user_id, self.node_no, int(time.time()))
 
-    def session_ready(self, session: DeviceSession) -> None:
+    def session_ready(self, session: Session) -> None:
         """A device authenticated here: record presence, then replay its queue."""
         self._state[session] = _Outstanding(held=[])
+        if session.fanout_engine is None:
+            self._ring_sessions[session] = None
         self._presence_changes[session.device_id] = (self._presence_of(session), True)
         self._replays.append(session)
         self._wake.set()
 
-    def session_closed(self, session: DeviceSession) -> None:
+    def session_closed(self, session: Session) -> None:
         state = self._state.pop(session, None)
         if state is None:
             return
+        self._ring_sessions.pop(session, None)
         for topic in state.topics:
             self._leave_topic(session, topic)
-        if session.device_id not in self.node.by_device:
+        if session.device_id not in self.registry.by_device:
             self._presence_changes[session.device_id] = (self._presence_of(session), False)
             self._wake.set()
 
-    def on_acks(self, session: DeviceSession, delivery_ids: Iterable[int]) -> None:
+    def acks(self, session: Session, message_ids: Sequence[str]) -> None:
+        """The device acknowledged queued pushes: remove them, report them delivered."""
         state = self._state.get(session)
         if state is None:
             return
         device_id = session.device_id
         at = now_ms()
-        for delivery_id in delivery_ids:
-            entry = state.by_delivery.pop(delivery_id, None)
-            if entry is None:
+        outstanding = state.message_ids
+        for message_id in message_ids:
+            collapse_key = outstanding.pop(message_id, None)
+            if collapse_key is None:
                 continue
-            message_id, collapse_key = entry
+            self._acked.append((device_id, message_id, collapse_key))
+            self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
+        self._wake.set()
+
+    def fanout_acks(self, counts: dict[str, int]) -> None:
+        """Devices acknowledged broadcast and topic pushes: only counted."""
+        self._fanout_acks.update(counts)
+        self._wake.set()
+
+    def push_failed(self, session: Session, message_id: str, reason: str) -> None:
+        """A queued push the engine found this device can never take (its limits)."""
+        state = self._state.get(session)
+        if state is not None:
             state.message_ids.pop(message_id, None)
-            if collapse_key is not None:
-                self._acked.append((device_id, message_id, collapse_key))
-                self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
-            else:
-                self._fanout_acks[message_id] += 1
+        self._fail(session, message_id, reason)
         self._wake.set()
 
     # --------------------------------------------------------------- topics
 
-    def _local(self, device_id: str) -> tuple[DeviceSession, _Outstanding] | None:
+    def _local(self, device_id: str) -> tuple[Session, _Outstanding] | None:
         """The device's session on this node, if it has one that takes pushes."""
-        session = self.node.by_device.get(device_id)
+        session = self.registry.by_device.get(device_id)
         state = self._state.get(session) if session is not None else None
         return (session, state) if session is not None and state is not None else None
 
-    def _leave_topic(self, session: DeviceSession, topic: str) -> None:
+    def _leave_topic(self, session: Session, topic: str) -> None:
         members = self._topics.get(topic)
         if members is not None:
             members.discard(session)
@@ -253,8 +270,7 @@ class NodeDelivery:
         if local is None:
             return 0
         session, state = local
-        assert session.auth is not None
-        device = session.auth.device
+        device = session.device
         for topic in topics:
             if not self.topic_rules.allows(
                 topic, device_id=device.device_id, user_id=device.user_id, app_id=device.app_id
@@ -284,47 +300,39 @@ class NodeDelivery:
 
     # --------------------------------------------------------------- writing
 
-    def _write(self, session: DeviceSession, message: PushMessage, queued: bool) -> bool:
-        """Queue one PUSH on a session (no flush). False if it cannot take it."""
+    def _write(self, session: Session, message: PushMessage) -> bool:
+        """Queue one queued (tracked) PUSH on a session (no flush). False if it cannot
+        take it."""
         state = self._state.get(session)
-        if state is None or session.conn.closed:
+        if state is None or session.closed:
             return False
         if message.message_id in state.message_ids:
             return True  # already on this connection, not yet acknowledged
-        assert session.auth is not None
-        if message.target_users and session.auth.device.user_id not in message.target_users:
+        if message.target_users and session.device.user_id not in message.target_users:
             # A user push queued for a device that has changed hands since: never shown.
-            self._fail(session, message.message_id, queued, "device signed in as another user")
+            self._fail(session, message.message_id, "device signed in as another user")
             return True
-        try:
-            delivery_id = session.conn.send_push(
-                message.message_id.encode(), message.body, message.wire_headers()
-            )
-        except LocalProtocolError as exc:
+        refused = session.push(message.message_id, message.body, message.wire_headers(), True)
+        if refused is not None:
             # Too large for this device's limits: it will never fit; say so once.
-            self._fail(session, message.message_id, queued, f"device limits: {exc}"[:200])
+            self._fail(session, message.message_id, refused)
             return True
-        state.by_delivery[delivery_id] = (
-            message.message_id,
-            message.collapse_key if queued else None,
-        )
-        state.message_ids[message.message_id] = None
+        state.message_ids[message.message_id] = message.collapse_key
         self.pushes_written += 1
         return True
 
-    def _fail(self, session: DeviceSession, message_id: str, queued: bool, reason: str) -> None:
-        """Report a push this device will never get, and drop it from its queue."""
+    def _fail(self, session: Session, message_id: str, reason: str) -> None:
+        """Report a queued push this device will never get, and drop it from its queue."""
         self._receipts.append(
             Receipt(message_id, PushStatus.FAILED, session.device_id, now_ms(), reason)
         )
-        if queued:
-            self._acked.append((session.device_id, message_id))
+        self._acked.append((session.device_id, message_id))
 
     def _deliver_device(
         self,
         device_id: str,
         message: PushMessage,
-        touched: set[DeviceSession],
+        touched: set[Session],
         forward: list[tuple[str, PushMessage]],
     ) -> None:
         local = self._local(device_id)
@@ -337,7 +345,7 @@ class NodeDelivery:
         if state.held is not None:
             state.held.append(message)
             return
-        if self._write(session, message, queued=True):
+        if self._write(session, message):
             touched.add(session)
 
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
@@ -363,7 +371,7 @@ class NodeDelivery:
             batch = await anext(inbox)  # type: ignore[call-overload]
 
     async def _handle_batch(self, batch: list[bytes]) -> None:
-        touched: set[DeviceSession] = set()
+        touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
         fanouts: list[tuple[str, PushMessage]] = []
         normal: list[tuple[str, PushMessage]] = []
@@ -404,45 +412,42 @@ class NodeDelivery:
             await self._fan_out(fanouts)
 
     async def _fan_out(self, fanouts: list[tuple[str, PushMessage]]) -> None:
-        """Broadcast / topic pushes: each encoded once, written by the fan-out ring
-        (``channel/push/fanout.py``) in slices of ``fanout_batch`` per loop turn."""
-        prepared: list[tuple[str, PushMessage, PreparedPush]] = []
-        for topic, message in fanouts:
-            if message.expired(now_ms()):
-                continue
-            prepared.append(
-                (
-                    topic,
-                    message,
-                    PreparedPush.build(
-                        message.message_id.encode(),
-                        message.body,
-                        message.wire_headers(),
-                        self.node.body_codec,
-                    ),
-                )
-            )
-        if not prepared:
+        """Broadcast / topic pushes, each built once (``FanoutPush``: every protocol
+        encodes it once for all its sessions). Engines that fan out natively get their
+        share of every audience in one call; the other sessions are written by the
+        fan-out ring (``channel/push/fanout.py``) in slices of ``fanout_batch`` per
+        loop turn."""
+        at = now_ms()
+        pushes = [
+            (topic, FanoutPush(m.message_id, m.body, m.wire_headers(), topic))
+            for topic, m in fanouts
+            if not m.expired(at)
+        ]
+        if not pushes:
             return
-        # While the ring is idle, a topic with at most one slice of subscribers is
+        # While the ring is idle, a topic with at most one slice of ring subscribers is
         # written now (several in one batch coalesce per session); everything else
         # joins the ring, behind what is already going round (fan-outs keep their order).
-        small: dict[DeviceSession, list[_FanoutPush]] = {}
-        everyone: list[DeviceSession] | None = None
-        for topic, message, push in prepared:
-            entry = (push, message.message_id)
+        small: dict[Session, list[FanoutPush]] = {}
+        everyone: list[Session] | None = None
+        for topic, push in pushes:
             if topic:
-                members = self._topics.get(topic, set())
-                if not self._ring.pending and len(members) <= self.config.fanout_batch:
-                    for session in members:
-                        small.setdefault(session, []).append(entry)
+                ring_members = self._fan_out_natively(push, self._topics.get(topic, ()))
+                if not ring_members:
                     continue
-                audience: frozenset[DeviceSession] | None = frozenset(members)
+                if not self._ring.pending and len(ring_members) <= self.config.fanout_batch:
+                    for session in ring_members:
+                        small.setdefault(session, []).append(push)
+                    continue
+                audience: frozenset[Session] | None = frozenset(ring_members)
             else:
+                for engine in self.registry.fanout_engines:
+                    self.pushes_written += engine.fanout([push], None)
                 audience = None
             if everyone is None:
-                everyone = [s for s in self.node.by_device.values() if s in self._state]
-            self._ring.join(entry, everyone, audience)
+                everyone = [s for s in self._ring_sessions if s in self._state]
+            if everyone:
+                self._ring.join(push, everyone, audience)
         for session, entries in small.items():
             if self._fanout_alive(session):
                 self._write_fanout(session, entries)
@@ -452,6 +457,21 @@ class NodeDelivery:
         # Backpressure: stop reading the inbox while the ring is this far behind.
         while self._ring.pending > MAX_RING_PENDING and self._ring_task is not None:
             await asyncio.wait([self._ring_task], timeout=0.05)
+
+    def _fan_out_natively(self, push: FanoutPush, members: Iterable[Session]) -> list[Session]:
+        """Hand a topic push to the engines that fan out natively, one call each with
+        their subscribers; returns the subscribers the ring must write to."""
+        ring: list[Session] = []
+        native: dict[FanoutEngine, list[Session]] = {}
+        for session in members:
+            engine = session.fanout_engine
+            if engine is None:
+                ring.append(session)
+            else:
+                native.setdefault(engine, []).append(session)
+        for engine, group in native.items():
+            self.pushes_written += engine.fanout([push], group)
+        return ring
 
     @property
     def fanout_pending(self) -> int:
@@ -466,24 +486,14 @@ class NodeDelivery:
         while self._ring.step(step):
             await asyncio.sleep(0)
 
-    def _fanout_alive(self, session: DeviceSession) -> bool:
-        return session in self._state and not session.conn.closed
+    def _fanout_alive(self, session: Session) -> bool:
+        return session in self._state and not session.closed
 
-    def _write_fanout(self, session: DeviceSession, entries: Sequence[_FanoutPush]) -> None:
-        """One session's share of fan-outs: every push it has not got, one flush."""
-        state = self._state[session]
-        written = self.pushes_written
-        for push, message_id in entries:
-            if message_id in state.message_ids:
-                continue
-            try:
-                delivery_id = session.conn.send_prepared_push(push)
-            except LocalProtocolError:
-                continue
-            state.by_delivery[delivery_id] = (message_id, None)
-            state.message_ids[message_id] = None
-            self.pushes_written += 1
-        if self.pushes_written != written:
+    def _write_fanout(self, session: Session, pushes: Sequence[FanoutPush]) -> None:
+        """One session's share of fan-outs, one flush."""
+        written = session.push_fanout(pushes)
+        if written:
+            self.pushes_written += written
             self.fanout_writes += 1
             session.flush()
 
@@ -557,7 +567,7 @@ class NodeDelivery:
         if counts:
             await backend.receipts.add_delivered(dict(counts))
 
-    async def _replay(self, sessions: list[DeviceSession]) -> None:
+    async def _replay(self, sessions: list[Session]) -> None:
         live = [s for s in sessions if s in self._state and not s.conn.closed]
         now = now_ms()
         try:
@@ -578,7 +588,7 @@ class NodeDelivery:
                     Receipt(message.message_id, PushStatus.EXPIRED, session.device_id, now, "ttl")
                 )
             for message in (*queued, *held):
-                self._write(session, message, queued=True)
+                self._write(session, message)
             session.flush()
 
     async def _lease_forever(self) -> None:
@@ -587,7 +597,7 @@ class NodeDelivery:
             await asyncio.sleep(period_s)
             try:
                 known = await self.backend.presence.renew(
-                    self.node_no, self.node.node_id, self.config.lease_ms
+                    self.node_no, self.node_id, self.config.lease_ms
                 )
                 if not known:
                     await self._rejoin()
@@ -620,7 +630,7 @@ class NodeDelivery:
     # ------------------------------------------------------ kicks and calls
 
     def _kick(self, device_id: str, reason: str) -> None:
-        session = self.node.by_device.get(device_id)
+        session = self.registry.by_device.get(device_id)
         if session is not None:
             session.end(ErrorCode.KICKED, reason or "kicked by the backend")
 
@@ -629,7 +639,7 @@ class NodeDelivery:
         pairs = tuple((str(n), str(v)) for n, v in headers)  # type: ignore[attr-defined]
 
         async def run() -> None:
-            response = await self.node.call_device(
+            response = await self.registry.call(
                 str(device_id),
                 str(op),
                 bytes(body),
@@ -689,9 +699,10 @@ class NodeDelivery:
 
     # ------------------------------------------------------------ inspection
 
-    def unacked(self, session: DeviceSession) -> int:
+    def unacked(self, session: Session) -> int:
+        """Queued pushes written to this session and not acknowledged yet."""
         state = self._state.get(session)
-        return len(state.by_delivery) if state is not None else 0
+        return len(state.message_ids) if state is not None else 0
 
 
 def sweep_window(

@@ -34,16 +34,22 @@ from channel.wire import ErrorCode
 
 if TYPE_CHECKING:
     from channel.config import GatewayConfig
-    from channel.gateway.node import GatewayNode
     from channel.push.delivery import NodeDelivery
+    from channel.sessions import SessionRegistry
 
 
 class PushService:
-    def __init__(self, node: GatewayNode, backend: PushBackend, delivery: NodeDelivery) -> None:
-        self.node = node
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        backend: PushBackend,
+        delivery: NodeDelivery,
+        config: GatewayConfig,
+    ) -> None:
+        self.registry = registry
         self.backend = backend
         self.delivery = delivery
-        self.config: GatewayConfig = node.config
+        self.config = config
         self.idempotency: IdempotencyStore = backend.idempotency
 
     # ----------------------------------------------------------------- push
@@ -264,13 +270,13 @@ class PushService:
         timeout_s: float,
     ) -> RpcResponse:
         """Backend → device RPC, wherever the device is connected."""
-        if device_id in self.node.by_device:
-            return await self.node.call_device(device_id, op, body, headers, timeout_s)
+        if device_id in self.registry.by_device:
+            return await self.registry.call(device_id, op, body, headers, timeout_s)
         presence = await self.device_presence(device_id)
         if presence is None:
             return RpcResponse.error(ErrorCode.NOT_FOUND, f"device {device_id} is not online")
         if presence.node_no == self.delivery.node_no:
-            return await self.node.call_device(device_id, op, body, headers, timeout_s)
+            return await self.registry.call(device_id, op, body, headers, timeout_s)
         return await self.delivery.call_remote(
             presence.node_no, device_id, op, body, headers, timeout_s
         )

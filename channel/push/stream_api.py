@@ -47,11 +47,14 @@ BLOCK_MS = 1_000
 
 
 class StreamApi:
-    def __init__(self, service: PushService, client: Any, config: GatewayConfig) -> None:
+    def __init__(
+        self, service: PushService, client: Any, config: GatewayConfig, consumer: str
+    ) -> None:
         self.service = service
         self.client = client
         self.config = config
-        self.consumer = service.node.node_id
+        #: This node's name in the consumer group.
+        self.consumer = consumer
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.handled = 0

@@ -29,7 +29,7 @@ import logging
 import ssl
 from typing import Any, cast
 
-from channel.gateway.tlsproto import AcceptGate, peer_ip_of
+from channel.engine.tlsproto import AcceptGate, peer_ip_of
 
 log = logging.getLogger("channel.tls")
 

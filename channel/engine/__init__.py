@@ -1,0 +1,1 @@
+"""How bytes move: the Python engine (reference) and the native one (docs/architecture.md)."""

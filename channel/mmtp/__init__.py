@@ -1,0 +1,1 @@
+"""MMTP policy above the engines: handshake, requests, calls (docs/architecture.md)."""

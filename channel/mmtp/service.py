@@ -1,0 +1,129 @@
+"""MMTP policy shared by both engines: who may connect, what a request becomes.
+
+One ``MmtpService`` per node. An engine hands it a HELLO (with what the TLS
+layer knows: the client certificate's name) and gets back an ``AuthResult`` or
+an ``AuthFailure``; requests become RPC calls through ``call_upstream`` (the
+gateway's built-in operations, then the RPC router). Bytes, frames and timers
+are the engines'; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from channel.config import GatewayConfig
+from channel.logs import fields
+from channel.metrics import GatewayMetrics
+from channel.ratelimit import CpuBudget
+from channel.rpc.model import RpcRequest, RpcResponse
+from channel.security.auth import Authenticator, AuthFailure, AuthResult
+from channel.sessions import SessionRegistry, jittered
+from channel.wire import BodyCodec, ErrorCode, FrameCounters, Hello, Limits
+
+log = logging.getLogger("channel.mmtp")
+
+Upstream = Callable[[RpcRequest], Awaitable[RpcResponse]]
+
+
+@dataclass
+class WireCounters:
+    """MMTP bytes to and from devices (inside TLS), read by /metrics."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    frames: FrameCounters = field(default_factory=FrameCounters)
+
+
+class MmtpService:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        authenticator: Authenticator,
+        registry: SessionRegistry,
+        metrics: GatewayMetrics,
+        body_codec: BodyCodec,
+        upstream: Upstream,
+    ) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.registry = registry
+        self.metrics = metrics
+        self.body_codec = body_codec
+        self.call_upstream = upstream
+        lim = config.limits
+        self.wire_limits = Limits(
+            max_frame_size=lim.max_frame_size,
+            header_table_size=lim.header_table_size,
+            max_header_list_size=lim.max_header_list_size,
+            max_body_size=lim.max_body_size,
+            max_concurrent_streams=lim.max_concurrent_streams,
+            max_hello_size=lim.max_hello_size,
+        )
+        #: Every device's input CPU budget (None: unbudgeted), see engine/pysession.py.
+        self.input_budget = (
+            CpuBudget(lim.device_input_cpu_ms_per_s / 1000, lim.device_input_burst_ms / 1000)
+            if lim.device_input_cpu_ms_per_s > 0
+            else None
+        )
+        self.wire = WireCounters()
+
+    # ------------------------------------------------------------- handshake
+
+    def authenticate(self, hello: Hello, client_cert_cn: str | None) -> AuthResult:
+        """Verify a HELLO's credential; raises ``AuthFailure`` (counted, logged)."""
+        try:
+            return self.authenticator.authenticate(hello, time.time(), client_cert_cn)
+        except AuthFailure as failure:
+            self.metrics.auth_failures.labels(failure.code.name).inc()
+            log.info(
+                "hello refused",
+                extra=fields(device=hello.device_id, code=failure.code.name),
+            )
+            raise
+
+    def heartbeat_for(self, preferred_s: int) -> int:
+        """The interval a device gets: the configured one, or shorter if it asks and may."""
+        hb = self.config.heartbeat
+        if preferred_s and hb.min_s <= preferred_s < hb.interval_s:
+            return preferred_s
+        return hb.interval_s
+
+    def idle_limit_s(self, heartbeat_s: int) -> float:
+        """No frame for this long after HELLO_ACK ends the connection (IDLE_TIMEOUT)."""
+        return heartbeat_s * self.config.heartbeat.idle_factor
+
+    def retry_hint_ms(self) -> int:
+        return jittered(self.config.server.reconnect_after_ms)
+
+    def authenticated(self, resumed: bool, fast_open: bool) -> None:
+        """Count a completed handshake (either engine)."""
+        self.metrics.handshakes.labels("resumed" if resumed else "full").inc()
+        if fast_open:
+            self.metrics.fast_open_handshakes.inc()
+
+    # --------------------------------------------------------------- requests
+
+    def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
+        # Labels are the route's match and the cluster, never the op (unbounded cardinality).
+        status = "OK" if response.status == 0 else code_name(response.status)
+        self.metrics.rpc_latency.labels(response.route, response.cluster, status).observe(seconds)
+
+    def stream_error_sent(self, code: int) -> None:
+        self.metrics.stream_errors.labels(code_name(code)).inc()
+
+    def protocol_error(self, code: ErrorCode, device_id: str) -> None:
+        self.metrics.connection_errors.labels(code.name).inc()
+        log.info("protocol error", extra=fields(device=device_id, code=code.name))
+
+
+def code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"CODE_{code}"

@@ -1,0 +1,231 @@
+"""What an MMTP session does above its engine: serve the device's calls, call the device.
+
+``MmtpSession`` is the part both engines share: the request rate limit, the
+calls being served (one task each, cancelled with their stream), backend →
+device calls waiting for the device's answer, and closing once idle after a
+GOAWAY. Each engine subclasses it with the few primitives that move frames
+(``_send_answer``, ``_send_stream_error``, ``_start_call``, ``_cancel_call``,
+``flush``, ``_close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import abstractmethod
+from typing import TYPE_CHECKING
+
+from channel.logs import fields
+from channel.ratelimit import TokenBucket
+from channel.rpc.model import DeviceContext, RpcRequest, RpcResponse
+from channel.sessions import Headers, Session
+from channel.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from channel.mmtp.service import MmtpService
+    from channel.security.auth import AuthResult
+
+log = logging.getLogger("channel.session")
+
+
+class MmtpSession(Session):
+    """An authenticated MMTP device; see the module docstring."""
+
+    __slots__ = (
+        "_bucket",
+        "_calls",
+        "_closing_when_idle",
+        "_service",
+        "_tasks",
+        "auth",
+    )
+
+    protocol = "mmtp"
+
+    def __init__(self, service: MmtpService) -> None:
+        self._service = service
+        self.auth: AuthResult | None = None
+        # Calls being served, by stream id (None while there are none: an idle
+        # session holds no empty containers, see tests/test_session_footprint.py).
+        self._tasks: dict[int, asyncio.Task[None]] | None = None
+        # Backend → device calls awaiting the device's answer, by the engine's key.
+        self._calls: dict[int, asyncio.Future[RpcResponse]] | None = None
+        # The request rate limit, made at the first request (it starts full either way).
+        self._bucket: TokenBucket | None = None
+        self._closing_when_idle = False
+
+    # ------------------------------------------------------- engine primitives
+
+    @abstractmethod
+    def _send_answer(self, stream_id: int, response: RpcResponse) -> None:
+        """Answer a request; one too large for the device becomes a stream error."""
+
+    @abstractmethod
+    def _send_stream_error(
+        self, stream_id: int, code: ErrorCode, message: str, retry_after_ms: int = 0
+    ) -> None: ...
+
+    @abstractmethod
+    def _start_call(self, op: str, body: bytes, headers: Headers) -> int | RpcResponse:
+        """Send a REQUEST to the device: the key its answer will come back under, or
+        the reason it cannot be sent."""
+
+    @abstractmethod
+    def _cancel_call(self, key: int) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Close the connection (after what is queued is written)."""
+
+    @property
+    @abstractmethod
+    def _gone(self) -> bool:
+        """The connection is closing or closed: answers would go nowhere."""
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def device(self) -> DeviceContext:
+        assert self.auth is not None
+        return self.auth.device
+
+    @property
+    def device_id(self) -> str:
+        return self.auth.device.device_id if self.auth is not None else ""
+
+    @property
+    def resumed(self) -> bool:
+        return self.auth is not None and self.auth.resumed
+
+    @property
+    def expires_at(self) -> int:
+        return self.auth.auth_expires_at if self.auth is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks) if self._tasks is not None else 0
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "in_flight": self.in_flight}
+
+    # --------------------------------------------------------------- requests
+
+    def on_request(self, stream_id: int, op: str, headers: Headers, body: bytes) -> None:
+        """A REQUEST from the device: rate limit, then serve it in a task of its own."""
+        if self.auth is None:
+            # Pipelined requests only arrive after the HELLO; a refused HELLO closes.
+            return
+        now = time.monotonic()
+        bucket = self._bucket
+        limits = self._service.config.limits
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(
+                limits.requests_per_second, limits.request_burst, now
+            )
+        wait_s = bucket.take(now)
+        if wait_s > 0:
+            self.stream_error(
+                stream_id, ErrorCode.RATE_LIMITED, "request rate limit", int(wait_s * 1000) + 1
+            )
+            return
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = {}
+        if len(tasks) >= limits.max_pending_requests:
+            self.stream_error(stream_id, ErrorCode.REFUSED_STREAM, "too many calls")
+            return
+        request = RpcRequest(op, headers, body, self.auth.device)
+        tasks[stream_id] = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
+
+    async def _serve(self, stream_id: int, request: RpcRequest) -> None:
+        service = self._service
+        started = time.monotonic()
+        try:
+            response = await service.call_upstream(request)
+        except asyncio.CancelledError:
+            self._pop_task(stream_id)
+            raise
+        except Exception:
+            log.exception("rpc handler failed", extra=fields(op=request.op))
+            response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
+        self._pop_task(stream_id)
+        service.observe_rpc(request, response, time.monotonic() - started)
+        if self._gone:
+            return
+        if response.status != 0:
+            service.stream_error_sent(response.status)
+        self._send_answer(stream_id, response)
+        self.flush()
+        if self._closing_when_idle and not self._tasks:
+            self._close()
+
+    def on_cancel(self, stream_id: int) -> None:
+        task = self._pop_task(stream_id)
+        if task is not None:
+            task.cancel()
+
+    def _pop_task(self, stream_id: int) -> asyncio.Task[None] | None:
+        tasks = self._tasks
+        if tasks is None:
+            return None
+        task = tasks.pop(stream_id, None)
+        if not tasks:
+            self._tasks = None
+        return task
+
+    def stream_error(
+        self, stream_id: int, code: ErrorCode, message: str, retry_after_ms: int = 0
+    ) -> None:
+        self._service.stream_error_sent(code)
+        self._send_stream_error(stream_id, code, message, retry_after_ms)
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, op: str, body: bytes, headers: Headers, timeout_s: float) -> RpcResponse:
+        if self.auth is None or self.closed or self.draining:
+            return RpcResponse.error(ErrorCode.UNAVAILABLE, "device is not connected here")
+        key = self._start_call(op, body, headers)
+        if isinstance(key, RpcResponse):
+            return key
+        future: asyncio.Future[RpcResponse] = asyncio.get_running_loop().create_future()
+        if self._calls is None:
+            self._calls = {}
+        self._calls[key] = future
+        self.flush()
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            self._cancel_call(key)
+            self.flush()
+            return RpcResponse.error(ErrorCode.TIMEOUT, f"device did not answer in {timeout_s} s")
+        finally:
+            if self._calls is not None:
+                self._calls.pop(key, None)
+                if not self._calls:
+                    self._calls = None
+
+    def on_answer(self, key: int, response: RpcResponse) -> None:
+        """The device answered a call (or its connection went away)."""
+        future = (self._calls or {}).get(key)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    # ---------------------------------------------------------------- closing
+
+    def close_when_idle(self) -> None:
+        """Close once the calls being served are answered (GOAWAY either way)."""
+        if not self._tasks:
+            self._close()
+        else:
+            self._closing_when_idle = True
+
+    def connection_gone(self) -> None:
+        """Cancel what was being served and fail what waited for the device."""
+        tasks, self._tasks = self._tasks, None
+        for task in (tasks or {}).values():
+            task.cancel()
+        calls, self._calls = self._calls, None
+        for future in (calls or {}).values():
+            if not future.done():
+                future.set_result(RpcResponse.error(ErrorCode.UNAVAILABLE, "device went away"))
