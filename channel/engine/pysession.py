@@ -33,9 +33,10 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from channel import fastopen
+from channel.mmtp.service import MmtpService
 from channel.mmtp.session import MmtpSession
 from channel.ratelimit import CpuBudget
 from channel.rpc.model import RpcResponse
@@ -62,8 +63,20 @@ from channel.wire import (
     StreamErrorReceived,
 )
 
-if TYPE_CHECKING:
-    from channel.engine.python import PythonEngine
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the engine that accepted it (``PythonEngine``)."""
+
+    service: MmtpService
+
+    def admit(self, session: PyMmtpSession) -> tuple[ErrorCode, str] | None: ...
+
+    def authenticated(self, session: PyMmtpSession) -> None: ...
+
+    def forget(self, session: PyMmtpSession) -> None: ...
+
+    def client_certificate_cn(self, transport: asyncio.BaseTransport | None) -> str | None: ...
+
 
 #: Why reading is paused (bits of ``_holds``): the device does not read what we send,
 #: or its input used up its CPU budget. Reading resumes when no reason is left.
@@ -92,7 +105,7 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
         "last_seen",
     )
 
-    def __init__(self, engine: PythonEngine) -> None:
+    def __init__(self, engine: ConnectionOwner) -> None:
         service = engine.service
         super().__init__(service)
         self._engine = engine

@@ -70,7 +70,10 @@ def announce_listening(node: Any) -> None:
     """One JSON line on stdout for tools (every listener's real port), a human summary on
     stderr."""
     info = node.listening_info()
-    print(json.dumps(info), flush=True)
+    # One write per line: the workers of ``--workers N`` share stdout, and print() writes
+    # the text and its newline apart when stdout is unbuffered (lines interleaved).
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
     server = node.config.server
     lines = [
         f"Channel gateway {info['node']} ({info['engine']} engine) listening on "
