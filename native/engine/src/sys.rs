@@ -66,6 +66,19 @@ pub fn eventfd() -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Wait until `fd` is readable or `timeout_ms` passes; true if readable.
+pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> bool {
+    let mut entry = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our stack, and the count passed is 1: the kernel reads
+    // and writes only that struct; the fd is borrowed and open for the call.
+    let rc = unsafe { libc::poll(&mut entry, 1, timeout_ms) };
+    rc > 0 && entry.revents & libc::POLLIN != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,8 +94,10 @@ mod tests {
         );
         fd.write_all(&1u64.to_ne_bytes()).unwrap();
         fd.write_all(&1u64.to_ne_bytes()).unwrap();
+        assert!(wait_readable(&fd, 1000));
         fd.read_exact(&mut buf).unwrap();
         assert_eq!(u64::from_ne_bytes(buf), 2, "signals add up until read");
+        assert!(!wait_readable(&fd, 0));
         assert_eq!(
             fd.read(&mut buf).unwrap_err().kind(),
             io::ErrorKind::WouldBlock

@@ -97,6 +97,7 @@ impl Engine {
         Stats::add(&stats.bytes_in, n as u64);
         conn.timing.last_input_ms = self.now_ms;
         let total = filled + n;
+        let mut peer_closed = false;
         scratch.plain_in.clear();
         let plaintext_len = match &mut conn.tls {
             None => {
@@ -138,13 +139,7 @@ impl Engine {
                         return Err(outcome);
                     }
                 }
-                let Some(conn) = self.conns.get(slot) else {
-                    return Err((0, Ending::Abort));
-                };
-                if pass.peer_closed && self.scratch.plain_in.is_empty() {
-                    let _ = conn;
-                    return Err((0, Ending::Graceful));
-                }
+                peer_closed = pass.peer_closed;
                 self.scratch.plain_in.len()
             }
         };
@@ -152,6 +147,10 @@ impl Engine {
             if let Outcome::End(reason, ending) = self.deliver(slot, plaintext_len) {
                 return Err((reason, ending));
             }
+        }
+        if peer_closed {
+            // close_notify: everything the device sent is in; answer with ours.
+            return Err((0, Ending::Graceful));
         }
         Ok(n.max(1))
     }

@@ -555,6 +555,7 @@ impl Engine {
                     Ok(())
                 } else {
                     let mut input = std::mem::take(rx_partial);
+                    scratch.plain_in.clear();
                     let pass = tlsio::pass(
                         tls,
                         sock,
