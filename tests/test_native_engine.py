@@ -227,7 +227,8 @@ def test_fanout_to_a_list_skips_gone_and_unaccepted_connections(make_engine: Any
 
 
 def test_idle_deadline_ends_a_silent_device(make_engine: Any) -> None:
-    driver, port = make_engine(idle_factor=1.2, sweep_interval_ms=20)
+    # A handshake deadline far beyond the idle one: the idle deadline must not wait for it.
+    driver, port = make_engine(idle_factor=1.2, sweep_interval_ms=20, handshake_timeout_ms=60_000)
     device = Device.connect(port)
     device.hello("quiet")
     conn = driver.hello("quiet")

@@ -60,6 +60,9 @@ impl Engine {
                         let conn = &mut engine.conns[slot];
                         conn.set(flag::ACCEPTED);
                         conn.timing.open(now, idle_ms);
+                        // The idle deadline may come before the handshake one it replaces.
+                        let next = conn.timing.next_deadline(&engine.durations);
+                        engine.lower_deadline(slot, next);
                         true
                     }
                     Err(_) => false,
