@@ -284,6 +284,16 @@ def test_per_ip_limit_refuses_before_tls(make_engine: Any) -> None:
     accepted(driver, port, "ip-again")  # a slot per address came free
 
 
+def test_max_connections_refuses_before_tls(make_engine: Any) -> None:
+    driver, port = make_engine(max_connections=1)
+    kept, _ = accepted(driver, port, "only-one")
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        Device.connect(port)
+    stats = driver.stats()
+    assert (stats["refused_max_connections"], stats["tls_handshakes_full"]) == (1, 1)
+    kept.close()
+
+
 def test_slow_consumer_is_cut(make_engine: Any) -> None:
     driver, port = make_engine(send_buffer_high_water_bytes=16384)
     device, conn = accepted(driver, port, "sleepy", receive_buffer_bytes=4096)

@@ -59,6 +59,8 @@ pub mod flag {
     pub const TLS_DONE: u16 = 1 << 9;
     /// close_notify was queued.
     pub const CLOSE_NOTIFY_SENT: u16 = 1 << 10;
+    /// The peer's FIN arrived (while closing).
+    pub const PEER_EOF: u16 = 1 << 11;
 }
 
 pub struct Conn {

@@ -135,6 +135,9 @@ impl Engine {
                 }
                 if was_handshaking && pass.writable && !tls.is_handshaking() {
                     conn.set(flag::TLS_DONE);
+                    if !conn.out_plain.is_empty() {
+                        self.mark_dirty(slot); // queued while TLS was not writable
+                    }
                     if let Some(outcome) = self.tls_established(slot) {
                         return Err(outcome);
                     }
@@ -432,8 +435,10 @@ impl Engine {
         loop {
             match conn.sock.read(&mut self.scratch.rx) {
                 Ok(0) => {
-                    if conn.has(flag::WRITE_SHUT) || conn.tx_pending.is_empty() {
+                    if conn.tx_pending.is_empty() {
                         self.remove(slot);
+                    } else {
+                        conn.set(flag::PEER_EOF); // removed once its last bytes are out
                     }
                     return;
                 }

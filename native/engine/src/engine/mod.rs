@@ -608,9 +608,13 @@ impl Engine {
             return;
         };
         if conn.has(flag::CLOSING) {
-            if conn.tx_pending.is_empty() && !conn.has(flag::WRITE_SHUT) {
-                conn.set(flag::WRITE_SHUT);
-                let _ = conn.sock.shutdown(Shutdown::Write);
+            if conn.tx_pending.is_empty() {
+                if conn.has(flag::PEER_EOF) {
+                    self.remove(slot);
+                } else if !conn.has(flag::WRITE_SHUT) {
+                    conn.set(flag::WRITE_SHUT);
+                    let _ = conn.sock.shutdown(Shutdown::Write);
+                }
             }
             return;
         }
