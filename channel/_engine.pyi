@@ -5,7 +5,7 @@ tuples whose first item is their kind. Connection ids are ints (slot | generatio
 << 32) and never name a later connection.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
 Headers: TypeAlias = tuple[tuple[str, str], ...]
@@ -72,7 +72,7 @@ EngineCommand: TypeAlias = (
 def version() -> str: ...
 
 class Engine:
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None: ...
+    def __init__(self, config: dict[str, Any] | None = None) -> None: ...
     def listen(
         self,
         kind: Literal["mmtp", "mqtt"],
