@@ -37,5 +37,7 @@ echo "== ruff"
 .venv/bin/ruff check channel sdk_client stress tests scripts
 echo "== mypy --strict (channel/wire, sdk_client)"
 .venv/bin/mypy
+echo "== cargo test (native/: the MMTP core and the engine, without Python)"
+cargo test --workspace --quiet
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

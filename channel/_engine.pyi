@@ -1,0 +1,100 @@
+"""Typed stubs of the native engine (``native/engine``, built by maturin).
+
+The contract is ``native/engine/BOUNDARY.md``: events up and commands down are
+tuples whose first item is their kind. Connection ids are ints (slot | generation
+<< 32) and never name a later connection.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TypeAlias
+
+Headers: TypeAlias = tuple[tuple[str, str], ...]
+HeaderInput: TypeAlias = Sequence[tuple[str, str]]
+
+HelloEvent: TypeAlias = tuple[Literal["HELLO"], int, str, dict[str, Any], str | None, bool]
+RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes]
+AnswerEvent: TypeAlias = tuple[Literal["ANSWER"], int, int, int, Headers, bytes, int, str]
+AcksEvent: TypeAlias = tuple[Literal["ACKS"], int, list[bytes]]
+FanoutAcksEvent: TypeAlias = tuple[Literal["FANOUT_ACKS"], dict[bytes, int]]
+CancelEvent: TypeAlias = tuple[Literal["CANCEL"], int, int]
+GoAwayEvent: TypeAlias = tuple[Literal["GOAWAY"], int]
+ClosedEvent: TypeAlias = tuple[Literal["CLOSED"], int, int]
+MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, bool]
+MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
+PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
+FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
+
+EngineEvent: TypeAlias = (
+    HelloEvent
+    | RequestEvent
+    | AnswerEvent
+    | AcksEvent
+    | FanoutAcksEvent
+    | CancelEvent
+    | GoAwayEvent
+    | ClosedEvent
+    | MqttOpenEvent
+    | MqttPacketsEvent
+    | PushFailedEvent
+    | FanoutDoneEvent
+)
+
+AcceptCommand: TypeAlias = tuple[Literal["ACCEPT"], int, bytes, bytes, int, int, bool]
+RejectCommand: TypeAlias = tuple[Literal["REJECT"], int, int, str, int]
+RespondCommand: TypeAlias = tuple[Literal["RESPOND"], int, int, int, HeaderInput, bytes]
+StreamErrorCommand: TypeAlias = tuple[Literal["STREAM_ERROR"], int, int, int, str, int]
+CallCommand: TypeAlias = tuple[Literal["CALL"], int, int, str, HeaderInput, bytes]
+CancelCallCommand: TypeAlias = tuple[Literal["CANCEL_CALL"], int, int]
+PushCommand: TypeAlias = tuple[Literal["PUSH"], int, bytes, HeaderInput, bytes, bool]
+FanoutCommand: TypeAlias = tuple[Literal["FANOUT"], bytes, HeaderInput, bytes, Sequence[int] | None]
+GoAwayCommand: TypeAlias = tuple[Literal["GOAWAY"], int | None, int, int, str]
+EndCommand: TypeAlias = tuple[Literal["END"], int, int, str]
+CloseCommand: TypeAlias = tuple[Literal["CLOSE", "MQTT_CLOSE", "ABORT"], int]
+SetIdleCommand: TypeAlias = tuple[Literal["SET_IDLE"], int, int]
+MqttWriteCommand: TypeAlias = tuple[Literal["MQTT_WRITE"], int, bytes]
+
+EngineCommand: TypeAlias = (
+    AcceptCommand
+    | RejectCommand
+    | RespondCommand
+    | StreamErrorCommand
+    | CallCommand
+    | CancelCallCommand
+    | PushCommand
+    | FanoutCommand
+    | GoAwayCommand
+    | EndCommand
+    | CloseCommand
+    | SetIdleCommand
+    | MqttWriteCommand
+)
+
+def version() -> str: ...
+
+class Engine:
+    def __init__(self, config: dict[str, Any] | None = None) -> None: ...
+    def listen(
+        self,
+        kind: Literal["mmtp", "mqtt"],
+        host: str,
+        port: int,
+        *,
+        tls: bool,
+        reuse_port: bool = True,
+        backlog: int = 4096,
+        fast_open_queue: int = 0,
+    ) -> int: ...
+    def event_fd(self) -> int: ...
+    def take_events(self) -> list[EngineEvent]: ...
+    def submit(self, commands: Iterable[EngineCommand]) -> None: ...
+    def reload_tls(
+        self,
+        cert_pem: bytes,
+        key_pem: bytes,
+        client_ca_pem: bytes | None = None,
+        require_client_cert: bool = False,
+    ) -> None: ...
+    def set_ticket_keys(self, current_id: int, keys: Iterable[tuple[int, bytes]]) -> None: ...
+    def close_listeners(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def shutdown(self) -> None: ...

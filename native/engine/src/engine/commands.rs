@@ -1,0 +1,409 @@
+//! Python's commands, applied in order on the engine thread.
+
+use std::sync::Arc;
+
+use mio::{Interest, Token};
+
+use super::conn::{flag, Inflight, Proto};
+use super::{Ending, Engine, ListenerState, LISTENER_BASE};
+use crate::boundary::{Command, Event, MessageId};
+use crate::ids::ConnId;
+use crate::stats::Stats;
+
+impl Engine {
+    pub(super) fn run_commands(&mut self) {
+        let commands = {
+            let mut queue = self
+                .shared
+                .commands
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *queue)
+        };
+        for command in commands {
+            self.command(command);
+            if self.shutdown {
+                return;
+            }
+        }
+    }
+
+    fn stale(&self) {
+        Stats::inc(&self.shared.stats.commands_stale);
+    }
+
+    fn failed(&self) {
+        Stats::inc(&self.shared.stats.commands_failed);
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Accept {
+                conn,
+                session_id,
+                resume_ticket,
+                heartbeat_s,
+                server_time_ms,
+                resumed,
+            } => {
+                let accept = mmtp::Accept {
+                    session_id,
+                    resume_ticket,
+                    heartbeat_s,
+                    server_time_ms,
+                    resumed,
+                };
+                let idle_ms = (heartbeat_s as f64 * self.config.idle_factor * 1000.0) as u64;
+                self.with_mmtp(conn, |engine, slot, m| match m.wire.accept(&accept) {
+                    Ok(_) => {
+                        let now = engine.now_ms;
+                        let conn = &mut engine.conns[slot];
+                        conn.set(flag::ACCEPTED);
+                        conn.timing.open(now, idle_ms);
+                        // The idle deadline may come before the handshake one it replaces.
+                        let next = conn.timing.next_deadline(&engine.durations);
+                        engine.lower_deadline(slot, next);
+                        true
+                    }
+                    Err(_) => false,
+                });
+            }
+            Command::Reject {
+                conn,
+                code,
+                message,
+                retry_after_ms,
+            } => {
+                let code_value = code.value();
+                if let Some(slot) = self.with_mmtp(conn, |_, _, m| {
+                    m.wire.reject(code, &message, retry_after_ms).is_ok()
+                }) {
+                    self.end(slot, code_value, Ending::Graceful);
+                }
+            }
+            Command::Respond {
+                conn,
+                stream_id,
+                status,
+                headers,
+                body,
+            } => {
+                self.with_mmtp(conn, |_, _, m| {
+                    match m.wire.send_response(stream_id, &body, &headers, status) {
+                        Ok(sent) => sent,
+                        Err(mmtp::LocalError::MessageTooLarge(why)) => {
+                            // The answer does not fit the device's limits: tell it so.
+                            let why: String = why.chars().take(200).collect();
+                            let _ = m.wire.send_error(
+                                stream_id,
+                                mmtp::ErrorCode::UpstreamError,
+                                &why,
+                                0,
+                            );
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                });
+            }
+            Command::StreamError {
+                conn,
+                stream_id,
+                code,
+                message,
+                retry_after_ms,
+            } => {
+                self.with_mmtp(conn, |_, _, m| {
+                    matches!(
+                        m.wire.send_error(stream_id, code, &message, retry_after_ms),
+                        Ok(true)
+                    )
+                });
+            }
+            Command::Call {
+                conn,
+                call_token,
+                op,
+                headers,
+                body,
+            } => {
+                let mut refusal = None;
+                let found = self.with_mmtp(conn, |_, _, m| {
+                    match m.wire.send_request(&op, &body, &headers) {
+                        Ok(stream_id) => {
+                            m.calls.push((stream_id, call_token));
+                            true
+                        }
+                        Err(error) => {
+                            refusal = Some(error.to_string());
+                            false
+                        }
+                    }
+                });
+                if found.is_none() || refusal.is_some() {
+                    self.out.push(Event::Answer {
+                        conn,
+                        call_token,
+                        status: mmtp::ErrorCode::Unavailable.value(),
+                        headers: mmtp::Headers::new(),
+                        body: Vec::new(),
+                        retry_after_ms: 0,
+                        message: refusal.unwrap_or_else(|| "device is not connected here".into()),
+                    });
+                }
+            }
+            Command::CancelCall { conn, call_token } => {
+                self.with_mmtp(conn, |_, _, m| {
+                    let Some(at) = m.calls.iter().position(|(_, t)| *t == call_token) else {
+                        return false;
+                    };
+                    let (stream_id, _) = m.calls.swap_remove(at);
+                    if m.calls.is_empty() {
+                        m.calls = Vec::new();
+                    }
+                    m.wire.send_cancel(stream_id);
+                    true
+                });
+            }
+            Command::Push {
+                conn,
+                message_id,
+                headers,
+                body,
+                tracked,
+            } => self.push(conn, message_id, &headers, &body, tracked),
+            Command::Fanout {
+                push,
+                message_id,
+                targets,
+            } => self.fanout(&push, message_id, targets),
+            Command::GoAway {
+                conn,
+                code,
+                reconnect_after_ms,
+                message,
+            } => {
+                let targets: Vec<ConnId> = match conn {
+                    Some(id) => vec![id],
+                    None => self.accepted_mmtp(),
+                };
+                for id in targets {
+                    let mut ok = true;
+                    let slot = self.with_mmtp(id, |_, _, m| {
+                        ok = m
+                            .wire
+                            .send_goaway(code, reconnect_after_ms, "", &message)
+                            .is_ok();
+                        true
+                    });
+                    if let (Some(slot), false) = (slot, ok) {
+                        // Not accepted yet (or already draining): close instead.
+                        self.end(slot, code.value(), Ending::Graceful);
+                    }
+                }
+            }
+            Command::End {
+                conn,
+                code,
+                message,
+            } => {
+                let Some(slot) = self.live(conn) else {
+                    return self.stale();
+                };
+                if let Some(m) = self.conns[slot].mmtp() {
+                    m.wire.close_with_error(code, &message, 0);
+                }
+                self.end(slot, code.value(), Ending::Graceful);
+            }
+            Command::Close { conn } => match self.live(conn) {
+                Some(slot) => self.end(slot, 0, Ending::Graceful),
+                None => self.stale(),
+            },
+            Command::Abort { conn } => match self.live(conn) {
+                Some(slot) => self.end(slot, 0, Ending::Abort),
+                None => self.stale(),
+            },
+            Command::SetIdle {
+                conn,
+                idle_timeout_ms,
+            } => {
+                let Some(slot) = self.live(conn) else {
+                    return self.stale();
+                };
+                let now = self.now_ms;
+                let conn = &mut self.conns[slot];
+                conn.set(flag::ACCEPTED);
+                conn.timing.open(now, idle_timeout_ms);
+                let next = conn.timing.next_deadline(&self.durations);
+                self.lower_deadline(slot, next);
+            }
+            Command::MqttWrite { conn, data } => {
+                let Some(slot) = self.live(conn) else {
+                    return self.stale();
+                };
+                Stats::inc(&self.shared.stats.mqtt_writes);
+                self.conns[slot].out_plain.extend_from_slice(&data);
+                self.mark_dirty(slot);
+            }
+            Command::Listen(mut listener) => {
+                let index = self.listeners.len();
+                let registered = self.poll.registry().register(
+                    &mut listener.socket,
+                    Token(LISTENER_BASE + index),
+                    Interest::READABLE,
+                );
+                if registered.is_ok() {
+                    self.listeners.push(Some(ListenerState {
+                        listener,
+                        ready: true,
+                    }));
+                }
+            }
+            Command::CloseListeners(done) => {
+                for state in self.listeners.iter_mut() {
+                    if let Some(mut state) = state.take() {
+                        let _ = self.poll.registry().deregister(&mut state.listener.socket);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::Shutdown => self.shutdown = true,
+        }
+    }
+
+    /// Run `f` on a live MMTP connection (false from `f`: the command failed);
+    /// the connection is flushed at the end of the round. None: stale id.
+    fn with_mmtp(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Engine, usize, &mut super::conn::MmtpConn) -> bool,
+    ) -> Option<usize> {
+        let Some(slot) = self.live(id) else {
+            self.stale();
+            return None;
+        };
+        // Taken out for the call so `f` may use the engine; put back after.
+        let mut proto = std::mem::replace(
+            &mut self.conns[slot].proto,
+            Proto::Mqtt(crate::mqtt::Framer::default()),
+        );
+        let ok = match &mut proto {
+            Proto::Mmtp(m) => f(self, slot, m),
+            Proto::Mqtt(_) => false,
+        };
+        self.conns[slot].proto = proto;
+        if !ok {
+            self.failed();
+        }
+        self.mark_dirty(slot);
+        Some(slot)
+    }
+
+    fn accepted_mmtp(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.is_mmtp() && c.has(flag::ACCEPTED) && !c.has(flag::CLOSING))
+            .map(|(_, c)| c.id)
+            .collect()
+    }
+
+    fn push(
+        &mut self,
+        id: ConnId,
+        message_id: MessageId,
+        headers: &[(String, String)],
+        body: &[u8],
+        tracked: bool,
+    ) {
+        let cap = self.config.max_unacked_pushes;
+        let mut refusal: Option<String> = None;
+        let found = self.with_mmtp(id, |_, _, m| {
+            if m.wire.unacked_deliveries().len() >= cap {
+                refusal = Some(format!("{cap} pushes await their ACK on this connection"));
+                return true;
+            }
+            match m.wire.send_push(&message_id, body, headers) {
+                Ok(delivery_id) => {
+                    m.inflight.push(Inflight {
+                        delivery_id,
+                        message_id: message_id.clone(),
+                        tracked,
+                    });
+                    true
+                }
+                Err(error) => {
+                    refusal = Some(error.to_string());
+                    true
+                }
+            }
+        });
+        let stats = &self.shared.stats;
+        match (found, refusal) {
+            (Some(_), None) => Stats::inc(&stats.pushes_written),
+            (found, refusal) => {
+                Stats::inc(&stats.pushes_failed);
+                let reason = match found {
+                    None => "closed".to_string(),
+                    Some(_) => refusal.unwrap_or_default(),
+                };
+                self.out.push(Event::PushFailed {
+                    conn: id,
+                    message_id,
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn fanout(
+        &mut self,
+        push: &Arc<mmtp::PreparedPush>,
+        message_id: MessageId,
+        targets: Option<Vec<ConnId>>,
+    ) {
+        let stats = self.shared.clone();
+        let stats = &stats.stats;
+        Stats::inc(&stats.fanouts);
+        let targets = targets.unwrap_or_else(|| self.accepted_mmtp());
+        let cap = self.config.max_unacked_pushes;
+        let (mut written, mut skipped) = (0u64, 0u64);
+        for id in targets {
+            let Some(slot) = self.live(id) else {
+                skipped += 1;
+                continue;
+            };
+            let conn = &mut self.conns[slot];
+            if !conn.has(flag::ACCEPTED) {
+                skipped += 1;
+                continue;
+            }
+            let Proto::Mmtp(m) = &mut conn.proto else {
+                skipped += 1;
+                continue;
+            };
+            if m.wire.unacked_deliveries().len() >= cap {
+                skipped += 1;
+                continue;
+            }
+            match m.wire.send_prepared_push(push) {
+                Ok(delivery_id) => {
+                    m.inflight.push(Inflight {
+                        delivery_id,
+                        message_id: message_id.clone(),
+                        tracked: false,
+                    });
+                    written += 1;
+                    self.mark_dirty(slot);
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        Stats::add(&stats.fanout_deliveries, written);
+        Stats::add(&stats.fanout_skipped, skipped);
+        self.out.push(Event::FanoutDone {
+            message_id,
+            written,
+            skipped,
+        });
+    }
+}

@@ -1,0 +1,481 @@
+//! The read path: socket -> TLS records -> MMTP frames / MQTT packets -> events.
+
+use std::io::{self, Read};
+
+use super::conn::{flag, Conn, Inflight, Proto};
+use super::{tlsio, Ending, Engine};
+use crate::boundary::Event;
+use crate::mqtt::{self, FramingError};
+use crate::stats::Stats;
+use crate::tls::{common_name, MMTP_ALPN};
+
+/// What reading one connection led to.
+enum Outcome {
+    Keep,
+    /// End it (reason, how).
+    End(u64, Ending),
+}
+
+impl Engine {
+    /// Give one connection one budget of input; true if it has input left.
+    pub(super) fn input(&mut self, slot: usize) -> bool {
+        let budget = self.config.max_read_per_round_bytes;
+        let mut read_total = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return false;
+            };
+            if conn.has(flag::CLOSING) {
+                self.drain_closing(slot);
+                return false;
+            }
+            if conn.has(flag::MORE_INPUT) {
+                conn.clear(flag::MORE_INPUT);
+                match self.deliver(slot, 0) {
+                    Outcome::Keep => {}
+                    Outcome::End(reason, ending) => {
+                        self.end(slot, reason, ending);
+                        return false;
+                    }
+                }
+                let Some(conn) = self.conns.get(slot) else {
+                    return false;
+                };
+                if conn.has(flag::MORE_INPUT) {
+                    return true;
+                }
+                if conn.has(flag::CLOSING) || conn.has(flag::READ_PAUSED) {
+                    return false;
+                }
+            }
+            let Some(conn) = self.conns.get(slot) else {
+                return false;
+            };
+            if !conn.has(flag::READ_READY) {
+                return false;
+            }
+            if read_total >= budget {
+                return true;
+            }
+            match self.read_once(slot) {
+                Ok(0) => return false,
+                Ok(n) => read_total += n,
+                Err((reason, ending)) => {
+                    self.end(slot, reason, ending);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// One read() and what it carried. Ok(0): nothing more to read now.
+    fn read_once(&mut self, slot: usize) -> Result<usize, (u64, Ending)> {
+        let stats = &self.shared.stats;
+        let conn = self.conns.get_mut(slot).ok_or((0, Ending::Abort))?;
+        let scratch = &mut self.scratch;
+        let filled = conn.rx_partial.len();
+        let room = 16 * 1024 + 5;
+        if scratch.rx.len() < filled + room {
+            scratch.rx.resize(filled + room, 0);
+        }
+        scratch.rx[..filled].copy_from_slice(&conn.rx_partial);
+        let want = scratch.rx.len() - filled;
+        let n = match conn.sock.read(&mut scratch.rx[filled..]) {
+            Ok(0) => return Err((0, Ending::Abort)), // EOF without close_notify / DISCONNECT
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.clear(flag::READ_READY);
+                return Ok(0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(1),
+            Err(_) => return Err((0, Ending::Abort)),
+        };
+        if n < want {
+            // A short read of a stream socket drained it (edge-triggered epoll).
+            conn.clear(flag::READ_READY);
+        }
+        Stats::add(&stats.bytes_in, n as u64);
+        conn.timing.last_input_ms = self.now_ms;
+        let total = filled + n;
+        let mut peer_closed = false;
+        scratch.plain_in.clear();
+        let plaintext_len = match &mut conn.tls {
+            None => {
+                // Plain TCP (MQTT): the bytes are the plaintext.
+                scratch.plain_in.extend_from_slice(&scratch.rx[..total]);
+                conn.rx_partial = Vec::new();
+                total
+            }
+            Some(tls) => {
+                let was_handshaking = !conn.flags & flag::TLS_DONE != 0;
+                let result = tlsio::pass(
+                    tls,
+                    &mut conn.sock,
+                    &mut conn.tx_pending,
+                    &mut scratch.rx[..total],
+                    &mut scratch.plain_in,
+                    &[],
+                    false,
+                    &mut scratch.tx,
+                    stats,
+                );
+                let pass = match result {
+                    Ok(pass) => pass,
+                    Err(_) => {
+                        Stats::inc(&stats.tls_failures);
+                        return Err((0, Ending::Abort));
+                    }
+                };
+                if pass.consumed < total {
+                    conn.rx_partial.clear();
+                    conn.rx_partial
+                        .extend_from_slice(&scratch.rx[pass.consumed..total]);
+                } else {
+                    conn.rx_partial = Vec::new();
+                }
+                if was_handshaking && pass.writable && !tls.is_handshaking() {
+                    conn.set(flag::TLS_DONE);
+                    if !conn.out_plain.is_empty() {
+                        self.mark_dirty(slot); // queued while TLS was not writable
+                    }
+                    if let Some(outcome) = self.tls_established(slot) {
+                        return Err(outcome);
+                    }
+                }
+                peer_closed = pass.peer_closed;
+                self.scratch.plain_in.len()
+            }
+        };
+        if plaintext_len > 0 {
+            if let Outcome::End(reason, ending) = self.deliver(slot, plaintext_len) {
+                return Err((reason, ending));
+            }
+        }
+        if peer_closed {
+            // close_notify: everything the device sent is in; answer with ours.
+            return Err((0, Ending::Graceful));
+        }
+        Ok(n.max(1))
+    }
+
+    /// The TLS handshake just finished: count it, check ALPN. Some: end it.
+    fn tls_established(&mut self, slot: usize) -> Option<(u64, Ending)> {
+        let stats = &self.shared.stats;
+        let conn = self.conns.get_mut(slot)?;
+        let tls = conn.tls.as_ref()?;
+        Stats::inc(
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                &stats.tls_handshakes_resumed
+            } else {
+                &stats.tls_handshakes_full
+            },
+        );
+        let alpn_ok = tls.alpn_protocol() == Some(MMTP_ALPN);
+        if let Proto::Mmtp(m) = &mut conn.proto {
+            if !alpn_ok {
+                // rustls lets a client that offers no ALPN through; we do not.
+                Stats::inc(&stats.alpn_refused);
+                let code = mmtp::ErrorCode::UnsupportedVersion;
+                m.wire
+                    .close_with_error(code, "ALPN mmtp/1 was not negotiated", 0);
+                return Some((code.value(), Ending::Graceful));
+            }
+        }
+        None
+    }
+
+    /// Feed `len` bytes of `scratch.plain_in` (0: only what the protocol buffered)
+    /// to the connection's protocol, within the per-round frame budget.
+    fn deliver(&mut self, slot: usize, len: usize) -> Outcome {
+        let budget = self.config.max_frames_per_round;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Outcome::End(0, Ending::Abort);
+        };
+        let scratch = &mut self.scratch;
+        let data = &scratch.plain_in[..len];
+        let outcome = match &mut conn.proto {
+            Proto::Mmtp(m) => {
+                scratch.wire_events.clear();
+                match m
+                    .wire
+                    .receive_frames(data, budget, &mut scratch.wire_events)
+                {
+                    Ok(more) => {
+                        if more {
+                            conn.set(flag::MORE_INPUT);
+                        }
+                        Outcome::Keep
+                    }
+                    Err(error) => {
+                        Stats::inc(&self.shared.stats.protocol_errors);
+                        // The ERROR frame is queued; it goes out before the close.
+                        Outcome::End(error.code.value(), Ending::Graceful)
+                    }
+                }
+            }
+            Proto::Mqtt(framer) => {
+                scratch.packets.clear();
+                let max = self.config.mqtt_max_packet_size;
+                match framer.feed(data, max, budget, &mut scratch.packets) {
+                    Ok(more) => {
+                        if more {
+                            conn.set(flag::MORE_INPUT);
+                        }
+                        Outcome::Keep
+                    }
+                    Err(error) => {
+                        Stats::inc(&self.shared.stats.mqtt_framing_errors);
+                        let code = match error {
+                            FramingError::TooLarge { .. } => mmtp::ErrorCode::FrameSizeError,
+                            FramingError::Malformed(_) => mmtp::ErrorCode::ProtocolError,
+                        };
+                        Outcome::End(code.value(), Ending::Graceful)
+                    }
+                }
+            }
+        };
+        if conn.is_mmtp() {
+            self.mmtp_events(slot);
+        } else {
+            self.mqtt_packets(slot);
+        }
+        outcome
+    }
+
+    /// Map the wire's events: answer what the engine answers, hand the rest up.
+    fn mmtp_events(&mut self, slot: usize) {
+        let mut events = std::mem::take(&mut self.scratch.wire_events);
+        let stats = &self.shared.stats;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let mut end: Option<u64> = None;
+        let mut tracked = Vec::new();
+        for event in events.drain(..) {
+            match event {
+                mmtp::Event::HelloReceived(hello) => {
+                    conn.set(flag::TOLD);
+                    let client_cert_cn = conn
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.peer_certificates())
+                        .and_then(|certs| certs.first())
+                        .and_then(|cert| common_name(cert));
+                    self.out.push(Event::Hello {
+                        conn: id,
+                        peer_ip: conn.peer_ip,
+                        hello,
+                        client_cert_cn,
+                        tcp_fast_open: fast_open(conn, stats),
+                    });
+                }
+                mmtp::Event::RequestReceived {
+                    stream_id,
+                    op,
+                    headers,
+                    body,
+                } => self.out.push(Event::Request {
+                    conn: id,
+                    stream_id,
+                    op,
+                    headers,
+                    body,
+                }),
+                mmtp::Event::AckReceived { delivery_ids } => {
+                    let Proto::Mmtp(m) = &mut conn.proto else {
+                        continue;
+                    };
+                    for delivery_id in delivery_ids {
+                        let Some(at) = m.inflight.iter().position(|i| i.delivery_id == delivery_id)
+                        else {
+                            continue;
+                        };
+                        let Inflight {
+                            message_id,
+                            tracked: is_tracked,
+                            ..
+                        } = m.inflight.swap_remove(at);
+                        if is_tracked {
+                            tracked.push(message_id);
+                        } else {
+                            Stats::inc(&stats.acks_fanout);
+                            *self.out.fanout_acks.entry(message_id).or_insert(0) += 1;
+                        }
+                    }
+                    if m.inflight.is_empty() {
+                        m.inflight = Vec::new();
+                    }
+                }
+                mmtp::Event::ResponseReceived {
+                    stream_id,
+                    status,
+                    headers,
+                    body,
+                } => {
+                    if let Some(call_token) = take_call(conn, stream_id) {
+                        self.out.push(Event::Answer {
+                            conn: id,
+                            call_token,
+                            status,
+                            headers,
+                            body,
+                            retry_after_ms: 0,
+                            message: String::new(),
+                        });
+                    }
+                }
+                mmtp::Event::StreamErrorReceived {
+                    stream_id,
+                    code,
+                    retry_after_ms,
+                    message,
+                } => {
+                    if let Some(call_token) = take_call(conn, stream_id) {
+                        self.out.push(Event::Answer {
+                            conn: id,
+                            call_token,
+                            status: code,
+                            headers: mmtp::Headers::new(),
+                            body: Vec::new(),
+                            retry_after_ms,
+                            message,
+                        });
+                    }
+                }
+                mmtp::Event::StreamCancelled { stream_id } => {
+                    self.out.push(Event::Cancel {
+                        conn: id,
+                        stream_id,
+                    });
+                }
+                mmtp::Event::GoAwayReceived { .. } => self.out.push(Event::GoAway { conn: id }),
+                mmtp::Event::ConnectionErrorReceived { code, .. } => end = Some(code),
+                mmtp::Event::PingReceived { .. } => Stats::inc(&stats.mmtp_pings_answered),
+                _ => {}
+            }
+        }
+        if !tracked.is_empty() {
+            Stats::add(&stats.acks_tracked, tracked.len() as u64);
+            self.out.push(Event::Acks {
+                conn: id,
+                message_ids: tracked,
+            });
+        }
+        self.scratch.wire_events = events;
+        let pending = match &conn.proto {
+            Proto::Mmtp(m) => m.wire.pending_output() > 0,
+            Proto::Mqtt(_) => false,
+        };
+        if pending {
+            self.mark_dirty(slot);
+        }
+        if let Some(code) = end {
+            // The device ended the connection with ERROR on stream 0.
+            self.end(slot, code, Ending::Graceful);
+        }
+    }
+
+    /// Whole MQTT packets: PINGREQ answered here once the session is open, the
+    /// rest to Python (MQTT_OPEN before the first of them).
+    fn mqtt_packets(&mut self, slot: usize) {
+        let mut packets = std::mem::take(&mut self.scratch.packets);
+        if packets.is_empty() {
+            self.scratch.packets = packets;
+            return;
+        }
+        let stats = &self.shared.stats;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut answered = false;
+        if conn.has(flag::ACCEPTED) {
+            packets.retain(|p| {
+                let ping = p.as_slice() == mqtt::PINGREQ;
+                if ping {
+                    Stats::inc(&stats.mqtt_pings_answered);
+                    conn.out_plain.extend_from_slice(&mqtt::PINGRESP);
+                    answered = true;
+                }
+                !ping
+            });
+        }
+        if !packets.is_empty() {
+            let id = conn.id;
+            if !conn.has(flag::TOLD) {
+                conn.set(flag::TOLD);
+                let client_cert_cn = conn
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.peer_certificates())
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| common_name(cert));
+                self.out.push(Event::MqttOpen {
+                    conn: id,
+                    peer_ip: conn.peer_ip,
+                    client_cert_cn,
+                    tls: conn.tls.is_some(),
+                });
+            }
+            Stats::add(&stats.mqtt_packets_in, packets.len() as u64);
+            self.out.push(Event::MqttPackets { conn: id, packets });
+        } else {
+            self.scratch.packets = packets;
+        }
+        if answered {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// A closing connection: read and drop what comes until the peer's FIN.
+    fn drain_closing(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        loop {
+            match conn.sock.read(&mut self.scratch.rx) {
+                Ok(0) => {
+                    if conn.tx_pending.is_empty() {
+                        self.remove(slot);
+                    } else {
+                        conn.set(flag::PEER_EOF); // removed once its last bytes are out
+                    }
+                    return;
+                }
+                Ok(n) => Stats::add(&self.shared.stats.bytes_in, n as u64),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.clear(flag::READ_READY);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.remove(slot);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn take_call(conn: &mut Conn, stream_id: u64) -> Option<u64> {
+    let Proto::Mmtp(m) = &mut conn.proto else {
+        return None;
+    };
+    let at = m
+        .calls
+        .iter()
+        .position(|(stream, _)| *stream == stream_id)?;
+    let (_, token) = m.calls.swap_remove(at);
+    if m.calls.is_empty() {
+        m.calls = Vec::new();
+    }
+    Some(token)
+}
+
+fn fast_open(conn: &Conn, stats: &Stats) -> bool {
+    let carried = crate::sys::syn_carried_data(&conn.sock);
+    if carried {
+        Stats::inc(&stats.fast_open_connections);
+    }
+    carried
+}

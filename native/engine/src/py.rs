@@ -1,0 +1,808 @@
+//! `channel._engine`: the Python face of the engine. Converts between Python
+//! objects and the engine's Rust values while holding the GIL; the engine thread
+//! never touches Python. See BOUNDARY.md for the contract.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use crate::boundary::{Command, Event, HeaderVec, MessageId};
+use crate::config::EngineConfig;
+use crate::engine::Kind;
+use crate::ids::ConnId;
+use crate::runtime::{ListenOptions, Runtime, Setup};
+use crate::ticketer::TicketKeys;
+use crate::tls::TlsMaterial;
+
+// ------------------------------------------------------------------ helpers
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// bytes (or bytearray) as a Vec; anything else is a TypeError naming `what`.
+fn bytes_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    if let Ok(array) = obj.cast::<pyo3::types::PyByteArray>() {
+        return Ok(array.to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what}: expected bytes, got {}",
+        type_name(obj)
+    )))
+}
+
+fn headers_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<HeaderVec> {
+    let mut headers = Vec::new();
+    for item in obj.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what}: expected a sequence of (name, value), got {}",
+            type_name(obj)
+        ))
+    })? {
+        let item = item?;
+        let pair: (String, String) = item.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what}: each header must be a (str, str) pair, got {}",
+                type_name(&item)
+            ))
+        })?;
+        headers.push(pair);
+    }
+    Ok(headers)
+}
+
+fn error_code(value: u64, what: &str) -> PyResult<mmtp::ErrorCode> {
+    mmtp::ErrorCode::from_value(value)
+        .ok_or_else(|| PyValueError::new_err(format!("{what}: {value} is not an MMTP error code")))
+}
+
+fn runtime_error(message: String) -> PyErr {
+    if message.starts_with("cannot listen") || message.starts_with("cannot resolve") {
+        PyOSError::new_err(message)
+    } else {
+        PyValueError::new_err(message)
+    }
+}
+
+// ------------------------------------------------------------------ config
+
+const CONFIG_KEYS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "handshake_timeout_ms",
+    "idle_factor",
+    "send_buffer_high_water_bytes",
+    "slow_consumer_grace_ms",
+    "close_linger_ms",
+    "max_read_per_round_bytes",
+    "max_frames_per_round",
+    "max_pending_event_bytes",
+    "max_unacked_pushes",
+    "mqtt_max_packet_size",
+    "sweep_interval_ms",
+    "accepts_per_round",
+    "ticket_lifetime_s",
+    "max_frame_size",
+    "header_table_size",
+    "max_header_list_size",
+    "max_body_size",
+    "max_concurrent_streams",
+    "tls_cert_pem",
+    "tls_key_pem",
+    "tls_client_ca_pem",
+    "tls_require_client_cert",
+    "ticket_key_id",
+    "ticket_keys",
+    "presets",
+    "dictionaries",
+];
+
+fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
+    let mut setup = Setup::default();
+    let c: &mut EngineConfig = &mut setup.config;
+    let mut cert = None;
+    let mut key = None;
+    let mut client_ca = None;
+    let mut require_client_cert = false;
+    let mut ticket_key_id = None;
+    let mut ticket_keys = None;
+    let Some(config) = config else {
+        return Ok(setup);
+    };
+    for (name, value) in config.iter() {
+        let name: String = name
+            .extract()
+            .map_err(|_| PyTypeError::new_err("Engine config keys must be str"))?;
+        let bad = |expected: &str| {
+            PyTypeError::new_err(format!(
+                "Engine config {name}: expected {expected}, got {}",
+                type_name(&value)
+            ))
+        };
+        let int = || {
+            value
+                .extract::<u64>()
+                .map_err(|_| bad("a non-negative int"))
+        };
+        match name.as_str() {
+            "max_connections" => c.max_connections = int()? as usize,
+            "max_connections_per_ip" => {
+                c.max_connections_per_ip = int()?.min(u32::MAX as u64) as u32
+            }
+            "handshake_timeout_ms" => c.handshake_timeout_ms = int()?,
+            "idle_factor" => c.idle_factor = value.extract::<f64>().map_err(|_| bad("a number"))?,
+            "send_buffer_high_water_bytes" => c.send_buffer_high_water_bytes = int()? as usize,
+            "slow_consumer_grace_ms" => c.slow_consumer_grace_ms = int()?,
+            "close_linger_ms" => c.close_linger_ms = int()?,
+            "max_read_per_round_bytes" => c.max_read_per_round_bytes = int()? as usize,
+            "max_frames_per_round" => c.max_frames_per_round = int()? as usize,
+            "max_pending_event_bytes" => c.max_pending_event_bytes = int()? as usize,
+            "max_unacked_pushes" => c.max_unacked_pushes = int()? as usize,
+            "mqtt_max_packet_size" => c.mqtt_max_packet_size = int()? as usize,
+            "sweep_interval_ms" => c.sweep_interval_ms = int()?,
+            "accepts_per_round" => c.accepts_per_round = int()? as usize,
+            "ticket_lifetime_s" => c.ticket_lifetime_s = int()?.min(u32::MAX as u64) as u32,
+            "max_frame_size" => c.mmtp.max_frame_size = int()?,
+            "header_table_size" => c.mmtp.header_table_size = int()?,
+            "max_header_list_size" => c.mmtp.max_header_list_size = int()?,
+            "max_body_size" => c.mmtp.max_body_size = int()?,
+            "max_concurrent_streams" => c.mmtp.max_concurrent_streams = int()?,
+            "tls_cert_pem" => cert = Some(bytes_of(&value, "Engine config tls_cert_pem")?),
+            "tls_key_pem" => key = Some(bytes_of(&value, "Engine config tls_key_pem")?),
+            "tls_client_ca_pem" => {
+                if !value.is_none() {
+                    client_ca = Some(bytes_of(&value, "Engine config tls_client_ca_pem")?);
+                }
+            }
+            "tls_require_client_cert" => {
+                require_client_cert = value.extract::<bool>().map_err(|_| bad("a bool"))?
+            }
+            "ticket_key_id" => {
+                ticket_key_id = Some(value.extract::<u8>().map_err(|_| bad("an int 0..255"))?)
+            }
+            "ticket_keys" => ticket_keys = Some(ticket_keys_of(&value)?),
+            "presets" => {
+                setup.presets = value
+                    .extract::<Vec<(u32, String, Vec<(String, String)>)>>()
+                    .map_err(|_| bad("a list of (id, name, [(header, value)])"))?
+            }
+            "dictionaries" => {
+                let mut dictionaries = Vec::new();
+                for item in value.try_iter().map_err(|_| bad("a list of bytes"))? {
+                    dictionaries.push(bytes_of(&item?, "Engine config dictionaries")?);
+                }
+                setup.dictionaries = dictionaries;
+            }
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "Engine config: unknown key {name:?} (known: {})",
+                    CONFIG_KEYS.join(", ")
+                )))
+            }
+        }
+    }
+    match (cert, key) {
+        (Some(cert_pem), Some(key_pem)) => {
+            setup.tls = Some(TlsMaterial {
+                cert_pem,
+                key_pem,
+                client_ca_pem: client_ca,
+                require_client_cert,
+            })
+        }
+        (None, None) if client_ca.is_none() => {}
+        _ => {
+            return Err(PyValueError::new_err(
+                "Engine config: tls_cert_pem and tls_key_pem go together (tls_client_ca_pem needs them)",
+            ))
+        }
+    }
+    match (ticket_key_id, ticket_keys) {
+        (Some(id), Some(keys)) => setup.ticket_keys = Some((id, keys)),
+        (None, None) => {}
+        _ => {
+            return Err(PyValueError::new_err(
+                "Engine config: ticket_key_id and ticket_keys go together",
+            ))
+        }
+    }
+    Ok(setup)
+}
+
+fn ticket_keys_of(value: &Bound<'_, PyAny>) -> PyResult<TicketKeys> {
+    let mut keys = Vec::new();
+    for item in value.try_iter()? {
+        let item = item?;
+        let (id, key): (u8, Bound<'_, PyAny>) = item.extract().map_err(|_| {
+            PyTypeError::new_err("ticket keys: expected (key id 0..255, 32 bytes) pairs")
+        })?;
+        keys.push((id, bytes_of(&key, "ticket key")?));
+    }
+    Ok(keys)
+}
+
+// ------------------------------------------------------------------ events
+
+fn hello_dict<'py>(py: Python<'py>, hello: &mmtp::Hello) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("device_id", &hello.device_id)?;
+    d.set_item("app_id", &hello.app_id)?;
+    d.set_item("token", PyBytes::new(py, &hello.token))?;
+    d.set_item("resume_ticket", PyBytes::new(py, &hello.resume_ticket))?;
+    d.set_item("dictionaries", PyTuple::new(py, &hello.dictionaries)?)?;
+    d.set_item("preset_id", hello.preset_id)?;
+    d.set_item("heartbeat_s", hello.heartbeat_s)?;
+    d.set_item("header_table_size", hello.header_table_size)?;
+    d.set_item("max_frame_size", hello.max_frame_size)?;
+    d.set_item("app_version", &hello.app_version)?;
+    d.set_item("platform", &hello.platform)?;
+    d.set_item("client_time_ms", hello.client_time_ms)?;
+    d.set_item("max_header_list_size", hello.max_header_list_size)?;
+    d.set_item("max_body_size", hello.max_body_size)?;
+    d.set_item("max_concurrent_streams", hello.max_concurrent_streams)?;
+    d.set_item("version", hello.version)?;
+    Ok(d)
+}
+
+fn headers_tuple<'py>(py: Python<'py>, headers: &mmtp::Headers) -> PyResult<Bound<'py, PyTuple>> {
+    let pairs: Vec<Bound<'py, PyTuple>> = headers
+        .iter()
+        .map(|(n, v)| PyTuple::new(py, [n, v]))
+        .collect::<PyResult<_>>()?;
+    PyTuple::new(py, pairs)
+}
+
+macro_rules! tuple {
+    ($py:expr, $($item:expr),+ $(,)?) => {
+        PyTuple::new($py, [$($item.into_bound_py_any($py)?),+])?.into_any()
+    };
+}
+
+fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>> {
+    let kind = |s: &'static str| PyString::intern(py, s);
+    Ok(match event {
+        Event::Hello {
+            conn,
+            peer_ip,
+            hello,
+            client_cert_cn,
+            tcp_fast_open,
+        } => tuple!(
+            py,
+            kind("HELLO"),
+            conn.0,
+            peer_ip.to_string(),
+            hello_dict(py, &hello)?,
+            client_cert_cn,
+            tcp_fast_open
+        ),
+        Event::Request {
+            conn,
+            stream_id,
+            op,
+            headers,
+            body,
+        } => tuple!(
+            py,
+            kind("REQUEST"),
+            conn.0,
+            stream_id,
+            op,
+            headers_tuple(py, &headers)?,
+            PyBytes::new(py, &body)
+        ),
+        Event::Answer {
+            conn,
+            call_token,
+            status,
+            headers,
+            body,
+            retry_after_ms,
+            message,
+        } => tuple!(
+            py,
+            kind("ANSWER"),
+            conn.0,
+            call_token,
+            status,
+            headers_tuple(py, &headers)?,
+            PyBytes::new(py, &body),
+            retry_after_ms,
+            message
+        ),
+        Event::Acks { conn, message_ids } => {
+            let ids: Vec<Bound<'py, PyBytes>> =
+                message_ids.iter().map(|m| PyBytes::new(py, m)).collect();
+            tuple!(py, kind("ACKS"), conn.0, PyList::new(py, ids)?)
+        }
+        Event::Cancel { conn, stream_id } => tuple!(py, kind("CANCEL"), conn.0, stream_id),
+        Event::GoAway { conn } => tuple!(py, kind("GOAWAY"), conn.0),
+        Event::Closed { conn, reason } => tuple!(py, kind("CLOSED"), conn.0, reason),
+        Event::MqttOpen {
+            conn,
+            peer_ip,
+            client_cert_cn,
+            tls,
+        } => tuple!(
+            py,
+            kind("MQTT_OPEN"),
+            conn.0,
+            peer_ip.to_string(),
+            client_cert_cn,
+            tls
+        ),
+        Event::MqttPackets { conn, packets } => {
+            let packets: Vec<Bound<'py, PyBytes>> =
+                packets.iter().map(|p| PyBytes::new(py, p)).collect();
+            tuple!(py, kind("MQTT_PACKETS"), conn.0, PyList::new(py, packets)?)
+        }
+        Event::PushFailed {
+            conn,
+            message_id,
+            reason,
+        } => tuple!(
+            py,
+            kind("PUSH_FAILED"),
+            conn.0,
+            PyBytes::new(py, &message_id),
+            reason
+        ),
+        Event::FanoutDone {
+            message_id,
+            written,
+            skipped,
+        } => tuple!(
+            py,
+            kind("FANOUT_DONE"),
+            PyBytes::new(py, &message_id),
+            written,
+            skipped
+        ),
+    })
+}
+
+// ---------------------------------------------------------------- commands
+
+/// One command tuple, with errors that name the command and the field.
+struct Fields<'a, 'py> {
+    tuple: &'a Bound<'py, PyTuple>,
+    index: usize,
+    kind: String,
+}
+
+impl<'py> Fields<'_, 'py> {
+    fn err(&self, field: &str, expected: &str) -> PyErr {
+        PyTypeError::new_err(format!(
+            "command {} ({}): {field}: expected {expected}",
+            self.index, self.kind
+        ))
+    }
+
+    fn item(&self, at: usize) -> PyResult<Bound<'py, PyAny>> {
+        self.tuple.get_item(at)
+    }
+
+    fn arity(&self, names: &[&str]) -> PyResult<()> {
+        if self.tuple.len() != names.len() + 1 {
+            return Err(PyTypeError::new_err(format!(
+                "command {} ({}): expected ({}, {}), got {} items",
+                self.index,
+                self.kind,
+                self.kind,
+                names.join(", "),
+                self.tuple.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn int(&self, at: usize, field: &str) -> PyResult<u64> {
+        self.item(at)?
+            .extract::<u64>()
+            .map_err(|_| self.err(field, "a non-negative int"))
+    }
+
+    fn conn(&self, at: usize) -> PyResult<ConnId> {
+        Ok(ConnId(self.int(at, "conn")?))
+    }
+
+    fn boolean(&self, at: usize, field: &str) -> PyResult<bool> {
+        self.item(at)?
+            .extract::<bool>()
+            .map_err(|_| self.err(field, "a bool"))
+    }
+
+    fn string(&self, at: usize, field: &str) -> PyResult<String> {
+        self.item(at)?
+            .extract::<String>()
+            .map_err(|_| self.err(field, "a str"))
+    }
+
+    fn bytes(&self, at: usize, field: &str) -> PyResult<Vec<u8>> {
+        bytes_of(
+            &self.item(at)?,
+            &format!("command {} ({}): {field}", self.index, self.kind),
+        )
+    }
+
+    fn headers(&self, at: usize) -> PyResult<HeaderVec> {
+        headers_of(
+            &self.item(at)?,
+            &format!("command {} ({}): headers", self.index, self.kind),
+        )
+    }
+
+    fn code(&self, at: usize) -> PyResult<mmtp::ErrorCode> {
+        let value = self.int(at, "code")?;
+        error_code(
+            value,
+            &format!("command {} ({}): code", self.index, self.kind),
+        )
+    }
+
+    fn message_id(&self, at: usize, max: u64) -> PyResult<MessageId> {
+        let id = self.bytes(at, "message_id")?;
+        if id.is_empty() || id.len() as u64 > max {
+            return Err(PyValueError::new_err(format!(
+                "command {} ({}): message_id must be 1..{max} bytes, got {}",
+                self.index,
+                self.kind,
+                id.len()
+            )));
+        }
+        Ok(id.into())
+    }
+}
+
+fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> PyResult<Command> {
+    let tuple = item.cast::<PyTuple>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "command {index}: expected a tuple, got {}",
+            type_name(item)
+        ))
+    })?;
+    let kind: String = tuple.get_item(0).and_then(|k| k.extract()).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "command {index}: the first item must be its kind (str)"
+        ))
+    })?;
+    let f = Fields { tuple, index, kind };
+    let max_message_id = runtime.shared.config.mmtp.max_message_id_length;
+    let command = match f.kind.as_str() {
+        "ACCEPT" => {
+            f.arity(&[
+                "conn",
+                "session_id",
+                "resume_ticket",
+                "heartbeat_s",
+                "server_time_ms",
+                "resumed",
+            ])?;
+            Command::Accept {
+                conn: f.conn(1)?,
+                session_id: f.bytes(2, "session_id")?,
+                resume_ticket: f.bytes(3, "resume_ticket")?,
+                heartbeat_s: f.int(4, "heartbeat_s")?,
+                server_time_ms: f.int(5, "server_time_ms")?,
+                resumed: f.boolean(6, "resumed")?,
+            }
+        }
+        "REJECT" => {
+            f.arity(&["conn", "code", "message", "retry_after_ms"])?;
+            Command::Reject {
+                conn: f.conn(1)?,
+                code: f.code(2)?,
+                message: f.string(3, "message")?,
+                retry_after_ms: f.int(4, "retry_after_ms")?,
+            }
+        }
+        "RESPOND" => {
+            f.arity(&["conn", "stream_id", "status", "headers", "body"])?;
+            Command::Respond {
+                conn: f.conn(1)?,
+                stream_id: f.int(2, "stream_id")?,
+                status: f.int(3, "status")?,
+                headers: f.headers(4)?,
+                body: f.bytes(5, "body")?,
+            }
+        }
+        "STREAM_ERROR" => {
+            f.arity(&["conn", "stream_id", "code", "message", "retry_after_ms"])?;
+            Command::StreamError {
+                conn: f.conn(1)?,
+                stream_id: f.int(2, "stream_id")?,
+                code: f.code(3)?,
+                message: f.string(4, "message")?,
+                retry_after_ms: f.int(5, "retry_after_ms")?,
+            }
+        }
+        "CALL" => {
+            f.arity(&["conn", "call_token", "op", "headers", "body"])?;
+            Command::Call {
+                conn: f.conn(1)?,
+                call_token: f.int(2, "call_token")?,
+                op: f.string(3, "op")?,
+                headers: f.headers(4)?,
+                body: f.bytes(5, "body")?,
+            }
+        }
+        "CANCEL_CALL" => {
+            f.arity(&["conn", "call_token"])?;
+            Command::CancelCall {
+                conn: f.conn(1)?,
+                call_token: f.int(2, "call_token")?,
+            }
+        }
+        "PUSH" => {
+            f.arity(&["conn", "message_id", "headers", "body", "tracked"])?;
+            Command::Push {
+                conn: f.conn(1)?,
+                message_id: f.message_id(2, max_message_id)?,
+                headers: f.headers(3)?,
+                body: f.bytes(4, "body")?,
+                tracked: f.boolean(5, "tracked")?,
+            }
+        }
+        "FANOUT" => {
+            f.arity(&["message_id", "headers", "body", "targets"])?;
+            let message_id = f.message_id(1, max_message_id)?;
+            let headers = f.headers(2)?;
+            let body = f.bytes(3, "body")?;
+            let targets_obj = f.item(4)?;
+            let targets = if targets_obj.is_none() {
+                None
+            } else {
+                let ids: Vec<u64> = targets_obj
+                    .extract()
+                    .map_err(|_| f.err("targets", "None or a list of conn ids"))?;
+                Some(ids.into_iter().map(ConnId).collect())
+            };
+            let push =
+                mmtp::PreparedPush::new(&message_id, &body, &headers, runtime.shared.codec.clone());
+            Command::Fanout {
+                push: Arc::new(push),
+                message_id,
+                targets,
+            }
+        }
+        "GOAWAY" => {
+            f.arity(&["conn", "code", "reconnect_after_ms", "message"])?;
+            let conn_obj = f.item(1)?;
+            Command::GoAway {
+                conn: if conn_obj.is_none() {
+                    None
+                } else {
+                    Some(f.conn(1)?)
+                },
+                code: f.code(2)?,
+                reconnect_after_ms: f.int(3, "reconnect_after_ms")?,
+                message: f.string(4, "message")?,
+            }
+        }
+        "END" => {
+            f.arity(&["conn", "code", "message"])?;
+            Command::End {
+                conn: f.conn(1)?,
+                code: f.code(2)?,
+                message: f.string(3, "message")?,
+            }
+        }
+        "CLOSE" | "MQTT_CLOSE" => {
+            f.arity(&["conn"])?;
+            Command::Close { conn: f.conn(1)? }
+        }
+        "ABORT" => {
+            f.arity(&["conn"])?;
+            Command::Abort { conn: f.conn(1)? }
+        }
+        "SET_IDLE" => {
+            f.arity(&["conn", "idle_timeout_ms"])?;
+            Command::SetIdle {
+                conn: f.conn(1)?,
+                idle_timeout_ms: f.int(2, "idle_timeout_ms")?,
+            }
+        }
+        "MQTT_WRITE" => {
+            f.arity(&["conn", "data"])?;
+            Command::MqttWrite {
+                conn: f.conn(1)?,
+                data: f.bytes(2, "data")?,
+            }
+        }
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "command {index}: unknown kind {other:?}"
+            )))
+        }
+    };
+    Ok(command)
+}
+
+// ------------------------------------------------------------------ engine
+
+/// The native connection engine (one I/O thread).
+#[pyclass(frozen, module = "channel._engine", name = "Engine")]
+pub struct PyEngine {
+    runtime: Runtime,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (config = None))]
+    fn new(config: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let setup = setup_from(config)?;
+        let runtime = Runtime::start(setup)
+            .map_err(|e| PyValueError::new_err(format!("Engine config: {e}")))?;
+        Ok(PyEngine { runtime })
+    }
+
+    /// Bind, listen and serve; returns the real port (port 0 picks one).
+    #[pyo3(signature = (kind, host, port, *, tls, reuse_port = true, backlog = 4096, fast_open_queue = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn listen(
+        &self,
+        kind: &str,
+        host: &str,
+        port: u16,
+        tls: bool,
+        reuse_port: bool,
+        backlog: i32,
+        fast_open_queue: u32,
+    ) -> PyResult<u16> {
+        let kind = match kind {
+            "mmtp" => Kind::Mmtp,
+            "mqtt" => Kind::Mqtt,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "listen: kind must be \"mmtp\" or \"mqtt\", got {other:?}"
+                )))
+            }
+        };
+        let options = ListenOptions {
+            tls,
+            reuse_port,
+            backlog,
+            fast_open_queue,
+        };
+        self.runtime
+            .listen(kind, host, port, options)
+            .map_err(runtime_error)
+    }
+
+    /// The eventfd to watch (``loop.add_reader``): readable when events wait.
+    fn event_fd(&self) -> i32 {
+        self.runtime.shared.eventfd.as_raw_fd()
+    }
+
+    /// Every event gathered since the last call, oldest first (clears the eventfd).
+    fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let (events, fanout_acks) = self.runtime.shared.take_events();
+        let list = PyList::empty(py);
+        for event in events {
+            list.append(event_tuple(py, event)?)?;
+        }
+        if !fanout_acks.is_empty() {
+            let counts = PyDict::new(py);
+            for (message_id, count) in fanout_acks {
+                counts.set_item(PyBytes::new(py, &message_id), count)?;
+            }
+            list.append(tuple!(py, PyString::intern(py, "FANOUT_ACKS"), counts))?;
+        }
+        Ok(list)
+    }
+
+    /// Hand a batch of commands to the engine (applied in order). A malformed
+    /// command raises and none of the batch is applied.
+    fn submit(&self, commands: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut parsed = Vec::new();
+        for (index, item) in commands.try_iter()?.enumerate() {
+            parsed.push(parse_command(index, &item?, &self.runtime)?);
+        }
+        self.runtime.shared.submit(parsed);
+        Ok(())
+    }
+
+    /// New certificate (and client CA) for new connections; open ones are kept.
+    #[pyo3(signature = (cert_pem, key_pem, client_ca_pem = None, require_client_cert = false))]
+    fn reload_tls(
+        &self,
+        cert_pem: &Bound<'_, PyAny>,
+        key_pem: &Bound<'_, PyAny>,
+        client_ca_pem: Option<&Bound<'_, PyAny>>,
+        require_client_cert: bool,
+    ) -> PyResult<()> {
+        let material = TlsMaterial {
+            cert_pem: bytes_of(cert_pem, "cert_pem")?,
+            key_pem: bytes_of(key_pem, "key_pem")?,
+            client_ca_pem: match client_ca_pem {
+                Some(pem) if !pem.is_none() => Some(bytes_of(pem, "client_ca_pem")?),
+                _ => None,
+            },
+            require_client_cert,
+        };
+        self.runtime
+            .reload_tls(&material)
+            .map_err(PyValueError::new_err)
+    }
+
+    /// Rotate the TLS ticket keys: seal with `current_id`, open with any of `keys`.
+    fn set_ticket_keys(&self, current_id: u8, keys: &Bound<'_, PyAny>) -> PyResult<()> {
+        let keys = ticket_keys_of(keys)?;
+        self.runtime
+            .shared
+            .ticketer
+            .set_keys(current_id, &keys)
+            .map_err(PyValueError::new_err)
+    }
+
+    /// Stop accepting connections (open ones stay); returns once done.
+    fn close_listeners(&self, py: Python<'_>) -> PyResult<()> {
+        let runtime = &self.runtime;
+        py.detach(|| runtime.close_listeners())
+            .map_err(PyRuntimeError::new_err)
+    }
+
+    /// Counters for /metrics.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let shared = &self.runtime.shared;
+        let d = PyDict::new(py);
+        for (name, value) in shared.stats.snapshot() {
+            d.set_item(name, value)?;
+        }
+        let frames = &shared.frames;
+        for (key, counters) in [
+            ("frames_in", &frames.received),
+            ("frames_out", &frames.sent),
+            ("frame_bytes_in", &frames.received_bytes),
+            ("frame_bytes_out", &frames.sent_bytes),
+        ] {
+            let by_type = PyDict::new(py);
+            for (index, counter) in counters.iter().enumerate() {
+                if let Some(frame_type) = mmtp::FrameType::from_u8(index as u8) {
+                    by_type.set_item(
+                        frame_type.name(),
+                        counter.load(std::sync::atomic::Ordering::Relaxed),
+                    )?;
+                }
+            }
+            d.set_item(key, by_type)?;
+        }
+        let (raw, wire) = shared.codec.encoded_bytes();
+        d.set_item("body_bytes_raw", raw)?;
+        d.set_item("body_bytes_wire", wire)?;
+        let queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        d.set_item("event_queue_bytes", queue.bytes)?;
+        d.set_item("event_queue_events", queue.events.len())?;
+        Ok(d)
+    }
+
+    /// Stop the engine thread and close every socket (idempotent).
+    fn shutdown(&self, py: Python<'_>) {
+        let runtime = &self.runtime;
+        py.detach(|| runtime.shutdown());
+    }
+}
+
+/// The `channel._engine` extension module.
+#[pymodule]
+fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    Ok(())
+}
+
+#[pyfunction]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

@@ -1,0 +1,522 @@
+//! The engine end to end on loopback: real sockets, real TLS, real MMTP devices.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use _engine::boundary::{Command, Event};
+use _engine::engine::Kind;
+use _engine::ids::ConnId;
+use _engine::runtime::Setup;
+use common::*;
+
+/// Bytes zstd cannot shrink (bodies are compressed when that saves bytes).
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn code_of(events: &[mmtp::Event]) -> Option<u64> {
+    events.iter().find_map(|e| match e {
+        mmtp::Event::ConnectionErrorReceived { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn hello_accept_request_respond_push_ack_ping() {
+    let mut h = Harness::start(setup(|_| {}));
+    let (mut device, conn) = accepted_device(&mut h, "dev-1");
+    let stream_id = device
+        .wire
+        .send_request("user.get", b"{\"id\":7}", &[("locale", "zh-CN")])
+        .unwrap();
+    device.flush().unwrap();
+    let request = h.expect("REQUEST", |e| matches!(e, Event::Request { .. }));
+    let Event::Request {
+        conn: c,
+        stream_id: s,
+        op,
+        headers,
+        body,
+    } = request
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.0, s, op.as_str(), body.as_slice()),
+        (conn, stream_id, "user.get", &b"{\"id\":7}"[..])
+    );
+    assert_eq!(headers.value_of("locale"), Some("zh-CN"));
+    h.submit(vec![
+        Command::Respond {
+            conn: ConnId(conn),
+            stream_id,
+            status: 0,
+            headers: vec![("x".into(), "y".into())],
+            body: b"answer".to_vec(),
+        },
+        Command::Push {
+            conn: ConnId(conn),
+            message_id: Arc::from(&b"m-1"[..]),
+            headers: vec![],
+            body: b"hi".to_vec(),
+            tracked: true,
+        },
+    ]);
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.extend(device.events().unwrap());
+    }
+    assert!(matches!(&events[0], mmtp::Event::ResponseReceived { body, .. } if body == b"answer"));
+    let mmtp::Event::PushReceived {
+        delivery_id,
+        message_id,
+        ..
+    } = &events[1]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(message_id, b"m-1");
+    device.wire.send_ack(&[*delivery_id]).unwrap();
+    device.wire.send_ping(b"12345678").unwrap();
+    device.flush().unwrap();
+    let acks = h.expect("ACKS", |e| matches!(e, Event::Acks { .. }));
+    assert!(
+        matches!(acks, Event::Acks { conn: c, message_ids } if c.0 == conn && message_ids[0].as_ref() == b"m-1")
+    );
+    let events = device.events().unwrap();
+    assert!(matches!(&events[0], mmtp::Event::PongReceived { payload } if payload == b"12345678"));
+    assert_eq!(h.stat("mmtp_pings_answered"), 1);
+    assert_eq!(h.stat("acks_tracked"), 1);
+}
+
+#[test]
+fn a_device_without_alpn_mmtp_is_refused_and_python_never_hears_of_it() {
+    let mut h = Harness::start(setup(|_| {}));
+    let mut device = Device::connect(
+        h.port,
+        client_config(ClientOptions {
+            alpn: false,
+            ..ClientOptions::default()
+        }),
+    )
+    .unwrap();
+    device.hello("no-alpn");
+    let seen = device.until_closed();
+    assert_eq!(
+        code_of(&seen),
+        Some(mmtp::ErrorCode::UnsupportedVersion.value())
+    );
+    // A device with ALPN still gets through, and its HELLO is the only one.
+    let (_ok, _) = accepted_device(&mut h, "with-alpn");
+    assert!(!h
+        .backlog
+        .iter()
+        .any(|e| matches!(e, Event::Hello { .. } | Event::Closed { .. })));
+    assert_eq!(h.stat("alpn_refused"), 1);
+}
+
+#[test]
+fn per_ip_limit_closes_the_socket_before_any_tls_work() {
+    let mut h = Harness::start(setup(|s| s.config.max_connections_per_ip = 1));
+    let (_first, _) = accepted_device(&mut h, "first");
+    let mut second = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Closed at accept: EOF (or a reset if our ClientHello raced the close).
+    let _ = second.write_all(b"\x16\x03\x01\x00\x05hello");
+    match second.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        Ok(n) => panic!("the refused socket got {n} bytes"),
+    }
+    assert_eq!(h.stat("refused_per_ip"), 1);
+    assert_eq!(
+        h.stat("tls_handshakes_full"),
+        1,
+        "no TLS work for the refused one"
+    );
+    assert_eq!(h.stat("connections"), 1);
+}
+
+#[test]
+fn handshake_deadline_cuts_silent_sockets_and_tells_tls_devices_why() {
+    let mut h = Harness::start(setup(|s| {
+        s.config.handshake_timeout_ms = 300;
+        s.config.sweep_interval_ms = 20;
+    }));
+    let started = Instant::now();
+    let mut raw = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut device = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    let seen = device.until_closed();
+    assert_eq!(
+        code_of(&seen),
+        Some(mmtp::ErrorCode::HandshakeTimeout.value())
+    );
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(raw.read(&mut buf), Ok(0) | Err(_)),
+        "the silent TCP socket is cut"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(h.stat("handshake_timeouts"), 2);
+    // Neither was ever told to Python.
+    assert!(h.backlog.is_empty());
+    let _ = &mut h;
+}
+
+#[test]
+fn fanout_reaches_every_device_and_acks_are_summed() {
+    let mut h = Harness::start(setup(|_| {}));
+    let mut devices: Vec<(Device, u64)> = (0..40)
+        .map(|i| accepted_device(&mut h, &format!("fan-{i}")))
+        .collect();
+    // A connection that never said HELLO is not a fan-out target.
+    let _unaccepted = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    let push = mmtp::PreparedPush::new(
+        b"fan-1",
+        b"to everyone",
+        &[("k", "v")],
+        Arc::new(mmtp::BodyCodec::default()),
+    );
+    h.submit(vec![Command::Fanout {
+        push: Arc::new(push),
+        message_id: Arc::from(&b"fan-1"[..]),
+        targets: None,
+    }]);
+    for (device, _) in devices.iter_mut() {
+        let events = device.events().unwrap();
+        let mmtp::Event::PushReceived {
+            delivery_id, body, ..
+        } = &events[0]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(body, b"to everyone");
+        device.wire.send_ack(&[*delivery_id]).unwrap();
+        device.flush().unwrap();
+    }
+    let done = h.expect("FANOUT_DONE", |e| matches!(e, Event::FanoutDone { .. }));
+    assert!(
+        matches!(
+            done,
+            Event::FanoutDone {
+                written: 40,
+                skipped: 0,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    h.expect_fanout_acks(b"fan-1", 40);
+    assert_eq!(h.fanout_acks[&b"fan-1"[..]], 40);
+    assert_eq!(h.stat("fanout_deliveries"), 40);
+    // Targets by id: two of them, and a stale id skipped.
+    let targets = vec![ConnId(devices[0].1), ConnId(devices[1].1), ConnId(u64::MAX)];
+    let push = mmtp::PreparedPush::new(
+        b"fan-2",
+        b"two",
+        &[] as &[(&str, &str)],
+        Arc::new(mmtp::BodyCodec::default()),
+    );
+    h.submit(vec![Command::Fanout {
+        push: Arc::new(push),
+        message_id: Arc::from(&b"fan-2"[..]),
+        targets: Some(targets),
+    }]);
+    let done = h.expect("FANOUT_DONE", |e| matches!(e, Event::FanoutDone { .. }));
+    assert!(
+        matches!(
+            done,
+            Event::FanoutDone {
+                written: 2,
+                skipped: 1,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn a_second_engine_with_the_same_ticket_keys_resumes_the_session() {
+    let keys = || Some((3u8, vec![(3u8, vec![42u8; 32])]));
+    let mut a = Harness::start(setup(|s| s.ticket_keys = keys()));
+    let mut b = Harness::start(setup(|s| s.ticket_keys = keys()));
+    let mut c = Harness::start(setup(|_| {})); // its own random key
+    let config = client_config(ClientOptions::default());
+    let mut first = Device::connect(a.port, config.clone()).unwrap();
+    first.hello("resumer");
+    let conn = a.hello_of("resumer");
+    a.accept(conn, 60);
+    first.events().unwrap(); // HELLO_ACK: the ticket arrived before it
+    assert_eq!(
+        first.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    let second = Device::connect(b.port, config.clone()).unwrap();
+    assert_eq!(
+        second.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let third = Device::connect(c.port, config).unwrap();
+    assert_eq!(
+        third.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The counters agree (the server saw a resumption only where the keys match).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.stat("tls_handshakes_resumed") < 1 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(b.stat("tls_handshakes_resumed"), 1);
+    assert_eq!(c.stat("tls_handshakes_resumed"), 0);
+    let _ = (&mut b, &mut c);
+}
+
+#[test]
+fn mqtt_whole_packets_native_pingresp_and_the_size_limit() {
+    let mut h = Harness::start(setup(|s| s.config.mqtt_max_packet_size = 64));
+    let port = h.listen(Kind::Mqtt, false);
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // CONNECT (MQTT 3.1.1, client id "c1") split across writes, and a PINGREQ behind it.
+    let connect = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1";
+    sock.write_all(&connect[..5]).unwrap();
+    sock.flush().unwrap();
+    sock.write_all(&connect[5..]).unwrap();
+    sock.write_all(&[0xC0, 0x00]).unwrap();
+    let open = h.expect("MQTT_OPEN", |e| matches!(e, Event::MqttOpen { .. }));
+    let Event::MqttOpen {
+        conn, tls: false, ..
+    } = open
+    else {
+        panic!("{open:?}")
+    };
+    let packets = h.expect("MQTT_PACKETS", |e| matches!(e, Event::MqttPackets { .. }));
+    // Before SET_IDLE, a PINGREQ is Python's to judge (it is not accepted yet).
+    let Event::MqttPackets { packets, .. } = packets else {
+        unreachable!()
+    };
+    assert_eq!(packets, vec![connect.to_vec(), vec![0xC0, 0x00]]);
+    h.submit(vec![
+        Command::MqttWrite {
+            conn,
+            data: vec![0x20, 0x02, 0x00, 0x00],
+        },
+        Command::SetIdle {
+            conn,
+            idle_timeout_ms: 90_000,
+        },
+    ]);
+    let mut buf = [0u8; 4];
+    sock.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, [0x20, 0x02, 0x00, 0x00]);
+    sock.write_all(&[0xC0, 0x00]).unwrap();
+    let mut pong = [0u8; 2];
+    sock.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [0xD0, 0x00]);
+    assert_eq!(h.stat("mqtt_pings_answered"), 1);
+    // A PUBLISH announcing 200 bytes (> 64): closed from its fixed header.
+    sock.write_all(&[0x30, 0xC8, 0x01, 0x00]).unwrap();
+    let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));
+    assert!(
+        matches!(closed, Event::Closed { reason: 2, .. }),
+        "{closed:?}"
+    );
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert_eq!(h.stat("mqtt_framing_errors"), 1);
+}
+
+#[test]
+fn a_flooding_device_does_not_starve_another() {
+    let mut h = Harness::start(setup(|s| {
+        s.config.max_frames_per_round = 64;
+        s.config.max_read_per_round_bytes = 16 * 1024;
+    }));
+    let (mut flooder, _) = accepted_device(&mut h, "flooder");
+    let mut quiet = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    // 300,000 PINGs (2 bytes each), read 16 KiB and handled 64 frames per round.
+    const PINGS: u64 = 300_000;
+    for _ in 0..PINGS {
+        flooder.wire.send_ping(b"").unwrap();
+    }
+    let mut flood = Vec::new();
+    flooder.wire.take_output(&mut flood);
+    let writer = std::thread::spawn(move || {
+        flooder.write_plain(&flood).unwrap();
+        flooder
+    });
+    // Once the engine is busy with the flood, the quiet device speaks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.stat("mmtp_pings_answered") == 0 {
+        assert!(Instant::now() < deadline, "the flood never arrived");
+        std::thread::yield_now();
+    }
+    quiet.hello("quiet");
+    h.hello_of("quiet");
+    let answered = h.stat("mmtp_pings_answered");
+    assert!(
+        answered < PINGS,
+        "the HELLO waited for the whole flood ({answered} pings)"
+    );
+    assert!(h.stat("fairness_yields") > 0);
+    drop(writer);
+}
+
+#[test]
+fn commands_for_a_gone_connection_are_ignored_and_its_slot_gets_a_new_id() {
+    let mut h = Harness::start(setup(|_| {}));
+    let (device, old) = accepted_device(&mut h, "leaver");
+    drop(device);
+    let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));
+    assert!(matches!(closed, Event::Closed { conn, reason: 0 } if conn.0 == old));
+    h.submit(vec![Command::Push {
+        conn: ConnId(old),
+        message_id: Arc::from(&b"late"[..]),
+        headers: vec![],
+        body: vec![],
+        tracked: true,
+    }]);
+    let failed = h.expect("PUSH_FAILED", |e| matches!(e, Event::PushFailed { .. }));
+    assert!(matches!(failed, Event::PushFailed { reason, .. } if reason == "closed"));
+    // Another device may take the slot; it has another id.
+    let (_next, new) = accepted_device(&mut h, "next");
+    assert_ne!(new, old);
+    assert_eq!(ConnId(new).slot(), ConnId(old).slot());
+    assert_eq!(h.stat("commands_stale"), 1);
+}
+
+#[test]
+fn a_full_event_queue_stops_reading_until_python_takes() {
+    let mut h = Harness::start(setup(|s| s.config.max_pending_event_bytes = 64 * 1024));
+    let (mut device, _) = accepted_device(&mut h, "chatty");
+    let body = incompressible(4000);
+    for _ in 0..60 {
+        device
+            .wire
+            .send_request("bulk", &body, &[] as &[(&str, &str)])
+            .unwrap();
+        let mut out = Vec::new();
+        device.wire.take_output(&mut out);
+        device.write_plain(&out).unwrap();
+    }
+    // Nothing is taken: the engine pauses reading once 64 KiB of events wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.stat("event_backpressure_pauses") == 0 {
+        assert!(Instant::now() < deadline, "the engine never paused");
+        std::thread::yield_now();
+    }
+    let mut requests = 0;
+    while requests < 60 {
+        h.expect("REQUEST", |e| matches!(e, Event::Request { .. }));
+        requests += 1;
+    }
+}
+
+#[test]
+fn a_device_that_does_not_read_is_cut_as_a_slow_consumer() {
+    let mut h = Harness::start(setup(|s| s.config.send_buffer_high_water_bytes = 16 * 1024));
+    let (device, conn) = accepted_device_with(&mut h, "sleepy", 4096);
+    let body = incompressible(60_000);
+    // The device never reads: kernel buffers fill, then the engine's queue.
+    for i in 0..100 {
+        h.submit(vec![Command::Push {
+            conn: ConnId(conn),
+            message_id: Arc::from(format!("m{i}").as_bytes()),
+            headers: vec![],
+            body: body.clone(),
+            tracked: true,
+        }]);
+    }
+    let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));
+    assert!(
+        matches!(closed, Event::Closed { reason: 24, .. }),
+        "{closed:?}"
+    );
+    assert_eq!(h.stat("slow_consumers"), 1);
+    drop(device);
+}
+
+#[test]
+fn reloading_the_certificate_keeps_open_devices() {
+    let mut h = Harness::start(setup(|_| {}));
+    let (mut before, conn) = accepted_device(&mut h, "before");
+    let old_cert = before.tls.peer_certificates().unwrap()[0].clone();
+    h.rt.reload_tls(&_engine::tls::TlsMaterial {
+        cert_pem: read_cert("server2.pem"),
+        key_pem: read_cert("server2.key"),
+        ..Default::default()
+    })
+    .unwrap();
+    let (after, _) = accepted_device(&mut h, "after");
+    let new_cert = after.tls.peer_certificates().unwrap()[0].clone();
+    assert_ne!(
+        old_cert, new_cert,
+        "new connections get the new certificate"
+    );
+    assert_eq!(
+        new_cert.as_ref(),
+        rustls::pki_types::CertificateDer::from_pem_slice(&read_cert("server2.pem"))
+            .unwrap()
+            .as_ref()
+    );
+    h.submit(vec![Command::Push {
+        conn: ConnId(conn),
+        message_id: Arc::from(&b"still"[..]),
+        headers: vec![],
+        body: b"here".to_vec(),
+        tracked: false,
+    }]);
+    let events = before.events().unwrap();
+    assert!(matches!(&events[0], mmtp::Event::PushReceived { body, .. } if body == b"here"));
+    assert_eq!(h.stat("tls_reloads"), 1);
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[test]
+fn client_certificate_common_name_reaches_hello() {
+    let mut h = Harness::start(setup(|s: &mut Setup| {
+        if let Some(tls) = &mut s.tls {
+            tls.client_ca_pem = Some(read_cert("client-ca.pem"));
+        }
+    }));
+    let mut with = Device::connect(
+        h.port,
+        client_config(ClientOptions {
+            client_cert: true,
+            ..ClientOptions::default()
+        }),
+    )
+    .unwrap();
+    with.hello("iot-box");
+    let hello = h.expect("HELLO", |e| matches!(e, Event::Hello { .. }));
+    assert!(matches!(hello, Event::Hello { client_cert_cn: Some(cn), .. } if cn == "device-cn-1"));
+    let mut without = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    without.hello("phone");
+    let hello = h.expect("HELLO", |e| matches!(e, Event::Hello { .. }));
+    assert!(matches!(
+        hello,
+        Event::Hello {
+            client_cert_cn: None,
+            ..
+        }
+    ));
+}
