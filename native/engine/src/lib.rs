@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod boundary;
+pub mod clienthello;
 pub mod config;
 pub mod deadlines;
 pub mod engine;

@@ -102,29 +102,67 @@ fn hello_accept_request_respond_push_ack_ping() {
 }
 
 #[test]
-fn a_device_without_alpn_mmtp_is_refused_and_python_never_hears_of_it() {
+fn a_client_without_alpn_mmtp_fails_its_handshake_with_no_application_protocol() {
+    // Spec 3.2: the handshake fails with the alert, whether the client offers other
+    // protocols (rustls would refuse those itself) or none (rustls would let it in).
     let mut h = Harness::start(setup(|_| {}));
-    let mut device = Device::connect(
-        h.port,
-        client_config(ClientOptions {
-            alpn: false,
-            ..ClientOptions::default()
-        }),
-    )
-    .unwrap();
-    device.hello("no-alpn");
-    let seen = device.until_closed();
-    assert_eq!(
-        code_of(&seen),
-        Some(mmtp::ErrorCode::UnsupportedVersion.value())
-    );
+    let offers: [&[&[u8]]; 3] = [&[], &[b"h2"], &[b"h2", b"http/1.1"]];
+    for offered in offers {
+        let mut config = (*client_config(ClientOptions::default())).clone();
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+        let Err(error) = Device::connect(h.port, Arc::new(config)) else {
+            panic!("{offered:?}: the handshake is not refused");
+        };
+        let text = format!("{error:?}");
+        assert!(
+            text.contains("AlertReceived(NoApplicationProtocol)"),
+            "{offered:?}: {text}"
+        );
+    }
+    // Bytes that are no ClientHello: decode_error, then FIN.
+    let mut raw = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, [21, 3, 3, 0, 2, 2, 50]);
     // A device with ALPN still gets through, and its HELLO is the only one.
     let (_ok, _) = accepted_device(&mut h, "with-alpn");
     assert!(!h
         .backlog
         .iter()
         .any(|e| matches!(e, Event::Hello { .. } | Event::Closed { .. })));
-    assert_eq!(h.stat("alpn_refused"), 1);
+    assert_eq!(h.stat("alpn_refused"), 3);
+    assert_eq!(h.stat("tls_failures"), 1);
+}
+
+#[test]
+fn a_failed_handshake_tells_the_client_why_with_the_alert_rustls_queued() {
+    let h = Harness::start(setup(|s: &mut Setup| {
+        if let Some(tls) = &mut s.tls {
+            tls.client_ca_pem = Some(read_cert("client-ca.pem"));
+            tls.require_client_cert = true;
+        }
+    }));
+    // TLS 1.3: the client finishes its side before the server checks its (missing)
+    // certificate; its next read finds the server's alert, not a bare reset.
+    let mut device = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    device.hello("no-cert");
+    let error = device.events().expect_err("the server refuses");
+    assert!(
+        format!("{error:?}").contains("AlertReceived(CertificateRequired)"),
+        "{error:?}"
+    );
+    let with = Device::connect(
+        h.port,
+        client_config(ClientOptions {
+            client_cert: true,
+            ..ClientOptions::default()
+        }),
+    );
+    assert!(with.is_ok());
+    // Counted once the failed pass returned (the alert may reach the client before).
+    assert_eq!(h.stat("tls_failures"), 1);
 }
 
 #[test]

@@ -61,6 +61,9 @@ pub mod flag {
     pub const CLOSE_NOTIFY_SENT: u16 = 1 << 10;
     /// The peer's FIN arrived (while closing).
     pub const PEER_EOF: u16 = 1 << 11;
+    /// rustls has been given the ClientHello (MMTP: once it was read and offers
+    /// `mmtp/1`; before, the bytes wait in `rx_partial` and nothing is sent with TLS).
+    pub const TLS_STARTED: u16 = 1 << 12;
 }
 
 pub struct Conn {

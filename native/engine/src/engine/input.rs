@@ -5,6 +5,9 @@ use std::io::{self, Read};
 use super::conn::{flag, Conn, Inflight, Proto};
 use super::{tlsio, Ending, Engine};
 use crate::boundary::Event;
+use crate::clienthello::{
+    self, fatal_alert, ALERT_DECODE_ERROR, ALERT_NO_APPLICATION_PROTOCOL, MAX_HELLO_BUFFER_BYTES,
+};
 use crate::mqtt::{self, FramingError};
 use crate::stats::Stats;
 use crate::tls::{common_name, MMTP_ALPN};
@@ -97,6 +100,32 @@ impl Engine {
         Stats::add(&stats.bytes_in, n as u64);
         conn.timing.last_input_ms = self.now_ms;
         let total = filled + n;
+        if conn.tls.is_some() && !conn.has(flag::TLS_STARTED) {
+            match check_client_hello(&scratch.rx[..total]) {
+                Hello::Incomplete => {
+                    conn.rx_partial.clear();
+                    conn.rx_partial.extend_from_slice(&scratch.rx[..total]);
+                    return Ok(n);
+                }
+                Hello::Refuse(alert) => {
+                    Stats::inc(if alert == ALERT_NO_APPLICATION_PROTOCOL {
+                        &stats.alpn_refused
+                    } else {
+                        &stats.tls_failures
+                    });
+                    // Python never hears of it; the alert goes out, then FIN.
+                    conn.rx_partial = Vec::new();
+                    let _ = tlsio::send(
+                        &mut conn.sock,
+                        &mut conn.tx_pending,
+                        &fatal_alert(alert),
+                        stats,
+                    );
+                    return Err((0, Ending::Graceful));
+                }
+                Hello::Start => conn.set(flag::TLS_STARTED),
+            }
+        }
         let mut peer_closed = false;
         scratch.plain_in.clear();
         let plaintext_len = match &mut conn.tls {
@@ -122,8 +151,11 @@ impl Engine {
                 let pass = match result {
                     Ok(pass) => pass,
                     Err(_) => {
+                        // Its alert is queued: close after it, not with a reset that
+                        // could destroy it in the peer's receive buffer.
                         Stats::inc(&stats.tls_failures);
-                        return Err((0, Ending::Abort));
+                        conn.rx_partial = Vec::new();
+                        return Err((0, Ending::Graceful));
                     }
                 };
                 if pass.consumed < total {
@@ -454,6 +486,28 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// What the bytes received so far say about an MMTP connection's ClientHello.
+enum Hello {
+    /// Wait for more bytes.
+    Incomplete,
+    /// Fail the handshake with this alert.
+    Refuse(u8),
+    /// It offers `mmtp/1`: hand the bytes to rustls.
+    Start,
+}
+
+/// Spec section 3.2: a client that does not offer `mmtp/1` fails its handshake with
+/// `no_application_protocol`; bytes that are no ClientHello, with `decode_error`.
+fn check_client_hello(received: &[u8]) -> Hello {
+    match clienthello::read_client_hello(received) {
+        Ok(None) if received.len() > MAX_HELLO_BUFFER_BYTES => Hello::Refuse(ALERT_DECODE_ERROR),
+        Ok(None) => Hello::Incomplete,
+        Err(_) => Hello::Refuse(ALERT_DECODE_ERROR),
+        Ok(Some(hello)) if !hello.offers(MMTP_ALPN) => Hello::Refuse(ALERT_NO_APPLICATION_PROTOCOL),
+        Ok(Some(_)) => Hello::Start,
     }
 }
 

@@ -459,7 +459,12 @@ impl Engine {
             tx_pending: Vec::new(),
             out_plain: Vec::new(),
             timing,
-            flags: 0,
+            // MQTT over TLS: rustls reads the ClientHello at once (no ALPN to check).
+            flags: if kind == Kind::Mqtt {
+                flag::TLS_STARTED
+            } else {
+                0
+            },
         });
         if self.deadlines.len() <= slot {
             self.deadlines.resize(slot + 1, u64::MAX);
@@ -539,6 +544,7 @@ impl Engine {
             m.wire.take_output(&mut scratch.plain_out);
         }
         let closing = conn.has(flag::CLOSING) && !conn.has(flag::CLOSE_NOTIFY_SENT);
+        let tls_started = conn.has(flag::TLS_STARTED);
         let Conn {
             tls,
             sock,
@@ -549,7 +555,7 @@ impl Engine {
         } = conn;
         let result = match tls {
             Some(tls) => {
-                if tls.is_handshaking() {
+                if !tls_started || tls.is_handshaking() {
                     // Not writable yet: keep it for when the handshake is over.
                     out_plain.extend_from_slice(&scratch.plain_out);
                     Ok(())
