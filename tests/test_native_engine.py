@@ -585,6 +585,37 @@ def test_mqtt_pingreq_is_answered_by_the_engine_and_oversize_packets_close() -> 
         driver.engine.shutdown()
 
 
+def test_an_mqtt5_client_over_the_size_limit_gets_disconnect_0x95() -> None:
+    driver, plain_port, _ = mqtt_engine(mqtt_max_packet_size=1024)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=mqtt.MQTTv5)
+    reasons: list[int] = []
+    gone = threading.Event()
+
+    def on_disconnect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        reasons.append(reason.value)
+        gone.set()
+
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect("127.0.0.1", plain_port, keepalive=60)
+        client.loop_start()
+        opened = driver.expect("MQTT_OPEN")
+        conn = int(opened[1])
+        driver.expect("MQTT_PACKETS", lambda e: e[1] == conn)
+        # CONNACK (MQTT 5: reason 0, no properties) with the keepalive deadline.
+        driver.engine.submit(
+            [("MQTT_WRITE", conn, b"\x20\x03\x00\x00\x00"), ("SET_IDLE", conn, 90_000)]
+        )
+        client.publish("devices/v5/up", b"x" * 4096, qos=0)
+        assert gone.wait(WAIT_S)
+        # MQTT 5 section 4.13: the server says why (0x95, Packet too large) and closes.
+        assert reasons == [0x95]
+        assert driver.expect("CLOSED") == ("CLOSED", conn, int(ErrorCode.FRAME_SIZE_ERROR))
+    finally:
+        client.loop_stop()
+        driver.engine.shutdown()
+
+
 def test_mqtt_tls_with_client_certificate() -> None:
     driver, _, tls_port = mqtt_engine(tls_client_ca_pem=pem("client-ca.pem"))
     try:

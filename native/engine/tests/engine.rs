@@ -377,9 +377,67 @@ fn mqtt_whole_packets_native_pingresp_and_the_size_limit() {
         matches!(closed, Event::Closed { reason: 2, .. }),
         "{closed:?}"
     );
+    // MQTT 3.1.1 has no packet to say why: only the close.
     let mut rest = Vec::new();
     let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, b"");
     assert_eq!(h.stat("mqtt_framing_errors"), 1);
+}
+
+#[test]
+fn an_mqtt5_client_over_the_size_limit_hears_why_before_the_close() {
+    let mut h = Harness::start(setup(|s| s.config.mqtt_max_packet_size = 64));
+    let port = h.listen(Kind::Mqtt, false);
+    // MQTT 5 CONNECT (client id "c5", no properties), split inside its protocol name.
+    let connect = b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02c5";
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(&connect[..6]).unwrap();
+    sock.flush().unwrap();
+    std::thread::yield_now();
+    sock.write_all(&connect[6..]).unwrap();
+    let conn = match h.expect("MQTT_OPEN", |e| matches!(e, Event::MqttOpen { .. })) {
+        Event::MqttOpen { conn, .. } => conn,
+        _ => unreachable!(),
+    };
+    h.submit(vec![
+        Command::MqttWrite {
+            conn,
+            data: vec![0x20, 0x03, 0x00, 0x00, 0x00],
+        },
+        Command::SetIdle {
+            conn,
+            idle_timeout_ms: 90_000,
+        },
+    ]);
+    let mut connack = [0u8; 5];
+    sock.read_exact(&mut connack).unwrap();
+    // Connected: a PUBLISH announcing 200 bytes gets DISCONNECT 0x95, then the close.
+    sock.write_all(&[0x30, 0xC8, 0x01, 0x00]).unwrap();
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, [0xE0, 0x02, 0x95, 0x00]);
+    let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));
+    assert!(
+        matches!(closed, Event::Closed { reason: 2, .. }),
+        "{closed:?}"
+    );
+    // A CONNECT that is itself too large is refused with CONNACK 0x95 (no DISCONNECT
+    // before a CONNACK); Python never hears of the connection.
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"\x10\xc8\x01\x00\x04MQTT\x05\x02\x00\x3c")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, [0x20, 0x03, 0x00, 0x95, 0x00]);
+    assert_eq!(h.stat("mqtt_framing_errors"), 2);
+    assert!(!h
+        .backlog
+        .iter()
+        .any(|e| matches!(e, Event::MqttOpen { .. })));
 }
 
 #[test]

@@ -64,6 +64,8 @@ pub mod flag {
     /// rustls has been given the ClientHello (MMTP: once it was read and offers
     /// `mmtp/1`; before, the bytes wait in `rx_partial` and nothing is sent with TLS).
     pub const TLS_STARTED: u16 = 1 << 12;
+    /// MQTT: its CONNECT announced protocol level 5 (DISCONNECT with a reason exists).
+    pub const MQTT5: u16 = 1 << 13;
 }
 
 pub struct Conn {

@@ -247,6 +247,19 @@ impl Engine {
             }
             Proto::Mqtt(framer) => {
                 scratch.packets.clear();
+                if conn.flags & (flag::TOLD | flag::MQTT5) == 0 {
+                    // The CONNECT's first bytes: its protocol level (a few bytes).
+                    let mut head = [0u8; 16];
+                    let partial = framer.partial();
+                    let from_partial = partial.len().min(head.len());
+                    head[..from_partial].copy_from_slice(&partial[..from_partial]);
+                    let from_data = data.len().min(head.len() - from_partial);
+                    head[from_partial..from_partial + from_data]
+                        .copy_from_slice(&data[..from_data]);
+                    if mqtt::connect_protocol_level(&head[..from_partial + from_data]) == Some(5) {
+                        conn.flags |= flag::MQTT5;
+                    }
+                }
                 let max = self.config.mqtt_max_packet_size;
                 match framer.feed(data, max, budget, &mut scratch.packets) {
                     Ok(more) => {
@@ -258,7 +271,10 @@ impl Engine {
                     Err(error) => {
                         Stats::inc(&self.shared.stats.mqtt_framing_errors);
                         let code = match error {
-                            FramingError::TooLarge { .. } => mmtp::ErrorCode::FrameSizeError,
+                            FramingError::TooLarge { .. } => {
+                                too_large(conn);
+                                mmtp::ErrorCode::FrameSizeError
+                            }
                             FramingError::Malformed(_) => mmtp::ErrorCode::ProtocolError,
                         };
                         Outcome::End(code.value(), Ending::Graceful)
@@ -486,6 +502,23 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// An MQTT packet above the maximum size: an MQTT 5 client is told why before the
+/// close (MQTT 5 section 4.13: reason 0x95), with DISCONNECT once its CONNACK went out
+/// (`SET_IDLE` comes with it), with a refusing CONNACK if the CONNECT itself is too
+/// large. MQTT 3.1.1 has no way to say it, nor has MQTT 5 between CONNECT and CONNACK:
+/// just the close.
+fn too_large(conn: &mut Conn) {
+    if !conn.has(flag::MQTT5) {
+        return;
+    }
+    if conn.has(flag::ACCEPTED) {
+        conn.out_plain
+            .extend_from_slice(&mqtt::DISCONNECT_TOO_LARGE);
+    } else if !conn.has(flag::TOLD) {
+        conn.out_plain.extend_from_slice(&mqtt::CONNACK_TOO_LARGE);
     }
 }
 
