@@ -167,17 +167,18 @@ async def test_unfinished_tls_handshake_is_dropped(tmp_path: Path) -> None:
 
 async def test_tls12_and_missing_alpn_are_refused(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw:
+        # Both engines read the ClientHello before TLS answers it (the native one in
+        # Rust) and send the alerts; only the Python engine's optional uvloop TLS cannot.
+        alert = gw.node.engine.name == "native" or gw.node.config.server.tls_engine == "memorybio"
         tls12 = ssl.create_default_context(cafile=str(gw.ca_cert))
         tls12.maximum_version = ssl.TLSVersion.TLSv1_2
         tls12.set_alpn_protocols(["mmtp/1"])
         # Spec 3.1: TLS 1.3 only; the client hears why (alert protocol_version).
-        with pytest.raises(ssl.SSLError, match="alert protocol version"):
+        with pytest.raises(ssl.SSLError if alert else (ssl.SSLError, ConnectionError)) as refused:
             await asyncio.open_connection(
                 "127.0.0.1", gw.port, ssl=tls12, server_hostname="localhost"
             )
-        # Both engines read the ClientHello before TLS answers it (the native one in
-        # Rust); only the Python engine's optional uvloop TLS cannot.
-        alert = gw.node.engine.name == "native" or gw.node.config.server.tls_engine == "memorybio"
+        assert not alert or "alert protocol version" in str(refused.value)
         for offered in ([], ["h2"], ["h2", "http/1.1"]):
             context = ssl.create_default_context(cafile=str(gw.ca_cert))
             if offered:

@@ -26,6 +26,7 @@ from channel.logs import fields
 from channel.mmtp.session import MmtpSession
 from channel.rpc.model import RpcResponse
 from channel.security.auth import AuthFailure, AuthResult
+from channel.security.tls import TlsReloadError
 from channel.sessions import FanoutPush, Headers, Session, jittered
 from channel.wire import ErrorCode, Hello
 
@@ -146,6 +147,17 @@ class NativeEngine:
             backlog=4096,
             fast_open_queue=max(0, server.tcp_fastopen_queue),
         )
+
+    def reload_tls(self, tls: TlsFiles) -> None:
+        """New certificate (and client CA) for new connections; open ones keep theirs,
+        and TLS session tickets stay valid (their keys are the fleet's, not the
+        certificate's). Files that do not load raise ``TlsReloadError`` and change nothing.
+        """
+        cert, key, client_ca = tls.read()
+        try:
+            self.engine.reload_tls(cert, key, client_ca, tls.require_client_cert)
+        except ValueError as exc:
+            raise TlsReloadError(f"{exc} ({tls.cert}, {tls.key})") from exc
 
     # ------------------------------------------------------------- commands
 

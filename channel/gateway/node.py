@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from channel.config import GatewayConfig
+from channel.config import GatewayConfig, TlsConfig
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
@@ -125,8 +125,8 @@ class GatewayNode:
             allow_client_certificates=bool(self.config.tls.client_ca),
         )
 
-    def _tls_files(self) -> TlsFiles:
-        tls = self.config.tls
+    def _tls_files(self, tls: TlsConfig | None = None) -> TlsFiles:
+        tls = tls if tls is not None else self.config.tls
         if tls.cert:
             cert, key = Path(tls.cert), Path(tls.key)
         else:
@@ -286,10 +286,23 @@ class GatewayNode:
 
     # ---------------------------------------------------------------- drain
 
-    def reload_routes(self, config: GatewayConfig) -> None:
-        self.router.reload(RoutingConfig.from_dict(config.rpc))
+    def reload(self, config: GatewayConfig) -> dict[str, object]:
+        """Re-read the ``[rpc]`` routes and the ``[tls]`` files (``POST /admin/reload``,
+        SIGHUP) without dropping a device: new connections get the new certificate, open
+        ones keep theirs, calls in flight finish on the routes they started on.
+        Everything is checked before anything changes: a bad route or a certificate,
+        key or CA that does not load raises (``ValueError``, its message naming the
+        field or file) and the node keeps what it had. Returns what is in force.
+        """
+        routing = RoutingConfig.from_dict(config.rpc)
+        tls = self._tls_files(config.tls)
+        self.engine.reload_tls(tls)
+        self.router.reload(routing)
         self.config.rpc = config.rpc
-        log.info("routes reloaded", extra=fields(source=config.source))
+        self.config.tls = config.tls
+        summary = tls.summary()
+        log.info("reloaded", extra=fields(source=config.source, **summary))
+        return {"tls": summary, "routes": self.router.describe()}
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop accepting, tell every device to reconnect later, finish calls, close."""
