@@ -215,6 +215,9 @@ class GatewayProcess:
             "0",
             "--state-dir",
             str(self.state_dir),
+            # Every listener on a free port (the push API's default, 8080, may be taken).
+            "--api-port",
+            str(self.settings.get("api", {}).get("port", 0)),
             "--log-level",
             self.log_level,
         ]
