@@ -107,6 +107,7 @@ def test_requests_pipelined_behind_hello_arrive_in_order_and_are_answered(
         (second, "user.list", b""),
     ]
     assert requests[0][4] == (("locale", "zh-CN"),)
+    assert [r[6] for r in requests] == [False, False]  # not TLS early data
     driver.accept(conn)
     driver.engine.submit(
         [

@@ -23,7 +23,7 @@ from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
 from channel.engine.python import PythonEngine
-from channel.gateway.builtin import builtin_response
+from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
     register_native_collector,
     register_push_collector,
@@ -42,6 +42,7 @@ from channel.security.auth import Authenticator
 from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
 from channel.security.tickets import TicketKeyRing, TicketSealer, tls_ticket_keys
 from channel.security.tls import TlsFiles
+from channel.security.tlstickets import MemoryTlsTickets
 from channel.security.tokens import TokenVerifier, key_id_from_path, load_public_key
 from channel.sessions import Session, SessionRegistry
 from channel.wire import BodyCodec, DictionaryStore, ErrorCode, FrameType
@@ -77,6 +78,7 @@ class GatewayNode:
             metrics=self.metrics,
             body_codec=self.body_codec,
             upstream=self.call_upstream,
+            is_idempotent=self.is_idempotent,
         )
         register_push_collector(self.metrics.registry, lambda: self.delivery)
         self.engine = self._make_engine()
@@ -163,6 +165,11 @@ class GatewayNode:
         await self._start_push()
         if isinstance(self.engine, NativeEngine):
             auth = self.config.auth
+            if self.config.tls.early_data_max_bytes > 0:
+                assert self.backend is not None
+                self.engine.tls_tickets = self.backend.tls_tickets or MemoryTlsTickets(
+                    self.config.tls.ticket_store_max_entries
+                )
             device_port = await self.engine.start(
                 tls,
                 tls_ticket_keys(
@@ -171,6 +178,8 @@ class GatewayNode:
             )
             self.registry.fanout_engines.append(self.engine)
         else:
+            if self.config.tls.early_data_max_bytes > 0:
+                log.warning("tls.early_data_max_bytes: TLS early data needs the native engine")
             device_port = await self.engine.start(tls)
         from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
@@ -262,6 +271,10 @@ class GatewayNode:
     ) -> RpcResponse:
         """Backend → device RPC for a device connected to this node."""
         return await self.registry.call(device_id, op, body, headers, timeout_s)
+
+    def is_idempotent(self, op: str) -> bool:
+        """May ``op`` run twice with the same effect (TLS early data, spec 8.5)?"""
+        return op in IDEMPOTENT_OPS or self.router.is_idempotent(op)
 
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
         builtin = builtin_response(request, self.delivery)

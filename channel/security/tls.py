@@ -3,9 +3,10 @@
 Server contexts issue exactly one session ticket per handshake
 (``num_tickets = 1``; OpenSSL's default of 2 costs ~255 bytes more on every
 full handshake) and keep ticket-based resumption on, so a reconnecting device
-does an abbreviated handshake. Python's ``ssl`` has no TLS early data, so
-MMTP's "0-RTT" happens at the protocol level (requests pipelined behind HELLO),
-never as TLS early data.
+does an abbreviated handshake. Python's ``ssl`` has no TLS early data, so on the
+Python engine MMTP's "0-RTT" happens at the protocol level (requests pipelined
+behind HELLO); the native engine can also accept TLS early data (spec section 8.5,
+``[tls] early_data_max_bytes``).
 
 Optional client certificates serve IoT-style devices (mutual TLS): the
 gateway then takes the device identity from the certificate's common name

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod ids;
 pub mod mqtt;
 pub mod runtime;
+pub mod singleuse;
 pub mod stats;
 pub mod sys;
 pub mod ticketer;

@@ -49,6 +49,7 @@ fn hello_accept_request_respond_push_ack_ping() {
         op,
         headers,
         body,
+        early: false,
     } = request
     else {
         unreachable!()

@@ -85,6 +85,8 @@ pub struct Pass {
     pub writable: bool,
     /// The peer sent close_notify.
     pub peer_closed: bool,
+    /// The first bytes of `plain_in` that came as TLS early data.
+    pub early_len: usize,
 }
 
 #[derive(Debug)]
@@ -188,10 +190,12 @@ pub fn pass(
                 }
             }
             ConnectionState::ReadEarlyData(mut records) => {
-                // Never offered (max_early_data_size = 0); taken like traffic if it came.
+                // Accepted only on a single-use ticket (singleuse.rs); it always comes
+                // before any ReadTraffic (which needs the client's Finished).
                 while let Some(record) = records.next_record() {
                     plain_in.extend_from_slice(record.map_err(TlsFailure::Tls)?.payload);
                 }
+                result.early_len = plain_in.len();
             }
             ConnectionState::EncodeTlsData(mut encoder) => loop {
                 match encoder.encode(&mut tx[tx_len..]) {
