@@ -277,3 +277,25 @@ fn without_a_stored_ticket_or_with_early_data_off_the_handshake_is_full() {
         .iter()
         .any(|e| matches!(e, Event::TlsTicket { .. })));
 }
+
+#[test]
+fn a_sealed_ticket_from_a_node_without_early_data_still_resumes_on_one_with_it() {
+    // A rolling change: node `off` (sealed tickets) and node `on` (early data) share
+    // the ticket keys; the device's sealed ticket resumes on `on` at once, no look-up.
+    let mut off = Harness::start(common::setup(|s| {
+        s.ticket_keys = Some((1, vec![(1, vec![9u8; 32])]));
+    }));
+    let on = Harness::start(common::setup(early_setup));
+    let config = client_config(ClientOptions::default());
+    let mut first = Device::connect(off.port, config.clone()).unwrap();
+    first.hello("rolling");
+    let conn = off.hello_of("rolling");
+    off.accept(conn, 60);
+    first.events().unwrap();
+    let second = Device::connect(on.port, config).unwrap();
+    assert_eq!(
+        second.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(on.stat("tls_ticket_lookups"), 0);
+}
