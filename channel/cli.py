@@ -510,7 +510,8 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
             "CHANNEL_<SECTION>__<KEY> (e.g. CHANNEL_SERVER__PORT=8443) < these flags.\n"
             "See channel/config.py for every key.\n\n"
             "Signals: SIGTERM/SIGINT drain (GOAWAY with a reconnect hint, calls in flight\n"
-            "finish, then exit); SIGHUP reloads the [rpc] routes without dropping devices."
+            "finish, then exit); SIGHUP reloads the [rpc] routes and [tls] files without\n"
+            "dropping devices."
         ),
         epilog=(
             "examples:\n"

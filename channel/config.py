@@ -30,6 +30,7 @@ Example ``channel.toml``::
     key = "/etc/channel/tls/server.key"
     client_ca = ""              # set to enable mutual TLS for IoT-style clients
     require_client_cert = false
+    early_data_max_bytes = 0    # TLS 0-RTT (native engine): e.g. 16384; needs a ticket store
 
     [auth]
     token_public_keys = ["/etc/channel/keys/token-1.pub"]   # key id from the file name
@@ -146,6 +147,18 @@ class TlsConfig:
     key: str = ""
     client_ca: str = ""
     require_client_cert: bool = False
+    #: TLS 1.3 early data (0-RTT) accepted per connection, in bytes (native engine only;
+    #: 1024..65536): a returning device's HELLO and idempotent requests are answered one
+    #: round trip sooner. It needs single-use tickets kept in the push backend's store
+    #: (Redis: a GETDEL per resumption, a SET per handshake). 0 = off: sealed tickets that
+    #: resume on any node with no store (spec section 8.5).
+    early_data_max_bytes: int = 0
+    #: With early data: how long a resuming handshake waits for its ticket from the
+    #: store; then it goes on without (a full handshake, no early data).
+    ticket_store_timeout_ms: int = 250
+    #: With early data and push.backend = "memory": tickets this process keeps (the
+    #: oldest are dropped beyond; their devices do a full handshake).
+    ticket_store_max_entries: int = 100_000
 
 
 @dataclass
@@ -568,3 +581,10 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("http: need 1 <= max_connections_per_ip <= max_connections")
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")
+    early = config.tls.early_data_max_bytes
+    if early != 0 and not 1024 <= early <= 65_536:
+        raise ConfigError("tls.early_data_max_bytes: must be 0 (off) or 1024..65536")
+    if not 10 <= config.tls.ticket_store_timeout_ms <= 10_000:
+        raise ConfigError("tls.ticket_store_timeout_ms: must be 10..10000")
+    if config.tls.ticket_store_max_entries < 1:
+        raise ConfigError("tls.ticket_store_max_entries: must be >= 1")

@@ -68,6 +68,13 @@ class GatewayMetrics:
             self.slow_consumers = Counter(
                 "channel_slow_consumers_total", "Connections closed for not reading", registry=r
             )
+        self.early_data_requests = Counter(
+            "channel_early_data_requests_total",
+            "Requests that arrived as TLS early data: served (idempotent op) or refused "
+            "with REFUSED_STREAM (the device sends them again after the handshake)",
+            ["outcome"],
+            registry=r,
+        )
         self.input_budget_pauses = Counter(
             "channel_input_budget_pauses_total",
             "Times a device's input used its CPU budget and its reading was paused "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -21,7 +22,12 @@ from channel.engine.pysession import PyMmtpSession
 from channel.engine.tlsproto import tls_server_factory
 from channel.engine.uvtls import gated_tls_factory
 from channel.logs import fields
-from channel.security.tls import TlsFiles, peer_certificate_identity
+from channel.security.tls import (
+    ServerContextRef,
+    TlsFiles,
+    TlsReloadError,
+    peer_certificate_identity,
+)
 from channel.sessions import jittered
 from channel.wire import ErrorCode
 
@@ -60,6 +66,8 @@ class PythonEngine:
         self._fast_open_listening = False
         self._sweeper: asyncio.Task[None] | None = None
         self._client_certificates = bool(self.config.tls.client_ca)
+        #: The context new connections get (``reload_tls`` swaps it).
+        self._contexts = ServerContextRef(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         self.draining = False
         self._all_gone: asyncio.Event | None = None
 
@@ -67,7 +75,8 @@ class PythonEngine:
 
     async def start(self, tls: TlsFiles) -> int:
         """Listen for devices; returns the port."""
-        ssl_context = tls.server_context()
+        ssl_context = self._contexts
+        ssl_context.context = tls.server_context()
         loop = asyncio.get_running_loop()
         server = self.config.server
         reuse_port = server.reuse_port or server.workers > 1 or None
@@ -107,6 +116,20 @@ class PythonEngine:
                 "sysctl net.ipv4.tcp_fastopen=3 turns it on",
                 extra=fields(sysctl=fastopen.sysctl_value()),
             )
+
+    def reload_tls(self, tls: TlsFiles) -> None:
+        """New certificate (and client CA) for new connections; open ones keep theirs.
+        Files that do not load raise ``TlsReloadError`` and change nothing.
+
+        OpenSSL makes new session ticket keys with the new context: a device holding a
+        ticket from before does one full handshake.
+        """
+        try:
+            context = tls.server_context()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise TlsReloadError(f"tls: cannot load {tls.cert} / {tls.key}: {exc}") from exc
+        self._contexts.context = context
+        self._client_certificates = tls.client_ca is not None
 
     # ------------------------------------------------------------ admission
 

@@ -73,6 +73,7 @@ from channel.security.clienthello import (
     fatal_alert,
     read_client_hello,
 )
+from channel.security.tls import ServerContextRef, context_ref
 from channel.wire.hello import ALPN_PROTOCOL
 
 log = logging.getLogger("channel.tls")
@@ -477,7 +478,7 @@ class TlsServerProtocol(asyncio.Protocol):
 
 
 def tls_server_factory(
-    context: ssl.SSLContext,
+    context: ssl.SSLContext | ServerContextRef,
     inner_factory: Any,
     handshake_timeout_s: float,
     gate: AcceptGate | None = None,
@@ -486,11 +487,13 @@ def tls_server_factory(
 
     Its connections share one pair of memory BIOs (see the module doc); a
     server's protocols all run on its event loop's thread. With ``gate``,
-    connections are counted (and refused) at TCP accept.
+    connections are counted (and refused) at TCP accept. Each connection takes the
+    context ``context`` holds when it is accepted (a reload swaps it for new ones).
     """
     bios = SharedBios()
+    ref = context_ref(context)
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(context, inner_factory(), handshake_timeout_s, bios, gate)
+        return TlsServerProtocol(ref.context, inner_factory(), handshake_timeout_s, bios, gate)
 
     return factory

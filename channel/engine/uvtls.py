@@ -30,6 +30,7 @@ import ssl
 from typing import Any, cast
 
 from channel.engine.tlsproto import AcceptGate, peer_ip_of
+from channel.security.tls import ServerContextRef, context_ref
 
 log = logging.getLogger("channel.tls")
 
@@ -179,19 +180,26 @@ class GatedTlsAcceptor(asyncio.Protocol):
 class _Listener:
     """What every acceptor of one listener shares."""
 
-    __slots__ = ("context", "gate", "handshake_timeout_s")
+    __slots__ = ("contexts", "gate", "handshake_timeout_s")
 
-    def __init__(self, context: ssl.SSLContext, gate: AcceptGate, timeout_s: float) -> None:
-        self.context = context
+    def __init__(self, contexts: ServerContextRef, gate: AcceptGate, timeout_s: float) -> None:
+        self.contexts = contexts
         self.gate = gate
         self.handshake_timeout_s = timeout_s
 
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.contexts.context
+
 
 def gated_tls_factory(
-    context: ssl.SSLContext, inner_factory: Any, handshake_timeout_s: float, gate: AcceptGate
+    context: ssl.SSLContext | ServerContextRef,
+    inner_factory: Any,
+    handshake_timeout_s: float,
+    gate: AcceptGate,
 ) -> Any:
     """A ``create_server`` protocol factory (plain TCP) for the ``uvloop`` TLS engine."""
-    settings = _Listener(context, gate, handshake_timeout_s)
+    settings = _Listener(context_ref(context), gate, handshake_timeout_s)
 
     def factory() -> GatedTlsAcceptor:
         return GatedTlsAcceptor(settings, inner_factory())

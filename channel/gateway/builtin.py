@@ -35,6 +35,10 @@ TOPIC_NAME = re.compile(TOPIC_PATTERN)
 _JSON = (("content-type", "application/json"),)
 
 
+#: Built-in operations that may run twice with the same effect (TLS early data).
+IDEMPOTENT_OPS = frozenset((ECHO_OP, TIME_OP))
+
+
 def builtin_response(
     request: RpcRequest, delivery: NodeDelivery | None = None
 ) -> RpcResponse | None:
