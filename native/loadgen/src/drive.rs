@@ -38,6 +38,7 @@ pub fn hold<P: Proto, F: Factory<P>>(
     mut factory: F,
     options: HoldOptions,
 ) {
+    links.lean = true;
     let waker = Arc::new(Waker::new(links.poll.registry(), WAKER).expect("waker"));
     let inbox = command_thread(waker);
     let mut events = Events::with_capacity(1024);

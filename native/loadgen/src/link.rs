@@ -25,6 +25,24 @@ pub struct Link<P> {
     pub ready: bool,
     /// churn: the loop this connection belongs to (its tickets, its device id).
     pub worker: usize,
+    /// Registered for WRITABLE too: while connecting, and after a write would block.
+    writable: bool,
+}
+
+/// The socket as rustls reads it, noting a short read: the socket is then empty
+/// and the read that would only return EAGAIN can be skipped (a new edge comes
+/// with new data).
+struct Short<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for Short<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
 }
 
 /// Connections of one process and what they share.
@@ -36,6 +54,10 @@ pub struct Links<P> {
     server: SocketAddr,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Ready links listen for READABLE only: every ACK a device writes would
+    /// otherwise come back as a WRITABLE edge when the server's TCP ACK frees
+    /// the send buffer, an extra wake-up and read per push.
+    pub lean: bool,
 }
 
 impl<P: Proto> Links<P> {
@@ -48,6 +70,7 @@ impl<P: Proto> Links<P> {
             server,
             buf: vec![0; 64 * 1024],
             out: Vec::new(),
+            lean: false,
         }
     }
 
@@ -70,6 +93,7 @@ impl<P: Proto> Links<P> {
             proto,
             ready: false,
             worker,
+            writable: true,
         };
         self.poll.registry().register(
             &mut link.sock,
@@ -87,13 +111,17 @@ impl<P: Proto> Links<P> {
         };
         let mut ready_now = false;
         loop {
-            match link.tls.read_tls(&mut link.sock) {
+            let mut reader = Short {
+                sock: &mut link.sock,
+                short: false,
+            };
+            let short = match link.tls.read_tls(&mut reader) {
                 Ok(0) => return Err(()),
-                Ok(_) => {}
+                Ok(_) => reader.short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(()),
-            }
+            };
             let state = link.tls.process_new_packets().map_err(|_| ())?;
             let mut pending = state.plaintext_bytes_to_read();
             while pending > 0 {
@@ -117,16 +145,40 @@ impl<P: Proto> Links<P> {
                     link.tls.writer().write_all(&self.out).map_err(|_| ())?;
                 }
             }
+            if short {
+                break;
+            }
         }
-        flush(link)?;
+        let blocked = flush(link)?;
+        self.arm(key, blocked)?;
         Ok(ready_now)
+    }
+
+    /// WRITABLE interest only while a write waits (lean mode, ready links).
+    fn arm(&mut self, key: usize, blocked: bool) -> Result<(), ()> {
+        let link = &mut self.links[key];
+        let want = blocked || !(self.lean && link.ready);
+        if want != link.writable {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.poll
+                .registry()
+                .reregister(&mut link.sock, Token(key), interest)
+                .map_err(|_| ())?;
+            link.writable = want;
+        }
+        Ok(())
     }
 
     /// Write `data` on `key` now (the publisher's PUBLISHes, an RPC's REQUEST).
     pub fn send(&mut self, key: usize, data: &[u8]) -> Result<(), ()> {
         let link = self.links.get_mut(key).ok_or(())?;
         link.tls.writer().write_all(data).map_err(|_| ())?;
-        flush(link)
+        let blocked = flush(link)?;
+        self.arm(key, blocked)
     }
 
     pub fn close(&mut self, key: usize, reset: bool) -> Option<Link<P>> {
@@ -139,14 +191,15 @@ impl<P: Proto> Links<P> {
     }
 }
 
-fn flush<P>(link: &mut Link<P>) -> Result<(), ()> {
+/// Write what TLS holds; `Ok(true)` if the socket would block with bytes left.
+fn flush<P>(link: &mut Link<P>) -> Result<bool, ()> {
     while link.tls.wants_write() {
         match link.tls.write_tls(&mut link.sock) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(()),
         }
     }
-    Ok(())
+    Ok(false)
 }

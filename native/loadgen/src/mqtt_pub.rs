@@ -185,8 +185,11 @@ fn unicast(
         if !out.is_empty() {
             links.send(key, &out).expect("publish");
         }
+        // A full window waits for PUBACKs; otherwise until the next message is due.
+        let full = links.links[key].proto.inflight.len() >= plan.max_inflight;
         let next_due = plan.start_at + k as f64 * interval;
-        pump(links, key, events, if interval > 0.0 { next_due - monotonic_s() } else { 0.01 });
+        let wait = if full || interval == 0.0 { 0.05 } else { next_due - monotonic_s() };
+        pump(links, key, events, wait);
     }
     let drain_until = monotonic_s() + 10.0;
     while !links.links[key].proto.inflight.is_empty() && monotonic_s() < drain_until {
