@@ -20,8 +20,9 @@ def _bars(path: Path, title: str, ylabel: str, series: dict[str, dict[str, float
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(1, len(targets))
     for i, target in enumerate(targets):
-        xs = [j + i * width for j in range(len(groups))]
-        ys = [series[g].get(target) or 0.0 for g in groups]
+        present = [j for j, g in enumerate(groups) if series[g].get(target) is not None]
+        xs = [j + i * width for j in present]
+        ys = [float(series[groups[j]][target] or 0.0) for j in present]
         rects = ax.bar(xs, ys, width, label=target)
         ax.bar_label(rects, fmt="{:,.0f}", fontsize=7)
     ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(groups))], groups)
@@ -48,7 +49,7 @@ def _cdf(path: Path, title: str, curves: dict[str, list[float]]) -> None:
         ax.plot(ordered, ys, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("ms")
-    ax.set_ylabel("fraction of calls / pushes")
+    ax.set_ylabel("fraction of calls / pushes (quantiles)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -105,6 +106,19 @@ def write(outdir: Path, results: dict[str, dict[str, Any]]) -> list[Path]:
             path = outdir / f"{name}.png"
             _bars(path, title, ylabel, series)
             written.append(path)
+    curves = {
+        name: _dig(doc, "push", "unicast", "half", "latency_cdf_ms")
+        for name, doc in results.items()
+    }
+    curves |= {
+        f"{name} (Redis)": _dig(doc, "redis", "half", "latency_cdf_ms")
+        for name, doc in results.items()
+    }
+    present = {name: values for name, values in curves.items() if values}
+    if present:
+        path = outdir / "unicast_latency.png"
+        _cdf(path, "Acked unicast at half of the closed-loop rate: sent -> ACK", present)
+        written.append(path)
     rpc = next((doc["rpc"] for doc in results.values() if "rpc" in doc), None)
     if rpc:
         path = outdir / "rpc.png"

@@ -87,6 +87,13 @@ FIGURES: list[tuple[str, str, Get, str, bool]] = [
     ),
     (
         "unicast",
+        "... client cores busy (closed loop; < 1: not saturated)",
+        lambda d: _dig(d, "push", "unicast", "max", "client_cores_busy"),
+        ".2f",
+        False,
+    ),
+    (
+        "unicast",
         "... server CPU-s per 1,000",
         lambda d: _dig(d, "push", "unicast", "max", "cpu_s_per_1000", "server"),
         ".3f",
@@ -180,7 +187,7 @@ def _pct(a: float | None, b: float | None) -> float | None:
 def _sum_loss(uni: dict[str, Any] | None) -> int | None:
     if not uni:
         return None
-    return sum(uni[m]["lost"] + uni[m]["duplicates"] for m in ("max", "half") if m in uni)
+    return sum(int(uni[m]["lost"]) + int(uni[m]["duplicates"]) for m in ("max", "half") if m in uni)
 
 
 def _clients_per_1000(phase: dict[str, Any] | None) -> float | None:

@@ -332,7 +332,12 @@ def rpc(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
     parent, child = mp.Pipe()
     upstream = mp.Process(target=upstream_main, args=(child,), daemon=True)
     upstream.start()
-    ctx.reaper.cleanups.append(lambda: (upstream.kill(), upstream.join(5)))
+
+    def end_upstream() -> None:
+        upstream.kill()
+        upstream.join(5)
+
+    ctx.reaper.cleanups.append(end_upstream)
     if not parent.poll(60):
         raise RuntimeError("the RPC upstream did not start")
     up = parent.recv()

@@ -157,6 +157,8 @@ def analyse(
     acked_in_window = sum(1 for a in acked if w0 <= a < w1)
     per_s = acked_in_window / (w1 - w0)
     server_cpu = cpu.get("server", 0.0)
+    # Under 1.0: the load generators (devices + sender, one core) were not saturated.
+    client_core = (cpu.get("clients", 0.0) + cpu.get("generator", 0.0)) / (w1 - w0)
     return {
         "window_s": w1 - w0,
         "accepted": len(accepted),
@@ -172,7 +174,10 @@ def analyse(
             "max": _ms(latencies, 1.0),
             "count": len(latencies),
         },
+        # 201 quantiles (0, 0.5, ..., 100 %): the latency curve, without every sample.
+        "latency_cdf_ms": [_ms(latencies, i / 200) for i in range(201)] if latencies else None,
         "cpu_s": cpu,
+        "client_cores_busy": client_core,
         "cpu_s_per_1000": (
             {k: v * 1000 / acked_in_window for k, v in cpu.items()} if acked_in_window else None
         ),
