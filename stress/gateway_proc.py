@@ -222,7 +222,13 @@ class GatewayProcess:
             config_path = self.state_dir / f"{self.name}.toml"
             config_path.write_text(self.config_toml, encoding="utf-8")
             args += ["--config", str(config_path)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_")}
+        # The caller's CHANNEL_ settings do not leak in, but for the engine choice (the
+        # tests run every gateway on each engine through it).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CHANNEL_") or k == "CHANNEL_SERVER__ENGINE"
+        }
         env.update(settings_env(self.settings))
         self._stdout_path = self.state_dir / f"{self.name}.stdout"
         self._stderr_path = self.state_dir / f"{self.name}.log"

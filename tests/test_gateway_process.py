@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from raw_device import RawDevice
 
 from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
 from channel.wire import ErrorCode, GoAwayReceived, Hello, HelloAccepted, ResponseReceived
+
+pytestmark = pytest.mark.both_engines
 
 
 def free_port_below_32768() -> int:

@@ -101,6 +101,9 @@ class NodeDelivery:
         self._call_seq = 0
         self._flushed: list[asyncio.Future[None]] = []
         self._consumer: asyncio.Task[None] | None = None
+        # Fan-outs for native engines waiting out fanout_linger_ms, and the timer.
+        self._native_pending: list[tuple[FanoutEngine, FanoutPush, list[Session] | None]] = []
+        self._native_timer: asyncio.TimerHandle | None = None
         #: Ready sessions the ring writes fan-outs to (their engine does not fan out).
         self._ring_sessions: dict[Session, None] = {}
         self._ring: FanoutRing[Session, FanoutPush] = FanoutRing(
@@ -240,13 +243,18 @@ class NodeDelivery:
         self._fanout_acks.update(counts)
         self._wake.set()
 
-    def push_failed(self, session: Session, message_id: str, reason: str) -> None:
-        """A queued push the engine found this device can never take (its limits)."""
+    def push_failed(
+        self, session: Session, message_id: str, reason: str, permanent: bool = True
+    ) -> None:
+        """A queued push the engine did not write: one this device can never take (its
+        limits: reported failed and dropped), or, not ``permanent``, one it cannot take
+        now (too many unacknowledged): left in the queue for the next connection."""
         state = self._state.get(session)
         if state is not None:
             state.message_ids.pop(message_id, None)
-        self._fail(session, message_id, reason)
-        self._wake.set()
+        if permanent:
+            self._fail(session, message_id, reason)
+            self._wake.set()
 
     # --------------------------------------------------------------- topics
 
@@ -442,7 +450,7 @@ class NodeDelivery:
                 audience: frozenset[Session] | None = frozenset(ring_members)
             else:
                 for engine in self.registry.fanout_engines:
-                    self.pushes_written += engine.fanout([push], None)
+                    self._native_fanout(engine, push, None)
                 audience = None
             if everyone is None:
                 everyone = [s for s in self._ring_sessions if s in self._state]
@@ -470,8 +478,29 @@ class NodeDelivery:
             else:
                 native.setdefault(engine, []).append(session)
         for engine, group in native.items():
-            self.pushes_written += engine.fanout([push], group)
+            self._native_fanout(engine, push, group)
         return ring
+
+    def _native_fanout(
+        self, engine: FanoutEngine, push: FanoutPush, group: list[Session] | None
+    ) -> None:
+        """One push for an engine that fans out itself. With ``fanout_linger_ms``, fan-outs
+        arriving within the linger go down together, so the engine writes each device
+        once for all of them (as the ring does for the other sessions)."""
+        linger_s = self.config.fanout_linger_ms / 1000
+        if linger_s <= 0:
+            self.pushes_written += engine.fanout([push], group)
+            return
+        self._native_pending.append((engine, push, group))
+        if self._native_timer is None:
+            loop = asyncio.get_running_loop()
+            self._native_timer = loop.call_later(linger_s, self._flush_native_fanout)
+
+    def _flush_native_fanout(self) -> None:
+        self._native_timer = None
+        pending, self._native_pending = self._native_pending, []
+        for engine, push, group in pending:
+            self.pushes_written += engine.fanout([push], group)
 
     @property
     def fanout_pending(self) -> int:
@@ -568,7 +597,7 @@ class NodeDelivery:
             await backend.receipts.add_delivered(dict(counts))
 
     async def _replay(self, sessions: list[Session]) -> None:
-        live = [s for s in sessions if s in self._state and not s.conn.closed]
+        live = [s for s in sessions if s in self._state and not s.closed]
         now = now_ms()
         try:
             found = await self.backend.queue.pending_many([s.device_id for s in live], now)
