@@ -91,7 +91,12 @@ class Fleet:
                 str(concurrency),
             ]
             if target.protocol == "mqtt":
-                argv += ["--topics", f"{DEVICE_TOPIC},{SHARED_TOPIC}", "--keepalive", "600"]
+                # A box on Channel gets broadcasts on its own topic too (and its ACL
+                # keeps it there); Mosquitto's clients also share one broadcast topic.
+                topics = (
+                    DEVICE_TOPIC if hasattr(target, "token") else f"{DEVICE_TOPIC},{SHARED_TOPIC}"
+                )
+                argv += ["--topics", topics, "--keepalive", "600"]
             self.procs.append(LineProc(reaper, argv, cpus))
         replies = [p.read(timeout_s) for p in self.procs]
         self.ready = sum(r["ready"] for r in replies)

@@ -60,10 +60,13 @@ class ChannelSender:
         (reply,) = self.workers.replies()
         accepted = array.array("q")
         accepted.frombytes(reply["accepted"])
+        took = sorted(t for _, _, t in reply["requests"])
         return accepted, {
             "posted": reply["posted"],
             "errors": reply["error_count"],
             "late_p50_ms": reply["late_p50_ms"],
+            # POST -> 202: what the API made each batch of pushes wait.
+            "http_response_ms": {"p50": _ms(took, 0.5), "p99": _ms(took, 0.99)},
         }
 
     def close(self) -> None:

@@ -46,7 +46,10 @@ pub fn hold<P: Proto, F: Factory<P>>(
     let mut reported = false;
     let mut waiting: Option<(u64, Instant)> = None;
     let began = Instant::now();
-    let mut next_ping = options.ping.as_ref().map(|(every, _)| Instant::now() + *every);
+    let mut next_ping = options
+        .ping
+        .as_ref()
+        .map(|(every, _)| Instant::now() + *every);
     loop {
         while in_flight < options.concurrency && started < options.count {
             let (proto, first) = factory.make(started, &[]);
@@ -116,7 +119,9 @@ pub fn hold<P: Proto, F: Factory<P>>(
                             ));
                         }
                         ["dump", path] => match links.sink.dump(path) {
-                            Ok(()) => say(&format!("{{\"records\": {}}}", links.sink.records.len())),
+                            Ok(()) => {
+                                say(&format!("{{\"records\": {}}}", links.sink.records.len()))
+                            }
                             Err(e) => say(&format!("{{\"error\": \"{e}\"}}")),
                         },
                         ["close"] => {
@@ -166,9 +171,9 @@ pub fn churn<P: Proto, F: Factory<P>>(
     let mut tickets: Vec<Vec<u8>> = vec![Vec::new(); workers];
     let mut events = Events::with_capacity(1024);
     let (mut done, mut resumed, mut errors) = (0u64, 0u64, 0u64);
-    for worker in 0..workers {
+    for (worker, config) in configs.iter().enumerate() {
         let (proto, first) = factory.make(worker, &[]);
-        if links.open(&configs[worker], proto, &first, worker).is_err() {
+        if links.open(config, proto, &first, worker).is_err() {
             errors += 1;
         }
     }

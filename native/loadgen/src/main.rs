@@ -39,14 +39,18 @@ impl Args {
         let mut map = HashMap::new();
         let mut it = items.iter();
         while let Some(key) = it.next() {
-            let key = key.strip_prefix("--").unwrap_or_else(|| panic!("unexpected {key}"));
+            let key = key
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("unexpected {key}"));
             let value = it.next().unwrap_or_else(|| panic!("--{key} needs a value"));
             map.insert(key.to_owned(), value.clone());
         }
         Args(map)
     }
     fn get(&self, key: &str) -> &str {
-        self.0.get(key).unwrap_or_else(|| panic!("--{key} is required"))
+        self.0
+            .get(key)
+            .unwrap_or_else(|| panic!("--{key} is required"))
     }
     fn or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
         self.0.get(key).map_or(default, String::as_str)
@@ -89,8 +93,15 @@ fn main() {
                 };
                 hold(links, client_config(b"mmtp/1", false), factory, options);
             } else if command == "mmtp-churn" {
-                let configs = (0..workers).map(|_| client_config(b"mmtp/1", resume)).collect();
-                churn(Links::new(source, server, workers), configs, factory, seconds);
+                let configs = (0..workers)
+                    .map(|_| client_config(b"mmtp/1", resume))
+                    .collect();
+                churn(
+                    Links::new(source, server, workers),
+                    configs,
+                    factory,
+                    seconds,
+                );
             } else {
                 let body = std::fs::read(args.get("body")).expect("--body");
                 let took = mmtp_dev::rpc(
@@ -114,12 +125,22 @@ fn main() {
                 Some(path) => read_table(path)
                     .into_iter()
                     .map(|f| {
-                        let user = if f[1] == "-" { Vec::new() } else { f[1].clone().into_bytes() };
+                        let user = if f[1] == "-" {
+                            Vec::new()
+                        } else {
+                            f[1].clone().into_bytes()
+                        };
                         (f[0].clone(), user, unhex(&f[2]))
                     })
                     .collect(),
                 None => (0..workers)
-                    .map(|w| (format!("churn-{}-{w}", std::process::id()), Vec::new(), Vec::new()))
+                    .map(|w| {
+                        (
+                            format!("churn-{}-{w}", std::process::id()),
+                            Vec::new(),
+                            Vec::new(),
+                        )
+                    })
                     .collect(),
             };
             let count = clients.len();
@@ -141,13 +162,26 @@ fn main() {
                     count,
                     concurrency: args.num("concurrency", "128"),
                     ping: (keepalive_s > 0).then(|| {
-                        (Duration::from_secs(u64::from(keepalive_s) / 2), mqtt::PINGREQ.to_vec())
+                        (
+                            Duration::from_secs(u64::from(keepalive_s) / 2),
+                            mqtt::PINGREQ.to_vec(),
+                        )
                     }),
                 };
-                hold(Links::new(source, server, count), client_config(&alpn, false), factory, options);
+                hold(
+                    Links::new(source, server, count),
+                    client_config(&alpn, false),
+                    factory,
+                    options,
+                );
             } else {
                 let configs = (0..workers).map(|_| client_config(&alpn, resume)).collect();
-                churn(Links::new(source, server, workers), configs, factory, seconds);
+                churn(
+                    Links::new(source, server, workers),
+                    configs,
+                    factory,
+                    seconds,
+                );
             }
         }
         "mqtt-pub" => {
@@ -157,7 +191,12 @@ fn main() {
                 .map(|f| template.replace("{id}", &f[0]))
                 .collect();
             let alpn = args.or("alpn", "").as_bytes().to_vec();
-            mqtt_pub::run(Links::new(source, server, 1), client_config(&alpn, false), version, topics);
+            mqtt_pub::run(
+                Links::new(source, server, 1),
+                client_config(&alpn, false),
+                version,
+                topics,
+            );
         }
         other => {
             eprintln!("unknown command {other}");

@@ -92,7 +92,11 @@ impl Factory<MmtpDev> for MmtpFactory {
             device_id: device_id.clone(),
             app_id: "bench".into(),
             // A device with a resume ticket shows it instead of its token.
-            token: if ticket.is_empty() { token.clone() } else { Vec::new() },
+            token: if ticket.is_empty() {
+                token.clone()
+            } else {
+                Vec::new()
+            },
             resume_ticket: ticket.to_vec(),
             preset_id: 1,
             app_version: "8.12.3".into(),
@@ -157,7 +161,10 @@ pub fn rpc(
     let mut events = Events::with_capacity(64);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !links.links[key].ready {
-        links.poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        links
+            .poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
         for _ in events.iter() {
             links.service(key).expect("device refused");
         }
@@ -176,7 +183,10 @@ pub fn rpc(
         link.proto.wire.take_output(&mut out);
         links.send(key, &out).expect("send");
         while links.links[key].proto.responses == before {
-            links.poll.poll(&mut events, Some(Duration::from_secs(10))).unwrap();
+            links
+                .poll
+                .poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
             if events.is_empty() {
                 panic!("no RESPONSE in 10 s");
             }

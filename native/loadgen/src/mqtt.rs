@@ -2,9 +2,9 @@
 //! PUBACK, PINGREQ; it parses CONNACK, SUBACK, PUBLISH, PUBACK, PINGRESP and
 //! DISCONNECT and refuses anything else.
 
-use crate::net::{monotonic_s, Sink};
-use crate::link::Proto;
 use crate::drive::Factory;
+use crate::link::Proto;
+use crate::net::{monotonic_s, Sink};
 
 pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
 
@@ -104,10 +104,20 @@ pub fn puback(out: &mut Vec<u8>, packet_id: u16) {
 }
 
 pub enum Packet<'a> {
-    ConnAck { code: u8 },
-    SubAck { refused: bool },
-    Publish { qos: u8, packet_id: u16, payload: &'a [u8] },
-    PubAck { packet_id: u16 },
+    ConnAck {
+        code: u8,
+    },
+    SubAck {
+        refused: bool,
+    },
+    Publish {
+        qos: u8,
+        packet_id: u16,
+        payload: &'a [u8],
+    },
+    PubAck {
+        packet_id: u16,
+    },
     PingResp,
     Disconnect,
 }
@@ -128,8 +138,7 @@ impl Reader {
     ) -> Result<(), ()> {
         self.buf.extend_from_slice(data);
         let mut at = 0;
-        loop {
-            let Some((len, header)) = remaining_length(&self.buf[at..])? else { break };
+        while let Some((len, header)) = remaining_length(&self.buf[at..])? {
             if self.buf.len() - at < header + len {
                 break;
             }
@@ -146,7 +155,9 @@ impl Reader {
 fn remaining_length(data: &[u8]) -> Result<Option<(usize, usize)>, ()> {
     let mut value = 0usize;
     for i in 0..4 {
-        let Some(&byte) = data.get(1 + i) else { return Ok(None) };
+        let Some(&byte) = data.get(1 + i) else {
+            return Ok(None);
+        };
         value |= ((byte & 0x7F) as usize) << (7 * i);
         if byte & 0x80 == 0 {
             return Ok(Some((value, 2 + i)));
@@ -171,15 +182,22 @@ fn skip_props(version: u8, body: &[u8], at: usize) -> Result<usize, ()> {
 }
 
 fn u16_at(body: &[u8], at: usize) -> Result<u16, ()> {
-    Ok(u16::from_be_bytes([*body.get(at).ok_or(())?, *body.get(at + 1).ok_or(())?]))
+    Ok(u16::from_be_bytes([
+        *body.get(at).ok_or(())?,
+        *body.get(at + 1).ok_or(())?,
+    ]))
 }
 
 fn parse(version: u8, first: u8, body: &[u8]) -> Result<Packet<'_>, ()> {
     Ok(match first >> 4 {
-        2 => Packet::ConnAck { code: *body.get(1).ok_or(())? },
+        2 => Packet::ConnAck {
+            code: *body.get(1).ok_or(())?,
+        },
         9 => {
             let at = skip_props(version, body, 2)?;
-            Packet::SubAck { refused: body.get(at..).ok_or(())?.iter().any(|&c| c >= 0x80) }
+            Packet::SubAck {
+                refused: body.get(at..).ok_or(())?.iter().any(|&c| c >= 0x80),
+            }
         }
         3 => {
             let qos = (first >> 1) & 3;
@@ -191,9 +209,15 @@ fn parse(version: u8, first: u8, body: &[u8]) -> Result<Packet<'_>, ()> {
                 at += 2;
             }
             at = skip_props(version, body, at)?;
-            Packet::Publish { qos, packet_id, payload: body.get(at..).ok_or(())? }
+            Packet::Publish {
+                qos,
+                packet_id,
+                payload: body.get(at..).ok_or(())?,
+            }
         }
-        4 => Packet::PubAck { packet_id: u16_at(body, 0)? },
+        4 => Packet::PubAck {
+            packet_id: u16_at(body, 0)?,
+        },
         13 => Packet::PingResp,
         14 => Packet::Disconnect,
         _ => return Err(()),
@@ -233,7 +257,11 @@ impl Proto for MqttDev {
                     }
                     ready = true;
                 }
-                Packet::Publish { qos, packet_id, payload } => {
+                Packet::Publish {
+                    qos,
+                    packet_id,
+                    payload,
+                } => {
                     if acked_at == 0.0 {
                         acked_at = monotonic_s();
                     }
@@ -269,6 +297,9 @@ impl Factory<MqttDev> for MqttFactory {
             reader: Reader::default(),
             subscribe: (!topics.is_empty()).then(|| subscribe(self.version, 1, &topics)),
         };
-        (dev, connect(self.version, id, username, password, self.keepalive_s))
+        (
+            dev,
+            connect(self.version, id, username, password, self.keepalive_s),
+        )
     }
 }

@@ -36,7 +36,7 @@ impl Proto for Publisher {
         let (inflight, accepted) = (&mut self.inflight, &mut self.accepted);
         self.reader.feed(self.version, data, |packet| {
             match packet {
-                Packet::ConnAck { code } if code == 0 => ready = true,
+                Packet::ConnAck { code: 0 } => ready = true,
                 Packet::PubAck { packet_id } => {
                     if let Some((seq, sent)) = inflight.remove(&packet_id) {
                         accepted.push([seq, sent]);
@@ -86,13 +86,22 @@ pub fn run(
         accepted: Vec::new(),
         next_id: 0,
     };
-    let first = connect(version, &format!("publisher-{}", std::process::id()), b"", b"", 0);
+    let first = connect(
+        version,
+        &format!("publisher-{}", std::process::id()),
+        b"",
+        b"",
+        0,
+    );
     let key = links.open(&config, me, &first, 0).expect("connect");
     let waker = Arc::new(Waker::new(links.poll.registry(), WAKER).expect("waker"));
     let inbox = command_thread(waker);
     let mut events = Events::with_capacity(256);
     while !links.links[key].ready {
-        links.poll.poll(&mut events, Some(Duration::from_secs(10))).unwrap();
+        links
+            .poll
+            .poll(&mut events, Some(Duration::from_secs(10)))
+            .unwrap();
         assert!(!events.is_empty(), "no CONNACK in 10 s");
         for event in events.iter() {
             if event.token() != WAKER {
@@ -153,7 +162,11 @@ fn unicast(
     }
     links.links[key].proto.accepted.clear();
     let end = plan.start_at + plan.seconds;
-    let interval = if plan.rate > 0.0 { 1.0 / plan.rate } else { 0.0 };
+    let interval = if plan.rate > 0.0 {
+        1.0 / plan.rate
+    } else {
+        0.0
+    };
     let mut k = 0u64;
     let mut late = Vec::new();
     let mut out = Vec::new();
@@ -179,7 +192,13 @@ fn unicast(
             );
             let id = me.packet_id();
             me.inflight.insert(id, (seq as f64, sent));
-            publish(&mut out, me.version, &topics[rng.below(topics.len())], id, payload.as_bytes());
+            publish(
+                &mut out,
+                me.version,
+                &topics[rng.below(topics.len())],
+                id,
+                payload.as_bytes(),
+            );
             k += 1;
         }
         if !out.is_empty() {
@@ -188,7 +207,11 @@ fn unicast(
         // A full window waits for PUBACKs; otherwise until the next message is due.
         let full = links.links[key].proto.inflight.len() >= plan.max_inflight;
         let next_due = plan.start_at + k as f64 * interval;
-        let wait = if full || interval == 0.0 { 0.05 } else { next_due - monotonic_s() };
+        let wait = if full || interval == 0.0 {
+            0.05
+        } else {
+            next_due - monotonic_s()
+        };
         pump(links, key, events, wait);
     }
     let drain_until = monotonic_s() + 10.0;
@@ -217,7 +240,9 @@ fn broadcast(links: &mut Links<Publisher>, key: usize, events: &mut Events, topi
     let me = &mut links.links[key].proto;
     me.accepted.clear();
     let sent = monotonic_s();
-    let payload = format!("{{\"b\":{k},\"t\":{sent:.6},\"kind\":\"promo\",\"text\":\"Red envelopes are live!\"}}");
+    let payload = format!(
+        "{{\"b\":{k},\"t\":{sent:.6},\"kind\":\"promo\",\"text\":\"Red envelopes are live!\"}}"
+    );
     let id = me.packet_id();
     me.inflight.insert(id, (0.0, sent));
     let mut out = Vec::new();
@@ -227,5 +252,8 @@ fn broadcast(links: &mut Links<Publisher>, key: usize, events: &mut Events, topi
     while links.links[key].proto.accepted.is_empty() && monotonic_s() < until {
         pump(links, key, events, 0.05);
     }
-    say(&format!("{{\"sent_at\": {sent:.6}, \"acked_at\": {:.6}}}", monotonic_s()));
+    say(&format!(
+        "{{\"sent_at\": {sent:.6}, \"acked_at\": {:.6}}}",
+        monotonic_s()
+    ));
 }

@@ -147,7 +147,10 @@ pub struct Sink {
 impl Sink {
     pub fn record(&mut self, body: &[u8], acked_at: f64) {
         self.pushes += 1;
-        if let (Some(seq), Some(sent)) = (number_after(body, b"\"seq\":"), number_after(body, b"\"t\":")) {
+        if let (Some(seq), Some(sent)) = (
+            number_after(body, b"\"seq\":"),
+            number_after(body, b"\"t\":"),
+        ) {
             self.records.push([seq, sent, acked_at]);
         }
     }
