@@ -10,11 +10,13 @@ import datetime as _dt
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from stress.compare import plots, report, scenarios
@@ -24,6 +26,8 @@ from stress.compare.servers import mosquitto_version, mqtt_front_available, nati
 from stress.machine import machine_info, machine_line
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "compare"
+#: Connections one process may hold here (20,000 descriptors, a few for itself).
+MAX_CONNECTIONS = 19_900
 SCENARIOS = ("idle", "fanout", "unicast", "redis", "handshakes", "rpc")
 
 
@@ -69,7 +73,9 @@ def run_target(ctx: Ctx, spec: TargetSpec, wanted: list[str]) -> dict[str, Any]:
     if "idle" in wanted:
         doc["idle"] = scenarios.idle(ctx, spec)
     if "fanout" in wanted or "unicast" in wanted:
-        doc["push"] = scenarios.fanout_and_unicast(ctx, spec)
+        doc["push"] = scenarios.fanout_and_unicast(
+            ctx, spec, do_fanout="fanout" in wanted, do_unicast="unicast" in wanted
+        )
     if "redis" in wanted:
         doc["redis"] = scenarios.unicast_redis(ctx, spec)
     if "handshakes" in wanted:
@@ -209,21 +215,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="do not pin servers to the first CPU and clients to the others",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON and PNGs")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=60.0,
+        help="stop (and end every process started) after this long (60)",
+    )
     args = p.parse_args(argv)
     bad = set(args.scenarios) - set(SCENARIOS)
     if bad:
         p.error(f"--scenarios: unknown {sorted(bad)}")
     if set(args.engines) - {"native", "python"}:
         p.error("--engines: native and/or python")
-    if args.idle_devices > 19_900 * 1 and args.per_client > 19_900:
-        p.error("--per-client: at most 19,900 (20,000 descriptors per process)")
+    # One server process and one client process each hold at most 20,000 descriptors.
+    for name in ("idle_devices", "fanout_devices", "per_client"):
+        if not 1 <= getattr(args, name) <= MAX_CONNECTIONS:
+            p.error(f"--{name.replace('_', '-')}: 1..{MAX_CONNECTIONS:,}")
+    if args.max_minutes <= 0:
+        p.error("--max-minutes must be positive")
     args.mqtt_inflight = args.mqtt_inflight or args.batch * args.concurrency
     return args
 
 
+class RunTimeout(Exception):
+    """``--max-minutes`` passed."""
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise RunTimeout("--max-minutes passed: stopping")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    doc = run(args)
+    # Raised wherever the run is; the Reaper ends every process on the way out.
+    # (Ctrl-C too, also when started where SIGINT was ignored, as in a background job.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(max(1, int(args.max_minutes * 60)))
+    try:
+        doc = run(args)
+    finally:
+        signal.alarm(0)
     print(f"machine: {machine_line()} | {doc['machine']['mosquitto']}")
     layout = doc["layout"]
     print(

@@ -116,13 +116,14 @@ def idle(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
 # ------------------------------------------------------------------ 2 + 3. fan-out, unicast
 
 
-def fanout_and_unicast(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
+def fanout_and_unicast(
+    ctx: Ctx, spec: TargetSpec, *, do_fanout: bool = True, do_unicast: bool = True
+) -> dict[str, Any]:
     """One server and one fleet of ``--fanout-devices``: broadcasts, then unicast."""
     n = ctx.args.fanout_devices
     server = ctx.start(spec, n, "push")
     out: dict[str, Any] = {}
     publisher: Publisher | None = None
-    sender: Any = None
     try:
         fleet = ctx.fleet(server, n, "push")
         out["devices"] = fleet.ready
@@ -135,20 +136,35 @@ def fanout_and_unicast(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
                 [f"bench-{i:06d}" for i in range(n)],
             )
             publisher = Publisher(ctx.reaper, server, ids_file, ctx.client_cpus)
-        out["fanout"] = fanout(ctx, spec, server, fleet, publisher)
-        if spec.kind == "channel":
-            sender = unicast.ChannelSender(
-                server.api_url,
-                server.api_key,
-                n,
-                ctx.args.batch,
-                ctx.args.concurrency,
-                ctx.client_cpus,
-            )
-        else:
-            assert publisher is not None
-            sender = unicast.MqttSender(publisher, ctx.args.mqtt_inflight, fleet.workdir)
-        out["unicast"] = unicast.run_modes(
+        if do_fanout:
+            out["fanout"] = broadcasts(ctx, spec, server, fleet, publisher)
+        if do_unicast:
+            out["unicast"] = _unicast(ctx, spec, server, fleet, publisher)
+        fleet.close()
+    finally:
+        if publisher is not None:
+            publisher.quit()
+        server.stop()
+    return out
+
+
+def _unicast(
+    ctx: Ctx, spec: TargetSpec, server: Any, fleet: Fleet, publisher: Publisher | None
+) -> dict[str, Any]:
+    sender: unicast.ChannelSender | unicast.MqttSender
+    if publisher is None:
+        sender = unicast.ChannelSender(
+            server.api_url,
+            server.api_key,
+            fleet.n,
+            ctx.args.batch,
+            ctx.args.concurrency,
+            ctx.client_cpus,
+        )
+    else:
+        sender = unicast.MqttSender(publisher, ctx.args.mqtt_inflight, fleet.workdir)
+    try:
+        return unicast.run_modes(
             fleet,
             sender,
             {"server": server.pid},
@@ -158,12 +174,8 @@ def fanout_and_unicast(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
             drain_s=ctx.args.drain_s,
             log=lambda line: ctx.log(f"{spec.name} {line}"),
         )
-        fleet.close()
     finally:
-        if sender is not None:
-            sender.close()
-        server.stop()
-    return out
+        sender.close()
 
 
 def _wait_sessions(server: Channel, expected: int, timeout_s: float = 60.0) -> None:
@@ -185,7 +197,7 @@ def _post(url: str, key: str, doc: object) -> None:
         response.read()
 
 
-def fanout(
+def broadcasts(
     ctx: Ctx, spec: TargetSpec, server: Any, fleet: Fleet, publisher: Publisher | None
 ) -> dict[str, Any]:
     """``--rounds`` broadcasts to every device, one in flight at a time: server CPU from
