@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_cpus": cpus[1:] if pinned else None,
         },
         "skipped": skipped,
+        # Other work on the machine moves wall-clock figures (rates, latency) far more
+        # than CPU-second ones: the load average says how busy it was.
+        "load_average": {"start": os.getloadavg()},
         "results": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="channel-compare-"))
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     doc["seconds"] = time.monotonic() - started
+    doc["load_average"]["end"] = os.getloadavg()
     doc["ratios"] = report.ratios(doc["results"])
     doc["bars"] = report.bars(doc["results"])
     return doc
@@ -260,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = doc["layout"]
     print(
         f"servers on CPUs {layout['server_cpus']}, clients on {layout['client_cpus']}; "
-        f"TLS 1.3 on loopback; {doc['seconds']:.0f} s"
+        f"TLS 1.3 on loopback; {doc['seconds']:.0f} s; load average "
+        f"{doc['load_average']['start'][0]:.1f} -> {doc['load_average']['end'][0]:.1f}"
     )
     for line in doc["skipped"]:
         print(f"skipped: {line}")
