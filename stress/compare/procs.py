@@ -54,6 +54,23 @@ def precise_cpu_s(pid: int) -> float:
     return total
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the threads of ``pid`` were runnable but waited for a CPU (second field of
+    ``/proc/<pid>/task/*/schedstat``): how much other work on the machine held it back."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        with (
+            contextlib.suppress(OSError, IndexError, ValueError),
+            open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as handle,
+        ):
+            total += int(handle.read().split()[1])
+    return total / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:

@@ -94,6 +94,13 @@ FIGURES: list[tuple[str, str, Get, str, bool]] = [
     ),
     (
         "unicast",
+        "... server waited for its CPU, s per s (other work on the VM)",
+        lambda d: _dig(d, "push", "unicast", "max", "server_runqueue_wait_per_s"),
+        ".2f",
+        False,
+    ),
+    (
+        "unicast",
         "... server CPU-s per 1,000",
         lambda d: _dig(d, "push", "unicast", "max", "cpu_s_per_1000", "server"),
         ".3f",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stress.compare.clients import Fleet, Publisher
-from stress.compare.procs import precise_cpu_s
+from stress.compare.procs import precise_cpu_s, runqueue_wait_s
 
 Sender = Callable[[float, float, float, int], dict[str, Any]]
 
@@ -121,6 +121,7 @@ def run_mode(
 
     def snapshot() -> dict[str, float]:
         out = {name: precise_cpu_s(pid) for name, pid in pids.items()}
+        out["server_runqueue_wait"] = runqueue_wait_s(pids["server"])
         out["generator"] = precise_cpu_s(sender.pid)
         out["clients"] = fleet.cpu_s()
         return out
@@ -159,6 +160,7 @@ def analyse(
     latencies = sorted(a - s for s, a in zip(sent, acked, strict=True) if w0 <= s < w1)
     acked_in_window = sum(1 for a in acked if w0 <= a < w1)
     per_s = acked_in_window / (w1 - w0)
+    wait = cpu.pop("server_runqueue_wait", 0.0)
     server_cpu = cpu.get("server", 0.0)
     # Under 1.0: the load generators (devices + sender, one core) were not saturated.
     client_core = (cpu.get("clients", 0.0) + cpu.get("generator", 0.0)) / (w1 - w0)
@@ -181,6 +183,8 @@ def analyse(
         "latency_cdf_ms": [_ms(latencies, i / 200) for i in range(201)] if latencies else None,
         "cpu_s": cpu,
         "client_cores_busy": client_core,
+        # Seconds per second the server was runnable but another process had its CPU.
+        "server_runqueue_wait_per_s": wait / (w1 - w0),
         "cpu_s_per_1000": (
             {k: v * 1000 / acked_in_window for k, v in cpu.items()} if acked_in_window else None
         ),
