@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine with Python 3.11:
-# installs the servers the tests run for real (Redis, Mosquitto clients),
+# installs the servers the tests run for real (Redis, Mosquitto and its clients),
 # creates .venv, installs Channel with its dev extras, runs lint, types, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)  # redis-server, redis-cli
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+# The broker itself: stress/compare (and its smoke test) runs it side by side with Channel.
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
