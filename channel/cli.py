@@ -23,6 +23,7 @@ from typing import TypeAlias
 
 from channel import corpus, dicttrain, presetbuild
 from channel.admincli import add_admin_commands as _add_admin_commands
+from channel.fleet.cli import add_fleet_commands as _add_fleet_commands
 from channel.api import keys as api_keys
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
@@ -881,6 +882,7 @@ _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_apikey_commands,
     _add_admin_commands,
     _add_device_commands,
+    _add_fleet_commands,
 )
 
 
