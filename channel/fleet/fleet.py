@@ -66,8 +66,9 @@ class FleetSettings:
     reconnect_after_ms: int = 500
     prometheus: bool = True
     scrape_interval: str = "2s"
-    #: HTTP upstream for ops starting "app." (e.g. a test's echo server on the bridge).
-    rpc_upstream: str = ""
+    #: An HTTP upstream on this machine (listening on its bridge address, or on all) for
+    #: ops starting "app.": the nodes reach it at the bridge address on this port.
+    rpc_upstream_port: int = 0
     #: Where logs and state go (None: a temporary directory, removed unless keep_dir).
     directory: Path | None = None
     keep_dir: bool = False
@@ -199,10 +200,11 @@ class Fleet:
 
     def node_config(self, node: FleetNode) -> Path:
         rpc = ""
-        if self.settings.rpc_upstream:
+        if self.settings.rpc_upstream_port:
+            upstream = f"http://{self.machine_address}:{self.settings.rpc_upstream_port}"
             rpc = (
                 "[rpc.clusters.app]\n"
-                f'endpoints = ["{self.settings.rpc_upstream}"]\n'
+                f'endpoints = ["{upstream}"]\n'
                 "timeout_ms = 5000\n\n"
                 '[[rpc.routes]]\nmatch = "app."\ncluster = "app"\n'
             )
