@@ -23,8 +23,8 @@ from typing import TypeAlias
 
 from channel import corpus, dicttrain, presetbuild
 from channel.admincli import add_admin_commands as _add_admin_commands
-from channel.fleet.cli import add_fleet_commands as _add_fleet_commands
 from channel.api import keys as api_keys
+from channel.fleet.cli import add_fleet_commands as _add_fleet_commands
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.presets import Preset

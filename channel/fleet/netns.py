@@ -137,7 +137,8 @@ class Network:
 
     def destroy(self) -> None:
         """Kill whatever still runs in the hosts, delete them and the bridge."""
-        _destroy(self.bridge, [h.netns for h in self.hosts.values()])
+        hosts = self.hosts.values()
+        _destroy(self.bridge, [h.netns for h in hosts], [h.veth for h in hosts])
         with contextlib.suppress(FileNotFoundError):
             self.record_path.unlink()
 
@@ -147,11 +148,16 @@ class Network:
             "bridge": self.bridge,
             "subnet": str(self.subnet),
             "netns": [h.netns for h in self.hosts.values()],
+            "veths": [h.veth for h in self.hosts.values()],
         }
         self.record_path.write_text(json.dumps(record), encoding="utf-8")
 
 
-def _destroy(bridge: str, namespaces: list[str]) -> None:
+def _destroy(bridge: str, namespaces: list[str], veths: list[str]) -> None:
+    # The kernel frees a deleted namespace (and its end of a veth pair) asynchronously:
+    # the pairs are deleted from this end first, so nothing of the run outlives this call.
+    for veth in veths:
+        run("ip", "link", "del", veth, check=False)
     for netns in namespaces:
         pids = run("ip", "netns", "pids", netns, check=False).stdout.split()
         for pid in pids:
@@ -174,7 +180,11 @@ def reap_stale() -> list[str]:
             continue
         if _alive(int(record.get("pid", 0))):
             continue
-        _destroy(str(record["bridge"]), [str(n) for n in record.get("netns", [])])
+        _destroy(
+            str(record["bridge"]),
+            [str(n) for n in record.get("netns", [])],
+            [str(v) for v in record.get("veths", [])],
+        )
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         reaped.append(path.stem)
