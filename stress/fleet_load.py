@@ -111,6 +111,9 @@ class PushLedger:
     expected: set[tuple[str, str]] = field(default_factory=set)
     stored_messages: set[str] = field(default_factory=set)
     fanout_messages: set[str] = field(default_factory=set)
+    #: Seconds into the load each message was accepted (for the report of lost ones).
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
     requests: int = 0
     retries: int = 0
     accepted_by_kind: Counter[str] = field(default_factory=Counter)
@@ -139,6 +142,7 @@ class PushLoad:
         self._rng = random.Random(seed)
 
     async def run(self, duration_s: float, http: aiohttp.ClientSession) -> None:
+        self.ledger.started = time.monotonic()
         interval_s = self.batch / self.rate_per_s
         deadline = time.monotonic() + duration_s
         tick = 0
@@ -203,6 +207,7 @@ class PushLoad:
             message_id = result.get("message_id")
             if not message_id:
                 raise RuntimeError(f"push refused: {result}")
+            ledger.accepted_at[message_id] = round(time.monotonic() - ledger.started, 2)
             if "device_id" in message:
                 ledger.expected.add((message["device_id"], message_id))
                 ledger.stored_messages.add(message_id)
@@ -231,7 +236,8 @@ class PushOutcome:
     api_requests: int
     api_retries: int
     settle_s: float
-    lost_examples: list[tuple[str, str]]
+    #: (device, message id, seconds into the load it was accepted, its status) of some.
+    lost_examples: list[tuple[str, str, float, Any]]
 
 
 async def settle(
@@ -250,14 +256,14 @@ async def settle(
     settle_s = time.monotonic() - started
     gone = missing()
     final = 0
-    lost: list[tuple[str, str]] = []
+    lost: list[tuple[str, str, float, Any]] = []
     for device_id, message_id in gone:
         status = await _status(load, http, message_id)
         device_status = (status or {}).get("devices", {}).get(device_id)
         if device_status in ("expired", "failed", "revoked"):
             final += 1
         else:
-            lost.append((device_id, message_id))
+            lost.append((device_id, message_id, ledger.accepted_at.get(message_id, -1), status))
     delivered = sum(1 for d, m in ledger.expected if received[d][m] > 0)
     duplicates = sum(max(0, received[d][m] - 1) for d, m in ledger.expected)
     fanout = [
