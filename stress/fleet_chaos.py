@@ -128,6 +128,7 @@ async def chaos(fleet: Fleet, plan: Plan, *, faults: bool = True) -> Report:
     log: list[tuple[float, str]] = []
     try:
         async with aiohttp.ClientSession() as http:
+            await devices.wait_known(fleet, http)
             jobs = [load.run(plan.duration_s, http)]
             if faults:
                 jobs.append(run_faults(chaos_faults(fleet, plan), log))
@@ -173,6 +174,7 @@ async def upgrade(fleet: Fleet, plan: Plan) -> Report:
 
     try:
         async with aiohttp.ClientSession() as http:
+            await devices.wait_known(fleet, http)
             call_task = asyncio.create_task(calls.run())
             rolled = asyncio.create_task(roll())
             await load.run(plan.duration_s, http)

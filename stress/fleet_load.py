@@ -93,6 +93,24 @@ class Devices:
 
         await asyncio.gather(*(one(d, c) for d, c in self.clients.items()))
 
+    async def wait_known(self, fleet: Fleet, http: aiohttp.ClientSession, timeout_s: float = 30.0) -> None:
+        """Until the fleet's presence lists every device under its user: a user push
+        accepted before a node wrote a device's presence and directory entry (batched,
+        a few ms after its HELLO) would rightly not target it, and count as lost here."""
+        headers = {"Authorization": f"Bearer {fleet.api_key}"}
+        deadline = time.monotonic() + timeout_s
+        for user_id, devices in self.users.items():
+            while True:
+                async with http.get(
+                    f"{fleet.api_url}/v1/users/{user_id}/devices", headers=headers
+                ) as response:
+                    found = (await response.json()).get("devices", []) if response.ok else []
+                if {d["device_id"] for d in found} >= set(devices):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"presence of {user_id} lists {found}, not {devices}")
+                await asyncio.sleep(0.05)
+
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
 
