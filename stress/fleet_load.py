@@ -93,7 +93,9 @@ class Devices:
 
         await asyncio.gather(*(one(d, c) for d, c in self.clients.items()))
 
-    async def wait_known(self, fleet: Fleet, http: aiohttp.ClientSession, timeout_s: float = 30.0) -> None:
+    async def wait_known(
+        self, fleet: Fleet, http: aiohttp.ClientSession, timeout_s: float = 30.0
+    ) -> None:
         """Until the fleet's presence lists every device under its user: a user push
         accepted before a node wrote a device's presence and directory entry (batched,
         a few ms after its HELLO) would rightly not target it, and count as lost here."""

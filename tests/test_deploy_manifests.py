@@ -238,11 +238,11 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
     # Health checks read the admin port's /readyz, which a draining node answers 503.
     assert "option httpchk GET /readyz" in text
     assert "send-proxy-v2" in text
-    assert (ADMIN_PORT, DEVICE_PORT, API_PORT) == (
+    assert (
         defaults.server.admin_port,
         defaults.server.port,
         defaults.api.port,
-    )
+    ) == (ADMIN_PORT, DEVICE_PORT, API_PORT)
     # The balancer must not close a device before the gateway would (idle limit).
     idle_s = defaults.heartbeat.interval_s * defaults.heartbeat.idle_factor
     for side in ("client", "server"):
