@@ -57,6 +57,8 @@ class Plan:
     partition_s: float = 4.0
     settle_s: float = 60.0
     engine: str = "python"
+    #: Each device's pause between two RPC calls (upgrade scenario).
+    call_pause_s: float = 0.2
 
 
 @dataclass
@@ -156,7 +158,7 @@ async def upgrade(fleet: Fleet, plan: Plan) -> Report:
     devices = Devices(fleet, plan.devices)
     await devices.connect()
     load = PushLoad(fleet, devices, rate_per_s=plan.rate_per_s, batch=plan.batch)
-    calls = CallLoad(devices)
+    calls = CallLoad(devices, pause_s=plan.call_pause_s)
     log: list[tuple[float, str]] = []
     out: list[float] = []
 
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=400.0, help="pushes per second posted")
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--call-pause-s", type=float, default=0.2, help="between a device's calls")
     parser.add_argument("--engine", default="python", choices=["python", "native"])
     parser.add_argument("--dir", type=Path, help="keep each fleet's logs under this directory")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration_s,
         batch=args.batch,
         engine=args.engine,
+        call_pause_s=args.call_pause_s,
     )
     try:
         import uvloop

@@ -18,7 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +145,52 @@ async def test_rolling_upgrade_fails_no_call_and_loses_no_push(tmp_path: Path) -
     assert len(report.out_of_rotation_s) == plan.nodes
     # Every device was drained off its node at least once, and resumed its session.
     assert report.reconnects >= plan.devices and report.resumed == report.reconnects
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="apt-get install prometheus")
+def test_prometheus_scrapes_every_node_and_runs_the_rules_and_dashboard_queries() -> None:
+    from test_deploy_observability import dashboard_exprs
+
+    with Fleet(FleetSettings(nodes=2, scrape_interval="1s")) as fleet:
+
+        def query(expr: str) -> dict[str, Any]:
+            url = f"{fleet.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            with urllib.request.urlopen(url, timeout=10) as response:
+                result: dict[str, Any] = json.load(response)
+            return result
+
+        deadline = time.monotonic() + 60
+        while True:
+            up = query('up{job="channel"} == 1')["data"]["result"]
+            if len(up) == 2:
+                break
+            assert time.monotonic() < deadline, up
+            time.sleep(0.5)
+        haproxy = query('up{job="haproxy"}')["data"]["result"]
+        assert haproxy and haproxy[0]["value"][1] == "1"
+        for expr in dashboard_exprs():
+            assert query(expr)["status"] == "success", expr
+        # Some queries have data already: devices, certificates, process memory.
+        assert query("sum(channel_sessions)")["data"]["result"]
+        days = query("min((channel_tls_certificate_expiry_timestamp_seconds - time()) / 86400)")
+        assert float(days["data"]["result"][0]["value"][1]) > 300
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{fleet.prometheus_url}/api/v1/rules", timeout=10) as r:
+                groups = json.load(r)["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            if rules and all(rule.get("health") == "ok" for rule in rules):
+                break
+            assert time.monotonic() < deadline, rules
+            time.sleep(0.5)
+        assert {rule["name"] for rule in rules} >= {"ChannelNodeDown", "ChannelRedisErrors"}
+        # A node killed: the rule goes pending (it fires after 30 s: not waited for here).
+        fleet.kill_node(1)
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{fleet.prometheus_url}/api/v1/alerts", timeout=10) as r:
+                alerts = json.load(r)["data"]["alerts"]
+            if any(a["labels"]["alertname"] == "ChannelNodeDown" for a in alerts):
+                break
+            assert time.monotonic() < deadline, alerts
+            time.sleep(0.5)

@@ -28,10 +28,12 @@ def _up(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
-        stop.set()
-        if not started.is_set():
-            # Still starting: unwind now (the with-block tears down what exists).
+        if not started.is_set() and not stop.is_set():
+            # Still starting: unwind now (the with-block tears down what exists). Only
+            # once: a second Ctrl-C must not interrupt that teardown.
+            stop.set()
             raise KeyboardInterrupt
+        stop.set()
 
     started = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
