@@ -13,6 +13,7 @@ pub mod deadlines;
 pub mod engine;
 pub mod ids;
 pub mod mqtt;
+pub mod proxy;
 pub mod runtime;
 pub mod stats;
 pub mod sys;
