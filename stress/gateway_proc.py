@@ -52,6 +52,7 @@ from channel.wire import (
     Role,
     StreamErrorReceived,
 )
+from sdk_client.tcp import release_after_failed_handoff
 
 #: Raises RLIMIT_NOFILE to the hard limit, then runs the ``channel`` CLI in this process
 #: (so the announced pid is the node's pid: RSS and CPU are read from it).
@@ -215,6 +216,9 @@ class GatewayProcess:
             "0",
             "--state-dir",
             str(self.state_dir),
+            # Every listener on a free port (the push API's default, 8080, may be taken).
+            "--api-port",
+            str(self.settings.get("api", {}).get("port", 0)),
             "--log-level",
             self.log_level,
         ]
@@ -617,9 +621,13 @@ async def connect_link(
             fastopen.enable_on_client(sock)
         sock.bind((source_ip, 0))
         await loop.sock_connect(sock, (host, port))
-        await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         sock.close()
+        raise
+    try:
+        await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        release_after_failed_handoff(sock)
         raise
 
 
