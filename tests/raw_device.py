@@ -43,9 +43,13 @@ class RawDevice:
         if proxy_header:
             # As a load balancer does: a PROXY protocol header, then the device's TLS.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(proxy_header)
-            await writer.drain()
-            await writer.start_tls(ctx, server_hostname="localhost")
+            try:
+                writer.write(proxy_header)
+                await writer.drain()
+                await writer.start_tls(ctx, server_hostname="localhost")
+            except BaseException:
+                writer.close()
+                raise
         elif receive_buffer_bytes:
             # A small kernel buffer, set before connecting (the window is agreed then),
             # so a device that stops reading backs up into the gateway quickly.
