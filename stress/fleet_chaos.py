@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--call-pause-s", type=float, default=0.2, help="between a device's calls")
-    parser.add_argument("--engine", default="python", choices=["python", "native"])
+    parser.add_argument("--engine", default="python", choices=["python"])
     parser.add_argument("--dir", type=Path, help="keep each fleet's logs under this directory")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -100,6 +100,11 @@ class Fleet:
         self.settings = settings or FleetSettings()
         if self.settings.nodes < 1:
             raise FleetError("a fleet needs at least one node")
+        if self.settings.engine != "python":
+            # The nodes sit behind HAProxy's PROXY v2 header (deploy/fleet/node.toml.in).
+            raise FleetError(
+                "the fleet's nodes read PROXY headers: only the python engine does yet"
+            )
         self.network = Network()
         self._own_dir = self.settings.directory is None
         self.directory = self.settings.directory or Path(
