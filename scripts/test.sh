@@ -11,6 +11,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)  # redis-server, r
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 # The broker itself: stress/compare (and its smoke test) runs it side by side with Channel.
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
+# The local fleet (tests/test_fleet.py): namespaces, a balancer, Prometheus and promtool.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -37,12 +41,8 @@ command -v cargo >/dev/null || {
     exit 1
 }
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# The same install script the container image runs (deploy/Dockerfile), editable here.
+./deploy/install.sh .venv --editable --extras dev
 
 echo "== ruff"
 .venv/bin/ruff check channel sdk_client stress tests scripts

@@ -205,7 +205,7 @@ class NativeEngine:
         self.flush_commands()
 
     def _hello(self, event: tuple[Any, ...]) -> None:
-        _, conn, _peer_ip, fields_, cert_cn, fast_open = event
+        _, conn, peer_ip, fields_, cert_cn, fast_open = event
         service = self.service
         if self.draining:
             self.metric_refused(ErrorCode.SHUTTING_DOWN)
@@ -221,7 +221,7 @@ class NativeEngine:
             return
         hello = Hello(**fields_)
         try:
-            result = service.authenticate(hello, cert_cn)
+            result = service.authenticate(hello, cert_cn, peer_ip)
         except AuthFailure as failure:
             self.command(("REJECT", conn, failure.code, failure.message, 0))
             return

@@ -25,6 +25,7 @@ from channel.engine.native import NativeEngine
 from channel.engine.python import PythonEngine
 from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
+    register_certificate_collector,
     register_native_collector,
     register_push_collector,
     register_wire_collector,
@@ -161,6 +162,7 @@ class GatewayNode:
 
     async def start(self) -> NodeAddresses:
         tls = self._tls_files()
+        register_certificate_collector(self.metrics.registry, tls.cert)
         await self.router.start()
         await self._start_push()
         if isinstance(self.engine, NativeEngine):
