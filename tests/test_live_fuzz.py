@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,12 +29,13 @@ from channel.wire.frames import FrameParser, encode_frame
 from stress.fuzz.__main__ import counters, findings_text, summary
 from stress.fuzz.capture import capture_corpus, capture_gateway
 from stress.fuzz.cases import Case, CaseBuilder, LaneSeed, Mode, Round
-from stress.fuzz.driver import FuzzOptions, run_fuzz
+from stress.fuzz.driver import run_fuzz
 from stress.fuzz.frames import FrameTracker, fresh_stream_ids, parse_frame, split_stream
 from stress.fuzz.inner import default_codec
 from stress.fuzz.link import Bounds, play_case
 from stress.fuzz.mutate import Mutator
-from stress.fuzz.nodewatch import LogWatch
+from stress.fuzz.nodewatch import LogWatch, held_connections
+from stress.fuzz.results import FuzzOptions
 from stress.fuzz.seeds import SeedCorpus
 
 MAX_FRAME = 262_144
@@ -117,6 +119,19 @@ def test_log_watch_flags_error_lines_tracebacks_and_fatal_errors(tmp_path: Path)
         handle.write("Traceback (most recent call last):\n")  # written past the logger
     assert [line.text for line in watch.poll()] == ["Traceback (most recent call last):"]
     assert watch.poll() == []
+
+
+def test_held_connections_counts_what_the_kernel_says_a_listener_holds() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert held_connections(port) == 0
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        assert held_connections(port) == 1
+        client.close()
+        assert held_connections(port) == 1  # CLOSE_WAIT: the peer left, we did not
+        accepted.close()
+        assert held_connections(port) == 0
 
 
 @asynccontextmanager

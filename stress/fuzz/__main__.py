@@ -3,7 +3,7 @@
 ::
 
     python -m stress.fuzz                                 # 3,000 mutated frames, seed 1
-    python -m stress.fuzz --frames 1000000 --concurrency 16 --rss-tolerance 5
+    python -m stress.fuzz --frames 1000000 --concurrency 16   # RSS within 5 % after warm-up
     python -m stress.fuzz --seed 7 --out /tmp/fuzz.json
 
 Prints progress to stderr, then a summary table and every finding (with the
@@ -23,12 +23,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stress.fuzz.driver import FuzzOptions, FuzzResult, FuzzStats, run_fuzz
+from stress.fuzz.driver import run_fuzz
+from stress.fuzz.results import FuzzOptions, FuzzResult, FuzzStats
 from stress.fuzz.seeds import DEFAULT_CORPUS
 from stress.machine import machine_info, machine_line
 from stress.report import fmt, table
 
 DEFAULT_OUT = Path("stress/results/fuzz.json")
+#: RSS may move this much after warm-up in a long run...
+RSS_TOLERANCE_PERCENT = 5.0
+#: ...and a run this long has a warm-up worth the name.
+RSS_CHECK_MIN_FRAMES = 100_000
+
+
+def rss_tolerance(given: float | None, frames: int) -> float | None:
+    if given is not None:
+        return given
+    return RSS_TOLERANCE_PERCENT if frames >= RSS_CHECK_MIN_FRAMES else None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,7 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         metavar="PERCENT",
-        help="fail when RSS after warm-up drifts more (default: report only)",
+        help=f"fail when RSS after warm-up drifts more (default: {RSS_TOLERANCE_PERCENT:g} for "
+        f"runs of {RSS_CHECK_MIN_FRAMES:,} frames or more, else report only)",
     )
     p.add_argument("--no-confirm", action="store_true", help="do not replay suspect cases")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -79,7 +91,7 @@ def progress_line(stats: FuzzStats, target: int) -> None:
 
 
 def summary(result: FuzzResult) -> str:
-    stats, rss, health = result.stats, result.rss_kib, result.healthz
+    stats, rss, health = result.stats, result.rss, result.healthz
     answered = stats.rounds_answered / max(stats.rounds_sent, 1)
     rows = [
         ["figure", "value"],
@@ -96,10 +108,10 @@ def summary(result: FuzzResult) -> str:
         ["hangs", str(stats.results["hang"])],
         ["healthz checks (failed)", f"{health['checks']:.0f} ({health['failures']:.0f})"],
         ["healthz p99 / max, s", f"{health['p99_s']:.3f} / {health['max_s']:.3f}"],
-        ["RSS first, MiB", fmt(_mib(rss["first_kib"]), ".1f")],
-        ["RSS after warm-up, MiB", fmt(_mib(rss["after_warmup_kib"]), ".1f")],
-        ["RSS end, MiB", fmt(_mib(rss["end_kib"]), ".1f")],
-        ["RSS drift after warm-up, %", fmt(rss["drift_percent"], "+.2f")],
+        ["RSS first, MiB", fmt(_mib(rss.first_kib), ".1f")],
+        ["RSS after warm-up, MiB", fmt(_mib(rss.after_warmup_kib), ".1f")],
+        ["RSS end, MiB", fmt(_mib(rss.end_kib), ".1f")],
+        ["RSS drift after warm-up, %", fmt(rss.drift_percent, "+.2f")],
         ["node CPU, s", f"{result.node_cpu_s:.1f}"],
         ["wall time, s", f"{result.wall_s:.0f}"],
     ]
@@ -117,6 +129,10 @@ def counters(result: FuzzResult) -> str:
         "modes: " + _counts(stats.modes),
         "node's connection errors: " + _counts(stats.error_codes),
         "mutations: " + _counts(stats.ops),
+        "mutations in rounds the node answered: " + _counts(stats.ops_answered),
+        "node RSS by tenth of the run, MiB: "
+        + " ".join(fmt(_mib(kib), ".1f") for kib in result.rss.tenths_kib),
+        "backend API calls: " + _counts(result.backend_answers),
     ]
     if result.warnings:
         lines.append("node warnings: " + _counts(result.warnings))
@@ -160,13 +176,15 @@ def document(result: FuzzResult, argv: Sequence[str]) -> dict[str, Any]:
         "modes": dict(stats.modes),
         "node_error_codes": dict(stats.error_codes),
         "mutations": dict(stats.ops),
+        "mutations_answered": dict(stats.ops_answered),
         "hangs": stats.results["hang"],
         "bad_log_lines": sum(f.count for f in result.findings if f.kind == "log"),
-        "rss_kib": result.rss_kib,
+        "rss_kib": result.rss.to_json(),
         "rss_tolerance_percent": result.options.rss_tolerance_percent,
         "healthz": result.healthz,
         "node_warnings": result.warnings,
         "node_log_lines": result.node_log_lines,
+        "backend_api_answers": result.backend_answers,
         "node_cpu_s": round(result.node_cpu_s, 1),
         "wall_s": round(result.wall_s, 1),
         "findings": [finding.to_json() for finding in result.findings],
@@ -184,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         answer_bound_s=args.answer_bound_s,
         healthz_bound_s=args.healthz_bound_s,
         stall_share=args.stall_share,
-        rss_tolerance_percent=args.rss_tolerance,
+        rss_tolerance_percent=rss_tolerance(args.rss_tolerance, args.frames),
         confirm=not args.no_confirm,
         progress=None if args.quiet else lambda stats: progress_line(stats, args.frames),
     )

@@ -104,19 +104,33 @@ class Case:
         )
 
 
+#: Valid SETTINGS a hostile device may still send: its limits at their minimum, or odd.
+LIMIT_SETTINGS = (
+    (1, 4096), (1, 65536), (2, 1024), (2, 1 << 20), (3, 1), (3, 1000), (4, 0), (4, 10),
+    (4, 1 << 30), (5, 0), (5, 600), (6, 256), (6, 1 << 20), (9, 1), (77, 5),
+)  # fmt: skip
+
+
 def sustain_frame(rng: random.Random, stream_id: int) -> bytes:
-    """A valid frame that needs no HPACK state: a context-free REQUEST, PING, SETTINGS, ACK."""
+    """A valid frame that needs no HPACK state: a context-free REQUEST, PING or SETTINGS."""
     kind = rng.choice((FrameType.REQUEST, FrameType.REQUEST, FrameType.PING, FrameType.SETTINGS))
     if kind is FrameType.PING:
         return encode_frame(kind, 0, rng.randbytes(rng.randint(0, 8)))
     if kind is FrameType.SETTINGS:
-        pairs = ((5, rng.randint(0, 600)), (rng.randint(7, 99), rng.randint(0, 1 << 20)))
-        return encode_frame(
-            kind, 0, b"".join(encode_varint(k) + encode_varint(v) for k, v in pairs)
-        )
-    op = rng.choice(("channel.echo", "channel.time", "channel.subscribe", "account.get"))
-    block = encode_context_free([(":op", op), ("locale", "en-US")])
-    body = b'{"topics": ["news", "fz.a"]}' if op == "channel.subscribe" else rng.randbytes(20)
+        pairs = rng.sample(LIMIT_SETTINGS, rng.randint(1, 3))
+        payload = b"".join(encode_varint(k) + encode_varint(v) for k, v in pairs)
+        return encode_frame(kind, 0, payload)
+    op = rng.choice(
+        ("channel.echo", "channel.subscribe", "account.get", "account.slow", "dead.call")
+    )
+    headers = [(":op", op), ("locale", rng.choice(("en-US", "zh-CN")))]
+    if rng.random() < 0.3:
+        headers.append(("x-stress-test", "1"))
+    block = encode_context_free(headers)
+    if op == "channel.subscribe":
+        body = b'{"topics": ["news", "fz.a"]}'
+    else:  # sometimes more than the limits a SETTINGS above allows in the answer
+        body = rng.randbytes(rng.choice((0, 20, 2000, 70000)))
     payload = encode_varint(stream_id) + encode_varint(len(block)) + block + body
     return encode_frame(kind, FLAG_HEADERS, payload)
 

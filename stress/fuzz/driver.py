@@ -18,32 +18,34 @@ reproduces it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import random
 import ssl
 import statistics
 import threading
 import time
 import urllib.request
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import uvloop
 
 from channel.default_presets import register_default_presets
 from channel.security.tls import client_ssl_context
-from channel.wire import ErrorCode, Hello
+from channel.wire import Hello
+from stress.fuzz.backend import BackendTraffic, rpc_routes, upstream_main
 from stress.fuzz.cases import Case, CaseBuilder, LaneSeed, Mode
 from stress.fuzz.frames import fresh_stream_ids
 from stress.fuzz.inner import default_codec
 from stress.fuzz.link import Bounds, Outcome, play_case
 from stress.fuzz.mutate import Mutator
-from stress.fuzz.nodewatch import LogLine, NodeWatch
-from stress.fuzz.seeds import DEFAULT_CORPUS, SeedCorpus, SeedSession, personal_hello
+from stress.fuzz.nodewatch import LogLine, NodeWatch, held_connections
+from stress.fuzz.results import Finding, FuzzOptions, FuzzResult, FuzzStats, RssSummary
+from stress.fuzz.seeds import SeedCorpus, SeedSession, personal_hello
 from stress.gateway_proc import GatewayProcess, MmtpDevice, connect_link
 
 #: Node settings that make every deadline short enough to observe in a run.
@@ -52,105 +54,9 @@ HEARTBEAT_S = 4
 IDLE_FACTOR = 1.5
 #: How many stalled connections may wait for the node to close them at once.
 STALLED_AT_ONCE = 64
-#: Cases kept for tying a log line to what ran around it.
-RECENT_CASES = 4000
-
-
-@dataclass(frozen=True)
-class FuzzOptions:
-    frames: int = 3000
-    seed: int = 1
-    concurrency: int = 8
-    corpus: Path = DEFAULT_CORPUS
-    answer_bound_s: float = 10.0
-    healthz_bound_s: float = 5.0
-    stall_share: float = 0.02
-    #: RSS is compared between the window after this share of the frames and the last 10 %.
-    warmup_share: float = 0.2
-    #: Fail when RSS after warm-up moves by more than this (None: report only).
-    rss_tolerance_percent: float | None = None
-    #: Replay the cases around each bad log line to find the one that reproduces it.
-    confirm: bool = True
-    progress: Callable[[FuzzStats], None] | None = None
-
-
-@dataclass
-class Finding:
-    kind: str  # log, hang, healthz, node-died, connections-left, bad-output, rss
-    signature: str
-    count: int = 1
-    example: str = ""
-    candidates: list[Case] = field(default_factory=list)
-    reproduced_by: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "signature": self.signature,
-            "count": self.count,
-            "example": self.example[-4000:],
-            "reproduced_by_case": self.reproduced_by,
-            "candidate_cases": [case.to_json() for case in self.candidates],
-        }
-
-
-@dataclass
-class FuzzStats:
-    started_at: float = field(default_factory=time.monotonic)
-    connections: int = 0
-    frames_sent: int = 0
-    mutated_frames_sent: int = 0
-    #: The lower bound of ``Outcome.mutated_read``: what the run's target counts.
-    mutated_frames: int = 0
-    rounds_sent: int = 0
-    rounds_answered: int = 0
-    modes: Counter[str] = field(default_factory=Counter)
-    results: Counter[str] = field(default_factory=Counter)
-    error_codes: Counter[str] = field(default_factory=Counter)
-    ops: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.started_at
-
-    def add(self, outcome: Outcome) -> None:
-        self.connections += 1
-        self.frames_sent += outcome.frames_sent
-        self.mutated_frames_sent += outcome.mutated_sent
-        self.mutated_frames += outcome.mutated_read
-        self.rounds_sent += outcome.rounds_sent
-        self.rounds_answered += outcome.rounds_answered
-        self.modes[outcome.case.mode.value] += 1
-        self.results[outcome.result] += 1
-        if outcome.error_code is not None:
-            self.error_codes[_code_name(outcome.error_code)] += 1
-        for round_ in outcome.case.rounds[: outcome.rounds_sent]:
-            self.ops.update(round_.ops)
-
-
-@dataclass
-class FuzzResult:
-    options: FuzzOptions
-    stats: FuzzStats
-    findings: list[Finding]
-    corpus_sessions: int
-    rss_kib: dict[str, float | None]
-    healthz: dict[str, float]
-    warnings: dict[str, int]
-    node_log_lines: int
-    node_cpu_s: float
-    wall_s: float
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.findings)
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"CODE_{code}"
+#: Ended cases are kept this long for tying a log line to what ran around it (the
+#: watcher reads the log every second); older ones go, with their bytes.
+RECENT_CASES_S = 6.0
 
 
 def node_settings() -> dict[str, dict[str, Any]]:
@@ -161,7 +67,17 @@ def node_settings() -> dict[str, dict[str, Any]]:
             "drain_timeout_s": 1.0,
         },
         "heartbeat": {"interval_s": HEARTBEAT_S, "min_s": 1, "idle_factor": IDLE_FACTOR},
-        "api": {"enabled": False},
+        "api": {"port": 0},
+        # The backend's pushes leave state behind (queues, statuses, receipts): kept
+        # small and short here, so the node's memory levels off within the warm-up
+        # and what RSS does after it is the fuzzing's doing.
+        "push": {
+            "queue_cap": 10,
+            "status_retention_s": 20,
+            "final_status_retention_s": 2.0,
+            "receipt_stream_maxlen": 2000,
+            "user_devices_ttl_s": 60,
+        },
     }
 
 
@@ -184,7 +100,7 @@ async def lane_seeds(
     """The corpus with lane ``lane``'s devices: fresh tokens, tickets from real handshakes."""
     seeds = []
     for session in corpus.sessions:
-        device_id = f"{session.device_id}-{lane}"
+        device_id = f"{session.device_id}-{lane}"  # as BackendTraffic's devices
         token = node.token(
             device_id, user_id=session.user_id, app_id=session.app_id, ttl_s=7 * 86400
         )
@@ -234,11 +150,20 @@ class FuzzRun:
         self.findings: dict[tuple[str, str], Finding] = {}
         self._lock = threading.Lock()
         self._active: dict[int, tuple[float, Case]] = {}
-        self._recent: deque[tuple[float, float, Case]] = deque(maxlen=RECENT_CASES)
+        self._recent: deque[tuple[float, float, Case]] = deque()
         self._next_index = 0
         self.node_cpu_s = 0.0
         self._stalled = asyncio.Semaphore(STALLED_AT_ONCE)
         self._stall_tasks: set[asyncio.Task[Outcome]] = set()
+        api_key = (node.state_dir / "api" / "dev.key").read_text(encoding="ascii").strip()
+        devices = [
+            f"{session.device_id}-{lane}"
+            for lane in range(options.concurrency)
+            for session in corpus.sessions
+        ]
+        self.backend = BackendTraffic(
+            f"http://127.0.0.1:{node.info['api_port']}", api_key, devices, options.seed
+        )
         self.watch = NodeWatch(
             node,
             lambda: self.stats.mutated_frames,
@@ -296,12 +221,17 @@ class FuzzRun:
         cpu_before = self.node.cpu_s()
         self.watch.start()
         reporter = asyncio.create_task(self._report_progress())
+        backend = asyncio.create_task(self.backend.run(self.options.backend_per_s))
         try:
             await asyncio.gather(*(self._lane(n, seeds) for n, seeds in enumerate(lanes)))
             if self._stall_tasks:
                 await asyncio.wait(self._stall_tasks)
         finally:
             reporter.cancel()
+            backend.cancel()
+        for answer in self.backend.answers:
+            if answer.endswith(" 500"):
+                self._on_bad("api-500", f"the HTTP API answered {answer}", None)
         self.node_cpu_s = self.node.cpu_s() - cpu_before
         await asyncio.to_thread(self._check_connections_released)
         self.watch.stop()
@@ -349,7 +279,10 @@ class FuzzRun:
         )
         with self._lock:
             del self._active[case.index]
-            self._recent.append((outcome.started_at, outcome.ended_at, case))
+            recent = self._recent
+            recent.append((outcome.started_at, outcome.ended_at, case))
+            while recent[0][1] < outcome.ended_at - RECENT_CASES_S:
+                recent.popleft()
         self.stats.add(outcome)
         if outcome.result == "hang":
             self._hang(outcome)
@@ -367,17 +300,30 @@ class FuzzRun:
     # -- end of run
 
     def _check_connections_released(self) -> None:
-        """Every client left: the node must hold no connection within a few seconds."""
-        url = f"http://127.0.0.1:{self.node.admin_port}/readyz"
+        """Every client left: within 15 s the node must hold no device connection, as
+        the kernel sees its sockets and as /readyz counts its sessions (when readable)."""
         deadline = time.monotonic() + 15
-        left = -1
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(url, timeout=self.options.healthz_bound_s) as reply:
-                left = int(json.loads(reply.read())["connections"])
-            if left == 0:
+        while True:
+            sockets, sessions = held_connections(self.node.port), self._sessions()
+            if sockets == 0 and not sessions:
                 return
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.25)
-        self._on_bad("connections-left", f"{left} connections still held 15 s after the last", None)
+        self._on_bad(
+            "connections-left",
+            f"{sockets} sockets and {sessions} sessions still held 15 s after the last client",
+            None,
+        )
+
+    def _sessions(self) -> int:
+        """/readyz ``connections``; 0 if the admin port does not tell (it may want a key)."""
+        url = f"http://127.0.0.1:{self.node.admin_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=self.options.healthz_bound_s) as reply:
+                return int(json.loads(reply.read())["connections"])
+        except (OSError, ValueError, KeyError):
+            return 0
 
     async def _confirm(self, lanes: list[list[LaneSeed]]) -> None:
         """Replay the cases around each bad log line alone, until one reproduces it."""
@@ -392,29 +338,33 @@ class FuzzRun:
                     finding.reproduced_by = case.index
                     break
 
-    def rss_summary(self) -> dict[str, float | None]:
+    def rss_summary(self) -> RssSummary:
+        """RSS after warm-up (the 10 % of the frames after ``warmup_share``) against the
+        last 10 %, each the median of the samples taken then; and per tenth of the run."""
         samples = self.watch.rss
         total = max(1, self.options.frames)
-        start = self.options.warmup_share * total
-        warm = [s.rss_kib for s in samples if start <= s.mutated_frames < start + 0.1 * total]
-        last = [s.rss_kib for s in samples if s.mutated_frames >= 0.9 * total] or [
-            s.rss_kib for s in samples[-3:]
-        ]
-        after_warmup = statistics.median(warm) if warm else None
-        end = statistics.median(last) if last else None
-        drift = 100.0 * (end - after_warmup) / after_warmup if after_warmup and end else None
-        return {
-            "first_kib": float(samples[0].rss_kib) if samples else None,
-            "after_warmup_kib": after_warmup,
-            "end_kib": end,
-            "max_kib": float(max(s.rss_kib for s in samples)) if samples else None,
-            "drift_percent": drift,
-        }
+
+        def median_between(low: float, high: float) -> float | None:
+            window = [s.rss_kib for s in samples if low * total <= s.mutated_frames < high * total]
+            return statistics.median(window) if window else None
+
+        start = self.options.warmup_share
+        tenths = [median_between(n / 10, (n + 1) / 10) for n in range(10)]
+        end = median_between(0.9, float("inf"))
+        if end is None and samples:
+            end = statistics.median(s.rss_kib for s in samples[-3:])
+        return RssSummary(
+            first_kib=float(samples[0].rss_kib) if samples else None,
+            after_warmup_kib=median_between(start, start + 0.1),
+            end_kib=end,
+            max_kib=float(max(s.rss_kib for s in samples)) if samples else None,
+            tenths_kib=tenths,
+        )
 
     def result(self, wall_s: float) -> FuzzResult:
         rss = self.rss_summary()
         tolerance = self.options.rss_tolerance_percent
-        drift = rss["drift_percent"]
+        drift = rss.drift_percent
         if tolerance is not None and (drift is None or abs(drift) > tolerance):
             shown = "not measured" if drift is None else f"{drift:+.1f} %"
             self._on_bad("rss", f"RSS after warm-up moved {shown} (tolerance {tolerance} %)", None)
@@ -425,7 +375,7 @@ class FuzzRun:
             stats=self.stats,
             findings=list(self.findings.values()),
             corpus_sessions=len(self.corpus.sessions),
-            rss_kib=rss,
+            rss=rss,
             healthz={
                 "checks": health.checks,
                 "failures": health.failures,
@@ -435,16 +385,42 @@ class FuzzRun:
             warnings=dict(self.watch.log.warnings.most_common(20)),
             node_log_lines=self.watch.log.lines_read,
             node_cpu_s=self.node_cpu_s,
+            backend_answers=dict(self.backend.answers),
             wall_s=wall_s,
         )
 
 
+@contextlib.contextmanager
+def upstream_process() -> Iterator[str]:
+    """``backend.upstream_main`` in its own process; yields its base URL."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=upstream_main, args=(child,), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the fuzz upstream did not start within 60 s")
+        yield str(parent.recv()["url"])
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+
+
 def run_fuzz(options: FuzzOptions) -> FuzzResult:
-    """Start a node, fuzz it, stop it; the result holds every finding."""
+    """Start an upstream and a node, fuzz the node, stop both; the result holds every finding."""
     register_default_presets()  # the wire core of our ticket handshakes needs preset 2
     corpus = SeedCorpus.load(options.corpus)
     started = time.monotonic()
-    with GatewayProcess(name="fuzz", settings=node_settings()) as node:
+    with (
+        upstream_process() as upstream_url,
+        GatewayProcess(
+            name="fuzz", settings=node_settings(), config_toml=rpc_routes(upstream_url)
+        ) as node,
+    ):
         run = FuzzRun(options, node, corpus)
         uvloop.run(run.run())
         return run.result(time.monotonic() - started)

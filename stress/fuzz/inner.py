@@ -29,7 +29,8 @@ INTERESTING_BYTES = (0x00, 0x01, 0x0F, 0x10, 0x1F, 0x20, 0x3F, 0x40, 0x7F, 0x80,
 #: Operations the gateway answers itself (and so decodes the body of), plus others.
 OPS = (
     "channel.echo", "channel.time", "channel.subscribe", "channel.unsubscribe",
-    "account.balance.get", "", ":op", "CHANNEL.ECHO", "a" * 300, "op\x00name", "ünïcode.op",
+    "account.balance.get", "account.slow", "account.fail", "account.big", "account.headers",
+    "dead.call", "x.echo", "", ":op", "CHANNEL.ECHO", "a" * 300, "op\x00name", "ünïcode.op",
 )  # fmt: skip
 WEIRD_NAMES = (
     "", ":op", ":x", "Content-Type", "trace-id", "ts", "sign", "x-a", "a" * 200, "n\x00", "é",

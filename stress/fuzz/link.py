@@ -70,6 +70,17 @@ class FuzzLink(TlsLink):
             self.tls_up.exception()  # retrieved: a refused handshake is an outcome, not an error
         self._changed.set()
 
+    def write(self, data: bytes) -> bool:
+        """Send ``data`` in one TLS record; False once the connection cannot take it."""
+        if self.gone:
+            return False
+        try:
+            self.send_app(data)
+        except (ssl.SSLError, OSError):  # the node's close crossed our write
+            self.tls_ended = True
+            return False
+        return True
+
     @property
     def gone(self) -> bool:
         return self.closed.done() or self.tls_ended
@@ -162,7 +173,7 @@ async def _play(link: FuzzLink, outcome: Outcome, port: int, bounds: Bounds, ip:
         outcome.result, outcome.detail = "connect-failed", f"{type(exc).__name__}: {exc}"
         return
     if case.opening:
-        link.send_app(case.opening)
+        link.write(case.opening)
         if not await link.wait_until(lambda: link.accepted, bounds.answer_s):
             outcome.result, outcome.detail = "hang", "no HELLO_ACK nor close after the HELLO"
             return
@@ -171,7 +182,8 @@ async def _play(link: FuzzLink, outcome: Outcome, port: int, bounds: Bounds, ip:
             return
     for number, round_ in enumerate(case.rounds, 1):
         for write, pause in zip(round_.writes, round_.yields, strict=True):
-            link.send_app(write)
+            if not link.write(write):
+                break
             if pause:
                 await asyncio.sleep(0)
         outcome.rounds_sent = number

@@ -172,6 +172,8 @@ class NodeWatch(threading.Thread):
             with urllib.request.urlopen(url, timeout=self.healthz_bound_s) as reply:
                 reply.read()
             ok = True
+        except urllib.error.HTTPError as exc:
+            ok = exc.code < 500  # it answered (an admin port may want a key for everything)
         except (OSError, urllib.error.URLError):
             ok = False
         latency = time.monotonic() - started
@@ -182,3 +184,25 @@ class NodeWatch(threading.Thread):
         if not ok or latency > self.healthz_bound_s:
             health.failures += 1
             self.on_bad("healthz", f"no answer within {self.healthz_bound_s} s", None)
+
+
+#: TCP states of a connection the node still holds: ESTABLISHED, CLOSE_WAIT (the
+#: peer closed, the node did not). /proc/net/tcp writes them in hex.
+_HELD_STATES = frozenset({"01", "08"})
+
+
+def held_connections(port: int) -> int:
+    """Sockets on local ``port`` the kernel says are still held open (IPv4 and IPv6)."""
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if local_port == port and fields[3] in _HELD_STATES:
+                        held += 1
+        except OSError:
+            continue
+    return held
