@@ -73,6 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"fail when RSS after warm-up drifts more (default: {RSS_TOLERANCE_PERCENT:g} for "
         f"runs of {RSS_CHECK_MIN_FRAMES:,} frames or more, else report only)",
     )
+    p.add_argument(
+        "--backend-per-s",
+        type=float,
+        default=20.0,
+        help="API calls a second (pushes, device calls, kicks) while fuzzing; 0: none",
+    )
     p.add_argument("--no-confirm", action="store_true", help="do not replay suspect cases")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -204,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stall_share=args.stall_share,
         rss_tolerance_percent=rss_tolerance(args.rss_tolerance, args.frames),
         confirm=not args.no_confirm,
+        backend_per_s=args.backend_per_s,
         progress=None if args.quiet else lambda stats: progress_line(stats, args.frames),
     )
     result = run_fuzz(options)

@@ -1,18 +1,19 @@
 """A fuzz run: a ``channel serve`` process, lanes of connections playing cases, the verdict.
 
-``run_fuzz(options)`` starts the node (port 0, its ``listening`` line, a
-short handshake timeout and heartbeat so that stalled connections end
-within seconds), gives every lane its own device identities with live
-tokens and resume tickets, and runs ``concurrency`` lanes of sequential
-connections until ``frames`` mutated frames were sent. It fails on (each is
-a ``Finding``): a bad line in the node's log (error level, a traceback, a
-"Fatal error"), a connection that neither answered nor was closed within a
-bound, /healthz not answering within a bound, the node dying, connections
-the node still holds after every client left, bytes from the node that are
-not MMTP frames, and — with ``rss_tolerance_percent`` — RSS drift after
-warm-up beyond that tolerance. Bad log lines are tied to the cases that ran
-around them; at the end each is replayed alone to find the one that
-reproduces it.
+``run_fuzz(options)`` starts an RPC upstream and the node (port 0, its
+``listening`` line, routes to the upstream, a short handshake timeout and
+heartbeat so that stalled connections end within seconds), gives every lane
+its own device identities with live tokens and resume tickets, and runs
+``concurrency`` lanes of sequential connections, with backend traffic
+through the node's API alongside, until the node read ``frames`` mutated
+frames. It fails on (each is a ``Finding``): a bad line in the node's log
+(error level, a traceback, a "Fatal error"), a connection that neither
+answered nor was closed within a bound, /healthz not answering within a
+bound, the node dying, connections the node still holds after every client
+left, bytes from the node that are not MMTP frames, a 500 from its API, and
+— with ``rss_tolerance_percent`` — RSS drift after warm-up beyond that
+tolerance. Bad log lines are tied to the cases that ran around them; at the
+end each is replayed alone to find the one that reproduces it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def node_settings() -> dict[str, dict[str, Any]]:
             "handshake_timeout_s": HANDSHAKE_TIMEOUT_S,
             "max_connections_per_ip": 100_000,
             "drain_timeout_s": 1.0,
+            # Hundreds of handshakes a second: glibc would keep their freed pages and
+            # RSS would follow the allocator's high-water mark, not what the node holds
+            # (the knob is meant for such churn; see channel/gateway/heaptrim.py).
+            "malloc_trim_after_handshakes": 1000,
         },
         "heartbeat": {"interval_s": HEARTBEAT_S, "min_s": 1, "idle_factor": IDLE_FACTOR},
         "api": {"port": 0},
@@ -221,14 +226,16 @@ class FuzzRun:
         cpu_before = self.node.cpu_s()
         self.watch.start()
         reporter = asyncio.create_task(self._report_progress())
-        backend = asyncio.create_task(self.backend.run(self.options.backend_per_s))
+        per_s = self.options.backend_per_s
+        backend = asyncio.create_task(self.backend.run(per_s)) if per_s > 0 else None
         try:
             await asyncio.gather(*(self._lane(n, seeds) for n, seeds in enumerate(lanes)))
             if self._stall_tasks:
                 await asyncio.wait(self._stall_tasks)
         finally:
             reporter.cancel()
-            backend.cancel()
+            if backend is not None:
+                backend.cancel()
         for answer in self.backend.answers:
             if answer.endswith(" 500"):
                 self._on_bad("api-500", f"the HTTP API answered {answer}", None)
@@ -236,7 +243,7 @@ class FuzzRun:
         await asyncio.to_thread(self._check_connections_released)
         self.watch.stop()
         if self.options.confirm:
-            await self._confirm(lanes)
+            await self._confirm()
 
     async def _lane(self, lane: int, seeds: list[LaneSeed]) -> None:
         rng = random.Random(f"{self.options.seed}:lane:{lane}")
@@ -325,9 +332,9 @@ class FuzzRun:
         except (OSError, ValueError, KeyError):
             return 0
 
-    async def _confirm(self, lanes: list[list[LaneSeed]]) -> None:
-        """Replay the cases around each bad log line alone, until one reproduces it."""
-        del lanes  # the cases carry their bytes, credentials included
+    async def _confirm(self) -> None:
+        """Replay the cases around each bad log line alone, until one reproduces it
+        (a case carries its bytes, the lane's credentials included)."""
         for finding in list(self.findings.values()):
             if finding.kind != "log":
                 continue
