@@ -9,8 +9,9 @@ spliced in from other captures, repeated, dropped, swapped, or synthesised.
 ``split_writes`` cuts the bytes of a round at random points, so the gateway
 reads frames, and the varints inside them, in pieces.
 
-Every operation returns frames as bytes; the count of frames changed or
-added is what a run reports as "mutated frames".
+Every operation returns frames as bytes; ``Mutated.mutated`` counts the
+frames it changed or added (a run's "mutated frames sent"; how many of them
+the node certainly read is ``link.Outcome.mutated_read``).
 """
 
 from __future__ import annotations
