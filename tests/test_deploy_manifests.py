@@ -217,7 +217,7 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
         device_port=DEVICE_PORT,
         admin_port=ADMIN_PORT,
         api_port=API_PORT,
-        engine="python",
+        engine="native",
         balancer="10.0.0.2",
         drain_timeout_s=10,
         reconnect_after_ms=500,
