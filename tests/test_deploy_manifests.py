@@ -38,7 +38,7 @@ def k8s_config() -> GatewayConfig:
     path = Path(__file__).parent / "_k8s_channel.toml"
     try:
         path.write_text(text)
-        return load_config(path, environ={"CHANNEL_SERVER__ENGINE": "python"})
+        return load_config(path, environ={})
     finally:
         path.unlink()
 
