@@ -519,11 +519,6 @@ def _validate_proxy(server: ServerConfig) -> None:
             "server.proxy_trusted: proxy_protocol is on but no balancer address is trusted "
             '(e.g. proxy_trusted = ["10.0.0.2/32"])'
         )
-    if server.proxy_protocol and server.engine == "native":
-        raise ConfigError(
-            "server.proxy_protocol: the native engine does not read PROXY headers yet; "
-            'set [server] engine = "python" (or channel serve --engine python)'
-        )
     if not V2_MIN_LIMIT_BYTES <= server.proxy_max_header_bytes <= 65_551:
         raise ConfigError(f"server.proxy_max_header_bytes: must be {V2_MIN_LIMIT_BYTES}..65551")
 
