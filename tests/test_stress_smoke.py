@@ -192,7 +192,10 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
         if name.endswith("-mqtt"):
             continue
         redis = results[name]["redis"]["max"]
-        assert redis["lost"] == 0 and redis["cpu_s_per_1000"]["redis"] > 0
+        # Redis's CPU is measured (per 1,000 only when pushes were acked inside the short
+        # window, which a loaded host may miss: the figure is then None, not a zero).
+        assert redis["lost"] == 0 and redis["cpu_s"]["redis"] > 0
+        assert redis["cpu_s_per_1000"] is None or redis["cpu_s_per_1000"]["redis"] > 0
         rpc = results[name]["rpc"]
         assert rpc["gateway"]["calls"] == rpc["direct"]["calls"] == 27
     assert {bar["target"] for bar in doc["bars"]} == set(channels)
