@@ -30,14 +30,23 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from channel.logs import fields
 from channel.push import envelopes as env
 from channel.push.fanout import FanoutRing
-from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
+from channel.push.model import (
+    QUIET,
+    UNQUEUED,
+    Presence,
+    Priority,
+    PushMessage,
+    PushStatus,
+    Receipt,
+    now_ms,
+)
 from channel.push.stores import PushBackend, QueuedRef
 from channel.push.topics import TopicForbidden, TopicRules
 from channel.rpc.model import RpcResponse
@@ -55,6 +64,13 @@ FLUSH_INTERVAL_S = 0.01
 MAX_TOPICS_PER_DEVICE = 64
 #: Fan-outs going round the ring beyond which the node stops reading its inbox.
 MAX_RING_PENDING = 256
+#: What ``_Outstanding.message_ids`` holds, instead of a collapse key, for a message
+#: routed between MQTT boxes (``PushMessage.flags``): no receipt on ACK, and for an
+#: unqueued one (QoS 0) nothing to remove from the queue either.
+_QUIET_MARK = "\x00q"
+_UNQUEUED_MARK = "\x00u"
+
+EnvelopeHandler = Callable[[list[object]], None]
 
 
 @dataclass(slots=True)
@@ -117,6 +133,11 @@ class NodeDelivery:
         #: Session writes of fan-out pushes (``channel_fanout_writes_total``): against
         #: fan-out pushes written, how many frames each write carried.
         self.fanout_writes = 0
+        #: Sessions a topic push reaches besides those subscribed through
+        #: ``subscribe`` (the MQTT front's subscribers), set by the node.
+        self.topic_members: Callable[[str], Iterable[Session]] | None = None
+        #: Inbox envelope kinds other layers handle (the MQTT front's), by kind.
+        self.envelope_handlers: dict[str, EnvelopeHandler] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,6 +252,11 @@ class NodeDelivery:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
+            if collapse_key == _QUIET_MARK:
+                self._acked.append((device_id, message_id, ""))
+                continue
+            if collapse_key == _UNQUEUED_MARK:
+                continue
             self._acked.append((device_id, message_id, collapse_key))
             self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
         self._wake.set()
@@ -243,9 +269,11 @@ class NodeDelivery:
     def push_failed(self, session: Session, message_id: str, reason: str) -> None:
         """A queued push the engine found this device can never take (its limits)."""
         state = self._state.get(session)
-        if state is not None:
-            state.message_ids.pop(message_id, None)
-        self._fail(session, message_id, reason)
+        mark = state.message_ids.pop(message_id, None) if state is not None else None
+        if mark == _QUIET_MARK:
+            self._acked.append((session.device_id, message_id, ""))
+        elif mark != _UNQUEUED_MARK:
+            self._fail(session, message_id, reason)
         self._wake.set()
 
     # --------------------------------------------------------------- topics
@@ -315,11 +343,36 @@ class NodeDelivery:
         refused = session.push(message.message_id, message.body, message.wire_headers(), True)
         if refused is not None:
             # Too large for this device's limits: it will never fit; say so once.
-            self._fail(session, message.message_id, refused)
+            if message.flags & UNQUEUED:
+                pass
+            elif message.flags & QUIET:
+                self._acked.append((session.device_id, message.message_id, ""))
+            else:
+                self._fail(session, message.message_id, refused)
             return True
-        state.message_ids[message.message_id] = message.collapse_key
+        if message.message_id not in state.message_ids:  # a QoS 0 push may be acked already
+            state.message_ids[message.message_id] = _outstanding_mark(message)
         self.pushes_written += 1
         return True
+
+    def deliver_now(self, items: Sequence[tuple[str, PushMessage]]) -> None:
+        """Write pushes to devices of this node now, as if from the inbox (the MQTT
+        front routes messages between local boxes without an inbox round trip);
+        devices no longer here are forwarded to their node."""
+        touched: set[Session] = set()
+        forward: list[tuple[str, PushMessage]] = []
+        for device_id, message in items:
+            self._deliver_device(device_id, message, touched, forward)
+        for session in touched:
+            session.flush()
+        if forward:
+            task = asyncio.get_running_loop().create_task(self._forward(forward))
+            self._tasks.append(task)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _fail(self, session: Session, message_id: str, reason: str) -> None:
         """Report a queued push this device will never get, and drop it from its queue."""
@@ -398,6 +451,8 @@ class NodeDelivery:
                 elif kind == env.RESYNC:
                     self.inbox_resyncs += 1
                     self._replay_everyone()
+                elif str(kind) in self.envelope_handlers:
+                    self.envelope_handlers[str(kind)](item)
             except Exception:
                 log.exception("bad inbox envelope")
         # High-priority pushes were written as they came; normal ones follow them,
@@ -432,7 +487,10 @@ class NodeDelivery:
         everyone: list[Session] | None = None
         for topic, push in pushes:
             if topic:
-                ring_members = self._fan_out_natively(push, self._topics.get(topic, ()))
+                members: Iterable[Session] = self._topics.get(topic, ())
+                if self.topic_members is not None:
+                    members = {*members, *self.topic_members(topic)}
+                ring_members = self._fan_out_natively(push, members)
                 if not ring_members:
                     continue
                 if not self._ring.pending and len(ring_members) <= self.config.fanout_batch:
@@ -568,7 +626,7 @@ class NodeDelivery:
             await backend.receipts.add_delivered(dict(counts))
 
     async def _replay(self, sessions: list[Session]) -> None:
-        live = [s for s in sessions if s in self._state and not s.conn.closed]
+        live = [s for s in sessions if s in self._state and not s.closed]
         now = now_ms()
         try:
             found = await self.backend.queue.pending_many([s.device_id for s in live], now)
@@ -703,6 +761,14 @@ class NodeDelivery:
         """Queued pushes written to this session and not acknowledged yet."""
         state = self._state.get(session)
         return len(state.message_ids) if state is not None else 0
+
+
+def _outstanding_mark(message: PushMessage) -> str:
+    if message.flags & UNQUEUED:
+        return _UNQUEUED_MARK
+    if message.flags & QUIET:
+        return _QUIET_MARK
+    return message.collapse_key
 
 
 def sweep_window(

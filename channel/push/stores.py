@@ -218,6 +218,9 @@ class PushBackend:
     directory: DeviceDirectory
     #: The Redis client for the stream API (None for the memory backend).
     redis: Any = None
+    #: The Redis connection the stores share (``channel.push.redis.connection``; None
+    #: for the memory backend): the MQTT store runs on it too.
+    connection: Any = None
 
     async def close(self) -> None:
         closer = getattr(self.presence, "aclose", None)
