@@ -303,7 +303,8 @@ class MqttConfig:
     #: Topic filters a box may subscribe to; ``%c`` is its client id (= device id), ``%u``
     #: its user id. A SUBSCRIBE outside them is refused in the SUBACK (0x87 / 0x80).
     subscribe_allow: list[str] = field(default_factory=lambda: ["devices/%c/#"])
-    #: ...and never these (a filter overlapping one is refused), whatever the allow list says.
+    #: ...and never these, whatever the allow list says: a filter inside one is refused,
+    #: and messages on them do not reach a box through a broader filter either.
     subscribe_deny: list[str] = field(default_factory=list)
     #: Topics a box may publish to (its RPC topics are always its own): refused
     #: PUBLISHes get PUBACK / PUBREC 0x87 at MQTT 5 and are dropped at 3.1.1.

@@ -35,6 +35,11 @@ log = logging.getLogger("channel.engine.mqtt")
 
 #: How often deadlines are checked (their precision).
 SWEEP_INTERVAL_S = 0.5
+#: A closed plain TCP connection waits this long for the peer's FIN after ours, reading
+#: and dropping what still comes (the packets the box sent before it saw our
+#: DISCONNECT): closing at once would answer them with a reset, and the box would lose
+#: the DISCONNECT it had not read yet.
+CLOSE_LINGER_S = 2.0
 MQTT_ALPN = b"mqtt"
 
 
@@ -47,8 +52,10 @@ class PyMqttConnection(asyncio.Protocol):
     """One MQTT connection on the Python engine: the transport of its MQTT handler."""
 
     __slots__ = (
+        "_closing",
         "_counted_ip",
         "_handler",
+        "_linger",
         "_listener",
         "_paused_since",
         "_tls",
@@ -67,6 +74,8 @@ class PyMqttConnection(asyncio.Protocol):
         self._handler: MqttHandler | None = None
         self._counted_ip: str | None = None
         self._paused_since = 0.0
+        self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
         self.ip = ""
         self.cert_cn: str | None = None
         #: Silence allowed (None: the CONNECT deadline still applies; 0: none).
@@ -95,7 +104,7 @@ class PyMqttConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
-        if self._handler is not None:
+        if self._handler is not None and not self._closing:
             self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -103,6 +112,9 @@ class PyMqttConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._listener.connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._counted_ip is not None:
             ip, self._counted_ip = self._counted_ip, None
             self._listener.gate.release_connection(ip)
@@ -136,8 +148,15 @@ class PyMqttConnection(asyncio.Protocol):
             self._transport.write(data)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        self._closing = True
+        if not self._tls and transport.can_write_eof():
+            transport.write_eof()  # our FIN after what was written; theirs ends it
+            self._linger = asyncio.get_running_loop().call_later(CLOSE_LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def abort(self) -> None:
         if self._transport is not None:

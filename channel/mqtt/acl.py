@@ -6,14 +6,15 @@ placeholder only stands for an id that is itself one level: an id that is empty
 or holds ``/``, ``+`` or ``#`` makes the pattern match nothing for that box, so
 client ``a/b`` cannot reach ``devices/a/b/...`` through ``devices/%c/#``.
 
-Three questions are asked of a list of patterns:
+Two questions are asked of a list of patterns:
 
-* ``matches(topic)``: may a box publish on this topic name (some pattern matches it)?
-* ``covers(filter)``: may a box subscribe to this filter (every topic the filter can
-  match is matched by one pattern)? ``devices/%c/#`` covers ``devices/%c/push`` and
-  ``devices/%c/+``, not ``devices/+/push``.
-* ``overlaps(filter)``: could the filter and a pattern match a common topic (deny
-  lists: a filter that could reach a denied topic is refused)?
+* ``matches(topic)``: does some pattern match this topic name (may a box publish on
+  it; does a deny list hold it)?
+* ``covers(filter)``: is every topic the filter can match matched by one pattern
+  (may a box subscribe to it)? ``devices/%c/#`` covers ``devices/%c/push`` and
+  ``devices/%c/+``, not ``devices/+/push``. A deny list refuses the filters it
+  covers; the messages a broader filter would bring from a denied topic are
+  dropped when delivered (``MqttService.may_read``).
 """
 
 from __future__ import annotations
@@ -86,10 +87,6 @@ class TopicPatterns:
         inner = split_shared(topic_filter)[1].split("/")
         return any(_covers(p.split("/"), inner) for p in self.expand(client_id, user_id))
 
-    def overlaps(self, topic_filter: str, client_id: str, user_id: str) -> bool:
-        inner = split_shared(topic_filter)[1].split("/")
-        return any(_overlaps(p.split("/"), inner) for p in self.expand(client_id, user_id))
-
 
 def _covers(pattern: list[str], levels: list[str]) -> bool:
     """Every topic ``levels`` (a filter) matches is matched by ``pattern``."""
@@ -106,16 +103,3 @@ def _covers(pattern: list[str], levels: list[str]) -> bool:
         if have != want:  # a "+" under a literal covers more than the literal
             return False
     return len(pattern) == len(levels)
-
-
-def _overlaps(a: list[str], b: list[str]) -> bool:
-    """Some topic is matched by both filters."""
-    for x, y in zip(a, b, strict=False):
-        if x == "#" or y == "#":
-            return True
-        if x != y and x != "+" and y != "+":
-            return False
-    if len(a) == len(b):
-        return True
-    longer = a if len(a) > len(b) else b
-    return longer[min(len(a), len(b))] == "#"  # "a/#" also matches "a"

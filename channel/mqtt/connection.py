@@ -133,6 +133,8 @@ class MqttConnection(Outgoing):
 
     def _dispatch(self, packet: Packet) -> None:
         self._node.metrics.packet_in(packet.packet_type)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("in %s: %r", self.client_id or "?", packet)
         if isinstance(packet, Connect):
             self._on_connect(packet)
         elif self._state == _CONNECTING:
@@ -149,7 +151,10 @@ class MqttConnection(Outgoing):
         elif isinstance(packet, Pingreq):
             self.send(encode(PINGRESP, self.version))
         elif isinstance(packet, Disconnect):
-            self._on_disconnect(packet)
+            if self._pending or self._worker is not None:
+                self._queue(packet)  # after what came before it (a SUBSCRIBE, a PUBLISH)
+            else:
+                self._on_disconnect(packet)
         elif isinstance(packet, Publish):
             self._on_publish(packet)
         elif isinstance(packet, Pubrel | Subscribe | Unsubscribe):
@@ -174,6 +179,8 @@ class MqttConnection(Outgoing):
                     await self._subscribe(packet)
                 elif isinstance(packet, Unsubscribe):
                     await self._unsubscribe(packet)
+                elif isinstance(packet, Disconnect):
+                    self._on_disconnect(packet)
                 self.flush()
         except asyncio.CancelledError:
             raise
@@ -212,7 +219,9 @@ class MqttConnection(Outgoing):
             connect.will.properties.will_delay_interval_s or 0 if connect.will is not None else 0
         )
         props = connect.properties
-        self.set_client_limits(props.receive_maximum, props.maximum_packet_size)
+        self.set_client_limits(
+            props.receive_maximum, props.maximum_packet_size, props.topic_alias_maximum
+        )
         self._parser.max_packet_size_bytes = node.config.max_packet_size_bytes
         self._accepting = True
         asyncio.get_running_loop().create_task(self._accept(connect, identity))
@@ -437,6 +446,7 @@ class MqttConnection(Outgoing):
         """Close after what is written (no DISCONNECT)."""
         if self._state == _CLOSED:
             return
-        self._state = _CLOSED
         self.flush()
+        self._state = _CLOSED
+        self._closing = True
         self._transport.close()

@@ -21,6 +21,7 @@ named here so the service builds connections without an import circle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from abc import abstractmethod
@@ -44,6 +45,8 @@ from channel.mqtt.transport import MqttTransport
 from channel.rpc.model import DeviceContext, RpcResponse
 from channel.sessions import FanoutPush, Headers, Session, SessionRegistry
 from channel.wire.errors import ErrorCode
+
+log = logging.getLogger("channel.mqtt")
 
 Retained = list[tuple[RetainedMessage, SubOptions]]
 
@@ -71,6 +74,8 @@ class MqttNode(Protocol):
         """Verify a CONNECT; raises ``MqttRefused``."""
 
     def may_publish(self, identity: MqttIdentity, topic: str) -> bool: ...
+
+    def may_read(self, identity: MqttIdentity, topic: str) -> bool: ...
 
     def keepalive_for(self, asked_s: int) -> int: ...
 
@@ -117,8 +122,11 @@ class Outgoing(Session):
 
     __slots__ = (
         "_acked",
+        "_alias_max",
+        "_aliases_out",
         "_call_seq",
         "_calls",
+        "_closing",
         "_counted",
         "_gone",
         "_max_out_bytes",
@@ -163,7 +171,12 @@ class Outgoing(Session):
         self._calls: dict[str, asyncio.Future[RpcResponse]] | None = None
         self._call_seq = 0
         self._gone = False
+        #: ``close_now`` was called: nothing more is written.
+        self._closing = False
         self._max_out_bytes = 0
+        #: Topic aliases we set towards the box (MQTT 5, up to its Topic Alias Maximum).
+        self._alias_max = 0
+        self._aliases_out: dict[str, int] | None = None
 
     # ------------------------------------------------------------- identity
 
@@ -215,23 +228,29 @@ class Outgoing(Session):
         }
 
     def set_client_limits(
-        self, receive_maximum: int | None, maximum_packet_size: int | None
+        self,
+        receive_maximum: int | None,
+        maximum_packet_size: int | None,
+        topic_alias_maximum: int | None = None,
     ) -> None:
         """What the box announced in CONNECT (MQTT 5)."""
         if receive_maximum:
             self.outbound.limit = min(self.outbound.limit, receive_maximum)
         self._max_out_bytes = maximum_packet_size or 0
+        self._alias_max = topic_alias_maximum or 0
 
     # ---------------------------------------------------------------- output
 
     def send(self, data: bytes) -> None:
         """Queue one packet (written at ``flush``)."""
         self._node.metrics.packets_out[data[0] >> 4] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("out %s: %s", self.device_id or "?", data[:64].hex())
         self._out.append(data)
 
     def flush(self) -> None:
         out = self._out
-        if out and not self._gone:
+        if out and not self._gone and not self._closing:
             self._out = []
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         elif out:
@@ -256,6 +275,34 @@ class Outgoing(Session):
                 self._counted = {}
             self._counted[message_id] = self._counted.get(message_id, 0) + 1
 
+    def _encode(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        packet_id: int,
+        retain: bool,
+        props: Properties,
+    ) -> bytes:
+        """One PUBLISH as it goes out now: under a topic alias when the box allows them
+        (decided here, in sending order, so an alias is always set before it is used)."""
+        if self._alias_max:
+            topic, props = self._aliased(topic, props)
+        return encode_publish(topic, payload, qos, packet_id, version=self.version,
+                              retain=retain, properties=props)  # fmt: skip
+
+    def _aliased(self, topic: str, props: Properties) -> tuple[str, Properties]:
+        aliases = self._aliases_out
+        if aliases is None:
+            aliases = self._aliases_out = {}
+        alias = aliases.get(topic)
+        if alias is not None:
+            return "", _replace(props, topic_alias=alias)
+        if len(aliases) < self._alias_max:
+            alias = aliases[topic] = len(aliases) + 1
+            return topic, _replace(props, topic_alias=alias)
+        return topic, props
+
     def _publish_out(
         self,
         message_id: str,
@@ -275,14 +322,12 @@ class Outgoing(Session):
             if size > self._max_out_bytes:
                 return f"{size} bytes, over the box's maximum packet size {self._max_out_bytes}"
         if qos == 0:
-            self.send(encode_publish(topic, payload, 0, version=version, retain=retain,
-                                     properties=props))  # fmt: skip
+            self.send(self._encode(topic, payload, 0, 0, retain, props))
             self._ack(message_id, tracked)
             return None
 
         def build(packet_id: int) -> bytes:
-            return encode_publish(topic, payload, qos, packet_id, version=version, retain=retain,
-                                  properties=props)  # fmt: skip
+            return self._encode(topic, payload, qos, packet_id, retain, props)
 
         if not self.outbound.has_room():
             if not stable:
@@ -312,7 +357,10 @@ class Outgoing(Session):
 
     def _deliver(self, message_id: str, tracked: bool, message: BrokerMessage) -> str | None:
         """A message routed from a publisher: on its topic, as this box subscribed."""
+        assert self.identity is not None
         found = self.matching(message.topic, message.origin)
+        if found is not None and not self._node.may_read(self.identity, message.topic):
+            found = None
         remaining_s = None
         if message.expires_at_ms:
             remaining_s = math.ceil((message.expires_at_ms - time.time() * 1000) / 1000)
@@ -357,7 +405,7 @@ class Outgoing(Session):
             qos, sub_ids = push_qos, _NO_IDS
             if push.topic:
                 found = self.matching(topic, "")
-                if found is None:
+                if found is None or not self._node.may_read(self.identity, topic):
                     continue
                 qos, sub_ids = min(found[0], push_qos), found[1]
             if sub_ids and self.version == MQTT_5:
@@ -559,11 +607,14 @@ _TASKS: set[asyncio.Task[None]] = set()
 _NO_IDS: tuple[int, ...] = ()
 
 
-def _with(props: Properties, sub_ids: tuple[int, ...], expiry_s: int | None) -> Properties:
+def _replace(props: Properties, **changes: object) -> Properties:
     fields = {name: getattr(props, name) for name in props.__slots__}
-    fields["subscription_identifiers"] = sub_ids
-    fields["message_expiry_interval_s"] = expiry_s
+    fields.update(changes)
     return Properties(**fields)
+
+
+def _with(props: Properties, sub_ids: tuple[int, ...], expiry_s: int | None) -> Properties:
+    return _replace(props, subscription_identifiers=sub_ids, message_expiry_interval_s=expiry_s)
 
 
 def _fanout_props(push: FanoutPush) -> Properties:

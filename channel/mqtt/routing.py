@@ -72,9 +72,14 @@ class Broker:
         now = int(time.time() * 1000)
         targets, groups = await self._subscribers(message, now)
         members = {m for group in groups.values() for m, _ in group}
-        presence = await self.backend.presence.lookup(sorted({*targets, *members}))
+        # This node's own sessions are written to whatever presence says yet (a box that
+        # just connected is here before its presence is written).
+        local = self.delivery.registry.by_device
+        presence = await self.backend.presence.lookup(
+            sorted(c for c in {*targets, *members} if c not in local)
+        )
         for group in groups.values():
-            online = [(m, q) for m, q in group if m in presence]
+            online = [(m, q) for m, q in group if m in presence or m in local]
             member, qos = random.choice(online or group)
             target = targets.setdefault(member, _Target(-1))
             target.qos = max(target.qos, qos)
@@ -87,11 +92,12 @@ class Broker:
         to_route: list[tuple[str, PushMessage]] = []
         for client_id, target in targets.items():
             qos = min(message.qos, target.qos)
+            reachable = client_id in local or client_id in presence
             if qos >= 1:
                 to_queue.append((client_id, queued_msg))
-                if client_id in presence:
+                if reachable:
                     to_route.append((client_id, queued_msg))
-            elif client_id in presence:
+            elif reachable:
                 to_route.append((client_id, loose_msg))
         if to_queue:
             outcomes = await self.backend.queue.enqueue(to_queue, self.queue_cap)
@@ -141,17 +147,15 @@ class Broker:
         self, items: list[tuple[str, PushMessage]], presence: dict[str, Presence]
     ) -> None:
         node_no = self.delivery.node_no
+        here = self.delivery.registry.by_device
         local: list[tuple[str, PushMessage]] = []
         remote: dict[int, list[bytes]] = {}
         for client_id, push in items:
             where = presence.get(client_id)
-            if where is None:
-                continue
-            target_node = where.node_no
-            if target_node == node_no:
+            if client_id in here or (where is not None and where.node_no == node_no):
                 local.append((client_id, push))
-            else:
-                remote.setdefault(target_node, []).append(env.device_push(client_id, push))
+            elif where is not None:
+                remote.setdefault(where.node_no, []).append(env.device_push(client_id, push))
         if local:
             self.delivery.deliver_now(local)
         for target_node, batch in remote.items():

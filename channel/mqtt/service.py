@@ -260,8 +260,14 @@ class MqttService:
     def _may_subscribe(self, conn: Outgoing, topic_filter: str) -> bool:
         client, user = conn.client_id, conn.device.user_id
         return self.subscribe_allow.covers(topic_filter, client, user) and not (
-            self.subscribe_deny.overlaps(topic_filter, client, user)
+            self.subscribe_deny.covers(topic_filter, client, user)
         )
+
+    def may_read(self, identity: MqttIdentity, topic: str) -> bool:
+        """A message on ``topic`` may reach this box (``subscribe_deny`` also holds for
+        topics a broader filter would let through)."""
+        deny = self.subscribe_deny
+        return not deny or not deny.matches(topic, identity.client_id, identity.device.user_id)
 
     def _refusal(self, conn: Outgoing, topic_filter: str, new: bool, own: str) -> ReasonCode | None:
         """Why a subscription is refused (ACL, quotas), or None."""
@@ -304,10 +310,11 @@ class MqttService:
         if changes:
             await self._save_subscriptions(conn, changes, own)
         retained: Retained = []
+        assert conn.identity is not None
         for topic_filter, options in wanted:
-            for _, data in await self.store.retained(topic_filter):
+            for topic, data in await self.store.retained(topic_filter):
                 message = RetainedMessage.unpack(data)
-                if message is not None:
+                if message is not None and self.may_read(conn.identity, topic):
                     retained.append((message, options))
         return codes, retained
 

@@ -642,6 +642,8 @@ class NodeDelivery:
             held, state.held = state.held or [], None
             queued, expired = found.get(session.device_id, ([], []))
             for message in expired:
+                if message.flags & QUIET:
+                    continue  # routed between boxes: no status to report
                 self._receipts.append(
                     Receipt(message.message_id, PushStatus.EXPIRED, session.device_id, now, "ttl")
                 )
