@@ -479,6 +479,7 @@ def _serve(args: argparse.Namespace) -> int:
             "admin_port": args.admin_port,
             "workers": args.workers,
             "state_dir": args.state_dir,
+            "engine": args.engine,
         },
         "log": {"level": args.log_level, "json": False if args.log_text else None},
         "api": {"port": args.api_port},
@@ -533,6 +534,11 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
         help="plain TCP MQTT port, 0 = any free port (default: off; for test rigs)",
     )
     serve.add_argument("--workers", type=_positive_int, help="processes sharing the port")
+    serve.add_argument(
+        "--engine",
+        choices=["native", "python"],
+        help="who moves the bytes: the Rust engine (default) or the Python reference",
+    )
     serve.add_argument(
         "--state-dir", help="where dev certificates and keys live (default .channel)"
     )

@@ -20,7 +20,8 @@ Example ``channel.toml``::
     max_connections_per_ip = 2000
     handshake_timeout_s = 10    # TCP accept -> HELLO_ACK
     tcp_fastopen_queue = 4096   # TCP Fast Open (needs sysctl net.ipv4.tcp_fastopen=3); 0 = off
-    tls_engine = "memorybio"    # or "uvloop" (its built-in TLS transport)
+    engine = "native"           # the Rust engine; "python": uvloop + Python's ssl (reference)
+    tls_engine = "memorybio"    # the python engine's TLS: or "uvloop" (its TLS transport)
     malloc_trim_after_handshakes = 0  # glibc malloc_trim(0) after a burst this big; 0 = off
     state_dir = "/var/lib/channel"
 
@@ -126,8 +127,12 @@ class ServerConfig:
     #: TCP Fast Open: SYNs carrying a ClientHello the listener may hold pending; 0 = off.
     #: Needs bit 0x2 of the net.ipv4.tcp_fastopen sysctl (channel/fastopen.py).
     tcp_fastopen_queue: int = 4096
-    #: "memorybio": TLS over plain TCP with ssl.MemoryBIO (~6 KiB less per idle device);
-    #: "uvloop": uvloop's built-in TLS transport.
+    #: Who moves the bytes: "native" (the Rust engine, channel._engine: sockets, TLS,
+    #: frames, fan-out on its own thread) or "python" (uvloop and Python's ssl; the
+    #: reference, and the fallback where the extension is not built).
+    engine: str = "native"
+    #: The Python engine's TLS: "memorybio": TLS over plain TCP with ssl.MemoryBIO (~6 KiB
+    #: less per idle device); "uvloop": uvloop's built-in TLS transport.
     tls_engine: str = "memorybio"
     #: After this many handshakes, once the burst subsides, glibc's malloc_trim(0) hands
     #: the handshakes' freed heap pages back to the OS (channel/gateway/heaptrim.py);
@@ -386,6 +391,31 @@ class AdminConfig:
 
 
 @dataclass
+class NativeConfig:
+    """Tuning of the native engine (``[server] engine = "native"``; see
+    ``native/engine/BOUNDARY.md``). The limits shared with the Python engine are in
+    ``[server]``, ``[limits]`` and ``[heartbeat]``."""
+
+    #: A closing connection's last bytes and the peer's FIN get this long.
+    close_linger_ms: int = 2_000
+    #: Fairness: bytes read from one connection per poll round...
+    max_read_per_round_bytes: int = 65_536
+    #: ...and MMTP frames / MQTT packets handled per connection per round.
+    max_frames_per_round: int = 256
+    #: Events waiting for Python beyond this (bytes, about): the engine stops reading
+    #: sockets until Python catches up (writes, deadlines and accepts go on).
+    max_pending_event_bytes: int = 16 * 1024 * 1024
+    #: Pushes awaiting their ACK on one connection; more are refused (left queued).
+    max_unacked_pushes: int = 4_096
+    #: How often deadlines (handshake, idle, slow consumer) are checked: their precision.
+    sweep_interval_ms: int = 200
+    #: Accepts per listener per poll round.
+    accepts_per_round: int = 256
+    #: TLS session ticket lifetime told to devices (<= 604800).
+    ticket_lifetime_s: int = 7_200
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     json: bool = True
@@ -405,6 +435,7 @@ class GatewayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    native: NativeConfig = field(default_factory=NativeConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -426,6 +457,7 @@ _SECTIONS = (
     "http",
     "topics",
     "mqtt",
+    "native",
 )
 
 
@@ -559,6 +591,22 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("auth.ticket_secret: must be at least 32 bytes (e.g. 64 hex digits)")
     if config.server.tcp_fastopen_queue < 0:
         raise ConfigError("server.tcp_fastopen_queue: must be >= 0 (0 = TCP Fast Open off)")
+    if config.server.engine not in ("native", "python"):
+        raise ConfigError('server.engine: must be "native" or "python"')
+    native = config.native
+    for name in (
+        "close_linger_ms",
+        "max_read_per_round_bytes",
+        "max_frames_per_round",
+        "max_pending_event_bytes",
+        "max_unacked_pushes",
+        "sweep_interval_ms",
+        "accepts_per_round",
+    ):
+        if getattr(native, name) < 1:
+            raise ConfigError(f"native.{name}: must be >= 1")
+    if not 1 <= native.ticket_lifetime_s <= 604_800:
+        raise ConfigError("native.ticket_lifetime_s: must be 1..604800 (TLS 1.3: 7 days)")
     if config.server.tls_engine not in ("memorybio", "uvloop"):
         raise ConfigError('server.tls_engine: must be "memorybio" or "uvloop"')
     push = config.push

@@ -8,7 +8,10 @@ RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, native_engine: bool = False) -> None:
+        """``native_engine``: the connection counters (refused connections, idle and
+        slow-consumer closes) are the Rust engine's, exported by its collector under the
+        same names (``channel/gateway/collectors.py``), not counted here."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("channel_connections", "Open device connections", registry=r)
@@ -33,12 +36,14 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
-        self.refused_connections = Counter(
-            "channel_refused_connections_total",
-            "Connections refused before the handshake (limits, draining)",
-            ["reason"],
-            registry=r,
-        )
+        self.refused_connections: Counter | None = None
+        if not native_engine:
+            self.refused_connections = Counter(
+                "channel_refused_connections_total",
+                "Connections refused before the handshake (limits, draining)",
+                ["reason"],
+                registry=r,
+            )
         # Frames, MMTP bytes and body bytes are counted as plain ints where they pass
         # (every push and ACK) and read at scrape time: GatewayNode._register_wire_collector.
         self.rpc_latency = Histogram(
@@ -54,12 +59,15 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
-        self.idle_closed = Counter(
-            "channel_idle_closed_total", "Connections closed for missing heartbeats", registry=r
-        )
-        self.slow_consumers = Counter(
-            "channel_slow_consumers_total", "Connections closed for not reading", registry=r
-        )
+        self.idle_closed: Counter | None = None
+        self.slow_consumers: Counter | None = None
+        if not native_engine:
+            self.idle_closed = Counter(
+                "channel_idle_closed_total", "Connections closed for missing heartbeats", registry=r
+            )
+            self.slow_consumers = Counter(
+                "channel_slow_consumers_total", "Connections closed for not reading", registry=r
+            )
         self.input_budget_pauses = Counter(
             "channel_input_budget_pauses_total",
             "Times a device's input used its CPU budget and its reading was paused "

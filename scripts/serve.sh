@@ -5,9 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-# (Re)install when the venv is new or pyproject.toml changed since (a new dependency).
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"  # rustup's cargo builds the native engine
+fi
+# (Re)install when the venv is new, or pyproject.toml (a new dependency) or the Rust
+# engine's sources changed since (the extension is built at install time).
 stamp=.venv/.channel-installed
-if [ ! -x .venv/bin/channel ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -x .venv/bin/channel ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || [ -n "$(find native Cargo.toml Cargo.lock -newer "$stamp" -print -quit)" ]; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
     .venv/bin/python -m pip install --quiet -e .

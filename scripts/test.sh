@@ -26,6 +26,15 @@ if [ -w "$tfo" ] && [ $(( $(cat "$tfo") & 3 )) -ne 3 ]; then
     echo $(( $(cat "$tfo") | 3 )) > "$tfo" || echo "   (refused: fast-open tests will skip)"
 fi
 
+# The native engine is Rust: cargo (rustup's, in ~/.cargo/bin when not on PATH) builds it.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || {
+    echo "cargo not found: install Rust (https://rustup.rs) to build the native engine" >&2
+    exit 1
+}
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
@@ -37,7 +46,9 @@ echo "== ruff"
 .venv/bin/ruff check channel sdk_client stress tests scripts
 echo "== mypy --strict (channel/wire, sdk_client)"
 .venv/bin/mypy
-echo "== cargo test (native/: the MMTP core and the engine, without Python)"
+echo "== cargo fmt --check, clippy -D warnings, test (native/: the MMTP core and the engine)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --quiet
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

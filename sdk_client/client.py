@@ -709,7 +709,8 @@ class Client:
                 )
                 return
             except OSError as exc:
-                sock.close()
+                # The loop owns the socket once create_connection has it (it closed it):
+                # closing it here again could close a descriptor reused meanwhile.
                 if not (fast_open and exc.errno == errno.EINPROGRESS and attempt == 1):
                     raise
                 self.stats.fast_open_retries += 1

@@ -215,6 +215,9 @@ class GatewayProcess:
             "0",
             "--state-dir",
             str(self.state_dir),
+            # Every listener on a free port (the push API's default, 8080, may be taken).
+            "--api-port",
+            str(self.settings.get("api", {}).get("port", 0)),
             "--log-level",
             self.log_level,
         ]
@@ -224,7 +227,13 @@ class GatewayProcess:
             config_path = self.state_dir / f"{self.name}.toml"
             config_path.write_text(self.config_toml, encoding="utf-8")
             args += ["--config", str(config_path)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_")}
+        # The caller's CHANNEL_ settings do not leak in, but for the engine choice (the
+        # tests run every gateway on each engine through it).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CHANNEL_") or k == "CHANNEL_SERVER__ENGINE"
+        }
         env.update(settings_env(self.settings))
         self._stdout_path = self.state_dir / f"{self.name}.stdout"
         self._stderr_path = self.state_dir / f"{self.name}.log"

@@ -8,6 +8,7 @@ device tokens. Everything is real: TLS 1.3, the wire core, aiohttp upstreams.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ def gateway_config(state_dir: Path, **sections: dict[str, Any]) -> GatewayConfig
     rpc = sections.pop("rpc", {})
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
+    # The engine the test runs on (tests/conftest.py sets it; native by default).
+    engine = os.environ.get("CHANNEL_SERVER__ENGINE", "native")
+    overrides["server"].setdefault("engine", engine)
     config = load_config(None, environ={}, overrides=overrides)
     config.rpc = rpc
     return config

@@ -28,6 +28,8 @@ from sdk_client import Request
 from tests.gateway_harness import RunningGateway, gateway
 from tests.test_push_e2e import online, push_section
 
+pytestmark = pytest.mark.both_engines
+
 WAIT_S = 5.0
 
 

@@ -23,6 +23,8 @@ from sdk_client import Backoff, ChannelError, Client
 from stress.gateway_proc import MmtpDevice, connect_link, device_hello, rpc_headers
 from tests.gateway_harness import RunningGateway, gateway
 
+pytestmark = pytest.mark.both_engines
+
 WAIT_S = 5.0
 
 needs_kernel_fastopen = pytest.mark.skipif(

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from channel.admincli import KEY_ENV
 from channel.api.keys import new_api_key
 from channel.cli import main
 from tests.gateway_harness import RunningGateway, gateway
 from tests.test_push_e2e import online
+
+pytestmark = pytest.mark.both_engines
 
 ADMIN_ACTIONS = [
     ("POST", "/admin/reload"),

@@ -24,6 +24,8 @@ from channel.wire import (
 from channel.wire.frames import FrameType
 from channel.wire.varint import encode_varint
 
+pytestmark = pytest.mark.both_engines
+
 
 def hello(gw: RunningGateway, device_id: str = "d1", **fields: object) -> Hello:
     token = fields.pop("token", None)
@@ -163,6 +165,10 @@ async def test_unfinished_tls_handshake_is_dropped(tmp_path: Path) -> None:
         writer.close()
 
 
+# The native engine does not fail the handshake of a client without ALPN mmtp/1 yet
+# (rustls answers no_application_protocol only when the client offers other protocols,
+# and the engine closes without the alert): native/engine/README.md, known gaps.
+@pytest.mark.engine_only("python")
 async def test_tls12_and_missing_alpn_are_refused(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw:
         tls12 = ssl.create_default_context(cafile=str(gw.ca_cert))

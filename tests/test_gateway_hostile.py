@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from gateway_harness import RunningGateway, gateway, http_upstream
 from raw_device import RawDevice
 from test_gateway_rpc import call, connect
 
-from channel.engine.pysession import HOLD_BUDGET
+from channel.engine.pysession import HOLD_BUDGET, PyMmtpSession
+from channel.mmtp.session import MmtpSession
 from channel.wire import (
     ConnectionErrorReceived,
     ErrorCode,
@@ -30,6 +32,8 @@ from channel.wire import (
 from channel.wire.frames import FrameType, encode_frame
 from channel.wire.varint import encode_varint
 from sdk_client import Client, UpstreamError
+
+pytestmark = pytest.mark.both_engines
 
 
 def _hello(gw: RunningGateway, device_id: str) -> Hello:
@@ -52,9 +56,10 @@ async def test_hello_then_error_zero_in_one_read_leaves_no_traceback(
         device.writer.write(hello + bytes.fromhex("a0 03 00 1a 00"))
         await device.writer.drain()
         assert await device.closed_by_peer()
-        for session in list(gw.node.engine.sessions):
-            await asyncio.wait_for(gw.node.wait_closed(session), 5)
-        assert "d1" not in gw.node.by_device
+        deadline = time.monotonic() + 5
+        while gw.node.connection_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the node sees the close a moment after the device
+        assert gw.node.connection_count == 0 and "d1" not in gw.node.by_device
     problems = [r for r in caplog.records if r.exc_info or "Fatal error" in r.getMessage()]
     assert not problems, [r.getMessage() for r in problems]
 
@@ -104,7 +109,7 @@ async def test_answer_larger_than_the_device_accepts_is_a_clear_error_and_frees_
                     assert info.value.code == ErrorCode.UPSTREAM_ERROR
                     assert "max_frame_size" in str(info.value)
                 session = gw.node.by_device["d1"]
-                assert not session.conn.open_remote_streams and session.in_flight == 0
+                assert isinstance(session, MmtpSession) and session.in_flight == 0
                 answer = await client.call("small.get", b'{"still":"usable"}')
                 assert answer.body == b'{"still":"usable"}'
                 assert client.connected
@@ -115,7 +120,9 @@ async def test_answer_larger_than_the_device_accepts_is_a_clear_error_and_frees_
 # ------------------------------------------------------- item 1: a CPU budget
 
 
-async def test_a_flooding_device_is_paused_while_another_is_answered(tmp_path: Path) -> None:
+async def test_a_flooding_device_is_paused_while_another_is_answered(
+    tmp_path: Path, gateway_engine: str
+) -> None:
     limits = {"device_input_cpu_ms_per_s": 100.0, "device_input_burst_ms": 2.0}
     async with gateway(tmp_path, limits=limits) as gw:
         flooder = await connect(gw, "flooder")
@@ -133,20 +140,27 @@ async def test_a_flooding_device_is_paused_while_another_is_answered(tmp_path: P
         other.conn.send_ping(b"other")
         await other.flush()
         assert await other.events() == [PongReceived(b"other")]
-        # Answered while the flood still waits for its budget: ~80 ms of PINGs at a
-        # tenth of a core take ~0.8 s (before the budget, a read's PINGs went in one go).
-        assert flooding._holds & HOLD_BUDGET or flooding.conn._parser.buffered_bytes
+        if gateway_engine == "python":
+            # Answered while the flood still waits for its budget: ~80 ms of PINGs at a
+            # tenth of a core take ~0.8 s (before the budget, a read's PINGs went in one go).
+            assert isinstance(flooding, PyMmtpSession)
+            assert flooding._holds & HOLD_BUDGET or flooding.conn._parser.buffered_bytes
 
         pongs = [e for e in first if isinstance(e, PongReceived)]
         while len(pongs) < count:
             pongs += [e for e in await flooder.events(10) if isinstance(e, PongReceived)]
         assert [int.from_bytes(p.payload, "big") for p in pongs] == list(range(count))
-        metrics = gw.node.metrics.input_budget_pauses._value.get()
-        assert metrics > 0
+        if gateway_engine == "python":
+            assert gw.node.metrics.input_budget_pauses._value.get() > 0
+        else:
+            # The native engine answers PINGs itself, a bounded number per device per
+            # poll round (max_frames_per_round): the flood yields to the other device.
+            assert gw.node.engine.stats()["fairness_yields"] > 0
         await flooder.close()
         await other.close()
 
 
+@pytest.mark.engine_only("python")  # the native engine bounds work per poll round instead
 async def test_the_budget_can_be_turned_off(tmp_path: Path) -> None:
     async with gateway(tmp_path, limits={"device_input_cpu_ms_per_s": 0}) as gw:
         assert gw.node.mmtp.input_budget is None
@@ -206,41 +220,74 @@ async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         writer.close()
 
 
+def _sample(gw: RunningGateway, name: str, **labels: str) -> float:
+    value = gw.node.metrics.registry.get_sample_value(name, labels or None)
+    return float(value or 0)
+
+
+async def _per_ip_cut_at_accept(gw: RunningGateway) -> None:
+    tasks = await _idle_tcp(gw.port, 10)
+    closed: set[asyncio.Task[bytes]] = set()
+    while len(closed) < 7:
+        done, _ = await asyncio.wait(
+            set(tasks) - closed, timeout=30, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert done, f"only {len(closed)} of the 7 extra connections were closed"
+        closed |= done
+    # Cut at once (no TLS byte was ever sent to them), while the three counted
+    # ones wait for a ClientHello until their handshake timeout (60 s here).
+    assert len(closed) == 7 and all(task.result() == b"" for task in closed)
+    assert not any(task.done() for task in set(tasks) - closed)
+    assert _sample(gw, "channel_refused_connections_total", reason="RATE_LIMITED") == 7
+    assert _sample(gw, "channel_connections") == 3
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _idle_connections_time_out(gw: RunningGateway) -> None:
+    tasks = await _idle_tcp(gw.port, 3)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [b""] * 3
+    deadline = time.monotonic() + 5
+    while _sample(gw, "channel_connections") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the server's side of the close runs after the client's
+    device = await connect(gw, "after")
+    assert isinstance(await call(device, "channel.echo", b"x"), ResponseReceived)
+    await device.close()
+    assert _sample(gw, "channel_refused_connections_total", reason="RATE_LIMITED") == 0
+
+
+@pytest.mark.engine_only("python")
 async def test_connections_over_the_per_ip_limit_are_cut_at_accept(
     tmp_path: Path, tls_engine: str
 ) -> None:
     server = {"max_connections_per_ip": 3, "handshake_timeout_s": 60, "tls_engine": tls_engine}
     async with gateway(tmp_path, server=server) as gw:
-        tasks = await _idle_tcp(gw.port, 10)
-        closed: set[asyncio.Task[bytes]] = set()
-        while len(closed) < 7:
-            done, _ = await asyncio.wait(
-                set(tasks) - closed, timeout=30, return_when=asyncio.FIRST_COMPLETED
-            )
-            assert done, f"only {len(closed)} of the 7 extra connections were closed"
-            closed |= done
-        # Cut at once (no TLS byte was ever sent to them), while the three counted
-        # ones wait for a ClientHello until their handshake timeout (60 s here).
-        assert len(closed) == 7 and all(task.result() == b"" for task in closed)
-        assert not any(task.done() for task in set(tasks) - closed)
-        refused = gw.node.metrics.refused_connections.labels("RATE_LIMITED")._value.get()
-        assert refused == 7
-        assert gw.node.engine._per_ip["127.0.0.1"] == 3
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _per_ip_cut_at_accept(gw)
 
 
+@pytest.mark.engine_only("native")
+async def test_native_engine_cuts_connections_over_the_per_ip_limit_at_accept(
+    tmp_path: Path,
+) -> None:
+    server = {"max_connections_per_ip": 3, "handshake_timeout_s": 60}
+    async with gateway(tmp_path, server=server) as gw:
+        await _per_ip_cut_at_accept(gw)
+
+
+@pytest.mark.engine_only("python")
 async def test_idle_counted_connections_close_at_the_handshake_timeout_and_free_their_slot(
     tmp_path: Path, tls_engine: str
 ) -> None:
     server = {"max_connections_per_ip": 3, "handshake_timeout_s": 0.5, "tls_engine": tls_engine}
     async with gateway(tmp_path, server=server) as gw:
-        tasks = await _idle_tcp(gw.port, 3)
-        assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [b""] * 3
-        while gw.node.engine._per_ip:  # the server's side of the close runs after the client's
-            await asyncio.sleep(0.01)
-        device = await connect(gw, "after")
-        assert isinstance(await call(device, "channel.echo", b"x"), ResponseReceived)
-        await device.close()
-        assert gw.node.metrics.refused_connections.labels("RATE_LIMITED")._value.get() == 0
+        await _idle_connections_time_out(gw)
+
+
+@pytest.mark.engine_only("native")
+async def test_native_engine_closes_idle_connections_at_the_handshake_timeout(
+    tmp_path: Path,
+) -> None:
+    server = {"max_connections_per_ip": 3, "handshake_timeout_s": 0.5}
+    async with gateway(tmp_path, server=server) as gw:
+        await _idle_connections_time_out(gw)

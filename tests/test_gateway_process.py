@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from raw_device import RawDevice
 
 from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
 from channel.wire import ErrorCode, GoAwayReceived, Hello, HelloAccepted, ResponseReceived
+
+pytestmark = pytest.mark.both_engines
 
 
 def free_port_below_32768() -> int:
@@ -74,9 +77,22 @@ class ServeProcess:
                 self.listening.append(info)
         return self.listening
 
-    def stderr(self) -> str:
+    def stderr(self, timeout_s: float = 2.0) -> str:
+        """What the node logged so far, read for at most ``timeout_s``: worker processes
+        may outlive the parent and keep the pipe open, so reading to EOF could hang."""
         assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stderr.fileno()
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -101,7 +117,7 @@ async def connect(info: dict[str, object], device_id: str) -> RawDevice:
 
 
 async def test_sigterm_drains_with_goaway_and_exits_zero(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--port", "0", "--admin-port", "0")
+    serve = ServeProcess(tmp_path, "--port", "0", "--admin-port", "0", "--api-port", "0")
     try:
         (info,) = await asyncio.to_thread(serve.wait_listening)
         device = await connect(info, "d1")
@@ -122,7 +138,9 @@ async def test_sigterm_drains_with_goaway_and_exits_zero(tmp_path: Path) -> None
 
 async def test_workers_share_one_port_and_each_drains(tmp_path: Path) -> None:
     port = free_port_below_32768()
-    serve = ServeProcess(tmp_path, "--port", str(port), "--admin-port", "0", "--workers", "2")
+    serve = ServeProcess(
+        tmp_path, "--port", str(port), "--admin-port", "0", "--api-port", "0", "--workers", "2"
+    )
     try:
         # Each worker process prints its own line once it listens.
         listening = await asyncio.to_thread(serve.wait_listening, 2)
@@ -156,7 +174,7 @@ async def test_rolling_restart_loses_no_call_and_resumes_the_session(tmp_path: P
     from sdk_client import Backoff, Client
 
     port = free_port_below_32768()
-    args = ("--port", str(port), "--admin-port", "0")
+    args = ("--port", str(port), "--admin-port", "0", "--api-port", "0")
     # Eight callers in a tight loop would (rightly) hit the per-device rate limit.
     env = {"CHANNEL_LIMITS__REQUESTS_PER_SECOND": "100000", "CHANNEL_LIMITS__REQUEST_BURST": "1000"}
     old = ServeProcess(tmp_path, *args, env=env)

@@ -51,6 +51,7 @@ def _uvloop_engine_for_reused_tests(
 
     def load_config(*args: Any, **kwargs: Any) -> Any:
         config = original(*args, **kwargs)
+        config.server.engine = "python"  # the TLS engines are the Python engine's
         config.server.tls_engine = "uvloop"
         return config
 

@@ -18,6 +18,8 @@ from channel.security.tokens import encode_token_text
 from tests.gateway_harness import gateway
 from tests.test_gateway_handshake import admin_text
 
+pytestmark = pytest.mark.both_engines
+
 VERSIONS = [MQTT_3_1_1, MQTT_5]
 
 
@@ -156,4 +158,21 @@ async def test_the_acl_keeps_a_box_in_its_own_topics(tmp_path: Path, version: in
         metrics = await admin_text(gw, "/metrics")
         assert "channel_mqtt_publishes_denied_total 1.0" in metrics
         assert "channel_mqtt_subscribes_denied_total 4.0" in metrics
+        await box.disconnect()
+
+
+async def test_a_deny_list_refuses_what_it_covers_and_filters_what_it_overlaps(
+    tmp_path: Path,
+) -> None:
+    acl = {"subscribe_allow": ["#"], "publish_allow": ["#"], "subscribe_deny": ["secret/#"],
+           "uplink_topics": []}  # fmt: skip
+    async with gateway(tmp_path, mqtt=acl) as gw:
+        box = PahoBox(gw.mqtt_port, "curious", MQTT_5, ca=gw.ca_cert, username="curious",
+                      password=token_password(gw, "curious"))  # fmt: skip
+        await box.connect()
+        assert _rc((await box.subscribe("secret/plans", qos=1))[0]) == ReasonCode.NOT_AUTHORIZED
+        assert _rc((await box.subscribe("+/+", qos=1))[0]) == 1  # may match secret/x: allowed
+        await box.publish("secret/plans", b"hidden", 1)
+        await box.publish("public/news", b"shown", 1)
+        assert (await box.message()).payload == b"shown"  # the secret one was not delivered
         await box.disconnect()

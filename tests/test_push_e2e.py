@@ -32,6 +32,8 @@ from channel.push.service import PushService
 from sdk_client import Backoff, BadRequest, Client, Push
 from tests.gateway_harness import RunningGateway, gateway
 
+pytestmark = pytest.mark.both_engines
+
 WAIT_S = 5.0
 
 
@@ -445,6 +447,7 @@ async def test_high_priority_overtakes_normal_pushes_routed_in_the_same_batch(
         assert ("priority", "high") in device.pushes[0].headers
 
 
+@pytest.mark.engine_only("python")  # the Python engine's ring; the native one fans out itself
 async def test_broadcasts_posted_one_by_one_within_the_linger_share_one_write(
     tmp_path: Path,
 ) -> None:
@@ -475,6 +478,28 @@ async def test_broadcasts_posted_one_by_one_within_the_linger_share_one_write(
         assert registry.get_sample_value("channel_fanout_writes_total") == 5
 
 
+@pytest.mark.engine_only("native")
+async def test_native_engine_writes_broadcasts_within_the_linger_once_per_device(
+    tmp_path: Path,
+) -> None:
+    async with (
+        gateway(tmp_path, push={"fanout_linger_ms": 300}) as gw,
+        online(gw, *(f"d{i}" for i in range(5))) as devices,
+    ):
+        svc = service(gw)
+        writes_before = gw.node.engine.stats()["writes"]
+        for k in range(3):
+            await svc.accept([PushRequest(Target(TargetKind.BROADCAST), b"b%d" % k)])
+        for device in devices:
+            await device.wait_pushes(3)
+            assert device.bodies == [b"b0", b"b1", b"b2"]
+        stats = gw.node.engine.stats()
+        assert stats["fanouts"] == 3 and stats["fanout_deliveries"] == 15
+        # One TLS pass and one write per device for all three broadcasts.
+        assert stats["writes"] - writes_before == 5
+
+
+@pytest.mark.engine_only("python")
 async def test_without_linger_each_broadcast_is_written_at_once(tmp_path: Path) -> None:
     async with gateway(tmp_path) as gw, online(gw, "d0", "d1") as devices:
         svc = service(gw)

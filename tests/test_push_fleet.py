@@ -24,6 +24,8 @@ import pytest
 from sdk_client import Backoff, Client, Push
 from tests.test_gateway_process import ServeProcess, token_for
 
+pytestmark = pytest.mark.both_engines
+
 WAIT_S = 20.0
 
 

@@ -8,10 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.gateway_harness import gateway
 from tests.test_push_e2e import online
+
+pytestmark = pytest.mark.both_engines
 
 WAIT_S = 10.0
 

@@ -20,6 +20,8 @@ from sdk_client import BadRequest, Forbidden
 from tests.gateway_harness import gateway
 from tests.test_push_e2e import backend, online, service  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.both_engines
+
 DEVICE = {"device_id": "d1", "user_id": "alice", "app_id": "wallet"}
 
 

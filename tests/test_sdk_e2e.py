@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from channel.cli import main as channel_main
 from channel.engine.pysession import PyMmtpSession
+from channel.mmtp.session import MmtpSession
 from channel.security.tokens import DeviceClaims, TokenSigner, encode_token_text
 from channel.sessions import Session
 from channel.wire import (
@@ -44,6 +45,8 @@ from sdk_client import (
     Unavailable,
 )
 from tests.gateway_harness import RunningGateway, gateway, http_upstream
+
+pytestmark = pytest.mark.both_engines
 
 WAIT_S = 5.0
 
@@ -128,9 +131,9 @@ def disconnect_events(client: Client) -> asyncio.Queue[ChannelError]:
     return queue
 
 
-def session_of(gw: RunningGateway, device_id: str = "d1") -> PyMmtpSession:
+def session_of(gw: RunningGateway, device_id: str = "d1") -> MmtpSession:
     session = gw.node.by_device[device_id]
-    assert isinstance(session, PyMmtpSession)
+    assert isinstance(session, MmtpSession)
     return session
 
 
@@ -386,7 +389,7 @@ async def test_heartbeats_keep_an_idle_connection_past_the_idle_limit(tmp_path: 
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(lost.get(), 3.2)
         assert client.stats.pings_sent >= 2
-        assert gw.node.mmtp.wire.frames.received[FrameType.PING] >= 2
+        assert gw.node.frames_received(FrameType.PING) >= 2
         assert session_of(gw) is session and client.connected
         assert client.stats.connects == 1
 
@@ -414,7 +417,7 @@ async def test_duplicate_push_is_delivered_once_and_both_are_acked(
             assert await asyncio.wait_for(acked.get(), WAIT_S) == ["msg-1", "msg-1"]
             assert delivered == [Push(b"msg-1", (("collapse-key", "c"),), b'{"title":"hi"}')]
             assert client.stats.pushes_duplicate == 1
-            assert gw.node.mmtp.wire.frames.received[FrameType.ACK] == 1
+            assert gw.node.frames_received(FrameType.ACK) == 1
             # A redelivery on a later connection (new delivery id) is still a duplicate.
             session.push("msg-1", b'{"title":"hi"}', (), True)
             session.push("msg-2", b"second", (), True)
@@ -513,7 +516,7 @@ async def test_calls_wait_for_a_free_stream_instead_of_failing(
             ]
             for _ in range(2):
                 await asyncio.wait_for(upstream.hits.get(), WAIT_S)
-            assert len(session_of(gw).conn.open_remote_streams) == 2
+            assert session_of(gw).in_flight == 2
             upstream.release()
             bodies = [r.body for r in await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)]
         assert bodies == [b"echo:%d" % i for i in range(5)]
@@ -524,13 +527,13 @@ async def test_refused_stream_is_retried_once_a_stream_ends(
     tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refusals: asyncio.Queue[ErrorCode] = asyncio.Queue()
-    original = PyMmtpSession.stream_error
+    original = MmtpSession.stream_error
 
-    def stream_error(self: PyMmtpSession, stream_id: int, code: ErrorCode, *args: Any) -> None:
+    def stream_error(self: MmtpSession, stream_id: int, code: ErrorCode, *args: Any) -> None:
         refusals.put_nowait(code)
         original(self, stream_id, code, *args)
 
-    monkeypatch.setattr(PyMmtpSession, "stream_error", stream_error)
+    monkeypatch.setattr(MmtpSession, "stream_error", stream_error)
     limits = {"max_pending_requests": 1}
     async with (
         gateway_for(tmp_path, rpc=rpc_config(upstream), limits=limits) as gw,
@@ -563,7 +566,7 @@ async def test_call_timeout_raises_and_cancels_the_stream(
             assert await client.call("echo.next", b"n") == Response(
                 0, (("x-locale", ""), ("content-type", "application/octet-stream")), b"echo:n"
             )
-            assert gw.node.mmtp.wire.frames.received[FrameType.CANCEL] == 1
+            assert gw.node.frames_received(FrameType.CANCEL) == 1
             assert session_of(gw).in_flight == 0
 
 
@@ -592,6 +595,7 @@ async def test_dead_connection_is_detected_by_heartbeat_and_replaced(tmp_path: P
 # ------------------------------------------------------------- dictionaries
 
 
+@pytest.mark.engine_only("python")  # the gateway sends DICT only through the wire core
 async def test_delivered_dictionary_is_kept_and_announced_next_time(tmp_path: Path) -> None:
     from tests.helpers import trained_dictionary
 
@@ -601,6 +605,7 @@ async def test_delivered_dictionary_is_kept_and_announced_next_time(tmp_path: Pa
         got: asyncio.Future[Push] = asyncio.get_running_loop().create_future()
         client.on_push(got.set_result)
         session = session_of(gw)
+        assert isinstance(session, PyMmtpSession)
         session.conn.send_dictionary(dictionary)
         session.conn.send_push(b"after-dict", b"compressed with it " * 8)
         session.flush()
@@ -612,9 +617,10 @@ async def test_delivered_dictionary_is_kept_and_announced_next_time(tmp_path: Pa
         session.abort()
         await asyncio.wait_for(lost.get(), WAIT_S)
         await client.ping(timeout=WAIT_S)
-        hello = session_of(gw).conn.hello
-        assert hello is not None and hello.dictionaries == (9,)
-        assert session_of(gw).conn.outgoing_dictionary == 9
+        again = session_of(gw)
+        assert isinstance(again, PyMmtpSession)
+        assert again.conn.hello is not None and again.conn.hello.dictionaries == (9,)
+        assert again.conn.outgoing_dictionary == 9
 
 
 # ----------------------------------------------------------------------- CLI
@@ -688,16 +694,14 @@ async def test_device_cli_listen_prints_pushes(
         ]
         listening = asyncio.create_task(asyncio.to_thread(channel_main, argv))
         session = await _wait_for_session(gw, "d9", listening)
-        session.conn.send_push(b"\x01\x02", "héllo".encode(), [("kind", "greeting")])
+        session.push("m1", "héllo".encode(), (("kind", "greeting"),), True)
         session.flush()
         assert await asyncio.wait_for(listening, WAIT_S) == 0
         line = json.loads(capsys.readouterr().out)
-        assert line == {"message_id": "0102", "headers": {"kind": "greeting"}, "body": "héllo"}
+        assert line == {"message_id": b"m1".hex(), "headers": {"kind": "greeting"}, "body": "héllo"}
 
 
-async def _wait_for_session(
-    gw: RunningGateway, device_id: str, task: asyncio.Task[int]
-) -> PyMmtpSession:
+async def _wait_for_session(gw: RunningGateway, device_id: str, task: asyncio.Task[int]) -> Session:
     """The device's session once authenticated (or the CLI's failure, if it exits first)."""
     authenticated = gw.node.wait_authenticated(device_id)
     done, _ = await asyncio.wait(

@@ -136,7 +136,7 @@ def test_hpack_tables_share_the_preset_until_an_insertion() -> None:
 
 
 async def test_idle_devices_over_tls_stay_under_budget(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+    async with gateway(tmp_path, server={"engine": "python"}) as gw:
 
         async def connect(i: int) -> RawDevice:
             device = await RawDevice.connect(gw.port, gw.ca_cert)
@@ -189,5 +189,62 @@ async def test_idle_devices_over_tls_stay_under_budget(tmp_path: Path) -> None:
             assert isinstance(tls, TlsServerProtocol)
             assert tls._timer is None  # no timer per connection once the handshake is done
             assert tls._plaintext is None and tls._bios is sessions[0]._transport._bios  # type: ignore[union-attr]
+        for device in devices:
+            await device.close()
+
+
+#: Budget for what Python keeps per idle device on the native engine (the connection,
+#: TLS and MMTP state are Rust's): measured 1,356 bytes: the session and its entries in
+#: the engine's and the registry's tables (~377), the token's identity strings (~215),
+#: the auth result (~202), push delivery state (~191), dataclass instances (~128), the
+#: memory backend's presence and directory entries (~100).
+IDLE_NATIVE_DEVICE_BYTES = 1_500
+
+
+async def test_idle_devices_on_the_native_engine_cost_python_little(tmp_path: Path) -> None:
+    async with gateway(tmp_path, server={"engine": "native"}) as gw:
+
+        async def connect(i: int) -> RawDevice:
+            device = await RawDevice.connect(gw.port, gw.ca_cert)
+            hello = _hello(i)
+            await device.send_hello(
+                Hello(
+                    device_id=hello.device_id,
+                    app_id="demo",
+                    token=gw.token(hello.device_id),
+                    preset_id=2,
+                    app_version=hello.app_version,
+                    platform=hello.platform,
+                    client_time_ms=hello.client_time_ms,
+                )
+            )
+            (accepted,) = await device.events()
+            assert isinstance(accepted, HelloAccepted)
+            return device
+
+        devices = [await connect(i) for i in range(-5, 0)]  # first-use caches
+        n = 150
+        gc.collect()
+        tracemalloc.start(25)
+        try:
+            before = tracemalloc.take_snapshot()
+            for start in range(0, n, 50):
+                devices += await asyncio.gather(*(connect(i) for i in range(start, start + 50)))
+            assert gw.node.delivery is not None
+            await gw.node.delivery.wait_flushed()  # presence written, replays done
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        server_side = [tracemalloc.Filter(True, "*/channel/*", all_frames=True)]
+        not_client = [tracemalloc.Filter(False, "*/tests/raw_device.py", all_frames=True)]
+        diff = (
+            after.filter_traces(server_side)
+            .filter_traces(not_client)
+            .compare_to(before.filter_traces(server_side).filter_traces(not_client), "filename")
+        )
+        per_device = sum(stat.size_diff for stat in diff) / n
+        where = [(s.traceback[0].filename.rsplit("/", 2)[-2:], s.size_diff) for s in diff[:8]]
+        assert per_device < IDLE_NATIVE_DEVICE_BYTES, (per_device, where)
         for device in devices:
             await device.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from channel.engine.pysession import PyMmtpSession
 from channel.engine.tlsproto import tls_server_factory
 from channel.engine.uvtls import gated_tls_factory
 from channel.logs import fields
-from channel.security.tls import peer_certificate_identity
+from channel.security.tls import TlsFiles, peer_certificate_identity
 from channel.sessions import jittered
 from channel.wire import ErrorCode
 
@@ -44,6 +43,12 @@ class PythonEngine:
         self.service = service
         self.config = service.config
         self.metrics = service.metrics
+        metrics = service.metrics
+        assert metrics.refused_connections is not None
+        assert metrics.idle_closed is not None and metrics.slow_consumers is not None
+        self._refused = metrics.refused_connections
+        self._idle_closed = metrics.idle_closed
+        self._slow_consumers = metrics.slow_consumers
         #: Connections whose TLS handshake completed (with or without a session yet).
         self.sessions: set[PyMmtpSession] = set()
         self._unauthenticated: set[PyMmtpSession] = set()
@@ -60,8 +65,9 @@ class PythonEngine:
 
     # ---------------------------------------------------------------- start
 
-    async def start(self, ssl_context: ssl.SSLContext) -> int:
+    async def start(self, tls: TlsFiles) -> int:
         """Listen for devices; returns the port."""
+        ssl_context = tls.server_context()
         loop = asyncio.get_running_loop()
         server = self.config.server
         reuse_port = server.reuse_port or server.workers > 1 or None
@@ -113,10 +119,10 @@ class PythonEngine:
         """
         server = self.config.server
         if self._tcp_connections >= server.max_connections:
-            self.metrics.refused_connections.labels(ErrorCode.UNAVAILABLE.name).inc()
+            self._refused.labels(ErrorCode.UNAVAILABLE.name).inc()
             return False
         if self._per_ip[peer_ip] >= server.max_connections_per_ip:
-            self.metrics.refused_connections.labels(ErrorCode.RATE_LIMITED.name).inc()
+            self._refused.labels(ErrorCode.RATE_LIMITED.name).inc()
             return False
         self._tcp_connections += 1
         self._per_ip[peer_ip] += 1
@@ -138,7 +144,7 @@ class PythonEngine:
         (It was counted against the connection limits when TCP accepted it.)
         """
         if self.draining:
-            self.metrics.refused_connections.labels(ErrorCode.SHUTTING_DOWN.name).inc()
+            self._refused.labels(ErrorCode.SHUTTING_DOWN.name).inc()
             return (ErrorCode.SHUTTING_DOWN, "node is draining; reconnect elsewhere")
         self.sessions.add(session)
         self._unauthenticated.add(session)
@@ -210,12 +216,12 @@ class PythonEngine:
             hello_ack = session.conn.hello_ack
             idle_limit = service.idle_limit_s(hello_ack.heartbeat_s if hello_ack else interval_s)
             if now - session.last_seen > idle_limit:
-                self.metrics.idle_closed.inc()
+                self._idle_closed.inc()
                 session.end(ErrorCode.IDLE_TIMEOUT, f"no frame for {idle_limit:.0f} s")
             elif session.paused_since and (
                 now - session.paused_since > grace_s or session.write_buffer_size > 4 * high_water
             ):
-                self.metrics.slow_consumers.inc()
+                self._slow_consumers.inc()
                 log.info("slow consumer", extra=fields(device=session.device_id))
                 # Its buffer is full: an ERROR frame would never reach it. Just cut.
                 session.abort()

@@ -14,6 +14,8 @@ from channel.wire import BodyCodec, FrameType
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from channel.engine.native import NativeEngine
+    from channel.metrics import GatewayMetrics
     from channel.mmtp.service import WireCounters
     from channel.push.delivery import NodeDelivery
 
@@ -101,3 +103,97 @@ def register_push_collector(
             ]
 
     registry.register(_PushCollector())  # type: ignore[arg-type]
+
+
+#: Engine figures that are levels, not running totals.
+_NATIVE_GAUGES = frozenset(
+    {
+        "connections",
+        "connections_mmtp",
+        "connections_mqtt",
+        "connections_accepted",
+        "event_queue_bytes",
+        "event_queue_events",
+    }
+)
+
+
+def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> None:
+    """The native engine's counters, read once per scrape from ``Engine.stats()``: the
+    same MMTP frame and byte families as the Python engine's, and every engine figure
+    as ``channel_engine_<name>`` (``_total`` for counters)."""
+
+    def connections() -> float:
+        return float(engine.stats().get("connections", 0))
+
+    metrics.connections.set_function(connections)
+
+    class _NativeCollector:
+        def collect(self) -> Iterable[object]:
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+            stats = engine.stats()
+            if not stats:
+                return []
+            frames = CounterMetricFamily(
+                "channel_frames", "MMTP frames by direction and type", labels=["direction", "type"]
+            )
+            frame_bytes = CounterMetricFamily(
+                "channel_frame_bytes",
+                "MMTP frame bytes by direction and type",
+                labels=["direction", "type"],
+            )
+            for direction in ("in", "out"):
+                for name, value in stats.get(f"frames_{direction}", {}).items():
+                    frames.add_metric([direction, name], value)
+                for name, value in stats.get(f"frame_bytes_{direction}", {}).items():
+                    frame_bytes.add_metric([direction, name], value)
+            body = CounterMetricFamily(
+                "channel_body_bytes",
+                "Bodies sent: raw and as encoded (compression ratio)",
+                labels=["stage"],
+            )
+            body.add_metric(["raw"], stats.get("body_bytes_raw", 0))
+            body.add_metric(["wire"], stats.get("body_bytes_wire", 0))
+            mmtp = CounterMetricFamily(
+                "channel_bytes",
+                "MMTP bytes to and from devices (inside TLS) by direction",
+                labels=["direction"],
+            )
+            mmtp.add_metric(["in"], sum(stats.get("frame_bytes_in", {}).values()))
+            mmtp.add_metric(["out"], sum(stats.get("frame_bytes_out", {}).values()))
+            refused = CounterMetricFamily(
+                "channel_refused_connections",
+                "Connections refused before the handshake (limits, draining)",
+                labels=["reason"],
+            )
+            refused.add_metric(["UNAVAILABLE"], stats.get("refused_max_connections", 0))
+            refused.add_metric(["RATE_LIMITED"], stats.get("refused_per_ip", 0))
+            refused.add_metric(["SHUTTING_DOWN"], engine.refused_draining)
+            idle = CounterMetricFamily(
+                "channel_idle_closed",
+                "Connections closed for missing heartbeats",
+                value=stats.get("idle_closed", 0),
+            )
+            slow = CounterMetricFamily(
+                "channel_slow_consumers",
+                "Connections closed for not reading",
+                value=stats.get("slow_consumers", 0),
+            )
+            families: list[object] = [frames, frame_bytes, body, mmtp, refused, idle, slow]
+            for name, value in sorted(stats.items()):
+                if not isinstance(value, int):
+                    continue
+                if name in _NATIVE_GAUGES:
+                    families.append(
+                        GaugeMetricFamily(f"channel_engine_{name}", f"native engine: {name}", value)
+                    )
+                else:
+                    families.append(
+                        CounterMetricFamily(
+                            f"channel_engine_{name}", f"native engine: {name}", value=value
+                        )
+                    )
+            return families
+
+    metrics.registry.register(_NativeCollector())  # type: ignore[arg-type]

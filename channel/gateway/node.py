@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,15 @@ from pathlib import Path
 from channel.config import GatewayConfig
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
+from channel.engine.native import NativeEngine
 from channel.engine.pymqtt import PyMqttListener
 from channel.engine.python import PythonEngine
 from channel.gateway.builtin import builtin_response
-from channel.gateway.collectors import register_push_collector, register_wire_collector
+from channel.gateway.collectors import (
+    register_native_collector,
+    register_push_collector,
+    register_wire_collector,
+)
 from channel.logs import fields
 from channel.metrics import GatewayMetrics
 from channel.mmtp.service import MmtpService
@@ -40,11 +44,11 @@ from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.router import RpcRouter
 from channel.security.auth import Authenticator
 from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
-from channel.security.tickets import TicketKeyRing, TicketSealer
-from channel.security.tls import server_ssl_context
+from channel.security.tickets import TicketKeyRing, TicketSealer, tls_ticket_keys
+from channel.security.tls import TlsFiles
 from channel.security.tokens import TokenVerifier, key_id_from_path, load_public_key
 from channel.sessions import Session, SessionRegistry
-from channel.wire import BodyCodec, DictionaryStore, ErrorCode
+from channel.wire import BodyCodec, DictionaryStore, ErrorCode, FrameType
 
 log = logging.getLogger("channel.node")
 
@@ -70,7 +74,7 @@ class GatewayNode:
         self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
         self.dev_token_key: Path | None = None
         self.ca_cert: Path | None = None
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(native_engine=config.server.engine == "native")
         self.registry = SessionRegistry()
         self.router = router or RpcRouter(RoutingConfig.from_dict(config.rpc))
         authenticator = self._make_authenticator()
@@ -82,9 +86,12 @@ class GatewayNode:
             body_codec=self.body_codec,
             upstream=self.call_upstream,
         )
-        register_wire_collector(self.metrics.registry, self.mmtp.wire, self.body_codec)
         register_push_collector(self.metrics.registry, lambda: self.delivery)
-        self.engine = PythonEngine(self.mmtp)
+        self.engine = self._make_engine()
+        if isinstance(self.engine, NativeEngine):
+            register_native_collector(self.metrics, self.engine)
+        else:
+            register_wire_collector(self.metrics.registry, self.mmtp.wire, self.body_codec)
         self.mqtt = MqttService(
             config,
             authenticator=MqttAuthenticator(
@@ -127,6 +134,7 @@ class GatewayNode:
             keys[key_id] = load_public_key(path)
         verifier = TokenVerifier(keys, leeway_s=auth.token_leeway_s)
         secret = auth.ticket_secret.encode() if auth.ticket_secret else _dev_ticket_secret(state)
+        self._ticket_secret = secret
         ring = TicketKeyRing.from_master_secret(
             secret, auth.ticket_key_id, auth.ticket_accepted_key_ids
         )
@@ -138,7 +146,7 @@ class GatewayNode:
             allow_client_certificates=bool(self.config.tls.client_ca),
         )
 
-    def _ssl_context(self, alpn: tuple[str, ...] = ("mmtp/1",)) -> ssl.SSLContext:
+    def _tls_files(self) -> TlsFiles:
         tls = self.config.tls
         if tls.cert:
             cert, key = Path(tls.cert), Path(tls.key)
@@ -149,20 +157,43 @@ class GatewayNode:
                 "using the dev certificate",
                 extra=fields(ca=str(dev.ca_cert), cert=str(cert), sha256=dev.fingerprint_sha256),
             )
-        return server_ssl_context(
+        if tls.require_client_cert and not tls.client_ca:
+            raise ValueError("require_client_cert needs client_ca: the CA that signs device certs")
+        return TlsFiles(
             cert,
             key,
             client_ca=Path(tls.client_ca) if tls.client_ca else None,
             require_client_cert=tls.require_client_cert,
-            alpn=alpn,
         )
 
+    def _make_engine(self) -> PythonEngine | NativeEngine:
+        if self.config.server.engine == "python":
+            return PythonEngine(self.mmtp)
+        try:
+            from channel._engine import Engine
+        except ImportError as exc:
+            raise RuntimeError(
+                "the native engine (channel._engine) is not built: reinstall with "
+                '`pip install -e .` (needs Rust), or set [server] engine = "python"'
+            ) from exc
+        return NativeEngine(self.mmtp, Engine)
+
     async def start(self) -> NodeAddresses:
-        ssl_context = self._ssl_context()
+        tls = self._tls_files()
         await self.router.start()
         await self._start_push()
-        device_port = await self.engine.start(ssl_context)
-        mqtt_port, mqtt_tcp_port = await self._start_mqtt()
+        if isinstance(self.engine, NativeEngine):
+            auth = self.config.auth
+            device_port = await self.engine.start(
+                tls,
+                tls_ticket_keys(
+                    self._ticket_secret, auth.ticket_key_id, auth.ticket_accepted_key_ids
+                ),
+            )
+            self.registry.fanout_engines.append(self.engine)
+        else:
+            device_port = await self.engine.start(tls)
+        mqtt_port, mqtt_tcp_port = await self._start_mqtt(tls)
         from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
 
@@ -232,20 +263,26 @@ class GatewayNode:
             return redis_mqtt_store(self.backend, self.config.push)
         return MemoryMqttStore()
 
-    async def _start_mqtt(self) -> tuple[int, int]:
-        """The MQTT front and its listeners: (TLS port, plain TCP port), 0 when off."""
+    async def _start_mqtt(self, tls: TlsFiles) -> tuple[int, int]:
+        """The MQTT front and its listeners on the node's engine: (TLS port, plain TCP
+        port), 0 when off."""
         assert self.backend is not None and self.delivery is not None
         await self.mqtt.start(self._mqtt_store(), self.backend, self.delivery)
         mqtt = self.config.mqtt
+        host = mqtt.host or self.config.server.host
+        engine = self.engine
+        if isinstance(engine, NativeEngine):
+            engine.mqtt_front = self.mqtt
+            tls_port = engine.listen("mqtt", host, mqtt.port, tls=True) if mqtt.enabled else 0
+            tcp_port = (
+                engine.listen("mqtt", host, mqtt.tcp_port, tls=False) if mqtt.tcp_port >= 0 else 0
+            )
+            return tls_port, tcp_port
         if not mqtt.enabled and mqtt.tcp_port < 0:
             return 0, 0
         listener = self.mqtt_listener = PyMqttListener(self.config, self.engine, self.mqtt)
-        host = mqtt.host or self.config.server.host
-        tls_port = (
-            await listener.listen(host, mqtt.port, self._ssl_context(("mqtt",)))
-            if mqtt.enabled
-            else 0
-        )
+        context = tls.server_context(alpn=("mqtt",))
+        tls_port = await listener.listen(host, mqtt.port, context) if mqtt.enabled else 0
         tcp_port = await listener.listen(host, mqtt.tcp_port, None) if mqtt.tcp_port >= 0 else 0
         return tls_port, tcp_port
 
@@ -347,6 +384,13 @@ class GatewayNode:
         if self.backend is not None:
             await self.backend.close()
         await self.router.close()
+
+    def frames_received(self, frame_type: FrameType) -> int:
+        """MMTP frames of this type devices sent this node (either engine)."""
+        if isinstance(self.engine, NativeEngine):
+            frames: dict[str, int] = self.engine.stats().get("frames_in", {})
+            return frames.get(frame_type.name, 0)
+        return self.mmtp.wire.frames.received[frame_type]
 
     # ------------------------------------------------------------ announcing
 

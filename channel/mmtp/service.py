@@ -22,6 +22,7 @@ from channel.rpc.model import RpcRequest, RpcResponse
 from channel.security.auth import Authenticator, AuthFailure, AuthResult
 from channel.sessions import SessionRegistry, jittered
 from channel.wire import BodyCodec, ErrorCode, FrameCounters, Hello, Limits
+from channel.wire.presets import known_presets, preset_by_id
 
 log = logging.getLogger("channel.mmtp")
 
@@ -106,6 +107,22 @@ class MmtpService:
         self.metrics.handshakes.labels("resumed" if resumed else "full").inc()
         if fast_open:
             self.metrics.fast_open_handshakes.inc()
+
+    # ------------------------------------------------------- the native engine
+
+    def presets_for_engine(self) -> list[tuple[int, str, list[tuple[str, str]]]]:
+        """Every preset this process knows (the native engine builds in 0 and 1)."""
+        presets = []
+        for preset_id in known_presets():
+            if preset_id in (0, 1):
+                continue
+            preset = preset_by_id(preset_id)
+            presets.append((preset_id, preset.name, [tuple(e) for e in preset.entries]))
+        return presets  # type: ignore[return-value]
+
+    def dictionaries_for_engine(self) -> list[bytes]:
+        """The body codec's dictionaries as ``.mmtpdict`` files."""
+        return [d.to_file_bytes() for d in self.body_codec.dictionaries]
 
     # --------------------------------------------------------------- requests
 

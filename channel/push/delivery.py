@@ -117,6 +117,9 @@ class NodeDelivery:
         self._call_seq = 0
         self._flushed: list[asyncio.Future[None]] = []
         self._consumer: asyncio.Task[None] | None = None
+        # Fan-outs for native engines waiting out fanout_linger_ms, and the timer.
+        self._native_pending: list[tuple[FanoutEngine, FanoutPush, list[Session] | None]] = []
+        self._native_timer: asyncio.TimerHandle | None = None
         #: Ready sessions the ring writes fan-outs to (their engine does not fan out).
         self._ring_sessions: dict[Session, None] = {}
         self._ring: FanoutRing[Session, FanoutPush] = FanoutRing(
@@ -266,13 +269,19 @@ class NodeDelivery:
         self._fanout_acks.update(counts)
         self._wake.set()
 
-    def push_failed(self, session: Session, message_id: str, reason: str) -> None:
-        """A queued push the engine found this device can never take (its limits)."""
+    def push_failed(
+        self, session: Session, message_id: str, reason: str, permanent: bool = True
+    ) -> None:
+        """A queued push the engine did not write: one this device can never take (its
+        limits: reported failed and dropped), or, not ``permanent``, one it cannot take
+        now (too many unacknowledged): left in the queue for the next connection."""
         state = self._state.get(session)
         mark = state.message_ids.pop(message_id, None) if state is not None else None
+        if not permanent or mark == _UNQUEUED_MARK:
+            return
         if mark == _QUIET_MARK:
             self._acked.append((session.device_id, message_id, ""))
-        elif mark != _UNQUEUED_MARK:
+        else:
             self._fail(session, message_id, reason)
         self._wake.set()
 
@@ -500,7 +509,7 @@ class NodeDelivery:
                 audience: frozenset[Session] | None = frozenset(ring_members)
             else:
                 for engine in self.registry.fanout_engines:
-                    self.pushes_written += engine.fanout([push], None)
+                    self._native_fanout(engine, push, None)
                 audience = None
             if everyone is None:
                 everyone = [s for s in self._ring_sessions if s in self._state]
@@ -528,8 +537,29 @@ class NodeDelivery:
             else:
                 native.setdefault(engine, []).append(session)
         for engine, group in native.items():
-            self.pushes_written += engine.fanout([push], group)
+            self._native_fanout(engine, push, group)
         return ring
+
+    def _native_fanout(
+        self, engine: FanoutEngine, push: FanoutPush, group: list[Session] | None
+    ) -> None:
+        """One push for an engine that fans out itself. With ``fanout_linger_ms``, fan-outs
+        arriving within the linger go down together, so the engine writes each device
+        once for all of them (as the ring does for the other sessions)."""
+        linger_s = self.config.fanout_linger_ms / 1000
+        if linger_s <= 0:
+            self.pushes_written += engine.fanout([push], group)
+            return
+        self._native_pending.append((engine, push, group))
+        if self._native_timer is None:
+            loop = asyncio.get_running_loop()
+            self._native_timer = loop.call_later(linger_s, self._flush_native_fanout)
+
+    def _flush_native_fanout(self) -> None:
+        self._native_timer = None
+        pending, self._native_pending = self._native_pending, []
+        for engine, push, group in pending:
+            self.pushes_written += engine.fanout([push], group)
 
     @property
     def fanout_pending(self) -> int:

@@ -157,6 +157,27 @@ def derive_ticket_key(master_secret: bytes, key_id: int) -> bytes:
     return hkdf.derive(master_secret)
 
 
+def tls_ticket_keys(
+    master_secret: bytes, current_key_id: int, accepted_key_ids: Iterable[int] = ()
+) -> tuple[int, list[tuple[int, bytes]]]:
+    """TLS session ticket keys for the native engine, derived from the fleet's ticket
+    secret apart from the MMTP resume-ticket keys (another HKDF label): every node and
+    worker derives the same keys, so a device resumes its TLS session wherever it lands.
+    Returns (current key id, [(key id, 32-byte key)]) with the current key first."""
+    ids = [current_key_id, *(k for k in accepted_key_ids if k != current_key_id)]
+    keys = []
+    for key_id in ids:
+        check_key_id(key_id)
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(),
+            length=TICKET_KEY_BYTES,
+            salt=_HKDF_SALT,
+            info=b"tls session ticket key " + bytes((key_id,)),
+        )
+        keys.append((key_id, hkdf.derive(master_secret)))
+    return current_key_id, keys
+
+
 class TicketKeyRing:
     """The sealing key and the keys still accepted for opening, by one-byte id."""
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from channel.wire.hello import ALPN_PROTOCOL
@@ -81,6 +82,26 @@ def server_ssl_context(
         context.load_verify_locations(cafile=client_ca)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A listener's certificate files: what both engines load (``[tls]`` or the dev CA)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+
+    def server_context(self, alpn: tuple[str, ...] = (ALPN_PROTOCOL,)) -> ssl.SSLContext:
+        """The Python engine's ``ssl`` context for these files (selecting ``alpn``)."""
+        return server_ssl_context(
+            self.cert,
+            self.key,
+            client_ca=self.client_ca,
+            require_client_cert=self.require_client_cert,
+            alpn=alpn,
+        )
 
 
 def client_ssl_context(

@@ -49,7 +49,7 @@ class FanoutPush:
 class FanoutEngine(Protocol):
     """An engine that writes a fan-out push to many of its sessions in one call."""
 
-    def fanout(self, pushes: Sequence[FanoutPush], sessions: Sequence[Session] | None) -> int:
+    def fanout(self, pushes: Sequence[FanoutPush], sessions: Sequence[Session] | None, /) -> int:
         """Write ``pushes`` to ``sessions`` (None: every ready session of this engine);
         returns how many writes were made."""
         ...
@@ -151,7 +151,9 @@ class SessionListener(Protocol):
 
     def fanout_acks(self, counts: dict[str, int]) -> None: ...
 
-    def push_failed(self, session: Session, message_id: str, reason: str) -> None: ...
+    def push_failed(
+        self, session: Session, message_id: str, reason: str, permanent: bool = True
+    ) -> None: ...
 
 
 def jittered(base_ms: int, spread: float = 0.5) -> int:

@@ -76,9 +76,12 @@ class SessionRegistry:
         if self.listener is not None and counts:
             self.listener.fanout_acks(counts)
 
-    def push_failed(self, session: Session, message_id: str, reason: str) -> None:
+    def push_failed(
+        self, session: Session, message_id: str, reason: str, permanent: bool = True
+    ) -> None:
+        """An engine did not write a tracked push (``permanent``: it never will)."""
         if self.listener is not None:
-            self.listener.push_failed(session, message_id, reason)
+            self.listener.push_failed(session, message_id, reason, permanent)
 
     # ---------------------------------------------------------------- waiting
 

@@ -104,6 +104,11 @@ def known_presets() -> tuple[int, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def preset_by_id(preset_id: int) -> Preset:
+    """A registered preset; ``KeyError`` if none has this id."""
+    return _REGISTRY[preset_id]
+
+
 def preset_entries(preset_id: int) -> PresetEntries:
     try:
         return _REGISTRY[preset_id].entries

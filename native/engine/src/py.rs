@@ -97,6 +97,7 @@ const CONFIG_KEYS: &[&str] = &[
     "max_header_list_size",
     "max_body_size",
     "max_concurrent_streams",
+    "max_hello_size",
     "tls_cert_pem",
     "tls_key_pem",
     "tls_client_ca_pem",
@@ -157,6 +158,7 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
             "max_header_list_size" => c.mmtp.max_header_list_size = int()?,
             "max_body_size" => c.mmtp.max_body_size = int()?,
             "max_concurrent_streams" => c.mmtp.max_concurrent_streams = int()?,
+            "max_hello_size" => c.mmtp.max_hello_size = int()?,
             "tls_cert_pem" => cert = Some(bytes_of(&value, "Engine config tls_cert_pem")?),
             "tls_key_pem" => key = Some(bytes_of(&value, "Engine config tls_key_pem")?),
             "tls_client_ca_pem" => {

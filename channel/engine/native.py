@@ -1,0 +1,511 @@
+"""The native engine's Python face: ``channel._engine`` under the gateway's policy.
+
+The Rust engine (``native/engine``) owns sockets, TLS, MMTP framing and
+state, deadlines, fan-out and ACK parsing on its own thread. This module turns
+its event batches into calls on the MMTP policy (``MmtpService``,
+``MmtpSession``) and the session registry, and the commands those make into
+one ``submit`` per event-loop turn: one wake-up (an eventfd the loop watches)
+delivers every event the engine gathered, and whatever a turn decided goes
+down in one call. The boundary is ``native/engine/BOUNDARY.md``.
+
+Per authenticated device Python keeps one small ``NativeMmtpSession`` (its
+connection id and identity); connections that have not sent a HELLO, and
+everything per frame, stay in Rust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from channel.logs import fields
+from channel.mmtp.session import MmtpSession
+from channel.rpc.model import RpcResponse
+from channel.security.auth import AuthFailure, AuthResult
+from channel.sessions import FanoutPush, Headers, Session, jittered
+from channel.wire import ErrorCode, Hello
+
+if TYPE_CHECKING:
+    from channel._engine import Engine
+    from channel.mmtp.service import MmtpService
+    from channel.security.tls import TlsFiles
+
+log = logging.getLogger("channel.engine")
+
+#: PUSH_FAILED reasons that say nothing about the message (the connection is gone, or
+#: too many pushes await their ACK): it stays queued for the device's next connection.
+_TRANSIENT_PUSH_FAILURES = ("closed",)
+_TOO_MANY_UNACKED = "await their ACK on this connection"
+
+
+class MqttHandler(Protocol):
+    """One MQTT connection's protocol object, fed whole packets by the native engine."""
+
+    def packets_received(self, packets: list[bytes]) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+
+class MqttFront(Protocol):
+    """Where MQTT connections go (``channel/mqtt``): one handler per connection."""
+
+    def opened(self, transport: NativeMqttTransport) -> MqttHandler: ...
+
+
+class NativeEngine:
+    """See the module docstring."""
+
+    name = "native"
+
+    def __init__(self, service: MmtpService, engine_factory: Callable[..., Engine]) -> None:
+        self.service = service
+        self.config = service.config
+        self._factory = engine_factory
+        self._engine: Engine | None = None
+        self._sessions: dict[int, NativeMmtpSession] = {}
+        self._mqtt: dict[int, MqttHandler] = {}
+        self.mqtt_front: MqttFront | None = None
+        self._commands: list[tuple[Any, ...]] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_token = 0
+        self.draining = False
+        self._all_gone: asyncio.Event | None = None
+        #: FANOUT commands the engine finished: (deliveries written, connections skipped).
+        self.fanout_written = 0
+        self.fanout_skipped = 0
+        #: HELLOs refused because the node is draining (channel_refused_connections).
+        self.refused_draining = 0
+
+    # ---------------------------------------------------------------- start
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "the native engine is not started"
+        return self._engine
+
+    def build(self, tls: TlsFiles, tls_ticket_keys: tuple[int, list[tuple[int, bytes]]]) -> None:
+        """Make the Rust engine (its thread starts here) from the node's configuration."""
+        config = self.config
+        server, limits, native = config.server, config.limits, config.native
+        current_key, keys = tls_ticket_keys
+        settings: dict[str, Any] = {
+            "max_connections": server.max_connections,
+            "max_connections_per_ip": server.max_connections_per_ip,
+            "handshake_timeout_ms": round(server.handshake_timeout_s * 1000),
+            "idle_factor": config.heartbeat.idle_factor,
+            "send_buffer_high_water_bytes": limits.send_buffer_high_water_bytes,
+            "slow_consumer_grace_ms": round(limits.slow_consumer_grace_s * 1000),
+            "max_frame_size": limits.max_frame_size,
+            "header_table_size": limits.header_table_size,
+            "max_header_list_size": limits.max_header_list_size,
+            "max_body_size": limits.max_body_size,
+            "max_concurrent_streams": limits.max_concurrent_streams,
+            "max_hello_size": limits.max_hello_size,
+            # The MQTT front's packet limit, enforced from the fixed header before buffering.
+            "mqtt_max_packet_size": config.mqtt.max_packet_size_bytes,
+            "tls_cert_pem": tls.cert.read_bytes(),
+            "tls_key_pem": tls.key.read_bytes(),
+            "ticket_key_id": current_key,
+            "ticket_keys": keys,
+            **dataclasses.asdict(native),
+        }
+        if tls.client_ca is not None:
+            settings["tls_client_ca_pem"] = tls.client_ca.read_bytes()
+            settings["tls_require_client_cert"] = tls.require_client_cert
+        presets = self.service.presets_for_engine()
+        if presets:
+            settings["presets"] = presets
+        dictionaries = self.service.dictionaries_for_engine()
+        if dictionaries:
+            settings["dictionaries"] = dictionaries
+        self._engine = self._factory(settings)
+
+    async def start(
+        self, tls: TlsFiles, tls_ticket_keys: tuple[int, list[tuple[int, bytes]]]
+    ) -> int:
+        """Listen for devices; returns the MMTP port."""
+        self.build(tls, tls_ticket_keys)
+        server = self.config.server
+        loop = self._loop = asyncio.get_running_loop()
+        loop.add_reader(self.engine.event_fd(), self._on_events)
+        return self.listen("mmtp", server.host, server.port, tls=True)
+
+    def listen(self, kind: str, host: str, port: int, *, tls: bool) -> int:
+        """Another listener on this engine (the MQTT front's); returns the real port."""
+        server = self.config.server
+        reuse_port = server.reuse_port or server.workers > 1
+        return self.engine.listen(
+            kind,  # type: ignore[arg-type]
+            host,
+            port,
+            tls=tls,
+            reuse_port=reuse_port,
+            backlog=4096,
+            fast_open_queue=max(0, server.tcp_fastopen_queue),
+        )
+
+    # ------------------------------------------------------------- commands
+
+    def command(self, command: tuple[Any, ...]) -> None:
+        """Queue a command for this turn's ``submit``."""
+        self._commands.append(command)
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush_commands)
+
+    def flush_commands(self) -> None:
+        self._flush_scheduled = False
+        commands, self._commands = self._commands, []
+        if commands and self._engine is not None:
+            self._engine.submit(commands)
+
+    def next_call_token(self) -> int:
+        self._next_token += 1
+        return self._next_token
+
+    # --------------------------------------------------------------- events
+
+    def _on_events(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            for event in engine.take_events():
+                handler = self._handlers.get(event[0])
+                if handler is not None:
+                    handler(self, event)
+        except Exception:
+            log.exception("native engine event failed")
+        self.flush_commands()
+
+    def _hello(self, event: tuple[Any, ...]) -> None:
+        _, conn, _peer_ip, fields_, cert_cn, fast_open = event
+        service = self.service
+        if self.draining:
+            self.metric_refused(ErrorCode.SHUTTING_DOWN)
+            self.command(
+                (
+                    "REJECT",
+                    conn,
+                    ErrorCode.SHUTTING_DOWN,
+                    "node is draining; reconnect elsewhere",
+                    service.retry_hint_ms(),
+                )
+            )
+            return
+        hello = Hello(**fields_)
+        try:
+            result = service.authenticate(hello, cert_cn)
+        except AuthFailure as failure:
+            self.command(("REJECT", conn, failure.code, failure.message, 0))
+            return
+        self.command(
+            (
+                "ACCEPT",
+                conn,
+                result.session_id,
+                result.resume_ticket,
+                service.heartbeat_for(hello.heartbeat_s),
+                int(time.time() * 1000),
+                result.resumed,
+            )
+        )
+        # The ticket went out in HELLO_ACK; no secret outlives its use.
+        session = NativeMmtpSession(self, conn, dataclasses.replace(result, resume_ticket=b""))
+        self._sessions[conn] = session
+        service.authenticated(result.resumed, fast_open)
+        service.registry.add(session)
+
+    def _request(self, event: tuple[Any, ...]) -> None:
+        _, conn, stream_id, op, headers, body = event
+        session = self._sessions.get(conn)
+        if session is not None:
+            session.on_request(stream_id, op, headers, body)
+
+    def _answer(self, event: tuple[Any, ...]) -> None:
+        _, conn, token, status, headers, body, retry_after_ms, message = event
+        session = self._sessions.get(conn)
+        if session is not None:
+            session.on_answer(token, RpcResponse(status, headers, body, retry_after_ms, message))
+
+    def _acks(self, event: tuple[Any, ...]) -> None:
+        _, conn, message_ids = event
+        session = self._sessions.get(conn)
+        if session is not None:
+            self.service.registry.acks(session, [m.decode() for m in message_ids])
+
+    def _fanout_acks(self, event: tuple[Any, ...]) -> None:
+        self.service.registry.fanout_acks({m.decode(): n for m, n in event[1].items()})
+
+    def _fanout_done(self, event: tuple[Any, ...]) -> None:
+        self.fanout_written += event[2]
+        self.fanout_skipped += event[3]
+
+    def _push_failed(self, event: tuple[Any, ...]) -> None:
+        _, conn, message_id, reason = event
+        session = self._sessions.get(conn)
+        if session is None:
+            return  # the connection is gone: the push stays queued for the next one
+        permanent = reason not in _TRANSIENT_PUSH_FAILURES and _TOO_MANY_UNACKED not in reason
+        self.service.registry.push_failed(session, message_id.decode(), reason, permanent)
+
+    def _cancel(self, event: tuple[Any, ...]) -> None:
+        session = self._sessions.get(event[1])
+        if session is not None:
+            session.on_cancel(event[2])
+
+    def _goaway(self, event: tuple[Any, ...]) -> None:
+        session = self._sessions.get(event[1])
+        if session is not None:
+            # The device is leaving (app to background): finish, then close.
+            session.draining_started()
+            session.close_when_idle()
+
+    def _closed(self, event: tuple[Any, ...]) -> None:
+        conn = event[1]
+        session = self._sessions.pop(conn, None)
+        if session is not None:
+            session.gone()
+            self.service.registry.remove(session)
+        handler = self._mqtt.pop(conn, None)
+        if handler is not None:
+            handler.connection_lost()
+        if not self._sessions and not self._mqtt and self._all_gone is not None:
+            self._all_gone.set()
+
+    def _mqtt_open(self, event: tuple[Any, ...]) -> None:
+        _, conn, peer_ip, cert_cn, tls = event
+        front = self.mqtt_front
+        if front is None:
+            self.command(("ABORT", conn))
+            return
+        self._mqtt[conn] = front.opened(NativeMqttTransport(self, conn, peer_ip, cert_cn, tls))
+
+    def _mqtt_packets(self, event: tuple[Any, ...]) -> None:
+        handler = self._mqtt.get(event[1])
+        if handler is not None:
+            handler.packets_received(event[2])
+
+    _handlers: ClassVar[dict[str, Callable[[NativeEngine, tuple[Any, ...]], None]]] = {
+        "HELLO": _hello,
+        "REQUEST": _request,
+        "ANSWER": _answer,
+        "ACKS": _acks,
+        "FANOUT_ACKS": _fanout_acks,
+        "FANOUT_DONE": _fanout_done,
+        "PUSH_FAILED": _push_failed,
+        "CANCEL": _cancel,
+        "GOAWAY": _goaway,
+        "CLOSED": _closed,
+        "MQTT_OPEN": _mqtt_open,
+        "MQTT_PACKETS": _mqtt_packets,
+    }
+
+    def metric_refused(self, code: ErrorCode) -> None:
+        # The other refusals (limits) are the engine's own counters (stats()).
+        if code is ErrorCode.SHUTTING_DOWN:
+            self.refused_draining += 1
+
+    # --------------------------------------------------------------- fan-out
+
+    def fanout(self, pushes: Sequence[FanoutPush], sessions: Sequence[Session] | None) -> int:
+        """Hand fan-out pushes to the engine: encoded once, written to each target by
+        Rust. ``sessions`` None: every accepted MMTP connection of this engine."""
+        if sessions is None:
+            targets: list[int] | None = None
+            count = len(self._sessions)
+        else:
+            targets = [s.conn for s in sessions if isinstance(s, NativeMmtpSession)]
+            count = len(targets)
+            if not targets:
+                return 0
+        for push in pushes:
+            self.command(("FANOUT", push.message_id.encode(), push.headers, push.body, targets))
+        return count * len(pushes)
+
+    # ---------------------------------------------------------------- drain
+
+    @property
+    def connection_count(self) -> int:
+        """Authenticated devices (MMTP) and MQTT connections held by this engine."""
+        return len(self._sessions) + len(self._mqtt)
+
+    def stop_accepting(self) -> None:
+        if self._engine is not None:
+            self._engine.close_listeners()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting, tell every device to reconnect later, finish calls, close."""
+        self.draining = True
+        self.stop_accepting()
+        base = self.config.server.reconnect_after_ms
+        for session in list(self._sessions.values()):
+            session.goaway(ErrorCode.SHUTTING_DOWN, jittered(base), "node restarting")
+        self.flush_commands()
+        self._all_gone = asyncio.Event()
+        if self._sessions or self._mqtt:
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), timeout_s)
+            except TimeoutError:
+                log.warning("drain timed out", extra=fields(left=self.connection_count))
+        for conn in list(self._sessions) + list(self._mqtt):
+            self.command(("ABORT", conn))
+        self.flush_commands()
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(engine.event_fd())
+        # The engine thread is joined without the GIL (close_listeners/shutdown release it).
+        await asyncio.to_thread(engine.shutdown)
+
+    def stats(self) -> dict[str, Any]:
+        return self._engine.stats() if self._engine is not None else {}
+
+
+class NativeMmtpSession(MmtpSession):
+    """One authenticated device held by the native engine: an id and who it is."""
+
+    __slots__ = ("_closing", "_connected", "_draining", "_native", "conn")
+
+    def __init__(self, engine: NativeEngine, conn: int, auth: AuthResult) -> None:
+        super().__init__(engine.service)
+        self._native = engine
+        self.conn = conn
+        self.auth = auth
+        self._closing = False
+        self._connected = True
+        self._draining = False
+
+    @property
+    def fanout_engine(self) -> NativeEngine:  # type: ignore[override]
+        return self._native
+
+    # -------------------------------------------------------------- pushes
+
+    def push(self, message_id: str, body: bytes, headers: Headers, tracked: bool) -> str | None:
+        # Whether it fits the device's limits is known in Rust: a refusal comes back as
+        # PUSH_FAILED (registry.push_failed).
+        self._native.command(("PUSH", self.conn, message_id.encode(), headers, body, tracked))
+        return None
+
+    def push_fanout(self, pushes: Sequence[FanoutPush]) -> int:
+        return self._native.fanout(pushes, [self])
+
+    def flush(self) -> None:
+        """Commands go down at the end of the loop turn, with every other session's."""
+
+    # -------------------------------------------------- MmtpSession primitives
+
+    def _send_answer(self, stream_id: int, response: RpcResponse) -> None:
+        # Too large for the device: the engine ends the stream with UPSTREAM_ERROR.
+        body = response.body if response.status == 0 else response.body or response.message.encode()
+        self._native.command(
+            ("RESPOND", self.conn, stream_id, response.status, response.headers, body)
+        )
+
+    def _send_stream_error(
+        self, stream_id: int, code: ErrorCode, message: str, retry_after_ms: int = 0
+    ) -> None:
+        self._native.command(("STREAM_ERROR", self.conn, stream_id, code, message, retry_after_ms))
+
+    def _start_call(self, op: str, body: bytes, headers: Headers) -> int | RpcResponse:
+        token = self._native.next_call_token()
+        self._native.command(("CALL", self.conn, token, op, headers, body))
+        return token
+
+    def _cancel_call(self, key: int) -> None:
+        if not self._closing:
+            self._native.command(("CANCEL_CALL", self.conn, key))
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._native.command(("CLOSE", self.conn))
+
+    @property
+    def _gone(self) -> bool:
+        return self._closing or not self._connected
+
+    # --------------------------------------------------------------- closing
+
+    def goaway(self, code: ErrorCode, reconnect_after_ms: int, message: str) -> None:
+        if self._closing or self._draining:
+            self._close()
+            return
+        self._draining = True
+        self._native.command(("GOAWAY", self.conn, code, reconnect_after_ms, message))
+        # Requests the device sent before it saw the GOAWAY are still on the wire: give
+        # them time to arrive (REFUSED_STREAM, replayed elsewhere) before closing.
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._service.config.server.goaway_grace_s, self.close_when_idle)
+
+    def end(self, code: ErrorCode, message: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._native.command(("END", self.conn, code, message))
+
+    def abort(self) -> None:
+        self._closing = True
+        self._native.command(("ABORT", self.conn))
+
+    def draining_started(self) -> None:
+        self._draining = True
+
+    def gone(self) -> None:
+        """The engine closed the connection (CLOSED): fail what waited for the device."""
+        self._closing = True
+        self._connected = False
+        self.connection_gone()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+
+class NativeMqttTransport:
+    """How an MQTT connection held by the native engine writes (``channel/mqtt``)."""
+
+    __slots__ = ("_native", "client_cert_cn", "conn", "peer_ip", "tls")
+
+    def __init__(
+        self, engine: NativeEngine, conn: int, peer_ip: str, client_cert_cn: str | None, tls: bool
+    ) -> None:
+        self._native = engine
+        self.conn = conn
+        self.peer_ip = peer_ip
+        self.client_cert_cn = client_cert_cn
+        self.tls = tls
+
+    def write(self, data: bytes) -> None:
+        self._native.command(("MQTT_WRITE", self.conn, data))
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def close(self) -> None:
+        self._native.command(("CLOSE", self.conn))
+
+    def abort(self) -> None:
+        self._native.command(("ABORT", self.conn))
+
+    def set_idle(self, timeout_ms: int) -> None:
+        """Keepalive × 1.5 (0: none); also ends the handshake deadline (send with CONNACK)."""
+        self._native.command(("SET_IDLE", self.conn, timeout_ms))
