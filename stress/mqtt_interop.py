@@ -74,13 +74,15 @@ def _free(port: int) -> bool:
     return True
 
 
-def start_gateway(state: Path, tcp_port: int) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+def start_gateway(
+    state: Path, tcp_port: int, engine: str
+) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
     config = state / "interop.toml"
     config.write_text(INTEROP_TOML)
     args = [sys.executable, "-m", "channel", "serve", "--config", str(config),
             "--state-dir", str(state), "--port", "0", "--admin-port", "0", "--api-port", "0",
             "--mqtt-port", "0", "--mqtt-tcp-port", str(tcp_port),
-            "--log-level", "warning"]  # fmt: skip
+            "--engine", engine, "--log-level", "warning"]  # fmt: skip
     log = (state / "gateway.log").open("wb")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
     assert proc.stdout is not None
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, required=True, help="the interoperability/ folder")
     parser.add_argument("--tcp-port", type=int, default=1883, help="plain TCP MQTT port")
     parser.add_argument("--only", choices=["3.1.1", "5.0"], help="run one of the two files")
+    parser.add_argument("--engine", choices=["native", "python"], default="native")
     parser.add_argument("--json", type=Path, default=Path("stress/results/mqtt_interop.json"))
     args = parser.parse_args(argv)
     suite = args.suite.resolve()
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"port {args.tcp_port} is taken (the 3.1.1 file can only use 1883)")
     results: list[SuiteResult] = []
     with tempfile.TemporaryDirectory(prefix="channel-interop-") as tmp:
-        proc, info = start_gateway(Path(tmp), args.tcp_port)
+        proc, info = start_gateway(Path(tmp), args.tcp_port, args.engine)
         try:
             port = int(str(info["mqtt_tcp_port"]))
             for level, name, with_port in SUITES:
@@ -134,11 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(30)
+    print(f"engine {args.engine}")
     print(f"{'level':<7} {'passed':>7} {'of':>4}  failing")
     for r in results:
         print(f"{r.level:<7} {r.passed:>7} {r.ran:>4}  {', '.join(r.failing) or '-'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "results": [asdict(r) for r in results]}
+    report = {
+        "machine": machine_info(),
+        "engine": args.engine,
+        "results": [asdict(r) for r in results],
+    }
     args.json.write_text(json.dumps(report, indent=2))
     return 0 if all(r.passed == r.ran and r.ran for r in results) else 1
 

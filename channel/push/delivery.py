@@ -389,6 +389,7 @@ class NodeDelivery:
             Receipt(message_id, PushStatus.FAILED, session.device_id, now_ms(), reason)
         )
         self._acked.append((session.device_id, message_id))
+        self._wake.set()  # else the receipt waits for whatever wakes the flush next
 
     def _deliver_device(
         self,
