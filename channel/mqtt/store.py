@@ -95,20 +95,14 @@ class MemoryMqttStore:
         self._global: dict[tuple[str, str], GlobalEntry] = {}
         self._retained: dict[str, dict[str, bytes]] = {}
 
-    def _live(self, client_id: str, now_ms: int) -> SessionRecord | None:
-        record = self._sessions.get(client_id)
-        if record is not None and record.expired(now_ms):
-            del self._sessions[client_id]
-            return None
-        return record
-
     async def open(
         self, client_id: str, clean_start: bool, expiry_s: int, now_ms: int
     ) -> tuple[bool, SessionRecord]:
-        old = self._live(client_id, now_ms)
-        generation = (self._sessions[client_id].generation if client_id in self._sessions
-                      else 0) + 1  # fmt: skip
-        present = old is not None and not clean_start
+        old = self._sessions.get(client_id)
+        # The generation outlives the session: fencing must hold across an expiry too.
+        generation = (old.generation if old is not None else 0) + 1
+        alive = old is not None and old.expiry_s > 0 and not old.expired(now_ms)
+        present = alive and not clean_start
         record = old if present and old is not None else SessionRecord(client_id)
         record.generation = generation
         record.expiry_s = expiry_s
