@@ -52,6 +52,7 @@ from channel.wire import (
     Role,
     StreamErrorReceived,
 )
+from sdk_client.tcp import release_after_failed_handoff
 
 #: Raises RLIMIT_NOFILE to the hard limit, then runs the ``channel`` CLI in this process
 #: (so the announced pid is the node's pid: RSS and CPU are read from it).
@@ -622,9 +623,13 @@ async def connect_link(
             fastopen.enable_on_client(sock)
         sock.bind((source_ip, 0))
         await loop.sock_connect(sock, (host, port))
-        await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         sock.close()
+        raise
+    try:
+        await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        release_after_failed_handoff(sock)
         raise
 
 

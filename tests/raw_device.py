@@ -14,6 +14,7 @@ from pathlib import Path
 
 from channel.security.tls import client_ssl_context
 from channel.wire import Connection, ConnectionErrorReceived, Event, Hello, Limits, Role
+from sdk_client.tcp import release_after_failed_handoff
 
 
 class RawDevice:
@@ -45,9 +46,13 @@ class RawDevice:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=ctx, server_hostname="localhost"
-            )
+            try:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=ctx, server_hostname="localhost"
+                )
+            except BaseException:
+                release_after_failed_handoff(sock)
+                raise
         else:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
