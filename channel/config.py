@@ -67,6 +67,7 @@ Example ``channel.toml``::
     default_ttl_s = 86400
     final_status_retention_s = 3600   # a status whose devices are all final goes this long after
     inbox_max_entries = 10000   # batches a node's Redis inbox keeps unread (then trimmed)
+    recent_acks = 8192          # acked pushes a node remembers: a late second copy is not resent
     max_ttl_s = 2419200
 
     [api]                       # the HTTP push API, /openapi.json
@@ -241,6 +242,11 @@ class PushConfig:
     #: a stalled node's inbox costs Redis; pushes stay safe in their devices' queues, and
     #: a node that finds entries trimmed before it read them replays its devices' queues.
     inbox_max_entries: int = 10_000
+    #: Acknowledged (device, message id) pairs a node remembers, newest kept, so a second
+    #: copy of a push arriving after the ACK (its queue replay on connect raced its
+    #: routed copy, or a copy forwarded from the node a box just left) is not written
+    #: again. ~200 B each; 0 turns it off.
+    recent_acks: int = 8_192
     #: Broadcast and topic fan-out: sessions written per event-loop turn. Smaller lets
     #: unicasts, ACKs and API calls in sooner during a fan-out (128: a unicast posted
     #: behind a 10,000-device broadcast is acked in ~40 ms, 512: ~80-140 ms), at no
@@ -630,6 +636,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.fanout_linger_ms: must be 0..10000")
     if push.inbox_max_entries < 1:
         raise ConfigError("push.inbox_max_entries: must be >= 1")
+    if not 0 <= push.recent_acks <= 10_000_000:
+        raise ConfigError("push.recent_acks: must be 0..10000000")
     api = config.api
     if api.idempotency_ttl_s < 1:
         raise ConfigError("api.idempotency_ttl_s: must be >= 1")

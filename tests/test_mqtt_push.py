@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from mqtt_harness import PahoBox, token_password
 from paho.mqtt.properties import Properties as PahoProperties
 
 from channel.mqtt import MQTT_3_1_1, MQTT_5, Properties, Puback, Publish, Pubrec, Pubrel
+from channel.push import envelopes as env
 from tests.gateway_harness import RunningGateway, gateway
 from tests.rpc_upstream import upstream_farm
 from tests.test_mqtt_sessions import raw_box
@@ -132,6 +134,34 @@ async def test_a_qos2_push_is_delivered_at_pubrec(tmp_path: Path) -> None:
         await raw.send(Pubrec(message.packet_id))
         await raw.expect(Pubrel)
         await api.status(accepted["message_id"], "till-3", "delivered")
+        await raw.disconnect()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_copy_of_a_push_arriving_after_its_ack_is_not_written_again(
+    tmp_path: Path, version: int, push_backend: dict[str, Any]
+) -> None:
+    """A box connecting reads its queue while a push's routed copy is on the way (or
+    is forwarded from the node it left): the copy that comes after the PUBACK would be
+    a second delivery. Replayed here by sending the acknowledged push's envelope to the
+    node's inbox again, as the late copy arrives."""
+    async with api_node(tmp_path, push=push_backend) as (gw, api):
+        backend, delivery = gw.node.backend, gw.node.delivery
+        assert backend is not None and delivery is not None
+        raw, _ = await raw_box(gw, "till-9", version)
+        _, first = await api.post("/v1/push", {"device_id": "till-9", "body": "once"})
+        got = await raw.expect(Publish)
+        queued, _ = await backend.queue.pending("till-9", int(time.time() * 1000))
+        (message,) = [m for m in queued if m.message_id == first["message_id"]]
+        await raw.send(Puback(got.packet_id))
+        await api.status(first["message_id"], "till-9", "delivered")
+        await backend.router.send(delivery.node_no, [env.device_push("till-9", message)])
+        # The inbox is read in order: the late copy is handled before this push.
+        _, second = await api.post("/v1/push", {"device_id": "till-9", "body": "next"})
+        following = await raw.expect(Publish)
+        assert following.payload == b"next"
+        await raw.send(Puback(following.packet_id))
+        await api.status(second["message_id"], "till-9", "delivered")
         await raw.disconnect()
 
 

@@ -502,6 +502,24 @@ async def redis_stores(request: pytest.FixtureRequest) -> AsyncIterator[PushBack
         await stores.close()
 
 
+async def test_a_node_that_just_joined_gets_what_is_sent_to_all_once_its_inbox_is_ready(
+    backend: PushBackend,
+) -> None:
+    """``send_all(fresh=True)`` reaches a node that joined after the sender's last lease
+    read (the MQTT front's global subscription changes depend on it), and an inbox reads
+    everything sent once it said it is ready."""
+    await backend.presence.join("node-early", 30_000)
+    await backend.presence.live_nodes()  # the sender's cached view: no late node yet
+    late = await backend.presence.join("node-late", 30_000)
+    ready = asyncio.Event()
+    inbox = backend.router.inbox(late, ready)
+    first = asyncio.ensure_future(anext(inbox))
+    async with asyncio.timeout(10):
+        await ready.wait()
+        await backend.router.send_all([b"hello"], fresh=True)
+        assert await first == [b"hello"]
+
+
 async def test_inbox_read_after_entries_were_trimmed_starts_with_resync(
     redis_stores: PushBackend,
 ) -> None:

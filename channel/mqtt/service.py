@@ -353,7 +353,10 @@ class MqttService:
         await self.store.set_global(client, changes, expires_at_ms)
         assert self._backend is not None
         packed = [[f, None if o is None else o.pack()] for f, o in changes.items()]
-        await self._backend.router.send_all([env.pack(GLOBAL, client, packed, expires_at_ms)])
+        # Fresh: a node that joined since the last cached lease read loaded the
+        # global subscriptions before this change was stored, or must get it here.
+        envelope = env.pack(GLOBAL, client, packed, expires_at_ms)
+        await self._backend.router.send_all([envelope], fresh=True)
 
     def _on_global(self, item: list[object]) -> None:
         _, client, changes, expires_at_ms = item

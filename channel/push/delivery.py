@@ -109,6 +109,9 @@ class NodeDelivery:
         self._presence_changes: dict[str, tuple[Presence, bool]] = {}
         self._replays: list[Session] = []
         self._acked: list[QueuedRef] = []
+        #: (device id, message id) of pushes acknowledged here lately, oldest first
+        #: (``[push] recent_acks``): a copy arriving after the ACK is not written again.
+        self._recent_acks: dict[tuple[str, str], None] = {}
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
         self._wake = asyncio.Event()
@@ -177,11 +180,16 @@ class NodeDelivery:
             await self.backend.router.drop_inbox(self.node_no)
 
     async def _start_consumer(self) -> asyncio.Task[None]:
-        inbox = self.backend.router.inbox(self.node_no)
+        ready = asyncio.Event()
+        inbox = self.backend.router.inbox(self.node_no, ready)
         loop = asyncio.get_running_loop()
-        # The first read registers the inbox before anything can be routed to it.
+        # The first read registers the inbox: what is sent from then on is read. Wait for
+        # it, so what the node loads after starting (the MQTT front's global
+        # subscriptions) and what it is sent later leave no gap between them.
         first = loop.create_task(_first(inbox))
-        await asyncio.sleep(0)
+        waiting = loop.create_task(ready.wait())
+        await asyncio.wait([first, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         return loop.create_task(self._consume(inbox, first))
 
     async def _rejoin(self) -> None:
@@ -255,6 +263,7 @@ class NodeDelivery:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
+            self._remember_ack(device_id, message_id)
             if collapse_key == _QUIET_MARK:
                 self._acked.append((device_id, message_id, ""))
                 continue
@@ -263,6 +272,19 @@ class NodeDelivery:
             self._acked.append((device_id, message_id, collapse_key))
             self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
         self._wake.set()
+
+    def _remember_ack(self, device_id: str, message_id: str) -> None:
+        """A push can reach a connection twice: the queue replay on connect reads it while
+        its routed copy is on the way, or it is forwarded from the node the box just
+        left. Once acknowledged, its queue entry goes, so the later copy would be a
+        second delivery; this bounded memory of recent ACKs turns it away."""
+        cap = self.config.recent_acks
+        if cap <= 0:
+            return
+        recent = self._recent_acks
+        recent[(device_id, message_id)] = None
+        if len(recent) > cap:
+            del recent[next(iter(recent))]
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
         """Devices acknowledged broadcast and topic pushes: only counted."""
@@ -345,6 +367,8 @@ class NodeDelivery:
             return False
         if message.message_id in state.message_ids:
             return True  # already on this connection, not yet acknowledged
+        if (session.device_id, message.message_id) in self._recent_acks:
+            return True  # acknowledged already: a late copy
         if message.target_users and session.device.user_id not in message.target_users:
             # A user push queued for a device that has changed hands since: never shown.
             self._fail(session, message.message_id, "device signed in as another user")
