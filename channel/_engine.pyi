@@ -12,7 +12,7 @@ Headers: TypeAlias = tuple[tuple[str, str], ...]
 HeaderInput: TypeAlias = Sequence[tuple[str, str]]
 
 HelloEvent: TypeAlias = tuple[Literal["HELLO"], int, str, dict[str, Any], str | None, bool]
-RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes]
+RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes, bool]
 AnswerEvent: TypeAlias = tuple[Literal["ANSWER"], int, int, int, Headers, bytes, int, str]
 AcksEvent: TypeAlias = tuple[Literal["ACKS"], int, list[bytes]]
 FanoutAcksEvent: TypeAlias = tuple[Literal["FANOUT_ACKS"], dict[bytes, int]]
@@ -23,6 +23,8 @@ MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, boo
 MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
 PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
 FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
+TlsTicketEvent: TypeAlias = tuple[Literal["TLS_TICKET"], bytes, bytes]
+TlsResumeEvent: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes]
 
 EngineEvent: TypeAlias = (
     HelloEvent
@@ -37,6 +39,8 @@ EngineEvent: TypeAlias = (
     | MqttPacketsEvent
     | PushFailedEvent
     | FanoutDoneEvent
+    | TlsTicketEvent
+    | TlsResumeEvent
 )
 
 AcceptCommand: TypeAlias = tuple[Literal["ACCEPT"], int, bytes, bytes, int, int, bool]
@@ -52,6 +56,7 @@ EndCommand: TypeAlias = tuple[Literal["END"], int, int, str]
 CloseCommand: TypeAlias = tuple[Literal["CLOSE", "MQTT_CLOSE", "ABORT"], int]
 SetIdleCommand: TypeAlias = tuple[Literal["SET_IDLE"], int, int]
 MqttWriteCommand: TypeAlias = tuple[Literal["MQTT_WRITE"], int, bytes]
+TlsResumeCommand: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes, bytes | None]
 
 EngineCommand: TypeAlias = (
     AcceptCommand
@@ -67,6 +72,7 @@ EngineCommand: TypeAlias = (
     | CloseCommand
     | SetIdleCommand
     | MqttWriteCommand
+    | TlsResumeCommand
 )
 
 def version() -> str: ...

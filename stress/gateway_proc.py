@@ -469,6 +469,9 @@ class TlsLink(asyncio.Protocol):
     def link_failed(self, exc: BaseException) -> None:
         """The handshake or the connection failed (also called on an early close)."""
 
+    def tls_closed(self) -> None:
+        """The server ended the TLS session (close_notify); TCP may stay open a while."""
+
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -539,11 +542,13 @@ class TlsLink(asyncio.Protocol):
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self.tls_closed()
                 break
             except (ssl.SSLError, OSError) as exc:
                 self._fail(exc)
                 return
-            if not chunk:
+            if not chunk:  # what SSLObject.read gives for a close_notify
+                self.tls_closed()
                 break
             chunks.append(chunk)
         if chunks:

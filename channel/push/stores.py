@@ -226,6 +226,9 @@ class PushBackend:
     #: The Redis connection the stores share (``channel.push.redis.connection``; None
     #: for the memory backend): the MQTT store runs on it too.
     connection: Any = None
+    #: Single-use TLS tickets shared by the fleet (TLS early data; None for the memory
+    #: backend, whose node keeps its own: channel/security/tlstickets.py).
+    tls_tickets: Any = None
 
     async def close(self) -> None:
         closer = getattr(self.presence, "aclose", None)

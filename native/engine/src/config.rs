@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub accepts_per_round: usize,
     /// TLS 1.3 session ticket lifetime told to clients.
     pub ticket_lifetime_s: u32,
+    /// TLS 1.3 early data accepted per MMTP connection, in bytes; 0: none (sealed,
+    /// stateless tickets). Above 0: single-use tickets held by Python (`singleuse.rs`).
+    pub early_data_max_bytes: u32,
     /// MMTP limits of every device connection.
     pub mmtp: mmtp::Limits,
 }
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             sweep_interval_ms: 200,
             accepts_per_round: 256,
             ticket_lifetime_s: 7200,
+            early_data_max_bytes: 0,
             mmtp: mmtp::Limits::default(),
         }
     }
@@ -100,6 +104,9 @@ impl EngineConfig {
         }
         if !(5..=268_435_460).contains(&self.mqtt_max_packet_size) {
             return Err("mqtt_max_packet_size must be 5..=268435460 (MQTT's largest)".into());
+        }
+        if self.early_data_max_bytes > 0 && !(1024..=65_536).contains(&self.early_data_max_bytes) {
+            return Err("early_data_max_bytes must be 0 (off) or 1024..=65536".into());
         }
         if self.ticket_lifetime_s > 7 * 86_400 {
             return Err("ticket_lifetime_s must be at most 604800 (TLS 1.3's cap)".into());
@@ -154,6 +161,13 @@ mod tests {
                     ..Default::default()
                 },
                 "mqtt_max_packet_size",
+            ),
+            (
+                EngineConfig {
+                    early_data_max_bytes: 100,
+                    ..Default::default()
+                },
+                "early_data_max_bytes",
             ),
             (
                 EngineConfig {
