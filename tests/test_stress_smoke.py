@@ -184,6 +184,8 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
             phase = target["push"]["unicast"][mode]
             assert phase["accepted"] > 0 and phase["lost"] == 0 and phase["duplicates"] == 0
             assert phase["latency_ms"]["count"] > 0
+        if name.endswith("-mqtt"):
+            continue  # Channel's MQTT boxes run idle memory and the push scenarios only
         for mode in ("full", "resumed"):
             hs = target["handshakes"][mode]
             assert hs["handshakes"] > 0 and hs["errors"] == 0, (name, hs)

@@ -114,6 +114,8 @@ class NativeEngine:
             "max_body_size": limits.max_body_size,
             "max_concurrent_streams": limits.max_concurrent_streams,
             "max_hello_size": limits.max_hello_size,
+            # The MQTT front's packet limit, enforced from the fixed header before buffering.
+            "mqtt_max_packet_size": config.mqtt.max_packet_size_bytes,
             "tls_cert_pem": tls.cert.read_bytes(),
             "tls_key_pem": tls.key.read_bytes(),
             "ticket_key_id": current_key,
