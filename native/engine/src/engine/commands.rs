@@ -52,6 +52,7 @@ impl Engine {
                     heartbeat_s,
                     server_time_ms,
                     resumed,
+                    newest_dictionary: None,
                 };
                 let idle_ms = (heartbeat_s as f64 * self.config.idle_factor * 1000.0) as u64;
                 self.with_mmtp(conn, |engine, slot, m| match m.wire.accept(&accept) {
