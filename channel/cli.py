@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from channel import corpus, dicttrain, presetbuild
+from channel import corpus, corpus_apps, dicttrain, presetbuild
 from channel.admincli import add_admin_commands as _add_admin_commands
 from channel.api import keys as api_keys
 from channel.security import tokens
@@ -305,7 +305,7 @@ def _corpus_generate(args: argparse.Namespace) -> int:
 
     try:
         n_messages = corpus.write_corpus(
-            args.out, args.sessions, args.seed, args.push_fraction, progress=report
+            args.out, args.sessions, args.seed, args.push_fraction, progress=report, app=args.app
         )
     except OSError as exc:
         raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
@@ -355,6 +355,13 @@ def _add_corpus_commands(subparsers: _SubParsers) -> None:
     )
     generate.add_argument(
         "--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--app",
+        choices=corpus_apps.APP_NAMES,
+        default=corpus_apps.DEFAULT_APP,
+        help="which synthetic app: "
+        + "; ".join(f"{name}: {corpus_apps.describe(name)}" for name in corpus_apps.APP_NAMES),
     )
     generate.add_argument(
         "--out", type=Path, required=True, metavar="PATH", help="JSONL file to write (overwritten)"
