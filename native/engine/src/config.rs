@@ -42,6 +42,15 @@ pub struct EngineConfig {
     pub ticket_lifetime_s: u32,
     /// MMTP limits of every device connection.
     pub mmtp: mmtp::Limits,
+    /// Dictionary delivery: bytes per DICT chunk (a chunk goes out only when the
+    /// connection has nothing else waiting, so it delays an answer by at most this).
+    pub dict_chunk_bytes: usize,
+    /// Dictionary delivery: DICT bytes per second over all connections of the engine.
+    pub dict_delivery_bytes_per_s: u64,
+    /// Dictionary delivery: DICT bytes one connection may be sent in its life.
+    pub dict_budget_bytes: u64,
+    /// Apps whose bodies are counted on their own (`usage()`); others count as "".
+    pub usage_apps: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +72,10 @@ impl Default for EngineConfig {
             accepts_per_round: 256,
             ticket_lifetime_s: 7200,
             mmtp: mmtp::Limits::default(),
+            dict_chunk_bytes: 4096,
+            dict_delivery_bytes_per_s: 8 * 1024 * 1024,
+            dict_budget_bytes: 256 * 1024,
+            usage_apps: Vec::new(),
         }
     }
 }
@@ -80,6 +93,7 @@ impl EngineConfig {
             ("sweep_interval_ms", self.sweep_interval_ms),
             ("accepts_per_round", self.accepts_per_round as u64),
             ("ticket_lifetime_s", self.ticket_lifetime_s as u64),
+            ("dict_delivery_bytes_per_s", self.dict_delivery_bytes_per_s),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -100,6 +114,9 @@ impl EngineConfig {
         }
         if !(5..=268_435_460).contains(&self.mqtt_max_packet_size) {
             return Err("mqtt_max_packet_size must be 5..=268435460 (MQTT's largest)".into());
+        }
+        if self.dict_chunk_bytes < 256 {
+            return Err("dict_chunk_bytes must be >= 256".into());
         }
         if self.ticket_lifetime_s > 7 * 86_400 {
             return Err("ticket_lifetime_s must be at most 604800 (TLS 1.3's cap)".into());

@@ -19,7 +19,7 @@ pub const MAX_PRESET_NAMES: usize = 32;
 pub const ENTRY_OVERHEAD: usize = 32;
 
 /// One preset, ready to be referred to by dynamic tables.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresetTable {
     pub id: u32,
     pub name: String,
@@ -166,7 +166,7 @@ pub const MOBILE_V1: [(&str, &str); 14] = [
 ];
 
 /// The presets one process knows, by id (shared by all its connections).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Presets {
     by_id: HashMap<u32, Arc<PresetTable>>,
 }

@@ -67,7 +67,7 @@ pub const GENERIC_TYPED: [(&str, Kind); 6] = [
 ];
 
 /// A preset's typed fields, in key order.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypedTable {
     fields: Vec<(Box<str>, Kind)>,
     /// Key of the echo field (0: none).
