@@ -314,6 +314,11 @@ class Connection:
     # ------------------------------------------------------------- properties
 
     @property
+    def has_output(self) -> bool:
+        """Frames are queued for ``data_to_send``."""
+        return self._outbound is not None
+
+    @property
     def open_local_streams(self) -> frozenset[int]:
         return frozenset(self._local_streams or ())
 
