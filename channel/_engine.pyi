@@ -12,7 +12,7 @@ Headers: TypeAlias = tuple[tuple[str, str], ...]
 HeaderInput: TypeAlias = Sequence[tuple[str, str]]
 
 HelloEvent: TypeAlias = tuple[Literal["HELLO"], int, str, dict[str, Any], str | None, bool]
-RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes]
+RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes, bool]
 AnswerEvent: TypeAlias = tuple[Literal["ANSWER"], int, int, int, Headers, bytes, int, str]
 AcksEvent: TypeAlias = tuple[Literal["ACKS"], int, list[bytes]]
 FanoutAcksEvent: TypeAlias = tuple[Literal["FANOUT_ACKS"], dict[bytes, int]]
@@ -23,6 +23,8 @@ MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, boo
 MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
 PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
 FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
+TlsTicketEvent: TypeAlias = tuple[Literal["TLS_TICKET"], bytes, bytes]
+TlsResumeEvent: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes]
 
 EngineEvent: TypeAlias = (
     HelloEvent
@@ -37,6 +39,8 @@ EngineEvent: TypeAlias = (
     | MqttPacketsEvent
     | PushFailedEvent
     | FanoutDoneEvent
+    | TlsTicketEvent
+    | TlsResumeEvent
 )
 
 AcceptCommand: TypeAlias = (
@@ -68,6 +72,7 @@ AddPresetCommand: TypeAlias = tuple[
 ]
 SetUsageAppsCommand: TypeAlias = tuple[Literal["SET_USAGE_APPS"], Sequence[str]]
 DictCommand: TypeAlias = tuple[Literal["DICT"], Sequence[int], int]
+TlsResumeCommand: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes, bytes | None]
 
 EngineCommand: TypeAlias = (
     AcceptCommand
@@ -87,6 +92,7 @@ EngineCommand: TypeAlias = (
     | AddPresetCommand
     | SetUsageAppsCommand
     | DictCommand
+    | TlsResumeCommand
 )
 
 #: Per app, rows (dictionary id (-1: raw), sent, sent raw bytes, sent wire bytes,

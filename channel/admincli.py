@@ -186,7 +186,8 @@ def add_admin_commands(subparsers: _SubParsers) -> None:
         handler=_routes
     )
     commands.add_parser(
-        "reload", help="re-read [rpc] from the node's config file (as SIGHUP does)"
+        "reload",
+        help="re-read [rpc] and [tls] from the node's config file (as SIGHUP does)",
     ).set_defaults(handler=_reload)
     device = commands.add_parser("device", help="is a device connected to this node")
     device.add_argument("device_id", metavar="DEVICE_ID")

@@ -20,6 +20,9 @@ Example ``channel.toml``::
     max_connections_per_ip = 2000
     handshake_timeout_s = 10    # TCP accept -> HELLO_ACK
     tcp_fastopen_queue = 4096   # TCP Fast Open (needs sysctl net.ipv4.tcp_fastopen=3); 0 = off
+    proxy_protocol = false      # devices come through L4 balancers sending PROXY v1/v2 first
+    proxy_trusted = ["10.0.0.2/32"]   # ...from these addresses only; others are cut at accept
+    proxy_max_header_bytes = 1024     # longest PROXY v2 header (TLVs included)
     engine = "native"           # the Rust engine; "python": uvloop + Python's ssl (reference)
     tls_engine = "memorybio"    # the python engine's TLS: or "uvloop" (its TLS transport)
     malloc_trim_after_handshakes = 0  # glibc malloc_trim(0) after a burst this big; 0 = off
@@ -30,6 +33,7 @@ Example ``channel.toml``::
     key = "/etc/channel/tls/server.key"
     client_ca = ""              # set to enable mutual TLS for IoT-style clients
     require_client_cert = false
+    early_data_max_bytes = 0    # TLS 0-RTT (native engine): e.g. 16384; needs a ticket store
 
     [auth]
     token_public_keys = ["/etc/channel/keys/token-1.pub"]   # key id from the file name
@@ -131,6 +135,15 @@ class ServerConfig:
     #: TCP Fast Open: SYNs carrying a ClientHello the listener may hold pending; 0 = off.
     #: Needs bit 0x2 of the net.ipv4.tcp_fastopen sysctl (channel/fastopen.py).
     tcp_fastopen_queue: int = 4096
+    #: Devices connect through L4 load balancers that send a PROXY protocol header (v1
+    #: or v2) before the TLS ClientHello: per-address limits, logs and metrics then see
+    #: the device's address, not the balancer's. Only peers in ``proxy_trusted`` may
+    #: connect at all (anyone else is cut at accept), and each must send a header.
+    proxy_protocol: bool = False
+    #: The balancers' addresses (CIDR networks, e.g. "10.0.0.0/24", "fd00::/64").
+    proxy_trusted: list[str] = field(default_factory=list)
+    #: The longest v2 header accepted, TLVs included (v1's line is at most 107 bytes).
+    proxy_max_header_bytes: int = 1024
     #: Who moves the bytes: "native" (the Rust engine, channel._engine: sockets, TLS,
     #: frames, fan-out on its own thread) or "python" (uvloop and Python's ssl; the
     #: reference, and the fallback where the extension is not built).
@@ -158,6 +171,18 @@ class TlsConfig:
     key: str = ""
     client_ca: str = ""
     require_client_cert: bool = False
+    #: TLS 1.3 early data (0-RTT) accepted per connection, in bytes (native engine only;
+    #: 1024..65536): a returning device's HELLO and idempotent requests are answered one
+    #: round trip sooner. It needs single-use tickets kept in the push backend's store
+    #: (Redis: a GETDEL per resumption, a SET per handshake). 0 = off: sealed tickets that
+    #: resume on any node with no store (spec section 8.5).
+    early_data_max_bytes: int = 0
+    #: With early data: how long a resuming handshake waits for its ticket from the
+    #: store; then it goes on without (a full handshake, no early data).
+    ticket_store_timeout_ms: int = 250
+    #: With early data and push.backend = "memory": tickets this process keeps (the
+    #: oldest are dropped beyond; their devices do a full handshake).
+    ticket_store_max_entries: int = 100_000
 
 
 @dataclass
@@ -530,6 +555,32 @@ def load_config(
     return config
 
 
+def _validate_proxy(server: ServerConfig) -> None:
+    import ipaddress
+
+    from channel.engine.proxyproto import V2_MIN_LIMIT_BYTES
+
+    for entry in server.proxy_trusted:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.proxy_trusted: {entry!r} is not an address or CIDR network"
+            ) from None
+    if server.proxy_protocol and not server.proxy_trusted:
+        raise ConfigError(
+            "server.proxy_trusted: proxy_protocol is on but no balancer address is trusted "
+            '(e.g. proxy_trusted = ["10.0.0.2/32"])'
+        )
+    if server.proxy_protocol and server.engine == "native":
+        raise ConfigError(
+            "server.proxy_protocol: the native engine does not read PROXY headers yet; "
+            'set [server] engine = "python" (or channel serve --engine python)'
+        )
+    if not V2_MIN_LIMIT_BYTES <= server.proxy_max_header_bytes <= 65_551:
+        raise ConfigError(f"server.proxy_max_header_bytes: must be {V2_MIN_LIMIT_BYTES}..65551")
+
+
 def validate(config: GatewayConfig) -> None:
     hb = config.heartbeat
     if not 1 <= hb.min_s <= hb.interval_s <= hb.max_s:
@@ -563,6 +614,7 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("server.tcp_fastopen_queue: must be >= 0 (0 = TCP Fast Open off)")
     if config.server.engine not in ("native", "python"):
         raise ConfigError('server.engine: must be "native" or "python"')
+    _validate_proxy(config.server)
     native = config.native
     for name in (
         "close_linger_ms",
@@ -622,6 +674,13 @@ def validate(config: GatewayConfig) -> None:
     _validate_compression(config.compression)
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")
+    early = config.tls.early_data_max_bytes
+    if early != 0 and not 1024 <= early <= 65_536:
+        raise ConfigError("tls.early_data_max_bytes: must be 0 (off) or 1024..65536")
+    if not 10 <= config.tls.ticket_store_timeout_ms <= 10_000:
+        raise ConfigError("tls.ticket_store_timeout_ms: must be 10..10000")
+    if config.tls.ticket_store_max_entries < 1:
+        raise ConfigError("tls.ticket_store_max_entries: must be >= 1")
 
 
 def _validate_compression(comp: CompressionConfig) -> None:

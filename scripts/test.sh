@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine with Python 3.11:
-# installs the servers the tests run for real (Redis, Mosquitto clients),
+# installs the servers the tests run for real (Redis, Mosquitto and its clients),
 # creates .venv, installs Channel with its dev extras, runs lint, types, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)  # redis-server, redis-cli
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+# The broker itself: stress/compare (and its smoke test) runs it side by side with Channel.
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
+# The local fleet (tests/test_fleet.py): namespaces, a balancer, Prometheus and promtool.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -35,12 +41,8 @@ command -v cargo >/dev/null || {
     exit 1
 }
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# The same install script the container image runs (deploy/Dockerfile), editable here.
+./deploy/install.sh .venv --editable --extras dev
 
 echo "== ruff"
 .venv/bin/ruff check channel sdk_client stress tests scripts

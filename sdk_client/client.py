@@ -91,7 +91,7 @@ from sdk_client.errors import (
     is_fatal,
 )
 from sdk_client.protocol import ClientProtocol, client_tls_context
-from sdk_client.tcp import open_socket
+from sdk_client.tcp import open_socket, release_after_failed_handoff
 
 log = logging.getLogger("channel.sdk")
 
@@ -743,10 +743,14 @@ class Client:
                     ssl_handshake_timeout=self.connect_timeout_s,
                 )
                 return
-            except OSError as exc:
-                # The loop owns the socket once create_connection has it (it closed it):
-                # closing it here again could close a descriptor reused meanwhile.
-                if not (fast_open and exc.errno == errno.EINPROGRESS and attempt == 1):
+            except BaseException as exc:
+                release_after_failed_handoff(sock)
+                if not (
+                    isinstance(exc, OSError)
+                    and fast_open
+                    and exc.errno == errno.EINPROGRESS
+                    and attempt == 1
+                ):
                     raise
                 self.stats.fast_open_retries += 1
 

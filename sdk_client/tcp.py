@@ -10,6 +10,7 @@ asks for one, so the first connection is as before and teaches the next.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 from channel import fastopen
@@ -44,3 +45,25 @@ async def open_socket(host: str, port: int, *, fast_open: bool) -> socket.socket
         return sock
     assert last_error is not None
     raise last_error
+
+
+def release_after_failed_handoff(sock: socket.socket) -> None:
+    """Call after ``loop.create_connection(sock=sock)`` raised: close the socket unless the
+    loop already closed its descriptor.
+
+    uvloop closes the descriptor of a socket it was handed when the connection then
+    fails (its transport owned it), but not the Python socket object; left alone, that
+    object closes the same number again when it is collected, by then possibly another
+    connection's descriptor (seen as ``EBADF``, or ``EEXIST`` from epoll, on unrelated
+    sockets). The check runs in the same turn as the loop's close, before any other code
+    could reuse the number.
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        return
+    try:
+        os.fstat(fd)
+    except OSError:
+        sock.detach()  # the loop closed it: forget the number
+    else:
+        sock.close()

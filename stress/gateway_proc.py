@@ -52,6 +52,7 @@ from channel.wire import (
     Role,
     StreamErrorReceived,
 )
+from sdk_client.tcp import release_after_failed_handoff
 
 #: Raises RLIMIT_NOFILE to the hard limit, then runs the ``channel`` CLI in this process
 #: (so the announced pid is the node's pid: RSS and CPU are read from it).
@@ -215,6 +216,9 @@ class GatewayProcess:
             "0",
             "--state-dir",
             str(self.state_dir),
+            # Every listener on a free port (the push API's default, 8080, may be taken).
+            "--api-port",
+            str(self.settings.get("api", {}).get("port", 0)),
             "--log-level",
             self.log_level,
         ]
@@ -463,6 +467,9 @@ class TlsLink(asyncio.Protocol):
     def link_failed(self, exc: BaseException) -> None:
         """The handshake or the connection failed (also called on an early close)."""
 
+    def tls_closed(self) -> None:
+        """The server ended the TLS session (close_notify); TCP may stay open a while."""
+
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -533,11 +540,13 @@ class TlsLink(asyncio.Protocol):
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self.tls_closed()
                 break
             except (ssl.SSLError, OSError) as exc:
                 self._fail(exc)
                 return
-            if not chunk:
+            if not chunk:  # what SSLObject.read gives for a close_notify
+                self.tls_closed()
                 break
             chunks.append(chunk)
         if chunks:
@@ -617,9 +626,13 @@ async def connect_link(
             fastopen.enable_on_client(sock)
         sock.bind((source_ip, 0))
         await loop.sock_connect(sock, (host, port))
-        await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         sock.close()
+        raise
+    try:
+        await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        release_after_failed_handoff(sock)
         raise
 
 

@@ -120,8 +120,17 @@ def python_figures(iterations: int) -> dict[str, float]:
 
 def rust_figures(iterations: int) -> dict[str, Any]:
     command = [
-        "cargo", "run", "--release", "--quiet", "-p", "mmtp", "--example", "bench", "--",
-        "--iterations", str(iterations),
+        "cargo",
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "mmtp",
+        "--example",
+        "bench",
+        "--",
+        "--iterations",
+        str(iterations),
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
@@ -150,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         f"heap {memory['server_heap_bytes_per_idle_connection']:.0f} B; RSS per idle client+server "
         f"pair {memory['rss_bytes_per_idle_client_server_pair']:.0f} B ({memory['connections']})"
     )
-    result = {"machine": machine_info(), "iterations": args.iterations, "python_us_p50": python,
-              "rust": rust}
+    result = {
+        "machine": machine_info(),
+        "iterations": args.iterations,
+        "python_us_p50": python,
+        "rust": rust,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

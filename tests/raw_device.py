@@ -14,6 +14,7 @@ from pathlib import Path
 
 from channel.security.tls import client_ssl_context
 from channel.wire import Connection, ConnectionErrorReceived, Event, Hello, Limits, Role
+from sdk_client.tcp import release_after_failed_handoff
 
 
 class RawDevice:
@@ -36,18 +37,33 @@ class RawDevice:
         limits: Limits | None = None,
         context: ssl.SSLContext | None = None,
         receive_buffer_bytes: int = 0,
+        proxy_header: bytes = b"",
     ) -> RawDevice:
         ctx = context or client_ssl_context(ca_cert)
-        if receive_buffer_bytes:
+        if proxy_header:
+            # As a load balancer does: a PROXY protocol header, then the device's TLS.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(proxy_header)
+                await writer.drain()
+                await writer.start_tls(ctx, server_hostname="localhost")
+            except BaseException:
+                writer.close()
+                raise
+        elif receive_buffer_bytes:
             # A small kernel buffer, set before connecting (the window is agreed then),
             # so a device that stops reading backs up into the gateway quickly.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=ctx, server_hostname="localhost"
-            )
+            try:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=ctx, server_hostname="localhost"
+                )
+            except BaseException:
+                release_after_failed_handoff(sock)
+                raise
         else:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=ctx, server_hostname="localhost"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ import pytest
 from channel.admincli import KEY_ENV
 from channel.api.keys import new_api_key
 from channel.cli import main
+from channel.wire import Hello, HelloAccepted, ResponseReceived
 from tests.gateway_harness import RunningGateway, gateway
+from tests.raw_device import RawDevice
 from tests.test_push_e2e import online
 
 pytestmark = pytest.mark.both_engines
@@ -118,3 +122,86 @@ async def test_cli_admin_uses_the_dev_key_or_the_one_it_is_given(
             run_cli, "admin", "--url", url, "--state-dir", str(tmp_path / "none"), "routes"
         )
         assert code == 0 and '"clusters"' in out
+
+
+CERTS = Path(__file__).resolve().parent.parent / "native" / "engine" / "tests" / "certs"
+
+
+def peer_certificate(device: RawDevice) -> bytes:
+    der = device.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    assert isinstance(der, bytes)
+    return der
+
+
+def leaf_der(name: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert((CERTS / f"{name}.pem").read_text())
+
+
+async def echo(device: RawDevice, body: bytes) -> bytes:
+    stream_id = device.conn.send_request("channel.echo", body)
+    await device.flush()
+    (answer,) = await device.events()
+    assert isinstance(answer, ResponseReceived) and answer.stream_id == stream_id
+    return answer.body
+
+
+async def hello_device(gw: RunningGateway, device_id: str, ca: Path) -> RawDevice:
+    device = await RawDevice.connect(gw.port, ca)
+    await device.send_hello(Hello(device_id=device_id, app_id="demo", token=gw.token(device_id)))
+    (accepted,) = await device.events()
+    assert isinstance(accepted, HelloAccepted)
+    return device
+
+
+def tls_section(cert: Path, key: Path) -> str:
+    return f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+
+
+async def test_reload_swaps_the_certificate_for_new_devices_and_keeps_open_ones(
+    tmp_path: Path,
+) -> None:
+    config_file = tmp_path / "channel.toml"
+    async with gateway(tmp_path) as gw:
+        gw.node.config.source = str(config_file)
+        before = await hello_device(gw, "before", gw.ca_cert)  # the dev certificate
+        config_file.write_text(tls_section(CERTS / "server2.pem", CERTS / "server2.key"))
+        status, body = await admin(gw, "POST", "/admin/reload", gw.api_key)
+        assert status == 200, body
+        fingerprint = hashlib.sha256(leaf_der("server2")).hexdigest()
+        assert body["tls"]["cert"] == str(CERTS / "server2.pem")
+        assert body["tls"]["sha256"].replace(":", "").lower() == fingerprint
+        assert body["tls"]["subject"] == "CN=localhost"
+        after = await hello_device(gw, "after", CERTS / "ca.pem")
+        assert peer_certificate(after) == leaf_der("server2")
+        # The device from before keeps its connection (and its certificate).
+        assert peer_certificate(before) != leaf_der("server2")
+        assert await echo(before, b"still here") == b"still here"
+        # A bad file is refused with the reason, and nothing changes.
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )
+        cases = [
+            (tls_section(garbage, CERTS / "server2.key"), str(garbage)),
+            (tls_section(CERTS / "server.pem", CERTS / "server2.key"), "server2.key"),
+            (tls_section(tmp_path / "missing.pem", CERTS / "server.key"), "missing.pem"),
+            # A good certificate with a bad route: the certificate is not taken either.
+            (
+                tls_section(CERTS / "server.pem", CERTS / "server.key")
+                + '[[rpc.routes]]\nmatch = "x."\n',
+                "rpc",
+            ),
+        ]
+        for text, named in cases:
+            config_file.write_text(text)
+            status, body = await admin(gw, "POST", "/admin/reload", gw.api_key)
+            assert (status, body["error"]["code"]) == (400, "BAD_REQUEST"), body
+            assert named in body["error"]["message"], body
+            newer = await hello_device(gw, "newer", CERTS / "ca.pem")
+            assert peer_certificate(newer) == leaf_der("server2")
+            await newer.close()
+        assert await echo(before, b"and here") == b"and here"
+        assert await echo(after, b"both") == b"both"
+        assert gw.node.connection_count == 2
+        for device in (before, after):
+            await device.close()

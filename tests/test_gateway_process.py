@@ -9,6 +9,7 @@ import random
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ class ServeProcess:
             env=env,
         )
         self.listening: list[dict[str, object]] = []
+        self._log = b""
 
     def wait_listening(self, count: int = 1, timeout_s: float = 30) -> list[dict[str, object]]:
         """Read the nodes' JSON lines until ``count`` say they listen (bounded wait)."""
@@ -75,9 +77,42 @@ class ServeProcess:
                 self.listening.append(info)
         return self.listening
 
-    def stderr(self) -> str:
+    def wait_log(self, text: str, timeout_s: float = 30) -> str:
+        """Read log lines (stderr) until one contains ``text`` (bounded wait)."""
         assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
+        fd = self.proc.stderr.fileno()  # read unbuffered: select sees what is left
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self._log.split(b"\n")
+            self._log = lines.pop()
+            for at, line in enumerate(lines):
+                if text.encode() in line:
+                    self._log = b"\n".join([*lines[at + 1 :], self._log])
+                    return line.decode(errors="replace")
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"no log line with {text!r} within {timeout_s} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"serve exited before logging {text!r}")
+            self._log += chunk
+
+    def stderr(self, timeout_s: float = 2.0) -> str:
+        """What the node logged so far, read for at most ``timeout_s``: worker processes
+        may outlive the parent and keep the pipe open, so reading to EOF could hang."""
+        assert self.proc.stderr is not None
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stderr.fileno()
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -102,7 +137,7 @@ async def connect(info: dict[str, object], device_id: str) -> RawDevice:
 
 
 async def test_sigterm_drains_with_goaway_and_exits_zero(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--port", "0", "--admin-port", "0")
+    serve = ServeProcess(tmp_path, "--port", "0", "--admin-port", "0", "--api-port", "0")
     try:
         (info,) = await asyncio.to_thread(serve.wait_listening)
         device = await connect(info, "d1")
@@ -123,7 +158,9 @@ async def test_sigterm_drains_with_goaway_and_exits_zero(tmp_path: Path) -> None
 
 async def test_workers_share_one_port_and_each_drains(tmp_path: Path) -> None:
     port = free_port_below_32768()
-    serve = ServeProcess(tmp_path, "--port", str(port), "--admin-port", "0", "--workers", "2")
+    serve = ServeProcess(
+        tmp_path, "--port", str(port), "--admin-port", "0", "--api-port", "0", "--workers", "2"
+    )
     try:
         # Each worker process prints its own line once it listens.
         listening = await asyncio.to_thread(serve.wait_listening, 2)
@@ -157,7 +194,7 @@ async def test_rolling_restart_loses_no_call_and_resumes_the_session(tmp_path: P
     from sdk_client import Backoff, Client
 
     port = free_port_below_32768()
-    args = ("--port", str(port), "--admin-port", "0")
+    args = ("--port", str(port), "--admin-port", "0", "--api-port", "0")
     # Eight callers in a tight loop would (rightly) hit the per-device rate limit.
     env = {"CHANNEL_LIMITS__REQUESTS_PER_SECOND": "100000", "CHANNEL_LIMITS__REQUEST_BURST": "1000"}
     old = ServeProcess(tmp_path, *args, env=env)
@@ -211,3 +248,69 @@ async def test_rolling_restart_loses_no_call_and_resumes_the_session(tmp_path: P
         old.stop()
         if new is not None:
             new.stop()
+
+
+CERTS = Path(__file__).resolve().parent.parent / "native" / "engine" / "tests" / "certs"
+
+
+async def test_sighup_reloads_the_certificate_without_dropping_devices(tmp_path: Path) -> None:
+    config_file = tmp_path / "channel.toml"
+
+    def use(name: str) -> None:
+        config_file.write_text(f'[tls]\ncert = "{CERTS / name}.pem"\nkey = "{CERTS / name}.key"\n')
+
+    def peer(device: RawDevice) -> bytes:
+        der = device.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert isinstance(der, bytes)
+        return der
+
+    async def hello_device(info: dict[str, object], device_id: str) -> RawDevice:
+        device = await RawDevice.connect(int(str(info["port"])), CERTS / "ca.pem")
+        await device.send_hello(
+            Hello(device_id=device_id, app_id="demo", token=token_for(info, device_id))
+        )
+        (accepted,) = await device.events()
+        assert isinstance(accepted, HelloAccepted)
+        return device
+
+    def der(name: str) -> bytes:
+        return ssl.PEM_cert_to_DER_cert((CERTS / f"{name}.pem").read_text())
+
+    use("server")
+    serve = ServeProcess(
+        tmp_path,
+        "--config",
+        str(config_file),
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--api-port",
+        "0",
+    )
+    try:
+        (info,) = await asyncio.to_thread(serve.wait_listening)
+        first = await hello_device(info, "first")
+        assert peer(first) == der("server")
+        use("server2")
+        serve.proc.send_signal(signal.SIGHUP)
+        line = await asyncio.to_thread(serve.wait_log, "channel.node: reloaded")
+        assert "server2.pem" in line
+        second = await hello_device(info, "second")
+        assert peer(second) == der("server2")
+        # A key that does not match is refused in the log; the node keeps server2.
+        config_file.write_text(
+            f'[tls]\ncert = "{CERTS / "server.pem"}"\nkey = "{CERTS / "server2.key"}"\n'
+        )
+        serve.proc.send_signal(signal.SIGHUP)
+        await asyncio.to_thread(serve.wait_log, "reload refused")
+        third = await hello_device(info, "third")
+        assert peer(third) == der("server2")
+        for device in (first, second, third):
+            echo = device.conn.send_request("channel.echo", b"alive")
+            await device.flush()
+            (answer,) = await device.events()
+            assert isinstance(answer, ResponseReceived) and answer.stream_id == echo
+            await device.close()
+    finally:
+        serve.stop()

@@ -107,6 +107,7 @@ def test_requests_pipelined_behind_hello_arrive_in_order_and_are_answered(
         (second, "user.list", b""),
     ]
     assert requests[0][4] == (("locale", "zh-CN"),)
+    assert [r[6] for r in requests] == [False, False]  # not TLS early data
     driver.accept(conn)
     driver.engine.submit(
         [
@@ -374,9 +375,9 @@ def test_a_device_protocol_error_closes_with_its_code(make_engine: Any) -> None:
 
 def test_no_alpn_is_refused(make_engine: Any) -> None:
     driver, port = make_engine()
-    device = Device.connect(port, client_context(alpn=False))
-    device.hello("old-client")
-    assert error_of(device.until_closed()).code == ErrorCode.UNSUPPORTED_VERSION
+    # Spec 3.2: the TLS handshake fails with the alert (rustls alone would let it in).
+    with pytest.raises(ssl.SSLError, match="no application protocol"):
+        Device.connect(port, client_context(alpn=False))
     assert driver.stats()["alpn_refused"] == 1
 
 
@@ -582,6 +583,37 @@ def test_mqtt_pingreq_is_answered_by_the_engine_and_oversize_packets_close() -> 
         assert driver.expect("CLOSED") == ("CLOSED", conn, int(ErrorCode.FRAME_SIZE_ERROR))
         assert sock.recv(16) == b""
     finally:
+        driver.engine.shutdown()
+
+
+def test_an_mqtt5_client_over_the_size_limit_gets_disconnect_0x95() -> None:
+    driver, plain_port, _ = mqtt_engine(mqtt_max_packet_size=1024)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=mqtt.MQTTv5)
+    reasons: list[int] = []
+    gone = threading.Event()
+
+    def on_disconnect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        reasons.append(reason.value)
+        gone.set()
+
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect("127.0.0.1", plain_port, keepalive=60)
+        client.loop_start()
+        opened = driver.expect("MQTT_OPEN")
+        conn = int(opened[1])
+        driver.expect("MQTT_PACKETS", lambda e: e[1] == conn)
+        # CONNACK (MQTT 5: reason 0, no properties) with the keepalive deadline.
+        driver.engine.submit(
+            [("MQTT_WRITE", conn, b"\x20\x03\x00\x00\x00"), ("SET_IDLE", conn, 90_000)]
+        )
+        client.publish("devices/v5/up", b"x" * 4096, qos=0)
+        assert gone.wait(WAIT_S)
+        # MQTT 5 section 4.13: the server says why (0x95, Packet too large) and closes.
+        assert reasons == [0x95]
+        assert driver.expect("CLOSED") == ("CLOSED", conn, int(ErrorCode.FRAME_SIZE_ERROR))
+    finally:
+        client.loop_stop()
         driver.engine.shutdown()
 
 

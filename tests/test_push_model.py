@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,3 +76,13 @@ def test_fastjson_keeps_json_answers_where_orjson_refuses() -> None:
     assert fastjson.loads('"\\ud800"') == "\ud800"
     assert json.loads(fastjson.dumps({"n": int(huge)})) == {"n": int(huge)}
     assert json.loads(fastjson.dumps({1: "x"})) == {"1": "x"}
+
+
+def test_fastjson_refuses_json_nested_too_deep_with_a_value_error() -> None:
+    # orjson stops at 1024 levels, json.loads then hits Python's recursion limit:
+    # callers catch ValueError (fastjson.DecodeError) for bad JSON, never RecursionError.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(fastjson.DecodeError, match="nested"):
+        fastjson.loads(deep)
+    with pytest.raises(fastjson.DecodeError, match="nested"):
+        fastjson.loads(b'{"topics": ' + deep + b"}")

@@ -20,7 +20,7 @@ import pytest
 
 from channel.config import PushConfig
 from channel.push import envelopes
-from channel.push.memory import memory_backend
+from channel.push.memory import MemoryReceipts, memory_backend
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -653,6 +653,19 @@ async def test_status_kept_for_retention_past_expiry(backend: PushBackend) -> No
     )
     assert await receipts.status("old") is None
     assert await receipts.status("kept") is not None
+
+
+async def test_memory_statuses_past_retention_go_whatever_the_batch_size() -> None:
+    # Found looking into the live fuzzer's RSS drift: the in-memory store swept expired
+    # statuses only when it held an exact multiple of 1024 as a batch came in, so API
+    # batches of 999 kept every expired status until ~1,000 batches had passed.
+    receipts = memory_backend().receipts
+    assert isinstance(receipts, MemoryReceipts)
+    past = now_ms() - 10_000
+    for batch in range(40):
+        expired = [device_status(f"m{batch}-{i}", "d1", expires_at_ms=past) for i in range(999)]
+        await receipts.create(expired, retention_s=1)
+    assert len(receipts._statuses) < 3 * 999
 
 
 async def test_status_final_for_every_device_goes_after_the_final_retention(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import gc
+import os
 import random
 import socket
 import ssl
@@ -36,6 +38,7 @@ from sdk_client import (
 )
 from sdk_client.errors import is_fatal
 from sdk_client.protocol import ResumingSSLContext, client_tls_context
+from sdk_client.tcp import release_after_failed_handoff
 
 
 class _Extreme(random.Random):
@@ -326,5 +329,32 @@ async def test_fast_open_without_a_cookie_is_tried_again_not_reported_unavailabl
         )
         with pytest.raises(OSError):
             await client._connect_tls(None, _FirstWriteInProgress())  # type: ignore[arg-type]
+    finally:
+        listener.close()
+
+
+def test_a_socket_whose_descriptor_the_loop_closed_never_closes_a_reused_number() -> None:
+    # uvloop may close the descriptor of a socket handed to create_connection when the
+    # connect fails, without the Python object knowing; collected later, the object
+    # closed the same number again, by then another connection's (EBADF / EEXIST on
+    # unrelated sockets). The SDK and the tools release every socket a connect failed
+    # with through release_after_failed_handoff.
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        handed = socket.create_connection(listener.getsockname())
+        number = handed.fileno()
+        os.close(number)  # what the loop did
+        release_after_failed_handoff(handed)
+        reused = socket.socket()  # the lowest free number: that one
+        assert reused.fileno() == number
+        del handed
+        gc.collect()
+        os.fstat(reused.fileno())  # still open: nobody closed it behind our back
+        reused.close()
+        # A socket the loop never took is closed; one already closed is left alone.
+        untouched = socket.create_connection(listener.getsockname())
+        release_after_failed_handoff(untouched)
+        assert untouched.fileno() == -1
+        release_after_failed_handoff(untouched)
     finally:
         listener.close()

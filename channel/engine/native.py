@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from channel.logs import fields
@@ -27,6 +27,7 @@ from channel.mmtp.service import preset_for_engine
 from channel.mmtp.session import MmtpSession
 from channel.rpc.model import RpcResponse
 from channel.security.auth import AuthFailure, AuthResult
+from channel.security.tls import TlsReloadError
 from channel.sessions import FanoutPush, Headers, Session, jittered
 from channel.wire import Dictionary, ErrorCode, Hello
 from channel.wire.presets import Preset
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from channel._engine import Engine
     from channel.mmtp.service import MmtpService
     from channel.security.tls import TlsFiles
+    from channel.security.tlstickets import TlsTicketStore
 
 log = logging.getLogger("channel.engine")
 
@@ -82,6 +84,12 @@ class NativeEngine:
         self.fanout_skipped = 0
         #: HELLOs refused because the node is draining (channel_refused_connections).
         self.refused_draining = 0
+        #: Single-use TLS tickets ([tls] early_data_max_bytes > 0; set by the node).
+        self.tls_tickets: TlsTicketStore | None = None
+        self._issued: list[tuple[bytes, bytes]] = []
+        self._ticket_tasks: set[asyncio.Task[None]] = set()
+        #: Ticket look-ups that failed or timed out (their devices did a full handshake).
+        self.ticket_store_errors = 0
 
     # ---------------------------------------------------------------- start
 
@@ -116,6 +124,7 @@ class NativeEngine:
             "dict_delivery_bytes_per_s": config.compression.dict_delivery_bytes_per_s,
             "dict_budget_bytes": config.compression.dict_budget_bytes,
             "usage_apps": self.service.compression.usage_apps(),
+            "early_data_max_bytes": config.tls.early_data_max_bytes,
             **dataclasses.asdict(native),
         }
         if tls.client_ca is not None:
@@ -153,6 +162,17 @@ class NativeEngine:
             fast_open_queue=max(0, server.tcp_fastopen_queue),
         )
 
+    def reload_tls(self, tls: TlsFiles) -> None:
+        """New certificate (and client CA) for new connections; open ones keep theirs,
+        and TLS session tickets stay valid (their keys are the fleet's, not the
+        certificate's). Files that do not load raise ``TlsReloadError`` and change nothing.
+        """
+        cert, key, client_ca = tls.read()
+        try:
+            self.engine.reload_tls(cert, key, client_ca, tls.require_client_cert)
+        except ValueError as exc:
+            raise TlsReloadError(f"{exc} ({tls.cert}, {tls.key})") from exc
+
     # ------------------------------------------------------------- commands
 
     def command(self, command: tuple[Any, ...]) -> None:
@@ -185,10 +205,13 @@ class NativeEngine:
                     handler(self, event)
         except Exception:
             log.exception("native engine event failed")
+        if self._issued:
+            issued, self._issued = self._issued, []
+            self._spawn(self._store_tickets(issued))
         self.flush_commands()
 
     def _hello(self, event: tuple[Any, ...]) -> None:
-        _, conn, _peer_ip, fields_, cert_cn, fast_open = event
+        _, conn, peer_ip, fields_, cert_cn, fast_open = event
         service = self.service
         if self.draining:
             self.metric_refused(ErrorCode.SHUTTING_DOWN)
@@ -204,7 +227,7 @@ class NativeEngine:
             return
         hello = Hello(**fields_)
         try:
-            result = service.authenticate(hello, cert_cn)
+            result = service.authenticate(hello, cert_cn, peer_ip)
         except AuthFailure as failure:
             self.command(("REJECT", conn, failure.code, failure.message, 0))
             return
@@ -257,10 +280,48 @@ class NativeEngine:
         return {app: list(rows) for app, rows in self._engine.usage().items()}
 
     def _request(self, event: tuple[Any, ...]) -> None:
-        _, conn, stream_id, op, headers, body = event
+        _, conn, stream_id, op, headers, body, early = event
         session = self._sessions.get(conn)
         if session is not None:
-            session.on_request(stream_id, op, headers, body)
+            session.on_request(stream_id, op, headers, body, early)
+
+    # ------------------------------------------------- single-use TLS tickets
+
+    def _tls_ticket(self, event: tuple[Any, ...]) -> None:
+        self._issued.append((event[1], event[2]))  # stored once the batch is read
+
+    def _tls_resume(self, event: tuple[Any, ...]) -> None:
+        _, conn, ticket_id = event
+        self._spawn(self._redeem(conn, ticket_id))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._ticket_tasks.add(task)
+        task.add_done_callback(self._ticket_tasks.discard)
+
+    async def _store_tickets(self, issued: list[tuple[bytes, bytes]]) -> None:
+        if self.tls_tickets is None:
+            return
+        try:
+            await self.tls_tickets.put_many(issued, self.config.native.ticket_lifetime_s)
+        except Exception as exc:
+            # Their devices will do a full handshake next time: worth a line, no more.
+            self.ticket_store_errors += 1
+            log.warning("tls tickets not stored", extra=fields(count=len(issued), error=str(exc)))
+
+    async def _redeem(self, conn: int, ticket_id: bytes) -> None:
+        """Take the ticket a device presents (once, fleet-wide) and let its handshake go
+        on: resumed (with its early data) if found, else full."""
+        state: bytes | None = None
+        store = self.tls_tickets
+        if store is not None:
+            timeout_s = self.config.tls.ticket_store_timeout_ms / 1000
+            try:
+                state = await asyncio.wait_for(store.take(ticket_id), timeout_s)
+            except Exception as exc:
+                self.ticket_store_errors += 1
+                log.info("tls ticket look-up failed", extra=fields(error=repr(exc)))
+        self.command(("TLS_RESUME", conn, ticket_id, state))
 
     def _answer(self, event: tuple[Any, ...]) -> None:
         _, conn, token, status, headers, body, retry_after_ms, message = event
@@ -339,6 +400,8 @@ class NativeEngine:
         "CLOSED": _closed,
         "MQTT_OPEN": _mqtt_open,
         "MQTT_PACKETS": _mqtt_packets,
+        "TLS_TICKET": _tls_ticket,
+        "TLS_RESUME": _tls_resume,
     }
 
     def metric_refused(self, code: ErrorCode) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -18,11 +19,17 @@ from typing import TYPE_CHECKING
 from channel import fastopen
 from channel.engine.dictpacer import DictionaryPacer
 from channel.engine.heaptrim import HeapTrimmer
+from channel.engine.proxyproto import ProxyPolicy
 from channel.engine.pysession import PyMmtpSession
 from channel.engine.tlsproto import tls_server_factory
 from channel.engine.uvtls import gated_tls_factory
 from channel.logs import fields
-from channel.security.tls import TlsFiles, peer_certificate_identity
+from channel.security.tls import (
+    ServerContextRef,
+    TlsFiles,
+    TlsReloadError,
+    peer_certificate_identity,
+)
 from channel.sessions import jittered
 from channel.wire import Dictionary, ErrorCode
 from channel.wire.presets import Preset
@@ -56,12 +63,21 @@ class PythonEngine:
         self._unauthenticated: set[PyMmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
         self._tcp_connections = 0
+        #: Devices arrive through load balancers sending a PROXY header (AcceptGate.proxy).
+        server = self.config.server
+        self.proxy = (
+            ProxyPolicy(server.proxy_trusted, server.proxy_max_header_bytes)
+            if server.proxy_protocol
+            else None
+        )
         self.heap_trimmer = HeapTrimmer(self.config.server.malloc_trim_after_handshakes)
         self._server: asyncio.AbstractServer | None = None
         #: The kernel takes fast-open SYNs on our listener (else no socket is asked).
         self._fast_open_listening = False
         self._sweeper: asyncio.Task[None] | None = None
         self._client_certificates = bool(self.config.tls.client_ca)
+        #: The context new connections get (``reload_tls`` swaps it).
+        self._contexts = ServerContextRef(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         self.draining = False
         self._all_gone: asyncio.Event | None = None
         self.dictionaries = DictionaryPacer(self.config.compression)
@@ -70,7 +86,8 @@ class PythonEngine:
 
     async def start(self, tls: TlsFiles) -> int:
         """Listen for devices; returns the port."""
-        ssl_context = tls.server_context()
+        ssl_context = self._contexts
+        ssl_context.context = tls.server_context()
         loop = asyncio.get_running_loop()
         server = self.config.server
         reuse_port = server.reuse_port or server.workers > 1 or None
@@ -111,6 +128,20 @@ class PythonEngine:
                 extra=fields(sysctl=fastopen.sysctl_value()),
             )
 
+    def reload_tls(self, tls: TlsFiles) -> None:
+        """New certificate (and client CA) for new connections; open ones keep theirs.
+        Files that do not load raise ``TlsReloadError`` and change nothing.
+
+        OpenSSL makes new session ticket keys with the new context: a device holding a
+        ticket from before does one full handshake.
+        """
+        try:
+            context = tls.server_context()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise TlsReloadError(f"tls: cannot load {tls.cert} / {tls.key}: {exc}") from exc
+        self._contexts.context = context
+        self._client_certificates = tls.client_ca is not None
+
     # ------------------------------------------------------------ admission
 
     def admit_connection(self, peer_ip: str) -> bool:
@@ -118,28 +149,45 @@ class PythonEngine:
 
         Over ``max_connections`` or ``max_connections_per_ip`` the connection is
         closed without a word (no TLS, so no MMTP ERROR can be sent): a client sees
-        the connection reset and backs off as after any network failure.
+        the connection reset and backs off as after any network failure. Behind a
+        balancer (``proxy_protocol``) ``peer_ip`` is "" here and the device's address
+        is counted once its PROXY header is read (``admit_address``).
         """
-        server = self.config.server
-        if self._tcp_connections >= server.max_connections:
+        if self._tcp_connections >= self.config.server.max_connections:
             self._refused.labels(ErrorCode.UNAVAILABLE.name).inc()
             return False
-        if self._per_ip[peer_ip] >= server.max_connections_per_ip:
-            self._refused.labels(ErrorCode.RATE_LIMITED.name).inc()
+        if peer_ip and not self._admit_ip(peer_ip):
             return False
         self._tcp_connections += 1
-        self._per_ip[peer_ip] += 1
         self.metrics.connections.set(self._tcp_connections)
         return True
 
+    def admit_address(self, peer_ip: str) -> bool:
+        return self._admit_ip(peer_ip)
+
+    def _admit_ip(self, peer_ip: str) -> bool:
+        if self._per_ip[peer_ip] >= self.config.server.max_connections_per_ip:
+            self._refused.labels(ErrorCode.RATE_LIMITED.name).inc()
+            return False
+        self._per_ip[peer_ip] += 1
+        return True
+
+    def refuse(self, reason: str) -> None:
+        self._refused.labels(reason).inc()
+
     def release_connection(self, peer_ip: str) -> None:
         self._tcp_connections -= 1
-        left = self._per_ip[peer_ip] - 1
-        if left > 0:
-            self._per_ip[peer_ip] = left
-        else:
-            del self._per_ip[peer_ip]
+        if peer_ip:
+            left = self._per_ip[peer_ip] - 1
+            if left > 0:
+                self._per_ip[peer_ip] = left
+            else:
+                del self._per_ip[peer_ip]
         self.metrics.connections.set(self._tcp_connections)
+
+    def connections_from(self, peer_ip: str) -> int:
+        """Connections counted under ``peer_ip`` now (a device's, behind a balancer)."""
+        return self._per_ip.get(peer_ip, 0)
 
     def admit(self, session: PyMmtpSession) -> tuple[ErrorCode, str] | None:
         """Register a connection whose TLS handshake completed, or say why it is refused.

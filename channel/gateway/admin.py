@@ -3,7 +3,8 @@
 ``GET /metrics`` (Prometheus), ``GET /healthz`` (the process is alive),
 ``GET /readyz`` (accepting devices; 503 while starting or draining),
 ``GET /admin/routes`` (current RPC routes, clusters and breaker states),
-``POST /admin/reload`` (re-read the config file's [rpc] section, like SIGHUP),
+``POST /admin/reload`` (re-read the config file's [rpc] routes and [tls] files, like
+SIGHUP; open connections keep their certificate),
 ``GET /admin/devices/{device_id}`` (is this device connected here),
 ``GET /admin/compression`` (per app: dictionaries, presets, deliveries,
 retraining, and each dictionary's share of the app's bodies and bytes saved;
@@ -51,7 +52,7 @@ class AdminTarget(Protocol):
     @property
     def by_device(self) -> dict[str, Session]: ...
 
-    def reload_routes(self, config: GatewayConfig) -> None: ...
+    def reload(self, config: GatewayConfig) -> dict[str, object]: ...
 
     def compression_view(self) -> dict[str, object]: ...
 
@@ -132,10 +133,11 @@ async def reload(request: web.Request) -> web.Response:
         message = "the node runs without a config file; nothing to reload"
         return json_response(409, error_json("CONFLICT", message))
     try:
-        node.reload_routes(load_config(source))
+        in_force = node.reload(load_config(source))
     except (ConfigError, ValueError) as exc:
+        # Nothing changed: the routes and certificate in force are the ones before.
         return json_response(400, error_json("BAD_REQUEST", str(exc)))
-    return web.json_response({"reloaded": source, "routes": node.router.describe()})
+    return web.json_response({"reloaded": source, **in_force})
 
 
 async def device(request: web.Request) -> web.Response:

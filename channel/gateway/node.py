@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from channel.compression.service import CompressionService
-from channel.config import GatewayConfig
+from channel.config import GatewayConfig, TlsConfig
 from channel.default_dictionary import DEFAULT_DICTIONARY_ID, load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
 from channel.engine.python import PythonEngine
-from channel.gateway.builtin import builtin_response
+from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
+    register_certificate_collector,
     register_compression_collector,
     register_native_collector,
     register_push_collector,
@@ -44,6 +45,7 @@ from channel.security.auth import Authenticator
 from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
 from channel.security.tickets import TicketKeyRing, TicketSealer, tls_ticket_keys
 from channel.security.tls import TlsFiles
+from channel.security.tlstickets import MemoryTlsTickets
 from channel.security.tokens import TokenVerifier, key_id_from_path, load_public_key
 from channel.sessions import Session, SessionRegistry
 from channel.wire import BodyCodec, DictionaryStore, ErrorCode, FrameType
@@ -87,6 +89,7 @@ class GatewayNode:
             body_codec=self.body_codec,
             upstream=self.call_upstream,
             compression=self.compression,
+            is_idempotent=self.is_idempotent,
         )
         register_push_collector(self.metrics.registry, lambda: self.delivery)
         self.engine = self._make_engine()
@@ -141,8 +144,8 @@ class GatewayNode:
             allow_client_certificates=bool(self.config.tls.client_ca),
         )
 
-    def _tls_files(self) -> TlsFiles:
-        tls = self.config.tls
+    def _tls_files(self, tls: TlsConfig | None = None) -> TlsFiles:
+        tls = tls if tls is not None else self.config.tls
         if tls.cert:
             cert, key = Path(tls.cert), Path(tls.key)
         else:
@@ -178,10 +181,16 @@ class GatewayNode:
         # Before the engine is built: it starts with every app's dictionaries and presets.
         await self.compression.load()
         self.compression.listeners.append(self.engine)
+        register_certificate_collector(self.metrics.registry, tls.cert)
         await self.router.start()
         await self._start_push()
         if isinstance(self.engine, NativeEngine):
             auth = self.config.auth
+            if self.config.tls.early_data_max_bytes > 0:
+                assert self.backend is not None
+                self.engine.tls_tickets = self.backend.tls_tickets or MemoryTlsTickets(
+                    self.config.tls.ticket_store_max_entries
+                )
             device_port = await self.engine.start(
                 tls,
                 tls_ticket_keys(
@@ -190,6 +199,8 @@ class GatewayNode:
             )
             self.registry.fanout_engines.append(self.engine)
         else:
+            if self.config.tls.early_data_max_bytes > 0:
+                log.warning("tls.early_data_max_bytes: TLS early data needs the native engine")
             device_port = await self.engine.start(tls)
         from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
@@ -283,6 +294,10 @@ class GatewayNode:
         """Backend → device RPC for a device connected to this node."""
         return await self.registry.call(device_id, op, body, headers, timeout_s)
 
+    def is_idempotent(self, op: str) -> bool:
+        """May ``op`` run twice with the same effect (TLS early data, spec 8.5)?"""
+        return op in IDEMPOTENT_OPS or self.router.is_idempotent(op)
+
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
         builtin = builtin_response(request, self.delivery)
         if builtin is not None:
@@ -306,10 +321,23 @@ class GatewayNode:
 
     # ---------------------------------------------------------------- drain
 
-    def reload_routes(self, config: GatewayConfig) -> None:
-        self.router.reload(RoutingConfig.from_dict(config.rpc))
+    def reload(self, config: GatewayConfig) -> dict[str, object]:
+        """Re-read the ``[rpc]`` routes and the ``[tls]`` files (``POST /admin/reload``,
+        SIGHUP) without dropping a device: new connections get the new certificate, open
+        ones keep theirs, calls in flight finish on the routes they started on.
+        Everything is checked before anything changes: a bad route or a certificate,
+        key or CA that does not load raises (``ValueError``, its message naming the
+        field or file) and the node keeps what it had. Returns what is in force.
+        """
+        routing = RoutingConfig.from_dict(config.rpc)
+        tls = self._tls_files(config.tls)
+        self.engine.reload_tls(tls)
+        self.router.reload(routing)
         self.config.rpc = config.rpc
-        log.info("routes reloaded", extra=fields(source=config.source))
+        self.config.tls = config.tls
+        summary = tls.summary()
+        log.info("reloaded", extra=fields(source=config.source, **summary))
+        return {"tls": summary, "routes": self.router.describe()}
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop accepting, tell every device to reconnect later, finish calls, close."""

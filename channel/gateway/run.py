@@ -1,7 +1,8 @@
 """Running nodes as processes: signals, uvloop, ``--workers N`` with SO_REUSEPORT.
 
 SIGTERM / SIGINT drain (GOAWAY with a jittered reconnect hint, in-flight calls
-finish, then exit 0); SIGHUP reloads the [rpc] routes from the config file.
+finish, then exit 0); SIGHUP reloads the [rpc] routes and [tls] files from the
+config file (devices stay connected).
 With several workers the parent only supervises: each child is a full node
 on the same device port (the kernel spreads connections) and admin port
 ``admin_port + index``; signals to the parent are passed on to every child.
@@ -52,9 +53,7 @@ async def serve_node(config: GatewayConfig, announce: Announce | None = None) ->
 
     def reload() -> None:
         try:
-            node.reload_routes(
-                load_config(config.source) if config.source != "defaults" else config
-            )
+            node.reload(load_config(config.source) if config.source != "defaults" else config)
         except (ConfigError, ValueError) as exc:
             log.error("reload refused", extra=fields(error=str(exc)))
 

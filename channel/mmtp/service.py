@@ -53,6 +53,7 @@ class MmtpService:
         body_codec: BodyCodec,
         upstream: Upstream,
         compression: CompressionService,
+        is_idempotent: Callable[[str], bool] = lambda op: False,
     ) -> None:
         self.config = config
         self.compression = compression
@@ -61,6 +62,7 @@ class MmtpService:
         self.metrics = metrics
         self.body_codec = body_codec
         self.call_upstream = upstream
+        self.is_idempotent = is_idempotent
         lim = config.limits
         #: Per-app body counters, chosen at each device's HELLO (``Connection``).
         self.usage_for_app = compression.usage_for
@@ -82,15 +84,18 @@ class MmtpService:
 
     # ------------------------------------------------------------- handshake
 
-    def authenticate(self, hello: Hello, client_cert_cn: str | None) -> AuthResult:
-        """Verify a HELLO's credential; raises ``AuthFailure`` (counted, logged)."""
+    def authenticate(
+        self, hello: Hello, client_cert_cn: str | None, peer_ip: str = ""
+    ) -> AuthResult:
+        """Verify a HELLO's credential; raises ``AuthFailure`` (counted, logged with the
+        device's address: behind a balancer, the one its PROXY header named)."""
         try:
             return self.authenticator.authenticate(hello, time.time(), client_cert_cn)
         except AuthFailure as failure:
             self.metrics.auth_failures.labels(failure.code.name).inc()
             log.info(
                 "hello refused",
-                extra=fields(device=hello.device_id, code=failure.code.name),
+                extra=fields(device=hello.device_id, code=failure.code.name, peer=peer_ip),
             )
             raise
 
@@ -129,6 +134,13 @@ class MmtpService:
         return [d.to_file_bytes() for d in self.body_codec.dictionaries]
 
     # --------------------------------------------------------------- requests
+
+    def early_request_allowed(self, op: str) -> bool:
+        """A request that came as TLS early data may be served only if its op is
+        idempotent: early data can be replayed (spec section 8.5). Counted either way."""
+        allowed = self.is_idempotent(op)
+        self.metrics.early_data_requests.labels("served" if allowed else "refused").inc()
+        return allowed
 
     def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
         # Labels are the route's match and the cluster, never the op (unbounded cardinality).

@@ -111,10 +111,21 @@ class MmtpSession(Session):
 
     # --------------------------------------------------------------- requests
 
-    def on_request(self, stream_id: int, op: str, headers: Headers, body: bytes) -> None:
-        """A REQUEST from the device: rate limit, then serve it in a task of its own."""
+    def on_request(
+        self, stream_id: int, op: str, headers: Headers, body: bytes, early: bool = False
+    ) -> None:
+        """A REQUEST from the device: rate limit, then serve it in a task of its own.
+        ``early``: it came as TLS early data, which the network may replay: only an
+        idempotent op is served; any other is refused unprocessed (spec section 8.5)."""
         if self.auth is None:
             # Pipelined requests only arrive after the HELLO; a refused HELLO closes.
+            return
+        if early and not self._service.early_request_allowed(op):
+            self.stream_error(
+                stream_id,
+                ErrorCode.REFUSED_STREAM,
+                "not idempotent: sent as TLS early data; send it again",
+            )
             return
         now = time.monotonic()
         bucket = self._bucket

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from channel.logs import fields
 from channel.push import envelopes as env
 from channel.push.fanout import FanoutRing
+from channel.push.latency import LatencyHistogram
 from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
 from channel.push.stores import PushBackend, QueuedRef
 from channel.push.topics import TopicForbidden, TopicRules
@@ -112,6 +113,9 @@ class NodeDelivery:
         self._ring_task: asyncio.Task[None] | None = None
         self._sweep_offset = 0
         self.pushes_written = 0
+        #: Accepted (by any node's API) -> written to the device here, for pushes routed
+        #: to a device online now (queue replays, which waited for a device, are not).
+        self.delivery_latency = LatencyHistogram()
         #: Directory entries this node's sweeps forgot (devices not seen within the ttl).
         self.directory_forgotten = 0
         #: Times this node found inbox entries trimmed before it read them and replayed
@@ -329,6 +333,11 @@ class NodeDelivery:
         self.pushes_written += 1
         return True
 
+    @property
+    def unacked_total(self) -> int:
+        """Queued pushes written to this node's devices and not acknowledged yet."""
+        return sum(len(state.message_ids) for state in self._state.values())
+
     def _fail(self, session: Session, message_id: str, reason: str) -> None:
         """Report a queued push this device will never get, and drop it from its queue."""
         self._receipts.append(
@@ -355,6 +364,8 @@ class NodeDelivery:
             return
         if self._write(session, message):
             touched.add(session)
+            if message.accepted_at_ms:
+                self.delivery_latency.observe((now_ms() - message.accepted_at_ms) / 1000)
 
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""

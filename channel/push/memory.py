@@ -203,6 +203,10 @@ class MemoryReceipts:
     _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
     _next_seq: int = 1
     _changed: asyncio.Event | None = None
+    #: Statuses left by the last sweep of expired ones. The next sweep waits until the
+    #: store holds twice as many (and at least 1024 more): the store stays within about
+    #: twice its live statuses, and sweeping costs O(1) per status created (amortised).
+    _kept_at_sweep: int = 0
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire()
@@ -273,10 +277,13 @@ class MemoryReceipts:
         return list(itertools.islice(self._stream, index, index + count))
 
     def _expire(self) -> None:
+        kept = self._kept_at_sweep
+        if len(self._statuses) < max(2 * kept, kept + 1024):
+            return
         now = int(time.time() * 1000)
-        if len(self._statuses) % 1024 == 0:
-            for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
-                del self._statuses[key]
+        for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
+            del self._statuses[key]
+        self._kept_at_sweep = len(self._statuses)
 
 
 class MemoryIdempotency:

@@ -218,6 +218,9 @@ class PushBackend:
     directory: DeviceDirectory
     #: The Redis client for the stream API (None for the memory backend).
     redis: Any = None
+    #: Single-use TLS tickets shared by the fleet (TLS early data; None for the memory
+    #: backend, whose node keeps its own: channel/security/tlstickets.py).
+    tls_tickets: Any = None
 
     async def close(self) -> None:
         closer = getattr(self.presence, "aclose", None)

@@ -149,6 +149,12 @@ class RpcRouter:
 
     # -- calls -----------------------------------------------------------------
 
+    def is_idempotent(self, op: str) -> bool:
+        """The op's route marks it idempotent (``idempotent``, ``idempotent_ops``): it
+        may run twice, so it may be served from TLS early data and retried."""
+        route = self._state.table.match(op)
+        return route is not None and route.is_idempotent(op)
+
     async def handle(self, request: RpcRequest) -> RpcResponse:
         """Answer one device call; upstream trouble comes back as an error status."""
         started = self._clock()

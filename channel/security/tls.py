@@ -3,9 +3,10 @@
 Server contexts issue exactly one session ticket per handshake
 (``num_tickets = 1``; OpenSSL's default of 2 costs ~255 bytes more on every
 full handshake) and keep ticket-based resumption on, so a reconnecting device
-does an abbreviated handshake. Python's ``ssl`` has no TLS early data, so
-MMTP's "0-RTT" happens at the protocol level (requests pipelined behind HELLO),
-never as TLS early data.
+does an abbreviated handshake. Python's ``ssl`` has no TLS early data, so on the
+Python engine MMTP's "0-RTT" happens at the protocol level (requests pipelined
+behind HELLO); the native engine can also accept TLS early data (spec section 8.5,
+``[tls] early_data_max_bytes``).
 
 Optional client certificates serve IoT-style devices (mutual TLS): the
 gateway then takes the device identity from the certificate's common name
@@ -82,6 +83,24 @@ def server_ssl_context(
     return context
 
 
+class TlsReloadError(ValueError):
+    """New ``[tls]`` files were refused; the listener keeps the ones it had."""
+
+
+class ServerContextRef:
+    """The server context a listener gives new connections. A reload replaces it
+    whole; a connection keeps the context it started with."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+
+def context_ref(context: ssl.SSLContext | ServerContextRef) -> ServerContextRef:
+    return context if isinstance(context, ServerContextRef) else ServerContextRef(context)
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """A listener's certificate files: what both engines load (``[tls]`` or the dev CA)."""
@@ -99,6 +118,30 @@ class TlsFiles:
             client_ca=self.client_ca,
             require_client_cert=self.require_client_cert,
         )
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """(cert, key, client CA) PEM bytes; ``TlsReloadError`` names the file that fails."""
+        try:
+            client_ca = self.client_ca.read_bytes() if self.client_ca is not None else None
+            return self.cert.read_bytes(), self.key.read_bytes(), client_ca
+        except OSError as exc:
+            raise TlsReloadError(f"tls: cannot read {exc.filename}: {exc.strerror}") from exc
+
+    def summary(self) -> dict[str, str]:
+        """What an operator checks after a reload: the certificate's file, subject,
+        expiry and SHA-256 fingerprint (empty values if the file does not parse)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        doc = {"cert": str(self.cert), "subject": "", "not_after": "", "sha256": ""}
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        except (OSError, ValueError):
+            return doc
+        doc["subject"] = cert.subject.rfc4514_string()
+        doc["not_after"] = cert.not_valid_after_utc.isoformat()
+        doc["sha256"] = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+        return doc
 
 
 def client_ssl_context(

@@ -18,6 +18,7 @@ from channel.push.redis.queue import RedisQueue
 from channel.push.redis.receipts import RedisReceipts
 from channel.push.redis.router import RedisRouter
 from channel.push.stores import PushBackend
+from channel.security.tlstickets import RedisTlsTickets
 
 __all__ = [
     "RedisDirectory",
@@ -57,4 +58,5 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         ),
         idempotency=RedisIdempotency(conn, keys),
         directory=RedisDirectory(conn, keys, config.user_devices_ttl_s, config.user_devices_cap),
+        tls_tickets=RedisTlsTickets(conn, config.key_prefix),
     )

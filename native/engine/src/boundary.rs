@@ -30,6 +30,8 @@ pub enum Event {
         op: String,
         headers: Headers,
         body: Vec<u8>,
+        /// It came as TLS early data (may be a replay: serve only idempotent ops).
+        early: bool,
     },
     /// The device's answer to a backend -> device CALL (or UNAVAILABLE if it went away).
     Answer {
@@ -77,6 +79,18 @@ pub enum Event {
         written: u64,
         skipped: u64,
     },
+    /// A single-use TLS ticket was issued (early data on): store `state` (sealed
+    /// under the ticket key ring) under `ticket_id` for the ticket's lifetime.
+    TlsTicket {
+        ticket_id: Vec<u8>,
+        state: Vec<u8>,
+    },
+    /// A device presents a single-use ticket: take it from the store (once) and answer
+    /// with the `TlsResume` command; its handshake waits until then.
+    TlsResume {
+        conn: ConnId,
+        ticket_id: Vec<u8>,
+    },
 }
 
 impl Event {
@@ -98,6 +112,8 @@ impl Event {
             Event::Acks { message_ids, .. } => message_ids.len() * 24,
             Event::MqttPackets { packets, .. } => packets.iter().map(|p| p.len() + 24).sum(),
             Event::PushFailed { reason, .. } => reason.len(),
+            Event::TlsTicket { ticket_id, state } => ticket_id.len() + state.len(),
+            Event::TlsResume { ticket_id, .. } => ticket_id.len(),
             _ => 0,
         }
     }
@@ -198,6 +214,13 @@ pub enum Command {
     Dict {
         conns: Vec<ConnId>,
         dict_id: u32,
+    },
+    /// The answer to `TlsResume`: the ticket's sealed state, or None (not found, taken
+    /// already, the store failed): the handshake goes on, resumed or full.
+    TlsResume {
+        conn: ConnId,
+        ticket_id: Vec<u8>,
+        state: Option<Vec<u8>>,
     },
     // ----------------------------------------------------------- internal
     Listen(crate::engine::Listener),

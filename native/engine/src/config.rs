@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub accepts_per_round: usize,
     /// TLS 1.3 session ticket lifetime told to clients.
     pub ticket_lifetime_s: u32,
+    /// TLS 1.3 early data accepted per MMTP connection, in bytes; 0: none (sealed,
+    /// stateless tickets). Above 0: single-use tickets held by Python (`singleuse.rs`).
+    pub early_data_max_bytes: u32,
     /// MMTP limits of every device connection.
     pub mmtp: mmtp::Limits,
     /// Dictionary delivery: bytes per DICT chunk (a chunk goes out only when the
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             sweep_interval_ms: 200,
             accepts_per_round: 256,
             ticket_lifetime_s: 7200,
+            early_data_max_bytes: 0,
             mmtp: mmtp::Limits::default(),
             dict_chunk_bytes: 4096,
             dict_delivery_bytes_per_s: 8 * 1024 * 1024,
@@ -117,6 +121,9 @@ impl EngineConfig {
         }
         if self.dict_chunk_bytes < 256 {
             return Err("dict_chunk_bytes must be >= 256".into());
+        }
+        if self.early_data_max_bytes > 0 && !(1024..=65_536).contains(&self.early_data_max_bytes) {
+            return Err("early_data_max_bytes must be 0 (off) or 1024..=65536".into());
         }
         if self.ticket_lifetime_s > 7 * 86_400 {
             return Err("ticket_lifetime_s must be at most 604800 (TLS 1.3's cap)".into());
@@ -171,6 +178,13 @@ mod tests {
                     ..Default::default()
                 },
                 "mqtt_max_packet_size",
+            ),
+            (
+                EngineConfig {
+                    early_data_max_bytes: 100,
+                    ..Default::default()
+                },
+                "early_data_max_bytes",
             ),
             (
                 EngineConfig {

@@ -8,12 +8,15 @@
 
 pub mod admission;
 pub mod boundary;
+pub mod clienthello;
 pub mod config;
 pub mod deadlines;
 pub mod engine;
 pub mod ids;
 pub mod mqtt;
+pub mod proxy;
 pub mod runtime;
+pub mod singleuse;
 pub mod stats;
 pub mod sys;
 pub mod ticketer;

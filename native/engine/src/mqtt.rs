@@ -10,6 +10,33 @@ pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
 /// PINGRESP: type 13, no flags, nothing after.
 pub const PINGRESP: [u8; 2] = [0xD0, 0x00];
 
+/// DISCONNECT (MQTT 5) with reason 0x95, Packet too large, and no properties.
+pub const DISCONNECT_TOO_LARGE: [u8; 4] = [0xE0, 0x02, 0x95, 0x00];
+/// CONNACK (MQTT 5) refusing with 0x95, Packet too large: a CONNECT too large is
+/// answered before any CONNACK, when DISCONNECT is not allowed yet.
+pub const CONNACK_TOO_LARGE: [u8; 5] = [0x20, 0x03, 0x00, 0x95, 0x00];
+
+/// The protocol level a CONNECT at the start of `head` announces (4: MQTT 3.1.1,
+/// 5: MQTT 5.0), once enough of it has arrived: fixed header (type 1), remaining
+/// length, protocol name "MQTT" (length-prefixed), then the level byte.
+pub fn connect_protocol_level(head: &[u8]) -> Option<u8> {
+    if head.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut at = 1;
+    while head.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    let name = head.get(at + 1..at + 7)?;
+    if name != b"\x00\x04MQTT" {
+        return None;
+    }
+    head.get(at + 7).copied()
+}
+
 /// Why a stream is not MQTT we take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FramingError {
@@ -87,6 +114,11 @@ impl Framer {
         Ok(more)
     }
 
+    /// The bytes of the packet that has not fully arrived.
+    pub fn partial(&self) -> &[u8] {
+        &self.partial
+    }
+
     pub fn buffered(&self) -> usize {
         self.partial.len()
     }
@@ -120,6 +152,25 @@ fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connect_level_is_read_from_its_first_bytes() {
+        let v5 = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02c1";
+        let v311 = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1";
+        assert_eq!(connect_protocol_level(v5), Some(5));
+        assert_eq!(connect_protocol_level(v311), Some(4));
+        assert_eq!(connect_protocol_level(&v5[..8]), None, "not all there yet");
+        assert_eq!(connect_protocol_level(&v5[..9]), Some(5));
+        // A long remaining length (a CONNECT of 2 MiB) shifts the name.
+        assert_eq!(
+            connect_protocol_level(b"\x10\x80\x80\x80\x01\x00\x04MQTT\x05"),
+            Some(5)
+        );
+        assert_eq!(connect_protocol_level(b"\x30\x02\x00\x00"), None, "PUBLISH");
+        assert_eq!(connect_protocol_level(b"\x10\x80\x80\x80\x80\x80"), None);
+        assert_eq!(connect_protocol_level(b"\x10\x0c\x00\x06MQIsdp\x03"), None);
+        assert_eq!(connect_protocol_level(b""), None);
+    }
 
     fn publish(payload_len: usize) -> Vec<u8> {
         // PUBLISH QoS 0, topic "t", then the payload; remaining length as a varint.

@@ -92,6 +92,7 @@ const CONFIG_KEYS: &[&str] = &[
     "sweep_interval_ms",
     "accepts_per_round",
     "ticket_lifetime_s",
+    "early_data_max_bytes",
     "max_frame_size",
     "header_table_size",
     "max_header_list_size",
@@ -190,6 +191,7 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
             "sweep_interval_ms" => c.sweep_interval_ms = int()?,
             "accepts_per_round" => c.accepts_per_round = int()? as usize,
             "ticket_lifetime_s" => c.ticket_lifetime_s = int()?.min(u32::MAX as u64) as u32,
+            "early_data_max_bytes" => c.early_data_max_bytes = int()?.min(u32::MAX as u64) as u32,
             "max_frame_size" => c.mmtp.max_frame_size = int()?,
             "header_table_size" => c.mmtp.header_table_size = int()?,
             "max_header_list_size" => c.mmtp.max_header_list_size = int()?,
@@ -341,6 +343,7 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             op,
             headers,
             body,
+            early,
         } => tuple!(
             py,
             kind("REQUEST"),
@@ -348,7 +351,8 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             stream_id,
             op,
             headers_tuple(py, &headers)?,
-            PyBytes::new(py, &body)
+            PyBytes::new(py, &body),
+            early
         ),
         Event::Answer {
             conn,
@@ -417,6 +421,15 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             written,
             skipped
         ),
+        Event::TlsTicket { ticket_id, state } => tuple!(
+            py,
+            kind("TLS_TICKET"),
+            PyBytes::new(py, &ticket_id),
+            PyBytes::new(py, &state)
+        ),
+        Event::TlsResume { conn, ticket_id } => {
+            tuple!(py, kind("TLS_RESUME"), conn.0, PyBytes::new(py, &ticket_id))
+        }
     })
 }
 
@@ -724,6 +737,19 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             Command::MqttWrite {
                 conn: f.conn(1)?,
                 data: f.bytes(2, "data")?,
+            }
+        }
+        "TLS_RESUME" => {
+            f.arity(&["conn", "ticket_id", "state"])?;
+            let state = f.item(3)?;
+            Command::TlsResume {
+                conn: f.conn(1)?,
+                ticket_id: f.bytes(2, "ticket_id")?,
+                state: if state.is_none() {
+                    None
+                } else {
+                    Some(f.bytes(3, "state")?)
+                },
             }
         }
         other => {

@@ -12,8 +12,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::boundary::{Command, EventQueue};
 use crate::config::EngineConfig;
 use crate::engine::{Engine, Kind, Listener, Shared};
+use crate::singleuse::SingleUseStore;
 use crate::ticketer::{KeyRingTicketer, TicketKeys};
-use crate::tls::{server_configs, TlsMaterial};
+use crate::tls::{server_configs, EarlyData, TlsMaterial};
 
 /// A preset table from Python (spec section 9.3), built by `py.rs`.
 pub type PresetSpec = mmtp::PresetTable;
@@ -44,8 +45,12 @@ impl Runtime {
             Some((current, keys)) => KeyRingTicketer::new(*current, keys, lifetime)?,
             None => KeyRingTicketer::random(lifetime),
         };
+        let early = (setup.config.early_data_max_bytes > 0).then(|| EarlyData {
+            store: SingleUseStore::new(ticketer.clone()),
+            max_bytes: setup.config.early_data_max_bytes,
+        });
         let configs = match &setup.tls {
-            Some(material) => Some(server_configs(material, ticketer.clone())?),
+            Some(material) => Some(server_configs(material, ticketer.clone(), early.as_ref())?),
             None => None,
         };
         let mut presets = mmtp::Presets::builtin();
@@ -74,6 +79,7 @@ impl Runtime {
             frames: Arc::new(mmtp::FrameCounters::default()),
             tls: RwLock::new(configs),
             ticketer,
+            early,
             codec: Arc::new(codec),
             presets: RwLock::new(Arc::new(presets)),
             usage,
@@ -149,7 +155,11 @@ impl Runtime {
 
     /// Replace the certificate (and client CA) for new connections; open ones keep theirs.
     pub fn reload_tls(&self, material: &TlsMaterial) -> Result<(), String> {
-        let configs = server_configs(material, self.shared.ticketer.clone())?;
+        let configs = server_configs(
+            material,
+            self.shared.ticketer.clone(),
+            self.shared.early.as_ref(),
+        )?;
         *self.shared.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(configs);
         crate::stats::Stats::inc(&self.shared.stats.tls_reloads);
         Ok(())

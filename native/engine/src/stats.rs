@@ -113,6 +113,18 @@ counters! {
     dict_chunks,
     /// Dictionary bytes written in DICT chunks.
     dict_bytes,
+    /// ClientHellos that asked to send TLS early data (early data on).
+    early_data_offered,
+    /// Connections whose early data was accepted (on a single-use ticket).
+    early_data_accepted,
+    /// Plaintext bytes received as early data.
+    early_data_bytes,
+    /// Requests that arrived as early data (REQUEST with early = True).
+    early_data_requests,
+    /// Single-use tickets issued (TLS_TICKET events).
+    tls_tickets_issued,
+    /// ClientHellos held for a ticket look-up (TLS_RESUME events).
+    tls_ticket_lookups,
 }
 
 impl Stats {
@@ -142,6 +154,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 46);
+        assert_eq!(snapshot.len(), 52);
     }
 }

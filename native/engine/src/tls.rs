@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
+use crate::singleuse::{SingleUseStore, StoredTickets};
 use crate::ticketer::KeyRingTicketer;
 
 /// ALPN of MMTP listeners; a device that negotiates anything else is refused.
@@ -57,10 +58,19 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// TLS 1.3 early data on the MMTP listeners (`singleuse.rs`).
+#[derive(Clone, Debug)]
+pub struct EarlyData {
+    pub store: Arc<SingleUseStore>,
+    /// Largest early data accepted per connection (plaintext bytes).
+    pub max_bytes: u32,
+}
+
 /// Build the listeners' configurations; errors say which input is wrong.
 pub fn server_configs(
     material: &TlsMaterial,
     ticketer: Arc<KeyRingTicketer>,
+    early: Option<&EarlyData>,
 ) -> Result<ServerConfigs, String> {
     let provider = provider();
     let chain = certificates(&material.cert_pem, "tls cert")?;
@@ -103,6 +113,16 @@ pub fn server_configs(
     config.max_early_data_size = 0;
     let mqtt = Arc::new(config.clone());
     config.alpn_protocols = vec![MMTP_ALPN.to_vec()];
+    if let Some(early) = early {
+        // Early data needs stored tickets (singleuse.rs): the fleet's single-use store
+        // instead of sealed tickets. MQTT listeners keep sealed tickets, no early data.
+        config.ticketer = Arc::new(StoredTickets);
+        config.session_storage = early.store.clone();
+        config.max_early_data_size = early.max_bytes;
+        // Answers to early requests go out with the server's first flight, not a round
+        // trip later; rustls sends none before a client certificate is checked.
+        config.send_half_rtt_data = true;
+    }
     Ok(ServerConfigs {
         mmtp: Arc::new(config),
         mqtt,
@@ -265,7 +285,7 @@ mod tests {
 
     #[test]
     fn configs_are_tls13_with_one_ticket_and_alpn_on_mmtp_only() {
-        let configs = server_configs(&material(), KeyRingTicketer::random(60)).unwrap();
+        let configs = server_configs(&material(), KeyRingTicketer::random(60), None).unwrap();
         assert_eq!(configs.mmtp.alpn_protocols, vec![b"mmtp/1".to_vec()]);
         assert!(configs.mqtt.alpn_protocols.is_empty());
         assert_eq!(configs.mmtp.send_tls13_tickets, 1);
@@ -277,6 +297,21 @@ mod tests {
             .iter()
             .all(|s| s.version() == &rustls::version::TLS13));
         assert_eq!(provider.kx_groups.len(), 2);
+    }
+
+    #[test]
+    fn early_data_configs_store_tickets_on_mmtp_only() {
+        let ticketer = KeyRingTicketer::random(60);
+        let early = EarlyData {
+            store: SingleUseStore::new(ticketer.clone()),
+            max_bytes: 16384,
+        };
+        let configs = server_configs(&material(), ticketer, Some(&early)).unwrap();
+        assert!(!configs.mmtp.ticketer.enabled(), "stored tickets");
+        assert_eq!(configs.mmtp.max_early_data_size, 16384);
+        assert!(configs.mmtp.send_half_rtt_data);
+        assert!(configs.mqtt.ticketer.enabled(), "MQTT keeps sealed tickets");
+        assert_eq!(configs.mqtt.max_early_data_size, 0);
     }
 
     #[test]
@@ -320,7 +355,7 @@ mod tests {
             ),
         ];
         for (material, expected) in cases {
-            let error = server_configs(&material, ticketer.clone()).unwrap_err();
+            let error = server_configs(&material, ticketer.clone(), None).unwrap_err();
             assert!(
                 error.contains(expected),
                 "{error:?} should mention {expected}"
@@ -335,6 +370,6 @@ mod tests {
             require_client_cert: true,
             ..material()
         };
-        server_configs(&material, KeyRingTicketer::random(60)).unwrap();
+        server_configs(&material, KeyRingTicketer::random(60), None).unwrap();
     }
 }

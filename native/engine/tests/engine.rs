@@ -49,6 +49,7 @@ fn hello_accept_request_respond_push_ack_ping() {
         op,
         headers,
         body,
+        early: false,
     } = request
     else {
         unreachable!()
@@ -102,29 +103,67 @@ fn hello_accept_request_respond_push_ack_ping() {
 }
 
 #[test]
-fn a_device_without_alpn_mmtp_is_refused_and_python_never_hears_of_it() {
+fn a_client_without_alpn_mmtp_fails_its_handshake_with_no_application_protocol() {
+    // Spec 3.2: the handshake fails with the alert, whether the client offers other
+    // protocols (rustls would refuse those itself) or none (rustls would let it in).
     let mut h = Harness::start(setup(|_| {}));
-    let mut device = Device::connect(
-        h.port,
-        client_config(ClientOptions {
-            alpn: false,
-            ..ClientOptions::default()
-        }),
-    )
-    .unwrap();
-    device.hello("no-alpn");
-    let seen = device.until_closed();
-    assert_eq!(
-        code_of(&seen),
-        Some(mmtp::ErrorCode::UnsupportedVersion.value())
-    );
+    let offers: [&[&[u8]]; 3] = [&[], &[b"h2"], &[b"h2", b"http/1.1"]];
+    for offered in offers {
+        let mut config = (*client_config(ClientOptions::default())).clone();
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+        let Err(error) = Device::connect(h.port, Arc::new(config)) else {
+            panic!("{offered:?}: the handshake is not refused");
+        };
+        let text = format!("{error:?}");
+        assert!(
+            text.contains("AlertReceived(NoApplicationProtocol)"),
+            "{offered:?}: {text}"
+        );
+    }
+    // Bytes that are no ClientHello: decode_error, then FIN.
+    let mut raw = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, [21, 3, 3, 0, 2, 2, 50]);
     // A device with ALPN still gets through, and its HELLO is the only one.
     let (_ok, _) = accepted_device(&mut h, "with-alpn");
     assert!(!h
         .backlog
         .iter()
         .any(|e| matches!(e, Event::Hello { .. } | Event::Closed { .. })));
-    assert_eq!(h.stat("alpn_refused"), 1);
+    assert_eq!(h.stat("alpn_refused"), 3);
+    assert_eq!(h.stat("tls_failures"), 1);
+}
+
+#[test]
+fn a_failed_handshake_tells_the_client_why_with_the_alert_rustls_queued() {
+    let h = Harness::start(setup(|s: &mut Setup| {
+        if let Some(tls) = &mut s.tls {
+            tls.client_ca_pem = Some(read_cert("client-ca.pem"));
+            tls.require_client_cert = true;
+        }
+    }));
+    // TLS 1.3: the client finishes its side before the server checks its (missing)
+    // certificate; its next read finds the server's alert, not a bare reset.
+    let mut device = Device::connect(h.port, client_config(ClientOptions::default())).unwrap();
+    device.hello("no-cert");
+    let error = device.events().expect_err("the server refuses");
+    assert!(
+        format!("{error:?}").contains("AlertReceived(CertificateRequired)"),
+        "{error:?}"
+    );
+    let with = Device::connect(
+        h.port,
+        client_config(ClientOptions {
+            client_cert: true,
+            ..ClientOptions::default()
+        }),
+    );
+    assert!(with.is_ok());
+    // Counted once the failed pass returned (the alert may reach the client before).
+    assert_eq!(h.stat("tls_failures"), 1);
 }
 
 #[test]
@@ -339,9 +378,67 @@ fn mqtt_whole_packets_native_pingresp_and_the_size_limit() {
         matches!(closed, Event::Closed { reason: 2, .. }),
         "{closed:?}"
     );
+    // MQTT 3.1.1 has no packet to say why: only the close.
     let mut rest = Vec::new();
     let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, b"");
     assert_eq!(h.stat("mqtt_framing_errors"), 1);
+}
+
+#[test]
+fn an_mqtt5_client_over_the_size_limit_hears_why_before_the_close() {
+    let mut h = Harness::start(setup(|s| s.config.mqtt_max_packet_size = 64));
+    let port = h.listen(Kind::Mqtt, false);
+    // MQTT 5 CONNECT (client id "c5", no properties), split inside its protocol name.
+    let connect = b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02c5";
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(&connect[..6]).unwrap();
+    sock.flush().unwrap();
+    std::thread::yield_now();
+    sock.write_all(&connect[6..]).unwrap();
+    let conn = match h.expect("MQTT_OPEN", |e| matches!(e, Event::MqttOpen { .. })) {
+        Event::MqttOpen { conn, .. } => conn,
+        _ => unreachable!(),
+    };
+    h.submit(vec![
+        Command::MqttWrite {
+            conn,
+            data: vec![0x20, 0x03, 0x00, 0x00, 0x00],
+        },
+        Command::SetIdle {
+            conn,
+            idle_timeout_ms: 90_000,
+        },
+    ]);
+    let mut connack = [0u8; 5];
+    sock.read_exact(&mut connack).unwrap();
+    // Connected: a PUBLISH announcing 200 bytes gets DISCONNECT 0x95, then the close.
+    sock.write_all(&[0x30, 0xC8, 0x01, 0x00]).unwrap();
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, [0xE0, 0x02, 0x95, 0x00]);
+    let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));
+    assert!(
+        matches!(closed, Event::Closed { reason: 2, .. }),
+        "{closed:?}"
+    );
+    // A CONNECT that is itself too large is refused with CONNACK 0x95 (no DISCONNECT
+    // before a CONNACK); Python never hears of the connection.
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"\x10\xc8\x01\x00\x04MQTT\x05\x02\x00\x3c")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert_eq!(rest, [0x20, 0x03, 0x00, 0x95, 0x00]);
+    assert_eq!(h.stat("mqtt_framing_errors"), 2);
+    assert!(!h
+        .backlog
+        .iter()
+        .any(|e| matches!(e, Event::MqttOpen { .. })));
 }
 
 #[test]

@@ -266,6 +266,11 @@ impl Engine {
                 self.conns[slot].out_plain.extend_from_slice(&data);
                 self.mark_dirty(slot);
             }
+            Command::TlsResume {
+                conn,
+                ticket_id,
+                state,
+            } => self.resume(conn, ticket_id, state),
             Command::Listen(mut listener) => {
                 let index = self.listeners.len();
                 let registered = self.poll.registry().register(
@@ -289,6 +294,40 @@ impl Engine {
                 let _ = done.send(());
             }
             Command::Shutdown => self.shutdown = true,
+        }
+    }
+
+    /// Python's answer to TLS_RESUME: preload the ticket's state (if any) and let
+    /// rustls read the ClientHello (and early data) held meanwhile.
+    fn resume(&mut self, id: ConnId, ticket_id: Vec<u8>, state: Option<Vec<u8>>) {
+        let Some(slot) = self.live(id) else {
+            return self.stale();
+        };
+        let conn = &mut self.conns[slot];
+        if !conn.has(flag::TICKET_WAIT) {
+            return self.failed();
+        }
+        conn.clear(flag::TICKET_WAIT);
+        conn.set(flag::TLS_STARTED);
+        if let (Some(early), Some(sealed)) = (&self.shared.early, state) {
+            if let Some(plain) = early.store.open(&sealed) {
+                early.store.preload(ticket_id, plain);
+            }
+        }
+        let held = std::mem::take(&mut conn.rx_partial);
+        let total = held.len();
+        if self.scratch.rx.len() < total {
+            self.scratch.rx.resize(total, 0);
+        }
+        self.scratch.rx[..total].copy_from_slice(&held);
+        if let Err((reason, ending)) = self.received(slot, total) {
+            self.end(slot, reason, ending);
+            return;
+        }
+        let conn = &self.conns[slot];
+        if conn.has(flag::READ_READY) || conn.has(flag::MORE_INPUT) {
+            let id = conn.id;
+            self.enqueue(slot, id);
         }
     }
 

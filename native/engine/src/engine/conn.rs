@@ -75,6 +75,16 @@ pub mod flag {
     pub const CLOSE_NOTIFY_SENT: u16 = 1 << 10;
     /// The peer's FIN arrived (while closing).
     pub const PEER_EOF: u16 = 1 << 11;
+    /// rustls has been given the ClientHello (MMTP: once it was read and offers
+    /// `mmtp/1`; before, the bytes wait in `rx_partial` and nothing is sent with TLS).
+    pub const TLS_STARTED: u16 = 1 << 12;
+    /// MQTT: its CONNECT announced protocol level 5 (DISCONNECT with a reason exists).
+    pub const MQTT5: u16 = 1 << 13;
+    /// MMTP with early data on: its ClientHello (in `rx_partial`) waits for Python to
+    /// take the ticket it presents (TLS_RESUME); its socket is not read meanwhile.
+    pub const TICKET_WAIT: u16 = 1 << 14;
+    /// TLS early data was accepted on it (counted once).
+    pub const EARLY_DATA: u16 = 1 << 15;
 }
 
 pub struct Conn {

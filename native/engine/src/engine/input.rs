@@ -5,7 +5,12 @@ use std::io::{self, Read};
 use super::conn::{flag, Conn, Inflight, Proto};
 use super::{tlsio, Ending, Engine};
 use crate::boundary::Event;
+use crate::clienthello::{
+    self, fatal_alert, ClientHello, ALERT_DECODE_ERROR, ALERT_NO_APPLICATION_PROTOCOL,
+    MAX_HELLO_BUFFER_BYTES,
+};
 use crate::mqtt::{self, FramingError};
+use crate::singleuse::{SingleUseStore, TICKET_ID_BYTES};
 use crate::stats::Stats;
 use crate::tls::{common_name, MMTP_ALPN};
 
@@ -31,7 +36,7 @@ impl Engine {
             }
             if conn.has(flag::MORE_INPUT) {
                 conn.clear(flag::MORE_INPUT);
-                match self.deliver(slot, 0) {
+                match self.deliver(slot, 0, 0, false) {
                     Outcome::Keep => {}
                     Outcome::End(reason, ending) => {
                         self.end(slot, reason, ending);
@@ -51,8 +56,8 @@ impl Engine {
             let Some(conn) = self.conns.get(slot) else {
                 return false;
             };
-            if !conn.has(flag::READ_READY) {
-                return false;
+            if !conn.has(flag::READ_READY) || conn.has(flag::TICKET_WAIT) {
+                return false; // (TICKET_WAIT: read again once TLS_RESUME came)
             }
             if read_total >= budget {
                 return true;
@@ -97,7 +102,70 @@ impl Engine {
         Stats::add(&stats.bytes_in, n as u64);
         conn.timing.last_input_ms = self.now_ms;
         let total = filled + n;
+        self.received(slot, total)?;
+        Ok(n.max(1))
+    }
+
+    /// Handle the `total` bytes at the start of `scratch.rx` (what `rx_partial` held and
+    /// what was just read): the ClientHello check, TLS, then the protocol.
+    pub(super) fn received(&mut self, slot: usize, total: usize) -> Result<(), (u64, Ending)> {
+        let stats = &self.shared.stats;
+        let conn = self.conns.get_mut(slot).ok_or((0, Ending::Abort))?;
+        let scratch = &mut self.scratch;
+        if conn.tls.is_some() && !conn.has(flag::TLS_STARTED) {
+            match check_client_hello(&scratch.rx[..total]) {
+                Hello::Incomplete => {
+                    conn.rx_partial.clear();
+                    conn.rx_partial.extend_from_slice(&scratch.rx[..total]);
+                    return Ok(());
+                }
+                Hello::Refuse(alert) => {
+                    Stats::inc(if alert == ALERT_NO_APPLICATION_PROTOCOL {
+                        &stats.alpn_refused
+                    } else {
+                        &stats.tls_failures
+                    });
+                    // Python never hears of it; the alert goes out, then FIN.
+                    conn.rx_partial = Vec::new();
+                    let _ = tlsio::send(
+                        &mut conn.sock,
+                        &mut conn.tx_pending,
+                        &fatal_alert(alert),
+                        stats,
+                    );
+                    return Err((0, Ending::Graceful));
+                }
+                Hello::Start(hello) => {
+                    if let Some(early) = &self.shared.early {
+                        if hello.early_data {
+                            Stats::inc(&stats.early_data_offered);
+                        }
+                        match resumption(&early.store, hello) {
+                            Resumption::Lookup(ticket_id) => {
+                                // Held until Python took the ticket (TLS_RESUME).
+                                Stats::inc(&stats.tls_ticket_lookups);
+                                conn.set(flag::TICKET_WAIT);
+                                conn.rx_partial.clear();
+                                conn.rx_partial.extend_from_slice(&scratch.rx[..total]);
+                                let id = conn.id;
+                                self.out.push(Event::TlsResume {
+                                    conn: id,
+                                    ticket_id,
+                                });
+                                return Ok(());
+                            }
+                            Resumption::Preload(ticket_id, state) => {
+                                early.store.preload(ticket_id, state)
+                            }
+                            Resumption::Full => {}
+                        }
+                    }
+                    conn.set(flag::TLS_STARTED);
+                }
+            }
+        }
         let mut peer_closed = false;
+        let mut early_len = 0;
         scratch.plain_in.clear();
         let plaintext_len = match &mut conn.tls {
             None => {
@@ -119,11 +187,17 @@ impl Engine {
                     &mut scratch.tx,
                     stats,
                 );
+                if let Some(early) = &self.shared.early {
+                    early.store.clear(); // a state rustls did not take is not kept
+                }
                 let pass = match result {
                     Ok(pass) => pass,
                     Err(_) => {
+                        // Its alert is queued: close after it, not with a reset that
+                        // could destroy it in the peer's receive buffer.
                         Stats::inc(&stats.tls_failures);
-                        return Err((0, Ending::Abort));
+                        conn.rx_partial = Vec::new();
+                        return Err((0, Ending::Graceful));
                     }
                 };
                 if pass.consumed < total {
@@ -133,6 +207,14 @@ impl Engine {
                 } else {
                     conn.rx_partial = Vec::new();
                 }
+                early_len = pass.early_len;
+                if early_len > 0 {
+                    Stats::add(&stats.early_data_bytes, early_len as u64);
+                    if conn.flags & flag::EARLY_DATA == 0 {
+                        conn.flags |= flag::EARLY_DATA;
+                        Stats::inc(&stats.early_data_accepted);
+                    }
+                }
                 if was_handshaking && pass.writable && !tls.is_handshaking() {
                     conn.set(flag::TLS_DONE);
                     if !conn.out_plain.is_empty() {
@@ -141,13 +223,23 @@ impl Engine {
                     if let Some(outcome) = self.tls_established(slot) {
                         return Err(outcome);
                     }
+                } else if pass.writable && !conn.out_plain.is_empty() {
+                    self.mark_dirty(slot); // half-RTT: answers to early data may go
                 }
                 peer_closed = pass.peer_closed;
                 self.scratch.plain_in.len()
             }
         };
-        if plaintext_len > 0 {
-            if let Outcome::End(reason, ending) = self.deliver(slot, plaintext_len) {
+        if early_len > 0 {
+            // Frames that arrived as early data, all of them now (a frame budget would
+            // leave some to be read later as if they had not): early data is bounded.
+            if let Outcome::End(reason, ending) = self.deliver(slot, 0, early_len, true) {
+                return Err((reason, ending));
+            }
+        }
+        if plaintext_len > early_len {
+            let outcome = self.deliver(slot, early_len, plaintext_len, false);
+            if let Outcome::End(reason, ending) = outcome {
                 return Err((reason, ending));
             }
         }
@@ -155,7 +247,7 @@ impl Engine {
             // close_notify: everything the device sent is in; answer with ours.
             return Err((0, Ending::Graceful));
         }
-        Ok(n.max(1))
+        Ok(())
     }
 
     /// The TLS handshake just finished: count it, check ALPN. Some: end it.
@@ -184,15 +276,20 @@ impl Engine {
         None
     }
 
-    /// Feed `len` bytes of `scratch.plain_in` (0: only what the protocol buffered)
-    /// to the connection's protocol, within the per-round frame budget.
-    fn deliver(&mut self, slot: usize, len: usize) -> Outcome {
-        let budget = self.config.max_frames_per_round;
+    /// Feed `scratch.plain_in[start..end]` (empty: only what the protocol buffered)
+    /// to the connection's protocol, within the per-round frame budget; `early`: the
+    /// bytes came as TLS early data (every frame is handled now, requests say so).
+    fn deliver(&mut self, slot: usize, start: usize, end: usize, early: bool) -> Outcome {
+        let budget = if early {
+            usize::MAX
+        } else {
+            self.config.max_frames_per_round
+        };
         let Some(conn) = self.conns.get_mut(slot) else {
             return Outcome::End(0, Ending::Abort);
         };
         let scratch = &mut self.scratch;
-        let data = &scratch.plain_in[..len];
+        let data = &scratch.plain_in[start..end];
         let outcome = match &mut conn.proto {
             Proto::Mmtp(m) => {
                 scratch.wire_events.clear();
@@ -215,6 +312,19 @@ impl Engine {
             }
             Proto::Mqtt(framer) => {
                 scratch.packets.clear();
+                if conn.flags & (flag::TOLD | flag::MQTT5) == 0 {
+                    // The CONNECT's first bytes: its protocol level (a few bytes).
+                    let mut head = [0u8; 16];
+                    let partial = framer.partial();
+                    let from_partial = partial.len().min(head.len());
+                    head[..from_partial].copy_from_slice(&partial[..from_partial]);
+                    let from_data = data.len().min(head.len() - from_partial);
+                    head[from_partial..from_partial + from_data]
+                        .copy_from_slice(&data[..from_data]);
+                    if mqtt::connect_protocol_level(&head[..from_partial + from_data]) == Some(5) {
+                        conn.flags |= flag::MQTT5;
+                    }
+                }
                 let max = self.config.mqtt_max_packet_size;
                 match framer.feed(data, max, budget, &mut scratch.packets) {
                     Ok(more) => {
@@ -226,7 +336,10 @@ impl Engine {
                     Err(error) => {
                         Stats::inc(&self.shared.stats.mqtt_framing_errors);
                         let code = match error {
-                            FramingError::TooLarge { .. } => mmtp::ErrorCode::FrameSizeError,
+                            FramingError::TooLarge { .. } => {
+                                too_large(conn);
+                                mmtp::ErrorCode::FrameSizeError
+                            }
                             FramingError::Malformed(_) => mmtp::ErrorCode::ProtocolError,
                         };
                         Outcome::End(code.value(), Ending::Graceful)
@@ -235,7 +348,7 @@ impl Engine {
             }
         };
         if conn.is_mmtp() {
-            self.mmtp_events(slot);
+            self.mmtp_events(slot, early);
         } else {
             self.mqtt_packets(slot);
         }
@@ -243,7 +356,7 @@ impl Engine {
     }
 
     /// Map the wire's events: answer what the engine answers, hand the rest up.
-    fn mmtp_events(&mut self, slot: usize) {
+    fn mmtp_events(&mut self, slot: usize, early: bool) {
         let mut events = std::mem::take(&mut self.scratch.wire_events);
         let stats = &self.shared.stats;
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -275,13 +388,19 @@ impl Engine {
                     op,
                     headers,
                     body,
-                } => self.out.push(Event::Request {
-                    conn: id,
-                    stream_id,
-                    op,
-                    headers,
-                    body,
-                }),
+                } => {
+                    if early {
+                        Stats::inc(&stats.early_data_requests);
+                    }
+                    self.out.push(Event::Request {
+                        conn: id,
+                        stream_id,
+                        op,
+                        headers,
+                        body,
+                        early,
+                    })
+                }
                 mmtp::Event::AckReceived { delivery_ids } => {
                     let Proto::Mmtp(m) = &mut conn.proto else {
                         continue;
@@ -454,6 +573,73 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// An MQTT packet above the maximum size: an MQTT 5 client is told why before the
+/// close (MQTT 5 section 4.13: reason 0x95), with DISCONNECT once its CONNACK went out
+/// (`SET_IDLE` comes with it), with a refusing CONNACK if the CONNECT itself is too
+/// large. MQTT 3.1.1 has no way to say it, nor has MQTT 5 between CONNECT and CONNACK:
+/// just the close.
+fn too_large(conn: &mut Conn) {
+    if !conn.has(flag::MQTT5) {
+        return;
+    }
+    if conn.has(flag::ACCEPTED) {
+        conn.out_plain
+            .extend_from_slice(&mqtt::DISCONNECT_TOO_LARGE);
+    } else if !conn.has(flag::TOLD) {
+        conn.out_plain.extend_from_slice(&mqtt::CONNACK_TOO_LARGE);
+    }
+}
+
+/// How a ClientHello's first PSK identity is resumed when early data is on.
+enum Resumption {
+    /// No ticket, or none of ours: rustls does a full handshake.
+    Full,
+    /// A stored ticket's id: Python takes it from the fleet's store first.
+    Lookup(Vec<u8>),
+    /// A sealed ticket (issued without early data) for a client that sends none: it
+    /// resumes here at once, like anywhere else.
+    Preload(Vec<u8>, Vec<u8>),
+}
+
+fn resumption(store: &SingleUseStore, hello: ClientHello) -> Resumption {
+    let Some(identity) = hello.psk_identity else {
+        return Resumption::Full;
+    };
+    if identity.len() == TICKET_ID_BYTES {
+        return Resumption::Lookup(identity);
+    }
+    if hello.early_data {
+        // Early data on a ticket that can be presented again: never (a full handshake).
+        return Resumption::Full;
+    }
+    match store.open(&identity) {
+        Some(state) => Resumption::Preload(identity, state),
+        None => Resumption::Full,
+    }
+}
+
+/// What the bytes received so far say about an MMTP connection's ClientHello.
+enum Hello {
+    /// Wait for more bytes.
+    Incomplete,
+    /// Fail the handshake with this alert.
+    Refuse(u8),
+    /// It offers `mmtp/1`: hand the bytes to rustls.
+    Start(ClientHello),
+}
+
+/// Spec section 3.2: a client that does not offer `mmtp/1` fails its handshake with
+/// `no_application_protocol`; bytes that are no ClientHello, with `decode_error`.
+fn check_client_hello(received: &[u8]) -> Hello {
+    match clienthello::read_client_hello(received) {
+        Ok(None) if received.len() > MAX_HELLO_BUFFER_BYTES => Hello::Refuse(ALERT_DECODE_ERROR),
+        Ok(None) => Hello::Incomplete,
+        Err(_) => Hello::Refuse(ALERT_DECODE_ERROR),
+        Ok(Some(hello)) if !hello.offers(MMTP_ALPN) => Hello::Refuse(ALERT_NO_APPLICATION_PROTOCOL),
+        Ok(Some(hello)) => Hello::Start(hello),
     }
 }
 

@@ -34,7 +34,7 @@ use crate::ids::{ConnId, Generations};
 use crate::mqtt::Framer;
 use crate::stats::Stats;
 use crate::ticketer::KeyRingTicketer;
-use crate::tls::ServerConfigs;
+use crate::tls::{EarlyData, ServerConfigs};
 use conn::{flag, Conn, MmtpConn, Proto};
 use dicts::UsageTable;
 
@@ -73,6 +73,8 @@ pub struct Shared {
     pub frames: Arc<mmtp::FrameCounters>,
     pub tls: RwLock<Option<ServerConfigs>>,
     pub ticketer: Arc<KeyRingTicketer>,
+    /// TLS early data on single-use tickets (None: off, sealed tickets).
+    pub early: Option<EarlyData>,
     pub codec: Arc<mmtp::BodyCodec>,
     /// Replaced (not changed) when a preset is added: connections keep theirs.
     pub presets: RwLock<Arc<mmtp::Presets>>,
@@ -282,6 +284,7 @@ impl Engine {
 
     fn poll_timeout(&self) -> Duration {
         let busy = (!self.runnable.is_empty() && !self.reading_paused)
+            || !self.dirty.is_empty()
             || self.listeners.iter().flatten().any(|l| l.ready);
         if busy {
             return Duration::ZERO;
@@ -294,18 +297,21 @@ impl Engine {
         Duration::from_millis(wait_ms)
     }
 
-    /// One round after a poll: accept, read, apply commands, flush, publish, sweep.
+    /// One round after a poll: accept, read, apply commands, sweep, publish, flush.
     fn round(&mut self) {
         self.accept_all();
         self.run_commands();
         self.run_input();
         self.pace_deliveries();
-        self.flush_dirty();
         if self.now_ms >= self.next_sweep_ms {
             self.sweep();
             self.next_sweep_ms = self.now_ms + self.config.sweep_interval_ms;
-            self.flush_dirty();
         }
+        // The round's events before its writes: Python hears a CLOSED before the
+        // device can see its connection end (a closing connection's last bytes and FIN
+        // go out in the flush), whoever's thread runs first.
+        self.publish();
+        self.flush_dirty();
         self.publish();
     }
 
@@ -486,7 +492,12 @@ impl Engine {
             tx_pending: Vec::new(),
             out_plain: Vec::new(),
             timing,
-            flags: 0,
+            // MQTT over TLS: rustls reads the ClientHello at once (no ALPN to check).
+            flags: if kind == Kind::Mqtt {
+                flag::TLS_STARTED
+            } else {
+                0
+            },
         });
         if self.deadlines.len() <= slot {
             self.deadlines.resize(slot + 1, u64::MAX);
@@ -566,6 +577,7 @@ impl Engine {
             m.wire.take_output(&mut scratch.plain_out);
         }
         let closing = conn.has(flag::CLOSING) && !conn.has(flag::CLOSE_NOTIFY_SENT);
+        let tls_started = conn.has(flag::TLS_STARTED);
         let Conn {
             tls,
             sock,
@@ -576,8 +588,8 @@ impl Engine {
         } = conn;
         let result = match tls {
             Some(tls) => {
-                if tls.is_handshaking() {
-                    // Not writable yet: keep it for when the handshake is over.
+                if !tls_started {
+                    // rustls has not seen the ClientHello: nothing may be sent yet.
                     out_plain.extend_from_slice(&scratch.plain_out);
                     Ok(())
                 } else {
@@ -700,7 +712,9 @@ impl Engine {
             if ending == Ending::Graceful {
                 let at = now + self.config.close_linger_ms;
                 self.lower_deadline(slot, at);
-                self.flush(slot);
+                // Its last bytes (and close_notify, FIN) go out with the round's flush,
+                // after the round's events are published.
+                self.mark_dirty(slot);
                 return;
             }
         }
@@ -794,6 +808,13 @@ impl Engine {
     // ---------------------------------------------------------------- events
 
     fn publish(&mut self) {
+        if let Some(early) = &self.shared.early {
+            // Tickets rustls issued this round, for the fleet's store.
+            for (ticket_id, state) in early.store.take_issued() {
+                Stats::inc(&self.shared.stats.tls_tickets_issued);
+                self.out.push(Event::TlsTicket { ticket_id, state });
+            }
+        }
         if self.out.events.is_empty() && self.out.fanout_acks.is_empty() {
             return;
         }

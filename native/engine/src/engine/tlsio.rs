@@ -85,6 +85,8 @@ pub struct Pass {
     pub writable: bool,
     /// The peer sent close_notify.
     pub peer_closed: bool,
+    /// The first bytes of `plain_in` that came as TLS early data.
+    pub early_len: usize,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,48 @@ pub struct Pass {
 pub enum TlsFailure {
     Tls(rustls::Error),
     Io(io::Error),
+}
+
+/// After rustls failed: encode and send what it queued (the fatal alert; handshake
+/// bytes encoded before the failure go first). Best effort: the connection is closed
+/// next whatever happens.
+fn send_alert(
+    tls: &mut UnbufferedServerConnection,
+    sock: &mut TcpStream,
+    tx_pending: &mut Vec<u8>,
+    input: &mut [u8],
+    tx: &mut Vec<u8>,
+    mut tx_len: usize,
+    stats: &Stats,
+) {
+    // EncodeTlsData then TransmitTlsData per queued record; a few rounds at most. The
+    // input the failed call had left is passed again (rustls's handshake deframer
+    // keeps positions in it; an empty slice makes it panic), and rustls stops at the
+    // failure again after the alert.
+    let mut start = 0;
+    for _ in 0..8 {
+        let status = tls.process_tls_records(&mut input[start..]);
+        start += status.discard;
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut encoder)) => loop {
+                match encoder.encode(&mut tx[tx_len..]) {
+                    Ok(n) => {
+                        tx_len += n;
+                        break;
+                    }
+                    Err(EncodeError::InsufficientSize(e)) => tx.resize(tx_len + e.required_size, 0),
+                    Err(EncodeError::AlreadyEncoded) => break,
+                }
+            },
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                let _ = send(sock, tx_pending, &tx[..tx_len], stats);
+                tx_len = 0;
+                transmit.done();
+            }
+            _ => break,
+        }
+    }
+    let _ = send(sock, tx_pending, &tx[..tx_len], stats);
 }
 
 fn tls_record_bound(plain: usize) -> usize {
@@ -121,7 +165,23 @@ pub fn pass(
     loop {
         let status = tls.process_tls_records(&mut input[start..]);
         let discard = status.discard;
-        let state = status.state.map_err(TlsFailure::Tls)?;
+        let state = match status.state {
+            Ok(state) => state,
+            Err(error) => {
+                // rustls queued the fatal alert that says why: the peer hears it.
+                start += discard;
+                send_alert(
+                    tls,
+                    sock,
+                    tx_pending,
+                    &mut input[start..],
+                    tx,
+                    tx_len,
+                    stats,
+                );
+                return Err(TlsFailure::Tls(error));
+            }
+        };
         let mut done = false;
         match state {
             ConnectionState::ReadTraffic(mut records) => {
@@ -130,10 +190,12 @@ pub fn pass(
                 }
             }
             ConnectionState::ReadEarlyData(mut records) => {
-                // Never offered (max_early_data_size = 0); taken like traffic if it came.
+                // Accepted only on a single-use ticket (singleuse.rs); it always comes
+                // before any ReadTraffic (which needs the client's Finished).
                 while let Some(record) = records.next_record() {
                     plain_in.extend_from_slice(record.map_err(TlsFailure::Tls)?.payload);
                 }
+                result.early_len = plain_in.len();
             }
             ConnectionState::EncodeTlsData(mut encoder) => loop {
                 match encoder.encode(&mut tx[tx_len..]) {
