@@ -116,8 +116,8 @@ class Registry(ABC):
                     held.content != dictionary.content or other != app
                 ):
                     raise RegistryError(
-                        f"dictionary id {dictionary.dict_id} is already app {other!r}'s; "
-                        "ids are never reused (omit --id to get a new one)"
+                        f"dictionary id {dictionary.dict_id} is already published for app "
+                        f"{other!r}; ids are never reused (train it under another --id)"
                     )
         await self._store_dictionary(app, dictionary)
 
@@ -130,8 +130,8 @@ class Registry(ABC):
             for held in artifacts.presets:
                 if held.preset_id == preset.preset_id and (held != preset or other != app):
                     raise RegistryError(
-                        f"preset id {preset.preset_id} is already app {other!r}'s with "
-                        "other content; a published preset never changes"
+                        f"preset id {preset.preset_id} is already published for app "
+                        f"{other!r}; a published preset never changes (build it under another --id)"
                     )
         await self._store_preset(app, preset)
 
