@@ -285,13 +285,15 @@ async def test_answers_are_not_queued_behind_a_dictionary_delivery(
     while it is still on its way (a chunk at a time, only when nothing else waits)."""
     await FileRegistry(tmp_path / "registry").publish_dictionary(APP, _dictionary(70, 11))
     config = _config(tmp_path, upstream, dict_delivery_bytes_per_s=1024)
-    async with gateway(tmp_path / "gw", **config) as gw:
-        async with _client(gw, "slow", dictionaries=DictionaryStore()) as client:
-            for body in _bodies(12, 3):
-                assert (await client.call("feed.home", body)).body == body
-            assert client.stats.dictionaries_received == 0
-            await _until(lambda: client.stats.dictionaries_received == 1, "the whole DICT")
-            assert client.dictionaries.ids == (70,)
+    async with (
+        gateway(tmp_path / "gw", **config) as gw,
+        _client(gw, "slow", dictionaries=DictionaryStore()) as client,
+    ):
+        for body in _bodies(12, 3):
+            assert (await client.call("feed.home", body)).body == body
+        assert client.stats.dictionaries_received == 0
+        await _until(lambda: client.stats.dictionaries_received == 1, "the whole DICT")
+        assert client.dictionaries.ids == (70,)
 
 
 async def test_a_dictionary_over_the_connection_budget_is_not_started(
@@ -302,11 +304,10 @@ async def test_a_dictionary_over_the_connection_budget_is_not_started(
     budget = len(dictionary.content) - 1
     async with gateway(
         tmp_path / "gw", **_config(tmp_path, upstream, dict_budget_bytes=budget)
-    ) as gw:
-        async with _client(gw, "tight", dictionaries=DictionaryStore()) as client:
-            body = _bodies(14, 1)[0]
-            assert (await client.call("feed.home", body)).body == body
-            await _until(lambda: gw.node.dictionary_delivery_counts()["skipped"] == 1, "a skip")
-            counts = gw.node.dictionary_delivery_counts()
-            assert counts["started"] == 0 and counts["bytes"] == 0
-            assert client.stats.dictionaries_received == 0
+    ) as gw, _client(gw, "tight", dictionaries=DictionaryStore()) as client:
+        body = _bodies(14, 1)[0]
+        assert (await client.call("feed.home", body)).body == body
+        await _until(lambda: gw.node.dictionary_delivery_counts()["skipped"] == 1, "a skip")
+        counts = gw.node.dictionary_delivery_counts()
+        assert counts["started"] == 0 and counts["bytes"] == 0
+        assert client.stats.dictionaries_received == 0
