@@ -43,7 +43,10 @@ EngineEvent: TypeAlias = (
     | TlsResumeEvent
 )
 
-AcceptCommand: TypeAlias = tuple[Literal["ACCEPT"], int, bytes, bytes, int, int, bool]
+AcceptCommand: TypeAlias = (
+    tuple[Literal["ACCEPT"], int, bytes, bytes, int, int, bool]
+    | tuple[Literal["ACCEPT"], int, bytes, bytes, int, int, bool, int | None]
+)
 RejectCommand: TypeAlias = tuple[Literal["REJECT"], int, int, str, int]
 RespondCommand: TypeAlias = tuple[Literal["RESPOND"], int, int, int, HeaderInput, bytes]
 StreamErrorCommand: TypeAlias = tuple[Literal["STREAM_ERROR"], int, int, int, str, int]
@@ -56,6 +59,19 @@ EndCommand: TypeAlias = tuple[Literal["END"], int, int, str]
 CloseCommand: TypeAlias = tuple[Literal["CLOSE", "MQTT_CLOSE", "ABORT"], int]
 SetIdleCommand: TypeAlias = tuple[Literal["SET_IDLE"], int, int]
 MqttWriteCommand: TypeAlias = tuple[Literal["MQTT_WRITE"], int, bytes]
+AddDictionaryCommand: TypeAlias = tuple[Literal["ADD_DICTIONARY"], bytes]
+#: (id, name, [(header, value)], [(header, kind)], [connection names], [never-indexed names])
+AddPresetCommand: TypeAlias = tuple[
+    Literal["ADD_PRESET"],
+    int,
+    str,
+    Sequence[tuple[str, str]],
+    Sequence[tuple[str, str]],
+    Sequence[str],
+    Sequence[str],
+]
+SetUsageAppsCommand: TypeAlias = tuple[Literal["SET_USAGE_APPS"], Sequence[str]]
+DictCommand: TypeAlias = tuple[Literal["DICT"], Sequence[int], int]
 TlsResumeCommand: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes, bytes | None]
 
 EngineCommand: TypeAlias = (
@@ -72,8 +88,16 @@ EngineCommand: TypeAlias = (
     | CloseCommand
     | SetIdleCommand
     | MqttWriteCommand
+    | AddDictionaryCommand
+    | AddPresetCommand
+    | SetUsageAppsCommand
+    | DictCommand
     | TlsResumeCommand
 )
+
+#: Per app, rows (dictionary id (-1: raw), sent, sent raw bytes, sent wire bytes,
+#: received, received raw bytes, received wire bytes); app "" = apps not in usage_apps.
+UsageRows: TypeAlias = dict[str, list[tuple[int, int, int, int, int, int, int]]]
 
 def version() -> str: ...
 
@@ -104,4 +128,5 @@ class Engine:
     def set_ticket_keys(self, current_id: int, keys: Iterable[tuple[int, bytes]]) -> None: ...
     def close_listeners(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
+    def usage(self) -> UsageRows: ...
     def shutdown(self) -> None: ...

@@ -21,9 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from channel import corpus, dicttrain, presetbuild
+from channel import corpus, corpus_apps, dicttrain, presetbuild
 from channel.admincli import add_admin_commands as _add_admin_commands
 from channel.api import keys as api_keys
+from channel.compression.cli import (
+    RegistryCommandError,
+    add_registry_dict_commands,
+    add_registry_preset_commands,
+)
 from channel.fleet.cli import add_fleet_commands as _add_fleet_commands
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
@@ -293,6 +298,7 @@ def _add_dict_commands(subparsers: _SubParsers) -> None:
     )
     info.add_argument("path", type=Path, metavar="PATH", help="an .mmtpdict file")
     info.set_defaults(handler=_dict_info)
+    add_registry_dict_commands(commands)
 
 
 # --- channel corpus -------------------------------------------------------------
@@ -306,7 +312,7 @@ def _corpus_generate(args: argparse.Namespace) -> int:
 
     try:
         n_messages = corpus.write_corpus(
-            args.out, args.sessions, args.seed, args.push_fraction, progress=report
+            args.out, args.sessions, args.seed, args.push_fraction, progress=report, app=args.app
         )
     except OSError as exc:
         raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
@@ -356,6 +362,13 @@ def _add_corpus_commands(subparsers: _SubParsers) -> None:
     )
     generate.add_argument(
         "--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)"
+    )
+    generate.add_argument(
+        "--app",
+        choices=corpus_apps.APP_NAMES,
+        default=corpus_apps.DEFAULT_APP,
+        help="which synthetic app: "
+        + "; ".join(f"{name}: {corpus_apps.describe(name)}" for name in corpus_apps.APP_NAMES),
     )
     generate.add_argument(
         "--out", type=Path, required=True, metavar="PATH", help="JSONL file to write (overwritten)"
@@ -421,6 +434,9 @@ def _preset_info(args: argparse.Namespace) -> int:
     print(f"name:        {preset.name}")
     print(f"entries:     {len(preset.entries)}")
     print(f"table bytes: {preset.table_bytes} (of 4096)")
+    print(f"typed:       {', '.join(f'{n} ({k})' for n, k in preset.typed) or '-'}")
+    print(f"connection:  {', '.join(preset.connection) or '-'}")
+    print(f"never indexed: {', '.join(preset.never_indexed) or '-'}")
     return EXIT_OK
 
 
@@ -442,9 +458,12 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
         "build",
         help="build a preset from a JSONL traffic sample",
         description=(
-            "Count the :op values and app header pairs HPACK would index (never-indexed "
-            "names and typed ids/timestamps excluded) and keep the most frequent ones that "
-            "fit 3072 table bytes, most frequent last (dynamic index 62)."
+            "Learn an app's headers from a sample of its traffic: connection-scoped names "
+            "(constant per session, on most requests: sent once per connection), typed "
+            "fields (UUIDs, hex ids, timestamps, numbers, base64, the echoed request id), "
+            "never-indexed names (secret-looking or unique per message), and the most "
+            "frequent :op values and header pairs HPACK would index that fit 3072 table "
+            "bytes, most frequent last (dynamic index 62)."
         ),
         epilog="example:\n  channel preset build train.jsonl --id 2 --name my-app --out app-2.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -464,6 +483,7 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
     info = commands.add_parser("info", help="show a preset file's id, name and size")
     info.add_argument("path", type=Path, metavar="PATH")
     info.set_defaults(handler=_preset_info)
+    add_registry_preset_commands(commands)
 
 
 # --- channel serve --------------------------------------------------------------
@@ -973,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except CommandError as exc:
+    except (CommandError, RegistryCommandError) as exc:
         print(f"channel: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -101,6 +101,18 @@ Example ``channel.toml``::
     open_metrics = true         # GET /metrics without a key
     open_health = true          # GET /healthz, /readyz without a key
 
+    [compression]               # per-app dictionaries and presets (docs/operations.md)
+    registry = "files"          # or "redis": [push] redis_url / key_prefix, shared by the fleet
+    dir = ""                    # files: default <state_dir>/compression/<app>/...
+    reload_interval_s = 10      # how often a node looks for newly published ones
+    dict_chunk_bytes = 4096     # DICT delivery: chunk size (one chunk between other frames)
+    dict_delivery_bytes_per_s = 8388608   # ...over all devices of a node
+    dict_budget_bytes = 262144  # ...at most this much per connection
+    sample_apps = ["com.example.chirp"]   # opt in: sample these apps' bodies to retrain
+    sample_fraction = 0.02
+    retrain_interval_s = 3600   # 0: never retrain on the node
+    retrain_min_saving = 0.03   # publish a new dictionary only if it saves >= 3 %
+
     [rpc]                       # routes and clusters, see channel/rpc/config.py
 """
 
@@ -447,6 +459,45 @@ class NativeConfig:
 
 
 @dataclass
+class CompressionConfig:
+    """Per-app dictionaries and presets, their delivery and retraining
+    (``channel/compression``, docs/operations.md)."""
+
+    #: "files" (``dir``) or "redis" (``[push] redis_url``, ``key_prefix``; a fleet).
+    registry: str = "files"
+    #: Files registry: ``<dir>/<app>/dict-<id>.mmtpdict``, ``preset-<id>.json``;
+    #: "" = ``<state_dir>/compression``.
+    dir: str = ""
+    #: How often a node checks the registry for newly published dictionaries/presets.
+    reload_interval_s: float = 10.0
+    #: DICT delivery: bytes per chunk; a chunk only goes when nothing else waits.
+    dict_chunk_bytes: int = 4096
+    #: DICT delivery: bytes per second over all devices of a node.
+    dict_delivery_bytes_per_s: int = 8 * 1024 * 1024
+    #: DICT delivery: bytes one connection may be sent in its life.
+    dict_budget_bytes: int = 256 * 1024
+    #: Apps whose bodies are sampled for retraining (opt-in per app; none by default).
+    sample_apps: list[str] = field(default_factory=list)
+    #: Share of bodies sampled.
+    sample_fraction: float = 0.02
+    #: Bodies kept per app (a reservoir: older ones replaced at random).
+    sample_max_bodies: int = 10_000
+    #: Bodies longer than this are not sampled (bounds the reservoir's memory).
+    sample_max_body_bytes: int = 4_096
+    #: Bodies sampled per device per training window (one device's data cannot
+    #: reach a public dictionary: a string seen in this few samples is not picked).
+    sample_per_device: int = 2
+    #: How often a node retrains each sampled app (0: never; ``channel dict`` does).
+    retrain_interval_s: float = 3_600.0
+    #: Samples an app needs before a retraining is tried.
+    retrain_min_samples: int = 2_000
+    #: A candidate is published only if it makes held-out samples this much smaller.
+    retrain_min_saving: float = 0.03
+    #: Size of trained dictionaries.
+    dict_size_bytes: int = 16 * 1024
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     json: bool = True
@@ -467,6 +518,7 @@ class GatewayConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     native: NativeConfig = field(default_factory=NativeConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
 
@@ -489,6 +541,7 @@ _SECTIONS = (
     "topics",
     "mqtt",
     "native",
+    "compression",
 )
 
 
@@ -705,6 +758,7 @@ def validate(config: GatewayConfig) -> None:
     if not 1 <= http.max_connections_per_ip <= http.max_connections:
         raise ConfigError("http: need 1 <= max_connections_per_ip <= max_connections")
     _validate_mqtt(config.mqtt)
+    _validate_compression(config.compression)
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")
     early = config.tls.early_data_max_bytes
@@ -756,3 +810,27 @@ def _validate_mqtt(mqtt: MqttConfig) -> None:
             TopicPatterns(getattr(mqtt, name))
         except AclError as exc:
             raise ConfigError(f"mqtt.{name}: {exc}") from None
+def _validate_compression(comp: CompressionConfig) -> None:
+    if comp.registry not in ("files", "redis"):
+        raise ConfigError('compression.registry: must be "files" or "redis"')
+    if comp.reload_interval_s < 0.1:
+        raise ConfigError("compression.reload_interval_s: must be >= 0.1")
+    if not 256 <= comp.dict_chunk_bytes <= 262_144:
+        raise ConfigError("compression.dict_chunk_bytes: must be 256..262144")
+    if comp.dict_delivery_bytes_per_s < comp.dict_chunk_bytes:
+        raise ConfigError("compression.dict_delivery_bytes_per_s: must be >= dict_chunk_bytes")
+    if comp.dict_budget_bytes < 0:
+        raise ConfigError("compression.dict_budget_bytes: must be >= 0 (0: never deliver)")
+    if not 0 <= comp.sample_fraction <= 1:
+        raise ConfigError("compression.sample_fraction: must be 0..1")
+    for name in ("sample_max_bodies", "sample_max_body_bytes", "sample_per_device"):
+        if getattr(comp, name) < 1:
+            raise ConfigError(f"compression.{name}: must be >= 1")
+    if comp.retrain_interval_s < 0:
+        raise ConfigError("compression.retrain_interval_s: must be >= 0 (0: never)")
+    if comp.retrain_min_samples < 8:
+        raise ConfigError("compression.retrain_min_samples: must be >= 8")
+    if not 0 <= comp.retrain_min_saving < 1:
+        raise ConfigError("compression.retrain_min_saving: must be 0..1 (a share)")
+    if not 1024 <= comp.dict_size_bytes <= 262_144:
+        raise ConfigError("compression.dict_size_bytes: must be 1024..262144")

@@ -1171,15 +1171,19 @@ def write_corpus(
     seed: int = 0,
     push_fraction: float = DEFAULT_PUSH_FRACTION,
     progress: Callable[[int, int], None] | None = None,
+    app: str = "wallet",
 ) -> int:
-    """Write the corpus as JSONL to ``path``; returns the number of messages.
+    """Write the corpus of ``app`` (``channel/corpus_apps``) as JSONL to ``path``;
+    returns the number of messages.
 
     ``progress(sessions_done, messages_written)`` is called every 1,000 sessions.
     """
+    from channel.corpus_apps import generate_app_corpus
+
     n_messages = 0
     last_session = -1
     with open(path, "w", encoding="utf-8") as out:
-        for message in generate_corpus(n_sessions, seed, push_fraction):
+        for message in generate_app_corpus(app, n_sessions, seed, push_fraction):
             out.write(json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n")
             n_messages += 1
             if progress is not None and message["session"] != last_session:

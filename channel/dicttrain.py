@@ -154,9 +154,12 @@ class Evaluation:
         }
 
 
-def evaluate(dictionary: Dictionary, samples: Iterable[bytes]) -> Evaluation:
-    """Compress every sample separately with and without ``dictionary``."""
-    params = _wire_compression_params()
+def evaluate(
+    dictionary: Dictionary, samples: Iterable[bytes], level: int = DEFAULT_LEVEL
+) -> Evaluation:
+    """Compress every sample separately with and without ``dictionary`` (at ``level``;
+    the wire codec's is ``channel.wire.body.COMPRESSION_LEVEL``)."""
+    params = _wire_compression_params(level)
     zstd_dict = zstandard.ZstdCompressionDict(dictionary.content)
     with_dict = zstandard.ZstdCompressor(dict_data=zstd_dict, compression_params=params)
     without_dict = zstandard.ZstdCompressor(compression_params=params)

@@ -1,51 +1,228 @@
-"""Build an app-specific HPACK preset table from a traffic sample.
+"""Build an app-specific preset from a traffic sample (``channel preset build``).
 
-Counts the (name, value) pairs that HPACK would index — every ``:op`` and
-app header except never-indexed names and values that travel as typed
-fields — and keeps the most frequent ones that fit the preset budget. The
-most frequent pair is listed last, so it gets dynamic index 62 (one byte)
-and is the last to be evicted.
+Besides the table entries, the preset learns how this app's headers travel
+(spec sections 9.3, 9.8, 9.11):
+
+* **connection-scoped names**: request headers whose value never changes
+  within a session (identity, user agent, a session cookie) and that most
+  requests carry: the client sends them once per connection;
+* **typed fields**: names whose values are (almost) always canonical for one
+  kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64), and the
+  response header that echoes a request's value;
+* **never-indexed names**: names that look like secrets, and names whose
+  values are unique per message (indexing them only evicts useful entries);
+* **entries**: the most frequent (name, value) pairs HPACK would index -- every
+  ``:op`` and header that is none of the above -- that fit the preset budget,
+  the most frequent listed last (dynamic index 62, evicted last).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from channel.wire.headers import NEVER_INDEXED_NAMES
-from channel.wire.presets import ENTRY_OVERHEAD, MAX_PRESET_TABLE_BYTES, Preset
-from channel.wire.typed import split_typed
+from channel.wire.presets import ENTRY_OVERHEAD, MAX_PRESET_NAMES, MAX_PRESET_TABLE_BYTES, Preset
+from channel.wire.typed import (
+    BASE64,
+    BASE64URL,
+    ECHO,
+    HEX,
+    HEX_UPPER,
+    MAX_TYPED_FIELDS,
+    TIME_MS,
+    TIME_S,
+    UINT,
+    UUID,
+    UUID_UPPER,
+    TypedFields,
+    encode_value,
+)
 
 #: Past ~60 entries, indices need two bytes (62 + 65 > 127), so more rarely pay.
 MAX_PRESET_ENTRIES = 60
+#: A name is typed as a kind when at least this share of its values is canonical for it...
+TYPED_SHARE = 0.98
+#: ...and its values vary: a value that repeats is one byte as an indexed HPACK entry.
+TYPED_DISTINCT_SHARE = 0.1
+#: A response name is the echo when at least this share of its values repeat the request's.
+ECHO_SHARE = 0.9
+#: Connection-scoped: on at least this share of requests, constant in this share of sessions.
+CONNECTION_PRESENCE = 0.9
+CONNECTION_CONSTANCY = 0.99
+#: Never indexed: at least this share of a name's values is unique in the sample.
+UNIQUE_SHARE = 0.9
+#: Least messages (or sessions) a name must appear in before it is classified.
+MIN_SUPPORT = 20
+#: Kinds tried, best first when several cover a name's values equally.
+KIND_ORDER = (UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, HEX, HEX_UPPER, BASE64URL, BASE64)
+#: Plausible times (2001-09-09 .. 2286-11-20): other numbers are not timestamps.
+_TIME_RANGE = {TIME_MS: (10**12, 10**13), TIME_S: (10**9, 10**10)}
+#: Name parts that mark a secret (RFC 7541 7.1.3: never index them).
+_SECRET = re.compile(
+    r"(^|[-_.])(token|secret|passw\w*|session|sid|auth\w*|cookie|otp|pin|sig|signature"
+    r"|credentials?|(api|access|private)[-_]?key)($|[-_.])"
+)
+
+Msg = dict[str, Any]
+Header = tuple[str, str]
 
 
-def count_indexable_pairs(messages: Iterable[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = Counter()
+def _headers(message: Msg) -> list[Header]:
+    return [(str(n).lower(), str(v)) for n, v in message.get("headers") or ()]
+
+
+def _canonical(kind: str, value: str) -> bool:
+    if encode_value(kind, value, 0) is None:
+        return False
+    bounds = _TIME_RANGE.get(kind)
+    return bounds is None or bounds[0] <= int(value) < bounds[1]
+
+
+def detect_connection_names(messages: Sequence[Msg]) -> tuple[str, ...]:
+    """Request header names present on most requests and constant within sessions."""
+    requests = [m for m in messages if m.get("kind") == "request"]
+    presence: Counter[str] = Counter()
+    values: dict[tuple[object, str], set[str]] = defaultdict(set)
+    for message in requests:
+        seen = set()
+        for name, value in _headers(message):
+            values[(message.get("session"), name)].add(value)
+            seen.add(name)
+        presence.update(seen)
+    sessions: Counter[str] = Counter()
+    constant: Counter[str] = Counter()
+    for (_, name), distinct in values.items():
+        sessions[name] += 1
+        constant[name] += len(distinct) == 1
+    names = [
+        name
+        for name, count in presence.most_common()
+        if count >= CONNECTION_PRESENCE * len(requests)
+        and sessions[name] >= MIN_SUPPORT
+        and constant[name] >= CONNECTION_CONSTANCY * sessions[name]
+    ]
+    return tuple(names[:MAX_PRESET_NAMES])
+
+
+def detect_typed_fields(messages: Sequence[Msg], exclude: Iterable[str] = ()) -> TypedFields:
+    """``[name, kind]`` pairs for names whose values are canonical for one kind, plus
+    the echo pair, most frequent names first."""
+    skip = set(exclude)
+    values: dict[str, list[str]] = defaultdict(list)
     for message in messages:
-        headers = [(str(n), str(v)) for n, v in message.get("headers", ())]
-        rest, _typed = split_typed(headers, 0, None)
+        for name, value in _headers(message):
+            if name not in skip and not name.startswith(":"):
+                values[name].append(value)
+    typed: list[Header] = []
+    for name, seen in sorted(values.items(), key=lambda item: -len(item[1])):
+        if len(seen) < MIN_SUPPORT or len(set(seen)) < TYPED_DISTINCT_SHARE * len(seen):
+            continue
+        best = max(
+            KIND_ORDER, key=lambda k: (sum(_canonical(k, v) for v in seen), -KIND_ORDER.index(k))
+        )
+        if sum(_canonical(best, v) for v in seen) >= TYPED_SHARE * len(seen):
+            typed.append((name, best))
+    echo = _detect_echo(messages, skip)
+    if echo is not None:
+        typed.append((echo, ECHO))
+    return tuple(typed[:MAX_TYPED_FIELDS])
+
+
+def _detect_echo(messages: Sequence[Msg], skip: set[str]) -> str | None:
+    """The response header that most often repeats the value of its request's."""
+    echoed: Counter[str] = Counter()
+    carried: Counter[str] = Counter()
+    pending: dict[tuple[object, object], list[dict[str, str]]] = defaultdict(list)
+    for message in messages:
+        key = (message.get("session"), message.get("op"))
+        if message.get("kind") == "request":
+            pending[key].append(dict(reversed(_headers(message))))
+        elif message.get("kind") == "response" and pending[key]:
+            request = pending[key].pop(0)
+            for name, value in _headers(message):
+                if name in skip:
+                    continue
+                carried[name] += 1
+                echoed[name] += request.get(name) == value
+    candidates = [
+        (count, name)
+        for name, count in echoed.items()
+        if count >= MIN_SUPPORT and count >= ECHO_SHARE * carried[name]
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+def detect_never_indexed(
+    messages: Sequence[Msg], typed: TypedFields, connection: Sequence[str]
+) -> tuple[str, ...]:
+    """Names that look like secrets or whose values are unique per message."""
+    handled = set(connection) | {name for name, kind in typed if kind != ECHO} | NEVER_INDEXED_NAMES
+    values: dict[str, list[str]] = defaultdict(list)
+    for message in messages:
+        for name, value in _headers(message):
+            if name not in handled:
+                values[name].append(value)
+    names = []
+    for name, seen in sorted(values.items(), key=lambda item: -len(item[1])):
+        secret = bool(_SECRET.search(name))
+        unique = len(seen) >= MIN_SUPPORT and len(set(seen)) >= UNIQUE_SHARE * len(seen)
+        if secret or unique:
+            names.append(name)
+    return tuple(names[:MAX_PRESET_NAMES])
+
+
+def count_indexable_pairs(messages: Iterable[Msg], preset: Preset | None = None) -> Counter[Header]:
+    """(name, value) pairs HPACK would index under ``preset``'s declarations."""
+    table = preset.typed_table if preset is not None else None
+    skip = NEVER_INDEXED_NAMES
+    if preset is not None:
+        skip = skip | set(preset.connection) | set(preset.never_indexed)
+    counts: Counter[Header] = Counter()
+    for message in messages:
+        headers = _headers(message)
+        if table is not None:
+            rest, _typed = table.split(headers, 0, None)
+        else:
+            from channel.wire.typed import split_typed
+
+            rest, _typed = split_typed(headers, 0, None)
         if message.get("kind") == "request" and message.get("op"):
             counts[(":op", str(message["op"]))] += 1
         for name, value in rest:
-            if name not in NEVER_INDEXED_NAMES:
+            if name not in skip:
                 counts[(name, value)] += 1
     return counts
 
 
 def build_preset(
-    messages: Iterable[dict[str, Any]],
+    messages: Iterable[Msg],
     preset_id: int,
     name: str,
     max_table_bytes: int = MAX_PRESET_TABLE_BYTES,
     max_entries: int = MAX_PRESET_ENTRIES,
-    min_count: int = 2,
+    min_count: int | None = None,
+    detect: bool = True,
 ) -> Preset:
-    """The most frequent indexable pairs that fit, least frequent first."""
-    chosen: list[tuple[str, str]] = []
+    """The preset of an app (see the module docstring); ``detect=False`` keeps the
+    generic typed fields and learns table entries only. A pair becomes an entry when
+    it occurs at least ``min_count`` times (default: in 0.2 % of the messages, at
+    least twice): rarer values only take space the connection's own entries need."""
+    sample = list(messages)
+    if min_count is None:
+        min_count = max(2, len(sample) // 500)
+    if detect:
+        connection = detect_connection_names(sample)
+        typed = detect_typed_fields(sample, exclude=connection)
+        never = detect_never_indexed(sample, typed, connection)
+        declared = Preset(preset_id, name, (), typed, connection, never)
+    else:
+        declared = Preset(preset_id, name, ())
+    chosen: list[Header] = []
     used = 0
-    for pair, count in count_indexable_pairs(messages).most_common():
+    for pair, count in count_indexable_pairs(sample, declared).most_common():
         if count < min_count or len(chosen) >= max_entries:
             break
         size = ENTRY_OVERHEAD + len(pair[0].encode()) + len(pair[1].encode())
@@ -54,4 +231,6 @@ def build_preset(
         chosen.append(pair)
         used += size
     chosen.reverse()
-    return Preset(preset_id, name, tuple(chosen))
+    return Preset(
+        preset_id, name, tuple(chosen), declared.typed, declared.connection, declared.never_indexed
+    )

@@ -17,13 +17,53 @@ import zstandard
 
 from channel.wire import BodyCodec, Connection, Dictionary, DictionaryStore, Limits, Role
 from channel.wire.errors import ProtocolError
-from channel.wire.frames import FrameType, encode_frame
+from channel.wire.frames import FLAG_CONN, FLAG_HEADERS, FrameType, encode_frame
+from channel.wire.headers import encode_context_free
+from channel.wire.presets import Preset, register_preset
 from channel.wire.varint import encode_varint
 from channel.wire.vectors import event_to_json, perform
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol_spec" / "vectors"
 TEST_DICT_FILE = "dict-7.mmtpdict"
 TEST_DICT_ID = 7
+TEST_PRESET_FILE = "preset-9.json"
+TEST_PRESET_ID = 9
+
+#: The vectors' application preset: typed fields of every kind, connection-scoped
+#: headers and an extra never-indexed name. Frozen like the dictionary.
+TEST_PRESET = Preset(
+    TEST_PRESET_ID,
+    "vectors-app",
+    (
+        ("x-app-lang", "en"),
+        ("accept", "application/json"),
+        (":op", "feed.list"),
+    ),
+    typed=(
+        ("x-request-id", "uuid-upper"),
+        ("x-client-ts", "time-s"),
+        ("x-trace", "hex"),
+        ("x-trace", "echo"),
+        ("x-seq", "uint"),
+        ("x-nonce", "base64url"),
+        ("x-sig", "base64"),
+        ("x-span", "hex-upper"),
+        ("x-event-id", "uuid"),
+        ("x-at", "time-ms"),
+    ),
+    connection=("cookie", "user-agent", "x-device-model"),
+    never_indexed=("x-session-hint",),
+)
+
+
+def test_preset() -> Preset:
+    """The vectors' app preset, written once and registered in this process."""
+    path = VECTORS / TEST_PRESET_FILE
+    if not path.exists():
+        path.write_text(TEST_PRESET.to_json(), encoding="utf-8")
+    preset = Preset.from_json(path.read_text(encoding="utf-8"))
+    register_preset(preset)
+    return preset
 
 
 def test_dictionary() -> Dictionary:
@@ -76,6 +116,45 @@ def _req(op: str, trace: str, body: str = BALANCE_BODY) -> dict[str, Any]:
             ["content-type", "application/json"],
         ],
         "body": body,
+    }
+
+
+def _app_req(
+    request_id: str,
+    seq: int,
+    *,
+    cookie: str = "sid=Zm9vYmFy.8; theme=dark",
+    user_agent: str | None = "Feedly/5.2.0 (iPhone15,2; iOS 17.5.1)",
+    model: str | None = None,
+) -> dict[str, Any]:
+    headers = [
+        ["x-request-id", request_id],
+        ["x-client-ts", "1764000001"],
+        ["x-trace", "4bf92f3577b34da6a3ce929d0e0e4736"],
+        ["x-seq", str(seq)],
+        ["x-nonce", "q83vEjRWeJq83vEjRWeJqw"],
+        ["cookie", cookie],
+        ["x-app-lang", "en"],
+    ]
+    if user_agent is not None:
+        headers.append(["user-agent", user_agent])
+    if model is not None:
+        headers.append(["x-device-model", model])
+    return {"op": "feed.list", "headers": headers, "body": '{"cursor":"c-00017","limit":20}'}
+
+
+def _app_reply(stream_id: int) -> dict[str, Any]:
+    return {
+        "stream_id": stream_id,
+        "headers": [
+            ["x-trace", "4bf92f3577b34da6a3ce929d0e0e4736"],
+            ["x-sig", "MEUCIQDxrzW2Wq8="],
+            ["x-span", "00F067AA0BA902B7"],
+            ["x-event-id", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"],
+            ["x-at", "1764000000999"],
+            ["x-session-hint", "warm"],
+        ],
+        "body": '{"items":[],"next":null}',
     }
 
 
@@ -205,6 +284,94 @@ CONVERSATIONS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "app-preset-typed-and-connection-headers",
+        "description": (
+            "Preset 9 (vectors/preset-9.json): typed fields of every kind, the server's "
+            "echo of x-trace, and connection-scoped headers: the first request sets cookie "
+            "and user-agent in a connection header block, the second sends none, the third "
+            "changes the cookie, drops user-agent and sets x-device-model; the server "
+            "re-attaches them to every request."
+        ),
+        "client_dictionaries": [TEST_DICT_ID],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            (
+                "client",
+                "send_hello",
+                {**HELLO, "preset_id": TEST_PRESET_ID, "dictionaries": [TEST_DICT_ID]},
+            ),
+            ("client", "send_request", _app_req("7C9E6679-7425-40DE-944B-E07FC1F90AE7", 1)),
+            ("server", "accept", ACCEPT),
+            ("server", "send_response", _app_reply(1)),
+            ("client", "send_request", _app_req("0E1D5E0E-6C4F-4C0C-9B9D-1A7D1F7C0B01", 2)),
+            ("server", "send_response", _app_reply(1)),
+            (
+                "client",
+                "send_request",
+                _app_req(
+                    "0E1D5E0E-6C4F-4C0C-9B9D-1A7D1F7C0B02",
+                    3,
+                    cookie="sid=Zm9vYmFy.9; theme=dark",
+                    user_agent=None,
+                    model="Pixel 8",
+                ),
+            ),
+        ],
+    },
+    {
+        "name": "paced-dictionary-delivery",
+        "description": (
+            "The device holds no dictionary; the server announces dictionary 7 as the one "
+            "to use and delivers it in chunks between other frames (a RESPONSE "
+            "goes out between two chunks); once the last chunk is in, both directions "
+            "compress with it."
+        ),
+        "client_dictionaries": [],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            ("client", "send_hello", {**HELLO, "preset_id": 0}),
+            (
+                "client",
+                "send_request",
+                _req("account.balance.get", "3da95cd2167b75dfb948f82a8317cba3"),
+            ),
+            ("server", "accept", {**ACCEPT, "newest_dictionary": TEST_DICT_ID}),
+            (
+                "server",
+                "send_dictionary_chunk",
+                {"dict_id": TEST_DICT_ID, "offset": 0, "max_chunk_bytes": 1500},
+            ),
+            (
+                "server",
+                "send_response",
+                {
+                    "stream_id": 1,
+                    "headers": [["server-time", "1764000000210"]],
+                    "body": BALANCE_REPLY,
+                },
+            ),
+            (
+                "server",
+                "send_dictionary_chunk",
+                {"dict_id": TEST_DICT_ID, "offset": 1500, "max_chunk_bytes": 65536},
+            ),
+            (
+                "client",
+                "send_request",
+                _req("account.balance.get", "3da95cd2167b75dfb948f82a8317cba4"),
+            ),
+            (
+                "server",
+                "send_response",
+                {
+                    "stream_id": 1,
+                    "headers": [["server-time", "1764000000230"]],
+                    "body": BALANCE_REPLY,
+                },
+            ),
+        ],
+    },
+    {
         "name": "rejected-token",
         "description": "The server refuses the device's token: ERROR on stream 0, then close.",
         "client_dictionaries": [],
@@ -291,7 +458,120 @@ def invalid_vectors() -> list[dict[str, Any]]:
         b"\x01" + bytes([len(literal_op)]) + literal_op + encode_varint(len(section)) + section,
     )
     echo_bomb = b"\x01\x10" + b"\xaa" * 16 + b"\x05" * 600
+    app = "after-app-hello"  # the server has received the HELLO with preset 9, accepted
+    op_block = encode_context_free([(":op", "x")])
+
+    def request(*, conn: bytes = b"", typed: bytes = b"", own: bytes = op_block) -> str:
+        flags = FLAG_HEADERS | (FLAG_CONN if conn else 0) | (0x4 if typed else 0)
+        payload = b"\x01" + encode_varint(len(own)) + own
+        if conn:
+            payload += encode_varint(len(conn)) + conn
+        if typed:
+            payload += encode_varint(len(typed)) + typed
+        return _frame(FrameType.REQUEST, flags, payload)
+
+    big_cookie = [("cookie", "c" * 1000), ("x-a", "a" * 1000)]
     cases: list[dict[str, Any]] = [
+        {
+            "name": "conn-block-with-pseudo-header",
+            "role": "server",
+            "prefix": handshake,
+            "hex": request(conn=encode_context_free([(":op", "y")])),
+            "error": "FIELD_ERROR",
+            "note": "a connection header block may hold plain fields and :drop only",
+        },
+        {
+            "name": "conn-block-drop-without-name",
+            "role": "server",
+            "prefix": handshake,
+            "hex": request(conn=encode_context_free([(":drop", "")])),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "conn-block-empty",
+            "role": "server",
+            "prefix": handshake,
+            "hex": _frame(
+                FrameType.REQUEST,
+                FLAG_HEADERS | FLAG_CONN,
+                b"\x01" + encode_varint(len(op_block)) + op_block + b"\x00",
+            ),
+            "error": "FIELD_ERROR",
+            "note": "a section announced by its flag may not be empty",
+        },
+        {
+            "name": "conn-block-over-connection-limit",
+            "role": "server",
+            "prefix": handshake,
+            "hex": request(conn=encode_context_free(big_cookie)),
+            "error": "HEADER_LIST_TOO_LARGE",
+            "note": "2,064 bytes of connection headers exceed max_connection_header_list_size 2048",
+        },
+        {
+            "name": "conn-headers-push-request-over-list-limit",
+            "role": "server",
+            "prefix": handshake,
+            "hex": request(
+                conn=encode_context_free([("cookie", "c" * 1900)]),
+                own=encode_context_free([(":op", "x"), ("x-b", "b" * 14400)]),
+            ),
+            "error": "HEADER_LIST_TOO_LARGE",
+            "note": "the request's own 14,441 bytes fit 16384; with its connection headers not",
+        },
+        {
+            "name": "conn-flag-on-a-server-request",
+            "role": "client",
+            "prefix": "accepted",
+            "hex": _frame(
+                FrameType.REQUEST,
+                FLAG_HEADERS | FLAG_CONN,
+                b"\x02"
+                + encode_varint(len(op_block))
+                + op_block
+                + encode_varint(len(op_block))
+                + encode_context_free([("cookie", "x")]),
+            ),
+            "error": "PROTOCOL_ERROR",
+            "note": "only a client sends connection headers",
+        },
+        {
+            "name": "conn-flag-on-a-response",
+            "role": "client",
+            "prefix": "accepted-with-open-stream",
+            "hex": _frame(FrameType.RESPONSE, 0x8, b"\x01\x00"),
+            "error": "PROTOCOL_ERROR",
+        },
+        {
+            "name": "typed-uuid-past-section",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x01" + b"\xab" * 15),
+            "error": "FIELD_ERROR",
+            "note": "key 1 of preset 9 is a uuid-upper: 16 bytes",
+        },
+        {
+            "name": "typed-base64-empty",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x06\x00"),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "typed-time-s-out-of-range",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x02" + encode_varint(2 * 10**13)),
+            "error": "FIELD_ERROR",
+            "note": "1764000000 + 10^13 is not below 10^13",
+        },
+        {
+            "name": "typed-key-past-preset-list",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0b\x00"),
+            "error": "FIELD_ERROR",
+            "note": "preset 9 declares 10 typed fields",
+        },
         {
             "name": "typed-unknown-key",
             "role": "server",
@@ -709,7 +989,7 @@ def prepared_receiver(role: str, prefix: str) -> Connection:
     """A receiver in the state a case's ``prefix`` names (see vectors/README.md)."""
     server = Connection(Role.SERVER, limits=Limits())
     client = Connection(Role.CLIENT)
-    perform(client, "send_hello", HELLO, {})
+    perform(client, "send_hello", APP_HELLO if prefix == "after-app-hello" else HELLO, {})
     hello = client.data_to_send()
     if role == "server":
         if prefix == "none":
@@ -730,11 +1010,16 @@ def prepared_receiver(role: str, prefix: str) -> Connection:
 
 
 OPEN_STREAM_REQUEST = {"op": "x", "headers": [["trace-id", "aa" * 16]]}
+APP_HELLO = {**HELLO, "preset_id": TEST_PRESET_ID}
 PREFIXES = {
     "none": "a fresh receiver: nothing received yet",
     "after-hello": (
         "server role: it received the client's HELLO made from `hello_args` (preset 1), "
         "then called accept with `accept_args`"
+    ),
+    "after-app-hello": (
+        "server role: as `after-hello`, but the HELLO is `app_hello_args` (preset 9, "
+        "the vectors' app preset)"
     ),
     "hello-sent": "client role: it sent HELLO from `hello_args` and has received nothing",
     "accepted": (
@@ -746,6 +1031,7 @@ PREFIXES = {
     ),
     "open_stream_request": OPEN_STREAM_REQUEST,
     "hello_args": HELLO,
+    "app_hello_args": APP_HELLO,
     "accept_args": ACCEPT,
 }
 
@@ -765,6 +1051,7 @@ def varint_vectors() -> dict[str, Any]:
 def main() -> int:
     VECTORS.mkdir(parents=True, exist_ok=True)
     dictionary = test_dictionary()
+    test_preset()
     meta = {"zstd_version": zstandard.ZSTD_VERSION, "mmtp_version": 1}
     conversations = [
         {
@@ -791,9 +1078,15 @@ def main() -> int:
         "conversations.json": {
             "meta": meta,
             "dictionary_file": TEST_DICT_FILE,
+            "preset_files": [TEST_PRESET_FILE],
             "conversations": conversations,
         },
-        "invalid.json": {"meta": meta, "prefixes": PREFIXES, "cases": cases},
+        "invalid.json": {
+            "meta": meta,
+            "preset_files": [TEST_PRESET_FILE],
+            "prefixes": PREFIXES,
+            "cases": cases,
+        },
     }
     for name, content in outputs.items():
         (VECTORS / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")

@@ -48,6 +48,7 @@ from channel.wire import (
     BodyCodec,
     Connection,
     ConnectionErrorReceived,
+    Dictionary,
     DictionaryReceived,
     DictionaryStore,
     ErrorCode,
@@ -75,8 +76,10 @@ from channel.wire import (
 from channel.wire.frames import encode_frame
 from channel.wire.headers import Header, Headers
 from channel.wire.hello import MAX_HELLO_DICTIONARIES, encode_hello, encode_hello_ack
+from channel.wire.presets import Preset, register_preset
 from sdk_client.backoff import Backoff
 from sdk_client.dedupe import DedupeWindow
+from sdk_client.dictstore import DictionaryFiles
 from sdk_client.errors import (
     AuthError,
     BadRequest,
@@ -189,6 +192,8 @@ class ClientStats:
     calls_retried: int = 0
     pushes_received: int = 0
     pushes_delivered: int = 0
+    #: Dictionaries the server delivered (stored when ``dictionary_dir`` is set).
+    dictionaries_received: int = 0
     pushes_duplicate: int = 0
     push_handler_errors: int = 0
     requests_served: int = 0
@@ -320,15 +325,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-_DEFAULT_CODEC: BodyCodec | None = None
+_DEFAULT_DICTIONARIES: tuple[Dictionary, ...] = ()
 
 
-def _default_codec() -> BodyCodec:
-    """One codec over the packaged dictionary, shared by every client of the process."""
-    global _DEFAULT_CODEC
-    if _DEFAULT_CODEC is None:
-        _DEFAULT_CODEC = BodyCodec(DictionaryStore([load_default_dictionary()]))
-    return _DEFAULT_CODEC
+def _default_dictionaries() -> tuple[Dictionary, ...]:
+    """The packaged dictionary, read once per process."""
+    global _DEFAULT_DICTIONARIES
+    if not _DEFAULT_DICTIONARIES:
+        _DEFAULT_DICTIONARIES = (load_default_dictionary(),)
+    return _DEFAULT_DICTIONARIES
 
 
 # ------------------------------------------------------------------ client
@@ -345,9 +350,15 @@ class Client:
     Transport: ``ca_file`` is the CA that signed the gateway's certificate
     (None: the system store); ``server_hostname`` is the name the certificate
     must carry. ``preset_id`` picks the HPACK preset table (2: the packaged
-    wallet demo preset); ``dictionaries`` defaults to the packaged dictionary,
-    and dictionaries the server delivers are added to it; ``limits`` are the
-    receive limits announced in HELLO.
+    wallet demo preset); ``preset`` is an app preset (``channel preset build``,
+    a ``Preset`` or the path of its JSON file: registered here, and its id
+    used); ``connection_header_names`` are headers sent once per connection
+    besides those the preset names (spec 9.11: the gateway re-attaches them to
+    every call). ``dictionaries`` defaults to the packaged dictionary, and
+    dictionaries the server delivers are added to it; with
+    ``dictionary_dir`` (default: ``<state_file>.dicts`` when ``state_file`` is
+    set) delivered dictionaries are stored there and announced in the next
+    HELLOs. ``limits`` are the receive limits announced in HELLO.
 
     Behaviour: ``reconnect`` keeps a connection up after the first one, with
     ``backoff`` between attempts; ``call_timeout_s`` is the default of
@@ -377,7 +388,10 @@ class Client:
         app_version: str = "",
         platform: str = "",
         preset_id: int = 2,
+        preset: Preset | Path | None = None,
+        connection_header_names: Sequence[str] = (),
         dictionaries: DictionaryStore | None = None,
+        dictionary_dir: Path | None = None,
         client_cert: Path | None = None,
         client_key: Path | None = None,
         server_hostname: str | None = "localhost",
@@ -406,7 +420,13 @@ class Client:
         self.app_id = app_id
         self.app_version = app_version
         self.platform = platform
+        if preset is not None:
+            if not isinstance(preset, Preset):
+                preset = Preset.from_json(Path(preset).read_text(encoding="utf-8"))
+            register_preset(preset)
+            preset_id = preset.preset_id
         self.preset_id = preset_id
+        self.connection_header_names = frozenset(connection_header_names)
         self.server_hostname = server_hostname
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
@@ -420,7 +440,21 @@ class Client:
         #: Send the ClientHello in the SYN once the kernel holds a cookie for the gateway.
         self.tcp_fast_open = tcp_fast_open
         self.stats = ClientStats()
-        self._codec = _default_codec() if dictionaries is None else BodyCodec(dictionaries)
+        if dictionary_dir is None and state_file is not None:
+            dictionary_dir = state_file.with_name(state_file.name + ".dicts")
+        #: Where delivered dictionaries are kept (None: in memory only).
+        self.dictionary_files = DictionaryFiles(dictionary_dir) if dictionary_dir else None
+        # A codec of its own: a dictionary the server delivers joins this client's store,
+        # never one another client (of another server, whose ids mean other content) uses.
+        # A store passed in is this client's own (it sees what the server delivers).
+        store = dictionaries if dictionaries is not None else DictionaryStore(
+            list(_default_dictionaries())
+        )
+        if self.dictionary_files is not None:
+            for stored in self.dictionary_files.load():
+                if stored.dict_id not in store:
+                    store.add(stored)
+        self._codec = BodyCodec(store)
         self._tls = client_tls_context(ca_file, client_cert=client_cert, client_key=client_key)
         self._dedupe = DedupeWindow(dedupe_window)
         self._ticket = b""
@@ -659,6 +693,7 @@ class Client:
             limits=self.limits,
             body_codec=self._codec,
             frame_counters=self.stats.frames,
+            connection_header_names=self.connection_header_names,
         )
         link = _Link(self, conn)
         self._links.add(link)
@@ -878,6 +913,12 @@ class Client:
                     link.heartbeat_s = value
         elif isinstance(event, DictionaryReceived):
             self._server_dictionary = max(self._server_dictionary, event.dictionary.dict_id)
+            self.stats.dictionaries_received += 1
+            if self.dictionary_files is not None:
+                try:
+                    self.dictionary_files.save(event.dictionary)
+                except OSError as exc:
+                    log.warning("cannot store dictionary %d: %s", event.dictionary.dict_id, exc)
             self._save_state()
 
     def _on_hello_ack(self, link: _Link, ack: HelloAck) -> None:

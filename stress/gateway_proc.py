@@ -235,6 +235,9 @@ class GatewayProcess:
             for k, v in os.environ.items()
             if not k.startswith("CHANNEL_") or k == "CHANNEL_SERVER__ENGINE"
         }
+        # The bare devices here hold no dictionary and the SDK's hold the packaged one:
+        # no DICT deliveries unless a run asks ([compression] in its settings).
+        env["CHANNEL_COMPRESSION__DICT_BUDGET_BYTES"] = "0"
         env.update(settings_env(self.settings))
         self._stdout_path = self.state_dir / f"{self.name}.stdout"
         self._stderr_path = self.state_dir / f"{self.name}.log"

@@ -5,7 +5,9 @@ encoded by the sending side and decoded (and checked) by the receiving side of t
 the bytes handed to TLS are counted, and encode/decode are timed separately.
 
     python -m stress.wire_size [--corpus PATH.jsonl | --sessions N --seed S]
-                               [--dict PATH.mmtpdict] [--out results/wire_size.json] [--cold 10]
+                               [--dict PATH.mmtpdict] [--preset PATH.json]
+                               [--out results/wire_size.json] [--cold 10]
+    python -m stress.wire_size --apps wallet,social,ride,shop,fitness [--sessions N]
 
 See ``stress/README.md`` for the exact modelling of each baseline.
 """
@@ -100,7 +102,9 @@ def corpus_summary(sessions: Sequence[Session], source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- codecs
 
 
-def load_mmtp(dict_path: str | None) -> tuple[list[WireCodec], str | None]:
+def load_mmtp(
+    dict_path: str | None, preset_path: str | None = None
+) -> tuple[list[WireCodec], str | None]:
     """The MMTP codecs from ``stress/baselines/mmtp.py``: the app preset with the
     dictionary first, then the generic preset, then no preset and no dictionary."""
     try:
@@ -108,7 +112,7 @@ def load_mmtp(dict_path: str | None) -> tuple[list[WireCodec], str | None]:
     except ImportError as e:
         return [], f"MMTP codec unavailable ({e}); running the baselines only"
     try:
-        return list(mod.mmtp_codecs(dict_path)), None
+        return list(mod.mmtp_codecs(dict_path, preset_path)), None
     except Exception as e:
         return [], f"MMTP codec failed to initialise ({type(e).__name__}: {e}); baselines only"
 
@@ -121,7 +125,7 @@ def select_codecs(args: argparse.Namespace) -> tuple[list[WireCodec], list[str]]
     warnings: list[str] = []
     codecs: list[WireCodec] = []
     if want_mmtp:
-        mmtp, warning = load_mmtp(args.dict)
+        mmtp, warning = load_mmtp(args.dict, args.preset)
         if warning:
             warnings.append(warning)
         codecs.extend(mmtp)
@@ -334,6 +338,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="MMTP dictionary (.mmtpdict) for the MMTP codecs (default: the packaged "
         "default dictionary; 'none' for no dictionary)",
     )
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="the app's preset file (channel preset build) for the first MMTP row "
+        "(default: the packaged wallet demo preset 2)",
+    )
+    p.add_argument(
+        "--apps",
+        default=None,
+        help="comma-separated synthetic apps (channel/corpus_apps: wallet, social, ride, shop, "
+        "fitness): for each, train a dictionary and build a preset on its training split "
+        "(seed 1) and measure its test split (seed 2, --sessions sessions)",
+    )
+    p.add_argument(
+        "--train-sessions",
+        type=int,
+        default=1250,
+        help="training sessions per app with --apps (default 1250)",
+    )
+    p.add_argument(
+        "--dict-size", type=int, default=16 * 1024, help="dictionary bytes with --apps (16 KiB)"
+    )
+    p.add_argument(
+        "--push-fraction", type=float, default=0.10, help="push share with --apps (0.10)"
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results path")
     p.add_argument(
         "--cold",
@@ -355,6 +384,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.apps:
+        from stress.wire_apps import run_apps
+
+        machine = machine_info()
+        print(f"machine: {machine['platform']} | {machine['cpu']} | {machine['cores']} cores")
+        apps = run_apps(args)
+        doc = {
+            "tool": "stress.wire_size",
+            "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "args": vars(args),
+            "machine": machine,
+            "reference": REFERENCE,
+            "apps": apps,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
     sessions, source = load_corpus(args)
     corpus = corpus_summary(sessions, source)
     codecs, warnings = select_codecs(args)

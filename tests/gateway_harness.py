@@ -65,6 +65,9 @@ def gateway_config(state_dir: Path, **sections: dict[str, Any]) -> GatewayConfig
         "api": {"port": 0},
         "log": {"json": False},
         "mqtt": {"port": 0},
+        # No dictionary deliveries unless a test asks (compression=...): most tests'
+        # devices hold no dictionary and count the frames behind their HELLO_ACK.
+        "compression": {"dict_budget_bytes": 0},
     }
     rpc = sections.pop("rpc", {})
     for name, values in sections.items():

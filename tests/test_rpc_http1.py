@@ -94,6 +94,15 @@ def test_request_bytes() -> None:
     )
 
 
+def test_a_device_user_agent_replaces_the_gateways() -> None:
+    """A device's own user-agent (a connection-scoped header, say) goes up alone: two
+    user-agent fields made aiohttp upstreams answer 400."""
+    data = encode_request(
+        "POST", "/rpc/x", host="h", headers=[("user-agent", "Chirp/7.1")], body=b""
+    )
+    assert data.count(b"user-agent:") == 1 and b"user-agent: Chirp/7.1\r\n" in data
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

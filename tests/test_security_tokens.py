@@ -100,6 +100,15 @@ def test_scopes_round_trip() -> None:
     assert verified.scopes == ("rpc", "push", "pay:read")
 
 
+def test_the_text_form_in_place_of_the_bytes_is_refused_saying_so() -> None:
+    """Spec 7.2: HELLO carries the token's bytes; an implementer who sent the text that
+    `channel token issue` prints got "token version 65 is not supported"."""
+    text = encode_token_text(TOKEN).encode()
+    error = refusal(text)
+    assert error.code is ErrorCode.AUTH_INVALID
+    assert "base64url text" in error.message and "decoded bytes" in error.message
+
+
 def test_forged_signature_is_invalid() -> None:
     forged = TOKEN[:-1] + bytes([TOKEN[-1] ^ 1])
     assert refusal(forged).code is ErrorCode.AUTH_INVALID

@@ -335,7 +335,12 @@ def test_protocol_constants_table() -> None:
             where, cell, INITIAL_HEADER_TABLE_SIZE
         ),
         "Preset table space": lambda where, cell: _check_int(where, cell, MAX_PRESET_TABLE_BYTES),
-        "Typed HEX value": lambda where, cell: _check_range(where, cell, 1, typed.MAX_HEX_BYTES),
+        "Typed hex / base64 value": lambda where, cell: _check_range(
+            where, cell, 1, typed.MAX_TYPED_BYTES
+        ),
+        "Typed fields per preset": lambda where, cell: _check_int(
+            where, cell, typed.MAX_TYPED_FIELDS
+        ),
         "Dictionary id": lambda where, cell: _check_range(where, cell, 1, MAX_DICTIONARY_ID),
         "SETTINGS pairs": lambda where, cell: _check_int(where, cell, m.MAX_SETTINGS_PAIRS),
         "Unknown tagged fields": lambda where, cell: _check_int(where, cell, MAX_UNKNOWN_FIELDS),
@@ -548,39 +553,55 @@ def test_settings_table_matches_setting_ids() -> None:
 # ----------------------------------------------------------------- typed fields
 
 
-def test_typed_field_table_matches_typed_keys() -> None:
-    tab = table("Typed header fields", "Key", "Header name", "Value encoding")
-    constants = {
-        value: name
-        for name, value in vars(typed).items()
-        if name.startswith("KEY_") and isinstance(value, int)
-    }
-    in_spec: dict[int, str] = {}
+def test_generic_typed_field_table_matches_the_generic_list() -> None:
+    tab = table("Typed header fields", "Key", "Header name", "Kind")
+    in_spec = []
     for where, row in tab.records():
         key = int(row["Key"])
-        name = code_span(row["Header name"], where)
-        in_spec[key] = name
-        encoding = row["Value encoding"].split(":")[0].strip()
-        prefix = encode_varint(key)
-        if encoding == "HEX":
-            sample, section_bytes = "ab12", prefix + b"\x02\xab\x12"
-            echo = None
-        elif encoding == "TIME":
-            sample, section_bytes = "1005", prefix + encode_varint(10)  # zigzag(1005 - 1000)
-            echo = None
-        elif encoding == "ECHO":
-            sample, section_bytes = "ab12", prefix
-            echo = sample
-        else:
-            raise AssertionError(f"{where}: unknown value encoding {encoding!r}")
-        rest, produced = typed.split_typed([(name, sample)], 1000, echo)
-        assert (rest, produced) == ((), section_bytes), (
-            f"{where}: split_typed encodes {name}={sample} as {produced.hex()}, "
-            f"expected {section_bytes.hex()}"
+        assert key == len(in_spec) + 1, f"{where}: keys are 1, 2, 3, ... in order"
+        in_spec.append((code_span(row["Header name"], where), row["Kind"].strip()))
+    assert tuple(in_spec) == typed.GENERIC_TYPED, (
+        f"{tab.section.label}: generic typed fields differ from typed.GENERIC_TYPED"
+    )
+
+
+#: A canonical sample of every kind, its wire bytes (epoch 1000 ms) and a non-canonical value.
+_KIND_SAMPLES = {
+    "hex": ("ab12", b"\x02\xab\x12", "AB12"),
+    "hex-upper": ("AB12", b"\x02\xab\x12", "ab12"),
+    "uuid": (
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        bytes.fromhex("6ba7b8109dad11d180b400c04fd430c8"),
+        "6BA7B810-9DAD-11D1-80B4-00C04FD430C8",
+    ),
+    "uuid-upper": (
+        "6BA7B810-9DAD-11D1-80B4-00C04FD430C8",
+        bytes.fromhex("6ba7b8109dad11d180b400c04fd430c8"),
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+    ),
+    "time-ms": ("1005", b"\x0a", "01005"),
+    "time-s": ("3", b"\x04", "03"),
+    "uint": ("300", b"\xac\x02", "0300"),
+    "base64url": ("q83v", b"\x03\xab\xcd\xef", "q83v="),
+    "base64": ("q83v", b"\x03\xab\xcd\xef", "q83"),
+}
+
+
+def test_typed_kind_table_matches_the_codec() -> None:
+    tab = table("Typed header fields", "Kind", "Canonical header value", "Value bytes on the wire")
+    kinds = [row["Kind"].strip() for _, row in tab.records()]
+    assert tuple(kinds) == typed.KINDS, f"{tab.section.label}: kinds differ from typed.KINDS"
+    for kind, (sample, wire, other) in _KIND_SAMPLES.items():
+        table_ = typed.TypedTable((("x", kind),))
+        rest, section = table_.split([("x", sample)], 1000)
+        assert (rest, section) == ((), b"\x01" + wire), f"{kind}: {sample} -> {section.hex()}"
+        assert table_.decode(section, 1000, None, 1 << 20) == [("x", sample)], kind
+        assert table_.split([("x", other)], 1000) == ((("x", other),), b""), (
+            f"{kind}: {other!r} is not canonical and must go through HPACK"
         )
-        decoded = typed.decode_typed(section_bytes, 1000, echo, 1 << 20)
-        assert decoded == [(name, sample)], f"{where}: key {key} decodes to {decoded}"
-    assert_same_keys(tab.section.label, in_spec, constants, "typed keys")
+    echo = typed.TypedTable((("x", "echo"),))
+    assert echo.split([("x", "v")], 0, "v") == ((), b"\x01")
+    assert echo.decode(b"\x01", 0, "v", 1 << 20) == [("x", "v")]
 
 
 # --------------------------------------------------------- presets, HPACK names

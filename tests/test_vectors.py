@@ -28,6 +28,7 @@ from channel.wire import (
 )
 from channel.wire.frames import FrameParser, FrameType
 from channel.wire.messages import decode_error
+from channel.wire.presets import Preset, register_preset
 from channel.wire.varint import decode_varint, encode_varint
 from channel.wire.vectors import event_to_json, perform
 
@@ -43,6 +44,8 @@ CONVERSATIONS = _load("conversations.json")
 INVALID = _load("invalid.json")
 DICTIONARY = Dictionary.from_file_bytes((VECTORS / CONVERSATIONS["dictionary_file"]).read_bytes())
 SAME_ZSTD = CONVERSATIONS["meta"]["zstd_version"] == zstandard.ZSTD_VERSION
+for _name in CONVERSATIONS["preset_files"]:
+    register_preset(Preset.from_json((VECTORS / _name).read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize("case", VARINTS["valid"], ids=lambda c: str(c["value"]))
@@ -104,10 +107,11 @@ def _receiver(role: str, prefix: str) -> Connection:
     args = INVALID["prefixes"]
     server = Connection(Role.SERVER)
     client = Connection(Role.CLIENT)
-    perform(client, "send_hello", args["hello_args"], {})
+    hello_args = args["app_hello_args"] if prefix == "after-app-hello" else args["hello_args"]
+    perform(client, "send_hello", hello_args, {})
     hello = client.data_to_send()
     if role == "server":
-        if prefix == "after-hello":
+        if prefix in ("after-hello", "after-app-hello"):
             server.receive_data(hello)
             perform(server, "accept", args["accept_args"], {})
             server.data_to_send()

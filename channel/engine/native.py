@@ -23,12 +23,14 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from channel.logs import fields
+from channel.mmtp.service import preset_for_engine
 from channel.mmtp.session import MmtpSession
 from channel.rpc.model import RpcResponse
 from channel.security.auth import AuthFailure, AuthResult
 from channel.security.tls import TlsReloadError
 from channel.sessions import FanoutPush, Headers, Session, jittered
-from channel.wire import ErrorCode, Hello
+from channel.wire import Dictionary, ErrorCode, Hello
+from channel.wire.presets import Preset
 
 if TYPE_CHECKING:
     from channel._engine import Engine
@@ -120,6 +122,10 @@ class NativeEngine:
             "tls_key_pem": tls.key.read_bytes(),
             "ticket_key_id": current_key,
             "ticket_keys": keys,
+            "dict_chunk_bytes": config.compression.dict_chunk_bytes,
+            "dict_delivery_bytes_per_s": config.compression.dict_delivery_bytes_per_s,
+            "dict_budget_bytes": config.compression.dict_budget_bytes,
+            "usage_apps": self.service.compression.usage_apps(),
             "early_data_max_bytes": config.tls.early_data_max_bytes,
             **dataclasses.asdict(native),
         }
@@ -234,6 +240,7 @@ class NativeEngine:
         except AuthFailure as failure:
             self.command(("REJECT", conn, failure.code, failure.message, 0))
             return
+        compression = service.compression
         self.command(
             (
                 "ACCEPT",
@@ -243,6 +250,7 @@ class NativeEngine:
                 service.heartbeat_for(hello.heartbeat_s),
                 int(time.time() * 1000),
                 result.resumed,
+                compression.current_dictionary(hello.app_id),
             )
         )
         # The ticket went out in HELLO_ACK; no secret outlives its use.
@@ -250,6 +258,35 @@ class NativeEngine:
         self._sessions[conn] = session
         service.authenticated(result.resumed, fast_open)
         service.registry.add(session)
+        dictionary = compression.dictionary_to_deliver(hello)
+        if dictionary is not None:
+            self.command(("DICT", [conn], dictionary.dict_id))
+            compression.delivering(hello.app_id, dictionary.dict_id, 1)
+
+    # ------------------------------------------------------- dictionaries
+
+    def dictionary_published(self, app_id: str, dictionary: Dictionary) -> None:
+        """A new current dictionary of ``app_id``: the engine holds it, then delivers it to
+        the app's connected devices (paced in Rust), without a reconnect."""
+        self.command(("SET_USAGE_APPS", self.service.compression.usage_apps()))
+        self.command(("ADD_DICTIONARY", dictionary.to_file_bytes()))
+        conns = [
+            s.conn
+            for s in self._sessions.values()
+            if s.auth is not None and s.auth.device.app_id == app_id and not s.closed
+        ]
+        if conns:
+            self.command(("DICT", conns, dictionary.dict_id))
+            self.service.compression.delivering(app_id, dictionary.dict_id, len(conns))
+
+    def preset_published(self, preset: Preset) -> None:
+        self.command(("ADD_PRESET", *preset_for_engine(preset)))
+
+    def usage(self) -> dict[str, list[tuple[int, ...]]]:
+        """Bodies by app and dictionary id, as the engine counted them."""
+        if self._engine is None:
+            return {}
+        return {app: list(rows) for app, rows in self._engine.usage().items()}
 
     def _request(self, event: tuple[Any, ...]) -> None:
         _, conn, stream_id, op, headers, body, early = event

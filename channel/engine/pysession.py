@@ -48,6 +48,7 @@ from channel.wire import (
     AckReceived,
     Connection,
     ConnectionErrorReceived,
+    Dictionary,
     ErrorCode,
     Event,
     GoAwayReceived,
@@ -73,6 +74,8 @@ class ConnectionOwner(Protocol):
     def admit(self, session: PyMmtpSession) -> tuple[ErrorCode, str] | None: ...
 
     def authenticated(self, session: PyMmtpSession) -> None: ...
+
+    def deliver_dictionary(self, session: PyMmtpSession, dictionary: Dictionary) -> None: ...
 
     def forget(self, session: PyMmtpSession) -> None: ...
 
@@ -103,6 +106,8 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
         "_transport",
         "conn",
         "connected_at",
+        "dict_delivery",
+        "dict_sent",
         "last_seen",
     )
 
@@ -118,11 +123,16 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
         self._holds = 0
         # Pushes written and not acknowledged: delivery id -> (message id, tracked).
         self._deliveries: dict[int, tuple[str, bool]] | None = None
+        # A dictionary delivery under way (channel/engine/dictpacer.py) and the DICT
+        # bytes this connection was sent (its budget).
+        self.dict_delivery: list[object] | None = None
+        self.dict_sent = 0
         self.conn = Connection(
             Role.SERVER,
             limits=service.wire_limits,
             body_codec=service.body_codec,
             frame_counters=service.wire.frames,
+            usage_for_app=service.usage_for_app,
         )
         self.connected_at = time.monotonic()
         self.last_seen = self.connected_at
@@ -265,17 +275,22 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
             self.conn.reject(failure.code, failure.message)
             self.conn.forget_credentials()
             return
+        compression = service.compression
         self.conn.accept(
             session_id=result.session_id,
             resume_ticket=result.resume_ticket,
             heartbeat_s=service.heartbeat_for(event.hello.heartbeat_s),
             server_time_ms=int(time.time() * 1000),
             resumed=result.resumed,
+            newest_dictionary=compression.current_dictionary(event.hello.app_id),
         )
         self.conn.forget_credentials()
         # The ticket went out in HELLO_ACK; no secret outlives its use.
         self.auth = dataclasses.replace(result, resume_ticket=b"")
         self._engine.authenticated(self)
+        dictionary = compression.dictionary_to_deliver(event.hello)
+        if dictionary is not None:
+            self._engine.deliver_dictionary(self, dictionary)
 
     def _on_acks(self, delivery_ids: Sequence[int]) -> None:
         deliveries = self._deliveries
@@ -375,6 +390,9 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
 
     def flush(self) -> None:
         """Hand what the wire core queued to the transport (one write)."""
+        self._write_out()
+
+    def write_out(self) -> None:
         self._write_out()
 
     def _write_out(self) -> None:

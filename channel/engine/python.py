@@ -17,6 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from channel import fastopen
+from channel.engine.dictpacer import DictionaryPacer
 from channel.engine.heaptrim import HeapTrimmer
 from channel.engine.proxyproto import ProxyPolicy
 from channel.engine.pysession import PyMmtpSession
@@ -30,7 +31,8 @@ from channel.security.tls import (
     peer_certificate_identity,
 )
 from channel.sessions import jittered
-from channel.wire import ErrorCode
+from channel.wire import Dictionary, ErrorCode
+from channel.wire.presets import Preset
 
 if TYPE_CHECKING:
     from channel.mmtp.service import MmtpService
@@ -78,6 +80,7 @@ class PythonEngine:
         self._contexts = ServerContextRef(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         self.draining = False
         self._all_gone: asyncio.Event | None = None
+        self.dictionaries = DictionaryPacer(self.config.compression)
 
     # ---------------------------------------------------------------- start
 
@@ -207,6 +210,26 @@ class PythonEngine:
         )
         self.service.registry.add(session)
 
+    # ------------------------------------------------------- dictionaries
+
+    def deliver_dictionary(self, session: PyMmtpSession, dictionary: Dictionary) -> None:
+        """Deliver ``dictionary`` to a device, paced (``dictpacer.py``)."""
+        if self.dictionaries.deliver(session, dictionary) and session.auth is not None:
+            self.service.compression.delivering(
+                session.auth.device.app_id, dictionary.dict_id, 1
+            )
+
+    def dictionary_published(self, app_id: str, dictionary: Dictionary) -> None:
+        """A new current dictionary of ``app_id``: to its connected devices, no reconnect."""
+        # The node's codec already holds it (one codec per process).
+        for session in list(self.sessions):
+            auth = session.auth
+            if auth is not None and auth.device.app_id == app_id and not session.closed:
+                self.deliver_dictionary(session, dictionary)
+
+    def preset_published(self, preset: Preset) -> None:
+        """Nothing to do: presets are registered once per process (``register_preset``)."""
+
     def forget(self, session: PyMmtpSession) -> None:
         if session not in self.sessions:
             return
@@ -301,6 +324,7 @@ class PythonEngine:
             session.abort()
 
     async def close(self) -> None:
+        await self.dictionaries.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:

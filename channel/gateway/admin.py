@@ -5,7 +5,11 @@
 ``GET /admin/routes`` (current RPC routes, clusters and breaker states),
 ``POST /admin/reload`` (re-read the config file's [rpc] routes and [tls] files, like
 SIGHUP; open connections keep their certificate),
-``GET /admin/devices/{device_id}`` (is this device connected here).
+``GET /admin/devices/{device_id}`` (is this device connected here),
+``GET /admin/compression`` (per app: dictionaries, presets, deliveries,
+retraining, and each dictionary's share of the app's bodies and bytes saved;
+``POST /admin/compression/reload`` reads the registry now, ``POST
+/admin/compression/retrain/{app}`` retrains a sampled app now).
 
 Everything under ``/admin/`` (and any path not listed) needs an API key with the
 ``admin`` scope (``Authorization: Bearer ck_...``, keys from ``[api] keys``; ``*``
@@ -24,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channel.api.errors import error_json, json_response
 from channel.api.keys import ADMIN_SCOPE, ApiKeyring, AuthError
+from channel.compression.service import CompressionService
 from channel.config import ConfigError, GatewayConfig, load_config
 from channel.httpserver import ConnectionGate, GuardedSite, guard_middleware, runner_options
 from channel.metrics import GatewayMetrics
@@ -48,6 +53,11 @@ class AdminTarget(Protocol):
     def by_device(self) -> dict[str, Session]: ...
 
     def reload(self, config: GatewayConfig) -> dict[str, object]: ...
+
+    def compression_view(self) -> dict[str, object]: ...
+
+    @property
+    def compression(self) -> CompressionService: ...
 
 
 NODE_KEY: web.AppKey[Any] = web.AppKey("node")
@@ -151,6 +161,39 @@ async def device(request: web.Request) -> web.Response:
     )
 
 
+async def compression(request: web.Request) -> web.Response:
+    node: AdminTarget = request.app[NODE_KEY]
+    return web.json_response(node.compression_view())
+
+
+async def compression_reload(request: web.Request) -> web.Response:
+    node: AdminTarget = request.app[NODE_KEY]
+    changed = await node.compression.reload()
+    return web.json_response({"changed": changed, **node.compression_view()})
+
+
+async def compression_retrain(request: web.Request) -> web.Response:
+    node: AdminTarget = request.app[NODE_KEY]
+    app_id = request.match_info["app"]
+    service = node.compression
+    if app_id not in service.sampler.apps:
+        message = f"app {app_id!r} is not sampled: add it to [compression] sample_apps"
+        return json_response(404, error_json("NOT_FOUND", message))
+    try:
+        verdict = await service.retrain_app(app_id)
+    except ValueError as exc:
+        return json_response(409, error_json("CONFLICT", str(exc)))
+    state = service.apps.get(app_id)
+    return web.json_response(
+        {
+            "app": app_id,
+            "trained": verdict is not None,
+            "result": state.last_retrain if state else "",
+            "current_dictionary": service.current_dictionary(app_id),
+        }
+    )
+
+
 def create_admin_app(node: AdminTarget, keyring: ApiKeyring) -> web.Application:
     admin = node.config.admin
     app = web.Application(middlewares=[guard_middleware, _admin_auth])
@@ -163,6 +206,9 @@ def create_admin_app(node: AdminTarget, keyring: ApiKeyring) -> web.Application:
     app.router.add_get("/admin/routes", routes)
     app.router.add_post("/admin/reload", reload)
     app.router.add_get("/admin/devices/{device_id}", device)
+    app.router.add_get("/admin/compression", compression)
+    app.router.add_post("/admin/compression/reload", compression_reload)
+    app.router.add_post("/admin/compression/retrain/{app}", compression_retrain)
     return app
 
 

@@ -15,6 +15,7 @@ from channel.wire import BodyCodec, FrameType
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from channel.compression.service import CompressionService
     from channel.engine.native import NativeEngine
     from channel.metrics import GatewayMetrics
     from channel.mmtp.service import WireCounters
@@ -263,3 +264,63 @@ def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> 
             return families
 
     metrics.registry.register(_NativeCollector())  # type: ignore[arg-type]
+
+
+def register_compression_collector(
+    registry: CollectorRegistry,
+    compression: CompressionService,
+    engine_usage: Callable[[], dict[str, list[tuple[int, ...]]]] | None,
+    deliveries: Callable[[], dict[str, int]],
+) -> None:
+    """Per app and dictionary id: bodies, raw and wire bytes each way (what share of an
+    app's bodies a dictionary codes, and what it saves), deliveries asked and their
+    outcome. ``engine_usage``: the native engine's counts (None: the Python engine's,
+    kept by the service); ``deliveries``: the engine's DICT counters."""
+    from channel.compression.service import usage_rows
+
+    class _CompressionCollector:
+        def collect(self) -> Iterable[object]:
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+            rows = usage_rows(compression.usage) if engine_usage is None else engine_usage()
+            labels = ["app", "dictionary", "direction"]
+            bodies = CounterMetricFamily(
+                "channel_compression_bodies",
+                "Message bodies by app and the dictionary that coded them (raw: uncompressed)",
+                labels=labels,
+            )
+            raw = CounterMetricFamily(
+                "channel_compression_raw_bytes", "Body bytes before coding", labels=labels
+            )
+            wire = CounterMetricFamily(
+                "channel_compression_wire_bytes", "Body bytes on the wire", labels=labels
+            )
+            for app, app_rows in rows.items():
+                for dict_id, *counts in app_rows:
+                    name = "raw" if dict_id < 0 else str(dict_id)
+                    for direction, (n, r, w) in (("out", counts[0:3]), ("in", counts[3:6])):
+                        bodies.add_metric([app or "other", name, direction], n)
+                        raw.add_metric([app or "other", name, direction], r)
+                        wire.add_metric([app or "other", name, direction], w)
+            asked = CounterMetricFamily(
+                "channel_dictionary_deliveries_asked",
+                "Dictionary deliveries the node asked of its engine, by app and dictionary",
+                labels=["app", "dictionary"],
+            )
+            current = GaugeMetricFamily(
+                "channel_dictionary_current", "Each app's current dictionary id", labels=["app"]
+            )
+            for app, state in compression.apps.items():
+                current.add_metric([app], state.current)
+                for dict_id, count in state.deliveries.items():
+                    asked.add_metric([app, str(dict_id)], count)
+            engine = CounterMetricFamily(
+                "channel_dictionary_delivery",
+                "Dictionary deliveries by outcome (started, done, skipped), chunks and bytes",
+                labels=["counter"],
+            )
+            for name, value in deliveries().items():
+                engine.add_metric([name], value)
+            return [bodies, raw, wire, asked, current, engine]
+
+    registry.register(_CompressionCollector())  # type: ignore[arg-type]

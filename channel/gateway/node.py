@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from channel.compression.service import CompressionService
 from channel.config import GatewayConfig, TlsConfig
-from channel.default_dictionary import load_default_dictionary
+from channel.default_dictionary import DEFAULT_DICTIONARY_ID, load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
 from channel.engine.pymqtt import PyMqttListener
@@ -27,6 +28,7 @@ from channel.engine.python import PythonEngine
 from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
     register_certificate_collector,
+    register_compression_collector,
     register_native_collector,
     register_push_collector,
     register_wire_collector,
@@ -80,6 +82,13 @@ class GatewayNode:
         self.registry = SessionRegistry()
         self.router = router or RpcRouter(RoutingConfig.from_dict(config.rpc))
         authenticator = self._make_authenticator()
+        self.compression = CompressionService(
+            config.compression,
+            state_dir=config.state_dir,
+            push=config.push,
+            body_codec=self.body_codec,
+            default_dictionary_id=DEFAULT_DICTIONARY_ID,
+        )
         self.mmtp = MmtpService(
             config,
             authenticator=authenticator,
@@ -87,6 +96,7 @@ class GatewayNode:
             metrics=self.metrics,
             body_codec=self.body_codec,
             upstream=self.call_upstream,
+            compression=self.compression,
             is_idempotent=self.is_idempotent,
         )
         register_push_collector(self.metrics.registry, lambda: self.delivery)
@@ -108,6 +118,12 @@ class GatewayNode:
         )
         self.mqtt.metrics.register(self.metrics.registry, lambda: self.mqtt.connections)
         self.mqtt_listener: PyMqttListener | None = None
+        register_compression_collector(
+            self.metrics.registry,
+            self.compression,
+            self.engine.usage if isinstance(self.engine, NativeEngine) else None,
+            self.dictionary_delivery_counts,
+        )
         self.draining = False
         self.ready = False
         self.addresses = NodeAddresses(0, 0)
@@ -183,6 +199,9 @@ class GatewayNode:
 
     async def start(self) -> NodeAddresses:
         tls = self._tls_files()
+        # Before the engine is built: it starts with every app's dictionaries and presets.
+        await self.compression.load()
+        self.compression.listeners.append(self.engine)
         register_certificate_collector(self.metrics.registry, tls.cert)
         await self.router.start()
         await self._start_push()
@@ -217,6 +236,7 @@ class GatewayNode:
             self._api, api_port = await start_api(self.push, self.config.api, keyring)
         self.addresses = NodeAddresses(device_port, admin_port, api_port, mqtt_port, mqtt_tcp_port)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_forever())
+        self.compression.start()
         self.ready = True
         log.info(
             "gateway listening",
@@ -391,6 +411,7 @@ class GatewayNode:
         await self.drain(0 if not self.engine.connection_count else None)
         if self._expiry is not None:
             self._expiry.cancel()
+        await self.compression.close()
         await self.engine.close()
         if self.mqtt_listener is not None:
             await self.mqtt_listener.close()
@@ -412,6 +433,33 @@ class GatewayNode:
         if self.backend is not None:
             await self.backend.close()
         await self.router.close()
+
+    def dictionary_delivery_counts(self) -> dict[str, int]:
+        """DICT deliveries started, done and skipped, chunks and bytes (either engine)."""
+        if isinstance(self.engine, NativeEngine):
+            stats = self.engine.stats()
+            return {
+                "started": stats.get("dict_deliveries", 0),
+                "done": stats.get("dict_deliveries_done", 0),
+                "skipped": stats.get("dict_deliveries_skipped", 0),
+                "chunks": stats.get("dict_chunks", 0),
+                "bytes": stats.get("dict_bytes", 0),
+            }
+        pacer = self.engine.dictionaries
+        return {
+            "started": pacer.started,
+            "done": pacer.done,
+            "skipped": pacer.skipped,
+            "chunks": pacer.chunks,
+            "bytes": pacer.bytes_sent,
+        }
+
+    def compression_view(self) -> dict[str, object]:
+        """``/admin/compression``: per app, its dictionaries and what they do."""
+        usage = self.engine.usage if isinstance(self.engine, NativeEngine) else None
+        view = self.compression.describe(usage)
+        view["deliveries"] = self.dictionary_delivery_counts()
+        return view
 
     def frames_received(self, frame_type: FrameType) -> int:
         """MMTP frames of this type devices sent this node (either engine)."""

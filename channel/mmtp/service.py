@@ -13,7 +13,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from channel.compression.service import CompressionService
 from channel.config import GatewayConfig
 from channel.logs import fields
 from channel.metrics import GatewayMetrics
@@ -22,7 +24,7 @@ from channel.rpc.model import RpcRequest, RpcResponse
 from channel.security.auth import Authenticator, AuthFailure, AuthResult
 from channel.sessions import SessionRegistry, jittered
 from channel.wire import BodyCodec, ErrorCode, FrameCounters, Hello, Limits
-from channel.wire.presets import known_presets, preset_by_id
+from channel.wire.presets import Preset, known_presets, preset_by_id
 
 log = logging.getLogger("channel.mmtp")
 
@@ -50,9 +52,11 @@ class MmtpService:
         metrics: GatewayMetrics,
         body_codec: BodyCodec,
         upstream: Upstream,
+        compression: CompressionService,
         is_idempotent: Callable[[str], bool] = lambda op: False,
     ) -> None:
         self.config = config
+        self.compression = compression
         self.authenticator = authenticator
         self.registry = registry
         self.metrics = metrics
@@ -60,6 +64,8 @@ class MmtpService:
         self.call_upstream = upstream
         self.is_idempotent = is_idempotent
         lim = config.limits
+        #: Per-app body counters, chosen at each device's HELLO (``Connection``).
+        self.usage_for_app = compression.usage_for
         self.wire_limits = Limits(
             max_frame_size=lim.max_frame_size,
             header_table_size=lim.header_table_size,
@@ -115,15 +121,13 @@ class MmtpService:
 
     # ------------------------------------------------------- the native engine
 
-    def presets_for_engine(self) -> list[tuple[int, str, list[tuple[str, str]]]]:
+    def presets_for_engine(self) -> list[tuple[Any, ...]]:
         """Every preset this process knows (the native engine builds in 0 and 1)."""
-        presets = []
-        for preset_id in known_presets():
-            if preset_id in (0, 1):
-                continue
-            preset = preset_by_id(preset_id)
-            presets.append((preset_id, preset.name, [tuple(e) for e in preset.entries]))
-        return presets  # type: ignore[return-value]
+        return [
+            preset_for_engine(preset_by_id(preset_id))
+            for preset_id in known_presets()
+            if preset_id not in (0, 1)
+        ]
 
     def dictionaries_for_engine(self) -> list[bytes]:
         """The body codec's dictionaries as ``.mmtpdict`` files."""
@@ -149,6 +153,18 @@ class MmtpService:
     def protocol_error(self, code: ErrorCode, device_id: str) -> None:
         self.metrics.connection_errors.labels(code.name).inc()
         log.info("protocol error", extra=fields(device=device_id, code=code.name))
+
+
+def preset_for_engine(preset: Preset) -> tuple[Any, ...]:
+    """A preset as the native engine takes it (config ``presets``, ``ADD_PRESET``)."""
+    return (
+        preset.preset_id,
+        preset.name,
+        [tuple(e) for e in preset.entries],
+        [tuple(t) for t in preset.typed],
+        list(preset.connection),
+        list(preset.never_indexed),
+    )
 
 
 def code_name(code: int) -> str:

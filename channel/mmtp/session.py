@@ -146,7 +146,9 @@ class MmtpSession(Session):
         if len(tasks) >= limits.max_pending_requests:
             self.stream_error(stream_id, ErrorCode.REFUSED_STREAM, "too many calls")
             return
-        request = RpcRequest(op, headers, body, self.auth.device)
+        device = self.auth.device
+        request = RpcRequest(op, headers, body, device)
+        self._service.compression.sample(device.app_id, device.device_id, body)
         tasks[stream_id] = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
 
     async def _serve(self, stream_id: int, request: RpcRequest) -> None:
@@ -166,6 +168,9 @@ class MmtpSession(Session):
             return
         if response.status != 0:
             service.stream_error_sent(response.status)
+        else:
+            device = request.device
+            service.compression.sample(device.app_id, device.device_id, response.body)
         self._send_answer(stream_id, response)
         self.flush()
         if self._closing_when_idle and not self._tasks:

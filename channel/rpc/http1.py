@@ -190,6 +190,7 @@ _STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 #: Framing headers the codec writes itself.
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+_USER_AGENT_LINE = re.compile(r"(?:^|\n)user-agent(?:\n|$)", re.I)
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -202,7 +203,10 @@ def encode_request(
     body: bytes,
     user_agent: str = USER_AGENT,
 ) -> bytes:
-    """One HTTP/1.1 request with ``Content-Length``; raises LocalProtocolError on bad fields."""
+    """One HTTP/1.1 request with ``Content-Length``; raises LocalProtocolError on bad fields.
+
+    ``user_agent`` is sent unless ``headers`` carry the device's own ``user-agent``
+    (forwarded as is: a second one makes servers refuse the request)."""
     if not _TOKEN.fullmatch(method):
         raise LocalProtocolError(f"method {method!r} is not an HTTP token")
     if not _TARGET.fullmatch(target):
@@ -224,10 +228,13 @@ def encode_request(
             or "\x00" in block
         ):
             _check_fields(headers)
+        if _USER_AGENT_LINE.search(names):
+            user_agent = ""
     else:
         block = ""
+    own_agent = f"user-agent: {user_agent}\r\n" if user_agent else ""
     return (
-        f"{method} {target} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {user_agent}\r\n"
+        f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n{own_agent}"
         f"content-length: {len(body)}\r\n{block}\r\n"
     ).encode() + body
 

@@ -79,6 +79,8 @@ _KEY_FILE_NAME = re.compile(r"token-(\d{1,3})\.(key|pub)")
 # RFC 6749 scope-token: printable ASCII without space, '"' and '\'.
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: How a version-1 token's text form starts (base64url of the byte 0x01).
+_TEXT_PREFIX = b"AQ"
 _MAX_TEXT_CHARS = (MAX_TOKEN_BYTES * 4 + 2) // 3
 _MIN_TOKEN_BYTES = HEADER_BYTES + 1 + SIGNATURE_BYTES
 
@@ -312,6 +314,13 @@ class TokenVerifier:
             )
         if size < _MIN_TOKEN_BYTES:
             raise TokenError(ErrorCode.AUTH_INVALID, f"token is {size} bytes, too short")
+        if token.startswith(_TEXT_PREFIX) and _BASE64URL.fullmatch(token.decode("latin-1")):
+            # The text form (what `channel token issue` prints): spec 7.2 wants its bytes.
+            raise TokenError(
+                ErrorCode.AUTH_INVALID,
+                "the token is its base64url text; send the decoded bytes in HELLO "
+                "(MMTP spec section 7.2)",
+            )
         if token[0] != TOKEN_VERSION:
             raise TokenError(
                 ErrorCode.AUTH_INVALID,

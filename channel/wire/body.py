@@ -29,6 +29,43 @@ COMPRESSION_LEVEL = 5
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 
 
+#: ``BodyUsage`` key of bodies sent uncompressed (dictionary ids are >= 0; 0: zstd, no dictionary).
+RAW_BODY = -1
+
+
+class BodyUsage:
+    """Bodies and bytes by the dictionary that coded them, for one app (metrics).
+
+    ``by_dictionary[id]`` is ``[bodies sent, raw bytes sent, wire bytes sent,
+    bodies received, raw bytes received, wire bytes received]``; id
+    ``RAW_BODY`` counts bodies that went uncompressed, 0 zstd without a
+    dictionary. One object per app, shared by its connections.
+    """
+
+    __slots__ = ("by_dictionary",)
+
+    def __init__(self) -> None:
+        self.by_dictionary: dict[int, list[int]] = {}
+
+    def _row(self, dict_id: int) -> list[int]:
+        row = self.by_dictionary.get(dict_id)
+        if row is None:
+            row = self.by_dictionary[dict_id] = [0, 0, 0, 0, 0, 0]
+        return row
+
+    def sent(self, dict_id: int, raw_bytes: int, wire_bytes: int) -> None:
+        row = self._row(dict_id)
+        row[0] += 1
+        row[1] += raw_bytes
+        row[2] += wire_bytes
+
+    def received(self, dict_id: int, raw_bytes: int, wire_bytes: int) -> None:
+        row = self._row(dict_id)
+        row[3] += 1
+        row[4] += raw_bytes
+        row[5] += wire_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedBody:
     compressed: bool

@@ -13,12 +13,18 @@ frame for stream 0 and raises ``ProtocolError``; the caller writes out
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from channel.wire import messages as m
-from channel.wire.body import BodyCodec, EncodedBody
+from channel.wire.body import RAW_BODY, BodyCodec, BodyUsage, EncodedBody
+from channel.wire.connheaders import (
+    apply_connection_update,
+    check_connection_update,
+    effective_request_headers,
+    lift_connection_headers,
+)
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.errors import (
     ErrorCode,
@@ -46,6 +52,7 @@ from channel.wire.events import (
     StreamErrorReceived,
 )
 from channel.wire.frames import (
+    FLAG_CONN,
     FLAG_DICT_LAST,
     FLAG_SETTINGS_ACK,
     FrameParser,
@@ -71,9 +78,9 @@ from channel.wire.hello import (
     encode_hello_ack,
 )
 from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE, Limits
-from channel.wire.presets import preset_entries
+from channel.wire.presets import known_preset
 from channel.wire.state import CAN_START_STREAM, RECEIVABLE, Role, State, next_state
-from channel.wire.typed import decode_typed, split_typed, trace_id_of
+from channel.wire.typed import GENERIC_TABLE, TypedTable
 from channel.wire.varint import decode_varint_complete, encode_varint
 
 OP_HEADER = ":op"
@@ -127,6 +134,10 @@ class PreparedPush:
             self._bodies[dict_id] = encoded
         return encoded
 
+    def body_for(self, dict_id: int) -> EncodedBody:
+        """The body as it goes to a connection using ``dict_id`` (encoded once per id)."""
+        return self._body(dict_id)
+
     def tail_for(self, dict_id: int, size_update: bytes = b"") -> tuple[int, bytes]:
         """Flags and payload after the delivery id, for a connection using ``dict_id``.
 
@@ -172,7 +183,10 @@ class Connection:
     """One endpoint of an MMTP connection (``Role.CLIENT`` or ``Role.SERVER``)."""
 
     __slots__ = (
+        "_app_usage",
         "_cancelled",
+        "_conn_headers",
+        "_conn_names",
         "_counters",
         "_decoder",
         "_dict_transfer",
@@ -191,7 +205,9 @@ class Connection:
         "_send_epoch_ms",
         "_send_typed_headers",
         "_settings_awaiting_ack",
+        "_typed",
         "_unacked",
+        "_usage",
         "body_codec",
         "hello",
         "hello_ack",
@@ -214,7 +230,13 @@ class Connection:
         encoder_table_size_cap: int = INITIAL_HEADER_TABLE_SIZE,
         send_typed_headers: bool = True,
         frame_counters: FrameCounters | None = None,
+        connection_header_names: frozenset[str] = frozenset(),
+        usage_for_app: Callable[[str], BodyUsage | None] | None = None,
     ) -> None:
+        """``connection_header_names`` (client): headers sent as connection-scoped ones
+        besides those the preset names. ``usage_for_app`` (server): where the bodies
+        of a device of this app are counted, chosen at its HELLO (None: not counted).
+        """
         self.role = role
         self.limits = limits or Limits()
         self.body_codec = body_codec or BodyCodec()
@@ -261,6 +283,13 @@ class Connection:
         self._last_delivery_id = 0
         self._unacked: dict[int, None] | None = None
         self._dict_transfer: _DictTransfer | None = None
+        # The preset's typed fields (set with the preset at HELLO).
+        self._typed: TypedTable = GENERIC_TABLE
+        # Connection-scoped headers in force (client→server; None: none).
+        self._conn_headers: tuple[Header, ...] | None = None
+        self._conn_names = connection_header_names
+        self._app_usage = usage_for_app
+        self._usage: BodyUsage | None = None
 
     # ------------------------------------------------------------------ output
 
@@ -283,6 +312,11 @@ class Connection:
             self._counters.sent_bytes[frame_type] += len(frame)
 
     # ------------------------------------------------------------- properties
+
+    @property
+    def has_output(self) -> bool:
+        """Frames are queued for ``data_to_send``."""
+        return self._outbound is not None
 
     @property
     def open_local_streams(self) -> frozenset[int]:
@@ -321,7 +355,7 @@ class Connection:
                 f"a HELLO lists at most {MAX_HELLO_DICTIONARIES} dictionaries (send the newest)"
             )
         try:
-            preset_entries(hello.preset_id)
+            preset = known_preset(hello.preset_id)
         except ProtocolError as exc:
             raise LocalProtocolError(exc.message) from None
         # What we announce is what we enforce: the limits come from ours.
@@ -341,6 +375,9 @@ class Connection:
         )
         self.outgoing_dictionary = pipeline_dictionary
         self._send_epoch_ms = hello.client_time_ms
+        self._typed = preset.typed_table
+        if preset.connection:
+            self._conn_names = self._conn_names | frozenset(preset.connection)
         self._queue(FrameType.HELLO, 0, encode_hello(hello))
 
     def accept(
@@ -351,18 +388,30 @@ class Connection:
         heartbeat_s: int = 0,
         server_time_ms: int = 0,
         resumed: bool = False,
+        newest_dictionary: int | None = None,
     ) -> HelloAck:
-        """Server: the device is verified; send HELLO_ACK with our limits."""
+        """Server: the device is verified; send HELLO_ACK with our limits.
+
+        ``newest_dictionary`` is the dictionary announced to the device (its
+        app's current one); None announces the newest the codec holds.
+        """
         self._require_role(Role.SERVER, "accept")
+        if newest_dictionary is not None and newest_dictionary not in (
+            0,
+            *self.body_codec.dictionaries.ids,
+        ):
+            raise LocalProtocolError(f"dictionary {newest_dictionary} is not held")
         self.state = next_state(self.role, self.state, "accept", by_peer=False)
         assert self.hello is not None
-        newest = self.body_codec.dictionaries.newest
+        if newest_dictionary is None:
+            newest = self.body_codec.dictionaries.newest
+            newest_dictionary = newest.dict_id if newest else 0
         ack = HelloAck(
             session_id=session_id,
             resume_ticket=resume_ticket,
             heartbeat_s=heartbeat_s,
             preset_id=self.hello.preset_id,
-            newest_dictionary=newest.dict_id if newest else 0,
+            newest_dictionary=newest_dictionary,
             header_table_size=self.limits.header_table_size,
             max_frame_size=self.limits.max_frame_size,
             max_concurrent_streams=self.limits.max_concurrent_streams,
@@ -370,6 +419,7 @@ class Connection:
             max_body_size=self.limits.max_body_size,
             server_time_ms=server_time_ms,
             resumed=resumed,
+            max_connection_header_list_size=self.limits.max_connection_header_list_size,
         )
         self.hello_ack = ack
         self._send_epoch_ms = server_time_ms
@@ -413,12 +463,43 @@ class Connection:
         stream_id = self._first_local_id
         while stream_id in local:
             stream_id += 2
-        all_headers = ((OP_HEADER, op), *headers)
+        own: Sequence[Header] = headers
+        update: tuple[Header, ...] = ()
+        after = self._conn_headers
+        if self._conn_names and self.role is Role.CLIENT:
+            own, update, after = lift_connection_headers(
+                headers, self._conn_names, self._conn_headers
+            )
+        all_headers = ((OP_HEADER, op), *own)
+        effective = effective_request_headers(after, all_headers)
+        if update:
+            self._check_connection_headers(after)
         prefix = encode_varint(stream_id)
-        flags, tail = self._encode_tail(prefix, all_headers, body)
-        local[stream_id] = trace_id_of(headers)
+        flags, tail = self._encode_tail(
+            prefix, all_headers, body, conn_update=update, list_size=header_list_size(effective)
+        )
+        self._conn_headers = after
+        local[stream_id] = self._typed.echo_value_of(effective)
         self._queue(FrameType.REQUEST, flags, prefix + tail)
         return stream_id
+
+    def _check_connection_headers(self, headers: tuple[Header, ...] | None) -> None:
+        limit = (
+            self.hello_ack.max_connection_header_list_size
+            if self.hello_ack is not None
+            else Limits.max_connection_header_list_size
+        )
+        size = header_list_size(headers or ())
+        if size > limit:
+            raise MessageTooLarge(
+                f"connection headers of {size} bytes exceed the server's "
+                f"max_connection_header_list_size {limit}"
+            )
+
+    @property
+    def connection_headers(self) -> tuple[Header, ...]:
+        """The connection-scoped headers in force (spec 9.11)."""
+        return self._conn_headers or ()
 
     def send_response(
         self, stream_id: int, body: bytes = b"", headers: Sequence[Header] = (), status: int = 0
@@ -477,8 +558,18 @@ class Connection:
             self._remote_streams = None
 
     def _encode_tail(
-        self, prefix: bytes, headers: Headers, body: bytes, echo_trace_id: str | None = None
+        self,
+        prefix: bytes,
+        headers: Headers,
+        body: bytes,
+        echo_value: str | None = None,
+        *,
+        conn_update: tuple[Header, ...] = (),
+        list_size: int | None = None,
     ) -> tuple[int, bytes]:
+        """Flags and payload after ``prefix``. ``conn_update`` is a connection header
+        block's fields (REQUEST); ``list_size`` the size of the list the peer will
+        decode, when it is not ``headers``' (connection headers re-attached)."""
         assert self._encoder is not None
         if len(body) > self.peer_max_body_size:
             raise MessageTooLarge(
@@ -489,24 +580,32 @@ class Connection:
         # Checked before HPACK runs: once the encoder's table has changed the
         # frame must go out, or both sides' tables disagree for good. A string
         # literal is never longer than its octets plus a 5-byte length.
-        list_size = header_list_size(headers)
+        if list_size is None:
+            list_size = header_list_size(headers)
         if list_size > self.peer_max_header_list_size:
             raise MessageTooLarge(
                 f"header list of {list_size} bytes exceeds the peer's max_header_list_size "
                 f"{self.peer_max_header_list_size}"
             )
-        header_bound = list_size - 32 * len(headers) + 12 * len(headers) + 8
+        fields = (*headers, *conn_update)
+        header_bound = header_list_size(fields) - 20 * len(fields) + 8 * (1 + bool(conn_update))
         if len(prefix) + len(encoded.data) + header_bound > self.peer_max_frame_size:
             raise MessageTooLarge(
                 f"message of ~{len(encoded.data) + header_bound} bytes exceeds the peer's "
                 f"max_frame_size {self.peer_max_frame_size}"
             )
         if self._send_typed_headers:
-            hpack_headers, typed = split_typed(headers, self._send_epoch_ms, echo_trace_id)
+            hpack_headers, typed = self._typed.split(headers, self._send_epoch_ms, echo_value)
         else:
             hpack_headers, typed = headers, b""
         header_block = self._encoder.encode(hpack_headers) if hpack_headers else b""
-        return m.encode_tail(header_block, encoded.data, encoded.compressed, typed)
+        conn_block = b""
+        if conn_update:
+            conn_block = encode_context_free(conn_update, self._encoder.never_indexed)
+        if self._usage is not None:
+            dict_id = self.outgoing_dictionary if encoded.compressed else RAW_BODY
+            self._usage.sent(dict_id, len(body), len(encoded.data))
+        return m.encode_tail(header_block, encoded.data, encoded.compressed, typed, conn_block)
 
     # ------------------------------------------------------------------ pushes
 
@@ -542,6 +641,10 @@ class Connection:
         size_update = self._encoder.take_size_update()
         if size_update:
             flags, tail = prepared.tail_for(self.outgoing_dictionary, size_update)
+        if self._usage is not None:
+            body = prepared.body_for(self.outgoing_dictionary)
+            dict_id = self.outgoing_dictionary if body.compressed else RAW_BODY
+            self._usage.sent(dict_id, len(prepared.body), len(body.data))
         delivery_id = self._take_delivery_id()
         self._queue(FrameType.PUSH, flags, encode_varint(delivery_id) + tail)
         return delivery_id
@@ -653,23 +756,41 @@ class Connection:
         )
 
     def send_dictionary(self, dictionary: Dictionary) -> None:
-        """Server: deliver a dictionary; later frames may be compressed with it."""
+        """Server: deliver a whole dictionary now, in chunks of (peer max_frame_size - 32)."""
+        offset = 0
+        while offset < len(dictionary.content):
+            offset = self.send_dictionary_chunk(dictionary, offset)
+
+    def send_dictionary_chunk(
+        self, dictionary: Dictionary, offset: int, max_chunk_bytes: int | None = None
+    ) -> int:
+        """Server: send the DICT chunk of ``dictionary`` starting at ``offset``; return
+        the next offset (``len(content)``: that was the last chunk, and frames sent
+        after it are compressed with the dictionary when its id is the larger).
+
+        Chunks are at most (peer ``max_frame_size`` - 32) bytes, and at most
+        ``max_chunk_bytes``, so a gateway can pace a delivery between other frames.
+        """
         self._require_role(Role.SERVER, "send DICT")
         if self.state not in (State.OPEN, State.CLOSING):
             raise LocalProtocolError(f"cannot send DICT in state {self.state.value}")
+        content = dictionary.content
+        if not 0 <= offset < len(content):
+            raise LocalProtocolError(f"DICT offset {offset} is outside the dictionary")
         # We hold what we deliver: later frames are compressed with it.
         self.body_codec.dictionaries.add(dictionary)
-        content = dictionary.content
         chunk_size = self.peer_max_frame_size - 32
-        for offset in range(0, len(content), chunk_size):
-            chunk = content[offset : offset + chunk_size]
-            last = offset + chunk_size >= len(content)
-            self._queue(
-                FrameType.DICT,
-                FLAG_DICT_LAST if last else 0,
-                m.encode_dict_chunk(dictionary.dict_id, len(content), offset, chunk),
-            )
-        self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)
+        if max_chunk_bytes is not None:
+            chunk_size = max(1, min(chunk_size, max_chunk_bytes))
+        end = min(len(content), offset + chunk_size)
+        self._queue(
+            FrameType.DICT,
+            FLAG_DICT_LAST if end == len(content) else 0,
+            m.encode_dict_chunk(dictionary.dict_id, len(content), offset, content[offset:end]),
+        )
+        if end == len(content):
+            self.outgoing_dictionary = max(self.outgoing_dictionary, dictionary.dict_id)
+        return end
 
     def _require_role(self, role: Role, action: str) -> None:
         if self.role is not role:
@@ -733,7 +854,7 @@ class Connection:
 
     def _on_hello(self, frame: RawFrame, events: list[Event]) -> None:
         hello = decode_hello(frame.payload, self.limits)
-        preset_entries(hello.preset_id)
+        self._typed = known_preset(hello.preset_id).typed_table
         self._parser.max_frame_size = self.limits.max_frame_size
         self.hello = hello
         self._decoder = HeaderDecoder(
@@ -748,6 +869,9 @@ class Connection:
         held = [d for d in hello.dictionaries if d in self.body_codec.dictionaries]
         self.outgoing_dictionary = max(held, default=0)
         self._recv_epoch_ms = hello.client_time_ms
+        if self._app_usage is not None:
+            self._usage = self._app_usage(hello.app_id)
+            self._app_usage = None
         self.state = next_state(self.role, self.state, "recv_hello", by_peer=True)
         events.append(HelloReceived(hello))
 
@@ -776,23 +900,76 @@ class Connection:
         events.append(HelloAccepted(ack))
 
     def _decode_message(
-        self, payload: bytes, offset: int, flags: int, echo_trace_id: str | None = None
+        self, payload: bytes, offset: int, flags: int, echo_value: str | None = None
     ) -> tuple[Headers, bytes]:
-        assert self._decoder is not None
+        """Header block, typed section and body of a RESPONSE or PUSH."""
         tail = m.decode_tail(payload, offset, flags)
-        headers = self._decoder.decode(tail.header_block) if tail.header_block else ()
-        if tail.typed_section:
-            budget = self.limits.max_header_list_size - header_list_size(headers)
-            typed = decode_typed(tail.typed_section, self._recv_epoch_ms, echo_trace_id, budget)
-            headers = (*headers, *typed)
+        headers = self._decode_block(tail.header_block)
+        headers = self._decode_typed(tail, headers, echo_value, header_list_size(headers))
+        return headers, self._decode_body(tail)
+
+    def _decode_block(self, block: bytes) -> Headers:
+        assert self._decoder is not None
+        return self._decoder.decode(block) if block else ()
+
+    def _decode_typed(
+        self, tail: m.MessageTail, headers: Headers, echo_value: str | None, used: int
+    ) -> Headers:
+        if not tail.typed_section:
+            return headers
+        budget = self.limits.max_header_list_size - used
+        typed = self._typed.decode(tail.typed_section, self._recv_epoch_ms, echo_value, budget)
+        return (*headers, *typed)
+
+    def _decode_body(self, tail: m.MessageTail) -> bytes:
+        usage = self._usage
         if not tail.compressed:
             if len(tail.body) > self.limits.max_body_size:
                 raise ProtocolError(ErrorCode.BODY_TOO_LARGE, "raw body exceeds max_body_size")
-            return headers, tail.body
+            if usage is not None:
+                usage.received(RAW_BODY, len(tail.body), len(tail.body))
+            return tail.body
         body = self.body_codec.decode(
             tail.body, self.limits.max_body_size, self.limits.max_zstd_window_size
         )
-        return headers, body
+        if usage is not None:
+            usage.received(decode_varint_complete(tail.body, 0)[0], len(body), len(tail.body))
+        return body
+
+    def _decode_request(
+        self, payload: bytes, offset: int, flags: int
+    ) -> tuple[Headers, bytes, tuple[Header, ...] | None]:
+        """A REQUEST's effective headers, body and the connection headers after it,
+        checked in the order of spec section 6.4."""
+        if flags & FLAG_CONN and self.role is Role.CLIENT:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "CONN flag on a server's REQUEST")
+        tail = m.decode_tail(payload, offset, flags)
+        own = self._decode_block(tail.header_block)
+        connection = self._conn_headers
+        if tail.conn_block:
+            update = self._decode_block(tail.conn_block)
+            check_connection_update(update)
+            connection = apply_connection_update(connection, update)
+            size = header_list_size(connection or ())
+            limit = self.limits.max_connection_header_list_size
+            if size > limit:
+                raise ProtocolError(
+                    ErrorCode.HEADER_LIST_TOO_LARGE,
+                    f"connection headers of {size} bytes exceed "
+                    f"max_connection_header_list_size {limit}",
+                )
+        own = self._decode_typed(tail, own, None, header_list_size(own))
+        headers = effective_request_headers(connection, own)
+        if connection and header_list_size(headers) > self.limits.max_header_list_size:
+            raise ProtocolError(
+                ErrorCode.HEADER_LIST_TOO_LARGE,
+                "request with its connection headers exceeds max_header_list_size "
+                f"{self.limits.max_header_list_size}",
+            )
+        body = self._decode_body(tail)
+        if not own or own[0][0] != OP_HEADER or not own[0][1]:
+            raise ProtocolError(ErrorCode.FIELD_ERROR, "REQUEST must start with an :op header")
+        return headers, body, connection
 
     def _on_request(self, frame: RawFrame, events: list[Event]) -> None:
         stream_id, offset = m.decode_stream_id(frame.payload)
@@ -802,9 +979,7 @@ class Connection:
             )
         if stream_id in (self._remote_streams or ()):
             raise ProtocolError(ErrorCode.STREAM_ID_ERROR, f"stream {stream_id} is already open")
-        headers, body = self._decode_message(frame.payload, offset, frame.flags)
-        if not headers or headers[0][0] != OP_HEADER or not headers[0][1]:
-            raise ProtocolError(ErrorCode.FIELD_ERROR, "REQUEST must start with an :op header")
+        headers, body, self._conn_headers = self._decode_request(frame.payload, offset, frame.flags)
         if self._goaway_sent:
             self._refuse(stream_id, "draining: retry on a new connection")
             return
@@ -814,7 +989,7 @@ class Connection:
         if len(remote) >= self.limits.max_concurrent_streams:
             self._refuse(stream_id, f"max_concurrent_streams {self.limits.max_concurrent_streams}")
             return
-        remote[stream_id] = trace_id_of(headers)
+        remote[stream_id] = self._typed.echo_value_of(headers)
         events.append(RequestReceived(stream_id, headers[0][1], headers[1:], body))
 
     def _refuse(self, stream_id: int, why: str) -> None:
@@ -841,8 +1016,8 @@ class Connection:
     def _on_response(self, frame: RawFrame, events: list[Event]) -> None:
         stream_id, offset = m.decode_stream_id(frame.payload)
         status, offset = decode_varint_complete(frame.payload, offset)
-        echo_trace_id = (self._local_streams or {}).get(stream_id)
-        headers, body = self._decode_message(frame.payload, offset, frame.flags, echo_trace_id)
+        echo_value = (self._local_streams or {}).get(stream_id)
+        headers, body = self._decode_message(frame.payload, offset, frame.flags, echo_value)
         if self._take_local_stream(stream_id, "RESPONSE"):
             events.append(ResponseReceived(stream_id, status, headers, body))
 

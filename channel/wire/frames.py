@@ -39,6 +39,8 @@ class FrameType(IntEnum):
 FLAG_HEADERS = 0x1
 FLAG_ZSTD = 0x2
 FLAG_TYPED = 0x4
+# REQUEST from the client only: a connection-scoped header block follows the header block.
+FLAG_CONN = 0x8
 # Flag of SETTINGS.
 FLAG_SETTINGS_ACK = 0x1
 # Flag of DICT.
@@ -48,7 +50,7 @@ MESSAGE_FRAME_TYPES = frozenset({FrameType.REQUEST, FrameType.RESPONSE, FrameTyp
 
 #: Flags each frame type may carry; any other bit set is a PROTOCOL_ERROR.
 ALLOWED_FLAGS: dict[FrameType, int] = {
-    FrameType.REQUEST: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
+    FrameType.REQUEST: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED | FLAG_CONN,
     FrameType.RESPONSE: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
     FrameType.PUSH: FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
     FrameType.SETTINGS: FLAG_SETTINGS_ACK,

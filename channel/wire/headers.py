@@ -26,7 +26,7 @@ from hpack.table import HeaderTable, table_entry_size
 
 from channel.wire.errors import ErrorCode, HeaderError
 from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE
-from channel.wire.presets import preset_entries
+from channel.wire.presets import known_preset
 
 Header = tuple[str, str]
 Headers = tuple[Header, ...]
@@ -134,11 +134,25 @@ class _BlockCache:
 _PRESET_TABLES: dict[int, tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
 
 
+#: Never-indexed names per preset: the spec's list plus the preset's own.
+_NEVER_INDEXED: dict[int, frozenset[str]] = {}
+
+
+def never_indexed_names(preset_id: int) -> frozenset[str]:
+    """Names the encoder of a connection with this preset never indexes."""
+    names = _NEVER_INDEXED.get(preset_id)
+    if names is None:
+        extra = known_preset(preset_id).never_indexed
+        names = NEVER_INDEXED_NAMES | frozenset(extra) if extra else NEVER_INDEXED_NAMES
+        _NEVER_INDEXED[preset_id] = names
+    return names
+
+
 def _preset_table(preset_id: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
     """The preset's entries as hpack stores them and their size (``ProtocolError`` if unknown)."""
     built = _PRESET_TABLES.get(preset_id)
     if built is None:
-        encoded = [(n.encode(), v.encode()) for n, v in preset_entries(preset_id)]
+        encoded = [(n.encode(), v.encode()) for n, v in known_preset(preset_id).entries]
         size = sum(table_entry_size(n, v) for n, v in encoded)
         built = (tuple(reversed(encoded)), size)
         _PRESET_TABLES[preset_id] = built
@@ -217,11 +231,20 @@ class HeaderEncoder:
     what an eagerly built encoder would have produced.
     """
 
-    __slots__ = ("_cache", "_encoder", "_max_table_size", "_preset_id", "_sizes", "_table")
+    __slots__ = (
+        "_cache",
+        "_encoder",
+        "_max_table_size",
+        "_never_indexed",
+        "_preset_id",
+        "_sizes",
+        "_table",
+    )
 
     def __init__(self, preset_id: int, max_table_size: int = INITIAL_HEADER_TABLE_SIZE) -> None:
         _preset_table(preset_id)  # an unknown preset fails here, not at the first block
         self._preset_id = preset_id
+        self._never_indexed = never_indexed_names(preset_id)
         self._max_table_size = max_table_size
         #: Table size changes made before the hpack state existed (replayed in order).
         self._sizes: tuple[int, ...] = ()
@@ -233,6 +256,11 @@ class HeaderEncoder:
     def built(self) -> bool:
         """Whether the hpack state exists (a block was encoded or a size update owed)."""
         return self._encoder is not None
+
+    @property
+    def never_indexed(self) -> frozenset[str]:
+        """Names this encoder sends as never-indexed literals."""
+        return self._never_indexed
 
     def _state(self) -> tuple[_ShortestStringEncoder, _CountingTable, _BlockCache]:
         encoder, table, cache = self._encoder, self._table, self._cache
@@ -294,9 +322,9 @@ class HeaderEncoder:
             if cached is not None:
                 assert isinstance(cached, bytes)
                 return cached
+        never = self._never_indexed
         fields = [
-            (name, value, True) if name in NEVER_INDEXED_NAMES else (name, value)
-            for name, value in headers
+            (name, value, True) if name in never else (name, value) for name, value in headers
         ]
         had_resize = table.resized
         block = bytes(encoder.encode(fields, huffman=True))
@@ -464,17 +492,19 @@ def _skip_integer(block: bytes, offset: int, prefix_mask: int) -> int:
     return len(block)
 
 
-def encode_context_free(headers: Sequence[Header]) -> bytes:
+def encode_context_free(
+    headers: Sequence[Header], never_indexed: frozenset[str] = NEVER_INDEXED_NAMES
+) -> bytes:
     """An HPACK block valid in any decoder state, for frames reused across connections.
 
     Uses only RFC 7541 "literal header field without indexing" (never-indexed
-    for ``NEVER_INDEXED_NAMES``) with names from the static table or as
+    for ``never_indexed`` names) with names from the static table or as
     literals: it neither reads nor changes any dynamic table.
     """
     out = bytearray()
     for name, value in headers:
         raw_name = name.encode()
-        pattern = 0x10 if name in NEVER_INDEXED_NAMES else 0x00
+        pattern = 0x10 if name in never_indexed else 0x00
         index = _STATIC_NAME_INDEX.get(raw_name)
         if index is not None:
             prefix = encode_integer(index, 4)

@@ -64,6 +64,8 @@ class HelloAck:
     max_body_size: int = Limits.max_body_size
     server_time_ms: int = 0
     resumed: bool = False
+    #: Largest connection-scoped header list the server holds for a client (spec 9.11).
+    max_connection_header_list_size: int = Limits.max_connection_header_list_size
     version: int = PROTOCOL_VERSION
 
 
@@ -103,6 +105,9 @@ _A = {
     "max_body_size": FieldSpec(11, "max_body_size", KIND_VARINT),
     "server_time_ms": FieldSpec(12, "server_time_ms", KIND_VARINT),
     "resumed": FieldSpec(13, "resumed", KIND_VARINT),
+    "max_connection_header_list_size": FieldSpec(
+        14, "max_connection_header_list_size", KIND_VARINT
+    ),
 }
 _ACK_SPECS = {spec.number: spec for spec in _A.values()}
 
@@ -226,6 +231,7 @@ def encode_hello_ack(ack: HelloAck) -> bytes:
         "max_header_list_size",
         "max_body_size",
         "server_time_ms",
+        "max_connection_header_list_size",
     ):
         number: int = getattr(ack, name)
         if number != getattr(_ACK_DEFAULTS, name):
@@ -258,6 +264,9 @@ def decode_hello_ack(payload: bytes) -> HelloAck:
         max_body_size=one_int(values, "max_body_size", d.max_body_size),
         server_time_ms=one_int(values, "server_time_ms", d.server_time_ms),
         resumed=bool(one_int(values, "resumed", 0)),
+        max_connection_header_list_size=one_int(
+            values, "max_connection_header_list_size", d.max_connection_header_list_size
+        ),
         version=version,
     )
     _check_announced_sizes("HELLO_ACK", ack.header_table_size, ack.max_frame_size)

@@ -44,6 +44,9 @@ class Limits:
     max_dictionary_size: int = 256 * 1024
     #: Most delivery ids in one ACK frame.
     max_acks_per_frame: int = 1024
+    #: Largest list of connection-scoped headers (RFC 7541 size) a client may set;
+    #: the server holds that list for the connection's life (spec 9.11).
+    max_connection_header_list_size: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_frame_size < 1024:

@@ -3,6 +3,7 @@
 Message frames (REQUEST, RESPONSE, PUSH) share one tail::
 
     [header block length varint, header block]   if FLAG_HEADERS
+    [connection block length varint, block]      if FLAG_CONN (REQUEST from a client)
     [typed section length varint, typed section] if FLAG_TYPED (see typed.py)
     body                                        rest of the payload
                                                 (if FLAG_ZSTD: varint dictionary id + zstd frame)
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from channel.wire.errors import ErrorCode, ProtocolError
-from channel.wire.frames import FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD
+from channel.wire.frames import FLAG_CONN, FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD
 from channel.wire.varint import MAX_VARINT_BYTES, decode_varint_complete, encode_varint
 
 
@@ -28,17 +29,26 @@ class MessageTail:
     typed_section: bytes
     body: bytes
     compressed: bool
+    conn_block: bytes = b""
 
 
 def encode_tail(
-    header_block: bytes, body: bytes, compressed: bool, typed_section: bytes = b""
+    header_block: bytes,
+    body: bytes,
+    compressed: bool,
+    typed_section: bytes = b"",
+    conn_block: bytes = b"",
 ) -> tuple[int, bytes]:
-    """Return ``(flags, tail bytes)`` for a header block, typed section and encoded body."""
+    """Return ``(flags, tail bytes)`` for a header block, connection block, typed
+    section and encoded body."""
     flags = FLAG_ZSTD if compressed else 0
     parts: list[bytes] = []
     if header_block:
         flags |= FLAG_HEADERS
         parts += (encode_varint(len(header_block)), header_block)
+    if conn_block:
+        flags |= FLAG_CONN
+        parts += (encode_varint(len(conn_block)), conn_block)
     if typed_section:
         flags |= FLAG_TYPED
         parts += (encode_varint(len(typed_section)), typed_section)
@@ -54,12 +64,15 @@ def _section(payload: bytes, offset: int, what: str) -> tuple[bytes, int]:
 
 
 def decode_tail(payload: bytes, offset: int, flags: int) -> MessageTail:
-    header_block = typed_section = b""
+    header_block = typed_section = conn_block = b""
     if flags & FLAG_HEADERS:
         header_block, offset = _section(payload, offset, "header block")
+    if flags & FLAG_CONN:
+        conn_block, offset = _section(payload, offset, "connection header block")
     if flags & FLAG_TYPED:
         typed_section, offset = _section(payload, offset, "typed section")
-    return MessageTail(header_block, typed_section, payload[offset:], bool(flags & FLAG_ZSTD))
+    compressed = bool(flags & FLAG_ZSTD)
+    return MessageTail(header_block, typed_section, payload[offset:], compressed, conn_block)
 
 
 def decode_stream_id(payload: bytes) -> tuple[int, int]:

@@ -140,4 +140,8 @@ def perform(
         return connection.send_cancel(args["stream_id"])
     if action == "send_dictionary":
         return connection.send_dictionary(dictionaries[args["dict_id"]])
+    if action == "send_dictionary_chunk":
+        return connection.send_dictionary_chunk(
+            dictionaries[args["dict_id"]], args["offset"], args.get("max_chunk_bytes")
+        )
     raise ValueError(f"unknown scripted action {action!r}")

@@ -25,6 +25,7 @@ from .common import (
     SessionClock,
     SessionIdentity,
     app_headers,
+    app_headers_dict,
     body_bytes,
     check,
     check_app_headers,
@@ -139,7 +140,8 @@ class Http1Session:
             method, target, version = start.split(" ")
             check(method == "POST" and version == "HTTP/1.1", "http1: bad request line")
             check(unquote(target.removeprefix("/rpc/")) == msg["op"], "http1: op mismatch")
-            check(_get(headers, "authorization") == self.ident.authorization, "http1: auth")
+            expected = app_headers_dict(msg).get("authorization", self.ident.authorization)
+            check(_get(headers, "authorization") == expected, "http1: auth")
         else:
             check(start == "HTTP/1.1 200 OK", "http1: bad status line")
         if kind == "response":

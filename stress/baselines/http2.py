@@ -253,7 +253,8 @@ class Http2Session:
         if kind == "request":
             path = _get(headers, ":path") or ""
             check(unquote(path.removeprefix("/rpc/")) == msg["op"], "h2: op mismatch")
-            check(_get(headers, "authorization") == self.ident.authorization, "h2: auth")
+            expected = app_headers_dict(msg).get("authorization", self.ident.authorization)
+            check(_get(headers, "authorization") == expected, "h2: auth")
         else:
             check(stream_id is not None, "h2: response without HEADERS")
             check(self._stream_op.pop(stream_id or 0, None) == msg["op"], "h2: op mismatch")

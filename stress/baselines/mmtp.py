@@ -26,6 +26,7 @@ from channel.wire import (
     Role,
 )
 from channel.wire.frames import FrameType, encode_frame
+from channel.wire.presets import Preset, register_preset
 from channel.wire.varint import encode_varint
 from stress.baselines.common import (
     IdentitySource,
@@ -38,6 +39,9 @@ from stress.baselines.common import (
 
 APP_PRESET_ID = 2  # channel/presets/wallet-demo-2.json, built from the training split
 GENERIC_PRESET_ID = 1
+#: Header values that look like a device's clock: ms, or s (x 1000).
+_MS_RANGE = (10**12, 10**13)
+_S_RANGE = (10**9, 10**10)
 #: Fallback clock at connect when a session carries no timestamp header.
 _DEFAULT_CLOCK_MS = 1_707_554_000_000
 
@@ -151,24 +155,40 @@ class MmtpCodec:
         self.name = f"MMTP (preset {preset}, {suffix})"
 
     def prepare_session(self, messages: list[Msg]) -> None:
-        """Both clocks at connect = the session's first timestamp (the device's now)."""
+        """Both clocks at connect = the session's first timestamp (the device's now):
+        the first header value that reads as Unix ms (or s), whatever its name."""
         for msg in messages:
-            for name, value in msg.get("headers", ()):
-                if name in ("ts", "server-time") and value.isdigit():
-                    self._clock_ms = int(value)
+            for _name, value in msg.get("headers", ()):
+                if not (isinstance(value, str) and value.isdigit()):
+                    continue
+                number = int(value)
+                if _MS_RANGE[0] <= number < _MS_RANGE[1]:
+                    self._clock_ms = number
+                    return
+                if _S_RANGE[0] <= number < _S_RANGE[1]:
+                    self._clock_ms = number * 1000
                     return
 
     def new_session(self) -> MmtpSession:
         return MmtpSession(self._identities, self._dictionary, self._preset, self._clock_ms)
 
 
-def mmtp_codecs(dictionary_path: str | Path | None) -> list[MmtpCodec]:
+def mmtp_codecs(
+    dictionary_path: str | Path | None, preset_path: str | Path | None = None
+) -> list[MmtpCodec]:
     """The MMTP rows of ``stress.wire_size``: app preset + dictionary (what a deployment
     runs), generic preset + dictionary, and bare MMTP (no preset, no dictionary).
 
     ``None`` uses the packaged default dictionary; ``"none"`` none at all.
+    ``preset_path`` is the app's preset file (``channel preset build``); None: the
+    packaged wallet demo preset (2).
     """
     register_default_presets()
+    app_preset = APP_PRESET_ID
+    if preset_path is not None:
+        preset = Preset.from_json(Path(preset_path).read_text(encoding="utf-8"))
+        register_preset(preset)
+        app_preset = preset.preset_id
     if dictionary_path is None:
         dictionary: Dictionary | None = load_default_dictionary()
     elif str(dictionary_path) == "none":
@@ -176,7 +196,7 @@ def mmtp_codecs(dictionary_path: str | Path | None) -> list[MmtpCodec]:
     else:
         dictionary = Dictionary.from_file_bytes(Path(dictionary_path).read_bytes())
     return [
-        MmtpCodec(dictionary, APP_PRESET_ID),
+        MmtpCodec(dictionary, app_preset),
         MmtpCodec(dictionary, GENERIC_PRESET_ID),
         MmtpCodec(None, 0),
     ]

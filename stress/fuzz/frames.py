@@ -14,17 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from channel.wire import FrameType, ProtocolError
-from channel.wire.frames import FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD, MESSAGE_FRAME_TYPES
+from channel.wire.frames import (
+    ALLOWED_FLAGS,
+    FLAG_HEADERS,
+    FLAG_TYPED,
+    FLAG_ZSTD,
+    MESSAGE_FRAME_TYPES,
+)
 from channel.wire.varint import NeedMoreData, decode_varint, encode_varint
 
 _KNOWN_TYPES = {t.value for t in FrameType}
-_ALLOWED_FLAGS = {
-    FrameType.REQUEST: 0x7,
-    FrameType.RESPONSE: 0x7,
-    FrameType.PUSH: 0x7,
-    FrameType.SETTINGS: 0x1,
-    FrameType.DICT: 0x1,
-}
+#: The wire core's own table: a flag the parser accepts (REQUEST's CONN, say) is not "dead".
+_ALLOWED_FLAGS: dict[int, int] = {int(t): f for t, f in ALLOWED_FLAGS.items()}
 
 
 def varint_at(data: bytes, offset: int) -> tuple[int, int] | None:

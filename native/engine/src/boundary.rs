@@ -131,6 +131,8 @@ pub enum Command {
         heartbeat_s: u64,
         server_time_ms: u64,
         resumed: bool,
+        /// The app's current dictionary announced in HELLO_ACK (None: the newest held).
+        newest_dictionary: Option<u32>,
     },
     Reject {
         conn: ConnId,
@@ -201,6 +203,17 @@ pub enum Command {
     MqttWrite {
         conn: ConnId,
         data: Vec<u8>,
+    },
+    /// Hold a dictionary (a `.mmtpdict` published while running).
+    AddDictionary(mmtp::Dictionary),
+    /// Know a preset (published while running); new connections may name it.
+    AddPreset(Box<mmtp::PresetTable>),
+    /// Apps whose bodies `usage()` counts on their own.
+    SetUsageApps(Vec<String>),
+    /// Deliver a dictionary to these connections, paced (see `engine/dicts.rs`).
+    Dict {
+        conns: Vec<ConnId>,
+        dict_id: u32,
     },
     /// The answer to `TlsResume`: the ticket's sealed state, or None (not found, taken
     /// already, the store failed): the handshake goes on, resumed or full.

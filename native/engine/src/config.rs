@@ -53,6 +53,15 @@ pub struct EngineConfig {
     pub proxy_max_header_bytes: usize,
     /// MMTP limits of every device connection.
     pub mmtp: mmtp::Limits,
+    /// Dictionary delivery: bytes per DICT chunk (a chunk goes out only when the
+    /// connection has nothing else waiting, so it delays an answer by at most this).
+    pub dict_chunk_bytes: usize,
+    /// Dictionary delivery: DICT bytes per second over all connections of the engine.
+    pub dict_delivery_bytes_per_s: u64,
+    /// Dictionary delivery: DICT bytes one connection may be sent in its life.
+    pub dict_budget_bytes: u64,
+    /// Apps whose bodies are counted on their own (`usage()`); others count as "".
+    pub usage_apps: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +86,10 @@ impl Default for EngineConfig {
             proxy_trusted: Trusted::default(),
             proxy_max_header_bytes: 1024,
             mmtp: mmtp::Limits::default(),
+            dict_chunk_bytes: 4096,
+            dict_delivery_bytes_per_s: 8 * 1024 * 1024,
+            dict_budget_bytes: 256 * 1024,
+            usage_apps: Vec::new(),
         }
     }
 }
@@ -94,6 +107,7 @@ impl EngineConfig {
             ("sweep_interval_ms", self.sweep_interval_ms),
             ("accepts_per_round", self.accepts_per_round as u64),
             ("ticket_lifetime_s", self.ticket_lifetime_s as u64),
+            ("dict_delivery_bytes_per_s", self.dict_delivery_bytes_per_s),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -114,6 +128,9 @@ impl EngineConfig {
         }
         if !(5..=268_435_460).contains(&self.mqtt_max_packet_size) {
             return Err("mqtt_max_packet_size must be 5..=268435460 (MQTT's largest)".into());
+        }
+        if self.dict_chunk_bytes < 256 {
+            return Err("dict_chunk_bytes must be >= 256".into());
         }
         if self.early_data_max_bytes > 0 && !(1024..=65_536).contains(&self.early_data_max_bytes) {
             return Err("early_data_max_bytes must be 0 (off) or 1024..=65536".into());

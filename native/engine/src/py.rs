@@ -109,7 +109,44 @@ const CONFIG_KEYS: &[&str] = &[
     "ticket_keys",
     "presets",
     "dictionaries",
+    "dict_chunk_bytes",
+    "dict_delivery_bytes_per_s",
+    "dict_budget_bytes",
+    "usage_apps",
 ];
+
+/// A preset from Python: `(id, name, entries)` or `(id, name, entries, typed,
+/// connection, never_indexed)`, with `typed` a list of (name, kind) pairs (spec 9.3).
+fn preset_of(value: &Bound<'_, PyAny>, what: &str) -> PyResult<mmtp::PresetTable> {
+    let bad = || {
+        PyTypeError::new_err(format!(
+            "{what}: expected (id, name, [(header, value)]) or (id, name, entries, \
+             [(header, kind)], [connection names], [never-indexed names])"
+        ))
+    };
+    let tuple = value.cast::<PyTuple>().map_err(|_| bad())?;
+    let id: u32 = tuple.get_item(0)?.extract().map_err(|_| bad())?;
+    let name: String = tuple.get_item(1)?.extract().map_err(|_| bad())?;
+    let entries: Vec<(String, String)> = tuple.get_item(2)?.extract().map_err(|_| bad())?;
+    let table = match tuple.len() {
+        3 => mmtp::PresetTable::new(id, &name, entries),
+        6 => {
+            let typed: Vec<(String, String)> = tuple.get_item(3)?.extract().map_err(|_| bad())?;
+            let mut kinds = Vec::new();
+            for (header, kind) in typed {
+                let kind = mmtp::Kind::parse(&kind).ok_or_else(|| {
+                    PyValueError::new_err(format!("{what}: unknown typed kind {kind:?}"))
+                })?;
+                kinds.push((header, kind));
+            }
+            let connection: Vec<String> = tuple.get_item(4)?.extract().map_err(|_| bad())?;
+            let never: Vec<String> = tuple.get_item(5)?.extract().map_err(|_| bad())?;
+            mmtp::PresetTable::with_declarations(id, &name, entries, Some(kinds), connection, never)
+        }
+        _ => return Err(bad()),
+    };
+    table.map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
 
 fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
     let mut setup = Setup::default();
@@ -186,9 +223,19 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
             }
             "ticket_keys" => ticket_keys = Some(ticket_keys_of(&value)?),
             "presets" => {
-                setup.presets = value
-                    .extract::<Vec<(u32, String, Vec<(String, String)>)>>()
-                    .map_err(|_| bad("a list of (id, name, [(header, value)])"))?
+                let mut presets = Vec::new();
+                for item in value.try_iter().map_err(|_| bad("a list of presets"))? {
+                    presets.push(preset_of(&item?, "Engine config presets")?);
+                }
+                setup.presets = presets;
+            }
+            "dict_chunk_bytes" => c.dict_chunk_bytes = int()? as usize,
+            "dict_delivery_bytes_per_s" => c.dict_delivery_bytes_per_s = int()?,
+            "dict_budget_bytes" => c.dict_budget_bytes = int()?,
+            "usage_apps" => {
+                c.usage_apps = value
+                    .extract::<Vec<String>>()
+                    .map_err(|_| bad("a list of app ids"))?
             }
             "dictionaries" => {
                 let mut dictionaries = Vec::new();
@@ -505,14 +552,25 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
     let max_message_id = runtime.shared.config.mmtp.max_message_id_length;
     let command = match f.kind.as_str() {
         "ACCEPT" => {
-            f.arity(&[
+            let names = [
                 "conn",
                 "session_id",
                 "resume_ticket",
                 "heartbeat_s",
                 "server_time_ms",
                 "resumed",
-            ])?;
+                "newest_dictionary",
+            ];
+            // newest_dictionary may be left out (the newest dictionary held).
+            if tuple.len() != names.len() + 1 {
+                f.arity(&names[..6])?;
+            }
+            let newest = if tuple.len() == names.len() + 1 && !f.item(7)?.is_none() {
+                let id = f.int(7, "newest_dictionary")?;
+                Some(u32::try_from(id).map_err(|_| f.err("newest_dictionary", "a dictionary id"))?)
+            } else {
+                None
+            };
             Command::Accept {
                 conn: f.conn(1)?,
                 session_id: f.bytes(2, "session_id")?,
@@ -520,6 +578,53 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
                 heartbeat_s: f.int(4, "heartbeat_s")?,
                 server_time_ms: f.int(5, "server_time_ms")?,
                 resumed: f.boolean(6, "resumed")?,
+                newest_dictionary: newest,
+            }
+        }
+        "ADD_DICTIONARY" => {
+            f.arity(&["mmtpdict"])?;
+            let data = f.bytes(1, "mmtpdict")?;
+            let dictionary = mmtp::Dictionary::from_file_bytes(&data).map_err(|e| {
+                PyValueError::new_err(format!("command {index} (ADD_DICTIONARY): {e}"))
+            })?;
+            Command::AddDictionary(dictionary)
+        }
+        "ADD_PRESET" => {
+            if tuple.len() != 7 {
+                f.arity(&[
+                    "id",
+                    "name",
+                    "entries",
+                    "typed",
+                    "connection",
+                    "never_indexed",
+                ])?;
+            }
+            let spec = PyTuple::new(tuple.py(), tuple.iter().skip(1))?;
+            let what = format!("command {index} (ADD_PRESET)");
+            Command::AddPreset(Box::new(preset_of(spec.as_any(), &what)?))
+        }
+        "SET_USAGE_APPS" => {
+            f.arity(&["apps"])?;
+            let apps: Vec<String> = f
+                .item(1)?
+                .extract()
+                .map_err(|_| f.err("apps", "a list of str"))?;
+            Command::SetUsageApps(apps)
+        }
+        "DICT" => {
+            f.arity(&["conns", "dict_id"])?;
+            let conns: Vec<u64> = f
+                .item(1)?
+                .extract()
+                .map_err(|_| f.err("conns", "a list of conn ids"))?;
+            let dict_id = u32::try_from(f.int(2, "dict_id")?)
+                .ok()
+                .filter(|&id| id > 0)
+                .ok_or_else(|| f.err("dict_id", "a dictionary id 1..2^32-1"))?;
+            Command::Dict {
+                conns: conns.into_iter().map(ConnId).collect(),
+                dict_id,
             }
         }
         "REJECT" => {
@@ -824,6 +929,21 @@ impl PyEngine {
         let queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         d.set_item("event_queue_bytes", queue.bytes)?;
         d.set_item("event_queue_events", queue.events.len())?;
+        Ok(d)
+    }
+
+    /// Bodies and bytes by app and dictionary id (-1: sent raw, 0: zstd without a
+    /// dictionary): `{app: [(dict_id, sent, sent_raw_bytes, sent_wire_bytes, received,
+    /// received_raw_bytes, received_wire_bytes)]}`; app "" is every app not in `usage_apps`.
+    fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (app, rows) in self.runtime.shared.usage.snapshot() {
+            let list = PyList::empty(py);
+            for (dict_id, row) in rows {
+                list.append((dict_id, row[0], row[1], row[2], row[3], row[4], row[5]))?;
+            }
+            d.set_item(app, list)?;
+        }
         Ok(d)
     }
 

@@ -16,8 +16,8 @@ use crate::singleuse::SingleUseStore;
 use crate::ticketer::{KeyRingTicketer, TicketKeys};
 use crate::tls::{server_configs, EarlyData, TlsMaterial};
 
-/// A preset table from Python: (id, name, [(header name, value)]).
-pub type PresetSpec = (u32, String, Vec<(String, String)>);
+/// A preset table from Python (spec section 9.3), built by `py.rs`.
+pub type PresetSpec = mmtp::PresetTable;
 
 /// Everything an engine is built from.
 #[derive(Default)]
@@ -54,11 +54,11 @@ impl Runtime {
             None => None,
         };
         let mut presets = mmtp::Presets::builtin();
-        for (id, name, entries) in setup.presets {
-            presets
-                .add(id, &name, entries)
-                .map_err(|e| format!("presets: {e}"))?;
+        for table in setup.presets {
+            presets.insert(table).map_err(|e| format!("presets: {e}"))?;
         }
+        let usage = Arc::new(crate::engine::dicts::UsageTable::default());
+        usage.set_apps(&setup.config.usage_apps);
         let mut dictionaries = Vec::new();
         for data in &setup.dictionaries {
             dictionaries.push(
@@ -81,7 +81,8 @@ impl Runtime {
             ticketer,
             early,
             codec: Arc::new(codec),
-            presets: Arc::new(presets),
+            presets: RwLock::new(Arc::new(presets)),
+            usage,
             config: setup.config,
         });
         let engine = Engine::new(poll, shared.clone());

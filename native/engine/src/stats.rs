@@ -107,6 +107,16 @@ counters! {
     acks_fanout,
     /// TLS certificate reloads.
     tls_reloads,
+    /// Dictionary deliveries started (DICT commands, per connection).
+    dict_deliveries,
+    /// Dictionary deliveries whose last chunk went out.
+    dict_deliveries_done,
+    /// DICT targets skipped (not accepted, unknown dictionary, over the connection's budget).
+    dict_deliveries_skipped,
+    /// DICT chunks written.
+    dict_chunks,
+    /// Dictionary bytes written in DICT chunks.
+    dict_bytes,
     /// ClientHellos that asked to send TLS early data (early data on).
     early_data_offered,
     /// Connections whose early data was accepted (on a single-use ticket).
@@ -148,6 +158,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 49);
+        assert_eq!(snapshot.len(), 54);
     }
 }

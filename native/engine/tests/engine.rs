@@ -617,3 +617,181 @@ fn client_certificate_common_name_reaches_hello() {
         }
     ));
 }
+
+/// A real (trained-like) dictionary: raw content zstd loads as it is.
+fn test_dictionary(id: u32) -> mmtp::Dictionary {
+    let content: Vec<u8> = (0..12_000u32)
+        .flat_map(|i| {
+            format!(
+                "{{\"type\":\"chat\",\"title\":\"message {}\",\"from\":\"ann\"}}",
+                i % 97
+            )
+            .into_bytes()
+        })
+        .take(12_000)
+        .collect();
+    mmtp::Dictionary::new(id, content).unwrap()
+}
+
+#[test]
+fn a_dictionary_is_delivered_in_chunks_after_answers_and_then_used() {
+    let mut h = Harness::start(setup(|s| {
+        s.config.dict_chunk_bytes = 1024;
+        s.config.usage_apps = vec!["app-a".into()];
+    }));
+    let (mut device, conn) = accepted_device(&mut h, "dev-dict");
+    let dictionary = test_dictionary(42);
+    let stream_id = device.wire.send_request("x", b"", &[("a", "b")]).unwrap();
+    device.flush().unwrap();
+    h.expect("REQUEST", |e| matches!(e, Event::Request { .. }));
+    // The answer and the delivery in one batch: the answer goes first, whole.
+    h.submit(vec![
+        Command::AddDictionary(dictionary.clone()),
+        Command::Respond {
+            conn: ConnId(conn),
+            stream_id,
+            status: 0,
+            headers: vec![],
+            body: b"answer".to_vec(),
+        },
+        Command::Dict {
+            conns: vec![ConnId(conn)],
+            dict_id: 42,
+        },
+    ]);
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e| matches!(e, mmtp::Event::DictionaryReceived(_)))
+    {
+        events.extend(device.events().unwrap());
+    }
+    assert!(
+        matches!(&events[0], mmtp::Event::ResponseReceived { .. }),
+        "{events:?}"
+    );
+    assert_eq!(device.wire.outgoing_dictionary(), 42);
+    assert_eq!(h.stat("dict_deliveries_done"), 1);
+    assert_eq!(h.stat("dict_bytes"), dictionary.content.len() as u64);
+    assert!(h.stat("dict_chunks") >= 12);
+    // The server compresses with it from now on.
+    let body = br#"{"type":"chat","title":"message 5","from":"ann","text":"see you"}"#;
+    h.submit(vec![Command::Push {
+        conn: ConnId(conn),
+        message_id: Arc::from(&b"m-d"[..]),
+        headers: vec![],
+        body: body.to_vec(),
+        tracked: false,
+    }]);
+    let events = device.events().unwrap();
+    assert!(matches!(&events[0], mmtp::Event::PushReceived { body: b, .. } if b == body));
+    // Delivering it again is skipped (budget and duplicate rules are per connection).
+    h.submit(vec![Command::Dict {
+        conns: vec![ConnId(conn), ConnId(conn + 99)],
+        dict_id: 42,
+    }]);
+    h.submit(vec![Command::Dict {
+        conns: vec![ConnId(conn)],
+        dict_id: 7,
+    }]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.stat("dict_deliveries_skipped") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        h.stat("dict_deliveries_skipped"),
+        2,
+        "unknown conn, unknown dictionary"
+    );
+}
+
+#[test]
+fn deliveries_stay_within_the_connection_budget() {
+    let mut h = Harness::start(setup(|s| {
+        s.config.dict_budget_bytes = 20_000;
+    }));
+    let (mut device, conn) = accepted_device(&mut h, "dev-budget");
+    h.submit(vec![
+        Command::AddDictionary(test_dictionary(50)),
+        Command::AddDictionary(test_dictionary(51)),
+        Command::Dict {
+            conns: vec![ConnId(conn)],
+            dict_id: 50,
+        },
+        Command::Dict {
+            conns: vec![ConnId(conn)],
+            dict_id: 51,
+        },
+    ]);
+    let mut received = 0;
+    while received < 1 {
+        received += device
+            .events()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, mmtp::Event::DictionaryReceived(_)))
+            .count();
+    }
+    assert_eq!(h.stat("dict_deliveries"), 1);
+    assert_eq!(h.stat("dict_deliveries_skipped"), 1);
+    assert_eq!(device.wire.outgoing_dictionary(), 50);
+}
+
+#[test]
+fn presets_added_while_running_serve_new_devices_and_usage_counts_per_app() {
+    let mut h = Harness::start(setup(|s| s.config.usage_apps = vec!["chirp".into()]));
+    let typed = vec![("x-req".to_string(), mmtp::Kind::Uuid)];
+    let table = mmtp::PresetTable::with_declarations(
+        77,
+        "chirp",
+        vec![("x-app".into(), "chirp".into())],
+        Some(typed),
+        vec!["cookie".into()],
+        vec![],
+    )
+    .unwrap();
+    h.submit(vec![Command::AddPreset(Box::new(table.clone()))]);
+    let config = client_config(ClientOptions::default());
+    let mut device = Device::connect(h.port, config).unwrap();
+    let mut presets = mmtp::Presets::builtin();
+    presets.insert(table).unwrap();
+    device.wire = mmtp::Connection::new(
+        mmtp::Role::Client,
+        mmtp::Limits::default(),
+        Arc::new(mmtp::BodyCodec::default()),
+        Arc::new(presets),
+    );
+    let hello = mmtp::Hello {
+        device_id: "dev-chirp".into(),
+        app_id: "chirp".into(),
+        preset_id: 77,
+        ..mmtp::Hello::default()
+    };
+    device.wire.send_hello(&hello, 0).unwrap();
+    let headers = [
+        ("cookie", "sid=1"),
+        ("x-req", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
+    ];
+    device.wire.send_request("feed", b"{}", &headers).unwrap();
+    device.flush().unwrap();
+    let conn = h.hello_of("dev-chirp");
+    let request = h.expect("REQUEST", |e| matches!(e, Event::Request { .. }));
+    let Event::Request { headers: got, .. } = request else {
+        unreachable!()
+    };
+    assert_eq!(got.value_of("cookie"), Some("sid=1"));
+    assert_eq!(
+        got.value_of("x-req"),
+        Some("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+    );
+    h.accept(conn, 60);
+    assert!(matches!(
+        device.events().unwrap()[0],
+        mmtp::Event::HelloAccepted(_)
+    ));
+    let usage = h.rt.shared.usage.snapshot();
+    let (app, rows) = &usage[0];
+    assert_eq!(app, "chirp");
+    assert_eq!(rows[0].0, mmtp::RAW_BODY);
+    assert_eq!(rows[0].1[3], 1, "one body received, raw");
+}

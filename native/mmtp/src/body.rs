@@ -58,6 +58,42 @@ const LEVEL_PARAMS: [(u32, u32, u32, u32, u32, u32, Strategy); 22] = [
     (27, 27, 25, 9, 3, 999, Strategy::ZSTD_btultra2),
 ];
 
+/// `BodyUsage` key of bodies sent uncompressed (dictionary ids are >= 0; 0:
+/// zstd without a dictionary).
+pub const RAW_BODY: i64 = -1;
+
+/// Bodies and bytes by the dictionary that coded them, for one app (metrics).
+/// Each row: bodies sent, raw bytes sent, wire bytes sent, bodies received,
+/// raw bytes received, wire bytes received. Shared by the app's connections.
+#[derive(Debug, Default)]
+pub struct BodyUsage {
+    rows: Mutex<BTreeMap<i64, [u64; 6]>>,
+}
+
+impl BodyUsage {
+    fn add(&self, dict_id: i64, at: usize, raw_bytes: u64, wire_bytes: u64) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let row = rows.entry(dict_id).or_default();
+        row[at] += 1;
+        row[at + 1] += raw_bytes;
+        row[at + 2] += wire_bytes;
+    }
+
+    pub fn sent(&self, dict_id: i64, raw_bytes: u64, wire_bytes: u64) {
+        self.add(dict_id, 0, raw_bytes, wire_bytes);
+    }
+
+    pub fn received(&self, dict_id: i64, raw_bytes: u64, wire_bytes: u64) {
+        self.add(dict_id, 3, raw_bytes, wire_bytes);
+    }
+
+    /// Every row, by dictionary id.
+    pub fn snapshot(&self) -> Vec<(i64, [u64; 6])> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
 /// A body as it goes on the wire.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EncodedBody<'a> {

@@ -12,29 +12,31 @@
 //! but the entries its two HPACK tables gained beyond the shared preset.
 
 mod receive;
+pub mod scoped;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::body::BodyCodec;
+use crate::body::{BodyCodec, BodyUsage, RAW_BODY};
 use crate::dictionaries::Dictionary;
 use crate::errors::{ErrorCode, LocalError};
 use crate::frames::{
-    FrameType, FLAG_DICT_LAST, FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD, FRAME_TYPE_COUNT,
+    FrameType, FLAG_CONN, FLAG_DICT_LAST, FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD, FRAME_TYPE_COUNT,
 };
-use crate::headers::{header_list_size, HeaderList, WithOp};
+use crate::headers::{header_list_size, HeaderList, Headers, WithOp};
 use crate::hello::{encode_hello, encode_hello_ack, Hello, HelloAck};
-use crate::hpack::{Decoder, Encoder};
+use crate::hpack::{encode_context_free_with, Decoder, Encoder};
 use crate::limits::{
     Limits, INITIAL_HEADER_TABLE_SIZE, MAX_PING_PAYLOAD, MIN_MAX_FRAME_SIZE,
     MIN_MAX_HEADER_LIST_SIZE,
 };
 use crate::messages;
 use crate::prepared::PreparedPush;
-use crate::presets::Presets;
+use crate::presets::{PresetTable, Presets};
 use crate::state::{can_start_stream, next_state, Role, State, Trigger};
-use crate::typed::{classify, encode_typed, time_fits, trace_id_of, Typed};
+use crate::typed::{Typed, TypedTable};
 use crate::varint::{encode_varint, varint_size, MAX_VARINT};
+use scoped::{effective_request_headers, Subset};
 
 pub(crate) const OP_HEADER: &str = ":op";
 
@@ -61,14 +63,31 @@ pub struct FrameCounters {
     pub received_bytes: [AtomicU64; FRAME_TYPE_COUNT],
 }
 
+/// Where a server counts the bodies of a device of an app, chosen at its HELLO.
+pub type UsageResolver = Arc<dyn Fn(&str) -> Option<Arc<BodyUsage>> + Send + Sync>;
+
 /// Per-connection options beyond the limits.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// Our cap on the HPACK table our encoder uses (the peer may allow more).
     pub encoder_table_size_cap: u64,
     /// Send canonical ids and timestamps as typed fields (receivers always accept them).
     pub send_typed_headers: bool,
     pub counters: Option<Arc<FrameCounters>>,
+    /// Client: names sent as connection-scoped headers besides the preset's (spec 9.11).
+    pub connection_header_names: Vec<String>,
+    /// Server: the usage counters of a device's app (`BodyUsage`), by HELLO `app_id`.
+    pub usage_for_app: Option<UsageResolver>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("encoder_table_size_cap", &self.encoder_table_size_cap)
+            .field("send_typed_headers", &self.send_typed_headers)
+            .field("connection_header_names", &self.connection_header_names)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -77,8 +96,15 @@ impl Default for Options {
             encoder_table_size_cap: INITIAL_HEADER_TABLE_SIZE,
             send_typed_headers: true,
             counters: None,
+            connection_header_names: Vec::new(),
+            usage_for_app: None,
         }
     }
+}
+
+fn generic_typed() -> &'static TypedTable {
+    static GENERIC: std::sync::OnceLock<TypedTable> = std::sync::OnceLock::new();
+    GENERIC.get_or_init(TypedTable::generic)
 }
 
 /// Arguments of [`Connection::accept`] (HELLO_ACK fields the server chooses).
@@ -89,17 +115,20 @@ pub struct Accept {
     pub heartbeat_s: u64,
     pub server_time_ms: u64,
     pub resumed: bool,
+    /// The dictionary announced to the device (its app's current one); None:
+    /// the newest the codec holds.
+    pub newest_dictionary: Option<u32>,
 }
 
-/// A stream we started: its id, its request's trace-id (for an ECHO in the
-/// answer), and whether we cancelled it.
+/// A stream we started: its id, the value an echo in the answer stands for
+/// (spec 9.8), and whether we cancelled it.
 struct LocalStream {
     id: u64,
     trace_id: Option<Box<str>>,
     cancelled: bool,
 }
 
-/// A stream the peer started, with its request's trace-id.
+/// A stream the peer started, with the value an echo in our answer stands for.
 struct RemoteStream {
     id: u64,
     trace_id: Option<Box<str>>,
@@ -210,13 +239,16 @@ pub struct Connection {
     goaway_sent: bool,
     goaway_received: bool,
     send_typed_headers: bool,
-    preset_id: u32,
+    /// The preset of both HPACK contexts (None before HELLO).
+    preset: Option<Arc<PresetTable>>,
     outgoing_dictionary: u32,
     limits: Limits,
     peer_max_frame_size: u64,
     peer_max_body_size: u64,
     peer_max_concurrent_streams: u64,
     peer_max_header_list_size: u64,
+    /// Client: the server's `max_connection_header_list_size` (HELLO_ACK #14).
+    peer_max_connection_header_list_size: u64,
     encoder_table_size_cap: u64,
     /// Epochs of typed timestamps, one per direction.
     send_epoch_ms: u64,
@@ -240,6 +272,13 @@ pub struct Connection {
     partial: Vec<u8>,
     /// Bytes queued for the peer.
     out: Vec<u8>,
+    /// Connection-scoped headers in force, client to server (spec 9.11).
+    conn_headers: Headers,
+    /// Client: connection-scoped names besides the preset's.
+    conn_names: Box<[Box<str>]>,
+    /// Server: where this device's app counts its bodies (set at HELLO).
+    usage: Option<Arc<BodyUsage>>,
+    usage_for_app: Option<UsageResolver>,
     codec: Arc<BodyCodec>,
     presets: Arc<Presets>,
     counters: Option<Arc<FrameCounters>>,
@@ -280,13 +319,14 @@ impl Connection {
             goaway_sent: false,
             goaway_received: false,
             send_typed_headers: options.send_typed_headers,
-            preset_id: 0,
+            preset: None,
             outgoing_dictionary: 0,
             limits,
             peer_max_frame_size: defaults.max_frame_size,
             peer_max_body_size: defaults.max_body_size,
             peer_max_concurrent_streams: defaults.max_concurrent_streams,
             peer_max_header_list_size: defaults.max_header_list_size,
+            peer_max_connection_header_list_size: defaults.max_connection_header_list_size,
             encoder_table_size_cap: options.encoder_table_size_cap,
             send_epoch_ms: 0,
             recv_epoch_ms: 0,
@@ -302,6 +342,14 @@ impl Connection {
             dict_transfer: None,
             partial: Vec::new(),
             out: Vec::new(),
+            conn_headers: Headers::new(),
+            conn_names: options
+                .connection_header_names
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
+            usage: None,
+            usage_for_app: options.usage_for_app,
             codec,
             presets,
             counters: options.counters,
@@ -355,7 +403,16 @@ impl Connection {
 
     /// The preset of both HPACK contexts (0 before HELLO).
     pub fn preset_id(&self) -> u32 {
-        self.preset_id
+        self.preset.as_ref().map_or(0, |p| p.id)
+    }
+
+    /// The connection-scoped headers in force (spec section 9.11).
+    pub fn connection_headers(&self) -> &Headers {
+        &self.conn_headers
+    }
+
+    fn typed(&self) -> &TypedTable {
+        self.preset.as_ref().map_or(generic_typed(), |p| p.typed())
     }
 
     pub fn codec(&self) -> &Arc<BodyCodec> {
@@ -447,6 +504,7 @@ impl Connection {
             })
             + self.partial.capacity()
             + self.out.capacity()
+            + self.conn_headers.heap_bytes()
     }
 
     /// Give back spare capacity (call when a connection goes idle).
@@ -561,9 +619,9 @@ impl Connection {
         };
         self.state =
             next_state(self.role, self.state, Trigger::SendHello).map_err(LocalError::forbidden)?;
-        self.preset_id = preset.id;
         self.encoder = Some(Encoder::new(preset.clone(), self.encoder_table_size_cap));
-        self.decoder = Some(Decoder::new(preset, hello.header_table_size));
+        self.decoder = Some(Decoder::new(preset.clone(), hello.header_table_size));
+        self.preset = Some(preset);
         self.outgoing_dictionary = pipeline_dictionary;
         self.send_epoch_ms = hello.client_time_ms;
         self.hello_dictionaries = hello.dictionaries.clone();
@@ -578,14 +636,23 @@ impl Connection {
         self.require_role(Role::Server, "accept")?;
         check_varint(accept.heartbeat_s, "heartbeat_s")?;
         check_varint(accept.server_time_ms, "server_time_ms")?;
+        let newest_dictionary = match accept.newest_dictionary {
+            None => self.codec.newest_dictionary_id(),
+            Some(id) if id == 0 || self.codec.has_dictionary(id as u64) => id,
+            Some(id) => {
+                return Err(LocalError::forbidden(format!(
+                    "dictionary {id} is not held"
+                )))
+            }
+        };
         self.state =
             next_state(self.role, self.state, Trigger::Accept).map_err(LocalError::forbidden)?;
         let ack = HelloAck {
             session_id: accept.session_id.clone(),
             resume_ticket: accept.resume_ticket.clone(),
             heartbeat_s: accept.heartbeat_s,
-            preset_id: self.preset_id as u64,
-            newest_dictionary: self.codec.newest_dictionary_id() as u64,
+            preset_id: self.preset_id() as u64,
+            newest_dictionary: newest_dictionary as u64,
             header_table_size: self.limits.header_table_size,
             max_frame_size: self.limits.max_frame_size,
             max_concurrent_streams: self.limits.max_concurrent_streams,
@@ -593,6 +660,7 @@ impl Connection {
             max_body_size: self.limits.max_body_size,
             server_time_ms: accept.server_time_ms,
             resumed: accept.resumed,
+            max_connection_header_list_size: self.limits.max_connection_header_list_size,
             ..HelloAck::default()
         };
         self.send_epoch_ms = accept.server_time_ms;
@@ -654,6 +722,9 @@ impl Connection {
         while self.local_streams.iter().any(|s| s.id == stream_id) {
             stream_id += 2;
         }
+        if self.role == Role::Client && self.has_scoped_names() {
+            return self.send_scoped_request(stream_id, op, body, headers);
+        }
         let all = WithOp { op, rest: headers };
         self.encode_message(
             FrameType::Request,
@@ -661,13 +732,85 @@ impl Connection {
             &all,
             body,
             None,
+            &[],
+            None,
         )?;
+        let trace_id = self.typed().echo_value_of(headers).map(Box::from);
         self.local_streams.push(LocalStream {
             id: stream_id,
-            trace_id: trace_id_of(headers).map(Box::from),
+            trace_id,
             cancelled: false,
         });
         Ok(stream_id)
+    }
+
+    fn has_scoped_names(&self) -> bool {
+        !self.conn_names.is_empty()
+            || self
+                .preset
+                .as_ref()
+                .is_some_and(|p| p.connection_names().next().is_some())
+    }
+
+    fn is_scoped(&self, name: &str) -> bool {
+        self.conn_names.iter().any(|n| **n == *name)
+            || self
+                .preset
+                .as_ref()
+                .is_some_and(|p| p.connection_names().any(|n| n == name))
+    }
+
+    /// A client's REQUEST whose connection-scoped fields travel in a connection
+    /// header block when they change (spec section 9.11).
+    fn send_scoped_request<H: HeaderList + ?Sized>(
+        &mut self,
+        stream_id: u64,
+        op: &str,
+        body: &[u8],
+        headers: &H,
+    ) -> Result<u64, LocalError> {
+        let lifted =
+            scoped::lift_connection_headers(headers, |n| self.is_scoped(n), &self.conn_headers);
+        let own = Subset {
+            inner: headers,
+            indices: lifted.own,
+        };
+        let all = WithOp { op, rest: &own };
+        let conn = lifted.after.as_ref().unwrap_or(&self.conn_headers);
+        let effective = effective_request_headers(conn, &all);
+        if !lifted.update.is_empty() {
+            let size = conn.list_size();
+            let limit = self.peer_max_connection_header_list_size();
+            if size > limit {
+                return Err(LocalError::MessageTooLarge(format!(
+                    "connection headers of {size} bytes exceed the server's \
+                     max_connection_header_list_size {limit}"
+                )));
+            }
+        }
+        let trace_id = self.typed().echo_value_of(&effective).map(Box::from);
+        self.encode_message(
+            FrameType::Request,
+            Prefix::Request(stream_id),
+            &all,
+            body,
+            None,
+            &lifted.update,
+            Some(effective.list_size()),
+        )?;
+        if let Some(after) = lifted.after {
+            self.conn_headers = after;
+        }
+        self.local_streams.push(LocalStream {
+            id: stream_id,
+            trace_id,
+            cancelled: false,
+        });
+        Ok(stream_id)
+    }
+
+    fn peer_max_connection_header_list_size(&self) -> u64 {
+        self.peer_max_connection_header_list_size
     }
 
     /// Answer a peer's stream; `Ok(false)` if it was cancelled or already
@@ -691,6 +834,8 @@ impl Connection {
             headers,
             body,
             stream.trace_id.as_deref(),
+            &[],
+            None,
         );
         match result {
             Ok(()) => {
@@ -754,13 +899,16 @@ impl Connection {
     /// Encode and queue one message frame. Every limit of the peer is checked
     /// before HPACK runs: once the encoder's table has changed the frame must
     /// go out, or both sides' tables disagree for good.
+    #[allow(clippy::too_many_arguments)]
     fn encode_message<H: HeaderList + ?Sized>(
         &mut self,
         frame_type: FrameType,
         prefix: Prefix<'_>,
         headers: &H,
         body: &[u8],
-        echo_trace_id: Option<&str>,
+        echo_value: Option<&str>,
+        conn_update: &[(String, String)],
+        list_size: Option<u64>,
     ) -> Result<(), LocalError> {
         if body.len() as u64 > self.peer_max_body_size {
             return Err(LocalError::MessageTooLarge(format!(
@@ -770,7 +918,8 @@ impl Connection {
             )));
         }
         let encoded = self.codec.encode(body, self.outgoing_dictionary)?;
-        let list_size = header_list_size(headers);
+        // The list the peer decodes: with connection headers re-attached, not `headers`.
+        let list_size = list_size.unwrap_or_else(|| header_list_size(headers));
         if list_size > self.peer_max_header_list_size {
             return Err(LocalError::MessageTooLarge(format!(
                 "header list of {list_size} bytes exceeds the peer's max_header_list_size {}",
@@ -778,8 +927,10 @@ impl Connection {
             )));
         }
         // A string literal is never longer than its octets plus a 5-byte length.
-        let fields = headers.field_count() as u64;
-        let header_bound = list_size - 32 * fields + 12 * fields + 8;
+        let fields = (headers.field_count() + conn_update.len()) as u64;
+        let blocks = if conn_update.is_empty() { 1 } else { 2 };
+        let header_bound =
+            header_list_size(headers) + header_list_size(conn_update) - 20 * fields + 8 * blocks;
         let bound = prefix.len() as u64 + encoded.data().len() as u64 + header_bound;
         if bound > self.peer_max_frame_size {
             return Err(LocalError::MessageTooLarge(format!(
@@ -788,26 +939,26 @@ impl Connection {
                 self.peer_max_frame_size
             )));
         }
+        let preset = self.preset.clone();
+        let typed = preset.as_deref().map_or(generic_typed(), |p| p.typed());
         let typed_on = self.send_typed_headers;
+        let epoch = self.send_epoch_ms;
+        let kind = |name: &str, value: &str| {
+            if typed_on {
+                typed.classify(name, value, echo_value, epoch)
+            } else {
+                Typed::No
+            }
+        };
         let (mut any_hpack, mut any_typed) = (false, false);
         for i in 0..headers.field_count() {
             let (name, value) = headers.field(i);
-            match if typed_on {
-                classify(name, value, echo_trace_id)
-            } else {
-                Typed::No
-            } {
+            match kind(name, value) {
                 Typed::No => any_hpack = true,
-                Typed::Time(_, time) if !time_fits(time, self.send_epoch_ms) => {
-                    return Err(LocalError::forbidden(format!(
-                        "{name} {value} is too far from the epoch {} for a typed field",
-                        self.send_epoch_ms
-                    )))
-                }
                 _ => any_typed = true,
             }
         }
-        if any_hpack && self.encoder.is_none() {
+        if (any_hpack || !conn_update.is_empty()) && self.encoder.is_none() {
             return Err(LocalError::forbidden("no HPACK context before HELLO"));
         }
         let mut flags = 0;
@@ -817,8 +968,19 @@ impl Connection {
         if any_hpack {
             flags |= FLAG_HEADERS;
         }
+        if !conn_update.is_empty() {
+            flags |= FLAG_CONN;
+        }
         if any_typed {
             flags |= FLAG_TYPED;
+        }
+        if let Some(usage) = &self.usage {
+            let dict = if encoded.compressed() {
+                self.outgoing_dictionary as i64
+            } else {
+                RAW_BODY
+            };
+            usage.sent(dict, body.len() as u64, encoded.data().len() as u64);
         }
         let reserved = varint_size(bound);
         let (frame_start, payload_start) = self.begin_frame(frame_type, flags, reserved);
@@ -828,14 +990,24 @@ impl Connection {
             let block_start = reserve_length(&mut self.out, block_reserved);
             if let Some(encoder) = self.encoder.as_mut() {
                 encoder.encode(&mut self.out, headers, |name, value| {
-                    !typed_on || classify(name, value, echo_trace_id) == Typed::No
+                    kind(name, value) == Typed::No
                 });
+            }
+            patch_length(&mut self.out, block_start, block_reserved);
+        }
+        if !conn_update.is_empty() {
+            let block_reserved = varint_size(header_bound);
+            let block_start = reserve_length(&mut self.out, block_reserved);
+            if let Some(encoder) = self.encoder.as_ref() {
+                encode_context_free_with(&mut self.out, conn_update, |n| encoder.never_indexes(n));
             }
             patch_length(&mut self.out, block_start, block_reserved);
         }
         if any_typed {
             let typed_start = reserve_length(&mut self.out, 1);
-            encode_typed(&mut self.out, headers, self.send_epoch_ms, echo_trace_id);
+            if typed_on {
+                typed.encode(&mut self.out, headers, epoch, echo_value);
+            }
             patch_length(&mut self.out, typed_start, 1);
         }
         self.out.extend_from_slice(encoded.data());
@@ -860,6 +1032,8 @@ impl Connection {
             Prefix::Push(delivery_id, message_id),
             headers,
             body,
+            None,
+            &[],
             None,
         )?;
         // Taken only once encoding succeeded: a refused push leaves no phantom delivery.
@@ -899,6 +1073,14 @@ impl Connection {
             ));
         }
         let owed = self.encoder.as_ref().is_some_and(|e| e.owes_size_update());
+        if let Some(usage) = &self.usage {
+            let dict = if tail.flags & FLAG_ZSTD != 0 {
+                self.outgoing_dictionary as i64
+            } else {
+                RAW_BODY
+            };
+            usage.sent(dict, prepared.body().len() as u64, tail.body_len() as u64);
+        }
         let delivery_id = self.take_delivery_id();
         let frame_start = self.out.len();
         if owed {
@@ -1097,9 +1279,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Server: deliver a dictionary in chunks of (peer `max_frame_size` - 32)
-    /// bytes; later frames may be compressed with it.
+    /// Server: deliver a whole dictionary now, in chunks of (peer
+    /// `max_frame_size` - 32) bytes; later frames may be compressed with it.
     pub fn send_dictionary(&mut self, dictionary: &Dictionary) -> Result<(), LocalError> {
+        let mut offset = 0;
+        while offset < dictionary.content.len() {
+            offset = self.send_dictionary_chunk(dictionary, offset, None)?;
+        }
+        Ok(())
+    }
+
+    /// Server: send the DICT chunk of `dictionary` starting at `offset`, of at
+    /// most `max_chunk_bytes` (and peer `max_frame_size` - 32) bytes; return the
+    /// next offset. When it reaches the end that was the LAST chunk, and frames
+    /// sent after it are compressed with the dictionary if its id is the larger.
+    pub fn send_dictionary_chunk(
+        &mut self,
+        dictionary: &Dictionary,
+        offset: usize,
+        max_chunk_bytes: Option<usize>,
+    ) -> Result<usize, LocalError> {
         self.require_role(Role::Server, "send DICT")?;
         if !matches!(self.state, State::Open | State::Closing) {
             return Err(LocalError::forbidden(format!(
@@ -1107,27 +1306,36 @@ impl Connection {
                 self.state.name()
             )));
         }
+        let content = &dictionary.content;
+        if offset >= content.len() {
+            return Err(LocalError::forbidden(format!(
+                "DICT offset {offset} is outside the dictionary"
+            )));
+        }
         // We hold what we deliver: later frames are compressed with it.
         self.codec
             .add_dictionary(dictionary.clone())
             .map_err(|e| LocalError::Forbidden(e.message))?;
-        let content = &dictionary.content;
-        let chunk_size = usize::try_from(self.peer_max_frame_size - 32).unwrap_or(usize::MAX);
-        let mut offset = 0;
-        while offset < content.len() {
-            let end = offset.saturating_add(chunk_size).min(content.len());
-            let last = offset.saturating_add(chunk_size) >= content.len();
-            let flags = if last { FLAG_DICT_LAST } else { 0 };
-            let reserved = varint_size((end - offset + 16) as u64);
-            let (frame_start, payload_start) = self.begin_frame(FrameType::Dict, flags, reserved);
-            encode_varint(&mut self.out, dictionary.dict_id as u64);
-            encode_varint(&mut self.out, content.len() as u64);
-            encode_varint(&mut self.out, offset as u64);
-            self.out.extend_from_slice(&content[offset..end]);
-            self.end_frame(FrameType::Dict, frame_start, payload_start, reserved);
-            offset = end;
+        let mut chunk_size = usize::try_from(self.peer_max_frame_size - 32).unwrap_or(usize::MAX);
+        if let Some(most) = max_chunk_bytes {
+            chunk_size = chunk_size.min(most).max(1);
         }
-        self.outgoing_dictionary = self.outgoing_dictionary.max(dictionary.dict_id);
-        Ok(())
+        let end = offset.saturating_add(chunk_size).min(content.len());
+        let flags = if end == content.len() {
+            FLAG_DICT_LAST
+        } else {
+            0
+        };
+        let reserved = varint_size((end - offset + 16) as u64);
+        let (frame_start, payload_start) = self.begin_frame(FrameType::Dict, flags, reserved);
+        encode_varint(&mut self.out, dictionary.dict_id as u64);
+        encode_varint(&mut self.out, content.len() as u64);
+        encode_varint(&mut self.out, offset as u64);
+        self.out.extend_from_slice(&content[offset..end]);
+        self.end_frame(FrameType::Dict, frame_start, payload_start, reserved);
+        if end == content.len() {
+            self.outgoing_dictionary = self.outgoing_dictionary.max(dictionary.dict_id);
+        }
+        Ok(end)
     }
 }

@@ -69,9 +69,8 @@ impl FrameType {
     /// Flags this type may carry; any other bit is a `PROTOCOL_ERROR`.
     pub fn allowed_flags(self) -> u8 {
         match self {
-            FrameType::Request | FrameType::Response | FrameType::Push => {
-                FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED
-            }
+            FrameType::Request => FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED | FLAG_CONN,
+            FrameType::Response | FrameType::Push => FLAG_HEADERS | FLAG_ZSTD | FLAG_TYPED,
             FrameType::Settings => FLAG_SETTINGS_ACK,
             FrameType::Dict => FLAG_DICT_LAST,
             _ => 0,
@@ -88,6 +87,8 @@ impl FrameType {
 pub const FLAG_HEADERS: u8 = 0x1;
 pub const FLAG_ZSTD: u8 = 0x2;
 pub const FLAG_TYPED: u8 = 0x4;
+/// REQUEST from a client: a connection header block follows the header block (spec 9.11).
+pub const FLAG_CONN: u8 = 0x8;
 pub const FLAG_SETTINGS_ACK: u8 = 0x1;
 pub const FLAG_DICT_LAST: u8 = 0x1;
 

@@ -72,6 +72,11 @@ impl Headers {
         value
     }
 
+    /// Heap bytes this list holds.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+
     /// Drop spare capacity (for events kept around).
     pub fn shrink_to_fit(&mut self) {
         self.text.shrink_to_fit();

@@ -14,6 +14,7 @@ const DEFAULT_MAX_FRAME_SIZE: u64 = 256 * 1024;
 const DEFAULT_MAX_HEADER_LIST_SIZE: u64 = 16 * 1024;
 const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
 const DEFAULT_MAX_CONCURRENT_STREAMS: u64 = 64;
+const DEFAULT_MAX_CONNECTION_HEADER_LIST_SIZE: u64 = 2048;
 
 /// What a device says about itself in its first frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct HelloAck {
     pub max_body_size: u64,
     pub server_time_ms: u64,
     pub resumed: bool,
+    /// Largest connection header list the server holds for the client (spec 9.11).
+    pub max_connection_header_list_size: u64,
     pub version: u64,
 }
 
@@ -93,6 +96,7 @@ impl Default for HelloAck {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             server_time_ms: 0,
             resumed: false,
+            max_connection_header_list_size: DEFAULT_MAX_CONNECTION_HEADER_LIST_SIZE,
             version: PROTOCOL_VERSION,
         }
     }
@@ -158,7 +162,7 @@ fn hello_specs(number: u64) -> Option<(u64, usize)> {
 fn ack_specs(number: u64) -> Option<(u64, usize)> {
     match number {
         2 | 3 => Some((KIND_BYTES, 1)),
-        1 | 4..=13 => Some((KIND_VARINT, 1)),
+        1 | 4..=14 => Some((KIND_VARINT, 1)),
         _ => None,
     }
 }
@@ -309,6 +313,9 @@ pub fn encode_hello_ack(out: &mut Vec<u8>, ack: &HelloAck) {
     if ack.resumed {
         put_int(out, 13, 1);
     }
+    if ack.max_connection_header_list_size != d.max_connection_header_list_size {
+        put_int(out, 14, ack.max_connection_header_list_size);
+    }
 }
 
 pub fn decode_hello_ack(payload: &[u8]) -> Result<HelloAck, ProtocolError> {
@@ -335,7 +342,8 @@ pub fn decode_hello_ack(payload: &[u8]) -> Result<HelloAck, ProtocolError> {
                 10 => ack.max_header_list_size = int(value),
                 11 => ack.max_body_size = int(value),
                 12 => ack.server_time_ms = int(value),
-                _ => ack.resumed = int(value) != 0,
+                13 => ack.resumed = int(value) != 0,
+                _ => ack.max_connection_header_list_size = int(value),
             }
             Ok(())
         },

@@ -560,9 +560,15 @@ impl Encoder {
         }
     }
 
+    /// Whether this encoder sends `name` as a never-indexed literal (the
+    /// spec's list and the preset's own names).
+    pub fn never_indexes(&self, name: &str) -> bool {
+        is_never_indexed(name) || self.table.preset.never_indexes(name)
+    }
+
     fn encode_field(&mut self, out: &mut Vec<u8>, name: &str, value: &str) {
         let (name_b, value_b) = (name.as_bytes(), value.as_bytes());
-        let never = is_never_indexed(name);
+        let never = self.never_indexes(name);
         match self.table.search(name_b, value_b) {
             Found::Field(index) => encode_integer(out, index as u64, 7, 0x80),
             Found::Name(index) => {
@@ -610,9 +616,19 @@ impl Encoder {
 /// indexing (never indexed for the names of section 9.6), names as the lowest
 /// static index or a literal.
 pub fn encode_context_free<H: HeaderList + ?Sized>(out: &mut Vec<u8>, headers: &H) {
+    encode_context_free_with(out, headers, is_never_indexed);
+}
+
+/// `encode_context_free` with `never_indexed` deciding the never-indexed names
+/// (a connection header block: the spec's list and the preset's).
+pub fn encode_context_free_with<H: HeaderList + ?Sized>(
+    out: &mut Vec<u8>,
+    headers: &H,
+    never_indexed: impl Fn(&str) -> bool,
+) {
     for i in 0..headers.field_count() {
         let (name, value) = headers.field(i);
-        let pattern = if is_never_indexed(name) { 0x10 } else { 0x00 };
+        let pattern = if never_indexed(name) { 0x10 } else { 0x00 };
         match static_names(name.as_bytes()) {
             Some((first, _)) => encode_integer(out, first as u64 + 1, 4, pattern),
             None => {

@@ -50,8 +50,8 @@ pub mod state;
 pub mod typed;
 pub mod varint;
 
-pub use body::{BodyCodec, EncodedBody};
-pub use connection::{setting, Accept, Connection, FrameCounters, Options};
+pub use body::{BodyCodec, BodyUsage, EncodedBody, RAW_BODY};
+pub use connection::{setting, Accept, Connection, FrameCounters, Options, UsageResolver};
 pub use dictionaries::Dictionary;
 pub use errors::{code_name, ErrorCode, LocalError, ProtocolError};
 pub use events::Event;
@@ -62,3 +62,4 @@ pub use limits::Limits;
 pub use prepared::PreparedPush;
 pub use presets::{PresetTable, Presets};
 pub use state::{Role, State};
+pub use typed::{Kind, TypedTable};

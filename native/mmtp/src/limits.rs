@@ -67,6 +67,9 @@ pub struct Limits {
     /// min(`max_frame_size`, this), so a longer one is a `FRAME_SIZE_ERROR`
     /// from its length alone (spec section 4.1).
     pub max_hello_size: u64,
+    /// Largest connection-scoped header list (RFC 7541 size) a client may set;
+    /// the server holds it for the connection's life (spec section 9.11).
+    pub max_connection_header_list_size: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +87,7 @@ impl Default for Limits {
             max_dictionary_size: 256 * 1024,
             max_acks_per_frame: 1024,
             max_hello_size: 8192,
+            max_connection_header_list_size: 2048,
         }
     }
 }

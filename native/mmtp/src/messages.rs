@@ -1,13 +1,15 @@
 //! Payload layouts of the non-handshake frames (spec section 6).
 
 use crate::errors::{perr, ErrorCode, ProtocolError};
-use crate::frames::{FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD};
+use crate::frames::{FLAG_CONN, FLAG_HEADERS, FLAG_TYPED, FLAG_ZSTD};
 use crate::limits::{MAX_SETTINGS_PAIRS, MAX_SETTINGS_PAYLOAD};
 use crate::varint::{decode_varint_complete, encode_varint};
 
-/// Header block, typed section and body of a message frame, still encoded.
+/// Header block, connection header block, typed section and body of a
+/// message frame, still encoded.
 pub(crate) struct MessageTail<'a> {
     pub header_block: &'a [u8],
+    pub conn_block: &'a [u8],
     pub typed_section: &'a [u8],
     pub body: &'a [u8],
     pub compressed: bool,
@@ -36,12 +38,16 @@ pub(crate) fn decode_tail(
 ) -> Result<MessageTail<'_>, ProtocolError> {
     let mut tail = MessageTail {
         header_block: &[],
+        conn_block: &[],
         typed_section: &[],
         body: &[],
         compressed: flags & FLAG_ZSTD != 0,
     };
     if flags & FLAG_HEADERS != 0 {
         (tail.header_block, offset) = section(payload, offset, "header block")?;
+    }
+    if flags & FLAG_CONN != 0 {
+        (tail.conn_block, offset) = section(payload, offset, "connection header block")?;
     }
     if flags & FLAG_TYPED != 0 {
         (tail.typed_section, offset) = section(payload, offset, "typed section")?;

@@ -18,6 +18,13 @@ pub(crate) struct PreparedTail {
     body_start: usize,
 }
 
+impl PreparedTail {
+    /// Bytes of the encoded body.
+    pub fn body_len(&self) -> usize {
+        self.bytes.len() - self.body_start
+    }
+}
+
 /// A push whose header block uses only context-free representations (static
 /// table names, literals without indexing), so the same bytes are valid on
 /// every connection whatever its dynamic table holds; the body is compressed

@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::limits::MAX_PRESET_TABLE_BYTES;
+use crate::typed::{Kind, TypedTable};
+
+/// Most names a preset may list as connection-scoped or never-indexed.
+pub const MAX_PRESET_NAMES: usize = 32;
 
 /// RFC 7541 entry overhead.
 pub const ENTRY_OVERHEAD: usize = 32;
 
 /// One preset, ready to be referred to by dynamic tables.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresetTable {
     pub id: u32,
     pub name: String,
@@ -23,11 +27,31 @@ pub struct PresetTable {
     entries: Vec<(Box<str>, Box<str>)>,
     /// Sum of name + value + 32 over the entries.
     table_bytes: usize,
+    /// Typed fields: key k is the k-th (spec section 9.8).
+    typed: TypedTable,
+    /// Names a client sends as connection-scoped headers (spec section 9.11).
+    connection: Vec<Box<str>>,
+    /// Names never indexed besides the spec's list (spec section 9.6).
+    never_indexed: Vec<Box<str>>,
 }
 
 impl PresetTable {
-    /// Build a preset; refuses one that needs more than 3072 bytes of table space.
+    /// Build a preset with the generic typed fields; refuses one that needs
+    /// more than 3072 bytes of table space.
     pub fn new(id: u32, name: &str, entries: Vec<(String, String)>) -> Result<Self, String> {
+        PresetTable::with_declarations(id, name, entries, None, Vec::new(), Vec::new())
+    }
+
+    /// Build a preset with its own typed fields (None: the generic ones),
+    /// connection-scoped and never-indexed names (spec section 9.3).
+    pub fn with_declarations(
+        id: u32,
+        name: &str,
+        entries: Vec<(String, String)>,
+        typed: Option<Vec<(String, Kind)>>,
+        connection: Vec<String>,
+        never_indexed: Vec<String>,
+    ) -> Result<Self, String> {
         let table_bytes = entries
             .iter()
             .map(|(n, v)| n.len() + v.len() + ENTRY_OVERHEAD)
@@ -37,6 +61,30 @@ impl PresetTable {
                 "preset {id} needs {table_bytes} table bytes, limit {MAX_PRESET_TABLE_BYTES}"
             ));
         }
+        let typed = match typed {
+            None => TypedTable::generic(),
+            Some(fields) => TypedTable::new(fields)?,
+        };
+        for (what, names) in [
+            ("connection", &connection),
+            ("never_indexed", &never_indexed),
+        ] {
+            if names.len() > MAX_PRESET_NAMES {
+                return Err(format!(
+                    "preset '{what}' lists at most {MAX_PRESET_NAMES} names"
+                ));
+            }
+            for header in names.iter() {
+                if header.is_empty()
+                    || header.starts_with(':')
+                    || header.bytes().any(|b| b.is_ascii_uppercase())
+                {
+                    return Err(format!(
+                        "preset '{what}': {header:?} is not a lowercase header name"
+                    ));
+                }
+            }
+        }
         Ok(PresetTable {
             id,
             name: name.to_owned(),
@@ -45,7 +93,33 @@ impl PresetTable {
                 .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_str()))
                 .collect(),
             table_bytes,
+            typed,
+            connection: connection.into_iter().map(String::into_boxed_str).collect(),
+            never_indexed: never_indexed
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
         })
+    }
+
+    pub fn typed(&self) -> &TypedTable {
+        &self.typed
+    }
+
+    /// Names a client sends as connection-scoped headers.
+    pub fn connection_names(&self) -> impl Iterator<Item = &str> {
+        self.connection.iter().map(|n| &**n)
+    }
+
+    /// Whether the preset lists `name` as never indexed (besides the spec's list).
+    #[inline]
+    pub fn never_indexes(&self, name: &str) -> bool {
+        !self.never_indexed.is_empty() && self.never_indexed.iter().any(|n| **n == *name)
+    }
+
+    /// Names the preset lists as never indexed.
+    pub fn never_indexed_names(&self) -> impl Iterator<Item = &str> {
+        self.never_indexed.iter().map(|n| &**n)
     }
 
     /// Entries in listed order.
@@ -92,7 +166,7 @@ pub const MOBILE_V1: [(&str, &str); 14] = [
 ];
 
 /// The presets one process knows, by id (shared by all its connections).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Presets {
     by_id: HashMap<u32, Arc<PresetTable>>,
 }
@@ -131,11 +205,20 @@ impl Presets {
         name: &str,
         entries: Vec<(String, String)>,
     ) -> Result<(), String> {
-        let table = PresetTable::new(id, name, entries)?;
+        self.insert(PresetTable::new(id, name, entries)?)
+    }
+
+    /// Register a built preset; an id never changes meaning.
+    pub fn insert(&mut self, table: PresetTable) -> Result<(), String> {
+        let id = table.id;
         if let Some(existing) = self.by_id.get(&id) {
-            if existing.entries != table.entries {
+            if existing.entries != table.entries
+                || existing.typed != table.typed
+                || existing.connection != table.connection
+                || existing.never_indexed != table.never_indexed
+            {
                 return Err(format!(
-                    "preset id {id} is already registered with other entries"
+                    "preset id {id} is already registered with other content"
                 ));
             }
             return Ok(());

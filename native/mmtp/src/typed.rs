@@ -1,67 +1,383 @@
-//! Typed header fields (spec section 9.8): binary forms for canonical hex ids
-//! and decimal millisecond timestamps, in a section after the header block.
+//! Typed header fields (spec section 9.8): binary forms for canonical ids,
+//! UUIDs, timestamps, numbers and base64 values, in a section after the
+//! header block. Which names are typed, and as which kind, is the preset's
+//! [`TypedTable`]: key *k* is its *k*-th field.
 
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::headers::{HeaderList, Headers};
 use crate::varint::{decode_varint_complete, encode_varint, MAX_VARINT};
 
-pub const KEY_TRACE_ID: u64 = 1;
-pub const KEY_TS: u64 = 2;
-pub const KEY_SERVER_TIME: u64 = 3;
-pub const KEY_SIGN: u64 = 4;
-pub const KEY_TRACE_ID_ECHO: u64 = 5;
-pub const KEY_REQUEST_ID: u64 = 6;
+/// Longest byte string a hex or base64 field carries.
+pub const MAX_TYPED_BYTES: usize = 64;
+/// Most fields a preset may declare typed (keys stay one byte).
+pub const MAX_TYPED_FIELDS: usize = 64;
+const MAX_TIME_MS: i64 = 10_000_000_000_000_000;
+const MAX_TIME_S: i64 = 10_000_000_000_000;
 
-pub const TRACE_ID: &str = "trace-id";
-pub const MAX_HEX_BYTES: usize = 64;
-const MAX_TIME: i64 = 10_000_000_000_000_000;
+/// How a typed field's value travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Hex,
+    HexUpper,
+    Uuid,
+    UuidUpper,
+    TimeMs,
+    TimeS,
+    Uint,
+    Base64Url,
+    Base64,
+    Echo,
+}
 
-fn hex_key(name: &str) -> Option<u64> {
-    match name {
-        "trace-id" => Some(KEY_TRACE_ID),
-        "sign" => Some(KEY_SIGN),
-        "request-id" => Some(KEY_REQUEST_ID),
-        _ => None,
+const KIND_NAMES: [(&str, Kind); 10] = [
+    ("hex", Kind::Hex),
+    ("hex-upper", Kind::HexUpper),
+    ("uuid", Kind::Uuid),
+    ("uuid-upper", Kind::UuidUpper),
+    ("time-ms", Kind::TimeMs),
+    ("time-s", Kind::TimeS),
+    ("uint", Kind::Uint),
+    ("base64url", Kind::Base64Url),
+    ("base64", Kind::Base64),
+    ("echo", Kind::Echo),
+];
+
+impl Kind {
+    /// The kind named `name` in a preset file.
+    pub fn parse(name: &str) -> Option<Kind> {
+        KIND_NAMES.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+
+    pub fn name(self) -> &'static str {
+        KIND_NAMES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("", |(n, _)| n)
     }
 }
 
-fn time_key(name: &str) -> Option<u64> {
-    match name {
-        "ts" => Some(KEY_TS),
-        "server-time" => Some(KEY_SERVER_TIME),
-        _ => None,
+/// The generic typed fields (presets 0, 1 and preset files without a list).
+pub const GENERIC_TYPED: [(&str, Kind); 6] = [
+    ("trace-id", Kind::Hex),
+    ("ts", Kind::TimeMs),
+    ("server-time", Kind::TimeMs),
+    ("sign", Kind::Hex),
+    ("trace-id", Kind::Echo),
+    ("request-id", Kind::Hex),
+];
+
+/// A preset's typed fields, in key order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypedTable {
+    fields: Vec<(Box<str>, Kind)>,
+    /// Key of the echo field (0: none).
+    echo_key: u64,
+}
+
+impl TypedTable {
+    /// Refuses a list the spec does not allow (kinds, names, duplicates, size).
+    pub fn new(fields: Vec<(String, Kind)>) -> Result<TypedTable, String> {
+        if fields.len() > MAX_TYPED_FIELDS {
+            return Err(format!(
+                "a preset declares at most {MAX_TYPED_FIELDS} typed fields, got {}",
+                fields.len()
+            ));
+        }
+        let mut echo_key = 0;
+        for (i, (name, kind)) in fields.iter().enumerate() {
+            if !valid_name(name) {
+                return Err(format!(
+                    "typed field name {name:?} must be a lowercase header name"
+                ));
+            }
+            if *kind == Kind::Echo {
+                if echo_key != 0 {
+                    return Err("a preset declares at most one echo field".into());
+                }
+                echo_key = i as u64 + 1;
+            } else if fields[..i]
+                .iter()
+                .any(|(n, k)| n == name && *k != Kind::Echo)
+            {
+                return Err(format!("typed field {name:?} is declared twice"));
+            }
+        }
+        Ok(TypedTable {
+            fields: fields
+                .into_iter()
+                .map(|(n, k)| (n.into_boxed_str(), k))
+                .collect(),
+            echo_key,
+        })
+    }
+
+    pub fn generic() -> TypedTable {
+        TypedTable::new(
+            GENERIC_TYPED
+                .iter()
+                .map(|(n, k)| (n.to_string(), *k))
+                .collect(),
+        )
+        .expect("the generic list is valid")
+    }
+
+    /// The fields, in key order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, Kind)> {
+        self.fields.iter().map(|(n, k)| (&**n, *k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The name an echo stands for, if the table has an echo field.
+    pub fn echo_name(&self) -> Option<&str> {
+        (self.echo_key > 0).then(|| &*self.fields[self.echo_key as usize - 1].0)
+    }
+
+    /// The value an echo in the answer to a request with `headers` stands for.
+    pub(crate) fn echo_value_of<'h, H: HeaderList + ?Sized>(
+        &self,
+        headers: &'h H,
+    ) -> Option<&'h str> {
+        let name = self.echo_name()?;
+        (0..headers.field_count())
+            .map(|i| headers.field(i))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    fn lookup(&self, name: &str) -> Option<(u64, Kind)> {
+        self.fields
+            .iter()
+            .enumerate()
+            .find(|(_, (n, k))| **n == *name && *k != Kind::Echo)
+            .map(|(i, (_, k))| (i as u64 + 1, *k))
+    }
+
+    /// How one outgoing field travels (the reference's `TypedTable.split`).
+    pub(crate) fn classify(
+        &self,
+        name: &str,
+        value: &str,
+        echo_value: Option<&str>,
+        epoch_ms: u64,
+    ) -> Typed {
+        if self.echo_key > 0 && echo_value == Some(value) && self.echo_name() == Some(name) {
+            return Typed::Echo(self.echo_key);
+        }
+        match self.lookup(name) {
+            Some((key, kind)) if canonical(kind, value, epoch_ms) => Typed::Value(key, kind),
+            _ => Typed::No,
+        }
+    }
+
+    /// Append the typed section's entries for the fields that have a typed form.
+    pub(crate) fn encode<H: HeaderList + ?Sized>(
+        &self,
+        out: &mut Vec<u8>,
+        headers: &H,
+        epoch_ms: u64,
+        echo_value: Option<&str>,
+    ) {
+        for i in 0..headers.field_count() {
+            let (name, value) = headers.field(i);
+            match self.classify(name, value, echo_value, epoch_ms) {
+                Typed::No => {}
+                Typed::Echo(key) => encode_varint(out, key),
+                Typed::Value(key, kind) => {
+                    encode_varint(out, key);
+                    encode_value(out, kind, value, epoch_ms);
+                }
+            }
+        }
+    }
+
+    /// Decode a typed section, appending its fields to `out`. Decoded fields
+    /// count against `budget` (what `max_header_list_size` leaves after the
+    /// HPACK fields) with RFC 7541 sizes: a one-byte echo counts a whole value.
+    pub(crate) fn decode(
+        &self,
+        section: &[u8],
+        epoch_ms: u64,
+        echo_value: Option<&str>,
+        budget: i128,
+        out: &mut Headers,
+    ) -> Result<(), ProtocolError> {
+        let mut offset = 0;
+        let mut list_size: i128 = 0;
+        let mut value = String::new();
+        while offset < section.len() {
+            let (key, next) = decode_varint_complete(section, offset)?;
+            offset = next;
+            if key == 0 || key > self.fields.len() as u64 {
+                return Err(ProtocolError::new(
+                    ErrorCode::FieldError,
+                    format!("unknown typed field key {key}"),
+                ));
+            }
+            let (name, kind) = &self.fields[key as usize - 1];
+            value.clear();
+            if *kind == Kind::Echo {
+                let Some(echo) = echo_value else {
+                    return Err(ProtocolError::new(
+                        ErrorCode::FieldError,
+                        format!("{name} echo with no {name} on the request"),
+                    ));
+                };
+                value.push_str(echo);
+            } else {
+                offset = decode_value(*kind, section, offset, epoch_ms, &mut value)?;
+            }
+            out.push(name, &value);
+            list_size += (name.len() + value.len() + 32) as i128;
+            if list_size > budget {
+                return Err(ProtocolError::new(
+                    ErrorCode::HeaderListTooLarge,
+                    format!("typed fields exceed max_header_list_size {}", budget.max(0)),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-fn canonical_hex(value: &str) -> bool {
-    let len = value.len();
-    len > 0
-        && len <= 2 * MAX_HEX_BYTES
-        && len % 2 == 0
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+.^_`|~-".contains(&b)
+        })
 }
 
-/// The value of a canonical TIME field (digits, no leading zero, < 10^16).
-fn canonical_time(value: &str) -> Option<i64> {
+/// How one outgoing field travels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Typed {
+    /// Through HPACK.
+    No,
+    Value(u64, Kind),
+    Echo(u64),
+}
+
+// ------------------------------------------------------------ canonical forms
+
+/// The value of a canonical decimal (ASCII digits, no leading zero) below `limit`.
+fn decimal(value: &str, limit: u64) -> Option<u64> {
     let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > 16 || !bytes.iter().all(u8::is_ascii_digit) {
+    if bytes.is_empty() || bytes.len() > 17 || !bytes.iter().all(u8::is_ascii_digit) {
         return None;
     }
     if bytes.len() > 1 && bytes[0] == b'0' {
         return None;
     }
-    let parsed: i64 = value.parse().ok()?;
-    (parsed < MAX_TIME).then_some(parsed)
+    let parsed: u64 = value.parse().ok()?;
+    (parsed < limit).then_some(parsed)
 }
 
-#[cfg(test)]
-fn zigzag(value: i64) -> u64 {
-    if value >= 0 {
-        (value as u64) << 1
+fn hex_value(c: u8, upper: bool) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' if !upper => Some(c - b'a' + 10),
+        b'A'..=b'F' if upper => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn canonical_hex(value: &str, upper: bool) -> bool {
+    let len = value.len();
+    len > 0
+        && len <= 2 * MAX_TYPED_BYTES
+        && len % 2 == 0
+        && value.bytes().all(|b| hex_value(b, upper).is_some())
+}
+
+fn canonical_uuid(value: &str, upper: bool) -> bool {
+    let b = value.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => hex_value(c, upper).is_some(),
+        })
+}
+
+const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn b64_digit(c: u8, url: bool) -> Option<u8> {
+    let alphabet = if url { B64_URL } else { B64_STD };
+    alphabet.iter().position(|&a| a == c).map(|p| p as u8)
+}
+
+/// The bytes of a canonical base64(url) value (re-encoding gives it back).
+fn b64_bytes(value: &str, url: bool) -> Option<Vec<u8>> {
+    let b = value.as_bytes();
+    if b.is_empty() || b.len() > 4 * MAX_TYPED_BYTES.div_ceil(3) {
+        return None;
+    }
+    let digits: &[u8] = if url {
+        if b.len() % 4 == 1 {
+            return None;
+        }
+        b
     } else {
-        ((-(value as i128)) * 2 - 1) as u64
+        if b.len() % 4 != 0 {
+            return None;
+        }
+        let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        &b[..b.len() - pad]
+    };
+    if !url && digits.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in digits {
+        acc = (acc << 6) | b64_digit(c, url)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Unused trailing bits must be zero, else re-encoding would differ.
+    if acc != 0 || out.is_empty() || out.len() > MAX_TYPED_BYTES {
+        return None;
+    }
+    Some(out)
+}
+
+fn b64_text(raw: &[u8], url: bool, out: &mut String) {
+    let alphabet = if url { B64_URL } else { B64_STD };
+    for chunk in raw.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        let digits = chunk.len() + 1;
+        for i in 0..4 {
+            if i < digits {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if !url {
+                out.push('=');
+            }
+        }
+    }
+}
+
+fn zigzag_delta(value: i64, epoch: i64) -> u128 {
+    let delta = value as i128 - epoch as i128;
+    if delta >= 0 {
+        (delta as u128) << 1
+    } else {
+        ((-delta) as u128) * 2 - 1
     }
 }
 
@@ -73,207 +389,218 @@ fn unzigzag(value: u64) -> i64 {
     }
 }
 
-/// How one outgoing field travels.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Typed {
-    /// Through HPACK.
-    No,
-    Hex(u64),
-    Time(u64, i64),
-    Echo,
-}
-
-/// The typed form of a field, if it has one (the reference's `split_typed`).
-#[inline]
-pub(crate) fn classify(name: &str, value: &str, echo_trace_id: Option<&str>) -> Typed {
-    if let Some(key) = hex_key(name) {
-        if canonical_hex(value) {
-            if key == KEY_TRACE_ID && Some(value) == echo_trace_id {
-                return Typed::Echo;
-            }
-            return Typed::Hex(key);
-        }
-    }
-    if let Some(key) = time_key(name) {
-        if let Some(time) = canonical_time(value) {
-            return Typed::Time(key, time);
-        }
-    }
-    Typed::No
-}
-
-/// A TIME delta that does not fit a varint (an epoch absurdly far from the
-/// value): the reference fails with a `ValueError` here.
-pub(crate) fn time_fits(time: i64, epoch_ms: u64) -> bool {
-    zigzag_delta(time, epoch_ms) <= MAX_VARINT as u128
-}
-
-fn zigzag_delta(time: i64, epoch_ms: u64) -> u128 {
-    let delta = time as i128 - epoch_ms as i128;
-    if delta >= 0 {
-        (delta as u128) << 1
+fn epoch_of(kind: Kind, epoch_ms: u64) -> i64 {
+    if kind == Kind::TimeS {
+        (epoch_ms / 1000) as i64
     } else {
-        ((-delta) as u128) * 2 - 1
+        epoch_ms as i64
     }
 }
 
-/// Append the typed section's entries for the fields that have a typed form.
-pub(crate) fn encode_typed<H: HeaderList + ?Sized>(
-    out: &mut Vec<u8>,
-    headers: &H,
-    epoch_ms: u64,
-    echo_trace_id: Option<&str>,
-) {
-    for i in 0..headers.field_count() {
-        let (name, value) = headers.field(i);
-        match classify(name, value, echo_trace_id) {
-            Typed::No => {}
-            Typed::Echo => encode_varint(out, KEY_TRACE_ID_ECHO),
-            Typed::Hex(key) => {
-                encode_varint(out, key);
-                encode_varint(out, (value.len() / 2) as u64);
-                out.extend(
-                    value
-                        .as_bytes()
-                        .chunks(2)
-                        .map(|pair| (hex_digit(pair[0]) << 4) | hex_digit(pair[1])),
-                );
-            }
-            Typed::Time(key, time) => {
-                encode_varint(out, key);
-                encode_varint(out, zigzag_delta(time, epoch_ms) as u64);
-            }
+/// Whether `value` is canonical for `kind` (and, for times, its distance from
+/// the epoch fits a varint: otherwise it goes through HPACK, as the reference does).
+fn canonical(kind: Kind, value: &str, epoch_ms: u64) -> bool {
+    match kind {
+        Kind::Hex => canonical_hex(value, false),
+        Kind::HexUpper => canonical_hex(value, true),
+        Kind::Uuid => canonical_uuid(value, false),
+        Kind::UuidUpper => canonical_uuid(value, true),
+        Kind::TimeMs | Kind::TimeS => {
+            let limit = if kind == Kind::TimeMs {
+                MAX_TIME_MS
+            } else {
+                MAX_TIME_S
+            };
+            decimal(value, limit as u64).is_some_and(|v| {
+                zigzag_delta(v as i64, epoch_of(kind, epoch_ms)) <= MAX_VARINT as u128
+            })
         }
+        Kind::Uint => decimal(value, MAX_VARINT + 1).is_some(),
+        Kind::Base64Url => b64_bytes(value, true).is_some(),
+        Kind::Base64 => b64_bytes(value, false).is_some(),
+        Kind::Echo => false,
     }
 }
 
-fn hex_digit(c: u8) -> u8 {
-    if c.is_ascii_digit() {
-        c - b'0'
-    } else {
-        c - b'a' + 10
+/// Append the wire form of a canonical `value` (checked by `canonical`).
+fn encode_value(out: &mut Vec<u8>, kind: Kind, value: &str, epoch_ms: u64) {
+    match kind {
+        Kind::Hex | Kind::HexUpper => {
+            encode_varint(out, (value.len() / 2) as u64);
+            out.extend(value.as_bytes().chunks(2).map(|pair| {
+                let upper = kind == Kind::HexUpper;
+                (hex_value(pair[0], upper).unwrap_or(0) << 4)
+                    | hex_value(pair[1], upper).unwrap_or(0)
+            }));
+        }
+        Kind::Uuid | Kind::UuidUpper => {
+            let digits: Vec<u8> = value.bytes().filter(|&c| c != b'-').collect();
+            let upper = kind == Kind::UuidUpper;
+            out.extend(digits.chunks(2).map(|pair| {
+                (hex_value(pair[0], upper).unwrap_or(0) << 4)
+                    | hex_value(pair[1], upper).unwrap_or(0)
+            }));
+        }
+        Kind::TimeMs | Kind::TimeS => {
+            let v = decimal(value, u64::MAX).unwrap_or(0) as i64;
+            encode_varint(out, zigzag_delta(v, epoch_of(kind, epoch_ms)) as u64);
+        }
+        Kind::Uint => encode_varint(out, decimal(value, u64::MAX).unwrap_or(0)),
+        Kind::Base64Url | Kind::Base64 => {
+            let raw = b64_bytes(value, kind == Kind::Base64Url).unwrap_or_default();
+            encode_varint(out, raw.len() as u64);
+            out.extend_from_slice(&raw);
+        }
+        Kind::Echo => {}
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Decode a typed section, appending its fields to `out`. Decoded fields count
-/// against `budget` (what `max_header_list_size` leaves after the HPACK
-/// fields) with RFC 7541 sizes: a one-byte ECHO counts a whole trace-id.
-pub(crate) fn decode_typed(
+fn push_hex(value: &mut String, bytes: &[u8], upper: bool) {
+    let digits = if upper { HEX_UPPER } else { HEX_LOWER };
+    for &byte in bytes {
+        value.push(digits[(byte >> 4) as usize] as char);
+        value.push(digits[(byte & 15) as usize] as char);
+    }
+}
+
+/// Decode one value of `kind` at `offset` into `value`; return the next offset.
+fn decode_value(
+    kind: Kind,
     section: &[u8],
+    offset: usize,
     epoch_ms: u64,
-    echo_trace_id: Option<&str>,
-    budget: i128,
-    out: &mut Headers,
-) -> Result<(), ProtocolError> {
-    let mut offset = 0;
-    let mut list_size: i128 = 0;
-    let mut value = String::new();
-    while offset < section.len() {
-        let (key, next) = decode_varint_complete(section, offset)?;
-        offset = next;
-        let name;
-        value.clear();
-        match key {
-            KEY_TRACE_ID | KEY_SIGN | KEY_REQUEST_ID => {
-                let (length, next) = decode_varint_complete(section, offset)?;
-                offset = next;
-                if !(1..=MAX_HEX_BYTES as u64).contains(&length)
-                    || offset + length as usize > section.len()
-                {
-                    return Err(ProtocolError::new(
-                        ErrorCode::FieldError,
-                        format!("typed field {key} length {length}"),
-                    ));
-                }
-                for &byte in &section[offset..offset + length as usize] {
-                    value.push(HEX[(byte >> 4) as usize] as char);
-                    value.push(HEX[(byte & 15) as usize] as char);
-                }
-                offset += length as usize;
-                name = match key {
-                    KEY_TRACE_ID => TRACE_ID,
-                    KEY_SIGN => "sign",
-                    _ => "request-id",
-                };
-            }
-            KEY_TS | KEY_SERVER_TIME => {
-                let (delta, next) = decode_varint_complete(section, offset)?;
-                offset = next;
-                let time = epoch_ms as i64 + unzigzag(delta);
-                if !(0..MAX_TIME).contains(&time) {
-                    return Err(ProtocolError::new(
-                        ErrorCode::FieldError,
-                        format!("typed time {time} out of range"),
-                    ));
-                }
-                use std::fmt::Write;
-                let _ = write!(value, "{time}");
-                name = if key == KEY_TS { "ts" } else { "server-time" };
-            }
-            KEY_TRACE_ID_ECHO => {
-                let Some(trace_id) = echo_trace_id else {
-                    return perr(
-                        ErrorCode::FieldError,
-                        "trace-id echo with no trace-id on the request",
-                    );
-                };
-                value.push_str(trace_id);
-                name = TRACE_ID;
-            }
-            _ => {
+    value: &mut String,
+) -> Result<usize, ProtocolError> {
+    match kind {
+        Kind::Hex | Kind::HexUpper | Kind::Base64Url | Kind::Base64 => {
+            let (length, offset) = decode_varint_complete(section, offset)?;
+            if !(1..=MAX_TYPED_BYTES as u64).contains(&length)
+                || length > (section.len() - offset) as u64
+            {
                 return Err(ProtocolError::new(
                     ErrorCode::FieldError,
-                    format!("unknown typed field key {key}"),
-                ))
+                    format!("typed {} length {length}", kind.name()),
+                ));
             }
+            let raw = &section[offset..offset + length as usize];
+            match kind {
+                Kind::Hex => push_hex(value, raw, false),
+                Kind::HexUpper => push_hex(value, raw, true),
+                _ => b64_text(raw, kind == Kind::Base64Url, value),
+            }
+            Ok(offset + length as usize)
         }
-        out.push(name, &value);
-        list_size += (name.len() + value.len() + 32) as i128;
-        if list_size > budget {
-            return Err(ProtocolError::new(
-                ErrorCode::HeaderListTooLarge,
-                format!("typed fields exceed max_header_list_size {}", budget.max(0)),
-            ));
+        Kind::Uuid | Kind::UuidUpper => {
+            if section.len() - offset < 16 {
+                return perr(ErrorCode::FieldError, "typed uuid runs past the section");
+            }
+            let raw = &section[offset..offset + 16];
+            let upper = kind == Kind::UuidUpper;
+            for (i, part) in [&raw[..4], &raw[4..6], &raw[6..8], &raw[8..10], &raw[10..]]
+                .iter()
+                .enumerate()
+            {
+                if i > 0 {
+                    value.push('-');
+                }
+                push_hex(value, part, upper);
+            }
+            Ok(offset + 16)
         }
+        Kind::Uint => {
+            let (number, offset) = decode_varint_complete(section, offset)?;
+            use std::fmt::Write;
+            let _ = write!(value, "{number}");
+            Ok(offset)
+        }
+        Kind::TimeMs | Kind::TimeS => {
+            let (delta, offset) = decode_varint_complete(section, offset)?;
+            let limit = if kind == Kind::TimeMs {
+                MAX_TIME_MS
+            } else {
+                MAX_TIME_S
+            };
+            let time = epoch_of(kind, epoch_ms) as i128 + unzigzag(delta) as i128;
+            if !(0..limit as i128).contains(&time) {
+                return Err(ProtocolError::new(
+                    ErrorCode::FieldError,
+                    format!("typed time {time} out of range"),
+                ));
+            }
+            use std::fmt::Write;
+            let _ = write!(value, "{time}");
+            Ok(offset)
+        }
+        Kind::Echo => Ok(offset),
     }
-    Ok(())
-}
-
-/// The first `trace-id` of a header list.
-pub(crate) fn trace_id_of<H: HeaderList + ?Sized>(headers: &H) -> Option<&str> {
-    (0..headers.field_count())
-        .map(|i| headers.field(i))
-        .find(|(n, _)| *n == TRACE_ID)
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn zigzag_round_trip() {
-        for v in [0i64, 1, -1, 123, -370, 1 << 40, -(1 << 40)] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
-        assert_eq!(zigzag(123), 246);
-        assert_eq!(zigzag(-370), 739);
+    fn round_trip(kind: Kind, value: &str) {
+        let table = TypedTable::new(vec![("x".into(), kind)]).unwrap();
+        let headers = [("x", value)];
+        assert_eq!(
+            table.classify("x", value, None, 1_764_000_000_500),
+            Typed::Value(1, kind)
+        );
+        let mut section = Vec::new();
+        table.encode(&mut section, &headers[..], 1_764_000_000_500, None);
+        let mut out = Headers::new();
+        table
+            .decode(&section, 1_764_000_000_500, None, 1 << 20, &mut out)
+            .unwrap();
+        assert_eq!(out.get(0), Some(("x", value)), "{kind:?}");
     }
 
     #[test]
-    fn canonical_forms() {
-        assert!(canonical_hex("3da95cd2167b75dfb948f82a8317cba0"));
-        assert!(!canonical_hex("3DA9"));
-        assert!(!canonical_hex("abc"));
-        assert_eq!(canonical_time("0"), Some(0));
-        assert_eq!(canonical_time("01"), None);
-        assert_eq!(
-            canonical_time("9999999999999999"),
-            Some(9_999_999_999_999_999)
-        );
-        assert_eq!(canonical_time("10000000000000000"), None);
-        assert_eq!(canonical_time("١٢"), None);
+    fn kinds_round_trip_their_canonical_values() {
+        round_trip(Kind::Uuid, "6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+        round_trip(Kind::UuidUpper, "6BA7B810-9DAD-11D1-80B4-00C04FD430C8");
+        round_trip(Kind::HexUpper, "00FF");
+        round_trip(Kind::TimeS, "1764000000");
+        round_trip(Kind::TimeS, "0");
+        round_trip(Kind::Uint, "72057594037927935");
+        round_trip(Kind::Base64Url, "q83vEjRWeJq83vEjRWeJqw");
+        round_trip(Kind::Base64, "q83vEjRWeJq83vEjRWeJqw==");
+        round_trip(Kind::Base64, "QQ==");
+    }
+
+    #[test]
+    fn non_canonical_values_are_not_typed() {
+        for (kind, value) in [
+            (Kind::Uuid, "6BA7B810-9DAD-11D1-80B4-00C04FD430C8"),
+            (Kind::HexUpper, "00ff"),
+            (Kind::Uint, "72057594037927936"),
+            (Kind::Uint, "007"),
+            (Kind::Base64Url, "q83vEjRWeJq83vEjRWeJqx"),
+            (Kind::Base64, "QQ="),
+            (Kind::TimeS, "10000000000000"),
+        ] {
+            let table = TypedTable::new(vec![("x".into(), kind)]).unwrap();
+            assert_eq!(table.classify("x", value, None, 0), Typed::No, "{value}");
+        }
+    }
+
+    #[test]
+    fn invalid_lists_are_refused() {
+        assert!(TypedTable::new(vec![("X".into(), Kind::Hex)]).is_err());
+        assert!(TypedTable::new(vec![("x".into(), Kind::Hex), ("x".into(), Kind::Uint)]).is_err());
+        assert!(TypedTable::new(vec![("x".into(), Kind::Echo), ("y".into(), Kind::Echo)]).is_err());
+        assert!(TypedTable::new(vec![("x".into(), Kind::Hex), ("x".into(), Kind::Echo)]).is_ok());
+    }
+
+    #[test]
+    fn zigzag_round_trip() {
+        for v in [0i64, 1, -1, 123, -370, 1 << 40, -(1 << 40)] {
+            assert_eq!(unzigzag(zigzag_delta(v, 0) as u64), v);
+        }
+        assert_eq!(zigzag_delta(123, 0), 246);
+        assert_eq!(zigzag_delta(-370, 0), 739);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use mmtp::hpack::{encode_context_free, Decoder, Encoder};
-use mmtp::{Headers, Presets, Role};
+use mmtp::{Headers, Role};
 use serde_json::Value;
 
 fn data() -> Value {
@@ -18,7 +18,7 @@ fn data() -> Value {
 }
 
 fn preset(id: u64) -> Arc<mmtp::PresetTable> {
-    Presets::builtin().get(id).unwrap().clone()
+    presets().get(id).unwrap().clone()
 }
 
 #[test]
@@ -178,7 +178,12 @@ fn prefix_receiver(role: &str, prefix: &str, prefixes: &Value) -> mmtp::Connecti
     if prefix == "none" {
         return server;
     }
-    perform(&mut client, "send_hello", &prefixes["hello_args"]).unwrap();
+    let hello_args = if prefix == "after-app-hello" {
+        &prefixes["app_hello_args"]
+    } else {
+        &prefixes["hello_args"]
+    };
+    perform(&mut client, "send_hello", hello_args).unwrap();
     let hello = client.data_to_send();
     let mut events = Vec::new();
     if prefix != "hello-sent" {

@@ -5,9 +5,11 @@ same format, so ``cargo test`` checks the Rust crate against the reference on
 far more inputs without needing Python:
 
 * ``conversations``: random conversations (presets, dictionaries, table size
-  changes, typed fields, evictions, prepared pushes, local refusals) in the
-  format of ``protocol_spec/vectors/conversations.json``, plus
-  ``client_options`` / ``server_options`` / ``server_limits``;
+  changes, typed fields of every kind, connection-scoped headers, evictions,
+  prepared pushes, paced dictionary delivery, local refusals) in the format
+  of ``protocol_spec/vectors/conversations.json``, plus ``client_options`` /
+  ``server_options`` / ``server_limits``;
+* ``presets.json`` (next to it): the random application presets they use;
 * ``hpack``: encoder sequences (header lists, peer table size changes,
   context-free blocks) with the bytes the reference produced;
 * ``hpack_decode``: valid and mutated header blocks with what the reference's
@@ -54,14 +56,19 @@ from channel.wire import (  # noqa: E402
     Role,
 )
 from channel.wire.headers import HeaderDecoder, HeaderEncoder, encode_context_free  # noqa: E402
+from channel.wire.presets import Preset, register_preset  # noqa: E402
+from channel.wire.typed import KINDS  # noqa: E402
 from channel.wire.vectors import event_to_json, perform  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "data" / "differential.json"  # always this checkout's
+PRESETS_OUT = OUT.with_name("presets.json")
 VECTORS = ROOT / "protocol_spec" / "vectors"
 DICT = Dictionary.from_file_bytes((VECTORS / "dict-7.mmtpdict").read_bytes())
 DICTS = {7: DICT}
 INVALID = json.loads((VECTORS / "invalid.json").read_text())
 EPOCH_MS = 1_764_000_000_000
+for _name in INVALID["preset_files"]:
+    register_preset(Preset.from_json((VECTORS / _name).read_text(encoding="utf-8")))
 
 
 def _harden_hpack() -> None:
@@ -87,8 +94,29 @@ NAMES = [
     "trace-id", "ts", "sign", "server-time", "request-id", "collapse-key", "cache-control",
     "priority", "retry", "locale", "content-type", "authorization", "cookie", "user-agent",
     "accept", "x-city", "biz-scene", "app-scene", "message-id", "token", "set-cookie", "x-long",
-    "accept-encoding", "etag",
+    "accept-encoding", "etag", "x-req", "x-when", "x-n", "x-nonce", "x-sig", "x-span",
+    "x-uid", "x-at", "x-session",
 ]
+#: The random application presets (ids 40-43), made in ``main``.
+APP_PRESETS: list[Preset] = []
+
+
+def make_app_presets(rng: random.Random) -> list[Preset]:
+    presets = []
+    for preset_id in range(40, 44):
+        names = rng.sample(NAMES, 12)
+        typed: list[tuple[str, str]] = []
+        for name in names[:rng.randint(0, 8)]:
+            typed.append((name, rng.choice([k for k in KINDS if k != "echo"])))
+        if typed and rng.random() < 0.7:
+            typed.insert(rng.randint(0, len(typed)), (rng.choice(typed)[0], "echo"))
+        entries = tuple((rng.choice(NAMES), rng.choice(VALUES)) for _ in range(rng.randint(0, 12)))
+        presets.append(Preset(
+            preset_id, f"random-{preset_id}", entries, typed=tuple(typed),
+            connection=tuple(names[8:8 + rng.randint(0, 3)]),
+            never_indexed=tuple(names[11:12] if rng.random() < 0.6 else ()),
+        ))
+    return presets
 VALUES = [
     "", "zh-CN", "en-US", "application/json", "high", "normal", "no-cache", "1", "home",
     "上海", "收款到账", "gzip, deflate", "Bearer abc.def", "bill-list", "0", "007",
@@ -98,6 +126,13 @@ VALUES = [
 
 def rand_value(rng: random.Random) -> str:
     roll = rng.random()
+    if roll < 0.12:
+        return rng.choice([
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "6BA7B810-9DAD-11D1-80B4-00C04FD430C8",
+            "00FF", str(EPOCH_MS // 1000 + rng.randint(-100, 100)), str(rng.randint(0, 10**6)),
+            "q83vEjRWeJq83vEjRWeJqw", "q83vEjRWeJq83vEjRWeJqw==", "QQ==", "QQ=", "a-_b",
+            str(2**56), "0" + str(rng.randint(1, 9)),
+        ])
     if roll < 0.25:
         return "".join(rng.choice("0123456789abcdef") for _ in range(2 * rng.randint(1, 40)))
     if roll < 0.35:
@@ -150,10 +185,14 @@ class Conversation:
             server_limits["header_table_size"] = rng.choice([8192, 65536])
         if rng.random() < 0.2:
             server_limits["max_concurrent_streams"] = rng.choice([1, 2])
-        options = [{"encoder_table_size_cap": rng.choice([4096, 8192, 65536, 1000])}
-                   for _ in range(2)]
+        options: list[dict[str, Any]] = [
+            {"encoder_table_size_cap": rng.choice([4096, 8192, 65536, 1000])} for _ in range(2)
+        ]
         if rng.random() < 0.2:
             options[0]["send_typed_headers"] = False
+        if rng.random() < 0.3:
+            options[0]["connection_header_names"] = rng.sample(NAMES, rng.randint(1, 3))
+        self.preset = rng.choice([0, 1, 1, 9, 40, 41, 42, 43, 40, 41])
         self.spec.update(client_limits=client_limits, server_limits=server_limits,
                          client_options=options[0], server_options=options[1])
         self.conns = {
@@ -174,6 +213,7 @@ class Conversation:
             body_codec=BodyCodec(DictionaryStore([DICT] if 7 in dicts else [])),
             encoder_table_size_cap=options["encoder_table_size_cap"],
             send_typed_headers=options.get("send_typed_headers", True),
+            connection_header_names=frozenset(options.get("connection_header_names", ())),
         )
 
     def step(self, actor: str, action: str, args: dict[str, Any]) -> list[Any]:
@@ -201,22 +241,24 @@ class Conversation:
         rng = self.rng
         args = {"op": rng.choice(["user.get", "bill.list.query", "x", "账单"]),
                 "headers": rand_headers(rng), "body": rand_body(rng)}
+        receiver = self.conns["server" if actor == "client" else "client"]
         for event in self.step(actor, "send_request", args):
             if type(event).__name__ == "RequestReceived":
-                trace = next((v for n, v in event.headers if n == "trace-id"), None)
+                echo = receiver._typed.echo_name or "trace-id"
+                trace = next((v for n, v in event.headers if n == echo), None)
                 self.remote["server" if actor == "client" else "client"].append(
-                    (event.stream_id, trace))
+                    (event.stream_id, trace, echo))
 
     def answer(self, actor: str) -> None:
         rng = self.rng
-        stream_id, trace = self.remote[actor].pop(rng.randrange(len(self.remote[actor])))
+        stream_id, trace, echo = self.remote[actor].pop(rng.randrange(len(self.remote[actor])))
         if rng.random() < 0.2:
             self.step(actor, "send_error", {"stream_id": stream_id, "code": "FORBIDDEN",
                                             "message": "no", "retry_after_ms": 5})
             return
         headers = rand_headers(rng, 4)
         if trace is not None and rng.random() < 0.6:
-            headers.insert(rng.randint(0, len(headers)), ["trace-id", trace])
+            headers.insert(rng.randint(0, len(headers)), [echo, trace])
         self.step(actor, "send_response", {"stream_id": stream_id, "headers": headers,
                                            "body": rand_body(rng),
                                            "status": rng.choice([0, 0, 27, 999])})
@@ -232,14 +274,18 @@ class Conversation:
 
     def run(self) -> dict[str, Any]:
         rng = self.rng
-        hello = {"device_id": "dev-" + str(rng.randint(1, 999)), "preset_id": rng.choice([0, 1, 1]),
+        hello = {"device_id": "dev-" + str(rng.randint(1, 999)), "preset_id": self.preset,
                  "client_time_ms": EPOCH_MS, "dictionaries": self.spec["client_dictionaries"],
                  "app_id": "com.example", "token": {"hex": "746f6b"}}
         self.step("client", "send_hello", hello)
         for _ in range(rng.randint(0, 3)):
             self.request("client")
-        self.step("server", "accept", {"session_id": {"hex": "01"}, "heartbeat_s": 60,
-                                       "server_time_ms": EPOCH_MS + rng.randint(0, 1000)})
+        accept: dict[str, Any] = {"session_id": {"hex": "01"}, "heartbeat_s": 60,
+                                  "server_time_ms": EPOCH_MS + rng.randint(0, 1000)}
+        if rng.random() < 0.3:
+            accept["newest_dictionary"] = rng.choice([0, 7, 8])
+        self.step("server", "accept", accept)
+        offset = 0
         for _ in range(rng.randint(10, 30)):
             roll = rng.random()
             if roll < 0.2:
@@ -271,7 +317,15 @@ class Conversation:
                 self.step("client", "send_cancel", {"stream_id": stream})
                 self.remote["server"] = [s for s in self.remote["server"] if s[0] != stream]
             elif roll < 0.93 and 7 in self.spec["server_dictionaries"]:
-                self.step("server", "send_dictionary", {"dict_id": 7})
+                if offset == 0 and rng.random() < 0.5:
+                    self.step("server", "send_dictionary", {"dict_id": 7})
+                else:
+                    chunk = rng.choice([100, 1500, 4096, 70000])
+                    sent = min(chunk, self.conns["server"].peer_max_frame_size - 32)
+                    self.step("server", "send_dictionary_chunk",
+                              {"dict_id": 7, "offset": offset, "max_chunk_bytes": chunk})
+                    if "local_error" not in self.spec["steps"][-1]:
+                        offset = 0 if offset + sent >= len(DICT.content) else offset + sent
         if rng.random() < 0.5:
             self.step(rng.choice(["client", "server"]), "send_goaway",
                       {"code": "SHUTTING_DOWN", "reconnect_after_ms": 100, "message": "bye"})
@@ -280,7 +334,7 @@ class Conversation:
 
 
 def hpack_case(rng: random.Random) -> dict[str, Any]:
-    preset = rng.choice([0, 1])
+    preset = rng.choice([0, 1, 9, 40, 41, 42, 43])
     cap = rng.choice([4096, 8192, 300, 65536])
     encoder = HeaderEncoder(preset, cap)
     decoder = HeaderDecoder(preset, 1 << 20, 1 << 20)
@@ -363,9 +417,10 @@ def prefix_pair(prefix: str) -> tuple[Connection, Connection, bytes]:
     """(client, server, HELLO bytes) after the invalid.json prefix; the receiver is one of them."""
     args = INVALID["prefixes"]
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
-    perform(client, "send_hello", args["hello_args"], {})
+    hello_args = args["app_hello_args"] if prefix == "after-app-hello" else args["hello_args"]
+    perform(client, "send_hello", hello_args, {})
     hello = client.data_to_send()
-    if prefix in ("after-hello", "accepted", "accepted-with-open-stream"):
+    if prefix in ("after-hello", "after-app-hello", "accepted", "accepted-with-open-stream"):
         server.receive_data(hello)
         perform(server, "accept", args["accept_args"], {})
         client.receive_data(server.data_to_send())
@@ -397,8 +452,10 @@ def seed_frames(rng: random.Random, role: str, prefix: str) -> bytes:
         what = rng.choice(choices)
         try:
             if what == "req":
-                sender.send_request("op.x", b"{}" * rng.randint(0, 30),
-                                    [tuple(h) for h in rand_headers(rng, 4)])
+                headers = [tuple(h) for h in rand_headers(rng, 4)]
+                if role == "server" and rng.random() < 0.5:
+                    headers += [("cookie", rand_value(rng)), ("user-agent", "ua/1")]
+                sender.send_request("op.x", b"{}" * rng.randint(0, 30), headers)
             elif what == "push":
                 headers = [tuple(h) for h in rand_headers(rng, 3)]
                 sender.send_push(b"m-1", rand_body_bytes(rng), headers)
@@ -436,6 +493,7 @@ def rand_body_bytes(rng: random.Random) -> bytes:
 def receive_case(rng: random.Random) -> dict[str, Any]:
     role, prefix = rng.choice([
         ("server", "none"), ("server", "after-hello"), ("server", "after-hello"),
+        ("server", "after-app-hello"), ("server", "after-app-hello"),
         ("client", "hello-sent"), ("client", "accepted"), ("client", "accepted-with-open-stream"),
     ])
     data = seed_frames(rng, role, prefix)
@@ -468,11 +526,18 @@ def receive_case(rng: random.Random) -> dict[str, Any]:
 def main() -> None:
     _harden_hpack()
     rng = random.Random(20261206)
+    APP_PRESETS.extend(make_app_presets(rng))
+    for preset in APP_PRESETS:
+        register_preset(preset)
+    PRESETS_OUT.parent.mkdir(parents=True, exist_ok=True)
+    PRESETS_OUT.write_text(
+        json.dumps([json.loads(p.to_json()) for p in APP_PRESETS], ensure_ascii=False) + "\n"
+    )
     data = {
         "note": "made by native/mmtp/tests/generate_differential.py from channel/wire",
         "prefixes": INVALID["prefixes"],
         "conversations": [Conversation(rng, i).run() for i in range(40)],
-        "hpack": [hpack_case(rng) for _ in range(50)],
+        "hpack": [hpack_case(rng) for _ in range(60)],
         "hpack_decode": [hpack_decode_case(rng) for _ in range(600)],
         "receive": [receive_case(rng) for _ in range(1500)],
     }

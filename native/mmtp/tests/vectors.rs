@@ -53,7 +53,7 @@ fn conversation_vectors() {
     for spec in vectors["conversations"].as_array().unwrap() {
         checks += replay_conversation(spec);
     }
-    assert_eq!(checks, 24);
+    assert_eq!(checks, 39);
 }
 
 /// A receiver brought into the state a prefix names (spec section 18.4).
@@ -61,11 +61,16 @@ fn receiver(role: &str, prefix: &str, prefixes: &Value) -> mmtp::Connection {
     let none = Value::Array(vec![]);
     let mut server = connection(Role::Server, Default::default(), &none, None);
     let mut client = connection(Role::Client, Default::default(), &none, None);
-    perform(&mut client, "send_hello", &prefixes["hello_args"]).unwrap();
+    let hello_args = if prefix == "after-app-hello" {
+        &prefixes["app_hello_args"]
+    } else {
+        &prefixes["hello_args"]
+    };
+    perform(&mut client, "send_hello", hello_args).unwrap();
     let hello = client.data_to_send();
     let mut events = Vec::new();
     if role == "server" {
-        if prefix == "after-hello" {
+        if prefix == "after-hello" || prefix == "after-app-hello" {
             server.receive(&hello, &mut events).unwrap();
             perform(&mut server, "accept", &prefixes["accept_args"]).unwrap();
             server.data_to_send();

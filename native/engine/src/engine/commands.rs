@@ -45,6 +45,7 @@ impl Engine {
                 heartbeat_s,
                 server_time_ms,
                 resumed,
+                newest_dictionary,
             } => {
                 let accept = mmtp::Accept {
                     session_id,
@@ -52,6 +53,7 @@ impl Engine {
                     heartbeat_s,
                     server_time_ms,
                     resumed,
+                    newest_dictionary,
                 };
                 let idle_ms = (heartbeat_s as f64 * self.config.idle_factor * 1000.0) as u64;
                 self.with_mmtp(conn, |engine, slot, m| match m.wire.accept(&accept) {
@@ -237,6 +239,25 @@ impl Engine {
                 let next = conn.timing.next_deadline(&self.durations);
                 self.lower_deadline(slot, next);
             }
+            Command::AddDictionary(dictionary) => {
+                if self.shared.codec.add_dictionary(dictionary).is_err() {
+                    self.failed();
+                }
+            }
+            Command::AddPreset(table) => {
+                let mut presets = self
+                    .shared
+                    .presets
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mut next = (**presets).clone();
+                match next.insert(*table) {
+                    Ok(()) => *presets = Arc::new(next),
+                    Err(_) => self.failed(),
+                }
+            }
+            Command::SetUsageApps(apps) => self.shared.usage.set_apps(&apps),
+            Command::Dict { conns, dict_id } => self.start_deliveries(conns, dict_id),
             Command::MqttWrite { conn, data } => {
                 let Some(slot) = self.live(conn) else {
                     return self.stale();

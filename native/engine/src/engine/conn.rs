@@ -21,6 +21,19 @@ pub struct Inflight {
     pub tracked: bool,
 }
 
+/// A dictionary delivery in progress on one connection (all zero: none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Delivery {
+    /// The dictionary being sent (0: none).
+    pub dict_id: u32,
+    /// Bytes of it sent so far.
+    pub offset: u32,
+    /// The dictionary to send once this one is done (0: none).
+    pub next_id: u32,
+    /// DICT bytes this connection was sent in its life (the budget).
+    pub sent: u32,
+}
+
 /// The MMTP side of a device connection.
 pub struct MmtpConn {
     pub wire: mmtp::Connection,
@@ -28,6 +41,7 @@ pub struct MmtpConn {
     pub inflight: Vec<Inflight>,
     /// Backend -> device calls awaiting their answer: (stream id, call token).
     pub calls: Vec<(u64, u64)>,
+    pub delivery: Delivery,
 }
 
 pub enum Proto {

@@ -10,6 +10,7 @@
 
 mod commands;
 pub mod conn;
+pub mod dicts;
 mod input;
 mod tlsio;
 
@@ -35,6 +36,7 @@ use crate::stats::Stats;
 use crate::ticketer::KeyRingTicketer;
 use crate::tls::{EarlyData, ServerConfigs};
 use conn::{flag, Conn, MmtpConn, Proto};
+use dicts::UsageTable;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener tokens sit above every slab slot (slots are u32).
@@ -76,7 +78,9 @@ pub struct Shared {
     /// TLS early data on single-use tickets (None: off, sealed tickets).
     pub early: Option<EarlyData>,
     pub codec: Arc<mmtp::BodyCodec>,
-    pub presets: Arc<mmtp::Presets>,
+    /// Replaced (not changed) when a preset is added: connections keep theirs.
+    pub presets: RwLock<Arc<mmtp::Presets>>,
+    pub usage: Arc<UsageTable>,
     pub config: EngineConfig,
 }
 
@@ -201,6 +205,12 @@ pub struct Engine {
     next_sweep_ms: u64,
     reading_paused: bool,
     shutdown: bool,
+    /// Connections with a dictionary delivery under way (`dicts.rs`).
+    delivering: VecDeque<ConnId>,
+    /// The node-wide delivery rate: bytes that may go now, refilled at `dict_refill_ms`.
+    dict_tokens: f64,
+    dict_refill_ms: u64,
+    usage_resolver: mmtp::UsageResolver,
 }
 
 impl Engine {
@@ -241,6 +251,10 @@ impl Engine {
             next_sweep_ms: config.sweep_interval_ms,
             reading_paused: false,
             shutdown: false,
+            delivering: VecDeque::new(),
+            dict_tokens: 0.0,
+            dict_refill_ms: 0,
+            usage_resolver: UsageTable::resolver(&shared.usage),
             shared,
             config,
         }
@@ -296,7 +310,11 @@ impl Engine {
             return Duration::ZERO;
         }
         let now = self.clock.elapsed().as_millis() as u64;
-        Duration::from_millis(self.next_sweep_ms.saturating_sub(now).max(1))
+        let mut wait_ms = self.next_sweep_ms.saturating_sub(now).max(1);
+        if !self.delivering.is_empty() {
+            wait_ms = wait_ms.min(dicts::PACE_INTERVAL_MS);
+        }
+        Duration::from_millis(wait_ms)
     }
 
     /// One round after a poll: accept, read, apply commands, sweep, publish, flush.
@@ -304,6 +322,7 @@ impl Engine {
         self.accept_all();
         self.run_commands();
         self.run_input();
+        self.pace_deliveries();
         if self.now_ms >= self.next_sweep_ms {
             self.sweep();
             self.next_sweep_ms = self.now_ms + self.config.sweep_interval_ms;
@@ -460,13 +479,20 @@ impl Engine {
         let _ = sock.set_nodelay(true);
         let proto = match kind {
             Kind::Mmtp => {
+                let presets = self
+                    .shared
+                    .presets
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 let wire = mmtp::Connection::with_options(
                     mmtp::Role::Server,
                     self.config.mmtp,
                     self.shared.codec.clone(),
-                    self.shared.presets.clone(),
+                    presets,
                     mmtp::Options {
                         counters: Some(self.shared.frames.clone()),
+                        usage_for_app: Some(self.usage_resolver.clone()),
                         ..mmtp::Options::default()
                     },
                 );
@@ -474,6 +500,7 @@ impl Engine {
                     wire,
                     inflight: Vec::new(),
                     calls: Vec::new(),
+                    delivery: Default::default(),
                 }))
             }
             Kind::Mqtt => Proto::Mqtt(Framer::default()),

@@ -146,6 +146,7 @@ impl Harness {
             heartbeat_s,
             server_time_ms: 1_700_000_000_000,
             resumed: false,
+            newest_dictionary: None,
         }]);
     }
 }

@@ -5,21 +5,29 @@
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
+use super::scoped::{apply_connection_update, check_connection_update, effective_request_headers};
 use super::{
-    setting, setting_problem, Connection, DictTransfer, LocalStream, RemoteStream, OP_HEADER,
+    generic_typed, setting, setting_problem, Connection, DictTransfer, LocalStream, RemoteStream,
+    OP_HEADER,
 };
-use crate::body::BodyCodec;
+use crate::body::{BodyCodec, BodyUsage, RAW_BODY};
 use crate::dictionaries::{Dictionary, MAX_DICTIONARY_ID};
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::events::Event;
-use crate::frames::{next_frame, scan, FrameRef, FrameType, FLAG_DICT_LAST, FLAG_SETTINGS_ACK};
+use crate::frames::{
+    next_frame, scan, FrameRef, FrameType, FLAG_CONN, FLAG_DICT_LAST, FLAG_SETTINGS_ACK,
+};
 use crate::headers::Headers;
 use crate::hello::{decode_hello, decode_hello_ack};
 use crate::hpack::{Decoder, Encoder};
 use crate::limits::{Limits, INITIAL_HEADER_TABLE_SIZE, MAX_PING_PAYLOAD, MIN_MAX_FRAME_SIZE};
 use crate::messages;
+use crate::messages::MessageTail;
+use crate::presets::PresetTable;
 use crate::state::{next_state, receivable, Role, State, Trigger};
-use crate::typed::{decode_typed, trace_id_of};
+use crate::typed::TypedTable;
 use crate::varint::decode_varint_complete;
 
 /// Marks an acknowledged id inside `unacked` while an ACK is processed.
@@ -30,59 +38,151 @@ struct MessageContext<'a> {
     decoder: Option<&'a mut Decoder>,
     limits: &'a Limits,
     codec: &'a BodyCodec,
+    typed: &'a TypedTable,
+    usage: Option<&'a BodyUsage>,
     recv_epoch_ms: u64,
 }
 
-/// Decode a message frame's header block, typed section and body.
+impl MessageContext<'_> {
+    /// Decode an HPACK block, appending to `headers`; return its list size.
+    fn block(&mut self, block: &[u8], headers: &mut Headers) -> Result<u64, ProtocolError> {
+        if block.is_empty() {
+            return Ok(0);
+        }
+        let Some(decoder) = self.decoder.as_mut() else {
+            return perr(ErrorCode::StateError, "header block before HELLO");
+        };
+        decoder.decode(block, self.limits.max_header_list_size, headers)
+    }
+
+    fn typed(
+        &self,
+        tail: &MessageTail<'_>,
+        echo_value: Option<&str>,
+        used: u64,
+        headers: &mut Headers,
+    ) -> Result<(), ProtocolError> {
+        if tail.typed_section.is_empty() {
+            return Ok(());
+        }
+        let budget = self.limits.max_header_list_size as i128 - used as i128;
+        self.typed.decode(
+            tail.typed_section,
+            self.recv_epoch_ms,
+            echo_value,
+            budget,
+            headers,
+        )
+    }
+
+    fn body(&self, tail: &MessageTail<'_>) -> Result<Vec<u8>, ProtocolError> {
+        let limits = self.limits;
+        if !tail.compressed {
+            if tail.body.len() as u64 > limits.max_body_size {
+                return perr(ErrorCode::BodyTooLarge, "raw body exceeds max_body_size");
+            }
+            if let Some(usage) = self.usage {
+                let size = tail.body.len() as u64;
+                usage.received(RAW_BODY, size, size);
+            }
+            return Ok(tail.body.to_vec());
+        }
+        let body =
+            self.codec
+                .decode(tail.body, limits.max_body_size, limits.max_zstd_window_size)?;
+        if let Some(usage) = self.usage {
+            let dict = decode_varint_complete(tail.body, 0).map_or(0, |(id, _)| id as i64);
+            usage.received(dict, body.len() as u64, tail.body.len() as u64);
+        }
+        Ok(body)
+    }
+}
+
+/// Decode a RESPONSE's or PUSH's header block, typed section and body.
 fn decode_message(
-    context: MessageContext<'_>,
+    mut context: MessageContext<'_>,
     payload: &[u8],
     offset: usize,
     flags: u8,
-    echo_trace_id: Option<&str>,
+    echo_value: Option<&str>,
 ) -> Result<(Headers, Vec<u8>), ProtocolError> {
-    let MessageContext {
-        decoder,
-        limits,
-        codec,
-        recv_epoch_ms,
-    } = context;
     let tail = messages::decode_tail(payload, offset, flags)?;
     let mut headers = Headers::new();
-    let mut hpack_size = 0;
-    if !tail.header_block.is_empty() {
-        let Some(decoder) = decoder else {
-            return perr(ErrorCode::StateError, "header block before HELLO");
-        };
-        hpack_size =
-            decoder.decode(tail.header_block, limits.max_header_list_size, &mut headers)?;
-    }
-    if !tail.typed_section.is_empty() {
-        let budget = limits.max_header_list_size as i128 - hpack_size as i128;
-        decode_typed(
-            tail.typed_section,
-            recv_epoch_ms,
-            echo_trace_id,
-            budget,
-            &mut headers,
-        )?;
-    }
-    if !tail.compressed {
-        if tail.body.len() as u64 > limits.max_body_size {
-            return perr(ErrorCode::BodyTooLarge, "raw body exceeds max_body_size");
-        }
-        return Ok((headers, tail.body.to_vec()));
-    }
-    let body = codec.decode(tail.body, limits.max_body_size, limits.max_zstd_window_size)?;
+    let hpack_size = context.block(tail.header_block, &mut headers)?;
+    context.typed(&tail, echo_value, hpack_size, &mut headers)?;
+    let body = context.body(&tail)?;
     Ok((headers, body))
 }
 
+/// A REQUEST's effective headers (`:op` first), body, and the connection
+/// header list after it (None: unchanged), checked in spec section 6.4's order.
+fn decode_request(
+    mut context: MessageContext<'_>,
+    payload: &[u8],
+    offset: usize,
+    flags: u8,
+    connection: &Headers,
+) -> Result<(Headers, Vec<u8>, Option<Headers>), ProtocolError> {
+    let tail = messages::decode_tail(payload, offset, flags)?;
+    let mut own = Headers::new();
+    let hpack_size = context.block(tail.header_block, &mut own)?;
+    let mut updated = None;
+    if !tail.conn_block.is_empty() {
+        let mut update = Headers::new();
+        context.block(tail.conn_block, &mut update)?;
+        check_connection_update(&update)?;
+        let after = apply_connection_update(connection, &update);
+        let limit = context.limits.max_connection_header_list_size;
+        if after.list_size() > limit {
+            return Err(ProtocolError::new(
+                ErrorCode::HeaderListTooLarge,
+                format!(
+                    "connection headers of {} bytes exceed max_connection_header_list_size {limit}",
+                    after.list_size()
+                ),
+            ));
+        }
+        updated = Some(after);
+    }
+    context.typed(&tail, None, hpack_size, &mut own)?;
+    let connection = updated.as_ref().unwrap_or(connection);
+    let headers = if connection.is_empty() {
+        own
+    } else {
+        let effective = effective_request_headers(connection, &own);
+        let limit = context.limits.max_header_list_size;
+        if effective.list_size() > limit {
+            return Err(ProtocolError::new(
+                ErrorCode::HeaderListTooLarge,
+                format!("request with its connection headers exceeds max_header_list_size {limit}"),
+            ));
+        }
+        effective
+    };
+    let body = context.body(&tail)?;
+    match headers.get(0) {
+        Some((name, value)) if name == OP_HEADER && !value.is_empty() => {}
+        _ => {
+            return perr(
+                ErrorCode::FieldError,
+                "REQUEST must start with an :op header",
+            )
+        }
+    }
+    Ok((headers, body, updated))
+}
+
 impl Connection {
-    fn message_context(&mut self) -> MessageContext<'_> {
+    fn message_context<'a>(
+        &'a mut self,
+        preset: &'a Option<Arc<PresetTable>>,
+    ) -> MessageContext<'a> {
         MessageContext {
             decoder: self.decoder.as_mut(),
             limits: &self.limits,
             codec: &self.codec,
+            typed: preset.as_deref().map_or(generic_typed(), |p| p.typed()),
+            usage: self.usage.as_deref(),
             recv_epoch_ms: self.recv_epoch_ms,
         }
     }
@@ -234,9 +334,9 @@ impl Connection {
                 self.presets.unknown_message(hello.preset_id),
             ));
         };
-        self.preset_id = preset.id;
         self.decoder = Some(Decoder::new(preset.clone(), self.limits.header_table_size));
-        let mut encoder = Encoder::new(preset, self.encoder_table_size_cap);
+        let mut encoder = Encoder::new(preset.clone(), self.encoder_table_size_cap);
+        self.preset = Some(preset);
         encoder.use_peer_table_size(hello.header_table_size);
         self.encoder = Some(encoder);
         self.peer_max_frame_size = hello.max_frame_size;
@@ -250,6 +350,9 @@ impl Connection {
             .max()
             .map_or(0, |&d| d as u32);
         self.recv_epoch_ms = hello.client_time_ms;
+        if let Some(resolve) = self.usage_for_app.take() {
+            self.usage = resolve(&hello.app_id);
+        }
         self.state = next_state(self.role, self.state, Trigger::RecvHello)
             .map_err(|m| ProtocolError::new(ErrorCode::StateError, m))?;
         events.push(Event::HelloReceived(Box::new(hello)));
@@ -262,12 +365,13 @@ impl Connection {
         events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
         let ack = decode_hello_ack(payload)?;
-        if ack.preset_id != self.preset_id as u64 {
+        if ack.preset_id != self.preset_id() as u64 {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownPreset,
                 format!(
                     "HELLO_ACK preset {} differs from the HELLO's {}",
-                    ack.preset_id, self.preset_id
+                    ack.preset_id,
+                    self.preset_id()
                 ),
             ));
         }
@@ -279,6 +383,7 @@ impl Connection {
         self.peer_max_body_size = ack.max_body_size;
         self.peer_max_concurrent_streams = ack.max_concurrent_streams;
         self.peer_max_header_list_size = ack.max_header_list_size;
+        self.peer_max_connection_header_list_size = ack.max_connection_header_list_size;
         let listed = std::mem::take(&mut self.hello_dictionaries);
         self.outgoing_dictionary = self
             .codec
@@ -313,17 +418,26 @@ impl Connection {
                 format!("stream {stream_id} is already open"),
             ));
         }
-        let (mut headers, body) =
-            decode_message(self.message_context(), payload, offset, flags, None)?;
-        match headers.get(0) {
-            Some((name, value)) if name == OP_HEADER && !value.is_empty() => {}
-            _ => {
-                return perr(
-                    ErrorCode::FieldError,
-                    "REQUEST must start with an :op header",
-                )
-            }
+        if flags & FLAG_CONN != 0 && self.role == Role::Client {
+            return perr(ErrorCode::ProtocolError, "CONN flag on a server's REQUEST");
         }
+        let preset = self.preset.clone();
+        let connection = std::mem::take(&mut self.conn_headers);
+        let decoded = decode_request(
+            self.message_context(&preset),
+            payload,
+            offset,
+            flags,
+            &connection,
+        );
+        let (mut headers, body, updated) = match decoded {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.conn_headers = connection;
+                return Err(error);
+            }
+        };
+        self.conn_headers = updated.unwrap_or(connection);
         if self.goaway_sent {
             self.refuse(stream_id, "draining: retry on a new connection");
             return Ok(());
@@ -336,9 +450,10 @@ impl Connection {
             self.refuse(stream_id, &why);
             return Ok(());
         }
+        let trace_id = self.typed().echo_value_of(&headers).map(Box::from);
         self.remote_streams.push(RemoteStream {
             id: stream_id,
-            trace_id: trace_id_of(&headers).map(Box::from),
+            trace_id,
         });
         let op = headers.take_first_value();
         events.push(Event::RequestReceived {
@@ -386,10 +501,13 @@ impl Connection {
             .iter()
             .find(|s| s.id == stream_id)
             .and_then(|s| s.trace_id.as_deref());
+        let preset = self.preset.as_deref();
         let context = MessageContext {
             decoder: self.decoder.as_mut(),
             limits: &self.limits,
             codec: &self.codec,
+            typed: preset.map_or(generic_typed(), |p| p.typed()),
+            usage: self.usage.as_deref(),
             recv_epoch_ms: self.recv_epoch_ms,
         };
         let (headers, body) = decode_message(context, payload, offset, flags, echo)?;
@@ -433,7 +551,9 @@ impl Connection {
         }
         let end = offset + length as usize;
         let message_id = payload[offset..end].to_vec();
-        let (headers, body) = decode_message(self.message_context(), payload, end, flags, None)?;
+        let preset = self.preset.clone();
+        let (headers, body) =
+            decode_message(self.message_context(&preset), payload, end, flags, None)?;
         events.push(Event::PushReceived {
             delivery_id,
             message_id,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mmtp::{
-    Accept, BodyCodec, Connection, Dictionary, ErrorCode, Event, Headers, Hello, HelloAck, Limits,
-    LocalError, Options, Presets, Role,
+    Accept, BodyCodec, Connection, Dictionary, ErrorCode, Event, Headers, Hello, HelloAck, Kind,
+    Limits, LocalError, Options, PresetTable, Presets, Role,
 };
 use serde_json::{json, Map, Value};
 
@@ -27,6 +27,80 @@ pub fn vectors_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => repo_root().join("protocol_spec/vectors"),
     }
+}
+
+/// A preset from its JSON file form (spec section 9.3).
+pub fn preset_from_json(value: &Value) -> PresetTable {
+    let pairs = |key: &str| -> Vec<(String, String)> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap().to_owned(),
+                            p[1].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let names = |key: &str| -> Vec<String> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let typed = value.get("typed").map(|_| {
+        pairs("typed")
+            .into_iter()
+            .map(|(n, k)| (n, Kind::parse(&k).unwrap()))
+            .collect()
+    });
+    PresetTable::with_declarations(
+        value["id"].as_u64().unwrap() as u32,
+        value.get("name").and_then(Value::as_str).unwrap_or(""),
+        pairs("entries"),
+        typed,
+        names("connection"),
+        names("never_indexed"),
+    )
+    .unwrap()
+}
+
+/// Presets 0 and 1, the vectors' preset files, and the differential data's presets.
+pub fn presets() -> Arc<Presets> {
+    static PRESETS: std::sync::OnceLock<Arc<Presets>> = std::sync::OnceLock::new();
+    PRESETS
+        .get_or_init(|| {
+            let mut presets = Presets::builtin();
+            let conversations = load_json(vectors_dir().join("conversations.json"));
+            for name in conversations["preset_files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let file = load_json(vectors_dir().join(name.as_str().unwrap()));
+                presets.insert(preset_from_json(&file)).unwrap();
+            }
+            let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/presets.json");
+            if data.exists() {
+                for preset in load_json(data).as_array().into_iter().flatten() {
+                    presets.insert(preset_from_json(preset)).unwrap();
+                }
+            }
+            Arc::new(presets)
+        })
+        .clone()
 }
 
 pub fn dictionary() -> Dictionary {
@@ -123,6 +197,7 @@ fn ack_json(ack: &HelloAck) -> Value {
         "max_body_size": ack.max_body_size,
         "server_time_ms": ack.server_time_ms,
         "resumed": ack.resumed,
+        "max_connection_header_list_size": ack.max_connection_header_list_size,
         "version": ack.version,
     })
 }
@@ -263,7 +338,15 @@ pub fn connection(
             opts.send_typed_headers = typed;
         }
     }
-    Connection::with_options(role, limits, codec, Arc::new(Presets::builtin()), opts)
+    if let Some(names) = options.and_then(|o| o.get("connection_header_names")) {
+        opts.connection_header_names = names
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+    }
+    Connection::with_options(role, limits, codec, presets(), opts)
 }
 
 /// Carry out one scripted action.
@@ -299,6 +382,10 @@ pub fn perform(connection: &mut Connection, action: &str, args: &Value) -> Resul
                     .get("resumed")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                newest_dictionary: args
+                    .get("newest_dictionary")
+                    .and_then(Value::as_u64)
+                    .map(|id| id as u32),
             })
             .map(|_| ()),
         "reject" => connection.reject(code(args, "code", "NO_ERROR"), s(args, "message"), 0),
@@ -372,6 +459,18 @@ pub fn perform(connection: &mut Connection, action: &str, args: &Value) -> Resul
         "send_dictionary" => {
             assert_eq!(u(args, "dict_id", 0), 7);
             connection.send_dictionary(&dictionary())
+        }
+        "send_dictionary_chunk" => {
+            assert_eq!(u(args, "dict_id", 0), 7);
+            connection
+                .send_dictionary_chunk(
+                    &dictionary(),
+                    u(args, "offset", 0) as usize,
+                    args.get("max_chunk_bytes")
+                        .and_then(Value::as_u64)
+                        .map(|n| n as usize),
+                )
+                .map(|_| ())
         }
         other => panic!("unknown scripted action {other}"),
     }
