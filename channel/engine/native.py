@@ -237,7 +237,10 @@ class NativeEngine:
             )
         )
         # The ticket went out in HELLO_ACK; no secret outlives its use.
-        session = NativeMmtpSession(self, conn, dataclasses.replace(result, resume_ticket=b""))
+        kept = AuthResult(
+            result.device, result.session_id, result.resumed, b"", result.auth_expires_at
+        )
+        session = NativeMmtpSession(self, conn, kept)
         self._sessions[conn] = session
         service.authenticated(result.resumed, fast_open)
         service.registry.add(session)
