@@ -201,8 +201,8 @@ async def calls(capture: Capture) -> None:
         await client.call("channel.time")
         with contextlib.suppress(ChannelError):  # NOT_FOUND: the capture node has no routes
             await client.call("account.balance.get", JSON_BODY, headers=headers[:1])
-        await client.subscribe("news", "fz.topic-1")
-        await client.unsubscribe("news")
+        await client.subscribe("public.news", "public.fz.topic-1")
+        await client.unsubscribe("public.news")
         await client.ping()
         await client.ping()
         cancelled = asyncio.ensure_future(client.call("channel.echo", b"to be cancelled"))
@@ -279,7 +279,7 @@ async def presets(capture: Capture) -> None:
         device_id = f"fz-preset{preset_id}"
         async with capture.client(device_id, credential="token", preset_id=preset_id) as client:
             await client.call("channel.echo", JSON_BODY, headers=[("trace-id", TRACE_ID)])
-            await client.call("channel.subscribe", b'{"topics": ["news"]}')
+            await client.call("channel.subscribe", b'{"topics": ["public.news"]}')
 
 
 async def wire_client(capture: Capture) -> None:
