@@ -75,6 +75,8 @@ class NativeEngine:
         self.mqtt_front: MqttFront | None = None
         self._commands: list[tuple[Any, ...]] = []
         self._flush_scheduled = False
+        self._flushed_early = False
+        self._dispatching = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_token = 0
         self.draining = False
@@ -189,13 +191,27 @@ class NativeEngine:
         self._commands.append(command)
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush_commands)
+            self._loop.call_soon(self._turn_end)
+
+    def _turn_end(self) -> None:
+        self._flush_scheduled = False
+        self._flushed_early = False
+        self.flush_commands()
 
     def flush_commands(self) -> None:
-        self._flush_scheduled = False
         commands, self._commands = self._commands, []
         if commands and self._engine is not None:
             self._engine.submit(commands)
+
+    def flush_early(self) -> None:
+        """Submit now what is queued (an RPC answer), not at the end of the loop turn:
+        the answer leaves while Python finishes its bookkeeping, a loop turn sooner.
+        Once per turn, and never while an event batch is being handled (its end
+        submits): what follows in the same turn still goes down in one batch."""
+        if self._flushed_early or self._dispatching:
+            return
+        self._flushed_early = True
+        self.flush_commands()
 
     def next_call_token(self) -> int:
         self._next_token += 1
@@ -207,6 +223,7 @@ class NativeEngine:
         engine = self._engine
         if engine is None:
             return
+        self._dispatching = True
         try:
             for event in engine.take_events():
                 handler = self._handlers.get(event[0])
@@ -214,6 +231,8 @@ class NativeEngine:
                     handler(self, event)
         except Exception:
             log.exception("native engine event failed")
+        finally:
+            self._dispatching = False
         if self._issued:
             issued, self._issued = self._issued, []
             self._spawn(self._store_tickets(issued))
@@ -254,7 +273,10 @@ class NativeEngine:
             )
         )
         # The ticket went out in HELLO_ACK; no secret outlives its use.
-        session = NativeMmtpSession(self, conn, dataclasses.replace(result, resume_ticket=b""))
+        kept = AuthResult(
+            result.device, result.session_id, result.resumed, b"", result.auth_expires_at
+        )
+        session = NativeMmtpSession(self, conn, kept)
         self._sessions[conn] = session
         service.authenticated(result.resumed, fast_open)
         service.registry.add(session)
@@ -507,7 +529,9 @@ class NativeMmtpSession(MmtpSession):
         return self._native.fanout(pushes, [self])
 
     def flush(self) -> None:
-        """Commands go down at the end of the loop turn, with every other session's."""
+        """The first flush of a loop turn submits at once; the rest go down at the end
+        of the turn, with every other session's (``NativeEngine.flush_early``)."""
+        self._native.flush_early()
 
     # -------------------------------------------------- MmtpSession primitives
 

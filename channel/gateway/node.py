@@ -151,7 +151,9 @@ class GatewayNode:
             if key_id is None:
                 key_id = 1  # a bare file name: the single key of a small deployment
             keys[key_id] = load_public_key(path)
-        verifier = TokenVerifier(keys, leeway_s=auth.token_leeway_s)
+        verifier = TokenVerifier(
+            keys, leeway_s=auth.token_leeway_s, cache_entries=auth.token_cache_entries
+        )
         secret = auth.ticket_secret.encode() if auth.ticket_secret else _dev_ticket_secret(state)
         self._ticket_secret = secret
         ring = TicketKeyRing.from_master_secret(

@@ -81,6 +81,10 @@ class MmtpService:
             else None
         )
         self.wire = WireCounters()
+        # The labelled children, looked up once: labels() costs more than inc() itself,
+        # and a handshake storm calls this per device.
+        self._handshakes_full = metrics.handshakes.labels("full")
+        self._handshakes_resumed = metrics.handshakes.labels("resumed")
 
     # ------------------------------------------------------------- handshake
 
@@ -115,7 +119,7 @@ class MmtpService:
 
     def authenticated(self, resumed: bool, fast_open: bool) -> None:
         """Count a completed handshake (either engine)."""
-        self.metrics.handshakes.labels("resumed" if resumed else "full").inc()
+        (self._handshakes_resumed if resumed else self._handshakes_full).inc()
         if fast_open:
             self.metrics.fast_open_handshakes.inc()
 

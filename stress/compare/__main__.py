@@ -210,6 +210,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--churn-s", type=float, default=10.0, help="seconds per handshake run (10)")
     p.add_argument("--workers", type=int, default=16, help="handshake loops in flight (16)")
+    p.add_argument(
+        "--token-cache-entries",
+        type=int,
+        default=None,
+        help="Channel's [auth] token_cache_entries in the handshake runs (default: the "
+        "product's; 0: every full handshake verifies its token's signature)",
+    )
     p.add_argument("--rpc-calls", type=int, default=2000, help="calls per RPC round (2000)")
     p.add_argument("--rpc-rounds", type=int, default=2, help="direct/gateway alternations (2)")
     p.add_argument(

@@ -290,7 +290,11 @@ def unicast_redis(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
 
 def handshakes(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
     workers = ctx.args.workers
-    server = ctx.start(spec, workers * 4, "handshakes")
+    channel: dict[str, Any] = {}
+    cache_entries = ctx.args.token_cache_entries
+    if spec.kind == "channel" and cache_entries is not None:
+        channel["config_toml"] = f"[auth]\ntoken_cache_entries = {cache_entries}\n"
+    server = ctx.start(spec, workers * 4, "handshakes", **channel)
     out: dict[str, Any] = {}
     try:
         argv = [

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod mqtt;
 pub mod proxy;
 pub mod runtime;
+pub mod sig;
 pub mod singleuse;
 pub mod stats;
 pub mod sys;

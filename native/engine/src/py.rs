@@ -959,10 +959,17 @@ impl PyEngine {
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;
     Ok(())
 }
 
 #[pyfunction]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
+}
+
+/// Whether `signature` is `public_key`'s (32 raw bytes) Ed25519 signature of `message`.
+#[pyfunction]
+fn ed25519_verify(public_key: &[u8], signature: &[u8], message: &[u8]) -> bool {
+    crate::sig::ed25519_verify(public_key, signature, message)
 }

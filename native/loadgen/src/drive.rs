@@ -159,11 +159,14 @@ pub fn hold<P: Proto, F: Factory<P>>(
 /// `workers` loops of connect -> TLS -> first bytes -> ready -> RST for `seconds`;
 /// prints `{"handshakes": n, "resumed": m, "errors": e, "seconds": s}` (resumed:
 /// TLS resumptions). `configs[w]` holds worker w's TLS tickets when resuming.
+/// `resume`: a connection also shows what its predecessor left (the MMTP resume
+/// ticket); without it every connection is a full one (MMTP: the token is checked).
 pub fn churn<P: Proto, F: Factory<P>>(
     mut links: Links<P>,
     configs: Vec<Arc<ClientConfig>>,
     mut factory: F,
     seconds: f64,
+    resume: bool,
 ) {
     let workers = configs.len();
     let began = Instant::now();
@@ -195,7 +198,9 @@ pub fn churn<P: Proto, F: Factory<P>>(
                     if link.tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                         resumed += 1;
                     }
-                    tickets[link.worker] = factory.ticket(&link.proto);
+                    if resume {
+                        tickets[link.worker] = factory.ticket(&link.proto);
+                    }
                     true
                 }
                 Ok(false) => false,

@@ -101,6 +101,7 @@ fn main() {
                     configs,
                     factory,
                     seconds,
+                    resume,
                 );
             } else {
                 let body = std::fs::read(args.get("body")).expect("--body");
@@ -181,6 +182,7 @@ fn main() {
                     configs,
                     factory,
                     seconds,
+                    resume,
                 );
             }
         }

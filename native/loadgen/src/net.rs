@@ -75,6 +75,14 @@ fn provider() -> Arc<CryptoProvider> {
         rustls::crypto::ring::kx_group::X25519,
         rustls::crypto::ring::kx_group::SECP256R1,
     ];
+    // Offered in the order phones offer them (BoringSSL on Android and Apple's stack
+    // with AES hardware: AES-128-GCM first); rustls alone lists AES-256-GCM-SHA384
+    // first, which makes every server hash its handshake with SHA-384.
+    provider.cipher_suites = vec![
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
     Arc::new(provider)
 }
 
