@@ -727,3 +727,26 @@ fn fast_open(conn: &Conn, stats: &Stats) -> bool {
     }
     carried
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offering(names: Option<&[&[u8]]>) -> ClientHello {
+        ClientHello {
+            alpn: names.map(|n| n.iter().map(|p| p.to_vec()).collect()),
+            ..ClientHello::default()
+        }
+    }
+
+    #[test]
+    fn mqtt_listeners_take_no_alpn_or_mqtt_and_mmtp_only_mmtp() {
+        let none = offering(None);
+        let mqtt = offering(Some(&[b"x-amzn-mqtt-ca", b"mqtt"]));
+        let other = offering(Some(&[b"h2", b"mmtp/1"]));
+        assert!(alpn_ok(&none, true) && alpn_ok(&mqtt, true));
+        assert!(!alpn_ok(&other, true));
+        assert!(alpn_ok(&other, false));
+        assert!(!alpn_ok(&none, false) && !alpn_ok(&mqtt, false));
+    }
+}
