@@ -61,6 +61,19 @@ class Received:
         return dict(getattr(props, "UserProperty", []) or []) if props is not None else {}
 
 
+class ProxiedPahoClient(paho.Client):
+    """paho-mqtt behind an L4 balancer: the balancer's PROXY header goes out on the TCP
+    connection before paho's first byte (before TLS, as a balancer passing TLS through
+    sends it)."""
+
+    proxy_header = b""
+
+    def _create_socket_connection(self) -> Any:
+        sock = super()._create_socket_connection()
+        sock.sendall(self.proxy_header)
+        return sock
+
+
 @dataclass
 class PahoBox:
     """A paho-mqtt client on a background thread; see the module docstring."""
@@ -74,6 +87,8 @@ class PahoBox:
     clean: bool = True
     keepalive: int = 60
     context: ssl.SSLContext | None = None
+    #: Sent before anything else on the connection, as a balancer would (b"": none).
+    proxy_header: bytes = b""
     messages: queue.Queue[Received] = field(default_factory=queue.Queue)
     _acks: dict[int, queue.Queue[Any]] = field(default_factory=dict)
     _connacks: queue.Queue[tuple[Any, Any, Any]] = field(default_factory=queue.Queue)
@@ -85,7 +100,12 @@ class PahoBox:
         kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
         if self.version != MQTT_5:
             kwargs["clean_session"] = self.clean
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        if self.proxy_header:
+            client = ProxiedPahoClient(CallbackAPIVersion.VERSION2, **kwargs)
+            client.proxy_header = self.proxy_header
+            self.client = client
+        else:
+            self.client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if self.ca is not None or self.context is not None:
             self.client.tls_set_context(self.context or mqtt_ssl_context(self.ca))  # type: ignore[arg-type]
         if self.username is not None or self.password is not None:
@@ -225,12 +245,20 @@ class RawBox:
     @classmethod
     async def connect(
         cls, port: int, connect: Connect, version: int, *, ca: Path | None = None,
-        context: ssl.SSLContext | None = None,
+        context: ssl.SSLContext | None = None, proxy_header: bytes = b"",
     ) -> tuple[RawBox, Connack | None]:  # fmt: skip
-        """Open, send ``connect``; (box, the CONNACK, or None if the server closed)."""
+        """Open, send ``connect``; (box, the CONNACK, or None if the server closed).
+        ``proxy_header``: sent first, before TLS, as a balancer would."""
         if context is None and ca is not None:
             context = mqtt_ssl_context(ca)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        if proxy_header:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(proxy_header)
+            await writer.drain()
+            if context is not None:
+                await writer.start_tls(context, server_hostname="localhost")
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         box = cls(reader, writer, version)
         await box.send(connect)
         try:

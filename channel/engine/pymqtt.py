@@ -9,10 +9,13 @@ pair per listener) with its own ALPN rule: MQTT clients offer no ALPN or
 
 Connections are counted against ``[server] max_connections`` and
 ``max_connections_per_ip`` when TCP accepts them, before any TLS work, through
-the same gate as the MMTP listener. One sweep enforces the deadlines: a
-CONNECT within ``[server] handshake_timeout_s`` of TCP accept (until the front
-calls ``set_idle``), then keepalive x 1.5 of silence, and slow consumers
-(``[limits] send_buffer_high_water_bytes`` / ``slow_consumer_grace_s``).
+the same gate as the MMTP listener. Behind balancers (``[server]
+proxy_protocol``) both listeners read the PROXY header first, as the MMTP
+listener does: only ``proxy_trusted`` peers may connect, and the box's address
+from the header is the one counted, logged and given to the front. One sweep
+enforces the deadlines: a CONNECT within ``[server] handshake_timeout_s`` of
+TCP accept (until the front calls ``set_idle``), then keepalive x 1.5 of
+silence, and slow consumers (``[limits] send_buffer_high_water_bytes`` / ``slow_consumer_grace_s``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, cast
 
-from channel.engine.tlsproto import AcceptGate, peer_ip_of, tls_server_factory
+from channel.engine.tlsproto import AcceptGate, ProxiedPeer, peer_ip_of, tls_server_factory
 from channel.mqtt.transport import MqttFront, MqttHandler
 from channel.security.tls import peer_certificate_identity
 
@@ -58,6 +61,7 @@ class PyMqttConnection(asyncio.Protocol):
         "_linger",
         "_listener",
         "_paused_since",
+        "_proxied",
         "_tls",
         "_transport",
         "cert_cn",
@@ -73,6 +77,8 @@ class PyMqttConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._handler: MqttHandler | None = None
         self._counted_ip: str | None = None
+        # Plain TCP behind a balancer: its PROXY header's reader until the header is read.
+        self._proxied: ProxiedPeer | None = None
         self._paused_since = 0.0
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None
@@ -87,25 +93,62 @@ class PyMqttConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         listener = self._listener
+        # Over TLS behind a balancer this is the box's address (the TLS layer read the
+        # PROXY header before the handshake); over plain TCP it is known from ours.
         self.ip = peer_ip_of(transport)
         if not self._tls:  # TLS connections were counted by the TLS layer
-            if not listener.gate.admit_connection(self.ip):
+            if not self._admit(listener.gate, transport):
                 self._transport.abort()
                 self._transport = None
                 return
-            self._counted_ip = self.ip
         elif listener.client_certificates:
             sslobj = transport.get_extra_info("ssl_object")
             self.cert_cn = peer_certificate_identity(sslobj) if sslobj is not None else None
         high = listener.config.limits.send_buffer_high_water_bytes
         self._transport.set_write_buffer_limits(high=high, low=high // 4)
         listener.connections.add(self)
-        self._handler = listener.front.opened(self)
+        if self._proxied is None:
+            self._handler = listener.front.opened(self)
+
+    def _admit(self, gate: AcceptGate, transport: asyncio.BaseTransport) -> bool:
+        """Plain TCP: count the connection (behind a balancer, in the total only until
+        its PROXY header names the box); False: refused."""
+        if gate.proxy is None:
+            admitted = gate.admit_connection(self.ip)
+        else:
+            admitted = ProxiedPeer.accept(gate, self.ip)
+            if admitted:
+                self._proxied = ProxiedPeer(gate.proxy, transport.get_extra_info("peername"))
+                self.ip = ""
+        if admitted:
+            self._counted_ip = self.ip
+        return admitted
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
-        if self._handler is not None and not self._closing:
+        if self._closing:
+            return
+        if self._proxied is not None:
+            data = self._read_proxy_header(self._proxied, data)
+            if not data:
+                return
+        if self._handler is not None:
             self._handler.data_received(data)
+
+    def _read_proxy_header(self, proxied: ProxiedPeer, data: bytes) -> bytes:
+        """The bytes after the balancer's PROXY header (b"" until it is whole); once it
+        is, the box's address is counted and the MQTT front hears of the connection."""
+        rest = proxied.read(self._listener.gate, data)
+        if rest is None:
+            self.abort()
+            return b""
+        if proxied.address is None:
+            return b""
+        self._proxied = None
+        self.ip = self._counted_ip = proxied.address[0]
+        if self._transport is not None:
+            self._handler = self._listener.front.opened(self)
+        return rest
 
     def eof_received(self) -> bool | None:
         return False

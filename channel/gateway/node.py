@@ -306,9 +306,15 @@ class GatewayNode:
         engine = self.engine
         if isinstance(engine, NativeEngine):
             engine.mqtt_front = self.mqtt
-            tls_port = engine.listen("mqtt", host, mqtt.port, tls=True) if mqtt.enabled else 0
+            # Boxes come through the same balancers as phones ([server] proxy_protocol).
+            proxy = self.config.server.proxy_protocol
+            tls_port = (
+                engine.listen("mqtt", host, mqtt.port, tls=True, proxy=proxy) if mqtt.enabled else 0
+            )
             tcp_port = (
-                engine.listen("mqtt", host, mqtt.tcp_port, tls=False) if mqtt.tcp_port >= 0 else 0
+                engine.listen("mqtt", host, mqtt.tcp_port, tls=False, proxy=proxy)
+                if mqtt.tcp_port >= 0
+                else 0
             )
             return tls_port, tcp_port
         if not mqtt.enabled and mqtt.tcp_port < 0:

@@ -15,6 +15,8 @@ use crate::ticketer::KeyRingTicketer;
 
 /// ALPN of MMTP listeners; a device that negotiates anything else is refused.
 pub const MMTP_ALPN: &[u8] = b"mmtp/1";
+/// The ALPN id an MQTT client may offer (none at all is fine too).
+pub const MQTT_ALPN: &[u8] = b"mqtt";
 
 /// Certificate, key and (optional) client CA, as PEM, from Python.
 #[derive(Clone, Debug, Default)]
@@ -111,7 +113,11 @@ pub fn server_configs(
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 1;
     config.max_early_data_size = 0;
-    let mqtt = Arc::new(config.clone());
+    let mut mqtt = config.clone();
+    // A client offering `mqtt` gets it selected (as on the Python engine); one offering
+    // only other protocols is refused before rustls sees it (engine/input.rs).
+    mqtt.alpn_protocols = vec![MQTT_ALPN.to_vec()];
+    let mqtt = Arc::new(mqtt);
     config.alpn_protocols = vec![MMTP_ALPN.to_vec()];
     if let Some(early) = early {
         // Early data needs stored tickets (singleuse.rs): the fleet's single-use store
@@ -287,7 +293,7 @@ mod tests {
     fn configs_are_tls13_with_one_ticket_and_alpn_on_mmtp_only() {
         let configs = server_configs(&material(), KeyRingTicketer::random(60), None).unwrap();
         assert_eq!(configs.mmtp.alpn_protocols, vec![b"mmtp/1".to_vec()]);
-        assert!(configs.mqtt.alpn_protocols.is_empty());
+        assert_eq!(configs.mqtt.alpn_protocols, vec![b"mqtt".to_vec()]);
         assert_eq!(configs.mmtp.send_tls13_tickets, 1);
         assert!(configs.mmtp.ticketer.enabled());
         assert_eq!(configs.mmtp.max_early_data_size, 0);

@@ -13,7 +13,7 @@ use crate::mqtt::{self, FramingError};
 use crate::proxy::{self, Parse};
 use crate::singleuse::{SingleUseStore, TICKET_ID_BYTES};
 use crate::stats::Stats;
-use crate::tls::{common_name, MMTP_ALPN};
+use crate::tls::{common_name, MMTP_ALPN, MQTT_ALPN};
 
 /// What reading one connection led to.
 enum Outcome {
@@ -122,7 +122,8 @@ impl Engine {
         let conn = self.conns.get_mut(slot).ok_or((0, Ending::Abort))?;
         let scratch = &mut self.scratch;
         if conn.tls.is_some() && !conn.has(flag::TLS_STARTED) {
-            match check_client_hello(&scratch.rx[..total]) {
+            let mqtt = matches!(conn.proto, Proto::Mqtt(_));
+            match check_client_hello(&scratch.rx[..total], mqtt) {
                 Hello::Incomplete => {
                     conn.rx_partial.clear();
                     conn.rx_partial.extend_from_slice(&scratch.rx[..total]);
@@ -145,7 +146,13 @@ impl Engine {
                     return Err((0, Ending::Graceful));
                 }
                 Hello::Start(hello) => {
-                    if let Some(early) = &self.shared.early {
+                    // MQTT listeners keep sealed tickets: no single-use store to ask.
+                    let early = if mqtt {
+                        None
+                    } else {
+                        self.shared.early.as_ref()
+                    };
+                    if let Some(early) = early {
                         if hello.early_data {
                             Stats::inc(&stats.early_data_offered);
                         }
@@ -667,26 +674,35 @@ fn resumption(store: &SingleUseStore, hello: ClientHello) -> Resumption {
     }
 }
 
-/// What the bytes received so far say about an MMTP connection's ClientHello.
+/// What the bytes received so far say about a connection's ClientHello.
 enum Hello {
     /// Wait for more bytes.
     Incomplete,
     /// Fail the handshake with this alert.
     Refuse(u8),
-    /// It offers `mmtp/1`: hand the bytes to rustls.
+    /// It offers what the listener speaks: hand the bytes to rustls.
     Start(ClientHello),
 }
 
 /// Spec section 3.2: a client that does not offer `mmtp/1` fails its handshake with
 /// `no_application_protocol`; bytes that are no ClientHello, with `decode_error`.
-fn check_client_hello(received: &[u8]) -> Hello {
+/// `mqtt`: an MQTT listener, where a client offers no ALPN or `mqtt` among others
+/// (the Python engine's rule, `channel.engine.pymqtt.mqtt_alpn`).
+fn check_client_hello(received: &[u8], mqtt: bool) -> Hello {
     match clienthello::read_client_hello(received) {
         Ok(None) if received.len() > MAX_HELLO_BUFFER_BYTES => Hello::Refuse(ALERT_DECODE_ERROR),
         Ok(None) => Hello::Incomplete,
         Err(_) => Hello::Refuse(ALERT_DECODE_ERROR),
-        Ok(Some(hello)) if !hello.offers(MMTP_ALPN) => Hello::Refuse(ALERT_NO_APPLICATION_PROTOCOL),
+        Ok(Some(hello)) if !alpn_ok(&hello, mqtt) => Hello::Refuse(ALERT_NO_APPLICATION_PROTOCOL),
         Ok(Some(hello)) => Hello::Start(hello),
     }
+}
+
+fn alpn_ok(hello: &ClientHello, mqtt: bool) -> bool {
+    if !mqtt {
+        return hello.offers(MMTP_ALPN);
+    }
+    hello.alpn.as_ref().map_or(true, |names| names.is_empty()) || hello.offers(MQTT_ALPN)
 }
 
 fn take_call(conn: &mut Conn, stream_id: u64) -> Option<u64> {
@@ -710,4 +726,27 @@ fn fast_open(conn: &Conn, stats: &Stats) -> bool {
         Stats::inc(&stats.fast_open_connections);
     }
     carried
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offering(names: Option<&[&[u8]]>) -> ClientHello {
+        ClientHello {
+            alpn: names.map(|n| n.iter().map(|p| p.to_vec()).collect()),
+            ..ClientHello::default()
+        }
+    }
+
+    #[test]
+    fn mqtt_listeners_take_no_alpn_or_mqtt_and_mmtp_only_mmtp() {
+        let none = offering(None);
+        let mqtt = offering(Some(&[b"x-amzn-mqtt-ca", b"mqtt"]));
+        let other = offering(Some(&[b"h2", b"mmtp/1"]));
+        assert!(alpn_ok(&none, true) && alpn_ok(&mqtt, true));
+        assert!(!alpn_ok(&other, true));
+        assert!(alpn_ok(&other, false));
+        assert!(!alpn_ok(&none, false) && !alpn_ok(&mqtt, false));
+    }
 }

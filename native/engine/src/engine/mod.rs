@@ -533,13 +533,8 @@ impl Engine {
             tx_pending: Vec::new(),
             out_plain: Vec::new(),
             timing,
-            // MQTT over TLS: rustls reads the ClientHello at once (no ALPN to check).
-            flags: pending
-                | if kind == Kind::Mqtt {
-                    flag::TLS_STARTED
-                } else {
-                    0
-                },
+            // TLS: the ClientHello's ALPN is checked before rustls sees it (input.rs).
+            flags: pending,
         });
         if self.deadlines.len() <= slot {
             self.deadlines.resize(slot + 1, u64::MAX);
