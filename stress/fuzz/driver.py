@@ -60,9 +60,11 @@ STALLED_AT_ONCE = 64
 RECENT_CASES_S = 6.0
 
 
-def node_settings() -> dict[str, dict[str, Any]]:
+def node_settings(engine: str | None = None) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {} if engine is None else {"engine": engine}
     return {
         "server": {
+            **server,
             "handshake_timeout_s": HANDSHAKE_TIMEOUT_S,
             "max_connections_per_ip": 100_000,
             "drain_timeout_s": 1.0,
@@ -381,6 +383,7 @@ class FuzzRun:
             options=self.options,
             stats=self.stats,
             findings=list(self.findings.values()),
+            engine=str(self.node.info.get("engine", "?")),
             corpus_sessions=len(self.corpus.sessions),
             rss=rss,
             healthz={
@@ -425,7 +428,9 @@ def run_fuzz(options: FuzzOptions) -> FuzzResult:
     with (
         upstream_process() as upstream_url,
         GatewayProcess(
-            name="fuzz", settings=node_settings(), config_toml=rpc_routes(upstream_url)
+            name="fuzz",
+            settings=node_settings(options.engine),
+            config_toml=rpc_routes(upstream_url),
         ) as node,
     ):
         run = FuzzRun(options, node, corpus)
