@@ -70,7 +70,8 @@ def node_settings(engine: str | None = None) -> dict[str, dict[str, Any]]:
             "drain_timeout_s": 1.0,
             # Hundreds of handshakes a second: glibc would keep their freed pages and
             # RSS would follow the allocator's high-water mark, not what the node holds
-            # (the knob is meant for such churn; see channel/gateway/heaptrim.py).
+            # (the knob is meant for such churn; see channel/engine/heaptrim.py; the
+            # Python engine acts on it, the native one ignores it).
             "malloc_trim_after_handshakes": 1000,
         },
         "heartbeat": {"interval_s": HEARTBEAT_S, "min_s": 1, "idle_factor": IDLE_FACTOR},
