@@ -520,6 +520,6 @@ async def test_subscribe_with_json_nested_too_deep_is_a_bad_request_not_a_traceb
     async with gateway(tmp_path) as gw, online(gw, "fan") as (fan,):
         with pytest.raises(BadRequest, match="topics"):
             await fan.client.call("channel.subscribe", nested)
-        assert await fan.client.subscribe("still-works") == 1
+        assert await fan.client.subscribe("public.still-works") == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
