@@ -484,6 +484,7 @@ def _serve(args: argparse.Namespace) -> int:
         },
         "log": {"level": args.log_level, "json": False if args.log_text else None},
         "api": {"port": args.api_port},
+        "mqtt": {"port": args.mqtt_port, "tcp_port": args.mqtt_tcp_port},
     }
     try:
         config = load_config(args.config, overrides=overrides)
@@ -526,6 +527,14 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
     serve.add_argument("--port", type=int, help="device port, 0 = any free port (default 8443)")
     serve.add_argument("--admin-port", type=int, help="admin/metrics port, 0 = any (default 9100)")
     serve.add_argument("--api-port", type=int, help="HTTP push API port, 0 = any (default 8080)")
+    serve.add_argument(
+        "--mqtt-port", type=int, help="MQTT over TLS port, 0 = any free port (default 8883)"
+    )
+    serve.add_argument(
+        "--mqtt-tcp-port",
+        type=int,
+        help="plain TCP MQTT port, 0 = any free port (default: off; for test rigs)",
+    )
     serve.add_argument("--workers", type=_positive_int, help="processes sharing the port")
     serve.add_argument(
         "--engine",

@@ -56,7 +56,7 @@ class Plan:
     batch: int = 25
     partition_s: float = 4.0
     settle_s: float = 60.0
-    engine: str = "python"
+    engine: str = "native"
     #: Each device's pause between two RPC calls (upgrade scenario).
     call_pause_s: float = 0.2
 
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--call-pause-s", type=float, default=0.2, help="between a device's calls")
-    parser.add_argument("--engine", default="python", choices=["python"])
+    parser.add_argument("--engine", default="native", choices=["native", "python"])
     parser.add_argument("--dir", type=Path, help="keep each fleet's logs under this directory")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -349,7 +349,12 @@ class EchoUpstream:
         app.router.add_post("/rpc/{op}", rpc)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "0.0.0.0", 0)
+        # A backlog as a real backend's: when every device's first call lands at once
+        # (the native engine admits 200 devices in a blink) the nodes open dozens of
+        # connections while this process's loop is busy with the devices' TLS; with
+        # aiohttp's 128 the kernel drops SYNs, the nodes' 1 s connect timeout fires and
+        # their circuit breaker opens: a fault of this stand-in, not of the fleet.
+        site = web.TCPSite(self._runner, "0.0.0.0", 0, backlog=4096)
         await site.start()
         server = site._server
         assert server is not None

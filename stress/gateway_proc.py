@@ -222,6 +222,8 @@ class GatewayProcess:
             "--log-level",
             self.log_level,
         ]
+        if "port" not in self.settings.get("mqtt", {}):
+            args += ["--mqtt-port", "0"]  # never the fixed default 8883
         if self.config_toml is not None:
             config_path = self.state_dir / f"{self.name}.toml"
             config_path.write_text(self.config_toml, encoding="utf-8")

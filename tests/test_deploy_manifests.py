@@ -38,7 +38,7 @@ def k8s_config() -> GatewayConfig:
     path = Path(__file__).parent / "_k8s_channel.toml"
     try:
         path.write_text(text)
-        return load_config(path, environ={"CHANNEL_SERVER__ENGINE": "python"})
+        return load_config(path, environ={})
     finally:
         path.unlink()
 
@@ -217,7 +217,7 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
         device_port=DEVICE_PORT,
         admin_port=ADMIN_PORT,
         api_port=API_PORT,
-        engine="python",
+        engine="native",
         balancer="10.0.0.2",
         drain_timeout_s=10,
         reconnect_after_ms=500,

@@ -55,6 +55,8 @@ async def test_fleet_serves_through_the_balancer_and_removes_everything(tmp_path
         thread.join(120)
     try:
         assert all(f.nodes and f.nodes[0].info for f in fleets), "a fleet did not start"
+        # The production default: the native engine reads HAProxy's PROXY v2 header.
+        assert [f.nodes[0].info["engine"] for f in fleets] == ["native", "native"]
         first, second = fleets
         assert first.network.subnet != second.network.subnet
         assert first.network.run_id != second.network.run_id

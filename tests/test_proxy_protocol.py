@@ -1,9 +1,10 @@
 """The PROXY protocol (v1, v2) before the device's TLS: the parser, then real gateways.
 
 The parser is fed literal headers (from the protocol's text), whole and a byte at a
-time. The gateway tests run a node with ``[server] proxy_protocol`` on both Python
-TLS engines and play the balancer themselves: a PROXY header naming a device
-address, then the device's TLS and HELLO over the same TCP connection.
+time. The gateway tests run a node with ``[server] proxy_protocol`` on both engines
+(and both of the Python engine's TLS engines) and play the balancer themselves: a
+PROXY header naming a device address, then the device's TLS and HELLO over the same
+TCP connection. The native engine's parser has its own tests (cargo test).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from raw_device import RawDevice
 from test_gateway_handshake import admin_text, hello
 
 from channel.config import ConfigError, load_config
+from channel.engine.native import NativeEngine
 from channel.engine.proxyproto import (
     V2_SIGNATURE,
     ProxyHeader,
@@ -162,23 +164,28 @@ def test_configuration_is_checked() -> None:
 
 
 # ------------------------------------------------------------------ gateways
-
-TLS_ENGINES = ["memorybio", "uvloop"]
+#
+# Every gateway test runs on both engines (the native one reads the header in Rust,
+# native/engine/src/proxy.rs); the Python engine's two TLS engines each get a run.
 
 
 def proxied(trusted: str = "127.0.0.1/32", **server: object) -> dict[str, object]:
-    return {
-        "engine": "python",
-        "proxy_protocol": True,
-        "proxy_trusted": [trusted],
-        **server,
-    }
+    return {"proxy_protocol": True, "proxy_trusted": [trusted], **server}
 
 
-def python_engine(gw: RunningGateway) -> PythonEngine:
+def tcp_connections(gw: RunningGateway) -> int:
+    """Sockets the node counts against its limits (handshaking ones included)."""
     engine = gw.node.engine
-    assert isinstance(engine, PythonEngine)
-    return engine
+    if isinstance(engine, PythonEngine):
+        return engine._tcp_connections
+    assert isinstance(engine, NativeEngine)
+    return int(engine.stats()["connections"])
+
+
+def connections_from(gw: RunningGateway, peer_ip: str) -> int | None:
+    """The Python engine's per-address count (None: the native engine's is internal)."""
+    engine = gw.node.engine
+    return engine.connections_from(peer_ip) if isinstance(engine, PythonEngine) else None
 
 
 async def accepted(gw: RunningGateway, header: bytes, device_id: str) -> RawDevice:
@@ -201,64 +208,85 @@ async def refused_count(gw: RunningGateway, reason: str) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("tls_engine", TLS_ENGINES)
-async def test_per_ip_limits_count_the_device_address_from_the_header(
-    tmp_path: Path, tls_engine: str
-) -> None:
-    server = proxied(max_connections_per_ip=2, tls_engine=tls_engine)
-    async with gateway(tmp_path, server=server) as gw:
-        engine = python_engine(gw)
+async def per_ip_limits_count_the_device(tmp_path: Path, **server: object) -> None:
+    async with gateway(tmp_path, server={**proxied(max_connections_per_ip=2), **server}) as gw:
         first = await accepted(gw, v2("198.51.100.7"), "a1")
         second = await accepted(gw, v1("198.51.100.7"), "a2")
-        assert engine.connections_from("198.51.100.7") == 2
-        assert engine.connections_from("127.0.0.1") == 0  # the "balancer" is not counted
+        assert connections_from(gw, "198.51.100.7") in (2, None)
         # A third device behind the same address is over the limit: cut before TLS...
         await refused_before_tls(gw, v2("198.51.100.7"))
         assert await refused_count(gw, "RATE_LIMITED") == 1
-        # ...while another address, through the same balancer, is welcome.
+        # ...while another address, through the same balancer, is welcome: the
+        # balancer's own address (three connections now) is not counted.
         other = await accepted(gw, v2("2001:db8::7", "2001:db8::1"), "b1")
-        assert engine.connections_from("2001:db8::7") == 1
+        assert connections_from(gw, "127.0.0.1") in (0, None)
         for device in (first, second, other):
             await device.close()
-        await wait_until(lambda: engine.connections_from("198.51.100.7") == 0)
+        await wait_until(lambda: tcp_connections(gw) == 0)
+        # The device's address was released with its connections.
+        again = [await accepted(gw, v2("198.51.100.7"), f"c{i}") for i in range(2)]
+        for device in again:
+            await device.close()
 
 
-@pytest.mark.parametrize("tls_engine", TLS_ENGINES)
-async def test_only_trusted_balancers_may_connect_and_each_must_send_a_header(
-    tmp_path: Path, tls_engine: str
-) -> None:
-    async with gateway(tmp_path, server=proxied("127.0.0.1/32", tls_engine=tls_engine)) as gw:
+@pytest.mark.both_engines
+async def test_per_ip_limits_count_the_device_address_from_the_header(tmp_path: Path) -> None:
+    await per_ip_limits_count_the_device(tmp_path)
+
+
+@pytest.mark.both_engines
+@pytest.mark.engine_only("python")
+async def test_per_ip_limits_count_the_device_address_on_uvloop_tls(tmp_path: Path) -> None:
+    await per_ip_limits_count_the_device(tmp_path, tls_engine="uvloop")
+
+
+async def only_trusted_balancers(tmp_path: Path, **server: object) -> None:
+    async with gateway(tmp_path, server=proxied("127.0.0.1/32", **server)) as gw:
         # A balancer that forgot the header (the device's TLS straight away).
-        with pytest.raises((ssl.SSLError, ConnectionError)):
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
             await RawDevice.connect(gw.port, gw.ca_cert)
         # A malformed header.
         await refused_before_tls(gw, b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n")
         assert await refused_count(gw, "PROXY_INVALID") == 2
         # A health check from the balancer itself (v2 LOCAL): counted as the balancer.
         local = await accepted(gw, V2_SIGNATURE + b"\x20\x00\x00\x00", "lb-check")
-        assert python_engine(gw).connections_from("127.0.0.1") == 1
+        assert connections_from(gw, "127.0.0.1") in (1, None)
         await local.close()
-    untrusted = proxied("192.0.2.1/32", tls_engine=tls_engine)
-    async with gateway(tmp_path / "u", server=untrusted) as gw:
+    async with gateway(tmp_path / "u", server=proxied("192.0.2.1/32", **server)) as gw:
         # Anyone but the balancer is cut at accept: not a byte is read from it.
         await refused_before_tls(gw, v2("198.51.100.7"))
         assert await refused_count(gw, "PROXY_UNTRUSTED") == 1
-        assert python_engine(gw).connection_count == 0
+        await wait_until(lambda: tcp_connections(gw) == 0)
+        assert gw.node.engine.connection_count == 0
 
 
+@pytest.mark.both_engines
+async def test_only_trusted_balancers_may_connect_and_each_must_send_a_header(
+    tmp_path: Path,
+) -> None:
+    await only_trusted_balancers(tmp_path)
+
+
+@pytest.mark.both_engines
+@pytest.mark.engine_only("python")
+async def test_only_trusted_balancers_may_connect_on_uvloop_tls(tmp_path: Path) -> None:
+    await only_trusted_balancers(tmp_path, tls_engine="uvloop")
+
+
+@pytest.mark.both_engines
 async def test_a_header_that_never_ends_is_cut_at_the_handshake_deadline(
     tmp_path: Path,
 ) -> None:
-    server = proxied(handshake_timeout_s=0.5)
-    async with gateway(tmp_path, server=server) as gw:
+    async with gateway(tmp_path, server=proxied(handshake_timeout_s=0.5)) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(v2("198.51.100.7")[:20])  # never finished
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the node
         writer.close()
-        await wait_until(lambda: python_engine(gw)._tcp_connections == 0)
+        await wait_until(lambda: tcp_connections(gw) == 0)
 
 
+@pytest.mark.both_engines
 async def test_logs_name_the_device_address(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -274,12 +302,15 @@ async def test_logs_name_the_device_address(
         await device.close()
 
 
-def test_the_native_engine_refuses_the_setting_until_it_reads_headers() -> None:
-    with pytest.raises(ConfigError, match="native engine does not read PROXY headers"):
-        load_config(
+def test_both_engines_accept_the_setting() -> None:
+    for engine in ("native", "python"):
+        config = load_config(
             environ={},
-            overrides={"server": {"proxy_protocol": True, "proxy_trusted": ["10.0.0.2"]}},
+            overrides={
+                "server": {"engine": engine, "proxy_protocol": True, "proxy_trusted": ["10.0.0.2"]}
+            },
         )
+        assert config.server.proxy_protocol
 
 
 async def wait_until(condition: object, timeout_s: float = 5.0) -> None:

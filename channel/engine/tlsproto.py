@@ -63,6 +63,7 @@ import contextlib
 import logging
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from channel.engine.proxyproto import ProxyHeaderError, ProxyHeaderReader, ProxyPolicy
@@ -93,6 +94,15 @@ ALPN_BYTES = ALPN_PROTOCOL.encode()
 #: Most bytes kept while the ClientHello is incomplete: its largest size and room for
 #: the headers of the records it is split into.
 MAX_HELLO_BUFFER_BYTES = 2 * MAX_CLIENT_HELLO_BYTES
+
+#: Judges the ALPN protocols a ClientHello offers (None: it offers none); False refuses it.
+AlpnRule = Callable[[tuple[bytes, ...] | None], bool]
+
+
+def mmtp_alpn(offered: tuple[bytes, ...] | None) -> bool:
+    """MMTP: the client must offer ``mmtp/1`` (spec 3.2)."""
+    return ALPN_BYTES in (offered or ())
+
 
 #: ``channel_refused_connections_total`` reasons of the PROXY protocol: a peer that is
 #: not a configured balancer, a header that is missing or malformed.
@@ -197,6 +207,7 @@ class TlsServerProtocol(asyncio.Protocol):
     """Server-side TLS over a plain TCP transport; the transport of ``inner``."""
 
     __slots__ = (
+        "_alpn_ok",
         "_bios",
         "_context",
         "_end",
@@ -223,8 +234,10 @@ class TlsServerProtocol(asyncio.Protocol):
         handshake_timeout_s: float,
         bios: SharedBios | None = None,
         gate: AcceptGate | None = None,
+        alpn_ok: AlpnRule = mmtp_alpn,
     ) -> None:
         self._context = context
+        self._alpn_ok = alpn_ok
         self._gate = gate
         # The address the gate counted this connection under (None: not counted; "": in
         # the total only, while its PROXY header is awaited).
@@ -366,8 +379,8 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._hello = received
             return b""
         self._hello = None
-        if ALPN_BYTES not in (hello.alpn_protocols or ()):
-            log.debug("ClientHello without ALPN %s: %s", ALPN_PROTOCOL, hello.alpn_protocols)
+        if not self._alpn_ok(hello.alpn_protocols):
+            log.debug("ClientHello with ALPN refused: %s", hello.alpn_protocols)
             self._refuse_hello(ALERT_NO_APPLICATION_PROTOCOL)
             return b""
         return received
@@ -582,18 +595,22 @@ def tls_server_factory(
     inner_factory: Any,
     handshake_timeout_s: float,
     gate: AcceptGate | None = None,
+    alpn_ok: AlpnRule = mmtp_alpn,
 ) -> Any:
     """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside.
 
     Its connections share one pair of memory BIOs (see the module doc); a
     server's protocols all run on its event loop's thread. With ``gate``,
-    connections are counted (and refused) at TCP accept. Each connection takes the
-    context ``context`` holds when it is accepted (a reload swaps it for new ones).
+    connections are counted (and refused) at TCP accept. ``alpn_ok`` judges the
+    ALPN protocols a ClientHello offers (default: MMTP's rule). Each connection takes
+    the context ``context`` holds when it is accepted (a reload swaps it for new ones).
     """
     bios = SharedBios()
     ref = context_ref(context)
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(ref.context, inner_factory(), handshake_timeout_s, bios, gate)
+        return TlsServerProtocol(
+            ref.context, inner_factory(), handshake_timeout_s, bios, gate, alpn_ok
+        )
 
     return factory

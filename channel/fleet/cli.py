@@ -91,8 +91,8 @@ def add_fleet_commands(subparsers: Any) -> None:
     up = commands.add_parser("up", help="start a fleet and keep it until Ctrl-C")
     up.add_argument("--nodes", type=int, default=3, help="gateway nodes (default 3)")
     up.add_argument(
-        "--engine", choices=["python"], default="python",
-        help="the nodes' engine (the python engine reads PROXY headers; native: not yet)",
+        "--engine", choices=["native", "python"], default="native",
+        help="the nodes' engine (default native)",
     )  # fmt: skip
     up.add_argument("--no-prometheus", action="store_true", help="skip Prometheus")
     up.add_argument("--dir", help="where logs and state go (default: a temporary directory)")

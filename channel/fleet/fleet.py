@@ -52,6 +52,8 @@ ADMIN_PORT = 9100
 API_PORT = 8080
 HAPROXY_STATS_PORT = 8404
 PROMETHEUS_PORT = 9090
+#: The gateway engines a fleet's nodes may run (both read HAProxy's PROXY v2 header).
+ENGINES = ("native", "python")
 #: The repository's deploy/ directory: the templates the fleet renders.
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -59,8 +61,9 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 @dataclass
 class FleetSettings:
     nodes: int = 3
-    #: The gateways' engine ("python" reads PROXY headers; "native" once it does).
-    engine: str = "python"
+    #: The gateways' engine: "native" (the default, as in production) or "python"; both
+    #: read the balancer's PROXY header.
+    engine: str = "native"
     drain_timeout_s: float = 10.0
     lease_ms: int = 2_000
     reconnect_after_ms: int = 500
@@ -100,11 +103,8 @@ class Fleet:
         self.settings = settings or FleetSettings()
         if self.settings.nodes < 1:
             raise FleetError("a fleet needs at least one node")
-        if self.settings.engine != "python":
-            # The nodes sit behind HAProxy's PROXY v2 header (deploy/fleet/node.toml.in).
-            raise FleetError(
-                "the fleet's nodes read PROXY headers: only the python engine does yet"
-            )
+        if self.settings.engine not in ENGINES:
+            raise FleetError(f"engine: {self.settings.engine!r} is not one of {ENGINES}")
         self.network = Network()
         self._own_dir = self.settings.directory is None
         self.directory = self.settings.directory or Path(

@@ -234,6 +234,8 @@ def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> 
             refused.add_metric(["UNAVAILABLE"], stats.get("refused_max_connections", 0))
             refused.add_metric(["RATE_LIMITED"], stats.get("refused_per_ip", 0))
             refused.add_metric(["SHUTTING_DOWN"], engine.refused_draining)
+            refused.add_metric(["PROXY_UNTRUSTED"], stats.get("refused_proxy_untrusted", 0))
+            refused.add_metric(["PROXY_INVALID"], stats.get("refused_proxy_invalid", 0))
             idle = CounterMetricFamily(
                 "channel_idle_closed",
                 "Connections closed for missing heartbeats",

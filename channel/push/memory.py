@@ -90,7 +90,7 @@ class MemoryPresence:
     async def user_devices(self, user_id: str) -> list[Presence]:
         return list((await self.lookup(sorted(self._users.get(user_id, ())))).values())
 
-    async def live_nodes(self) -> dict[int, str]:
+    async def live_nodes(self, fresh: bool = False) -> dict[int, str]:
         now = _mono_ms()
         return {no: node_id for no, (node_id, end) in self._nodes.items() if end > now}
 
@@ -169,12 +169,16 @@ class MemoryRouter:
         if inbox is not None and envelopes:
             inbox.put_nowait(list(envelopes))
 
-    async def send_all(self, envelopes: Sequence[bytes]) -> None:
-        for node_no in await self._presence.live_nodes():
+    async def send_all(self, envelopes: Sequence[bytes], fresh: bool = False) -> None:
+        for node_no in await self._presence.live_nodes(fresh):
             await self.send(node_no, envelopes)
 
-    async def inbox(self, node_no: int) -> AsyncIterator[list[bytes]]:
+    async def inbox(
+        self, node_no: int, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[list[bytes]]:
         queue = self._inboxes.setdefault(node_no, asyncio.Queue())
+        if ready is not None:
+            ready.set()
         while True:
             batch = await queue.get()
             # Coalesce what is already waiting: one turn of fan-out for all of it.

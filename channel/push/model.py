@@ -58,6 +58,12 @@ class Target:
     ids: tuple[str, ...] = ()
 
 
+#: ``PushMessage.flags``: no status, no receipts (a message between boxes, not an API push).
+QUIET = 1
+#: ``PushMessage.flags``: in no device queue (QoS 0 between boxes): nothing to remove on ACK.
+UNQUEUED = 2
+
+
 @dataclass(frozen=True, slots=True)
 class PushMessage:
     """One message as queued and delivered (the same for every target device)."""
@@ -75,6 +81,8 @@ class PushMessage:
     #: A push to users: only a session of one of them may get it (a device listed in
     #: a user's directory may have changed hands since).
     target_users: tuple[str, ...] = ()
+    #: ``QUIET`` and ``UNQUEUED`` bits (messages routed between MQTT boxes).
+    flags: int = 0
     #: ``pack()``'s bytes, kept once made (or read): a push is packed for its device
     #: queue and again for the inbox envelope, and a user push once per device.
     _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -105,6 +113,7 @@ class PushMessage:
                 self.accepted_at_ms,
                 self.online_only,
                 list(self.target_users),
+                self.flags,
             ],
             use_bin_type=True,
         )
@@ -125,6 +134,7 @@ class PushMessage:
             online_only=bool(item[7]),
             # Absent in messages queued before target users existed.
             target_users=tuple(item[8]) if len(item) > 8 else (),
+            flags=int(item[9]) if len(item) > 9 else 0,
         )
         object.__setattr__(message, "_packed", bytes(data))
         return message

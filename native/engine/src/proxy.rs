@@ -17,6 +17,8 @@ pub const V1_MAX_BYTES: usize = 107;
 const V2_FIXED_BYTES: usize = 16;
 /// The smallest `max` that still admits a TCP/IPv6 v2 header.
 pub const V2_MIN_LIMIT_BYTES: usize = V2_FIXED_BYTES + 36;
+/// The longest v2 header there is (its length field is 16 bits).
+pub const V2_MAX_HEADER_BYTES: usize = V2_FIXED_BYTES + 65_535;
 
 /// A whole header: the device's address (None for v2 LOCAL, v1 UNKNOWN, v2 UNSPEC:
 /// the connection's own peer is used then) and the header's length in bytes.
@@ -195,7 +197,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The balancers a header is believed from (`[server] proxy_trusted`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Trusted {
     networks: Vec<(IpAddr, u8)>,
 }
