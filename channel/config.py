@@ -161,9 +161,10 @@ class ServerConfig:
     #: less per idle device); "uvloop": uvloop's built-in TLS transport.
     tls_engine: str = "memorybio"
     #: After this many handshakes, once the burst subsides, glibc's malloc_trim(0) hands
-    #: the handshakes' freed heap pages back to the OS (channel/gateway/heaptrim.py);
+    #: the handshakes' freed heap pages back to the OS (channel/engine/heaptrim.py);
     #: 0 = never (the default: at 20,000 idle devices it changed RSS by < 0.1 KiB each).
-    #: No effect on other C libraries.
+    #: No effect on other C libraries, nor on the native engine (only the Python
+    #: engine counts its handshakes for it).
     malloc_trim_after_handshakes: int = 0
     drain_timeout_s: float = 30.0
     #: After GOAWAY, how long requests already on the wire may still arrive before close.

@@ -1,10 +1,11 @@
 """The live-socket fuzzer (``stress/fuzz``): its parts, its detectors, and a bounded run.
 
-``test_live_fuzz_run_finds_nothing`` starts a real ``channel serve`` process
-and sends it ~3,000 mutated frames from the stored SDK captures over real
-TLS (seed 1, 8 connections at once); it fails on any finding: an error or a
-traceback in the node's log, a hang, /healthz not answering, the node dying,
-connections left behind. It prints the report either way. Longer runs:
+``test_live_fuzz_run_finds_nothing`` starts a real ``channel serve`` process,
+once per engine (the native Rust engine and the Python reference), and sends
+it ~3,000 mutated frames from the stored SDK captures over real TLS (seed 1,
+8 connections at once); it fails on any finding: an error or a traceback in
+the node's log, a hang, /healthz not answering, the node dying, connections
+left behind. It prints the report either way. Longer runs:
 ``python -m stress.fuzz --frames 1000000`` (see stress/README.md).
 """
 
@@ -190,10 +191,12 @@ def test_capture_records_real_sdk_sessions_with_every_kind_of_client_frame() -> 
         assert set(hello.token + hello.resume_ticket) <= {0}  # blanked in the corpus
 
 
-def test_live_fuzz_run_finds_nothing() -> None:
-    result = run_fuzz(FuzzOptions(frames=3000, seed=1, concurrency=8))
+@pytest.mark.both_engines
+def test_live_fuzz_run_finds_nothing(gateway_engine: str) -> None:
+    result = run_fuzz(FuzzOptions(frames=3000, seed=1, concurrency=8, engine=gateway_engine))
     report = "\n".join((summary(result), counters(result), findings_text(result)))
     print(report)
+    assert result.engine == gateway_engine  # the node's own word, from its listening line
     stats = result.stats
     assert stats.mutated_frames >= 3000
     assert stats.results["refused"] == 0, "the lanes' credentials were refused"

@@ -79,6 +79,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=20.0,
         help="API calls a second (pushes, device calls, kicks) while fuzzing; 0: none",
     )
+    p.add_argument(
+        "--engine",
+        choices=("native", "python"),
+        default="native",
+        help="the node's [server] engine: the Rust engine or the Python reference",
+    )
     p.add_argument("--no-confirm", action="store_true", help="do not replay suspect cases")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -169,6 +175,7 @@ def document(result: FuzzResult, argv: Sequence[str]) -> dict[str, Any]:
     return {
         "command": "python -m stress.fuzz " + shlex.join(argv),
         "machine": machine_info(),
+        "engine": result.engine,
         "seed": result.options.seed,
         "concurrency": result.options.concurrency,
         "corpus": {"path": str(result.options.corpus), "sessions": result.corpus_sessions},
@@ -211,11 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_tolerance_percent=rss_tolerance(args.rss_tolerance, args.frames),
         confirm=not args.no_confirm,
         backend_per_s=args.backend_per_s,
+        engine=args.engine,
         progress=None if args.quiet else lambda stats: progress_line(stats, args.frames),
     )
     result = run_fuzz(options)
     print(f"machine: {machine_line()}")
-    print(f"seed {args.seed}, {args.concurrency} connections at once, corpus {args.corpus}")
+    print(
+        f"engine {result.engine}, seed {args.seed}, {args.concurrency} connections at once, "
+        f"corpus {args.corpus}"
+    )
     print(summary(result))
     print(counters(result))
     print(findings_text(result))

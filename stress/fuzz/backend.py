@@ -30,6 +30,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from stress.fuzz.capture import TOPIC
+
 #: Upstream behaviour by the op's last dotted part.
 BIG_BODY_BYTES = 400 * 1024
 
@@ -160,7 +162,7 @@ class BackendTraffic:
             call: dict[str, object] = {"op": op, "body": "x", "timeout_ms": rng.choice((50, 300))}
             return "call", f"/v1/devices/{device}/rpc", call
         if roll < 0.9:
-            return "topic", "/v1/push", {"topic": "public.news", "body": "headline", "ttl_s": 0}
+            return "topic", "/v1/push", {"topic": TOPIC, "body": "headline", "ttl_s": 0}
         if roll < 0.97:
             return "kick", f"/v1/devices/{device}/kick", {"reason": "fuzz"}
         return "broadcast", "/v1/push", {"broadcast": True, "body": "all", "ttl_s": 0}

@@ -48,6 +48,9 @@ from stress.gateway_proc import GatewayProcess
 
 APP_ID = "fuzz"
 USER_ID = "fz-user"
+#: A topic every device may join under the default [topics] allow rules ("public.**"),
+#: so the captured subscriptions succeed and the backend's topic pushes reach the lanes.
+TOPIC = "public.news"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 JSON_BODY = json.dumps(
     {
@@ -201,8 +204,8 @@ async def calls(capture: Capture) -> None:
         await client.call("channel.time")
         with contextlib.suppress(ChannelError):  # NOT_FOUND: the capture node has no routes
             await client.call("account.balance.get", JSON_BODY, headers=headers[:1])
-        await client.subscribe("public.news", "public.fz.topic-1")
-        await client.unsubscribe("public.news")
+        await client.subscribe(TOPIC, "public.fz-topic-1")
+        await client.unsubscribe(TOPIC)
         await client.ping()
         await client.ping()
         cancelled = asyncio.ensure_future(client.call("channel.echo", b"to be cancelled"))
@@ -279,7 +282,7 @@ async def presets(capture: Capture) -> None:
         device_id = f"fz-preset{preset_id}"
         async with capture.client(device_id, credential="token", preset_id=preset_id) as client:
             await client.call("channel.echo", JSON_BODY, headers=[("trace-id", TRACE_ID)])
-            await client.call("channel.subscribe", b'{"topics": ["public.news"]}')
+            await client.call("channel.subscribe", json.dumps({"topics": [TOPIC]}).encode())
 
 
 async def wire_client(capture: Capture) -> None:

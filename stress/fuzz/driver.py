@@ -60,15 +60,18 @@ STALLED_AT_ONCE = 64
 RECENT_CASES_S = 6.0
 
 
-def node_settings() -> dict[str, dict[str, Any]]:
+def node_settings(engine: str | None = None) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {} if engine is None else {"engine": engine}
     return {
         "server": {
+            **server,
             "handshake_timeout_s": HANDSHAKE_TIMEOUT_S,
             "max_connections_per_ip": 100_000,
             "drain_timeout_s": 1.0,
             # Hundreds of handshakes a second: glibc would keep their freed pages and
             # RSS would follow the allocator's high-water mark, not what the node holds
-            # (the knob is meant for such churn; see channel/gateway/heaptrim.py).
+            # (the knob is meant for such churn; see channel/engine/heaptrim.py; the
+            # Python engine acts on it, the native one ignores it).
             "malloc_trim_after_handshakes": 1000,
         },
         "heartbeat": {"interval_s": HEARTBEAT_S, "min_s": 1, "idle_factor": IDLE_FACTOR},
@@ -381,6 +384,7 @@ class FuzzRun:
             options=self.options,
             stats=self.stats,
             findings=list(self.findings.values()),
+            engine=str(self.node.info.get("engine", "?")),
             corpus_sessions=len(self.corpus.sessions),
             rss=rss,
             healthz={
@@ -425,7 +429,9 @@ def run_fuzz(options: FuzzOptions) -> FuzzResult:
     with (
         upstream_process() as upstream_url,
         GatewayProcess(
-            name="fuzz", settings=node_settings(), config_toml=rpc_routes(upstream_url)
+            name="fuzz",
+            settings=node_settings(options.engine),
+            config_toml=rpc_routes(upstream_url),
         ) as node,
     ):
         run = FuzzRun(options, node, corpus)

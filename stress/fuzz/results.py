@@ -33,6 +33,9 @@ class FuzzOptions:
     confirm: bool = True
     #: API calls a second from a backend: pushes, calls and kicks to the lanes' devices.
     backend_per_s: float = 20.0
+    #: The node's ``[server] engine`` ("native" or "python"); None: the node's default
+    #: (or ``CHANNEL_SERVER__ENGINE``, as the test suite sets it per engine).
+    engine: str | None = None
     progress: Callable[[FuzzStats], None] | None = None
 
 
@@ -118,6 +121,8 @@ class FuzzResult:
     options: FuzzOptions
     stats: FuzzStats
     findings: list[Finding]
+    #: The engine the node said it runs (its ``listening`` line).
+    engine: str
     corpus_sessions: int
     rss: RssSummary
     healthz: dict[str, float]
