@@ -359,17 +359,17 @@ class NodeDelivery:
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""
         found = await self.backend.presence.lookup([device for device, _ in items])
-        by_node: dict[int, list[bytes]] = {}
-        for device_id, message in items:
-            where = found.get(device_id)
+        by_node: dict[int, list[env.Envelope]] = {}
+        for item in items:
+            where = found.get(item[0])
             if where is not None and where.node_no != self.node_no:
-                by_node.setdefault(where.node_no, []).append(env.device_push(device_id, message))
+                by_node.setdefault(where.node_no, []).append(item)
         for node_no, batch in by_node.items():
             await self.backend.router.send(node_no, batch)
 
     # ----------------------------------------------------------------- inbox
 
-    async def _consume(self, inbox: object, first: asyncio.Task[list[bytes]]) -> None:
+    async def _consume(self, inbox: object, first: asyncio.Task[list[env.Envelope]]) -> None:
         batch = await first
         while True:
             try:
@@ -378,12 +378,19 @@ class NodeDelivery:
                 log.exception("inbox batch failed")
             batch = await anext(inbox)  # type: ignore[call-overload]
 
-    async def _handle_batch(self, batch: list[bytes]) -> None:
+    async def _handle_batch(self, batch: list[env.Envelope]) -> None:
         touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
         fanouts: list[tuple[str, PushMessage]] = []
         normal: list[tuple[str, PushMessage]] = []
         for raw in batch:
+            if isinstance(raw, tuple):  # an unpacked device push (env.DevicePush)
+                device_id, message = raw
+                if message.priority is Priority.HIGH:
+                    self._deliver_device(device_id, message, touched, forward)
+                else:
+                    normal.append(raw)
+                continue
             try:
                 item = env.unpack(raw)
                 kind = item[0]
@@ -753,5 +760,5 @@ def sweep_window(
     return start + position, min(per_tick, share - position)
 
 
-async def _first(inbox: object) -> list[bytes]:
+async def _first(inbox: object) -> list[env.Envelope]:
     return await anext(inbox)  # type: ignore[call-overload,no-any-return]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from channel.push.cursors import cursor_sequence
+from channel.push.envelopes import Envelope
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -162,9 +163,10 @@ class MemoryQueue:
 class MemoryRouter:
     def __init__(self, presence: MemoryPresence) -> None:
         self._presence = presence
-        self._inboxes: dict[int, asyncio.Queue[list[bytes]]] = {}
+        self._inboxes: dict[int, asyncio.Queue[list[Envelope]]] = {}
 
-    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
+    async def send(self, node_no: int, envelopes: Sequence[Envelope]) -> None:
+        # Device pushes stay unpacked: they never leave the process.
         inbox = self._inboxes.get(node_no)
         if inbox is not None and envelopes:
             inbox.put_nowait(list(envelopes))
@@ -173,7 +175,7 @@ class MemoryRouter:
         for node_no in await self._presence.live_nodes():
             await self.send(node_no, envelopes)
 
-    async def inbox(self, node_no: int) -> AsyncIterator[list[bytes]]:
+    async def inbox(self, node_no: int) -> AsyncIterator[list[Envelope]]:
         queue = self._inboxes.setdefault(node_no, asyncio.Queue())
         while True:
             batch = await queue.get()

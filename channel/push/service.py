@@ -165,13 +165,14 @@ class PushService:
             where = await backend.presence.lookup(sorted({d for d, _ in queue_items}))
         else:
             where = {}
-        by_node: dict[int, list[bytes]] = {}
+        by_node: dict[int, list[env.Envelope]] = {}
         online_count: dict[str, int] = {}
-        for device_id, message in queue_items:
-            presence = where.get(device_id)
+        for item in queue_items:
+            presence = where.get(item[0])
             if presence is None:
                 continue
-            by_node.setdefault(presence.node_no, []).append(env.device_push(device_id, message))
+            message = item[1]
+            by_node.setdefault(presence.node_no, []).append(item)
             online_count[message.message_id] = online_count.get(message.message_id, 0) + 1
         for node_no, batch in by_node.items():
             await backend.router.send(node_no, batch)
