@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,3 +76,19 @@ def test_fastjson_keeps_json_answers_where_orjson_refuses() -> None:
     assert fastjson.loads('"\\ud800"') == "\ud800"
     assert json.loads(fastjson.dumps({"n": int(huge)})) == {"n": int(huge)}
     assert json.loads(fastjson.dumps({1: "x"})) == {"1": "x"}
+
+
+def test_new_message_id_at_given_times_is_the_reference_encoding() -> None:
+    # The time-only prefix is cached per millisecond: times that go back and forth,
+    # and the counter's wrap, must still give the reference encoding.
+    times = [0, 1, 7, 8, 1_765_000_000_000, 1_765_000_000_007, 8, 2**48 - 1, 2**48 + 5]
+    times += [random.Random(seed).randrange(2**48) for seed in range(200)]
+    for at_ms in times:
+        for counter in (0, 1, 0xFFFFFF):
+            model._counter = (counter - 1) & 0xFFFFFF
+            raw = (
+                (at_ms & 0xFFFFFFFFFFFF).to_bytes(6, "big")
+                + counter.to_bytes(3, "big")
+                + model._process_salt.to_bytes(6, "big")
+            )
+            assert new_message_id(at_ms) == message_id_of(raw)

@@ -265,32 +265,42 @@ _DIGITS = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = [a + b for a in _DIGITS for b in _DIGITS]
 #: The last 9 characters encode bits 44..0, all process salt: the same in every id.
 _SALT_TAIL = message_id_of(bytes(9) + _process_salt.to_bytes(6, "big"))[15:]
+_SALT_TOP = _process_salt >> 45
 
 
-def new_message_id() -> str:
+#: The id's first nine characters (bits 74..30: time only) for one millisecond.
+_prefix_ms = -1
+_prefix = ""
+
+
+def new_message_id(at_ms: int | None = None) -> str:
     """A sortable, unique message id: 48-bit ms time, 24-bit counter, 48-bit process salt.
 
     Fifteen bytes as 24 base32 characters (``message_id_of``); ids from one process sort
     by time, then by acceptance order within a millisecond (the counter wraps after 16M
     ids per ms). Built from a table of digit pairs and the salt's constant tail: one
-    push pays for one of these, and ``base64.b32encode`` is pure Python.
+    push pays for one of these, and ``base64.b32encode`` is pure Python. The first nine
+    characters encode time alone and are made once per millisecond; the other six come
+    from a 30-bit number (small-int arithmetic: shifting the whole 75 bits cost ~3 us).
+    ``at_ms``: the time to encode (a batch's acceptance time), else now.
     """
-    global _counter
+    global _counter, _prefix_ms, _prefix
     _counter = (_counter + 1) & 0xFFFFFF
-    # Bits 119..45: time, counter and the salt's top 3 bits; 15 characters.
-    head = ((now_ms() & 0xFFFFFFFFFFFF) << 27) | (_counter << 3) | (_process_salt >> 45)
+    at = (now_ms() if at_ms is None else at_ms) & 0xFFFFFFFFFFFF
     pairs = _PAIRS
-    return (
-        pairs[head >> 65]
-        + pairs[(head >> 55) & 0x3FF]
-        + pairs[(head >> 45) & 0x3FF]
-        + pairs[(head >> 35) & 0x3FF]
-        + pairs[(head >> 25) & 0x3FF]
-        + pairs[(head >> 15) & 0x3FF]
-        + pairs[(head >> 5) & 0x3FF]
-        + _DIGITS[head & 0x1F]
-        + _SALT_TAIL
-    )
+    if at != _prefix_ms:
+        high = at >> 3  # bits 74..30 of the 75 the characters encode
+        _prefix = (
+            pairs[high >> 35]
+            + pairs[(high >> 25) & 0x3FF]
+            + pairs[(high >> 15) & 0x3FF]
+            + pairs[(high >> 5) & 0x3FF]
+            + _DIGITS[high & 0x1F]
+        )
+        _prefix_ms = at
+    # Bits 29..0: the time's last 3 bits, the counter, the salt's top 3 bits.
+    low = ((at & 7) << 27) | (_counter << 3) | _SALT_TOP
+    return _prefix + pairs[low >> 20] + pairs[(low >> 10) & 0x3FF] + pairs[low & 0x3FF] + _SALT_TAIL
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -320,12 +330,13 @@ class AcceptResult:
     expired: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
+        target = self.target
         out: dict[str, object] = {
             "message_id": self.message_id,
-            "status": PushStatus.ACCEPTED.value,
-            "target": self.target.value,
+            "status": "accepted",
+            "target": target._value_,  # not .value: a property, per push
         }
-        if self.target in (TargetKind.DEVICE, TargetKind.USER):
+        if target is TargetKind.DEVICE or target is TargetKind.USER:
             out["queued"] = self.queued
             out["online"] = self.online
             out["expired"] = list(self.expired)
