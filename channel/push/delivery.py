@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("channel.push")
 
+_DELIVERED = PushStatus.DELIVERED
 #: Batched writes (presence, acks) go out at least this often.
 FLUSH_INTERVAL_S = 0.01
 #: Topics one device may subscribe to on one connection.
@@ -230,12 +231,13 @@ class NodeDelivery:
         device_id = session.device_id
         at = now_ms()
         outstanding = state.message_ids
+        acked, receipts, delivered = self._acked.append, self._receipts.append, _DELIVERED
         for message_id in message_ids:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
-            self._acked.append((device_id, message_id, collapse_key))
-            self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
+            acked((device_id, message_id, collapse_key))
+            receipts(Receipt(message_id, delivered, device_id, at))
         self._wake.set()
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
@@ -342,13 +344,14 @@ class NodeDelivery:
         message: PushMessage,
         touched: set[Session],
         forward: list[tuple[str, PushMessage]],
+        at_ms: int,
     ) -> None:
         local = self._local(device_id)
         if local is None:
             forward.append((device_id, message))
             return
         session, state = local
-        if message.expired(now_ms()):
+        if message.expired(at_ms):
             return  # reported when the queue is next read
         if state.held is not None:
             state.held.append(message)
@@ -379,6 +382,7 @@ class NodeDelivery:
             batch = await anext(inbox)  # type: ignore[call-overload]
 
     async def _handle_batch(self, batch: list[env.Envelope]) -> None:
+        at_ms = now_ms()  # one clock read per batch: a batch is handled in one go
         touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
         fanouts: list[tuple[str, PushMessage]] = []
@@ -387,7 +391,7 @@ class NodeDelivery:
             if isinstance(raw, tuple):  # an unpacked device push (env.DevicePush)
                 device_id, message = raw
                 if message.priority is Priority.HIGH:
-                    self._deliver_device(device_id, message, touched, forward)
+                    self._deliver_device(device_id, message, touched, forward, at_ms)
                 else:
                     normal.append(raw)
                 continue
@@ -397,7 +401,7 @@ class NodeDelivery:
                 if kind == env.DEVICE:
                     message = PushMessage.unpack(item[2])  # type: ignore[arg-type]
                     if message.priority is Priority.HIGH:
-                        self._deliver_device(str(item[1]), message, touched, forward)
+                        self._deliver_device(str(item[1]), message, touched, forward, at_ms)
                     else:
                         normal.append((str(item[1]), message))
                 elif kind == env.BROADCAST:
@@ -418,7 +422,7 @@ class NodeDelivery:
         # High-priority pushes were written as they came; normal ones follow them,
         # in arrival order, in the same write per session.
         for device_id, message in normal:
-            self._deliver_device(device_id, message, touched, forward)
+            self._deliver_device(device_id, message, touched, forward, at_ms)
         for session in touched:
             session.flush()
         if forward:
