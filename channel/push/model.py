@@ -135,15 +135,21 @@ class PushMessage:
         return message
 
 
+# Module constants: called per push, and a class attribute lookup per enum member adds up.
+_ACCEPTED = PushStatus.ACCEPTED
+_DEVICE, _USER = TargetKind.DEVICE, TargetKind.USER
+
+
 def drop_at_ms(status: MessageStatus, retention_s: int, final_retention_ms: int) -> int:
     """When a new status goes: ``retention_s`` after the message expires, or, for a device
     or user push with no device left to reach (none listed, or all final already),
     ``final_retention_ms`` after it was accepted if sooner."""
     drop_at = status.expires_at_ms + retention_s * 1000
+    target = status.target
     if (
         final_retention_ms > 0
-        and status.target in (TargetKind.DEVICE, TargetKind.USER)
-        and PushStatus.ACCEPTED not in status.devices.values()  # all final
+        and (target is _DEVICE or target is _USER)
+        and _ACCEPTED not in status.devices.values()  # all final
     ):
         drop_at = min(drop_at, (status.accepted_at_ms or now_ms()) + final_retention_ms)
     return drop_at
