@@ -54,12 +54,19 @@ def test_pack_round_trip() -> None:
 _json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    # orjson reads integers in -2**63..2**64-1; beyond that a float (fastjson's docstring,
+    # and the test below).
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )
+
+
+def test_fastjson_reads_integers_beyond_64_bits_as_floats() -> None:
+    for value in (-(2**63) - 1, 2**64):
+        assert fastjson.loads(str(value).encode()) == float(value)
 
 
 @given(_json_values)
