@@ -24,6 +24,7 @@ from typing import TypeAlias
 from channel import corpus, dicttrain, presetbuild
 from channel.admincli import add_admin_commands as _add_admin_commands
 from channel.api import keys as api_keys
+from channel.fleet.cli import add_fleet_commands as _add_fleet_commands
 from channel.security import tokens
 from channel.wire.dictionaries import MAX_DICTIONARY_ID, Dictionary
 from channel.wire.presets import Preset
@@ -483,6 +484,7 @@ def _serve(args: argparse.Namespace) -> int:
         },
         "log": {"level": args.log_level, "json": False if args.log_text else None},
         "api": {"port": args.api_port},
+        "mqtt": {"port": args.mqtt_port, "tcp_port": args.mqtt_tcp_port},
     }
     try:
         config = load_config(args.config, overrides=overrides)
@@ -525,6 +527,14 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
     serve.add_argument("--port", type=int, help="device port, 0 = any free port (default 8443)")
     serve.add_argument("--admin-port", type=int, help="admin/metrics port, 0 = any (default 9100)")
     serve.add_argument("--api-port", type=int, help="HTTP push API port, 0 = any (default 8080)")
+    serve.add_argument(
+        "--mqtt-port", type=int, help="MQTT over TLS port, 0 = any free port (default 8883)"
+    )
+    serve.add_argument(
+        "--mqtt-tcp-port",
+        type=int,
+        help="plain TCP MQTT port, 0 = any free port (default: off; for test rigs)",
+    )
     serve.add_argument("--workers", type=_positive_int, help="processes sharing the port")
     serve.add_argument(
         "--engine",
@@ -537,6 +547,50 @@ def _add_serve_commands(subparsers: _SubParsers) -> None:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-text", action="store_true", help="human-readable logs, not JSON")
     serve.set_defaults(handler=_serve)
+
+
+# --- channel doctor -------------------------------------------------------------
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from channel import doctor
+    from channel.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, overrides={"server": {"engine": args.engine}})
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+    checks = asyncio.run(doctor.run_checks(config))
+    print(doctor.render(checks, args.json))
+    return 1 if any(c.status == doctor.FAIL for c in checks) else EXIT_OK
+
+
+def _add_doctor_commands(subparsers: _SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check that this host can run a node with this configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Check what a node needs for many connections, each with its fix: open-file\n"
+            "limit against server.max_connections, net.core.somaxconn, TCP Fast Open, the\n"
+            "ephemeral port range (behind a balancer: its connections to this node), memory\n"
+            "per device at the configured limits, the certificate's expiry, the fleet's\n"
+            "ticket secret, and whether Redis and the [rpc] upstreams answer.\n\n"
+            "Exit code 1 if a check FAILs (the node would break under its configured\n"
+            "load), 0 otherwise (warnings cost devices something but work)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  channel doctor --config /etc/channel/channel.toml\n"
+            "  channel doctor --config channel.toml --json | jq '.[] | select(.status != \"ok\")'"
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--engine", choices=["native", "python"], help="override server.engine")
+    parser.add_argument("--json", action="store_true", help="one JSON list of checks")
+    parser.set_defaults(handler=_doctor)
 
 
 # --- channel token --------------------------------------------------------------
@@ -882,6 +936,8 @@ _COMMAND_GROUPS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_apikey_commands,
     _add_admin_commands,
     _add_device_commands,
+    _add_fleet_commands,
+    _add_doctor_commands,
 )
 
 

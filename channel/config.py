@@ -20,6 +20,9 @@ Example ``channel.toml``::
     max_connections_per_ip = 2000
     handshake_timeout_s = 10    # TCP accept -> HELLO_ACK
     tcp_fastopen_queue = 4096   # TCP Fast Open (needs sysctl net.ipv4.tcp_fastopen=3); 0 = off
+    proxy_protocol = false      # devices come through L4 balancers sending PROXY v1/v2 first
+    proxy_trusted = ["10.0.0.2/32"]   # ...from these addresses only; others are cut at accept
+    proxy_max_header_bytes = 1024     # longest PROXY v2 header (TLVs included)
     engine = "native"           # the Rust engine; "python": uvloop + Python's ssl (reference)
     tls_engine = "memorybio"    # the python engine's TLS: or "uvloop" (its TLS transport)
     malloc_trim_after_handshakes = 0  # glibc malloc_trim(0) after a burst this big; 0 = off
@@ -68,6 +71,7 @@ Example ``channel.toml``::
     default_ttl_s = 86400
     final_status_retention_s = 3600   # a status whose devices are all final goes this long after
     inbox_max_entries = 10000   # batches a node's Redis inbox keeps unread (then trimmed)
+    recent_acks = 8192          # acked pushes a node remembers: a late second copy is not resent
     max_ttl_s = 2419200
 
     [api]                       # the HTTP push API, /openapi.json
@@ -84,6 +88,14 @@ Example ``channel.toml``::
 
     [topics]                    # which topics a device may subscribe to
     allow = ["public.**", "user.{user_id}.**", "device.{device_id}.**"]   # the default
+
+    [mqtt]                      # the MQTT front for IoT boxes (docs/mqtt.md)
+    port = 8883                 # MQTT over TLS 1.3 (0 = any free port)
+    tcp_port = -1               # plain TCP MQTT: -1 = off, 0 = any free port
+    subscribe_allow = ["devices/%c/#"]     # %c = client id (device id), %u = user id
+    publish_allow = ["devices/%c/up/#"]    # uplink to backends (stream or RPC route)
+    push_topic = "devices/{device_id}/push"
+    push_qos = 1
 
     [admin]                     # the admin port: /admin/* needs a key with scope "admin"
     open_metrics = true         # GET /metrics without a key
@@ -120,6 +132,15 @@ class ServerConfig:
     #: TCP Fast Open: SYNs carrying a ClientHello the listener may hold pending; 0 = off.
     #: Needs bit 0x2 of the net.ipv4.tcp_fastopen sysctl (channel/fastopen.py).
     tcp_fastopen_queue: int = 4096
+    #: Devices connect through L4 load balancers that send a PROXY protocol header (v1
+    #: or v2) before the TLS ClientHello: per-address limits, logs and metrics then see
+    #: the device's address, not the balancer's. Only peers in ``proxy_trusted`` may
+    #: connect at all (anyone else is cut at accept), and each must send a header.
+    proxy_protocol: bool = False
+    #: The balancers' addresses (CIDR networks, e.g. "10.0.0.0/24", "fd00::/64").
+    proxy_trusted: list[str] = field(default_factory=list)
+    #: The longest v2 header accepted, TLVs included (v1's line is at most 107 bytes).
+    proxy_max_header_bytes: int = 1024
     #: Who moves the bytes: "native" (the Rust engine, channel._engine: sockets, TLS,
     #: frames, fan-out on its own thread) or "python" (uvloop and Python's ssl; the
     #: reference, and the fallback where the extension is not built).
@@ -246,6 +267,11 @@ class PushConfig:
     #: a stalled node's inbox costs Redis; pushes stay safe in their devices' queues, and
     #: a node that finds entries trimmed before it read them replays its devices' queues.
     inbox_max_entries: int = 10_000
+    #: Acknowledged (device, message id) pairs a node remembers, newest kept, so a second
+    #: copy of a push arriving after the ACK (its queue replay on connect raced its
+    #: routed copy, or a copy forwarded from the node a box just left) is not written
+    #: again. ~200 B each; 0 turns it off.
+    recent_acks: int = 8_192
     #: Broadcast and topic fan-out: sessions written per event-loop turn. Smaller lets
     #: unicasts, ACKs and API calls in sooner during a fan-out (128: a unicast posted
     #: behind a 10,000-device broadcast is acked in ~40 ms, 512: ~80-140 ms), at no
@@ -292,6 +318,79 @@ class TopicsConfig:
     allow: list[str] = field(
         default_factory=lambda: ["public.**", "user.{user_id}.**", "device.{device_id}.**"]
     )
+
+
+@dataclass
+class MqttConfig:
+    """The MQTT front for IoT boxes (``docs/mqtt.md``): listeners, ACL, limits."""
+
+    #: The MQTT over TLS 1.3 listener (on by default).
+    enabled: bool = True
+    #: Listener address ("" = ``[server] host``).
+    host: str = ""
+    #: MQTT over TLS; 0 = any free port (named ``mqtt_port`` in the listening line).
+    port: int = 8883
+    #: Plain TCP MQTT (no TLS): -1 = off (the default), 0 = any free port
+    #: (``mqtt_tcp_port`` in the listening line). For test rigs and trusted networks.
+    tcp_port: int = -1
+    #: Accept CONNECTs without a credential, with any client id (no token, no
+    #: certificate). Off by default; for interoperability runs (docs/mqtt.md).
+    allow_anonymous: bool = False
+    #: Topic filters a box may subscribe to; ``%c`` is its client id (= device id), ``%u``
+    #: its user id. A SUBSCRIBE outside them is refused in the SUBACK (0x87 / 0x80).
+    subscribe_allow: list[str] = field(default_factory=lambda: ["devices/%c/#"])
+    #: ...and never these, whatever the allow list says: a filter inside one is refused,
+    #: and messages on them do not reach a box through a broader filter either.
+    subscribe_deny: list[str] = field(default_factory=list)
+    #: Topics a box may publish to (its RPC topics are always its own): refused
+    #: PUBLISHes get PUBACK / PUBREC 0x87 at MQTT 5 and are dropped at 3.1.1.
+    publish_allow: list[str] = field(default_factory=lambda: ["devices/%c/up/#"])
+    publish_deny: list[str] = field(default_factory=list)
+    #: Where a push to a device reaches the box (``{device_id}``), at this QoS.
+    push_topic: str = "devices/{device_id}/push"
+    push_qos: int = 1
+    #: Where a broadcast push reaches every box.
+    broadcast_topic: str = "broadcast"
+    #: A topic push to ``a.b`` reaches MQTT subscribers of ``<topic_prefix>a/b``.
+    topic_prefix: str = "topics/"
+    #: Box publishes on these topics are for backends: each goes to ``uplink_stream``
+    #: (Redis push backend) or else through the RPC router as op ``uplink_op``; the
+    #: PUBACK waits until it is taken.
+    uplink_topics: list[str] = field(default_factory=lambda: ["devices/+/up/#"])
+    uplink_stream: str = ""
+    uplink_stream_maxlen: int = 1_000_000
+    uplink_op: str = "mqtt.uplink"
+    #: Largest packet either way (fixed header included); told to MQTT 5 clients.
+    max_packet_size_bytes: int = 256 * 1024
+    #: A CONNECT asking for no keepalive or a longer one gets this (told to MQTT 5
+    #: clients as Server Keep Alive); the connection ends after 1.5 x keepalive of silence.
+    max_keepalive_s: int = 1200
+    #: QoS 1/2 PUBLISHes a box may have unacknowledged towards us (Receive Maximum).
+    receive_maximum: int = 100
+    #: QoS 1/2 PUBLISHes we have unacknowledged towards a box (less if it asks).
+    max_inflight_out: int = 100
+    #: Topic aliases a box may set (0 = none).
+    topic_alias_maximum: int = 16
+    #: Longest session expiry (MQTT 5; longer asks are cut and told); what a 3.1.1
+    #: persistent session (clean session 0) gets.
+    max_session_expiry_s: int = 7 * 86_400
+    #: A message queued for an offline persistent session lives this long unless its
+    #: own Message Expiry Interval is shorter.
+    queued_message_ttl_s: int = 7 * 86_400
+    #: Subscriptions per client.
+    max_subscriptions_per_client: int = 100
+    #: Subscriptions outside a box's own ``devices/<client id>/`` namespace, fleet-wide
+    #: (every node keeps them in memory): beyond it SUBACK 0x97 (quota exceeded).
+    max_global_subscriptions: int = 100_000
+    #: Retained messages kept under one topic namespace (its first two levels); a new
+    #: one beyond it is not retained (counted in channel_mqtt_retained_refused_total).
+    max_retained_per_namespace: int = 1_000
+    #: Drain: DISCONNECT 0x8B (server shutting down), or 0x9C (use another server)
+    #: naming this one when it is set.
+    server_reference: str = ""
+    #: A 3.1.1 box with more unanswered QoS 1/2 PUBLISHes than this is disconnected
+    #: (3.1.1 has no Receive Maximum).
+    max_pending_in: int = 1_000
 
 
 @dataclass
@@ -366,6 +465,7 @@ class GatewayConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     native: NativeConfig = field(default_factory=NativeConfig)
     rpc: dict[str, Any] = field(default_factory=dict)
     source: str = "defaults"
@@ -387,6 +487,7 @@ _SECTIONS = (
     "admin",
     "http",
     "topics",
+    "mqtt",
     "native",
 )
 
@@ -490,6 +591,27 @@ def load_config(
     return config
 
 
+def _validate_proxy(server: ServerConfig) -> None:
+    import ipaddress
+
+    from channel.engine.proxyproto import V2_MIN_LIMIT_BYTES
+
+    for entry in server.proxy_trusted:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.proxy_trusted: {entry!r} is not an address or CIDR network"
+            ) from None
+    if server.proxy_protocol and not server.proxy_trusted:
+        raise ConfigError(
+            "server.proxy_trusted: proxy_protocol is on but no balancer address is trusted "
+            '(e.g. proxy_trusted = ["10.0.0.2/32"])'
+        )
+    if not V2_MIN_LIMIT_BYTES <= server.proxy_max_header_bytes <= 65_551:
+        raise ConfigError(f"server.proxy_max_header_bytes: must be {V2_MIN_LIMIT_BYTES}..65551")
+
+
 def validate(config: GatewayConfig) -> None:
     hb = config.heartbeat
     if not 1 <= hb.min_s <= hb.interval_s <= hb.max_s:
@@ -523,6 +645,7 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("server.tcp_fastopen_queue: must be >= 0 (0 = TCP Fast Open off)")
     if config.server.engine not in ("native", "python"):
         raise ConfigError('server.engine: must be "native" or "python"')
+    _validate_proxy(config.server)
     native = config.native
     for name in (
         "close_linger_ms",
@@ -560,6 +683,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.fanout_linger_ms: must be 0..10000")
     if push.inbox_max_entries < 1:
         raise ConfigError("push.inbox_max_entries: must be >= 1")
+    if not 0 <= push.recent_acks <= 10_000_000:
+        raise ConfigError("push.recent_acks: must be 0..10000000")
     api = config.api
     if api.idempotency_ttl_s < 1:
         raise ConfigError("api.idempotency_ttl_s: must be >= 1")
@@ -579,6 +704,7 @@ def validate(config: GatewayConfig) -> None:
             raise ConfigError(f"http.{name}: must be 0.1..3600 seconds")
     if not 1 <= http.max_connections_per_ip <= http.max_connections:
         raise ConfigError("http: need 1 <= max_connections_per_ip <= max_connections")
+    _validate_mqtt(config.mqtt)
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("tls: set both cert and key, or neither (dev certificate)")
     early = config.tls.early_data_max_bytes
@@ -588,3 +714,45 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("tls.ticket_store_timeout_ms: must be 10..10000")
     if config.tls.ticket_store_max_entries < 1:
         raise ConfigError("tls.ticket_store_max_entries: must be >= 1")
+
+
+def _validate_mqtt(mqtt: MqttConfig) -> None:
+    if not 0 <= mqtt.port <= 65535 or not -1 <= mqtt.tcp_port <= 65535:
+        raise ConfigError("mqtt: port 0..65535 (0 = any free port), tcp_port -1 (off) or 0..65535")
+    if mqtt.push_qos not in (0, 1, 2):
+        raise ConfigError("mqtt.push_qos: must be 0, 1 or 2")
+    if "{device_id}" not in mqtt.push_topic:
+        raise ConfigError("mqtt.push_topic: must contain {device_id}")
+    if not 1024 <= mqtt.max_packet_size_bytes <= 268_435_460:
+        raise ConfigError("mqtt.max_packet_size_bytes: must be 1024..268435460")
+    if not 1 <= mqtt.receive_maximum <= 65535 or not 1 <= mqtt.max_inflight_out <= 65535:
+        raise ConfigError("mqtt: receive_maximum and max_inflight_out must be 1..65535")
+    if not 0 <= mqtt.topic_alias_maximum <= 65535:
+        raise ConfigError("mqtt.topic_alias_maximum: must be 0..65535")
+    if not 1 <= mqtt.max_keepalive_s <= 65535:
+        raise ConfigError("mqtt.max_keepalive_s: must be 1..65535")
+    for name in ("max_session_expiry_s", "queued_message_ttl_s"):
+        if not 0 <= getattr(mqtt, name) <= 0xFFFF_FFFF:
+            raise ConfigError(f"mqtt.{name}: must be 0..4294967295")
+    for name in (
+        "max_subscriptions_per_client",
+        "max_global_subscriptions",
+        "max_retained_per_namespace",
+        "max_pending_in",
+        "uplink_stream_maxlen",
+    ):
+        if getattr(mqtt, name) < 1:
+            raise ConfigError(f"mqtt.{name}: must be >= 1")
+    from channel.mqtt.acl import AclError, TopicPatterns
+
+    for name in (
+        "subscribe_allow",
+        "subscribe_deny",
+        "publish_allow",
+        "publish_deny",
+        "uplink_topics",
+    ):
+        try:
+            TopicPatterns(getattr(mqtt, name))
+        except AclError as exc:
+            raise ConfigError(f"mqtt.{name}: {exc}") from None

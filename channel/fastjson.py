@@ -7,10 +7,13 @@ stream. ``loads`` falls back to ``json.loads`` on anything orjson refuses
 (``NaN``, lone surrogates, nesting past 1024), so the API's validators see what
 they saw before, with one difference: an integer beyond 64 bits comes back as a
 float. Every integer field is checked with ``type(x) is int`` and a range, so it
-is refused as before, with the same 400 naming the field. ``dumps`` writes
-compact UTF-8 (non-ASCII characters as themselves, not ``\\u`` escapes), and
-falls back to ``json.dumps`` for what orjson cannot write (integers beyond 64
-bits, non-string keys).
+is refused as before, with the same 400 naming the field. JSON nested deeper
+than ``json.loads`` can recurse is a ``DecodeError`` like any other bad JSON,
+never a ``RecursionError``: callers parse what devices and backends send and
+catch ``DecodeError`` only. ``dumps`` writes compact UTF-8 (non-ASCII
+characters as themselves, not ``\\u`` escapes), and falls back to
+``json.dumps`` for what orjson cannot write (integers beyond 64 bits,
+non-string keys).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ def loads(raw: bytes | str) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except RecursionError:
+            raise DecodeError("JSON nested too deeply to parse") from None
 
 
 def dumps(obj: object) -> bytes:

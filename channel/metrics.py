@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -14,6 +14,9 @@ class GatewayMetrics:
         same names (``channel/gateway/collectors.py``), not counted here."""
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds (read from
+        # /proc at scrape time): what a node costs, beside what it does.
+        ProcessCollector(registry=r)
         self.connections = Gauge("channel_connections", "Open device connections", registry=r)
         self.sessions = Gauge("channel_sessions", "Authenticated device sessions", registry=r)
         self.handshakes = Counter(

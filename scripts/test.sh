@@ -8,9 +8,14 @@ cd "$(dirname "$0")/.."
 # System packages, only when a command is missing (CI runs as root on Debian bookworm).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)  # redis-server, redis-cli
-command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)  # + mosquitto_sub, _rr
+command -v npm >/dev/null || missing+=(nodejs npm)  # mqtt.js, an MQTT client the tests drive
 # The broker itself: stress/compare (and its smoke test) runs it side by side with Channel.
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
+# The local fleet (tests/test_fleet.py): namespaces, a balancer, Prometheus and promtool.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -37,12 +42,17 @@ command -v cargo >/dev/null || {
     exit 1
 }
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+# mqtt.js for tests/test_mqtt_cli_clients.py, into .tools/node (gitignored), pinned.
+MQTT_JS_VERSION=5.16.0
+if [ ! -f .tools/node/node_modules/mqtt/package.json ] || \
+   [ "$(node -p "require('./.tools/node/node_modules/mqtt/package.json').version")" != "$MQTT_JS_VERSION" ]; then
+    echo "== npm install mqtt@$MQTT_JS_VERSION (into .tools/node)"
+    mkdir -p .tools/node
+    npm install --prefix .tools/node --no-audit --no-fund --silent "mqtt@$MQTT_JS_VERSION"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+# The same install script the container image runs (deploy/Dockerfile), editable here.
+./deploy/install.sh .venv --editable --extras dev
 
 echo "== ruff"
 .venv/bin/ruff check channel sdk_client stress tests scripts

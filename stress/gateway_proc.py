@@ -222,6 +222,8 @@ class GatewayProcess:
             "--log-level",
             self.log_level,
         ]
+        if "port" not in self.settings.get("mqtt", {}):
+            args += ["--mqtt-port", "0"]  # never the fixed default 8883
         if self.config_toml is not None:
             config_path = self.state_dir / f"{self.name}.toml"
             config_path.write_text(self.config_toml, encoding="utf-8")
@@ -467,6 +469,9 @@ class TlsLink(asyncio.Protocol):
     def link_failed(self, exc: BaseException) -> None:
         """The handshake or the connection failed (also called on an early close)."""
 
+    def tls_closed(self) -> None:
+        """The server ended the TLS session (close_notify); TCP may stay open a while."""
+
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -537,11 +542,13 @@ class TlsLink(asyncio.Protocol):
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self.tls_closed()
                 break
             except (ssl.SSLError, OSError) as exc:
                 self._fail(exc)
                 return
-            if not chunk:
+            if not chunk:  # what SSLObject.read gives for a close_notify
+                self.tls_closed()
                 break
             chunks.append(chunk)
         if chunks:

@@ -33,6 +33,9 @@ class RunningGateway:
     api_port: int = 0
     #: The node's dev API key (every scope, admin too; "" when [api] keys are set).
     api_key: str = ""
+    #: MQTT over TLS, and plain TCP (0 when off).
+    mqtt_port: int = 0
+    mqtt_tcp_port: int = 0
 
     def token(
         self,
@@ -61,6 +64,7 @@ def gateway_config(state_dir: Path, **sections: dict[str, Any]) -> GatewayConfig
         "server": {"port": 0, "admin_port": 0, "state_dir": str(state_dir)},
         "api": {"port": 0},
         "log": {"json": False},
+        "mqtt": {"port": 0},
     }
     rpc = sections.pop("rpc", {})
     for name, values in sections.items():
@@ -91,6 +95,8 @@ async def gateway(state_dir: Path, **sections: dict[str, Any]) -> AsyncIterator[
             signer,
             addresses.api_port,
             api_key,
+            addresses.mqtt_port,
+            addresses.mqtt_tcp_port,
         )
     finally:
         await node.close()

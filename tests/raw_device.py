@@ -37,9 +37,20 @@ class RawDevice:
         limits: Limits | None = None,
         context: ssl.SSLContext | None = None,
         receive_buffer_bytes: int = 0,
+        proxy_header: bytes = b"",
     ) -> RawDevice:
         ctx = context or client_ssl_context(ca_cert)
-        if receive_buffer_bytes:
+        if proxy_header:
+            # As a load balancer does: a PROXY protocol header, then the device's TLS.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(proxy_header)
+                await writer.drain()
+                await writer.start_tls(ctx, server_hostname="localhost")
+            except BaseException:
+                writer.close()
+                raise
+        elif receive_buffer_bytes:
             # A small kernel buffer, set before connecting (the window is agreed then),
             # so a device that stops reading backs up into the gateway quickly.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

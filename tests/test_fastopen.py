@@ -111,15 +111,23 @@ async def test_resumed_device_gets_its_first_answer_one_round_trip_sooner(
         full.close()
         await full.closed
 
-        resumed, resumed_trips = await first_rpc(
-            gw, context, address, ticket=ack.resume_ticket, session=session
-        )
-        assert resumed.syn_carried_data  # the ClientHello rode in the SYN
-        assert resumed.session_reused and resumed.ack.result().resumed
+        # A SYN the kernel had to send again (a busy host) goes without its data, and the
+        # kernel then backs off fast open for a while: up to three returning connections,
+        # each resuming from the one before. With fast open broken, none carries data.
+        for _attempt in range(3):
+            resumed, resumed_trips = await first_rpc(
+                gw, context, address, ticket=ack.resume_ticket, session=session
+            )
+            assert resumed.session_reused and resumed.ack.result().resumed
+            ack, session = resumed.ack.result(), resumed.session
+            carried = resumed.syn_carried_data  # the ClientHello rode in the SYN
+            resumed.close()
+            await resumed.closed
+            if carried:
+                break
+        assert carried
         assert resumed_trips == 2
         assert resumed.bytes_in + resumed.bytes_out < full.bytes_in + full.bytes_out
-        resumed.close()
-        await resumed.closed
 
 
 def make_client(gw: RunningGateway, **options: Any) -> Client:
@@ -147,11 +155,17 @@ async def test_sdk_reconnects_with_fast_open(tmp_path: Path) -> None:
         # The first connection asked for a cookie (or had one from an earlier test).
         first = client.stats.fast_open_connects
         lost = disconnect_events(client)
-        gw.node.by_device["d1"].abort()
-        await asyncio.wait_for(lost.get(), WAIT_S)
-        response = await client.call("channel.echo", b"x", timeout=WAIT_S)
-        assert response.body == b"x"
-        assert client.stats.connects == 2 and client.resumed
+        # The kernel keeps cookies in a host-wide cache that other traffic can evict: a
+        # reconnect without one asks for a new cookie. Up to three reconnects; with
+        # fast open broken in the SDK, none of them uses it.
+        for attempt in range(1, 4):
+            gw.node.by_device["d1"].abort()
+            await asyncio.wait_for(lost.get(), WAIT_S)
+            response = await client.call("channel.echo", b"x", timeout=WAIT_S)
+            assert response.body == b"x"
+            assert client.stats.connects == 1 + attempt and client.resumed
+            if client.stats.fast_open_connects > first:
+                break
         assert client.stats.fast_open_connects == first + 1
         # The gateway counts them too (operators see whether fast open works in the field).
         counted = gw.node.metrics.registry.get_sample_value("channel_tcp_fastopen_handshakes_total")

@@ -42,6 +42,8 @@ def free_port_below_32768() -> int:
 class ServeProcess:
     def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if "--mqtt-port" not in args and "CHANNEL_MQTT__PORT" not in env:
+            args = (*args, "--mqtt-port", "0")  # never the fixed default port 8883 in tests
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -481,7 +481,9 @@ def test_tcp_fast_open_is_reported_in_hello() -> None:
         driver = Driver(engine)
         source = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}.7"
         flags = []
-        for i in range(2):
+        # The first only fetches the cookie. The kernel keeps cookies in a host-wide cache
+        # other traffic can evict (a connection without one asks again): up to four more.
+        for i in range(5):
             raw = socket.socket()
             raw.bind((source, 0))
             assert fastopen.enable_on_client(raw)
@@ -490,7 +492,9 @@ def test_tcp_fast_open_is_reported_in_hello() -> None:
             hello_over_memory_bio(raw, f"tfo-{i}")
             flags.append(driver.expect("HELLO")[5])
             raw.close()
-        assert flags == [False, True]  # the first only fetched the cookie
+            if flags[-1]:
+                break
+        assert flags[0] is False and flags[-1] is True, flags
         assert engine.stats()["fast_open_connections"] == 1
     finally:
         engine.shutdown()

@@ -17,6 +17,7 @@ from channel.config import ConfigError, load_config
         ("user_devices_sweep_s = -1", r"push\.user_devices_sweep_s"),
         ("fanout_batch = 0", r"push\.fanout_batch"),
         ("inbox_max_entries = 0", r"push\.inbox_max_entries"),
+        ("recent_acks = -1", r"push\.recent_acks"),
         ("fanout_linger_ms = -1", r"push\.fanout_linger_ms"),
         ("fanout_linger_ms = 20000", r"push\.fanout_linger_ms"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),

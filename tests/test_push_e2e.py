@@ -8,6 +8,7 @@ several gateway processes and a Redis Cluster).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -508,3 +509,17 @@ async def test_without_linger_each_broadcast_is_written_at_once(tmp_path: Path) 
             for device in devices:
                 await device.wait_pushes(k + 1)
         assert gw.node.delivery is not None and gw.node.delivery.fanout_writes == 4
+
+
+async def test_subscribe_with_json_nested_too_deep_is_a_bad_request_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by the live fuzzer (stress/fuzz): the body reached json.loads, whose
+    # RecursionError escaped as an "rpc handler failed" traceback and INTERNAL_ERROR.
+    nested = b'{"topics": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    async with gateway(tmp_path) as gw, online(gw, "fan") as (fan,):
+        with pytest.raises(BadRequest, match="topics"):
+            await fan.client.call("channel.subscribe", nested)
+        assert await fan.client.subscribe("public.still-works") == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

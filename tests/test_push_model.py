@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,3 +100,13 @@ def test_new_message_id_at_given_times_is_the_reference_encoding() -> None:
                 + model._process_salt.to_bytes(6, "big")
             )
             assert new_message_id(at_ms) == message_id_of(raw)
+
+
+def test_fastjson_refuses_json_nested_too_deep_with_a_value_error() -> None:
+    # orjson stops at 1024 levels, json.loads then hits Python's recursion limit:
+    # callers catch ValueError (fastjson.DecodeError) for bad JSON, never RecursionError.
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(fastjson.DecodeError, match="nested"):
+        fastjson.loads(deep)
+    with pytest.raises(fastjson.DecodeError, match="nested"):
+        fastjson.loads(b'{"topics": ' + deep + b"}")

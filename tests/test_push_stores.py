@@ -20,7 +20,7 @@ import pytest
 
 from channel.config import PushConfig
 from channel.push import envelopes
-from channel.push.memory import memory_backend
+from channel.push.memory import MemoryReceipts, memory_backend
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -502,6 +502,36 @@ async def redis_stores(request: pytest.FixtureRequest) -> AsyncIterator[PushBack
         await stores.close()
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+async def test_a_node_that_just_joined_gets_what_is_sent_to_all_once_its_inbox_is_ready(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """``send_all(fresh=True)`` reaches a node that joined after the sender's last
+    (cached) lease read: the MQTT front's global subscription changes depend on it. Two
+    nodes' own stores on one Redis; the joiner's inbox reads all that is sent once it
+    said it is ready."""
+    if kind == "redis":
+        config = redis_config(request.getfixturevalue("redis_server").url)
+    else:
+        config = redis_config(request.getfixturevalue("redis_cluster").url, cluster=True)
+    sender, joiner = await redis_backend(config), await redis_backend(config)
+    try:
+        await sender.presence.join("node-early", 30_000)
+        await sender.presence.live_nodes()  # the sender's cached view: no late node yet
+        late = await joiner.presence.join("node-late", 30_000)
+        ready = asyncio.Event()
+        inbox = joiner.router.inbox(late, ready)
+        first = asyncio.ensure_future(anext(inbox))
+        async with asyncio.timeout(10):
+            await ready.wait()
+            await sender.router.send_all([b"hello"], fresh=True)
+            assert await first == [b"hello"]
+        await inbox.aclose()  # type: ignore[attr-defined]
+    finally:
+        await sender.close()
+        await joiner.close()
+
+
 async def test_inbox_read_after_entries_were_trimmed_starts_with_resync(
     redis_stores: PushBackend,
 ) -> None:
@@ -653,6 +683,19 @@ async def test_status_kept_for_retention_past_expiry(backend: PushBackend) -> No
     )
     assert await receipts.status("old") is None
     assert await receipts.status("kept") is not None
+
+
+async def test_memory_statuses_past_retention_go_whatever_the_batch_size() -> None:
+    # Found looking into the live fuzzer's RSS drift: the in-memory store swept expired
+    # statuses only when it held an exact multiple of 1024 as a batch came in, so API
+    # batches of 999 kept every expired status until ~1,000 batches had passed.
+    receipts = memory_backend().receipts
+    assert isinstance(receipts, MemoryReceipts)
+    past = now_ms() - 10_000
+    for batch in range(40):
+        expired = [device_status(f"m{batch}-{i}", "d1", expires_at_ms=past) for i in range(999)]
+        await receipts.create(expired, retention_s=1)
+    assert len(receipts._statuses) < 3 * 999
 
 
 async def test_status_final_for_every_device_goes_after_the_final_retention(

@@ -96,3 +96,32 @@ async def test_pushes_xadded_to_the_request_stream_are_accepted_and_delivered(
             assert [p["message_id"] for p in pending] in ([], [last_id])
     finally:
         await client.aclose()
+
+
+async def test_an_entry_nested_too_deep_is_rejected_and_its_batch_still_served(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    # json.loads' RecursionError escaped the entry parser: the whole read failed
+    # (a warning), was retried for ever, and the valid entries read with it were
+    # never accepted.
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    streams = {"request_stream": f"{prefix}:push", "receipt_stream": f"{prefix}:receipts"}
+    push = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": prefix, **streams}
+    client = aioredis.from_url(redis_server.url)
+    deep = '{"device_id": "d1", "body": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    try:
+        async with gateway(tmp_path, push=push) as gw, online(gw, "d1") as (device,):
+            await client.xadd(streams["request_stream"], {"push": deep, "id": "deep"})
+            await client.xadd(
+                streams["request_stream"],
+                {"push": json.dumps({"device_id": "d1", "body": "fine"}), "id": "fine"},
+            )
+            results = await results_after(client, streams["receipt_stream"], "0", 2)
+            by_id = {r["request_id"]: r for r in results}
+            assert by_id["deep"]["status"] == "rejected"
+            assert by_id["deep"]["error"]["field"] == "push"
+            assert by_id["fine"]["status"] == "accepted"
+            await device.wait_pushes(1)
+            assert device.bodies == [b"fine"]
+    finally:
+        await client.aclose()

@@ -184,6 +184,8 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
             phase = target["push"]["unicast"][mode]
             assert phase["accepted"] > 0 and phase["lost"] == 0 and phase["duplicates"] == 0
             assert phase["latency_ms"]["count"] > 0
+        if name.endswith("-mqtt"):
+            continue  # Channel's MQTT boxes run idle memory and the push scenarios only
         for mode in ("full", "resumed"):
             hs = target["handshakes"][mode]
             assert hs["handshakes"] > 0 and hs["errors"] == 0, (name, hs)
@@ -192,7 +194,10 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
         if name.endswith("-mqtt"):
             continue
         redis = results[name]["redis"]["max"]
-        assert redis["lost"] == 0 and redis["cpu_s_per_1000"]["redis"] > 0
+        # Redis's CPU is measured (per 1,000 only when pushes were acked inside the short
+        # window, which a loaded host may miss: the figure is then None, not a zero).
+        assert redis["lost"] == 0 and redis["cpu_s"]["redis"] > 0
+        assert redis["cpu_s_per_1000"] is None or redis["cpu_s_per_1000"]["redis"] > 0
         rpc = results[name]["rpc"]
         assert rpc["gateway"]["calls"] == rpc["direct"]["calls"] == 27
     assert {bar["target"] for bar in doc["bars"]} == set(channels)

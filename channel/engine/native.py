@@ -114,6 +114,8 @@ class NativeEngine:
             "max_body_size": limits.max_body_size,
             "max_concurrent_streams": limits.max_concurrent_streams,
             "max_hello_size": limits.max_hello_size,
+            # The MQTT front's packet limit, enforced from the fixed header before buffering.
+            "mqtt_max_packet_size": config.mqtt.max_packet_size_bytes,
             "tls_cert_pem": tls.cert.read_bytes(),
             "tls_key_pem": tls.key.read_bytes(),
             "ticket_key_id": current_key,
@@ -121,6 +123,10 @@ class NativeEngine:
             "early_data_max_bytes": config.tls.early_data_max_bytes,
             **dataclasses.asdict(native),
         }
+        if server.proxy_protocol:
+            # Devices come through balancers: the MMTP listener reads their PROXY header.
+            settings["proxy_trusted"] = list(server.proxy_trusted)
+            settings["proxy_max_header_bytes"] = server.proxy_max_header_bytes
         if tls.client_ca is not None:
             settings["tls_client_ca_pem"] = tls.client_ca.read_bytes()
             settings["tls_require_client_cert"] = tls.require_client_cert
@@ -140,10 +146,12 @@ class NativeEngine:
         server = self.config.server
         loop = self._loop = asyncio.get_running_loop()
         loop.add_reader(self.engine.event_fd(), self._on_events)
-        return self.listen("mmtp", server.host, server.port, tls=True)
+        return self.listen("mmtp", server.host, server.port, tls=True, proxy=server.proxy_protocol)
 
-    def listen(self, kind: str, host: str, port: int, *, tls: bool) -> int:
-        """Another listener on this engine (the MQTT front's); returns the real port."""
+    def listen(self, kind: str, host: str, port: int, *, tls: bool, proxy: bool = False) -> int:
+        """Another listener on this engine (the MQTT front's); returns the real port.
+        ``proxy``: its peers are balancers sending a PROXY header first (only those in
+        ``[server] proxy_trusted`` may connect)."""
         server = self.config.server
         reuse_port = server.reuse_port or server.workers > 1
         return self.engine.listen(
@@ -154,6 +162,7 @@ class NativeEngine:
             reuse_port=reuse_port,
             backlog=4096,
             fast_open_queue=max(0, server.tcp_fastopen_queue),
+            proxy=proxy,
         )
 
     def reload_tls(self, tls: TlsFiles) -> None:
@@ -205,7 +214,7 @@ class NativeEngine:
         self.flush_commands()
 
     def _hello(self, event: tuple[Any, ...]) -> None:
-        _, conn, _peer_ip, fields_, cert_cn, fast_open = event
+        _, conn, peer_ip, fields_, cert_cn, fast_open = event
         service = self.service
         if self.draining:
             self.metric_refused(ErrorCode.SHUTTING_DOWN)
@@ -221,7 +230,7 @@ class NativeEngine:
             return
         hello = Hello(**fields_)
         try:
-            result = service.authenticate(hello, cert_cn)
+            result = service.authenticate(hello, cert_cn, peer_ip)
         except AuthFailure as failure:
             self.command(("REJECT", conn, failure.code, failure.message, 0))
             return

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Protocol, cast
 
 from channel import fastopen
+from channel.engine.tlsproto import peer_ip_of
 from channel.mmtp.service import MmtpService
 from channel.mmtp.session import MmtpSession
 from channel.ratelimit import CpuBudget
@@ -256,7 +257,9 @@ class PyMmtpSession(MmtpSession, asyncio.Protocol):
         service = self._service
         try:
             result = service.authenticate(
-                event.hello, self._engine.client_certificate_cn(self._transport)
+                event.hello,
+                self._engine.client_certificate_cn(self._transport),
+                peer_ip_of(self._transport) if self._transport is not None else "",
             )
         except AuthFailure as failure:
             self.conn.reject(failure.code, failure.message)

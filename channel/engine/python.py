@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from channel import fastopen
 from channel.engine.heaptrim import HeapTrimmer
+from channel.engine.proxyproto import ProxyPolicy
 from channel.engine.pysession import PyMmtpSession
 from channel.engine.tlsproto import tls_server_factory
 from channel.engine.uvtls import gated_tls_factory
@@ -60,6 +61,13 @@ class PythonEngine:
         self._unauthenticated: set[PyMmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
         self._tcp_connections = 0
+        #: Devices arrive through load balancers sending a PROXY header (AcceptGate.proxy).
+        server = self.config.server
+        self.proxy = (
+            ProxyPolicy(server.proxy_trusted, server.proxy_max_header_bytes)
+            if server.proxy_protocol
+            else None
+        )
         self.heap_trimmer = HeapTrimmer(self.config.server.malloc_trim_after_handshakes)
         self._server: asyncio.AbstractServer | None = None
         #: The kernel takes fast-open SYNs on our listener (else no socket is asked).
@@ -138,28 +146,45 @@ class PythonEngine:
 
         Over ``max_connections`` or ``max_connections_per_ip`` the connection is
         closed without a word (no TLS, so no MMTP ERROR can be sent): a client sees
-        the connection reset and backs off as after any network failure.
+        the connection reset and backs off as after any network failure. Behind a
+        balancer (``proxy_protocol``) ``peer_ip`` is "" here and the device's address
+        is counted once its PROXY header is read (``admit_address``).
         """
-        server = self.config.server
-        if self._tcp_connections >= server.max_connections:
+        if self._tcp_connections >= self.config.server.max_connections:
             self._refused.labels(ErrorCode.UNAVAILABLE.name).inc()
             return False
-        if self._per_ip[peer_ip] >= server.max_connections_per_ip:
-            self._refused.labels(ErrorCode.RATE_LIMITED.name).inc()
+        if peer_ip and not self._admit_ip(peer_ip):
             return False
         self._tcp_connections += 1
-        self._per_ip[peer_ip] += 1
         self.metrics.connections.set(self._tcp_connections)
         return True
 
+    def admit_address(self, peer_ip: str) -> bool:
+        return self._admit_ip(peer_ip)
+
+    def _admit_ip(self, peer_ip: str) -> bool:
+        if self._per_ip[peer_ip] >= self.config.server.max_connections_per_ip:
+            self._refused.labels(ErrorCode.RATE_LIMITED.name).inc()
+            return False
+        self._per_ip[peer_ip] += 1
+        return True
+
+    def refuse(self, reason: str) -> None:
+        self._refused.labels(reason).inc()
+
     def release_connection(self, peer_ip: str) -> None:
         self._tcp_connections -= 1
-        left = self._per_ip[peer_ip] - 1
-        if left > 0:
-            self._per_ip[peer_ip] = left
-        else:
-            del self._per_ip[peer_ip]
+        if peer_ip:
+            left = self._per_ip[peer_ip] - 1
+            if left > 0:
+                self._per_ip[peer_ip] = left
+            else:
+                del self._per_ip[peer_ip]
         self.metrics.connections.set(self._tcp_connections)
+
+    def connections_from(self, peer_ip: str) -> int:
+        """Connections counted under ``peer_ip`` now (a device's, behind a balancer)."""
+        return self._per_ip.get(peer_ip, 0)
 
     def admit(self, session: PyMmtpSession) -> tuple[ErrorCode, str] | None:
         """Register a connection whose TLS handshake completed, or say why it is refused.

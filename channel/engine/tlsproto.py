@@ -63,8 +63,10 @@ import contextlib
 import logging
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+from channel.engine.proxyproto import ProxyHeaderError, ProxyHeaderReader, ProxyPolicy
 from channel.security.clienthello import (
     ALERT_DECODE_ERROR,
     ALERT_NO_APPLICATION_PROTOCOL,
@@ -93,6 +95,20 @@ ALPN_BYTES = ALPN_PROTOCOL.encode()
 #: the headers of the records it is split into.
 MAX_HELLO_BUFFER_BYTES = 2 * MAX_CLIENT_HELLO_BYTES
 
+#: Judges the ALPN protocols a ClientHello offers (None: it offers none); False refuses it.
+AlpnRule = Callable[[tuple[bytes, ...] | None], bool]
+
+
+def mmtp_alpn(offered: tuple[bytes, ...] | None) -> bool:
+    """MMTP: the client must offer ``mmtp/1`` (spec 3.2)."""
+    return ALPN_BYTES in (offered or ())
+
+
+#: ``channel_refused_connections_total`` reasons of the PROXY protocol: a peer that is
+#: not a configured balancer, a header that is missing or malformed.
+REFUSED_PROXY_UNTRUSTED = "PROXY_UNTRUSTED"
+REFUSED_PROXY_INVALID = "PROXY_INVALID"
+
 #: What to do once the plaintext before it has been delivered.
 _END_CLOSE = 1  # close_notify (or EOF) from the peer: answer with ours and close
 _END_ABORT = 2  # a bad record: cut the connection
@@ -101,11 +117,74 @@ _END_ABORT = 2  # a bad record: cut the connection
 class AcceptGate(Protocol):
     """Counts connections from TCP accept to TCP close (the node's limits)."""
 
+    #: Set when devices arrive through load balancers that send a PROXY protocol
+    #: header first (``[server] proxy_protocol``): only they may connect.
+    proxy: ProxyPolicy | None
+
     def admit_connection(self, peer_ip: str) -> bool:
-        """Count a just-accepted connection; False: refused, cut it now."""
+        """Count a just-accepted connection in the total and under ``peer_ip`` ("": in
+        the total only, its device's address is not known yet); False: refused, cut it."""
+
+    def admit_address(self, peer_ip: str) -> bool:
+        """Count a connection admitted with "" under its device's address, now known
+        from its PROXY header; False: over the per-address limit, cut it."""
+
+    def refuse(self, reason: str) -> None:
+        """Count a connection cut for ``reason`` (a PROXY header refused)."""
 
     def release_connection(self, peer_ip: str) -> None:
-        """The connection ``admit_connection`` counted is gone."""
+        """The connection ``admit_connection`` counted (under ``peer_ip``) is gone."""
+
+
+class ProxiedPeer:
+    """A connection from a balancer until its PROXY header is read, then the device's
+    address it named. Both Python TLS engines use it before any TLS work."""
+
+    __slots__ = ("_balancer", "_reader", "address")
+
+    def __init__(self, policy: ProxyPolicy, balancer: Any) -> None:
+        self._reader: ProxyHeaderReader | None = policy.reader()
+        self._balancer = balancer
+        #: (ip, port) of the device once the header is read; the balancer's for a header
+        #: that names no address (v2 LOCAL: the balancer's own health check).
+        self.address: tuple[str, int] | None = None
+
+    @staticmethod
+    def accept(gate: AcceptGate, peer_ip: str) -> bool:
+        """At TCP accept: only a trusted balancer, counted in the total for now."""
+        assert gate.proxy is not None
+        if not gate.proxy.trusts(peer_ip):
+            log.debug("refused: %s is not in server.proxy_trusted", peer_ip)
+            gate.refuse(REFUSED_PROXY_UNTRUSTED)
+            return False
+        return gate.admit_connection("")
+
+    def read(self, gate: AcceptGate, data: bytes) -> bytes | None:
+        """Feed bytes; the bytes after the header once it is read (and the device's
+        address is counted), b"" while it is incomplete, None: refused, cut it."""
+        reader = self._reader
+        if reader is None:
+            return data
+        try:
+            header = reader.feed(data)
+        except ProxyHeaderError as exc:
+            log.debug("refused: %s", exc)
+            self._reader = None
+            gate.refuse(REFUSED_PROXY_INVALID)
+            return None
+        if header is None:
+            return b""
+        self._reader = None
+        balancer = self._balancer
+        if header.source_ip is not None:
+            self.address = (header.source_ip, header.source_port)
+        elif isinstance(balancer, tuple):
+            self.address = (sys.intern(str(balancer[0])), int(balancer[1]))
+        else:
+            self.address = ("", 0)
+        if not gate.admit_address(self.address[0]):
+            return None
+        return header.rest
 
 
 def peer_ip_of(transport: asyncio.BaseTransport) -> str:
@@ -128,6 +207,7 @@ class TlsServerProtocol(asyncio.Protocol):
     """Server-side TLS over a plain TCP transport; the transport of ``inner``."""
 
     __slots__ = (
+        "_alpn_ok",
         "_bios",
         "_context",
         "_end",
@@ -137,6 +217,7 @@ class TlsServerProtocol(asyncio.Protocol):
         "_inner_connected",
         "_peer_ip",
         "_plaintext",
+        "_proxied",
         "_read_paused",
         "_read_scheduled",
         "_sslobj",
@@ -153,11 +234,16 @@ class TlsServerProtocol(asyncio.Protocol):
         handshake_timeout_s: float,
         bios: SharedBios | None = None,
         gate: AcceptGate | None = None,
+        alpn_ok: AlpnRule = mmtp_alpn,
     ) -> None:
         self._context = context
+        self._alpn_ok = alpn_ok
         self._gate = gate
-        # The address the gate counted this connection under (None: not counted).
+        # The address the gate counted this connection under (None: not counted; "": in
+        # the total only, while its PROXY header is awaited).
         self._peer_ip: str | None = None
+        # Behind a balancer: its PROXY header's reader, then the device's address.
+        self._proxied: ProxiedPeer | None = None
         # ClientHello bytes while it is incomplete (b"": none yet); None once checked.
         self._hello: bytes | None = b""
         self._bios = bios if bios is not None else SharedBios()
@@ -181,7 +267,14 @@ class TlsServerProtocol(asyncio.Protocol):
         gate = self._gate
         if gate is not None:
             peer_ip = peer_ip_of(transport)
-            if not gate.admit_connection(peer_ip):
+            if gate.proxy is not None:
+                admitted = ProxiedPeer.accept(gate, peer_ip)
+                peer_ip = ""
+                if admitted:
+                    self._proxied = ProxiedPeer(gate.proxy, transport.get_extra_info("peername"))
+            else:
+                admitted = gate.admit_connection(peer_ip)
+            if not admitted:
                 self._state = _CLOSED
                 self._transport.abort()
                 return
@@ -202,6 +295,11 @@ class TlsServerProtocol(asyncio.Protocol):
         sslobj = self._sslobj
         if sslobj is None or self._state >= _CLOSING:
             return
+        proxied = self._proxied
+        if proxied is not None and proxied.address is None:
+            data = self._read_proxy_header(proxied, data)
+            if not data:
+                return
         if self._hello is not None:
             data = self._check_client_hello(data)
             if not data:
@@ -253,6 +351,18 @@ class TlsServerProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------- handshake
 
+    def _read_proxy_header(self, proxied: ProxiedPeer, data: bytes) -> bytes:
+        """The bytes after the balancer's PROXY header (b"" until it is whole); the
+        connection is counted under the device's address from then on."""
+        assert self._gate is not None
+        rest = proxied.read(self._gate, data)
+        if rest is None:
+            self.abort()
+            return b""
+        if proxied.address is not None:
+            self._peer_ip = proxied.address[0]
+        return rest
+
     def _check_client_hello(self, data: bytes) -> bytes:
         """Every byte so far once the ClientHello is whole and offers mmtp/1; else b""."""
         received = self._hello + data if self._hello else data
@@ -269,8 +379,8 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._hello = received
             return b""
         self._hello = None
-        if ALPN_BYTES not in (hello.alpn_protocols or ()):
-            log.debug("ClientHello without ALPN %s: %s", ALPN_PROTOCOL, hello.alpn_protocols)
+        if not self._alpn_ok(hello.alpn_protocols):
+            log.debug("ClientHello with ALPN refused: %s", hello.alpn_protocols)
             self._refuse_hello(ALERT_NO_APPLICATION_PROTOCOL)
             return b""
         return received
@@ -443,6 +553,9 @@ class TlsServerProtocol(asyncio.Protocol):
             return sslobj.cipher() if sslobj is not None else default
         if name == "compression":
             return sslobj.compression() if sslobj is not None else default
+        if name == "peername" and self._proxied is not None:
+            # The device, as its balancer's PROXY header named it.
+            return self._proxied.address or default
         if self._transport is None:
             return default
         return self._transport.get_extra_info(name, default)
@@ -482,18 +595,22 @@ def tls_server_factory(
     inner_factory: Any,
     handshake_timeout_s: float,
     gate: AcceptGate | None = None,
+    alpn_ok: AlpnRule = mmtp_alpn,
 ) -> Any:
     """A ``create_server`` protocol factory: TLS terminated here, ``inner_factory()`` inside.
 
     Its connections share one pair of memory BIOs (see the module doc); a
     server's protocols all run on its event loop's thread. With ``gate``,
-    connections are counted (and refused) at TCP accept. Each connection takes the
-    context ``context`` holds when it is accepted (a reload swaps it for new ones).
+    connections are counted (and refused) at TCP accept. ``alpn_ok`` judges the
+    ALPN protocols a ClientHello offers (default: MMTP's rule). Each connection takes
+    the context ``context`` holds when it is accepted (a reload swaps it for new ones).
     """
     bios = SharedBios()
     ref = context_ref(context)
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(ref.context, inner_factory(), handshake_timeout_s, bios, gate)
+        return TlsServerProtocol(
+            ref.context, inner_factory(), handshake_timeout_s, bios, gate, alpn_ok
+        )
 
     return factory

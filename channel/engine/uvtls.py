@@ -29,7 +29,7 @@ import logging
 import ssl
 from typing import Any, cast
 
-from channel.engine.tlsproto import AcceptGate, peer_ip_of
+from channel.engine.tlsproto import AcceptGate, ProxiedPeer, peer_ip_of
 from channel.security.tls import ServerContextRef, context_ref
 
 log = logging.getLogger("channel.tls")
@@ -47,8 +47,10 @@ class GatedTlsAcceptor(asyncio.Protocol):
         "_inner",
         "_lost",
         "_peer_ip",
+        "_proxied",
         "_settings",
         "_switched",
+        "_tcp",
     )
 
     def __init__(self, settings: _Listener, inner: asyncio.Protocol) -> None:
@@ -56,6 +58,10 @@ class GatedTlsAcceptor(asyncio.Protocol):
         self._gate = settings.gate
         self._inner = inner
         self._peer_ip: str | None = None
+        # Behind a balancer: its PROXY header's reader, then the device's address; TLS
+        # starts once the header is read.
+        self._proxied: ProxiedPeer | None = None
+        self._tcp: asyncio.Transport | None = None  # only while the header is read
         self._connected = False
         self._lost = False
         # False while we are still the TCP protocol: data then is ciphertext (the
@@ -72,11 +78,24 @@ class GatedTlsAcceptor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = cast(asyncio.Transport, transport)
         peer_ip = peer_ip_of(tcp)
-        if not self._gate.admit_connection(peer_ip):
+        gate = self._gate
+        if gate.proxy is not None:
+            if not ProxiedPeer.accept(gate, peer_ip):
+                self._lost = True
+                tcp.abort()
+                return
+            self._peer_ip = ""
+            self._proxied = ProxiedPeer(gate.proxy, tcp.get_extra_info("peername"))
+            self._tcp = tcp
+            return  # TLS starts once the PROXY header is read (_read_proxy_header)
+        if not gate.admit_connection(peer_ip):
             self._lost = True
             tcp.abort()
             return
         self._peer_ip = peer_ip
+        self._upgrade_soon(tcp)
+
+    def _upgrade_soon(self, tcp: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         self._handshake = loop.create_task(self._start_tls(tcp))
         loop.call_soon(self._hand_over_ciphertext, tcp)
@@ -140,9 +159,28 @@ class GatedTlsAcceptor(asyncio.Protocol):
 
     # ------------------------------------ as the TLS transport's app protocol
 
+    def _read_proxy_header(self, proxied: ProxiedPeer, data: bytes) -> None:
+        """Before TLS: the balancer's PROXY header, then TLS over what follows it."""
+        tcp = self._tcp
+        assert tcp is not None
+        rest = proxied.read(self._gate, data)
+        if rest is None:
+            self._lost = True
+            tcp.abort()
+            return
+        if proxied.address is None:
+            return
+        self._peer_ip = proxied.address[0]
+        self._tcp = None
+        self._ciphertext = [rest] if rest else None
+        self._upgrade_soon(tcp)
+
     def data_received(self, data: bytes) -> None:
         if self._connected:
             self._inner.data_received(data)
+        elif self._proxied is not None and self._proxied.address is None:
+            if not self._lost:
+                self._read_proxy_header(self._proxied, data)
         elif not self._switched:
             # Still the TCP protocol: the start of the TLS handshake, kept for it. At
             # most one read's worth: start_tls pauses reading in the next loop turn.
@@ -163,6 +201,7 @@ class GatedTlsAcceptor(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._early = None
+        self._tcp = None
         self._release()
         if self._connected:
             self._connected = False

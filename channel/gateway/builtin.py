@@ -19,6 +19,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from channel import fastjson
 from channel.push.requests import TOPIC_PATTERN
 from channel.push.topics import TopicForbidden
 from channel.rpc.model import RpcRequest, RpcResponse
@@ -54,9 +55,12 @@ def builtin_response(
 
 def _topics(request: RpcRequest, delivery: NodeDelivery) -> RpcResponse:
     try:
-        topics = json.loads(request.body)["topics"]
-    except (ValueError, KeyError, TypeError):
+        body = fastjson.loads(request.body)
+    except fastjson.DecodeError:  # not JSON, or nested too deep to parse
+        body = None
+    if not isinstance(body, dict) or "topics" not in body:
         return RpcResponse.error(ErrorCode.BAD_REQUEST, 'body must be {"topics": [names]}')
+    topics = body["topics"]
     if not isinstance(topics, list) or not all(
         isinstance(t, str) and TOPIC_NAME.fullmatch(t) for t in topics
     ):

@@ -7,6 +7,7 @@ push and ACK) and turned into metric families only when /metrics is read.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from channel.wire import BodyCodec, FrameType
@@ -18,6 +19,42 @@ if TYPE_CHECKING:
     from channel.metrics import GatewayMetrics
     from channel.mmtp.service import WireCounters
     from channel.push.delivery import NodeDelivery
+
+
+def register_certificate_collector(registry: CollectorRegistry, cert_path: Path) -> None:
+    """``channel_tls_certificate_expiry_timestamp_seconds``: when the device listener's
+    certificate (the first of its chain file) expires, re-read when the file changes."""
+    cache: dict[str, float] = {}
+
+    class _CertificateCollector:
+        def collect(self) -> Iterable[object]:
+            from prometheus_client.core import GaugeMetricFamily
+
+            gauge = GaugeMetricFamily(
+                "channel_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the device listener's certificate expires",
+                labels=["path"],
+            )
+            expires = _certificate_expiry(cert_path, cache)
+            if expires is not None:
+                gauge.add_metric([str(cert_path)], expires)
+            return [gauge]
+
+    registry.register(_CertificateCollector())  # type: ignore[arg-type]
+
+
+def _certificate_expiry(path: Path, cache: dict[str, float]) -> float | None:
+    try:
+        stamp = f"{path.stat().st_mtime_ns}"
+        if stamp not in cache:
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cache.clear()
+            cache[stamp] = cert.not_valid_after_utc.timestamp()
+        return cache[stamp]
+    except (OSError, ValueError):
+        return None
 
 
 def register_wire_collector(
@@ -67,12 +104,39 @@ def register_push_collector(
 ) -> None:
     class _PushCollector:
         def collect(self) -> Iterable[object]:
-            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+            from prometheus_client.core import (
+                CounterMetricFamily,
+                GaugeMetricFamily,
+                HistogramMetricFamily,
+            )
 
+            from channel.push.redis.connection import ERRORS
+
+            redis_errors = CounterMetricFamily(
+                "channel_redis_errors",
+                "Redis calls that failed after redis-py's retries, by error class",
+                labels=["error"],
+            )
+            for error, count in sorted(ERRORS.items()):
+                redis_errors.add_metric([error], count)
             d = delivery()
             if d is None:
-                return []
+                return [redis_errors]
+            latency = d.delivery_latency
             return [
+                redis_errors,
+                HistogramMetricFamily(
+                    "channel_push_delivery_seconds",
+                    "Push accepted by the API -> written to its device on this node, for "
+                    "devices online when it was routed (replays of queues not counted)",
+                    buckets=latency.cumulative(),
+                    sum_value=latency.total_s,
+                ),
+                GaugeMetricFamily(
+                    "channel_pushes_unacked",
+                    "Queued pushes written to this node's devices, awaiting their ACK",
+                    value=d.unacked_total,
+                ),
                 CounterMetricFamily(
                     "channel_pushes_written",
                     "PUSH frames written to devices (unicast, fan-out, replays)",
@@ -170,6 +234,8 @@ def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> 
             refused.add_metric(["UNAVAILABLE"], stats.get("refused_max_connections", 0))
             refused.add_metric(["RATE_LIMITED"], stats.get("refused_per_ip", 0))
             refused.add_metric(["SHUTTING_DOWN"], engine.refused_draining)
+            refused.add_metric(["PROXY_UNTRUSTED"], stats.get("refused_proxy_untrusted", 0))
+            refused.add_metric(["PROXY_INVALID"], stats.get("refused_proxy_invalid", 0))
             idle = CounterMetricFamily(
                 "channel_idle_closed",
                 "Connections closed for missing heartbeats",

@@ -22,9 +22,11 @@ from channel.config import GatewayConfig, TlsConfig
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
+from channel.engine.pymqtt import PyMqttListener
 from channel.engine.python import PythonEngine
 from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
+    register_certificate_collector,
     register_native_collector,
     register_push_collector,
     register_wire_collector,
@@ -32,6 +34,9 @@ from channel.gateway.collectors import (
 from channel.logs import fields
 from channel.metrics import GatewayMetrics
 from channel.mmtp.service import MmtpService
+from channel.mqtt.auth import MqttAuthenticator
+from channel.mqtt.service import MqttService
+from channel.mqtt.store import MemoryMqttStore, MqttStore
 from channel.push.delivery import NodeDelivery
 from channel.push.service import PushService
 from channel.push.stores import PushBackend
@@ -58,6 +63,9 @@ class NodeAddresses:
     device_port: int
     admin_port: int
     api_port: int = 0
+    #: MQTT over TLS and plain TCP (0: not listening).
+    mqtt_port: int = 0
+    mqtt_tcp_port: int = 0
 
 
 class GatewayNode:
@@ -71,9 +79,10 @@ class GatewayNode:
         self.metrics = GatewayMetrics(native_engine=config.server.engine == "native")
         self.registry = SessionRegistry()
         self.router = router or RpcRouter(RoutingConfig.from_dict(config.rpc))
+        authenticator = self._make_authenticator()
         self.mmtp = MmtpService(
             config,
-            authenticator=self._make_authenticator(),
+            authenticator=authenticator,
             registry=self.registry,
             metrics=self.metrics,
             body_codec=self.body_codec,
@@ -86,6 +95,19 @@ class GatewayNode:
             register_native_collector(self.metrics, self.engine)
         else:
             register_wire_collector(self.metrics.registry, self.mmtp.wire, self.body_codec)
+        self.mqtt = MqttService(
+            config,
+            authenticator=MqttAuthenticator(
+                authenticator.verifier,
+                allow_anonymous=config.mqtt.allow_anonymous,
+                allow_client_certificates=bool(config.tls.client_ca),
+                zone=config.server.zone,
+            ),
+            registry=self.registry,
+            upstream=self.call_upstream,
+        )
+        self.mqtt.metrics.register(self.metrics.registry, lambda: self.mqtt.connections)
+        self.mqtt_listener: PyMqttListener | None = None
         self.draining = False
         self.ready = False
         self.addresses = NodeAddresses(0, 0)
@@ -161,6 +183,7 @@ class GatewayNode:
 
     async def start(self) -> NodeAddresses:
         tls = self._tls_files()
+        register_certificate_collector(self.metrics.registry, tls.cert)
         await self.router.start()
         await self._start_push()
         if isinstance(self.engine, NativeEngine):
@@ -181,6 +204,7 @@ class GatewayNode:
             if self.config.tls.early_data_max_bytes > 0:
                 log.warning("tls.early_data_max_bytes: TLS early data needs the native engine")
             device_port = await self.engine.start(tls)
+        mqtt_port, mqtt_tcp_port = await self._start_mqtt(tls)
         from channel.api.app import api_keyring, start_api
         from channel.gateway.admin import start_admin
 
@@ -191,7 +215,7 @@ class GatewayNode:
         if self.config.api.enabled:
             assert self.push is not None
             self._api, api_port = await start_api(self.push, self.config.api, keyring)
-        self.addresses = NodeAddresses(device_port, admin_port, api_port)
+        self.addresses = NodeAddresses(device_port, admin_port, api_port, mqtt_port, mqtt_tcp_port)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_forever())
         self.ready = True
         log.info(
@@ -202,6 +226,8 @@ class GatewayNode:
                 port=device_port,
                 admin_port=admin_port,
                 api_port=api_port,
+                mqtt_port=mqtt_port,
+                mqtt_tcp_port=mqtt_tcp_port,
                 engine=self.engine.name,
                 push_backend=self.config.push.backend,
                 pid=os.getpid(),
@@ -241,6 +267,36 @@ class GatewayNode:
             await stream_api.start()
             self._stream_api = stream_api
 
+    def _mqtt_store(self) -> MqttStore:
+        if self.backend is not None and self.backend.name == "redis":
+            from channel.mqtt.redis_store import redis_mqtt_store
+
+            return redis_mqtt_store(self.backend, self.config.push)
+        return MemoryMqttStore()
+
+    async def _start_mqtt(self, tls: TlsFiles) -> tuple[int, int]:
+        """The MQTT front and its listeners on the node's engine: (TLS port, plain TCP
+        port), 0 when off."""
+        assert self.backend is not None and self.delivery is not None
+        await self.mqtt.start(self._mqtt_store(), self.backend, self.delivery)
+        mqtt = self.config.mqtt
+        host = mqtt.host or self.config.server.host
+        engine = self.engine
+        if isinstance(engine, NativeEngine):
+            engine.mqtt_front = self.mqtt
+            tls_port = engine.listen("mqtt", host, mqtt.port, tls=True) if mqtt.enabled else 0
+            tcp_port = (
+                engine.listen("mqtt", host, mqtt.tcp_port, tls=False) if mqtt.tcp_port >= 0 else 0
+            )
+            return tls_port, tcp_port
+        if not mqtt.enabled and mqtt.tcp_port < 0:
+            return 0, 0
+        listener = self.mqtt_listener = PyMqttListener(self.config, self.engine, self.mqtt)
+        context = tls.server_context(alpn=("mqtt",))
+        tls_port = await listener.listen(host, mqtt.port, context) if mqtt.enabled else 0
+        tcp_port = await listener.listen(host, mqtt.tcp_port, None) if mqtt.tcp_port >= 0 else 0
+        return tls_port, tcp_port
+
     # ---------------------------------------------------- sessions and calls
 
     @property
@@ -250,8 +306,9 @@ class GatewayNode:
 
     @property
     def connection_count(self) -> int:
-        """Device connections past their TLS handshake, with or without a session yet."""
-        return self.engine.connection_count
+        """Device connections past their TLS handshake, with or without a session yet
+        (MMTP and MQTT)."""
+        return self.engine.connection_count + len(self.mqtt.connections)
 
     def wait_authenticated(self, device_id: str) -> asyncio.Future[Session]:
         """A future done when ``device_id`` has a session on this node."""
@@ -324,6 +381,9 @@ class GatewayNode:
         self.draining = True
         self.ready = False
         timeout_s = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
+        if self.mqtt_listener is not None:
+            self.mqtt_listener.stop_accepting()
+        await self.mqtt.drain()
         await self.engine.drain(timeout_s)
         log.info("drained", extra=fields(node=self.node_id))
 
@@ -332,6 +392,8 @@ class GatewayNode:
         if self._expiry is not None:
             self._expiry.cancel()
         await self.engine.close()
+        if self.mqtt_listener is not None:
+            await self.mqtt_listener.close()
         if self._admin is not None:
             from channel.gateway.admin import stop_admin
 
@@ -369,6 +431,8 @@ class GatewayNode:
             "port": self.addresses.device_port,
             "admin_port": self.addresses.admin_port,
             "api_port": self.addresses.api_port,
+            "mqtt_port": self.addresses.mqtt_port,
+            "mqtt_tcp_port": self.addresses.mqtt_tcp_port,
             "engine": self.engine.name,
             "ca_cert": str(self.ca_cert) if self.ca_cert else None,
             "dev_token_key": str(self.dev_token_key) if self.dev_token_key else None,

@@ -81,6 +81,13 @@ def announce_listening(node: Any) -> None:
         f"  admin actions need a key with scope admin: channel admin --url "
         f"http://{server.admin_host}:{info['admin_port']} routes",
     ]
+    if info.get("mqtt_port") or info.get("mqtt_tcp_port"):
+        parts = []
+        if info.get("mqtt_port"):
+            parts.append(f"{server.host}:{info['mqtt_port']} (TLS)")
+        if info.get("mqtt_tcp_port"):
+            parts.append(f"{server.host}:{info['mqtt_tcp_port']} (plain TCP)")
+        lines.append(f"  MQTT 3.1.1/5.0 on {' and '.join(parts)}")
     if info["api_port"]:
         lines.append(
             f"  push API http://{node.config.api.host}:{info['api_port']}/v1 "

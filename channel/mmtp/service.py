@@ -78,15 +78,18 @@ class MmtpService:
 
     # ------------------------------------------------------------- handshake
 
-    def authenticate(self, hello: Hello, client_cert_cn: str | None) -> AuthResult:
-        """Verify a HELLO's credential; raises ``AuthFailure`` (counted, logged)."""
+    def authenticate(
+        self, hello: Hello, client_cert_cn: str | None, peer_ip: str = ""
+    ) -> AuthResult:
+        """Verify a HELLO's credential; raises ``AuthFailure`` (counted, logged with the
+        device's address: behind a balancer, the one its PROXY header named)."""
         try:
             return self.authenticator.authenticate(hello, time.time(), client_cert_cn)
         except AuthFailure as failure:
             self.metrics.auth_failures.labels(failure.code.name).inc()
             log.info(
                 "hello refused",
-                extra=fields(device=hello.device_id, code=failure.code.name),
+                extra=fields(device=hello.device_id, code=failure.code.name, peer=peer_ip),
             )
             raise
 

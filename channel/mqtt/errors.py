@@ -12,12 +12,17 @@ for a peer's fault.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from channel.mqtt.reasons import ReasonCode
+from channel.mqtt.reasons import PacketType, ReasonCode
 
-if TYPE_CHECKING:
-    from channel.mqtt.packets import Packet
+
+class PacketLike(Protocol):
+    """What an error knows of the packets parsed before it (``channel.mqtt.packets``
+    imports this module through ``properties``: naming ``Packet`` here made a circle)."""
+
+    @property
+    def packet_type(self) -> PacketType: ...
 
 
 class MqttError(Exception):
@@ -32,7 +37,7 @@ class MqttError(Exception):
         super().__init__(f"{reason_code.name} (0x{reason_code:02x}): {message}")
         self.reason_code = reason_code
         self.message = message
-        self.packets: tuple[Packet, ...] = ()
+        self.packets: tuple[PacketLike, ...] = ()
 
 
 class MalformedPacket(MqttError):

@@ -30,14 +30,24 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from channel.logs import fields
 from channel.push import envelopes as env
 from channel.push.fanout import FanoutRing
-from channel.push.model import Presence, Priority, PushMessage, PushStatus, Receipt, now_ms
+from channel.push.latency import LatencyHistogram
+from channel.push.model import (
+    QUIET,
+    UNQUEUED,
+    Presence,
+    Priority,
+    PushMessage,
+    PushStatus,
+    Receipt,
+    now_ms,
+)
 from channel.push.stores import PushBackend, QueuedRef
 from channel.push.topics import TopicForbidden, TopicRules
 from channel.rpc.model import RpcResponse
@@ -56,6 +66,13 @@ FLUSH_INTERVAL_S = 0.01
 MAX_TOPICS_PER_DEVICE = 64
 #: Fan-outs going round the ring beyond which the node stops reading its inbox.
 MAX_RING_PENDING = 256
+#: What ``_Outstanding.message_ids`` holds, instead of a collapse key, for a message
+#: routed between MQTT boxes (``PushMessage.flags``): no receipt on ACK, and for an
+#: unqueued one (QoS 0) nothing to remove from the queue either.
+_QUIET_MARK = "\x00q"
+_UNQUEUED_MARK = "\x00u"
+
+EnvelopeHandler = Callable[[list[object]], None]
 
 
 @dataclass(slots=True)
@@ -94,6 +111,9 @@ class NodeDelivery:
         self._presence_changes: dict[str, tuple[Presence, bool]] = {}
         self._replays: list[Session] = []
         self._acked: list[QueuedRef] = []
+        #: (device id, message id) of pushes acknowledged here lately, oldest first
+        #: (``[push] recent_acks``): a copy arriving after the ACK is not written again.
+        self._recent_acks: dict[tuple[str, str], None] = {}
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
         self._wake = asyncio.Event()
@@ -113,6 +133,9 @@ class NodeDelivery:
         self._ring_task: asyncio.Task[None] | None = None
         self._sweep_offset = 0
         self.pushes_written = 0
+        #: Accepted (by any node's API) -> written to the device here, for pushes routed
+        #: to a device online now (queue replays, which waited for a device, are not).
+        self.delivery_latency = LatencyHistogram()
         #: Directory entries this node's sweeps forgot (devices not seen within the ttl).
         self.directory_forgotten = 0
         #: Times this node found inbox entries trimmed before it read them and replayed
@@ -121,6 +144,11 @@ class NodeDelivery:
         #: Session writes of fan-out pushes (``channel_fanout_writes_total``): against
         #: fan-out pushes written, how many frames each write carried.
         self.fanout_writes = 0
+        #: Sessions a topic push reaches besides those subscribed through
+        #: ``subscribe`` (the MQTT front's subscribers), set by the node.
+        self.topic_members: Callable[[str], Iterable[Session]] | None = None
+        #: Inbox envelope kinds other layers handle (the MQTT front's), by kind.
+        self.envelope_handlers: dict[str, EnvelopeHandler] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -157,11 +185,16 @@ class NodeDelivery:
             await self.backend.router.drop_inbox(self.node_no)
 
     async def _start_consumer(self) -> asyncio.Task[None]:
-        inbox = self.backend.router.inbox(self.node_no)
+        ready = asyncio.Event()
+        inbox = self.backend.router.inbox(self.node_no, ready)
         loop = asyncio.get_running_loop()
-        # The first read registers the inbox before anything can be routed to it.
+        # The first read registers the inbox: what is sent from then on is read. Wait for
+        # it, so what the node loads after starting (the MQTT front's global
+        # subscriptions) and what it is sent later leave no gap between them.
         first = loop.create_task(_first(inbox))
-        await asyncio.sleep(0)
+        waiting = loop.create_task(ready.wait())
+        await asyncio.wait([first, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         return loop.create_task(self._consume(inbox, first))
 
     async def _rejoin(self) -> None:
@@ -236,9 +269,28 @@ class NodeDelivery:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
+            self._remember_ack(device_id, message_id)
+            if collapse_key == _QUIET_MARK:
+                acked((device_id, message_id, ""))
+                continue
+            if collapse_key == _UNQUEUED_MARK:
+                continue
             acked((device_id, message_id, collapse_key))
             receipts(Receipt(message_id, delivered, device_id, at))
         self._wake.set()
+
+    def _remember_ack(self, device_id: str, message_id: str) -> None:
+        """A push can reach a connection twice: the queue replay on connect reads it while
+        its routed copy is on the way, or it is forwarded from the node the box just
+        left. Once acknowledged, its queue entry goes, so the later copy would be a
+        second delivery; this bounded memory of recent ACKs turns it away."""
+        cap = self.config.recent_acks
+        if cap <= 0:
+            return
+        recent = self._recent_acks
+        recent[(device_id, message_id)] = None
+        if len(recent) > cap:
+            del recent[next(iter(recent))]
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
         """Devices acknowledged broadcast and topic pushes: only counted."""
@@ -252,11 +304,14 @@ class NodeDelivery:
         limits: reported failed and dropped), or, not ``permanent``, one it cannot take
         now (too many unacknowledged): left in the queue for the next connection."""
         state = self._state.get(session)
-        if state is not None:
-            state.message_ids.pop(message_id, None)
-        if permanent:
+        mark = state.message_ids.pop(message_id, None) if state is not None else None
+        if not permanent or mark == _UNQUEUED_MARK:
+            return
+        if mark == _QUIET_MARK:
+            self._acked.append((session.device_id, message_id, ""))
+        else:
             self._fail(session, message_id, reason)
-            self._wake.set()
+        self._wake.set()
 
     # --------------------------------------------------------------- topics
 
@@ -318,6 +373,8 @@ class NodeDelivery:
             return False
         if message.message_id in state.message_ids:
             return True  # already on this connection, not yet acknowledged
+        if (session.device_id, message.message_id) in self._recent_acks:
+            return True  # acknowledged already: a late copy
         if message.target_users and session.device.user_id not in message.target_users:
             # A user push queued for a device that has changed hands since: never shown.
             self._fail(session, message.message_id, "device signed in as another user")
@@ -325,11 +382,41 @@ class NodeDelivery:
         refused = session.push(message.message_id, message.body, message.wire_headers(), True)
         if refused is not None:
             # Too large for this device's limits: it will never fit; say so once.
-            self._fail(session, message.message_id, refused)
+            if message.flags & UNQUEUED:
+                pass
+            elif message.flags & QUIET:
+                self._acked.append((session.device_id, message.message_id, ""))
+            else:
+                self._fail(session, message.message_id, refused)
             return True
-        state.message_ids[message.message_id] = message.collapse_key
+        if message.message_id not in state.message_ids:  # a QoS 0 push may be acked already
+            state.message_ids[message.message_id] = _outstanding_mark(message)
         self.pushes_written += 1
         return True
+
+    @property
+    def unacked_total(self) -> int:
+        """Queued pushes written to this node's devices and not acknowledged yet."""
+        return sum(len(state.message_ids) for state in self._state.values())
+
+    def deliver_now(self, items: Sequence[tuple[str, PushMessage]]) -> None:
+        """Write pushes to devices of this node now, as if from the inbox (the MQTT
+        front routes messages between local boxes without an inbox round trip);
+        devices no longer here are forwarded to their node."""
+        touched: set[Session] = set()
+        forward: list[tuple[str, PushMessage]] = []
+        for device_id, message in items:
+            self._deliver_device(device_id, message, touched, forward)
+        for session in touched:
+            session.flush()
+        if forward:
+            task = asyncio.get_running_loop().create_task(self._forward(forward))
+            self._tasks.append(task)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _fail(self, session: Session, message_id: str, reason: str) -> None:
         """Report a queued push this device will never get, and drop it from its queue."""
@@ -337,6 +424,7 @@ class NodeDelivery:
             Receipt(message_id, PushStatus.FAILED, session.device_id, now_ms(), reason)
         )
         self._acked.append((session.device_id, message_id))
+        self._wake.set()  # else the receipt waits for whatever wakes the flush next
 
     def _deliver_device(
         self,
@@ -358,6 +446,8 @@ class NodeDelivery:
             return
         if self._write(session, message):
             touched.add(session)
+            if message.accepted_at_ms:
+                self.delivery_latency.observe((now_ms() - message.accepted_at_ms) / 1000)
 
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""
@@ -417,6 +507,8 @@ class NodeDelivery:
                 elif kind == env.RESYNC:
                     self.inbox_resyncs += 1
                     self._replay_everyone()
+                elif str(kind) in self.envelope_handlers:
+                    self.envelope_handlers[str(kind)](item)
             except Exception:
                 log.exception("bad inbox envelope")
         # High-priority pushes were written as they came; normal ones follow them,
@@ -451,7 +543,10 @@ class NodeDelivery:
         everyone: list[Session] | None = None
         for topic, push in pushes:
             if topic:
-                ring_members = self._fan_out_natively(push, self._topics.get(topic, ()))
+                members: Iterable[Session] = self._topics.get(topic, ())
+                if self.topic_members is not None:
+                    members = {*members, *self.topic_members(topic)}
+                ring_members = self._fan_out_natively(push, members)
                 if not ring_members:
                     continue
                 if not self._ring.pending and len(ring_members) <= self.config.fanout_batch:
@@ -624,6 +719,8 @@ class NodeDelivery:
             held, state.held = state.held or [], None
             queued, expired = found.get(session.device_id, ([], []))
             for message in expired:
+                if message.flags & QUIET:
+                    continue  # routed between boxes: no status to report
                 self._receipts.append(
                     Receipt(message.message_id, PushStatus.EXPIRED, session.device_id, now, "ttl")
                 )
@@ -743,6 +840,14 @@ class NodeDelivery:
         """Queued pushes written to this session and not acknowledged yet."""
         state = self._state.get(session)
         return len(state.message_ids) if state is not None else 0
+
+
+def _outstanding_mark(message: PushMessage) -> str:
+    if message.flags & UNQUEUED:
+        return _UNQUEUED_MARK
+    if message.flags & QUIET:
+        return _QUIET_MARK
+    return message.collapse_key
 
 
 def sweep_window(

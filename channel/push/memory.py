@@ -99,7 +99,7 @@ class MemoryPresence:
     async def user_devices(self, user_id: str) -> list[Presence]:
         return list((await self.lookup(sorted(self._users.get(user_id, ())))).values())
 
-    async def live_nodes(self) -> dict[int, str]:
+    async def live_nodes(self, fresh: bool = False) -> dict[int, str]:
         now = _mono_ms()
         return {no: node_id for no, (node_id, end) in self._nodes.items() if end > now}
 
@@ -181,12 +181,16 @@ class MemoryRouter:
         if inbox is not None and envelopes:
             inbox.put_nowait(list(envelopes))
 
-    async def send_all(self, envelopes: Sequence[bytes]) -> None:
-        for node_no in await self._presence.live_nodes():
+    async def send_all(self, envelopes: Sequence[bytes], fresh: bool = False) -> None:
+        for node_no in await self._presence.live_nodes(fresh):
             await self.send(node_no, envelopes)
 
-    async def inbox(self, node_no: int) -> AsyncIterator[list[Envelope]]:
+    async def inbox(
+        self, node_no: int, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[list[Envelope]]:
         queue = self._inboxes.setdefault(node_no, asyncio.Queue())
+        if ready is not None:
+            ready.set()
         while True:
             batch = await queue.get()
             # Coalesce what is already waiting: one turn of fan-out for all of it.
@@ -215,6 +219,10 @@ class MemoryReceipts:
     _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
     _next_seq: int = 1
     _changed: asyncio.Event | None = None
+    #: Statuses left by the last sweep of expired ones. The next sweep waits until the
+    #: store holds twice as many (and at least 1024 more): the store stays within about
+    #: twice its live statuses, and sweeping costs O(1) per status created (amortised).
+    _kept_at_sweep: int = 0
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire()
@@ -291,10 +299,13 @@ class MemoryReceipts:
         return list(itertools.islice(self._stream, index, index + count))
 
     def _expire(self) -> None:
+        kept = self._kept_at_sweep
+        if len(self._statuses) < max(2 * kept, kept + 1024):
+            return
         now = int(time.time() * 1000)
-        if len(self._statuses) % 1024 == 0:
-            for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
-                del self._statuses[key]
+        for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
+            del self._statuses[key]
+        self._kept_at_sweep = len(self._statuses)
 
 
 class MemoryIdempotency:

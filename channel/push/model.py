@@ -63,6 +63,12 @@ class Target:
     ids: tuple[str, ...] = ()
 
 
+#: ``PushMessage.flags``: no status, no receipts (a message between boxes, not an API push).
+QUIET = 1
+#: ``PushMessage.flags``: in no device queue (QoS 0 between boxes): nothing to remove on ACK.
+UNQUEUED = 2
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class PushMessage:
     """One message as queued and delivered (the same for every target device)."""
@@ -80,6 +86,8 @@ class PushMessage:
     #: A push to users: only a session of one of them may get it (a device listed in
     #: a user's directory may have changed hands since).
     target_users: tuple[str, ...] = ()
+    #: ``QUIET`` and ``UNQUEUED`` bits (messages routed between MQTT boxes).
+    flags: int = 0
     #: ``pack()``'s bytes, kept once made (or read): a push is packed for its device
     #: queue and again for the inbox envelope, and a user push once per device.
     _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -110,6 +118,7 @@ class PushMessage:
                 self.accepted_at_ms,
                 self.online_only,
                 list(self.target_users),
+                self.flags,
             ],
             use_bin_type=True,
         )
@@ -130,6 +139,7 @@ class PushMessage:
             online_only=bool(item[7]),
             # Absent in messages queued before target users existed.
             target_users=tuple(item[8]) if len(item) > 8 else (),
+            flags=int(item[9]) if len(item) > 9 else 0,
         )
         message._packed = bytes(data)
         return message

@@ -20,6 +20,7 @@ same contract tests (``tests/test_push_stores.py``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,8 +58,10 @@ class PresenceStore(Protocol):
     async def user_devices(self, user_id: str) -> list[Presence]:
         """Online devices of one user (on live nodes)."""
 
-    async def live_nodes(self) -> dict[int, str]:
-        """Node number → node id for every node whose lease has not lapsed."""
+    async def live_nodes(self, fresh: bool = False) -> dict[int, str]:
+        """Node number → node id for every node whose lease has not lapsed.
+
+        ``fresh``: read now, not from a cache (a node that joined a moment ago is in)."""
 
 
 class DeviceDirectory(Protocol):
@@ -138,11 +141,15 @@ class PushRouter(Protocol):
         come unpacked (``envelopes.DevicePush``): a router that leaves the process packs
         them (``envelopes.encode``), the in-memory one passes them on as they are."""
 
-    async def send_all(self, envelopes: Sequence[bytes]) -> None:
-        """Append envelopes to every live node's inbox (broadcast, topics, kick)."""
+    async def send_all(self, envelopes: Sequence[bytes], fresh: bool = False) -> None:
+        """Append envelopes to every live node's inbox (broadcast, topics, kick);
+        ``fresh``: to the nodes live now (``Presence.live_nodes``)."""
 
-    def inbox(self, node_no: int) -> AsyncIterator[list[Envelope]]:
-        """This node's inbox, batch by batch, from the moment of the call on.
+    def inbox(
+        self, node_no: int, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[list[Envelope]]:
+        """This node's inbox, batch by batch, from the moment of the first read on
+        (``ready`` is set then: what is sent from that moment on will be read).
 
         It survives store reconnects (reads resume where they stopped)."""
 
@@ -223,6 +230,9 @@ class PushBackend:
     directory: DeviceDirectory
     #: The Redis client for the stream API (None for the memory backend).
     redis: Any = None
+    #: The Redis connection the stores share (``channel.push.redis.connection``; None
+    #: for the memory backend): the MQTT store runs on it too.
+    connection: Any = None
     #: Single-use TLS tickets shared by the fleet (TLS early data; None for the memory
     #: backend, whose node keeps its own: channel/security/tlstickets.py).
     tls_tickets: Any = None

@@ -48,6 +48,8 @@ class Authenticator:
         client_certificate_ttl_s: int = 86_400,
     ) -> None:
         self._verifier = verifier
+        #: The token verifier, shared with the MQTT front (``channel.mqtt.auth``).
+        self.verifier = verifier
         self._sealer = sealer
         self._ticket_ttl_s = ticket_ttl_s
         self._zone = zone

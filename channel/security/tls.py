@@ -48,9 +48,9 @@ log = logging.getLogger("channel.tls")
 _SSL_CTRL_SET_GROUPS_LIST = 92
 
 
-def _tls13_only(context: ssl.SSLContext) -> None:
+def _tls13_only(context: ssl.SSLContext, alpn: tuple[str, ...] = (ALPN_PROTOCOL,)) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.set_alpn_protocols([ALPN_PROTOCOL])
+    context.set_alpn_protocols(list(alpn))
 
 
 def server_ssl_context(
@@ -59,8 +59,10 @@ def server_ssl_context(
     *,
     client_ca: Path | None = None,
     require_client_cert: bool = False,
+    alpn: tuple[str, ...] = (ALPN_PROTOCOL,),
 ) -> ssl.SSLContext:
-    """A TLS 1.3 server context for ``cert``/``key`` (PEM files).
+    """A TLS 1.3 server context for ``cert``/``key`` (PEM files), selecting ``alpn``
+    (``mmtp/1``; the MQTT listener's selects ``mqtt`` when a client offers it).
 
     With ``client_ca``, clients may present a certificate signed by it
     (verified when presented); with ``require_client_cert`` they must, or the
@@ -70,7 +72,7 @@ def server_ssl_context(
     if require_client_cert and client_ca is None:
         raise ValueError("require_client_cert needs client_ca: the CA that signs device certs")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _tls13_only(context)
+    _tls13_only(context, alpn)
     context.load_cert_chain(certfile=cert, keyfile=key)
     restrict_groups(context, SERVER_GROUPS)
     context.num_tickets = SERVER_SESSION_TICKETS
@@ -110,13 +112,14 @@ class TlsFiles:
     client_ca: Path | None = None
     require_client_cert: bool = False
 
-    def server_context(self) -> ssl.SSLContext:
-        """The Python engine's ``ssl`` context for these files."""
+    def server_context(self, alpn: tuple[str, ...] = (ALPN_PROTOCOL,)) -> ssl.SSLContext:
+        """The Python engine's ``ssl`` context for these files (selecting ``alpn``)."""
         return server_ssl_context(
             self.cert,
             self.key,
             client_ca=self.client_ca,
             require_client_cert=self.require_client_cert,
+            alpn=alpn,
         )
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:

@@ -271,9 +271,12 @@ class TokenVerifier:
         return f"TokenVerifier(key_ids={self.key_ids}, leeway_s={self.leeway_s})"
 
     def verify(
-        self, token: bytes, *, device_id: str, app_id: str | None, now: float
+        self, token: bytes, *, device_id: str | None, app_id: str | None, now: float
     ) -> DeviceClaims:
         """Return the claims of a valid token for this device (and app, unless None).
+
+        ``device_id=None`` accepts a token of any device: the caller takes the device
+        id from the claims (an MQTT box that sends only its token).
 
         Raises ``TokenError``: ``AUTH_INVALID`` (malformed, unknown key id, bad
         signature), ``FORBIDDEN`` (issued for another device or app),
@@ -281,7 +284,7 @@ class TokenVerifier:
         verification (~50-100 µs).
         """
         claims = self._authenticate(token)
-        if claims.device_id != device_id:
+        if device_id is not None and claims.device_id != device_id:
             raise TokenError(ErrorCode.FORBIDDEN, "token was issued for another device")
         if app_id is not None and claims.app_id != app_id:
             raise TokenError(ErrorCode.FORBIDDEN, "token was issued for another app")

@@ -45,6 +45,7 @@ async def redis_backend(config: PushConfig) -> PushBackend:
     presence = RedisPresence(conn, keys)
     return PushBackend(
         redis=conn.blocking,
+        connection=conn,
         name="redis",
         presence=presence,
         queue=RedisQueue(conn, keys),

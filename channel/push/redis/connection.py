@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,11 @@ MAX_IN_FLIGHT = MAX_CONNECTIONS - 4
 #: Commands per pipeline round trip: bounds the memory of one reply.
 PIPELINE_CHUNK = 1_000
 RETRIES = 6
+
+#: Redis calls that failed (after redis-py's own retries), by exception class: the
+#: ``channel_redis_errors_total`` metric. One process, one count: every Connection
+#: of the process adds to it.
+ERRORS: Counter[str] = Counter()
 
 RedisClient = Redis | RedisCluster
 
@@ -156,7 +162,11 @@ class Connection:
         replies: list[Any] = []
         for start in range(0, len(batch.ops), PIPELINE_CHUNK):
             async with self._slots:
-                replies.extend(await self._execute(batch.ops[start : start + PIPELINE_CHUNK]))
+                try:
+                    replies.extend(await self._execute(batch.ops[start : start + PIPELINE_CHUNK]))
+                except Exception as exc:
+                    ERRORS[type(exc).__name__] += 1
+                    raise
             raise_if_cancelled()
         for reply in replies:
             if isinstance(reply, Exception):
@@ -165,14 +175,22 @@ class Connection:
 
     async def one(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async with self._slots:
-            reply = await getattr(self.client, method)(*args, **kwargs)
+            try:
+                reply = await getattr(self.client, method)(*args, **kwargs)
+            except Exception as exc:
+                ERRORS[type(exc).__name__] += 1
+                raise
         raise_if_cancelled()
         return reply
 
     async def blocking_read(self, stream: str, after: str, count: int, block_ms: int) -> Any:
         """``XREAD`` of one stream on the blocking client (``block_ms`` ≤ ``MAX_BLOCK_MS``)."""
         async with self._blocking_slots:
-            reply = await self.blocking.xread({stream: after}, count=count, block=block_ms)
+            try:
+                reply = await self.blocking.xread({stream: after}, count=count, block=block_ms)
+            except Exception as exc:
+                ERRORS[type(exc).__name__] += 1
+                raise
         raise_if_cancelled()
         return reply
 

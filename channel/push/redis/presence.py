@@ -113,8 +113,8 @@ class RedisPresence:
         await self._conn.one("hdel", self._keys.nodes, str(node_no))
         self._leases = None
 
-    async def live_nodes(self) -> dict[int, str]:
-        return (await self._read_leases(LEASE_CACHE_S)).live()
+    async def live_nodes(self, fresh: bool = False) -> dict[int, str]:
+        return (await self._read_leases(0.0 if fresh else LEASE_CACHE_S)).live()
 
     async def _read_leases(self, max_age_s: float) -> _Leases:
         leases = self._leases

@@ -57,8 +57,8 @@ class RedisRouter:
         if envelopes:
             await self._conn.run(self._sends([node_no], envelopes))
 
-    async def send_all(self, envelopes: Sequence[bytes]) -> None:
-        nodes = await self._presence.live_nodes()
+    async def send_all(self, envelopes: Sequence[bytes], fresh: bool = False) -> None:
+        nodes = await self._presence.live_nodes(fresh)
         if envelopes and nodes:
             await self._conn.run(self._sends(sorted(nodes), envelopes))
 
@@ -70,7 +70,9 @@ class RedisRouter:
             batch.script(lua.INBOX_ADD, keys, [self.max_entries, payload, INBOX_IDLE_TTL_MS])
         return batch
 
-    async def inbox(self, node_no: int) -> AsyncIterator[list[env.Envelope]]:
+    async def inbox(
+        self, node_no: int, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[list[env.Envelope]]:
         key = self._keys.inbox(node_no)
         cursor: str | None = None
         #: The number of the last entry read (None: none read yet).
@@ -81,6 +83,8 @@ class RedisRouter:
             try:
                 if cursor is None:
                     cursor = await last_stream_id(self._conn, key)
+                    if ready is not None:
+                        ready.set()
                 reply = await self._conn.blocking_read(
                     key, cursor, INBOX_READ_COUNT, INBOX_BLOCK_MS
                 )

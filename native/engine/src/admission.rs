@@ -1,5 +1,10 @@
 //! Who may open a connection, decided at TCP accept before any TLS work: the
 //! node-wide and per-address caps. A refused socket is closed at once.
+//!
+//! Behind a load balancer (PROXY protocol) the device's address is known only once
+//! the balancer's header is read: such a socket is counted in the total at accept
+//! (`admit_pending`) and under the device's address when the header names it
+//! (`admit_address`), so per-address caps count devices, not the balancer.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,6 +47,31 @@ impl Admission {
         *count += 1;
         self.total += 1;
         Ok(())
+    }
+
+    /// Count a new socket whose peer's address is not known yet (in the total only).
+    pub fn admit_pending(&mut self) -> Result<(), Refusal> {
+        if self.total >= self.max_connections {
+            return Err(Refusal::MaxConnections);
+        }
+        self.total += 1;
+        Ok(())
+    }
+
+    /// A socket counted by `admit_pending` now has its address: count it under `ip`,
+    /// or say why it is refused (it stays counted in the total: release it pending).
+    pub fn admit_address(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let count = self.per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return Err(Refusal::MaxConnectionsPerIp);
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// A socket counted by `admit_pending` (and not by `admit_address`) is gone.
+    pub fn release_pending(&mut self) {
+        self.total = self.total.saturating_sub(1);
     }
 
     /// A socket admitted from `ip` is gone.
@@ -99,6 +129,32 @@ mod tests {
         assert_eq!(admission.from_ip(ip(3)), 0, "a refusal counts nothing");
         admission.release(ip(2));
         admission.admit(ip(3)).unwrap();
+    }
+
+    #[test]
+    fn pending_sockets_count_in_the_total_then_under_their_address() {
+        let mut admission = Admission::new(3, 1);
+        admission.admit_pending().unwrap();
+        admission.admit_pending().unwrap();
+        assert_eq!(
+            admission.addresses(),
+            0,
+            "the balancer's address is not counted"
+        );
+        admission.admit_address(ip(7)).unwrap();
+        assert_eq!(
+            admission.admit_address(ip(7)),
+            Err(Refusal::MaxConnectionsPerIp)
+        );
+        admission.release_pending(); // the refused one
+        assert_eq!(admission.total(), 1);
+        admission.admit_pending().unwrap();
+        admission.admit_pending().unwrap();
+        assert_eq!(admission.admit_pending(), Err(Refusal::MaxConnections));
+        admission.release(ip(7));
+        admission.release_pending();
+        admission.release_pending();
+        assert_eq!((admission.total(), admission.addresses()), (0, 0));
     }
 
     #[test]

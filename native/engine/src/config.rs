@@ -3,6 +3,8 @@
 //! Python builds them from `channel.config` ([server], [limits], [heartbeat], [tls])
 //! and hands them to `Engine(config)` as a flat dict (`py.rs` names each key).
 
+use crate::proxy::{Trusted, V2_MAX_HEADER_BYTES, V2_MIN_LIMIT_BYTES};
+
 /// Limits, deadlines and budgets of one engine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -43,6 +45,12 @@ pub struct EngineConfig {
     /// TLS 1.3 early data accepted per MMTP connection, in bytes; 0: none (sealed,
     /// stateless tickets). Above 0: single-use tickets held by Python (`singleuse.rs`).
     pub early_data_max_bytes: u32,
+    /// Balancers whose PROXY protocol header is believed, on listeners opened with
+    /// `proxy` (`[server] proxy_trusted`); any other peer is cut at accept.
+    pub proxy_trusted: Trusted,
+    /// Longest PROXY v2 header (TLVs included); a longer one is refused from its
+    /// length field (`[server] proxy_max_header_bytes`).
+    pub proxy_max_header_bytes: usize,
     /// MMTP limits of every device connection.
     pub mmtp: mmtp::Limits,
 }
@@ -66,6 +74,8 @@ impl Default for EngineConfig {
             accepts_per_round: 256,
             ticket_lifetime_s: 7200,
             early_data_max_bytes: 0,
+            proxy_trusted: Trusted::default(),
+            proxy_max_header_bytes: 1024,
             mmtp: mmtp::Limits::default(),
         }
     }
@@ -110,6 +120,11 @@ impl EngineConfig {
         }
         if self.ticket_lifetime_s > 7 * 86_400 {
             return Err("ticket_lifetime_s must be at most 604800 (TLS 1.3's cap)".into());
+        }
+        if !(V2_MIN_LIMIT_BYTES..=V2_MAX_HEADER_BYTES).contains(&self.proxy_max_header_bytes) {
+            return Err(format!(
+                "proxy_max_header_bytes must be {V2_MIN_LIMIT_BYTES}..={V2_MAX_HEADER_BYTES}"
+            ));
         }
         self.mmtp.validate()
     }
@@ -175,6 +190,13 @@ mod tests {
                     ..Default::default()
                 },
                 "ticket_lifetime_s",
+            ),
+            (
+                EngineConfig {
+                    proxy_max_header_bytes: 20,
+                    ..Default::default()
+                },
+                "proxy_max_header_bytes",
             ),
             (
                 EngineConfig {

@@ -14,6 +14,7 @@ pub mod deadlines;
 pub mod engine;
 pub mod ids;
 pub mod mqtt;
+pub mod proxy;
 pub mod runtime;
 pub mod singleuse;
 pub mod stats;

@@ -93,6 +93,8 @@ const CONFIG_KEYS: &[&str] = &[
     "accepts_per_round",
     "ticket_lifetime_s",
     "early_data_max_bytes",
+    "proxy_trusted",
+    "proxy_max_header_bytes",
     "max_frame_size",
     "header_table_size",
     "max_header_list_size",
@@ -155,6 +157,14 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
             "accepts_per_round" => c.accepts_per_round = int()? as usize,
             "ticket_lifetime_s" => c.ticket_lifetime_s = int()?.min(u32::MAX as u64) as u32,
             "early_data_max_bytes" => c.early_data_max_bytes = int()?.min(u32::MAX as u64) as u32,
+            "proxy_trusted" => {
+                let entries = value
+                    .extract::<Vec<String>>()
+                    .map_err(|_| bad("a list of str (addresses or CIDR networks)"))?;
+                c.proxy_trusted = crate::proxy::Trusted::parse(&entries)
+                    .map_err(|e| PyValueError::new_err(format!("Engine config {e}")))?;
+            }
+            "proxy_max_header_bytes" => c.proxy_max_header_bytes = int()? as usize,
             "max_frame_size" => c.mmtp.max_frame_size = int()?,
             "header_table_size" => c.mmtp.header_table_size = int()?,
             "max_header_list_size" => c.mmtp.max_header_list_size = int()?,
@@ -676,7 +686,7 @@ impl PyEngine {
     }
 
     /// Bind, listen and serve; returns the real port (port 0 picks one).
-    #[pyo3(signature = (kind, host, port, *, tls, reuse_port = true, backlog = 4096, fast_open_queue = 0))]
+    #[pyo3(signature = (kind, host, port, *, tls, reuse_port = true, backlog = 4096, fast_open_queue = 0, proxy = false))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -687,6 +697,7 @@ impl PyEngine {
         reuse_port: bool,
         backlog: i32,
         fast_open_queue: u32,
+        proxy: bool,
     ) -> PyResult<u16> {
         let kind = match kind {
             "mmtp" => Kind::Mmtp,
@@ -702,6 +713,7 @@ impl PyEngine {
             reuse_port,
             backlog,
             fast_open_queue,
+            proxy,
         };
         self.runtime
             .listen(kind, host, port, options)

@@ -106,6 +106,9 @@ impl Runtime {
         if kind == Kind::Mmtp && !options.tls {
             return Err("MMTP listeners are TLS only (tls=True)".into());
         }
+        if options.proxy && self.shared.config.proxy_trusted.is_empty() {
+            return Err("proxy listener: no balancer is trusted (configure proxy_trusted)".into());
+        }
         if options.tls
             && self
                 .shared
@@ -148,6 +151,7 @@ impl Runtime {
             socket,
             kind,
             tls: options.tls,
+            proxy: options.proxy,
         }));
         Ok(port)
     }
@@ -195,6 +199,9 @@ pub struct ListenOptions {
     pub reuse_port: bool,
     pub backlog: i32,
     pub fast_open_queue: u32,
+    /// Peers are load balancers sending a PROXY protocol header before anything else
+    /// (only those in `EngineConfig::proxy_trusted` may connect).
+    pub proxy: bool,
 }
 
 impl Default for ListenOptions {
@@ -204,6 +211,7 @@ impl Default for ListenOptions {
             reuse_port: true,
             backlog: 4096,
             fast_open_queue: 0,
+            proxy: false,
         }
     }
 }

@@ -33,6 +33,10 @@ counters! {
     refused_max_connections,
     /// Sockets closed at accept: max_connections_per_ip reached for the address.
     refused_per_ip,
+    /// Sockets closed at accept: the peer is not a trusted balancer (PROXY listeners).
+    refused_proxy_untrusted,
+    /// Connections cut for a missing, malformed or oversized PROXY protocol header.
+    refused_proxy_invalid,
     /// accept() failures other than "nothing to accept" (EMFILE, ENOBUFS, ...).
     accept_errors,
     /// Connections whose SYN carried the ClientHello (TCP Fast Open).
@@ -144,6 +148,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 47);
+        assert_eq!(snapshot.len(), 49);
     }
 }

@@ -38,44 +38,48 @@ pub enum Proto {
 /// Bits of `Conn::flags`.
 pub mod flag {
     /// Python was told of it (HELLO / MQTT_OPEN): it hears CLOSED.
-    pub const TOLD: u16 = 1 << 0;
+    pub const TOLD: u32 = 1 << 0;
     /// ACCEPT (MMTP) or SET_IDLE (MQTT) arrived: the handshake deadline is over.
-    pub const ACCEPTED: u16 = 1 << 1;
+    pub const ACCEPTED: u32 = 1 << 1;
     /// Closing: its last bytes are going out, commands are ignored.
-    pub const CLOSING: u16 = 1 << 2;
+    pub const CLOSING: u32 = 1 << 2;
     /// Our side of TCP is shut: we only wait for the peer's FIN (or the linger).
-    pub const WRITE_SHUT: u16 = 1 << 3;
+    pub const WRITE_SHUT: u32 = 1 << 3;
     /// The socket may have input (edge-triggered readiness not yet drained).
-    pub const READ_READY: u16 = 1 << 4;
+    pub const READ_READY: u32 = 1 << 4;
     /// The protocol object holds whole frames it has not handled (per-round budget).
-    pub const MORE_INPUT: u16 = 1 << 5;
+    pub const MORE_INPUT: u32 = 1 << 5;
     /// Output above the high-water mark: its input is not read.
-    pub const READ_PAUSED: u16 = 1 << 6;
+    pub const READ_PAUSED: u32 = 1 << 6;
     /// In the engine's runnable queue.
-    pub const QUEUED: u16 = 1 << 7;
+    pub const QUEUED: u32 = 1 << 7;
     /// In the engine's dirty list (output to flush at the end of the round).
-    pub const DIRTY: u16 = 1 << 8;
+    pub const DIRTY: u32 = 1 << 8;
     /// The TLS handshake is complete (and, for MMTP, ALPN was checked).
-    pub const TLS_DONE: u16 = 1 << 9;
+    pub const TLS_DONE: u32 = 1 << 9;
     /// close_notify was queued.
-    pub const CLOSE_NOTIFY_SENT: u16 = 1 << 10;
+    pub const CLOSE_NOTIFY_SENT: u32 = 1 << 10;
     /// The peer's FIN arrived (while closing).
-    pub const PEER_EOF: u16 = 1 << 11;
+    pub const PEER_EOF: u32 = 1 << 11;
     /// rustls has been given the ClientHello (MMTP: once it was read and offers
     /// `mmtp/1`; before, the bytes wait in `rx_partial` and nothing is sent with TLS).
-    pub const TLS_STARTED: u16 = 1 << 12;
+    pub const TLS_STARTED: u32 = 1 << 12;
     /// MQTT: its CONNECT announced protocol level 5 (DISCONNECT with a reason exists).
-    pub const MQTT5: u16 = 1 << 13;
+    pub const MQTT5: u32 = 1 << 13;
     /// MMTP with early data on: its ClientHello (in `rx_partial`) waits for Python to
     /// take the ticket it presents (TLS_RESUME); its socket is not read meanwhile.
-    pub const TICKET_WAIT: u16 = 1 << 14;
+    pub const TICKET_WAIT: u32 = 1 << 14;
     /// TLS early data was accepted on it (counted once).
-    pub const EARLY_DATA: u16 = 1 << 15;
+    pub const EARLY_DATA: u32 = 1 << 15;
+    /// Accepted on a PROXY listener: the balancer's header has not been read yet
+    /// (`peer_ip` is the balancer's and is not counted per address until it is).
+    pub const PROXY_WAIT: u32 = 1 << 16;
 }
 
 pub struct Conn {
     pub sock: TcpStream,
     pub id: ConnId,
+    /// The device's address (behind a balancer: the one its PROXY header named).
     pub peer_ip: IpAddr,
     /// None: plain TCP (MQTT without TLS).
     pub tls: Option<Box<UnbufferedServerConnection>>,
@@ -87,19 +91,19 @@ pub struct Conn {
     /// Plaintext not encrypted yet (TLS not writable yet; MQTT writes).
     pub out_plain: Vec<u8>,
     pub timing: Timing,
-    pub flags: u16,
+    pub flags: u32,
 }
 
 impl Conn {
-    pub fn has(&self, bit: u16) -> bool {
+    pub fn has(&self, bit: u32) -> bool {
         self.flags & bit != 0
     }
 
-    pub fn set(&mut self, bit: u16) {
+    pub fn set(&mut self, bit: u32) {
         self.flags |= bit;
     }
 
-    pub fn clear(&mut self, bit: u16) {
+    pub fn clear(&mut self, bit: u32) {
         self.flags &= !bit;
     }
 

@@ -3,13 +3,14 @@
 use std::io::{self, Read};
 
 use super::conn::{flag, Conn, Inflight, Proto};
-use super::{tlsio, Ending, Engine};
+use super::{refusal_counter, tlsio, Ending, Engine};
 use crate::boundary::Event;
 use crate::clienthello::{
     self, fatal_alert, ClientHello, ALERT_DECODE_ERROR, ALERT_NO_APPLICATION_PROTOCOL,
     MAX_HELLO_BUFFER_BYTES,
 };
 use crate::mqtt::{self, FramingError};
+use crate::proxy::{self, Parse};
 use crate::singleuse::{SingleUseStore, TICKET_ID_BYTES};
 use crate::stats::Stats;
 use crate::tls::{common_name, MMTP_ALPN};
@@ -109,6 +110,14 @@ impl Engine {
     /// Handle the `total` bytes at the start of `scratch.rx` (what `rx_partial` held and
     /// what was just read): the ClientHello check, TLS, then the protocol.
     pub(super) fn received(&mut self, slot: usize, total: usize) -> Result<(), (u64, Ending)> {
+        let mut total = total;
+        let conn = self.conns.get(slot).ok_or((0, Ending::Abort))?;
+        if conn.has(flag::PROXY_WAIT) {
+            match self.proxy_header(slot, total)? {
+                Some(rest) if rest > 0 => total = rest,
+                _ => return Ok(()),
+            }
+        }
         let stats = &self.shared.stats;
         let conn = self.conns.get_mut(slot).ok_or((0, Ending::Abort))?;
         let scratch = &mut self.scratch;
@@ -248,6 +257,43 @@ impl Engine {
             return Err((0, Ending::Graceful));
         }
         Ok(())
+    }
+
+    /// The balancer's PROXY header at the start of `scratch.rx[..total]`, read before
+    /// any TLS byte: None while it is incomplete (kept in `rx_partial`, bounded by the
+    /// parser: 107 bytes for v1, `proxy_max_header_bytes` for v2); once it is whole the
+    /// connection is counted under the device's address and the n bytes after the
+    /// header are moved to the start of `scratch.rx` (Some(n)). Err: cut it.
+    fn proxy_header(&mut self, slot: usize, total: usize) -> Result<Option<usize>, (u64, Ending)> {
+        let stats = &self.shared.stats;
+        let conn = self.conns.get_mut(slot).ok_or((0, Ending::Abort))?;
+        let data = &self.scratch.rx[..total];
+        match proxy::parse(data, self.config.proxy_max_header_bytes) {
+            Ok(Parse::Incomplete) => {
+                conn.rx_partial.clear();
+                conn.rx_partial.extend_from_slice(data);
+                Ok(None)
+            }
+            Err(_) => {
+                // Nothing was said to the balancer's peer yet: no alert, no TLS.
+                Stats::inc(&stats.refused_proxy_invalid);
+                conn.rx_partial = Vec::new();
+                Err((0, Ending::Abort))
+            }
+            Ok(Parse::Done(header)) => {
+                // No address (v2 LOCAL, v1 UNKNOWN): the balancer's own connection.
+                let ip = header.source.map_or(conn.peer_ip, |source| source.ip());
+                if let Err(refusal) = self.admission.admit_address(ip) {
+                    Stats::inc(refusal_counter(stats, refusal));
+                    return Err((0, Ending::Abort)); // still PROXY_WAIT: released pending
+                }
+                conn.peer_ip = ip;
+                conn.clear(flag::PROXY_WAIT);
+                conn.rx_partial = Vec::new();
+                self.scratch.rx.copy_within(header.len..total, 0);
+                Ok(Some(total - header.len))
+            }
+        }
     }
 
     /// The TLS handshake just finished: count it, check ALPN. Some: end it.

@@ -53,6 +53,8 @@ pub struct Listener {
     pub socket: TcpListener,
     pub kind: Kind,
     pub tls: bool,
+    /// Its peers are load balancers that send a PROXY protocol header first.
+    pub proxy: bool,
 }
 
 struct ListenerState {
@@ -149,6 +151,24 @@ impl Outbox {
     fn push(&mut self, event: Event) {
         self.bytes += event.size_hint();
         self.events.push(event);
+    }
+}
+
+/// The counter of a refusal at accept (or at a PROXY header).
+fn refusal_counter(stats: &Stats, refusal: Refusal) -> &std::sync::atomic::AtomicU64 {
+    match refusal {
+        Refusal::MaxConnections => &stats.refused_max_connections,
+        Refusal::MaxConnectionsPerIp => &stats.refused_per_ip,
+    }
+}
+
+/// Un-count a socket: under `ip`, or in the total only while its PROXY header was
+/// awaited (`flags` has `flag::PROXY_WAIT` then).
+fn release_admission(admission: &mut Admission, ip: IpAddr, flags: u32) {
+    if flags & flag::PROXY_WAIT != 0 {
+        admission.release_pending();
+    } else {
+        admission.release(ip);
     }
 }
 
@@ -370,9 +390,13 @@ impl Engine {
             let Some(Some(state)) = self.listeners.get_mut(index) else {
                 return;
             };
-            let (kind, tls) = (state.listener.kind, state.listener.tls);
+            let (kind, tls, proxy) = (
+                state.listener.kind,
+                state.listener.tls,
+                state.listener.proxy,
+            );
             match state.listener.socket.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr.ip(), kind, tls),
+                Ok((sock, addr)) => self.admit(sock, addr.ip(), kind, tls, proxy),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     state.ready = false;
                     return;
@@ -390,15 +414,32 @@ impl Engine {
         // Budget spent: `ready` stays set, the next round goes on.
     }
 
-    fn admit(&mut self, mut sock: mio::net::TcpStream, ip: IpAddr, kind: Kind, tls: bool) {
+    fn admit(
+        &mut self,
+        mut sock: mio::net::TcpStream,
+        ip: IpAddr,
+        kind: Kind,
+        tls: bool,
+        proxy: bool,
+    ) {
         let stats = &self.shared.stats;
-        if let Err(refusal) = self.admission.admit(ip) {
-            Stats::inc(match refusal {
-                Refusal::MaxConnections => &stats.refused_max_connections,
-                Refusal::MaxConnectionsPerIp => &stats.refused_per_ip,
-            });
+        if proxy && !self.config.proxy_trusted.contains(ip) {
+            // Only a balancer may say who the device is: anyone else is cut unread.
+            Stats::inc(&stats.refused_proxy_untrusted);
+            return;
+        }
+        // Behind a balancer the device's address comes with its PROXY header: until
+        // then the socket counts in the total only (input.rs counts the address).
+        let admitted = if proxy {
+            self.admission.admit_pending()
+        } else {
+            self.admission.admit(ip)
+        };
+        if let Err(refusal) = admitted {
+            Stats::inc(refusal_counter(stats, refusal));
             return; // dropped: closed before any TLS work
         }
+        let pending = if proxy { flag::PROXY_WAIT } else { 0 };
         let tls_conn = if tls {
             let configs = self.shared.tls.read().unwrap_or_else(|e| e.into_inner());
             let config = configs.as_ref().map(|c| match kind {
@@ -409,7 +450,7 @@ impl Engine {
                 Some(Ok(conn)) => Some(Box::new(conn)),
                 _ => {
                     Stats::inc(&stats.tls_failures);
-                    self.admission.release(ip);
+                    release_admission(&mut self.admission, ip, pending);
                     return;
                 }
             }
@@ -450,7 +491,7 @@ impl Engine {
             .is_err()
         {
             Stats::inc(&stats.accept_errors);
-            self.admission.release(ip);
+            release_admission(&mut self.admission, ip, pending);
             return;
         }
         let id = self.generations.id(slot);
@@ -466,11 +507,12 @@ impl Engine {
             out_plain: Vec::new(),
             timing,
             // MQTT over TLS: rustls reads the ClientHello at once (no ALPN to check).
-            flags: if kind == Kind::Mqtt {
-                flag::TLS_STARTED
-            } else {
-                0
-            },
+            flags: pending
+                | if kind == Kind::Mqtt {
+                    flag::TLS_STARTED
+                } else {
+                    0
+                },
         });
         if self.deadlines.len() <= slot {
             self.deadlines.resize(slot + 1, u64::MAX);
@@ -702,7 +744,7 @@ impl Engine {
         }
         let mut conn = self.conns.remove(slot);
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        self.admission.release(conn.peer_ip);
+        release_admission(&mut self.admission, conn.peer_ip, conn.flags);
         self.generations.retire(slot);
         if let Some(deadline) = self.deadlines.get_mut(slot) {
             *deadline = u64::MAX;

@@ -63,6 +63,10 @@ impl Harness {
         }
     }
 
+    pub fn listen_with(&self, kind: Kind, options: ListenOptions) -> u16 {
+        self.rt.listen(kind, "127.0.0.1", 0, options).unwrap()
+    }
+
     pub fn listen(&self, kind: Kind, tls: bool) -> u16 {
         let options = ListenOptions {
             tls,
@@ -213,6 +217,43 @@ impl Device {
         sock.set_nodelay(true)?;
         let tls = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
             .map_err(io::Error::other)?;
+        let wire = mmtp::Connection::new(
+            mmtp::Role::Client,
+            mmtp::Limits::default(),
+            Arc::new(mmtp::BodyCodec::default()),
+            Arc::new(mmtp::Presets::builtin()),
+        );
+        let mut device = Device { sock, tls, wire };
+        while device.tls.is_handshaking() {
+            device.tls.complete_io(&mut device.sock)?;
+        }
+        Ok(device)
+    }
+
+    /// Connect as a load balancer would: `header` (a PROXY header), then the device's
+    /// TLS. `split`: the header goes a byte per write; else it and the ClientHello go
+    /// in one write (the engine must find the TLS bytes after the header).
+    pub fn connect_proxied(
+        port: u16,
+        config: Arc<ClientConfig>,
+        header: &[u8],
+        split: bool,
+    ) -> io::Result<Device> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        sock.set_nodelay(true)?;
+        let mut tls = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+            .map_err(io::Error::other)?;
+        let mut first = Vec::new();
+        if split {
+            for byte in header {
+                sock.write_all(std::slice::from_ref(byte))?;
+            }
+        } else {
+            first.extend_from_slice(header);
+        }
+        tls.write_tls(&mut first)?;
+        sock.write_all(&first)?;
         let wire = mmtp::Connection::new(
             mmtp::Role::Client,
             mmtp::Limits::default(),

