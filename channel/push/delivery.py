@@ -432,14 +432,14 @@ class NodeDelivery:
         message: PushMessage,
         touched: set[Session],
         forward: list[tuple[str, PushMessage]],
-        at_ms: int,
+        at_ms: int | None = None,
     ) -> None:
         local = self._local(device_id)
         if local is None:
             forward.append((device_id, message))
             return
         session, state = local
-        if message.expired(at_ms):
+        if message.expired(now_ms() if at_ms is None else at_ms):
             return  # reported when the queue is next read
         if state.held is not None:
             state.held.append(message)
