@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 import pytest
 from hypothesis import given
@@ -54,12 +55,19 @@ def test_pack_round_trip() -> None:
 _json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    # orjson reads integers in -2**63..2**64-1; beyond that a float (fastjson's docstring,
+    # and the test below).
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )
+
+
+def test_fastjson_reads_integers_beyond_64_bits_as_floats() -> None:
+    for value in (-(2**63) - 1, 2**64):
+        assert fastjson.loads(str(value).encode()) == float(value)
 
 
 @given(_json_values)
@@ -76,6 +84,22 @@ def test_fastjson_keeps_json_answers_where_orjson_refuses() -> None:
     assert fastjson.loads('"\\ud800"') == "\ud800"
     assert json.loads(fastjson.dumps({"n": int(huge)})) == {"n": int(huge)}
     assert json.loads(fastjson.dumps({1: "x"})) == {"1": "x"}
+
+
+def test_new_message_id_at_given_times_is_the_reference_encoding() -> None:
+    # The time-only prefix is cached per millisecond: times that go back and forth,
+    # and the counter's wrap, must still give the reference encoding.
+    times = [0, 1, 7, 8, 1_765_000_000_000, 1_765_000_000_007, 8, 2**48 - 1, 2**48 + 5]
+    times += [random.Random(seed).randrange(2**48) for seed in range(200)]
+    for at_ms in times:
+        for counter in (0, 1, 0xFFFFFF):
+            model._counter = (counter - 1) & 0xFFFFFF
+            raw = (
+                (at_ms & 0xFFFFFFFFFFFF).to_bytes(6, "big")
+                + counter.to_bytes(3, "big")
+                + model._process_salt.to_bytes(6, "big")
+            )
+            assert new_message_id(at_ms) == message_id_of(raw)
 
 
 def test_fastjson_refuses_json_nested_too_deep_with_a_value_error() -> None:

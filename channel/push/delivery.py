@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("channel.push")
 
+_DELIVERED = PushStatus.DELIVERED
 #: Batched writes (presence, acks) go out at least this often.
 FLUSH_INTERVAL_S = 0.01
 #: Topics one device may subscribe to on one connection.
@@ -263,18 +264,19 @@ class NodeDelivery:
         device_id = session.device_id
         at = now_ms()
         outstanding = state.message_ids
+        acked, receipts, delivered = self._acked.append, self._receipts.append, _DELIVERED
         for message_id in message_ids:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
             self._remember_ack(device_id, message_id)
             if collapse_key == _QUIET_MARK:
-                self._acked.append((device_id, message_id, ""))
+                acked((device_id, message_id, ""))
                 continue
             if collapse_key == _UNQUEUED_MARK:
                 continue
-            self._acked.append((device_id, message_id, collapse_key))
-            self._receipts.append(Receipt(message_id, PushStatus.DELIVERED, device_id, at))
+            acked((device_id, message_id, collapse_key))
+            receipts(Receipt(message_id, delivered, device_id, at))
         self._wake.set()
 
     def _remember_ack(self, device_id: str, message_id: str) -> None:
@@ -430,13 +432,14 @@ class NodeDelivery:
         message: PushMessage,
         touched: set[Session],
         forward: list[tuple[str, PushMessage]],
+        at_ms: int | None = None,
     ) -> None:
         local = self._local(device_id)
         if local is None:
             forward.append((device_id, message))
             return
         session, state = local
-        if message.expired(now_ms()):
+        if message.expired(now_ms() if at_ms is None else at_ms):
             return  # reported when the queue is next read
         if state.held is not None:
             state.held.append(message)
@@ -449,17 +452,17 @@ class NodeDelivery:
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""
         found = await self.backend.presence.lookup([device for device, _ in items])
-        by_node: dict[int, list[bytes]] = {}
-        for device_id, message in items:
-            where = found.get(device_id)
+        by_node: dict[int, list[env.Envelope]] = {}
+        for item in items:
+            where = found.get(item[0])
             if where is not None and where.node_no != self.node_no:
-                by_node.setdefault(where.node_no, []).append(env.device_push(device_id, message))
+                by_node.setdefault(where.node_no, []).append(item)
         for node_no, batch in by_node.items():
             await self.backend.router.send(node_no, batch)
 
     # ----------------------------------------------------------------- inbox
 
-    async def _consume(self, inbox: object, first: asyncio.Task[list[bytes]]) -> None:
+    async def _consume(self, inbox: object, first: asyncio.Task[list[env.Envelope]]) -> None:
         batch = await first
         while True:
             try:
@@ -468,19 +471,27 @@ class NodeDelivery:
                 log.exception("inbox batch failed")
             batch = await anext(inbox)  # type: ignore[call-overload]
 
-    async def _handle_batch(self, batch: list[bytes]) -> None:
+    async def _handle_batch(self, batch: list[env.Envelope]) -> None:
+        at_ms = now_ms()  # one clock read per batch: a batch is handled in one go
         touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
         fanouts: list[tuple[str, PushMessage]] = []
         normal: list[tuple[str, PushMessage]] = []
         for raw in batch:
+            if isinstance(raw, tuple):  # an unpacked device push (env.DevicePush)
+                device_id, message = raw
+                if message.priority is Priority.HIGH:
+                    self._deliver_device(device_id, message, touched, forward, at_ms)
+                else:
+                    normal.append(raw)
+                continue
             try:
                 item = env.unpack(raw)
                 kind = item[0]
                 if kind == env.DEVICE:
                     message = PushMessage.unpack(item[2])  # type: ignore[arg-type]
                     if message.priority is Priority.HIGH:
-                        self._deliver_device(str(item[1]), message, touched, forward)
+                        self._deliver_device(str(item[1]), message, touched, forward, at_ms)
                     else:
                         normal.append((str(item[1]), message))
                 elif kind == env.BROADCAST:
@@ -503,7 +514,7 @@ class NodeDelivery:
         # High-priority pushes were written as they came; normal ones follow them,
         # in arrival order, in the same write per session.
         for device_id, message in normal:
-            self._deliver_device(device_id, message, touched, forward)
+            self._deliver_device(device_id, message, touched, forward, at_ms)
         for session in touched:
             session.flush()
         if forward:
@@ -858,5 +869,5 @@ def sweep_window(
     return start + position, min(per_tick, share - position)
 
 
-async def _first(inbox: object) -> list[bytes]:
+async def _first(inbox: object) -> list[env.Envelope]:
     return await anext(inbox)  # type: ignore[call-overload,no-any-return]

@@ -23,6 +23,15 @@ REPLY = "r"  # [r, call_id, status, headers, body, message]
 RESYNC = "s"
 
 
+#: A queued push for one device on its way to the device's node. A router that moves
+#: envelopes within the process (the memory backend) hands it over as it is; one that
+#: leaves the process packs it (``encode``): the node would otherwise pack and unpack
+#: every push it routes to itself, ~10 % of an acked push's gateway CPU.
+DevicePush = tuple[str, PushMessage]
+#: What routers carry: packed envelopes, or device pushes not packed yet.
+Envelope = bytes | DevicePush
+
+
 def pack(*fields: object) -> bytes:
     return msgpack.packb(list(fields), use_bin_type=True)
 
@@ -36,6 +45,11 @@ def unpack(data: bytes) -> list[object]:
 
 def device_push(device_id: str, message: PushMessage) -> bytes:
     return pack(DEVICE, device_id, message.pack())
+
+
+def encode(envelope: Envelope) -> bytes:
+    """The bytes of an envelope, for a router that leaves the process."""
+    return envelope if isinstance(envelope, bytes) else device_push(*envelope)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from channel.push.cursors import cursor_sequence
+from channel.push.envelopes import Envelope
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -81,10 +82,18 @@ class MemoryPresence:
 
     async def lookup(self, device_ids: Sequence[str]) -> dict[str, Presence]:
         found = {}
+        devices = self._devices
+        # Each node's lease checked once per call, not once per device.
+        live: dict[int, bool] = {}
         for device_id in device_ids:
-            entry = self._devices.get(device_id)
-            if entry is not None and self._live(entry.node_no):
-                found[device_id] = entry
+            entry = devices.get(device_id)
+            if entry is not None:
+                node_no = entry.node_no
+                up = live.get(node_no)
+                if up is None:
+                    up = live[node_no] = self._live(node_no)
+                if up:
+                    found[device_id] = entry
         return found
 
     async def user_devices(self, user_id: str) -> list[Presence]:
@@ -104,23 +113,25 @@ class MemoryQueue:
         self, items: Sequence[tuple[str, PushMessage]], cap: int
     ) -> list[EnqueueOutcome]:
         outcomes = []
+        queues = self._queues
         for device_id, message in items:
-            queue = self._queues.setdefault(device_id, {})
-            replaced: list[str] = []
+            queue = queues.get(device_id)
+            if queue is None:
+                queue = queues[device_id] = {}
+            replaced: tuple[str, ...] = ()
             if message.collapse_key:
-                for old_id, old in list(queue.items()):
-                    if old.collapse_key == message.collapse_key:
-                        del queue[old_id]
-                        replaced.append(old_id)
+                gone = [i for i, old in queue.items() if old.collapse_key == message.collapse_key]
+                for old_id in gone:
+                    del queue[old_id]
+                replaced = tuple(gone)
             queue[message.message_id] = message
-            dropped: list[str] = []
-            while len(queue) > cap:
-                oldest = next(iter(queue))
-                del queue[oldest]
-                dropped.append(oldest)
-            outcomes.append(
-                EnqueueOutcome(device_id, message.message_id, tuple(replaced), tuple(dropped))
-            )
+            dropped: tuple[str, ...] = ()
+            if len(queue) > cap:
+                oldest = list(itertools.islice(queue, len(queue) - cap))
+                for old_id in oldest:
+                    del queue[old_id]
+                dropped = tuple(oldest)
+            outcomes.append(EnqueueOutcome(device_id, message.message_id, replaced, dropped))
         return outcomes
 
     async def pending(
@@ -162,9 +173,10 @@ class MemoryQueue:
 class MemoryRouter:
     def __init__(self, presence: MemoryPresence) -> None:
         self._presence = presence
-        self._inboxes: dict[int, asyncio.Queue[list[bytes]]] = {}
+        self._inboxes: dict[int, asyncio.Queue[list[Envelope]]] = {}
 
-    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
+    async def send(self, node_no: int, envelopes: Sequence[Envelope]) -> None:
+        # Device pushes stay unpacked: they never leave the process.
         inbox = self._inboxes.get(node_no)
         if inbox is not None and envelopes:
             inbox.put_nowait(list(envelopes))
@@ -175,7 +187,7 @@ class MemoryRouter:
 
     async def inbox(
         self, node_no: int, ready: asyncio.Event | None = None
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncIterator[list[Envelope]]:
         queue = self._inboxes.setdefault(node_no, asyncio.Queue())
         if ready is not None:
             ready.set()
@@ -190,7 +202,7 @@ class MemoryRouter:
         self._inboxes.pop(node_no, None)
 
 
-@dataclass
+@dataclass(slots=True)
 class _StatusEntry:
     status: MessageStatus
     drop_at_ms: int
@@ -214,27 +226,33 @@ class MemoryReceipts:
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire()
+        entries = self._statuses
+        final_retention_ms = self.final_retention_ms
+        accepted = PushStatus.ACCEPTED
         for status in statuses:
-            drop_at = drop_at_ms(status, retention_s, self.final_retention_ms)
-            pending = sum(1 for s in status.devices.values() if not s.final)
-            self._statuses[status.message_id] = _StatusEntry(status, drop_at, pending)
+            drop_at = drop_at_ms(status, retention_s, final_retention_ms)
+            pending = [*status.devices.values()].count(accepted)  # those not final
+            entries[status.message_id] = _StatusEntry(status, drop_at, pending)
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
+        entries = self._statuses
+        stream = self._stream
+        accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
         for receipt in receipts:
-            entry = self._statuses.get(receipt.message_id)
+            entry = entries.get(receipt.message_id)
             if entry is not None:
                 status = entry.status
                 current = status.devices.get(receipt.device_id)
                 if current is None:
-                    if receipt.status is PushStatus.DELIVERED:
+                    if receipt.status is delivered:
                         status.delivered_count += 1
-                elif not current.final:
+                elif current is accepted:  # not final yet
                     status.devices[receipt.device_id] = receipt.status
                     entry.pending -= 1
                     drop_at = final_drop_at_ms(receipt, self.final_retention_ms)
                     if entry.pending <= 0 and drop_at > 0:
                         entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
-            self._stream.append((self._next_seq, receipt))
+            stream.append((self._next_seq, receipt))
             self._next_seq += 1
         while len(self._stream) > self.maxlen:
             self._stream.popleft()

@@ -80,29 +80,30 @@ class PushService:
         )
         user_devices = await self._user_devices(user_ids)
         per_message_devices: list[list[str]] = []
+        user_kind, device_kind = TargetKind.USER, TargetKind.DEVICE
         for request in requests:
-            ttl_ms = request.ttl_s * 1000 if request.ttl_s > 0 else ONLINE_ONLY_GRACE_MS
+            target = request.target
+            kind = target.kind
+            ttl_s = request.ttl_s
             messages.append(
                 PushMessage(
-                    message_id=new_message_id(),
-                    body=request.body,
-                    headers=request.headers,
-                    expires_at_ms=now + ttl_ms,
-                    collapse_key=request.collapse_key,
-                    priority=request.priority,
-                    accepted_at_ms=now,
-                    online_only=request.ttl_s == 0,
-                    target_users=(
-                        tuple(request.target.ids) if request.target.kind is TargetKind.USER else ()
-                    ),
+                    new_message_id(now),
+                    request.body,
+                    request.headers,
+                    now + (ttl_s * 1000 if ttl_s > 0 else ONLINE_ONLY_GRACE_MS),
+                    request.collapse_key,
+                    request.priority,
+                    now,
+                    ttl_s == 0,
+                    tuple(target.ids) if kind is user_kind else (),
                 )
             )
-            kind = request.target.kind
-            if kind is TargetKind.DEVICE:
-                per_message_devices.append(list(dict.fromkeys(request.target.ids)))
-            elif kind is TargetKind.USER:
+            if kind is device_kind:
+                ids = target.ids
+                per_message_devices.append(list(dict.fromkeys(ids)) if len(ids) > 1 else [*ids])
+            elif kind is user_kind:
                 devices: list[str] = []
-                for user_id in request.target.ids:
+                for user_id in target.ids:
                     devices.extend(user_devices.get(user_id, ()))
                 per_message_devices.append(list(dict.fromkeys(devices)))
             else:
@@ -123,7 +124,12 @@ class PushService:
         receipts: list[Receipt] = []
         queue_items: list[tuple[str, PushMessage]] = []
         expired_now: list[list[str]] = []
+        no_one: list[str] = []  # shared, never appended to
         for message, devices in zip(messages, per_message_devices, strict=True):
+            if not message.online_only:
+                queue_items.extend([(device_id, message) for device_id in devices])
+                expired_now.append(no_one)
+                continue
             gone: list[str] = []
             for device_id in devices:
                 if message.online_only and device_id not in online_now:
@@ -135,13 +141,14 @@ class PushService:
                     queue_items.append((device_id, message))
             expired_now.append(gone)
 
+        accepted = PushStatus.ACCEPTED
         statuses = [
             MessageStatus(
                 message.message_id,
                 request.target.kind,
                 now,
                 message.expires_at_ms,
-                {d: PushStatus.ACCEPTED for d in devices},
+                dict.fromkeys(devices, accepted),
             )
             for message, request, devices in zip(
                 messages, requests, per_message_devices, strict=True
@@ -165,20 +172,23 @@ class PushService:
             where = await backend.presence.lookup(sorted({d for d, _ in queue_items}))
         else:
             where = {}
-        by_node: dict[int, list[bytes]] = {}
+        by_node: dict[int, list[env.Envelope]] = {}
         online_count: dict[str, int] = {}
-        for device_id, message in queue_items:
-            presence = where.get(device_id)
+        for item in queue_items:
+            presence = where.get(item[0])
             if presence is None:
                 continue
-            by_node.setdefault(presence.node_no, []).append(env.device_push(device_id, message))
-            online_count[message.message_id] = online_count.get(message.message_id, 0) + 1
+            message_id = item[1].message_id
+            by_node.setdefault(presence.node_no, []).append(item)
+            online_count[message_id] = online_count.get(message_id, 0) + 1
         for node_no, batch in by_node.items():
             await backend.router.send(node_no, batch)
 
         fanouts: list[bytes] = []
         for message, request in zip(messages, requests, strict=True):
             kind = request.target.kind
+            if kind is device_kind or kind is user_kind:
+                continue
             if kind is TargetKind.BROADCAST:
                 fanouts.append(env.pack(env.BROADCAST, message.pack()))
             elif kind is TargetKind.TOPIC:
@@ -189,20 +199,18 @@ class PushService:
         if receipts:
             await backend.receipts.record(receipts)
 
-        results = []
-        for message, request, devices, gone in zip(
-            messages, requests, per_message_devices, expired_now, strict=True
-        ):
-            results.append(
-                AcceptResult(
-                    message.message_id,
-                    request.target.kind,
-                    queued=len(devices) - len(gone),
-                    online=online_count.get(message.message_id, 0),
-                    expired=tuple(gone),
-                )
+        return [
+            AcceptResult(
+                message.message_id,
+                request.target.kind,
+                len(devices) - len(gone),
+                online_count.get(message.message_id, 0),
+                tuple(gone) if gone else (),
             )
-        return results
+            for message, request, devices, gone in zip(
+                messages, requests, per_message_devices, expired_now, strict=True
+            )
+        ]
 
     # --------------------------------------------------------------- status
 

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from channel.push.envelopes import Envelope
 from channel.push.model import MessageStatus, Presence, PushMessage, Receipt
 
 #: A queued message: ``(device id, message id)``, or ``(device id, message id, collapse
@@ -94,8 +95,10 @@ class DeviceDirectory(Protocol):
         never read, so nodes sweep the directory slowly. Returns entries forgotten."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class EnqueueOutcome:
+    """Immutable by convention, not frozen: one per queued push (``channel/push/model.py``)."""
+
     device_id: str
     message_id: str
     #: Older undelivered messages this one replaced through its collapse key.
@@ -133,14 +136,18 @@ class DeviceQueue(Protocol):
 
 
 class PushRouter(Protocol):
-    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
-        """Append envelopes to one node's inbox (one entry per call)."""
+    async def send(self, node_no: int, envelopes: Sequence[Envelope]) -> None:
+        """Append envelopes to one node's inbox (one entry per call). Device pushes may
+        come unpacked (``envelopes.DevicePush``): a router that leaves the process packs
+        them (``envelopes.encode``), the in-memory one passes them on as they are."""
 
     async def send_all(self, envelopes: Sequence[bytes], fresh: bool = False) -> None:
         """Append envelopes to every live node's inbox (broadcast, topics, kick);
         ``fresh``: to the nodes live now (``Presence.live_nodes``)."""
 
-    def inbox(self, node_no: int, ready: asyncio.Event | None = None) -> AsyncIterator[list[bytes]]:
+    def inbox(
+        self, node_no: int, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[list[Envelope]]:
         """This node's inbox, batch by batch, from the moment of the first read on
         (``ready`` is set then: what is sent from that moment on will be read).
 

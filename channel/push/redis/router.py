@@ -53,7 +53,7 @@ class RedisRouter:
         self._presence = presence
         self.max_entries = max_entries
 
-    async def send(self, node_no: int, envelopes: Sequence[bytes]) -> None:
+    async def send(self, node_no: int, envelopes: Sequence[env.Envelope]) -> None:
         if envelopes:
             await self._conn.run(self._sends([node_no], envelopes))
 
@@ -62,8 +62,8 @@ class RedisRouter:
         if envelopes and nodes:
             await self._conn.run(self._sends(sorted(nodes), envelopes))
 
-    def _sends(self, node_nos: Sequence[int], envelopes: Sequence[bytes]) -> Batch:
-        payload = msgpack.packb(list(envelopes), use_bin_type=True)
+    def _sends(self, node_nos: Sequence[int], envelopes: Sequence[env.Envelope]) -> Batch:
+        payload = msgpack.packb([env.encode(e) for e in envelopes], use_bin_type=True)
         batch = Batch()
         for node_no in node_nos:
             keys = [self._keys.inbox(node_no), self._keys.inbox_seq(node_no)]
@@ -72,7 +72,7 @@ class RedisRouter:
 
     async def inbox(
         self, node_no: int, ready: asyncio.Event | None = None
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncIterator[list[env.Envelope]]:
         key = self._keys.inbox(node_no)
         cursor: str | None = None
         #: The number of the last entry read (None: none read yet).
@@ -101,7 +101,7 @@ class RedisRouter:
             failures = 0
             if not reply:
                 continue
-            batch: list[bytes] = []
+            batch: list[env.Envelope] = []
             gap = False
             for entry_id, entry in reply[0][1]:
                 number = int(entry.get(b"s", 0))
