@@ -81,6 +81,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _dictionary_id(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_DICTIONARY_ID:
@@ -395,7 +405,9 @@ def _preset_build(args: argparse.Namespace) -> int:
         status.update(f"read {len(messages):,} messages...")
     status.line(f"read {len(messages):,} messages from {len(args.inputs)} file(s)")
     try:
-        built = presetbuild.build_preset(messages, args.id, args.name, args.max_bytes)
+        built = presetbuild.build_preset(
+            messages, args.id, args.name, args.max_bytes, max_change_share=args.max_change_share
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     _write_atomically(args.out, built.to_json().encode())
@@ -459,7 +471,8 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
         help="build a preset from a JSONL traffic sample",
         description=(
             "Learn an app's headers from a sample of its traffic: connection-scoped names "
-            "(constant per session, on most requests: sent once per connection), typed "
+            "(on most requests, value rarely changing within a session: sent once per "
+            "connection), typed "
             "fields (UUIDs, hex ids, timestamps, numbers, base64, the echoed request id), "
             "never-indexed names (secret-looking or unique per message), and the most "
             "frequent :op values and header pairs HPACK would index that fit 3072 table "
@@ -478,6 +491,16 @@ def _add_preset_commands(subparsers: _SubParsers) -> None:
         default=3072,
         metavar="N",
         help="HPACK table bytes the preset may use, at most 3072 (default: %(default)s)",
+    )
+    build.add_argument(
+        "--max-change-share",
+        type=_share,
+        default=presetbuild.CONNECTION_CHANGE_SHARE,
+        metavar="X",
+        help=(
+            "a name is connection-scoped when its value changes within a session on at most "
+            "this share of the requests carrying it, 0..1 (default: %(default)s)"
+        ),
     )
     build.set_defaults(handler=_preset_build)
     info = commands.add_parser("info", help="show a preset file's id, name and size")

@@ -3,9 +3,12 @@
 Besides the table entries, the preset learns how this app's headers travel
 (spec sections 9.3, 9.8, 9.11):
 
-* **connection-scoped names**: request headers whose value never changes
-  within a session (identity, user agent, a session cookie) and that most
-  requests carry: the client sends them once per connection;
+* **connection-scoped names**: request headers that most requests carry and
+  whose value rarely changes within a session (identity, user agent, a
+  session cookie, a bearer token renewed now and then): the client sends them
+  once per connection, and again in the connection block when one changes;
+  one among them that looks like a secret is listed never-indexed as well, so
+  even that block sends it as a never-indexed literal (spec 9.12);
 * **typed fields**: names whose values are (almost) always canonical for one
   kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64), and the
   response header that echoes a request's value;
@@ -49,9 +52,13 @@ TYPED_SHARE = 0.98
 TYPED_DISTINCT_SHARE = 0.1
 #: A response name is the echo when at least this share of its values repeat the request's.
 ECHO_SHARE = 0.9
-#: Connection-scoped: on at least this share of requests, constant in this share of sessions.
+#: Connection-scoped: on at least this share of requests...
 CONNECTION_PRESENCE = 0.9
-CONNECTION_CONSTANCY = 0.99
+#: ...and its value changes (from the session's previous request carrying it) on at
+#: most this share of them. A change costs one literal in the connection block,
+#: about what HPACK pays for a new value anyway; staying costs nothing where HPACK
+#: pays an index each time, or the whole value for a secret (token renewals: ~0.2 %).
+CONNECTION_CHANGE_SHARE = 0.02
 #: Never indexed: at least this share of a name's values is unique in the sample.
 UNIQUE_SHARE = 0.9
 #: Least messages (or sessions) a name must appear in before it is classified.
@@ -81,28 +88,33 @@ def _canonical(kind: str, value: str) -> bool:
     return bounds is None or bounds[0] <= int(value) < bounds[1]
 
 
-def detect_connection_names(messages: Sequence[Msg]) -> tuple[str, ...]:
-    """Request header names present on most requests and constant within sessions."""
+def detect_connection_names(
+    messages: Sequence[Msg], max_change_share: float = CONNECTION_CHANGE_SHARE
+) -> tuple[str, ...]:
+    """Request header names present on most requests whose value rarely changes
+    within a session (at most ``max_change_share`` of the requests carrying them)."""
     requests = [m for m in messages if m.get("kind") == "request"]
     presence: Counter[str] = Counter()
-    values: dict[tuple[object, str], set[str]] = defaultdict(set)
+    changes: Counter[str] = Counter()
+    sessions: dict[str, set[object]] = defaultdict(set)
+    last: dict[tuple[object, str], tuple[str, ...]] = {}
     for message in requests:
-        seen = set()
+        session = message.get("session")
+        value_of: dict[str, tuple[str, ...]] = defaultdict(tuple)
         for name, value in _headers(message):
-            values[(message.get("session"), name)].add(value)
-            seen.add(name)
-        presence.update(seen)
-    sessions: Counter[str] = Counter()
-    constant: Counter[str] = Counter()
-    for (_, name), distinct in values.items():
-        sessions[name] += 1
-        constant[name] += len(distinct) == 1
+            value_of[name] += (value,)
+        for name, value in value_of.items():
+            previous = last.get((session, name))
+            changes[name] += previous is not None and previous != value
+            last[(session, name)] = value
+            sessions[name].add(session)
+        presence.update(list(value_of))
     names = [
         name
         for name, count in presence.most_common()
         if count >= CONNECTION_PRESENCE * len(requests)
-        and sessions[name] >= MIN_SUPPORT
-        and constant[name] >= CONNECTION_CONSTANCY * sessions[name]
+        and len(sessions[name]) >= MIN_SUPPORT
+        and changes[name] <= max_change_share * count
     ]
     return tuple(names[:MAX_PRESET_NAMES])
 
@@ -158,8 +170,11 @@ def _detect_echo(messages: Sequence[Msg], skip: set[str]) -> str | None:
 def detect_never_indexed(
     messages: Sequence[Msg], typed: TypedFields, connection: Sequence[str]
 ) -> tuple[str, ...]:
-    """Names that look like secrets or whose values are unique per message."""
-    handled = set(connection) | {name for name, kind in typed if kind != ECHO} | NEVER_INDEXED_NAMES
+    """Names that look like secrets or whose values are unique per message. A
+    connection-scoped secret is listed too: the connection block then sends it as a
+    never-indexed literal, and so does a request that overrides it (spec 9.12)."""
+    scoped = set(connection)
+    handled = {name for name, kind in typed if kind != ECHO} | NEVER_INDEXED_NAMES
     values: dict[str, list[str]] = defaultdict(list)
     for message in messages:
         for name, value in _headers(message):
@@ -169,7 +184,7 @@ def detect_never_indexed(
     for name, seen in sorted(values.items(), key=lambda item: -len(item[1])):
         secret = bool(_SECRET.search(name))
         unique = len(seen) >= MIN_SUPPORT and len(set(seen)) >= UNIQUE_SHARE * len(seen)
-        if secret or unique:
+        if secret or (unique and name not in scoped):
             names.append(name)
     return tuple(names[:MAX_PRESET_NAMES])
 
@@ -205,16 +220,18 @@ def build_preset(
     max_entries: int = MAX_PRESET_ENTRIES,
     min_count: int | None = None,
     detect: bool = True,
+    max_change_share: float = CONNECTION_CHANGE_SHARE,
 ) -> Preset:
     """The preset of an app (see the module docstring); ``detect=False`` keeps the
     generic typed fields and learns table entries only. A pair becomes an entry when
     it occurs at least ``min_count`` times (default: in 0.2 % of the messages, at
-    least twice): rarer values only take space the connection's own entries need."""
+    least twice): rarer values only take space the connection's own entries need.
+    ``max_change_share``: see ``detect_connection_names``."""
     sample = list(messages)
     if min_count is None:
         min_count = max(2, len(sample) // 500)
     if detect:
-        connection = detect_connection_names(sample)
+        connection = detect_connection_names(sample, max_change_share)
         typed = detect_typed_fields(sample, exclude=connection)
         never = detect_never_indexed(sample, typed, connection)
         declared = Preset(preset_id, name, (), typed, connection, never)

@@ -79,6 +79,44 @@ def test_preset_build_learns_the_social_apps_habits() -> None:
     assert Preset.from_json(preset.to_json()) == preset
 
 
+def _renewing_sessions(renewing_share: float) -> list[dict[str, object]]:
+    """40 sessions of 20 requests; in ``renewing_share`` of them the bearer token and
+    the session token are renewed once, mid-session; ``x-page`` changes every 5th."""
+    messages: list[dict[str, object]] = []
+    for session in range(40):
+        renews = session < renewing_share * 40
+        for i in range(20):
+            generation = int(renews and i >= 10)
+            messages.append(
+                {
+                    "session": session,
+                    "kind": "request",
+                    "op": "feed.get",
+                    "headers": [
+                        ["authorization", f"Bearer tok-{session}-{generation}"],
+                        ["x-session-token", f"st-{session}-{generation}"],
+                        ["x-page", str(i // 5)],
+                        ["x-nonce", f"{session}-{i}"],
+                    ],
+                }
+            )
+    return messages
+
+
+def test_a_token_renewed_mid_session_is_still_connection_scoped() -> None:
+    # 10 % of sessions renew: 4 changes in 800 requests, far above "1 % of sessions".
+    sample = _renewing_sessions(0.1)
+    connection = detect_connection_names(sample)
+    assert set(connection) == {"authorization", "x-session-token"}
+    assert detect_connection_names(sample, max_change_share=0.0) == ()
+    assert "x-page" in detect_connection_names(sample, max_change_share=0.2)
+    # A connection-scoped secret stays never-indexed inside the connection block.
+    assert "x-session-token" in detect_never_indexed(sample, (), connection)
+    preset = build_preset(sample, 60, "renewing")
+    assert {"authorization", "x-session-token"} <= set(preset.connection)
+    assert "x-session-token" in preset.never_indexed
+
+
 def test_low_cardinality_values_are_not_typed() -> None:
     messages = [
         {
