@@ -177,7 +177,7 @@ _optional_identity = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 12
     app_id=_optional_identity,
     token=st.binary(max_size=2048),
     resume_ticket=st.binary(max_size=300),
-    dictionaries=st.lists(st.integers(0, 2**32 - 1), max_size=32)  # spec 7.1: at most 32,
+    dictionaries=st.lists(st.integers(0, 2**32 - 1), max_size=32),  # spec 7.1: at most 32
     preset_id=st.integers(0, 2**20),
     heartbeat_s=st.integers(0, 2**32),
     header_table_size=st.integers(4096, 2**32),
