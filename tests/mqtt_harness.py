@@ -89,6 +89,8 @@ class PahoBox:
     context: ssl.SSLContext | None = None
     #: Sent before anything else on the connection, as a balancer would (b"": none).
     proxy_header: bytes = b""
+    #: Where the gateway (or its balancer) listens.
+    host: str = "127.0.0.1"
     messages: queue.Queue[Received] = field(default_factory=queue.Queue)
     _acks: dict[int, queue.Queue[Any]] = field(default_factory=dict)
     _connacks: queue.Queue[tuple[Any, Any, Any]] = field(default_factory=queue.Queue)
@@ -154,7 +156,7 @@ class PahoBox:
         if self.version == MQTT_5:
             kwargs["clean_start"] = clean_start
             kwargs["properties"] = properties
-        self.client.connect("127.0.0.1", self.port, **kwargs)
+        self.client.connect(self.host, self.port, **kwargs)
         self.client.loop_start()
         return self._connacks.get(timeout=WAIT_S)
 

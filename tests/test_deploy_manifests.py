@@ -57,10 +57,13 @@ def test_kubernetes_ports_probes_and_drain_match_the_configuration() -> None:
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports == {
         "devices": config.server.port,
+        "mqtt": config.mqtt.port,
         "admin": config.server.admin_port,
         "api": config.api.port,
     }
     assert config.server.host == config.server.admin_host == config.api.host == "0.0.0.0"
+    # The MQTT listener binds [server] host unless told otherwise.
+    assert config.mqtt.enabled and config.mqtt.host in ("", "0.0.0.0")
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert main["command"] == [VENV_CHANNEL]
@@ -97,7 +100,11 @@ def test_kubernetes_disruption_budget_anti_affinity_and_services_select_the_pods
             assert port["targetPort"] in port_names, service["metadata"]["name"]
     devices = next(s for s in k8s("service.yaml") if s["metadata"]["name"] == "channel-devices")
     annotations = devices["metadata"]["annotations"]
+    # "*": every port of the Service (MMTP and MQTT) gets the PROXY v2 header.
     assert annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+    exposed = {p["targetPort"]: p["port"] for p in devices["spec"]["ports"]}
+    assert exposed == {"devices": 443, "mqtt": k8s_config().mqtt.port}
     kustomize = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert set(kustomize["resources"]) == {
         p.name for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml",)
@@ -130,7 +137,7 @@ def test_dockerfile_installs_with_the_tested_script_and_exposes_the_configured_p
     assert "./deploy/install.sh .venv --editable --extras dev" in test_sh
     (exposed,) = [rest for keyword, rest in steps if keyword == "EXPOSE"]
     assert sorted(int(p) for p in exposed.split()) == sorted(
-        [defaults.server.port, defaults.server.admin_port, defaults.api.port]
+        [defaults.server.port, defaults.mqtt.port, defaults.server.admin_port, defaults.api.port]
     )
     (entrypoint,) = [rest for keyword, rest in steps if keyword == "ENTRYPOINT"]
     assert entrypoint == f'["{VENV_CHANNEL}"]'
@@ -181,7 +188,7 @@ def test_systemd_unit_matches_the_configuration() -> None:
     for hardening in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "ProtectHome"):
         assert values[hardening][0] in ("yes", "strict"), hardening
     assert values["CapabilityBoundingSet"] == [""]  # no capability: ports are > 1024
-    assert defaults.server.port > 1024 and defaults.server.admin_port > 1024
+    assert min(defaults.server.port, defaults.mqtt.port, defaults.server.admin_port) > 1024
     sysctl = (DEPLOY / "systemd" / "99-channel.conf").read_text()
     assert re.search(r"^net\.core\.somaxconn = (\d+)$", sysctl, re.M)
     somaxconn = int(re.search(r"somaxconn = (\d+)", sysctl).group(1))  # type: ignore[union-attr]
@@ -209,12 +216,24 @@ def haproxy_template() -> str:
     return (DEPLOY / "fleet" / "haproxy.cfg.in").read_text()
 
 
+def haproxy_section(text: str, header: str) -> str:
+    """The lines of one HAProxy section (up to the next unindented line)."""
+    lines = text.split("\n" + header + "\n", 1)[1].splitlines()
+    body = []
+    for line in lines:
+        if line and not line[0].isspace():
+            break
+        body.append(line)
+    return "\n".join(body)
+
+
 def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
-    from channel.fleet.fleet import ADMIN_PORT, API_PORT, DEVICE_PORT, _render
+    from channel.fleet.fleet import ADMIN_PORT, API_PORT, DEVICE_PORT, MQTT_PORT, _render
 
     node = _render(
         "fleet/node.toml.in",
         device_port=DEVICE_PORT,
+        mqtt_port=MQTT_PORT,
         admin_port=ADMIN_PORT,
         api_port=API_PORT,
         engine="native",
@@ -233,6 +252,7 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
     (tmp_path / "node.toml").write_text(node)
     config = load_config(tmp_path / "node.toml", environ={})
     assert config.server.proxy_trusted == ["10.0.0.2/32"] and config.server.proxy_protocol
+    assert config.mqtt.enabled and config.mqtt.port == MQTT_PORT
     text = haproxy_template()
     defaults = GatewayConfig()
     # Health checks read the admin port's /readyz, which a draining node answers 503.
@@ -241,8 +261,21 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
     assert (
         defaults.server.admin_port,
         defaults.server.port,
+        defaults.mqtt.port,
         defaults.api.port,
-    ) == (ADMIN_PORT, DEVICE_PORT, API_PORT)
+    ) == (ADMIN_PORT, DEVICE_PORT, MQTT_PORT, API_PORT)
+    # Both device listeners (MMTP and MQTT): TLS passed through (mode tcp), PROXY v2,
+    # in rotation only while /readyz says 200.
+    for frontend, port, backend in (
+        ("devices", "device_port", "gateways"),
+        ("mqtt", "mqtt_port", "mqtt_gateways"),
+    ):
+        section = haproxy_section(text, f"frontend {frontend}")
+        assert f"bind :${{{port}}}" in section and "mode tcp" in section
+        assert f"default_backend {backend}" in section
+        section = haproxy_section(text, f"backend {backend}")
+        assert "mode tcp" in section and "option httpchk GET /readyz" in section
+        assert "check port ${admin_port}" in section and "send-proxy-v2" in section
     # The balancer must not close a device before the gateway would (idle limit).
     idle_s = defaults.heartbeat.interval_s * defaults.heartbeat.idle_factor
     for side in ("client", "server"):

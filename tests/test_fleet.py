@@ -14,19 +14,24 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mqtt_harness import PahoBox
 
 from channel.fleet import Fleet, FleetSettings
 from channel.fleet.netns import RECORDS_DIR, run
+from channel.mqtt import MQTT_5
+from channel.security.tokens import encode_token_text
 from sdk_client import AuthError, Client
 from stress.fleet_chaos import Plan, run_scenario
 
@@ -93,6 +98,74 @@ async def test_fleet_serves_through_the_balancer_and_removes_everything(tmp_path
         assert not directory.exists()
 
 
+class _LocalhostContext(ssl.SSLContext):
+    """A box's TLS context that checks the fleet's certificate against the name it was
+    made for ("localhost"): paho would check it against the balancer's address."""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = "localhost"
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def box_context(ca: Path) -> ssl.SSLContext:
+    context = _LocalhostContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and name
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(str(ca))
+    return context
+
+
+def device_record(fleet: Fleet, device_id: str) -> tuple[str, dict[str, Any]]:
+    """(node name, GET /admin/devices/{id}) from the node the device is connected to."""
+    for node in fleet.nodes:
+        request = urllib.request.Request(
+            f"{node.admin_url}/admin/devices/{device_id}",
+            headers={"Authorization": f"Bearer {fleet.api_key}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                record: dict[str, Any] = json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                continue
+            raise
+        if record.get("online", True):
+            return node.name, record
+    raise AssertionError(f"{device_id} is on no node")
+
+
+async def test_an_mqtt_box_connects_through_the_balancer_and_gets_a_push() -> None:
+    """A real box (paho, MQTT 5 over TLS, token as password) reaches a node through
+    HAProxy's MQTT frontend, gets a push sent through the push API, and the node knows
+    the box's address from the PROXY v2 header, not the balancer's."""
+    with Fleet(FleetSettings(nodes=2, prometheus=False)) as fleet:
+        assert all(n.info["mqtt_port"] == 8883 for n in fleet.nodes), fleet.nodes[0].info
+        host, port = fleet.mqtt_endpoint
+        assert f"{host}:{port}" in fleet.describe()
+        till = PahoBox(port, "till-1", MQTT_5, host=host, username="till-1",
+                       password=encode_token_text(fleet.token("till-1")),
+                       context=box_context(fleet.ca_cert))  # fmt: skip
+        _flags, reason, _props = await till.connect()
+        assert reason == 0, reason
+        try:
+            _node, record = device_record(fleet, "till-1")
+            assert record["protocol"] == "mqtt", record
+            assert record["peer_ip"] == fleet.machine_address != host, record
+            request = urllib.request.Request(
+                f"{fleet.api_url}/v1/push",
+                data=json.dumps({"device_id": "till-1", "body": "price update"}).encode(),
+                headers={"Authorization": f"Bearer {fleet.api_key}",
+                         "Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 202
+                accepted = json.load(response)
+            message = await till.message()
+            assert (message.topic, message.payload) == ("devices/till-1/push", b"price update")
+            assert message.user_properties()["message-id"] == accepted["message_id"]
+        finally:
+            await till.disconnect()
+
+
 def test_ctrl_c_removes_everything_at_any_moment(tmp_path: Path) -> None:
     """``channel fleet up`` interrupted while it starts, and once it runs."""
     for wait_for in ("starting", "running"):
@@ -113,9 +186,13 @@ def test_ctrl_c_removes_everything_at_any_moment(tmp_path: Path) -> None:
             assert run_id, "the fleet never recorded its run"
             if wait_for == "running":
                 assert proc.stdout is not None
+                printed = []
                 for line in proc.stdout:
+                    printed.append(line)
                     if "Ctrl-C stops the fleet" in line:
                         break
+                # Every address a user needs, the MQTT boxes' among them.
+                assert any(line.strip().startswith("MQTT boxes:") for line in printed), printed
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
         finally:

@@ -73,7 +73,8 @@ def add_fleet_commands(subparsers: Any) -> None:
         description=(
             "A fleet on this machine, the way operators run one: N gateway nodes, each a\n"
             "host of its own (a network namespace with its own address on a bridge), HAProxy\n"
-            "in front (TLS passed through, PROXY protocol v2 to the nodes), a Redis Cluster\n"
+            "in front for MMTP devices and MQTT boxes (TLS passed through, PROXY protocol v2\n"
+            "to the nodes), a Redis Cluster\n"
             "(3 masters, 3 replicas) and Prometheus scraping every node with the alert rules\n"
             "of deploy/prometheus/alerts.yml. Everything it makes is removed when it stops\n"
             "(Ctrl-C, SIGTERM, a failure). Needs root, iproute2, haproxy, redis-server and\n"

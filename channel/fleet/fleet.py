@@ -4,10 +4,11 @@ Hosts (network namespaces on one bridge, ``netns.py``), each with an address of
 its own:
 
 * ``n0`` … ``nN-1``: one ``channel serve`` each (``deploy/fleet/node.toml.in``),
-  device port 8443, admin 9100, push API 8080, sharing one TLS certificate, token
-  key, ticket secret and API key (made under the run's directory);
-* ``lb``: HAProxy (``deploy/fleet/haproxy.cfg.in``): devices on 8443 passed through
-  to the nodes (TLS untouched) with a PROXY v2 header, the push API on 8080,
+  device port 8443, MQTT over TLS 8883, admin 9100, push API 8080, sharing one TLS
+  certificate, token key, ticket secret and API key (made under the run's directory);
+* ``lb``: HAProxy (``deploy/fleet/haproxy.cfg.in``): devices on 8443 and MQTT boxes
+  on 8883 passed through to the nodes (TLS untouched) with a PROXY v2 header, the
+  push API on 8080,
   its own metrics on 8404; a node is in rotation while its ``/readyz`` says 200;
 * ``redis``: a Redis Cluster of three masters and three replicas (``rediscluster.py``);
 * ``prom``: Prometheus on 9090 (``deploy/fleet/prometheus.yml.in``) scraping every
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from channel.api.keys import new_api_key
+from channel.api.keys import ADMIN_SCOPE, new_api_key
 from channel.fleet.netns import FleetError, Host, Network, reap_stale
 from channel.fleet.procs import Proc
 from channel.fleet.rediscluster import RedisClusterFleet
@@ -48,6 +49,7 @@ from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_k
 from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
 
 DEVICE_PORT = 8443
+MQTT_PORT = 8883
 ADMIN_PORT = 9100
 API_PORT = 8080
 HAPROXY_STATS_PORT = 8404
@@ -133,6 +135,11 @@ class Fleet:
         return self.lb.address, DEVICE_PORT
 
     @property
+    def mqtt_endpoint(self) -> tuple[str, int]:
+        """Where MQTT boxes connect (MQTT over TLS): the balancer."""
+        return self.lb.address, MQTT_PORT
+
+    @property
     def api_url(self) -> str:
         """The push API, through the balancer."""
         return f"http://{self.lb.address}:{API_PORT}"
@@ -196,10 +203,11 @@ class Fleet:
         return self
 
     def _make_shared_state(self) -> None:
-        """What every node of a fleet shares: certificate, token key, API key."""
+        """What every node of a fleet shares: certificate, token key, API key (every
+        scope, the admin port's too: the fleet's user is its operator)."""
         ensure_dev_certificates(self.shared / "tls")
         ensure_dev_token_keys(self.shared / "keys")
-        self.api_key, self._api_key_record = new_api_key("fleet", ["*"])
+        self.api_key, self._api_key_record = new_api_key("fleet", ["*", ADMIN_SCOPE])
         (self.shared / "api.key").write_text(self.api_key + "\n", encoding="utf-8")
         os.chmod(self.shared / "api.key", 0o600)
 
@@ -218,6 +226,7 @@ class Fleet:
         text = _render(
             "fleet/node.toml.in",
             device_port=DEVICE_PORT,
+            mqtt_port=MQTT_PORT,
             admin_port=ADMIN_PORT,
             api_port=API_PORT,
             engine=self.settings.engine,
@@ -295,10 +304,12 @@ class Fleet:
             run_dir=self.directory,
             maxconn=self.settings.haproxy_maxconn,
             device_port=DEVICE_PORT,
+            mqtt_port=MQTT_PORT,
             api_port=API_PORT,
             admin_port=ADMIN_PORT,
             stats_port=HAPROXY_STATS_PORT,
             device_servers="\n".join(f"    server {n} {a}:{DEVICE_PORT}" for n, a in servers),
+            mqtt_servers="\n".join(f"    server {n} {a}:{MQTT_PORT}" for n, a in servers),
             api_servers="\n".join(f"    server {n} {a}:{API_PORT}" for n, a in servers),
         )
         config = self.directory / "haproxy.cfg"
@@ -384,13 +395,13 @@ class Fleet:
         return b"".join(chunks).decode()
 
     def wait_in_rotation(self, names: set[str], timeout_s: float = 30.0) -> None:
-        """Until HAProxy has exactly the nodes ``names`` UP (devices and API)."""
+        """Until HAProxy has exactly the nodes ``names`` UP (devices, MQTT and API)."""
         deadline = time.monotonic() + timeout_s
         while True:
             up = {
                 # "UP 1/2" is a server not confirmed by a check yet (or failing one).
                 backend: {n for n, s in self.haproxy_status(backend).items() if s == "UP"}
-                for backend in ("gateways", "push_api")
+                for backend in ("gateways", "mqtt_gateways", "push_api")
             }
             if all(found == names for found in up.values()):
                 return
@@ -470,6 +481,8 @@ class Fleet:
             f"fleet {self.network.run_id}: {len(self.nodes)} nodes, bridge {self.network.bridge} "
             f"({self.network.subnet}), files in {self.directory}",
             f"  devices:     {lb}:{port} (HAProxy, TLS passed through, PROXY v2 to the nodes)",
+            f"  MQTT boxes:  {self.mqtt_endpoint[0]}:{MQTT_PORT} (HAProxy, MQTT over TLS passed "
+            "through, PROXY v2; token as password)",
             f"  push API:    {self.api_url}  (key in {self.shared / 'api.key'})",
             f"  HAProxy:     http://{lb}:{HAPROXY_STATS_PORT}/stats",
         ]
