@@ -15,9 +15,10 @@ import asyncio
 import gc
 import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from gateway_harness import gateway
+from gateway_harness import RunningGateway, gateway
 from helpers import ConnectionPair
 from raw_device import RawDevice
 
@@ -136,49 +137,20 @@ def test_hpack_tables_share_the_preset_until_an_insertion() -> None:
 
 
 async def test_idle_devices_over_tls_stay_under_budget(tmp_path: Path) -> None:
-    async with gateway(tmp_path, server={"engine": "python"}) as gw:
+    # The node's cache of verified tokens is bounded by its entry count, not a cost per
+    # device (as in the native test below): off, so each new device's token is not in it.
+    auth = {"token_cache_entries": 0}
+    async with gateway(tmp_path, server={"engine": "python"}, auth=auth) as gw:
 
-        async def connect(i: int) -> RawDevice:
-            device = await RawDevice.connect(gw.port, gw.ca_cert)
-            hello = _hello(i)
-            await device.send_hello(
-                Hello(
-                    device_id=hello.device_id,
-                    app_id="demo",
-                    token=gw.token(hello.device_id),
-                    preset_id=2,
-                    app_version=hello.app_version,
-                    platform=hello.platform,
-                    client_time_ms=hello.client_time_ms,
-                )
-            )
-            (accepted,) = await device.events()
-            assert isinstance(accepted, HelloAccepted)
-            return device
+        def connect(i: int) -> Awaitable[RawDevice]:
+            return _connect_device(gw, i)
 
-        devices = [await connect(i) for i in range(-5, 0)]  # first-use caches
         n = 150
-        gc.collect()
-        tracemalloc.start(25)
-        try:
-            before = tracemalloc.take_snapshot()
-            for start in range(0, n, 50):
-                devices += await asyncio.gather(*(connect(i) for i in range(start, start + 50)))
-            # The presence write is batched: let the node's delivery loop catch up.
-            await asyncio.sleep(0)
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        # Only what the gateway allocated (a frame in channel/), not the test's devices.
-        server_side = [tracemalloc.Filter(True, "*/channel/*", all_frames=True)]
-        not_client = [tracemalloc.Filter(False, "*/tests/raw_device.py", all_frames=True)]
-        diff = (
-            after.filter_traces(server_side)
-            .filter_traces(not_client)
-            .compare_to(before.filter_traces(server_side).filter_traces(not_client), "filename")
-        )
-        per_device = sum(stat.size_diff for stat in diff) / n
+
+        async def settle() -> None:
+            await asyncio.sleep(0)  # the presence write is batched: one loop turn
+
+        devices, per_device, _ = await _server_bytes_per_device(connect, n, settle)
         assert per_device < IDLE_DEVICE_BYTES, per_device
         sessions = [gw.node.by_device[f"device-{i:06d}"] for i in range(n)]
         for session in sessions:
@@ -208,47 +180,66 @@ async def test_idle_devices_on_the_native_engine_cost_python_little(tmp_path: Pa
     auth = {"token_cache_entries": 0}
     async with gateway(tmp_path, server={"engine": "native"}, auth=auth) as gw:
 
-        async def connect(i: int) -> RawDevice:
-            device = await RawDevice.connect(gw.port, gw.ca_cert)
-            hello = _hello(i)
-            await device.send_hello(
-                Hello(
-                    device_id=hello.device_id,
-                    app_id="demo",
-                    token=gw.token(hello.device_id),
-                    preset_id=2,
-                    app_version=hello.app_version,
-                    platform=hello.platform,
-                    client_time_ms=hello.client_time_ms,
-                )
-            )
-            (accepted,) = await device.events()
-            assert isinstance(accepted, HelloAccepted)
-            return device
+        def connect(i: int) -> Awaitable[RawDevice]:
+            return _connect_device(gw, i)
 
-        devices = [await connect(i) for i in range(-5, 0)]  # first-use caches
         n = 150
-        gc.collect()
-        tracemalloc.start(25)
-        try:
-            before = tracemalloc.take_snapshot()
-            for start in range(0, n, 50):
-                devices += await asyncio.gather(*(connect(i) for i in range(start, start + 50)))
-            assert gw.node.delivery is not None
-            await gw.node.delivery.wait_flushed()  # presence written, replays done
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        server_side = [tracemalloc.Filter(True, "*/channel/*", all_frames=True)]
-        not_client = [tracemalloc.Filter(False, "*/tests/raw_device.py", all_frames=True)]
-        diff = (
-            after.filter_traces(server_side)
-            .filter_traces(not_client)
-            .compare_to(before.filter_traces(server_side).filter_traces(not_client), "filename")
+        delivery = gw.node.delivery
+        assert delivery is not None
+        # Presence written, replays done.
+        devices, per_device, diff = await _server_bytes_per_device(
+            connect, n, delivery.wait_flushed
         )
-        per_device = sum(stat.size_diff for stat in diff) / n
         where = [(s.traceback[0].filename.rsplit("/", 2)[-2:], s.size_diff) for s in diff[:8]]
         assert per_device < IDLE_NATIVE_DEVICE_BYTES, (per_device, where)
         for device in devices:
             await device.close()
+
+
+async def _connect_device(gw: RunningGateway, i: int) -> RawDevice:
+    """A device of ``_hello(i)`` with a token, connected over TLS and accepted."""
+    device = await RawDevice.connect(gw.port, gw.ca_cert)
+    hello = _hello(i)
+    await device.send_hello(
+        Hello(
+            device_id=hello.device_id,
+            app_id="demo",
+            token=gw.token(hello.device_id),
+            preset_id=2,
+            app_version=hello.app_version,
+            platform=hello.platform,
+            client_time_ms=hello.client_time_ms,
+        )
+    )
+    (accepted,) = await device.events()
+    assert isinstance(accepted, HelloAccepted)
+    return device
+
+
+async def _server_bytes_per_device(
+    connect: Callable[[int], Awaitable[RawDevice]],
+    n: int,
+    settle: Callable[[], Awaitable[None]],
+) -> tuple[list[RawDevice], float, list[tracemalloc.StatisticDiff]]:
+    """Connect ``n`` devices (after five that warm first-use caches) and return them with
+    what the gateway allocated per device (a frame in channel/, not the test's devices)."""
+    devices = [await connect(i) for i in range(-5, 0)]
+    gc.collect()
+    tracemalloc.start(25)
+    try:
+        before = tracemalloc.take_snapshot()
+        for start in range(0, n, 50):
+            devices += await asyncio.gather(*(connect(i) for i in range(start, start + 50)))
+        await settle()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    server_side = [tracemalloc.Filter(True, "*/channel/*", all_frames=True)]
+    not_client = [tracemalloc.Filter(False, "*/tests/raw_device.py", all_frames=True)]
+    diff = (
+        after.filter_traces(server_side)
+        .filter_traces(not_client)
+        .compare_to(before.filter_traces(server_side).filter_traces(not_client), "filename")
+    )
+    return devices, sum(stat.size_diff for stat in diff) / n, diff
