@@ -407,6 +407,10 @@ class MqttConfig:
     #: A 3.1.1 box with more unanswered QoS 1/2 PUBLISHes than this is disconnected
     #: (3.1.1 has no Receive Maximum).
     max_pending_in: int = 1_000
+    #: Clock skew allowed between nodes when deciding a queued PUBLISH is a first
+    #: attempt (DUP 0): one accepted less than this after the session's previous
+    #: connection closed goes out with DUP 1, as it may have reached that connection.
+    dup_clock_margin_ms: int = 2_000
 
 
 @dataclass
@@ -803,6 +807,8 @@ def _validate_mqtt(mqtt: MqttConfig) -> None:
     ):
         if getattr(mqtt, name) < 1:
             raise ConfigError(f"mqtt.{name}: must be >= 1")
+    if not 0 <= mqtt.dup_clock_margin_ms <= 3_600_000:
+        raise ConfigError("mqtt.dup_clock_margin_ms: must be 0..3600000")
     from channel.mqtt.acl import AclError, TopicPatterns
 
     for name in (
@@ -816,6 +822,8 @@ def _validate_mqtt(mqtt: MqttConfig) -> None:
             TopicPatterns(getattr(mqtt, name))
         except AclError as exc:
             raise ConfigError(f"mqtt.{name}: {exc}") from None
+
+
 def _validate_compression(comp: CompressionConfig) -> None:
     if comp.registry not in ("files", "redis"):
         raise ConfigError('compression.registry: must be "files" or "redis"')

@@ -185,7 +185,8 @@ async def test_kill_9_of_the_boxs_node_loses_nothing_unacknowledged(
             await send_round(index)
         for packet in await receive(box, 6):  # some acknowledged on A...
             acked.add(packet.payload)
-        await box.expect(Publish)  # ...one held back, unacknowledged, when A dies
+        held = await box.expect(Publish)  # ...one held back, unacknowledged, when A dies
+        assert not held.dup
         os.kill(a.serve.proc.pid, signal.SIGKILL)
         await asyncio.to_thread(a.serve.proc.wait, 10)
         await box.closed()
@@ -198,6 +199,8 @@ async def test_kill_9_of_the_boxs_node_loses_nothing_unacknowledged(
             while not sent <= acked | set(again):
                 (packet,) = await receive(box, 1)
                 again.append(packet.payload)
+                if packet.payload == held.payload:
+                    assert packet.dup  # sent again: DUP set (A never recorded a close)
         assert sent == acked | set(again)
         # What A had in flight comes again once (QoS 1: at least once, no loop).
         assert len(again) == len(set(again))

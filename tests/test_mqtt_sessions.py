@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +199,111 @@ async def test_an_unacknowledged_qos1_message_comes_again_under_its_packet_id(
         assert connack.session_present
         second = await box.expect(Publish)
         assert (second.payload, second.packet_id) == (b"again", first.packet_id)
+        assert (first.dup, second.dup) == (False, True)  # MQTT 3.3.1.1: a resend has DUP
         await box.send(Puback(second.packet_id))
         await pub.publish("r/2", b"next", 1)
         assert (await box.expect(Publish)).payload == b"next"  # not "again" a third time
         await box.disconnect()
+        await pub.disconnect()
+
+
+async def session_closed(gw: RunningGateway, client_id: str) -> None:
+    """Wait until the node has recorded the end of the client's connection, and the
+    clock has left the millisecond it was recorded in."""
+    store = gw.node.mqtt.store
+    async with asyncio.timeout(10):
+        while True:
+            record = (await store.records([client_id])).get(client_id)
+            if record is not None and record.disconnected_at_ms:
+                break
+            await asyncio.sleep(0.01)
+        while int(time.time() * 1000) <= record.disconnected_at_ms:
+            await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_only_a_resent_publish_has_dup_set_as_paho_sees_it(
+    tmp_path: Path, version: int
+) -> None:
+    """A message that may have reached the session's previous connection comes with
+    DUP 1; one queued after that connection closed is a first attempt: DUP 0."""
+    async with gateway(tmp_path, mqtt={**OPEN, "dup_clock_margin_ms": 0}) as gw:
+        box, _ = await raw_box(gw, "dupe", version, **persistent(version))
+        await box.send(Subscribe(1, (Subscription("d/#", 1),)))
+        await box.expect(Suback)
+        pub = paho_box(gw, "dpub", version)
+        await pub.connect()
+        await pub.publish("d/1", b"sent before", 1)
+        first = await box.expect(Publish)
+        assert not first.dup
+        box.abort()  # no PUBACK
+        await session_closed(gw, "dupe")
+        await pub.publish("d/2", b"queued after", 1)
+        sub = paho_box(gw, "dupe", version, clean=version != MQTT_3_1_1)
+        flags, _, _ = await sub.connect(
+            clean_start=False, expiry_s=600 if version == MQTT_5 else None
+        )
+        assert flags.session_present
+        got = {m.payload: m for m in [await sub.message(), await sub.message()]}
+        resent, queued = got[b"sent before"], got[b"queued after"]
+        assert (resent.mid, resent.dup, queued.dup) == (first.packet_id, True, False)
+        await sub.disconnect()
+        await pub.disconnect()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_qos2_publish_not_yet_received_comes_again_with_dup(
+    tmp_path: Path, version: int
+) -> None:
+    async with gateway(tmp_path, mqtt=OPEN) as gw:
+        box, _ = await raw_box(gw, "dupe2", version, **persistent(version))
+        await box.send(Subscribe(1, (Subscription("e/#", 2),)))
+        await box.expect(Suback)
+        pub = paho_box(gw, "epub", version)
+        await pub.connect()
+        await pub.publish("e/1", b"exactly", 2)
+        first = await box.expect(Publish)
+        box.abort()  # no PUBREC: the message is still ours to send
+        box, connack = await raw_box(gw, "dupe2", version, **persistent(version))
+        assert connack.session_present
+        again = await box.expect(Publish)
+        assert (again.payload, again.packet_id, first.dup, again.dup) == (
+            b"exactly",
+            first.packet_id,
+            False,
+            True,
+        )
+        await box.send(Pubrec(again.packet_id))
+        assert (await box.expect(Pubrel)).packet_id == again.packet_id
+        await box.send(Pubcomp(again.packet_id))
+        await box.disconnect()
+        await pub.disconnect()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_session_taken_over_gets_what_the_old_connection_had_with_dup(
+    tmp_path: Path, version: int
+) -> None:
+    async with gateway(tmp_path, mqtt=OPEN) as gw:
+        old, _ = await raw_box(gw, "dupe3", version, **persistent(version))
+        await old.send(Subscribe(1, (Subscription("t/#", 1),)))
+        await old.expect(Suback)
+        pub = paho_box(gw, "tpub", version)
+        await pub.connect()
+        await pub.publish("t/1", b"held", 1)
+        first = await old.expect(Publish)
+        new, connack = await raw_box(gw, "dupe3", version, **persistent(version))
+        assert connack.session_present
+        again = await new.expect(Publish)
+        assert (again.payload, again.packet_id, first.dup, again.dup) == (
+            b"held",
+            first.packet_id,
+            False,
+            True,
+        )
+        await new.send(Puback(again.packet_id))
+        await old.closed()
+        await new.disconnect()
         await pub.disconnect()
 
 

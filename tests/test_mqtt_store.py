@@ -9,12 +9,13 @@ import pytest
 
 from channel.config import PushConfig
 from channel.mqtt.acl import AclError, TopicPatterns
-from channel.mqtt.flow import Outbound, stable_packet_id
+from channel.mqtt.flow import Outbound, accepted_at_ms, stable_packet_id
 from channel.mqtt.messages import BrokerMessage, RetainedMessage, broker_message_of
 from channel.mqtt.properties import Properties
 from channel.mqtt.redis_store import redis_mqtt_store
 from channel.mqtt.sessions import SubOptions
 from channel.mqtt.store import MemoryMqttStore, MqttStore
+from channel.push.model import new_message_id
 from channel.push.redis import redis_backend
 from tests.test_push_stores import redis_config
 
@@ -48,11 +49,16 @@ async def test_a_persistent_session_survives_its_connection(store: MqttStore) ->
     assert await store.close("box", 1, 60, NOW)
     present, record = await store.open("box", False, 60, NOW + 59_000)
     assert present and record.generation == 2
+    assert record.disconnected_at_ms == NOW  # when the previous connection closed
+    assert (await store.open("box", False, 60, NOW + 60_000))[1].disconnected_at_ms == 0
+    assert await store.close("box", 3, 60, NOW + 61_000)
+    present, record = await store.open("box", False, 60, NOW + 62_000)
+    assert present and record.generation == 4
     assert record.subscriptions == {"a/#": Q1, "b/+": Q2}
     assert (record.released, record.received) == ({7: "msg-7"}, {9})
-    await store.release("box", 2, 7, None)
-    await store.receive("box", 2, 9, False)
-    await store.subscribe("box", 2, {"a/#": None})
+    await store.release("box", 4, 7, None)
+    await store.receive("box", 4, 9, False)
+    await store.subscribe("box", 4, {"a/#": None})
     (found,) = (await store.records(["box", "nobody"])).values()
     assert found.subscriptions == {"b/+": Q2} and not found.released and not found.received
 
@@ -164,3 +170,10 @@ def test_a_routed_message_travels_in_one_push_header() -> None:
     assert broker_message_of(b"payload", (("x", "y"),)) is None
     retained = RetainedMessage.of(message)
     assert RetainedMessage.unpack(retained.pack()) == retained
+
+
+def test_a_message_id_tells_when_it_was_accepted() -> None:
+    for at_ms in (0, 1, NOW, NOW + 7, 2**48 - 1):
+        assert accepted_at_ms(new_message_id(at_ms)) == at_ms
+    assert accepted_at_ms("") is None
+    assert accepted_at_ms("not-a-message-id-of-ours") is None  # 24 characters, not base32

@@ -39,3 +39,16 @@ def test_push_settings_take_environment_overrides(tmp_path: Path) -> None:
         },
     )
     assert config.push.user_devices_ttl_s == 0 and config.push.fanout_batch == 64
+
+
+@pytest.mark.parametrize("value", ["-1", "3600001"])
+def test_a_bad_dup_clock_margin_is_named(tmp_path: Path, value: str) -> None:
+    config_file = tmp_path / "channel.toml"
+    config_file.write_text(f"[mqtt]\ndup_clock_margin_ms = {value}\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.dup_clock_margin_ms"):
+        load_config(config_file, environ={})
+
+
+def test_the_dup_clock_margin_takes_an_environment_override() -> None:
+    config = load_config(None, environ={"CHANNEL_MQTT__DUP_CLOCK_MARGIN_MS": "0"})
+    assert config.mqtt.dup_clock_margin_ms == 0

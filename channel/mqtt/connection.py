@@ -256,6 +256,9 @@ class MqttConnection(Outgoing):
             return
         self._accepting = False
         self.generation = record.generation
+        if present:
+            closed_at_ms = record.disconnected_at_ms or int(time.time() * 1000)
+            self.dup_before_ms = closed_at_ms + node.config.dup_clock_margin_ms
         if self._state != _CONNECTING:
             # The box went away meanwhile: give the session back at once.
             node.connection_closed(self)

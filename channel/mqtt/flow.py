@@ -33,6 +33,24 @@ def stable_packet_id(message_id: str) -> int:
     return 1 + zlib.crc32(message_id.encode()) % 65535
 
 
+#: Crockford base32 digits (``channel.push.model.new_message_id``), by character.
+_DIGIT_VALUES = {c: n for n, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
+
+
+def accepted_at_ms(message_id: str) -> int | None:
+    """When the gateway accepted a message, from its id (``new_message_id``: the top
+    48 of 120 bits are the unix ms); None for an id not made that way."""
+    if len(message_id) != 24:
+        return None
+    value = 0
+    for char in message_id[:10]:  # 50 bits: the time and 2 bits more
+        digit = _DIGIT_VALUES.get(char)
+        if digit is None:
+            return None
+        value = value << 5 | digit
+    return value >> 2
+
+
 @dataclass(slots=True)
 class Sent:
     """A PUBLISH the box has not finished acknowledging."""

@@ -31,7 +31,7 @@ from typing import Protocol
 from channel.config import MqttConfig
 from channel.mqtt.auth import MqttIdentity
 from channel.mqtt.encoder import encode
-from channel.mqtt.flow import Outbound
+from channel.mqtt.flow import Outbound, accepted_at_ms
 from channel.mqtt.matching import topic_matches
 from channel.mqtt.messages import BrokerMessage, RetainedMessage, broker_message_of
 from channel.mqtt.metrics import MqttMetrics
@@ -133,6 +133,7 @@ class Outgoing(Session):
         "_node",
         "_out",
         "_transport",
+        "dup_before_ms",
         "expiry_s",
         "generation",
         "identity",
@@ -156,6 +157,9 @@ class Outgoing(Session):
         self.generation = 0
         #: Seconds the session outlives the connection (0: it ends with it).
         self.expiry_s = 0
+        #: Queued messages accepted before this (unix ms) may have gone to an earlier
+        #: connection of the session: they go out with DUP set (0: a new session).
+        self.dup_before_ms = 0
         self.keepalive_s = 0
         self.will: BrokerMessage | None = None
         self.will_delay_s = 0
@@ -283,13 +287,29 @@ class Outgoing(Session):
         packet_id: int,
         retain: bool,
         props: Properties,
+        dup: bool = False,
     ) -> bytes:
         """One PUBLISH as it goes out now: under a topic alias when the box allows them
         (decided here, in sending order, so an alias is always set before it is used)."""
         if self._alias_max:
             topic, props = self._aliased(topic, props)
         return encode_publish(topic, payload, qos, packet_id, version=self.version,
-                              retain=retain, properties=props)  # fmt: skip
+                              retain=retain, dup=dup, properties=props)  # fmt: skip
+
+    def resent(self, message_id: str) -> bool:
+        """A queued message may have been sent to an earlier connection of this session
+        (MQTT 3.3.1.1: its PUBLISH goes out again with DUP set; DUP 0 says "first
+        attempt"). Connections send nothing after they close, so a message accepted
+        after the previous connection closed is new to the session; when that
+        connection never closed (taken over, or its node killed), anything accepted
+        before this one opened may have reached it. Nothing is written per message."""
+        before_ms = self.dup_before_ms
+        if not before_ms:
+            return False
+        accepted_ms = accepted_at_ms(message_id)
+        # <=: both are whole ms, and a message sent in the ms its connection closed in
+        # was accepted in that ms or before.
+        return accepted_ms is None or accepted_ms <= before_ms
 
     def _aliased(self, topic: str, props: Properties) -> tuple[str, Properties]:
         aliases = self._aliases_out
@@ -326,8 +346,10 @@ class Outgoing(Session):
             self._ack(message_id, tracked)
             return None
 
+        dup = stable and self.resent(message_id)
+
         def build(packet_id: int) -> bytes:
-            return self._encode(topic, payload, qos, packet_id, retain, props)
+            return self._encode(topic, payload, qos, packet_id, retain, props, dup)
 
         if not self.outbound.has_room():
             if not stable:

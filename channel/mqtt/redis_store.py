@@ -37,7 +37,8 @@ ENDED_TTL_MS = 86_400_000
 EXPIRY_MARGIN_MS = 60_000
 
 #: KEYS: session. ARGV: clean (0/1), expiry s, now ms → the record's fields after the
-#: open, with ``present`` first.
+#: open, with ``present`` and when the previous connection closed (``d`` before the
+#: open) first.
 OPEN = Lua(
     """
 local key = KEYS[1]
@@ -55,6 +56,7 @@ end
 redis.call('HSET', key, 'e', ARGV[2], 'd', 0)
 redis.call('PERSIST', key)
 local out = redis.call('HGETALL', key)
+table.insert(out, 1, d)
 table.insert(out, 1, present)
 return out
 """
@@ -132,8 +134,10 @@ class RedisMqttStore:
             OPEN, [self._session(client_id)], [1 if clean_start else 0, expiry_s, now_ms]
         )
         present = bool(reply[0])
-        fields = reply[1:]
-        return present, _record(client_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        fields = reply[2:]
+        record = _record(client_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        record.disconnected_at_ms = int(reply[1])
+        return present, record
 
     async def close(self, client_id: str, generation: int, expiry_s: int, now_ms: int) -> bool:
         args = [generation, expiry_s, now_ms, ENDED_TTL_MS, EXPIRY_MARGIN_MS]

@@ -67,7 +67,8 @@ class SessionRecord:
     generation: int = 0
     #: Seconds the session outlives its connection (0: it ends with it).
     expiry_s: int = 0
-    #: When its last connection closed (unix ms; 0: connected, or never closed).
+    #: When its last connection closed (unix ms; 0: connected, or never closed). In
+    #: the record ``MqttStore.open`` returns: when the connection before it closed.
     disconnected_at_ms: int = 0
     subscriptions: dict[str, SubOptions] = field(default_factory=dict)
     released: dict[int, str] = field(default_factory=dict)

@@ -44,7 +44,9 @@ class MqttStore(Protocol):
     ) -> tuple[bool, SessionRecord]:
         """A CONNECT for ``client_id``: (session present, its record with a new generation).
 
-        A clean start, or an expired session, starts from an empty record."""
+        A clean start, or an expired session, starts from an empty record. The
+        record's ``disconnected_at_ms`` is when the previous connection closed (0: it
+        has not, or there was none)."""
 
     async def close(self, client_id: str, generation: int, expiry_s: int, now_ms: int) -> bool:
         """The connection of ``generation`` ended: the session ends now (``expiry_s``
@@ -104,11 +106,14 @@ class MemoryMqttStore:
         alive = old is not None and old.expiry_s > 0 and not old.expired(now_ms)
         present = alive and not clean_start
         record = old if present and old is not None else SessionRecord(client_id)
+        closed_at_ms = old.disconnected_at_ms if old is not None else 0
         record.generation = generation
         record.expiry_s = expiry_s
         record.disconnected_at_ms = 0
         self._sessions[client_id] = record
-        return present, _copy(record)
+        opened = _copy(record)
+        opened.disconnected_at_ms = closed_at_ms
+        return present, opened
 
     async def close(self, client_id: str, generation: int, expiry_s: int, now_ms: int) -> bool:
         record = self._sessions.get(client_id)
