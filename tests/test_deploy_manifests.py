@@ -116,6 +116,45 @@ def test_kubernetes_disruption_budget_anti_affinity_and_services_select_the_pods
             assert ref["key"] in secret_keys
 
 
+PLAIN_TCP = K8S / "mqtt-plain-tcp"
+
+
+def test_kubernetes_plain_tcp_mqtt_is_an_opt_in_internal_component(tmp_path: Path) -> None:
+    """Off in the base; the component turns [mqtt] tcp_port on through the environment,
+    names the container port, and exposes it on an internal balancer with PROXY v2."""
+    base = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "components" not in base and k8s_config().mqtt.tcp_port == -1
+    component = yaml.safe_load((PLAIN_TCP / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    patch = yaml.safe_load((PLAIN_TCP / "deployment-patch.yaml").read_text())
+    (env,) = [op["value"] for op in patch if op["path"].endswith("/env/-")]
+    (port,) = [op["value"] for op in patch if op["path"].endswith("/ports/-")]
+    config = load_config(None, environ={env["name"]: env["value"]})
+    assert config.mqtt.tcp_port == port["containerPort"] == 1883
+    (service,) = [d for d in yaml.safe_load_all((PLAIN_TCP / "service.yaml").read_text()) if d]
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internal"
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
+    assert service["spec"]["loadBalancerSourceRanges"]  # never open to every address
+    ((exposed,),) = [service["spec"]["ports"]]
+    assert exposed["targetPort"] == port["name"]
+    if shutil.which("kubectl") is None:
+        return
+    # Rendered as an operator would: the base with the component added.
+    shutil.copytree(K8S, tmp_path / "k8s")
+    with (tmp_path / "k8s" / "kustomization.yaml").open("a") as out:
+        out.write("components:\n  - mqtt-plain-tcp\n")
+    rendered = subprocess.run(["kubectl", "kustomize", str(tmp_path / "k8s")],
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "CHANNEL_MQTT__TCP_PORT", "value": "1883"} in main["env"]
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports["mqtt-tcp"] == 1883 and ports["mqtt"] == k8s_config().mqtt.port
+    assert "channel-mqtt-tcp" in {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
     out = []
@@ -196,6 +235,17 @@ def test_systemd_unit_matches_the_configuration() -> None:
     assert "net.ipv4.tcp_fastopen = 3" in sysctl
 
 
+DROP_IN = DEPLOY / "systemd" / "channel.service.d" / "mqtt-plain-tcp.conf"
+
+
+def test_the_plain_tcp_mqtt_drop_in_turns_the_listener_on() -> None:
+    lines = [line for line in DROP_IN.read_text().splitlines() if line and line[0] != "#"]
+    assert lines[0] == "[Service]"
+    environ = dict(line.removeprefix("Environment=").split("=", 1) for line in lines[1:])
+    assert load_config(None, environ=environ).mqtt.tcp_port == 1883
+    assert GatewayConfig().mqtt.tcp_port == -1  # off unless the drop-in is installed
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
     # verify checks that ExecStart exists: point it at this checkout's install.
@@ -204,6 +254,9 @@ def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
     assert channel.exists()
     unit_path = tmp_path / "channel.service"
     unit_path.write_text(text.replace(VENV_CHANNEL, str(channel)))
+    # With the optional drop-in (plain TCP MQTT), which verify reads from beside the unit.
+    (tmp_path / "channel.service.d").mkdir()
+    shutil.copy(DROP_IN, tmp_path / "channel.service.d")
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True, timeout=60
     )
@@ -228,12 +281,20 @@ def haproxy_section(text: str, header: str) -> str:
 
 
 def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
-    from channel.fleet.fleet import ADMIN_PORT, API_PORT, DEVICE_PORT, MQTT_PORT, _render
+    from channel.fleet.fleet import (
+        ADMIN_PORT,
+        API_PORT,
+        DEVICE_PORT,
+        MQTT_PORT,
+        MQTT_TCP_PORT,
+        _render,
+    )
 
     node = _render(
         "fleet/node.toml.in",
         device_port=DEVICE_PORT,
         mqtt_port=MQTT_PORT,
+        mqtt_tcp_port=MQTT_TCP_PORT,
         admin_port=ADMIN_PORT,
         api_port=API_PORT,
         engine="native",
@@ -253,6 +314,7 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
     config = load_config(tmp_path / "node.toml", environ={})
     assert config.server.proxy_trusted == ["10.0.0.2/32"] and config.server.proxy_protocol
     assert config.mqtt.enabled and config.mqtt.port == MQTT_PORT
+    assert config.mqtt.tcp_port == MQTT_TCP_PORT and GatewayConfig().mqtt.tcp_port == -1
     text = haproxy_template()
     defaults = GatewayConfig()
     # Health checks read the admin port's /readyz, which a draining node answers 503.
@@ -269,6 +331,7 @@ def test_fleet_templates_match_the_gateway(tmp_path: Path) -> None:
     for frontend, port, backend in (
         ("devices", "device_port", "gateways"),
         ("mqtt", "mqtt_port", "mqtt_gateways"),
+        ("mqtt_tcp", "mqtt_tcp_port", "mqtt_tcp_gateways"),
     ):
         section = haproxy_section(text, f"frontend {frontend}")
         assert f"bind :${{{port}}}" in section and "mode tcp" in section

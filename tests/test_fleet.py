@@ -162,8 +162,35 @@ async def test_an_mqtt_box_connects_through_the_balancer_and_gets_a_push() -> No
             message = await till.message()
             assert (message.topic, message.payload) == ("devices/till-1/push", b"price update")
             assert message.user_properties()["message-id"] == accepted["message_id"]
+            await plain_tcp_box_gets_a_push(fleet)
         finally:
             await till.disconnect()
+
+
+async def plain_tcp_box_gets_a_push(fleet: Fleet) -> None:
+    """The plain TCP MQTT port (on in the local fleet) through HAProxy, PROXY v2 too."""
+    host, port = fleet.mqtt_tcp_endpoint
+    assert f"{host}:{port}" in fleet.describe()
+    scale = PahoBox(port, "scale-1", MQTT_5, host=host, username="scale-1",
+                    password=encode_token_text(fleet.token("scale-1")))  # fmt: skip
+    _flags, reason, _props = await scale.connect()
+    assert reason == 0, reason
+    try:
+        _node, record = device_record(fleet, "scale-1")
+        assert (record["protocol"], record["tls"]) == ("mqtt", False), record
+        assert record["peer_ip"] == fleet.machine_address != host, record
+        request = urllib.request.Request(
+            f"{fleet.api_url}/v1/push",
+            data=json.dumps({"device_id": "scale-1", "body": "tare"}).encode(),
+            headers={"Authorization": f"Bearer {fleet.api_key}",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        message = await scale.message()
+        assert (message.topic, message.payload) == ("devices/scale-1/push", b"tare")
+    finally:
+        await scale.disconnect()
 
 
 def test_ctrl_c_removes_everything_at_any_moment(tmp_path: Path) -> None:

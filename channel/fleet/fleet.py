@@ -4,11 +4,12 @@ Hosts (network namespaces on one bridge, ``netns.py``), each with an address of
 its own:
 
 * ``n0`` … ``nN-1``: one ``channel serve`` each (``deploy/fleet/node.toml.in``),
-  device port 8443, MQTT over TLS 8883, admin 9100, push API 8080, sharing one TLS
-  certificate, token key, ticket secret and API key (made under the run's directory);
+  device port 8443, MQTT over TLS 8883, plain TCP MQTT 1883 (the bridge is a trusted
+  network), admin 9100, push API 8080, sharing one TLS certificate, token key, ticket
+  secret and API key (made under the run's directory);
 * ``lb``: HAProxy (``deploy/fleet/haproxy.cfg.in``): devices on 8443 and MQTT boxes
-  on 8883 passed through to the nodes (TLS untouched) with a PROXY v2 header, the
-  push API on 8080,
+  on 8883 passed through to the nodes (TLS untouched) and plain MQTT on 1883, each
+  with a PROXY v2 header, the push API on 8080,
   its own metrics on 8404; a node is in rotation while its ``/readyz`` says 200;
 * ``redis``: a Redis Cluster of three masters and three replicas (``rediscluster.py``);
 * ``prom``: Prometheus on 9090 (``deploy/fleet/prometheus.yml.in``) scraping every
@@ -50,6 +51,8 @@ from channel.security.tokens import DeviceClaims, TokenSigner, load_private_key
 
 DEVICE_PORT = 8443
 MQTT_PORT = 8883
+#: Plain TCP MQTT: on in the local fleet (its own bridge, a trusted network), off by default.
+MQTT_TCP_PORT = 1883
 ADMIN_PORT = 9100
 API_PORT = 8080
 HAPROXY_STATS_PORT = 8404
@@ -140,6 +143,11 @@ class Fleet:
         return self.lb.address, MQTT_PORT
 
     @property
+    def mqtt_tcp_endpoint(self) -> tuple[str, int]:
+        """Where MQTT boxes connect over plain TCP (no TLS): the balancer."""
+        return self.lb.address, MQTT_TCP_PORT
+
+    @property
     def api_url(self) -> str:
         """The push API, through the balancer."""
         return f"http://{self.lb.address}:{API_PORT}"
@@ -227,6 +235,7 @@ class Fleet:
             "fleet/node.toml.in",
             device_port=DEVICE_PORT,
             mqtt_port=MQTT_PORT,
+            mqtt_tcp_port=MQTT_TCP_PORT,
             admin_port=ADMIN_PORT,
             api_port=API_PORT,
             engine=self.settings.engine,
@@ -305,11 +314,13 @@ class Fleet:
             maxconn=self.settings.haproxy_maxconn,
             device_port=DEVICE_PORT,
             mqtt_port=MQTT_PORT,
+            mqtt_tcp_port=MQTT_TCP_PORT,
             api_port=API_PORT,
             admin_port=ADMIN_PORT,
             stats_port=HAPROXY_STATS_PORT,
             device_servers="\n".join(f"    server {n} {a}:{DEVICE_PORT}" for n, a in servers),
             mqtt_servers="\n".join(f"    server {n} {a}:{MQTT_PORT}" for n, a in servers),
+            mqtt_tcp_servers="\n".join(f"    server {n} {a}:{MQTT_TCP_PORT}" for n, a in servers),
             api_servers="\n".join(f"    server {n} {a}:{API_PORT}" for n, a in servers),
         )
         config = self.directory / "haproxy.cfg"
@@ -401,7 +412,7 @@ class Fleet:
             up = {
                 # "UP 1/2" is a server not confirmed by a check yet (or failing one).
                 backend: {n for n, s in self.haproxy_status(backend).items() if s == "UP"}
-                for backend in ("gateways", "mqtt_gateways", "push_api")
+                for backend in ("gateways", "mqtt_gateways", "mqtt_tcp_gateways", "push_api")
             }
             if all(found == names for found in up.values()):
                 return
@@ -483,6 +494,8 @@ class Fleet:
             f"  devices:     {lb}:{port} (HAProxy, TLS passed through, PROXY v2 to the nodes)",
             f"  MQTT boxes:  {self.mqtt_endpoint[0]}:{MQTT_PORT} (HAProxy, MQTT over TLS passed "
             "through, PROXY v2; token as password)",
+            f"  MQTT (TCP):  {self.mqtt_tcp_endpoint[0]}:{MQTT_TCP_PORT} (HAProxy, plain TCP, "
+            "PROXY v2: for trusted networks only)",
             f"  push API:    {self.api_url}  (key in {self.shared / 'api.key'})",
             f"  HAProxy:     http://{lb}:{HAPROXY_STATS_PORT}/stats",
         ]
