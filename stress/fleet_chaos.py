@@ -5,7 +5,9 @@ Debian) makes a fleet with ``channel.fleet`` (nodes in network namespaces behind
 HAProxy, a 3+3 Redis Cluster) and runs, each on a fresh fleet:
 
 * ``chaos``: devices (SDK clients through the balancer, two per user, half on a
-  topic) get device, user, topic and broadcast pushes posted through the
+  topic) and, with ``--boxes N``, MQTT boxes (QoS 1, persistent sessions, through
+  the balancer's MQTT over TLS port; ``stress/fleet_boxes.py``) get device, user,
+  topic and broadcast pushes posted through the
   balancer's API while the run ``kill -9``s a node and restarts it, restarts a
   Redis master (SIGTERM, same files), ``kill -9``s a second node and restarts it,
   fails a Redis master over to its replica (``CLUSTER FAILOVER``) and cuts a node
@@ -21,7 +23,7 @@ Prints a table per scenario and writes ``stress/results/fleet_chaos.json``.
 ``tests/test_fleet.py`` runs both at a small size in the test suite; the figures
 in ``docs/deploy.md`` come from the bar-size run::
 
-    python -m stress.fleet_chaos --devices 200 --rate 400 --duration-s 60
+    python -m stress.fleet_chaos --devices 200 --rate 400 --duration-s 60 --boxes 50
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import aiohttp
 
 from channel.fleet import Fleet, FleetSettings
+from stress.fleet_boxes import box_totals
 from stress.fleet_load import CallLoad, CallOutcome, Devices, EchoUpstream, PushLoad, settle
 from stress.machine import machine_info, machine_line
 from stress.report import table
@@ -59,6 +62,8 @@ class Plan:
     engine: str = "native"
     #: Each device's pause between two RPC calls (upgrade scenario).
     call_pause_s: float = 0.2
+    #: MQTT boxes beside the SDK devices (they take device and user pushes too).
+    boxes: int = 0
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Report:
     faults: list[tuple[float, str]]
     wall_s: float
     out_of_rotation_s: list[float] = field(default_factory=list)
+    #: The boxes' connection and copy counters (``fleet_boxes.box_totals``).
+    boxes: dict[str, int] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
@@ -124,7 +131,7 @@ async def run_faults(
 
 async def chaos(fleet: Fleet, plan: Plan, *, faults: bool = True) -> Report:
     started = time.monotonic()
-    devices = Devices(fleet, plan.devices)
+    devices = Devices(fleet, plan.devices, plan.boxes)
     await devices.connect()
     load = PushLoad(fleet, devices, rate_per_s=plan.rate_per_s, batch=plan.batch)
     log: list[tuple[float, str]] = []
@@ -140,6 +147,7 @@ async def chaos(fleet: Fleet, plan: Plan, *, faults: bool = True) -> Report:
             outcome = await settle(load, http, plan.settle_s)
     finally:
         reconnects, resumed = devices.reconnects()
+        boxes = box_totals(list(devices.boxes.values()))
         await devices.close()
     return Report(
         "chaos" if faults else "calm",
@@ -150,12 +158,13 @@ async def chaos(fleet: Fleet, plan: Plan, *, faults: bool = True) -> Report:
         resumed,
         log,
         round(time.monotonic() - started, 1),
+        boxes=boxes,
     )
 
 
 async def upgrade(fleet: Fleet, plan: Plan) -> Report:
     started = time.monotonic()
-    devices = Devices(fleet, plan.devices)
+    devices = Devices(fleet, plan.devices, plan.boxes)
     await devices.connect()
     load = PushLoad(fleet, devices, rate_per_s=plan.rate_per_s, batch=plan.batch)
     calls = CallLoad(devices, pause_s=plan.call_pause_s)
@@ -186,6 +195,7 @@ async def upgrade(fleet: Fleet, plan: Plan) -> Report:
             outcome = await settle(load, http, plan.settle_s)
     finally:
         reconnects, resumed = devices.reconnects()
+        boxes = box_totals(list(devices.boxes.values()))
         await devices.close()
     return Report(
         "upgrade",
@@ -197,6 +207,7 @@ async def upgrade(fleet: Fleet, plan: Plan) -> Report:
         log,
         round(time.monotonic() - started, 1),
         out,
+        boxes,
     )
 
 
@@ -251,6 +262,19 @@ def summary(report: Report) -> str:
         ["seconds until the last delivery after the load", str(p["settle_s"])],
         ["wall seconds", str(report.wall_s)],
     ]  # fmt: skip
+    if report.boxes:
+        b = report.boxes
+        rows += [
+            ["MQTT boxes: deliveries expected / delivered",
+             f"{p['box_expected']:,} / {p['box_delivered']:,}"],
+            ["MQTT boxes: lost", str(p["box_lost"])],
+            ["MQTT boxes: duplicates reaching the app (repeats without DUP)",
+             str(p["box_duplicates"])],
+            ["MQTT boxes: repeated copies on the wire (with DUP 1)",
+             f"{b['wire_repeats']:,} ({b['repeats_with_dup']:,})"],
+            ["MQTT boxes: reconnects (session present)",
+             f"{b['reconnects']} ({b['sessions_present']})"],
+        ]  # fmt: skip
     if report.calls is not None:
         rows.append(["RPC calls ok", f"{report.calls['ok']:,}"])
         rows.append(["RPC calls failed (not retried by the SDK)", str(report.calls["failed"])])
@@ -273,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--call-pause-s", type=float, default=0.2, help="between a device's calls")
+    parser.add_argument("--boxes", type=int, default=0, help="MQTT boxes beside the devices")
     parser.add_argument("--engine", default="native", choices=["native", "python"])
     parser.add_argument("--dir", type=Path, help="keep each fleet's logs under this directory")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -285,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         engine=args.engine,
         call_pause_s=args.call_pause_s,
+        boxes=args.boxes,
     )
     try:
         import uvloop

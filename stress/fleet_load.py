@@ -4,9 +4,12 @@ What the chaos and rolling-upgrade runs (``stress/fleet_chaos.py``, and
 ``tests/test_fleet.py`` at a small size) share:
 
 * ``Devices``: SDK clients connecting through the fleet's balancer, two per
-  user, half of them subscribed to a topic. Every push that reaches a device's
-  app (the SDK's push handler, after the SDK's own de-duplication) is counted
-  per (device, message id): a count above one is a duplicate the app saw.
+  user, half of them subscribed to a topic, and, if asked, MQTT boxes (QoS 1,
+  persistent sessions, through the balancer's MQTT over TLS port: ``fleet_boxes``),
+  two per user of their own. Every push that reaches a device's app (the SDK's
+  push handler after the SDK's own de-duplication; a box's after dropping DUP
+  copies it has seen) is counted per (device, message id): a count above one is a
+  duplicate the app saw.
 * ``PushLoad``: pushes through the balancer's push API in batches (devices and
   users, now and then a topic and a broadcast), each request with an
   ``Idempotency-Key`` and retried until it gets an answer, so "accepted" means
@@ -34,7 +37,9 @@ import aiohttp
 from aiohttp import web
 
 from channel.fleet import Fleet
+from channel.security.tokens import encode_token_text
 from sdk_client import Backoff, Client, Push
+from stress.fleet_boxes import MqttBox, box_tls_context
 
 TOPIC = "public.chaos"
 
@@ -42,9 +47,10 @@ TOPIC = "public.chaos"
 class Devices:
     """``count`` SDK devices through the fleet's balancer (see the module doc)."""
 
-    def __init__(self, fleet: Fleet, count: int) -> None:
+    def __init__(self, fleet: Fleet, count: int, boxes: int = 0) -> None:
         host, port = fleet.device_endpoint
         self.clients: dict[str, Client] = {}
+        self.boxes: dict[str, MqttBox] = {}
         self.received: dict[str, Counter[str]] = {}
         self.user_of: dict[str, str] = {}
         self.subscribed: set[str] = set()
@@ -69,6 +75,23 @@ class Devices:
             async def ping(request: Any) -> bytes:
                 return b"pong"
 
+        if boxes:
+            mqtt_host, mqtt_port = fleet.mqtt_endpoint
+            context = box_tls_context(fleet.ca_cert)
+        for index in range(boxes):
+            box_id, user_id = f"b{index}", f"bu{index // 2}"
+            token = encode_token_text(fleet.token(box_id, user_id=user_id)).encode()
+            self.received[box_id] = Counter()
+            self.user_of[box_id] = user_id
+            self.boxes[box_id] = MqttBox(
+                mqtt_host, mqtt_port, context, box_id, token, self.received[box_id]
+            )
+
+    @property
+    def device_ids(self) -> list[str]:
+        """Every push target: SDK devices, then boxes."""
+        return [*self.clients, *self.boxes]
+
     def _handler(self, device_id: str) -> Any:
         counts = self.received[device_id]
 
@@ -92,6 +115,10 @@ class Devices:
                 self.subscribed.add(device_id)
 
         await asyncio.gather(*(one(d, c) for d, c in self.clients.items()))
+        for box in self.boxes.values():
+            box.start()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(box.connected.wait() for box in self.boxes.values()))
 
     async def wait_known(
         self, fleet: Fleet, http: aiohttp.ClientSession, timeout_s: float = 30.0
@@ -115,6 +142,7 @@ class Devices:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+        await asyncio.gather(*(b.stop() for b in self.boxes.values()), return_exceptions=True)
 
     def reconnects(self) -> tuple[int, int]:
         """(connections after the first, of which resumed the session) over all devices."""
@@ -178,7 +206,7 @@ class PushLoad:
             await asyncio.gather(*in_flight)
 
     def _messages(self, tick: int) -> list[dict[str, Any]]:
-        ids = list(self.devices.clients)
+        ids = self.devices.device_ids
         users = list(self.devices.users)
         messages: list[dict[str, Any]] = []
         for index in range(self.batch):
@@ -258,6 +286,11 @@ class PushOutcome:
     settle_s: float
     #: (device, message id, seconds into the load it was accepted, its status) of some.
     lost_examples: list[tuple[str, str, float, Any]]
+    #: The MQTT boxes' share of the expected deliveries (device and user pushes).
+    box_expected: int = 0
+    box_delivered: int = 0
+    box_lost: int = 0
+    box_duplicates: int = 0
 
 
 async def settle(
@@ -286,6 +319,8 @@ async def settle(
             lost.append((device_id, message_id, ledger.accepted_at.get(message_id, -1), status))
     delivered = sum(1 for d, m in ledger.expected if received[d][m] > 0)
     duplicates = sum(max(0, received[d][m] - 1) for d, m in ledger.expected)
+    boxes = load.devices.boxes
+    box_pairs = [(d, m) for d, m in ledger.expected if d in boxes]
     fanout = [
         count for counts in received.values() for m, count in counts.items()
         if m in ledger.fanout_messages
@@ -304,6 +339,10 @@ async def settle(
         api_retries=ledger.retries,
         settle_s=round(settle_s, 1),
         lost_examples=lost[:10],
+        box_expected=len(box_pairs),
+        box_delivered=sum(1 for d, m in box_pairs if received[d][m] > 0),
+        box_lost=sum(1 for d, _m, _at, _status in lost if d in boxes),
+        box_duplicates=sum(max(0, received[d][m] - 1) for d, m in box_pairs),
     )
 
 
