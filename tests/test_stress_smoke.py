@@ -8,6 +8,8 @@ phase ran and reported (timings on a shared machine prove nothing at this size).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +18,32 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_group(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a tool in its own process group and, past ``timeout_s``, kill the whole group.
+
+    ``subprocess.run(timeout=...)`` kills only the tool; the servers and clients it
+    started keep the captured pipes open and the test then waits for them forever."""
+    with subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired as err:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:  # a process that left the group may still hold a pipe: do not wait on it
+                stdout, stderr = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                stdout, stderr = "", ""
+            raise AssertionError(
+                f"{cmd[:3]} ran over {timeout_s} s:\n{stdout}{stderr[-4000:]}"
+            ) from err
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def run_tool(module: str, out: Path, *args: str) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, "-m", module, "--quiet", "--out", str(out), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    completed = run_group(
+        [sys.executable, "-m", module, "--quiet", "--out", str(out), *args], timeout_s=60
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert f"wrote {out}" in completed.stdout
@@ -152,7 +173,7 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
     """``stress.compare`` at toy size, Mosquitto included: every scenario ran on every
     target, nothing was lost, the native clients held every device, plots were drawn."""
     out = tmp_path / "compare"
-    completed = subprocess.run(
+    completed = run_group(
         [
             sys.executable, "-m", "stress.compare", "--out", str(out),
             "--engines", "native,python",
@@ -162,10 +183,7 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
             "--churn-s", "1", "--workers", "2",
             "--rpc-calls", "30", "--rpc-rounds", "1",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,  # the first run builds native/loadgen (release)
+        timeout_s=600,  # the first run builds native/loadgen (release)
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr[-4000:]
     assert "channel-python / mosquitto" in completed.stdout
