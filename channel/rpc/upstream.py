@@ -336,10 +336,14 @@ class ClusterPool:
                 failure=False,
             )
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await pool.request(
-                    endpoint.url, f"/rpc/{op}", headers, body, replay_if_stale=idempotent
-                )
+            response = await pool.request(
+                endpoint.url,
+                f"/rpc/{op}",
+                headers,
+                body,
+                replay_if_stale=idempotent,
+                timeout_s=timeout_s,
+            )
         except ConnectError as exc:
             self.mark_down(endpoint)
             log.warning(
