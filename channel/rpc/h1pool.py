@@ -16,12 +16,12 @@ closed to make room. Idle connections close after ``keepalive_s``; with 0
 every connection closes after its request.
 
 A connection that broke, answered ``Connection: close``, sent bytes nobody
-asked for, or whose request was cancelled or ran out of ``timeout_s`` is closed, never handed out again. The one retry here
-is the keep-alive race: a *reused* connection that the server closes (EOF or
-reset) before a single byte of the response arrived is retried once on a new
-connection, if the caller says the request may run twice (``replay_if_stale``;
-the server may have read it before closing). Every other failure is the
-caller's to handle.
+asked for, or whose request was cancelled or ran out of ``timeout_s`` is
+closed, never handed out again. The one retry here is the keep-alive race:
+a *reused* connection that the server closes (EOF or reset) before a single
+byte of the response arrived is retried once on a new connection, if the
+caller says the request may run twice (``replay_if_stale``; the server may
+have read it before closing). Every other failure is the caller's to handle.
 
 Errors: ``ConnectError`` (nothing was sent), ``ConnectionBroken`` (the
 request may have been sent; no complete answer), ``H1ProtocolError`` and

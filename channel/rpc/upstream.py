@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import re
 import time
@@ -59,6 +60,15 @@ HOP_BY_HOP = frozenset(
 _STRIPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"content-encoding", "date", "server"}
 _TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~\-]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TCHAR_LOWER = r"[a-z0-9!#$%&'*+.^_`|~\-]"
+#: Names joined by "\n", each a lower-case token.
+_LOWER_TOKEN_LINES = re.compile(f"{_TCHAR_LOWER}+(?:\n{_TCHAR_LOWER}+)*")
+#: A name (of names joined by "\n") that ``upstream_headers`` drops.
+_DROPPED_NAME_LINE = re.compile(
+    "(?:^|\n)(?:x-channel-[^\n]*|"
+    + "|".join(re.escape(name) for name in sorted(HOP_BY_HOP))
+    + ")(?:\n|$)"
+)
 _MAX_RETRY_AFTER_MS = 3_600_000
 
 
@@ -89,8 +99,37 @@ def upstream_headers(
     headers, malformed ones and every ``x-channel-*`` (a device must not be
     able to spoof identity); then the verified identity is appended.
     """
+    headers = request.headers
+    out = list(headers) if headers and _all_forwarded(headers) else _forwarded(headers)
+    out.extend(_identity_block(request.device))
+    if stress:
+        out.append(("x-channel-stress", "1"))
+    if mirror:
+        out.append(("x-channel-mirror", "1"))
+    return out
+
+
+def _all_forwarded(headers: tuple[tuple[str, str], ...]) -> bool:
+    """Every header is kept as it is (the common case), checked in a few C calls
+    instead of several per header; False sends them through ``_forwarded``."""
+    names = "\n".join([name for name, _ in headers])
+    return (
+        names.count("\n") == len(headers) - 1
+        and _LOWER_TOKEN_LINES.fullmatch(names) is not None
+        and _DROPPED_NAME_LINE.search(names) is None
+        and _CONTROL_CHARS.search("".join([value for _, value in headers])) is None
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_block(device: DeviceContext) -> tuple[tuple[str, str], ...]:
+    # A device's identity is the same on every call of its session.
+    return tuple(identity_headers(device))
+
+
+def _forwarded(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for name, value in request.headers:
+    for name, value in headers:
         lowered = name.lower()
         if (
             lowered.startswith("x-channel-")
@@ -100,11 +139,6 @@ def upstream_headers(
         ):
             continue
         out.append((lowered, value))
-    out.extend(identity_headers(request.device))
-    if stress:
-        out.append(("x-channel-stress", "1"))
-    if mirror:
-        out.append(("x-channel-mirror", "1"))
     return out
 
 
