@@ -299,6 +299,11 @@ def _check_lines(head: bytes) -> None:
 
 
 def _content_length(values: list[str], limit: int) -> int:
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii() and len(values[0]) <= 18:
+        length = int(values[0])  # the common case, decided without splitting
+        if length > limit:
+            raise BodyTooLarge(limit, length)
+        return length
     lengths = {part.strip(" \t") for value in values for part in value.split(",")}
     if len(lengths) != 1:
         raise H1ProtocolError(
