@@ -63,12 +63,6 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TCHAR_LOWER = r"[a-z0-9!#$%&'*+.^_`|~\-]"
 #: Names joined by "\n", each a lower-case token.
 _LOWER_TOKEN_LINES = re.compile(f"{_TCHAR_LOWER}+(?:\n{_TCHAR_LOWER}+)*")
-#: A name (of names joined by "\n") that ``upstream_headers`` drops.
-_DROPPED_NAME_LINE = re.compile(
-    "(?:^|\n)(?:x-channel-[^\n]*|"
-    + "|".join(re.escape(name) for name in sorted(HOP_BY_HOP))
-    + ")(?:\n|$)"
-)
 _MAX_RETRY_AFTER_MS = 3_600_000
 
 
@@ -113,10 +107,13 @@ def _all_forwarded(headers: tuple[tuple[str, str], ...]) -> bool:
     """Every header is kept as it is (the common case), checked in a few C calls
     instead of several per header; False sends them through ``_forwarded``."""
     names = "\n".join([name for name, _ in headers])
+    # Substring and set tests, not a regex with alternatives: Python's re tries those
+    # at every position, several µs for a dozen names.
     return (
         names.count("\n") == len(headers) - 1
         and _LOWER_TOKEN_LINES.fullmatch(names) is not None
-        and _DROPPED_NAME_LINE.search(names) is None
+        and "\nx-channel-" not in "\n" + names
+        and HOP_BY_HOP.isdisjoint(names.split("\n"))
         and _CONTROL_CHARS.search("".join([value for _, value in headers])) is None
     )
 
