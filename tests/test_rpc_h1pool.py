@@ -396,6 +396,51 @@ async def test_stall_mid_body_times_out_and_the_connection_is_closed() -> None:
         assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
 
 
+async def test_timeout_s_bounds_a_request_on_a_new_and_on_a_reused_connection() -> None:
+    """The first request answers, the second stalls: ``timeout_s`` ends it either way (the
+    reused connection takes the one-timer path) and neither connection is reused."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        await server.counted_request(conn)
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
+        await server.counted_request(conn)
+        await conn.reader.read()  # never answers the second; until the client gives up
+
+    async with raw_server(script) as server, h1pool() as pool:
+        target = "/rpc/svc.x"
+        first = await pool.request(server.url, target, [], b"", timeout_s=5.0)
+        assert first.body == b"ok" and pool.stats()["idle"] == 1
+        with pytest.raises(TimeoutError):
+            await pool.request(server.url, target, [], b"", timeout_s=0.05)  # reused
+        await server.wait_for(lambda: server.closed_connections == 1)
+        assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+        assert (await pool.request(server.url, target, [], b"", timeout_s=5.0)).body == b"ok"
+        with pytest.raises(TimeoutError):
+            await pool.request(server.url, target, [], b"", timeout_s=0.05)  # reused again
+        await server.wait_for(lambda: server.closed_connections == 2)
+        assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+        assert server.connections == 2 and server.requests == 4
+
+
+async def test_timeout_s_while_waiting_for_a_slot() -> None:
+    """The pool is full (one connection, busy): ``timeout_s`` also bounds the wait."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        await server.counted_request(conn)
+        await conn.reader.read()
+
+    async with raw_server(script) as server, h1pool(max_connections=1) as pool:
+        busy = asyncio.ensure_future(pool.request(server.url, "/rpc/svc.x", [], b""))
+        await server.wait_for(lambda: server.requests == 1)
+        with pytest.raises(TimeoutError):
+            await pool.request(server.url, "/rpc/svc.x", [], b"", timeout_s=0.05)
+        assert pool.stats() == {"open": 1, "idle": 0, "waiting": 0}
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+
+
 async def test_garbage_is_a_protocol_error() -> None:
     async def script(server: RawServer, conn: RawConn) -> None:
         await server.counted_request(conn)

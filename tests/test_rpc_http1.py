@@ -103,6 +103,24 @@ def test_a_device_user_agent_replaces_the_gateways() -> None:
     assert data.count(b"user-agent:") == 1 and b"user-agent: Chirp/7.1\r\n" in data
 
 
+def test_framing_names_are_whole_names_in_any_case() -> None:
+    """``User-Agent`` in any case replaces the gateway's; names that merely contain a
+    framing or user-agent name go up as they are, among others, in any position."""
+    headers = [
+        ("x-host", "a"),
+        ("hostname", "b"),
+        ("content-length-hint", "c"),
+        ("User-Agent", "Chirp/7.1"),
+        ("x-user-agent", "d"),
+    ]
+    data = encode_request("POST", "/rpc/x", host="h", headers=headers, body=b"")
+    assert b"user-agent: channel-gateway" not in data
+    for name, value in headers:
+        assert f"\r\n{name}: {value}\r\n".encode() in data
+    with pytest.raises(LocalProtocolError):
+        encode_request("POST", "/rpc/x", host="h", headers=[*headers, ("HOST", "e")], body=b"")
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

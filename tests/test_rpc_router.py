@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 
 from channel.rpc import RoutingConfig
+from channel.rpc.model import DeviceContext, RpcRequest
+from channel.rpc.upstream import HOP_BY_HOP, identity_headers, upstream_headers
 from channel.wire.errors import ErrorCode
 from tests.rpc_upstream import (
     FakeClock,
@@ -628,3 +630,35 @@ def test_zone_rule_checks_cluster_zone() -> None:
     data["routes"][0]["rules"] = [{"kind": "zone", "clusters": {"hz": "a"}}]
     with pytest.raises(ValueError, match=r"rules\[0\]\.clusters\.hz: cluster 'a' serves zone 'sh'"):
         RoutingConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("trace-id", "1"), ("content-type", "application/json")),
+        (("Trace-ID", "1"), ("ts", "2")),
+        (("x-channel-user-id", "spoof"), ("a", "1")),
+        (("a", "1"), ("x-channel-anything", "spoof")),
+        (("connection", "close"), ("keep-alive", "5"), ("host", "h"), ("hostname", "kept")),
+        (("a", "bad\nvalue"), ("b", "ok")),
+        (("a b", "x"), ("c", "ok")),
+        (("a\nb", "x"), ("c", "ok")),
+        (("x", "tab\tis fine"), ("y", "del\x7f")),
+        (("foo-x-channel-bar", "kept"),),
+    ],
+)
+def test_upstream_headers_keep_exactly_the_allowed_ones(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    """Whether all headers pass in bulk or one by one, the same ones are forwarded."""
+    device = DeviceContext("d1", "u1", "app", "1.0", "ios", "z1", ("s",), "sess")
+    expected = [
+        (name.lower(), value)
+        for name, value in headers
+        if not name.lower().startswith("x-channel-")
+        and name.lower() not in HOP_BY_HOP
+        and re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~\-]+", name.lower())
+        and not re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value)
+    ]
+    request = RpcRequest("svc.op", headers, b"", device)
+    assert upstream_headers(request) == [*expected, *identity_headers(device)]

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Histogram
+
 from channel.compression.service import CompressionService
 from channel.config import GatewayConfig
 from channel.logs import fields
@@ -85,6 +87,8 @@ class MmtpService:
         # and a handshake storm calls this per device.
         self._handshakes_full = metrics.handshakes.labels("full")
         self._handshakes_resumed = metrics.handshakes.labels("resumed")
+        #: (route match, cluster, status) → its ``rpc_latency`` child.
+        self._rpc_latency: dict[tuple[str, str, int], Histogram] = {}
 
     # ------------------------------------------------------------- handshake
 
@@ -147,9 +151,16 @@ class MmtpService:
         return allowed
 
     def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
-        # Labels are the route's match and the cluster, never the op (unbounded cardinality).
-        status = "OK" if response.status == 0 else code_name(response.status)
-        self.metrics.rpc_latency.labels(response.route, response.cluster, status).observe(seconds)
+        # Labels are the route's match and the cluster, never the op (unbounded cardinality),
+        # so the children looked up once each stay few: labels() costs more than observe().
+        key = (response.route, response.cluster, response.status)
+        child = self._rpc_latency.get(key)
+        if child is None:
+            status = "OK" if response.status == 0 else code_name(response.status)
+            child = self._rpc_latency[key] = self.metrics.rpc_latency.labels(
+                response.route, response.cluster, status
+            )
+        child.observe(seconds)
 
     def stream_error_sent(self, code: int) -> None:
         self.metrics.stream_errors.labels(code_name(code)).inc()

@@ -163,16 +163,18 @@ class MmtpSession(Session):
             log.exception("rpc handler failed", extra=fields(op=request.op))
             response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
         self._pop_task(stream_id)
-        service.observe_rpc(request, response, time.monotonic() - started)
         if self._gone:
+            service.observe_rpc(request, response, time.monotonic() - started)
             return
+        # The answer goes first; metrics and sampling follow while it is on its way.
+        self._send_answer(stream_id, response)
+        self.flush()
+        service.observe_rpc(request, response, time.monotonic() - started)
         if response.status != 0:
             service.stream_error_sent(response.status)
         else:
             device = request.device
             service.compression.sample(device.app_id, device.device_id, response.body)
-        self._send_answer(stream_id, response)
-        self.flush()
         if self._closing_when_idle and not self._tasks:
             self._close()
 

@@ -19,7 +19,7 @@ longer than ``max_tracked`` (the oldest go first).
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,7 +56,8 @@ class DeviceGuard:
         self.max_in_flight = max_in_flight
         self._clock = clock
         self._max_tracked = max_tracked
-        self._in_flight: Counter[str] = Counter()
+        # A plain dict: Counter's missing-key and delete hooks are Python code, per call.
+        self._in_flight: dict[str, int] = {}
         self._failed: OrderedDict[str, _Failures] = OrderedDict()
         #: Times a device's own breaker opened.
         self.opens = 0
@@ -66,19 +67,21 @@ class DeviceGuard:
         failed = self._failed.get(device)
         if failed is not None and failed.open_until > self._clock():
             return Refusal("open", failed.open_until - self._clock())
-        if self.max_in_flight and self._in_flight[device] >= self.max_in_flight:
+        if self.max_in_flight and self._in_flight.get(device, 0) >= self.max_in_flight:
             return Refusal("busy", 0.1)
         return None
 
     def started(self, device: str) -> None:
-        self._in_flight[device] += 1
+        in_flight = self._in_flight
+        in_flight[device] = in_flight.get(device, 0) + 1
 
     def finished(self, device: str) -> None:
-        left = self._in_flight[device] - 1
+        in_flight = self._in_flight
+        left = in_flight.get(device, 0) - 1
         if left > 0:
-            self._in_flight[device] = left
+            in_flight[device] = left
         else:
-            del self._in_flight[device]
+            in_flight.pop(device, None)
 
     def record_failure(self, device: str) -> bool:
         """Count a failed try of ``device``'s; True if it opened the device's breaker."""

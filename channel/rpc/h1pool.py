@@ -16,13 +16,12 @@ closed to make room. Idle connections close after ``keepalive_s``; with 0
 every connection closes after its request.
 
 A connection that broke, answered ``Connection: close``, sent bytes nobody
-asked for, or whose request was cancelled (e.g. by the caller's
-``asyncio.timeout``) is closed, never handed out again. The one retry here
-is the keep-alive race: a *reused* connection that the server closes (EOF or
-reset) before a single byte of the response arrived is retried once on a new
-connection, if the caller says the request may run twice (``replay_if_stale``;
-the server may have read it before closing). Every other failure is the
-caller's to handle.
+asked for, or whose request was cancelled or ran out of ``timeout_s`` is
+closed, never handed out again. The one retry here is the keep-alive race:
+a *reused* connection that the server closes (EOF or reset) before a single
+byte of the response arrived is retried once on a new connection, if the
+caller says the request may run twice (``replay_if_stale``; the server may
+have read it before closing). Every other failure is the caller's to handle.
 
 Errors: ``ConnectError`` (nothing was sent), ``ConnectionBroken`` (the
 request may have been sent; no complete answer), ``H1ProtocolError`` and
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import socket
 import ssl
 from collections import deque
@@ -242,6 +242,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _expire(waiter: asyncio.Future[H1Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 @dataclass(eq=False, slots=True)
 class _Waiter:
     origin: Origin
@@ -313,13 +318,17 @@ class H1Pool:
         *,
         method: str = "POST",
         replay_if_stale: bool = True,
+        timeout_s: float | None = None,
     ) -> H1Response:
         """``method {url's path}{target}`` on a pooled connection to ``url``; the whole answer.
 
         ``replay_if_stale``: send again on a new connection when a reused one is closed
         before any byte of the answer (the keep-alive race). The upstream may have read
         the request before closing, so pass False for a request that must not run twice:
-        the race is then a ``ConnectionBroken``."""
+        the race is then a ``ConnectionBroken``.
+
+        ``timeout_s`` bounds the whole request (waiting for a connection included) and
+        raises ``TimeoutError``, as ``asyncio.timeout`` around the call would."""
         if self._closed:
             raise PoolClosed("the upstream pool is closed")
         origin = self._origins.get(url)
@@ -333,26 +342,57 @@ class H1Pool:
             body=body,
             user_agent=self.user_agent,
         )
+        if timeout_s is None or timeout_s == math.inf:
+            return await self._request(origin, payload, replay_if_stale)
+        deadline = self.loop.time() + timeout_s
+        conn = self._take_idle(origin)
+        if conn is None:
+            async with asyncio.timeout_at(deadline):
+                return await self._request(origin, payload, replay_if_stale)
+        # The common case: a kept-alive connection at hand, nothing to wait for before the
+        # request goes out. One timer on the answer instead of ``asyncio.timeout``, whose
+        # task bookkeeping cost more than the rest of the exchange.
+        try:
+            return await self._exchange(conn, payload, deadline)
+        except _StaleConnection as exc:
+            if not replay_if_stale:
+                raise ConnectionBroken(str(exc)) from None
+        async with asyncio.timeout_at(deadline):
+            return await self._fresh_exchange(origin, payload)
+
+    async def _request(self, origin: Origin, payload: bytes, replay_if_stale: bool) -> H1Response:
         conn = await self._acquire(origin, fresh=False)
         try:
             return await self._exchange(conn, payload)
         except _StaleConnection as exc:
             if not replay_if_stale:
                 raise ConnectionBroken(str(exc)) from None
+        return await self._fresh_exchange(origin, payload)
+
+    async def _fresh_exchange(self, origin: Origin, payload: bytes) -> H1Response:
         conn = await self._acquire(origin, fresh=True)
         try:
             return await self._exchange(conn, payload)
         except _StaleConnection as exc:  # not reused: cannot happen, but never loop
             raise ConnectionBroken(str(exc)) from None
 
-    async def _exchange(self, conn: _Connection, payload: bytes) -> H1Response:
+    async def _exchange(
+        self, conn: _Connection, payload: bytes, deadline: float | None = None
+    ) -> H1Response:
+        timer: asyncio.TimerHandle | None = None
         try:
-            response = await conn.send(payload)
+            waiter = conn.send(payload)
+            if deadline is not None:
+                timer = self.loop.call_at(deadline, _expire, waiter)
+            response = await waiter
         except BaseException:
-            # Cancelled or failed half way: this connection's state is unknown.
+            # Cancelled, timed out or failed half way: this connection's state is unknown.
             conn.abort()
             self._forget(conn)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._release(conn)
         return response
 

@@ -293,4 +293,12 @@ def select(rules: tuple[Rule, ...], default_cluster: str, request: RpcRequest) -
         clusters = rule.select(request)
         if clusters is not None:
             return Selection(clusters, f"{index}:{rule.kind}", isinstance(rule, StressRule))
-    return Selection((default_cluster,), "route")
+    selection = _ROUTE_SELECTIONS.get(default_cluster)
+    if selection is None:
+        selection = _ROUTE_SELECTIONS[default_cluster] = Selection((default_cluster,), "route")
+    return selection
+
+
+#: Cluster name → the (immutable) selection of a call no rule picked, made once per
+#: cluster name of the config (a handful) instead of per call.
+_ROUTE_SELECTIONS: dict[str, Selection] = {}
