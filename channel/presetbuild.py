@@ -10,7 +10,9 @@ Besides the table entries, the preset learns how this app's headers travel
   one among them that looks like a secret is listed never-indexed as well, so
   even that block sends it as a never-indexed literal (spec 9.12);
 * **typed fields**: names whose values are (almost) always canonical for one
-  kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64), and the
+  kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64, W3C
+  traceparent), names whose values share one shape with varying numbers in
+  it (a ``numbers:`` template such as ``app;dur={1}, db;dur={1}``), and the
   response header that echoes a request's value;
 * **never-indexed names**: names that look like secrets, and names whose
   values are unique per message (indexing them only evicts useful entries);
@@ -35,11 +37,14 @@ from channel.wire.typed import (
     HEX,
     HEX_UPPER,
     MAX_TYPED_FIELDS,
+    NUMBERS_PREFIX,
     TIME_MS,
     TIME_S,
+    TRACEPARENT,
     UINT,
     UUID,
     UUID_UPPER,
+    NumbersTemplate,
     TypedFields,
     encode_value,
 )
@@ -64,7 +69,17 @@ UNIQUE_SHARE = 0.9
 #: Least messages (or sessions) a name must appear in before it is classified.
 MIN_SUPPORT = 20
 #: Kinds tried, best first when several cover a name's values equally.
-KIND_ORDER = (UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, HEX, HEX_UPPER, BASE64URL, BASE64)
+KIND_ORDER = (
+    UUID, UUID_UPPER, TRACEPARENT, TIME_MS, TIME_S, UINT, HEX, HEX_UPPER, BASE64URL, BASE64,
+)  # fmt: skip
+#: A name gets a numbers template when this share of its values has the template's shape
+#: (the others go through HPACK as before)...
+TEMPLATE_SHARE = 0.9
+#: ...and the holes' varints are at most this share of the values' length (a template
+#: whose numbers are most of the value gains little over a Huffman literal).
+TEMPLATE_WIRE_SHARE = 0.5
+#: A number in a value: its fraction digits become the hole's.
+_NUMBER = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
 #: Plausible times (2001-09-09 .. 2286-11-20): other numbers are not timestamps.
 _TIME_RANGE = {TIME_MS: (10**12, 10**13), TIME_S: (10**9, 10**10)}
 #: Name parts that mark a secret (RFC 7541 7.1.3: never index them).
@@ -137,10 +152,39 @@ def detect_typed_fields(messages: Sequence[Msg], exclude: Iterable[str] = ()) ->
         )
         if sum(_canonical(best, v) for v in seen) >= TYPED_SHARE * len(seen):
             typed.append((name, best))
+            continue
+        template = learn_numbers_template(seen)
+        if template is not None:
+            typed.append((name, NUMBERS_PREFIX + template))
     echo = _detect_echo(messages, skip)
     if echo is not None:
         typed.append((echo, ECHO))
     return tuple(typed[:MAX_TYPED_FIELDS])
+
+
+def _shape(value: str) -> str:
+    """``value`` with each number replaced by a hole of its fraction digits."""
+    return _NUMBER.sub(lambda m: f"{{{len(m.group(1) or '')}}}", value)
+
+
+def learn_numbers_template(values: Sequence[str]) -> str | None:
+    """The numbers template most of ``values`` fit, if it pays (``TEMPLATE_SHARE``,
+    ``TEMPLATE_WIRE_SHARE``); None otherwise."""
+    shapes = Counter(_shape(v) for v in values if "{" not in v and "}" not in v)
+    if not shapes:
+        return None
+    shape = shapes.most_common(1)[0][0]
+    try:
+        template = NumbersTemplate.parse(shape)
+    except ValueError:
+        return None
+    wire = [template.encode(v) for v in values]
+    fit = [(len(w), len(v)) for w, v in zip(wire, values, strict=True) if w is not None]
+    if len(fit) < TEMPLATE_SHARE * len(values):
+        return None
+    if sum(w for w, _ in fit) > TEMPLATE_WIRE_SHARE * sum(n for _, n in fit):
+        return None
+    return shape
 
 
 def _detect_echo(messages: Sequence[Msg], skip: set[str]) -> str | None:

@@ -50,6 +50,9 @@ TEST_PRESET = Preset(
         ("x-span", "hex-upper"),
         ("x-event-id", "uuid"),
         ("x-at", "time-ms"),
+        ("traceparent", "traceparent"),
+        ("server-timing", "numbers:app;dur={1}, db;dur={1}"),
+        ("x-geo", "numbers:{5};{5};{0}"),
     ),
     connection=("cookie", "user-agent", "x-device-model"),
     never_indexed=("x-session-hint",),
@@ -141,6 +144,21 @@ def _app_req(
     if model is not None:
         headers.append(["x-device-model", model])
     return {"op": "feed.list", "headers": headers, "body": '{"cursor":"c-00017","limit":20}'}
+
+
+def _shaped_req(geo: str) -> dict[str, Any]:
+    return {
+        "op": "feed.list",
+        "headers": [
+            ["traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+            ["x-geo", geo],
+        ],
+        "body": '{"cursor":"c-00018","limit":20}',
+    }
+
+
+def _shaped_reply(timing: str) -> dict[str, Any]:
+    return {"stream_id": 1, "headers": [["server-timing", timing]], "body": "{}"}
 
 
 def _app_reply(stream_id: int) -> dict[str, Any]:
@@ -316,6 +334,29 @@ CONVERSATIONS: list[dict[str, Any]] = [
                     model="Pixel 8",
                 ),
             ),
+        ],
+    },
+    {
+        "name": "app-preset-traceparent-and-numbers-templates",
+        "description": (
+            "Preset 9 keys 11-13: a W3C traceparent travels as 26 bytes; x-geo and "
+            "server-timing have numbers templates, each hole a zigzag varint of the number "
+            "times 10^fraction digits (negative numbers too); a value that does not fit its "
+            "template (server-timing without a fraction digit) goes through HPACK."
+        ),
+        "client_dictionaries": [TEST_DICT_ID],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            (
+                "client",
+                "send_hello",
+                {**HELLO, "preset_id": TEST_PRESET_ID, "dictionaries": [TEST_DICT_ID]},
+            ),
+            ("client", "send_request", _shaped_req("51.86645;-4.41320;35")),
+            ("server", "accept", ACCEPT),
+            ("server", "send_response", _shaped_reply("app;dur=102.4, db;dur=0.9")),
+            ("client", "send_request", _shaped_req("0.00000;0.00001;0")),
+            ("server", "send_response", _shaped_reply("app;dur=12, db;dur=3.0")),
         ],
     },
     {
@@ -568,9 +609,33 @@ def invalid_vectors() -> list[dict[str, Any]]:
             "name": "typed-key-past-preset-list",
             "role": "server",
             "prefix": app,
-            "hex": request(typed=b"\x0b\x00"),
+            "hex": request(typed=b"\x0e\x00"),
             "error": "FIELD_ERROR",
-            "note": "preset 9 declares 10 typed fields",
+            "note": "preset 9 declares 13 typed fields",
+        },
+        {
+            "name": "typed-traceparent-past-section",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0b" + b"\x00" * 25),
+            "error": "FIELD_ERROR",
+            "note": "key 11 of preset 9 is a traceparent: 26 bytes",
+        },
+        {
+            "name": "typed-numbers-hole-missing",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0d" + encode_varint(4) + encode_varint(6)),
+            "error": "FIELD_ERROR",
+            "note": "key 13 (x-geo) has three holes; the section ends after two",
+        },
+        {
+            "name": "typed-numbers-out-of-range",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0c" + encode_varint(2 * 10**16) + encode_varint(0)),
+            "error": "FIELD_ERROR",
+            "note": "a hole's number must stay below 10^16 in magnitude",
         },
         {
             "name": "typed-unknown-key",

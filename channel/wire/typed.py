@@ -30,9 +30,18 @@ time-s       decimal s, no leading zero, < 10^13               zigzag(value - ep
 uint         decimal, no leading zero, < 2^56                  varint value
 base64url    unpadded base64url of 1-64 bytes                  v n, n bytes
 base64       padded standard base64 of 1-64 bytes              v n, n bytes
+traceparent  W3C trace context: 2-32-16-2 lowercase hex       26 bytes
+             digits joined by ``-``
+numbers:T    template T with the numbers in its holes           a zigzag varint per
+                                                                hole (see below)
 echo         (RESPONSE only) the request's first field of      nothing
              this name
 ===========  ================================================  =====================
+
+A *numbers* kind is ``numbers:`` followed by a template: literal text with
+holes ``{N}`` (N = 0-9, the fraction digits of a decimal number), for header
+values of a fixed shape with varying numbers such as ``app;dur={1}, db;dur={1}``.
+Each hole carries ``zigzag(value * 10^N)``; see ``NumbersTemplate``.
 
 The *epoch* of a direction is the time its sender announced in its handshake
 frame (HELLO ``client_time_ms`` for client to server, HELLO_ACK
@@ -65,8 +74,15 @@ TIME_S = "time-s"
 UINT = "uint"
 BASE64URL = "base64url"
 BASE64 = "base64"
+TRACEPARENT = "traceparent"
+NUMBERS = "numbers"
 ECHO = "echo"
-KINDS = (HEX, HEX_UPPER, UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, BASE64URL, BASE64, ECHO)
+KINDS = (
+    HEX, HEX_UPPER, UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, BASE64URL, BASE64, TRACEPARENT,
+    NUMBERS, ECHO,
+)  # fmt: skip
+#: A numbers kind is this prefix and a template.
+NUMBERS_PREFIX = NUMBERS + ":"
 
 #: The generic typed fields: presets 0 and 1, and preset files without a ``typed`` list.
 GENERIC_TYPED: TypedFields = (
@@ -92,6 +108,119 @@ _HEX_UPPER = frozenset("0123456789ABCDEF")
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+#: Limits of a numbers template: its length, holes, and digits per number.
+MAX_TEMPLATE_CHARS = 128
+MAX_TEMPLATE_HOLES = 8
+MAX_NUMBER_DIGITS = 16
+_HOLE = re.compile(r"\{([0-9])\}")
+
+
+@dataclass(frozen=True)
+class NumbersTemplate:
+    """A value shape with number holes: ``literals[0] hole literals[1] ... hole literals[n]``.
+
+    A hole ``{N}`` matches a canonical decimal with exactly N fraction digits:
+    an optional ``-``, the integer part without leading zeros (``0`` alone
+    allowed), then ``.`` and N digits when N > 0; not ``-0`` (nor ``-0.00``),
+    at most 16 digits. Its wire form is ``zigzag(value * 10^N)``, so
+    ``38.9`` in a ``{1}`` hole is zigzag(389) = 778. Matching is left to right
+    and greedy, so the template is refused when a ``{0}`` hole is followed by
+    a digit or two holes touch.
+    """
+
+    literals: tuple[str, ...]
+    fractions: tuple[int, ...]
+
+    @staticmethod
+    def parse(template: str) -> NumbersTemplate:
+        """The template of ``template`` (ValueError naming the problem)."""
+        if len(template) > MAX_TEMPLATE_CHARS or not template.isascii():
+            raise ValueError(f"numbers template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars")
+        parts = _HOLE.split(template)
+        literals, fractions = tuple(parts[0::2]), tuple(int(n) for n in parts[1::2])
+        if not fractions or len(fractions) > MAX_TEMPLATE_HOLES:
+            raise ValueError(f"numbers template needs 1-{MAX_TEMPLATE_HOLES} holes: {template!r}")
+        for i, literal in enumerate(literals):
+            if "{" in literal or "}" in literal or not literal.isprintable():
+                raise ValueError(f"numbers template {template!r}: bad literal {literal!r}")
+            if 0 < i < len(literals) - 1 and not literal:
+                raise ValueError(f"numbers template {template!r}: two holes touch")
+            if i > 0 and fractions[i - 1] == 0 and literal[:1].isdigit():
+                raise ValueError(f"numbers template {template!r}: a digit follows a {{0}} hole")
+        return NumbersTemplate(literals, fractions)
+
+    def encode(self, value: str) -> bytes | None:
+        """The holes' varints, or None when ``value`` does not have this shape."""
+        literals = self.literals
+        if not value.startswith(literals[0]):
+            return None
+        at = len(literals[0])
+        out = bytearray()
+        for fraction, literal in zip(self.fractions, literals[1:], strict=True):
+            number, at = _scan_number(value, at, fraction)
+            if number is None or not value.startswith(literal, at):
+                return None
+            out += encode_varint(_zigzag(number))
+            at += len(literal)
+        return bytes(out) if at == len(value) else None
+
+    def decode(self, section: bytes, offset: int) -> tuple[str, int]:
+        """The value whose holes start at ``offset``; (value, next offset)."""
+        text = [self.literals[0]]
+        for fraction, literal in zip(self.fractions, self.literals[1:], strict=True):
+            zigzag, offset = decode_varint_complete(section, offset)
+            number = _unzigzag(zigzag)
+            if abs(number) >= 10**MAX_NUMBER_DIGITS:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, f"typed number {number} out of range")
+            text += (_number_text(number, fraction), literal)
+        return "".join(text), offset
+
+
+def _scan_number(value: str, at: int, fraction: int) -> tuple[int | None, int]:
+    """The canonical number of ``fraction`` fraction digits at ``value[at:]``, and its end."""
+    start = at
+    negative = value.startswith("-", at)
+    at += negative
+    digits_start = at
+    while at < len(value) and value[at].isdigit() and value[at].isascii():
+        at += 1
+    whole = value[digits_start:at]
+    if not whole or (len(whole) > 1 and whole[0] == "0"):
+        return None, start
+    digits = whole
+    if fraction:
+        frac = value[at + 1 : at + 1 + fraction]
+        if not value.startswith(".", at) or len(frac) != fraction or not frac.isdigit():
+            return None, start
+        if not frac.isascii():
+            return None, start
+        digits += frac
+        at += 1 + fraction
+    if len(digits) > MAX_NUMBER_DIGITS or (negative and int(digits) == 0):
+        return None, start
+    return (-int(digits) if negative else int(digits)), at
+
+
+def _number_text(number: int, fraction: int) -> str:
+    sign = "-" if number < 0 else ""
+    whole, part = divmod(abs(number), 10**fraction)
+    return f"{sign}{whole}.{part:0{fraction}d}" if fraction else f"{sign}{whole}"
+
+
+_TEMPLATES: dict[str, NumbersTemplate] = {}
+
+
+def numbers_template(kind: str) -> NumbersTemplate | None:
+    """The template of a ``numbers:`` kind (None for other kinds; ValueError if invalid)."""
+    if not kind.startswith(NUMBERS_PREFIX):
+        return None
+    template = _TEMPLATES.get(kind)
+    if template is None:
+        template = NumbersTemplate.parse(kind[len(NUMBERS_PREFIX) :])
+        if len(_TEMPLATES) < 4096:  # presets are few; bound the cache anyway
+            _TEMPLATES[kind] = template
+    return template
 
 
 # ----------------------------------------------------------------- canonical forms
@@ -169,6 +298,11 @@ def encode_value(kind: str, value: str, epoch_ms: int) -> bytes | None:
     elif kind == UINT:
         number = _decimal(value, MAX_VARINT + 1)
         return None if number is None else encode_varint(number)
+    elif kind == TRACEPARENT:
+        return bytes.fromhex(value.replace("-", "")) if _TRACEPARENT.fullmatch(value) else None
+    elif kind.startswith(NUMBERS_PREFIX):
+        template = numbers_template(kind)
+        return None if template is None else template.encode(value)
     else:
         return None
     if raw is None:
@@ -191,6 +325,14 @@ def decode_value(kind: str, section: bytes, offset: int, epoch_ms: int) -> tuple
         else:
             text = _b64_text(raw, kind == BASE64URL)
         return text, offset + length
+    if kind == TRACEPARENT:
+        if offset + 26 > end:
+            raise ProtocolError(ErrorCode.FIELD_ERROR, "typed traceparent runs past the section")
+        h = section[offset : offset + 26].hex()
+        return f"{h[:2]}-{h[2:34]}-{h[34:50]}-{h[50:]}", offset + 26
+    template = numbers_template(kind)
+    if template is not None:
+        return template.decode(section, offset)
     if kind in (UUID, UUID_UPPER):
         if offset + 16 > end:
             raise ProtocolError(ErrorCode.FIELD_ERROR, "typed uuid runs past the section")
@@ -311,8 +453,13 @@ def typed_fields_problem(fields: TypedFields) -> str:
     seen: set[str] = set()
     echoes = 0
     for name, kind in fields:
-        if kind not in KINDS:
-            return f"typed field {name!r}: unknown kind {kind!r} (known: {', '.join(KINDS)})"
+        try:
+            template = numbers_template(kind)
+        except ValueError as exc:
+            return f"typed field {name!r}: {exc}"
+        if template is None and (kind not in KINDS or kind == NUMBERS):
+            known = ", ".join(k if k != NUMBERS else NUMBERS_PREFIX + "TEMPLATE" for k in KINDS)
+            return f"typed field {name!r}: unknown kind {kind!r} (known: {known})"
         if not _NAME.fullmatch(name):
             return f"typed field name {name!r} must be a lowercase header name"
         if kind == ECHO:
