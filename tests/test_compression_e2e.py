@@ -184,7 +184,7 @@ async def test_app_preset_connection_headers_reach_the_upstream_on_every_call(
         assert calls[2]["x-request-id"] == "6ba7b810-9dad-11d1-80b4-00c04fd430c2"
 
 
-async def test_traceparent_and_numbers_fields_reach_the_upstream_unchanged(
+async def test_traceparent_and_template_fields_reach_the_upstream_unchanged(
     tmp_path: Path, upstream: dict[str, Any]
 ) -> None:
     """Typed fields of the newer kinds decode to the very text the device sent (spec 9.8)."""
@@ -192,13 +192,18 @@ async def test_traceparent_and_numbers_fields_reach_the_upstream_unchanged(
         42,
         "shaped",
         (),
-        typed=(("traceparent", "traceparent"), ("x-pos", "numbers:{5};{5};{0}")),
+        typed=(
+            ("traceparent", "traceparent"),
+            ("x-pos", "template:{5};{5};{0}"),
+            ("x-note", "template:id={s}; v={0}"),
+        ),
     )
     registry = FileRegistry(tmp_path / "registry")
     await registry.publish_preset(APP, preset)
     sent = [
         ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         ("x-pos", "51.86645;-4.41320;35"),
+        ("x-note", "id=caf\u00e9 au lait; v=-7"),
     ]
     off_shape = [("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")]
     async with gateway(tmp_path / "gw", **_config(tmp_path, upstream)) as gw:

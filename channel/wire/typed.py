@@ -32,16 +32,17 @@ base64url    unpadded base64url of 1-64 bytes                  v n, n bytes
 base64       padded standard base64 of 1-64 bytes              v n, n bytes
 traceparent  W3C trace context: 2-32-16-2 lowercase hex       26 bytes
              digits joined by ``-``
-numbers:T    template T with the numbers in its holes           a zigzag varint per
-                                                                hole (see below)
+template:T   template T with a number or text in each hole     per hole: a zigzag varint
+                                                                or an HPACK string
 echo         (RESPONSE only) the request's first field of      nothing
              this name
 ===========  ================================================  =====================
 
-A *numbers* kind is ``numbers:`` followed by a template: literal text with
-holes ``{N}`` (N = 0-9, the fraction digits of a decimal number), for header
-values of a fixed shape with varying numbers such as ``app;dur={1}, db;dur={1}``.
-Each hole carries ``zigzag(value * 10^N)``; see ``NumbersTemplate``.
+A *template* kind is ``template:`` followed by a template: literal text with
+holes, for header values of a fixed shape whose parts vary, such as
+``app;dur={1}, db;dur={1}``. A hole ``{N}`` (N = 0-9, the fraction digits of a
+decimal number) carries ``zigzag(value * 10^N)``; a hole ``{s}`` carries text
+as an HPACK string literal; see ``ValueTemplate``.
 
 The *epoch* of a direction is the time its sender announced in its handshake
 frame (HELLO ``client_time_ms`` for client to server, HELLO_ACK
@@ -59,6 +60,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hpack.exceptions import HPACKDecodingError
+from hpack.hpack import decode_integer, encode_integer
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
+
 from channel.wire.errors import ErrorCode, ProtocolError
 from channel.wire.varint import MAX_VARINT, decode_varint_complete, encode_varint
 
@@ -75,14 +82,14 @@ UINT = "uint"
 BASE64URL = "base64url"
 BASE64 = "base64"
 TRACEPARENT = "traceparent"
-NUMBERS = "numbers"
+TEMPLATE = "template"
 ECHO = "echo"
 KINDS = (
     HEX, HEX_UPPER, UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, BASE64URL, BASE64, TRACEPARENT,
-    NUMBERS, ECHO,
+    TEMPLATE, ECHO,
 )  # fmt: skip
-#: A numbers kind is this prefix and a template.
-NUMBERS_PREFIX = NUMBERS + ":"
+#: A template kind is this prefix and a template.
+TEMPLATE_PREFIX = TEMPLATE + ":"
 
 #: The generic typed fields: presets 0 and 1, and preset files without a ``typed`` list.
 GENERIC_TYPED: TypedFields = (
@@ -109,55 +116,68 @@ _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-#: Limits of a numbers template: its length, holes, and digits per number.
+#: Limits of a template: its length, holes, and digits per number.
 MAX_TEMPLATE_CHARS = 128
 MAX_TEMPLATE_HOLES = 8
 MAX_NUMBER_DIGITS = 16
-_HOLE = re.compile(r"\{([0-9])\}")
+_HOLE = re.compile(r"\{([0-9s])\}")
+#: The ``fractions`` entry of a text hole ``{s}``.
+TEXT_HOLE = -1
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 
 
 @dataclass(frozen=True)
-class NumbersTemplate:
-    """A value shape with number holes: ``literals[0] hole literals[1] ... hole literals[n]``.
+class ValueTemplate:
+    """A value shape with holes: ``literals[0] hole literals[1] ... hole literals[n]``.
 
     A hole ``{N}`` matches a canonical decimal with exactly N fraction digits:
     an optional ``-``, the integer part without leading zeros (``0`` alone
     allowed), then ``.`` and N digits when N > 0; not ``-0`` (nor ``-0.00``),
     at most 16 digits. Its wire form is ``zigzag(value * 10^N)``, so
-    ``38.9`` in a ``{1}`` hole is zigzag(389) = 778. Matching is left to right
-    and greedy, so the template is refused when a ``{0}`` hole is followed by
-    a digit or two holes touch.
+    ``38.9`` in a ``{1}`` hole is zigzag(389) = 778. A hole ``{s}`` matches
+    the shortest non-empty text up to the next literal (the rest of the value
+    when it is last) and travels as an HPACK string literal (Huffman-coded
+    when shorter). Matching is left to right, so the template is refused
+    when a ``{0}`` hole is followed by a digit or two holes touch.
     """
 
     literals: tuple[str, ...]
     fractions: tuple[int, ...]
 
     @staticmethod
-    def parse(template: str) -> NumbersTemplate:
+    def parse(template: str) -> ValueTemplate:
         """The template of ``template`` (ValueError naming the problem)."""
         if len(template) > MAX_TEMPLATE_CHARS or not template.isascii():
-            raise ValueError(f"numbers template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars")
+            raise ValueError(f"a template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars")
         parts = _HOLE.split(template)
-        literals, fractions = tuple(parts[0::2]), tuple(int(n) for n in parts[1::2])
+        literals = tuple(parts[0::2])
+        fractions = tuple(TEXT_HOLE if n == "s" else int(n) for n in parts[1::2])
         if not fractions or len(fractions) > MAX_TEMPLATE_HOLES:
-            raise ValueError(f"numbers template needs 1-{MAX_TEMPLATE_HOLES} holes: {template!r}")
+            raise ValueError(f"template needs 1-{MAX_TEMPLATE_HOLES} holes: {template!r}")
         for i, literal in enumerate(literals):
             if "{" in literal or "}" in literal or not literal.isprintable():
-                raise ValueError(f"numbers template {template!r}: bad literal {literal!r}")
+                raise ValueError(f"template {template!r}: bad literal {literal!r}")
             if 0 < i < len(literals) - 1 and not literal:
-                raise ValueError(f"numbers template {template!r}: two holes touch")
+                raise ValueError(f"template {template!r}: two holes touch")
             if i > 0 and fractions[i - 1] == 0 and literal[:1].isdigit():
-                raise ValueError(f"numbers template {template!r}: a digit follows a {{0}} hole")
-        return NumbersTemplate(literals, fractions)
+                raise ValueError(f"template {template!r}: a digit follows a {{0}} hole")
+        return ValueTemplate(literals, fractions)
 
     def encode(self, value: str) -> bytes | None:
-        """The holes' varints, or None when ``value`` does not have this shape."""
+        """The holes' wire forms, or None when ``value`` does not have this shape."""
         literals = self.literals
         if not value.startswith(literals[0]):
             return None
         at = len(literals[0])
         out = bytearray()
         for fraction, literal in zip(self.fractions, literals[1:], strict=True):
+            if fraction == TEXT_HOLE:
+                end = value.find(literal, at + 1) if literal else len(value)
+                if end <= at:
+                    return None
+                out += _hpack_string(value[at:end].encode())
+                at = end + len(literal)
+                continue
             number, at = _scan_number(value, at, fraction)
             if number is None or not value.startswith(literal, at):
                 return None
@@ -169,6 +189,10 @@ class NumbersTemplate:
         """The value whose holes start at ``offset``; (value, next offset)."""
         text = [self.literals[0]]
         for fraction, literal in zip(self.fractions, self.literals[1:], strict=True):
+            if fraction == TEXT_HOLE:
+                hole, offset = _read_hpack_string(section, offset)
+                text += (hole, literal)
+                continue
             zigzag, offset = decode_varint_complete(section, offset)
             number = _unzigzag(zigzag)
             if abs(number) >= 10**MAX_NUMBER_DIGITS:
@@ -202,22 +226,51 @@ def _scan_number(value: str, at: int, fraction: int) -> tuple[int | None, int]:
     return (-int(digits) if negative else int(digits)), at
 
 
+def _hpack_string(raw: bytes) -> bytes:
+    """An HPACK string literal (RFC 7541 5.2), Huffman-coded when that is shorter."""
+    coded = _HUFFMAN.encode(raw)
+    if len(coded) < len(raw):
+        length = encode_integer(len(coded), 7)
+        length[0] |= 0x80
+        return bytes(length) + coded
+    return bytes(encode_integer(len(raw), 7)) + raw
+
+
+def _read_hpack_string(section: bytes, offset: int) -> tuple[str, int]:
+    """The text of the HPACK string literal at ``offset`` (FIELD_ERROR when malformed)."""
+    if offset >= len(section):
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text runs past the section")
+    try:
+        length, used = decode_integer(section[offset:], 7)
+    except HPACKDecodingError as exc:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text length") from exc
+    start = offset + used
+    if start + length > len(section):
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text runs past the section")
+    raw = section[start : start + length]
+    try:
+        text = (decode_huffman(raw) if section[offset] & 0x80 else raw).decode()
+    except (HPACKDecodingError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text is not valid") from exc
+    return text, start + length
+
+
 def _number_text(number: int, fraction: int) -> str:
     sign = "-" if number < 0 else ""
     whole, part = divmod(abs(number), 10**fraction)
     return f"{sign}{whole}.{part:0{fraction}d}" if fraction else f"{sign}{whole}"
 
 
-_TEMPLATES: dict[str, NumbersTemplate] = {}
+_TEMPLATES: dict[str, ValueTemplate] = {}
 
 
-def numbers_template(kind: str) -> NumbersTemplate | None:
-    """The template of a ``numbers:`` kind (None for other kinds; ValueError if invalid)."""
-    if not kind.startswith(NUMBERS_PREFIX):
+def value_template(kind: str) -> ValueTemplate | None:
+    """The template of a ``template:`` kind (None for other kinds; ValueError if invalid)."""
+    if not kind.startswith(TEMPLATE_PREFIX):
         return None
     template = _TEMPLATES.get(kind)
     if template is None:
-        template = NumbersTemplate.parse(kind[len(NUMBERS_PREFIX) :])
+        template = ValueTemplate.parse(kind[len(TEMPLATE_PREFIX) :])
         if len(_TEMPLATES) < 4096:  # presets are few; bound the cache anyway
             _TEMPLATES[kind] = template
     return template
@@ -300,8 +353,8 @@ def encode_value(kind: str, value: str, epoch_ms: int) -> bytes | None:
         return None if number is None else encode_varint(number)
     elif kind == TRACEPARENT:
         return bytes.fromhex(value.replace("-", "")) if _TRACEPARENT.fullmatch(value) else None
-    elif kind.startswith(NUMBERS_PREFIX):
-        template = numbers_template(kind)
+    elif kind.startswith(TEMPLATE_PREFIX):
+        template = value_template(kind)
         return None if template is None else template.encode(value)
     else:
         return None
@@ -330,7 +383,7 @@ def decode_value(kind: str, section: bytes, offset: int, epoch_ms: int) -> tuple
             raise ProtocolError(ErrorCode.FIELD_ERROR, "typed traceparent runs past the section")
         h = section[offset : offset + 26].hex()
         return f"{h[:2]}-{h[2:34]}-{h[34:50]}-{h[50:]}", offset + 26
-    template = numbers_template(kind)
+    template = value_template(kind)
     if template is not None:
         return template.decode(section, offset)
     if kind in (UUID, UUID_UPPER):
@@ -454,11 +507,11 @@ def typed_fields_problem(fields: TypedFields) -> str:
     echoes = 0
     for name, kind in fields:
         try:
-            template = numbers_template(kind)
+            template = value_template(kind)
         except ValueError as exc:
             return f"typed field {name!r}: {exc}"
-        if template is None and (kind not in KINDS or kind == NUMBERS):
-            known = ", ".join(k if k != NUMBERS else NUMBERS_PREFIX + "TEMPLATE" for k in KINDS)
+        if template is None and (kind not in KINDS or kind == TEMPLATE):
+            known = ", ".join(k if k != TEMPLATE else TEMPLATE_PREFIX + "TEMPLATE" for k in KINDS)
             return f"typed field {name!r}: unknown kind {kind!r} (known: {known})"
         if not _NAME.fullmatch(name):
             return f"typed field name {name!r} must be a lowercase header name"

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::headers::{HeaderList, Headers};
+use crate::hpack::{decode_integer, encode_string};
+use crate::huffman;
 use crate::varint::{decode_varint_complete, encode_varint, MAX_VARINT};
 
 /// Longest byte string a hex or base64 field carries.
@@ -31,13 +33,13 @@ pub enum Kind {
     Base64,
     /// W3C trace context `traceparent`: 2-32-16-2 lowercase hex digits.
     Traceparent,
-    /// A value shape with number holes (`numbers:` and a template).
-    Numbers(Arc<NumbersTemplate>),
+    /// A value shape with number and text holes (`template:` and a template).
+    Template(Arc<ValueTemplate>),
     Echo,
 }
 
-/// A numbers kind's name is this prefix and its template.
-pub const NUMBERS_PREFIX: &str = "numbers:";
+/// A template kind's name is this prefix and its template.
+pub const TEMPLATE_PREFIX: &str = "template:";
 
 const KIND_NAMES: [(&str, Kind); 11] = [
     ("hex", Kind::Hex),
@@ -61,8 +63,8 @@ impl Kind {
 
     /// The kind named `name`, or why it is refused.
     pub fn parse_checked(name: &str) -> Result<Kind, String> {
-        if let Some(template) = name.strip_prefix(NUMBERS_PREFIX) {
-            return NumbersTemplate::parse(template).map(|t| Kind::Numbers(Arc::new(t)));
+        if let Some(template) = name.strip_prefix(TEMPLATE_PREFIX) {
+            return ValueTemplate::parse(template).map(|t| Kind::Template(Arc::new(t)));
         }
         KIND_NAMES
             .iter()
@@ -72,8 +74,8 @@ impl Kind {
     }
 
     pub fn name(&self) -> String {
-        if let Kind::Numbers(template) = self {
-            return format!("{NUMBERS_PREFIX}{}", template.text());
+        if let Kind::Template(template) = self {
+            return format!("{TEMPLATE_PREFIX}{}", template.text());
         }
         KIND_NAMES
             .iter()
@@ -82,27 +84,28 @@ impl Kind {
     }
 }
 
-/// Limits of a numbers template: its length, holes, and digits per number.
+/// Limits of a template: its length, holes, and digits per number.
 pub const MAX_TEMPLATE_CHARS: usize = 128;
 pub const MAX_TEMPLATE_HOLES: usize = 8;
 pub const MAX_NUMBER_DIGITS: usize = 16;
 const MAX_NUMBER: u64 = 10_000_000_000_000_000;
 
-/// A value shape with number holes (spec section 9.8): `literals[0] hole
+/// A value shape with holes (spec section 9.8): `literals[0] hole
 /// literals[1] ... hole literals[n]`; hole *i* holds a canonical decimal
-/// with `fractions[i]` fraction digits, sent as `zigzag(value * 10^N)`.
+/// with `fractions[i]` fraction digits, sent as `zigzag(value * 10^N)`, or
+/// (`None`: a `{s}` hole) text, sent as an HPACK string literal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NumbersTemplate {
+pub struct ValueTemplate {
     literals: Vec<Box<str>>,
-    fractions: Vec<u32>,
+    fractions: Vec<Option<u32>>,
 }
 
-impl NumbersTemplate {
-    /// Parse `{N}` holes out of `template` (the reference's `NumbersTemplate.parse`).
-    pub fn parse(template: &str) -> Result<NumbersTemplate, String> {
+impl ValueTemplate {
+    /// Parse `{N}` and `{s}` holes out of `template` (the reference's `ValueTemplate.parse`).
+    pub fn parse(template: &str) -> Result<ValueTemplate, String> {
         if template.len() > MAX_TEMPLATE_CHARS || !template.is_ascii() {
             return Err(format!(
-                "numbers template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars"
+                "a template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars"
             ));
         }
         let b = template.as_bytes();
@@ -110,9 +113,17 @@ impl NumbersTemplate {
         let mut fractions = Vec::new();
         let (mut start, mut i) = (0, 0);
         while i < b.len() {
-            if i + 2 < b.len() && b[i] == b'{' && b[i + 1].is_ascii_digit() && b[i + 2] == b'}' {
+            if i + 2 < b.len()
+                && b[i] == b'{'
+                && (b[i + 1].is_ascii_digit() || b[i + 1] == b's')
+                && b[i + 2] == b'}'
+            {
                 literals.push(template[start..i].into());
-                fractions.push(u32::from(b[i + 1] - b'0'));
+                fractions.push(
+                    b[i + 1]
+                        .is_ascii_digit()
+                        .then(|| u32::from(b[i + 1] - b'0')),
+                );
                 i += 3;
                 start = i;
             } else {
@@ -122,7 +133,7 @@ impl NumbersTemplate {
         literals.push(template[start..].into());
         if fractions.is_empty() || fractions.len() > MAX_TEMPLATE_HOLES {
             return Err(format!(
-                "numbers template needs 1-{MAX_TEMPLATE_HOLES} holes: {template:?}"
+                "template needs 1-{MAX_TEMPLATE_HOLES} holes: {template:?}"
             ));
         }
         let last = literals.len() - 1;
@@ -132,53 +143,89 @@ impl NumbersTemplate {
                 .bytes()
                 .any(|c| c == b'{' || c == b'}' || !(0x20..0x7f).contains(&c))
             {
-                return Err(format!(
-                    "numbers template {template:?}: bad literal {literal:?}"
-                ));
+                return Err(format!("template {template:?}: bad literal {literal:?}"));
             }
             if i > 0 && i < last && literal.is_empty() {
-                return Err(format!("numbers template {template:?}: two holes touch"));
+                return Err(format!("template {template:?}: two holes touch"));
             }
             if i > 0
-                && fractions[i - 1] == 0
+                && fractions[i - 1] == Some(0)
                 && literal.bytes().next().is_some_and(|c| c.is_ascii_digit())
             {
                 return Err(format!(
-                    "numbers template {template:?}: a digit follows a {{0}} hole"
+                    "template {template:?}: a digit follows a {{0}} hole"
                 ));
             }
         }
-        Ok(NumbersTemplate {
+        Ok(ValueTemplate {
             literals,
             fractions,
         })
     }
 
-    /// The template text (`{N}` holes between the literals).
+    /// The template text (`{N}` and `{s}` holes between the literals).
     pub fn text(&self) -> String {
         let mut text = self.literals[0].to_string();
         for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
-            let _ = write!(text, "{{{fraction}}}{literal}");
+            match fraction {
+                Some(n) => {
+                    let _ = write!(text, "{{{n}}}{literal}");
+                }
+                None => {
+                    let _ = write!(text, "{{s}}{literal}");
+                }
+            }
         }
         text
     }
 
-    /// The holes' numbers (times 10^N) when `value` has this shape.
-    fn numbers(&self, value: &str, mut each: impl FnMut(i64)) -> bool {
+    /// Call `each` with the holes' contents, in order, when `value` has this
+    /// shape (numbers times 10^N; text up to the next literal's first match).
+    fn holes<'v>(&self, value: &'v str, mut each: impl FnMut(Hole<'v>)) -> bool {
         let Some(mut rest) = value.strip_prefix(&*self.literals[0]) else {
             return false;
         };
         for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
-            let Some((number, after)) = scan_number(rest, *fraction) else {
+            let literal: &str = literal;
+            let after = match fraction {
+                Some(n) => {
+                    let Some((number, after)) = scan_number(rest, *n) else {
+                        return false;
+                    };
+                    each(Hole::Number(number));
+                    after
+                }
+                None => {
+                    // The shortest non-empty text the next literal follows.
+                    let first = rest.chars().next().map_or(0, char::len_utf8);
+                    if first == 0 {
+                        return false;
+                    }
+                    let end = if literal.is_empty() {
+                        rest.len()
+                    } else {
+                        match rest[first..].find(literal) {
+                            Some(at) => first + at,
+                            None => return false,
+                        }
+                    };
+                    each(Hole::Text(&rest[..end]));
+                    &rest[end..]
+                }
+            };
+            let Some(after) = after.strip_prefix(literal) else {
                 return false;
             };
-            let Some(after) = after.strip_prefix(&**literal) else {
-                return false;
-            };
-            each(number);
             rest = after;
         }
         rest.is_empty()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, value: &str) {
+        self.holes(value, |hole| match hole {
+            Hole::Number(n) => encode_varint(out, zigzag_delta(n, 0) as u64),
+            Hole::Text(text) => encode_string(out, text.as_bytes()),
+        });
     }
 
     fn decode(
@@ -189,6 +236,11 @@ impl NumbersTemplate {
     ) -> Result<usize, ProtocolError> {
         value.push_str(&self.literals[0]);
         for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
+            let Some(fraction) = fraction else {
+                offset = read_text(section, offset, value)?;
+                value.push_str(literal);
+                continue;
+            };
             let (zigzag, next) = decode_varint_complete(section, offset)?;
             offset = next;
             let number = unzigzag(zigzag);
@@ -214,6 +266,36 @@ impl NumbersTemplate {
         }
         Ok(offset)
     }
+}
+
+/// One hole's content in a value.
+enum Hole<'v> {
+    Number(i64),
+    Text(&'v str),
+}
+
+/// Append the HPACK string literal at `offset` (a text hole) to `value`;
+/// return the next offset. Malformed or non-UTF-8 text is a `FIELD_ERROR`.
+fn read_text(section: &[u8], offset: usize, value: &mut String) -> Result<usize, ProtocolError> {
+    let bad = || ProtocolError::new(ErrorCode::FieldError, "typed text is malformed");
+    let data = section
+        .get(offset..)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(bad)?;
+    let (length, used) = decode_integer(data, 7).ok_or_else(bad)?;
+    let end = usize::try_from(length)
+        .ok()
+        .and_then(|l| l.checked_add(used))
+        .filter(|&end| end <= data.len())
+        .ok_or_else(bad)?;
+    let mut raw = Vec::new();
+    if data[0] & 0x80 != 0 {
+        huffman::decode(&mut raw, &data[used..end]).map_err(|_| bad())?;
+    } else {
+        raw.extend_from_slice(&data[used..end]);
+    }
+    value.push_str(std::str::from_utf8(&raw).map_err(|_| bad())?);
+    Ok(offset + end)
 }
 
 /// The canonical number with `fraction` fraction digits at the start of
@@ -295,7 +377,7 @@ impl TypedTable {
                     "typed field name {name:?} must be a lowercase header name"
                 ));
             }
-            if let Kind::Numbers(template) = kind {
+            if let Kind::Template(template) = kind {
                 if template.fractions.is_empty() {
                     return Err(format!("typed field {name:?}: a template without holes"));
                 }
@@ -630,7 +712,7 @@ fn canonical(kind: &Kind, value: &str, epoch_ms: u64) -> bool {
         Kind::Base64Url => b64_bytes(value, true).is_some(),
         Kind::Base64 => b64_bytes(value, false).is_some(),
         Kind::Traceparent => canonical_traceparent(value),
-        Kind::Numbers(template) => template.numbers(value, |_| {}),
+        Kind::Template(template) => template.holes(value, |_| {}),
         Kind::Echo => false,
     }
 }
@@ -671,9 +753,7 @@ fn encode_value(out: &mut Vec<u8>, kind: &Kind, value: &str, epoch_ms: u64) {
                     | hex_value(pair[1], false).unwrap_or(0)
             }));
         }
-        Kind::Numbers(template) => {
-            template.numbers(value, |n| encode_varint(out, zigzag_delta(n, 0) as u64));
-        }
+        Kind::Template(template) => template.encode(out, value),
         Kind::Echo => {}
     }
 }
@@ -774,7 +854,7 @@ fn decode_value(
             }
             Ok(offset + 26)
         }
-        Kind::Numbers(template) => template.decode(section, offset, value),
+        Kind::Template(template) => template.decode(section, offset, value),
         Kind::Echo => Ok(offset),
     }
 }
@@ -814,7 +894,7 @@ mod tests {
             Kind::Traceparent,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         );
-        let numbers = |t: &str| Kind::parse_checked(&format!("numbers:{t}")).unwrap();
+        let numbers = |t: &str| Kind::parse_checked(&format!("template:{t}")).unwrap();
         round_trip(
             numbers("app;dur={1}, db;dur={1}"),
             "app;dur=102.4, db;dur=0.9",
@@ -822,18 +902,22 @@ mod tests {
         round_trip(numbers("{5};{5};{0}"), "51.86645;-4.41320;35");
         round_trip(numbers("v{0}"), "v-12");
         round_trip(numbers("{2}"), "-0.05");
+        round_trip(numbers("a={s}; b"), "a=\u{e9}t\u{e9}; b");
+        round_trip(numbers("\"{s}\""), "\"5a59fbcc\"");
+        round_trip(numbers("{s}, {0}"), "x,y, 3");
     }
 
     #[test]
-    fn numbers_templates_are_checked() {
+    fn value_templates_are_checked() {
         for bad in ["none", "{0}{0}", "{0}1", "a{x}", "{0}}", "caf\u{e9}{0}"] {
             assert!(
-                Kind::parse_checked(&format!("numbers:{bad}")).is_err(),
+                Kind::parse_checked(&format!("template:{bad}")).is_err(),
                 "{bad}"
             );
         }
-        let kind = Kind::parse_checked("numbers:a{2}b").unwrap();
-        assert_eq!(kind.name(), "numbers:a{2}b");
+        let kind = Kind::parse_checked("template:a{2}b{s}").unwrap();
+        assert_eq!(kind.name(), "template:a{2}b{s}");
+        assert!(Kind::parse_checked("template:{s}{0}").is_err());
     }
 
     #[test]
@@ -850,11 +934,14 @@ mod tests {
                 Kind::Traceparent,
                 "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             ),
-            (Kind::parse("numbers:{1}ms").unwrap(), "-0.0ms"),
-            (Kind::parse("numbers:{1}ms").unwrap(), "01.5ms"),
-            (Kind::parse("numbers:{1}ms").unwrap(), "1.50ms"),
-            (Kind::parse("numbers:{1}ms").unwrap(), "1ms"),
-            (Kind::parse("numbers:{0}").unwrap(), "12345678901234567"),
+            (Kind::parse("template:{1}ms").unwrap(), "-0.0ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "01.5ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "1.50ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "1ms"),
+            (Kind::parse("template:{0}").unwrap(), "12345678901234567"),
+            (Kind::parse("template:a={s};").unwrap(), "a=;"),
+            (Kind::parse("template:a={s};").unwrap(), "a=b"),
+            (Kind::parse("template:a={s}; b").unwrap(), "a=x; b; b"),
         ] {
             let table = TypedTable::new(vec![("x".into(), kind)]).unwrap();
             assert_eq!(table.classify("x", value, None, 0), Typed::No, "{value}");
