@@ -10,8 +10,10 @@ Besides the table entries, the preset learns how this app's headers travel
   one among them that looks like a secret is listed never-indexed as well, so
   even that block sends it as a never-indexed literal (spec 9.12);
 * **typed fields**: names whose values are (almost) always canonical for one
-  kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64), and the
-  response header that echoes a request's value;
+  kind (UUIDs, hex ids, timestamps in ms or s, numbers, base64, W3C
+  traceparent), names whose values share one shape with varying numbers or
+  words in it (a template such as ``template:app;dur={1}, db;dur={1}``), and
+  the response header that echoes a request's value;
 * **never-indexed names**: names that look like secrets, and names whose
   values are unique per message (indexing them only evicts useful entries);
 * **entries**: the most frequent (name, value) pairs HPACK would index -- every
@@ -26,6 +28,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+
 from channel.wire.headers import NEVER_INDEXED_NAMES
 from channel.wire.presets import ENTRY_OVERHEAD, MAX_PRESET_NAMES, MAX_PRESET_TABLE_BYTES, Preset
 from channel.wire.typed import (
@@ -35,12 +40,15 @@ from channel.wire.typed import (
     HEX,
     HEX_UPPER,
     MAX_TYPED_FIELDS,
+    TEMPLATE_PREFIX,
     TIME_MS,
     TIME_S,
+    TRACEPARENT,
     UINT,
     UUID,
     UUID_UPPER,
     TypedFields,
+    ValueTemplate,
     encode_value,
 )
 
@@ -64,7 +72,23 @@ UNIQUE_SHARE = 0.9
 #: Least messages (or sessions) a name must appear in before it is classified.
 MIN_SUPPORT = 20
 #: Kinds tried, best first when several cover a name's values equally.
-KIND_ORDER = (UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, HEX, HEX_UPPER, BASE64URL, BASE64)
+KIND_ORDER = (
+    UUID, UUID_UPPER, TRACEPARENT, TIME_MS, TIME_S, UINT, HEX, HEX_UPPER, BASE64URL, BASE64,
+)  # fmt: skip
+#: A name gets a numbers template when this share of its values has the template's shape
+#: (the others go through HPACK as before)...
+TEMPLATE_SHARE = 0.9
+#: ...and the holes' varints are at most this share of the values' length (a template
+#: whose numbers are most of the value gains little over a Huffman literal).
+TEMPLATE_WIRE_SHARE = 0.5
+#: A template with text holes must cost at most this share of the values' HPACK
+#: literals (text holes are HPACK strings themselves: only the literals are saved).
+TEXT_TEMPLATE_WIRE_SHARE = 0.8
+#: A number in a value: its fraction digits become the hole's.
+_NUMBER = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
+#: Where a value splits into words for a template with text holes (kept as literals).
+_DELIMITERS = re.compile(r"([;,=\s]+)")
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 #: Plausible times (2001-09-09 .. 2286-11-20): other numbers are not timestamps.
 _TIME_RANGE = {TIME_MS: (10**12, 10**13), TIME_S: (10**9, 10**10)}
 #: Name parts that mark a secret (RFC 7541 7.1.3: never index them).
@@ -137,10 +161,71 @@ def detect_typed_fields(messages: Sequence[Msg], exclude: Iterable[str] = ()) ->
         )
         if sum(_canonical(best, v) for v in seen) >= TYPED_SHARE * len(seen):
             typed.append((name, best))
+            continue
+        template = learn_value_template(seen)
+        if template is not None:
+            typed.append((name, TEMPLATE_PREFIX + template))
     echo = _detect_echo(messages, skip)
     if echo is not None:
         typed.append((echo, ECHO))
     return tuple(typed[:MAX_TYPED_FIELDS])
+
+
+def _shape(value: str) -> str:
+    """``value`` with each number replaced by a hole of its fraction digits."""
+    return _NUMBER.sub(lambda m: f"{{{len(m.group(1) or '')}}}", value)
+
+
+def learn_value_template(values: Sequence[str]) -> str | None:
+    """The template most of ``values`` fit, if it pays; None otherwise. First a
+    template with number holes only (``TEMPLATE_WIRE_SHARE`` of the values' length),
+    then one with a text hole for each word that varies (``TEXT_TEMPLATE_WIRE_SHARE``
+    of their HPACK literals); either must fit ``TEMPLATE_SHARE`` of the values."""
+    plain = [v for v in values if "{" not in v and "}" not in v]
+    if not plain:
+        return None
+    shape = Counter(_shape(v) for v in plain).most_common(1)[0][0]
+    fit = _fit(shape, values)
+    if fit and sum(w for w, _ in fit) <= TEMPLATE_WIRE_SHARE * sum(len(v) for _, v in fit):
+        return shape
+    shape = _word_shape(plain)
+    fit = _fit(shape, values) if shape else []
+    hpack_bytes = sum(min(len(_HUFFMAN.encode(v.encode())), len(v)) + 2 for _, v in fit)
+    if fit and sum(w for w, _ in fit) <= TEXT_TEMPLATE_WIRE_SHARE * hpack_bytes:
+        return shape
+    return None
+
+
+def _fit(shape: str, values: Sequence[str]) -> list[tuple[int, str]]:
+    """(wire bytes, value) of the values ``shape`` encodes; empty when that is too few."""
+    try:
+        template = ValueTemplate.parse(shape)
+    except ValueError:
+        return []
+    fit = [(len(w), v) for v in values if (w := template.encode(v)) is not None]
+    return fit if len(fit) >= TEMPLATE_SHARE * len(values) else []
+
+
+def _word_shape(values: Sequence[str]) -> str | None:
+    """The template of the most common word layout: words that are the same in every
+    value of that layout stay literal, the others become holes (``{N}`` when they are
+    all canonical numbers with N fraction digits, else ``{s}``)."""
+    layouts: dict[tuple[str, ...], list[list[str]]] = defaultdict(list)
+    for value in values:
+        parts = _DELIMITERS.split(value)
+        layouts[tuple(parts[1::2])].append(parts[0::2])
+    delimiters, rows = max(layouts.items(), key=lambda item: len(item[1]))
+    pieces: list[str] = []
+    for column, words in enumerate(zip(*rows, strict=True)):
+        if len(set(words)) == 1:
+            pieces.append(words[0])
+        else:
+            shapes = {_shape(w) for w in words}
+            number = len(shapes) == 1 and shapes.pop() in {f"{{{n}}}" for n in range(10)}
+            pieces.append(_shape(words[0]) if number else "{s}")
+        if column < len(delimiters):
+            pieces.append(delimiters[column])
+    return "".join(pieces)
 
 
 def _detect_echo(messages: Sequence[Msg], skip: set[str]) -> str | None:

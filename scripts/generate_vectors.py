@@ -50,6 +50,10 @@ TEST_PRESET = Preset(
         ("x-span", "hex-upper"),
         ("x-event-id", "uuid"),
         ("x-at", "time-ms"),
+        ("traceparent", "traceparent"),
+        ("server-timing", "template:app;dur={1}, db;dur={1}"),
+        ("x-geo", "template:{5};{5};{0}"),
+        ("set-cookie", "template:sid={s}; Path=/; Max-Age={0}; HttpOnly"),
     ),
     connection=("cookie", "user-agent", "x-device-model"),
     never_indexed=("x-session-hint",),
@@ -141,6 +145,24 @@ def _app_req(
     if model is not None:
         headers.append(["x-device-model", model])
     return {"op": "feed.list", "headers": headers, "body": '{"cursor":"c-00017","limit":20}'}
+
+
+def _shaped_req(geo: str) -> dict[str, Any]:
+    return {
+        "op": "feed.list",
+        "headers": [
+            ["traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+            ["x-geo", geo],
+        ],
+        "body": '{"cursor":"c-00018","limit":20}',
+    }
+
+
+def _shaped_reply(timing: str, cookie: str | None = None) -> dict[str, Any]:
+    headers = [["server-timing", timing]]
+    if cookie is not None:
+        headers.append(["set-cookie", cookie])
+    return {"stream_id": 1, "headers": headers, "body": "{}"}
 
 
 def _app_reply(stream_id: int) -> dict[str, Any]:
@@ -315,6 +337,42 @@ CONVERSATIONS: list[dict[str, Any]] = [
                     user_agent=None,
                     model="Pixel 8",
                 ),
+            ),
+        ],
+    },
+    {
+        "name": "app-preset-traceparent-and-value-templates",
+        "description": (
+            "Preset 9 keys 11-14: a W3C traceparent travels as 26 bytes; x-geo and "
+            "server-timing have templates with number holes, each a zigzag varint of the "
+            "number times 10^fraction digits (negative numbers too); set-cookie has a text "
+            "hole (an HPACK string literal, Huffman-coded here) and a number hole; a value "
+            "that does not fit its template (server-timing without a fraction digit, a "
+            "set-cookie with other attributes) goes through HPACK."
+        ),
+        "client_dictionaries": [TEST_DICT_ID],
+        "server_dictionaries": [TEST_DICT_ID],
+        "steps": [
+            (
+                "client",
+                "send_hello",
+                {**HELLO, "preset_id": TEST_PRESET_ID, "dictionaries": [TEST_DICT_ID]},
+            ),
+            ("client", "send_request", _shaped_req("51.86645;-4.41320;35")),
+            ("server", "accept", ACCEPT),
+            (
+                "server",
+                "send_response",
+                _shaped_reply(
+                    "app;dur=102.4, db;dur=0.9",
+                    "sid=Zm9vYmFyYmF6cXV4; Path=/; Max-Age=3600; HttpOnly",
+                ),
+            ),
+            ("client", "send_request", _shaped_req("0.00000;0.00001;0")),
+            (
+                "server",
+                "send_response",
+                _shaped_reply("app;dur=12, db;dur=3.0", "sid=x; Path=/; Secure"),
             ),
         ],
     },
@@ -568,9 +626,56 @@ def invalid_vectors() -> list[dict[str, Any]]:
             "name": "typed-key-past-preset-list",
             "role": "server",
             "prefix": app,
-            "hex": request(typed=b"\x0b\x00"),
+            "hex": request(typed=b"\x0f\x00"),
             "error": "FIELD_ERROR",
-            "note": "preset 9 declares 10 typed fields",
+            "note": "preset 9 declares 14 typed fields",
+        },
+        {
+            "name": "typed-traceparent-past-section",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0b" + b"\x00" * 25),
+            "error": "FIELD_ERROR",
+            "note": "key 11 of preset 9 is a traceparent: 26 bytes",
+        },
+        {
+            "name": "typed-template-hole-missing",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0d" + encode_varint(4) + encode_varint(6)),
+            "error": "FIELD_ERROR",
+            "note": "key 13 (x-geo) has three holes; the section ends after two",
+        },
+        {
+            "name": "typed-template-number-out-of-range",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0c" + encode_varint(2 * 10**16) + encode_varint(0)),
+            "error": "FIELD_ERROR",
+            "note": "a hole's number must stay below 10^16 in magnitude",
+        },
+        {
+            "name": "typed-text-hole-past-section",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0e\x05ab"),
+            "error": "FIELD_ERROR",
+            "note": "key 14's text hole says 5 raw bytes; 2 follow",
+        },
+        {
+            "name": "typed-text-hole-bad-huffman",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0e\x81\x00" + encode_varint(0)),
+            "error": "FIELD_ERROR",
+            "note": "a Huffman string of one 0x00 byte: padding that is not the EOS prefix",
+        },
+        {
+            "name": "typed-text-hole-not-utf8",
+            "role": "server",
+            "prefix": app,
+            "hex": request(typed=b"\x0e\x01\xff" + encode_varint(0)),
+            "error": "FIELD_ERROR",
         },
         {
             "name": "typed-unknown-key",

@@ -27,6 +27,7 @@ from channel.corpus_apps import generate_app_corpus
 from channel.dicttrain import train_dictionary
 from channel.presetbuild import build_preset
 from channel.wire import Dictionary, DictionaryStore
+from channel.wire.presets import Preset
 from sdk_client import Backoff, Client
 from tests.gateway_harness import RunningGateway, gateway, http_upstream
 
@@ -183,6 +184,38 @@ async def test_app_preset_connection_headers_reach_the_upstream_on_every_call(
         assert calls[2]["x-request-id"] == "6ba7b810-9dad-11d1-80b4-00c04fd430c2"
 
 
+async def test_traceparent_and_template_fields_reach_the_upstream_unchanged(
+    tmp_path: Path, upstream: dict[str, Any]
+) -> None:
+    """Typed fields of the newer kinds decode to the very text the device sent (spec 9.8)."""
+    preset = Preset(
+        42,
+        "shaped",
+        (),
+        typed=(
+            ("traceparent", "traceparent"),
+            ("x-pos", "template:{5};{5};{0}"),
+            ("x-note", "template:id={s}; v={0}"),
+        ),
+    )
+    registry = FileRegistry(tmp_path / "registry")
+    await registry.publish_preset(APP, preset)
+    sent = [
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("x-pos", "51.86645;-4.41320;35"),
+        ("x-note", "id=caf\u00e9 au lait; v=-7"),
+    ]
+    off_shape = [("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")]
+    async with gateway(tmp_path / "gw", **_config(tmp_path, upstream)) as gw:
+        client = _client(gw, "d-shaped", preset=preset)
+        async with client:
+            await client.call("feed.home", b"{}", headers=sent)
+            await client.call("feed.home", b"{}", headers=[*off_shape, ("x-pos", "-0.00000;1;2")])
+    calls = upstream["headers"]
+    assert [(n, calls[0].get(n)) for n, _ in sent] == sent
+    assert calls[1]["traceparent"] == off_shape[0][1] and calls[1]["x-pos"] == "-0.00000;1;2"
+
+
 async def test_sampled_bodies_retrain_the_apps_dictionary(
     tmp_path: Path, upstream: dict[str, Any]
 ) -> None:
@@ -302,9 +335,10 @@ async def test_a_dictionary_over_the_connection_budget_is_not_started(
     dictionary = _dictionary(80, 13)
     await FileRegistry(tmp_path / "registry").publish_dictionary(APP, dictionary)
     budget = len(dictionary.content) - 1
-    async with gateway(
-        tmp_path / "gw", **_config(tmp_path, upstream, dict_budget_bytes=budget)
-    ) as gw, _client(gw, "tight", dictionaries=DictionaryStore()) as client:
+    async with (
+        gateway(tmp_path / "gw", **_config(tmp_path, upstream, dict_budget_bytes=budget)) as gw,
+        _client(gw, "tight", dictionaries=DictionaryStore()) as client,
+    ):
         body = _bodies(14, 1)[0]
         assert (await client.call("feed.home", body)).body == body
         await _until(lambda: gw.node.dictionary_delivery_counts()["skipped"] == 1, "a skip")

@@ -584,7 +584,16 @@ _KIND_SAMPLES = {
     "uint": ("300", b"\xac\x02", "0300"),
     "base64url": ("q83v", b"\x03\xab\xcd\xef", "q83v="),
     "base64": ("q83v", b"\x03\xab\xcd\xef", "q83"),
+    "traceparent": (
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        bytes.fromhex("004bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b701"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    ),
+    # The section's example: 38.9 in a {1} hole is 389, zigzag 778; then a raw text "a".
+    "template": ("db;dur=38.9;a", b"\x8a\x06\x01a", "db;dur=38.90;a"),
 }
+#: The template the template sample is checked with.
+_SAMPLE_TEMPLATE = "template:db;dur={1};{s}"
 
 
 def test_typed_kind_table_matches_the_codec() -> None:
@@ -592,7 +601,7 @@ def test_typed_kind_table_matches_the_codec() -> None:
     kinds = [row["Kind"].strip() for _, row in tab.records()]
     assert tuple(kinds) == typed.KINDS, f"{tab.section.label}: kinds differ from typed.KINDS"
     for kind, (sample, wire, other) in _KIND_SAMPLES.items():
-        table_ = typed.TypedTable((("x", kind),))
+        table_ = typed.TypedTable((("x", _SAMPLE_TEMPLATE if kind == "template" else kind),))
         rest, section = table_.split([("x", sample)], 1000)
         assert (rest, section) == ((), b"\x01" + wire), f"{kind}: {sample} -> {section.hex()}"
         assert table_.decode(section, 1000, None, 1 << 20) == [("x", sample)], kind

@@ -30,9 +30,19 @@ time-s       decimal s, no leading zero, < 10^13               zigzag(value - ep
 uint         decimal, no leading zero, < 2^56                  varint value
 base64url    unpadded base64url of 1-64 bytes                  v n, n bytes
 base64       padded standard base64 of 1-64 bytes              v n, n bytes
+traceparent  W3C trace context: 2-32-16-2 lowercase hex       26 bytes
+             digits joined by ``-``
+template:T   template T with a number or text in each hole     per hole: a zigzag varint
+                                                                or an HPACK string
 echo         (RESPONSE only) the request's first field of      nothing
              this name
 ===========  ================================================  =====================
+
+A *template* kind is ``template:`` followed by a template: literal text with
+holes, for header values of a fixed shape whose parts vary, such as
+``app;dur={1}, db;dur={1}``. A hole ``{N}`` (N = 0-9, the fraction digits of a
+decimal number) carries ``zigzag(value * 10^N)``; a hole ``{s}`` carries text
+as an HPACK string literal; see ``ValueTemplate``.
 
 The *epoch* of a direction is the time its sender announced in its handshake
 frame (HELLO ``client_time_ms`` for client to server, HELLO_ACK
@@ -50,6 +60,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hpack.exceptions import HPACKDecodingError
+from hpack.hpack import decode_integer, encode_integer
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
+
 from channel.wire.errors import ErrorCode, ProtocolError
 from channel.wire.varint import MAX_VARINT, decode_varint_complete, encode_varint
 
@@ -65,8 +81,15 @@ TIME_S = "time-s"
 UINT = "uint"
 BASE64URL = "base64url"
 BASE64 = "base64"
+TRACEPARENT = "traceparent"
+TEMPLATE = "template"
 ECHO = "echo"
-KINDS = (HEX, HEX_UPPER, UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, BASE64URL, BASE64, ECHO)
+KINDS = (
+    HEX, HEX_UPPER, UUID, UUID_UPPER, TIME_MS, TIME_S, UINT, BASE64URL, BASE64, TRACEPARENT,
+    TEMPLATE, ECHO,
+)  # fmt: skip
+#: A template kind is this prefix and a template.
+TEMPLATE_PREFIX = TEMPLATE + ":"
 
 #: The generic typed fields: presets 0 and 1, and preset files without a ``typed`` list.
 GENERIC_TYPED: TypedFields = (
@@ -92,6 +115,165 @@ _HEX_UPPER = frozenset("0123456789ABCDEF")
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+#: Limits of a template: its length, holes, and digits per number.
+MAX_TEMPLATE_CHARS = 128
+MAX_TEMPLATE_HOLES = 8
+MAX_NUMBER_DIGITS = 16
+_HOLE = re.compile(r"\{([0-9s])\}")
+#: The ``fractions`` entry of a text hole ``{s}``.
+TEXT_HOLE = -1
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+@dataclass(frozen=True)
+class ValueTemplate:
+    """A value shape with holes: ``literals[0] hole literals[1] ... hole literals[n]``.
+
+    A hole ``{N}`` matches a canonical decimal with exactly N fraction digits:
+    an optional ``-``, the integer part without leading zeros (``0`` alone
+    allowed), then ``.`` and N digits when N > 0; not ``-0`` (nor ``-0.00``),
+    at most 16 digits. Its wire form is ``zigzag(value * 10^N)``, so
+    ``38.9`` in a ``{1}`` hole is zigzag(389) = 778. A hole ``{s}`` matches
+    the shortest non-empty text up to the next literal (the rest of the value
+    when it is last) and travels as an HPACK string literal (Huffman-coded
+    when shorter). Matching is left to right, so the template is refused
+    when a ``{0}`` hole is followed by a digit or two holes touch.
+    """
+
+    literals: tuple[str, ...]
+    fractions: tuple[int, ...]
+
+    @staticmethod
+    def parse(template: str) -> ValueTemplate:
+        """The template of ``template`` (ValueError naming the problem)."""
+        if len(template) > MAX_TEMPLATE_CHARS or not template.isascii():
+            raise ValueError(f"a template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars")
+        parts = _HOLE.split(template)
+        literals = tuple(parts[0::2])
+        fractions = tuple(TEXT_HOLE if n == "s" else int(n) for n in parts[1::2])
+        if not fractions or len(fractions) > MAX_TEMPLATE_HOLES:
+            raise ValueError(f"template needs 1-{MAX_TEMPLATE_HOLES} holes: {template!r}")
+        for i, literal in enumerate(literals):
+            if "{" in literal or "}" in literal or not literal.isprintable():
+                raise ValueError(f"template {template!r}: bad literal {literal!r}")
+            if 0 < i < len(literals) - 1 and not literal:
+                raise ValueError(f"template {template!r}: two holes touch")
+            if i > 0 and fractions[i - 1] == 0 and literal[:1].isdigit():
+                raise ValueError(f"template {template!r}: a digit follows a {{0}} hole")
+        return ValueTemplate(literals, fractions)
+
+    def encode(self, value: str) -> bytes | None:
+        """The holes' wire forms, or None when ``value`` does not have this shape."""
+        literals = self.literals
+        if not value.startswith(literals[0]):
+            return None
+        at = len(literals[0])
+        out = bytearray()
+        for fraction, literal in zip(self.fractions, literals[1:], strict=True):
+            if fraction == TEXT_HOLE:
+                end = value.find(literal, at + 1) if literal else len(value)
+                if end <= at:
+                    return None
+                out += _hpack_string(value[at:end].encode())
+                at = end + len(literal)
+                continue
+            number, at = _scan_number(value, at, fraction)
+            if number is None or not value.startswith(literal, at):
+                return None
+            out += encode_varint(_zigzag(number))
+            at += len(literal)
+        return bytes(out) if at == len(value) else None
+
+    def decode(self, section: bytes, offset: int) -> tuple[str, int]:
+        """The value whose holes start at ``offset``; (value, next offset)."""
+        text = [self.literals[0]]
+        for fraction, literal in zip(self.fractions, self.literals[1:], strict=True):
+            if fraction == TEXT_HOLE:
+                hole, offset = _read_hpack_string(section, offset)
+                text += (hole, literal)
+                continue
+            zigzag, offset = decode_varint_complete(section, offset)
+            number = _unzigzag(zigzag)
+            if abs(number) >= 10**MAX_NUMBER_DIGITS:
+                raise ProtocolError(ErrorCode.FIELD_ERROR, f"typed number {number} out of range")
+            text += (_number_text(number, fraction), literal)
+        return "".join(text), offset
+
+
+def _scan_number(value: str, at: int, fraction: int) -> tuple[int | None, int]:
+    """The canonical number of ``fraction`` fraction digits at ``value[at:]``, and its end."""
+    start = at
+    negative = value.startswith("-", at)
+    at += negative
+    digits_start = at
+    while at < len(value) and value[at].isdigit() and value[at].isascii():
+        at += 1
+    whole = value[digits_start:at]
+    if not whole or (len(whole) > 1 and whole[0] == "0"):
+        return None, start
+    digits = whole
+    if fraction:
+        frac = value[at + 1 : at + 1 + fraction]
+        if not value.startswith(".", at) or len(frac) != fraction or not frac.isdigit():
+            return None, start
+        if not frac.isascii():
+            return None, start
+        digits += frac
+        at += 1 + fraction
+    if len(digits) > MAX_NUMBER_DIGITS or (negative and int(digits) == 0):
+        return None, start
+    return (-int(digits) if negative else int(digits)), at
+
+
+def _hpack_string(raw: bytes) -> bytes:
+    """An HPACK string literal (RFC 7541 5.2), Huffman-coded when that is shorter."""
+    coded = _HUFFMAN.encode(raw)
+    if len(coded) < len(raw):
+        length = encode_integer(len(coded), 7)
+        length[0] |= 0x80
+        return bytes(length) + coded
+    return bytes(encode_integer(len(raw), 7)) + raw
+
+
+def _read_hpack_string(section: bytes, offset: int) -> tuple[str, int]:
+    """The text of the HPACK string literal at ``offset`` (FIELD_ERROR when malformed)."""
+    if offset >= len(section):
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text runs past the section")
+    try:
+        length, used = decode_integer(section[offset:], 7)
+    except HPACKDecodingError as exc:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text length") from exc
+    start = offset + used
+    if start + length > len(section):
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text runs past the section")
+    raw = section[start : start + length]
+    try:
+        text = (decode_huffman(raw) if section[offset] & 0x80 else raw).decode()
+    except (HPACKDecodingError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.FIELD_ERROR, "typed text is not valid") from exc
+    return text, start + length
+
+
+def _number_text(number: int, fraction: int) -> str:
+    sign = "-" if number < 0 else ""
+    whole, part = divmod(abs(number), 10**fraction)
+    return f"{sign}{whole}.{part:0{fraction}d}" if fraction else f"{sign}{whole}"
+
+
+_TEMPLATES: dict[str, ValueTemplate] = {}
+
+
+def value_template(kind: str) -> ValueTemplate | None:
+    """The template of a ``template:`` kind (None for other kinds; ValueError if invalid)."""
+    if not kind.startswith(TEMPLATE_PREFIX):
+        return None
+    template = _TEMPLATES.get(kind)
+    if template is None:
+        template = ValueTemplate.parse(kind[len(TEMPLATE_PREFIX) :])
+        if len(_TEMPLATES) < 4096:  # presets are few; bound the cache anyway
+            _TEMPLATES[kind] = template
+    return template
 
 
 # ----------------------------------------------------------------- canonical forms
@@ -169,6 +351,11 @@ def encode_value(kind: str, value: str, epoch_ms: int) -> bytes | None:
     elif kind == UINT:
         number = _decimal(value, MAX_VARINT + 1)
         return None if number is None else encode_varint(number)
+    elif kind == TRACEPARENT:
+        return bytes.fromhex(value.replace("-", "")) if _TRACEPARENT.fullmatch(value) else None
+    elif kind.startswith(TEMPLATE_PREFIX):
+        template = value_template(kind)
+        return None if template is None else template.encode(value)
     else:
         return None
     if raw is None:
@@ -191,6 +378,14 @@ def decode_value(kind: str, section: bytes, offset: int, epoch_ms: int) -> tuple
         else:
             text = _b64_text(raw, kind == BASE64URL)
         return text, offset + length
+    if kind == TRACEPARENT:
+        if offset + 26 > end:
+            raise ProtocolError(ErrorCode.FIELD_ERROR, "typed traceparent runs past the section")
+        h = section[offset : offset + 26].hex()
+        return f"{h[:2]}-{h[2:34]}-{h[34:50]}-{h[50:]}", offset + 26
+    template = value_template(kind)
+    if template is not None:
+        return template.decode(section, offset)
     if kind in (UUID, UUID_UPPER):
         if offset + 16 > end:
             raise ProtocolError(ErrorCode.FIELD_ERROR, "typed uuid runs past the section")
@@ -311,8 +506,13 @@ def typed_fields_problem(fields: TypedFields) -> str:
     seen: set[str] = set()
     echoes = 0
     for name, kind in fields:
-        if kind not in KINDS:
-            return f"typed field {name!r}: unknown kind {kind!r} (known: {', '.join(KINDS)})"
+        try:
+            template = value_template(kind)
+        except ValueError as exc:
+            return f"typed field {name!r}: {exc}"
+        if template is None and (kind not in KINDS or kind == TEMPLATE):
+            known = ", ".join(k if k != TEMPLATE else TEMPLATE_PREFIX + "TEMPLATE" for k in KINDS)
+            return f"typed field {name!r}: unknown kind {kind!r} (known: {known})"
         if not _NAME.fullmatch(name):
             return f"typed field name {name!r} must be a lowercase header name"
         if kind == ECHO:

@@ -134,9 +134,8 @@ fn preset_of(value: &Bound<'_, PyAny>, what: &str) -> PyResult<mmtp::PresetTable
             let typed: Vec<(String, String)> = tuple.get_item(3)?.extract().map_err(|_| bad())?;
             let mut kinds = Vec::new();
             for (header, kind) in typed {
-                let kind = mmtp::Kind::parse(&kind).ok_or_else(|| {
-                    PyValueError::new_err(format!("{what}: unknown typed kind {kind:?}"))
-                })?;
+                let kind = mmtp::Kind::parse_checked(&kind)
+                    .map_err(|e| PyValueError::new_err(format!("{what}: {header}: {e}")))?;
                 kinds.push((header, kind));
             }
             let connection: Vec<String> = tuple.get_item(4)?.extract().map_err(|_| bad())?;

@@ -439,7 +439,7 @@ pub(crate) fn encode_string(out: &mut Vec<u8>, raw: &[u8]) {
 /// Decode an integer as the reference's decoder (the `hpack` package) does:
 /// at most 5 continuation bytes. `None` if truncated or too long.
 #[inline]
-fn decode_integer(data: &[u8], prefix_bits: u32) -> Option<(u64, usize)> {
+pub(crate) fn decode_integer(data: &[u8], prefix_bits: u32) -> Option<(u64, usize)> {
     let max = (1u64 << prefix_bits) - 1;
     let mut number = (*data.first()? as u64) & max;
     let mut index = 1;

@@ -3,8 +3,13 @@
 //! header block. Which names are typed, and as which kind, is the preset's
 //! [`TypedTable`]: key *k* is its *k*-th field.
 
+use std::fmt::Write;
+use std::sync::Arc;
+
 use crate::errors::{perr, ErrorCode, ProtocolError};
 use crate::headers::{HeaderList, Headers};
+use crate::hpack::{decode_integer, encode_string};
+use crate::huffman;
 use crate::varint::{decode_varint_complete, encode_varint, MAX_VARINT};
 
 /// Longest byte string a hex or base64 field carries.
@@ -15,7 +20,7 @@ const MAX_TIME_MS: i64 = 10_000_000_000_000_000;
 const MAX_TIME_S: i64 = 10_000_000_000_000;
 
 /// How a typed field's value travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     Hex,
     HexUpper,
@@ -26,10 +31,17 @@ pub enum Kind {
     Uint,
     Base64Url,
     Base64,
+    /// W3C trace context `traceparent`: 2-32-16-2 lowercase hex digits.
+    Traceparent,
+    /// A value shape with number and text holes (`template:` and a template).
+    Template(Arc<ValueTemplate>),
     Echo,
 }
 
-const KIND_NAMES: [(&str, Kind); 10] = [
+/// A template kind's name is this prefix and its template.
+pub const TEMPLATE_PREFIX: &str = "template:";
+
+const KIND_NAMES: [(&str, Kind); 11] = [
     ("hex", Kind::Hex),
     ("hex-upper", Kind::HexUpper),
     ("uuid", Kind::Uuid),
@@ -39,21 +51,296 @@ const KIND_NAMES: [(&str, Kind); 10] = [
     ("uint", Kind::Uint),
     ("base64url", Kind::Base64Url),
     ("base64", Kind::Base64),
+    ("traceparent", Kind::Traceparent),
     ("echo", Kind::Echo),
 ];
 
 impl Kind {
-    /// The kind named `name` in a preset file.
+    /// The kind named `name` in a preset file (None: unknown kind or invalid template).
     pub fn parse(name: &str) -> Option<Kind> {
-        KIND_NAMES.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+        Kind::parse_checked(name).ok()
     }
 
-    pub fn name(self) -> &'static str {
+    /// The kind named `name`, or why it is refused.
+    pub fn parse_checked(name: &str) -> Result<Kind, String> {
+        if let Some(template) = name.strip_prefix(TEMPLATE_PREFIX) {
+            return ValueTemplate::parse(template).map(|t| Kind::Template(Arc::new(t)));
+        }
         KIND_NAMES
             .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("", |(n, _)| n)
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| k.clone())
+            .ok_or_else(|| format!("unknown typed kind {name:?}"))
     }
+
+    pub fn name(&self) -> String {
+        if let Kind::Template(template) = self {
+            return format!("{TEMPLATE_PREFIX}{}", template.text());
+        }
+        KIND_NAMES
+            .iter()
+            .find(|(_, k)| k == self)
+            .map_or(String::new(), |(n, _)| (*n).to_owned())
+    }
+}
+
+/// Limits of a template: its length, holes, and digits per number.
+pub const MAX_TEMPLATE_CHARS: usize = 128;
+pub const MAX_TEMPLATE_HOLES: usize = 8;
+pub const MAX_NUMBER_DIGITS: usize = 16;
+const MAX_NUMBER: u64 = 10_000_000_000_000_000;
+
+/// A value shape with holes (spec section 9.8): `literals[0] hole
+/// literals[1] ... hole literals[n]`; hole *i* holds a canonical decimal
+/// with `fractions[i]` fraction digits, sent as `zigzag(value * 10^N)`, or
+/// (`None`: a `{s}` hole) text, sent as an HPACK string literal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueTemplate {
+    literals: Vec<Box<str>>,
+    fractions: Vec<Option<u32>>,
+}
+
+impl ValueTemplate {
+    /// Parse `{N}` and `{s}` holes out of `template` (the reference's `ValueTemplate.parse`).
+    pub fn parse(template: &str) -> Result<ValueTemplate, String> {
+        if template.len() > MAX_TEMPLATE_CHARS || !template.is_ascii() {
+            return Err(format!(
+                "a template must be ASCII of <= {MAX_TEMPLATE_CHARS} chars"
+            ));
+        }
+        let b = template.as_bytes();
+        let mut literals: Vec<Box<str>> = Vec::new();
+        let mut fractions = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        while i < b.len() {
+            if i + 2 < b.len()
+                && b[i] == b'{'
+                && (b[i + 1].is_ascii_digit() || b[i + 1] == b's')
+                && b[i + 2] == b'}'
+            {
+                literals.push(template[start..i].into());
+                fractions.push(
+                    b[i + 1]
+                        .is_ascii_digit()
+                        .then(|| u32::from(b[i + 1] - b'0')),
+                );
+                i += 3;
+                start = i;
+            } else {
+                i += 1;
+            }
+        }
+        literals.push(template[start..].into());
+        if fractions.is_empty() || fractions.len() > MAX_TEMPLATE_HOLES {
+            return Err(format!(
+                "template needs 1-{MAX_TEMPLATE_HOLES} holes: {template:?}"
+            ));
+        }
+        let last = literals.len() - 1;
+        for (i, literal) in literals.iter().enumerate() {
+            let literal: &str = literal;
+            if literal
+                .bytes()
+                .any(|c| c == b'{' || c == b'}' || !(0x20..0x7f).contains(&c))
+            {
+                return Err(format!("template {template:?}: bad literal {literal:?}"));
+            }
+            if i > 0 && i < last && literal.is_empty() {
+                return Err(format!("template {template:?}: two holes touch"));
+            }
+            if i > 0
+                && fractions[i - 1] == Some(0)
+                && literal.bytes().next().is_some_and(|c| c.is_ascii_digit())
+            {
+                return Err(format!(
+                    "template {template:?}: a digit follows a {{0}} hole"
+                ));
+            }
+        }
+        Ok(ValueTemplate {
+            literals,
+            fractions,
+        })
+    }
+
+    /// The template text (`{N}` and `{s}` holes between the literals).
+    pub fn text(&self) -> String {
+        let mut text = self.literals[0].to_string();
+        for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
+            match fraction {
+                Some(n) => {
+                    let _ = write!(text, "{{{n}}}{literal}");
+                }
+                None => {
+                    let _ = write!(text, "{{s}}{literal}");
+                }
+            }
+        }
+        text
+    }
+
+    /// Call `each` with the holes' contents, in order, when `value` has this
+    /// shape (numbers times 10^N; text up to the next literal's first match).
+    fn holes<'v>(&self, value: &'v str, mut each: impl FnMut(Hole<'v>)) -> bool {
+        let Some(mut rest) = value.strip_prefix(&*self.literals[0]) else {
+            return false;
+        };
+        for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
+            let literal: &str = literal;
+            let after = match fraction {
+                Some(n) => {
+                    let Some((number, after)) = scan_number(rest, *n) else {
+                        return false;
+                    };
+                    each(Hole::Number(number));
+                    after
+                }
+                None => {
+                    // The shortest non-empty text the next literal follows.
+                    let first = rest.chars().next().map_or(0, char::len_utf8);
+                    if first == 0 {
+                        return false;
+                    }
+                    let end = if literal.is_empty() {
+                        rest.len()
+                    } else {
+                        match rest[first..].find(literal) {
+                            Some(at) => first + at,
+                            None => return false,
+                        }
+                    };
+                    each(Hole::Text(&rest[..end]));
+                    &rest[end..]
+                }
+            };
+            let Some(after) = after.strip_prefix(literal) else {
+                return false;
+            };
+            rest = after;
+        }
+        rest.is_empty()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, value: &str) {
+        self.holes(value, |hole| match hole {
+            Hole::Number(n) => encode_varint(out, zigzag_delta(n, 0) as u64),
+            Hole::Text(text) => encode_string(out, text.as_bytes()),
+        });
+    }
+
+    fn decode(
+        &self,
+        section: &[u8],
+        mut offset: usize,
+        value: &mut String,
+    ) -> Result<usize, ProtocolError> {
+        value.push_str(&self.literals[0]);
+        for (fraction, literal) in self.fractions.iter().zip(&self.literals[1..]) {
+            let Some(fraction) = fraction else {
+                offset = read_text(section, offset, value)?;
+                value.push_str(literal);
+                continue;
+            };
+            let (zigzag, next) = decode_varint_complete(section, offset)?;
+            offset = next;
+            let number = unzigzag(zigzag);
+            if number.unsigned_abs() >= MAX_NUMBER {
+                return Err(ProtocolError::new(
+                    ErrorCode::FieldError,
+                    format!("typed number {number} out of range"),
+                ));
+            }
+            let scale = 10u64.pow(*fraction);
+            let sign = if number < 0 { "-" } else { "" };
+            let (whole, part) = (number.unsigned_abs() / scale, number.unsigned_abs() % scale);
+            if *fraction == 0 {
+                let _ = write!(value, "{sign}{whole}");
+            } else {
+                let _ = write!(
+                    value,
+                    "{sign}{whole}.{part:0width$}",
+                    width = *fraction as usize
+                );
+            }
+            value.push_str(literal);
+        }
+        Ok(offset)
+    }
+}
+
+/// One hole's content in a value.
+enum Hole<'v> {
+    Number(i64),
+    Text(&'v str),
+}
+
+/// Append the HPACK string literal at `offset` (a text hole) to `value`;
+/// return the next offset. Malformed or non-UTF-8 text is a `FIELD_ERROR`.
+fn read_text(section: &[u8], offset: usize, value: &mut String) -> Result<usize, ProtocolError> {
+    let bad = || ProtocolError::new(ErrorCode::FieldError, "typed text is malformed");
+    let data = section
+        .get(offset..)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(bad)?;
+    let (length, used) = decode_integer(data, 7).ok_or_else(bad)?;
+    let end = usize::try_from(length)
+        .ok()
+        .and_then(|l| l.checked_add(used))
+        .filter(|&end| end <= data.len())
+        .ok_or_else(bad)?;
+    let mut raw = Vec::new();
+    if data[0] & 0x80 != 0 {
+        huffman::decode(&mut raw, &data[used..end]).map_err(|_| bad())?;
+    } else {
+        raw.extend_from_slice(&data[used..end]);
+    }
+    value.push_str(std::str::from_utf8(&raw).map_err(|_| bad())?);
+    Ok(offset + end)
+}
+
+/// The canonical number with `fraction` fraction digits at the start of
+/// `text` (times 10^fraction), and the text after it.
+fn scan_number(text: &str, fraction: u32) -> Option<(i64, &str)> {
+    let b = text.as_bytes();
+    let negative = b.first() == Some(&b'-');
+    let start = usize::from(negative);
+    let whole = b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if whole == 0 || (whole > 1 && b[start] == b'0') {
+        return None;
+    }
+    let mut end = start + whole;
+    let mut digits = whole;
+    if fraction > 0 {
+        let f = fraction as usize;
+        if b.get(end) != Some(&b'.')
+            || b.len() < end + 1 + f
+            || !b[end + 1..end + 1 + f].iter().all(u8::is_ascii_digit)
+        {
+            return None;
+        }
+        end += 1 + f;
+        digits += f;
+    }
+    if digits > MAX_NUMBER_DIGITS {
+        return None;
+    }
+    let magnitude = b[start..end]
+        .iter()
+        .filter(|c| c.is_ascii_digit())
+        .fold(0i64, |acc, c| acc * 10 + i64::from(c - b'0'));
+    if negative && magnitude == 0 {
+        return None;
+    }
+    Some((if negative { -magnitude } else { magnitude }, &text[end..]))
+}
+
+fn canonical_traceparent(value: &str) -> bool {
+    let b = value.as_bytes();
+    b.len() == 55
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            2 | 35 | 52 => c == b'-',
+            _ => hex_value(c, false).is_some(),
+        })
 }
 
 /// The generic typed fields (presets 0, 1 and preset files without a list).
@@ -90,6 +377,11 @@ impl TypedTable {
                     "typed field name {name:?} must be a lowercase header name"
                 ));
             }
+            if let Kind::Template(template) = kind {
+                if template.fractions.is_empty() {
+                    return Err(format!("typed field {name:?}: a template without holes"));
+                }
+            }
             if *kind == Kind::Echo {
                 if echo_key != 0 {
                     return Err("a preset declares at most one echo field".into());
@@ -115,15 +407,15 @@ impl TypedTable {
         TypedTable::new(
             GENERIC_TYPED
                 .iter()
-                .map(|(n, k)| (n.to_string(), *k))
+                .map(|(n, k)| (n.to_string(), k.clone()))
                 .collect(),
         )
         .expect("the generic list is valid")
     }
 
     /// The fields, in key order.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, Kind)> {
-        self.fields.iter().map(|(n, k)| (&**n, *k))
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Kind)> {
+        self.fields.iter().map(|(n, k)| (&**n, k))
     }
 
     pub fn len(&self) -> usize {
@@ -151,12 +443,12 @@ impl TypedTable {
             .map(|(_, v)| v)
     }
 
-    fn lookup(&self, name: &str) -> Option<(u64, Kind)> {
+    fn lookup(&self, name: &str) -> Option<(u64, &Kind)> {
         self.fields
             .iter()
             .enumerate()
             .find(|(_, (n, k))| **n == *name && *k != Kind::Echo)
-            .map(|(i, (_, k))| (i as u64 + 1, *k))
+            .map(|(i, (_, k))| (i as u64 + 1, k))
     }
 
     /// How one outgoing field travels (the reference's `TypedTable.split`).
@@ -171,7 +463,7 @@ impl TypedTable {
             return Typed::Echo(self.echo_key);
         }
         match self.lookup(name) {
-            Some((key, kind)) if canonical(kind, value, epoch_ms) => Typed::Value(key, kind),
+            Some((key, kind)) if canonical(kind, value, epoch_ms) => Typed::Value(key),
             _ => Typed::No,
         }
     }
@@ -189,9 +481,9 @@ impl TypedTable {
             match self.classify(name, value, echo_value, epoch_ms) {
                 Typed::No => {}
                 Typed::Echo(key) => encode_varint(out, key),
-                Typed::Value(key, kind) => {
+                Typed::Value(key) => {
                     encode_varint(out, key);
-                    encode_value(out, kind, value, epoch_ms);
+                    encode_value(out, &self.fields[key as usize - 1].1, value, epoch_ms);
                 }
             }
         }
@@ -231,7 +523,7 @@ impl TypedTable {
                 };
                 value.push_str(echo);
             } else {
-                offset = decode_value(*kind, section, offset, epoch_ms, &mut value)?;
+                offset = decode_value(kind, section, offset, epoch_ms, &mut value)?;
             }
             out.push(name, &value);
             list_size += (name.len() + value.len() + 32) as i128;
@@ -258,7 +550,8 @@ fn valid_name(name: &str) -> bool {
 pub(crate) enum Typed {
     /// Through HPACK.
     No,
-    Value(u64, Kind),
+    /// The field of this key, in its kind's form.
+    Value(u64),
     Echo(u64),
 }
 
@@ -389,8 +682,8 @@ fn unzigzag(value: u64) -> i64 {
     }
 }
 
-fn epoch_of(kind: Kind, epoch_ms: u64) -> i64 {
-    if kind == Kind::TimeS {
+fn epoch_of(kind: &Kind, epoch_ms: u64) -> i64 {
+    if *kind == Kind::TimeS {
         (epoch_ms / 1000) as i64
     } else {
         epoch_ms as i64
@@ -399,14 +692,14 @@ fn epoch_of(kind: Kind, epoch_ms: u64) -> i64 {
 
 /// Whether `value` is canonical for `kind` (and, for times, its distance from
 /// the epoch fits a varint: otherwise it goes through HPACK, as the reference does).
-fn canonical(kind: Kind, value: &str, epoch_ms: u64) -> bool {
+fn canonical(kind: &Kind, value: &str, epoch_ms: u64) -> bool {
     match kind {
         Kind::Hex => canonical_hex(value, false),
         Kind::HexUpper => canonical_hex(value, true),
         Kind::Uuid => canonical_uuid(value, false),
         Kind::UuidUpper => canonical_uuid(value, true),
         Kind::TimeMs | Kind::TimeS => {
-            let limit = if kind == Kind::TimeMs {
+            let limit = if *kind == Kind::TimeMs {
                 MAX_TIME_MS
             } else {
                 MAX_TIME_S
@@ -418,24 +711,26 @@ fn canonical(kind: Kind, value: &str, epoch_ms: u64) -> bool {
         Kind::Uint => decimal(value, MAX_VARINT + 1).is_some(),
         Kind::Base64Url => b64_bytes(value, true).is_some(),
         Kind::Base64 => b64_bytes(value, false).is_some(),
+        Kind::Traceparent => canonical_traceparent(value),
+        Kind::Template(template) => template.holes(value, |_| {}),
         Kind::Echo => false,
     }
 }
 
 /// Append the wire form of a canonical `value` (checked by `canonical`).
-fn encode_value(out: &mut Vec<u8>, kind: Kind, value: &str, epoch_ms: u64) {
+fn encode_value(out: &mut Vec<u8>, kind: &Kind, value: &str, epoch_ms: u64) {
     match kind {
         Kind::Hex | Kind::HexUpper => {
             encode_varint(out, (value.len() / 2) as u64);
             out.extend(value.as_bytes().chunks(2).map(|pair| {
-                let upper = kind == Kind::HexUpper;
+                let upper = *kind == Kind::HexUpper;
                 (hex_value(pair[0], upper).unwrap_or(0) << 4)
                     | hex_value(pair[1], upper).unwrap_or(0)
             }));
         }
         Kind::Uuid | Kind::UuidUpper => {
             let digits: Vec<u8> = value.bytes().filter(|&c| c != b'-').collect();
-            let upper = kind == Kind::UuidUpper;
+            let upper = *kind == Kind::UuidUpper;
             out.extend(digits.chunks(2).map(|pair| {
                 (hex_value(pair[0], upper).unwrap_or(0) << 4)
                     | hex_value(pair[1], upper).unwrap_or(0)
@@ -447,10 +742,18 @@ fn encode_value(out: &mut Vec<u8>, kind: Kind, value: &str, epoch_ms: u64) {
         }
         Kind::Uint => encode_varint(out, decimal(value, u64::MAX).unwrap_or(0)),
         Kind::Base64Url | Kind::Base64 => {
-            let raw = b64_bytes(value, kind == Kind::Base64Url).unwrap_or_default();
+            let raw = b64_bytes(value, *kind == Kind::Base64Url).unwrap_or_default();
             encode_varint(out, raw.len() as u64);
             out.extend_from_slice(&raw);
         }
+        Kind::Traceparent => {
+            let digits: Vec<u8> = value.bytes().filter(|&c| c != b'-').collect();
+            out.extend(digits.chunks(2).map(|pair| {
+                (hex_value(pair[0], false).unwrap_or(0) << 4)
+                    | hex_value(pair[1], false).unwrap_or(0)
+            }));
+        }
+        Kind::Template(template) => template.encode(out, value),
         Kind::Echo => {}
     }
 }
@@ -468,7 +771,7 @@ fn push_hex(value: &mut String, bytes: &[u8], upper: bool) {
 
 /// Decode one value of `kind` at `offset` into `value`; return the next offset.
 fn decode_value(
-    kind: Kind,
+    kind: &Kind,
     section: &[u8],
     offset: usize,
     epoch_ms: u64,
@@ -489,7 +792,7 @@ fn decode_value(
             match kind {
                 Kind::Hex => push_hex(value, raw, false),
                 Kind::HexUpper => push_hex(value, raw, true),
-                _ => b64_text(raw, kind == Kind::Base64Url, value),
+                _ => b64_text(raw, *kind == Kind::Base64Url, value),
             }
             Ok(offset + length as usize)
         }
@@ -498,7 +801,7 @@ fn decode_value(
                 return perr(ErrorCode::FieldError, "typed uuid runs past the section");
             }
             let raw = &section[offset..offset + 16];
-            let upper = kind == Kind::UuidUpper;
+            let upper = *kind == Kind::UuidUpper;
             for (i, part) in [&raw[..4], &raw[4..6], &raw[6..8], &raw[8..10], &raw[10..]]
                 .iter()
                 .enumerate()
@@ -512,13 +815,12 @@ fn decode_value(
         }
         Kind::Uint => {
             let (number, offset) = decode_varint_complete(section, offset)?;
-            use std::fmt::Write;
             let _ = write!(value, "{number}");
             Ok(offset)
         }
         Kind::TimeMs | Kind::TimeS => {
             let (delta, offset) = decode_varint_complete(section, offset)?;
-            let limit = if kind == Kind::TimeMs {
+            let limit = if *kind == Kind::TimeMs {
                 MAX_TIME_MS
             } else {
                 MAX_TIME_S
@@ -530,10 +832,29 @@ fn decode_value(
                     format!("typed time {time} out of range"),
                 ));
             }
-            use std::fmt::Write;
             let _ = write!(value, "{time}");
             Ok(offset)
         }
+        Kind::Traceparent => {
+            if section.len() - offset < 26 {
+                return perr(
+                    ErrorCode::FieldError,
+                    "typed traceparent runs past the section",
+                );
+            }
+            let raw = &section[offset..offset + 26];
+            for (i, part) in [&raw[..1], &raw[1..17], &raw[17..25], &raw[25..]]
+                .iter()
+                .enumerate()
+            {
+                if i > 0 {
+                    value.push('-');
+                }
+                push_hex(value, part, false);
+            }
+            Ok(offset + 26)
+        }
+        Kind::Template(template) => template.decode(section, offset, value),
         Kind::Echo => Ok(offset),
     }
 }
@@ -543,11 +864,11 @@ mod tests {
     use super::*;
 
     fn round_trip(kind: Kind, value: &str) {
-        let table = TypedTable::new(vec![("x".into(), kind)]).unwrap();
+        let table = TypedTable::new(vec![("x".into(), kind.clone())]).unwrap();
         let headers = [("x", value)];
         assert_eq!(
             table.classify("x", value, None, 1_764_000_000_500),
-            Typed::Value(1, kind)
+            Typed::Value(1)
         );
         let mut section = Vec::new();
         table.encode(&mut section, &headers[..], 1_764_000_000_500, None);
@@ -569,6 +890,34 @@ mod tests {
         round_trip(Kind::Base64Url, "q83vEjRWeJq83vEjRWeJqw");
         round_trip(Kind::Base64, "q83vEjRWeJq83vEjRWeJqw==");
         round_trip(Kind::Base64, "QQ==");
+        round_trip(
+            Kind::Traceparent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let numbers = |t: &str| Kind::parse_checked(&format!("template:{t}")).unwrap();
+        round_trip(
+            numbers("app;dur={1}, db;dur={1}"),
+            "app;dur=102.4, db;dur=0.9",
+        );
+        round_trip(numbers("{5};{5};{0}"), "51.86645;-4.41320;35");
+        round_trip(numbers("v{0}"), "v-12");
+        round_trip(numbers("{2}"), "-0.05");
+        round_trip(numbers("a={s}; b"), "a=\u{e9}t\u{e9}; b");
+        round_trip(numbers("\"{s}\""), "\"5a59fbcc\"");
+        round_trip(numbers("{s}, {0}"), "x,y, 3");
+    }
+
+    #[test]
+    fn value_templates_are_checked() {
+        for bad in ["none", "{0}{0}", "{0}1", "a{x}", "{0}}", "caf\u{e9}{0}"] {
+            assert!(
+                Kind::parse_checked(&format!("template:{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        let kind = Kind::parse_checked("template:a{2}b{s}").unwrap();
+        assert_eq!(kind.name(), "template:a{2}b{s}");
+        assert!(Kind::parse_checked("template:{s}{0}").is_err());
     }
 
     #[test]
@@ -581,6 +930,18 @@ mod tests {
             (Kind::Base64Url, "q83vEjRWeJq83vEjRWeJqx"),
             (Kind::Base64, "QQ="),
             (Kind::TimeS, "10000000000000"),
+            (
+                Kind::Traceparent,
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            ),
+            (Kind::parse("template:{1}ms").unwrap(), "-0.0ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "01.5ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "1.50ms"),
+            (Kind::parse("template:{1}ms").unwrap(), "1ms"),
+            (Kind::parse("template:{0}").unwrap(), "12345678901234567"),
+            (Kind::parse("template:a={s};").unwrap(), "a=;"),
+            (Kind::parse("template:a={s};").unwrap(), "a=b"),
+            (Kind::parse("template:a={s}; b").unwrap(), "a=x; b; b"),
         ] {
             let table = TypedTable::new(vec![("x".into(), kind)]).unwrap();
             assert_eq!(table.classify("x", value, None, 0), Typed::No, "{value}");
