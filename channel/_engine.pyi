@@ -101,6 +101,21 @@ UsageRows: TypeAlias = dict[str, list[tuple[int, int, int, int, int, int, int]]]
 
 def version() -> str: ...
 def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool: ...
+def resume_ticket_seal(
+    key: bytes,
+    key_id: int,
+    nonce: bytes,
+    session_id: bytes,
+    expires_at: int,
+    auth_expires_at: int,
+    user_id: str,
+    scopes: str,
+    device_id: str,
+    app_id: str,
+) -> bytes: ...
+def resume_ticket_open(
+    key: bytes, data: bytes, device_id: str, app_id: str
+) -> tuple[bytes, int, int, str, str] | None: ...
 
 class Engine:
     def __init__(self, config: dict[str, Any] | None = None) -> None: ...

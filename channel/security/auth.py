@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from channel.rpc.model import DeviceContext
-from channel.security.tickets import SessionTicket, TicketError, TicketSealer
+from channel.security.tickets import TicketError, TicketSealer
 from channel.security.tokens import TokenError, TokenVerifier
 from channel.wire import ErrorCode, Hello
 
@@ -124,12 +124,14 @@ class Authenticator:
             scopes=scopes,
             session_id=session_id.hex(),
         )
-        ticket = SessionTicket(
-            user_id=user_id,
-            scopes=scopes,
-            session_id=session_id,
-            expires_at=min(int(now) + self._ticket_ttl_s, auth_expires_at),
-            auth_expires_at=auth_expires_at,
+        # The fields come from verified claims or an opened ticket: sealed as they are.
+        sealed = self._sealer.seal_fields(
+            user_id,
+            scopes,
+            session_id,
+            min(int(now) + self._ticket_ttl_s, auth_expires_at),
+            auth_expires_at,
+            device_id=hello.device_id,
+            app_id=hello.app_id,
         )
-        sealed = self._sealer.seal(ticket, device_id=hello.device_id, app_id=hello.app_id)
         return AuthResult(device, session_id, resumed, sealed, auth_expires_at)

@@ -84,6 +84,10 @@ _MIN_PLAINTEXT_BYTES = _FIXED_PLAINTEXT.size + 1 + 1 + 1
 _MIN_TICKET_BYTES = TICKET_OVERHEAD_BYTES + _MIN_PLAINTEXT_BYTES
 
 
+_MALFORMED = "ticket contents are malformed"
+_NOT_AUTHENTIC = "ticket failed authentication (tampered, or sealed for another device or app)"
+
+
 class TicketError(CredentialError):
     """A resume ticket cannot be used: always ``TICKET_INVALID``.
 
@@ -243,6 +247,10 @@ class TicketKeyRing:
     def cipher(self, key_id: int) -> ChaCha20Poly1305 | None:
         return self._ciphers.get(key_id)
 
+    def key(self, key_id: int) -> bytes | None:
+        """The raw key under ``key_id`` (for the native sealer), None if not accepted."""
+        return self._keys.get(key_id)
+
 
 def _associated_data(key_id: int, device_id: str, app_id: str) -> bytes:
     device = device_id.encode("utf-8")
@@ -284,34 +292,104 @@ def decode_ticket_plaintext(plaintext: bytes) -> SessionTicket:
             auth_expires_at=expires_at + delta,
         )
     except (ValueError, IndexError, struct.error, NeedMoreData, ProtocolError):
-        raise TicketError("ticket contents are malformed") from None
+        raise TicketError(_MALFORMED) from None
+
+
+def _load_native() -> tuple[_NativeSeal, _NativeOpen] | None:
+    try:
+        from channel._engine import resume_ticket_open, resume_ticket_seal
+    except ImportError:  # the native module is not built: the Python twin below
+        return None
+    return resume_ticket_seal, resume_ticket_open
+
+
+_NativeSeal = Callable[[bytes, int, bytes, bytes, int, int, str, str, str, str], bytes]
+_NativeOpen = Callable[[bytes, bytes, str, str], "tuple[bytes, int, int, str, str] | None"]
+#: ``channel._engine``'s sealing and opening (the same bytes, ~2 µs instead of ~15 µs per
+#: resumed handshake); policy and key choice stay here. None: the Python twin.
+_NATIVE = _load_native()
 
 
 class TicketSealer:
-    """Seals and opens tickets with a ``TicketKeyRing`` (which may rotate meanwhile)."""
+    """Seals and opens tickets with a ``TicketKeyRing`` (which may rotate meanwhile).
+
+    The byte work is ``channel._engine``'s when the native module is built
+    (``native=False`` forces the Python twin; both make and take the same bytes).
+    """
 
     def __init__(
-        self, keys: TicketKeyRing, *, random_bytes: Callable[[int], bytes] = os.urandom
+        self,
+        keys: TicketKeyRing,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        native: bool = True,
     ) -> None:
         self.keys = keys
         self._random_bytes = random_bytes
+        self._native = _NATIVE if native else None
+
+    @property
+    def is_native(self) -> bool:
+        return self._native is not None
 
     def __repr__(self) -> str:
         return f"TicketSealer({self.keys!r})"
 
     def seal(self, ticket: SessionTicket, *, device_id: str, app_id: str) -> bytes:
         """Seal ``ticket`` for this device and app under the current key."""
-        key_id = self.keys.current_key_id
-        cipher = self.keys.cipher(key_id)
-        if cipher is None:  # pragma: no cover - the ring always holds its current key
-            raise RuntimeError("ticket key ring has no current key")
-        nonce = self._random_bytes(NONCE_BYTES)
-        sealed = cipher.encrypt(
-            nonce,
-            encode_ticket_plaintext(ticket),
-            _associated_data(key_id, device_id, app_id),
+        return self.seal_fields(
+            ticket.user_id,
+            ticket.scopes,
+            ticket.session_id,
+            ticket.expires_at,
+            ticket.auth_expires_at,
+            device_id=device_id,
+            app_id=app_id,
         )
-        data = bytes((key_id,)) + nonce + sealed
+
+    def seal_fields(
+        self,
+        user_id: str,
+        scopes: tuple[str, ...],
+        session_id: bytes,
+        expires_at: int,
+        auth_expires_at: int,
+        *,
+        device_id: str,
+        app_id: str,
+    ) -> bytes:
+        """``seal`` for fields already checked (a token's claims, an opened ticket):
+        the handshake path, without building a ``SessionTicket``. The native sealer still
+        refuses what the layout cannot hold (``ValueError``); the Python twin checks all."""
+        key_id = self.keys.current_key_id
+        nonce = self._random_bytes(NONCE_BYTES)
+        if self._native is not None:
+            key = self.keys.key(key_id)
+            if key is None:  # pragma: no cover - the ring always holds its current key
+                raise RuntimeError("ticket key ring has no current key")
+            data = self._native[0](
+                key,
+                key_id,
+                nonce,
+                session_id,
+                expires_at,
+                auth_expires_at,
+                user_id,
+                " ".join(scopes),
+                device_id,
+                app_id,
+            )
+        else:
+            cipher = self.keys.cipher(key_id)
+            if cipher is None:  # pragma: no cover - the ring always holds its current key
+                raise RuntimeError("ticket key ring has no current key")
+            ticket = SessionTicket(user_id, scopes, session_id, expires_at, auth_expires_at)
+            sealed = cipher.encrypt(
+                nonce,
+                encode_ticket_plaintext(ticket),
+                _associated_data(key_id, device_id, app_id),
+            )
+            data = bytes((key_id,)) + nonce + sealed
         if len(data) > MAX_TICKET_BYTES:
             raise ValueError(f"ticket would be {len(data)} bytes, more than {MAX_TICKET_BYTES}")
         return data
@@ -338,16 +416,39 @@ class TicketSealer:
             associated = _associated_data(key_id, device_id, app_id)
         except (ValueError, UnicodeEncodeError):
             raise TicketError("device_id or app_id cannot be bound to a ticket") from None
-        nonce = data[1 : 1 + NONCE_BYTES]
-        try:
-            plaintext = cipher.decrypt(nonce, data[1 + NONCE_BYTES :], associated)
-        except InvalidTag:
-            raise TicketError(
-                "ticket failed authentication (tampered, or sealed for another device or app)"
-            ) from None
-        ticket = decode_ticket_plaintext(plaintext)
+        if self._native is not None:
+            ticket = self._open_native(data, key_id, device_id, app_id)
+        else:
+            nonce = data[1 : 1 + NONCE_BYTES]
+            try:
+                plaintext = cipher.decrypt(nonce, data[1 + NONCE_BYTES :], associated)
+            except InvalidTag:
+                raise TicketError(_NOT_AUTHENTIC) from None
+            ticket = decode_ticket_plaintext(plaintext)
         if now >= ticket.expires_at:
             raise TicketError(
                 f"ticket expired {now - ticket.expires_at:.0f} s ago; reconnect with the token"
             )
         return ticket
+
+    def _open_native(self, data: bytes, key_id: int, device_id: str, app_id: str) -> SessionTicket:
+        assert self._native is not None
+        key = self.keys.key(key_id)
+        assert key is not None  # the ring had its cipher
+        try:
+            opened = self._native[1](key, data, device_id, app_id)
+        except ValueError:
+            raise TicketError(_MALFORMED) from None
+        if opened is None:
+            raise TicketError(_NOT_AUTHENTIC)
+        session_id, expires_at, auth_expires_at, user_id, scopes = opened
+        try:
+            return SessionTicket(
+                user_id=user_id,
+                scopes=tuple(scopes.split(" ")) if scopes else (),
+                session_id=session_id,
+                expires_at=expires_at,
+                auth_expires_at=auth_expires_at,
+            )
+        except ValueError:
+            raise TicketError(_MALFORMED) from None

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod ids;
 pub mod mqtt;
 pub mod proxy;
+pub mod resume;
 pub mod runtime;
 pub mod sig;
 pub mod singleuse;

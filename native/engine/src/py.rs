@@ -293,24 +293,40 @@ fn ticket_keys_of(value: &Bound<'_, PyAny>) -> PyResult<TicketKeys> {
 
 // ------------------------------------------------------------------ events
 
+/// Keys interned once: a handshake storm builds one of these per device.
 fn hello_dict<'py>(py: Python<'py>, hello: &mmtp::Hello) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("device_id", &hello.device_id)?;
-    d.set_item("app_id", &hello.app_id)?;
-    d.set_item("token", PyBytes::new(py, &hello.token))?;
-    d.set_item("resume_ticket", PyBytes::new(py, &hello.resume_ticket))?;
-    d.set_item("dictionaries", PyTuple::new(py, &hello.dictionaries)?)?;
-    d.set_item("preset_id", hello.preset_id)?;
-    d.set_item("heartbeat_s", hello.heartbeat_s)?;
-    d.set_item("header_table_size", hello.header_table_size)?;
-    d.set_item("max_frame_size", hello.max_frame_size)?;
-    d.set_item("app_version", &hello.app_version)?;
-    d.set_item("platform", &hello.platform)?;
-    d.set_item("client_time_ms", hello.client_time_ms)?;
-    d.set_item("max_header_list_size", hello.max_header_list_size)?;
-    d.set_item("max_body_size", hello.max_body_size)?;
-    d.set_item("max_concurrent_streams", hello.max_concurrent_streams)?;
-    d.set_item("version", hello.version)?;
+    d.set_item(pyo3::intern!(py, "device_id"), &hello.device_id)?;
+    d.set_item(pyo3::intern!(py, "app_id"), &hello.app_id)?;
+    d.set_item(pyo3::intern!(py, "token"), PyBytes::new(py, &hello.token))?;
+    d.set_item(
+        pyo3::intern!(py, "resume_ticket"),
+        PyBytes::new(py, &hello.resume_ticket),
+    )?;
+    d.set_item(
+        pyo3::intern!(py, "dictionaries"),
+        PyTuple::new(py, &hello.dictionaries)?,
+    )?;
+    d.set_item(pyo3::intern!(py, "preset_id"), hello.preset_id)?;
+    d.set_item(pyo3::intern!(py, "heartbeat_s"), hello.heartbeat_s)?;
+    d.set_item(
+        pyo3::intern!(py, "header_table_size"),
+        hello.header_table_size,
+    )?;
+    d.set_item(pyo3::intern!(py, "max_frame_size"), hello.max_frame_size)?;
+    d.set_item(pyo3::intern!(py, "app_version"), &hello.app_version)?;
+    d.set_item(pyo3::intern!(py, "platform"), &hello.platform)?;
+    d.set_item(pyo3::intern!(py, "client_time_ms"), hello.client_time_ms)?;
+    d.set_item(
+        pyo3::intern!(py, "max_header_list_size"),
+        hello.max_header_list_size,
+    )?;
+    d.set_item(pyo3::intern!(py, "max_body_size"), hello.max_body_size)?;
+    d.set_item(
+        pyo3::intern!(py, "max_concurrent_streams"),
+        hello.max_concurrent_streams,
+    )?;
+    d.set_item(pyo3::intern!(py, "version"), hello.version)?;
     Ok(d)
 }
 
@@ -959,6 +975,8 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(resume_ticket_seal, m)?)?;
+    m.add_function(wrap_pyfunction!(resume_ticket_open, m)?)?;
     Ok(())
 }
 
@@ -971,4 +989,65 @@ fn version() -> &'static str {
 #[pyfunction]
 fn ed25519_verify(public_key: &[u8], signature: &[u8], message: &[u8]) -> bool {
     crate::sig::ed25519_verify(public_key, signature, message)
+}
+
+/// An MMTP resume ticket (`channel/security/tickets.py` layout) sealed under `key`
+/// (`key_id`) with `nonce`; `ValueError` for fields the layout cannot hold.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn resume_ticket_seal<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    key_id: u8,
+    nonce: &[u8],
+    session_id: &[u8],
+    expires_at: u32,
+    auth_expires_at: u64,
+    user_id: String,
+    scopes: String,
+    device_id: &str,
+    app_id: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let session_id = session_id
+        .try_into()
+        .map_err(|_| PyValueError::new_err("session_id must be 8 bytes"))?;
+    let fields = crate::resume::TicketFields {
+        session_id,
+        expires_at,
+        auth_expires_at,
+        user_id,
+        scopes,
+    };
+    crate::resume::seal(key, key_id, nonce, &fields, device_id, app_id)
+        .map(|sealed| PyBytes::new(py, &sealed))
+        .map_err(PyValueError::new_err)
+}
+
+/// The fields of an MMTP resume ticket, `(session_id, expires_at, auth_expires_at,
+/// user_id, scopes)`, or None if it does not authenticate under `key` for this device
+/// and app; `ValueError` if it authenticates but does not parse.
+#[pyfunction]
+fn resume_ticket_open<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    data: &[u8],
+    device_id: &str,
+    app_id: &str,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    match crate::resume::open(key, data, device_id, app_id) {
+        Ok(f) => Ok(Some(PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, &f.session_id).into_any(),
+                f.expires_at.into_bound_py_any(py)?,
+                f.auth_expires_at.into_bound_py_any(py)?,
+                f.user_id.into_bound_py_any(py)?,
+                f.scopes.into_bound_py_any(py)?,
+            ],
+        )?)),
+        Err(crate::resume::OpenError::Authentication) => Ok(None),
+        Err(crate::resume::OpenError::Malformed) => {
+            Err(PyValueError::new_err("ticket contents are malformed"))
+        }
+    }
 }

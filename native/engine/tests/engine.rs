@@ -292,6 +292,49 @@ fn fanout_reaches_every_device_and_acks_are_summed() {
 }
 
 #[test]
+fn the_session_ticket_leaves_with_hello_ack_in_one_write() {
+    // A full handshake costs the server two socket writes: its flight (ServerHello ..
+    // Finished), then the session ticket and HELLO_ACK together (the ticket was a
+    // write of its own, right after the client's Finished). A device whose HELLO is
+    // refused gets the ticket with the ERROR.
+    let mut h = Harness::start(setup(|_| {}));
+    let config = client_config(ClientOptions::default());
+    let mut device = Device::connect(h.port, config.clone()).unwrap();
+    device.hello("one-write");
+    let conn = h.hello_of("one-write");
+    assert_eq!(
+        h.stat("writes"),
+        1,
+        "only the first flight before HELLO_ACK"
+    );
+    h.accept(conn, 60);
+    let events = device.events().unwrap();
+    assert!(
+        matches!(&events[0], mmtp::Event::HelloAccepted(_)),
+        "{events:?}"
+    );
+    assert_eq!(h.stat("writes"), 2);
+    // The ticket was there: the next connection resumes.
+    let mut again = Device::connect(h.port, config).unwrap();
+    assert_eq!(
+        again.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    again.hello("refused");
+    let conn = h.hello_of("refused");
+    h.submit(vec![Command::Reject {
+        conn: ConnId(conn),
+        code: mmtp::ErrorCode::Forbidden,
+        message: "no".into(),
+        retry_after_ms: 0,
+    }]);
+    assert_eq!(
+        code_of(&again.until_closed()),
+        Some(mmtp::ErrorCode::Forbidden.value())
+    );
+}
+
+#[test]
 fn a_second_engine_with_the_same_ticket_keys_resumes_the_session() {
     let keys = || Some((3u8, vec![(3u8, vec![42u8; 32])]));
     let mut a = Harness::start(setup(|s| s.ticket_keys = keys()));

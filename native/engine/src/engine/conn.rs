@@ -88,6 +88,9 @@ pub mod flag {
     /// Accepted on a PROXY listener: the balancer's header has not been read yet
     /// (`peer_ip` is the balancer's and is not counted per address until it is).
     pub const PROXY_WAIT: u32 = 1 << 16;
+    /// `tx_pending` holds records queued unsent after the handshake (the session
+    /// ticket, `tlsio::pass`): the next flush writes them with what it sends.
+    pub const HELD_OUTPUT: u32 = 1 << 17;
 }
 
 pub struct Conn {

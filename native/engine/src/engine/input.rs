@@ -183,6 +183,8 @@ impl Engine {
         let mut peer_closed = false;
         let mut early_len = 0;
         scratch.plain_in.clear();
+        // An MMTP device's session ticket waits for its HELLO_ACK (one write).
+        let hold = matches!(conn.proto, Proto::Mmtp(_)) && !conn.has(flag::ACCEPTED);
         let plaintext_len = match &mut conn.tls {
             None => {
                 // Plain TCP (MQTT): the bytes are the plaintext.
@@ -200,6 +202,7 @@ impl Engine {
                     &mut scratch.plain_in,
                     &[],
                     false,
+                    hold,
                     &mut scratch.tx,
                     stats,
                 );
@@ -216,6 +219,9 @@ impl Engine {
                         return Err((0, Ending::Graceful));
                     }
                 };
+                if pass.held {
+                    conn.flags |= flag::HELD_OUTPUT;
+                }
                 if pass.consumed < total {
                     conn.rx_partial.clear();
                     conn.rx_partial

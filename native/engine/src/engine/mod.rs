@@ -640,6 +640,7 @@ impl Engine {
                         &mut scratch.plain_in,
                         &scratch.plain_out,
                         closing,
+                        false,
                         &mut scratch.tx,
                         stats,
                     );
@@ -672,6 +673,17 @@ impl Engine {
             Stats::inc(&stats.tls_failures);
             self.end(slot, 0, Ending::Abort);
             return;
+        }
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.has(flag::HELD_OUTPUT) {
+                // The held session ticket, and what this flush queued behind it.
+                conn.clear(flag::HELD_OUTPUT);
+                if tlsio::flush_pending(&mut conn.sock, &mut conn.tx_pending, stats).is_err() {
+                    Stats::inc(&stats.tls_failures);
+                    self.end(slot, 0, Ending::Abort);
+                    return;
+                }
+            }
         }
         self.after_write(slot);
     }

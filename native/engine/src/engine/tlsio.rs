@@ -87,6 +87,9 @@ pub struct Pass {
     pub peer_closed: bool,
     /// The first bytes of `plain_in` that came as TLS early data.
     pub early_len: usize,
+    /// Records encoded after the handshake (the session ticket) were queued in
+    /// `tx_pending` unsent (`hold_after_handshake`): the next flush must write them.
+    pub held: bool,
 }
 
 #[derive(Debug)]
@@ -147,6 +150,11 @@ fn tls_record_bound(plain: usize) -> usize {
 /// records are appended to `plain_in`, handshake records sent, and once the
 /// connection may send application data, `plain_out` (then a close_notify, if
 /// `close_notify`) is encrypted and sent in one write.
+///
+/// `hold_after_handshake`: TLS records rustls emits once the handshake is over (the
+/// session ticket, sent right after the client's Finished) are queued, not written:
+/// an MMTP device's ticket then leaves with its HELLO_ACK in one write, instead of a
+/// write of its own (a send on loopback costs the sender the receiver's TCP path too).
 #[allow(clippy::too_many_arguments)]
 pub fn pass(
     tls: &mut UnbufferedServerConnection,
@@ -156,6 +164,7 @@ pub fn pass(
     plain_in: &mut Vec<u8>,
     plain_out: &[u8],
     close_notify: bool,
+    hold_after_handshake: bool,
     tx: &mut Vec<u8>,
     stats: &Stats,
 ) -> Result<Pass, TlsFailure> {
@@ -163,6 +172,8 @@ pub fn pass(
     let mut start = 0;
     let mut tx_len = 0;
     loop {
+        // Read before the call: the state it returns borrows the connection.
+        let handshake_over = !tls.is_handshaking();
         let status = tls.process_tls_records(&mut input[start..]);
         let discard = status.discard;
         let state = match status.state {
@@ -208,7 +219,12 @@ pub fn pass(
                 }
             },
             ConnectionState::TransmitTlsData(transmit) => {
-                send(sock, tx_pending, &tx[..tx_len], stats).map_err(TlsFailure::Io)?;
+                if hold_after_handshake && handshake_over {
+                    tx_pending.extend_from_slice(&tx[..tx_len]);
+                    result.held = true;
+                } else {
+                    send(sock, tx_pending, &tx[..tx_len], stats).map_err(TlsFailure::Io)?;
+                }
                 tx_len = 0;
                 transmit.done();
             }
