@@ -149,6 +149,10 @@ class SessionListener(Protocol):
 
     def acks(self, session: Session, message_ids: Sequence[str]) -> None: ...
 
+    def acks_many(
+        self, sessions: Sequence[Session | None], message_ids: Sequence[str]
+    ) -> None: ...
+
     def fanout_acks(self, counts: dict[str, int]) -> None: ...
 
     def push_failed(

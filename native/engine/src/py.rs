@@ -329,6 +329,22 @@ macro_rules! tuple {
     };
 }
 
+/// One entry per acknowledged message id: its connection and the id as text (an id
+/// that is not UTF-8 becomes one no push has, as Python's decoding would refuse it).
+fn append_acks(
+    conns: &Bound<'_, PyList>,
+    ids: &Bound<'_, PyList>,
+    conn: ConnId,
+    message_ids: &[MessageId],
+) -> PyResult<()> {
+    let py = conns.py();
+    for message_id in message_ids {
+        conns.append(conn.0)?;
+        ids.append(PyString::new(py, &String::from_utf8_lossy(message_id)))?;
+    }
+    Ok(())
+}
+
 fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>> {
     let kind = |s: &'static str| PyString::intern(py, s);
     Ok(match event {
@@ -383,10 +399,11 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             retry_after_ms,
             message
         ),
+        // take_events gathers them into one; alone, the same shape.
         Event::Acks { conn, message_ids } => {
-            let ids: Vec<Bound<'py, PyBytes>> =
-                message_ids.iter().map(|m| PyBytes::new(py, m)).collect();
-            tuple!(py, kind("ACKS"), conn.0, PyList::new(py, ids)?)
+            let (conns, ids) = (PyList::empty(py), PyList::empty(py));
+            append_acks(&conns, &ids, conn, &message_ids)?;
+            tuple!(py, kind("ACKS"), conns, ids)
         }
         Event::Cancel { conn, stream_id } => tuple!(py, kind("CANCEL"), conn.0, stream_id),
         Event::GoAway { conn } => tuple!(py, kind("GOAWAY"), conn.0),
@@ -834,7 +851,24 @@ impl PyEngine {
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let (events, fanout_acks) = self.runtime.shared.take_events();
         let list = PyList::empty(py);
+        // Every ACKS event of the batch becomes one ("ACKS", conns, message ids) at the
+        // place of the first: flat lists, one entry per ACK, so Python walks them in one
+        // call instead of an event per connection. Moving an ACK earlier is safe: what
+        // followed it for its connection (its CLOSED) still follows it.
+        let mut ack_conns: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
         for event in events {
+            if let Event::Acks { conn, message_ids } = event {
+                let (conns, ids) = match &ack_conns {
+                    Some(lists) => lists,
+                    None => {
+                        let lists = (PyList::empty(py), PyList::empty(py));
+                        list.append(tuple!(py, PyString::intern(py, "ACKS"), &lists.0, &lists.1))?;
+                        ack_conns.insert(lists)
+                    }
+                };
+                append_acks(conns, ids, conn, &message_ids)?;
+                continue;
+            }
             list.append(event_tuple(py, event)?)?;
         }
         if !fanout_acks.is_empty() {
