@@ -680,6 +680,17 @@ def test_bad_commands_raise_and_apply_nothing(make_engine: Any) -> None:
         driver.engine.submit([("FANOUT", b"", [], b"x", None)])
     with pytest.raises(TypeError, match="headers"):
         driver.engine.submit([("PUSH", conn, b"m", [("a",)], b"x", True)])
+    # The error texts are made only on an error; they still name command and field.
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): headers: each header"):
+        driver.engine.submit([("PUSH", conn, b"m", (("a", 1),), b"x", True)])
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): body: expected bytes, got str"):
+        driver.engine.submit([("PUSH", conn, b"m", [], "x", True)])
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): message_id: expected bytes"):
+        driver.engine.submit([("PUSH", conn, "m", [], b"x", True)])
+    with pytest.raises(TypeError, match="command 0: the first item must be its kind"):
+        driver.engine.submit([(), ("PUSH", conn, b"m", [], b"x", True)])
+    with pytest.raises(TypeError, match="command 0: the first item must be its kind"):
+        driver.engine.submit([(7, conn)])
     assert driver.stats()["commands"] == 1  # the ACCEPT; nothing of the bad batches
     driver.engine.submit([("PUSH", conn, b"after", [], b"x", True)])
     assert isinstance(device.events()[0], PushReceived)

@@ -41,18 +41,27 @@ fn bytes_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     )))
 }
 
-fn headers_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<HeaderVec> {
+/// ``what`` names the value in an error; it is put together only then (commands are
+/// parsed per push: formatting it every time was most of ``submit``'s cost).
+fn headers_of(obj: &Bound<'_, PyAny>, what: impl Fn() -> String) -> PyResult<HeaderVec> {
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        if tuple.is_empty() {
+            return Ok(Vec::new());
+        }
+    }
     let mut headers = Vec::new();
     for item in obj.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(
-            "{what}: expected a sequence of (name, value), got {}",
+            "{}: expected a sequence of (name, value), got {}",
+            what(),
             type_name(obj)
         ))
     })? {
         let item = item?;
         let pair: (String, String) = item.extract().map_err(|_| {
             PyTypeError::new_err(format!(
-                "{what}: each header must be a (str, str) pair, got {}",
+                "{}: each header must be a (str, str) pair, got {}",
+                what(),
                 type_name(&item)
             ))
         })?;
@@ -466,7 +475,7 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
 struct Fields<'a, 'py> {
     tuple: &'a Bound<'py, PyTuple>,
     index: usize,
-    kind: String,
+    kind: &'a str,
 }
 
 impl<'py> Fields<'_, 'py> {
@@ -518,17 +527,20 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn bytes(&self, at: usize, field: &str) -> PyResult<Vec<u8>> {
+        let item = self.item(at)?;
+        if let Ok(bytes) = item.cast::<PyBytes>() {
+            return Ok(bytes.as_bytes().to_vec()); // the usual case: no error text made
+        }
         bytes_of(
-            &self.item(at)?,
+            &item,
             &format!("command {} ({}): {field}", self.index, self.kind),
         )
     }
 
     fn headers(&self, at: usize) -> PyResult<HeaderVec> {
-        headers_of(
-            &self.item(at)?,
-            &format!("command {} ({}): headers", self.index, self.kind),
-        )
+        headers_of(&self.item(at)?, || {
+            format!("command {} ({}): headers", self.index, self.kind)
+        })
     }
 
     fn code(&self, at: usize) -> PyResult<mmtp::ErrorCode> {
@@ -540,7 +552,15 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn message_id(&self, at: usize, max: u64) -> PyResult<MessageId> {
-        let id = self.bytes(at, "message_id")?;
+        let item = self.item(at)?;
+        let owned;
+        let id: &[u8] = match item.cast::<PyBytes>() {
+            Ok(bytes) => bytes.as_bytes(),
+            Err(_) => {
+                owned = self.bytes(at, "message_id")?;
+                &owned
+            }
+        };
         if id.is_empty() || id.len() as u64 > max {
             return Err(PyValueError::new_err(format!(
                 "command {} ({}): message_id must be 1..{max} bytes, got {}",
@@ -549,7 +569,7 @@ impl<'py> Fields<'_, 'py> {
                 id.len()
             )));
         }
-        Ok(id.into())
+        Ok(MessageId::from(id))
     }
 }
 
@@ -560,14 +580,20 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             type_name(item)
         ))
     })?;
-    let kind: String = tuple.get_item(0).and_then(|k| k.extract()).map_err(|_| {
-        PyTypeError::new_err(format!(
-            "command {index}: the first item must be its kind (str)"
-        ))
-    })?;
+    let kind_item = tuple.get_item(0).ok();
+    // Borrowed, not copied: the kind is only compared (and named in errors).
+    let kind = kind_item
+        .as_ref()
+        .and_then(|k| k.cast::<PyString>().ok())
+        .and_then(|k| k.to_str().ok())
+        .ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "command {index}: the first item must be its kind (str)"
+            ))
+        })?;
     let f = Fields { tuple, index, kind };
     let max_message_id = runtime.shared.config.mmtp.max_message_id_length;
-    let command = match f.kind.as_str() {
+    let command = match f.kind {
         "ACCEPT" => {
             let names = [
                 "conn",
