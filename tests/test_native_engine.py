@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -156,10 +157,34 @@ def test_push_and_ack_become_acks_with_message_ids(make_engine: Any) -> None:
     assert [(p.message_id, p.body) for p in pushes] == [(b"msg-1", b"first"), (b"msg-2", b"second")]
     device.conn.send_ack(*(p.delivery_id for p in pushes))
     device.flush()
-    assert driver.expect("ACKS") == ("ACKS", conn, [b"msg-1", b"msg-2"])
+    assert driver.expect("ACKS") == ("ACKS", [conn, conn], ["msg-1", "msg-2"])
     stats = driver.stats()
     assert stats["pushes_written"] == 2 and stats["acks_tracked"] == 2
     assert stats["frames_out"]["PUSH"] == 2 and stats["frames_in"]["ACK"] >= 1
+
+
+def test_acks_of_many_connections_come_up_as_one_flat_event(make_engine: Any) -> None:
+    """Python takes every ACK of an event batch in one call: one ACKS event, the
+    connections and message ids in two flat lists, instead of one event per connection."""
+    driver, port = make_engine()
+    devices = [accepted(driver, port, f"d-acks-{i}") for i in range(2)]
+    driver.engine.submit(
+        [("PUSH", conn, f"m-{i}".encode(), [], b"x", True) for i, (_, conn) in enumerate(devices)]
+    )
+    for device, _ in devices:
+        pushes: list[PushReceived] = []
+        while not pushes:
+            pushes.extend(e for e in device.events() if isinstance(e, PushReceived))
+        device.conn.send_ack(pushes[0].delivery_id)
+        device.flush()
+    # Both ACKs read by the engine before Python takes its events: one batch.
+    deadline = time.monotonic() + WAIT_S
+    while driver.stats()["acks_tracked"] < 2:
+        assert time.monotonic() < deadline, "the engine did not read both ACKs"
+        select.select([], [], [], 0.01)
+    (conn_a, conn_b) = (conn for _, conn in devices)
+    assert driver.expect("ACKS") == ("ACKS", [conn_a, conn_b], ["m-0", "m-1"])
+    assert not [e for e in driver.backlog if e[0] == "ACKS"]
 
 
 def test_backend_call_to_the_device_and_its_answer(make_engine: Any) -> None:
@@ -655,6 +680,17 @@ def test_bad_commands_raise_and_apply_nothing(make_engine: Any) -> None:
         driver.engine.submit([("FANOUT", b"", [], b"x", None)])
     with pytest.raises(TypeError, match="headers"):
         driver.engine.submit([("PUSH", conn, b"m", [("a",)], b"x", True)])
+    # The error texts are made only on an error; they still name command and field.
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): headers: each header"):
+        driver.engine.submit([("PUSH", conn, b"m", (("a", 1),), b"x", True)])
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): body: expected bytes, got str"):
+        driver.engine.submit([("PUSH", conn, b"m", [], "x", True)])
+    with pytest.raises(TypeError, match=r"command 0 \(PUSH\): message_id: expected bytes"):
+        driver.engine.submit([("PUSH", conn, "m", [], b"x", True)])
+    with pytest.raises(TypeError, match="command 0: the first item must be its kind"):
+        driver.engine.submit([(), ("PUSH", conn, b"m", [], b"x", True)])
+    with pytest.raises(TypeError, match="command 0: the first item must be its kind"):
+        driver.engine.submit([(7, conn)])
     assert driver.stats()["commands"] == 1  # the ACCEPT; nothing of the bad batches
     driver.engine.submit([("PUSH", conn, b"after", [], b"x", True)])
     assert isinstance(device.events()[0], PushReceived)

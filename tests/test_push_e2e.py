@@ -523,3 +523,32 @@ async def test_subscribe_with_json_nested_too_deep_is_a_bad_request_not_a_traceb
         assert await fan.client.subscribe("public.still-works") == 1
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_late_copy_of_an_acked_push_is_not_written_again_within_recent_acks(
+    tmp_path: Path,
+) -> None:
+    """``[push] recent_acks``: a copy of a push arriving after its ACK (a replay racing
+    its routed copy) is turned away; the memory keeps the newest ACKs, the oldest go."""
+    async with gateway(tmp_path, push={"recent_acks": 2}) as gw, online(gw, "d1") as (device,):
+        svc = service(gw)
+        ids = []
+        for body in (b"a", b"b", b"c"):  # acknowledged in this order
+            (result,) = await svc.accept([to_device("d1", body)])
+            await wait_status(svc, result.message_id, "delivered")
+            ids.append(result.message_id)
+        far = now_ms() + 600_000
+        copies = [
+            PushMessage(ids[i], body, expires_at_ms=far)
+            for i, body in ((1, b"b"), (2, b"c"), (0, b"a"))
+        ]
+        delivery = gw.node.delivery
+        assert delivery is not None
+        await delivery._handle_batch([("d1", message) for message in copies])
+        # A push accepted after the copies reaches the device after any of them.
+        await svc.accept([to_device("d1", b"d")])
+        await device.wait_pushes(4)
+        assert device.bodies == [b"a", b"b", b"c", b"d"]  # the SDK shows a push once
+        # Of the copies only a's was written (b and c are remembered, a was forgotten).
+        stats = device.client.stats
+        assert (stats.pushes_received, stats.pushes_duplicate) == (5, 1)

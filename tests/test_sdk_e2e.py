@@ -432,11 +432,19 @@ def spy_acks(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> asyncio.Que
     registry = gw.node.registry
     report = registry.acks
 
+    report_many = registry.acks_many
+
     def acks(session: Session, message_ids: Sequence[str]) -> None:
         acked.put_nowait(list(message_ids))
         report(session, message_ids)
 
+    # The native engine reports every ACK of an event batch at once (one device here).
+    def acks_many(sessions: Sequence[Session | None], message_ids: Sequence[str]) -> None:
+        acked.put_nowait(list(message_ids))
+        report_many(sessions, message_ids)
+
     monkeypatch.setattr(registry, "acks", acks)
+    monkeypatch.setattr(registry, "acks_many", acks_many)
     return acked
 
 

@@ -361,10 +361,10 @@ class NativeEngine:
             session.on_answer(token, RpcResponse(status, headers, body, retry_after_ms, message))
 
     def _acks(self, event: tuple[Any, ...]) -> None:
-        _, conn, message_ids = event
-        session = self._sessions.get(conn)
-        if session is not None:
-            self.service.registry.acks(session, [m.decode() for m in message_ids])
+        # Every ACK of the event batch, flat: message_ids[i] came on conns[i].
+        _, conns, message_ids = event
+        get = self._sessions.get
+        self.service.registry.acks_many([get(conn) for conn in conns], message_ids)
 
     def _fanout_acks(self, event: tuple[Any, ...]) -> None:
         self.service.registry.fanout_acks({m.decode(): n for m, n in event[1].items()})

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -113,7 +113,9 @@ class NodeDelivery:
         self._acked: list[QueuedRef] = []
         #: (device id, message id) of pushes acknowledged here lately, oldest first
         #: (``[push] recent_acks``): a copy arriving after the ACK is not written again.
-        self._recent_acks: dict[tuple[str, str], None] = {}
+        #: An OrderedDict, not a dict: popping a dict's first key again and again costs
+        #: a scan over the deleted slots before it (~9 us per ACK at 8,192 entries).
+        self._recent_acks: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._fanout_acks: Counter[str] = Counter()
         self._receipts: list[Receipt] = []
         self._wake = asyncio.Event()
@@ -258,18 +260,29 @@ class NodeDelivery:
 
     def acks(self, session: Session, message_ids: Sequence[str]) -> None:
         """The device acknowledged queued pushes: remove them, report them delivered."""
-        state = self._state.get(session)
-        if state is None:
-            return
-        device_id = session.device_id
+        self.acks_many([session] * len(message_ids), message_ids)
+
+    def acks_many(self, sessions: Sequence[Session | None], message_ids: Sequence[str]) -> None:
+        """ACKs of many devices in one go (``message_ids[i]`` from ``sessions[i]``; None:
+        a connection gone meanwhile). One pass, one clock read for the whole batch."""
         at = now_ms()
-        outstanding = state.message_ids
+        states = self._state
         acked, receipts, delivered = self._acked.append, self._receipts.append, _DELIVERED
-        for message_id in message_ids:
+        remember = self._remember_ack if self.config.recent_acks > 0 else None
+        last: Session | None = None
+        outstanding: dict[str, str] = {}
+        device_id = ""
+        for session, message_id in zip(sessions, message_ids, strict=True):
+            if session is not last:
+                last = session
+                state = states.get(session) if session is not None else None
+                outstanding = state.message_ids if state is not None else {}
+                device_id = session.device_id if session is not None else ""
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
-            self._remember_ack(device_id, message_id)
+            if remember is not None:
+                remember(device_id, message_id)
             if collapse_key == _QUIET_MARK:
                 acked((device_id, message_id, ""))
                 continue
@@ -283,14 +296,12 @@ class NodeDelivery:
         """A push can reach a connection twice: the queue replay on connect reads it while
         its routed copy is on the way, or it is forwarded from the node the box just
         left. Once acknowledged, its queue entry goes, so the later copy would be a
-        second delivery; this bounded memory of recent ACKs turns it away."""
-        cap = self.config.recent_acks
-        if cap <= 0:
-            return
+        second delivery; this bounded memory of recent ACKs turns it away (called only
+        with ``[push] recent_acks`` > 0)."""
         recent = self._recent_acks
         recent[(device_id, message_id)] = None
-        if len(recent) > cap:
-            del recent[next(iter(recent))]
+        if len(recent) > self.config.recent_acks:
+            recent.popitem(last=False)
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
         """Devices acknowledged broadcast and topic pushes: only counted."""
@@ -365,32 +376,47 @@ class NodeDelivery:
 
     # --------------------------------------------------------------- writing
 
-    def _write(self, session: Session, message: PushMessage) -> bool:
+    def _write(
+        self,
+        session: Session,
+        message: PushMessage,
+        state: _Outstanding | None = None,
+        device_id: str = "",
+    ) -> bool:
         """Queue one queued (tracked) PUSH on a session (no flush). False if it cannot
-        take it."""
-        state = self._state.get(session)
-        if state is None or session.closed:
+        take it. ``state`` and ``device_id``, when the caller has them: the session's
+        (saves two look-ups per push on the inbox path)."""
+        if state is None:
+            state = self._state.get(session)
+            if state is None:
+                return False
+        if session.closed:
             return False
-        if message.message_id in state.message_ids:
+        message_id = message.message_id
+        outstanding = state.message_ids
+        if message_id in outstanding:
             return True  # already on this connection, not yet acknowledged
-        if (session.device_id, message.message_id) in self._recent_acks:
+        if not device_id:
+            device_id = session.device_id
+        recent = self._recent_acks
+        if recent and (device_id, message_id) in recent:
             return True  # acknowledged already: a late copy
         if message.target_users and session.device.user_id not in message.target_users:
             # A user push queued for a device that has changed hands since: never shown.
-            self._fail(session, message.message_id, "device signed in as another user")
+            self._fail(session, message_id, "device signed in as another user")
             return True
-        refused = session.push(message.message_id, message.body, message.wire_headers(), True)
+        refused = session.push(message_id, message.body, message.wire_headers(), True)
         if refused is not None:
             # Too large for this device's limits: it will never fit; say so once.
             if message.flags & UNQUEUED:
                 pass
             elif message.flags & QUIET:
-                self._acked.append((session.device_id, message.message_id, ""))
+                self._acked.append((device_id, message_id, ""))
             else:
-                self._fail(session, message.message_id, refused)
+                self._fail(session, message_id, refused)
             return True
-        if message.message_id not in state.message_ids:  # a QoS 0 push may be acked already
-            state.message_ids[message.message_id] = _outstanding_mark(message)
+        if message_id not in outstanding:  # a QoS 0 push may be acked already
+            outstanding[message_id] = _outstanding_mark(message)
         self.pushes_written += 1
         return True
 
@@ -434,20 +460,22 @@ class NodeDelivery:
         forward: list[tuple[str, PushMessage]],
         at_ms: int | None = None,
     ) -> None:
-        local = self._local(device_id)
-        if local is None:
+        session = self.registry.by_device.get(device_id)
+        state = self._state.get(session) if session is not None else None
+        if session is None or state is None:
             forward.append((device_id, message))
             return
-        session, state = local
-        if message.expired(now_ms() if at_ms is None else at_ms):
+        now = now_ms() if at_ms is None else at_ms
+        if now >= message.expires_at_ms:
             return  # reported when the queue is next read
         if state.held is not None:
             state.held.append(message)
             return
-        if self._write(session, message):
+        if self._write(session, message, state, device_id):
             touched.add(session)
             if message.accepted_at_ms:
-                self.delivery_latency.observe((now_ms() - message.accepted_at_ms) / 1000)
+                # The batch's clock read: a batch is written in one go.
+                self.delivery_latency.observe((now - message.accepted_at_ms) / 1000)
 
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""

@@ -72,6 +72,12 @@ class SessionRegistry:
         if self.listener is not None and message_ids:
             self.listener.acks(session, message_ids)
 
+    def acks_many(self, sessions: Sequence[Session | None], message_ids: Sequence[str]) -> None:
+        """ACKs of many connections at once: ``message_ids[i]`` was acknowledged by
+        ``sessions[i]`` (None: a connection gone meanwhile, skipped)."""
+        if self.listener is not None and message_ids:
+            self.listener.acks_many(sessions, message_ids)
+
     def fanout_acks(self, counts: dict[str, int]) -> None:
         if self.listener is not None and counts:
             self.listener.fanout_acks(counts)

@@ -41,18 +41,27 @@ fn bytes_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     )))
 }
 
-fn headers_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<HeaderVec> {
+/// ``what`` names the value in an error; it is put together only then (commands are
+/// parsed per push: formatting it every time was most of ``submit``'s cost).
+fn headers_of(obj: &Bound<'_, PyAny>, what: impl Fn() -> String) -> PyResult<HeaderVec> {
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        if tuple.is_empty() {
+            return Ok(Vec::new());
+        }
+    }
     let mut headers = Vec::new();
     for item in obj.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(
-            "{what}: expected a sequence of (name, value), got {}",
+            "{}: expected a sequence of (name, value), got {}",
+            what(),
             type_name(obj)
         ))
     })? {
         let item = item?;
         let pair: (String, String) = item.extract().map_err(|_| {
             PyTypeError::new_err(format!(
-                "{what}: each header must be a (str, str) pair, got {}",
+                "{}: each header must be a (str, str) pair, got {}",
+                what(),
                 type_name(&item)
             ))
         })?;
@@ -344,6 +353,22 @@ macro_rules! tuple {
     };
 }
 
+/// One entry per acknowledged message id: its connection and the id as text (an id
+/// that is not UTF-8 becomes one no push has, as Python's decoding would refuse it).
+fn append_acks(
+    conns: &Bound<'_, PyList>,
+    ids: &Bound<'_, PyList>,
+    conn: ConnId,
+    message_ids: &[MessageId],
+) -> PyResult<()> {
+    let py = conns.py();
+    for message_id in message_ids {
+        conns.append(conn.0)?;
+        ids.append(PyString::new(py, &String::from_utf8_lossy(message_id)))?;
+    }
+    Ok(())
+}
+
 fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>> {
     let kind = |s: &'static str| PyString::intern(py, s);
     Ok(match event {
@@ -398,10 +423,11 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             retry_after_ms,
             message
         ),
+        // take_events gathers them into one; alone, the same shape.
         Event::Acks { conn, message_ids } => {
-            let ids: Vec<Bound<'py, PyBytes>> =
-                message_ids.iter().map(|m| PyBytes::new(py, m)).collect();
-            tuple!(py, kind("ACKS"), conn.0, PyList::new(py, ids)?)
+            let (conns, ids) = (PyList::empty(py), PyList::empty(py));
+            append_acks(&conns, &ids, conn, &message_ids)?;
+            tuple!(py, kind("ACKS"), conns, ids)
         }
         Event::Cancel { conn, stream_id } => tuple!(py, kind("CANCEL"), conn.0, stream_id),
         Event::GoAway { conn } => tuple!(py, kind("GOAWAY"), conn.0),
@@ -464,7 +490,7 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
 struct Fields<'a, 'py> {
     tuple: &'a Bound<'py, PyTuple>,
     index: usize,
-    kind: String,
+    kind: &'a str,
 }
 
 impl<'py> Fields<'_, 'py> {
@@ -516,17 +542,20 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn bytes(&self, at: usize, field: &str) -> PyResult<Vec<u8>> {
+        let item = self.item(at)?;
+        if let Ok(bytes) = item.cast::<PyBytes>() {
+            return Ok(bytes.as_bytes().to_vec()); // the usual case: no error text made
+        }
         bytes_of(
-            &self.item(at)?,
+            &item,
             &format!("command {} ({}): {field}", self.index, self.kind),
         )
     }
 
     fn headers(&self, at: usize) -> PyResult<HeaderVec> {
-        headers_of(
-            &self.item(at)?,
-            &format!("command {} ({}): headers", self.index, self.kind),
-        )
+        headers_of(&self.item(at)?, || {
+            format!("command {} ({}): headers", self.index, self.kind)
+        })
     }
 
     fn code(&self, at: usize) -> PyResult<mmtp::ErrorCode> {
@@ -538,7 +567,15 @@ impl<'py> Fields<'_, 'py> {
     }
 
     fn message_id(&self, at: usize, max: u64) -> PyResult<MessageId> {
-        let id = self.bytes(at, "message_id")?;
+        let item = self.item(at)?;
+        let owned;
+        let id: &[u8] = match item.cast::<PyBytes>() {
+            Ok(bytes) => bytes.as_bytes(),
+            Err(_) => {
+                owned = self.bytes(at, "message_id")?;
+                &owned
+            }
+        };
         if id.is_empty() || id.len() as u64 > max {
             return Err(PyValueError::new_err(format!(
                 "command {} ({}): message_id must be 1..{max} bytes, got {}",
@@ -547,7 +584,7 @@ impl<'py> Fields<'_, 'py> {
                 id.len()
             )));
         }
-        Ok(id.into())
+        Ok(MessageId::from(id))
     }
 }
 
@@ -558,14 +595,20 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             type_name(item)
         ))
     })?;
-    let kind: String = tuple.get_item(0).and_then(|k| k.extract()).map_err(|_| {
-        PyTypeError::new_err(format!(
-            "command {index}: the first item must be its kind (str)"
-        ))
-    })?;
+    let kind_item = tuple.get_item(0).ok();
+    // Borrowed, not copied: the kind is only compared (and named in errors).
+    let kind = kind_item
+        .as_ref()
+        .and_then(|k| k.cast::<PyString>().ok())
+        .and_then(|k| k.to_str().ok())
+        .ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "command {index}: the first item must be its kind (str)"
+            ))
+        })?;
     let f = Fields { tuple, index, kind };
     let max_message_id = runtime.shared.config.mmtp.max_message_id_length;
-    let command = match f.kind.as_str() {
+    let command = match f.kind {
         "ACCEPT" => {
             let names = [
                 "conn",
@@ -849,7 +892,24 @@ impl PyEngine {
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let (events, fanout_acks) = self.runtime.shared.take_events();
         let list = PyList::empty(py);
+        // Every ACKS event of the batch becomes one ("ACKS", conns, message ids) at the
+        // place of the first: flat lists, one entry per ACK, so Python walks them in one
+        // call instead of an event per connection. Moving an ACK earlier is safe: what
+        // followed it for its connection (its CLOSED) still follows it.
+        let mut ack_conns: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
         for event in events {
+            if let Event::Acks { conn, message_ids } = event {
+                let (conns, ids) = match &ack_conns {
+                    Some(lists) => lists,
+                    None => {
+                        let lists = (PyList::empty(py), PyList::empty(py));
+                        list.append(tuple!(py, PyString::intern(py, "ACKS"), &lists.0, &lists.1))?;
+                        ack_conns.insert(lists)
+                    }
+                };
+                append_acks(conns, ids, conn, &message_ids)?;
+                continue;
+            }
             list.append(event_tuple(py, event)?)?;
         }
         if !fanout_acks.is_empty() {
