@@ -430,6 +430,23 @@ CONVERSATIONS: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "hello-device-id-from-token",
+        "description": (
+            "A HELLO with a token and no resume ticket leaves device_id out (section 7.2, "
+            '"Device id from the token"): field 2 is absent, the server accepts it.'
+        ),
+        "client_dictionaries": [],
+        "server_dictionaries": [],
+        "steps": [
+            (
+                "client",
+                "send_hello",
+                {k: v for k, v in HELLO.items() if k != "device_id"} | {"preset_id": 0},
+            ),
+            ("server", "accept", ACCEPT),
+        ],
+    },
+    {
         "name": "rejected-token",
         "description": "The server refuses the device's token: ERROR on stream 0, then close.",
         "client_dictionaries": [],
@@ -768,6 +785,22 @@ def invalid_vectors() -> list[dict[str, Any]]:
             "role": "server",
             "prefix": "none",
             "hex": _frame(FrameType.HELLO, 0, bytes.fromhex("0201")),
+            "error": "FIELD_ERROR",
+        },
+        {
+            "name": "hello-without-device-id-with-ticket",
+            "role": "server",
+            "prefix": "none",
+            # version 1, token "tok", resume_ticket "tkt": a ticket needs its device id.
+            "hex": _frame(
+                FrameType.HELLO,
+                0,
+                bytes.fromhex("0201")
+                + bytes.fromhex("0903")
+                + b"tok"
+                + bytes.fromhex("0b03")
+                + b"tkt",
+            ),
             "error": "FIELD_ERROR",
         },
         {

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from channel import fastopen
 from channel.default_dictionary import load_default_dictionary
 from channel.default_presets import register_default_presets
+from channel.security.tokens import token_device_id
 from channel.wire import (
     BodyCodec,
     Connection,
@@ -447,8 +448,10 @@ class Client:
         # A codec of its own: a dictionary the server delivers joins this client's store,
         # never one another client (of another server, whose ids mean other content) uses.
         # A store passed in is this client's own (it sees what the server delivers).
-        store = dictionaries if dictionaries is not None else DictionaryStore(
-            list(_default_dictionaries())
+        store = (
+            dictionaries
+            if dictionaries is not None
+            else DictionaryStore(list(_default_dictionaries()))
         )
         if self.dictionary_files is not None:
             for stored in self.dictionary_files.load():
@@ -654,10 +657,14 @@ class Client:
 
     def _make_hello(self) -> Hello:
         ticket = self._ticket
+        token = self.token if not ticket or self.token_with_ticket else b""
+        # Spec 7.2: a token that names this device carries the device id; a ticket is
+        # bound to the device id sent with it.
+        leave_to_token = bool(token) and not ticket and token_device_id(token) == self.device_id
         return Hello(
-            device_id=self.device_id,
+            device_id="" if leave_to_token else self.device_id,
             app_id=self.app_id,
-            token=self.token if not ticket or self.token_with_ticket else b"",
+            token=token,
             resume_ticket=ticket,
             dictionaries=self._hello_dictionaries(),
             preset_id=self.preset_id,

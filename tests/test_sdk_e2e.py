@@ -224,6 +224,33 @@ async def test_token_as_the_text_channel_token_issue_prints(
             assert (await client.call("echo.hi", b"text")).body == b"echo:text"
 
 
+async def test_hello_leaves_the_device_id_to_a_token_that_names_it(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """Spec 7.2: a HELLO with a token and no ticket need not repeat the token's device
+    id; the gateway takes it from the verified token, and the resumed HELLO (ticket)
+    names it again, as the ticket is bound to it."""
+    async with gateway_for(tmp_path, rpc=rpc_config(upstream)) as gw:
+        client = make_client(gw)
+        assert client._make_hello().device_id == ""  # what the first HELLO carries
+        async with client:
+            assert (await client.call("echo.hi", b"1")).body == b"echo:1"
+            assert session_of(gw, "d1").device_id == "d1"
+            lost = disconnect_events(client)
+            session_of(gw).abort()
+            await asyncio.wait_for(lost.get(), WAIT_S)
+            assert (await client.call("echo.again", b"2", timeout=WAIT_S)).body == b"echo:2"
+            assert client.resumed is True
+            assert client._make_hello().device_id == "d1"  # with the ticket
+        # A token naming another device: the HELLO says which device it is for, and the
+        # gateway refuses the mismatch as before.
+        other = make_client(gw, token=gw.token("d2"))
+        assert other._make_hello().device_id == "d1"
+        with pytest.raises(AuthError):
+            await other.connect()
+        await other.close()
+
+
 async def test_error_status_raises_the_mapped_exception(tmp_path: Path, upstream: Upstream) -> None:
     async with gateway_for(tmp_path, rpc=rpc_config(upstream)) as gw, make_client(gw) as client:
         with pytest.raises(NotFound) as caught:

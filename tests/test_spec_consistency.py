@@ -465,6 +465,16 @@ def test_handshake_field_table(frame: HandshakeFrame) -> None:
                 "a payload without version",
             )
             continue
+        if "REQUIRED unless" in row["Meaning"]:
+            # device_id (7.2): "" only beside a token; the minimal payload has none.
+            assert class_defaults[attribute] == _default_in_spec(default, where), where
+            _code_raises(
+                lambda: frame.decode(frame.minimal_payload[:2]),
+                ErrorCode.FIELD_ERROR,
+                where,
+                f"a payload without {name} (and without a token)",
+            )
+            continue
         if "REQUIRED" in default:
             assert class_defaults[attribute] is dataclasses.MISSING, (
                 f"{where}: required in the spec, but {frame.cls.__name__}.{attribute} has a default"

@@ -9,7 +9,7 @@ without waiting.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from channel.rpc.model import DeviceContext
 from channel.security.tickets import TicketError, TicketSealer
@@ -77,12 +77,17 @@ class Authenticator:
                     resumed=True,
                 )
         if hello.token:
+            # Spec 7.2 "Device id from the token": a HELLO without a device id takes
+            # it from the verified token (the codec let it through only with a token
+            # and no ticket).
             try:
                 claims = self._verifier.verify(
-                    hello.token, device_id=hello.device_id, app_id=hello.app_id, now=now
+                    hello.token, device_id=hello.device_id or None, app_id=hello.app_id, now=now
                 )
             except TokenError as exc:
                 raise AuthFailure(exc.code, exc.message) from None
+            if not hello.device_id:
+                hello = replace(hello, device_id=claims.device_id)
             return self._result(
                 hello,
                 claims.user_id,

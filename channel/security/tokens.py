@@ -240,6 +240,17 @@ class TokenSigner:
         return token
 
 
+def token_device_id(token: bytes) -> str | None:
+    """The device id a Channel token's claims name, unverified; ``None`` if ``token`` is
+    not one. A client uses it to leave HELLO's ``device_id`` to the token (spec 7.2)."""
+    if len(token) <= HEADER_BYTES + SIGNATURE_BYTES or token[0] != TOKEN_VERSION:
+        return None
+    try:
+        return decode_claims(token[HEADER_BYTES:-SIGNATURE_BYTES]).device_id
+    except TokenError:
+        return None
+
+
 def token_key_id(token: bytes) -> int:
     """The key id a token names, without verifying it (for logs and tools)."""
     if not isinstance(token, bytes) or len(token) < HEADER_BYTES:

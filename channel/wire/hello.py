@@ -29,7 +29,8 @@ MAX_HELLO_DICTIONARIES = 32
 class Hello:
     """What a device says about itself in its first frame."""
 
-    device_id: str
+    #: Empty only with a token and no resume ticket: the token names the device (7.2).
+    device_id: str = ""
     app_id: str = ""
     token: bytes = b""
     resume_ticket: bytes = b""
@@ -117,11 +118,8 @@ _ACK_DEFAULTS = HelloAck()
 
 def encode_hello(hello: Hello) -> bytes:
     """HELLO payload; fields equal to their default are left out to save bytes."""
-    items: list[tuple[FieldSpec, FieldValue]] = [
-        (_H["version"], hello.version),
-        (_H["device_id"], hello.device_id.encode()),
-    ]
-    for name in ("app_id", "app_version", "platform"):
+    items: list[tuple[FieldSpec, FieldValue]] = [(_H["version"], hello.version)]
+    for name in ("device_id", "app_id", "app_version", "platform"):
         text: str = getattr(hello, name)
         if text:
             items.append((_H[name], text.encode()))
@@ -183,8 +181,14 @@ def decode_hello(payload: bytes, limits: Limits) -> Hello:
                 f"HELLO field {name} exceeds max_credential_length {limits.max_credential_length}",
             )
     device_id = one_text(values, "device_id", "HELLO")
-    if not device_id:
-        raise ProtocolError(ErrorCode.FIELD_ERROR, "HELLO field device_id is missing or empty")
+    if not device_id and (not one_bytes(values, "token") or one_bytes(values, "resume_ticket")):
+        # Spec 7.2: only a HELLO with a token and no resume ticket may leave the device
+        # id (and app id) to its credential; a ticket is bound to the device id it names.
+        raise ProtocolError(
+            ErrorCode.FIELD_ERROR,
+            "HELLO field device_id is missing or empty (only a HELLO with a token and no "
+            "resume_ticket may leave it to the token)",
+        )
     dictionaries = tuple(int(v) for v in values.get("dictionary", ()))
     hello = Hello(
         device_id=device_id,

@@ -12,7 +12,9 @@ A *message* is one line of the corpus (see ``stress/README.md``)::
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
+import hashlib
 import json
 import random
 import uuid
@@ -20,6 +22,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from channel.security.tokens import DeviceClaims, TokenSigner
 
 Msg = dict[str, Any]
 
@@ -180,6 +186,23 @@ class SessionIdentity:
     def authorization(self) -> str:
         return f"Bearer {self.token}"
 
+    @property
+    def device_token(self) -> bytes:
+        """The credential an MMTP device sends in HELLO: a Channel device token's bytes
+        (spec 7.2, "Token bytes"), issued for this device with the JWT's subject, issue
+        and expiry times, signed by a fixed benchmark key. The JWT stands for what an
+        HTTP app sends as its own bearer credential."""
+        claims = json.loads(_b64url_decode(self.token.split(".")[1]))
+        return _benchmark_signer().issue(
+            DeviceClaims(
+                device_id=self.device_id,
+                user_id=claims["sub"],
+                app_id=self.app_id,
+                issued_at=claims["iat"],
+                expires_at=claims["exp"],
+            )
+        )
+
     @classmethod
     def for_index(cls, index: int) -> SessionIdentity:
         rng = random.Random(f"wire-size-identity-{index}")
@@ -227,6 +250,16 @@ class SessionIdentity:
             ("x-platform", self.platform),
             ("user-agent", self.user_agent),
         ]
+
+
+@functools.cache
+def _benchmark_signer() -> TokenSigner:
+    seed = hashlib.sha256(b"wire-size-benchmark-token-key").digest()
+    return TokenSigner(Ed25519PrivateKey.from_private_bytes(seed), key_id=1)
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class IdentitySource:

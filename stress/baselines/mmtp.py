@@ -1,7 +1,8 @@
 """MMTP as a wire-size codec: the real ``channel.wire.Connection`` on both ends.
 
-Setup is HELLO (identity and token, once per connection) plus HELLO_ACK
-(session id, a 64-byte resume ticket, limits). Requests carry the app
+Setup is HELLO (app identity and a Channel device token's bytes, once per
+connection; the device id is left to the token, as the SDK does, spec 7.2) plus
+HELLO_ACK (session id, a 64-byte resume ticket, limits). Requests carry the app
 headers and the ``:op``; responses a varint status; pushes a 12-byte message
 id, and their cost includes the client's ACK frame (as MQTT's includes
 PUBACK).
@@ -60,9 +61,9 @@ class MmtpSession:
         self.server = Connection(Role.SERVER, body_codec=BodyCodec(DictionaryStore(held)))
         self.client.send_hello(
             Hello(
-                device_id=identity.device_id,
+                # As the SDK sends it: the token names the device (spec 7.2).
                 app_id=identity.app_id,
-                token=identity.token.encode(),
+                token=identity.device_token,
                 dictionaries=tuple(d.dict_id for d in held),
                 preset_id=preset,
                 app_version=identity.app_version,

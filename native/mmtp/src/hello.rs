@@ -103,11 +103,13 @@ impl Default for HelloAck {
 }
 
 /// HELLO payload; fields equal to their default are left out (except
-/// `version` and `device_id`), in field-number order.
+/// `version`), in field-number order.
 pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) {
     let d = Hello::default();
     put_int(out, 1, hello.version);
-    put_bytes(out, 2, hello.device_id.as_bytes());
+    if !hello.device_id.is_empty() {
+        put_bytes(out, 2, hello.device_id.as_bytes());
+    }
     if !hello.app_id.is_empty() {
         put_bytes(out, 3, hello.app_id.as_bytes());
     }
@@ -263,10 +265,13 @@ pub fn decode_hello(payload: &[u8], limits: &Limits) -> Result<Hello, ProtocolEr
         }
     }
     hello.device_id = text(raw[0], "HELLO", "device_id")?;
-    if hello.device_id.is_empty() {
+    // Spec 7.2: only a HELLO with a token and no resume ticket may leave the device id
+    // (and app id) to its credential; a ticket is bound to the device id it names.
+    if hello.device_id.is_empty() && (raw[2].is_empty() || !raw[3].is_empty()) {
         return perr(
             ErrorCode::FieldError,
-            "HELLO field device_id is missing or empty",
+            "HELLO field device_id is missing or empty (only a HELLO with a token and no \
+             resume_ticket may leave it to the token)",
         );
     }
     hello.app_id = text(raw[1], "HELLO", "app_id")?;

@@ -53,7 +53,7 @@ fn conversation_vectors() {
     for spec in vectors["conversations"].as_array().unwrap() {
         checks += replay_conversation(spec);
     }
-    assert_eq!(checks, 45);
+    assert_eq!(checks, 47);
 }
 
 /// A receiver brought into the state a prefix names (spec section 18.4).
