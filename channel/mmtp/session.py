@@ -1,9 +1,9 @@
 """What an MMTP session does above its engine: serve the device's calls, call the device.
 
 ``MmtpSession`` is the part both engines share: the request rate limit, the
-calls being served (one task each, cancelled with their stream), backend →
-device calls waiting for the device's answer, and closing once idle after a
-GOAWAY. Each engine subclasses it with the few primitives that move frames
+calls being served (a task each, or the RPC router's fast path without one; cancelled
+with their stream), backend → device calls waiting for the device's answer, and
+closing once idle after a GOAWAY. Each engine subclasses it with the few primitives that move frames
 (``_send_answer``, ``_send_stream_error``, ``_start_call``, ``_cancel_call``,
 ``flush``, ``_close``).
 """
@@ -115,7 +115,8 @@ class MmtpSession(Session):
     def on_request(
         self, stream_id: int, op: str, headers: Headers, body: bytes, early: bool = False
     ) -> None:
-        """A REQUEST from the device: rate limit, then serve it in a task of its own.
+        """A REQUEST from the device: rate limit, then serve it (the router's fast path
+        when it takes the call, else a task of its own).
         ``early``: it came as TLS early data, which the network may replay: only an
         idempotent op is served; any other is refused unprocessed (spec section 8.5)."""
         if self.auth is None:

@@ -187,6 +187,22 @@ class _Connection(asyncio.Protocol):
             self.abort()
             self.pool._forget(self)
             return
+        whole = self.codec.receive_whole(data)
+        if whole is not None:
+            # The common answer, whole in one read: no events, no body list.
+            response, body = whole
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(
+                    H1Response(
+                        response.status,
+                        response.reason,
+                        response.headers,
+                        body,
+                        response.http_version,
+                    )
+                )
+            return
         try:
             events = self.codec.receive_data(data)
         except H1ProtocolError as exc:

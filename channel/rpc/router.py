@@ -1,10 +1,18 @@
 """The RPC proxy: device REQUEST → traffic rules → upstream HTTP → RESPONSE.
 
-``RpcRouter.handle()`` is all the gateway calls per request. It matches the
+``RpcRouter.handle()`` answers one request. It matches the
 op to a route (exact op beats the longest prefix, then ``*``), lets the
 route's rules pick candidate clusters, and calls the first usable one with
 the route's deadline, retry and breaker policy. It never raises for upstream
 trouble: every failure becomes an ``RpcResponse`` carrying an ``ErrorCode``.
+
+The gateway first offers a call to ``start_call()``, the fast path: when the
+call can go out at once on a kept-alive connection, it is sent without a task
+and answered from the connection's callback; a call that does not end with
+that first answer (an error status, a timeout, the keep-alive race) goes on in
+a task through the same steps as ``handle()``, resumed where it stood
+(``_Resume``). Otherwise ``start_call()`` does nothing and the gateway awaits
+``handle()``.
 
 Configuration lives in one immutable ``_State`` swapped by ``reload()`` in a
 single assignment; a call reads the state once, so calls in flight finish
