@@ -90,9 +90,7 @@ async def _fast_calls(router: RpcRouter, request: RpcRequest, calls: int) -> Non
         assert response.status == 0, response
 
 
-async def _measure(
-    url: str, calls: int, rounds: int, ways: Sequence[str] = WAYS
-) -> dict[str, Any]:
+async def _measure(url: str, calls: int, rounds: int, ways: Sequence[str] = WAYS) -> dict[str, Any]:
     config = RoutingConfig.from_dict(
         {
             "clusters": {"bench": {"endpoints": [url], "timeout_ms": 5000}},
@@ -180,6 +178,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="task,fast (default) or task alone (a checkout without the fast path)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--quiet", action="store_true", help="no effect: it prints no progress")
     args = p.parse_args(argv)
     if args.calls < 1 or args.rounds < 1:
         p.error("--calls and --rounds must be positive")
