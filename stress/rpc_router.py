@@ -11,7 +11,9 @@ aiohttp echo upstream, run in a process of its own, one call at a time with
 - ``fast``: ``RpcRouter.start_call()``, the answer from the connection's callback.
 
 Per call: this process's CPU (``time.process_time``, the lowest round of each way:
-the one least disturbed by other work on the machine) and the Python function
+the one least disturbed by other work on the machine), the median wall time from a
+call's start to its answer (what the loop adds shows here: the fast path writes the
+request at once and answers from the connection's callback) and the Python function
 calls (cProfile, one extra round each, deterministic; builtins count too).
 ``--ways task`` runs on a checkout without the fast path, as the baseline. No TLS, MMTP or engine:
 only the Python between a request and its answer, which the gateway's Python
@@ -28,6 +30,7 @@ import datetime as _dt
 import json
 import multiprocessing
 import pstats
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -69,25 +72,36 @@ def _request() -> RpcRequest:
     return RpcRequest(OP, HEADERS, BODY, device)
 
 
-async def _task_calls(router: RpcRouter, request: RpcRequest, calls: int) -> None:
+async def _task_calls(router: RpcRouter, request: RpcRequest, calls: int) -> list[float]:
+    """Each call's wall time in µs, from the call's start to its answer."""
     loop = asyncio.get_running_loop()
+    clock = time.perf_counter
+    took: list[float] = []
 
     async def serve() -> RpcResponse:
         return await router.handle(request)
 
     for _ in range(calls):
+        started = clock()
         response = await loop.create_task(serve())
+        took.append(clock() - started)
         assert response.status == 0, response
+    return took
 
 
-async def _fast_calls(router: RpcRouter, request: RpcRequest, calls: int) -> None:
+async def _fast_calls(router: RpcRouter, request: RpcRequest, calls: int) -> list[float]:
     loop = asyncio.get_running_loop()
+    clock = time.perf_counter
+    took: list[float] = []
     for _ in range(calls):
         answer: asyncio.Future[RpcResponse] = loop.create_future()
+        started = clock()
         if router.start_call(request, answer.set_result) is None:
             raise AssertionError("the fast path did not take a call")
         response = await answer
+        took.append(clock() - started)
         assert response.status == 0, response
+    return took
 
 
 async def _measure(url: str, calls: int, rounds: int, ways: Sequence[str] = WAYS) -> dict[str, Any]:
@@ -104,10 +118,11 @@ async def _measure(url: str, calls: int, rounds: int, ways: Sequence[str] = WAYS
     try:
         await _task_calls(router, request, 200)  # opens the connection, warms caches
         cpu_us: dict[str, list[float]] = {way: [] for way in ways}
+        wall_s: dict[str, list[float]] = {way: [] for way in ways}
         for _ in range(rounds):
             for way in ways:
                 started = time.process_time()
-                await run[way](router, request, calls)
+                wall_s[way] += await run[way](router, request, calls)
                 cpu_us[way].append((time.process_time() - started) / calls * 1e6)
         py_calls: dict[str, float] = {}
         for way in ways:
@@ -123,6 +138,7 @@ async def _measure(url: str, calls: int, rounds: int, ways: Sequence[str] = WAYS
             "cpu_us_per_call_rounds": [round(v, 1) for v in cpu_us[way]],
             "cpu_us_per_call_min": round(min(cpu_us[way]), 1),
             "python_calls_per_call": round(py_calls[way], 1),
+            "wall_us_p50": round(statistics.median(wall_s[way]) * 1e6, 1),
         }
         for way in ways
     }
@@ -152,15 +168,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     results = doc["results"]
     lines = [
-        "way  | CPU µs per call (min of rounds) | rounds                | Python calls per call",
-        "-----+---------------------------------+-----------------------+----------------------",
+        "way  | CPU µs per call (min of rounds) | rounds                | Python calls per call"
+        " | wall µs p50",
+        "-----+---------------------------------+-----------------------+----------------------"
+        "+------------",
     ]
     for way in results:
         r = results[way]
         rounds = ", ".join(f"{v:.0f}" for v in r["cpu_us_per_call_rounds"])
         lines.append(
             f"{way:<4} | {r['cpu_us_per_call_min']:>31.1f} | {rounds:<21} | "
-            f"{r['python_calls_per_call']:>20.1f}"
+            f"{r['python_calls_per_call']:>20.1f} | {r['wall_us_p50']:>10.1f}"
         )
     return "\n".join(lines)
 

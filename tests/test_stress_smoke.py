@@ -142,6 +142,7 @@ def test_rpc_router_benchmark_measures_both_ways(tmp_path: Path) -> None:
         assert len(figures["cpu_us_per_call_rounds"]) == 2
         assert figures["cpu_us_per_call_min"] > 0
         assert figures["python_calls_per_call"] > 0
+        assert figures["wall_us_p50"] > 0
 
 
 def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
