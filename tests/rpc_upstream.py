@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from channel.rpc import DeviceContext, RoutingConfig, RpcRequest, RpcRouter
+from channel.rpc import DeviceContext, RoutingConfig, RpcRequest, RpcResponse, RpcRouter
 
 Responder = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
 
@@ -125,12 +125,41 @@ async def running_router(
     rpc: dict[str, Any], *, clock: Callable[[], float] | None = None
 ) -> AsyncIterator[RpcRouter]:
     config = RoutingConfig.from_dict(rpc)
-    router = RpcRouter(config) if clock is None else RpcRouter(config, clock=clock)
+    cls = FastFirstRouter if FAST_FIRST else RpcRouter
+    router = cls(config) if clock is None else cls(config, clock=clock)
     await router.start()
     try:
         yield router
     finally:
         await router.close()
+
+
+#: ``running_router`` makes a ``FastFirstRouter`` (set by a test module's fixture, so
+#: the same tests run on both paths).
+FAST_FIRST = False
+
+
+class FastFirstRouter(RpcRouter):
+    """``handle()`` as the gateway calls the router: the fast path (``start_call``)
+    whenever it takes the call, the ordinary one otherwise; counts both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_calls = 0
+        self.task_calls = 0
+
+    async def handle(self, request: RpcRequest) -> RpcResponse:
+        answer: asyncio.Future[RpcResponse] = asyncio.get_running_loop().create_future()
+        call = self.start_call(request, answer.set_result)
+        if call is None:
+            self.task_calls += 1
+            return await super().handle(request)
+        self.fast_calls += 1
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
 
 
 class FakeClock:

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway_harness import RunningGateway, gateway, http_upstream
 from raw_device import RawDevice
 from test_gateway_handshake import admin_text
+from test_rpc_h1pool import RawConn, RawServer, raw_server
 
 from channel.wire import (
     ErrorCode,
@@ -281,6 +282,42 @@ async def test_drain_finishes_calls_in_flight_then_closes(tmp_path: Path) -> Non
             assert await device.closed_by_peer()
             await drain
             assert gw.node.connection_count == 0
+
+
+async def test_device_cancels_a_call_on_the_fast_path(tmp_path: Path) -> None:
+    """The second call of a device finds a kept-alive upstream connection and goes out
+    without a task of its own (the router's fast path). A CANCEL from the device closes
+    that upstream connection, the device gets no answer, and the next call works."""
+    arrived = asyncio.Event()
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        while (request := await server.counted_request(conn)) is not None:
+            if server.requests == 2:
+                arrived.set()
+                await conn.reader.read()  # never answers; returns when the gateway closes
+                return
+            await conn.answer(request.partition(b"\r\n\r\n")[2])
+
+    async with raw_server(script) as upstream:
+        rpc = {"clusters": {"svc": {"endpoints": [upstream.url]}}, "routes": [route("svc.", "svc")]}
+        async with gateway(tmp_path, rpc=rpc) as gw:
+            device = await connect(gw, "d1")
+            first = await call(device, "svc.op", b'{"n":1}')
+            assert isinstance(first, ResponseReceived) and first.body == b'{"n":1}'
+            stream_id = device.conn.send_request("svc.op", b"{}")
+            await device.flush()
+            await asyncio.wait_for(arrived.wait(), 5)
+            (session,) = gw.node.by_device.values()
+            served = session._tasks  # type: ignore[attr-defined]
+            assert served is not None and not isinstance(served[stream_id], asyncio.Task)
+            device.conn.send_cancel(stream_id)
+            await device.flush()
+            await upstream.wait_for(lambda: upstream.closed_connections == 1)
+            third = await call(device, "svc.op", b'{"n":3}')
+            assert isinstance(third, ResponseReceived) and third.stream_id != stream_id
+            assert third.body == b'{"n":3}'
+            assert upstream.connections == 2
+            assert session.in_flight == 0
 
 
 async def test_rate_limit_answers_with_retry_after(tmp_path: Path) -> None:

@@ -530,3 +530,96 @@ def test_request_header_checks_accept_exactly_the_valid_fields(
     lines = data.split(b"\r\n")
     assert lines[4 : 4 + len(headers)] == [f"{n}: {v}".encode() for n, v in headers]
     assert lines[4 + len(headers) :] == [b"", b""]
+
+
+# -- receive_whole: the one-read answer, the same as receive_data ---------------------
+
+_WHOLE_CASES = [
+    # (answer, taken by receive_whole)
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b \r\n\r\nhello", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
+    (b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}", True),
+    (b"HTTP/1.1 503 \r\nContent-Length: 1\r\nRetry-After: 3\r\n\r\nx", True),
+    (b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\nx", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, Close\r\n\r\nok", True),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+    # everything below is left to receive_data
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", False),  # split: more to come
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", False),  # extra
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\nok", False),  # over the limit
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\n\r\nuntil eof", False),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/1.1 101 Switching\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 2\r\n\r\nok", False),  # bare LF
+    (b"HTTP/1.1 200 OK\r\nX-A: \x00\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\n folded\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n  more\r\n\r\nok", False),
+    (b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    (b"garbage\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", False),  # no end of head yet
+]
+
+
+def _feed(codec: ClientConnection, data: bytes) -> tuple[str, object]:
+    try:
+        return "events", codec.receive_data(data)
+    except H1ProtocolError as exc:
+        return "error", exc.code
+
+
+@pytest.mark.parametrize(("data", "taken"), _WHOLE_CASES)
+def test_receive_whole_matches_receive_data(data: bytes, taken: bool) -> None:
+    limits = Limits(max_body_bytes=1000, max_headers=10)
+    whole, general = ClientConnection(limits), ClientConnection(limits)
+    whole.begin_request()
+    general.begin_request()
+    got = whole.receive_whole(data)
+    expected = _feed(general, data)
+    assert (got is not None) == taken
+    if got is None:
+        # Nothing changed: receive_data then does exactly what it does on a fresh codec.
+        assert (whole.state, whole.keep_alive, whole.response_started) == (
+            State.AWAIT_HEAD,
+            True,
+            False,
+        )
+        assert _feed(whole, data) == expected
+    else:
+        kind, events = expected
+        assert kind == "events"
+        assert isinstance(events, list)
+        response, body = got
+        assert events[0] == response
+        assert b"".join(e.data for e in events if isinstance(e, Data)) == body
+        assert isinstance(events[-1], EndOfMessage)
+        assert len(events) == (3 if body else 2)
+    assert (whole.state, whole.keep_alive, whole.response_started) == (
+        general.state,
+        general.keep_alive,
+        general.response_started,
+    )
+    if whole.state is State.DONE and whole.keep_alive:
+        whole.start_next_cycle()
+        whole.begin_request()
+        assert whole.receive_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!") is not None
+
+
+def test_receive_whole_only_at_the_start_of_an_answer() -> None:
+    codec = ClientConnection()
+    assert codec.receive_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") is None  # idle
+    codec.begin_request()
+    assert codec.receive_data(b"HTTP/1.1 200 OK\r\n") == []
+    # Part of the head is buffered: the rest is not a whole answer of its own.
+    assert codec.receive_whole(b"Content-Length: 0\r\n\r\n") is None
+    assert [type(e) for e in codec.receive_data(b"Content-Length: 0\r\n\r\n")] == [
+        Response,
+        EndOfMessage,
+    ]

@@ -18,6 +18,7 @@ from channel.rpc import RoutingConfig
 from channel.rpc.model import DeviceContext, RpcRequest
 from channel.rpc.upstream import HOP_BY_HOP, identity_headers, upstream_headers
 from channel.wire.errors import ErrorCode
+from tests import rpc_upstream
 from tests.rpc_upstream import (
     FakeClock,
     Upstream,
@@ -26,6 +27,14 @@ from tests.rpc_upstream import (
     running_router,
     upstream_farm,
 )
+
+
+@pytest.fixture(autouse=True, params=["task", "fast"])
+def call_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test once on the ordinary path (a task per call, as ``handle()``) and once
+    as the gateway calls the router: its fast path whenever it takes the call."""
+    monkeypatch.setattr(rpc_upstream, "FAST_FIRST", request.param == "fast")
+    return str(request.param)
 
 
 def one_route(url: str | list[str], **route: Any) -> dict[str, Any]:

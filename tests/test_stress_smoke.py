@@ -133,6 +133,18 @@ def test_rpc_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert doc["setup"]["devices_held"] == 3
 
 
+def test_rpc_router_benchmark_measures_both_ways(tmp_path: Path) -> None:
+    out = tmp_path / "rpc_router.json"
+    doc = run_tool("stress.rpc_router", out, "--calls", "20", "--rounds", "2")
+    assert {"machine", "args", "results"} <= doc.keys()
+    for way in ("task", "fast"):
+        figures = doc["results"][way]
+        assert len(figures["cpu_us_per_call_rounds"]) == 2
+        assert figures["cpu_us_per_call_min"] > 0
+        assert figures["python_calls_per_call"] > 0
+        assert figures["wall_us_p50"] > 0
+
+
 def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "mqtt_codec_speed.json"
     doc = run_tool("stress.mqtt_codec_speed", out, "--samples", "3", "--batch", "2")

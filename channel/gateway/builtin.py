@@ -38,6 +38,8 @@ _JSON = (("content-type", "application/json"),)
 
 #: Built-in operations that may run twice with the same effect (TLS early data).
 IDEMPOTENT_OPS = frozenset((ECHO_OP, TIME_OP))
+#: Every op ``builtin_response`` may answer itself.
+BUILTIN_OPS = frozenset((ECHO_OP, TIME_OP, SUBSCRIBE_OP, UNSUBSCRIBE_OP))
 
 
 def builtin_response(

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from channel.default_presets import register_default_presets
 from channel.engine.native import NativeEngine
 from channel.engine.pymqtt import PyMqttListener
 from channel.engine.python import PythonEngine
-from channel.gateway.builtin import IDEMPOTENT_OPS, builtin_response
+from channel.gateway.builtin import BUILTIN_OPS, IDEMPOTENT_OPS, builtin_response
 from channel.gateway.collectors import (
     register_certificate_collector,
     register_compression_collector,
@@ -43,7 +44,7 @@ from channel.push.delivery import NodeDelivery
 from channel.push.service import PushService
 from channel.push.stores import PushBackend
 from channel.rpc.config import RoutingConfig
-from channel.rpc.model import RpcRequest, RpcResponse
+from channel.rpc.model import Call, RpcRequest, RpcResponse
 from channel.rpc.router import RpcRouter
 from channel.security.auth import Authenticator
 from channel.security.devcert import ensure_dev_certificates, ensure_dev_token_keys
@@ -98,6 +99,7 @@ class GatewayNode:
             upstream=self.call_upstream,
             compression=self.compression,
             is_idempotent=self.is_idempotent,
+            start_upstream=self.start_upstream,
         )
         register_push_collector(self.metrics.registry, lambda: self.delivery)
         self.engine = self._make_engine()
@@ -360,6 +362,14 @@ class GatewayNode:
     def is_idempotent(self, op: str) -> bool:
         """May ``op`` run twice with the same effect (TLS early data, spec 8.5)?"""
         return op in IDEMPOTENT_OPS or self.router.is_idempotent(op)
+
+    def start_upstream(
+        self, request: RpcRequest, on_done: Callable[[RpcResponse], None]
+    ) -> Call | None:
+        """``call_upstream`` without a task when the router can (its fast path), else None."""
+        if request.op in BUILTIN_OPS:
+            return None
+        return self.router.start_call(request, on_done)
 
     async def call_upstream(self, request: RpcRequest) -> RpcResponse:
         builtin = builtin_response(request, self.delivery)

@@ -22,13 +22,18 @@ from channel.config import GatewayConfig
 from channel.logs import fields
 from channel.metrics import GatewayMetrics
 from channel.ratelimit import CpuBudget
-from channel.rpc.model import RpcRequest, RpcResponse
+from channel.rpc.model import Call, RpcRequest, RpcResponse, StartCall
 from channel.security.auth import Authenticator, AuthFailure, AuthResult
 from channel.sessions import SessionRegistry, jittered
 from channel.wire import BodyCodec, ErrorCode, FrameCounters, Hello, Limits
 from channel.wire.presets import Preset, known_presets, preset_by_id
 
 log = logging.getLogger("channel.mmtp")
+
+
+def _no_fast_path(request: RpcRequest, on_done: Callable[[RpcResponse], None]) -> Call | None:
+    return None
+
 
 Upstream = Callable[[RpcRequest], Awaitable[RpcResponse]]
 
@@ -56,6 +61,7 @@ class MmtpService:
         upstream: Upstream,
         compression: CompressionService,
         is_idempotent: Callable[[str], bool] = lambda op: False,
+        start_upstream: StartCall | None = None,
     ) -> None:
         self.config = config
         self.compression = compression
@@ -64,6 +70,8 @@ class MmtpService:
         self.metrics = metrics
         self.body_codec = body_codec
         self.call_upstream = upstream
+        #: A call without a task when it can go out at once, else None (see StartCall).
+        self.start_upstream: StartCall = start_upstream or _no_fast_path
         self.is_idempotent = is_idempotent
         lim = config.limits
         #: Per-app body counters, chosen at each device's HELLO (``Connection``).

@@ -1,9 +1,9 @@
 """What an MMTP session does above its engine: serve the device's calls, call the device.
 
 ``MmtpSession`` is the part both engines share: the request rate limit, the
-calls being served (one task each, cancelled with their stream), backend →
-device calls waiting for the device's answer, and closing once idle after a
-GOAWAY. Each engine subclasses it with the few primitives that move frames
+calls being served (a task each, or the RPC router's fast path without one; cancelled
+with their stream), backend → device calls waiting for the device's answer, and
+closing once idle after a GOAWAY. Each engine subclasses it with the few primitives that move frames
 (``_send_answer``, ``_send_stream_error``, ``_start_call``, ``_cancel_call``,
 ``flush``, ``_close``).
 """
@@ -11,6 +11,7 @@ GOAWAY. Each engine subclasses it with the few primitives that move frames
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from abc import abstractmethod
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from channel.logs import fields
 from channel.ratelimit import TokenBucket
-from channel.rpc.model import DeviceContext, RpcRequest, RpcResponse
+from channel.rpc.model import Call, DeviceContext, RpcRequest, RpcResponse
 from channel.sessions import Headers, Session
 from channel.wire import ErrorCode
 
@@ -48,7 +49,7 @@ class MmtpSession(Session):
         self.auth: AuthResult | None = None
         # Calls being served, by stream id (None while there are none: an idle
         # session holds no empty containers, see tests/test_session_footprint.py).
-        self._tasks: dict[int, asyncio.Task[None]] | None = None
+        self._tasks: dict[int, Call] | None = None
         # Backend → device calls awaiting the device's answer, by the engine's key.
         self._calls: dict[int, asyncio.Future[RpcResponse]] | None = None
         # The request rate limit, made at the first request (it starts full either way).
@@ -114,7 +115,8 @@ class MmtpSession(Session):
     def on_request(
         self, stream_id: int, op: str, headers: Headers, body: bytes, early: bool = False
     ) -> None:
-        """A REQUEST from the device: rate limit, then serve it in a task of its own.
+        """A REQUEST from the device: rate limit, then serve it (the router's fast path
+        when it takes the call, else a task of its own).
         ``early``: it came as TLS early data, which the network may replay: only an
         idempotent op is served; any other is refused unprocessed (spec section 8.5)."""
         if self.auth is None:
@@ -147,21 +149,33 @@ class MmtpSession(Session):
             self.stream_error(stream_id, ErrorCode.REFUSED_STREAM, "too many calls")
             return
         device = self.auth.device
+        service = self._service
         request = RpcRequest(op, headers, body, device)
-        self._service.compression.sample(device.app_id, device.device_id, body)
-        tasks[stream_id] = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
+        service.compression.sample(device.app_id, device.device_id, body)
+        # The fast path first: no task when the call can go out at once.
+        call = service.start_upstream(
+            request, functools.partial(self._answered, stream_id, request, now)
+        )
+        if call is None:
+            call = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
+        tasks[stream_id] = call
 
     async def _serve(self, stream_id: int, request: RpcRequest) -> None:
-        service = self._service
         started = time.monotonic()
         try:
-            response = await service.call_upstream(request)
+            response = await self._service.call_upstream(request)
         except asyncio.CancelledError:
             self._pop_task(stream_id)
             raise
         except Exception:
             log.exception("rpc handler failed", extra=fields(op=request.op))
             response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
+        self._answered(stream_id, request, started, response)
+
+    def _answered(
+        self, stream_id: int, request: RpcRequest, started: float, response: RpcResponse
+    ) -> None:
+        service = self._service
         self._pop_task(stream_id)
         if self._gone:
             service.observe_rpc(request, response, time.monotonic() - started)
@@ -183,7 +197,7 @@ class MmtpSession(Session):
         if task is not None:
             task.cancel()
 
-    def _pop_task(self, stream_id: int) -> asyncio.Task[None] | None:
+    def _pop_task(self, stream_id: int) -> Call | None:
         tasks = self._tasks
         if tasks is None:
             return None

@@ -36,9 +36,9 @@ import math
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from channel.rpc.http1 import (
@@ -115,6 +115,43 @@ def default_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class _Answer(Protocol):
+    """Where a connection puts its answer: a future, or a ``_Callback`` (the fast path)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: H1Response, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Callback:
+    """An answer slot that calls a function instead of waking a task: the fast path's.
+
+    Settles once, like a future: a late answer after a timeout is dropped."""
+
+    __slots__ = ("_done", "_on_done")
+
+    def __init__(self, on_done: Callable[[H1Response | BaseException], None]) -> None:
+        self._on_done = on_done
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def discard(self) -> None:
+        """Nobody wants the answer any more: whatever comes is dropped."""
+        self._done = True
+
+    def set_result(self, result: H1Response, /) -> None:
+        self._done = True
+        self._on_done(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._on_done(exception)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and its HTTP/1.1 state."""
 
@@ -130,7 +167,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.lost = False
         self.closed_event = asyncio.Event()
-        self._waiter: asyncio.Future[H1Response] | None = None
+        self._waiter: _Answer | None = None
         self._response: Response | None = None
         self._body: list[bytes] = []
 
@@ -149,6 +186,22 @@ class _Connection(asyncio.Protocol):
             # Bytes while idle: nothing can be trusted on this connection any more.
             self.abort()
             self.pool._forget(self)
+            return
+        whole = self.codec.receive_whole(data)
+        if whole is not None:
+            # The common answer, whole in one read: no events, no body list.
+            response, body = whole
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(
+                    H1Response(
+                        response.status,
+                        response.reason,
+                        response.headers,
+                        body,
+                        response.http_version,
+                    )
+                )
             return
         try:
             events = self.codec.receive_data(data)
@@ -219,14 +272,17 @@ class _Connection(asyncio.Protocol):
         self.abort()
 
     def send(self, request: bytes) -> asyncio.Future[H1Response]:
+        waiter: asyncio.Future[H1Response] = self.pool.loop.create_future()
+        self.send_to(request, waiter)
+        return waiter
+
+    def send_to(self, request: bytes, waiter: _Answer) -> None:
         assert self._waiter is None
         if self.transport is None or not self.usable:
             raise self._lost_error(None)
         self.codec.begin_request()
-        waiter = self.pool.loop.create_future()
         self._waiter = waiter
         self.transport.write(request)
-        return waiter
 
     @property
     def usable(self) -> bool:
@@ -242,9 +298,71 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _expire(waiter: asyncio.Future[H1Response]) -> None:
+def _expire(waiter: _Answer) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+def is_stale(exc: BaseException) -> bool:
+    """``exc`` is the keep-alive race: a reused connection closed before any answer."""
+    return isinstance(exc, _StaleConnection)
+
+
+class FastExchange:
+    """One request on a kept-alive connection, answered through a callback.
+
+    Does what ``H1Pool._exchange`` does around ``await``: one timer on the answer, the
+    connection back to the pool after a whole answer, aborted and forgotten after
+    anything else (a timeout, an error, ``cancel()``)."""
+
+    __slots__ = ("_answer", "_conn", "_on_done", "_pool", "_timer", "deadline")
+
+    def __init__(
+        self,
+        pool: H1Pool,
+        conn: _Connection,
+        payload: bytes,
+        deadline: float,
+        on_done: Callable[[H1Response | BaseException], None],
+    ) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._on_done = on_done
+        #: When the answer times out (a keep-alive replay must be done by then too).
+        self.deadline = deadline
+        self._answer = _Callback(self._settled)
+        self._timer: asyncio.TimerHandle | None = None
+        try:
+            conn.send_to(payload, self._answer)
+        except BaseException as exc:
+            # As in ``_exchange``: the connection's state is unknown. The answer comes
+            # back through ``on_done`` all the same, after this call returns.
+            self._answer.discard()
+            conn.abort()
+            pool._forget(conn)
+            pool.loop.call_soon(on_done, exc)
+            return
+        self._timer = pool.loop.call_at(deadline, _expire, self._answer)
+
+    def _settled(self, result: H1Response | BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if isinstance(result, BaseException):
+            self._conn.abort()
+            self._pool._forget(self._conn)
+        else:
+            self._pool._release(self._conn)
+        self._on_done(result)
+
+    def cancel(self) -> None:
+        """The caller gave up: the connection's state is unknown, so it closes."""
+        if self._answer.done():
+            return
+        self._answer.discard()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._conn.abort()
+        self._pool._forget(self._conn)
 
 
 @dataclass(eq=False, slots=True)
@@ -331,17 +449,8 @@ class H1Pool:
         raises ``TimeoutError``, as ``asyncio.timeout`` around the call would."""
         if self._closed:
             raise PoolClosed("the upstream pool is closed")
-        origin = self._origins.get(url)
-        if origin is None:
-            origin = self._origins[url] = Origin.parse(url)
-        payload = encode_request(
-            method,
-            origin.prefix + target,
-            host=origin.authority,
-            headers=headers,
-            body=body,
-            user_agent=self.user_agent,
-        )
+        origin = self.origin(url)
+        payload = self.encode(origin, target, headers, body, method)
         if timeout_s is None or timeout_s == math.inf:
             return await self._request(origin, payload, replay_if_stale)
         deadline = self.loop.time() + timeout_s
@@ -355,10 +464,73 @@ class H1Pool:
         try:
             return await self._exchange(conn, payload, deadline)
         except _StaleConnection as exc:
-            if not replay_if_stale:
-                raise ConnectionBroken(str(exc)) from None
+            return await self.after_stale(origin, payload, deadline, replay_if_stale, exc)
+
+    def origin(self, url: str) -> Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = self._origins[url] = Origin.parse(url)
+        return origin
+
+    def encode(
+        self,
+        origin: Origin,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        method: str = "POST",
+    ) -> bytes:
+        """The bytes of ``method {origin's path}{target}``; raises LocalProtocolError."""
+        return encode_request(
+            method,
+            origin.prefix + target,
+            host=origin.authority,
+            headers=headers,
+            body=body,
+            user_agent=self.user_agent,
+        )
+
+    async def after_stale(
+        self,
+        origin: Origin,
+        payload: bytes,
+        deadline: float,
+        replay_if_stale: bool,
+        exc: BaseException,
+    ) -> H1Response:
+        """After the keep-alive race on a reused connection: the request once more on a
+        new connection by ``deadline``, or ``ConnectionBroken`` if it must not run twice."""
+        if not replay_if_stale:
+            raise ConnectionBroken(str(exc)) from None
         async with asyncio.timeout_at(deadline):
             return await self._fresh_exchange(origin, payload)
+
+    # -- the fast path: no task, no coroutine --------------------------------------
+
+    def idle_ready(self, origin: Origin) -> bool:
+        """``request()`` would take a kept-alive connection to ``origin`` at once: nothing
+        to wait for, nothing to open. Changes nothing."""
+        if self._closed:
+            return False
+        conns = self._idle.get(origin.url)
+        if not conns:
+            return False
+        conn = conns[-1]
+        return conn.usable and self.loop.time() - conn.idle_since < self.keepalive_s
+
+    def start_exchange(
+        self,
+        origin: Origin,
+        payload: bytes,
+        timeout_s: float,
+        on_done: Callable[[H1Response | BaseException], None],
+    ) -> FastExchange:
+        """``payload`` on the kept-alive connection ``idle_ready()`` vouched for; ``on_done``
+        gets the whole answer or the exception ``request()`` would have seen before its
+        keep-alive replay (``is_stale()`` tells that one; ``after_stale()`` goes on)."""
+        conn = self._take_idle(origin)
+        assert conn is not None, "start_exchange() without idle_ready()"
+        return FastExchange(self, conn, payload, self.loop.time() + timeout_s, on_done)
 
     async def _request(self, origin: Origin, payload: bytes, replay_if_stale: bool) -> H1Response:
         conn = await self._acquire(origin, fresh=False)

@@ -430,6 +430,70 @@ class ClientConnection:
             self.keep_alive = False
             raise
 
+    def receive_whole(self, data: bytes) -> tuple[Response, bytes] | None:
+        """The common answer in one read, without events: a final status, one numeric
+        ``Content-Length``, no ``Transfer-Encoding``, and ``data`` is exactly the head and
+        that body. Then the same response and body ``receive_data(data)`` would give,
+        with the same state after (DONE); for anything else None and nothing changed:
+        feed ``data`` to ``receive_data()``, which also names what is wrong."""
+        if self.state is not State.AWAIT_HEAD or self._buf or self._head_bytes:
+            return None
+        end = data.find(b"\r\n\r\n")
+        limits = self.limits
+        if end < 0 or end + 4 > limits.max_head_bytes:
+            return None
+        head = data[:end]
+        crlf = head.count(b"\r\n")
+        if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
+            return None
+        status_line, _, fields = (
+            head.decode("utf-8", "surrogateescape").replace("\r\n", "\n").partition("\n")
+        )
+        match = _STATUS_LINE.fullmatch(status_line)
+        if match is None:
+            return None
+        minor, status_text, reason = match.groups()
+        status = int(status_text)
+        if status < 200 or status in _NO_BODY_STATUSES:
+            return None
+        if fields:
+            if fields.count("\n") + 1 > limits.max_headers:
+                return None
+            pairs = _FIELD_LINE.findall(fields)
+            if len(pairs) != fields.count("\n") + 1:
+                return None
+            items = [(name.lower(), value.rstrip(" \t")) for name, value in pairs]
+        else:
+            items = []
+        length: str | None = None
+        keep_alive = minor == "1"
+        for name, value in items:
+            if name == "content-length":
+                if length is not None:
+                    return None
+                length = value
+            elif name == "transfer-encoding":
+                return None
+            elif name == "connection" and any(
+                token.strip(" \t").lower() == "close" for token in value.split(",")
+            ):
+                keep_alive = False
+        if (
+            length is None
+            or not (length.isdigit() and length.isascii())
+            or len(length) > 18
+            or int(length) > limits.max_body_bytes
+            or len(data) - end - 4 != int(length)
+        ):
+            return None
+        self.response_started = True
+        self._head_bytes = end + 4
+        if not keep_alive:
+            self.keep_alive = False
+        self.state = State.DONE
+        response = Response(status, reason or "", Headers._from_lowered(items), f"1.{minor}")
+        return response, data[end + 4 :]
+
     def _receive_eof(self) -> list[Event]:
         state = self.state
         self.keep_alive = False

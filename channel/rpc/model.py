@@ -8,7 +8,9 @@ an exception.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from channel.wire.errors import ErrorCode
 
@@ -77,3 +79,14 @@ class RpcResponse:
     @classmethod
     def error(cls, code: ErrorCode, message: str, *, retry_after_ms: int = 0) -> RpcResponse:
         return cls(status=int(code), retry_after_ms=retry_after_ms, message=message)
+
+
+class Call(Protocol):
+    """A call being served: a task, or the RPC router's fast path; either cancels alike."""
+
+    def cancel(self) -> object: ...
+
+
+#: Starts a call without a task when it can (``RpcRouter.start_call``): the answer goes
+#: to the callback; None: not started, await the upstream call instead.
+StartCall = Callable[[RpcRequest, Callable[[RpcResponse], None]], Call | None]

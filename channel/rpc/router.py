@@ -1,10 +1,18 @@
 """The RPC proxy: device REQUEST → traffic rules → upstream HTTP → RESPONSE.
 
-``RpcRouter.handle()`` is all the gateway calls per request. It matches the
+``RpcRouter.handle()`` answers one request. It matches the
 op to a route (exact op beats the longest prefix, then ``*``), lets the
 route's rules pick candidate clusters, and calls the first usable one with
 the route's deadline, retry and breaker policy. It never raises for upstream
 trouble: every failure becomes an ``RpcResponse`` carrying an ``ErrorCode``.
+
+The gateway first offers a call to ``start_call()``, the fast path: when the
+call can go out at once on a kept-alive connection, it is sent without a task
+and answered from the connection's callback; a call that does not end with
+that first answer (an error status, a timeout, the keep-alive race) goes on in
+a task through the same steps as ``handle()``, resumed where it stood
+(``_Resume``). Otherwise ``start_call()`` does nothing and the gateway awaits
+``handle()``.
 
 Configuration lives in one immutable ``_State`` swapped by ``reload()`` in a
 single assignment; a call reads the state once, so calls in flight finish
@@ -16,18 +24,21 @@ pools close when their last call ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from channel.rpc.breaker import BreakerState
 from channel.rpc.config import OP_PATTERN, RouteConfig, RoutingConfig
 from channel.rpc.devices import Refusal
+from channel.rpc.h1pool import FastExchange, H1Response, Origin
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.rules import Selection, select
-from channel.rpc.upstream import ClusterPool, Endpoint, upstream_headers
+from channel.rpc.upstream import Attempt, ClusterPool, Endpoint, upstream_headers
 from channel.wire.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -173,6 +184,11 @@ class RpcRouter:
         else:
             route_label = route.match
             response, cluster = await self._route(state, route, request)
+        return self._answer(started, route_label, cluster, response)
+
+    def _answer(
+        self, started: float, route_label: str, cluster: str, response: RpcResponse
+    ) -> RpcResponse:
         self.metrics.observe_call(
             route_label, cluster, response.status, (self._clock() - started) * 1000
         )
@@ -187,24 +203,110 @@ class RpcRouter:
             cluster,
         )
 
-    async def _route(
-        self, state: _State, route: RouteConfig, request: RpcRequest
-    ) -> tuple[RpcResponse, str]:
+    def start_call(
+        self, request: RpcRequest, on_done: Callable[[RpcResponse], None]
+    ) -> FastCall | None:
+        """``handle()`` without a task when the call can go out at once: a route without
+        a mirror, its first cluster's breakers closed and a kept-alive connection to the
+        endpoint ``handle()`` would pick. The answer goes to ``on_done`` (never called
+        after ``cancel()``), from the upstream connection's callback when it is a whole
+        answer that ends the call; anything else (an error status, a timeout, a broken
+        connection, the keep-alive race) goes on in a task exactly as ``handle()``.
+
+        None: nothing was done; ``handle()`` it."""
+        started = self._clock()
+        state = self._state
+        op = request.op
+        if self._closed or not OP_PATTERN.fullmatch(op):
+            return None
+        route = state.table.match(op)
+        if route is None or route.mirror is not None:
+            return None
         selection = select(route.rules, route.cluster, request)
-        self.metrics.selections[(route.match, selection.picked_by)] += 1
         try:
             headers = upstream_headers(request, stress=selection.stress)
-        except ValueError as exc:
-            return RpcResponse.error(ErrorCode.BAD_REQUEST, str(exc)), ""
+        except ValueError:
+            return None
+        pool = state.pools[selection.clusters[0]]
+        device = request.device.device_id
+        timeout_ms = route.timeout_ms or pool.config.timeout_ms
+        if (
+            timeout_ms <= 0
+            or pool.devices.refusal(device) is not None
+            or pool.breaker.state is not BreakerState.CLOSED
+        ):
+            return None
+        endpoint = pool.peek()
+        if endpoint is None:
+            return None
+        exchange = pool.fast_exchange(endpoint, op, headers, request.body)
+        if exchange is None:
+            return None
+        # From here on, what handle() -> _route -> ... -> post() does, in the same order;
+        # every step's outcome is known from the checks above.
+        self.metrics.selections[(route.match, selection.picked_by)] += 1
         pools = [state.pools[name] for name in selection.clusters]
-        # Hold every candidate before the first await so a reload cannot close
-        # a pool this call may still fail over to.
-        for pool in pools:
-            pool.hold()
+        for held in pools:
+            held.hold()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        pool.devices.started(device)
+        picked = pool.pick()
+        allowed = pool.breaker.allow()
+        assert picked is endpoint and allowed
+        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
+        timeout_s = min(deadline - loop.time(), attempt_timeout_s)
+        call = FastCall(
+            self,
+            _Resume(
+                state,
+                route,
+                selection,
+                pools,
+                request,
+                headers,
+                deadline,
+                route.is_idempotent(op),
+                endpoint,
+                timeout_s,
+                started,
+            ),
+            exchange,
+            on_done,
+        )
+        call.exchange = pool.start_fast(*exchange, timeout_s, call.answered)
+        return call
+
+    async def resume(self, resume: _Resume) -> RpcResponse:
+        """A fast call that did not end with its first answer, on the ordinary path."""
+        response, cluster = await self._route(resume.state, resume.route, resume.request, resume)
+        return self._answer(resume.started, resume.route.match, cluster, response)
+
+    async def _route(
+        self,
+        state: _State,
+        route: RouteConfig,
+        request: RpcRequest,
+        resume: _Resume | None = None,
+    ) -> tuple[RpcResponse, str]:
+        if resume is None:
+            selection = select(route.rules, route.cluster, request)
+            self.metrics.selections[(route.match, selection.picked_by)] += 1
+            try:
+                headers = upstream_headers(request, stress=selection.stress)
+            except ValueError as exc:
+                return RpcResponse.error(ErrorCode.BAD_REQUEST, str(exc)), ""
+            pools = [state.pools[name] for name in selection.clusters]
+            # Hold every candidate before the first await so a reload cannot close
+            # a pool this call may still fail over to.
+            for pool in pools:
+                pool.hold()
+        else:
+            selection, headers, pools = resume.selection, resume.headers, resume.pools
         try:
-            if route.mirror is not None and not selection.stress:
+            if resume is None and route.mirror is not None and not selection.stress:
                 self._maybe_mirror(state, route, request, headers)
-            return await self._call(route, selection, pools, request, headers)
+            return await self._call(route, selection, pools, request, headers, resume)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -221,20 +323,25 @@ class RpcRouter:
         pools: list[ClusterPool],
         request: RpcRequest,
         headers: list[tuple[str, str]],
+        resume: _Resume | None = None,
     ) -> tuple[RpcResponse, str]:
-        loop = asyncio.get_running_loop()
-        timeout_ms = route.timeout_ms or pools[0].config.timeout_ms
-        deadline = loop.time() + timeout_ms / 1000
+        if resume is None:
+            loop = asyncio.get_running_loop()
+            timeout_ms = route.timeout_ms or pools[0].config.timeout_ms
+            deadline = loop.time() + timeout_ms / 1000
+        else:
+            deadline = resume.deadline
         idempotent = route.is_idempotent(request.op)
         response: RpcResponse | None = None
         for index, pool in enumerate(pools):
             last = index == len(pools) - 1
-            if not last and not pool.available(request.device.device_id):
+            if resume is None and not last and not pool.available(request.device.device_id):
                 self.metrics.failovers[(pool.name, pools[index + 1].name)] += 1
                 continue
             response, sent = await self._call_cluster(
-                pool, route, request, headers, deadline, idempotent
+                pool, route, request, headers, deadline, idempotent, resume
             )
+            resume = None
             if sent or last:
                 return response, pool.name
             # Nothing reached this cluster, so the next one may take the call.
@@ -251,6 +358,7 @@ class RpcRouter:
         headers: list[tuple[str, str]],
         deadline: float,
         idempotent: bool,
+        resume: _Resume | None = None,
     ) -> tuple[RpcResponse, bool]:
         """Try one cluster within ``deadline``; returns the answer and whether anything was sent.
 
@@ -261,13 +369,16 @@ class RpcRouter:
         cluster's) retries.
         """
         device = request.device.device_id
-        refusal = pool.devices.refusal(device)
-        if refusal is not None:
-            self.metrics.device_rejections[pool.name] += 1
-            return _device_refused(refusal, request.op), False
-        pool.devices.started(device)
+        if resume is None:
+            refusal = pool.devices.refusal(device)
+            if refusal is not None:
+                self.metrics.device_rejections[pool.name] += 1
+                return _device_refused(refusal, request.op), False
+            pool.devices.started(device)
         try:
-            return await self._try_cluster(pool, route, request, headers, deadline, idempotent)
+            return await self._try_cluster(
+                pool, route, request, headers, deadline, idempotent, resume
+            )
         finally:
             pool.devices.finished(device)
 
@@ -279,6 +390,7 @@ class RpcRouter:
         headers: list[tuple[str, str]],
         deadline: float,
         idempotent: bool,
+        resume: _Resume | None = None,
     ) -> tuple[RpcResponse, bool]:
         loop = asyncio.get_running_loop()
         retries_left = 0
@@ -290,40 +402,62 @@ class RpcRouter:
         response: RpcResponse | None = None
         sent = False
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return response or RpcResponse.error(
-                    ErrorCode.TIMEOUT, f"no answer for {request.op!r} in time"
-                ), sent
-            endpoint = pool.pick(tried)
-            if endpoint is None:
-                return response or RpcResponse.error(
-                    ErrorCode.UNAVAILABLE,
-                    f"no healthy upstream for {request.op!r}",
-                    retry_after_ms=round(pool.next_endpoint_in_s() * 1000),
-                ), sent
-            if not pool.breaker.allow():
-                self.metrics.breaker_rejections[pool.name] += 1
-                return response or RpcResponse.error(
-                    ErrorCode.UNAVAILABLE,
-                    f"service for {request.op!r} is failing; circuit open",
-                    retry_after_ms=max(1, round(pool.breaker.retry_after_s() * 1000)),
-                ), sent
-            if tried:
-                self.metrics.retries[pool.name] += 1
-            tried.append(endpoint)
-            try:
-                attempt = await pool.post(
-                    endpoint,
-                    request.op,
-                    headers,
-                    request.body,
-                    min(remaining, attempt_timeout_s),
-                    idempotent=idempotent,
-                )
-            except BaseException:
-                pool.breaker.release()
-                raise
+            if resume is not None:
+                # The fast path's try: endpoint picked, breaker asked, request sent.
+                tried.append(resume.endpoint)
+                pending, timeout_s, resume = resume.pending, resume.timeout_s, None
+                try:
+                    attempt = (
+                        pending
+                        if isinstance(pending, Attempt)
+                        else await pool.post(
+                            tried[-1],
+                            request.op,
+                            headers,
+                            request.body,
+                            timeout_s,
+                            idempotent=idempotent,
+                            pending=pending,
+                        )
+                    )
+                except BaseException:
+                    pool.breaker.release()
+                    raise
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return response or RpcResponse.error(
+                        ErrorCode.TIMEOUT, f"no answer for {request.op!r} in time"
+                    ), sent
+                endpoint = pool.pick(tried)
+                if endpoint is None:
+                    return response or RpcResponse.error(
+                        ErrorCode.UNAVAILABLE,
+                        f"no healthy upstream for {request.op!r}",
+                        retry_after_ms=round(pool.next_endpoint_in_s() * 1000),
+                    ), sent
+                if not pool.breaker.allow():
+                    self.metrics.breaker_rejections[pool.name] += 1
+                    return response or RpcResponse.error(
+                        ErrorCode.UNAVAILABLE,
+                        f"service for {request.op!r} is failing; circuit open",
+                        retry_after_ms=max(1, round(pool.breaker.retry_after_s() * 1000)),
+                    ), sent
+                if tried:
+                    self.metrics.retries[pool.name] += 1
+                tried.append(endpoint)
+                try:
+                    attempt = await pool.post(
+                        endpoint,
+                        request.op,
+                        headers,
+                        request.body,
+                        min(remaining, attempt_timeout_s),
+                        idempotent=idempotent,
+                    )
+                except BaseException:
+                    pool.breaker.release()
+                    raise
             self._record(pool, attempt.failure, attempt.outcome, request.device.device_id)
             response, sent = attempt.response, sent or attempt.sent
             if not attempt.failure:
@@ -452,3 +586,141 @@ def _device_refused(refusal: Refusal, op: str) -> RpcResponse:
         f"calls from this device to the service for {op!r} keep failing; retry later",
         retry_after_ms=retry_after_ms,
     )
+
+
+@dataclass(eq=False, slots=True)
+class _Resume:
+    """Where a fast call stands: what ``handle()`` had decided when its request went out."""
+
+    state: _State
+    route: RouteConfig
+    selection: Selection
+    pools: list[ClusterPool]
+    request: RpcRequest
+    headers: list[tuple[str, str]]
+    deadline: float
+    idempotent: bool
+    endpoint: Endpoint
+    timeout_s: float
+    started: float
+    #: The first try's outcome, set when the call goes on in a task: classified, or
+    #: what ``ClusterPool.post()`` is to await for it.
+    pending: Attempt | Callable[[], Awaitable[H1Response]] | None = None
+
+
+class FastCall:
+    """One call on ``RpcRouter.start()``'s fast path; ``cancel()`` as for a task."""
+
+    __slots__ = (
+        "_attempt_deadline",
+        "_done",
+        "_on_done",
+        "_resume",
+        "_router",
+        "_sent",
+        "_task",
+        "exchange",
+    )
+
+    def __init__(
+        self,
+        router: RpcRouter,
+        resume: _Resume,
+        sent: tuple[Origin, bytes],
+        on_done: Callable[[RpcResponse], None],
+    ) -> None:
+        self._router = router
+        self._resume = resume
+        self._sent = sent
+        self._on_done = on_done
+        self._done = False
+        self._task: asyncio.Task[None] | None = None
+        self._attempt_deadline = 0.0
+        self.exchange: FastExchange | None = None
+
+    def answered(self, result: H1Response | BaseException) -> None:
+        """The upstream exchange ended (the connection is back in the pool or closed)."""
+        if self._done:
+            return
+        exchange, self.exchange = self.exchange, None
+        assert exchange is not None
+        self._attempt_deadline = exchange.deadline
+        resume = self._resume
+        try:
+            final = self._settle(result)
+        except Exception:
+            # As _route does for a bug: the call ends as a gateway error.
+            log.exception("rpc %s: unexpected error", resume.request.op)
+            resume.pools[0].breaker.release()
+            self._release()
+            final = self._router._answer(
+                resume.started,
+                resume.route.match,
+                "",
+                RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"),
+            )
+        if final is not None:
+            self._deliver(final)
+
+    def _settle(self, result: H1Response | BaseException) -> RpcResponse | None:
+        resume = self._resume
+        pool = resume.pools[0]
+        if isinstance(result, H1Response):
+            attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
+            if not attempt.failure:
+                # The common end: what _try_cluster, _call_cluster, _call, _route and
+                # handle do after a try that is not a failure.
+                self._router._record(pool, False, attempt.outcome, resume.request.device.device_id)
+                self._release()
+                return self._router._answer(
+                    resume.started, resume.route.match, pool.name, attempt.response
+                )
+            resume.pending = attempt
+        else:
+            origin, payload = self._sent
+            resume.pending = functools.partial(
+                pool.fast_failure,
+                result,
+                origin,
+                payload,
+                self._attempt_deadline,
+                resume.idempotent,
+            )
+        self._task = asyncio.get_running_loop().create_task(self._go_on())
+        return None
+
+    async def _go_on(self) -> None:
+        try:
+            response = await self._router.resume(self._resume)
+        except Exception:
+            log.exception("rpc handler failed")
+            response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
+        self._deliver(response)
+
+    def _release(self) -> None:
+        resume = self._resume
+        resume.pools[0].devices.finished(resume.request.device.device_id)
+        for pool in resume.pools:
+            pool.unhold()
+
+    def _deliver(self, response: RpcResponse) -> None:
+        self._done = True
+        try:
+            self._on_done(response)
+        except Exception:
+            # Called from the upstream connection's callback: never let it break that.
+            log.exception("rpc %s: answering failed", self._resume.request.op)
+
+    def cancel(self) -> None:
+        """The device gave up: as a task's cancellation would, the connection closes and
+        the breaker's and the pools' holds are given back. ``on_done`` is not called."""
+        if self._done:
+            return
+        self._done = True
+        if self._task is not None:
+            self._task.cancel()
+            return
+        if self.exchange is not None:
+            self.exchange.cancel()
+        self._resume.pools[0].breaker.release()
+        self._release()

@@ -22,13 +22,22 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from channel.rpc.breaker import CircuitBreaker
 from channel.rpc.config import ClusterConfig
 from channel.rpc.devices import DeviceGuard
-from channel.rpc.h1pool import ConnectError, ConnectionBroken, H1Pool, H1Response, PoolClosed
+from channel.rpc.h1pool import (
+    ConnectError,
+    ConnectionBroken,
+    FastExchange,
+    H1Pool,
+    H1Response,
+    Origin,
+    PoolClosed,
+    is_stale,
+)
 from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import DeviceContext, RpcRequest, RpcResponse
@@ -64,6 +73,19 @@ _TCHAR_LOWER = r"[a-z0-9!#$%&'*+.^_`|~\-]"
 #: Names joined by "\n", each a lower-case token.
 _LOWER_TOKEN_LINES = re.compile(f"{_TCHAR_LOWER}+(?:\n{_TCHAR_LOWER}+)*")
 _MAX_RETRY_AFTER_MS = 3_600_000
+#: What ``post()`` turns into a failed ``Attempt`` (anything else is a bug and propagates).
+_ATTEMPT_ERRORS = (
+    ConnectError,
+    TimeoutError,
+    H1ProtocolError,
+    ConnectionBroken,
+    PoolClosed,
+    OSError,
+)
+
+
+async def _raise(exc: BaseException) -> H1Response:
+    raise exc
 
 
 def identity_headers(device: DeviceContext) -> list[tuple[str, str]]:
@@ -304,6 +326,16 @@ class ClusterPool:
             return endpoint
         return fallback
 
+    def peek(self) -> Endpoint | None:
+        """What ``pick()`` would return now, without moving the round robin."""
+        now = self._clock()
+        count = len(self.endpoints)
+        for i in range(count):
+            endpoint = self.endpoints[(self._next + i) % count]
+            if endpoint.down_until <= now:
+                return endpoint
+        return None
+
     def mark_down(self, endpoint: Endpoint) -> None:
         endpoint.down_until = self._clock() + self.endpoint_down_s
         self._metrics.endpoints_marked_down[self.name] += 1
@@ -339,16 +371,20 @@ class ClusterPool:
         timeout_s: float,
         *,
         idempotent: bool,
+        pending: Callable[[], Awaitable[H1Response]] | None = None,
     ) -> Attempt:
         """One ``POST {endpoint}/rpc/{op}`` within ``timeout_s``; never raises for I/O trouble.
 
         ``idempotent``: a reused keep-alive connection that the upstream closed before
         answering (it may have read the request) is tried again on a new one; otherwise
-        that is a broken attempt, so a non-idempotent op never runs twice."""
+        that is a broken attempt, so a non-idempotent op never runs twice.
+
+        ``pending``: the answer of a request already sent (the fast path's, going on
+        after it), to classify instead of sending one."""
         # One coroutine (no inner ``_post``): a frame less to create and resume per call.
         pool = self._get_pool()
         attempt: Attempt
-        if pool.closed:
+        if pending is None and pool.closed:
             attempt = Attempt(
                 RpcResponse.error(ErrorCode.UNAVAILABLE, "upstream pool closed"),
                 "closed",
@@ -357,35 +393,87 @@ class ClusterPool:
             )
         else:
             try:
-                response = await pool.request(
-                    endpoint.url,
-                    f"/rpc/{op}",
-                    headers,
-                    body,
-                    replay_if_stale=idempotent,
-                    timeout_s=timeout_s,
-                )
-            except ConnectError as exc:
-                attempt = self._unreachable(endpoint, op, exc)
-            except TimeoutError:
-                attempt = Attempt(
-                    RpcResponse.error(
-                        ErrorCode.TIMEOUT,
-                        f"no answer for {op!r} within {round(timeout_s * 1000)} ms",
-                    ),
-                    "timeout",
-                    sent=True,
-                    failure=True,
-                )
-            except BodyTooLarge:
-                attempt = self._too_large(op)
-            except (H1ProtocolError, ConnectionBroken, PoolClosed, OSError) as exc:
-                log.info("rpc cluster %s: %s broke: %r", self.name, endpoint.url, exc)
-                attempt = self._broken(op)
+                if pending is None:
+                    response = await pool.request(
+                        endpoint.url,
+                        f"/rpc/{op}",
+                        headers,
+                        body,
+                        replay_if_stale=idempotent,
+                        timeout_s=timeout_s,
+                    )
+                else:
+                    response = await pending()
+            except _ATTEMPT_ERRORS as exc:
+                attempt = self._failed(endpoint, op, timeout_s, exc)
             else:
                 attempt = self._classify(response, op, endpoint)
         self._metrics.attempts[(self.name, attempt.outcome)] += 1
         return attempt
+
+    # -- the fast path (see RpcRouter.start_call) -------------------------------------
+
+    def fast_exchange(
+        self, endpoint: Endpoint, op: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[Origin, bytes] | None:
+        """What to send on a kept-alive connection to ``endpoint`` that ``post()`` would
+        take at once, or None (no such connection, a closed pool, a bad field: ``post()``
+        deals with those). Changes nothing."""
+        pool = self._get_pool()
+        try:
+            origin = pool.origin(endpoint.url)
+            if not pool.idle_ready(origin):
+                return None
+            return origin, pool.encode(origin, f"/rpc/{op}", headers, body)
+        except ValueError:
+            return None
+
+    def start_fast(
+        self,
+        origin: Origin,
+        payload: bytes,
+        timeout_s: float,
+        on_done: Callable[[H1Response | BaseException], None],
+    ) -> FastExchange:
+        return self._get_pool().start_exchange(origin, payload, timeout_s, on_done)
+
+    def fast_attempt(self, response: H1Response, op: str, endpoint: Endpoint) -> Attempt:
+        """``post()``'s classification of a whole answer the fast path got."""
+        attempt = self._classify(response, op, endpoint)
+        self._metrics.attempts[(self.name, attempt.outcome)] += 1
+        return attempt
+
+    def fast_failure(
+        self,
+        exc: BaseException,
+        origin: Origin,
+        payload: bytes,
+        deadline: float,
+        idempotent: bool,
+    ) -> Awaitable[H1Response]:
+        """What ``post()`` awaits after the fast path's exchange failed with ``exc``: the
+        keep-alive replay, or the failure itself."""
+        if is_stale(exc):
+            return self._get_pool().after_stale(origin, payload, deadline, idempotent, exc)
+        return _raise(exc)
+
+    def _failed(self, endpoint: Endpoint, op: str, timeout_s: float, exc: Exception) -> Attempt:
+        if isinstance(exc, ConnectError):
+            return self._unreachable(endpoint, op, exc)
+        if isinstance(exc, TimeoutError):
+            return Attempt(
+                RpcResponse.error(
+                    ErrorCode.TIMEOUT,
+                    f"no answer for {op!r} within {round(timeout_s * 1000)} ms",
+                ),
+                "timeout",
+                sent=True,
+                failure=True,
+            )
+        if isinstance(exc, BodyTooLarge):
+            return self._too_large(op)
+        log.info("rpc cluster %s: %s broke: %r", self.name, endpoint.url, exc)
+        return self._broken(op)
 
     def _unreachable(self, endpoint: Endpoint, op: str, exc: ConnectError) -> Attempt:
         self.mark_down(endpoint)
