@@ -26,6 +26,7 @@ Example ``channel.toml``::
     engine = "native"           # the Rust engine; "python": uvloop + Python's ssl (reference)
     tls_engine = "memorybio"    # the python engine's TLS: or "uvloop" (its TLS transport)
     malloc_trim_after_handshakes = 0  # glibc malloc_trim(0) after a burst this big; 0 = off
+    gc_gen0_threshold = 50000   # net allocations between young-generation collections
     state_dir = "/var/lib/channel"
 
     [tls]
@@ -166,6 +167,11 @@ class ServerConfig:
     #: No effect on other C libraries, nor on the native engine (only the Python
     #: engine counts its handshakes for it).
     malloc_trim_after_handshakes: int = 0
+    #: Python's cyclic collector: net allocations between young-generation collections
+    #: once the node has started (CPython's default is 700). Larger = fewer collections
+    #: (less CPU per push), each over more objects (longer pauses). Start-up objects are
+    #: frozen out of every collection regardless (channel/gateway/run.py tune_gc).
+    gc_gen0_threshold: int = 50_000
     drain_timeout_s: float = 30.0
     #: After GOAWAY, how long requests already on the wire may still arrive before close.
     goaway_grace_s: float = 1.0
@@ -685,6 +691,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("server.workers: must be >= 1")
     if config.server.malloc_trim_after_handshakes < 0:
         raise ConfigError("server.malloc_trim_after_handshakes: must be >= 0 (0 = off)")
+    if not 100 <= config.server.gc_gen0_threshold <= 10_000_000:
+        raise ConfigError("server.gc_gen0_threshold: must be between 100 and 10000000")
     if config.limits.max_frame_size < 1024:
         raise ConfigError("limits.max_frame_size: must be >= 1024")
     if config.limits.header_table_size < 4096:

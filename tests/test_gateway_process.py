@@ -319,3 +319,30 @@ async def test_sighup_reloads_the_certificate_without_dropping_devices(tmp_path:
             await device.close()
     finally:
         serve.stop()
+
+
+async def test_gc_gen0_threshold_applies_to_the_serving_process(tmp_path: Path) -> None:
+    serve = ServeProcess(
+        tmp_path,
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        env={"CHANNEL_SERVER__GC_GEN0_THRESHOLD": "123457"},
+    )
+    try:
+        await asyncio.to_thread(serve.wait_listening)
+        line = await asyncio.to_thread(serve.wait_log, "collector tuned")
+        assert "123457" in line, line
+    finally:
+        serve.stop()
+
+
+def test_gc_gen0_threshold_out_of_range_is_refused(tmp_path: Path) -> None:
+    from channel.config import ConfigError, load_config
+
+    config_file = tmp_path / "channel.toml"
+    config_file.write_text("[server]\ngc_gen0_threshold = 10\n")
+    with pytest.raises(ConfigError, match=r"server\.gc_gen0_threshold"):
+        load_config(config_file, environ={})
+    assert load_config(None, environ={}).server.gc_gen0_threshold == 50_000

@@ -946,3 +946,19 @@ async def test_receipt_stream_keeps_about_maxlen_receipts_not_entries(
         assert 1_000 <= kept <= 6_000, kept
     finally:
         await stores.close()
+
+
+async def test_memory_receipt_stream_keeps_the_newest_maxlen_receipts_in_order() -> None:
+    """The memory stream holds the newest ``maxlen`` receipts, numbered without gaps
+    across batches, so a cursor from before the trim resumes at the oldest one kept."""
+    receipts = MemoryReceipts(maxlen=1_000)
+    for batch in range(25):  # 2,500 receipts in batches of 100
+        await receipts.record(
+            [Receipt(f"m{batch}.{i}", PushStatus.DELIVERED, "d", 1) for i in range(100)]
+        )
+    kept, cursor = await receipts.read("0", 5_000, 0)
+    assert [r.message_id for r in kept] == [f"m{b}.{i}" for b in range(15, 25) for i in range(100)]
+    assert cursor == "2500"
+    await receipts.record([Receipt("last", PushStatus.DELIVERED, "d", 1)])
+    after, cursor = await receipts.read("2499", 10, 0)
+    assert [r.message_id for r in after] == ["m24.99", "last"] and cursor == "2501"

@@ -264,11 +264,20 @@ class NodeDelivery:
 
     def acks_many(self, sessions: Sequence[Session | None], message_ids: Sequence[str]) -> None:
         """ACKs of many devices in one go (``message_ids[i]`` from ``sessions[i]``; None:
-        a connection gone meanwhile). One pass, one clock read for the whole batch."""
+        a connection gone meanwhile). One pass, one clock read for the whole batch.
+
+        With ``[push] recent_acks`` > 0 each ACK is remembered: a push can reach a
+        connection twice (the queue replay on connect reads it while its routed copy is
+        on the way, or it is forwarded from the node the box just left), and once
+        acknowledged its queue entry goes, so the later copy would be a second
+        delivery; this bounded memory turns it away (``_write``)."""
         at = now_ms()
         states = self._state
         acked, receipts, delivered = self._acked.append, self._receipts.append, _DELIVERED
-        remember = self._remember_ack if self.config.recent_acks > 0 else None
+        # Recent ACKs are remembered inline and trimmed once per batch (a call per ACK
+        # was a few % of a node's CPU under unicast load).
+        cap = self.config.recent_acks
+        recent = self._recent_acks if cap > 0 else None
         last: Session | None = None
         outstanding: dict[str, str] = {}
         device_id = ""
@@ -281,8 +290,8 @@ class NodeDelivery:
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
-            if remember is not None:
-                remember(device_id, message_id)
+            if recent is not None:
+                recent[(device_id, message_id)] = None
             if collapse_key == _QUIET_MARK:
                 acked((device_id, message_id, ""))
                 continue
@@ -290,18 +299,11 @@ class NodeDelivery:
                 continue
             acked((device_id, message_id, collapse_key))
             receipts(Receipt(message_id, delivered, device_id, at))
+        if recent is not None:
+            trim = recent.popitem
+            for _ in range(len(recent) - cap):
+                trim(last=False)
         self._wake.set()
-
-    def _remember_ack(self, device_id: str, message_id: str) -> None:
-        """A push can reach a connection twice: the queue replay on connect reads it while
-        its routed copy is on the way, or it is forwarded from the node the box just
-        left. Once acknowledged, its queue entry goes, so the later copy would be a
-        second delivery; this bounded memory of recent ACKs turns it away (called only
-        with ``[push] recent_acks`` > 0)."""
-        recent = self._recent_acks
-        recent[(device_id, message_id)] = None
-        if len(recent) > self.config.recent_acks:
-            recent.popitem(last=False)
 
     def fanout_acks(self, counts: dict[str, int]) -> None:
         """Devices acknowledged broadcast and topic pushes: only counted."""

@@ -234,9 +234,13 @@ class MemoryReceipts:
             pending = [*status.devices.values()].count(accepted)  # those not final
             entries[status.message_id] = _StatusEntry(status, drop_at, pending)
 
+    def __post_init__(self) -> None:
+        # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
+        self._stream = deque(self._stream, maxlen=self.maxlen)
+
     async def record(self, receipts: Sequence[Receipt]) -> None:
         entries = self._statuses
-        stream = self._stream
+        final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
         for receipt in receipts:
             entry = entries.get(receipt.message_id)
@@ -249,13 +253,13 @@ class MemoryReceipts:
                 elif current is accepted:  # not final yet
                     status.devices[receipt.device_id] = receipt.status
                     entry.pending -= 1
-                    drop_at = final_drop_at_ms(receipt, self.final_retention_ms)
-                    if entry.pending <= 0 and drop_at > 0:
-                        entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
-            stream.append((self._next_seq, receipt))
-            self._next_seq += 1
-        while len(self._stream) > self.maxlen:
-            self._stream.popleft()
+                    if entry.pending <= 0:
+                        drop_at = final_drop_at_ms(receipt, final_retention_ms)
+                        if drop_at > 0:
+                            entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
+        seq = self._next_seq
+        self._next_seq = seq + len(receipts)
+        self._stream.extend(zip(range(seq, self._next_seq), receipts, strict=True))
         if self._changed is not None:
             self._changed.set()
             self._changed = None

@@ -49,6 +49,8 @@ RESERVED_HEADERS = frozenset({"collapse-key", "priority"})
 RESERVED_HEADER_PREFIX = "x-channel-"
 
 _TARGET_FIELDS = ("device_id", "device_ids", "user_id", "topic", "broadcast")
+_OTHER_TARGETS = frozenset(_TARGET_FIELDS[1:])
+_DEVICE = "a device id"
 _PUSH_FIELDS = frozenset(
     (*_TARGET_FIELDS, "body", "body_base64", "headers", "ttl_s", "collapse_key", "priority")
 )
@@ -153,6 +155,11 @@ def _check_topic(field: str, value: object) -> str:
 
 
 def _target(obj: dict[str, object], where: str) -> Target:
+    # One device and no other target (the usual request): no search over every field.
+    if "device_id" in obj and not _OTHER_TARGETS & obj.keys():
+        return Target(
+            TargetKind.DEVICE, (check_name(where + "device_id", obj["device_id"], _DEVICE),)
+        )
     present = [name for name in _TARGET_FIELDS if name in obj]
     if len(present) != 1:
         choices = "device_id, device_ids, user_id, topic or broadcast"

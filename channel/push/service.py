@@ -127,7 +127,10 @@ class PushService:
         no_one: list[str] = []  # shared, never appended to
         for message, devices in zip(messages, per_message_devices, strict=True):
             if not message.online_only:
-                queue_items.extend([(device_id, message) for device_id in devices])
+                if len(devices) == 1:  # one device (the usual push): no list built for it
+                    queue_items.append((devices[0], message))
+                else:
+                    queue_items.extend([(device_id, message) for device_id in devices])
                 expired_now.append(no_one)
                 continue
             gone: list[str] = []
