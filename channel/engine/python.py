@@ -215,9 +215,7 @@ class PythonEngine:
     def deliver_dictionary(self, session: PyMmtpSession, dictionary: Dictionary) -> None:
         """Deliver ``dictionary`` to a device, paced (``dictpacer.py``)."""
         if self.dictionaries.deliver(session, dictionary) and session.auth is not None:
-            self.service.compression.delivering(
-                session.auth.device.app_id, dictionary.dict_id, 1
-            )
+            self.service.compression.delivering(session.auth.device.app_id, dictionary.dict_id, 1)
 
     def dictionary_published(self, app_id: str, dictionary: Dictionary) -> None:
         """A new current dictionary of ``app_id``: to its connected devices, no reconnect."""
