@@ -27,6 +27,7 @@ from hpack.table import HeaderTable, table_entry_size
 from channel.wire.errors import ErrorCode, HeaderError
 from channel.wire.limits import INITIAL_HEADER_TABLE_SIZE
 from channel.wire.presets import known_preset
+from channel.wire.typed import hpack_string
 
 Header = tuple[str, str]
 Headers = tuple[Header, ...]
@@ -175,15 +176,6 @@ _HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 _STATIC_NAME_INDEX = {name: entry[0] for name, entry in HeaderTable.STATIC_TABLE_MAPPING.items()}
 
 
-def _string(raw: bytes) -> bytes:
-    coded = _HUFFMAN.encode(raw)
-    if len(coded) < len(raw):
-        length = encode_integer(len(coded), 7)
-        length[0] |= 0x80
-        return bytes(length) + coded
-    return bytes(encode_integer(len(raw), 7)) + raw
-
-
 class _ShortestStringEncoder(hpack.Encoder):
     """hpack's encoder, but each string literal Huffman-coded only when that is shorter.
 
@@ -195,14 +187,14 @@ class _ShortestStringEncoder(hpack.Encoder):
     def _encode_literal(
         self, name: bytes, value: bytes, indexbit: bytes, huffman: bool = False
     ) -> bytes:
-        return b"".join((indexbit, _string(name), _string(value)))
+        return b"".join((indexbit, hpack_string(name), hpack_string(value)))
 
     def _encode_indexed_literal(
         self, index: int, value: bytes, indexbit: bytes, huffman: bool = False
     ) -> bytes:
         prefix = encode_integer(index, 6 if indexbit == INDEX_INCREMENTAL else 4)
         prefix[0] |= ord(indexbit)
-        return bytes(prefix) + _string(value)
+        return bytes(prefix) + hpack_string(value)
 
     def _encode_table_size_change(self) -> bytes:
         # RFC 7541 4.2: signal the smallest size since the last block, then the
@@ -512,8 +504,8 @@ def encode_context_free(
             out += prefix
         else:
             out.append(pattern)
-            out += _string(raw_name)
-        out += _string(value.encode())
+            out += hpack_string(raw_name)
+        out += hpack_string(value.encode())
     return bytes(out)
 
 

@@ -175,7 +175,7 @@ class ValueTemplate:
                 end = value.find(literal, at + 1) if literal else len(value)
                 if end <= at:
                     return None
-                out += _hpack_string(value[at:end].encode())
+                out += hpack_string(value[at:end].encode())
                 at = end + len(literal)
                 continue
             number, at = _scan_number(value, at, fraction)
@@ -226,7 +226,7 @@ def _scan_number(value: str, at: int, fraction: int) -> tuple[int | None, int]:
     return (-int(digits) if negative else int(digits)), at
 
 
-def _hpack_string(raw: bytes) -> bytes:
+def hpack_string(raw: bytes) -> bytes:
     """An HPACK string literal (RFC 7541 5.2), Huffman-coded when that is shorter."""
     coded = _HUFFMAN.encode(raw)
     if len(coded) < len(raw):
