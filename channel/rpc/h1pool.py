@@ -190,18 +190,8 @@ class _Connection(asyncio.Protocol):
         whole = self.codec.receive_whole(data)
         if whole is not None:
             # The common answer, whole in one read: no events, no body list.
-            response, body = whole
             self._waiter = None
-            if not waiter.done():
-                waiter.set_result(
-                    H1Response(
-                        response.status,
-                        response.reason,
-                        response.headers,
-                        body,
-                        response.http_version,
-                    )
-                )
+            _answer(waiter, *whole)
             return
         try:
             events = self.codec.receive_data(data)
@@ -252,16 +242,7 @@ class _Connection(asyncio.Protocol):
         body = self._body
         self._waiter = self._response = None
         self._body = []
-        if not waiter.done():
-            waiter.set_result(
-                H1Response(
-                    response.status,
-                    response.reason,
-                    response.headers,
-                    body[0] if len(body) == 1 else b"".join(body),
-                    response.http_version,
-                )
-            )
+        _answer(waiter, response, body[0] if len(body) == 1 else b"".join(body))
 
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
@@ -780,3 +761,13 @@ class H1Pool:
         for conn in connections:
             await conn.closed_event.wait()
         self._connections.clear()
+
+
+def _answer(waiter: _Answer, response: Response, body: bytes) -> None:
+    """Hand a whole answer to the call waiting for it (unless it gave up)."""
+    if not waiter.done():
+        waiter.set_result(
+            H1Response(
+                response.status, response.reason, response.headers, body, response.http_version
+            )
+        )
