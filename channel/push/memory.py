@@ -131,7 +131,8 @@ class MemoryQueue:
                 for old_id in oldest:
                     del queue[old_id]
                 dropped = tuple(oldest)
-            outcomes.append(EnqueueOutcome(device_id, message.message_id, replaced, dropped))
+            if replaced or dropped:
+                outcomes.append(EnqueueOutcome(device_id, message.message_id, replaced, dropped))
         return outcomes
 
     async def pending(
@@ -155,12 +156,14 @@ class MemoryQueue:
         return {d: await self.pending(d, now_ms) for d in dict.fromkeys(device_ids)}
 
     async def remove(self, items: Sequence[QueuedRef]) -> None:
-        for device_id, message_id, *_ in items:
-            queue = self._queues.get(device_id)
+        queues = self._queues
+        for item in items:  # indexed, not ``a, b, *_ =``: that builds a list per item
+            device_id = item[0]
+            queue = queues.get(device_id)
             if queue is not None:
-                queue.pop(message_id, None)
+                queue.pop(item[1], None)
                 if not queue:
-                    del self._queues[device_id]
+                    del queues[device_id]
 
     async def revoke(self, device_id: str, message_id: str) -> bool:
         queue = self._queues.get(device_id)
@@ -231,7 +234,11 @@ class MemoryReceipts:
         accepted = PushStatus.ACCEPTED
         for status in statuses:
             drop_at = drop_at_ms(status, retention_s, final_retention_ms)
-            pending = [*status.devices.values()].count(accepted)  # those not final
+            devices = status.devices
+            if len(devices) == 1:  # a push to one device (most): no list made to count
+                pending = 1 if accepted in devices.values() else 0
+            else:
+                pending = [*devices.values()].count(accepted)  # those not final
             entries[status.message_id] = _StatusEntry(status, drop_at, pending)
 
     def __post_init__(self) -> None:
