@@ -8,6 +8,7 @@ the end restart a dedicated server to check what survives it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import time
@@ -655,6 +656,58 @@ async def test_status_moves_from_accepted_once(backend: PushBackend) -> None:
     await receipts.record([Receipt("m1", PushStatus.REVOKED, "d3", at, "revoked")])
     status = await receipts.status("m1")
     assert status is not None and status.devices["d3"] is PushStatus.REVOKED
+
+
+async def test_a_one_device_status_moves_like_any_other(backend: PushBackend) -> None:
+    # The memory store keeps statuses listing one device in a compact form.
+    receipts = backend.receipts
+    receipts.final_retention_ms = 60_000
+    created = device_status("m1", "d1")
+    user_push = MessageStatus(
+        "u1", TargetKind.USER, now_ms(), now_ms() + FAR_MS, {"d1": PushStatus.ACCEPTED}
+    )
+    await receipts.create([created, user_push, device_status("old", "d1")], retention_s=60)
+    assert await receipts.status("m1") == created
+    assert await receipts.status("u1") == user_push
+    at = now_ms()
+    await receipts.record(
+        [
+            Receipt("m1", PushStatus.DELIVERED, "d9", at),  # not listed: only counted
+            Receipt("m1", PushStatus.DELIVERED, "d1", at),
+            Receipt("m1", PushStatus.ACCEPTED, "d1", at),
+            Receipt("m1", PushStatus.EXPIRED, "d1", at, "ttl"),
+            Receipt("u1", PushStatus.FAILED, "d1", at, "device signed in as another user"),
+            Receipt("old", PushStatus.DELIVERED, "d1", at - 120_000),
+        ]
+    )
+    await receipts.add_delivered({"m1": 2})
+    status = await receipts.status("m1")
+    assert status is not None
+    assert status.devices == {"d1": PushStatus.DELIVERED} and status.delivered_count == 3
+    assert status.target is TargetKind.DEVICE
+    status = await receipts.status("u1")
+    assert status is not None and status.target is TargetKind.USER
+    assert status.devices == {"d1": PushStatus.FAILED}
+    # Final two minutes ago, past the final retention: gone.
+    assert await receipts.status("old") is None
+    read, _ = await receipts.read("0", 10, 0)
+    assert [(r.message_id, r.status, r.device_id) for r in read][:2] == [
+        ("m1", PushStatus.DELIVERED, "d9"),
+        ("m1", PushStatus.DELIVERED, "d1"),
+    ]
+    assert read[3].reason == "ttl"
+
+
+async def test_memory_statuses_and_receipts_are_left_out_of_collections() -> None:
+    # Plain tuples of strings and ints, untracked once the collector has seen them: a
+    # node keeps an hour of statuses, and full collections walked millions of objects.
+    receipts = memory_backend().receipts
+    assert isinstance(receipts, MemoryReceipts)
+    await receipts.create([device_status("m1", "d1")], retention_s=60)
+    await receipts.record([Receipt("m1", PushStatus.DELIVERED, "d1", now_ms())])
+    gc.collect()
+    assert not gc.is_tracked(receipts._statuses["m1"])
+    assert not gc.is_tracked(receipts._stream[-1])
 
 
 async def test_fan_out_deliveries_count(backend: PushBackend) -> None:

@@ -23,6 +23,7 @@ from channel.push.model import (
     PushMessage,
     PushStatus,
     Receipt,
+    TargetKind,
     drop_at_ms,
     final_drop_at_ms,
 )
@@ -213,13 +214,38 @@ class _StatusEntry:
     pending: int = 0
 
 
+#: The status of a push listing one device, as plain values: (target, device id, status,
+#: accepted at ms, expires at ms, drop at ms). Most statuses are these, and a node keeps
+#: every one for ``final_status_retention_s`` (an hour: millions under load). A tuple of
+#: strings and ints is left alone by the cyclic collector once it has seen it, where a
+#: MessageStatus, its dict and an entry were walked by every full collection (long
+#: pauses as the store grew), and it takes ~200 bytes less.
+_OneDevice = tuple[str, str, str, int, int, int]
+#: A receipt in the stream, as plain values: (sequence, message id, status, device id,
+#: at ms, reason); made a ``Receipt`` again when read.
+_StreamEntry = tuple[int, str, str, str, int, str]
+
+
+def _full_entry(message_id: str, entry: _OneDevice) -> _StatusEntry:
+    target, device_id, status, accepted_at_ms, expires_at_ms, drop_at = entry
+    devices = {device_id: PushStatus(status)}
+    return _StatusEntry(
+        MessageStatus(message_id, TargetKind(target), accepted_at_ms, expires_at_ms, devices),
+        drop_at,
+        1 if status == _ACCEPTED_VALUE else 0,
+    )
+
+
+_ACCEPTED_VALUE = PushStatus.ACCEPTED.value
+
+
 @dataclass
 class MemoryReceipts:
     maxlen: int = 100_000
     #: A status whose listed devices are all final is dropped this long after (0: never sooner).
     final_retention_ms: int = 3_600_000
-    _statuses: dict[str, _StatusEntry] = field(default_factory=dict)
-    _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
+    _statuses: dict[str, _StatusEntry | _OneDevice] = field(default_factory=dict)
+    _stream: deque[_StreamEntry] = field(default_factory=deque)
     _next_seq: int = 1
     _changed: asyncio.Event | None = None
     #: Statuses left by the last sweep of expired ones. The next sweep waits until the
@@ -235,51 +261,97 @@ class MemoryReceipts:
         for status in statuses:
             drop_at = drop_at_ms(status, retention_s, final_retention_ms)
             devices = status.devices
-            if len(devices) == 1:  # a push to one device (most): no list made to count
-                pending = 1 if accepted in devices.values() else 0
+            if len(devices) == 1 and not status.delivered_count:
+                ((device_id, state),) = devices.items()
+                entries[status.message_id] = (
+                    status.target._value_,
+                    device_id,
+                    state._value_,
+                    status.accepted_at_ms,
+                    status.expires_at_ms,
+                    drop_at,
+                )
             else:
                 pending = [*devices.values()].count(accepted)  # those not final
-            entries[status.message_id] = _StatusEntry(status, drop_at, pending)
+                entries[status.message_id] = _StatusEntry(status, drop_at, pending)
 
     def __post_init__(self) -> None:
         # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
         self._stream = deque(self._stream, maxlen=self.maxlen)
+
+    def _entry(self, message_id: str) -> _StatusEntry | None:
+        """A status as a full entry (a one-device tuple is made one, in place)."""
+        entry = self._statuses.get(message_id)
+        if type(entry) is tuple:
+            entry = self._statuses[message_id] = _full_entry(message_id, entry)
+        return entry  # type: ignore[return-value]
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         entries = self._statuses
         final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
         for receipt in receipts:
-            entry = entries.get(receipt.message_id)
-            if entry is not None:
-                status = entry.status
-                current = status.devices.get(receipt.device_id)
-                if current is None:
-                    if receipt.status is delivered:
-                        status.delivered_count += 1
-                elif current is accepted:  # not final yet
-                    status.devices[receipt.device_id] = receipt.status
-                    entry.pending -= 1
-                    if entry.pending <= 0:
-                        drop_at = final_drop_at_ms(receipt, final_retention_ms)
-                        if drop_at > 0:
-                            entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
+            message_id = receipt.message_id
+            entry = entries.get(message_id)
+            if entry is None:
+                continue
+            if type(entry) is tuple:
+                if receipt.device_id == entry[1]:
+                    if entry[2] == _ACCEPTED_VALUE:  # not final yet
+                        drop_at = entry[5]
+                        final_at = final_drop_at_ms(receipt, final_retention_ms)
+                        if 0 < final_at < drop_at:
+                            drop_at = final_at
+                        entries[message_id] = (
+                            entry[0],
+                            entry[1],
+                            receipt.status._value_,
+                            entry[3],
+                            entry[4],
+                            drop_at,
+                        )
+                    continue
+                entry = self._entry(message_id)  # another device: counted below
+                assert entry is not None
+            status = entry.status
+            current = status.devices.get(receipt.device_id)
+            if current is None:
+                if receipt.status is delivered:
+                    status.delivered_count += 1
+            elif current is accepted:  # not final yet
+                status.devices[receipt.device_id] = receipt.status
+                entry.pending -= 1
+                if entry.pending <= 0:
+                    drop_at = final_drop_at_ms(receipt, final_retention_ms)
+                    if drop_at > 0:
+                        entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
         seq = self._next_seq
         self._next_seq = seq + len(receipts)
-        self._stream.extend(zip(range(seq, self._next_seq), receipts, strict=True))
+        self._stream.extend(
+            [
+                (n, r.message_id, r.status._value_, r.device_id, r.at_ms, r.reason)
+                for n, r in zip(range(seq, self._next_seq), receipts, strict=True)
+            ]
+        )
         if self._changed is not None:
             self._changed.set()
             self._changed = None
 
     async def add_delivered(self, counts: Mapping[str, int]) -> None:
         for message_id, count in counts.items():
-            entry = self._statuses.get(message_id)
+            entry = self._entry(message_id)
             if entry is not None:
                 entry.status.delivered_count += count
 
     async def status(self, message_id: str) -> MessageStatus | None:
         entry = self._statuses.get(message_id)
-        if entry is None or entry.drop_at_ms <= int(time.time() * 1000):
+        if entry is None:
+            return None
+        if type(entry) is tuple:
+            if entry[5] <= int(time.time() * 1000):
+                return None
+            return _full_entry(message_id, entry).status  # a copy: the caller may keep it
+        if entry.drop_at_ms <= int(time.time() * 1000):
             return None
         return entry.status
 
@@ -290,7 +362,8 @@ class MemoryReceipts:
         while True:
             found = self._after(start, count)
             if found:
-                return [r for _, r in found], str(found[-1][0])
+                receipts = [Receipt(e[1], PushStatus(e[2]), e[3], e[4], e[5]) for e in found]
+                return receipts, str(found[-1][0])
             left = deadline - time.monotonic()
             if left <= 0:
                 return [], str(start)
@@ -301,7 +374,7 @@ class MemoryReceipts:
             except TimeoutError:
                 return [], str(start)
 
-    def _after(self, start: int, count: int) -> list[tuple[int, Receipt]]:
+    def _after(self, start: int, count: int) -> list[_StreamEntry]:
         if not self._stream:
             return []
         # Sequence numbers are contiguous, so the position is arithmetic.
@@ -314,7 +387,12 @@ class MemoryReceipts:
         if len(self._statuses) < max(2 * kept, kept + 1024):
             return
         now = int(time.time() * 1000)
-        for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
+        gone = [
+            k
+            for k, e in self._statuses.items()
+            if (e[5] if type(e) is tuple else e.drop_at_ms) <= now  # type: ignore[union-attr]
+        ]
+        for key in gone:
             del self._statuses[key]
         self._kept_at_sweep = len(self._statuses)
 
