@@ -48,6 +48,7 @@ from channel.push.model import Presence, PushRequest
 from channel.push.service import PushService
 from channel.sessions.registry import SessionRegistry
 from stress.machine import machine_info, machine_line
+from stress.report import write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "push_path.json"
 STEPS = ("parse", "accept", "answer", "inbox", "acks", "flush")
@@ -206,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["machine"] = machine_info()
     doc["when"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     print(table(doc))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, doc)
     return 0
 
 
