@@ -21,7 +21,7 @@ import pytest
 
 from channel.config import PushConfig
 from channel.push import envelopes
-from channel.push.memory import MemoryReceipts, memory_backend
+from channel.push.memory import SWEEP_PER_WRITE, MemoryReceipts, memory_backend
 from channel.push.model import (
     MessageStatus,
     Presence,
@@ -753,6 +753,32 @@ async def test_memory_statuses_past_retention_go_whatever_the_batch_size() -> No
         expired = [device_status(f"m{batch}-{i}", "d1", expires_at_ms=past) for i in range(999)]
         await receipts.create(expired, retention_s=1)
     assert len(receipts._statuses) < 3 * 999
+
+
+async def test_memory_statuses_go_a_bounded_slice_per_write() -> None:
+    # A sweep over every status stalled a node ~75 ms at a million statuses (the
+    # half-rate unicast p99): each write now drops at most SWEEP_PER_WRITE due ones.
+    receipts = memory_backend(final_status_retention_ms=1_000).receipts
+    assert isinstance(receipts, MemoryReceipts)
+    then = now_ms() - 10_000
+    statuses = [device_status(f"m{i}", "d1") for i in range(3_000)]
+    await receipts.create(statuses, retention_s=3600)
+    # All delivered ten seconds ago: past the final retention, due to go.
+    await receipts.record(
+        [Receipt(f"m{i}", PushStatus.DELIVERED, "d1", then) for i in range(3_000)]
+    )
+    assert await receipts.status("m0") is None  # hidden at once, whether swept or not
+    sizes = []
+    for n in range(4):
+        await receipts.create([device_status(f"new{n}", "d1")], retention_s=3600)
+        sizes.append(len(receipts._statuses))
+    assert sizes == [
+        3_001 - SWEEP_PER_WRITE,
+        3_002 - 2 * SWEEP_PER_WRITE,
+        3,  # the last 954 due, and the three new ones
+        4,
+    ]
+    assert await receipts.status("new0") is not None
 
 
 async def test_status_final_for_every_device_goes_after_the_final_retention(
