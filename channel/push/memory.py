@@ -259,19 +259,20 @@ class MemoryReceipts:
     _due: dict[int, list[str]] = field(default_factory=dict)
     _due_seconds: list[int] = field(default_factory=list)
 
-    def _file(self, message_id: str, drop_at_ms: int) -> None:
-        second = drop_at_ms // 1000 + 1  # the first whole second at or after it
+    def _due_list(self, drop_at_ms: int) -> list[str]:
+        """The ids due at the first whole second at or after ``drop_at_ms``. Callers
+        keep it while the second stays the same: a batch's statuses mostly share one."""
+        second = drop_at_ms // 1000 + 1
         ids = self._due.get(second)
         if ids is None:
-            self._due[second] = [message_id]
+            ids = self._due[second] = []
             heapq.heappush(self._due_seconds, second)
-        else:
-            ids.append(message_id)
+        return ids
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire(len(statuses))
         entries = self._statuses
-        file = self._file
+        due_second, due = -1, []
         final_retention_ms = self.final_retention_ms
         accepted = PushStatus.ACCEPTED
         for status in statuses:
@@ -290,7 +291,9 @@ class MemoryReceipts:
             else:
                 pending = [*devices.values()].count(accepted)  # those not final
                 entries[status.message_id] = _StatusEntry(status, drop_at, pending)
-            file(status.message_id, drop_at)
+            if drop_at // 1000 != due_second:
+                due_second, due = drop_at // 1000, self._due_list(drop_at)
+            due.append(status.message_id)
 
     def __post_init__(self) -> None:
         # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
@@ -307,6 +310,7 @@ class MemoryReceipts:
         entries = self._statuses
         final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
+        due_second, due = -1, []
         for receipt in receipts:
             message_id = receipt.message_id
             entry = entries.get(message_id)
@@ -319,7 +323,9 @@ class MemoryReceipts:
                         final_at = final_drop_at_ms(receipt, final_retention_ms)
                         if 0 < final_at < drop_at:
                             drop_at = final_at
-                            self._file(message_id, drop_at)
+                            if drop_at // 1000 != due_second:
+                                due_second, due = drop_at // 1000, self._due_list(drop_at)
+                            due.append(message_id)
                         entries[message_id] = (
                             entry[0],
                             entry[1],
@@ -343,7 +349,7 @@ class MemoryReceipts:
                     drop_at = final_drop_at_ms(receipt, final_retention_ms)
                     if 0 < drop_at < entry.drop_at_ms:
                         entry.drop_at_ms = drop_at
-                        self._file(message_id, drop_at)
+                        self._due_list(drop_at).append(message_id)
         seq = self._next_seq
         self._next_seq = seq + len(receipts)
         self._stream.extend(

@@ -26,6 +26,7 @@ from channel.push.model import (
     Receipt,
     TargetKind,
     new_message_id,
+    new_message_ids,
     now_ms,
 )
 from channel.push.stores import EnqueueOutcome, IdempotencyStore, PushBackend
@@ -89,9 +90,8 @@ class PushService:
         device_kind, accepted = TargetKind.DEVICE, PushStatus.ACCEPTED
         items: list[tuple[str, PushMessage]] = []
         statuses: list[MessageStatus] = []
-        for request in requests:
+        for request, message_id in zip(requests, new_message_ids(now, len(requests)), strict=True):
             device_id = request.target.ids[0]
-            message_id = new_message_id(now)
             expires_at_ms = now + request.ttl_s * 1000
             items.append(
                 (
