@@ -123,7 +123,7 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
         session = StandInSession(device_id, conn, commands)
         by_conn[conn] = session
         registry.by_device[device_id] = session  # type: ignore[assignment]
-        delivery._state[session] = _Outstanding()  # type: ignore[index]
+        delivery._state[session] = _Outstanding(device_id=device_id)  # type: ignore[index]
     router = backend.router
     assert isinstance(router, MemoryRouter)
     inbox: asyncio.Queue[list[Any]] = asyncio.Queue()

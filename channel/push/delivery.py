@@ -85,6 +85,8 @@ class _Outstanding:
     #: connection, and an empty set costs 216 bytes, an empty dict 64
     #: (tests/test_session_footprint.py).
     message_ids: dict[str, str] = field(default_factory=dict)
+    #: The session's device (read per ACK: the session's property was a Python call).
+    device_id: str = ""
     #: Set while the queue is being replayed; pushes arriving meanwhile wait here.
     held: list[PushMessage] | None = None
     topics: dict[str, None] = field(default_factory=dict)
@@ -240,7 +242,7 @@ class NodeDelivery:
 
     def session_ready(self, session: Session) -> None:
         """A device authenticated here: record presence, then replay its queue."""
-        self._state[session] = _Outstanding(held=[])
+        self._state[session] = _Outstanding(device_id=session.device_id, held=[])
         if session.fanout_engine is None:
             self._ring_sessions[session] = None
         self._presence_changes[session.device_id] = (self._presence_of(session), True)
@@ -285,8 +287,10 @@ class NodeDelivery:
             if session is not last:
                 last = session
                 state = states.get(session) if session is not None else None
-                outstanding = state.message_ids if state is not None else {}
-                device_id = session.device_id if session is not None else ""
+                if state is None:
+                    outstanding, device_id = {}, ""
+                else:
+                    outstanding, device_id = state.message_ids, state.device_id
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
