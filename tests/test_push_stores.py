@@ -698,6 +698,27 @@ async def test_a_one_device_status_moves_like_any_other(backend: PushBackend) ->
     assert read[3].reason == "ttl"
 
 
+async def test_statuses_for_one_device_each_in_one_call(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    now = now_ms()
+    await receipts.create_for_devices(
+        [("m1", "d1", now + FAR_MS), ("m2", "d2", now + 5_000), ("old", "d1", now - 10_000)],
+        now,
+        retention_s=1,
+    )
+    for message_id, device_id, expires_at_ms in (
+        ("m1", "d1", now + FAR_MS),
+        ("m2", "d2", now + 5_000),
+    ):
+        assert await receipts.status(message_id) == MessageStatus(
+            message_id, TargetKind.DEVICE, now, expires_at_ms, {device_id: PushStatus.ACCEPTED}
+        )
+    assert await receipts.status("old") is None  # a second past its expiry
+    await receipts.record([Receipt("m2", PushStatus.DELIVERED, "d2", now)])
+    status = await receipts.status("m2")
+    assert status is not None and status.devices == {"d2": PushStatus.DELIVERED}
+
+
 async def test_memory_statuses_and_receipts_are_left_out_of_collections() -> None:
     # Plain tuples of strings and ints, untracked once the collector has seen them: a
     # node keeps an hour of statuses, and full collections walked millions of objects.

@@ -238,6 +238,7 @@ def _full_entry(message_id: str, entry: _OneDevice) -> _StatusEntry:
 
 
 _ACCEPTED_VALUE = PushStatus.ACCEPTED.value
+_DEVICE_VALUE = TargetKind.DEVICE.value
 #: Most expired statuses one write drops (more when the write creates more).
 SWEEP_PER_WRITE = 1024
 
@@ -294,6 +295,29 @@ class MemoryReceipts:
             if drop_at // 1000 != due_second:
                 due_second, due = drop_at // 1000, self._due_list(drop_at)
             due.append(status.message_id)
+
+    async def create_for_devices(
+        self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
+    ) -> None:
+        self._expire(len(pushes))
+        entries = self._statuses
+        due_second, due = -1, []
+        retention_ms = retention_s * 1000
+        device, accepted = _DEVICE_VALUE, _ACCEPTED_VALUE
+        for message_id, device_id, expires_at_ms in pushes:
+            # drop_at_ms's rule: the device is not final yet, so retention past expiry.
+            drop_at = expires_at_ms + retention_ms
+            entries[message_id] = (
+                device,
+                device_id,
+                accepted,
+                accepted_at_ms,
+                expires_at_ms,
+                drop_at,
+            )
+            if drop_at // 1000 != due_second:
+                due_second, due = drop_at // 1000, self._due_list(drop_at)
+            due.append(message_id)
 
     def __post_init__(self) -> None:
         # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
