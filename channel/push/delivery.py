@@ -490,7 +490,8 @@ class NodeDelivery:
         forward: list[tuple[str, PushMessage]],
         at_ms: int,
     ) -> None:
-        """``_deliver_device`` for a batch, with the usual push written inline: a plain
+        """``_deliver_device`` for a batch of normal-priority pushes (high ones are
+        written as they arrive), with the usual push written inline: a plain
         queued push (no MQTT flags, no user check) new to its connection. Anything
         else goes through ``_write``. Per push this was six Python calls."""
         by_device, states, recent = self.registry.by_device, self._state, self._recent_acks
@@ -522,7 +523,9 @@ class NodeDelivery:
             else:
                 # Refusals (too large for the device) come back from the engine as
                 # push_failed; the Python engine's session answers them here.
-                refused = session.push(message_id, message.body, message.wire_headers(), True)
+                # Normal priority here: only a collapse key adds a header.
+                headers = message.wire_headers() if message.collapse_key else message.headers
+                refused = session.push(message_id, message.body, headers, True)
                 if refused is not None:
                     self._fail(session, message_id, refused)
                 else:
