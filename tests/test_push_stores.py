@@ -719,6 +719,26 @@ async def test_statuses_for_one_device_each_in_one_call(backend: PushBackend) ->
     assert status is not None and status.devices == {"d2": PushStatus.DELIVERED}
 
 
+async def test_an_accepted_receipt_changes_nothing(backend: PushBackend) -> None:
+    # "accepted" is where a status starts: recorded again, it neither makes the device
+    # final nor lets the status go after the (shorter) final retention.
+    receipts = backend.receipts
+    receipts.final_retention_ms = 1_000
+    then = now_ms() - 10_000
+    await receipts.create([device_status("one", "d1"), device_status("two", "d1", "d2")], 3600)
+    await receipts.record(
+        [
+            Receipt("one", PushStatus.ACCEPTED, "d1", then),
+            Receipt("two", PushStatus.ACCEPTED, "d1", then),
+            Receipt("two", PushStatus.DELIVERED, "d2", then),
+        ]
+    )
+    one, two = await receipts.status("one"), await receipts.status("two")
+    assert one is not None and one.devices == {"d1": PushStatus.ACCEPTED}
+    assert two is not None
+    assert two.devices == {"d1": PushStatus.ACCEPTED, "d2": PushStatus.DELIVERED}
+
+
 async def test_memory_statuses_and_receipts_are_left_out_of_collections() -> None:
     # Plain tuples of strings and ints, untracked once the collector has seen them: a
     # node keeps an hour of statuses, and full collections walked millions of objects.
