@@ -18,7 +18,8 @@ from aiohttp import web
 from mqtt_harness import PahoBox, token_password
 from paho.mqtt.properties import Properties as PahoProperties
 
-from channel.mqtt import MQTT_3_1_1, MQTT_5, Properties, Puback, Publish, Pubrec, Pubrel
+from channel.mqtt import MQTT_3_1_1, MQTT_5, PINGREQ, Properties, Puback, Publish, Pubrec, Pubrel
+from channel.mqtt.packets import Pingresp
 from channel.push import envelopes as env
 from tests.gateway_harness import RunningGateway, gateway
 from tests.rpc_upstream import upstream_farm
@@ -163,6 +164,31 @@ async def test_a_copy_of_a_push_arriving_after_its_ack_is_not_written_again(
         await raw.send(Puback(following.packet_id))
         await api.status(second["message_id"], "till-9", "delivered")
         await raw.disconnect()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_pubacks_alone_or_with_other_packets_and_a_bad_one(
+    tmp_path: Path, version: int
+) -> None:
+    """Bare PUBACKs skip the MQTT parser on the native engine; a PUBACK sharing a write
+    with another packet, and one with packet id 0, go through it as before."""
+    async with api_node(tmp_path) as (gw, api):
+        raw, _ = await raw_box(gw, "till-7", version)
+        _, first = await api.post("/v1/push", {"device_id": "till-7", "body": "one"})
+        got = await raw.expect(Publish)
+        await raw.send(Puback(got.packet_id))  # alone
+        await api.status(first["message_id"], "till-7", "delivered")
+        _, second = await api.post("/v1/push", {"device_id": "till-7", "body": "two"})
+        got = await raw.expect(Publish)
+        await raw.send(Puback(got.packet_id), PINGREQ)  # with another packet
+        await raw.expect(Pingresp)
+        await api.status(second["message_id"], "till-7", "delivered")
+        _, third = await api.post("/v1/push", {"device_id": "till-7", "body": "three"})
+        await raw.expect(Publish)
+        await raw.send_raw(b"\x40\x02\x00\x00")  # packet id 0: malformed
+        await raw.closed()
+        status = await api.get(f"/v1/messages/{third['message_id']}")
+        assert status["devices"]["till-7"] == "accepted"  # still queued for the box
 
 
 async def test_a_push_too_large_for_the_box_fails(tmp_path: Path) -> None:

@@ -132,6 +132,11 @@ class Parser:
         """Bytes of an incomplete packet held between feeds."""
         return len(self._partial) if self._partial is not None else 0
 
+    @property
+    def between_packets(self) -> bool:
+        """No partial packet held and no error: the next bytes start a packet."""
+        return self._partial is None and self._error is None
+
     def feed(self, data: Buffer) -> list[Packet]:
         """Add bytes; return the packets now complete. Raises only ``MqttError``."""
         if self._error is not None:
