@@ -96,22 +96,30 @@ class Outbound:
 
         ``build(packet_id)`` makes its bytes; a message already in flight under its
         stable id (written again by a replay) is not sent twice."""
+        packet_id = 0
         if stable:
             packet_id = stable_packet_id(message_id)
             sent = self.inflight.get(packet_id)
             if sent is not None and sent.message_id == message_id:
                 return None
         if not self.waiting and len(self.inflight) < self.limit:
-            data = self._start(message_id, tracked, qos, build, stable)
+            data = self._start(message_id, tracked, qos, build, stable, packet_id)
             if data is not None:
                 return data
         self.waiting.append(_Waiting(message_id, tracked, qos, build, stable))
         return None
 
     def _start(
-        self, message_id: str, tracked: bool, qos: int, build: Build, stable: bool
+        self,
+        message_id: str,
+        tracked: bool,
+        qos: int,
+        build: Build,
+        stable: bool,
+        stable_id: int = 0,
     ) -> bytes | None:
-        packet_id = stable_packet_id(message_id) if stable else self._free_id()
+        """``stable_id``: the stable packet id when the caller has it already."""
+        packet_id = (stable_id or stable_packet_id(message_id)) if stable else self._free_id()
         if packet_id in self.inflight:
             return None
         self.inflight[packet_id] = Sent(message_id, tracked, qos)
