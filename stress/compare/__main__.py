@@ -201,6 +201,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=2.0, help="load before measuring (2)")
     p.add_argument("--drain-s", type=float, default=10.0, help="wait for stragglers (10)")
     p.add_argument("--batch", type=int, default=200, help="Channel: pushes per API request (200)")
+    p.add_argument(
+        "--device-dictionary",
+        choices=("none", "default"),
+        default="none",
+        help="Channel's MMTP devices hold no dictionary (none; bodies are compressed without "
+        "one) or the packaged one, as SDK devices do (default)",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="Channel: API requests in flight (8)")
     p.add_argument(
         "--mqtt-inflight",

@@ -67,7 +67,9 @@ class Fleet:
         cpus: Sequence[int] | None,
         concurrency: int = 128,
         timeout_s: float = 300.0,
+        dictionary: Path | None = None,
     ) -> None:
+        """``dictionary``: MMTP devices hold this ``.mmtpdict`` and name it in HELLO."""
         self.n = n
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,8 @@ class Fleet:
                     DEVICE_TOPIC if hasattr(target, "token") else f"{DEVICE_TOPIC},{SHARED_TOPIC}"
                 )
                 argv += ["--topics", topics, "--keepalive", "600"]
+            elif dictionary is not None:
+                argv += ["--dictionary", str(dictionary)]
             self.procs.append(LineProc(reaper, argv, cpus))
         replies = [p.read(timeout_s) for p in self.procs]
         self.ready = sum(r["ready"] for r in replies)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import channel
+from channel.default_dictionary import DEFAULT_DICTIONARY_FILE
 from stress.compare import unicast
 from stress.compare.clients import (
     SHARED_TOPIC,
@@ -28,6 +30,9 @@ from stress.compare.clients import (
 )
 from stress.compare.procs import Reaper, pin, precise_cpu_s, settled_cpu_s, settled_rss_bytes
 from stress.compare.servers import Channel, Mosquitto
+
+#: The packaged dictionary SDK devices hold (``--device-dictionary default``).
+DEFAULT_DICTIONARY = Path(channel.__file__).parent / "dictionaries" / DEFAULT_DICTIONARY_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Ctx:
             self.workdir / server.name / label / "fleet",
             per_client=self.args.per_client,
             cpus=self.client_cpus,
+            dictionary=DEFAULT_DICTIONARY if self.args.device_dictionary == "default" else None,
         )
 
 

@@ -2,7 +2,7 @@
 //! the servers they measure (one thread, mio, rustls, no certificate checks).
 //!
 //! ```text
-//! loadgen mmtp-hold  --port P --ids FILE [--source IP] [--concurrency 128]
+//! loadgen mmtp-hold  --port P --ids FILE [--source IP] [--concurrency 128] [--dictionary F]
 //! loadgen mmtp-churn --port P --ids FILE --seconds S --workers W --mode full|resumed
 //! loadgen mmtp-rpc   --port P --ids FILE --calls N --op OP --body FILE
 //! loadgen http-rpc   --port P --calls N --path /rpc/OP --body FILE
@@ -13,6 +13,8 @@
 //! MMTP ids files hold `device_id token_hex` lines; MQTT ones `client_id username
 //! password_hex` (`-` for none); `{id}` in a topic is the client id. hold and pub
 //! take commands on stdin (see `drive::hold`, `mqtt_pub`); every answer is a JSON line.
+//! `--dictionary F` (MMTP): the devices hold that `.mmtpdict` and name it in HELLO, as
+//! the SDK does with its packaged dictionary.
 
 mod drive;
 mod http;
@@ -82,7 +84,10 @@ fn main() {
                 .into_iter()
                 .map(|f| (f[0].clone(), unhex(&f[1])))
                 .collect::<Vec<_>>();
-            let factory = MmtpFactory::new(ids);
+            let mut factory = MmtpFactory::new(ids);
+            if let Some(path) = args.0.get("dictionary") {
+                factory = factory.with_dictionary(&std::fs::read(path).expect("--dictionary"));
+            }
             if command == "mmtp-hold" {
                 let count = factory_len(args.get("ids"));
                 let links = Links::new(source, server, count);

@@ -67,6 +67,8 @@ pub struct MmtpFactory {
     ids: Vec<(String, Vec<u8>)>,
     codec: Arc<mmtp::BodyCodec>,
     presets: Arc<mmtp::Presets>,
+    /// Ids of the dictionaries the devices hold and name in HELLO (as the SDK does).
+    dictionaries: Vec<u64>,
 }
 
 impl MmtpFactory {
@@ -75,7 +77,19 @@ impl MmtpFactory {
             ids,
             codec: Arc::new(mmtp::BodyCodec::default()),
             presets: Arc::new(mmtp::Presets::builtin()),
+            dictionaries: Vec::new(),
         }
+    }
+
+    /// Devices that hold this `.mmtpdict` (the SDK holds the packaged one): the
+    /// server may compress bodies with it, and the devices decode them.
+    pub fn with_dictionary(mut self, file: &[u8]) -> Self {
+        let dictionary = mmtp::Dictionary::from_file_bytes(file).expect("--dictionary");
+        self.dictionaries.push(u64::from(dictionary.dict_id));
+        self.codec
+            .add_dictionary(dictionary)
+            .expect("--dictionary: zstd cannot load it");
+        self
     }
 }
 
@@ -99,6 +113,7 @@ impl Factory<MmtpDev> for MmtpFactory {
             },
             resume_ticket: ticket.to_vec(),
             preset_id: 1,
+            dictionaries: self.dictionaries.clone(),
             app_version: "8.12.3".into(),
             platform: "android".into(),
             client_time_ms: (std::time::SystemTime::now()
