@@ -177,13 +177,14 @@ class MmtpSession(Session):
     ) -> None:
         service = self._service
         self._pop_task(stream_id)
+        took_s = time.monotonic() - started
         if self._gone:
-            service.observe_rpc(request, response, time.monotonic() - started)
+            service.observe_rpc(request, response, took_s)
             return
         # The answer goes first; metrics and sampling follow while it is on its way.
         self._send_answer(stream_id, response)
         self.flush()
-        service.observe_rpc(request, response, time.monotonic() - started)
+        service.observe_rpc(request, response, took_s)
         if response.status != 0:
             service.stream_error_sent(response.status)
         else:

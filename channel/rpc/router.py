@@ -192,16 +192,7 @@ class RpcRouter:
         self.metrics.observe_call(
             route_label, cluster, response.status, (self._clock() - started) * 1000
         )
-        # Built directly: dataclasses.replace costs several times as much, once per call.
-        return RpcResponse(
-            response.status,
-            response.headers,
-            response.body,
-            response.retry_after_ms,
-            response.message,
-            route_label,
-            cluster,
-        )
+        return _labelled(route_label, cluster, response)
 
     def start_call(
         self, request: RpcRequest, on_done: Callable[[RpcResponse], None]
@@ -608,6 +599,19 @@ class _Resume:
     pending: Attempt | Callable[[], Awaitable[H1Response]] | None = None
 
 
+def _labelled(route_label: str, cluster: str, response: RpcResponse) -> RpcResponse:
+    # Built directly: dataclasses.replace costs several times as much, once per call.
+    return RpcResponse(
+        response.status,
+        response.headers,
+        response.body,
+        response.retry_after_ms,
+        response.message,
+        route_label,
+        cluster,
+    )
+
+
 class FastCall:
     """One call on ``RpcRouter.start()``'s fast path; ``cancel()`` as for a task."""
 
@@ -639,7 +643,8 @@ class FastCall:
         self.exchange: FastExchange | None = None
 
     def answered(self, result: H1Response | BaseException) -> None:
-        """The upstream exchange ended (the connection is back in the pool or closed)."""
+        """The upstream exchange ended (a failed connection is closed already; a good
+        one goes back to the pool once this returns)."""
         if self._done:
             return
         exchange, self.exchange = self.exchange, None
@@ -647,34 +652,41 @@ class FastCall:
         self._attempt_deadline = exchange.deadline
         resume = self._resume
         try:
-            final = self._settle(result)
+            self._settle(result)
         except Exception:
-            # As _route does for a bug: the call ends as a gateway error.
             log.exception("rpc %s: unexpected error", resume.request.op)
+            if self._done:
+                return  # answered already: only the bookkeeping after the answer failed
+            # As _route does for a bug: the call ends as a gateway error.
             resume.pools[0].breaker.release()
             self._release()
-            final = self._router._answer(
-                resume.started,
-                resume.route.match,
-                "",
-                RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"),
+            self._deliver(
+                self._router._answer(
+                    resume.started,
+                    resume.route.match,
+                    "",
+                    RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"),
+                )
             )
-        if final is not None:
-            self._deliver(final)
 
-    def _settle(self, result: H1Response | BaseException) -> RpcResponse | None:
+    def _settle(self, result: H1Response | BaseException) -> None:
         resume = self._resume
         pool = resume.pools[0]
         if isinstance(result, H1Response):
             attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
             if not attempt.failure:
                 # The common end: what _try_cluster, _call_cluster, _call, _route and
-                # handle do after a try that is not a failure.
-                self._router._record(pool, False, attempt.outcome, resume.request.device.device_id)
+                # handle do after a try that is not a failure, but the answer goes first:
+                # on its way to the device while the breaker, holds and metrics are
+                # updated (in this same callback: no other call runs in between).
+                router = self._router
+                response = attempt.response
+                took_ms = (router._clock() - resume.started) * 1000
+                self._deliver(_labelled(resume.route.match, pool.name, response))
+                router._record(pool, False, attempt.outcome, resume.request.device.device_id)
                 self._release()
-                return self._router._answer(
-                    resume.started, resume.route.match, pool.name, attempt.response
-                )
+                router.metrics.observe_call(resume.route.match, pool.name, response.status, took_ms)
+                return
             resume.pending = attempt
         else:
             origin, payload = self._sent
@@ -687,7 +699,6 @@ class FastCall:
                 resume.idempotent,
             )
         self._task = asyncio.get_running_loop().create_task(self._go_on())
-        return None
 
     async def _go_on(self) -> None:
         try:
