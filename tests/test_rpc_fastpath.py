@@ -121,6 +121,40 @@ async def test_the_answer_goes_before_the_bookkeeping() -> None:
         assert server.connections == 1
 
 
+async def test_the_request_goes_before_the_bookkeeping(monkeypatch: Any) -> None:
+    """The request is written before the call's selection metric, holds, device count
+    and breaker permit are taken (they follow in the same call, before any answer)."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        while await server.counted_request(conn) is not None:
+            await conn.answer(b"ok")
+
+    async with raw_server(script) as server, router_for(server) as router:
+        await warm(router)
+        pool = router._state.pools["svc"]
+        seen: list[tuple[int, int, int]] = []
+
+        def state() -> tuple[int, int, int]:
+            return (
+                router.metrics.selections[("svc.", "route")],
+                pool.in_flight,
+                pool.devices.describe()["devices_in_flight"],
+            )
+
+        start_fast = pool.start_fast
+
+        def spy(*args: Any) -> Any:
+            seen.append(state())
+            return start_fast(*args)
+
+        monkeypatch.setattr(pool, "start_fast", spy)
+        answer = start(router, rpc_request("svc.a"))
+        assert seen == [(1, 0, 0)]  # the warm call's selection only
+        assert state() == (2, 1, 1)
+        assert (await asyncio.wait_for(answer, 5)).body == b"ok"
+        quiet(router)
+
+
 async def test_an_answer_split_across_reads() -> None:
     half_sent = asyncio.Event()
     rest = asyncio.Event()

@@ -233,39 +233,38 @@ class RpcRouter:
         exchange = pool.fast_exchange(endpoint, op, headers, request.body)
         if exchange is None:
             return None
-        # From here on, what handle() -> _route -> ... -> post() does, in the same order;
-        # every step's outcome is known from the checks above.
+        # The request goes out first; then what handle() -> _route -> ... -> post() does
+        # around writing it (the selection's metric, the holds, the device's count, the
+        # pick and the breaker's permit), while the upstream works on it. Every step's
+        # outcome is known from the checks above, and nothing else runs in between.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + timeout_ms / 1000
+        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
+        timeout_s = min(deadline - now, attempt_timeout_s)
+        call = FastCall(self, exchange, on_done)
+        call.exchange = pool.start_fast(*exchange, timeout_s, call.answered)
         self.metrics.selections[(route.match, selection.picked_by)] += 1
         pools = [state.pools[name] for name in selection.clusters]
         for held in pools:
             held.hold()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
         pool.devices.started(device)
         picked = pool.pick()
         allowed = pool.breaker.allow()
         assert picked is endpoint and allowed
-        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
-        timeout_s = min(deadline - loop.time(), attempt_timeout_s)
-        call = FastCall(
-            self,
-            _Resume(
-                state,
-                route,
-                selection,
-                pools,
-                request,
-                headers,
-                deadline,
-                route.is_idempotent(op),
-                endpoint,
-                timeout_s,
-                started,
-            ),
-            exchange,
-            on_done,
+        call._resume = _Resume(
+            state,
+            route,
+            selection,
+            pools,
+            request,
+            headers,
+            deadline,
+            route.is_idempotent(op),
+            endpoint,
+            timeout_s,
+            started,
         )
-        call.exchange = pool.start_fast(*exchange, timeout_s, call.answered)
         return call
 
     async def resume(self, resume: _Resume) -> RpcResponse:
@@ -626,15 +625,16 @@ class FastCall:
         "exchange",
     )
 
+    #: Set by ``start_call`` right after the request went out (before any answer).
+    _resume: _Resume
+
     def __init__(
         self,
         router: RpcRouter,
-        resume: _Resume,
         sent: tuple[Origin, bytes],
         on_done: Callable[[RpcResponse], None],
     ) -> None:
         self._router = router
-        self._resume = resume
         self._sent = sent
         self._on_done = on_done
         self._done = False
