@@ -38,7 +38,7 @@ from channel.rpc.h1pool import (
     PoolClosed,
     is_stale,
 )
-from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits
+from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits, VettedHeaders
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import DeviceContext, RpcRequest, RpcResponse
 from channel.wire.errors import ErrorCode
@@ -108,15 +108,17 @@ def identity_headers(device: DeviceContext) -> list[tuple[str, str]]:
 
 def upstream_headers(
     request: RpcRequest, *, stress: bool = False, mirror: bool = False
-) -> list[tuple[str, str]]:
+) -> VettedHeaders:
     """Headers for the upstream HTTP call.
 
     The device's app headers are kept except pseudo headers, hop-by-hop
     headers, malformed ones and every ``x-channel-*`` (a device must not be
-    able to spoof identity); then the verified identity is appended.
+    able to spoof identity); then the verified identity is appended. What is kept
+    is what ``VettedHeaders`` promises (lower-case token names, none of the
+    framing ones, no control characters in values), so encoding does not check again.
     """
     headers = request.headers
-    out = list(headers) if headers and _all_forwarded(headers) else _forwarded(headers)
+    out = VettedHeaders(headers if headers and _all_forwarded(headers) else _forwarded(headers))
     out.extend(_identity_block(request.device))
     if stress:
         out.append(("x-channel-stress", "1"))
