@@ -672,32 +672,43 @@ class FastCall:
     def _settle(self, result: H1Response | BaseException) -> None:
         resume = self._resume
         pool = resume.pools[0]
-        if isinstance(result, H1Response):
-            attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
-            if not attempt.failure:
-                # The common end: what _try_cluster, _call_cluster, _call, _route and
-                # handle do after a try that is not a failure, but the answer goes first:
-                # on its way to the device while the breaker, holds and metrics are
-                # updated (in this same callback: no other call runs in between).
-                router = self._router
-                response = attempt.response
-                took_ms = (router._clock() - resume.started) * 1000
-                self._deliver(_labelled(resume.route.match, pool.name, response))
-                router._record(pool, False, attempt.outcome, resume.request.device.device_id)
-                self._release()
-                router.metrics.observe_call(resume.route.match, pool.name, response.status, took_ms)
-                return
-            resume.pending = attempt
-        else:
+        if isinstance(result, BaseException):
             origin, payload = self._sent
-            resume.pending = functools.partial(
-                pool.fast_failure,
-                result,
-                origin,
-                payload,
-                self._attempt_deadline,
-                resume.idempotent,
+            self._go_on_with(
+                functools.partial(
+                    pool.fast_failure,
+                    result,
+                    origin,
+                    payload,
+                    self._attempt_deadline,
+                    resume.idempotent,
+                )
             )
+            return
+        # The common end: what _try_cluster, _call_cluster, _call, _route and handle do
+        # after a try that is not a failure, but the answer goes first: on its way to
+        # the device while the breaker, holds and metrics are updated (in this same
+        # callback: no other call runs in between).
+        router = self._router
+        route_label = resume.route.match
+        final = pool.fast_answer(result, route_label)
+        outcome = "http_2xx"
+        if final is None:
+            attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
+            if attempt.failure:
+                self._go_on_with(attempt)
+                return
+            final = _labelled(route_label, pool.name, attempt.response)
+            outcome = attempt.outcome
+        took_ms = (router._clock() - resume.started) * 1000
+        self._deliver(final)
+        router._record(pool, False, outcome, resume.request.device.device_id)
+        self._release()
+        router.metrics.observe_call(route_label, pool.name, final.status, took_ms)
+
+    def _go_on_with(self, pending: Attempt | Callable[[], Awaitable[H1Response]]) -> None:
+        """The first try did not end the call: on the ordinary path, in a task."""
+        self._resume.pending = pending
         self._task = asyncio.get_running_loop().create_task(self._go_on())
 
     async def _go_on(self) -> None:

@@ -439,6 +439,34 @@ class ClusterPool:
     ) -> FastExchange:
         return self._get_pool().start_exchange(origin, payload, timeout_s, on_done)
 
+    def fast_answer(self, response: H1Response, route_label: str) -> RpcResponse | None:
+        """The common answer, a 2xx without content-coding, as the device gets it
+        (labelled with ``route_label`` and this cluster) and counted as ``post()``
+        counts it; in one pass over the headers instead of ``_classify``'s several.
+        None for anything else, uncounted: ``fast_attempt()`` classifies it."""
+        if not 200 <= response.status < 300:
+            return None
+        kept: list[tuple[str, str]] = []
+        retry_after: str | None = None
+        for name, value in response.headers:
+            if name in _STRIPPED_RESPONSE_HEADERS:
+                if name == "content-encoding":
+                    return None
+                continue
+            if name == "retry-after" and retry_after is None:
+                retry_after = value
+            kept.append((name, value))
+        self._metrics.attempts[(self.name, "http_2xx")] += 1
+        return RpcResponse(
+            0,
+            tuple(kept),
+            response.body,
+            parse_retry_after(retry_after),
+            "",
+            route_label,
+            self.name,
+        )
+
     def fast_attempt(self, response: H1Response, op: str, endpoint: Endpoint) -> Attempt:
         """``post()``'s classification of a whole answer the fast path got."""
         attempt = self._classify(response, op, endpoint)
