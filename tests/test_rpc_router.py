@@ -19,7 +19,12 @@ from hypothesis import strategies as st
 from channel.rpc import RoutingConfig
 from channel.rpc.http1 import VettedHeaders, encode_request
 from channel.rpc.model import DeviceContext, RpcRequest
-from channel.rpc.upstream import HOP_BY_HOP, identity_headers, upstream_headers
+from channel.rpc.upstream import (
+    HOP_BY_HOP,
+    _no_control_chars,
+    identity_headers,
+    upstream_headers,
+)
 from channel.wire.errors import ErrorCode
 from tests import rpc_upstream
 from tests.rpc_upstream import (
@@ -713,3 +718,9 @@ def test_a_device_user_agent_replaces_the_gateway_one_in_vetted_headers() -> Non
     plain = upstream_headers(RpcRequest("svc.op", (("a", "user-agent: no"),), b"", device))
     data = encode_request("POST", "/rpc/svc.op", host="h", headers=plain, body=b"")
     assert b"\r\nuser-agent: channel-gateway\r\n" in data
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=40) | st.text(st.characters(max_codepoint=0x7F), max_size=40))
+def test_the_control_character_shortcut_agrees_with_the_regex(text: str) -> None:
+    assert _no_control_chars(text) == (re.search(r"[\x00-\x08\x0a-\x1f\x7f]", text) is None)
