@@ -97,7 +97,7 @@ class DeviceDirectory(Protocol):
 
 @dataclass(slots=True, unsafe_hash=True)
 class EnqueueOutcome:
-    """Immutable by convention, not frozen: one per queued push (``channel/push/model.py``)."""
+    """Immutable by convention, not frozen (``channel/push/model.py``)."""
 
     device_id: str
     message_id: str
@@ -111,7 +111,9 @@ class DeviceQueue(Protocol):
     async def enqueue(
         self, items: Sequence[tuple[str, PushMessage]], cap: int
     ) -> list[EnqueueOutcome]:
-        """Queue each message for its device (one outcome per item, in order).
+        """Queue each message for its device. Returns an outcome for (at least) every
+        item that replaced or dropped older messages, in order; items that did neither
+        may be left out.
 
         A message with a collapse key replaces the device's queued message with
         the same key. At most ``cap`` messages stay queued per device; the
@@ -166,6 +168,16 @@ class ReceiptLog(Protocol):
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         """Record accepted messages (kept ``retention_s`` past their expiry, or see
         ``final_retention_ms``)."""
+
+    async def create_for_devices(
+        self,
+        pushes: Sequence[tuple[str, str, int]],
+        accepted_at_ms: int,
+        retention_s: int,
+    ) -> None:
+        """``create`` for device pushes that each list one device, accepted at one time:
+        ``(message id, device id, expires at ms)`` each, the device ``accepted`` (a
+        batch from the API: no status object per push)."""
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         """Apply status changes and append them to the receipt stream.
