@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from raw_device import RawDevice
 from test_gateway_handshake import admin_text
 from test_rpc_h1pool import RawConn, RawServer, raw_server
 
+from channel.engine.native import NativeEngine
 from channel.wire import (
     ErrorCode,
     GoAwayReceived,
@@ -318,6 +320,53 @@ async def test_device_cancels_a_call_on_the_fast_path(tmp_path: Path) -> None:
             assert third.body == b'{"n":3}'
             assert upstream.connections == 2
             assert session.in_flight == 0
+
+
+@pytest.mark.engine_only("native")
+async def test_a_pinned_gateway_steps_aside_for_the_engine_after_an_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Confined to one CPU, the asyncio thread yields it once it handed an answer to the
+    engine thread (which could not run before this thread stops); on several CPUs it
+    does not. The answer is the same either way."""
+    yields: list[int] = []
+    real_yield = os.sched_yield
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1) or real_yield())
+    cpus = os.sched_getaffinity(0)
+    async with http_upstream({"/rpc/{op}": Upstream("svc").handle}) as url:
+        rpc = {"clusters": {"svc": {"endpoints": [url]}}, "routes": [route("svc.", "svc")]}
+        async with gateway(tmp_path, rpc=rpc) as gw:
+            engine = gw.node.engine
+            device = await connect(gw, "d1")
+            try:
+                os.sched_setaffinity(0, {min(cpus)})
+                engine._affinity_read_at = -math.inf  # type: ignore[union-attr]
+                pinned = await call(device, "svc.op", b'{"n":1}')
+                assert isinstance(pinned, ResponseReceived) and pinned.status == 0
+                assert yields
+            finally:
+                os.sched_setaffinity(0, cpus)
+            if len(cpus) > 1:
+                yields.clear()
+                engine._affinity_read_at = -math.inf  # type: ignore[union-attr]
+                free = await call(device, "svc.op", b'{"n":2}')
+                assert isinstance(free, ResponseReceived) and free.status == 0
+                assert not yields
+            await device.close()
+
+
+@pytest.mark.engine_only("native")
+async def test_a_flush_with_nothing_queued_does_not_hold_back_the_next(tmp_path: Path) -> None:
+    """A session flush that found nothing to submit (a push replay with nothing to
+    replay) left the turn marked as flushed: the next answer waited for the turn's end."""
+    async with gateway(tmp_path) as gw:
+        engine = gw.node.engine
+        assert isinstance(engine, NativeEngine)
+        engine.flush_early()  # nothing queued
+        before = engine.stats()["commands"]
+        engine.command(("ABORT", (1 << 40) | 7))  # no such connection: counted, ignored
+        engine.flush_early()
+        assert engine.stats()["commands"] == before + 1
 
 
 async def test_rate_limit_answers_with_retry_after(tmp_path: Path) -> None:

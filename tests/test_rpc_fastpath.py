@@ -82,6 +82,79 @@ async def test_fast_path_answers_and_keeps_the_connection() -> None:
         quiet(router)
 
 
+async def test_the_answer_goes_before_the_bookkeeping() -> None:
+    """The caller gets the answer before the connection goes back to the pool and the
+    call's holds and metrics are settled (they follow in the same callback)."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        while await server.counted_request(conn) is not None:
+            await conn.answer(b"ok")
+
+    async with raw_server(script) as server, router_for(server) as router:
+        await warm(router)
+        pool = router._state.pools["svc"]
+        seen: list[tuple[int, int, int, int]] = []
+        answer: asyncio.Future[RpcResponse] = asyncio.get_running_loop().create_future()
+
+        def on_done(response: RpcResponse) -> None:
+            seen.append(
+                (
+                    pool._get_pool().stats()["idle"],
+                    pool.in_flight,
+                    pool.devices.describe()["devices_in_flight"],
+                    sum(router.metrics.calls.values()),
+                )
+            )
+            answer.set_result(response)
+
+        observed = sum(router.metrics.calls.values())
+        assert router.start_call(rpc_request("svc.a"), on_done) is not None
+        response = await asyncio.wait_for(answer, 5)
+        assert (response.status, response.body) == (0, b"ok")
+        # Inside on_done: the connection still out, the call still held and unobserved.
+        assert seen == [(0, 1, 1, observed)]
+        # Once the callback returned: all settled, the connection ready for the next call.
+        assert pool._get_pool().stats()["idle"] == 1
+        assert sum(router.metrics.calls.values()) == observed + 1
+        quiet(router)
+        assert (await fast(router)).body == b"ok"
+        assert server.connections == 1
+
+
+async def test_the_request_goes_before_the_bookkeeping(monkeypatch: Any) -> None:
+    """The request is written before the call's selection metric, holds, device count
+    and breaker permit are taken (they follow in the same call, before any answer)."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        while await server.counted_request(conn) is not None:
+            await conn.answer(b"ok")
+
+    async with raw_server(script) as server, router_for(server) as router:
+        await warm(router)
+        pool = router._state.pools["svc"]
+        seen: list[tuple[int, int, int]] = []
+
+        def state() -> tuple[int, int, int]:
+            return (
+                router.metrics.selections[("svc.", "route")],
+                pool.in_flight,
+                pool.devices.describe()["devices_in_flight"],
+            )
+
+        start_fast = pool.start_fast
+
+        def spy(*args: Any) -> Any:
+            seen.append(state())
+            return start_fast(*args)
+
+        monkeypatch.setattr(pool, "start_fast", spy)
+        answer = start(router, rpc_request("svc.a"))
+        assert seen == [(1, 0, 0)]  # the warm call's selection only
+        assert state() == (2, 1, 1)
+        assert (await asyncio.wait_for(answer, 5)).body == b"ok"
+        quiet(router)
+
+
 async def test_an_answer_split_across_reads() -> None:
     half_sent = asyncio.Event()
     rest = asyncio.Event()

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 
 from channel.rpc import ClusterConfig, RpcMetrics
-from channel.rpc.h1pool import ConnectError, ConnectionBroken, H1Pool, PoolClosed
-from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Limits, encode_chunked
+from channel.rpc.h1pool import ConnectError, ConnectionBroken, H1Pool, H1Response, PoolClosed
+from channel.rpc.http1 import BodyTooLarge, H1ProtocolError, Headers, Limits, encode_chunked
 from channel.rpc.upstream import ClusterPool, Endpoint
 from channel.security.devcert import ensure_dev_certificates
 from channel.wire.errors import ErrorCode
@@ -547,6 +547,39 @@ def cluster_pool(*urls: str, max_response_bytes: int = 1 << 20, **extra: Any) ->
 
 async def attempt(pool: ClusterPool, headers: list[tuple[str, str]] | None = None) -> Any:
     return await pool.post(pool.endpoints[0], "svc.x", headers or [], b"{}", 1.0, idempotent=True)
+
+
+_ANSWER_HEADERS = [
+    [],
+    [("content-type", "application/json"), ("date", "x"), ("server", "y")],
+    [("retry-after", "3"), ("x-a", "1"), ("retry-after", "9"), ("connection", "keep-alive")],
+    [("retry-after", "soon"), ("content-length", "2")],
+    [("content-encoding", "gzip")],
+    [("content-encoding", "identity"), ("x-a", "1")],
+]
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 299, 301, 400, 404, 429, 500, 503])
+@pytest.mark.parametrize("headers", _ANSWER_HEADERS)
+def test_fast_answer_is_the_classified_one(status: int, headers: list[tuple[str, str]]) -> None:
+    """Whenever the one-pass ``fast_answer`` takes an answer, it is what ``_classify``
+    gives (labelled as the router labels it) and counted alike; it takes every 2xx
+    without a content-coding and nothing else."""
+    fast, slow = cluster_pool("http://up"), cluster_pool("http://up")
+    answer = H1Response(status, "", Headers(headers), b'{"a":1}', "1.1")
+    got = fast.fast_answer(answer, "svc.")
+    plain = 200 <= status < 300 and not any(n == "content-encoding" for n, _ in headers)
+    assert (got is not None) == plain
+    if got is None:
+        assert not fast._metrics.attempts
+        return
+    attempt = slow.fast_attempt(answer, "svc.x", slow.endpoints[0])
+    assert not attempt.failure
+    expected = attempt.response
+    assert got == expected
+    assert (got.route, got.cluster, got.retry_after_ms) == ("svc.", "svc", expected.retry_after_ms)
+    assert (got.headers, got.message) == (expected.headers, expected.message)
+    assert fast._metrics.attempts == slow._metrics.attempts
 
 
 async def test_cluster_pool_outcomes() -> None:

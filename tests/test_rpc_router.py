@@ -13,10 +13,18 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from channel.rpc import RoutingConfig
+from channel.rpc.http1 import VettedHeaders, encode_request
 from channel.rpc.model import DeviceContext, RpcRequest
-from channel.rpc.upstream import HOP_BY_HOP, identity_headers, upstream_headers
+from channel.rpc.upstream import (
+    HOP_BY_HOP,
+    _no_control_chars,
+    identity_headers,
+    upstream_headers,
+)
 from channel.wire.errors import ErrorCode
 from tests import rpc_upstream
 from tests.rpc_upstream import (
@@ -671,3 +679,48 @@ def test_upstream_headers_keep_exactly_the_allowed_ones(
     ]
     request = RpcRequest("svc.op", headers, b"", device)
     assert upstream_headers(request) == [*expected, *identity_headers(device)]
+
+
+_FIELD_TEXT = st.text(
+    st.characters(codec="latin-1") | st.sampled_from(["\r", "\n", "\x00", ":", " "]), max_size=12
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _FIELD_TEXT | st.sampled_from(["user-agent", "Host", "content-length", "x-channel-x"]),
+            _FIELD_TEXT,
+        ),
+        max_size=6,
+    ).map(tuple)
+)
+def test_vetted_upstream_headers_encode_as_checked_ones(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    """``upstream_headers`` keeps only what ``encode_request`` would accept: encoding
+    its ``VettedHeaders`` unchecked gives the bytes the checked path gives."""
+    device = DeviceContext("d1", "u1", "app", "1.0", "ios", "z1", ("s",), "sess")
+    vetted = upstream_headers(RpcRequest("svc.op", headers, b"{}", device))
+    assert type(vetted) is VettedHeaders
+    checked = encode_request("POST", "/rpc/op", host="up", headers=list(vetted), body=b"{}")
+    assert encode_request("POST", "/rpc/op", host="up", headers=vetted, body=b"{}") == checked
+
+
+def test_a_device_user_agent_replaces_the_gateway_one_in_vetted_headers() -> None:
+    device = DeviceContext("d1", "u1", "app", "1.0", "ios", "z1", ("s",), "sess")
+    for headers in ((("user-agent", "app/1"),), (("a", "user-agent: no"), ("user-agent", "app/1"))):
+        vetted = upstream_headers(RpcRequest("svc.op", headers, b"", device))
+        data = encode_request("POST", "/rpc/svc.op", host="h", headers=vetted, body=b"")
+        assert data.count(b"user-agent: ") == 1 + (len(headers) == 2)
+        assert b"\r\nuser-agent: app/1\r\n" in data
+    plain = upstream_headers(RpcRequest("svc.op", (("a", "user-agent: no"),), b"", device))
+    data = encode_request("POST", "/rpc/svc.op", host="h", headers=plain, body=b"")
+    assert b"\r\nuser-agent: channel-gateway\r\n" in data
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=40) | st.text(st.characters(max_codepoint=0x7F), max_size=40))
+def test_the_control_character_shortcut_agrees_with_the_regex(text: str) -> None:
+    assert _no_control_chars(text) == (re.search(r"[\x00-\x08\x0a-\x1f\x7f]", text) is None)

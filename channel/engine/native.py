@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -44,6 +46,12 @@ log = logging.getLogger("channel.engine")
 #: too many pushes await their ACK): it stays queued for the device's next connection.
 _TRANSIENT_PUSH_FAILURES = ("closed",)
 _TOO_MANY_UNACKED = "await their ACK on this connection"
+
+
+def _one_cpu_affinity() -> bool:
+    """The calling thread may run on one CPU only (False where the OS does not tell)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return getaffinity is not None and len(getaffinity(0)) == 1
 
 
 class MqttHandler(Protocol):
@@ -77,6 +85,9 @@ class NativeEngine:
         self._flush_scheduled = False
         self._flushed_early = False
         self._dispatching = False
+        #: This thread is confined to one CPU (``_one_cpu``), and when that was read.
+        self._pinned = False
+        self._affinity_read_at = -math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_token = 0
         self.draining = False
@@ -207,11 +218,25 @@ class NativeEngine:
         """Submit now what is queued (an RPC answer), not at the end of the loop turn:
         the answer leaves while Python finishes its bookkeeping, a loop turn sooner.
         Once per turn, and never while an event batch is being handled (its end
-        submits): what follows in the same turn still goes down in one batch."""
-        if self._flushed_early or self._dispatching:
+        submits): what follows in the same turn still goes down in one batch. A flush
+        with nothing queued does not count (it would hold back the turn's answer)."""
+        if self._flushed_early or self._dispatching or not self._commands:
             return
         self._flushed_early = True
         self.flush_commands()
+        if self._one_cpu():
+            # The engine thread was just woken to write the answer, but confined to this
+            # thread's one CPU it runs only once this thread stops: after the turn's
+            # bookkeeping (metrics, sampling, the pool), tens of µs later. Step aside now.
+            os.sched_yield()
+
+    def _one_cpu(self) -> bool:
+        """This thread may run on one CPU only (a pinned worker), re-read once a second."""
+        now = time.monotonic()
+        if now >= self._affinity_read_at + 1.0:
+            self._affinity_read_at = now
+            self._pinned = _one_cpu_affinity()
+        return self._pinned
 
     def next_call_token(self) -> int:
         self._next_token += 1

@@ -151,7 +151,6 @@ class MmtpSession(Session):
         device = self.auth.device
         service = self._service
         request = RpcRequest(op, headers, body, device)
-        service.compression.sample(device.app_id, device.device_id, body)
         # The fast path first: no task when the call can go out at once.
         call = service.start_upstream(
             request, functools.partial(self._answered, stream_id, request, now)
@@ -159,6 +158,8 @@ class MmtpSession(Session):
         if call is None:
             call = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
         tasks[stream_id] = call
+        # Sampled once the request is on its way (the fast path wrote it already).
+        service.compression.sample(device.app_id, device.device_id, body)
 
     async def _serve(self, stream_id: int, request: RpcRequest) -> None:
         started = time.monotonic()
@@ -177,13 +178,14 @@ class MmtpSession(Session):
     ) -> None:
         service = self._service
         self._pop_task(stream_id)
+        took_s = time.monotonic() - started
         if self._gone:
-            service.observe_rpc(request, response, time.monotonic() - started)
+            service.observe_rpc(request, response, took_s)
             return
         # The answer goes first; metrics and sampling follow while it is on its way.
         self._send_answer(stream_id, response)
         self.flush()
-        service.observe_rpc(request, response, time.monotonic() - started)
+        service.observe_rpc(request, response, took_s)
         if response.status != 0:
             service.stream_error_sent(response.status)
         else:

@@ -331,9 +331,14 @@ class FastExchange:
         if isinstance(result, BaseException):
             self._conn.abort()
             self._pool._forget(self._conn)
-        else:
+            self._on_done(result)
+            return
+        # The answer first, then the connection back to the pool (or to a waiter): the
+        # caller's answer does not wait for the pool's bookkeeping.
+        try:
+            self._on_done(result)
+        finally:
             self._pool._release(self._conn)
-        self._on_done(result)
 
     def cancel(self) -> None:
         """The caller gave up: the connection's state is unknown, so it closes."""

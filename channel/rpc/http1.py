@@ -28,6 +28,15 @@ from enum import IntEnum, StrEnum, auto
 USER_AGENT = "channel-gateway"
 
 
+class VettedHeaders(list[tuple[str, str]]):
+    """Request headers whose maker guarantees what ``encode_request`` checks: names are
+    lower-case HTTP tokens and none of host, content-length, transfer-encoding; values
+    hold no CR, LF or NUL. ``encode_request`` takes them without checking again
+    (``channel.rpc.upstream.upstream_headers`` makes them, once per call)."""
+
+    __slots__ = ()
+
+
 class H1ErrorCode(StrEnum):
     HEAD_TOO_LARGE = "head_too_large"
     TOO_MANY_HEADERS = "too_many_headers"
@@ -204,14 +213,20 @@ def encode_request(
     """One HTTP/1.1 request with ``Content-Length``; raises LocalProtocolError on bad fields.
 
     ``user_agent`` is sent unless ``headers`` carry the device's own ``user-agent``
-    (forwarded as is: a second one makes servers refuse the request)."""
+    (forwarded as is: a second one makes servers refuse the request). ``VettedHeaders``
+    are not checked again."""
     if not _TOKEN.fullmatch(method):
         raise LocalProtocolError(f"method {method!r} is not an HTTP token")
     if not _TARGET.fullmatch(target):
         raise LocalProtocolError(f"request target {target!r} must be '/' + visible ASCII")
     if _BAD_VALUE.search(host) or not host:
         raise LocalProtocolError(f"host {host!r} is empty or contains CR, LF or NUL")
-    if headers:
+    if type(headers) is VettedHeaders:
+        block = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        # Exact: vetted values hold no CR or LF, so each "\r\n" ends a field line.
+        if block.startswith("user-agent: ") or "\r\nuser-agent: " in block:
+            user_agent = ""
+    elif headers:
         # Checked in bulk (a handful of C calls instead of several per header);
         # _check_fields names the offender when the bulk check fails.
         names = "\n".join([name for name, _ in headers])

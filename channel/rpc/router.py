@@ -192,16 +192,7 @@ class RpcRouter:
         self.metrics.observe_call(
             route_label, cluster, response.status, (self._clock() - started) * 1000
         )
-        # Built directly: dataclasses.replace costs several times as much, once per call.
-        return RpcResponse(
-            response.status,
-            response.headers,
-            response.body,
-            response.retry_after_ms,
-            response.message,
-            route_label,
-            cluster,
-        )
+        return _labelled(route_label, cluster, response)
 
     def start_call(
         self, request: RpcRequest, on_done: Callable[[RpcResponse], None]
@@ -242,39 +233,38 @@ class RpcRouter:
         exchange = pool.fast_exchange(endpoint, op, headers, request.body)
         if exchange is None:
             return None
-        # From here on, what handle() -> _route -> ... -> post() does, in the same order;
-        # every step's outcome is known from the checks above.
+        # The request goes out first; then what handle() -> _route -> ... -> post() does
+        # around writing it (the selection's metric, the holds, the device's count, the
+        # pick and the breaker's permit), while the upstream works on it. Every step's
+        # outcome is known from the checks above, and nothing else runs in between.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + timeout_ms / 1000
+        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
+        timeout_s = min(deadline - now, attempt_timeout_s)
+        call = FastCall(self, exchange, on_done)
+        call.exchange = pool.start_fast(*exchange, timeout_s, call.answered)
         self.metrics.selections[(route.match, selection.picked_by)] += 1
         pools = [state.pools[name] for name in selection.clusters]
         for held in pools:
             held.hold()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
         pool.devices.started(device)
         picked = pool.pick()
         allowed = pool.breaker.allow()
         assert picked is endpoint and allowed
-        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
-        timeout_s = min(deadline - loop.time(), attempt_timeout_s)
-        call = FastCall(
-            self,
-            _Resume(
-                state,
-                route,
-                selection,
-                pools,
-                request,
-                headers,
-                deadline,
-                route.is_idempotent(op),
-                endpoint,
-                timeout_s,
-                started,
-            ),
-            exchange,
-            on_done,
+        call._resume = _Resume(
+            state,
+            route,
+            selection,
+            pools,
+            request,
+            headers,
+            deadline,
+            route.is_idempotent(op),
+            endpoint,
+            timeout_s,
+            started,
         )
-        call.exchange = pool.start_fast(*exchange, timeout_s, call.answered)
         return call
 
     async def resume(self, resume: _Resume) -> RpcResponse:
@@ -608,6 +598,19 @@ class _Resume:
     pending: Attempt | Callable[[], Awaitable[H1Response]] | None = None
 
 
+def _labelled(route_label: str, cluster: str, response: RpcResponse) -> RpcResponse:
+    # Built directly: dataclasses.replace costs several times as much, once per call.
+    return RpcResponse(
+        response.status,
+        response.headers,
+        response.body,
+        response.retry_after_ms,
+        response.message,
+        route_label,
+        cluster,
+    )
+
+
 class FastCall:
     """One call on ``RpcRouter.start()``'s fast path; ``cancel()`` as for a task."""
 
@@ -622,15 +625,16 @@ class FastCall:
         "exchange",
     )
 
+    #: Set by ``start_call`` right after the request went out (before any answer).
+    _resume: _Resume
+
     def __init__(
         self,
         router: RpcRouter,
-        resume: _Resume,
         sent: tuple[Origin, bytes],
         on_done: Callable[[RpcResponse], None],
     ) -> None:
         self._router = router
-        self._resume = resume
         self._sent = sent
         self._on_done = on_done
         self._done = False
@@ -639,7 +643,8 @@ class FastCall:
         self.exchange: FastExchange | None = None
 
     def answered(self, result: H1Response | BaseException) -> None:
-        """The upstream exchange ended (the connection is back in the pool or closed)."""
+        """The upstream exchange ended (a failed connection is closed already; a good
+        one goes back to the pool once this returns)."""
         if self._done:
             return
         exchange, self.exchange = self.exchange, None
@@ -647,47 +652,64 @@ class FastCall:
         self._attempt_deadline = exchange.deadline
         resume = self._resume
         try:
-            final = self._settle(result)
+            self._settle(result)
         except Exception:
-            # As _route does for a bug: the call ends as a gateway error.
             log.exception("rpc %s: unexpected error", resume.request.op)
+            if self._done:
+                return  # answered already: only the bookkeeping after the answer failed
+            # As _route does for a bug: the call ends as a gateway error.
             resume.pools[0].breaker.release()
             self._release()
-            final = self._router._answer(
-                resume.started,
-                resume.route.match,
-                "",
-                RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"),
+            self._deliver(
+                self._router._answer(
+                    resume.started,
+                    resume.route.match,
+                    "",
+                    RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error"),
+                )
             )
-        if final is not None:
-            self._deliver(final)
 
-    def _settle(self, result: H1Response | BaseException) -> RpcResponse | None:
+    def _settle(self, result: H1Response | BaseException) -> None:
         resume = self._resume
         pool = resume.pools[0]
-        if isinstance(result, H1Response):
-            attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
-            if not attempt.failure:
-                # The common end: what _try_cluster, _call_cluster, _call, _route and
-                # handle do after a try that is not a failure.
-                self._router._record(pool, False, attempt.outcome, resume.request.device.device_id)
-                self._release()
-                return self._router._answer(
-                    resume.started, resume.route.match, pool.name, attempt.response
-                )
-            resume.pending = attempt
-        else:
+        if isinstance(result, BaseException):
             origin, payload = self._sent
-            resume.pending = functools.partial(
-                pool.fast_failure,
-                result,
-                origin,
-                payload,
-                self._attempt_deadline,
-                resume.idempotent,
+            self._go_on_with(
+                functools.partial(
+                    pool.fast_failure,
+                    result,
+                    origin,
+                    payload,
+                    self._attempt_deadline,
+                    resume.idempotent,
+                )
             )
+            return
+        # The common end: what _try_cluster, _call_cluster, _call, _route and handle do
+        # after a try that is not a failure, but the answer goes first: on its way to
+        # the device while the breaker, holds and metrics are updated (in this same
+        # callback: no other call runs in between).
+        router = self._router
+        route_label = resume.route.match
+        final = pool.fast_answer(result, route_label)
+        outcome = "http_2xx"
+        if final is None:
+            attempt = pool.fast_attempt(result, resume.request.op, resume.endpoint)
+            if attempt.failure:
+                self._go_on_with(attempt)
+                return
+            final = _labelled(route_label, pool.name, attempt.response)
+            outcome = attempt.outcome
+        took_ms = (router._clock() - resume.started) * 1000
+        self._deliver(final)
+        router._record(pool, False, outcome, resume.request.device.device_id)
+        self._release()
+        router.metrics.observe_call(route_label, pool.name, final.status, took_ms)
+
+    def _go_on_with(self, pending: Attempt | Callable[[], Awaitable[H1Response]]) -> None:
+        """The first try did not end the call: on the ordinary path, in a task."""
+        self._resume.pending = pending
         self._task = asyncio.get_running_loop().create_task(self._go_on())
-        return None
 
     async def _go_on(self) -> None:
         try:
