@@ -35,6 +35,7 @@ from channel.push.redis.connection import (
     MAX_BLOCK_MS,
     Batch,
     Connection,
+    pack_args,
     raise_if_cancelled,
 )
 from channel.push.redis.keys import Keys
@@ -85,44 +86,45 @@ class RedisReceipts:
         self.final_retention_ms = final_retention_ms
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
+        if not statuses:
+            return
+        keys = [self._keys.status(status.message_id) for status in statuses]
+        final_ms = self.final_retention_ms
         batch = Batch()
-        accepted = PushStatus.ACCEPTED
-        for status in statuses:
-            key = self._keys.status(status.message_id)
-            fields: list[str | int] = [
-                "t",
-                status.target.value,
-                "a",
-                status.accepted_at_ms,
-                "e",
-                status.expires_at_ms,
-            ]
-            if status.delivered_count:
-                fields += ("n", status.delivered_count)
-            pending = 0
-            for device_id, device_status in status.devices.items():
-                fields += ("d:" + device_id, _LETTER[device_status])
-                pending += device_status is accepted
-            if pending:
-                fields += ("p", pending)
-            batch.command("HSET", key, *fields)
-            batch.command(
-                "PEXPIREAT", key, drop_at_ms(status, retention_s, self.final_retention_ms)
-            )
-        if batch:
-            await self._conn.run(batch)
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                status = statuses[i]
+                devices = status.devices
+                args += (
+                    status.target.value,
+                    status.accepted_at_ms,
+                    status.expires_at_ms,
+                    drop_at_ms(status, retention_s, final_ms),
+                    status.delivered_count,
+                    len(devices),
+                )
+                for device_id, device_status in devices.items():
+                    args += (device_id, _LETTER[device_status])
+            batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
+        await self._conn.run(batch)
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
+        # Accepted changes nothing.
+        changes = [r for r in receipts if r.status is not PushStatus.ACCEPTED]
+        keys = [self._keys.status(r.message_id) for r in changes]
+        final_ms = self.final_retention_ms
         batch = Batch()
-        for receipt in receipts:
-            if receipt.status is not PushStatus.ACCEPTED:  # accepted changes nothing
-                key = self._keys.status(receipt.message_id)
-                args = [
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                receipt = changes[i]
+                args += (
                     receipt.device_id,
                     _LETTER[receipt.status],
-                    final_drop_at_ms(receipt, self.final_retention_ms),
-                ]
-                batch.script(lua.RECEIPT_RECORD, [key], args)
+                    final_drop_at_ms(receipt, final_ms),
+                )
+            batch.script(lua.RECEIPT_RECORD, [keys[i] for i in run], [pack_args(args)])
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
             entry = fastjson.dumps([r.to_json() for r in chunk])
