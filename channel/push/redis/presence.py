@@ -185,17 +185,22 @@ class RedisPresence:
                 args.append(len(devices))
                 args += map(h8, devices)
             batch.script(lua.HMGET_MANY, [keys[i] for i in run], [pack_args(args)])
-        leases, replies = await asyncio.gather(
-            self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
-        )
+        leases = self._leases
+        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
+            replies = await self._conn.run(batch)  # no second call to wait for
+        else:
+            leases, replies = await asyncio.gather(
+                self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
+            )
         values: dict[str, str] = {}
+        found: dict[str, Presence] = {}
         for run, reply in zip(runs, replies, strict=True):
             # Both replies are the values in the order the fields were given.
             devices = [d for i in run for d in by_key[keys[i]]]
             for device_id, value in zip(devices, reply, strict=True):
                 if value is not None:
-                    values[device_id] = value.decode()
-        found = {d: decode_presence(d, v) for d, v in values.items()}
+                    values[device_id] = text = value.decode()
+                    found[device_id] = decode_presence(device_id, text)
         live = leases.live()
         if any(p.node_no not in live for p in found.values()) and leases.age_s() > FRESH_S:
             leases = await self._read_leases(FRESH_S)
