@@ -223,6 +223,8 @@ end
 for i = 1, #KEYS do
   local key, a = KEYS[i], 4 * i - 2
   local id, ck = A[a], A[a + 2]
+  -- -2: no such key. A new queue holds one message: no cap to check (unless 0).
+  local pttl = redis.call('PTTL', key)
   if ck ~= '' then
     local old = redis.call('HGET', key, 'c:' .. ck)
     if old and old ~= id and redis.call('HDEL', key, old) == 1 then note(i, 'r', old) end
@@ -230,7 +232,7 @@ for i = 1, #KEYS do
   end
   redis.call('HSET', key, id, A[a + 1])
   -- HLEN counts collapse pointers too: only past it is the full read needed.
-  if redis.call('HLEN', key) > cap then
+  if (pttl ~= -2 or cap < 1) and redis.call('HLEN', key) > cap then
     meta = meta or msgpack_helpers()
     local all = redis.call('HGETALL', key)
     local queued = {}
@@ -252,9 +254,9 @@ for i = 1, #KEYS do
       end
     end
   end
-  -- The key lives as long as its longest-lived message (PTTL is -1 on a new key).
+  -- The key lives as long as its longest-lived message.
   local ttl = A[a + 3]
-  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ms(ttl)) end
+  if pttl < ttl then redis.call('PEXPIRE', key, ms(ttl)) end
 end
 return out
 """
