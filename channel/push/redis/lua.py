@@ -1,8 +1,9 @@
 """The Lua scripts of the Redis push stores.
 
-Every script touches only the keys it is given, all in one hash slot, so it
-runs unchanged on a Redis Cluster. Lease times come from the Redis clock
-(``TIME``), so gateway clocks need not agree.
+Every script touches only the keys it is given. On a Redis Cluster those are
+in one hash slot: the batched scripts (many keys per call) get keys of one slot
+there (``Connection.groups``), any keys on one Redis. Lease times come from the
+Redis clock (``TIME``), so gateway clocks need not agree.
 """
 
 from __future__ import annotations
