@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 def fmt(x: float | None, spec: str) -> str:
     """``x`` formatted with ``spec``, or "-" when it was not measured."""
@@ -20,3 +24,10 @@ def table(rows: list[list[str]]) -> str:
         if j == 0:
             lines.append("-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """A benchmark's JSON result (its folder made), and the line tools and tests look for."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -41,6 +41,7 @@ import uvloop
 
 from channel.rpc import DeviceContext, RoutingConfig, RpcRequest, RpcResponse, RpcRouter
 from stress.machine import machine_info, machine_line
+from stress.report import write_json
 from stress.rpc import upstream_main
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rpc_router.json"
@@ -210,9 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = run(args)
     print(f"machine: {machine_line()}")
     print(render(doc))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, doc)
     return 0
 
 

@@ -300,3 +300,50 @@ def test_valid_requests_survive_a_json_round_trip(
     assert request.ttl_s == ttl_s
     if target == "device_ids":
         assert request.target.ids == tuple(dict.fromkeys(ids))
+
+
+_ID_TEXT = st.text(max_size=140) | st.sampled_from(
+    ["d1", "a" * 128, "a" * 129, "", " d", "d\u200b"]
+)
+_BODY_TEXT = st.text(max_size=40) | st.sampled_from(["x" * 1024, "x" * 1025, "é" * 513, "\ud800"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    device_id=_ID_TEXT | _SCALARS,
+    body=_BODY_TEXT | _SCALARS,
+    other=st.sampled_from(["body", "body_base64", "topic", "ttl_s"]),
+    default_ttl_s=st.sampled_from([0, 3600, 86_400, 86_401, -1]),
+    third=st.none()
+    | st.tuples(
+        st.sampled_from(["ttl_s", "priority", "collapse_key", "topic"]),
+        st.sampled_from([0, 1, 86_400, 86_401, -1, True, 1.0, "60", None]),
+    ),
+)
+def test_the_plain_device_push_shortcut_agrees_with_the_full_checks(
+    device_id: object,
+    body: object,
+    other: str,
+    default_ttl_s: int,
+    third: tuple[str, object] | None,
+) -> None:
+    """``{"device_id", "body"}`` skips most field look-ups: whatever it accepts, the full
+    path accepts as the same request, and what it turns away goes the full way."""
+    from channel.push.requests import _parse_push_request, _plain_device_push
+
+    limits = (default_ttl_s, LIMITS["max_ttl_s"], LIMITS["max_body_bytes"])
+    obj: dict[str, object] = {"device_id": device_id, other: body}
+    if third is not None:
+        obj[third[0]] = third[1]
+    fast = _plain_device_push(obj, *limits)
+    try:
+        full: PushRequest | None = _parse_push_request(obj, *limits, "")
+    except ValidationError:
+        full = None
+    if fast is not None:
+        assert fast == full
+    if full is None:
+        with pytest.raises(ValidationError):
+            parse(obj, default_ttl_s=default_ttl_s)
+    else:
+        assert parse(obj, default_ttl_s=default_ttl_s) == full

@@ -145,6 +145,26 @@ def test_rpc_router_benchmark_measures_both_ways(tmp_path: Path) -> None:
         assert figures["wall_us_p50"] > 0
 
 
+def test_push_path_benchmark_times_every_step(tmp_path: Path) -> None:
+    out = tmp_path / "push_path.json"
+    doc = run_tool(
+        "stress.push_path",
+        out,
+        "--devices",
+        "50",
+        "--batch",
+        "20",
+        "--batches",
+        "3",
+        "--rounds",
+        "2",
+    )
+    assert {"machine", "us_per_push", "rounds_us_per_push"} <= doc.keys()
+    assert len(doc["rounds_us_per_push"]) == 2
+    for step in ("parse", "accept", "answer", "inbox", "acks", "flush", "total"):
+        assert doc["us_per_push"][step] >= 0
+
+
 def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "mqtt_codec_speed.json"
     doc = run_tool("stress.mqtt_codec_speed", out, "--samples", "3", "--batch", "2")

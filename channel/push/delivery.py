@@ -479,6 +479,61 @@ class NodeDelivery:
                 # The batch's clock read: a batch is written in one go.
                 self.delivery_latency.observe((now - message.accepted_at_ms) / 1000)
 
+    def _deliver_many(
+        self,
+        items: list[tuple[str, PushMessage]],
+        touched: set[Session],
+        forward: list[tuple[str, PushMessage]],
+        at_ms: int,
+    ) -> None:
+        """``_deliver_device`` for a batch, with the usual push written inline: a plain
+        queued push (no MQTT flags, no user check) new to its connection. Anything
+        else goes through ``_write``. Per push this was six Python calls."""
+        by_device, states, recent = self.registry.by_device, self._state, self._recent_acks
+        add = touched.add
+        ages: dict[int, int] = {}  # accepted at (ms) -> pushes written: one clock per batch
+        written = 0
+        for device_id, message in items:
+            session = by_device.get(device_id)
+            state = states.get(session) if session is not None else None
+            if session is None or state is None:
+                forward.append((device_id, message))
+                continue
+            if at_ms >= message.expires_at_ms:
+                continue  # reported when the queue is next read
+            if state.held is not None:
+                state.held.append(message)
+                continue
+            message_id = message.message_id
+            outstanding = state.message_ids
+            if (
+                message.flags
+                or message.target_users
+                or message_id in outstanding
+                or session.closed
+                or (recent and (device_id, message_id) in recent)
+            ):
+                if not self._write(session, message, state, device_id):
+                    continue
+            else:
+                # Refusals (too large for the device) come back from the engine as
+                # push_failed; the Python engine's session answers them here.
+                refused = session.push(message_id, message.body, message.wire_headers(), True)
+                if refused is not None:
+                    self._fail(session, message_id, refused)
+                else:
+                    if message_id not in outstanding:  # see _write
+                        outstanding[message_id] = message.collapse_key
+                    written += 1
+            add(session)
+            accepted_at_ms = message.accepted_at_ms
+            if accepted_at_ms:
+                ages[accepted_at_ms] = ages.get(accepted_at_ms, 0) + 1
+        self.pushes_written += written
+        observe = self.delivery_latency.observe_many
+        for accepted_at_ms, count in ages.items():
+            observe((at_ms - accepted_at_ms) / 1000, count)
+
     async def _forward(self, items: list[tuple[str, PushMessage]]) -> None:
         """Pushes for devices that left: send them on to their new node, if any."""
         found = await self.backend.presence.lookup([device for device, _ in items])
@@ -543,8 +598,8 @@ class NodeDelivery:
                 log.exception("bad inbox envelope")
         # High-priority pushes were written as they came; normal ones follow them,
         # in arrival order, in the same write per session.
-        for device_id, message in normal:
-            self._deliver_device(device_id, message, touched, forward, at_ms)
+        if normal:
+            self._deliver_many(normal, touched, forward, at_ms)
         for session in touched:
             session.flush()
         if forward:

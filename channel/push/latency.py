@@ -26,6 +26,12 @@ class LatencyHistogram:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total_s += seconds
 
+    def observe_many(self, seconds: float, count: int) -> None:
+        """``count`` observations of the same value (a batch written at one clock read)."""
+        seconds = max(0.0, seconds)
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += count
+        self.total_s += seconds * count
+
     def cumulative(self) -> list[tuple[str, int]]:
         """``(le, count)`` pairs as Prometheus wants them, +Inf last."""
         out, running = [], 0

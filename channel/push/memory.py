@@ -8,6 +8,7 @@ semantics are the Redis implementation's, checked by the same contract tests.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import time
 import zlib
@@ -23,6 +24,7 @@ from channel.push.model import (
     PushMessage,
     PushStatus,
     Receipt,
+    TargetKind,
     drop_at_ms,
     final_drop_at_ms,
 )
@@ -131,7 +133,8 @@ class MemoryQueue:
                 for old_id in oldest:
                     del queue[old_id]
                 dropped = tuple(oldest)
-            outcomes.append(EnqueueOutcome(device_id, message.message_id, replaced, dropped))
+            if replaced or dropped:
+                outcomes.append(EnqueueOutcome(device_id, message.message_id, replaced, dropped))
         return outcomes
 
     async def pending(
@@ -155,12 +158,14 @@ class MemoryQueue:
         return {d: await self.pending(d, now_ms) for d in dict.fromkeys(device_ids)}
 
     async def remove(self, items: Sequence[QueuedRef]) -> None:
-        for device_id, message_id, *_ in items:
-            queue = self._queues.get(device_id)
+        queues = self._queues
+        for item in items:  # indexed, not ``a, b, *_ =``: that builds a list per item
+            device_id = item[0]
+            queue = queues.get(device_id)
             if queue is not None:
-                queue.pop(message_id, None)
+                queue.pop(item[1], None)
                 if not queue:
-                    del self._queues[device_id]
+                    del queues[device_id]
 
     async def revoke(self, device_id: str, message_id: str) -> bool:
         queue = self._queues.get(device_id)
@@ -210,69 +215,162 @@ class _StatusEntry:
     pending: int = 0
 
 
+#: The status of a push listing one device, as plain values: (target, device id, status,
+#: accepted at ms, expires at ms, drop at ms). Most statuses are these, and a node keeps
+#: every one for ``final_status_retention_s`` (an hour: millions under load). A tuple of
+#: strings and ints is left alone by the cyclic collector once it has seen it, where a
+#: MessageStatus, its dict and an entry were walked by every full collection (long
+#: pauses as the store grew), and it takes ~200 bytes less.
+_OneDevice = tuple[str, str, str, int, int, int]
+#: A receipt in the stream, as plain values: (sequence, message id, status, device id,
+#: at ms, reason); made a ``Receipt`` again when read.
+_StreamEntry = tuple[int, str, str, str, int, str]
+
+
+def _full_entry(message_id: str, entry: _OneDevice) -> _StatusEntry:
+    target, device_id, status, accepted_at_ms, expires_at_ms, drop_at = entry
+    devices = {device_id: PushStatus(status)}
+    return _StatusEntry(
+        MessageStatus(message_id, TargetKind(target), accepted_at_ms, expires_at_ms, devices),
+        drop_at,
+        1 if status == _ACCEPTED_VALUE else 0,
+    )
+
+
+_ACCEPTED_VALUE = PushStatus.ACCEPTED.value
+#: Most expired statuses one write drops (more when the write creates more).
+SWEEP_PER_WRITE = 1024
+
+
 @dataclass
 class MemoryReceipts:
     maxlen: int = 100_000
     #: A status whose listed devices are all final is dropped this long after (0: never sooner).
     final_retention_ms: int = 3_600_000
-    _statuses: dict[str, _StatusEntry] = field(default_factory=dict)
-    _stream: deque[tuple[int, Receipt]] = field(default_factory=deque)
+    _statuses: dict[str, _StatusEntry | _OneDevice] = field(default_factory=dict)
+    _stream: deque[_StreamEntry] = field(default_factory=deque)
     _next_seq: int = 1
     _changed: asyncio.Event | None = None
-    #: Statuses left by the last sweep of expired ones. The next sweep waits until the
-    #: store holds twice as many (and at least 1024 more): the store stays within about
-    #: twice its live statuses, and sweeping costs O(1) per status created (amortised).
-    _kept_at_sweep: int = 0
+    #: Message ids by the second their status is due to go (filed at creation, and again
+    #: when a status turns final and is due sooner), and those seconds in a heap. A
+    #: status's due time only ever moves earlier, so it is gone by its last filing.
+    #: Each write sweeps at most ``SWEEP_PER_WRITE`` due ids: no pause grows with the
+    #: store (sweeping a million statuses in one go stalled the node ~75 ms).
+    _due: dict[int, list[str]] = field(default_factory=dict)
+    _due_seconds: list[int] = field(default_factory=list)
+
+    def _file(self, message_id: str, drop_at_ms: int) -> None:
+        second = drop_at_ms // 1000 + 1  # the first whole second at or after it
+        ids = self._due.get(second)
+        if ids is None:
+            self._due[second] = [message_id]
+            heapq.heappush(self._due_seconds, second)
+        else:
+            ids.append(message_id)
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
-        self._expire()
+        self._expire(len(statuses))
         entries = self._statuses
+        file = self._file
         final_retention_ms = self.final_retention_ms
         accepted = PushStatus.ACCEPTED
         for status in statuses:
             drop_at = drop_at_ms(status, retention_s, final_retention_ms)
-            pending = [*status.devices.values()].count(accepted)  # those not final
-            entries[status.message_id] = _StatusEntry(status, drop_at, pending)
+            devices = status.devices
+            if len(devices) == 1 and not status.delivered_count:
+                ((device_id, state),) = devices.items()
+                entries[status.message_id] = (
+                    status.target._value_,
+                    device_id,
+                    state._value_,
+                    status.accepted_at_ms,
+                    status.expires_at_ms,
+                    drop_at,
+                )
+            else:
+                pending = [*devices.values()].count(accepted)  # those not final
+                entries[status.message_id] = _StatusEntry(status, drop_at, pending)
+            file(status.message_id, drop_at)
 
     def __post_init__(self) -> None:
         # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
         self._stream = deque(self._stream, maxlen=self.maxlen)
+
+    def _entry(self, message_id: str) -> _StatusEntry | None:
+        """A status as a full entry (a one-device tuple is made one, in place)."""
+        entry = self._statuses.get(message_id)
+        if type(entry) is tuple:
+            entry = self._statuses[message_id] = _full_entry(message_id, entry)
+        return entry  # type: ignore[return-value]
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         entries = self._statuses
         final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
         for receipt in receipts:
-            entry = entries.get(receipt.message_id)
-            if entry is not None:
-                status = entry.status
-                current = status.devices.get(receipt.device_id)
-                if current is None:
-                    if receipt.status is delivered:
-                        status.delivered_count += 1
-                elif current is accepted:  # not final yet
-                    status.devices[receipt.device_id] = receipt.status
-                    entry.pending -= 1
-                    if entry.pending <= 0:
-                        drop_at = final_drop_at_ms(receipt, final_retention_ms)
-                        if drop_at > 0:
-                            entry.drop_at_ms = min(entry.drop_at_ms, drop_at)
+            message_id = receipt.message_id
+            entry = entries.get(message_id)
+            if entry is None:
+                continue
+            if type(entry) is tuple:
+                if receipt.device_id == entry[1]:
+                    if entry[2] == _ACCEPTED_VALUE:  # not final yet
+                        drop_at = entry[5]
+                        final_at = final_drop_at_ms(receipt, final_retention_ms)
+                        if 0 < final_at < drop_at:
+                            drop_at = final_at
+                            self._file(message_id, drop_at)
+                        entries[message_id] = (
+                            entry[0],
+                            entry[1],
+                            receipt.status._value_,
+                            entry[3],
+                            entry[4],
+                            drop_at,
+                        )
+                    continue
+                entry = self._entry(message_id)  # another device: counted below
+                assert entry is not None
+            status = entry.status
+            current = status.devices.get(receipt.device_id)
+            if current is None:
+                if receipt.status is delivered:
+                    status.delivered_count += 1
+            elif current is accepted:  # not final yet
+                status.devices[receipt.device_id] = receipt.status
+                entry.pending -= 1
+                if entry.pending <= 0:
+                    drop_at = final_drop_at_ms(receipt, final_retention_ms)
+                    if 0 < drop_at < entry.drop_at_ms:
+                        entry.drop_at_ms = drop_at
+                        self._file(message_id, drop_at)
         seq = self._next_seq
         self._next_seq = seq + len(receipts)
-        self._stream.extend(zip(range(seq, self._next_seq), receipts, strict=True))
+        self._stream.extend(
+            [
+                (n, r.message_id, r.status._value_, r.device_id, r.at_ms, r.reason)
+                for n, r in zip(range(seq, self._next_seq), receipts, strict=True)
+            ]
+        )
         if self._changed is not None:
             self._changed.set()
             self._changed = None
 
     async def add_delivered(self, counts: Mapping[str, int]) -> None:
         for message_id, count in counts.items():
-            entry = self._statuses.get(message_id)
+            entry = self._entry(message_id)
             if entry is not None:
                 entry.status.delivered_count += count
 
     async def status(self, message_id: str) -> MessageStatus | None:
         entry = self._statuses.get(message_id)
-        if entry is None or entry.drop_at_ms <= int(time.time() * 1000):
+        if entry is None:
+            return None
+        if type(entry) is tuple:
+            if entry[5] <= int(time.time() * 1000):
+                return None
+            return _full_entry(message_id, entry).status  # a copy: the caller may keep it
+        if entry.drop_at_ms <= int(time.time() * 1000):
             return None
         return entry.status
 
@@ -283,7 +381,8 @@ class MemoryReceipts:
         while True:
             found = self._after(start, count)
             if found:
-                return [r for _, r in found], str(found[-1][0])
+                receipts = [Receipt(e[1], PushStatus(e[2]), e[3], e[4], e[5]) for e in found]
+                return receipts, str(found[-1][0])
             left = deadline - time.monotonic()
             if left <= 0:
                 return [], str(start)
@@ -294,7 +393,7 @@ class MemoryReceipts:
             except TimeoutError:
                 return [], str(start)
 
-    def _after(self, start: int, count: int) -> list[tuple[int, Receipt]]:
+    def _after(self, start: int, count: int) -> list[_StreamEntry]:
         if not self._stream:
             return []
         # Sequence numbers are contiguous, so the position is arithmetic.
@@ -302,14 +401,35 @@ class MemoryReceipts:
         index = max(0, start + 1 - first)
         return list(itertools.islice(self._stream, index, index + count))
 
-    def _expire(self) -> None:
-        kept = self._kept_at_sweep
-        if len(self._statuses) < max(2 * kept, kept + 1024):
+    def _expire(self, created: int) -> None:
+        """Drop statuses past their time, oldest due first: at most ``SWEEP_PER_WRITE``
+        ids and twice as many as this write creates, so the store shrinks faster than
+        it grows and no write pays for a whole sweep."""
+        heap = self._due_seconds
+        if not heap:
             return
-        now = int(time.time() * 1000)
-        for key in [k for k, e in self._statuses.items() if e.drop_at_ms <= now]:
-            del self._statuses[key]
-        self._kept_at_sweep = len(self._statuses)
+        now_s = int(time.time())
+        if heap[0] > now_s:
+            return
+        budget = max(SWEEP_PER_WRITE, 2 * created)
+        entries, due = self._statuses, self._due
+        now = now_s * 1000
+        while heap and heap[0] <= now_s and budget > 0:
+            second = heap[0]
+            ids = due[second]
+            take = ids[-budget:]
+            del ids[-budget:]
+            budget -= len(take)
+            if not ids:
+                heapq.heappop(heap)
+                del due[second]
+            for message_id in take:
+                entry = entries.get(message_id)
+                if entry is None:
+                    continue
+                drop_at = entry[5] if type(entry) is tuple else entry.drop_at_ms  # type: ignore[union-attr]
+                if drop_at <= now:
+                    del entries[message_id]
 
 
 class MemoryIdempotency:

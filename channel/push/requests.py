@@ -289,6 +289,17 @@ def parse_push_request(
 ) -> PushRequest:
     """Validate one decoded JSON push request; ``where`` prefixes field paths
     (``"messages[3]."`` for a batch item)."""
+    if type(obj) is dict and 2 <= len(obj) <= 3:
+        plain = _plain_device_push(obj, default_ttl_s, max_ttl_s, max_body_bytes)
+        if plain is not None:
+            return plain
+    return _parse_push_request(obj, default_ttl_s, max_ttl_s, max_body_bytes, where)
+
+
+def _parse_push_request(
+    obj: object, default_ttl_s: int, max_ttl_s: int, max_body_bytes: int, where: str
+) -> PushRequest:
+    """Every field checked, each refusal naming it."""
     if not isinstance(obj, dict):
         raise ValidationError(
             where.rstrip("."), f"a push request must be a JSON object, got {_describe(obj)}"
@@ -329,6 +340,36 @@ def parse_push_request(
         collapse_key=collapse_key,
         priority=priority,
     )
+
+
+def _plain_device_push(
+    obj: dict[str, object], default_ttl_s: int, max_ttl_s: int, max_body_bytes: int
+) -> PushRequest | None:
+    """``{"device_id": ..., "body": "..."}``, ``ttl_s`` optional, with an ASCII id and
+    text that passes every check, or None: anything else (an error included) takes the
+    full path, which names the field at fault. Most pushes look like this; the full
+    path's dozen field look-ups were a tenth of the gateway's Python time per push."""
+    device_id, text = obj.get("device_id"), obj.get("body")
+    ttl_s = obj.get("ttl_s", default_ttl_s) if len(obj) == 3 else default_ttl_s
+    if (
+        (len(obj) == 3 and "ttl_s" not in obj)
+        or type(ttl_s) is not int
+        or type(device_id) is not str
+        or type(text) is not str
+        or not device_id.isascii()
+        or not 0 < len(device_id) <= MAX_ID_BYTES
+        or not _ID.fullmatch(device_id)
+        or len(text) > max_body_bytes
+        or not 0 <= ttl_s <= max_ttl_s
+    ):
+        return None
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if len(body) > max_body_bytes:
+        return None
+    return PushRequest(Target(TargetKind.DEVICE, (device_id,)), body, (), ttl_s)
 
 
 def _check_collapse_key(field: str, value: object) -> str:

@@ -28,7 +28,7 @@ from channel.push.model import (
     new_message_id,
     now_ms,
 )
-from channel.push.stores import IdempotencyStore, PushBackend
+from channel.push.stores import EnqueueOutcome, IdempotencyStore, PushBackend
 from channel.rpc.model import RpcResponse
 from channel.wire import ErrorCode
 
@@ -71,6 +71,84 @@ class PushService:
         }
 
     async def accept(self, requests: Sequence[PushRequest]) -> list[AcceptResult]:
+        device_kind = TargetKind.DEVICE
+        for request in requests:
+            target = request.target
+            if target.kind is not device_kind or len(target.ids) != 1 or request.ttl_s <= 0:
+                return await self._accept_any(requests)
+        return await self._accept_unicast(requests)
+
+    async def _accept_unicast(self, requests: Sequence[PushRequest]) -> list[AcceptResult]:
+        """``accept`` for a batch of pushes each to one device and kept until delivered
+        (ttl > 0): most of what the API sees. The same steps as ``_accept_any``, in
+        the same order, without the per-message device lists, online-only look-ups
+        and fan-out checks the other targets need."""
+        backend = self.backend
+        push = self.config.push
+        now = now_ms()
+        device_kind, accepted = TargetKind.DEVICE, PushStatus.ACCEPTED
+        items: list[tuple[str, PushMessage]] = []
+        statuses: list[MessageStatus] = []
+        for request in requests:
+            device_id = request.target.ids[0]
+            message_id = new_message_id(now)
+            expires_at_ms = now + request.ttl_s * 1000
+            items.append(
+                (
+                    device_id,
+                    PushMessage(
+                        message_id,
+                        request.body,
+                        request.headers,
+                        expires_at_ms,
+                        request.collapse_key,
+                        request.priority,
+                        now,
+                    ),
+                )
+            )
+            statuses.append(
+                MessageStatus(message_id, device_kind, now, expires_at_ms, {device_id: accepted})
+            )
+        await backend.receipts.create(statuses, push.status_retention_s)
+        receipts = self._queue_receipts(await backend.queue.enqueue(items, push.queue_cap), now)
+        # Queued first, looked up second (see _accept_any).
+        where = await backend.presence.lookup(sorted({device_id for device_id, _ in items}))
+        by_node: dict[int, list[env.Envelope]] = {}
+        results: list[AcceptResult] = []
+        for item in items:
+            presence = where.get(item[0])
+            if presence is None:
+                results.append(AcceptResult(item[1].message_id, device_kind, 1, 0))
+                continue
+            node_batch = by_node.get(presence.node_no)
+            if node_batch is None:
+                by_node[presence.node_no] = [item]
+            else:
+                node_batch.append(item)
+            results.append(AcceptResult(item[1].message_id, device_kind, 1, 1))
+        for node_no, batch in by_node.items():
+            await backend.router.send(node_no, batch)
+        if receipts:
+            await backend.receipts.record(receipts)
+        return results
+
+    @staticmethod
+    def _queue_receipts(outcomes: Sequence[EnqueueOutcome], now: int) -> list[Receipt]:
+        """Older messages a new one collapsed (revoked) or pushed out of a full queue."""
+        receipts: list[Receipt] = []
+        for outcome in outcomes:
+            for old in outcome.replaced:
+                receipts.append(
+                    Receipt(old, PushStatus.REVOKED, outcome.device_id, now, "collapsed")
+                )
+            for old in outcome.dropped:
+                receipts.append(
+                    Receipt(old, PushStatus.FAILED, outcome.device_id, now, "queue_full")
+                )
+        return receipts
+
+    async def _accept_any(self, requests: Sequence[PushRequest]) -> list[AcceptResult]:
         backend = self.backend
         push = self.config.push
         now = now_ms()
@@ -161,15 +239,7 @@ class PushService:
 
         if queue_items:
             outcomes = await backend.queue.enqueue(queue_items, push.queue_cap)
-            for outcome in outcomes:
-                for old in outcome.replaced:
-                    receipts.append(
-                        Receipt(old, PushStatus.REVOKED, outcome.device_id, now, "collapsed")
-                    )
-                for old in outcome.dropped:
-                    receipts.append(
-                        Receipt(old, PushStatus.FAILED, outcome.device_id, now, "queue_full")
-                    )
+            receipts.extend(self._queue_receipts(outcomes, now))
             # Queued first, looked up second: a device connecting meanwhile either
             # shows here or finds the message when its node reads its queue.
             where = await backend.presence.lookup(sorted({d for d, _ in queue_items}))

@@ -97,7 +97,7 @@ class DeviceDirectory(Protocol):
 
 @dataclass(slots=True, unsafe_hash=True)
 class EnqueueOutcome:
-    """Immutable by convention, not frozen: one per queued push (``channel/push/model.py``)."""
+    """Immutable by convention, not frozen (``channel/push/model.py``)."""
 
     device_id: str
     message_id: str
@@ -111,7 +111,9 @@ class DeviceQueue(Protocol):
     async def enqueue(
         self, items: Sequence[tuple[str, PushMessage]], cap: int
     ) -> list[EnqueueOutcome]:
-        """Queue each message for its device (one outcome per item, in order).
+        """Queue each message for its device. Returns an outcome for (at least) every
+        item that replaced or dropped older messages, in order; items that did neither
+        may be left out.
 
         A message with a collapse key replaces the device's queued message with
         the same key. At most ``cap`` messages stay queued per device; the

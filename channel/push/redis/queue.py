@@ -46,22 +46,17 @@ class RedisQueue:
                 args += (message.message_id, message.pack(), message.collapse_key, ttl_ms)
             batch.script(lua.QUEUE_ENQUEUE, [keys[i] for i in run], [pack_args(args)])
         replies = await self._conn.run(batch)
-        # Most pushes replace and drop nothing: the script lists only what did.
+        # Most pushes replace and drop nothing: the script lists only what did, and so
+        # do the outcomes (the contract allows leaving the others out).
         older: dict[int, tuple[list[str], list[str]]] = {}
         for run, reply in zip(runs, replies, strict=True):
             for at in range(0, len(reply), 3):
                 replaced, dropped = older.setdefault(run[reply[at] - 1], ([], []))
                 (replaced if reply[at + 1] == b"r" else dropped).append(reply[at + 2].decode())
-        out = []
-        for i, (device_id, message) in enumerate(items):
-            found = older.get(i)
-            if found is None:
-                out.append(EnqueueOutcome(device_id, message.message_id))
-            else:
-                out.append(
-                    EnqueueOutcome(device_id, message.message_id, tuple(found[0]), tuple(found[1]))
-                )
-        return out
+        return [
+            EnqueueOutcome(items[i][0], items[i][1].message_id, tuple(found[0]), tuple(found[1]))
+            for i, found in sorted(older.items())
+        ]
 
     async def pending(
         self, device_id: str, now_ms: int
