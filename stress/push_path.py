@@ -6,7 +6,7 @@ One process, the memory backend, ``--devices`` devices on this node and batches 
 ``--batch`` pushes of ``stress.push``'s body, each to a random device, as
 ``POST /v1/push/batch`` carries them. Per batch, timed one step at a time:
 
-- ``parse``: the request's JSON decoded and every push checked (``_batch_item``);
+- ``parse``: the request's JSON decoded and every push checked (``parse_batch``);
 - ``accept``: ``PushService.accept`` (ids, statuses, queue, presence, inbox);
 - ``answer``: the 202's JSON;
 - ``inbox``: the node's inbox batch written to the devices' sessions;
@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from channel import fastjson
-from channel.api.app import _batch_item
+from channel.api.app import parse_batch
 from channel.api.limits import MAX_PUSH_BODY_BYTES
 from channel.config import load_config
 from channel.gateway.run import tune_gc
 from channel.push.delivery import NodeDelivery, _Outstanding
 from channel.push.memory import MemoryRouter, memory_backend
-from channel.push.model import Presence, PushRequest
+from channel.push.model import Presence
 from channel.push.service import PushService
 from channel.sessions.registry import SessionRegistry
 from stress.machine import machine_info, machine_line
@@ -123,7 +123,7 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
         session = StandInSession(device_id, conn, commands)
         by_conn[conn] = session
         registry.by_device[device_id] = session  # type: ignore[assignment]
-        delivery._state[session] = _Outstanding()  # type: ignore[index]
+        delivery._state[session] = _Outstanding(device_id=device_id)  # type: ignore[index]
     router = backend.router
     assert isinstance(router, MemoryRouter)
     inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
@@ -141,11 +141,7 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
             t0 = clock()
             obj = fastjson.loads(raw)
             assert isinstance(obj, dict)
-            parsed = [
-                _batch_item(item, i, TTL_S, push.max_ttl_s, body_bytes)
-                for i, item in enumerate(obj["messages"])
-            ]
-            valid = [p for p in parsed if isinstance(p, PushRequest)]
+            valid, _ = parse_batch(obj["messages"], TTL_S, push.max_ttl_s, body_bytes)
             t1 = clock()
             accepted = await service.accept(valid)
             t2 = clock()

@@ -7,12 +7,12 @@ import json
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel import fastjson
 from channel.push import model
-from channel.push.model import PushMessage, message_id_of, new_message_id
+from channel.push.model import PushMessage, message_id_of, new_message_id, new_message_ids
 
 
 def _fields(message_id: str) -> tuple[int, int, int]:
@@ -110,3 +110,22 @@ def test_fastjson_refuses_json_nested_too_deep_with_a_value_error() -> None:
         fastjson.loads(deep)
     with pytest.raises(fastjson.DecodeError, match="nested"):
         fastjson.loads(b'{"topics": ' + deep + b"}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    at_ms=st.integers(0, 2**48 + 10) | st.sampled_from([0, 7, 8, 2**48 - 1]),
+    counter=st.integers(0, 0xFFFFFF) | st.sampled_from([0, 0xFFFFFF, 0xFFFFFE]),
+    count=st.integers(0, 40),
+)
+def test_new_message_ids_are_what_one_call_per_id_gives(
+    at_ms: int, counter: int, count: int
+) -> None:
+    model._counter = counter
+    model._prefix_ms = -1  # the cached prefix is for some other time
+    one_by_one = [new_message_id(at_ms) for _ in range(count)]
+    after = model._counter
+    model._counter = counter
+    model._prefix_ms = -1
+    assert new_message_ids(at_ms, count) == one_by_one
+    assert model._counter == after

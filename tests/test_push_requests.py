@@ -320,7 +320,7 @@ _BODY_TEXT = st.text(max_size=40) | st.sampled_from(["x" * 1024, "x" * 1025, "é
         st.sampled_from([0, 1, 86_400, 86_401, -1, True, 1.0, "60", None]),
     ),
 )
-def test_the_plain_device_push_shortcut_agrees_with_the_full_checks(
+def test_theparse_plain_device_push_shortcut_agrees_with_the_full_checks(
     device_id: object,
     body: object,
     other: str,
@@ -329,13 +329,13 @@ def test_the_plain_device_push_shortcut_agrees_with_the_full_checks(
 ) -> None:
     """``{"device_id", "body"}`` skips most field look-ups: whatever it accepts, the full
     path accepts as the same request, and what it turns away goes the full way."""
-    from channel.push.requests import _parse_push_request, _plain_device_push
+    from channel.push.requests import _parse_push_request, parse_plain_device_push
 
     limits = (default_ttl_s, LIMITS["max_ttl_s"], LIMITS["max_body_bytes"])
     obj: dict[str, object] = {"device_id": device_id, other: body}
     if third is not None:
         obj[third[0]] = third[1]
-    fast = _plain_device_push(obj, *limits)
+    fast = parse_plain_device_push(obj, *limits)
     try:
         full: PushRequest | None = _parse_push_request(obj, *limits, "")
     except ValidationError:

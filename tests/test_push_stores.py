@@ -698,6 +698,47 @@ async def test_a_one_device_status_moves_like_any_other(backend: PushBackend) ->
     assert read[3].reason == "ttl"
 
 
+async def test_statuses_for_one_device_each_in_one_call(backend: PushBackend) -> None:
+    receipts = backend.receipts
+    now = now_ms()
+    await receipts.create_for_devices(
+        [("m1", "d1", now + FAR_MS), ("m2", "d2", now + 5_000), ("old", "d1", now - 10_000)],
+        now,
+        retention_s=1,
+    )
+    for message_id, device_id, expires_at_ms in (
+        ("m1", "d1", now + FAR_MS),
+        ("m2", "d2", now + 5_000),
+    ):
+        assert await receipts.status(message_id) == MessageStatus(
+            message_id, TargetKind.DEVICE, now, expires_at_ms, {device_id: PushStatus.ACCEPTED}
+        )
+    assert await receipts.status("old") is None  # a second past its expiry
+    await receipts.record([Receipt("m2", PushStatus.DELIVERED, "d2", now)])
+    status = await receipts.status("m2")
+    assert status is not None and status.devices == {"d2": PushStatus.DELIVERED}
+
+
+async def test_an_accepted_receipt_changes_nothing(backend: PushBackend) -> None:
+    # "accepted" is where a status starts: recorded again, it neither makes the device
+    # final nor lets the status go after the (shorter) final retention.
+    receipts = backend.receipts
+    receipts.final_retention_ms = 1_000
+    then = now_ms() - 10_000
+    await receipts.create([device_status("one", "d1"), device_status("two", "d1", "d2")], 3600)
+    await receipts.record(
+        [
+            Receipt("one", PushStatus.ACCEPTED, "d1", then),
+            Receipt("two", PushStatus.ACCEPTED, "d1", then),
+            Receipt("two", PushStatus.DELIVERED, "d2", then),
+        ]
+    )
+    one, two = await receipts.status("one"), await receipts.status("two")
+    assert one is not None and one.devices == {"d1": PushStatus.ACCEPTED}
+    assert two is not None
+    assert two.devices == {"d1": PushStatus.ACCEPTED, "d2": PushStatus.DELIVERED}
+
+
 async def test_memory_statuses_and_receipts_are_left_out_of_collections() -> None:
     # Plain tuples of strings and ints, untracked once the collector has seen them: a
     # node keeps an hour of statuses, and full collections walked millions of objects.

@@ -85,6 +85,8 @@ class _Outstanding:
     #: connection, and an empty set costs 216 bytes, an empty dict 64
     #: (tests/test_session_footprint.py).
     message_ids: dict[str, str] = field(default_factory=dict)
+    #: The session's device (read per ACK: the session's property was a Python call).
+    device_id: str = ""
     #: Set while the queue is being replayed; pushes arriving meanwhile wait here.
     held: list[PushMessage] | None = None
     topics: dict[str, None] = field(default_factory=dict)
@@ -240,7 +242,7 @@ class NodeDelivery:
 
     def session_ready(self, session: Session) -> None:
         """A device authenticated here: record presence, then replay its queue."""
-        self._state[session] = _Outstanding(held=[])
+        self._state[session] = _Outstanding(device_id=session.device_id, held=[])
         if session.fanout_engine is None:
             self._ring_sessions[session] = None
         self._presence_changes[session.device_id] = (self._presence_of(session), True)
@@ -285,8 +287,10 @@ class NodeDelivery:
             if session is not last:
                 last = session
                 state = states.get(session) if session is not None else None
-                outstanding = state.message_ids if state is not None else {}
-                device_id = session.device_id if session is not None else ""
+                if state is None:
+                    outstanding, device_id = {}, ""
+                else:
+                    outstanding, device_id = state.message_ids, state.device_id
             collapse_key = outstanding.pop(message_id, None)
             if collapse_key is None:
                 continue
@@ -486,7 +490,8 @@ class NodeDelivery:
         forward: list[tuple[str, PushMessage]],
         at_ms: int,
     ) -> None:
-        """``_deliver_device`` for a batch, with the usual push written inline: a plain
+        """``_deliver_device`` for a batch of normal-priority pushes (high ones are
+        written as they arrive), with the usual push written inline: a plain
         queued push (no MQTT flags, no user check) new to its connection. Anything
         else goes through ``_write``. Per push this was six Python calls."""
         by_device, states, recent = self.registry.by_device, self._state, self._recent_acks
@@ -518,7 +523,9 @@ class NodeDelivery:
             else:
                 # Refusals (too large for the device) come back from the engine as
                 # push_failed; the Python engine's session answers them here.
-                refused = session.push(message_id, message.body, message.wire_headers(), True)
+                # Normal priority here: only a collapse key adds a header.
+                headers = message.wire_headers() if message.collapse_key else message.headers
+                refused = session.push(message_id, message.body, headers, True)
                 if refused is not None:
                     self._fail(session, message_id, refused)
                 else:

@@ -27,6 +27,7 @@ from channel.push.model import (
     TargetKind,
     drop_at_ms,
     final_drop_at_ms,
+    now_ms,
 )
 from channel.push.stores import RUNNING, EnqueueOutcome, PushBackend, QueuedRef
 
@@ -238,6 +239,7 @@ def _full_entry(message_id: str, entry: _OneDevice) -> _StatusEntry:
 
 
 _ACCEPTED_VALUE = PushStatus.ACCEPTED.value
+_DEVICE_VALUE = TargetKind.DEVICE.value
 #: Most expired statuses one write drops (more when the write creates more).
 SWEEP_PER_WRITE = 1024
 
@@ -259,19 +261,20 @@ class MemoryReceipts:
     _due: dict[int, list[str]] = field(default_factory=dict)
     _due_seconds: list[int] = field(default_factory=list)
 
-    def _file(self, message_id: str, drop_at_ms: int) -> None:
-        second = drop_at_ms // 1000 + 1  # the first whole second at or after it
+    def _due_list(self, drop_at_ms: int) -> list[str]:
+        """The ids due at the first whole second at or after ``drop_at_ms``. Callers
+        keep it while the second stays the same: a batch's statuses mostly share one."""
+        second = drop_at_ms // 1000 + 1
         ids = self._due.get(second)
         if ids is None:
-            self._due[second] = [message_id]
+            ids = self._due[second] = []
             heapq.heappush(self._due_seconds, second)
-        else:
-            ids.append(message_id)
+        return ids
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
         self._expire(len(statuses))
         entries = self._statuses
-        file = self._file
+        due_second, due = -1, []
         final_retention_ms = self.final_retention_ms
         accepted = PushStatus.ACCEPTED
         for status in statuses:
@@ -290,7 +293,32 @@ class MemoryReceipts:
             else:
                 pending = [*devices.values()].count(accepted)  # those not final
                 entries[status.message_id] = _StatusEntry(status, drop_at, pending)
-            file(status.message_id, drop_at)
+            if drop_at // 1000 != due_second:
+                due_second, due = drop_at // 1000, self._due_list(drop_at)
+            due.append(status.message_id)
+
+    async def create_for_devices(
+        self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
+    ) -> None:
+        self._expire(len(pushes))
+        entries = self._statuses
+        due_second, due = -1, []
+        retention_ms = retention_s * 1000
+        device, accepted = _DEVICE_VALUE, _ACCEPTED_VALUE
+        for message_id, device_id, expires_at_ms in pushes:
+            # drop_at_ms's rule: the device is not final yet, so retention past expiry.
+            drop_at = expires_at_ms + retention_ms
+            entries[message_id] = (
+                device,
+                device_id,
+                accepted,
+                accepted_at_ms,
+                expires_at_ms,
+                drop_at,
+            )
+            if drop_at // 1000 != due_second:
+                due_second, due = drop_at // 1000, self._due_list(drop_at)
+            due.append(message_id)
 
     def __post_init__(self) -> None:
         # The stream drops its oldest receipts itself (in C) once it holds ``maxlen``.
@@ -307,6 +335,8 @@ class MemoryReceipts:
         entries = self._statuses
         final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
+        due_second, due = -1, []
+        now = 0  # read once, for receipts without a time (final_drop_at_ms's rule)
         for receipt in receipts:
             message_id = receipt.message_id
             entry = entries.get(message_id)
@@ -314,12 +344,18 @@ class MemoryReceipts:
                 continue
             if type(entry) is tuple:
                 if receipt.device_id == entry[1]:
-                    if entry[2] == _ACCEPTED_VALUE:  # not final yet
+                    # Not final yet, and a change (an "accepted" receipt changes nothing).
+                    if entry[2] == _ACCEPTED_VALUE and receipt.status is not accepted:
                         drop_at = entry[5]
-                        final_at = final_drop_at_ms(receipt, final_retention_ms)
+                        final_at = 0
+                        if final_retention_ms > 0:
+                            at_ms = receipt.at_ms or now or (now := now_ms())
+                            final_at = at_ms + final_retention_ms
                         if 0 < final_at < drop_at:
                             drop_at = final_at
-                            self._file(message_id, drop_at)
+                            if drop_at // 1000 != due_second:
+                                due_second, due = drop_at // 1000, self._due_list(drop_at)
+                            due.append(message_id)
                         entries[message_id] = (
                             entry[0],
                             entry[1],
@@ -336,14 +372,14 @@ class MemoryReceipts:
             if current is None:
                 if receipt.status is delivered:
                     status.delivered_count += 1
-            elif current is accepted:  # not final yet
+            elif current is accepted and receipt.status is not accepted:  # turns final
                 status.devices[receipt.device_id] = receipt.status
                 entry.pending -= 1
                 if entry.pending <= 0:
                     drop_at = final_drop_at_ms(receipt, final_retention_ms)
                     if 0 < drop_at < entry.drop_at_ms:
                         entry.drop_at_ms = drop_at
-                        self._file(message_id, drop_at)
+                        self._due_list(drop_at).append(message_id)
         seq = self._next_seq
         self._next_seq = seq + len(receipts)
         self._stream.extend(

@@ -290,7 +290,7 @@ def parse_push_request(
     """Validate one decoded JSON push request; ``where`` prefixes field paths
     (``"messages[3]."`` for a batch item)."""
     if type(obj) is dict and 2 <= len(obj) <= 3:
-        plain = _plain_device_push(obj, default_ttl_s, max_ttl_s, max_body_bytes)
+        plain = parse_plain_device_push(obj, default_ttl_s, max_ttl_s, max_body_bytes)
         if plain is not None:
             return plain
     return _parse_push_request(obj, default_ttl_s, max_ttl_s, max_body_bytes, where)
@@ -342,7 +342,7 @@ def _parse_push_request(
     )
 
 
-def _plain_device_push(
+def parse_plain_device_push(
     obj: dict[str, object], default_ttl_s: int, max_ttl_s: int, max_body_bytes: int
 ) -> PushRequest | None:
     """``{"device_id": ..., "body": "..."}``, ``ttl_s`` optional, with an ASCII id and

@@ -26,6 +26,7 @@ from channel.push.model import (
     Receipt,
     TargetKind,
     new_message_id,
+    new_message_ids,
     now_ms,
 )
 from channel.push.stores import EnqueueOutcome, IdempotencyStore, PushBackend
@@ -86,12 +87,11 @@ class PushService:
         backend = self.backend
         push = self.config.push
         now = now_ms()
-        device_kind, accepted = TargetKind.DEVICE, PushStatus.ACCEPTED
+        device_kind = TargetKind.DEVICE
         items: list[tuple[str, PushMessage]] = []
-        statuses: list[MessageStatus] = []
-        for request in requests:
+        statuses: list[tuple[str, str, int]] = []
+        for request, message_id in zip(requests, new_message_ids(now, len(requests)), strict=True):
             device_id = request.target.ids[0]
-            message_id = new_message_id(now)
             expires_at_ms = now + request.ttl_s * 1000
             items.append(
                 (
@@ -107,10 +107,8 @@ class PushService:
                     ),
                 )
             )
-            statuses.append(
-                MessageStatus(message_id, device_kind, now, expires_at_ms, {device_id: accepted})
-            )
-        await backend.receipts.create(statuses, push.status_retention_s)
+            statuses.append((message_id, device_id, expires_at_ms))
+        await backend.receipts.create_for_devices(statuses, now, push.status_retention_s)
         receipts = self._queue_receipts(await backend.queue.enqueue(items, push.queue_cap), now)
         # Queued first, looked up second (see _accept_any).
         where = await backend.presence.lookup(sorted({device_id for device_id, _ in items}))

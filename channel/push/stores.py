@@ -169,6 +169,16 @@ class ReceiptLog(Protocol):
         """Record accepted messages (kept ``retention_s`` past their expiry, or see
         ``final_retention_ms``)."""
 
+    async def create_for_devices(
+        self,
+        pushes: Sequence[tuple[str, str, int]],
+        accepted_at_ms: int,
+        retention_s: int,
+    ) -> None:
+        """``create`` for device pushes that each list one device, accepted at one time:
+        ``(message id, device id, expires at ms)`` each, the device ``accepted`` (a
+        batch from the API: no status object per push)."""
+
     async def record(self, receipts: Sequence[Receipt]) -> None:
         """Apply status changes and append them to the receipt stream.
 

@@ -109,6 +109,18 @@ class RedisReceipts:
             batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
         await self._conn.run(batch)
 
+    async def create_for_devices(
+        self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
+    ) -> None:
+        accepted = PushStatus.ACCEPTED
+        statuses = [
+            MessageStatus(
+                message_id, TargetKind.DEVICE, accepted_at_ms, expires_at_ms, {device_id: accepted}
+            )
+            for message_id, device_id, expires_at_ms in pushes
+        ]
+        await self.create(statuses, retention_s)
+
     async def record(self, receipts: Sequence[Receipt]) -> None:
         # Accepted changes nothing.
         changes = [r for r in receipts if r.status is not PushStatus.ACCEPTED]
