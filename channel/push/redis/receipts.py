@@ -112,14 +112,30 @@ class RedisReceipts:
     async def create_for_devices(
         self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
     ) -> None:
-        accepted = PushStatus.ACCEPTED
-        statuses = [
-            MessageStatus(
-                message_id, TargetKind.DEVICE, accepted_at_ms, expires_at_ms, {device_id: accepted}
-            )
-            for message_id, device_id, expires_at_ms in pushes
-        ]
-        await self.create(statuses, retention_s)
+        # STATUS_CREATE's arguments straight from the tuples: what ``create`` writes for
+        # such a status (a device still accepted: kept ``retention_s`` past its expiry).
+        if not pushes:
+            return
+        keys = [self._keys.status(push[0]) for push in pushes]
+        retention_ms = retention_s * 1000
+        device, accepted = TargetKind.DEVICE.value, _LETTER[PushStatus.ACCEPTED]
+        batch = Batch()
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                _, device_id, expires_at_ms = pushes[i]
+                args += (
+                    device,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    expires_at_ms + retention_ms,
+                    0,
+                    1,
+                    device_id,
+                    accepted,
+                )
+            batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
+        await self._conn.run(batch)
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
         # Accepted changes nothing.
