@@ -1,8 +1,9 @@
 """The Lua scripts of the Redis push stores.
 
-Every script touches only the keys it is given, all in one hash slot, so it
-runs unchanged on a Redis Cluster. Lease times come from the Redis clock
-(``TIME``), so gateway clocks need not agree.
+Every script touches only the keys it is given. On a Redis Cluster those are
+in one hash slot: the batched scripts (many keys per call) get keys of one slot
+there (``Connection.groups``), any keys on one Redis. Lease times come from the
+Redis clock (``TIME``), so gateway clocks need not agree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from channel.push.redis.connection import Lua
 _NOW = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function ms(x) return string.format('%.0f', x) end
+"""
+
+#: The batched scripts take their arguments as one msgpack array (``ARGV[1]``,
+#: ``connection.pack_args``): Redis decodes it in C (its Lua has cmsgpack), where
+#: packing each value as a command argument cost the gateway ~0.3 µs (hiredis). A
+#: number from it is a Lua double, written back with ``ms`` (exact up to 2^53; the
+#: conversion Redis applies to a bare number is not meant for 13-digit times).
+_ARGS = """
+local A = cmsgpack.unpack(ARGV[1])
 local function ms(x) return string.format('%.0f', x) end
 """
 
@@ -87,6 +98,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+)
+
+#: KEYS: hashes. ARGS (``_ARGS``), for each key in turn: a count, then that many
+#: fields → the values of all those fields, in order (nil where there is none): HMGET
+#: over many keys.
+HMGET_MANY = Lua(
+    _ARGS
+    + """
+local out, p = {}, 1
+for i = 1, #KEYS do
+  local last = p + A[p]
+  p = p + 1
+  -- unpack() is bounded by Lua's C stack: many fields go in parts.
+  while p <= last do
+    local upto = math.min(p + 999, last)
+    local values = redis.call('HMGET', KEYS[i], unpack(A, p, upto))
+    for j = 1, upto - p + 1 do out[#out + 1] = values[j] end
+    p = upto + 1
+  end
+end
+return out
 """
 )
 
@@ -172,96 +205,170 @@ local function forget(key, id, ck)
 end
 """
 
-#: KEYS: queue. ARGV: message id, packed message, collapse key, cap, key ttl ms
-#: → {replaced ids, dropped ids}.
+#: KEYS: queues (a device's may come more than once: its messages in order). ARGS
+#: (``_ARGS``): cap, then for each key in turn: message id, packed message, collapse
+#: key, key ttl ms → a flat list of (key's index from 1, "r" replaced or "d" dropped,
+#: message id), for the older messages the new ones replaced or pushed out.
 QUEUE_ENQUEUE = Lua(
-    _MSGPACK
+    _ARGS
+    + _MSGPACK
     + """
-local key, id, ck, cap = KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[4])
-local replaced, dropped = {}, {}
-if ck ~= '' then
-  local old = redis.call('HGET', key, 'c:' .. ck)
-  if old and old ~= id and redis.call('HDEL', key, old) == 1 then replaced[1] = old end
-  redis.call('HSET', key, 'c:' .. ck, id)
+local cap = A[1]
+local out = {}
+local meta
+local function note(i, what, id)
+  out[#out + 1] = i
+  out[#out + 1] = what
+  out[#out + 1] = id
 end
-redis.call('HSET', key, id, ARGV[2])
--- HLEN counts collapse pointers too: only past it is the full read needed.
-if redis.call('HLEN', key) > cap then
-  local meta = msgpack_helpers()
-  local all = redis.call('HGETALL', key)
-  local queued = {}
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, 2) ~= 'c:' then
-      local mck, accepted = meta(all[i + 1])
-      queued[#queued + 1] = {accepted, all[i], mck}
-    end
+for i = 1, #KEYS do
+  local key, a = KEYS[i], 4 * i - 2
+  local id, ck = A[a], A[a + 2]
+  -- -2: no such key. A new queue holds one message: no cap to check (unless 0).
+  local pttl = redis.call('PTTL', key)
+  if ck ~= '' then
+    local old = redis.call('HGET', key, 'c:' .. ck)
+    if old and old ~= id and redis.call('HDEL', key, old) == 1 then note(i, 'r', old) end
+    redis.call('HSET', key, 'c:' .. ck, id)
   end
-  if #queued > cap then
-    table.sort(queued, function(a, b)
-      if a[1] ~= b[1] then return a[1] < b[1] end
-      return a[2] < b[2]
-    end)
-    for i = 1, #queued - cap do
-      redis.call('HDEL', key, queued[i][2])
-      forget(key, queued[i][2], queued[i][3])
-      dropped[#dropped + 1] = queued[i][2]
-    end
-  end
-end
--- The key lives as long as its longest-lived message (PTTL is -1 on a new key).
-local ttl = tonumber(ARGV[5])
-if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-return {replaced, dropped}
-"""
-)
-
-#: KEYS: queue. ARGV: message id[, its collapse key] → 1 if it was queued (and now is
-#: not), else 0. Without the collapse key, the queued message is read for it. (A message
-#: known to have none is removed by a plain ``HDEL``.)
-QUEUE_REMOVE = Lua(
-    _MSGPACK
-    + """
-local ck = ARGV[2]
-if ck == nil then
-  local v = redis.call('HGET', KEYS[1], ARGV[1])
-  if not v then return 0 end
-  ck = msgpack_helpers()(v)
-end
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-forget(KEYS[1], ARGV[1], ck)
-return 1
-"""
-)
-
-#: KEYS: status. ARGV: device id ("" for a fan-out delivery), status letter, the
-#: unix ms at which the status is to go once final (0: not sooner). A listed device
-#: moves only from accepted; other deliveries count. When the last listed device leaves
-#: accepted, the status expires at that time if it would have lived longer.
-#: A listed device's delivery (the common case) is four commands: HGET, HSET, HINCRBY,
-#: PEXPIREAT ... LT (Redis ≥ 7.0: only ever brings the expiry closer).
-RECEIPT_RECORD = Lua(
-    """
-if ARGV[1] ~= '' then
-  local f = 'd:' .. ARGV[1]
-  local current = redis.call('HGET', KEYS[1], f)
-  if current then
-    if current == 'a' then
-      redis.call('HSET', KEYS[1], f, ARGV[2])
-      -- 'p' counts devices still 'a'. Statuses written before it existed have none:
-      -- there the decrement makes it -1, and it is taken away again.
-      local pending = redis.call('HINCRBY', KEYS[1], 'p', -1)
-      if pending < 0 then
-        redis.call('HDEL', KEYS[1], 'p')
-      elseif pending == 0 and tonumber(ARGV[3]) > 0 then
-        redis.call('PEXPIREAT', KEYS[1], ARGV[3], 'LT')
+  redis.call('HSET', key, id, A[a + 1])
+  -- HLEN counts collapse pointers too: only past it is the full read needed.
+  if (pttl ~= -2 or cap < 1) and redis.call('HLEN', key) > cap then
+    meta = meta or msgpack_helpers()
+    local all = redis.call('HGETALL', key)
+    local queued = {}
+    for j = 1, #all, 2 do
+      if string.sub(all[j], 1, 2) ~= 'c:' then
+        local mck, accepted = meta(all[j + 1])
+        queued[#queued + 1] = {accepted, all[j], mck}
       end
     end
-    return 1
+    if #queued > cap then
+      table.sort(queued, function(x, y)
+        if x[1] ~= y[1] then return x[1] < y[1] end
+        return x[2] < y[2]
+      end)
+      for j = 1, #queued - cap do
+        redis.call('HDEL', key, queued[j][2])
+        forget(key, queued[j][2], queued[j][3])
+        note(i, 'd', queued[j][2])
+      end
+    end
+  end
+  -- The key lives as long as its longest-lived message.
+  local ttl = A[a + 3]
+  if pttl < ttl then redis.call('PEXPIRE', key, ms(ttl)) end
+end
+return out
+"""
+)
+
+#: KEYS: queues. ARGS (``_ARGS``), for each key in turn: message id, then "=" and its
+#: collapse key ("=" alone: it has none), or "?" when not known (the queued message is
+#: read for it) → for each key, 1 if the message was queued (and now is not), else 0.
+QUEUE_REMOVE = Lua(
+    _ARGS
+    + _MSGPACK
+    + """
+local out = {}
+local meta
+for i = 1, #KEYS do
+  local key, id, ck = KEYS[i], A[2 * i - 1], A[2 * i]
+  local queued = true
+  if ck == '?' then
+    local v = redis.call('HGET', key, id)
+    queued = v ~= false
+    if queued then
+      meta = meta or msgpack_helpers()
+      ck = meta(v) or ''
+    end
+  else
+    ck = string.sub(ck, 2)
+  end
+  out[i] = 0
+  if queued and redis.call('HDEL', key, id) == 1 then
+    forget(key, id, ck)
+    out[i] = 1
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == 'd' then redis.call('HINCRBY', KEYS[1], 'n', 1) end
-return 1
+return out
+"""
+)
+
+#: KEYS: statuses. ARGS (``_ARGS``), for each key in turn: target kind,
+#: accepted_at_ms, expires_at_ms, unix ms to drop at, delivered count, number of
+#: devices, then that many (device id, status letter) pairs → the number of statuses
+#: written. ``p`` counts the devices still accepted (``RECEIPT_RECORD``).
+STATUS_CREATE = Lua(
+    _ARGS
+    + """
+local p = 1
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local fields = {'t', A[p], 'a', ms(A[p + 1]), 'e', ms(A[p + 2])}
+  if A[p + 4] ~= 0 then
+    fields[7], fields[8] = 'n', ms(A[p + 4])
+  end
+  local q, pending = p + 6, 0
+  for _ = 1, A[p + 5] do
+    fields[#fields + 1] = 'd:' .. A[q]
+    fields[#fields + 1] = A[q + 1]
+    if A[q + 1] == 'a' then pending = pending + 1 end
+    q = q + 2
+    -- unpack() is bounded by Lua's C stack: a long device list goes in parts.
+    if #fields >= 1000 then
+      redis.call('HSET', key, unpack(fields))
+      fields = {}
+    end
+  end
+  if pending > 0 then
+    fields[#fields + 1] = 'p'
+    fields[#fields + 1] = ms(pending)
+  end
+  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+  redis.call('PEXPIREAT', key, ms(A[p + 3]))
+  p = q
+end
+return #KEYS
+"""
+)
+
+#: KEYS: statuses. ARGS (``_ARGS``), for each key in turn: device id ("" for a
+#: fan-out delivery), status letter, the unix ms at which the status is to go once
+#: final (0: not sooner) → the number of receipts applied. A listed device moves only
+#: from accepted; other deliveries count. When the last listed device leaves accepted,
+#: the status expires at that time if it would have lived longer. A listed device's
+#: delivery (the common case) is four commands: HGET, HSET, HINCRBY, PEXPIREAT ... LT
+#: (Redis ≥ 7.0: only ever brings the expiry closer).
+RECEIPT_RECORD = Lua(
+    _ARGS
+    + """
+local function record(key, device, letter, final_at)
+  if device ~= '' then
+    local f = 'd:' .. device
+    local current = redis.call('HGET', key, f)
+    if current then
+      if current == 'a' then
+        redis.call('HSET', key, f, letter)
+        -- 'p' counts devices still 'a'. Statuses written before it existed have none:
+        -- there the decrement makes it -1, and it is taken away again.
+        local pending = redis.call('HINCRBY', key, 'p', -1)
+        if pending < 0 then
+          redis.call('HDEL', key, 'p')
+        elseif pending == 0 and final_at > 0 then
+          redis.call('PEXPIREAT', key, ms(final_at), 'LT')
+        end
+      end
+      return
+    end
+  end
+  if redis.call('EXISTS', key) == 0 then return end
+  if letter == 'd' then redis.call('HINCRBY', key, 'n', 1) end
+end
+for i = 1, #KEYS do
+  record(KEYS[i], A[3 * i - 2], A[3 * i - 1], A[3 * i])
+end
+return #KEYS
 """
 )
 

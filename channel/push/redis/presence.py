@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from channel.push.model import Presence
 from channel.push.redis import lua
-from channel.push.redis.connection import Batch, Connection
+from channel.push.redis.connection import Batch, Connection, pack_args
 from channel.push.redis.keys import Keys, h8
 
 log = logging.getLogger("channel.push")
@@ -172,18 +172,35 @@ class RedisPresence:
         by_key: dict[str, list[str]] = {}
         for device_id in dict.fromkeys(device_ids):
             by_key.setdefault(self._keys.presence(device_id), []).append(device_id)
+        keys = list(by_key)
+        runs = self._conn.groups(keys)
         batch = Batch()
-        for key, devices in by_key.items():
-            batch.add("hmget", key, [h8(d) for d in devices])
-        leases, replies = await asyncio.gather(
-            self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
-        )
+        for run in runs:
+            if len(run) == 1:  # a plain HMGET (on a cluster, the usual run)
+                batch.command("HMGET", keys[run[0]], *map(h8, by_key[keys[run[0]]]))
+                continue
+            args: list[int | bytes] = []
+            for i in run:
+                devices = by_key[keys[i]]
+                args.append(len(devices))
+                args += map(h8, devices)
+            batch.script(lua.HMGET_MANY, [keys[i] for i in run], [pack_args(args)])
+        leases = self._leases
+        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
+            replies = await self._conn.run(batch)  # no second call to wait for
+        else:
+            leases, replies = await asyncio.gather(
+                self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
+            )
         values: dict[str, str] = {}
-        for devices, reply in zip(by_key.values(), replies, strict=True):
+        found: dict[str, Presence] = {}
+        for run, reply in zip(runs, replies, strict=True):
+            # Both replies are the values in the order the fields were given.
+            devices = [d for i in run for d in by_key[keys[i]]]
             for device_id, value in zip(devices, reply, strict=True):
                 if value is not None:
-                    values[device_id] = value.decode()
-        found = {d: decode_presence(d, v) for d, v in values.items()}
+                    values[device_id] = text = value.decode()
+                    found[device_id] = decode_presence(device_id, text)
         live = leases.live()
         if any(p.node_no not in live for p in found.values()) and leases.age_s() > FRESH_S:
             leases = await self._read_leases(FRESH_S)

@@ -1,9 +1,9 @@
 """Each device's undelivered pushes: one Redis hash per device with a backlog.
 
 Field message id → ``PushMessage.pack()``; field ``c:<collapse key>`` → the id
-of the queued message holding that key. Enqueue is one script per message
-(collapse, cap, expiry in one step), pipelined over a batch; the key expires
-with its longest-lived message. Queues stay small (``[push] queue_cap``), so
+of the queued message holding that key. Enqueue is one script per run of
+devices (``Connection.groups``; collapse, cap, expiry in one step per message);
+the key expires with its longest-lived message. Queues stay small (``[push] queue_cap``), so
 order is restored on read: by (``accepted_at_ms``, message id).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from channel.push.model import PushMessage, now_ms
 from channel.push.redis import lua
-from channel.push.redis.connection import Batch, Connection
+from channel.push.redis.connection import Batch, Connection, pack_args
 from channel.push.redis.keys import Keys
 from channel.push.stores import EnqueueOutcome, QueuedRef
 
@@ -35,20 +35,27 @@ class RedisQueue:
         if not items:
             return []
         now = now_ms()
+        keys = [self._keys.queue(device_id) for device_id, _ in items]
+        runs = self._conn.groups(keys)
         batch = Batch()
-        for device_id, message in items:
-            ttl_ms = max(message.expires_at_ms - now, MIN_KEY_TTL_MS)
-            args = [message.message_id, message.pack(), message.collapse_key, cap, ttl_ms]
-            batch.script(lua.QUEUE_ENQUEUE, [self._keys.queue(device_id)], args)
+        for run in runs:
+            args: list[str | int | bytes] = [cap]
+            for i in run:
+                message = items[i][1]
+                ttl_ms = max(message.expires_at_ms - now, MIN_KEY_TTL_MS)
+                args += (message.message_id, message.pack(), message.collapse_key, ttl_ms)
+            batch.script(lua.QUEUE_ENQUEUE, [keys[i] for i in run], [pack_args(args)])
         replies = await self._conn.run(batch)
+        # Most pushes replace and drop nothing: the script lists only what did, and so
+        # do the outcomes (the contract allows leaving the others out).
+        older: dict[int, tuple[list[str], list[str]]] = {}
+        for run, reply in zip(runs, replies, strict=True):
+            for at in range(0, len(reply), 3):
+                replaced, dropped = older.setdefault(run[reply[at] - 1], ([], []))
+                (replaced if reply[at + 1] == b"r" else dropped).append(reply[at + 2].decode())
         return [
-            EnqueueOutcome(
-                device_id,
-                message.message_id,
-                tuple(r.decode() for r in replaced),
-                tuple(d.decode() for d in dropped),
-            )
-            for (device_id, message), (replaced, dropped) in zip(items, replies, strict=True)
+            EnqueueOutcome(items[i][0], items[i][1].message_id, tuple(found[0]), tuple(found[1]))
+            for i, found in sorted(older.items())
         ]
 
     async def pending(
@@ -87,18 +94,18 @@ class RedisQueue:
             await self._conn.run(self._removals(items))
 
     async def revoke(self, device_id: str, message_id: str) -> bool:
-        (removed,) = await self._conn.run(self._removals([(device_id, message_id)]))
+        ((removed,),) = await self._conn.run(self._removals([(device_id, message_id)]))
         return bool(removed)
 
     def _removals(self, items: Sequence[QueuedRef]) -> Batch:
+        """One script per run of queues; its reply has a 1 or 0 per item, in order."""
+        keys = [self._keys.queue(item[0]) for item in items]
         batch = Batch()
-        for item in items:
-            key = self._keys.queue(item[0])
-            if len(item) == 2:
-                batch.script(lua.QUEUE_REMOVE, [key], [item[1]])
-            elif item[2]:
-                batch.script(lua.QUEUE_REMOVE, [key], [item[1], item[2]])
-            else:
-                # No collapse pointer to clear: the script's HDEL alone (same reply).
-                batch.add("hdel", key, item[1])
+        for run in self._conn.groups(keys):
+            args: list[str] = []
+            for i in run:
+                item = items[i]
+                # "=" + the collapse key when known ("=" alone: none), "?": read it.
+                args += (item[1], "=" + item[2] if len(item) == 3 else "?")
+            batch.script(lua.QUEUE_REMOVE, [keys[i] for i in run], [pack_args(args)])
         return batch

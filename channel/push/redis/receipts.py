@@ -35,6 +35,7 @@ from channel.push.redis.connection import (
     MAX_BLOCK_MS,
     Batch,
     Connection,
+    pack_args,
     raise_if_cancelled,
 )
 from channel.push.redis.keys import Keys
@@ -85,56 +86,73 @@ class RedisReceipts:
         self.final_retention_ms = final_retention_ms
 
     async def create(self, statuses: Sequence[MessageStatus], retention_s: int) -> None:
+        if not statuses:
+            return
+        keys = [self._keys.status(status.message_id) for status in statuses]
+        final_ms = self.final_retention_ms
         batch = Batch()
-        accepted = PushStatus.ACCEPTED
-        for status in statuses:
-            key = self._keys.status(status.message_id)
-            fields: list[str | int] = [
-                "t",
-                status.target.value,
-                "a",
-                status.accepted_at_ms,
-                "e",
-                status.expires_at_ms,
-            ]
-            if status.delivered_count:
-                fields += ("n", status.delivered_count)
-            pending = 0
-            for device_id, device_status in status.devices.items():
-                fields += ("d:" + device_id, _LETTER[device_status])
-                pending += device_status is accepted
-            if pending:
-                fields += ("p", pending)
-            batch.command("HSET", key, *fields)
-            batch.command(
-                "PEXPIREAT", key, drop_at_ms(status, retention_s, self.final_retention_ms)
-            )
-        if batch:
-            await self._conn.run(batch)
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                status = statuses[i]
+                devices = status.devices
+                args += (
+                    status.target.value,
+                    status.accepted_at_ms,
+                    status.expires_at_ms,
+                    drop_at_ms(status, retention_s, final_ms),
+                    status.delivered_count,
+                    len(devices),
+                )
+                for device_id, device_status in devices.items():
+                    args += (device_id, _LETTER[device_status])
+            batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
+        await self._conn.run(batch)
 
     async def create_for_devices(
         self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
     ) -> None:
-        accepted = PushStatus.ACCEPTED
-        statuses = [
-            MessageStatus(
-                message_id, TargetKind.DEVICE, accepted_at_ms, expires_at_ms, {device_id: accepted}
-            )
-            for message_id, device_id, expires_at_ms in pushes
-        ]
-        await self.create(statuses, retention_s)
+        # STATUS_CREATE's arguments straight from the tuples: what ``create`` writes for
+        # such a status (a device still accepted: kept ``retention_s`` past its expiry).
+        if not pushes:
+            return
+        keys = [self._keys.status(push[0]) for push in pushes]
+        retention_ms = retention_s * 1000
+        device, accepted = TargetKind.DEVICE.value, _LETTER[PushStatus.ACCEPTED]
+        batch = Batch()
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                _, device_id, expires_at_ms = pushes[i]
+                args += (
+                    device,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    expires_at_ms + retention_ms,
+                    0,
+                    1,
+                    device_id,
+                    accepted,
+                )
+            batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
+        await self._conn.run(batch)
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
+        # Accepted changes nothing.
+        changes = [r for r in receipts if r.status is not PushStatus.ACCEPTED]
+        keys = [self._keys.status(r.message_id) for r in changes]
+        final_ms = self.final_retention_ms
         batch = Batch()
-        for receipt in receipts:
-            if receipt.status is not PushStatus.ACCEPTED:  # accepted changes nothing
-                key = self._keys.status(receipt.message_id)
-                args = [
+        for run in self._conn.groups(keys):
+            args: list[str | int] = []
+            for i in run:
+                receipt = changes[i]
+                args += (
                     receipt.device_id,
                     _LETTER[receipt.status],
-                    final_drop_at_ms(receipt, self.final_retention_ms),
-                ]
-                batch.script(lua.RECEIPT_RECORD, [key], args)
+                    final_drop_at_ms(receipt, final_ms),
+                )
+            batch.script(lua.RECEIPT_RECORD, [keys[i] for i in run], [pack_args(args)])
         for start in range(0, len(receipts), RECEIPTS_PER_ENTRY):
             chunk = receipts[start : start + RECEIPTS_PER_ENTRY]
             entry = fastjson.dumps([r.to_json() for r in chunk])
