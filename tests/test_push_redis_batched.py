@@ -28,14 +28,10 @@ from channel.push.model import (
 from channel.push.redis import redis_backend
 from channel.push.redis.connection import KEYS_PER_SCRIPT, Connection
 from channel.push.redis.keys import Keys
-from channel.push.stores import EnqueueOutcome, PushBackend, QueuedRef
+from channel.push.stores import PushBackend, QueuedRef
+from tests.test_push_stores import changed
 
 FAR_MS = 3_600_000
-
-
-def changed(outcomes: list[EnqueueOutcome]) -> list[EnqueueOutcome]:
-    """The outcomes that replaced or dropped something: a store may leave out the rest."""
-    return [o for o in outcomes if o.replaced or o.dropped]
 
 
 def _config(url: str, cluster: bool, buckets: int) -> PushConfig:

@@ -82,15 +82,16 @@ async def test_fast_path_answers_and_keeps_the_connection() -> None:
         quiet(router)
 
 
+async def _answer_ok(server: RawServer, conn: RawConn) -> None:
+    while await server.counted_request(conn) is not None:
+        await conn.answer(b"ok")
+
+
 async def test_the_answer_goes_before_the_bookkeeping() -> None:
     """The caller gets the answer before the connection goes back to the pool and the
     call's holds and metrics are settled (they follow in the same callback)."""
 
-    async def script(server: RawServer, conn: RawConn) -> None:
-        while await server.counted_request(conn) is not None:
-            await conn.answer(b"ok")
-
-    async with raw_server(script) as server, router_for(server) as router:
+    async with raw_server(_answer_ok) as server, router_for(server) as router:
         await warm(router)
         pool = router._state.pools["svc"]
         seen: list[tuple[int, int, int, int]] = []
@@ -125,11 +126,7 @@ async def test_the_request_goes_before_the_bookkeeping(monkeypatch: Any) -> None
     """The request is written before the call's selection metric, holds, device count
     and breaker permit are taken (they follow in the same call, before any answer)."""
 
-    async def script(server: RawServer, conn: RawConn) -> None:
-        while await server.counted_request(conn) is not None:
-            await conn.answer(b"ok")
-
-    async with raw_server(script) as server, router_for(server) as router:
+    async with raw_server(_answer_ok) as server, router_for(server) as router:
         await warm(router)
         pool = router._state.pools["svc"]
         seen: list[tuple[int, int, int]] = []
