@@ -437,8 +437,7 @@ class NodeDelivery:
         devices no longer here are forwarded to their node."""
         touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
-        for device_id, message in items:
-            self._deliver_device(device_id, message, touched, forward)
+        self._deliver_many(items, touched, forward, now_ms())
         for session in touched:
             session.flush()
         if forward:
@@ -458,44 +457,19 @@ class NodeDelivery:
         self._acked.append((session.device_id, message_id))
         self._wake.set()  # else the receipt waits for whatever wakes the flush next
 
-    def _deliver_device(
-        self,
-        device_id: str,
-        message: PushMessage,
-        touched: set[Session],
-        forward: list[tuple[str, PushMessage]],
-        at_ms: int | None = None,
-    ) -> None:
-        session = self.registry.by_device.get(device_id)
-        state = self._state.get(session) if session is not None else None
-        if session is None or state is None:
-            forward.append((device_id, message))
-            return
-        now = now_ms() if at_ms is None else at_ms
-        if now >= message.expires_at_ms:
-            return  # reported when the queue is next read
-        if state.held is not None:
-            state.held.append(message)
-            return
-        if self._write(session, message, state, device_id):
-            touched.add(session)
-            if message.accepted_at_ms:
-                # The batch's clock read: a batch is written in one go.
-                self.delivery_latency.observe((now - message.accepted_at_ms) / 1000)
-
     def _deliver_many(
         self,
-        items: list[tuple[str, PushMessage]],
+        items: Sequence[tuple[str, PushMessage]],
         touched: set[Session],
         forward: list[tuple[str, PushMessage]],
         at_ms: int,
     ) -> None:
-        """``_deliver_device`` for a batch of normal-priority pushes (high ones are
-        written as they arrive), with the usual push written inline: a plain
-        queued push (no MQTT flags, no user check) new to its connection. Anything
-        else goes through ``_write``. Per push this was six Python calls."""
+        """Write pushes to the sessions of their devices here (touched: flush them);
+        a device not here is left in ``forward`` for its node. The usual push, a plain
+        queued one (no MQTT flags, no user check) new to its connection, is written
+        inline; anything else goes through ``_write`` (six Python calls per push)."""
         by_device, states, recent = self.registry.by_device, self._state, self._recent_acks
-        add = touched.add
+        add, high = touched.add, Priority.HIGH
         ages: dict[int, int] = {}  # accepted at (ms) -> pushes written: one clock per batch
         written = 0
         for device_id, message in items:
@@ -523,8 +497,11 @@ class NodeDelivery:
             else:
                 # Refusals (too large for the device) come back from the engine as
                 # push_failed; the Python engine's session answers them here.
-                # Normal priority here: only a collapse key adds a header.
-                headers = message.wire_headers() if message.collapse_key else message.headers
+                headers = (
+                    message.wire_headers()
+                    if message.collapse_key or message.priority is high
+                    else message.headers
+                )
                 refused = session.push(message_id, message.body, headers, True)
                 if refused is not None:
                     self._fail(session, message_id, refused)
@@ -571,9 +548,9 @@ class NodeDelivery:
         normal: list[tuple[str, PushMessage]] = []
         for raw in batch:
             if isinstance(raw, tuple):  # an unpacked device push (env.DevicePush)
-                device_id, message = raw
+                message = raw[1]
                 if message.priority is Priority.HIGH:
-                    self._deliver_device(device_id, message, touched, forward, at_ms)
+                    self._deliver_many([raw], touched, forward, at_ms)
                 else:
                     normal.append(raw)
                 continue
@@ -583,7 +560,7 @@ class NodeDelivery:
                 if kind == env.DEVICE:
                     message = PushMessage.unpack(item[2])  # type: ignore[arg-type]
                     if message.priority is Priority.HIGH:
-                        self._deliver_device(str(item[1]), message, touched, forward, at_ms)
+                        self._deliver_many([(str(item[1]), message)], touched, forward, at_ms)
                     else:
                         normal.append((str(item[1]), message))
                 elif kind == env.BROADCAST:

@@ -27,7 +27,6 @@ from channel.push.model import (
     TargetKind,
     drop_at_ms,
     final_drop_at_ms,
-    now_ms,
 )
 from channel.push.stores import RUNNING, EnqueueOutcome, PushBackend, QueuedRef
 
@@ -336,7 +335,6 @@ class MemoryReceipts:
         final_retention_ms = self.final_retention_ms
         accepted, delivered = PushStatus.ACCEPTED, PushStatus.DELIVERED
         due_second, due = -1, []
-        now = 0  # read once, for receipts without a time (final_drop_at_ms's rule)
         for receipt in receipts:
             message_id = receipt.message_id
             entry = entries.get(message_id)
@@ -347,10 +345,7 @@ class MemoryReceipts:
                     # Not final yet, and a change (an "accepted" receipt changes nothing).
                     if entry[2] == _ACCEPTED_VALUE and receipt.status is not accepted:
                         drop_at = entry[5]
-                        final_at = 0
-                        if final_retention_ms > 0:
-                            at_ms = receipt.at_ms or now or (now := now_ms())
-                            final_at = at_ms + final_retention_ms
+                        final_at = final_drop_at_ms(receipt, final_retention_ms)
                         if 0 < final_at < drop_at:
                             drop_at = final_at
                             if drop_at // 1000 != due_second:
