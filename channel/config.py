@@ -113,6 +113,7 @@ Example ``channel.toml``::
     sample_fraction = 0.02
     retrain_interval_s = 3600   # 0: never retrain on the node
     retrain_min_saving = 0.03   # publish a new dictionary only if it saves >= 3 %
+    compress_min_saving = 0.01  # stop trying zstd on a size class saving < 1 % (0: always)
 
     [rpc]                       # routes and clusters, see channel/rpc/config.py
 """
@@ -509,6 +510,10 @@ class CompressionConfig:
     retrain_min_saving: float = 0.03
     #: Size of trained dictionaries.
     dict_size_bytes: int = 16 * 1024
+    #: A size class of bodies (per dictionary) whose recent compressed bodies
+    #: saved less than this share of their bytes is sent raw without trying zstd;
+    #: one body in 32 is still tried (0: always try).
+    compress_min_saving: float = 0.01
 
 
 @dataclass
@@ -854,5 +859,7 @@ def _validate_compression(comp: CompressionConfig) -> None:
         raise ConfigError("compression.retrain_min_samples: must be >= 8")
     if not 0 <= comp.retrain_min_saving < 1:
         raise ConfigError("compression.retrain_min_saving: must be 0..1 (a share)")
+    if not 0 <= comp.compress_min_saving < 1:
+        raise ConfigError("compression.compress_min_saving: must be 0..1 (a share)")
     if not 1024 <= comp.dict_size_bytes <= 262_144:
         raise ConfigError("compression.dict_size_bytes: must be 1024..262144")

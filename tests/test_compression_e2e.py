@@ -345,3 +345,43 @@ async def test_a_dictionary_over_the_connection_budget_is_not_started(
         counts = gw.node.dictionary_delivery_counts()
         assert counts["started"] == 0 and counts["bytes"] == 0
         assert client.stats.dictionaries_received == 0
+
+
+async def _metric(gw: RunningGateway, name: str) -> float:
+    from aiohttp import ClientSession
+
+    async with ClientSession() as http:
+        response = await http.get(f"http://127.0.0.1:{gw.admin_port}/metrics")
+        text = await response.text()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} not in /metrics"
+    return values[0]
+
+
+async def test_bodies_that_never_shrink_go_raw_untried_and_the_count_is_on_metrics(
+    tmp_path: Path, upstream: dict[str, Any]
+) -> None:
+    """Random 100-byte answers never shrink under zstd: once 16 KiB of them were tried
+    the gateway sends that size class raw without compressing (1 in 32 still tried),
+    counts it on /metrics, and answers in other size classes are still compressed."""
+    rng = random.Random(11)
+    calls = 400
+    async with (
+        gateway(tmp_path / "gw", **_config(tmp_path, upstream)) as gw,
+        _client(gw, "noise", dictionaries=DictionaryStore()) as client,
+    ):
+        assert await _metric(gw, "channel_body_compression_skipped_total") == 0
+        for _ in range(calls):
+            body = rng.randbytes(100)
+            assert (await client.call("feed.home", body)).body == body
+        skipped = await _metric(gw, "channel_body_compression_skipped_total")
+        # 164 tries fill a warm-up, then one body in 32 is tried; the app's dictionary,
+        # delivered meanwhile, has its own counts and warm-up.
+        assert calls - 2 * 164 - calls // 32 <= skipped <= calls - 164
+        wire0 = await _metric(gw, 'channel_body_bytes_total{stage="wire"}')
+        raw0 = await _metric(gw, 'channel_body_bytes_total{stage="raw"}')
+        text = b'{"text":"' + b"compressible " * 40 + b'"}'
+        assert (await client.call("feed.home", text)).body == text
+        wire = await _metric(gw, 'channel_body_bytes_total{stage="wire"}') - wire0
+        raw = await _metric(gw, 'channel_body_bytes_total{stage="raw"}') - raw0
+        assert raw == len(text) and wire < raw / 4

@@ -173,6 +173,8 @@ def test_cli_publish_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ("sample_fraction", 1.5, "compression.sample_fraction"),
         ("sample_max_bodies", 0, "compression.sample_max_bodies"),
         ("retrain_min_saving", 1.0, "compression.retrain_min_saving"),
+        ("compress_min_saving", -0.1, "compression.compress_min_saving"),
+        ("compress_min_saving", 1.0, "compression.compress_min_saving"),
         ("dict_size_bytes", 100, "compression.dict_size_bytes"),
     ],
 )

@@ -703,6 +703,9 @@ def test_config_errors_name_the_key() -> None:
         Engine({"handshake_timeout_ms": "soon"})
     with pytest.raises(ValueError, match="idle_factor"):
         Engine({"idle_factor": 1.0})
+    for share in ("some", 1.5, -0.5):
+        with pytest.raises(TypeError, match="compress_min_saving"):
+            Engine({"compress_min_saving": share})
     with pytest.raises(ValueError, match="tls_key_pem"):
         Engine({"tls_cert_pem": pem("server.pem")})
     with pytest.raises(ValueError, match="tls key"):

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel.wire import BodyCodec, Dictionary, DictionaryStore, ErrorCode, ProtocolError
-from channel.wire.body import MIN_COMPRESS_BYTES
+from channel.wire.body import (
+    MIN_COMPRESS_BYTES,
+    YIELD_CLASSES,
+    YIELD_SAMPLE_EVERY,
+    YIELD_WARMUP_BYTES,
+    yield_class,
+)
 from channel.wire.varint import decode_varint, encode_varint
 
 MAX_BODY = 1 << 20
@@ -171,3 +177,86 @@ def test_trained_dictionary_is_a_real_zstd_dictionary() -> None:
     assert dictionary.content[:4] == b"\x37\xa4\x30\xec"  # zstd dictionary magic
     assert 1000 < len(dictionary.content) <= 4096
     assert trained_dictionary() == dictionary  # cached and deterministic
+
+
+# --- size classes that do not pay are sampled, not compressed (same rules as the Rust twin)
+
+
+def _noise(rng: random.Random, length: int) -> bytes:
+    return rng.randbytes(length)
+
+
+def _json_body(i: int) -> bytes:
+    return (
+        f'{{"kind":"order.shipped","order":{i},'
+        '"text":"Your parcel is on its way, your parcel is on its way"}'
+    ).encode()
+
+
+def test_a_size_class_that_never_shrinks_is_sampled_one_body_in_32() -> None:
+    codec = BodyCodec()
+    rng = random.Random(1)
+    length, bodies = 88, 5_000
+    for _ in range(bodies):
+        assert not codec.encode(_noise(rng, length), 0).compressed
+    warmup = -(-YIELD_WARMUP_BYTES // length)
+    tried_after = (bodies - warmup) // YIELD_SAMPLE_EVERY
+    assert codec.skipped_bodies == bodies - warmup - tried_after
+    longer = _json_body(1) + _json_body(2)
+    assert yield_class(len(longer)) != yield_class(length)
+    assert codec.encode(longer, 0).compressed
+
+
+def test_bodies_that_shrink_are_always_compressed() -> None:
+    codec = BodyCodec()
+    for i in range(3_000):
+        assert codec.encode(_json_body(i), 0).compressed
+    assert codec.skipped_bodies == 0
+
+
+def test_a_class_that_starts_to_pay_is_compressed_again() -> None:
+    codec = BodyCodec()
+    rng = random.Random(7)
+    for _ in range(20_000):
+        codec.encode(_noise(rng, 100), 0)
+    body = _json_body(5)
+    assert yield_class(len(body)) == yield_class(100)
+    skipped = codec.skipped_bodies
+    resumed = next(
+        (
+            attempt
+            for attempt in range(64 * YIELD_SAMPLE_EVERY)
+            if codec.encode(body, 0).compressed and codec.encode(body, 0).compressed
+        ),
+        None,
+    )
+    assert resumed is not None and resumed > 0 and codec.skipped_bodies > skipped
+
+
+def test_min_saving_zero_always_tries() -> None:
+    codec = BodyCodec(min_saving=0.0)
+    rng = random.Random(3)
+    for _ in range(2_000):
+        codec.encode(_noise(rng, 64), 0)
+    assert codec.skipped_bodies == 0
+
+
+def test_each_dictionary_keeps_its_own_counts() -> None:
+    codec = make_codec()
+    rng = random.Random(5)
+    for _ in range(3_000):
+        codec.encode(_noise(rng, 88), 0)
+    skipped = codec.skipped_bodies
+    assert skipped > 0
+    for i in range(300):
+        codec.encode(_json_body(i), TEST_DICT_ID)
+    assert codec.skipped_bodies == skipped
+
+
+def test_yield_classes_double() -> None:
+    assert yield_class(16) == 0
+    assert yield_class(31) == 0
+    assert yield_class(32) == 1
+    assert yield_class(88) == 2
+    assert yield_class(32 * 1024 - 1) == YIELD_CLASSES - 2
+    assert yield_class(1 << 30) == YIELD_CLASSES - 1

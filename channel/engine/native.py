@@ -138,6 +138,7 @@ class NativeEngine:
             "dict_chunk_bytes": config.compression.dict_chunk_bytes,
             "dict_delivery_bytes_per_s": config.compression.dict_delivery_bytes_per_s,
             "dict_budget_bytes": config.compression.dict_budget_bytes,
+            "compress_min_saving": config.compression.compress_min_saving,
             "usage_apps": self.service.compression.usage_apps(),
             "early_data_max_bytes": config.tls.early_data_max_bytes,
             **dataclasses.asdict(native),

@@ -58,6 +58,12 @@ def _certificate_expiry(path: Path, cache: dict[str, float]) -> float | None:
         return None
 
 
+_SKIPPED_HELP = (
+    "Bodies sent raw without trying zstd: their size class saved under"
+    " [compression] compress_min_saving lately"
+)
+
+
 def register_wire_collector(
     registry: CollectorRegistry, wire: WireCounters, codec: BodyCodec
 ) -> None:
@@ -88,6 +94,11 @@ def register_wire_collector(
             )
             body.add_metric(["raw"], codec.encoded_raw_bytes)
             body.add_metric(["wire"], codec.encoded_wire_bytes)
+            skipped = CounterMetricFamily(
+                "channel_body_compression_skipped",
+                _SKIPPED_HELP,
+            )
+            skipped.add_metric([], codec.skipped_bodies)
             mmtp = CounterMetricFamily(
                 "channel_bytes",
                 "MMTP bytes to and from devices (inside TLS) by direction",
@@ -95,7 +106,7 @@ def register_wire_collector(
             )
             mmtp.add_metric(["in"], wire.bytes_in)
             mmtp.add_metric(["out"], wire.bytes_out)
-            return [frames, frame_bytes, body, mmtp]
+            return [frames, frame_bytes, body, skipped, mmtp]
 
     registry.register(_WireCollector())  # type: ignore[arg-type]
 
@@ -220,6 +231,8 @@ def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> 
             )
             body.add_metric(["raw"], stats.get("body_bytes_raw", 0))
             body.add_metric(["wire"], stats.get("body_bytes_wire", 0))
+            skipped = CounterMetricFamily("channel_body_compression_skipped", _SKIPPED_HELP)
+            skipped.add_metric([], stats.get("body_compression_skipped", 0))
             mmtp = CounterMetricFamily(
                 "channel_bytes",
                 "MMTP bytes to and from devices (inside TLS) by direction",
@@ -247,7 +260,7 @@ def register_native_collector(metrics: GatewayMetrics, engine: NativeEngine) -> 
                 "Connections closed for not reading",
                 value=stats.get("slow_consumers", 0),
             )
-            families: list[object] = [frames, frame_bytes, body, mmtp, refused, idle, slow]
+            families: list[object] = [frames, frame_bytes, body, skipped, mmtp, refused, idle, slow]
             for name, value in sorted(stats.items()):
                 if not isinstance(value, int):
                     continue

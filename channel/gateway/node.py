@@ -76,7 +76,10 @@ class GatewayNode:
         self.config = config
         self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
         register_default_presets()
-        self.body_codec = BodyCodec(DictionaryStore([load_default_dictionary()]))
+        self.body_codec = BodyCodec(
+            DictionaryStore([load_default_dictionary()]),
+            min_saving=config.compression.compress_min_saving,
+        )
         self.dev_token_key: Path | None = None
         self.ca_cert: Path | None = None
         self.metrics = GatewayMetrics(native_engine=config.server.engine == "native")

@@ -28,6 +28,33 @@ MIN_COMPRESS_BYTES = 16
 COMPRESSION_LEVEL = 5
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 
+# zstd costs microseconds on a small body and saves nothing on bodies without
+# repeats (ids, tokens, numbers, compressed data) unless a dictionary knows
+# them; sending those raw gives the same bytes. So the codec keeps, per
+# dictionary and size class (16..32 bytes, 32..64, ...; 32 KiB and up), what
+# compressing recent bodies saved, stops trying a class that saved less than
+# ``min_saving`` of its bytes, and still tries one body in ``YIELD_SAMPLE_EVERY``
+# there to notice when the traffic changes. The Rust twin does the same.
+
+#: Share of a size class's bytes compressing must save for the codec to keep trying it.
+DEFAULT_MIN_SAVING = 0.01
+YIELD_CLASSES = 12
+#: A class is judged only once this many of its raw bytes have been tried.
+YIELD_WARMUP_BYTES = 16 * 1024
+#: Past this many tried bytes a class's counts are halved (recent bodies weigh most).
+YIELD_WINDOW_BYTES = 256 * 1024
+#: In a class that does not pay, one body in this many is still tried.
+YIELD_SAMPLE_EVERY = 32
+
+
+def yield_class(length: int) -> int:
+    """Size class of a body of ``length`` >= 16 bytes: 0 for 16..31, doubling up."""
+    return min(length.bit_length() - 5, YIELD_CLASSES - 1)
+
+
+def _min_saving_q16(fraction: float) -> int:
+    return round(min(max(fraction, 0.0), 1.0) * 65536)
+
 
 #: ``BodyUsage`` key of bodies sent uncompressed (dictionary ids are >= 0; 0: zstd, no dictionary).
 RAW_BODY = -1
@@ -75,10 +102,21 @@ class EncodedBody:
 class BodyCodec:
     """Shared, stateless-per-message body codec over a ``DictionaryStore``."""
 
-    def __init__(self, dictionaries: DictionaryStore | None = None, level: int = COMPRESSION_LEVEL):
+    def __init__(
+        self,
+        dictionaries: DictionaryStore | None = None,
+        level: int = COMPRESSION_LEVEL,
+        min_saving: float = DEFAULT_MIN_SAVING,
+    ):
         self.dictionaries = dictionaries if dictionaries is not None else DictionaryStore()
         self.level = level
         self._compressors: dict[int, zstandard.ZstdCompressor] = {}
+        #: ``min_saving`` as a fraction of 2**16 (0: always try).
+        self._min_saving_q16 = _min_saving_q16(min_saving)
+        #: Per dictionary id, per size class: [tried bytes, saved bytes, bodies judged].
+        self._yields: dict[int, list[list[int]]] = {}
+        #: Bodies sent raw without trying zstd because their class did not pay.
+        self.skipped_bodies = 0
         #: Body bytes handed to ``encode`` and bytes it produced (for a compression ratio).
         self.encoded_raw_bytes = 0
         self.encoded_wire_bytes = 0
@@ -149,11 +187,32 @@ class BodyCodec:
     def _encode(self, body: bytes, dict_id: int) -> EncodedBody:
         if len(body) < MIN_COMPRESS_BYTES:
             return EncodedBody(False, body)
+        classes = self._yields.get(dict_id)
+        if classes is None:
+            self._compressor(dict_id)  # an unknown dictionary fails here
+            classes = self._yields[dict_id] = [[0, 0, 0] for _ in range(YIELD_CLASSES)]
+        counts = classes[yield_class(len(body))]
+        if not self._worth_trying(counts):
+            self.skipped_bodies += 1
+            return EncodedBody(False, body)
         frame = self._compressor(dict_id).compress(body)
         prefix = encode_varint(dict_id)
-        if len(prefix) + len(frame) >= len(body):
+        wire = len(prefix) + len(frame)
+        _note_yield(counts, len(body), wire)
+        if wire >= len(body):
             return EncodedBody(False, body)
         return EncodedBody(True, prefix + frame)
+
+    def _worth_trying(self, counts: list[int]) -> bool:
+        """Always while the class is young or pays, else one body in YIELD_SAMPLE_EVERY."""
+        tried = counts[0]
+        if self._min_saving_q16 == 0 or tried < YIELD_WARMUP_BYTES:
+            return True
+        if counts[1] << 16 >= tried * self._min_saving_q16:
+            return True
+        judged = counts[2]
+        counts[2] = judged + 1
+        return judged % YIELD_SAMPLE_EVERY == YIELD_SAMPLE_EVERY - 1
 
     def decode(self, data: bytes, max_body_size: int, max_window_size: int) -> bytes:
         """Decode a compressed body (``dict id`` + frame); raise ``BodyError`` on anything off."""
@@ -204,6 +263,17 @@ class BodyCodec:
         if trailing.unused_data:
             raise BodyError(ErrorCode.COMPRESSION_ERROR, "bytes after the end of the zstd frame")
         return bytes(body)
+
+
+def _note_yield(counts: list[int], raw: int, wire: int) -> None:
+    """Count one try: ``raw`` body bytes became ``wire`` bytes."""
+    tried = counts[0] + raw
+    saved = counts[1] + max(raw - wire, 0)
+    if tried > YIELD_WINDOW_BYTES:
+        tried //= 2
+        saved //= 2
+    counts[0] = tried
+    counts[1] = saved
 
 
 def _next_power_of_two(value: int) -> int:

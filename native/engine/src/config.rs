@@ -62,6 +62,9 @@ pub struct EngineConfig {
     pub dict_budget_bytes: u64,
     /// Apps whose bodies are counted on their own (`usage()`); others count as "".
     pub usage_apps: Vec<String>,
+    /// Size classes of bodies whose recent compressed bodies saved less than this
+    /// share go raw untried, one in 32 still tried (`mmtp::BodyCodec::set_min_saving`).
+    pub compress_min_saving: f64,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
             dict_delivery_bytes_per_s: 8 * 1024 * 1024,
             dict_budget_bytes: 256 * 1024,
             usage_apps: Vec::new(),
+            compress_min_saving: mmtp::body::DEFAULT_MIN_SAVING,
         }
     }
 }

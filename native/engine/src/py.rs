@@ -122,6 +122,7 @@ const CONFIG_KEYS: &[&str] = &[
     "dict_delivery_bytes_per_s",
     "dict_budget_bytes",
     "usage_apps",
+    "compress_min_saving",
 ];
 
 /// A preset from Python: `(id, name, entries)` or `(id, name, entries, typed,
@@ -244,6 +245,13 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
                 c.usage_apps = value
                     .extract::<Vec<String>>()
                     .map_err(|_| bad("a list of app ids"))?
+            }
+            "compress_min_saving" => {
+                let share = value.extract::<f64>().map_err(|_| bad("a float 0..1"))?;
+                if !(0.0..1.0).contains(&share) {
+                    return Err(bad("a float 0..1"));
+                }
+                c.compress_min_saving = share;
             }
             "dictionaries" => {
                 let mut dictionaries = Vec::new();
@@ -1001,6 +1009,7 @@ impl PyEngine {
         let (raw, wire) = shared.codec.encoded_bytes();
         d.set_item("body_bytes_raw", raw)?;
         d.set_item("body_bytes_wire", wire)?;
+        d.set_item("body_compression_skipped", shared.codec.skipped_bodies())?;
         let queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         d.set_item("event_queue_bytes", queue.bytes)?;
         d.set_item("event_queue_events", queue.events.len())?;

@@ -67,6 +67,7 @@ impl Runtime {
             );
         }
         let codec = mmtp::BodyCodec::new(dictionaries).map_err(|e| format!("dictionaries: {e}"))?;
+        codec.set_min_saving(setup.config.compress_min_saving);
         let (poll, waker) = Engine::poll().map_err(|e| format!("cannot create the poll: {e}"))?;
         let eventfd =
             crate::sys::eventfd().map_err(|e| format!("cannot create the eventfd: {e}"))?;

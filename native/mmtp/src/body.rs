@@ -28,6 +28,41 @@ pub const COMPRESSION_LEVEL: i32 = 5;
 /// Contexts kept per dictionary for reuse (more are created under contention
 /// and dropped after use).
 const POOL_SIZE: usize = 8;
+/// Share of a size class's bytes that compressing must save, by default, for
+/// the codec to keep trying it (`set_min_saving`; 0: always try).
+pub const DEFAULT_MIN_SAVING: f64 = 0.01;
+/// Size classes of the yield table: bodies of 16..32 bytes, 32..64, ...; the
+/// last class holds everything from 32 KiB up.
+const YIELD_CLASSES: usize = 12;
+/// A class is judged only once this many of its raw bytes have been tried.
+pub const YIELD_WARMUP_BYTES: u64 = 16 * 1024;
+/// Past this many tried bytes a class's counts are halved, so recent bodies
+/// weigh most.
+pub const YIELD_WINDOW_BYTES: u64 = 256 * 1024;
+/// In a class that does not pay, one body in this many is still tried, so the
+/// codec notices when the traffic changes.
+pub const YIELD_SAMPLE_EVERY: u64 = 32;
+
+/// What compressing recent bodies of one size class saved (one dictionary).
+///
+/// zstd costs 3-5 µs on a 90-byte body and saves nothing on bodies that carry
+/// no repeats (ids, tokens, numbers, already compressed data) unless a
+/// dictionary knows them. Sending such bodies raw gives the same bytes; the
+/// codec stops trying where its recent tries saved under `min_saving` of the
+/// bytes, and keeps sampling. Relaxed atomics: the counts steer a heuristic,
+/// a lost update only shifts a decision by one body.
+#[derive(Default)]
+struct Yield {
+    tried_bytes: AtomicU64,
+    saved_bytes: AtomicU64,
+    /// Bodies judged while the class did not pay (tried or not).
+    judged: AtomicU64,
+}
+
+fn yield_class(len: usize) -> usize {
+    // len >= MIN_COMPRESS_BYTES (16): class 0 is 16..32.
+    ((usize::BITS - 1 - len.leading_zeros()) as usize - 4).min(YIELD_CLASSES - 1)
+}
 
 /// libzstd 1.5.7's "default" parameter row (any source size), levels 1..=22:
 /// (windowLog, chainLog, hashLog, searchLog, minMatch, targetLength, strategy).
@@ -120,6 +155,7 @@ struct DictState {
     dictionary: Option<Dictionary>,
     compressors: Mutex<Vec<CCtx<'static>>>,
     decompressors: Mutex<Vec<DCtx<'static>>>,
+    yields: [Yield; YIELD_CLASSES],
 }
 
 impl DictState {
@@ -128,11 +164,27 @@ impl DictState {
             dictionary,
             compressors: Mutex::new(Vec::new()),
             decompressors: Mutex::new(Vec::new()),
+            yields: Default::default(),
         }
     }
 
     fn content(&self) -> Option<&[u8]> {
         self.dictionary.as_ref().map(|d| &*d.content)
+    }
+}
+
+fn min_saving_q16(fraction: f64) -> u64 {
+    (fraction.clamp(0.0, 1.0) * 65536.0).round() as u64
+}
+
+/// Count one try: `raw` body bytes became `wire` bytes (raw when not smaller).
+fn note_yield(class: &Yield, raw: usize, wire: usize) {
+    let saved = raw.saturating_sub(wire) as u64;
+    let tried = class.tried_bytes.fetch_add(raw as u64, Ordering::Relaxed) + raw as u64;
+    let saved = class.saved_bytes.fetch_add(saved, Ordering::Relaxed) + saved;
+    if tried > YIELD_WINDOW_BYTES {
+        class.tried_bytes.store(tried / 2, Ordering::Relaxed);
+        class.saved_bytes.store(saved / 2, Ordering::Relaxed);
     }
 }
 
@@ -147,6 +199,9 @@ pub struct BodyCodec {
     dictionaries: RwLock<BTreeMap<u32, Arc<DictState>>>,
     encoded_raw_bytes: AtomicU64,
     encoded_wire_bytes: AtomicU64,
+    /// `min_saving` as a fraction of 2^16 (0: always try).
+    min_saving_q16: AtomicU64,
+    skipped_bodies: AtomicU64,
 }
 
 impl Default for BodyCodec {
@@ -180,6 +235,8 @@ impl BodyCodec {
             dictionaries: RwLock::new(BTreeMap::new()),
             encoded_raw_bytes: AtomicU64::new(0),
             encoded_wire_bytes: AtomicU64::new(0),
+            min_saving_q16: AtomicU64::new(min_saving_q16(DEFAULT_MIN_SAVING)),
+            skipped_bodies: AtomicU64::new(0),
         };
         for dictionary in dictionaries {
             codec
@@ -229,6 +286,19 @@ impl BodyCodec {
     pub fn newest_dictionary_id(&self) -> u32 {
         let map = self.dictionaries.read().unwrap_or_else(|e| e.into_inner());
         map.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Stop trying zstd on a size class whose recent tries saved less than
+    /// `fraction` of their bytes (0: always try; 1 in `YIELD_SAMPLE_EVERY`
+    /// bodies of such a class is still tried).
+    pub fn set_min_saving(&self, fraction: f64) {
+        self.min_saving_q16
+            .store(min_saving_q16(fraction), Ordering::Relaxed);
+    }
+
+    /// Bodies sent raw without trying zstd because their class did not pay.
+    pub fn skipped_bodies(&self) -> u64 {
+        self.skipped_bodies.load(Ordering::Relaxed)
     }
 
     /// Body bytes handed to `encode` and the bytes it produced.
@@ -331,17 +401,39 @@ impl BodyCodec {
             })?;
             &*held
         };
+        let class = &state.yields[yield_class(body.len())];
+        if !self.worth_trying(class) {
+            self.skipped_bodies.fetch_add(1, Ordering::Relaxed);
+            return Ok(EncodedBody::Raw(body));
+        }
         let frame = self
             .compress(state, body)
             .map_err(|e| LocalError::forbidden(format!("zstd: {e}")))?;
         let prefix = crate::varint::varint_size(dict_id as u64);
-        if prefix + frame.len() >= body.len() {
+        let wire = prefix + frame.len();
+        note_yield(class, body.len(), wire);
+        if wire >= body.len() {
             return Ok(EncodedBody::Raw(body));
         }
         let mut data = Vec::with_capacity(prefix + frame.len());
         encode_varint(&mut data, dict_id as u64);
         data.extend_from_slice(&frame);
         Ok(EncodedBody::Compressed(data))
+    }
+
+    /// Whether a body of this class should be compressed: always while the
+    /// class is young or pays, else one in `YIELD_SAMPLE_EVERY`.
+    fn worth_trying(&self, class: &Yield) -> bool {
+        let min_saving = self.min_saving_q16.load(Ordering::Relaxed);
+        let tried = class.tried_bytes.load(Ordering::Relaxed);
+        if min_saving == 0 || tried < YIELD_WARMUP_BYTES {
+            return true;
+        }
+        let saved = class.saved_bytes.load(Ordering::Relaxed);
+        if u128::from(saved) << 16 >= u128::from(tried) * u128::from(min_saving) {
+            return true;
+        }
+        class.judged.fetch_add(1, Ordering::Relaxed) % YIELD_SAMPLE_EVERY == YIELD_SAMPLE_EVERY - 1
     }
 
     /// Raise `DICTIONARY_ERROR` unless zstd can load `dictionary` both ways
@@ -560,6 +652,89 @@ mod tests {
         assert!(encoded.compressed());
         let back = codec.decode(encoded.data(), 1 << 20, 1 << 20).unwrap();
         assert_eq!(back, body);
+    }
+
+    /// Bytes zstd cannot shrink: a fixed xorshift stream.
+    fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn json_body(i: usize) -> Vec<u8> {
+        format!("{{\"kind\":\"order.shipped\",\"order\":{i},\"text\":\"Your parcel is on its way, your parcel is on its way\"}}").into_bytes()
+    }
+
+    #[test]
+    fn a_size_class_that_never_shrinks_is_sampled_one_body_in_32() {
+        let codec = BodyCodec::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let (len, bodies) = (88, 5_000);
+        for _ in 0..bodies {
+            let body = noise(&mut seed, len);
+            assert!(!codec.encode(&body, 0).unwrap().compressed());
+        }
+        let warmup = YIELD_WARMUP_BYTES.div_ceil(len as u64);
+        let tried_after = (bodies as u64 - warmup) / YIELD_SAMPLE_EVERY;
+        assert_eq!(codec.skipped_bodies(), bodies as u64 - warmup - tried_after);
+        // Other size classes keep their own counts.
+        let longer = [json_body(1), json_body(2)].concat();
+        assert_ne!(yield_class(longer.len()), yield_class(len));
+        assert!(codec.encode(&longer, 0).unwrap().compressed());
+    }
+
+    #[test]
+    fn bodies_that_shrink_are_always_compressed() {
+        let codec = BodyCodec::default();
+        for i in 0..3_000 {
+            assert!(codec.encode(&json_body(i), 0).unwrap().compressed());
+        }
+        assert_eq!(codec.skipped_bodies(), 0);
+    }
+
+    #[test]
+    fn a_class_that_starts_to_pay_is_compressed_again() {
+        let codec = BodyCodec::default();
+        let mut seed = 7;
+        for _ in 0..20_000 {
+            codec.encode(&noise(&mut seed, 100), 0).unwrap();
+        }
+        let body = json_body(5);
+        assert_eq!(yield_class(body.len()), yield_class(100));
+        let skipped = codec.skipped_bodies();
+        let resumed = (0..64 * YIELD_SAMPLE_EVERY)
+            .position(|_| {
+                codec.encode(&body, 0).unwrap().compressed()
+                    && codec.encode(&body, 0).unwrap().compressed()
+            })
+            .expect("compression resumes");
+        assert!(resumed > 0 && codec.skipped_bodies() > skipped);
+    }
+
+    #[test]
+    fn min_saving_zero_always_tries() {
+        let codec = BodyCodec::default();
+        codec.set_min_saving(0.0);
+        let mut seed = 3;
+        for _ in 0..2_000 {
+            codec.encode(&noise(&mut seed, 64), 0).unwrap();
+        }
+        assert_eq!(codec.skipped_bodies(), 0);
+    }
+
+    #[test]
+    fn yield_classes_double() {
+        assert_eq!(yield_class(16), 0);
+        assert_eq!(yield_class(31), 0);
+        assert_eq!(yield_class(32), 1);
+        assert_eq!(yield_class(88), 2);
+        assert_eq!(yield_class(32 * 1024 - 1), YIELD_CLASSES - 2);
+        assert_eq!(yield_class(1 << 30), YIELD_CLASSES - 1);
     }
 
     #[test]
