@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -256,3 +258,18 @@ def test_compare_runs_channel_and_mosquitto_side_by_side(tmp_path: Path) -> None
     # Until the native engine and the MQTT front land, the run says what it skipped.
     if "channel-native" not in results:
         assert any("channel-native" in line for line in doc["skipped"])
+
+
+def test_compare_channel_settings_are_parsed_per_section() -> None:
+    from stress.compare.__main__ import parse_settings
+
+    assert parse_settings(
+        ["compression.compress_min_saving=0", "push.backend=memory", "auth.keys=[1, 2]"]
+    ) == {
+        "compression": {"compress_min_saving": 0},
+        "push": {"backend": "memory"},
+        "auth": {"keys": [1, 2]},
+    }
+    for bad in ("compression=0", "compress_min_saving", ".key=1", "section.=1"):
+        with pytest.raises(ValueError, match=r"SECTION\.KEY=VALUE"):
+            parse_settings([bad])

@@ -232,6 +232,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="do not pin servers to the first CPU and clients to the others",
     )
+    p.add_argument(
+        "--channel-setting",
+        dest="channel_settings",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a Channel setting for every Channel server of the run, as its config file "
+        "would set it (VALUE read as JSON, else as a string); e.g. "
+        "compression.compress_min_saving=0. Repeatable",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON and PNGs")
     p.add_argument(
         "--max-minutes",
@@ -252,7 +262,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.max_minutes <= 0:
         p.error("--max-minutes must be positive")
     args.mqtt_inflight = args.mqtt_inflight or args.batch * args.concurrency
+    try:
+        args.channel_settings = parse_settings(args.channel_settings)
+    except ValueError as exc:
+        p.error(f"--channel-setting: {exc}")
     return args
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["compression.compress_min_saving=0"]`` -> ``{"compression": {...: 0}}``."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        section, dot, key = name.partition(".")
+        if not (sep and dot and section and key):
+            raise ValueError(f"{item!r} is not SECTION.KEY=VALUE")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        settings.setdefault(section, {})[key] = value
+    return settings
 
 
 class RunTimeout(Exception):

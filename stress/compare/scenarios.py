@@ -66,6 +66,7 @@ class Ctx:
                 engine=spec.engine,
                 protocol=spec.protocol,
                 devices=devices,
+                extra_settings=self.args.channel_settings,
                 **channel,
             )
         pin(server.pid, self.server_cpus)

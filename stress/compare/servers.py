@@ -185,6 +185,7 @@ class Channel:
         backend: str = "memory",
         redis_url: str = "",
         config_toml: str | None = None,
+        extra_settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.engine = engine
         self.protocol = protocol
@@ -192,6 +193,8 @@ class Channel:
         settings = gateway_settings(
             devices, engine, backend=backend, redis_url=redis_url, mqtt=protocol == "mqtt"
         )
+        for section, values in (extra_settings or {}).items():
+            settings.setdefault(section, {}).update(values)
         self.gateway = GatewayProcess(
             state_dir=workdir, settings=settings, config_toml=config_toml, name=self.name
         )
