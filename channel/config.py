@@ -71,6 +71,7 @@ Example ``channel.toml``::
     user_devices_cap = 32       # ...the most recently seen this many
     default_ttl_s = 86400
     final_status_retention_s = 3600   # a status whose devices are all final goes this long after
+    memory_max_statuses = 1000000     # memory backend: statuses held (soonest due dropped first)
     inbox_max_entries = 10000   # batches a node's Redis inbox keeps unread (then trimmed)
     recent_acks = 8192          # acked pushes a node remembers: a late second copy is not resent
     max_ttl_s = 2419200
@@ -281,6 +282,11 @@ class PushConfig:
     #: are final within seconds, and a 2-day life made them most of Redis (docs/sizing.md).
     #: 0: as long as status_retention_s.
     final_status_retention_s: float = 3_600.0
+    #: Memory backend: most message statuses held (~330-400 B each). Past it the ones
+    #: due soonest are dropped before their time (their look-up answers 404; delivery and
+    #: receipts are unaffected); 0: no cap. At a steady 1,000 pushes/s the hour of
+    #: final_status_retention_s alone is 3.6 M statuses.
+    memory_max_statuses: int = 1_000_000
     #: Receipts (and stream API results) the receipt stream keeps, about (Redis trims
     #: whole stream nodes): ~130 B of Redis each, so 1M is ~130 MB on one shard
     #: (``python -m stress.presence``).
@@ -751,6 +757,8 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.user_devices_cap: must be >= 1")
     if push.final_status_retention_s < 0:
         raise ConfigError("push.final_status_retention_s: must be >= 0 (0 = status_retention_s)")
+    if push.memory_max_statuses < 0:
+        raise ConfigError("push.memory_max_statuses: must be >= 0 (0 = no cap)")
     if push.fanout_batch < 1:
         raise ConfigError("push.fanout_batch: must be >= 1")
     if not 0 <= push.fanout_linger_ms <= 10_000:

@@ -21,6 +21,7 @@ from channel.config import ConfigError, load_config
         ("fanout_linger_ms = -1", r"push\.fanout_linger_ms"),
         ("fanout_linger_ms = 20000", r"push\.fanout_linger_ms"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
+        ("memory_max_statuses = -1", r"push\.memory_max_statuses"),
     ],
 )
 def test_bad_push_settings_are_named(tmp_path: Path, setting: str, message: str) -> None:

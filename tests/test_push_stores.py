@@ -822,6 +822,35 @@ async def test_memory_statuses_go_a_bounded_slice_per_write() -> None:
     assert await receipts.status("new0") is not None
 
 
+async def test_memory_statuses_past_the_cap_go_soonest_due_first() -> None:
+    # Uncapped, the memory backend held an hour of delivered statuses (~1.4 GB at a
+    # steady 1,000 pushes/s): past memory_max_statuses the soonest due now go early.
+    receipts = memory_backend(final_status_retention_ms=60_000, max_statuses=1_000).receipts
+    assert isinstance(receipts, MemoryReceipts)
+    await receipts.create([device_status(f"old{i}", "d1") for i in range(900)], 3600)
+    # Delivered just now: due in a minute, sooner than the pending ones below.
+    await receipts.record(
+        [Receipt(f"old{i}", PushStatus.DELIVERED, "d1", now_ms()) for i in range(600)]
+    )
+    for n in range(5):
+        await receipts.create([device_status(f"new{n}-{i}", "d2") for i in range(100)], 3600)
+        assert len(receipts._statuses) <= 1_000
+    assert len(receipts._statuses) == 1_000 and receipts.evicted == 400
+    # 400 of the delivered ones went, due soonest; no pending status was touched.
+    held = [await receipts.status(f"old{i}") is not None for i in range(900)]
+    assert held[:600].count(False) == 400 and all(held[600:])
+    for n in range(5):
+        assert await receipts.status(f"new{n}-99") is not None
+
+
+async def test_memory_statuses_cap_zero_means_none() -> None:
+    receipts = memory_backend(max_statuses=0).receipts
+    assert isinstance(receipts, MemoryReceipts)
+    for n in range(3):
+        await receipts.create([device_status(f"m{n}-{i}", "d1") for i in range(2_000)], 3600)
+    assert len(receipts._statuses) == 6_000 and receipts.evicted == 0
+
+
 async def test_status_final_for_every_device_goes_after_the_final_retention(
     backend: PushBackend,
 ) -> None:

@@ -171,6 +171,12 @@ def register_push_collector(
                     value=d.fanout_writes,
                 ),
                 CounterMetricFamily(
+                    "channel_push_statuses_evicted",
+                    "Memory backend: message statuses dropped before their time to hold "
+                    "[push] memory_max_statuses (their look-up answers 404)",
+                    value=getattr(d.backend.receipts, "evicted", 0),
+                ),
+                CounterMetricFamily(
                     "channel_inbox_resyncs",
                     "Times this node found Redis had trimmed inbox entries it had not read "
                     "(inbox_max_entries) and replayed its devices' queues",

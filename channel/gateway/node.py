@@ -282,6 +282,7 @@ class GatewayNode:
                 user_devices_ttl_s=config.user_devices_ttl_s,
                 user_devices_cap=config.user_devices_cap,
                 final_status_retention_ms=round(config.final_status_retention_s * 1000),
+                max_statuses=config.memory_max_statuses,
             )
         self.delivery = NodeDelivery(self.registry, self.backend, self.config, self.node_id)
         self.registry.listener = self.delivery

@@ -248,6 +248,12 @@ class MemoryReceipts:
     maxlen: int = 100_000
     #: A status whose listed devices are all final is dropped this long after (0: never sooner).
     final_retention_ms: int = 3_600_000
+    #: Most statuses held (0: no cap). Past it, writes drop the statuses due soonest
+    #: before their time: status look-ups for those answer "unknown"; delivery and the
+    #: receipt stream are not affected.
+    max_statuses: int = 0
+    #: Statuses dropped before their time to hold ``max_statuses``.
+    evicted: int = 0
     _statuses: dict[str, _StatusEntry | _OneDevice] = field(default_factory=dict)
     _stream: deque[_StreamEntry] = field(default_factory=deque)
     _next_seq: int = 1
@@ -435,21 +441,24 @@ class MemoryReceipts:
     def _expire(self, created: int) -> None:
         """Drop statuses past their time, oldest due first: at most ``SWEEP_PER_WRITE``
         ids and twice as many as this write creates, so the store shrinks faster than
-        it grows and no write pays for a whole sweep."""
+        it grows and no write pays for a whole sweep. Past ``max_statuses`` it also drops
+        those due soonest before their time, as many as this write brings it over."""
         heap = self._due_seconds
         if not heap:
             return
-        now_s = int(time.time())
-        if heap[0] > now_s:
-            return
-        budget = max(SWEEP_PER_WRITE, 2 * created)
         entries, due = self._statuses, self._due
+        over = len(entries) + created - self.max_statuses if self.max_statuses else 0
+        now_s = int(time.time())
+        if heap[0] > now_s and over <= 0:
+            return
+        budget = max(SWEEP_PER_WRITE, 2 * created, over)
         now = now_s * 1000
-        while heap and heap[0] <= now_s and budget > 0:
+        while heap and budget > 0 and (heap[0] <= now_s or over > 0):
             second = heap[0]
             ids = due[second]
-            take = ids[-budget:]
-            del ids[-budget:]
+            n = budget if second <= now_s else min(budget, over)  # not due: only what's over
+            take = ids[-n:]
+            del ids[-n:]
             budget -= len(take)
             if not ids:
                 heapq.heappop(heap)
@@ -461,6 +470,12 @@ class MemoryReceipts:
                 drop_at = entry[5] if type(entry) is tuple else entry.drop_at_ms  # type: ignore[union-attr]
                 if drop_at <= now:
                     del entries[message_id]
+                elif over > 0:
+                    del entries[message_id]
+                    over -= 1
+                    self.evicted += 1
+                else:  # filed here but due later (taken in a batch past the cap): refile
+                    self._due_list(drop_at).append(message_id)
 
 
 class MemoryIdempotency:
@@ -561,6 +576,7 @@ def memory_backend(
     user_devices_ttl_s: int = 30 * 86_400,
     user_devices_cap: int = 32,
     final_status_retention_ms: int = 3_600_000,
+    max_statuses: int = 0,
 ) -> PushBackend:
     presence = MemoryPresence()
     return PushBackend(
@@ -569,7 +585,9 @@ def memory_backend(
         queue=MemoryQueue(),
         router=MemoryRouter(presence),
         receipts=MemoryReceipts(
-            maxlen=receipt_stream_maxlen, final_retention_ms=final_status_retention_ms
+            maxlen=receipt_stream_maxlen,
+            final_retention_ms=final_status_retention_ms,
+            max_statuses=max_statuses,
         ),
         idempotency=MemoryIdempotency(),
         directory=MemoryDirectory(user_devices_ttl_s, user_devices_cap),
