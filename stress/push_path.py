@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from channel import fastjson
-from channel.api.app import parse_batch
+from channel.api.app import batch_answer, parse_batch
 from channel.api.limits import MAX_PUSH_BODY_BYTES
 from channel.config import load_config
 from channel.gateway.run import tune_gc
@@ -141,11 +141,11 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
             t0 = clock()
             obj = fastjson.loads(raw)
             assert isinstance(obj, dict)
-            valid, _ = parse_batch(obj["messages"], TTL_S, push.max_ttl_s, body_bytes)
+            valid, slots = parse_batch(obj["messages"], TTL_S, push.max_ttl_s, body_bytes)
             t1 = clock()
             accepted = await service.accept(valid)
             t2 = clock()
-            fastjson.dumps({"results": [a.to_json() for a in accepted]})
+            batch_answer(slots, accepted)
             t3 = clock()
             routed: list[Any] = []
             while not inbox.empty():

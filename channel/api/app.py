@@ -345,11 +345,22 @@ async def push_batch(request: web.Request) -> web.Response:
 
     async def run() -> web.Response:
         accepted: list[AcceptResult] = await state.service.accept(valid) if valid else []
-        done = iter(accepted)
-        results = [slot if slot is not None else next(done).to_json() for slot in slots]
-        return json_response(202, {"results": results})
+        return web.Response(
+            status=202, body=batch_answer(slots, accepted), content_type="application/json"
+        )
 
     return await _idempotent(request, key, "batch", run)
+
+
+def batch_answer(slots: list[dict[str, object] | None], accepted: list[AcceptResult]) -> bytes:
+    """The 202's body: ``{"results": [...]}``, per item its error (a slot) or the next
+    accepted push's result, written as text (``AcceptResult.json_text``)."""
+    done = iter(accepted)
+    dumps = fastjson.dumps
+    results = [
+        dumps(slot).decode() if slot is not None else next(done).json_text() for slot in slots
+    ]
+    return ('{"results":[' + ",".join(results) + "]}").encode()
 
 
 def parse_batch(
