@@ -129,22 +129,3 @@ def test_new_message_ids_are_what_one_call_per_id_gives(
     model._prefix_ms = -1
     assert new_message_ids(at_ms, count) == one_by_one
     assert model._counter == after
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    message_id=st.one_of(
-        st.builds(lambda: new_message_id()),
-        st.text(max_size=30),
-        st.sampled_from(['a"b', "ü1", "x\\y", "é", "٣"]),
-    ),
-    target=st.sampled_from(list(model.TargetKind)),
-    queued=st.integers(0, 10**6),
-    online=st.integers(0, 10**6),
-    expired=st.lists(st.text(max_size=10), max_size=3).map(tuple),
-)
-def test_an_accept_results_json_text_is_its_json(
-    message_id: str, target: model.TargetKind, queued: int, online: int, expired: tuple[str, ...]
-) -> None:
-    result = model.AcceptResult(message_id, target, queued, online, expired)
-    assert json.loads(result.json_text()) == result.to_json()

@@ -354,13 +354,12 @@ async def push_batch(request: web.Request) -> web.Response:
 
 def batch_answer(slots: list[dict[str, object] | None], accepted: list[AcceptResult]) -> bytes:
     """The 202's body: ``{"results": [...]}``, per item its error (a slot) or the next
-    accepted push's result, written as text (``AcceptResult.json_text``)."""
+    accepted push's result. (Writing the usual result as an f-string instead of a dict
+    for orjson measured no faster.)"""
     done = iter(accepted)
-    dumps = fastjson.dumps
-    results = [
-        dumps(slot).decode() if slot is not None else next(done).json_text() for slot in slots
-    ]
-    return ('{"results":[' + ",".join(results) + "]}").encode()
+    return fastjson.dumps(
+        {"results": [slot if slot is not None else next(done).to_json() for slot in slots]}
+    )
 
 
 def parse_batch(

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from channel import fastjson
-
 #: How long a push with ``ttl_s = 0`` ("only if online now") may still wait for
 #: the device it was routed to: enough to cross nodes and reach a device that
 #: is online but whose connection is being replaced, never enough to look like
@@ -363,24 +361,6 @@ class AcceptResult:
     online: int = 0
     #: Devices reported expired at once (ttl 0 and offline).
     expired: tuple[str, ...] = ()
-
-    def json_text(self) -> str:
-        """``to_json()`` as JSON text. The usual result (a device or user push, nothing
-        expired, one of our ids) is written straight out: a third of the cost of
-        building the dict and dumping it, per push of every API batch."""
-        target = self.target
-        if (
-            (target is TargetKind.DEVICE or target is TargetKind.USER)
-            and not self.expired
-            and self.message_id.isalnum()
-            and self.message_id.isascii()
-        ):
-            return (
-                f'{{"message_id":"{self.message_id}","status":"accepted",'
-                f'"target":"{target._value_}","queued":{self.queued},'
-                f'"online":{self.online},"expired":[]}}'
-            )
-        return fastjson.dumps(self.to_json()).decode()
 
     def to_json(self) -> dict[str, object]:
         target = self.target
