@@ -127,11 +127,17 @@ class Batch:
         )
 
 
+#: One packer for every call (``msgpack.packb`` makes a new one each time). Shared
+#: safely: packing strings, bytes, integers and lists calls no Python code, so one
+#: ``pack()`` runs under the GIL from start to end.
+_ARGS_PACKER = msgpack.Packer(use_bin_type=False)
+
+
 def pack_args(values: Sequence[Any]) -> bytes:
     """A batched script's arguments as its one ``ARGV`` (``lua._ARGS`` unpacks them):
     strings, bytes (as msgpack raw strings: Redis's cmsgpack reads no bin type) and
     integers up to 2^53 (Lua numbers are doubles)."""
-    packed: bytes = msgpack.packb(values, use_bin_type=False)
+    packed: bytes = _ARGS_PACKER.pack(values)
     return packed
 
 
