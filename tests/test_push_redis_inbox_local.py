@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from channel.config import PushConfig
 from channel.push import envelopes as env
-from channel.push.model import PushMessage, now_ms
+from channel.push.model import PushMessage, PushStatus, Receipt, now_ms
 from channel.push.redis import redis_backend, router
 from channel.push.stores import PushBackend
 from tests.test_push_stores import InboxReader
@@ -115,3 +116,29 @@ async def test_nothing_is_kept_for_an_inbox_nobody_here_reads(
         await reader.close()
     assert there.router._reading == {}  # type: ignore[attr-defined]
     assert there.router._sent == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_inbox_and_receipts_read_alike_on_resp2_and_resp3(
+    redis_server: Any, protocol: int
+) -> None:
+    """The raw ``XREAD`` reply is a map of streams on RESP3 and an array on RESP2: both
+    come back in redis-py's shape."""
+    prefix = f"r{uuid.uuid4().hex[:10]}"
+    url = f"{redis_server.url}?protocol={protocol}"
+    here = await redis_backend(_config(url, False, prefix))
+    there = await redis_backend(_config(url, False, prefix))
+    reader = InboxReader(here.router, NODE_NO)
+    try:
+        await reader.ready()
+        push = _push(1)
+        await there.router.send(NODE_NO, [push])
+        assert await reader.take(1) == [env.encode(push)]
+        receipt = Receipt("m1", PushStatus.DELIVERED, "device-1", now_ms())
+        await there.receipts.record([receipt])
+        got, _ = await here.receipts.read("0", 10, 1_000)
+        assert got == [receipt]
+    finally:
+        await reader.close()
+        await here.close()
+        await there.close()
