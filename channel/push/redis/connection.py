@@ -63,6 +63,12 @@ MAX_IN_FLIGHT = MAX_CONNECTIONS - 4
 #: Commands per pipeline round trip: bounds the memory of one reply.
 PIPELINE_CHUNK = 1_000
 RETRIES = 6
+#: Connections the raw path keeps between its exchanges (per client, single Redis)
+#: instead of handing them back to redis-py's pool, whose get and release (a lock,
+#: observability records, an event dispatch) cost more Python than the exchange
+#: itself. No more than the pool holds beyond ``MAX_IN_FLIGHT``, so redis-py's own
+#: calls never find it short.
+RAW_IDLE_MAX = MAX_CONNECTIONS - MAX_IN_FLIGHT
 #: Keys one script call takes at most (``Connection.groups``): bounds how long one call
 #: holds Redis (a few hundred µs) and the size of its reply.
 KEYS_PER_SCRIPT = 256
@@ -121,11 +127,17 @@ class Batch:
         )
 
 
+#: One packer for every call (``msgpack.packb`` makes a new one each time). Shared
+#: safely: packing strings, bytes, integers and lists calls no Python code, so one
+#: ``pack()`` runs under the GIL from start to end.
+_ARGS_PACKER = msgpack.Packer(use_bin_type=False)
+
+
 def pack_args(values: Sequence[Any]) -> bytes:
     """A batched script's arguments as its one ``ARGV`` (``lua._ARGS`` unpacks them):
     strings, bytes (as msgpack raw strings: Redis's cmsgpack reads no bin type) and
     integers up to 2^53 (Lua numbers are doubles)."""
-    packed: bytes = msgpack.packb(values, use_bin_type=False)
+    packed: bytes = _ARGS_PACKER.pack(values)
     return packed
 
 
@@ -164,6 +176,8 @@ class Connection:
         self.blocking = _client(config)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._blocking_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._idle = _IdleConnections(self.client)
+        self._blocking_idle = _IdleConnections(self.blocking)
 
     async def start(self) -> None:
         """Reach Redis once, so a wrong URL fails at start-up, not at the first push."""
@@ -173,6 +187,8 @@ class Connection:
             await self.client.ping()
 
     async def aclose(self) -> None:
+        await self._idle.release_all()
+        await self._blocking_idle.release_all()
         await self.client.aclose()
         await self.blocking.aclose()
 
@@ -222,10 +238,22 @@ class Connection:
         return reply
 
     async def blocking_read(self, stream: str, after: str, count: int, block_ms: int) -> Any:
-        """``XREAD`` of one stream on the blocking client (``block_ms`` ≤ ``MAX_BLOCK_MS``)."""
+        """``XREAD`` of one stream on the blocking client (``block_ms`` ≤ ``MAX_BLOCK_MS``),
+        in redis-py's shape: ``[[stream, [(id, {field: value, …}), …]]]``, or ``[]``."""
         async with self._blocking_slots:
             try:
-                reply = await self.blocking.xread({stream: after}, count=count, block=block_ms)
+                reply: Any = None
+                if not self.cluster:
+                    # The raw path: redis-py's xread costs ~3x its Python; what fails
+                    # there goes to redis-py below, which reconnects and retries.
+                    command = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", stream, after)
+                    try:
+                        (raw,) = await self._blocking_idle.exchange([command])
+                        reply = _xread_reply(raw)
+                    except (OSError, RedisConnectionError, RedisTimeoutError):
+                        pass
+                if reply is None:
+                    reply = await self.blocking.xread({stream: after}, count=count, block=block_ms)
             except Exception as exc:
                 ERRORS[type(exc).__name__] += 1
                 raise
@@ -249,13 +277,7 @@ class Connection:
         """The batch packed by hiredis and its replies parsed by hiredis, on a pooled
         connection: redis-py's pipeline spends ~10 µs of Python per command packing,
         parsing and entering a timeout per reply; this spends ~1 µs (stress/push.py)."""
-        assert isinstance(self.client, Redis)
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            return await _exchange(conn, commands)
-        finally:
-            await pool.release(conn)
+        return await self._idle.exchange(commands)
 
     async def _raw_cluster(
         self, ops: Sequence[_Op], commands: Sequence[tuple[Any, ...]]
@@ -361,6 +383,55 @@ def _raw_command(op: _Op) -> tuple[Any, ...] | None:
     return None
 
 
+class _IdleConnections:
+    """Connections of a single-Redis client's pool, kept between raw exchanges
+    (``RAW_IDLE_MAX`` at most); one that failed goes back to the pool, disconnected."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._pool = client.connection_pool if isinstance(client, Redis) else None
+        self._idle: list[Any] = []
+
+    async def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pool = self._pool
+        assert pool is not None
+        idle = self._idle
+        conn = idle.pop() if idle else await pool.get_connection()
+        try:
+            replies = await _exchange(conn, commands)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        if len(idle) < RAW_IDLE_MAX:
+            idle.append(conn)
+        else:
+            await pool.release(conn)
+        return replies
+
+    async def release_all(self) -> None:
+        idle, self._idle = self._idle, []
+        if self._pool is not None:
+            for conn in idle:
+                await self._pool.release(conn)
+
+
+def _xread_reply(raw: Any) -> list[Any]:
+    """A raw ``XREAD`` reply (nil when the block ran out; a map of streams on RESP3, an
+    array of ``[stream, entries]`` on RESP2) as redis-py returns it."""
+    if raw is None:
+        return []
+    streams = raw.items() if isinstance(raw, dict) else raw
+    return [
+        [name, [(entry_id, _fields(flat)) for entry_id, flat in entries]]
+        for name, entries in streams
+    ]
+
+
+def _fields(flat: Any) -> dict[Any, Any]:
+    if isinstance(flat, dict):
+        return flat
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _reply(reply: Any) -> Any:
     if isinstance(reply, hiredis.ReplyError):
         # redis-py's own mapping: error class by prefix ("NOSCRIPT" → NoScriptError).
@@ -382,13 +453,17 @@ async def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]
     """Send ``commands`` in one write and read their replies with a hiredis.Reader."""
     try:
         packed = b"".join(hiredis.pack_command(command) for command in commands)
-        await conn.send_packed_command(packed, check_health=False)
-        reader = hiredis.Reader()
-        stream = conn._reader
-        if stream is None:
+        stream, writer = conn._reader, conn._writer
+        if stream is None or writer is None or writer.transport.is_closing():
             raise RedisConnectionError("not connected")
+        reader = hiredis.Reader()
         replies: list[Any] = []
         async with asyncio.timeout(SOCKET_TIMEOUT_S):
+            # Straight to the stream: redis-py's send_packed_command wraps the write in
+            # asyncio.wait_for, a task and a loop turn per write. drain() waits only
+            # when the transport's buffer is past its high-water mark.
+            writer.write(packed)
+            await writer.drain()
             while len(replies) < len(commands):
                 reply = reader.gets()
                 if reply is False:

@@ -36,6 +36,12 @@ from __future__ import annotations
 import hashlib
 import zlib
 
+#: Device ids whose queue key and presence key and field ``Keys`` keeps made: a push
+#: names its device's queue when queued and again when acknowledged, and its presence
+#: when looked up, and the same devices come back push after push. Past this many the
+#: memo starts over: ~300 B per device, ~10 MB at most.
+DEVICE_MEMO_ENTRIES = 32_768
+
 
 def h8(ident: str) -> bytes:
     """The 8-byte digest naming a device (presence) or a user (user index) in a field."""
@@ -48,12 +54,24 @@ class Keys:
         self.buckets = presence_buckets
         self.nodes = f"{prefix}:{{nodes}}"
         self.node_seq = f"{prefix}:{{nodes}}:seq"
+        self._queues: dict[str, str] = {}
+        self._presences: dict[str, tuple[str, bytes]] = {}
 
     def bucket(self, ident: str) -> int:
         return zlib.crc32(ident.encode()) % self.buckets
 
     def presence(self, device_id: str) -> str:
-        return f"{self.prefix}:p:{{{self.bucket(device_id)}}}"
+        return self.presence_field(device_id)[0]
+
+    def presence_field(self, device_id: str) -> tuple[str, bytes]:
+        """A device's presence key and its field there (``h8``), memoized."""
+        found = self._presences.get(device_id)
+        if found is None:
+            if len(self._presences) >= DEVICE_MEMO_ENTRIES:
+                self._presences.clear()
+            key = f"{self.prefix}:p:{{{self.bucket(device_id)}}}"
+            found = self._presences[device_id] = (key, h8(device_id))
+        return found
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
@@ -65,7 +83,13 @@ class Keys:
         return f"{self.prefix}:ud:{{{bucket}}}"
 
     def queue(self, device_id: str) -> str:
-        return f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"
+        key = self._queues.get(device_id)
+        if key is None:
+            if len(self._queues) >= DEVICE_MEMO_ENTRIES:
+                self._queues.clear()
+            key = f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"
+            self._queues[device_id] = key
+        return key
 
     def inbox(self, node_no: int) -> str:
         return f"{self.prefix}:in:{{{node_no}}}"

@@ -170,20 +170,29 @@ class RedisPresence:
     ) -> tuple[dict[str, Presence], _Leases, dict[int, str]]:
         """Devices on live nodes, and the leases that said so."""
         by_key: dict[str, list[str]] = {}
+        fields: dict[str, list[bytes]] = {}
+        presence_field = self._keys.presence_field
         for device_id in dict.fromkeys(device_ids):
-            by_key.setdefault(self._keys.presence(device_id), []).append(device_id)
+            key, field = presence_field(device_id)
+            devices = by_key.get(key)
+            if devices is None:
+                by_key[key] = [device_id]
+                fields[key] = [field]
+            else:
+                devices.append(device_id)
+                fields[key].append(field)
         keys = list(by_key)
         runs = self._conn.groups(keys)
         batch = Batch()
         for run in runs:
             if len(run) == 1:  # a plain HMGET (on a cluster, the usual run)
-                batch.command("HMGET", keys[run[0]], *map(h8, by_key[keys[run[0]]]))
+                batch.command("HMGET", keys[run[0]], *fields[keys[run[0]]])
                 continue
             args: list[int | bytes] = []
             for i in run:
-                devices = by_key[keys[i]]
-                args.append(len(devices))
-                args += map(h8, devices)
+                key_fields = fields[keys[i]]
+                args.append(len(key_fields))
+                args += key_fields
             batch.script(lua.HMGET_MANY, [keys[i] for i in run], [pack_args(args)])
         leases = self._leases
         if leases is not None and leases.age_s() <= LEASE_CACHE_S:
@@ -196,18 +205,23 @@ class RedisPresence:
         found: dict[str, Presence] = {}
         for run, reply in zip(runs, replies, strict=True):
             # Both replies are the values in the order the fields were given.
-            devices = [d for i in run for d in by_key[keys[i]]]
+            devices = (
+                by_key[keys[run[0]]] if len(run) == 1 else [d for i in run for d in by_key[keys[i]]]
+            )
             for device_id, value in zip(devices, reply, strict=True):
                 if value is not None:
                     values[device_id] = text = value.decode()
                     found[device_id] = decode_presence(device_id, text)
         live = leases.live()
-        if any(p.node_no not in live for p in found.values()) and leases.age_s() > FRESH_S:
+        elsewhere = [d for d, p in found.items() if p.node_no not in live]
+        if not elsewhere:  # the usual case: every device on a live node
+            return found, leases, live
+        if leases.age_s() > FRESH_S:
             leases = await self._read_leases(FRESH_S)
             live = leases.live()
-        stale = [d for d, p in found.items() if leases.dead(p.node_no, live)]
+        stale = [d for d in elsewhere if leases.dead(found[d].node_no, live)]
         if stale:
-            await self._forget((self._keys.presence(d), h8(d), values[d]) for d in stale)
+            await self._forget((*self._keys.presence_field(d), values[d]) for d in stale)
         return {d: p for d, p in found.items() if p.node_no in live}, leases, live
 
     async def user_devices(self, user_id: str) -> list[Presence]:
