@@ -47,7 +47,7 @@ from channel.mqtt.packets import (
 )
 from channel.mqtt.parser import Parser
 from channel.mqtt.properties import NO_PROPERTIES, Properties
-from channel.mqtt.reasons import MQTT_5, ReasonCode
+from channel.mqtt.reasons import MQTT_5, PacketType, ReasonCode
 from channel.mqtt.transport import MqttTransport
 
 log = logging.getLogger("channel.mqtt")
@@ -121,13 +121,23 @@ class MqttConnection(Outgoing):
                 if not (packet[2] or packet[3]):
                     break  # packet id 0: the parser says what is wrong with it
             else:
-                for packet in packets:
-                    self._dispatch(Puback((packet[2] << 8) | packet[3]))
-                    if self._state != _OPEN:
-                        break
+                self._pubacks(packets)
                 self.flush()
                 return
         self.data_received(b"".join(packets))
+
+    def _pubacks(self, packets: list[bytes]) -> None:
+        """Bare PUBACKs (checked by ``packets_received``): what ``_dispatch`` does with
+        each, without a ``Puback`` per packet. Nothing a PUBACK does closes the
+        connection, so all of them are handled."""
+        if log.isEnabledFor(logging.DEBUG):
+            for packet in packets:
+                self._dispatch(Puback((packet[2] << 8) | packet[3]))
+            return
+        self._node.metrics.packets_in[PacketType.PUBACK] += len(packets)
+        on_done = self.on_done
+        for packet in packets:
+            on_done((packet[2] << 8) | packet[3], False)
 
     def connection_lost(self) -> None:
         """The connection is gone (the engine's word; once)."""
