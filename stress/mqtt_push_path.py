@@ -11,9 +11,9 @@ the native engine hands it up (``pubacks_received``, the tracked ACKs gathered f
 tuple (``NativeMmtpSession.push``) and its ACK an entry of the engine's ACKS lists.
 
 Figures are this thread's CPU time (``time.thread_time``) per push, the lowest round of
-each step. For counts other machines reproduce exactly, run it under
-``valgrind --tool=cachegrind --cache-sim=no`` for two values of ``--rounds``: the
-difference over the pushes in between is per push.
+each step; the collector is tuned as the gateway tunes it. For counts other machines
+reproduce exactly, run it under ``valgrind --tool=cachegrind --cache-sim=no`` for two
+values of ``--rounds``: the difference over the pushes in between is per push.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from channel.config import MqttConfig
+from channel.config import MqttConfig, load_config
+from channel.gateway.run import tune_gc
 from channel.mqtt.auth import MqttIdentity
 from channel.mqtt.connection import MqttConnection
 from channel.mqtt.metrics import MqttMetrics
@@ -150,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no effect: it prints no progress")
     args = p.parse_args(argv)
     print(f"machine: {machine_line()}")
+    tune_gc(load_config(None, environ={}).server.gc_gen0_threshold)  # as the gateway does
     results = {
         "MQTT 3.1.1 (QoS 1)": measure_mqtt(args.boxes, args.rounds, 4),
         "MQTT 5.0 (QoS 1, message-id property)": measure_mqtt(args.boxes, args.rounds, 5),
