@@ -21,6 +21,7 @@ GoAwayEvent: TypeAlias = tuple[Literal["GOAWAY"], int]
 ClosedEvent: TypeAlias = tuple[Literal["CLOSED"], int, int]
 MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, bool]
 MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
+MqttPubacksEvent: TypeAlias = tuple[Literal["MQTT_PUBACKS"], list[int], list[list[int]]]
 PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
 FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
 TlsTicketEvent: TypeAlias = tuple[Literal["TLS_TICKET"], bytes, bytes]
@@ -37,6 +38,7 @@ EngineEvent: TypeAlias = (
     | ClosedEvent
     | MqttOpenEvent
     | MqttPacketsEvent
+    | MqttPubacksEvent
     | PushFailedEvent
     | FanoutDoneEvent
     | TlsTicketEvent

@@ -28,6 +28,7 @@ from mqtt_strategies import (
     server_packets,
     subacks,
     subscribes,
+    text,
     unsubacks,
     unsubscribes,
 )
@@ -72,6 +73,8 @@ from channel.mqtt import (
     prepare_publish,
 )
 from channel.mqtt.primitives import read_string, string_bytes, varint_bytes
+from channel.mqtt.property_codec import encode_properties
+from channel.mqtt.publish import push_bytes, push_properties, topic_head
 from channel.mqtt.reasons import ALLOWED_REASON_CODES, PacketType
 from channel.mqtt.slots import fast_init
 
@@ -528,6 +531,28 @@ def test_publish_fast_paths_give_the_same_bytes(version: int, data: st.DataObjec
     assert encode_publish(p.topic, p.payload, p.qos, p.packet_id, dup=p.dup, **fields) == encoded
     prepared = prepare_publish(p.topic, p.payload, p.qos, **fields)
     assert prepared.to_bytes(p.packet_id, p.dup) == encoded
+    if p.qos and not p.retain and p.properties.topic_alias is None:
+        # A connection's pushes: QoS 1/2 on a topic encoded once per connection.
+        props = encode_properties(p.properties, PacketType.PUBLISH) if version == V5 else b""
+        head = topic_head(p.topic, version)
+        assert push_bytes(head, p.payload, p.qos, p.packet_id, p.dup, props) == encoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(message_id=text, headers=st.lists(st.tuples(text, text), max_size=4).map(tuple))
+def test_push_properties_are_the_user_properties_encoded(
+    message_id: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    props = Properties(user_properties=(("message-id", message_id), *headers))
+    assert push_properties(message_id, headers) == encode_properties(props, PacketType.PUBLISH)
+
+
+def test_topic_head_refuses_what_encode_publish_refuses() -> None:
+    for topic, version in (("a/#", V4), ("a/+", V5), ("", V5), ("a\x00", V4), ("a", 3)):
+        with pytest.raises(LocalMqttError):
+            encode_publish(topic, b"", 1, 1, version=version)
+        with pytest.raises(LocalMqttError):
+            topic_head(topic, version)
 
 
 def test_prepared_publish_refuses_bad_packet_ids() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from mqtt_harness import PahoBox, token_password
+from mqtt_harness import PahoBox, admin_get, token_password
 from paho.mqtt.properties import Properties as PahoProperties
 
 from channel.mqtt import MQTT_3_1_1, MQTT_5, PINGREQ, Properties, Puback, Publish, Pubrec, Pubrel
@@ -189,6 +189,36 @@ async def test_pubacks_alone_or_with_other_packets_and_a_bad_one(
         await raw.closed()
         status = await api.get(f"/v1/messages/{third['message_id']}")
         assert status["devices"]["till-7"] == "accepted"  # still queued for the box
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
+    tmp_path: Path, version: int
+) -> None:
+    """Pushes beyond the in-flight window wait, in order; PUBACKs coming in one write
+    (bare: the native engine's short path) free the window and let them go."""
+    async with api_node(tmp_path, mqtt={"max_inflight_out": 2}) as (gw, api):
+        raw, _ = await raw_box(gw, "till-8", version)
+        ids = []
+        for n in range(5):
+            status, accepted = await api.post("/v1/push", {"device_id": "till-8", "body": f"{n}"})
+            assert status == 202
+            ids.append(accepted["message_id"])
+        first = [await raw.expect(Publish), await raw.expect(Publish)]
+        await raw.send(PINGREQ)
+        await raw.expect(Pingresp)  # nothing more while two are in flight
+        await raw.send(*(Puback(p.packet_id) for p in first))  # one write, two PUBACKs
+        second = [await raw.expect(Publish), await raw.expect(Publish)]
+        await raw.send(Puback(second[0].packet_id), Puback(second[1].packet_id))
+        last = await raw.expect(Publish)
+        got = [p.payload for p in (*first, *second, last)]
+        assert got == [b"0", b"1", b"2", b"3", b"4"]
+        assert not any(p.dup for p in (*first, *second, last))
+        await raw.send(Puback(last.packet_id))
+        for message_id in ids:
+            await api.status(message_id, "till-8", "delivered")
+        assert (await admin_get(gw, "/admin/devices/till-8"))["inflight"] == 0
+        await raw.disconnect()
 
 
 async def test_a_push_too_large_for_the_box_fails(tmp_path: Path) -> None:

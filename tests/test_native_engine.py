@@ -615,6 +615,29 @@ def test_mqtt_pingreq_is_answered_by_the_engine_and_oversize_packets_close() -> 
         driver.engine.shutdown()
 
 
+def test_mqtt_bare_pubacks_come_as_packet_ids_once_accepted() -> None:
+    driver, plain_port, _ = mqtt_engine()
+    try:
+        sock = socket.create_connection(("127.0.0.1", plain_port), timeout=WAIT_S)
+        sock.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c8")
+        conn = serve_connect(driver)
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock.sendall(b"\x40\x02\x00\x07\x40\x02\xff\xfe")
+        ids: list[int] = []
+        while len(ids) < 2:  # one read, almost always: one event
+            _, conns, lists = driver.expect("MQTT_PUBACKS")
+            assert conns == [conn] * len(lists)
+            ids += [packet_id for packet_ids in lists for packet_id in packet_ids]
+        assert ids == [7, 0xFFFE]
+        # Anything else in the read (here a PUBACK with a reason code): whole packets.
+        sock.sendall(b"\x40\x02\x00\x08\x40\x03\x00\x09\x10")
+        packets = driver.expect("MQTT_PACKETS", lambda e: e[1] == conn)[2]
+        assert packets == [b"\x40\x02\x00\x08", b"\x40\x03\x00\x09\x10"]
+        assert driver.engine.stats()["mqtt_packets_in"] >= 4
+    finally:
+        driver.engine.shutdown()
+
+
 def test_an_mqtt5_client_over_the_size_limit_gets_disconnect_0x95() -> None:
     driver, plain_port, _ = mqtt_engine(mqtt_max_packet_size=1024)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=mqtt.MQTTv5)

@@ -167,6 +167,14 @@ def test_push_path_benchmark_times_every_step(tmp_path: Path) -> None:
         assert doc["us_per_push"][step] >= 0
 
 
+def test_mqtt_push_path_acknowledges_every_push(tmp_path: Path) -> None:
+    out = tmp_path / "mqtt_push_path.json"
+    doc = run_tool("stress.mqtt_push_path", out, "--boxes", "20", "--rounds", "2")
+    assert len(doc["results"]) == 3
+    assert all(row["push"] > 0 and row["puback"] >= 0 for row in doc["results"].values())
+    assert doc["machine"]["cores"]
+
+
 def test_mqtt_codec_speed_writes_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "mqtt_codec_speed.json"
     doc = run_tool("stress.mqtt_codec_speed", out, "--samples", "3", "--batch", "2")

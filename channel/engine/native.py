@@ -59,6 +59,10 @@ class MqttHandler(Protocol):
 
     def packets_received(self, packets: list[bytes]) -> None: ...
 
+    def pubacks_received(
+        self, packet_ids: list[int], sessions: list[Session | None], message_ids: list[str]
+    ) -> None: ...
+
     def connection_lost(self) -> None: ...
 
 
@@ -444,6 +448,20 @@ class NativeEngine:
         if handler is not None:
             handler.packets_received(event[2])
 
+    def _mqtt_pubacks(self, event: tuple[Any, ...]) -> None:
+        # Bare PUBACKs of many connections (ids[i] came on conns[i]): the pushes they
+        # acknowledge go to the registry in one call, as an ACKS event's do.
+        _, conns, ids = event
+        get = self._mqtt.get
+        sessions: list[Session | None] = []
+        message_ids: list[str] = []
+        for conn, packet_ids in zip(conns, ids, strict=True):
+            handler = get(conn)
+            if handler is not None:
+                handler.pubacks_received(packet_ids, sessions, message_ids)
+        if message_ids:
+            self.service.registry.acks_many(sessions, message_ids)
+
     _handlers: ClassVar[dict[str, Callable[[NativeEngine, tuple[Any, ...]], None]]] = {
         "HELLO": _hello,
         "REQUEST": _request,
@@ -457,6 +475,7 @@ class NativeEngine:
         "CLOSED": _closed,
         "MQTT_OPEN": _mqtt_open,
         "MQTT_PACKETS": _mqtt_packets,
+        "MQTT_PUBACKS": _mqtt_pubacks,
         "TLS_TICKET": _tls_ticket,
         "TLS_RESUME": _tls_resume,
     }

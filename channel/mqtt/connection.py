@@ -47,8 +47,9 @@ from channel.mqtt.packets import (
 )
 from channel.mqtt.parser import Parser
 from channel.mqtt.properties import NO_PROPERTIES, Properties
-from channel.mqtt.reasons import MQTT_5, ReasonCode
+from channel.mqtt.reasons import MQTT_5, PacketType, ReasonCode
 from channel.mqtt.transport import MqttTransport
+from channel.sessions import Session
 
 log = logging.getLogger("channel.mqtt")
 
@@ -57,6 +58,8 @@ _NEW, _CONNECTING, _OPEN, _CLOSED = 0, 1, 2, 3
 _CONNECT_LIMIT_BYTES = 64 * 1024
 #: Packets buffered behind a CONNECT while it is being accepted.
 _MAX_EARLY_PACKETS = 1_000
+#: A PUBACK's fixed header, with no reason code (packet id after it).
+_PUBACK = b"\x40\x02"
 
 
 class MqttConnection(Outgoing):
@@ -111,23 +114,40 @@ class MqttConnection(Outgoing):
         self.flush()
 
     def packets_received(self, packets: list[bytes]) -> None:
-        """Whole packets from the box (the native engine frames them). When they are
-        all bare PUBACKs (what a box mostly sends under push load: 4 bytes, a packet id
-        other than 0), they skip the parser: the packets it would make, made here."""
-        if self._state == _OPEN and self._parser.between_packets:
-            for packet in packets:
-                if len(packet) != 4 or packet[0] != 0x40 or packet[1] != 2:
-                    break
-                if not (packet[2] or packet[3]):
-                    break  # packet id 0: the parser says what is wrong with it
-            else:
-                for packet in packets:
-                    self._dispatch(Puback((packet[2] << 8) | packet[3]))
-                    if self._state != _OPEN:
-                        break
-                self.flush()
-                return
+        """Whole packets from the box (the native engine frames them)."""
         self.data_received(b"".join(packets))
+
+    def pubacks_received(
+        self, packet_ids: list[int], sessions: list[Session | None], message_ids: list[str]
+    ) -> None:
+        """Bare PUBACKs (no reason code, packet id not 0) the native engine read, all
+        the box sent in one read once its session was open: ``packets_received`` of
+        their bytes, except that the tracked pushes they acknowledge are added to
+        ``sessions``/``message_ids``, for the caller to report with other connections'
+        (``acks_many``: one call per event batch, as MMTP ACKs)."""
+        outbound = self.outbound
+        if (
+            self._state != _OPEN
+            or not self._parser.between_packets
+            or outbound.waiting  # each PUBACK frees room for what waits, in turn
+            or log.isEnabledFor(logging.DEBUG)
+        ):
+            self.packets_received([_PUBACK + p.to_bytes(2, "big") for p in packet_ids])
+            return
+        self._node.metrics.packets_in[PacketType.PUBACK] += len(packet_ids)
+        # What ``_dispatch`` and ``on_done`` do with a PUBACK when nothing waits (and
+        # a PUBACK makes nothing wait), inline.
+        done = outbound.inflight.pop
+        for packet_id in packet_ids:
+            sent = done(packet_id, None)
+            if sent is None or sent.qos != 1 or not sent.message_id:
+                continue
+            if sent.tracked:
+                sessions.append(self)
+                message_ids.append(sent.message_id)
+            else:
+                self._ack(sent.message_id, False)
+        self.flush()
 
     def connection_lost(self) -> None:
         """The connection is gone (the engine's word; once)."""

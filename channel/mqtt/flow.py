@@ -109,6 +109,16 @@ class Outbound:
         self.waiting.append(_Waiting(message_id, tracked, qos, build, stable))
         return None
 
+    def start_stable(self, message_id: str, tracked: bool, qos: int, packet_id: int) -> bool:
+        """A queued message under its stable ``packet_id`` goes in flight now (True:
+        write it) if ``offer`` would send it at once; False: ask ``offer``, which makes
+        it wait or sees it is in flight already. One dict look-up, no builder call."""
+        inflight = self.inflight
+        if self.waiting or len(inflight) >= self.limit or packet_id in inflight:
+            return False
+        inflight[packet_id] = Sent(message_id, tracked, qos)
+        return True
+
     def _start(
         self,
         message_id: str,

@@ -5,6 +5,10 @@ about as much to build as the packet costs to encode); ``prepare_publish``
 encodes a message once for many receivers, which differ only in packet id and
 DUP flag: a topic fan-out pays one concatenation per subscriber. Both check
 what ``encode(Publish(...))`` checks and give the same bytes.
+
+``topic_head`` and ``push_bytes`` are a connection's pushes: the topic (its
+device's push topic) is checked and encoded once per connection, and each push
+pays one concatenation of the packet's parts.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 from channel.mqtt.errors import LocalMqttError
 from channel.mqtt.primitives import string_bytes, varint_bytes
-from channel.mqtt.properties import NO_PROPERTIES, Properties
+from channel.mqtt.properties import NO_PROPERTIES, Properties, PropertyId
 from channel.mqtt.property_codec import encode_properties
 from channel.mqtt.reasons import MQTT_3_1_1, MQTT_5, PacketType
 from channel.mqtt.topics import topic_name_problem
@@ -61,6 +65,38 @@ def encode_publish(
     remaining = len(topic_bytes) + len(packet_id_bytes) + len(props) + len(payload)
     first = _FIRST_BYTES[(qos << 1) | (8 if dup else 0) | (1 if retain else 0)]
     return b"".join((first, varint_bytes(remaining), topic_bytes, packet_id_bytes, props, payload))
+
+
+def topic_head(topic: str, version: int) -> bytes:
+    """``topic`` checked (as ``encode_publish`` checks it with no topic alias) and
+    encoded as a UTF-8 string: what ``push_bytes`` takes."""
+    _check(topic, 1, version, NO_PROPERTIES)
+    return string_bytes(topic)
+
+
+def push_bytes(head: bytes, payload: bytes, qos: int, packet_id: int, dup: bool,
+               props: bytes) -> bytes:  # fmt: skip
+    """``encode_publish(topic, payload, qos, packet_id, dup=dup, properties=...)`` for a
+    QoS 1 or 2 PUBLISH: ``head`` from ``topic_head(topic, version)``, ``props`` the
+    encoded properties (MQTT 5) or b"" (3.1.1), ``packet_id`` in 1..65535."""
+    remaining = len(head) + 2 + len(props) + len(payload)
+    first = _FIRST_BYTES[(qos << 1) | (8 if dup else 0)]
+    return b"".join((first, varint_bytes(remaining), head, packet_id.to_bytes(2, "big"), props,
+                     payload))  # fmt: skip
+
+
+_MESSAGE_ID_PROPERTY = bytes((PropertyId.USER_PROPERTY,)) + string_bytes("message-id")
+_USER_PROPERTY = bytes((PropertyId.USER_PROPERTY,))
+
+
+def push_properties(message_id: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """``encode_properties(Properties(user_properties=(("message-id", message_id),
+    *headers)), PUBLISH)``: a push's MQTT 5 properties, without a ``Properties``."""
+    parts = [_MESSAGE_ID_PROPERTY, string_bytes(message_id)]
+    for name, value in headers:
+        parts += (_USER_PROPERTY, string_bytes(name), string_bytes(value))
+    body = b"".join(parts)
+    return varint_bytes(len(body)) + body
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ Two engines carry MQTT (``docs/architecture.md``). Each calls
 ``MqttFront.opened(transport)`` for a new connection and then the returned
 handler's ``data_received`` (the Python engine: a byte stream) or
 ``packets_received`` (the native engine: whole packets, fixed header included,
-already checked against the packet size limit), and ``connection_lost`` once.
+already checked against the packet size limit; and ``pubacks_received`` for a read
+of bare PUBACKs only, as packet ids, once the session is open), and
+``connection_lost`` once.
 
 The transport is what the connection writes through: ``write`` (one or more
 whole packets), ``close`` (after what was written), ``abort`` (now),
@@ -15,7 +17,10 @@ deadline applies; the native engine also answers PINGREQ itself from then on).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from channel.sessions import Session
 
 
 class MqttTransport(Protocol):
@@ -42,6 +47,11 @@ class MqttHandler(Protocol):
     def data_received(self, data: bytes) -> None: ...
 
     def packets_received(self, packets: list[bytes]) -> None: ...
+
+    def pubacks_received(
+        self, packet_ids: list[int], sessions: list[Session | None], message_ids: list[str]
+    ) -> None:
+        """The tracked pushes acknowledged are added to ``sessions``/``message_ids``."""
 
     def connection_lost(self) -> None: ...
 

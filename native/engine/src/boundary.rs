@@ -69,6 +69,12 @@ pub enum Event {
         conn: ConnId,
         packets: Vec<Vec<u8>>,
     },
+    /// What an accepted MQTT connection sent in one read, when it was bare PUBACKs
+    /// only (`mqtt::bare_puback_id`): their packet ids, in order.
+    MqttPubacks {
+        conn: ConnId,
+        packet_ids: Vec<u16>,
+    },
     PushFailed {
         conn: ConnId,
         message_id: MessageId,
@@ -111,6 +117,7 @@ impl Event {
             } => body.len() + message.len() + headers.list_size() as usize,
             Event::Acks { message_ids, .. } => message_ids.len() * 24,
             Event::MqttPackets { packets, .. } => packets.iter().map(|p| p.len() + 24).sum(),
+            Event::MqttPubacks { packet_ids, .. } => packet_ids.len() * 8,
             Event::PushFailed { reason, .. } => reason.len(),
             Event::TlsTicket { ticket_id, state } => ticket_id.len() + state.len(),
             Event::TlsResume { ticket_id, .. } => ticket_id.len(),

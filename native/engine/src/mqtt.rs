@@ -10,6 +10,16 @@ pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
 /// PINGRESP: type 13, no flags, nothing after.
 pub const PINGRESP: [u8; 2] = [0xD0, 0x00];
 
+/// The packet id of a bare PUBACK: type 4, no flags, remaining length 2 (no reason
+/// code, no properties) and a packet id other than 0. A box sends one per QoS 1
+/// PUBLISH; anything else (a reason code, packet id 0) is Python's to parse.
+pub fn bare_puback_id(packet: &[u8]) -> Option<u16> {
+    match *packet {
+        [0x40, 0x02, high, low] if (high, low) != (0, 0) => Some(u16::from_be_bytes([high, low])),
+        _ => None,
+    }
+}
+
 /// DISCONNECT (MQTT 5) with reason 0x95, Packet too large, and no properties.
 pub const DISCONNECT_TOO_LARGE: [u8; 4] = [0xE0, 0x02, 0x95, 0x00];
 /// CONNACK (MQTT 5) refusing with 0x95, Packet too large: a CONNECT too large is
@@ -152,6 +162,17 @@ fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_pubacks_only() {
+        assert_eq!(bare_puback_id(&[0x40, 0x02, 0x00, 0x01]), Some(1));
+        assert_eq!(bare_puback_id(&[0x40, 0x02, 0xFF, 0xFF]), Some(0xFFFF));
+        assert_eq!(bare_puback_id(&[0x40, 0x02, 0x00, 0x00]), None); // packet id 0
+        assert_eq!(bare_puback_id(&[0x40, 0x03, 0x00, 0x01, 0x10]), None); // a reason
+        assert_eq!(bare_puback_id(&[0x50, 0x02, 0x00, 0x01]), None); // PUBREC
+        assert_eq!(bare_puback_id(&[0x41, 0x02, 0x00, 0x01]), None); // flags set
+        assert_eq!(bare_puback_id(&PINGREQ), None);
+    }
 
     #[test]
     fn the_connect_level_is_read_from_its_first_bytes() {

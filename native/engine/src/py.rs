@@ -453,6 +453,13 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             client_cert_cn,
             tls
         ),
+        // take_events gathers consecutive ones into one; alone, the same shape.
+        Event::MqttPubacks { conn, packet_ids } => tuple!(
+            py,
+            kind("MQTT_PUBACKS"),
+            PyList::new(py, [conn.0])?,
+            PyList::new(py, [PyList::new(py, packet_ids)?])?
+        ),
         Event::MqttPackets { conn, packets } => {
             let packets: Vec<Bound<'py, PyBytes>> =
                 packets.iter().map(|p| PyBytes::new(py, p)).collect();
@@ -905,6 +912,9 @@ impl PyEngine {
         // call instead of an event per connection. Moving an ACK earlier is safe: what
         // followed it for its connection (its CLOSED) still follows it.
         let mut ack_conns: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
+        // Consecutive MQTT_PUBACKS events become one ("MQTT_PUBACKS", conns, lists of
+        // packet ids), in place: they never move past another event.
+        let mut pubacks: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
         for event in events {
             if let Event::Acks { conn, message_ids } = event {
                 let (conns, ids) = match &ack_conns {
@@ -912,12 +922,28 @@ impl PyEngine {
                     None => {
                         let lists = (PyList::empty(py), PyList::empty(py));
                         list.append(tuple!(py, PyString::intern(py, "ACKS"), &lists.0, &lists.1))?;
+                        pubacks = None;
                         ack_conns.insert(lists)
                     }
                 };
                 append_acks(conns, ids, conn, &message_ids)?;
                 continue;
             }
+            if let Event::MqttPubacks { conn, packet_ids } = event {
+                let (conns, ids) = match &pubacks {
+                    Some(lists) => lists,
+                    None => {
+                        let lists = (PyList::empty(py), PyList::empty(py));
+                        let kind = PyString::intern(py, "MQTT_PUBACKS");
+                        list.append(tuple!(py, kind, &lists.0, &lists.1))?;
+                        pubacks.insert(lists)
+                    }
+                };
+                conns.append(conn.0)?;
+                ids.append(PyList::new(py, packet_ids)?)?;
+                continue;
+            }
+            pubacks = None;
             list.append(event_tuple(py, event)?)?;
         }
         if !fanout_acks.is_empty() {

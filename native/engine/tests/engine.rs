@@ -422,6 +422,24 @@ fn mqtt_whole_packets_native_pingresp_and_the_size_limit() {
     sock.read_exact(&mut pong).unwrap();
     assert_eq!(pong, [0xD0, 0x00]);
     assert_eq!(h.stat("mqtt_pings_answered"), 1);
+    // Once accepted, a read of bare PUBACKs goes up as packet ids.
+    sock.write_all(&[0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x12, 0x34])
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match h.expect("MQTT_PUBACKS", |e| matches!(e, Event::MqttPubacks { .. })) {
+            Event::MqttPubacks { packet_ids, .. } => ids.extend(packet_ids),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(ids, vec![1, 0x1234]);
+    // Packet id 0 (malformed) is Python's to judge, as a whole packet.
+    sock.write_all(&[0x40, 0x02, 0x00, 0x00]).unwrap();
+    let packets = h.expect("MQTT_PACKETS", |e| matches!(e, Event::MqttPackets { .. }));
+    let Event::MqttPackets { packets, .. } = packets else {
+        unreachable!()
+    };
+    assert_eq!(packets, vec![vec![0x40, 0x02, 0x00, 0x00]]);
     // A PUBLISH announcing 200 bytes (> 64): closed from its fixed header.
     sock.write_all(&[0x30, 0xC8, 0x01, 0x00]).unwrap();
     let closed = h.expect("CLOSED", |e| matches!(e, Event::Closed { .. }));

@@ -596,7 +596,22 @@ impl Engine {
                 });
             }
             Stats::add(&stats.mqtt_packets_in, packets.len() as u64);
-            self.out.push(Event::MqttPackets { conn: id, packets });
+            // Under push load a box mostly sends PUBACKs: those go up as packet ids.
+            let pubacks: Option<Vec<u16>> = if conn.has(flag::ACCEPTED) {
+                packets.iter().map(|p| mqtt::bare_puback_id(p)).collect()
+            } else {
+                None
+            };
+            if let Some(packet_ids) = pubacks {
+                packets.clear();
+                self.scratch.packets = packets;
+                self.out.push(Event::MqttPubacks {
+                    conn: id,
+                    packet_ids,
+                });
+            } else {
+                self.out.push(Event::MqttPackets { conn: id, packets });
+            }
         } else {
             self.scratch.packets = packets;
         }
