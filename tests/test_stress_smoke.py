@@ -281,3 +281,39 @@ def test_compare_channel_settings_are_parsed_per_section() -> None:
     for bad in ("compression=0", "compress_min_saving", ".key=1", "section.=1"):
         with pytest.raises(ValueError, match=r"SECTION\.KEY=VALUE"):
             parse_settings([bad])
+
+
+def test_compare_brackets_average_the_baselines_two_runs() -> None:
+    from stress.compare.report import drift, mean_doc, ratios
+
+    before = {
+        "target": {"name": "mosquitto"},
+        "push": {
+            "unicast": {"max": {"deliveries_per_server_cpu_s": 40.0, "lost": 0, "duplicates": 0}}
+        },
+    }
+    after = {
+        "target": {"name": "mosquitto"},
+        "push": {
+            "unicast": {"max": {"deliveries_per_server_cpu_s": 30.0, "lost": 0, "duplicates": 0}}
+        },
+    }
+    mean = mean_doc(before, after)
+    assert mean["push"]["unicast"]["max"]["deliveries_per_server_cpu_s"] == 35.0
+    assert mean["target"] == {"name": "mosquitto"}
+    assert mean_doc(
+        {"n": 1, "samples": [1, 2], "ok": True}, {"n": 3, "samples": [9], "ok": False}
+    ) == {
+        "n": 2,
+        "samples": [1, 2],
+        "ok": True,
+    }
+    channel = {
+        "push": {
+            "unicast": {"max": {"deliveries_per_server_cpu_s": 35.0, "lost": 0, "duplicates": 0}}
+        }
+    }
+    figures = ratios({"mosquitto": mean, "channel-native": channel})["channel-native"]
+    assert 1.0 in figures.values()
+    changes = dict(drift(before, after))
+    assert 0.75 in changes.values()

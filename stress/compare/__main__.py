@@ -133,6 +133,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wanted = plan(spec, set(args.scenarios))
                 log(f"{spec.name}: {', '.join(wanted)}")
                 doc["results"][spec.name] = run_target(ctx, spec, wanted)
+            before = doc["results"].get("mosquitto")
+            if args.bracket and before is not None:
+                # The VM's speed drifts over a run: Mosquitto again after Channel, and
+                # Channel compared with the mean of the two.
+                again = TargetSpec("mosquitto-after", "mosquitto")
+                wanted = plan(again, set(args.scenarios))
+                log(f"mosquitto (again, after Channel): {', '.join(wanted)}")
+                after = run_target(ctx, again, wanted)
+                after["target"] = before["target"]
+                doc["brackets"] = {"before": before, "after": after}
+                doc["results"]["mosquitto"] = report.mean_doc(before, after)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     doc["seconds"] = time.monotonic() - started
@@ -233,6 +244,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="do not pin servers to the first CPU and clients to the others",
     )
     p.add_argument(
+        "--bracket",
+        action="store_true",
+        help="run Mosquitto again after Channel and compare with the mean of its two runs "
+        "(the VM's speed drifts during a run; the drift is printed)",
+    )
+    p.add_argument(
         "--channel-setting",
         dest="channel_settings",
         action="append",
@@ -313,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in doc["skipped"]:
         print(f"skipped: {line}")
+    if "brackets" in doc:
+        print("mosquitto ran before and after Channel; its columns are the mean of the two")
+        for figure, change in report.drift(doc["brackets"]["before"], doc["brackets"]["after"]):
+            print(f"  drift, after / before: {figure}: {change:.2f}")
     print(report.render(doc["results"]))
     for path in write(doc, args.out):
         print(f"wrote {path}")

@@ -204,6 +204,29 @@ def _clients_per_1000(phase: dict[str, Any] | None) -> float | None:
     return float(per.get("clients", 0.0) + per.get("generator", 0.0))
 
 
+def mean_doc(a: Any, b: Any) -> Any:
+    """Two runs' results as one: numbers averaged, dicts key by key (keys of the first),
+    anything else (lists of samples, text) the first run's."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return (a + b) / 2
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: mean_doc(v, b[k]) if k in b else v for k, v in a.items()}
+    return a
+
+
+def drift(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float]]:
+    """Each figure of the baseline's second run over its first (1.00: the machine held
+    its speed between them)."""
+    out = []
+    for _, figure, get, _, _ in FIGURES:
+        a, b = get(before), get(after)
+        if a is not None and b is not None and a:
+            out.append((figure, b / a))
+    return out
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Every Channel target's figures divided by Mosquitto's, where both exist."""
     base = results.get("mosquitto")
