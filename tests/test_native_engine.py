@@ -545,6 +545,16 @@ def serve_connect(driver: Driver) -> int:
     return conn
 
 
+def connect_box(driver: Driver, port: int, client_id: bytes) -> tuple[socket.socket, int]:
+    """A raw MQTT 3.1.1 box (2-byte client id, keepalive 60) connected and accepted."""
+    assert len(client_id) == 2
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02" + client_id)
+    conn = serve_connect(driver)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"
+    return sock, conn
+
+
 def paho_client(client_id: str) -> tuple[mqtt.Client, threading.Event, list[bytes]]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     connected = threading.Event()
@@ -600,10 +610,7 @@ def test_mqtt_with_paho(use_tls: bool) -> None:
 def test_mqtt_pingreq_is_answered_by_the_engine_and_oversize_packets_close() -> None:
     driver, plain_port, _ = mqtt_engine(mqtt_max_packet_size=1024)
     try:
-        sock = socket.create_connection(("127.0.0.1", plain_port), timeout=WAIT_S)
-        sock.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c9")
-        conn = serve_connect(driver)
-        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock, conn = connect_box(driver, plain_port, b"c9")
         sock.sendall(b"\xc0\x00")
         assert sock.recv(2) == b"\xd0\x00"
         assert driver.engine.stats()["mqtt_pings_answered"] == 1
@@ -618,10 +625,7 @@ def test_mqtt_pingreq_is_answered_by_the_engine_and_oversize_packets_close() -> 
 def test_mqtt_bare_pubacks_come_as_packet_ids_once_accepted() -> None:
     driver, plain_port, _ = mqtt_engine()
     try:
-        sock = socket.create_connection(("127.0.0.1", plain_port), timeout=WAIT_S)
-        sock.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c8")
-        conn = serve_connect(driver)
-        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock, conn = connect_box(driver, plain_port, b"c8")
         sock.sendall(b"\x40\x02\x00\x07\x40\x02\xff\xfe")
         ids: list[int] = []
         while len(ids) < 2:  # one read, almost always: one event
