@@ -56,6 +56,12 @@ class GatewayMetrics:
             buckets=RPC_BUCKETS_S,
             registry=r,
         )
+        self.rpc_native_calls = Counter(
+            "channel_rpc_native_calls_total",
+            "Device RPCs the native engine answered itself (a 2xx from a plain route), "
+            "also counted in channel_rpc_duration_seconds",
+            registry=r,
+        )
         self.stream_errors = Counter(
             "channel_stream_errors_total",
             "Stream errors sent to devices, by code",

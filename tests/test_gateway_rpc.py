@@ -301,7 +301,12 @@ async def test_device_cancels_a_call_on_the_fast_path(tmp_path: Path) -> None:
             await conn.answer(request.partition(b"\r\n\r\n")[2])
 
     async with raw_server(script) as upstream:
-        rpc = {"clusters": {"svc": {"endpoints": [upstream.url]}}, "routes": [route("svc.", "svc")]}
+        # Python's fast path: the native engine's own is off (tests/test_rpc_native.py).
+        rpc = {
+            "clusters": {"svc": {"endpoints": [upstream.url]}},
+            "routes": [route("svc.", "svc")],
+            "native": False,
+        }
         async with gateway(tmp_path, rpc=rpc) as gw:
             device = await connect(gw, "d1")
             first = await call(device, "svc.op", b'{"n":1}')
@@ -334,7 +339,12 @@ async def test_a_pinned_gateway_steps_aside_for_the_engine_after_an_answer(
     monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1) or real_yield())
     cpus = os.sched_getaffinity(0)
     async with http_upstream({"/rpc/{op}": Upstream("svc").handle}) as url:
-        rpc = {"clusters": {"svc": {"endpoints": [url]}}, "routes": [route("svc.", "svc")]}
+        # Python's answers (the native engine's own path answers without Python).
+        rpc = {
+            "clusters": {"svc": {"endpoints": [url]}},
+            "routes": [route("svc.", "svc")],
+            "native": False,
+        }
         async with gateway(tmp_path, rpc=rpc) as gw:
             engine = gw.node.engine
             device = await connect(gw, "d1")

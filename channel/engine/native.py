@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from channel.logs import fields
 from channel.mmtp.service import preset_for_engine
 from channel.mmtp.session import MmtpSession
-from channel.rpc.model import RpcResponse
+from channel.rpc.model import RpcRequest, RpcResponse
+from channel.rpc.router import AdoptedCall
+from channel.rpc.upstream import identity_headers
 from channel.security.auth import AuthFailure, AuthResult
 from channel.security.tls import TlsReloadError
 from channel.sessions import FanoutPush, Headers, Session, jittered
@@ -37,6 +40,7 @@ from channel.wire.presets import Preset
 if TYPE_CHECKING:
     from channel._engine import Engine
     from channel.mmtp.service import MmtpService
+    from channel.rpc.router import RpcRouter
     from channel.security.tls import TlsFiles
     from channel.security.tlstickets import TlsTicketStore
 
@@ -107,6 +111,87 @@ class NativeEngine:
         self._ticket_tasks: set[asyncio.Task[None]] = set()
         #: Ticket look-ups that failed or timed out (their devices did a full handshake).
         self.ticket_store_errors = 0
+        #: The RPC router whose plain calls the engine may serve itself (rpc.rs).
+        self.router: RpcRouter | None = None
+        self._table_pending = False
+
+    # ------------------------------------------------------- native RPC path
+
+    def attach_router(self, router: RpcRouter) -> None:
+        """Let the engine serve the router's plain calls itself (``[rpc] native``): it
+        gets the router's ``native_table()`` now and whenever that may change."""
+        self.router = router
+        router.on_native_change = self._table_changed
+        router.on_device_refused = self._device_refused
+
+    def _table_changed(self) -> None:
+        # Several changes in one loop turn make one RPC_TABLE.
+        if self._table_pending or self._loop is None:
+            return
+        self._table_pending = True
+        self._loop.call_soon(self._send_table)
+
+    def _send_table(self) -> None:
+        self._table_pending = False
+        if self.router is not None:
+            self.command(("RPC_TABLE", self.router.native_table()))
+
+    def _device_refused(self, device_id: str) -> None:
+        """A device's own breaker opened on a cluster: its calls are Python's from now on
+        (the engine does not know that breaker), for as long as its sessions last."""
+        for session in self._sessions.values():
+            if session.auth is not None and session.auth.device.device_id == device_id:
+                self.command(("RPC_SESSION", session.conn, None))
+
+    def _rpc_session(self, conn: int, result: AuthResult) -> None:
+        router = self.router
+        if router is None or not router.native:
+            return
+        device = result.device
+        try:
+            identity = identity_headers(device)
+        except ValueError:
+            return  # Python answers its calls BAD_REQUEST, as ever
+        limits = self.config.limits
+        sample = device.app_id in self.service.compression.sampler.apps
+        info = (identity, limits.requests_per_second, float(limits.request_burst), sample)
+        self.command(("RPC_SESSION", conn, info))
+
+    def _rpc_handoff(self, event: tuple[Any, ...]) -> None:
+        (_, conn, stream_id, op, headers, body, early, _route, cluster, endpoint, fd,
+         received, unsent, reused, elapsed_us) = event  # fmt: skip
+        sock = socket.socket(fileno=fd)
+        session = self._sessions.get(conn)
+        if session is None or session.auth is None or self.router is None:
+            sock.close()
+            return
+        request = RpcRequest(op, headers, body, session.auth.device)
+        started = time.monotonic() - elapsed_us / 1e6
+        call = AdoptedCall(request, cluster, endpoint, sock, received, unsent, reused, started)
+        session.on_handoff(stream_id, call, early)
+
+    def _rpc_done(self, event: tuple[Any, ...]) -> None:
+        router, service = self.router, self.service
+        if router is None:
+            return
+        calls = event[1]
+        get = self._sessions.get
+        for conn, route, cluster, took_us, early, request_body, response_body in calls:
+            session = get(conn)
+            auth = session.auth if session is not None else None
+            router.native_done(
+                route, cluster, took_us / 1000, auth.device.device_id if auth else ""
+            )
+            service.observe_answered(route, cluster, 0, took_us / 1e6)
+            if early:
+                service.metrics.early_data_requests.labels("served").inc()
+            if auth is not None:
+                device = auth.device
+                if request_body is not None:
+                    service.compression.sample(device.app_id, device.device_id, request_body)
+                if response_body is not None:
+                    service.compression.sample(device.app_id, device.device_id, response_body)
+        service.metrics.rpc_native_calls.inc(len(calls))
 
     # ---------------------------------------------------------------- start
 
@@ -170,6 +255,8 @@ class NativeEngine:
         server = self.config.server
         loop = self._loop = asyncio.get_running_loop()
         loop.add_reader(self.engine.event_fd(), self._on_events)
+        if self.router is not None:
+            self._send_table()
         return self.listen("mmtp", server.host, server.port, tls=True, proxy=server.proxy_protocol)
 
     def listen(self, kind: str, host: str, port: int, *, tls: bool, proxy: bool = False) -> int:
@@ -308,6 +395,7 @@ class NativeEngine:
         )
         session = NativeMmtpSession(self, conn, kept)
         self._sessions[conn] = session
+        self._rpc_session(conn, result)
         service.authenticated(result.resumed, fast_open)
         service.registry.add(session)
         dictionary = compression.dictionary_to_deliver(hello)
@@ -341,10 +429,10 @@ class NativeEngine:
         return {app: list(rows) for app, rows in self._engine.usage().items()}
 
     def _request(self, event: tuple[Any, ...]) -> None:
-        _, conn, stream_id, op, headers, body, early = event
+        _, conn, stream_id, op, headers, body, early, gate, busy = event
         session = self._sessions.get(conn)
         if session is not None:
-            session.on_request(stream_id, op, headers, body, early)
+            session.on_request(stream_id, op, headers, body, early, gate, busy)
 
     # ------------------------------------------------- single-use TLS tickets
 
@@ -478,6 +566,8 @@ class NativeEngine:
         "MQTT_PUBACKS": _mqtt_pubacks,
         "TLS_TICKET": _tls_ticket,
         "TLS_RESUME": _tls_resume,
+        "RPC_HANDOFF": _rpc_handoff,
+        "RPC_DONE": _rpc_done,
     }
 
     def metric_refused(self, code: ErrorCode) -> None:
@@ -606,6 +696,42 @@ class NativeMmtpSession(MmtpSession):
             return
         self._closing = True
         self._native.command(("CLOSE", self.conn))
+
+    def _close_idle(self) -> None:
+        if self._closing:
+            return
+        # The engine closes once the calls it serves itself are answered too; one it
+        # hands back comes as a call of this session, which asks again once it is answered.
+        self._closing_when_idle = True
+        self._native.command(("CLOSE_IDLE", self.conn))
+
+    def on_handoff(self, stream_id: int, call: AdoptedCall, early: bool) -> None:
+        """A call the engine sent upstream and hands back (``RPC_HANDOFF``): served on
+        from there in a task, as the router's fast path goes on after its first try."""
+        service = self._service
+        if early:
+            service.early_request_allowed(call.request.op)  # counted as on_request does
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = {}
+        tasks[stream_id] = asyncio.get_running_loop().create_task(
+            self._serve_adopted(stream_id, call)
+        )
+        device = call.request.device
+        service.compression.sample(device.app_id, device.device_id, call.request.body)
+
+    async def _serve_adopted(self, stream_id: int, call: AdoptedCall) -> None:
+        router = self._native.router
+        assert router is not None
+        try:
+            response = await router.adopted(call)
+        except asyncio.CancelledError:
+            self._pop_task(stream_id)
+            raise
+        except Exception:
+            log.exception("rpc handler failed", extra=fields(op=call.request.op))
+            response = RpcResponse.error(ErrorCode.INTERNAL_ERROR, "gateway error")
+        self._answered(stream_id, call.request, call.started, response)
 
     @property
     def _gone(self) -> bool:

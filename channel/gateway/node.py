@@ -108,6 +108,7 @@ class GatewayNode:
         self.engine = self._make_engine()
         if isinstance(self.engine, NativeEngine):
             register_native_collector(self.metrics, self.engine)
+            self.engine.attach_router(self.router)
         else:
             register_wire_collector(self.metrics.registry, self.mmtp.wire, self.body_codec)
         self.mqtt = MqttService(

@@ -159,15 +159,16 @@ class MmtpService:
         return allowed
 
     def observe_rpc(self, request: RpcRequest, response: RpcResponse, seconds: float) -> None:
+        self.observe_answered(response.route, response.cluster, response.status, seconds)
+
+    def observe_answered(self, route: str, cluster: str, status: int, seconds: float) -> None:
         # Labels are the route's match and the cluster, never the op (unbounded cardinality),
         # so the children looked up once each stay few: labels() costs more than observe().
-        key = (response.route, response.cluster, response.status)
+        key = (route, cluster, status)
         child = self._rpc_latency.get(key)
         if child is None:
-            status = "OK" if response.status == 0 else code_name(response.status)
-            child = self._rpc_latency[key] = self.metrics.rpc_latency.labels(
-                response.route, response.cluster, status
-            )
+            label = "OK" if status == 0 else code_name(status)
+            child = self._rpc_latency[key] = self.metrics.rpc_latency.labels(route, cluster, label)
         child.observe(seconds)
 
     def stream_error_sent(self, code: int) -> None:

@@ -79,6 +79,11 @@ class MmtpSession(Session):
     def _close(self) -> None:
         """Close the connection (after what is queued is written)."""
 
+    def _close_idle(self) -> None:
+        """Close once no call is being served (the native engine also waits for the
+        calls it serves itself)."""
+        self._close()
+
     @property
     @abstractmethod
     def _gone(self) -> bool:
@@ -113,12 +118,21 @@ class MmtpSession(Session):
     # --------------------------------------------------------------- requests
 
     def on_request(
-        self, stream_id: int, op: str, headers: Headers, body: bytes, early: bool = False
+        self,
+        stream_id: int,
+        op: str,
+        headers: Headers,
+        body: bytes,
+        early: bool = False,
+        gate: int | None = None,
+        busy: int = 0,
     ) -> None:
         """A REQUEST from the device: rate limit, then serve it (the router's fast path
         when it takes the call, else a task of its own).
         ``early``: it came as TLS early data, which the network may replay: only an
-        idempotent op is served; any other is refused unprocessed (spec section 8.5)."""
+        idempotent op is served; any other is refused unprocessed (spec section 8.5).
+        ``gate``: the native engine applied the rate limit already (0: passed, else the
+        retry-after in ms of the refusal); ``busy``: calls it serves on this connection."""
         if self.auth is None:
             # Pipelined requests only arrive after the HELLO; a refused HELLO closes.
             return
@@ -130,22 +144,22 @@ class MmtpSession(Session):
             )
             return
         now = time.monotonic()
-        bucket = self._bucket
         limits = self._service.config.limits
-        if bucket is None:
-            bucket = self._bucket = TokenBucket(
-                limits.requests_per_second, limits.request_burst, now
-            )
-        wait_s = bucket.take(now)
-        if wait_s > 0:
-            self.stream_error(
-                stream_id, ErrorCode.RATE_LIMITED, "request rate limit", int(wait_s * 1000) + 1
-            )
+        if gate is None:
+            bucket = self._bucket
+            if bucket is None:
+                bucket = self._bucket = TokenBucket(
+                    limits.requests_per_second, limits.request_burst, now
+                )
+            wait_s = bucket.take(now)
+            gate = int(wait_s * 1000) + 1 if wait_s > 0 else 0
+        if gate:
+            self.stream_error(stream_id, ErrorCode.RATE_LIMITED, "request rate limit", gate)
             return
         tasks = self._tasks
         if tasks is None:
             tasks = self._tasks = {}
-        if len(tasks) >= limits.max_pending_requests:
+        if len(tasks) + busy >= limits.max_pending_requests:
             self.stream_error(stream_id, ErrorCode.REFUSED_STREAM, "too many calls")
             return
         device = self.auth.device
@@ -192,7 +206,7 @@ class MmtpSession(Session):
             device = request.device
             service.compression.sample(device.app_id, device.device_id, response.body)
         if self._closing_when_idle and not self._tasks:
-            self._close()
+            self._close_idle()
 
     def on_cancel(self, stream_id: int) -> None:
         task = self._pop_task(stream_id)
@@ -250,7 +264,7 @@ class MmtpSession(Session):
     def close_when_idle(self) -> None:
         """Close once the calls being served are answered (GOAWAY either way)."""
         if not self._tasks:
-            self._close()
+            self._close_idle()
         else:
             self._closing_when_idle = True
 

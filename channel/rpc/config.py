@@ -14,6 +14,7 @@ A full example (every key shown; only ``endpoints``, ``match`` and
     max_response_bytes = 1048576     # upstream bodies larger than this -> UPSTREAM_ERROR
     endpoint_down_s = 3.0            # an endpoint that refused a connection rests this long
     mirror_max_in_flight = 64        # mirror calls beyond this are dropped (and counted)
+    native = true                    # native engine: plain calls served by the engine itself
 
     [rpc.clusters.account]
     endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]  # POST {endpoint}/rpc/{op}
@@ -222,6 +223,8 @@ class RoutingConfig:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     endpoint_down_s: float = 3.0
     mirror_max_in_flight: int = 64
+    #: The native engine may serve plain calls itself (``RpcRouter.native_table``).
+    native: bool = True
 
     def max_response_bytes_for(self, cluster: str) -> int:
         return self.clusters[cluster].max_response_bytes or self.max_response_bytes
@@ -232,7 +235,14 @@ class RoutingConfig:
         top = _Table(
             data,
             path,
-            ("clusters", "routes", "max_response_bytes", "endpoint_down_s", "mirror_max_in_flight"),
+            (
+                "clusters",
+                "routes",
+                "max_response_bytes",
+                "endpoint_down_s",
+                "mirror_max_in_flight",
+                "native",
+            ),
         )
         clusters_table = top.table("clusters")
         clusters: dict[str, ClusterConfig] = {}
@@ -260,6 +270,7 @@ class RoutingConfig:
             max_response_bytes=top.integer("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, lo=1),
             endpoint_down_s=top.number("endpoint_down_s", 3.0, lo=0.0),
             mirror_max_in_flight=top.integer("mirror_max_in_flight", 64, lo=0),
+            native=top.get("native", bool, True),
         )
 
 

@@ -279,6 +279,26 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+class _AdoptedConnection(_Connection):
+    """A connection the native engine opened and sent a request on: the answer's bytes
+    it read come first, before anything the socket brings."""
+
+    def __init__(
+        self, pool: H1Pool, origin: Origin, limits: Limits, received: bytes, unsent: bytes
+    ) -> None:
+        super().__init__(pool, origin, limits)
+        self._received = received
+        self._unsent = unsent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._unsent:
+            self.transport.write(self._unsent)  # type: ignore[union-attr]
+        received, self._received = self._received, b""
+        if received:
+            self.data_received(received)
+
+
 def _expire(waiter: _Answer) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -490,6 +510,48 @@ class H1Pool:
             raise ConnectionBroken(str(exc)) from None
         async with asyncio.timeout_at(deadline):
             return await self._fresh_exchange(origin, payload)
+
+    async def adopt(
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        received: bytes,
+        unsent: bytes,
+        reused: bool,
+        deadline: float,
+    ) -> H1Response:
+        """The answer to a request the native engine wrote on ``sock`` (``unsent``: its
+        tail still to write; ``received``: the answer's bytes it read), read here as if
+        this pool had sent it: same codec, limits and errors; the connection then joins
+        the pool (counted beside the caps: it exists already) or closes."""
+        loop = self.loop
+        waiter: asyncio.Future[H1Response] = loop.create_future()
+        conn = _AdoptedConnection(self, origin, self.limits, received, unsent)
+        conn.reused = reused
+        conn.codec.begin_request()
+        conn._waiter = waiter
+        self._reserve(origin)
+        timer = loop.call_at(deadline, _expire, waiter)
+        try:
+            try:
+                await loop.create_connection(lambda: conn, sock=sock)
+            except OSError as exc:
+                sock.close()
+                self._forget(conn)
+                raise ConnectionBroken(f"{origin.url}: {exc}") from exc
+            if not conn.lost:
+                self._connections.add(conn)
+            response = await waiter
+        except BaseException:
+            if conn.transport is None:
+                sock.close()
+            conn.abort()
+            self._forget(conn)
+            raise
+        finally:
+            timer.cancel()
+        self._release(conn)
+        return response
 
     # -- the fast path: no task, no coroutine --------------------------------------
 

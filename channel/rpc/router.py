@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from channel.rpc.breaker import BreakerState
 from channel.rpc.config import OP_PATTERN, RouteConfig, RoutingConfig
 from channel.rpc.devices import Refusal
 from channel.rpc.h1pool import FastExchange, H1Response, Origin
+from channel.rpc.http1 import USER_AGENT, Limits
 from channel.rpc.metrics import RpcMetrics
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.rules import Selection, select
@@ -96,6 +100,11 @@ class RpcRouter:
         self._retired: list[ClusterPool] = []
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Called when what ``native_table()`` says may have changed (a reload, a
+        #: breaker leaving or entering CLOSED, an endpoint marked down).
+        self.on_native_change: Callable[[], None] | None = None
+        #: Called with a device id when its own breaker on a cluster opened.
+        self.on_device_refused: Callable[[str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -115,6 +124,7 @@ class RpcRouter:
         for pool in retired:
             pool.retire()
             self._retired.append(pool)
+        self._native_changed()
         log.info(
             "rpc routing reloaded: %d routes, %d clusters, %d pools retired",
             len(config.routes),
@@ -462,6 +472,14 @@ class RpcRouter:
             retries_left -= 1
 
     def _record(self, pool: ClusterPool, failure: bool, outcome: str, device: str) -> None:
+        closed = pool.breaker.state is BreakerState.CLOSED
+        self._account(pool, failure, outcome, device)
+        if (
+            outcome == "connect_error" or (pool.breaker.state is BreakerState.CLOSED) != closed
+        ) and self.on_native_change is not None:
+            self.on_native_change()
+
+    def _account(self, pool: ClusterPool, failure: bool, outcome: str, device: str) -> None:
         if failure:
             # A refused connection says nothing about the caller: it counts as its own
             # source, so the cluster's breaker opens on it whoever called.
@@ -473,10 +491,139 @@ class RpcRouter:
                 )
             if pool.devices.record_failure(device):
                 self.metrics.device_breaker_opens[pool.name] += 1
+                if self.on_device_refused is not None:
+                    self.on_device_refused(device)
         elif outcome == "closed":
             pool.breaker.release()
         else:
             pool.breaker.record_success()
+
+    # -- the native engine's path -----------------------------------------------
+
+    def _native_changed(self) -> None:
+        if self.on_native_change is not None:
+            self.on_native_change()
+
+    @property
+    def native(self) -> bool:
+        """``[rpc] native``: the native engine may serve plain calls itself."""
+        return self._state.config.native
+
+    def native_table(self) -> tuple[list[Any], list[Any], str]:
+        """What the native engine may serve itself (its ``RPC_TABLE``): every route's
+        match and idempotency (early data is checked by it), and for a route without
+        rules and mirror whose cluster's endpoints are ``http://`` IP addresses and whose
+        breaker is closed, that cluster and the call's timeout. Anything else stays here.
+        """
+        state = self._state
+        now = self._clock()
+        index: dict[str, int] = {}
+        clusters: list[Any] = []
+        limits = Limits()
+        for name, pool in state.pools.items():
+            endpoints = _native_endpoints(pool, now)
+            if endpoints is None or pool.breaker.state is not BreakerState.CLOSED:
+                continue
+            index[name] = len(clusters)
+            cfg = pool.config
+            clusters.append(
+                (
+                    name,
+                    endpoints,
+                    cfg.max_connections,
+                    round(cfg.keepalive_s * 1000),
+                    limits.max_head_bytes,
+                    limits.max_headers,
+                    pool.max_response_bytes,
+                )
+            )
+        routes: list[Any] = []
+        for route in state.config.routes:
+            native = None
+            if (
+                state.config.native
+                and not route.rules
+                and route.mirror is None
+                and route.cluster in index
+            ):
+                cfg = state.pools[route.cluster].config
+                timeout_ms = route.timeout_ms or cfg.timeout_ms
+                if cfg.attempt_timeout_ms:
+                    timeout_ms = min(timeout_ms, cfg.attempt_timeout_ms)
+                native = (index[route.cluster], timeout_ms)
+            routes.append((route.match, route.idempotent, sorted(route.idempotent_ops), native))
+        return routes, clusters, USER_AGENT
+
+    def native_done(self, route_label: str, cluster: str, took_ms: float, device: str) -> bool:
+        """A call the native engine answered (a 2xx): what ``start_call`` and its answer
+        would have counted. False if the cluster is gone (a reload since)."""
+        pool = self._state.pools.get(cluster)
+        metrics = self.metrics
+        metrics.selections[(route_label, "route")] += 1
+        metrics.attempts[(cluster, "http_2xx")] += 1
+        if pool is not None:
+            pool.breaker.allow()
+            self._record(pool, False, "http_2xx", device)
+        metrics.observe_call(route_label, cluster, 0, took_ms)
+        return pool is not None
+
+    async def adopted(self, call: AdoptedCall) -> RpcResponse:
+        """A call the native engine sent and handed back (its answer was not a simple
+        2xx, or slow): on from where FastCall's fallback would be, with its socket."""
+        request = call.request
+        state = self._state
+        route = state.table.match(request.op)
+        pool = state.pools.get(call.cluster)
+        if route is None or pool is None or call.endpoint >= len(pool.endpoints):
+            call.sock.close()
+            response = RpcResponse.error(
+                ErrorCode.UPSTREAM_ERROR, f"upstream for {request.op!r} broke off"
+            )
+            return self._answer(call.started, route.match if route else "", "", response)
+        selection = select(route.rules, route.cluster, request)
+        headers = upstream_headers(request, stress=selection.stress)
+        self.metrics.selections[(route.match, selection.picked_by)] += 1
+        pools = [state.pools[name] for name in selection.clusters]
+        for held in pools:
+            held.hold()
+        pool.devices.started(request.device.device_id)
+        endpoint = pool.endpoints[call.endpoint]
+        pool.breaker.allow()
+        loop = asyncio.get_running_loop()
+        begun = loop.time() - (self._clock() - call.started)
+        timeout_ms = route.timeout_ms or pool.config.timeout_ms
+        deadline = begun + timeout_ms / 1000
+        attempt_timeout_s = pool.config.attempt_timeout_ms / 1000 or float("inf")
+        timeout_s = min(timeout_ms / 1000, attempt_timeout_s)
+        idempotent = route.is_idempotent(request.op)
+        pending = functools.partial(
+            pool.adopt_exchange,
+            endpoint,
+            request.op,
+            headers,
+            request.body,
+            call.sock,
+            call.received,
+            call.unsent,
+            call.reused,
+            begun + timeout_s,
+            idempotent,
+        )
+        resume = _Resume(
+            state,
+            route,
+            selection,
+            pools,
+            request,
+            headers,
+            deadline,
+            idempotent,
+            endpoint,
+            timeout_s,
+            call.started,
+            pending,
+        )
+        return await self.resume(resume)
 
     # -- mirroring -------------------------------------------------------------
 
@@ -561,6 +708,41 @@ class RpcRouter:
             "mirrors_in_flight": len(self._mirror_tasks),
             "metrics": self.metrics.snapshot(),
         }
+
+
+def _native_endpoints(pool: ClusterPool, now: float) -> list[Any] | None:
+    """The cluster's endpoints as the engine takes them, or None if one is not an
+    ``http://`` IP address (the engine neither resolves names nor speaks TLS)."""
+    out: list[Any] = []
+    for endpoint in pool.endpoints:
+        try:
+            origin = Origin.parse(endpoint.url)
+            ipaddress.ip_address(origin.host)
+        except ValueError:
+            return None
+        if origin.tls:
+            return None
+        down_ms = max(0, round((endpoint.down_until - now) * 1000))
+        out.append((origin.host, origin.port, origin.authority, origin.prefix, down_ms))
+    return out
+
+
+@dataclass(eq=False, slots=True)
+class AdoptedCall:
+    """A call the native engine sent and handed back with its upstream connection."""
+
+    request: RpcRequest
+    cluster: str
+    #: Index in the cluster's endpoints.
+    endpoint: int
+    sock: socket.socket
+    #: The answer's bytes the engine read, and the request's it could not write yet.
+    received: bytes
+    unsent: bytes
+    #: The connection had carried a request before (the keep-alive race applies).
+    reused: bool
+    #: When the call started, on the router's clock.
+    started: float
 
 
 def _device_refused(refusal: Refusal, op: str) -> RpcResponse:

@@ -20,6 +20,7 @@ import email.utils
 import functools
 import logging
 import re
+import socket
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Collection
@@ -493,6 +494,31 @@ class ClusterPool:
         if is_stale(exc):
             return self._get_pool().after_stale(origin, payload, deadline, idempotent, exc)
         return _raise(exc)
+
+    async def adopt_exchange(
+        self,
+        endpoint: Endpoint,
+        op: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        sock: socket.socket,
+        received: bytes,
+        unsent: bytes,
+        reused: bool,
+        deadline: float,
+        idempotent: bool,
+    ) -> H1Response:
+        """What ``post()`` awaits for a call the native engine sent on ``sock``: its
+        answer read on by this pool (``H1Pool.adopt``), with the keep-alive replay."""
+        pool = self._get_pool()
+        origin = pool.origin(endpoint.url)
+        try:
+            return await pool.adopt(origin, sock, received, unsent, reused, deadline)
+        except ConnectionBroken as exc:
+            if not is_stale(exc):
+                raise
+            payload = pool.encode(origin, f"/rpc/{op}", headers, body)
+            return await pool.after_stale(origin, payload, deadline, idempotent, exc)
 
     def _failed(self, endpoint: Endpoint, op: str, timeout_s: float, exc: Exception) -> Attempt:
         if isinstance(exc, ConnectError):

@@ -32,7 +32,18 @@ pub enum Event {
         body: Vec<u8>,
         /// It came as TLS early data (may be a replay: serve only idempotent ops).
         early: bool,
+        /// The engine applied the device's request rate limit (the session has a
+        /// native RPC path): None, Python's to apply; 0, a token was taken; else the
+        /// call is refused with RATE_LIMITED and this retry-after (ms).
+        gate: Option<u64>,
+        /// Calls the engine serves natively on this connection right now.
+        busy: u64,
     },
+    /// A native call that did not end with a simple answer: the upstream connection
+    /// (its fd, now Python's) and what was read from it; Python goes on from there.
+    RpcHandoff(Box<RpcHandoff>),
+    /// Native calls answered since the last report, for Python's accounting.
+    RpcDone(Vec<RpcOutcome>),
     /// The device's answer to a backend -> device CALL (or UNAVAILABLE if it went away).
     Answer {
         conn: ConnId,
@@ -109,6 +120,14 @@ impl Event {
             Event::Request {
                 headers, body, op, ..
             } => body.len() + op.len() + headers.list_size() as usize,
+            Event::RpcHandoff(h) => h.body.len() + h.received.len() + h.unsent.len() + 256,
+            Event::RpcDone(calls) => calls
+                .iter()
+                .map(|c| {
+                    64 + c.request_body.as_ref().map_or(0, Vec::len)
+                        + c.response_body.as_ref().map_or(0, Vec::len)
+                })
+                .sum(),
             Event::Answer {
                 headers,
                 body,
@@ -127,6 +146,90 @@ impl Event {
 }
 
 pub type HeaderVec = Vec<(String, String)>;
+
+/// See `Event::RpcHandoff`.
+#[derive(Debug)]
+pub struct RpcHandoff {
+    pub conn: ConnId,
+    pub stream_id: u64,
+    pub op: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub early: bool,
+    pub route: String,
+    pub cluster: String,
+    /// Index in the cluster's endpoint list (as Python sent it).
+    pub endpoint: usize,
+    /// The upstream socket, now owned by whoever takes the event.
+    pub fd: i32,
+    /// The answer's bytes read so far.
+    pub received: Vec<u8>,
+    /// The tail of the request not written yet.
+    pub unsent: Vec<u8>,
+    /// The connection carried a request before this one (the keep-alive race).
+    pub reused: bool,
+    pub elapsed_us: u64,
+}
+
+/// One native call answered (2xx), as Python accounts for it.
+#[derive(Debug)]
+pub struct RpcOutcome {
+    pub conn: ConnId,
+    pub route: String,
+    pub cluster: String,
+    pub took_us: u64,
+    pub early: bool,
+    /// The bodies, when the session's app is sampled for compression.
+    pub request_body: Option<Vec<u8>>,
+    pub response_body: Option<Vec<u8>>,
+}
+
+/// The calls the engine may serve itself (Python's `RpcRouter.native_table`).
+#[derive(Debug, Default)]
+pub struct RpcTable {
+    pub routes: Vec<RpcRoute>,
+    pub clusters: Vec<RpcCluster>,
+    pub user_agent: String,
+}
+
+#[derive(Debug)]
+pub struct RpcRoute {
+    /// An exact op, a prefix ending in '.', or "*".
+    pub pattern: String,
+    pub idempotent: bool,
+    pub idempotent_ops: Vec<String>,
+    /// (cluster index, the call's timeout in ms) when the engine may serve it.
+    pub native: Option<(usize, u64)>,
+}
+
+#[derive(Debug)]
+pub struct RpcCluster {
+    pub name: String,
+    pub endpoints: Vec<RpcEndpoint>,
+    pub max_connections: usize,
+    pub keepalive_ms: u64,
+    pub limits: crate::h1::Limits,
+}
+
+#[derive(Debug)]
+pub struct RpcEndpoint {
+    pub addr: std::net::SocketAddr,
+    pub authority: String,
+    pub prefix: String,
+    /// Marked down by Python for this long from now.
+    pub down_ms: u64,
+}
+
+/// What Python adds to a device's native calls (`RPC_SESSION`).
+#[derive(Debug)]
+pub struct RpcSessionInfo {
+    /// The identity header lines (`name: value\r\n` each), appended to every request.
+    pub identity: Box<[u8]>,
+    pub requests_per_second: f64,
+    pub request_burst: f64,
+    /// Send the bodies of its native calls to Python (compression sampling).
+    pub sample: bool,
+}
 
 /// Python -> engine.
 #[derive(Debug)]
@@ -228,6 +331,17 @@ pub enum Command {
         conn: ConnId,
         ticket_id: Vec<u8>,
         state: Option<Vec<u8>>,
+    },
+    /// The native RPC path's routes and clusters (None: off).
+    RpcTable(Option<Box<RpcTable>>),
+    /// A device's native RPC settings (None: its calls are Python's).
+    RpcSession {
+        conn: ConnId,
+        info: Option<Box<RpcSessionInfo>>,
+    },
+    /// Close once the calls the engine serves on it are done (as `Close` otherwise).
+    CloseIdle {
+        conn: ConnId,
     },
     // ----------------------------------------------------------- internal
     Listen(crate::engine::Listener),

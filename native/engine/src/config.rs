@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub mqtt_max_packet_size: usize,
     /// How often deadlines are checked; they are this precise.
     pub sweep_interval_ms: u64,
+    /// Native RPC calls answered are reported to Python at most this often (or per 256).
+    pub rpc_report_interval_ms: u64,
     /// Accepts per listener per poll round (a SYN flood cannot starve the devices).
     pub accepts_per_round: usize,
     /// TLS 1.3 session ticket lifetime told to clients.
@@ -83,6 +85,7 @@ impl Default for EngineConfig {
             max_unacked_pushes: 4096,
             mqtt_max_packet_size: 1024 * 1024,
             sweep_interval_ms: 200,
+            rpc_report_interval_ms: 10,
             accepts_per_round: 256,
             ticket_lifetime_s: 7200,
             early_data_max_bytes: 0,
@@ -109,6 +112,7 @@ impl EngineConfig {
             ("max_frames_per_round", self.max_frames_per_round as u64),
             ("max_unacked_pushes", self.max_unacked_pushes as u64),
             ("sweep_interval_ms", self.sweep_interval_ms),
+            ("rpc_report_interval_ms", self.rpc_report_interval_ms),
             ("accepts_per_round", self.accepts_per_round as u64),
             ("ticket_lifetime_s", self.ticket_lifetime_s as u64),
             ("dict_delivery_bytes_per_s", self.dict_delivery_bytes_per_s),

@@ -12,6 +12,7 @@ pub mod clienthello;
 pub mod config;
 pub mod deadlines;
 pub mod engine;
+pub mod h1;
 pub mod ids;
 pub mod mqtt;
 pub mod proxy;

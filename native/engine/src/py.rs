@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
-use crate::boundary::{Command, Event, HeaderVec, MessageId};
+use crate::boundary::{
+    Command, Event, HeaderVec, MessageId, RpcCluster, RpcEndpoint, RpcRoute, RpcTable,
+};
 use crate::config::EngineConfig;
 use crate::engine::Kind;
 use crate::ids::ConnId;
@@ -99,6 +101,7 @@ const CONFIG_KEYS: &[&str] = &[
     "max_unacked_pushes",
     "mqtt_max_packet_size",
     "sweep_interval_ms",
+    "rpc_report_interval_ms",
     "accepts_per_round",
     "ticket_lifetime_s",
     "early_data_max_bytes",
@@ -200,6 +203,7 @@ fn setup_from(config: Option<&Bound<'_, PyDict>>) -> PyResult<Setup> {
             "max_unacked_pushes" => c.max_unacked_pushes = int()? as usize,
             "mqtt_max_packet_size" => c.mqtt_max_packet_size = int()? as usize,
             "sweep_interval_ms" => c.sweep_interval_ms = int()?,
+            "rpc_report_interval_ms" => c.rpc_report_interval_ms = int()?,
             "accepts_per_round" => c.accepts_per_round = int()? as usize,
             "ticket_lifetime_s" => c.ticket_lifetime_s = int()?.min(u32::MAX as u64) as u32,
             "early_data_max_bytes" => c.early_data_max_bytes = int()?.min(u32::MAX as u64) as u32,
@@ -402,6 +406,8 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             headers,
             body,
             early,
+            gate,
+            busy,
         } => tuple!(
             py,
             kind("REQUEST"),
@@ -410,8 +416,46 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             op,
             headers_tuple(py, &headers)?,
             PyBytes::new(py, &body),
-            early
+            early,
+            gate,
+            busy
         ),
+        Event::RpcHandoff(h) => tuple!(
+            py,
+            kind("RPC_HANDOFF"),
+            h.conn.0,
+            h.stream_id,
+            h.op,
+            headers_tuple(py, &h.headers)?,
+            PyBytes::new(py, &h.body),
+            h.early,
+            h.route,
+            h.cluster,
+            h.endpoint,
+            h.fd,
+            PyBytes::new(py, &h.received),
+            PyBytes::new(py, &h.unsent),
+            h.reused,
+            h.elapsed_us
+        ),
+        Event::RpcDone(calls) => {
+            let list = PyList::empty(py);
+            for c in calls {
+                let request_body = c.request_body.map(|b| PyBytes::new(py, &b));
+                let response_body = c.response_body.map(|b| PyBytes::new(py, &b));
+                list.append(tuple!(
+                    py,
+                    c.conn.0,
+                    c.route,
+                    c.cluster,
+                    c.took_us,
+                    c.early,
+                    request_body,
+                    response_body
+                ))?;
+            }
+            tuple!(py, kind("RPC_DONE"), list)
+        }
         Event::Answer {
             conn,
             call_token,
@@ -601,6 +645,66 @@ impl<'py> Fields<'_, 'py> {
         }
         Ok(MessageId::from(id))
     }
+}
+
+type RouteSpec = (String, bool, Vec<String>, Option<(usize, u64)>);
+type EndpointSpec = (String, u16, String, String, u64);
+type ClusterSpec = (String, Vec<EndpointSpec>, usize, u64, usize, usize, usize);
+
+/// `RPC_TABLE`'s table: (routes, clusters, user agent); see `RpcRouter.native_table`.
+fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTable> {
+    let (routes, clusters, user_agent): (Vec<RouteSpec>, Vec<ClusterSpec>, String) = item
+        .extract()
+        .map_err(|_| f.err("table", "(routes, clusters, user_agent)"))?;
+    let mut table = RpcTable {
+        user_agent,
+        ..RpcTable::default()
+    };
+    for (name, endpoints, max_connections, keepalive_ms, head, headers, body) in clusters {
+        if max_connections == 0 || head == 0 || headers == 0 {
+            return Err(f.err("table", "clusters with max_connections and limits >= 1"));
+        }
+        let mut eps = Vec::new();
+        for (ip, port, authority, prefix, down_ms) in endpoints {
+            let ip: std::net::IpAddr = ip
+                .parse()
+                .map_err(|_| f.err("table", "endpoints with an IP address"))?;
+            if !crate::h1::target_ok(&prefix) || authority.contains(['\r', '\n', '\0']) {
+                return Err(f.err("table", "endpoints with a visible-ASCII path and a host"));
+            }
+            eps.push(RpcEndpoint {
+                addr: std::net::SocketAddr::new(ip, port),
+                authority,
+                prefix,
+                down_ms,
+            });
+        }
+        table.clusters.push(RpcCluster {
+            name,
+            endpoints: eps,
+            max_connections,
+            keepalive_ms,
+            limits: crate::h1::Limits {
+                max_head_bytes: head,
+                max_headers: headers,
+                max_body_bytes: body,
+            },
+        });
+    }
+    for (pattern, idempotent, idempotent_ops, native) in routes {
+        if let Some((cluster, _)) = native {
+            if cluster >= table.clusters.len() {
+                return Err(f.err("table", "routes naming a cluster of the table"));
+            }
+        }
+        table.routes.push(RpcRoute {
+            pattern,
+            idempotent,
+            idempotent_ops,
+            native,
+        });
+    }
+    Ok(table)
 }
 
 fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> PyResult<Command> {
@@ -821,6 +925,49 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
                 conn: f.conn(1)?,
                 data: f.bytes(2, "data")?,
             }
+        }
+        "RPC_TABLE" => {
+            f.arity(&["table"])?;
+            let item = f.item(1)?;
+            if item.is_none() {
+                Command::RpcTable(None)
+            } else {
+                Command::RpcTable(Some(Box::new(rpc_table_of(&item, &f)?)))
+            }
+        }
+        "RPC_SESSION" => {
+            f.arity(&["conn", "info"])?;
+            let item = f.item(2)?;
+            let info = if item.is_none() {
+                None
+            } else {
+                let (identity, rate, burst, sample): (HeaderVec, f64, f64, bool) =
+                    item.extract()
+                        .map_err(|_| f.err("info", "(identity headers, rate, burst, sample)"))?;
+                let identity = crate::h1::identity_block(&identity).ok_or_else(|| {
+                    f.err(
+                        "info",
+                        "identity headers with token names and no control characters",
+                    )
+                })?;
+                if !(rate.is_finite() && rate >= 0.0 && burst.is_finite() && burst >= 0.0) {
+                    return Err(f.err("info", "a rate and burst >= 0"));
+                }
+                Some(Box::new(crate::boundary::RpcSessionInfo {
+                    identity,
+                    requests_per_second: rate,
+                    request_burst: burst,
+                    sample,
+                }))
+            };
+            Command::RpcSession {
+                conn: f.conn(1)?,
+                info,
+            }
+        }
+        "CLOSE_IDLE" => {
+            f.arity(&["conn"])?;
+            Command::CloseIdle { conn: f.conn(1)? }
         }
         "TLS_RESUME" => {
             f.arity(&["conn", "ticket_id", "state"])?;

@@ -21,6 +21,19 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Native RPC calls sent upstream by the engine.
+    rpc_native_started,
+    /// ...answered by the engine (a simple 2xx).
+    rpc_native_answered,
+    /// ...handed to Python with their upstream socket (any other answer, slow, broken).
+    rpc_handoffs,
+    /// ...handed to Python unsent (the connection to the upstream did not come up).
+    rpc_unsent,
+    /// ...ended with their device's connection or stream.
+    rpc_native_cancelled,
+    /// Upstream connections the engine opened, and those that failed to.
+    rpc_upstream_connects,
+    rpc_upstream_connect_failures,
     /// Gauge: sockets held (handshaking, open and closing).
     connections,
     /// Gauge: MMTP connections held.
@@ -158,6 +171,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 54);
+        assert_eq!(snapshot.len(), 61);
     }
 }

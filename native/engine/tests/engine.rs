@@ -50,6 +50,8 @@ fn hello_accept_request_respond_push_ack_ping() {
         headers,
         body,
         early: false,
+        gate: None,
+        busy: 0,
     } = request
     else {
         unreachable!()

@@ -28,7 +28,7 @@ impl Engine {
         }
     }
 
-    fn stale(&self) {
+    pub(super) fn stale(&self) {
         Stats::inc(&self.shared.stats.commands_stale);
     }
 
@@ -217,6 +217,9 @@ impl Engine {
                 }
                 self.end(slot, code.value(), Ending::Graceful);
             }
+            Command::RpcTable(table) => self.rpc_table(table),
+            Command::RpcSession { conn, info } => self.rpc_session(conn, info),
+            Command::CloseIdle { conn } => self.close_idle(conn),
             Command::Close { conn } => match self.live(conn) {
                 Some(slot) => self.end(slot, 0, Ending::Graceful),
                 None => self.stale(),

@@ -42,6 +42,8 @@ pub struct MmtpConn {
     /// Backend -> device calls awaiting their answer: (stream id, call token).
     pub calls: Vec<(u64, u64)>,
     pub delivery: Delivery,
+    /// Its native RPC path (`RPC_SESSION`; None: every call is Python's).
+    pub rpc: Option<Box<super::rpc::RpcConn>>,
 }
 
 pub enum Proto {

@@ -417,14 +417,18 @@ impl Engine {
     /// Map the wire's events: answer what the engine answers, hand the rest up.
     fn mmtp_events(&mut self, slot: usize, early: bool) {
         let mut events = std::mem::take(&mut self.scratch.wire_events);
-        let stats = &self.shared.stats;
-        let Some(conn) = self.conns.get_mut(slot) else {
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let Some(conn) = self.conns.get(slot) else {
             return;
         };
         let id = conn.id;
         let mut end: Option<u64> = None;
         let mut tracked = Vec::new();
         for event in events.drain(..) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                break;
+            };
             match event {
                 mmtp::Event::HelloReceived(hello) => {
                     conn.set(flag::TOLD);
@@ -451,14 +455,18 @@ impl Engine {
                     if early {
                         Stats::inc(&stats.early_data_requests);
                     }
-                    self.out.push(Event::Request {
-                        conn: id,
-                        stream_id,
-                        op,
-                        headers,
-                        body,
-                        early,
-                    })
+                    // Served here or handed up (rpc.rs); the connection is borrowed anew
+                    // for the next event.
+                    self.rpc_request(
+                        slot,
+                        super::rpc::Request {
+                            stream_id,
+                            op,
+                            headers,
+                            body,
+                            early,
+                        },
+                    );
                 }
                 mmtp::Event::AckReceived { delivery_ids } => {
                     let Proto::Mmtp(m) = &mut conn.proto else {
@@ -521,7 +529,8 @@ impl Engine {
                         });
                     }
                 }
-                mmtp::Event::StreamCancelled { stream_id } => {
+                // A native call's cancel ends it here (rpc.rs); Python hears the rest.
+                mmtp::Event::StreamCancelled { stream_id } if !self.rpc_cancel(slot, stream_id) => {
                     self.out.push(Event::Cancel {
                         conn: id,
                         stream_id,
@@ -541,6 +550,9 @@ impl Engine {
             });
         }
         self.scratch.wire_events = events;
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
         let pending = match &conn.proto {
             Proto::Mmtp(m) => m.wire.pending_output() > 0,
             Proto::Mqtt(_) => false,

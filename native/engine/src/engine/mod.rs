@@ -12,6 +12,7 @@ mod commands;
 pub mod conn;
 pub mod dicts;
 mod input;
+pub mod rpc;
 mod tlsio;
 
 use std::collections::{HashMap, VecDeque};
@@ -211,6 +212,8 @@ pub struct Engine {
     dict_tokens: f64,
     dict_refill_ms: u64,
     usage_resolver: mmtp::UsageResolver,
+    /// The native RPC path (`rpc.rs`).
+    rpc: rpc::RpcState,
 }
 
 impl Engine {
@@ -255,6 +258,7 @@ impl Engine {
             dict_tokens: 0.0,
             dict_refill_ms: 0,
             usage_resolver: UsageTable::resolver(&shared.usage),
+            rpc: rpc::RpcState::default(),
             shared,
             config,
         }
@@ -281,6 +285,11 @@ impl Engine {
                             state.ready = true;
                         }
                     }
+                    Token(t) if t >= rpc::UPSTREAM_BASE => self.upstream_ready(
+                        t - rpc::UPSTREAM_BASE,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_error(),
+                    ),
                     Token(slot) => self.readiness(
                         slot,
                         event.is_readable() || event.is_read_closed(),
@@ -314,6 +323,9 @@ impl Engine {
         if !self.delivering.is_empty() {
             wait_ms = wait_ms.min(dicts::PACE_INTERVAL_MS);
         }
+        if let Some(at) = self.rpc.report_due_ms() {
+            wait_ms = wait_ms.min(at.saturating_sub(now).max(1));
+        }
         Duration::from_millis(wait_ms)
     }
 
@@ -325,8 +337,10 @@ impl Engine {
         self.pace_deliveries();
         if self.now_ms >= self.next_sweep_ms {
             self.sweep();
+            self.rpc_sweep();
             self.next_sweep_ms = self.now_ms + self.config.sweep_interval_ms;
         }
+        self.rpc_report();
         // The round's events before its writes: Python hears a CLOSED before the
         // device can see its connection end (a closing connection's last bytes and FIN
         // go out in the flush), whoever's thread runs first.
@@ -501,6 +515,7 @@ impl Engine {
                     inflight: Vec::new(),
                     calls: Vec::new(),
                     delivery: Default::default(),
+                    rpc: None,
                 }))
             }
             Kind::Mqtt => Proto::Mqtt(Framer::default()),
@@ -739,6 +754,10 @@ impl Engine {
         if !conn.has(flag::CLOSING) {
             conn.set(flag::CLOSING);
             conn.clear(flag::READ_PAUSED);
+            self.rpc_conn_ending(slot);
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
             conn.timing.closing(now);
             if conn.has(flag::TOLD) {
                 let id = conn.id;
