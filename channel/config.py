@@ -477,6 +477,9 @@ class NativeConfig:
     accepts_per_round: int = 256
     #: TLS session ticket lifetime told to devices (<= 604800).
     ticket_lifetime_s: int = 7_200
+    #: RPC calls the engine answered itself (``[rpc] native``) reach Python's metrics,
+    #: breakers and sampling at most this late (or per 256 calls).
+    rpc_report_interval_ms: int = 10
 
 
 @dataclass
@@ -735,6 +738,7 @@ def validate(config: GatewayConfig) -> None:
         "max_unacked_pushes",
         "sweep_interval_ms",
         "accepts_per_round",
+        "rpc_report_interval_ms",
     ):
         if getattr(native, name) < 1:
             raise ConfigError(f"native.{name}: must be >= 1")

@@ -113,7 +113,6 @@ class NativeEngine:
         self.ticket_store_errors = 0
         #: The RPC router whose plain calls the engine may serve itself (rpc.rs).
         self.router: RpcRouter | None = None
-        self._table_pending = False
 
     # ------------------------------------------------------- native RPC path
 
@@ -125,14 +124,13 @@ class NativeEngine:
         router.on_device_refused = self._device_refused
 
     def _table_changed(self) -> None:
-        # Several changes in one loop turn make one RPC_TABLE.
-        if self._table_pending or self._loop is None:
-            return
-        self._table_pending = True
-        self._loop.call_soon(self._send_table)
+        # Down at once, with what is queued before it: a request the engine reads after
+        # a reload (or a breaker's change) returned is decided on the new table.
+        if self._loop is not None:
+            self._send_table()
+            self.flush_commands()
 
     def _send_table(self) -> None:
-        self._table_pending = False
         if self.router is not None:
             self.command(("RPC_TABLE", self.router.native_table()))
 
