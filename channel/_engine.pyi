@@ -12,7 +12,29 @@ Headers: TypeAlias = tuple[tuple[str, str], ...]
 HeaderInput: TypeAlias = Sequence[tuple[str, str]]
 
 HelloEvent: TypeAlias = tuple[Literal["HELLO"], int, str, dict[str, Any], str | None, bool]
-RequestEvent: TypeAlias = tuple[Literal["REQUEST"], int, int, str, Headers, bytes, bool]
+RequestEvent: TypeAlias = tuple[
+    Literal["REQUEST"], int, int, str, Headers, bytes, bool, int | None, int
+]
+RpcHandoffEvent: TypeAlias = tuple[
+    Literal["RPC_HANDOFF"],
+    int,
+    int,
+    str,
+    Headers,
+    bytes,
+    bool,
+    str,
+    str,
+    int,
+    int,
+    bytes,
+    bytes,
+    bool,
+    int,
+]
+RpcDoneEvent: TypeAlias = tuple[
+    Literal["RPC_DONE"], list[tuple[int, str, str, int, bool, bytes | None, bytes | None]]
+]
 AnswerEvent: TypeAlias = tuple[Literal["ANSWER"], int, int, int, Headers, bytes, int, str]
 AcksEvent: TypeAlias = tuple[Literal["ACKS"], int, list[bytes]]
 FanoutAcksEvent: TypeAlias = tuple[Literal["FANOUT_ACKS"], dict[bytes, int]]
@@ -30,6 +52,8 @@ TlsResumeEvent: TypeAlias = tuple[Literal["TLS_RESUME"], int, bytes]
 EngineEvent: TypeAlias = (
     HelloEvent
     | RequestEvent
+    | RpcHandoffEvent
+    | RpcDoneEvent
     | AnswerEvent
     | AcksEvent
     | FanoutAcksEvent
