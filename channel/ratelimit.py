@@ -14,6 +14,11 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
+    @property
+    def tokens(self) -> float:
+        """Tokens saved up at the last ``take`` (the native engine goes on from them)."""
+        return self._tokens
+
     def take(self, now: float) -> float:
         """Spend one token; return 0.0 if allowed, else seconds until one is available."""
         elapsed = now - self._stamp

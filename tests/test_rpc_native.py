@@ -107,9 +107,18 @@ async def run(
     return answers, seen, counters
 
 
+async def warmed(gw: RunningGateway, device_id: str = "dev-1") -> Any:
+    """A device whose first call went through Python (no route: NOT_FOUND, nothing sent
+    upstream): the engine is handed its native calls at its first call."""
+    device = await connect(gw, device_id)
+    first = await call(device, "nowhere.warm")
+    assert isinstance(first, ResponseReceived) and first.status != 0
+    return device
+
+
 def plain_calls(*ops: tuple[str, bytes], headers: tuple[tuple[str, str], ...] = ()) -> Calls:
     async def calls(gw: RunningGateway) -> list[Outcome]:
-        device = await connect(gw, "dev-1")
+        device = await warmed(gw)
         return [outcome(await call(device, op, body, headers)) for op, body in ops]
 
     return calls
@@ -135,7 +144,7 @@ async def test_the_native_calls_are_counted_on_metrics(tmp_path: Path) -> None:
     async with raw_server(echo) as upstream:
         config = rpc_config(upstream.url, True)
         async with gateway(tmp_path, rpc=config, server={"engine": "native"}) as gw:
-            device = await connect(gw, "dev-1")
+            device = await warmed(gw)
             for _ in range(3):
                 assert isinstance(await call(device, "svc.get"), ResponseReceived)
             async with asyncio.timeout(5):
@@ -279,7 +288,7 @@ async def test_an_upstream_that_is_down_answers_as_python_does(tmp_path: Path) -
         async with gateway(
             tmp_path / str(native), rpc=rpc_config(url, native), server={"engine": "native"}
         ) as gw:
-            device = await connect(gw, "dev-1")
+            device = await warmed(gw)
             answers[native] = outcome(await call(device, "svc.get"))
             counters[native] = stats(gw)
     assert answers[True] == answers[False]
@@ -329,7 +338,7 @@ async def test_a_reload_moves_native_calls_to_the_new_cluster(tmp_path: Path) ->
     async with raw_server(echo) as first, raw_server(echo) as second:
         config = rpc_config(first.url, True)
         async with gateway(tmp_path, rpc=config, server={"engine": "native"}) as gw:
-            device = await connect(gw, "dev-1")
+            device = await warmed(gw)
             assert isinstance(await call(device, "svc.get"), ResponseReceived)
             reloaded = gw.node.config
             reloaded.rpc = rpc_config(second.url, True)
@@ -346,7 +355,8 @@ async def test_a_reload_moves_native_calls_to_the_new_cluster(tmp_path: Path) ->
 
 async def test_the_request_rate_limit_is_applied_as_python_applies_it(tmp_path: Path) -> None:
     calls = plain_calls(("svc.get", b"{}"), ("svc.get", b"{}"), ("svc.get", b"{}"))
-    limits = {"limits": {"requests_per_second": 0.5, "request_burst": 2}}
+    # The first (warm-up) call takes a token in Python; the engine goes on from what is left.
+    limits = {"limits": {"requests_per_second": 0.5, "request_burst": 3}}
     answers, seen, counters = await run(tmp_path, echo, calls, sections=limits)
     assert [a[:2] for a in answers[True]] == [a[:2] for a in answers[False]]
     limited = answers[True][2]
@@ -364,7 +374,7 @@ async def test_a_cancelled_native_call_closes_its_upstream_connection(tmp_path: 
     async with raw_server(silent) as upstream:
         config = rpc_config(upstream.url, True)
         async with gateway(tmp_path, rpc=config, server={"engine": "native"}) as gw:
-            device = await connect(gw, "dev-1")
+            device = await warmed(gw)
             stream_id = device.conn.send_request("svc.get", b"{}", ())
             await device.flush()
             await upstream.wait_for(lambda: upstream.requests == 1)
@@ -372,4 +382,21 @@ async def test_a_cancelled_native_call_closes_its_upstream_connection(tmp_path: 
             await device.flush()
             await upstream.wait_for(lambda: upstream.closed_connections == 1)
             assert stats(gw)["rpc_native_started"] == 1
+    _SEEN.clear()
+
+
+async def test_a_devices_first_call_is_pythons_and_hands_the_rest_to_the_engine(
+    tmp_path: Path,
+) -> None:
+    async with raw_server(echo) as upstream:
+        config = rpc_config(upstream.url, True)
+        async with gateway(tmp_path, rpc=config, server={"engine": "native"}) as gw:
+            idle = await connect(gw, "dev-idle")
+            device = await connect(gw, "dev-1")
+            assert isinstance(await call(device, "svc.get"), ResponseReceived)
+            assert stats(gw)["rpc_native_started"] == 0  # an idle device costs the engine nothing
+            assert isinstance(await call(device, "svc.get"), ResponseReceived)
+            assert stats(gw)["rpc_native_answered"] == 1
+            assert isinstance(await call(idle, "svc.get"), ResponseReceived)
+            assert stats(gw)["rpc_native_answered"] == 1
     _SEEN.clear()

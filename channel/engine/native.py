@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from channel.logs import fields
 from channel.mmtp.service import preset_for_engine
 from channel.mmtp.session import MmtpSession
+from channel.ratelimit import TokenBucket
 from channel.rpc.model import RpcRequest, RpcResponse
 from channel.rpc.router import AdoptedCall
 from channel.rpc.upstream import identity_headers
@@ -139,21 +140,27 @@ class NativeEngine:
         (the engine does not know that breaker), for as long as its sessions last."""
         for session in self._sessions.values():
             if session.auth is not None and session.auth.device.device_id == device_id:
+                session.native_rpc = False
                 self.command(("RPC_SESSION", session.conn, None))
 
-    def _rpc_session(self, conn: int, result: AuthResult) -> None:
+    def rpc_session(self, session: NativeMmtpSession, tokens: float) -> bool:
+        """Hand the engine a device's native calls (``RPC_SESSION``) at its first call
+        (an idle device costs the engine nothing): its identity headers, its rate limit
+        going on from ``tokens``, whether its bodies are sampled. False if its calls stay
+        Python's (native off, an identity Python refuses)."""
         router = self.router
-        if router is None or not router.native:
-            return
-        device = result.device
+        if router is None or not router.native or session.auth is None:
+            return False
+        device = session.auth.device
         try:
             identity = identity_headers(device)
         except ValueError:
-            return  # Python answers its calls BAD_REQUEST, as ever
+            return False  # Python answers its calls BAD_REQUEST, as ever
         limits = self.config.limits
         sample = device.app_id in self.service.compression.sampler.apps
-        info = (identity, limits.requests_per_second, float(limits.request_burst), sample)
-        self.command(("RPC_SESSION", conn, info))
+        rate, burst = limits.requests_per_second, float(limits.request_burst)
+        self.command(("RPC_SESSION", session.conn, (identity, rate, burst, tokens, sample)))
+        return True
 
     def _rpc_handoff(self, event: tuple[Any, ...]) -> None:
         (_, conn, stream_id, op, headers, body, early, _route, cluster, endpoint, fd,
@@ -393,7 +400,6 @@ class NativeEngine:
         )
         session = NativeMmtpSession(self, conn, kept)
         self._sessions[conn] = session
-        self._rpc_session(conn, result)
         service.authenticated(result.resumed, fast_open)
         service.registry.add(session)
         dictionary = compression.dictionary_to_deliver(hello)
@@ -635,7 +641,7 @@ class NativeEngine:
 class NativeMmtpSession(MmtpSession):
     """One authenticated device held by the native engine: an id and who it is."""
 
-    __slots__ = ("_closing", "_connected", "_draining", "_native", "conn")
+    __slots__ = ("_closing", "_connected", "_draining", "_native", "conn", "native_rpc")
 
     def __init__(self, engine: NativeEngine, conn: int, auth: AuthResult) -> None:
         super().__init__(engine.service)
@@ -645,6 +651,9 @@ class NativeMmtpSession(MmtpSession):
         self._closing = False
         self._connected = True
         self._draining = False
+        #: The engine serves its plain calls (None: not asked yet, at its first call;
+        #: False: they stay Python's for this session).
+        self.native_rpc: bool | None = None
 
     @property
     def fanout_engine(self) -> NativeEngine:  # type: ignore[override]
@@ -694,6 +703,10 @@ class NativeMmtpSession(MmtpSession):
             return
         self._closing = True
         self._native.command(("CLOSE", self.conn))
+
+    def _bucket_used(self, bucket: TokenBucket) -> None:
+        if self.native_rpc is None:
+            self.native_rpc = self._native.rpc_session(self, bucket.tokens)
 
     def _close_idle(self) -> None:
         if self._closing:

@@ -79,6 +79,9 @@ class MmtpSession(Session):
     def _close(self) -> None:
         """Close the connection (after what is queued is written)."""
 
+    def _bucket_used(self, bucket: TokenBucket) -> None:
+        """A request passed the rate limit here (the native engine may take it over)."""
+
     def _close_idle(self) -> None:
         """Close once no call is being served (the native engine also waits for the
         calls it serves itself)."""
@@ -153,6 +156,8 @@ class MmtpSession(Session):
                 )
             wait_s = bucket.take(now)
             gate = int(wait_s * 1000) + 1 if wait_s > 0 else 0
+            if not gate:
+                self._bucket_used(bucket)
         if gate:
             self.stream_error(stream_id, ErrorCode.RATE_LIMITED, "request rate limit", gate)
             return

@@ -227,6 +227,8 @@ pub struct RpcSessionInfo {
     pub identity: Box<[u8]>,
     pub requests_per_second: f64,
     pub request_burst: f64,
+    /// The bucket's tokens now (Python's, which the engine's goes on from).
+    pub tokens: f64,
     /// Send the bodies of its native calls to Python (compression sampling).
     pub sample: bool,
 }

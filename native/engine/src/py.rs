@@ -941,22 +941,27 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             let info = if item.is_none() {
                 None
             } else {
-                let (identity, rate, burst, sample): (HeaderVec, f64, f64, bool) =
-                    item.extract()
-                        .map_err(|_| f.err("info", "(identity headers, rate, burst, sample)"))?;
+                let (identity, rate, burst, tokens, sample): (HeaderVec, f64, f64, f64, bool) =
+                    item.extract().map_err(|_| {
+                        f.err("info", "(identity headers, rate, burst, tokens, sample)")
+                    })?;
                 let identity = crate::h1::identity_block(&identity).ok_or_else(|| {
                     f.err(
                         "info",
                         "identity headers with token names and no control characters",
                     )
                 })?;
-                if !(rate.is_finite() && rate >= 0.0 && burst.is_finite() && burst >= 0.0) {
-                    return Err(f.err("info", "a rate and burst >= 0"));
+                let finite = [rate, burst, tokens]
+                    .iter()
+                    .all(|v| v.is_finite() && *v >= 0.0);
+                if !finite {
+                    return Err(f.err("info", "a rate, burst and tokens >= 0"));
                 }
                 Some(Box::new(crate::boundary::RpcSessionInfo {
                     identity,
                     requests_per_second: rate,
                     request_burst: burst,
+                    tokens,
                     sample,
                 }))
             };

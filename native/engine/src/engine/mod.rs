@@ -775,6 +775,11 @@ impl Engine {
                     }
                     m.inflight = Vec::new();
                 }
+                if self.rpc.report_due_ms().is_some() {
+                    // Its answered native calls first, while Python still knows the device.
+                    let done = self.rpc.take_done();
+                    self.out.push(Event::RpcDone(done));
+                }
                 self.out.push(Event::Closed { conn: id, reason });
             }
             if ending == Ending::Graceful {

@@ -160,6 +160,10 @@ impl RpcState {
         route.idempotent || route.idempotent_ops.iter().any(|o| o == op)
     }
 
+    pub(super) fn take_done(&mut self) -> Vec<RpcOutcome> {
+        std::mem::take(&mut self.done)
+    }
+
     /// When a report of answered calls is due (None: nothing to report).
     pub(super) fn report_due_ms(&self) -> Option<u64> {
         (!self.done.is_empty()).then_some(self.report_at_ms)
@@ -835,7 +839,7 @@ impl Engine {
                     identity: info.identity,
                     rate: info.requests_per_second,
                     burst: info.request_burst,
-                    tokens: info.request_burst,
+                    tokens: info.tokens.min(info.request_burst),
                     stamp_s: now_s,
                     sample: info.sample,
                     native: true,
