@@ -400,3 +400,33 @@ async def test_a_devices_first_call_is_pythons_and_hands_the_rest_to_the_engine(
             assert isinstance(await call(idle, "svc.get"), ResponseReceived)
             assert stats(gw)["rpc_native_answered"] == 1
     _SEEN.clear()
+
+
+async def test_bodies_of_native_calls_are_sampled_even_when_the_device_leaves_at_once(
+    tmp_path: Path,
+) -> None:
+    compression = {
+        "compression": {
+            "sample_apps": ["demo"],
+            "sample_fraction": 1.0,
+            "sample_per_device": 1000,
+            "dict_budget_bytes": 0,
+        }
+    }
+    body = b'{"feed": "home", "page": 1, "items": 20}'
+    async with raw_server(echo) as upstream:
+        config = rpc_config(upstream.url, True)
+        async with gateway(tmp_path, rpc=config, server={"engine": "native"}, **compression) as gw:
+            device = await warmed(gw)
+            for _ in range(3):
+                assert isinstance(await call(device, "svc.get", body), ResponseReceived)
+            await device.close()
+            sampler = gw.node.compression.sampler
+            # Each call's request and answer (the echo), reported after the answers and
+            # before the connection's end, while the gateway still knows the device.
+            async with asyncio.timeout(5):
+                while gw.node.engine.connection_count != 0:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.01)
+            assert sampler.count("demo") == 6
+            assert stats(gw)["rpc_native_answered"] == 3
+    _SEEN.clear()
