@@ -49,12 +49,17 @@ class BodySampler:
         self._rng = rng or random.Random()
         self._by_app: dict[str, _Reservoir] = {}
 
-    def offer(self, app_id: str, device_id: str, body: bytes) -> None:
-        """Maybe keep ``body`` (of ``device_id``, an ``app_id`` device)."""
-        if app_id not in self.apps or not MIN_SAMPLE_BYTES <= len(body) <= self.max_body_bytes:
+    def offer(self, app_id: str, device_id: str, body: bytes, *, drawn: bool = False) -> None:
+        """Maybe keep ``body`` (of ``device_id``, an ``app_id`` device). ``drawn``: the
+        size and the random draw were decided already (the native engine draws for the
+        calls it answers, so only the bodies picked cross to Python)."""
+        if app_id not in self.apps:
             return
-        if self._rng.random() >= self.fraction:
-            return
+        if not drawn:
+            if not MIN_SAMPLE_BYTES <= len(body) <= self.max_body_bytes:
+                return
+            if self._rng.random() >= self.fraction:
+                return
         reservoir = self._by_app.setdefault(app_id, _Reservoir())
         device = device_key(device_id)
         taken = reservoir.per_device.get(device, 0)

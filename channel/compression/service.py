@@ -237,9 +237,9 @@ class CompressionService:
 
     # -------------------------------------------------------------- sampling
 
-    def sample(self, app_id: str, device_id: str, body: bytes) -> None:
+    def sample(self, app_id: str, device_id: str, body: bytes, *, drawn: bool = False) -> None:
         if self.sampler.apps:
-            self.sampler.offer(app_id, device_id, body)
+            self.sampler.offer(app_id, device_id, body, drawn=drawn)
 
     async def retrain_app(self, app_id: str) -> Verdict | None:
         """Train on the app's samples; publish the candidate if it saves enough."""

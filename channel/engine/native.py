@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from channel.compression.sampler import MIN_SAMPLE_BYTES
 from channel.logs import fields
 from channel.mmtp.service import preset_for_engine
 from channel.mmtp.session import MmtpSession
@@ -157,7 +158,11 @@ class NativeEngine:
         except ValueError:
             return False  # Python answers its calls BAD_REQUEST, as ever
         limits = self.config.limits
-        sample = device.app_id in self.service.compression.sampler.apps
+        sampler = self.service.compression.sampler
+        sample = None
+        if device.app_id in sampler.apps:
+            # The sampler's draw, made by the engine: only the bodies it picks cross.
+            sample = (sampler.fraction, MIN_SAMPLE_BYTES, sampler.max_body_bytes)
         rate, burst = limits.requests_per_second, float(limits.request_burst)
         self.command(("RPC_SESSION", session.conn, (identity, rate, burst, tokens, sample)))
         return True
@@ -192,10 +197,11 @@ class NativeEngine:
                 service.metrics.early_data_requests.labels("served").inc()
             if auth is not None:
                 device = auth.device
+                compression = service.compression
                 if request_body is not None:
-                    service.compression.sample(device.app_id, device.device_id, request_body)
+                    compression.sample(device.app_id, device.device_id, request_body, drawn=True)
                 if response_body is not None:
-                    service.compression.sample(device.app_id, device.device_id, response_body)
+                    compression.sample(device.app_id, device.device_id, response_body, drawn=True)
         service.metrics.rpc_native_calls.inc(len(calls))
 
     # ---------------------------------------------------------------- start

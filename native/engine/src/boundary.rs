@@ -179,7 +179,7 @@ pub struct RpcOutcome {
     pub cluster: String,
     pub took_us: u64,
     pub early: bool,
-    /// The bodies, when the session's app is sampled for compression.
+    /// The bodies the sampler's draw picked (its app is sampled for compression).
     pub request_body: Option<Vec<u8>>,
     pub response_body: Option<Vec<u8>>,
 }
@@ -229,8 +229,17 @@ pub struct RpcSessionInfo {
     pub request_burst: f64,
     /// The bucket's tokens now (Python's, which the engine's goes on from).
     pub tokens: f64,
-    /// Send the bodies of its native calls to Python (compression sampling).
-    pub sample: bool,
+    /// Which bodies of its native calls go to Python (compression sampling; None: none).
+    pub sample: Option<Sampling>,
+}
+
+/// The compression sampler's draw (`BodySampler.offer`), made by the engine so that only
+/// the bodies the sampler would keep cross: a body within the sizes, then at random.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    pub fraction: f64,
+    pub min_bytes: usize,
+    pub max_bytes: usize,
 }
 
 /// Python -> engine.

@@ -941,10 +941,19 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             let info = if item.is_none() {
                 None
             } else {
-                let (identity, rate, burst, tokens, sample): (HeaderVec, f64, f64, f64, bool) =
+                type Info = (HeaderVec, f64, f64, f64, Option<(f64, usize, usize)>);
+                let (identity, rate, burst, tokens, sample): Info =
                     item.extract().map_err(|_| {
                         f.err("info", "(identity headers, rate, burst, tokens, sample)")
                     })?;
+                let sample =
+                    sample.map(
+                        |(fraction, min_bytes, max_bytes)| crate::boundary::Sampling {
+                            fraction,
+                            min_bytes,
+                            max_bytes,
+                        },
+                    );
                 let identity = crate::h1::identity_block(&identity).ok_or_else(|| {
                     f.err(
                         "info",

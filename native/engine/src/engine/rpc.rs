@@ -31,7 +31,7 @@ use slab::Slab;
 
 use super::conn::{flag, Proto};
 use super::{Ending, Engine};
-use crate::boundary::{Event, RpcHandoff, RpcOutcome, RpcSessionInfo, RpcTable};
+use crate::boundary::{Event, RpcHandoff, RpcOutcome, RpcSessionInfo, RpcTable, Sampling};
 use crate::h1::{self, Answer};
 use crate::ids::ConnId;
 use crate::stats::Stats;
@@ -49,7 +49,7 @@ pub struct RpcConn {
     burst: f64,
     tokens: f64,
     stamp_s: f64,
-    sample: bool,
+    sample: Option<Sampling>,
     /// Python turned its native calls off (its calls keep being gated here).
     native: bool,
     /// Close once `calls` is empty (`CLOSE_IDLE` came while some were in flight).
@@ -134,6 +134,8 @@ pub struct RpcState {
     upstreams: Slab<Upstream>,
     done: Vec<RpcOutcome>,
     report_at_ms: u64,
+    /// xorshift64 state for the sampling draw (0: not seeded yet).
+    rng: u64,
 }
 
 impl RpcState {
@@ -158,6 +160,28 @@ impl RpcState {
         };
         let route = &table.routes[i];
         route.idempotent || route.idempotent_ops.iter().any(|o| o == op)
+    }
+
+    /// The sampler's draw for one body: within the sizes, then at random.
+    fn wants(&mut self, sample: Option<Sampling>, body: &[u8]) -> bool {
+        let Some(s) = sample else {
+            return false;
+        };
+        if !(s.min_bytes..=s.max_bytes).contains(&body.len()) {
+            return false;
+        }
+        if self.rng == 0 {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.rng = seed | 1;
+        }
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < s.fraction
     }
 
     pub(super) fn take_done(&mut self) -> Vec<RpcOutcome> {
@@ -537,7 +561,7 @@ impl Engine {
         };
         let mut buf = std::mem::take(&mut upstream.buf);
         let body = buf.split_off(start);
-        let mut sample = false;
+        let mut sample = None;
         let mut delivered = false;
         if let Some(slot) = self.live_native(call.conn) {
             let conn = &mut self.conns[slot];
@@ -574,14 +598,16 @@ impl Engine {
         if self.rpc.done.is_empty() {
             self.rpc.report_at_ms = self.now_ms + self.config.rpc_report_interval_ms;
         }
+        let request_body = self.rpc.wants(sample, &call.body).then_some(call.body);
+        let response_body = (delivered && self.rpc.wants(sample, &body)).then_some(body);
         self.rpc.done.push(RpcOutcome {
             conn: call.conn,
             route: call.route,
             cluster: call.cluster,
             took_us,
             early: call.early,
-            request_body: sample.then_some(call.body),
-            response_body: (sample && delivered).then_some(body),
+            request_body,
+            response_body,
         });
         // Back to the pool, unless the upstream closed or a reload replaced the cluster.
         let upstream = &mut self.rpc.upstreams[up];
@@ -864,5 +890,36 @@ impl Engine {
             }
         }
         self.end(slot, 0, Ending::Graceful);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sampling_draw_takes_sizes_then_the_fraction() {
+        let mut rpc = RpcState::default();
+        let sizes = Sampling {
+            fraction: 1.0,
+            min_bytes: 4,
+            max_bytes: 8,
+        };
+        let all = Some(sizes);
+        assert!(!rpc.wants(None, b"12345"));
+        assert!(!rpc.wants(all, b"123"));
+        assert!(!rpc.wants(all, b"123456789"));
+        assert!(rpc.wants(all, b"1234") && rpc.wants(all, b"12345678"));
+        let none = Some(Sampling {
+            fraction: 0.0,
+            ..sizes
+        });
+        assert!(!(0..1000).any(|_| rpc.wants(none, b"12345")));
+        let half = Some(Sampling {
+            fraction: 0.5,
+            ..sizes
+        });
+        let picked = (0..10_000).filter(|_| rpc.wants(half, b"12345")).count();
+        assert!((4_000..6_000).contains(&picked), "{picked}");
     }
 }
