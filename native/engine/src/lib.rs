@@ -14,6 +14,7 @@ pub mod deadlines;
 pub mod engine;
 pub mod ids;
 pub mod mqtt;
+pub mod mqttout;
 pub mod proxy;
 pub mod resume;
 pub mod runtime;

@@ -11,6 +11,7 @@ use crate::boundary::MessageId;
 use crate::deadlines::Timing;
 use crate::ids::ConnId;
 use crate::mqtt::Framer;
+use crate::mqttout::Outbound;
 
 /// A push written and not acknowledged yet.
 #[derive(Debug)]
@@ -44,9 +45,17 @@ pub struct MmtpConn {
     pub delivery: Delivery,
 }
 
+/// The MQTT side of a box connection.
+#[derive(Default)]
+pub struct MqttConn {
+    pub framer: Framer,
+    /// QoS 1 pushes held here (from MQTT_PUSHES, sent when its session opened).
+    pub out: Option<Box<Outbound>>,
+}
+
 pub enum Proto {
     Mmtp(Box<MmtpConn>),
-    Mqtt(Framer),
+    Mqtt(MqttConn),
 }
 
 /// Bits of `Conn::flags`.

@@ -31,11 +31,10 @@ use crate::boundary::{Command, Event, EventQueue, MessageId};
 use crate::config::EngineConfig;
 use crate::deadlines::{Durations, Expiry, Timing};
 use crate::ids::{ConnId, Generations};
-use crate::mqtt::Framer;
 use crate::stats::Stats;
 use crate::ticketer::KeyRingTicketer;
 use crate::tls::{EarlyData, ServerConfigs};
-use conn::{flag, Conn, MmtpConn, Proto};
+use conn::{flag, Conn, MmtpConn, MqttConn, Proto};
 use dicts::UsageTable;
 
 const WAKER: Token = Token(usize::MAX);
@@ -503,7 +502,7 @@ impl Engine {
                     delivery: Default::default(),
                 }))
             }
-            Kind::Mqtt => Proto::Mqtt(Framer::default()),
+            Kind::Mqtt => Proto::Mqtt(MqttConn::default()),
         };
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
