@@ -207,7 +207,12 @@ impl Outbound {
         if !ends {
             return Resolved::Forward { freed: false };
         }
-        match self.inflight.remove(&packet_id) {
+        let held = self.inflight.remove(&packet_id);
+        if self.inflight.is_empty() && self.inflight.capacity() > IDLE_CAPACITY {
+            // An idle box keeps no table sized for a burst (as MMTP's in-flight Vec).
+            self.inflight = HashMap::new();
+        }
+        match held {
             Some(Held::Push {
                 message_id,
                 tracked,
@@ -242,6 +247,10 @@ impl Outbound {
         self.waiting = kept;
     }
 }
+
+/// In-flight entries an empty table may keep room for (one to three pushes in flight
+/// at a time, the usual case, allocate nothing per push).
+const IDLE_CAPACITY: usize = 8;
 
 const PUBACK: u8 = 4;
 const PUBREC: u8 = 5;
@@ -511,6 +520,25 @@ mod tests {
             outbound.received(&puback(packet_id)),
             Resolved::Forward { freed: false }
         );
+    }
+
+    #[test]
+    fn an_idle_box_keeps_no_table_sized_for_a_burst() {
+        let mut outbound = Outbound::new(setup(100, false));
+        let mut out = Vec::new();
+        let ids: Vec<MessageId> = (0..50).map(|n| id(&format!("m{n}"))).collect();
+        for m in &ids {
+            assert_eq!(
+                outbound.push(m, &[], b"", true, &mut out),
+                PushOutcome::Sent
+            );
+        }
+        assert!(outbound.inflight.capacity() >= 50);
+        for m in &ids {
+            outbound.received(&puback(stable_packet_id(m)));
+        }
+        assert_eq!(outbound.inflight(), 0);
+        assert!(outbound.inflight.capacity() <= IDLE_CAPACITY);
     }
 
     #[test]
