@@ -35,6 +35,7 @@ from channel.mqtt.packets import Pingresp
 from channel.push import envelopes as env
 from tests.gateway_harness import RunningGateway, gateway
 from tests.rpc_upstream import upstream_farm
+from tests.test_gateway_handshake import admin_text
 from tests.test_mqtt_sessions import persistent, raw_box, session_closed
 from tests.test_push_e2e import online
 
@@ -257,6 +258,10 @@ async def test_a_puback_with_nothing_in_flight_under_its_id_changes_nothing(
         delivered = [r for r in receipts["receipts"] if r["message_id"] == first["message_id"]
                      and r["status"] == "delivered"]  # fmt: skip
         assert len(delivered) == 1
+        # Counted alike whoever holds the pushes: 2 PUBLISHes out, 4 PUBACKs in.
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_packets_total{direction="out",type="PUBLISH"} 2.0' in metrics
+        assert 'channel_mqtt_packets_total{direction="in",type="PUBACK"} 4.0' in metrics
         await raw.disconnect()
 
 

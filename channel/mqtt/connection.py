@@ -155,6 +155,7 @@ class MqttConnection(Outgoing):
             return
         self._state = _CLOSED
         self._gone = True
+        self._holder = None
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
@@ -488,4 +489,5 @@ class MqttConnection(Outgoing):
         self.flush()
         self._state = _CLOSED
         self._closing = True
+        self._holder = None
         self._transport.close()

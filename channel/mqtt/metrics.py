@@ -19,6 +19,8 @@ class MqttMetrics:
     def __init__(self) -> None:
         self.packets_in: Counter[int] = Counter()
         self.packets_out: Counter[int] = Counter()
+        #: PUBLISHes of pushes the native engine holds (``Outgoing.hold_pushes``): out.
+        self.publishes_held = 0
         self.auth_failures: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
         self.publishes_in: Counter[int] = Counter()
@@ -63,7 +65,10 @@ class MqttMetrics:
         )
         for packet_type in PacketType:
             packets.add_metric(["in", packet_type.name], self.packets_in[packet_type])
-            packets.add_metric(["out", packet_type.name], self.packets_out[packet_type])
+            out = self.packets_out[packet_type]
+            if packet_type == PacketType.PUBLISH:
+                out += self.publishes_held
+            packets.add_metric(["out", packet_type.name], out)
         auth = CounterMetricFamily(
             "channel_mqtt_auth_failures", "Refused CONNECTs by reason", labels=["reason"]
         )

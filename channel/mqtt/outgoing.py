@@ -45,7 +45,7 @@ from channel.mqtt.publish import (
     push_properties,
     topic_head,
 )
-from channel.mqtt.reasons import MQTT_5, PacketType, ReasonCode
+from channel.mqtt.reasons import MQTT_5, ReasonCode
 from channel.mqtt.sessions import SessionRecord, SubOptions
 from channel.mqtt.topics import split_shared
 from channel.mqtt.transport import MqttTransport, PushHolder
@@ -194,7 +194,8 @@ class Outgoing(Session):
         self._aliases_out: dict[str, int] | None = None
         #: The push topic as ``topic_head`` encodes it (made at the first push).
         self._push_head: bytes | None = None
-        #: The engine holding this connection's QoS 1 pushes (``hold_pushes``), if any.
+        #: The engine holding this connection's QoS 1 pushes (``hold_pushes``), if any;
+        #: None again once the connection closes (``push`` relies on it).
         self._holder: PushHolder | None = None
 
     # ------------------------------------------------------------- identity
@@ -426,19 +427,20 @@ class Outgoing(Session):
     # ----------------------------------------------------------------- pushes
 
     def push(self, message_id: str, body: bytes, headers: Headers, tracked: bool) -> str | None:
+        holder = self._holder
+        if holder is not None and (not headers or broker_message_of(body, headers) is None):
+            # Open (the holder goes when the connection closes): the engine builds the
+            # PUBLISH and keeps it in flight (``hold_pushes``).
+            self._node.metrics.publishes_held += 1
+            if self._out:
+                self._write_out()
+            holder.push(message_id, headers, body, tracked)
+            return None
         if self.closed or self.identity is None:
             return None
         message = broker_message_of(body, headers) if headers else None
         if message is not None:
             return self._deliver(message_id, tracked, message)
-        holder = self._holder
-        if holder is not None:
-            # The engine builds the PUBLISH and keeps it in flight (``hold_pushes``).
-            self._node.metrics.packets_out[PacketType.PUBLISH] += 1
-            if self._out:
-                self._write_out()
-            holder.push(message_id, headers, body, tracked)
-            return None
         node = self._node
         qos = node.config.push_qos
         if qos and not self._alias_max:
@@ -715,6 +717,7 @@ class Outgoing(Session):
 
     def abort(self) -> None:
         self._gone = True
+        self._holder = None
         self._transport.abort()
 
     @abstractmethod

@@ -19,6 +19,7 @@
 //! the next connection of the session gets it again (DUP set, `resent`).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::boundary::MessageId;
 
@@ -89,10 +90,33 @@ pub enum Resolved {
 /// Why the engine refuses a push, word for word as the Python engine's connection does.
 pub const OVERFLOW_REASON: &str = "too many messages waiting for acknowledgements";
 
+/// Packet ids are CRC-32 remainders (stable ids) or a counter's: one multiply spreads
+/// them enough (SipHash, the default, showed in the engine's profile).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap = HashMap<u16, Held, BuildHasherDefault<IdHasher>>;
+
 #[derive(Debug)]
 pub struct Outbound {
     setup: PushSetup,
-    inflight: HashMap<u16, Held>,
+    inflight: IdMap,
     waiting: VecDeque<Waiting>,
 }
 
@@ -100,7 +124,7 @@ impl Outbound {
     pub fn new(setup: PushSetup) -> Self {
         Outbound {
             setup,
-            inflight: HashMap::new(),
+            inflight: IdMap::default(),
             waiting: VecDeque::new(),
         }
     }
@@ -210,7 +234,7 @@ impl Outbound {
         let held = self.inflight.remove(&packet_id);
         if self.inflight.is_empty() && self.inflight.capacity() > IDLE_CAPACITY {
             // An idle box keeps no table sized for a burst (as MMTP's in-flight Vec).
-            self.inflight = HashMap::new();
+            self.inflight = IdMap::default();
         }
         match held {
             Some(Held::Push {
