@@ -220,6 +220,7 @@ async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
         first = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(PINGREQ)
         await raw.expect(Pingresp)  # nothing more while two are in flight
+        assert "channel_mqtt_inflight 2.0" in await admin_text(gw, "/metrics")
         await raw.send(*(Puback(p.packet_id) for p in first))  # one write, two PUBACKs
         second = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(Puback(second[0].packet_id), Puback(second[1].packet_id))

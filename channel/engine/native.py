@@ -561,6 +561,11 @@ class NativeEngine:
     def stats(self) -> dict[str, Any]:
         return self._engine.stats() if self._engine is not None else {}
 
+    def held_mqtt_pushes(self) -> tuple[int, int]:
+        """(in flight, waiting) of the QoS 1 pushes this engine holds for MQTT boxes."""
+        stats = self.stats()
+        return stats.get("mqtt_pushes_inflight", 0), stats.get("mqtt_pushes_waiting", 0)
+
 
 class NativeMmtpSession(MmtpSession):
     """One authenticated device held by the native engine: an id and who it is."""

@@ -118,6 +118,9 @@ pub struct Outbound {
     setup: PushSetup,
     inflight: IdMap,
     waiting: VecDeque<Waiting>,
+    /// Of them, pushes (the engine's gauges; Python counts its own).
+    pushes_inflight: usize,
+    pushes_waiting: usize,
 }
 
 impl Outbound {
@@ -126,7 +129,14 @@ impl Outbound {
             setup,
             inflight: IdMap::default(),
             waiting: VecDeque::new(),
+            pushes_inflight: 0,
+            pushes_waiting: 0,
         }
+    }
+
+    /// (in flight, waiting) of the pushes held (not Python's PUBLISHes).
+    pub fn pushes(&self) -> (usize, usize) {
+        (self.pushes_inflight, self.pushes_waiting)
     }
 
     pub fn inflight(&self) -> usize {
@@ -177,11 +187,13 @@ impl Outbound {
             }) if sent == message_id => return PushOutcome::Replayed,
             None if self.waiting.is_empty() && self.inflight.len() < self.setup.limit => {
                 self.inflight.insert(packet_id, held);
+                self.pushes_inflight += 1;
                 out.extend_from_slice(&data);
                 return PushOutcome::Sent;
             }
             _ => {}
         }
+        self.pushes_waiting += 1;
         self.waiting.push_back(Waiting {
             packet_id,
             data,
@@ -240,10 +252,13 @@ impl Outbound {
             Some(Held::Push {
                 message_id,
                 tracked,
-            }) => Resolved::Push {
-                message_id,
-                tracked,
-            },
+            }) => {
+                self.pushes_inflight -= 1;
+                Resolved::Push {
+                    message_id,
+                    tracked,
+                }
+            }
             Some(Held::Python { .. }) => Resolved::Forward { freed: true },
             None => Resolved::Forward { freed: false },
         }
@@ -265,6 +280,10 @@ impl Outbound {
                 continue;
             }
             out.extend_from_slice(&item.data);
+            if matches!(item.held, Held::Push { .. }) {
+                self.pushes_waiting -= 1;
+                self.pushes_inflight += 1;
+            }
             self.inflight.insert(item.packet_id, item.held);
         }
         kept.append(&mut self.waiting);
@@ -583,6 +602,7 @@ mod tests {
             PushOutcome::Waiting
         );
         assert_eq!((outbound.inflight(), outbound.waiting()), (1, 2));
+        assert_eq!(outbound.pushes(), (1, 2));
         let sent = out.len();
         outbound.ready(&mut out);
         assert_eq!(out.len(), sent, "no room yet");
@@ -596,6 +616,7 @@ mod tests {
             push_publish(b"\x00\x03d/p", b"2", stable_packet_id(b"b"), false, b"")
         );
         assert_eq!((outbound.inflight(), outbound.waiting()), (1, 1));
+        assert_eq!(outbound.pushes(), (1, 1));
     }
 
     #[test]

@@ -465,7 +465,11 @@ impl Engine {
                 let closing = conn.has(flag::CLOSING);
                 let outcome = match &mut conn.proto {
                     Proto::Mqtt(MqttConn { out: Some(out), .. }) if !closing => {
-                        Some(out.push(&message_id, headers, body, tracked, &mut conn.out_plain))
+                        let before = out.pushes();
+                        let outcome =
+                            out.push(&message_id, headers, body, tracked, &mut conn.out_plain);
+                        track_pushes(&self.shared.stats, before, out.pushes());
+                        Some(outcome)
                     }
                     _ => None,
                 };
@@ -544,4 +548,14 @@ impl Engine {
             skipped,
         });
     }
+}
+
+/// The engine's gauges of the pushes it holds for MQTT boxes, after a change.
+pub(super) fn track_pushes(
+    stats: &crate::stats::Stats,
+    before: (usize, usize),
+    after: (usize, usize),
+) {
+    Stats::moved(&stats.mqtt_pushes_inflight, before.0, after.0);
+    Stats::moved(&stats.mqtt_pushes_waiting, before.1, after.1);
 }

@@ -584,6 +584,7 @@ impl Engine {
             // message ids go up as ACKs (as MMTP's), the packets do not.
             let mut tracked = Vec::new();
             let mut freed = false;
+            let before = out.pushes();
             let fanout_acks = &mut self.out.fanout_acks;
             packets.retain(|p| match out.received(p) {
                 Resolved::Push {
@@ -608,6 +609,7 @@ impl Engine {
                 out.ready(&mut conn.out_plain);
                 answered = true; // output to flush
             }
+            super::commands::track_pushes(stats, before, out.pushes());
             if !tracked.is_empty() {
                 Stats::add(&stats.acks_tracked, tracked.len() as u64);
                 self.out.push(Event::MqttAcks {

@@ -783,6 +783,9 @@ impl Engine {
             *deadline = u64::MAX;
         }
         let stats = &self.shared.stats;
+        if let Proto::Mqtt(MqttConn { out: Some(out), .. }) = &conn.proto {
+            commands::track_pushes(stats, out.pushes(), (0, 0));
+        }
         Stats::dec(&stats.connections);
         Stats::dec(if conn.is_mmtp() {
             &stats.connections_mmtp
