@@ -44,6 +44,7 @@ ClosedEvent: TypeAlias = tuple[Literal["CLOSED"], int, int]
 MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, bool]
 MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
 MqttPubacksEvent: TypeAlias = tuple[Literal["MQTT_PUBACKS"], list[int], list[list[int]]]
+MqttAcksEvent: TypeAlias = tuple[Literal["MQTT_ACKS"], list[int], list[str]]
 PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
 FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
 TlsTicketEvent: TypeAlias = tuple[Literal["TLS_TICKET"], bytes, bytes]
@@ -63,6 +64,7 @@ EngineEvent: TypeAlias = (
     | MqttOpenEvent
     | MqttPacketsEvent
     | MqttPubacksEvent
+    | MqttAcksEvent
     | PushFailedEvent
     | FanoutDoneEvent
     | TlsTicketEvent
@@ -85,6 +87,11 @@ EndCommand: TypeAlias = tuple[Literal["END"], int, int, str]
 CloseCommand: TypeAlias = tuple[Literal["CLOSE", "MQTT_CLOSE", "ABORT"], int]
 SetIdleCommand: TypeAlias = tuple[Literal["SET_IDLE"], int, int]
 MqttWriteCommand: TypeAlias = tuple[Literal["MQTT_WRITE"], int, bytes]
+#: conn, push topic (length-prefixed UTF-8), MQTT 5, in-flight limit, max waiting,
+#: the box's maximum packet size (0: none), DUP before this unix ms (0: none)
+MqttPushesCommand: TypeAlias = tuple[Literal["MQTT_PUSHES"], int, bytes, bool, int, int, int, int]
+MqttPushCommand: TypeAlias = tuple[Literal["MQTT_PUSH"], int, bytes, HeaderInput, bytes, bool]
+MqttHeldCommand: TypeAlias = tuple[Literal["MQTT_HELD"], int, bytes]
 AddDictionaryCommand: TypeAlias = tuple[Literal["ADD_DICTIONARY"], bytes]
 #: (id, name, [(header, value)], [(header, kind)], [connection names], [never-indexed names])
 AddPresetCommand: TypeAlias = tuple[
@@ -114,6 +121,9 @@ EngineCommand: TypeAlias = (
     | CloseCommand
     | SetIdleCommand
     | MqttWriteCommand
+    | MqttPushesCommand
+    | MqttPushCommand
+    | MqttHeldCommand
     | AddDictionaryCommand
     | AddPresetCommand
     | SetUsageAppsCommand

@@ -4,11 +4,17 @@
 
 ``--boxes`` open MQTT connections (``MqttConnection``, 3.1.1 and 5.0 in turn) on a
 stand-in node: each round pushes one message to every box (``push`` and ``flush``, as
-the inbox writes a delivery batch; the transport appends the ``MQTT_WRITE`` command
-tuple ``NativeMqttTransport`` makes) and then answers every PUBLISH with its PUBACK as
-the native engine hands it up (``pubacks_received``, the tracked ACKs gathered for one
-``acks_many``). Beside it, the floor: an MMTP push on the native engine is one command
-tuple (``NativeMmtpSession.push``) and its ACK an entry of the engine's ACKS lists.
+the inbox writes a delivery batch) and then has every push acknowledged. Two paths:
+
+* the native engine holds the pushes (``hold_pushes``, the default since 2026-12-07):
+  a push is the ``MQTT_PUSH`` command tuple, and the ACKs come back as the engine's
+  ``MQTT_ACKS`` lists, looked up and handed to ``acks_many`` as ``NativeEngine`` does;
+* Python holds them (``Outbound``, the Python engine's path, and the native engine's
+  before): the transport appends the ``MQTT_WRITE`` tuple, and every PUBLISH is
+  answered with its PUBACK as the engine handed it up (``pubacks_received``).
+
+Beside them, the floor: an MMTP push on the native engine is one command tuple
+(``NativeMmtpSession.push``) and its ACK an entry of the engine's ACKS lists.
 
 Figures are this thread's CPU time (``time.thread_time``) per push, the lowest round of
 each step; the collector is tuned as the gateway tunes it. For counts other machines
@@ -53,30 +59,47 @@ class _Node:
 
 
 class _Transport:
-    """``NativeMqttTransport`` writing into a command list."""
+    """``NativeMqttTransport`` writing into a command list (holding pushes, or not)."""
 
     peer_ip = "127.0.0.1"
     client_cert_cn = None
     tls = False
 
-    def __init__(self, conn: int, commands: list[tuple[Any, ...]]) -> None:
+    def __init__(self, conn: int, commands: list[tuple[Any, ...]], held: bool) -> None:
         self.conn = conn
         self.commands = commands
+        self.held = held
 
     def write(self, data: bytes) -> None:
         self.commands.append(("MQTT_WRITE", self.conn, data))
 
+    def push_holder(self) -> _Transport | None:
+        return self if self.held else None
 
-def _open_boxes(count: int, version: int, commands: list[tuple[Any, ...]]) -> list[MqttConnection]:
+    def hold_pushes(self, *setup: Any) -> None:
+        self.commands.append(("MQTT_PUSHES", self.conn, *setup))
+
+    def push(self, message_id: str, headers: Any, body: bytes, tracked: bool) -> None:
+        self.commands.append(("MQTT_PUSH", self.conn, message_id.encode(), headers, body, tracked))
+
+    def write_held(self, data: bytes) -> None:
+        self.commands.append(("MQTT_HELD", self.conn, data))
+
+
+def _open_boxes(
+    count: int, version: int, commands: list[tuple[Any, ...]], held: bool
+) -> list[MqttConnection]:
     node = _Node()
     boxes = []
     for n in range(count):
-        box = MqttConnection(node, _Transport(n, commands))  # type: ignore[arg-type]
+        box = MqttConnection(node, _Transport(n, commands, held))  # type: ignore[arg-type]
         box._state = 2  # open: CONNACK sent (``connection._OPEN``)
         box.version = version
         device = DeviceContext(f"bench-{n:06d}", "", "bench", "", "")
         box.identity = MqttIdentity(device, device.device_id, 0)
+        box.hold_pushes()  # as the session opens (a no-op unless ``held``)
         boxes.append(box)
+    commands.clear()
     return boxes
 
 
@@ -87,9 +110,11 @@ def _packet_id(data: bytes) -> int:
     return int.from_bytes(data[topic_end : topic_end + 2], "big")
 
 
-def measure_mqtt(boxes_n: int, rounds: int, version: int) -> dict[str, float]:
+def measure_mqtt(boxes_n: int, rounds: int, version: int, held: bool) -> dict[str, float]:
+    if held:
+        return measure_mqtt_held(boxes_n, rounds, version)
     commands: list[tuple[Any, ...]] = []
-    boxes = _open_boxes(boxes_n, version, commands)
+    boxes = _open_boxes(boxes_n, version, commands, False)
     registry = boxes[0]._node.registry
     best = {"push": float("inf"), "puback": float("inf")}
     for _ in range(rounds):
@@ -109,6 +134,36 @@ def measure_mqtt(boxes_n: int, rounds: int, version: int) -> dict[str, float]:
         registry.acks_many(sessions, acked)
         done = time.thread_time()
         assert len(acked) == boxes_n, "every push acknowledged"
+        best["push"] = min(best["push"], (pushed - started) / boxes_n * 1e6)
+        best["puback"] = min(best["puback"], (done - answered) / boxes_n * 1e6)
+    return best
+
+
+def measure_mqtt_held(boxes_n: int, rounds: int, version: int) -> dict[str, float]:
+    """The native engine holds the pushes: what Python does per push and per ACK."""
+    commands: list[tuple[Any, ...]] = []
+    boxes = _open_boxes(boxes_n, version, commands, True)
+    registry = boxes[0]._node.registry
+    handlers = dict(enumerate(boxes))
+    best = {"push": float("inf"), "puback": float("inf")}
+    for _ in range(rounds):
+        ids = new_message_ids(now_ms(), boxes_n)
+        commands.clear()
+        started = time.thread_time()
+        for box, message_id in zip(boxes, ids, strict=True):
+            box.push(message_id, BODY, (), True)
+            box.flush()
+        pushed = time.thread_time()
+        assert len(commands) == boxes_n and commands[0][0] == "MQTT_PUSH"
+        conns = [command[1] for command in commands]
+        acked = [command[2].decode() for command in commands]
+        answered = time.thread_time()
+        # ``NativeEngine._mqtt_acks``.
+        get = handlers.get
+        sessions: list[Session | None] = [get(conn) for conn in conns]
+        registry.acks_many(sessions, acked)
+        boxes[0]._node.metrics.packets_in[4] += len(acked)
+        done = time.thread_time()
         best["push"] = min(best["push"], (pushed - started) / boxes_n * 1e6)
         best["puback"] = min(best["puback"], (done - answered) / boxes_n * 1e6)
     return best
@@ -149,12 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true", help="no effect: it prints no progress")
+    p.add_argument(
+        "--python-holds",
+        action="store_true",
+        help="the Python engine's path (Outbound, PUBACKs parsed in Python)",
+    )
     args = p.parse_args(argv)
     print(f"machine: {machine_line()}")
     tune_gc(load_config(None, environ={}).server.gc_gen0_threshold)  # as the gateway does
+    held = not args.python_holds
+    path = "engine holds pushes" if held else "Python holds pushes"
     results = {
-        "MQTT 3.1.1 (QoS 1)": measure_mqtt(args.boxes, args.rounds, 4),
-        "MQTT 5.0 (QoS 1, message-id property)": measure_mqtt(args.boxes, args.rounds, 5),
+        f"MQTT 3.1.1 (QoS 1), {path}": measure_mqtt(args.boxes, args.rounds, 4, held),
+        f"MQTT 5.0 (QoS 1, message-id property), {path}": measure_mqtt(
+            args.boxes, args.rounds, 5, held
+        ),
         "MMTP on the native engine (floor)": measure_mmtp_floor(args.boxes, args.rounds),
     }
     doc: dict[str, Any] = {"boxes": args.boxes, "rounds": args.rounds, "results": results}

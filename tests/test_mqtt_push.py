@@ -18,12 +18,25 @@ from aiohttp import web
 from mqtt_harness import PahoBox, admin_get, token_password
 from paho.mqtt.properties import Properties as PahoProperties
 
-from channel.mqtt import MQTT_3_1_1, MQTT_5, PINGREQ, Properties, Puback, Publish, Pubrec, Pubrel
+from channel.mqtt import (
+    MQTT_3_1_1,
+    MQTT_5,
+    PINGREQ,
+    Properties,
+    Puback,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+)
 from channel.mqtt.packets import Pingresp
 from channel.push import envelopes as env
 from tests.gateway_harness import RunningGateway, gateway
 from tests.rpc_upstream import upstream_farm
-from tests.test_mqtt_sessions import raw_box
+from tests.test_gateway_handshake import admin_text
+from tests.test_mqtt_sessions import persistent, raw_box, session_closed
 from tests.test_push_e2e import online
 
 pytestmark = pytest.mark.both_engines
@@ -207,6 +220,7 @@ async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
         first = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(PINGREQ)
         await raw.expect(Pingresp)  # nothing more while two are in flight
+        assert "channel_mqtt_inflight 2.0" in await admin_text(gw, "/metrics")
         await raw.send(*(Puback(p.packet_id) for p in first))  # one write, two PUBACKs
         second = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(Puback(second[0].packet_id), Puback(second[1].packet_id))
@@ -218,6 +232,97 @@ async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
         for message_id in ids:
             await api.status(message_id, "till-8", "delivered")
         assert (await admin_get(gw, "/admin/devices/till-8"))["inflight"] == 0
+        await raw.disconnect()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_puback_with_nothing_in_flight_under_its_id_changes_nothing(
+    tmp_path: Path, version: int
+) -> None:
+    """A PUBACK for a packet id never used, or acknowledged already, is ignored: the
+    connection stays, and a push is reported delivered once."""
+    async with api_node(tmp_path) as (gw, api):
+        raw, _ = await raw_box(gw, "till-10", version)
+        await raw.send(Puback(0x4321))
+        await raw.send(PINGREQ)
+        await raw.expect(Pingresp)
+        _, first = await api.post("/v1/push", {"device_id": "till-10", "body": "one"})
+        got = await raw.expect(Publish)
+        await raw.send(Puback(got.packet_id), Puback(got.packet_id))  # the second: nothing
+        await api.status(first["message_id"], "till-10", "delivered")
+        _, second = await api.post("/v1/push", {"device_id": "till-10", "body": "two"})
+        got = await raw.expect(Publish)
+        assert got.payload == b"two"
+        await raw.send(Puback(got.packet_id))
+        await api.status(second["message_id"], "till-10", "delivered")
+        receipts = await api.get("/v1/receipts?after=0")
+        delivered = [r for r in receipts["receipts"] if r["message_id"] == first["message_id"]
+                     and r["status"] == "delivered"]  # fmt: skip
+        assert len(delivered) == 1
+        # Counted alike whoever holds the pushes: 2 PUBLISHes out, 4 PUBACKs in.
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_packets_total{direction="out",type="PUBLISH"} 2.0' in metrics
+        assert 'channel_mqtt_packets_total{direction="in",type="PUBACK"} 4.0' in metrics
+        await raw.disconnect()
+
+
+async def test_the_box_receive_maximum_holds_pushes_and_a_call_back(tmp_path: Path) -> None:
+    """Receive Maximum 1: a push in flight holds the next push and a backend call back;
+    they go in order, each after the PUBACK before it, the call under a packet id of its
+    own (pushes and Python's PUBLISHes share the limit and the ids on either engine)."""
+    async with api_node(tmp_path) as (gw, api):
+        raw, _ = await raw_box(gw, "till-11", MQTT_5, properties=Properties(receive_maximum=1))
+        _, first = await api.post("/v1/push", {"device_id": "till-11", "body": "p1"})
+        push = await raw.expect(Publish)
+        call = asyncio.ensure_future(api.post("/v1/devices/till-11/rpc",
+                                              {"op": "till.print", "body": "c1"}))  # fmt: skip
+        _, second = await api.post("/v1/push", {"device_id": "till-11", "body": "p2"})
+        await raw.send(PINGREQ)
+        await raw.expect(Pingresp)  # nothing more while one is in flight
+        order = [push.payload]
+        for _ in range(2):
+            await raw.send(Puback(push.packet_id))
+            push = await raw.expect(Publish)
+            order.append(push.payload)
+        # The call and the second push in either order: one waits in Python (the
+        # reference), both wait in the engine (native).
+        assert order[0] == b"p1" and sorted(order[1:]) == [b"c1", b"p2"]
+        await raw.send(Puback(push.packet_id))
+        await api.status(first["message_id"], "till-11", "delivered")
+        await api.status(second["message_id"], "till-11", "delivered")
+        assert not call.done()
+        await raw.disconnect()
+        status, _ = await call
+        assert status != 200  # the box went away without answering
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_an_unacknowledged_push_comes_again_with_dup_under_its_packet_id(
+    tmp_path: Path, version: int, push_backend: dict[str, Any]
+) -> None:
+    """A push the box did not acknowledge goes to its next connection under the same
+    packet id with DUP set; one queued after that connection closed has DUP 0."""
+    async with api_node(tmp_path, push=push_backend, mqtt={"dup_clock_margin_ms": 0}) as (
+        gw, api,
+    ):  # fmt: skip
+        raw, _ = await raw_box(gw, "till-12", version, **persistent(version))
+        # (A subscription makes the session's record visible to ``session_closed``.)
+        await raw.send(Subscribe(1, (Subscription("devices/till-12/x", 1),)))
+        await raw.expect(Suback)
+        _, first = await api.post("/v1/push", {"device_id": "till-12", "body": "before"})
+        sent = await raw.expect(Publish)
+        assert not sent.dup
+        raw.abort()  # no PUBACK
+        await session_closed(gw, "till-12")
+        _, second = await api.post("/v1/push", {"device_id": "till-12", "body": "after"})
+        raw, connack = await raw_box(gw, "till-12", version, **persistent(version))
+        assert connack.session_present
+        got = {p.payload: p for p in [await raw.expect(Publish), await raw.expect(Publish)]}
+        again, queued = got[b"before"], got[b"after"]
+        assert (again.packet_id, again.dup, queued.dup) == (sent.packet_id, True, False)
+        await raw.send(Puback(again.packet_id), Puback(queued.packet_id))
+        await api.status(first["message_id"], "till-12", "delivered")
+        await api.status(second["message_id"], "till-12", "delivered")
         await raw.disconnect()
 
 

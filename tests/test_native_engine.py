@@ -21,6 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from channel import fastopen
 from channel._engine import Engine
+from channel.mqtt.flow import stable_packet_id
+from channel.mqtt.publish import encode_publish, push_bytes, push_properties, topic_head
+from channel.mqtt.reasons import MQTT_3_1_1, MQTT_5
 from channel.wire import (
     Connection,
     ConnectionErrorReceived,
@@ -638,6 +641,79 @@ def test_mqtt_bare_pubacks_come_as_packet_ids_once_accepted() -> None:
         packets = driver.expect("MQTT_PACKETS", lambda e: e[1] == conn)[2]
         assert packets == [b"\x40\x02\x00\x08", b"\x40\x03\x00\x09\x10"]
         assert driver.engine.stats()["mqtt_packets_in"] >= 4
+    finally:
+        driver.engine.shutdown()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_mqtt_pushes_held_by_the_engine() -> None:
+    """After MQTT_PUSHES the engine builds a push's PUBLISH under its stable packet id,
+    keeps it in flight within the limit, and reports its PUBACK as MQTT_ACKS (tracked)
+    or a FANOUT_ACKS count; other PUBACKs, and Python's held PUBLISHes' ids, go up."""
+    driver, plain_port, _ = mqtt_engine()
+    head = topic_head("d/p", MQTT_3_1_1)
+    try:
+        sock, conn = connect_box(driver, plain_port, b"c6")
+        driver.engine.submit([("MQTT_PUSHES", conn, head, False, 2, 2, 0, 0)])
+        pushes = [(b"m-a", b"one", True), (b"m-b", b"two", True), (b"m-c", b"three", False)]
+        driver.engine.submit([("MQTT_PUSH", conn, m, (), body, tracked)
+                              for m, body, tracked in pushes])  # fmt: skip
+        ids = {m: stable_packet_id(m.decode()) for m, _, _ in pushes}
+        wire = [push_bytes(head, body, 1, ids[m], False, b"") for m, body, _ in pushes]
+        # Two in flight (the limit); the third waits.
+        assert recv_exactly(sock, len(wire[0]) + len(wire[1])) == wire[0] + wire[1]
+        sock.sendall(b"\x40\x02" + ids[b"m-a"].to_bytes(2, "big") + b"\x40\x02\x07\x77")
+        assert driver.expect("MQTT_ACKS") == ("MQTT_ACKS", [conn], ["m-a"])
+        assert driver.expect("MQTT_PUBACKS") == ("MQTT_PUBACKS", [conn], [[0x777]])
+        assert recv_exactly(sock, len(wire[2])) == wire[2]
+        # Python's QoS 1 PUBLISH under an id a push holds waits for that push's PUBACK;
+        # its own PUBACK is Python's.
+        held = encode_publish("d/x", b"mine", 1, ids[b"m-b"], version=MQTT_3_1_1)
+        driver.engine.submit([("MQTT_HELD", conn, held)])
+        sock.sendall(b"\x40\x02" + ids[b"m-c"].to_bytes(2, "big"))
+        driver.wait_fanout_acks(b"m-c", 1)
+        sock.sendall(b"\x40\x02" + ids[b"m-b"].to_bytes(2, "big"))
+        assert driver.expect("MQTT_ACKS") == ("MQTT_ACKS", [conn], ["m-b"])
+        assert recv_exactly(sock, len(held)) == held
+        sock.sendall(b"\x40\x02" + ids[b"m-b"].to_bytes(2, "big"))
+        assert driver.expect("MQTT_PUBACKS")[2] == [[ids[b"m-b"]]]
+        # A push already in flight is not sent twice; too many waiting: refused.
+        driver.engine.submit([("MQTT_PUSH", conn, f"w{n}".encode(), (), b"", True)
+                              for n in range(5)])  # fmt: skip
+        failed = driver.expect("PUSH_FAILED")
+        assert failed[1:] == (conn, b"w4", "too many messages waiting for acknowledgements")
+        assert driver.engine.stats()["acks_tracked"] == 2
+        # Not a box whose pushes are held, or gone: "closed", as PUSH's.
+        driver.engine.submit([("MQTT_CLOSE", conn)])
+        assert driver.expect("CLOSED")[1] == conn
+        driver.engine.submit([("MQTT_PUSH", conn, b"late", (), b"", True)])
+        assert driver.expect("PUSH_FAILED")[1:] == (conn, b"late", "closed")
+    finally:
+        driver.engine.shutdown()
+
+
+def test_mqtt5_pushes_held_by_the_engine_carry_their_message_id() -> None:
+    driver, plain_port, _ = mqtt_engine()
+    head = topic_head("devices/b5/push", MQTT_5)
+    try:
+        sock, conn = connect_box(driver, plain_port, b"c5")
+        # The box allows 64 bytes; it saw "m-old" before (accepted before dup_before_ms).
+        driver.engine.submit([("MQTT_PUSHES", conn, head, True, 10, 10, 64, 2**40)])
+        driver.engine.submit([("MQTT_PUSH", conn, b"m-old", (("k", "v"),), b"hi", True),
+                              ("MQTT_PUSH", conn, b"m-big", (), b"x" * 64, True)])  # fmt: skip
+        props = push_properties("m-old", (("k", "v"),))
+        wire = push_bytes(head, b"hi", 1, stable_packet_id("m-old"), True, props)
+        assert recv_exactly(sock, len(wire)) == wire
+        failed = driver.expect("PUSH_FAILED")
+        assert failed[2] == b"m-big" and "over the box's maximum packet size 64" in failed[3]
     finally:
         driver.engine.shutdown()
 

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from channel.compression.sampler import MIN_SAMPLE_BYTES
 from channel.logs import fields
@@ -69,6 +69,8 @@ class MqttHandler(Protocol):
         self, packet_ids: list[int], sessions: list[Session | None], message_ids: list[str]
     ) -> None: ...
 
+    def push_refused(self, message_id: str, reason: str) -> None: ...
+
     def connection_lost(self) -> None: ...
 
 
@@ -76,6 +78,8 @@ class MqttFront(Protocol):
     """Where MQTT connections go (``channel/mqtt``): one handler per connection."""
 
     def opened(self, transport: NativeMqttTransport) -> MqttHandler: ...
+
+    def pubacks_counted(self, count: int) -> None: ...
 
 
 class NativeEngine:
@@ -505,6 +509,9 @@ class NativeEngine:
         _, conn, message_id, reason = event
         session = self._sessions.get(conn)
         if session is None:
+            handler = self._mqtt.get(conn)
+            if handler is not None and reason not in _TRANSIENT_PUSH_FAILURES:
+                handler.push_refused(message_id.decode(), reason)
             return  # the connection is gone: the push stays queued for the next one
         permanent = reason not in _TRANSIENT_PUSH_FAILURES and _TOO_MANY_UNACKED not in reason
         self.service.registry.push_failed(session, message_id.decode(), reason, permanent)
@@ -560,6 +567,16 @@ class NativeEngine:
         if message_ids:
             self.service.registry.acks_many(sessions, message_ids)
 
+    def _mqtt_acks(self, event: tuple[Any, ...]) -> None:
+        # Pushes the engine held for MQTT boxes, acknowledged: as ACKS (message_ids[i]
+        # came on conns[i]); the handlers are the boxes' sessions (MqttConnection).
+        _, conns, message_ids = event
+        get = self._mqtt.get
+        sessions = cast("list[Session | None]", [get(conn) for conn in conns])
+        self.service.registry.acks_many(sessions, message_ids)
+        if self.mqtt_front is not None:
+            self.mqtt_front.pubacks_counted(len(message_ids))
+
     _handlers: ClassVar[dict[str, Callable[[NativeEngine, tuple[Any, ...]], None]]] = {
         "HELLO": _hello,
         "REQUEST": _request,
@@ -574,6 +591,7 @@ class NativeEngine:
         "MQTT_OPEN": _mqtt_open,
         "MQTT_PACKETS": _mqtt_packets,
         "MQTT_PUBACKS": _mqtt_pubacks,
+        "MQTT_ACKS": _mqtt_acks,
         "TLS_TICKET": _tls_ticket,
         "TLS_RESUME": _tls_resume,
         "RPC_HANDOFF": _rpc_handoff,
@@ -642,6 +660,11 @@ class NativeEngine:
 
     def stats(self) -> dict[str, Any]:
         return self._engine.stats() if self._engine is not None else {}
+
+    def held_mqtt_pushes(self) -> tuple[int, int]:
+        """(in flight, waiting) of the QoS 1 pushes this engine holds for MQTT boxes."""
+        stats = self.stats()
+        return stats.get("mqtt_pushes_inflight", 0), stats.get("mqtt_pushes_waiting", 0)
 
 
 class NativeMmtpSession(MmtpSession):
@@ -828,3 +851,25 @@ class NativeMqttTransport:
     def set_idle(self, timeout_ms: int) -> None:
         """Keepalive × 1.5 (0: none); also ends the handshake deadline (send with CONNACK)."""
         self._native.command(("SET_IDLE", self.conn, timeout_ms))
+
+    def push_holder(self) -> NativeMqttTransport:
+        """This engine holds QoS 1 pushes (``channel.mqtt.transport.PushHolder``)."""
+        return self
+
+    def hold_pushes(
+        self,
+        head: bytes,
+        mqtt5: bool,
+        limit: int,
+        max_waiting: int,
+        max_packet_bytes: int,
+        dup_before_ms: int,
+    ) -> None:
+        self._native.command(("MQTT_PUSHES", self.conn, head, mqtt5, limit, max_waiting,
+                              max_packet_bytes, dup_before_ms))  # fmt: skip
+
+    def push(self, message_id: str, headers: Headers, body: bytes, tracked: bool) -> None:
+        self._native.command(("MQTT_PUSH", self.conn, message_id.encode(), headers, body, tracked))
+
+    def write_held(self, data: bytes) -> None:
+        self._native.command(("MQTT_HELD", self.conn, data))

@@ -208,6 +208,10 @@ class PyMqttConnection(asyncio.Protocol):
     def set_idle(self, timeout_ms: int) -> None:
         self.idle_s = timeout_ms / 1000
 
+    def push_holder(self) -> None:
+        """Pushes stay with the connection (``channel.mqtt.flow``): the reference."""
+        return None
+
     # ---------------------------------------------------------------- sweep
 
     def overdue(self, now: float, handshake_s: float, grace_s: float) -> str | None:

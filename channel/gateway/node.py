@@ -313,6 +313,7 @@ class GatewayNode:
         engine = self.engine
         if isinstance(engine, NativeEngine):
             engine.mqtt_front = self.mqtt
+            self.mqtt.metrics.engine_pushes = engine.held_mqtt_pushes
             # Boxes come through the same balancers as phones ([server] proxy_protocol).
             proxy = self.config.server.proxy_protocol
             tls_port = (

@@ -155,6 +155,7 @@ class MqttConnection(Outgoing):
             return
         self._state = _CLOSED
         self._gone = True
+        self._holder = None
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
@@ -305,10 +306,11 @@ class MqttConnection(Outgoing):
         self.send(encode(self._connack(present, connect, identity, keepalive_s), self.version))
         self._transport.set_idle(keepalive_s * 1500)
         self._state = _OPEN
+        self.hold_pushes()
         node.session_opened(self)
         for packet_id, message_id in record.released.items():
             self.outbound.restore_released(packet_id, message_id)
-            self.send(encode(Pubrel(packet_id), self.version))
+            self.send_inflight(encode(Pubrel(packet_id), self.version))
         early, self._early = self._early, None
         for packet in early or ():
             self._dispatch(packet)
@@ -487,4 +489,5 @@ class MqttConnection(Outgoing):
         self.flush()
         self._state = _CLOSED
         self._closing = True
+        self._holder = None
         self._transport.close()

@@ -19,6 +19,11 @@ class MqttMetrics:
     def __init__(self) -> None:
         self.packets_in: Counter[int] = Counter()
         self.packets_out: Counter[int] = Counter()
+        #: PUBLISHes of pushes the native engine holds (``Outgoing.hold_pushes``): out.
+        self.publishes_held = 0
+        #: (in flight, waiting) of the pushes the native engine holds, read at scrape
+        #: time (the engine's gauges; None: the Python engine, nothing held there).
+        self.engine_pushes: Callable[[], tuple[int, int]] | None = None
         self.auth_failures: Counter[str] = Counter()
         self.protocol_errors: Counter[str] = Counter()
         self.publishes_in: Counter[int] = Counter()
@@ -63,7 +68,10 @@ class MqttMetrics:
         )
         for packet_type in PacketType:
             packets.add_metric(["in", packet_type.name], self.packets_in[packet_type])
-            packets.add_metric(["out", packet_type.name], self.packets_out[packet_type])
+            out = self.packets_out[packet_type]
+            if packet_type == PacketType.PUBLISH:
+                out += self.publishes_held
+            packets.add_metric(["out", packet_type.name], out)
         auth = CounterMetricFamily(
             "channel_mqtt_auth_failures", "Refused CONNECTs by reason", labels=["reason"]
         )
@@ -85,6 +93,10 @@ class MqttMetrics:
             levels[{4: "3.1.1", 5: "5.0"}.get(conn.version, "connecting")] += 1
             inflight += len(conn.outbound.inflight)
             waiting += len(conn.outbound.waiting)
+        if self.engine_pushes is not None:
+            held_inflight, held_waiting = self.engine_pushes()
+            inflight += held_inflight
+            waiting += held_waiting
         for level, count in levels.items():
             by_version.add_metric([level], count)
         return [

@@ -31,6 +31,7 @@ from typing import Protocol
 from channel.config import MqttConfig
 from channel.mqtt.auth import MqttIdentity
 from channel.mqtt.encoder import encode
+from channel.mqtt.errors import LocalMqttError
 from channel.mqtt.flow import Outbound, accepted_at_ms, stable_packet_id
 from channel.mqtt.matching import topic_matches
 from channel.mqtt.messages import BrokerMessage, RetainedMessage, broker_message_of
@@ -47,7 +48,7 @@ from channel.mqtt.publish import (
 from channel.mqtt.reasons import MQTT_5, ReasonCode
 from channel.mqtt.sessions import SessionRecord, SubOptions
 from channel.mqtt.topics import split_shared
-from channel.mqtt.transport import MqttTransport
+from channel.mqtt.transport import MqttTransport, PushHolder
 from channel.rpc.model import DeviceContext, RpcResponse
 from channel.sessions import FanoutPush, Headers, Session, SessionRegistry
 from channel.wire.errors import ErrorCode
@@ -67,6 +68,8 @@ END_REASONS = {
 }
 #: Waiting PUBLISHes a connection holds, per in-flight slot, before it is a slow consumer.
 WAITING_PER_SLOT = 20
+#: Why a slow consumer is disconnected (the native engine's refusal says the same).
+WAITING_OVERFLOW = "too many messages waiting for acknowledgements"
 
 
 class MqttNode(Protocol):
@@ -135,6 +138,7 @@ class Outgoing(Session):
         "_closing",
         "_counted",
         "_gone",
+        "_holder",
         "_max_out_bytes",
         "_node",
         "_out",
@@ -190,6 +194,9 @@ class Outgoing(Session):
         self._aliases_out: dict[str, int] | None = None
         #: The push topic as ``topic_head`` encodes it (made at the first push).
         self._push_head: bytes | None = None
+        #: The engine holding this connection's QoS 1 pushes (``hold_pushes``), if any;
+        #: None again once the connection closes (``push`` relies on it).
+        self._holder: PushHolder | None = None
 
     # ------------------------------------------------------------- identity
 
@@ -260,6 +267,52 @@ class Outgoing(Session):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("out %s: %s", self.device_id or "?", data[:64].hex())
         self._out.append(data)
+
+    def send_inflight(self, data: bytes) -> None:
+        """``send`` for a QoS 1/2 PUBLISH (or a PUBREL sent again): where the engine
+        holds the pushes, through its in-flight limit and packet ids, in order with
+        what was queued before it."""
+        holder = self._holder
+        if holder is None:
+            self.send(data)
+            return
+        self._node.metrics.packets_out[data[0] >> 4] += 1
+        if self._out:
+            self._write_out()
+        if not self._gone and not self._closing:
+            holder.write_held(data)
+
+    def _write_out(self) -> None:
+        """What ``send`` queued, to the transport now (before a command to the holder)."""
+        out, self._out = self._out, []
+        if not self._gone and not self._closing:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def hold_pushes(self) -> None:
+        """The session is open: on an engine that holds QoS 1 pushes (the native one),
+        they go to it from now on (``channel.mqtt.transport.PushHolder``). Not with
+        topic aliases towards the box or another push QoS: those stay here."""
+        holder = self._transport.push_holder()
+        node = self._node
+        if holder is None or node.config.push_qos != 1 or self._alias_max:
+            return
+        try:
+            head = topic_head(node.push_topic(self.device_id), self.version)
+        except LocalMqttError:
+            return  # each push is refused here, as without the engine
+        outbound = self.outbound
+        holder.hold_pushes(head, self.version == MQTT_5, outbound.limit, outbound.max_waiting,
+                           self._max_out_bytes, self.dup_before_ms)  # fmt: skip
+        self._holder = holder
+
+    def push_refused(self, message_id: str, reason: str) -> None:
+        """The engine holding pushes did not take one: too many waiting (a slow
+        consumer: queued messages stay queued for its next connection), or one this
+        box can never take (reported failed, as a refusal of ``push`` is)."""
+        if reason == WAITING_OVERFLOW:
+            self.end(ErrorCode.SLOW_CONSUMER, reason)
+        else:
+            self._node.registry.push_failed(self, message_id, reason, True)
 
     def flush(self) -> None:
         out = self._out
@@ -364,16 +417,25 @@ class Outgoing(Session):
             if not stable:
                 return "the box is not taking messages fast enough"
             # Queued messages stay queued: the box gets them when it reconnects.
-            self.end(ErrorCode.SLOW_CONSUMER, "too many messages waiting for acknowledgements")
+            self.end(ErrorCode.SLOW_CONSUMER, WAITING_OVERFLOW)
             return None
         data = self.outbound.offer(message_id, tracked, qos, build, stable)
         if data is not None:
-            self.send(data)
+            self.send_inflight(data)
         return None
 
     # ----------------------------------------------------------------- pushes
 
     def push(self, message_id: str, body: bytes, headers: Headers, tracked: bool) -> str | None:
+        holder = self._holder
+        if holder is not None and (not headers or broker_message_of(body, headers) is None):
+            # Open (the holder goes when the connection closes): the engine builds the
+            # PUBLISH and keeps it in flight (``hold_pushes``).
+            self._node.metrics.publishes_held += 1
+            if self._out:
+                self._write_out()
+            holder.push(message_id, headers, body, tracked)
+            return None
         if self.closed or self.identity is None:
             return None
         message = broker_message_of(body, headers) if headers else None
@@ -408,7 +470,7 @@ class Outgoing(Session):
         outbound = self.outbound
         if not outbound.has_room():
             # Queued messages stay queued: the box gets them when it reconnects.
-            self.end(ErrorCode.SLOW_CONSUMER, "too many messages waiting for acknowledgements")
+            self.end(ErrorCode.SLOW_CONSUMER, WAITING_OVERFLOW)
             return None
         if outbound.start_stable(message_id, tracked, qos, packet_id):
             self.send(data)
@@ -501,7 +563,7 @@ class Outgoing(Session):
             return False
         data = self.outbound.offer(push.message_id, False, qos, prepared.to_bytes, False)
         if data is not None:
-            self.send(data)
+            self.send_inflight(data)
         return True
 
     def send_retained(self, message: RetainedMessage, options: SubOptions) -> None:
@@ -573,7 +635,7 @@ class Outgoing(Session):
 
     def _send_ready(self) -> None:
         for data in self.outbound.ready():
-            self.send(data)
+            self.send_inflight(data)
 
     def _background(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -655,6 +717,7 @@ class Outgoing(Session):
 
     def abort(self) -> None:
         self._gone = True
+        self._holder = None
         self._transport.abort()
 
     @abstractmethod

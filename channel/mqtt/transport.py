@@ -13,6 +13,14 @@ whole packets), ``close`` (after what was written), ``abort`` (now),
 ``set_idle`` (the keepalive deadline: no byte from the box for this long ends
 the connection; 0 = none; until it is first called the engine's CONNECT
 deadline applies; the native engine also answers PINGREQ itself from then on).
+
+``push_holder`` is the engine's offer to hold the connection's QoS 1 pushes
+(the native engine; None: the Python engine): once ``hold_pushes`` is called, a
+push is one ``push`` call (the engine builds the PUBLISH under the message's stable
+packet id, keeps it in flight within the limit, resolves its PUBACK and reports the
+ACK in its batched form, or refuses it with ``push_refused``), and every other
+QoS 1/2 PUBLISH of the connection goes through ``write_held``, so that packet ids
+and the in-flight limit are shared.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from channel.sessions import Session
+    from channel.sessions import Headers, Session
 
 
 class MqttTransport(Protocol):
@@ -42,6 +50,27 @@ class MqttTransport(Protocol):
 
     def set_idle(self, timeout_ms: int) -> None: ...
 
+    def push_holder(self) -> PushHolder | None: ...
+
+
+class PushHolder(Protocol):
+    def hold_pushes(
+        self,
+        head: bytes,
+        mqtt5: bool,
+        limit: int,
+        max_waiting: int,
+        max_packet_bytes: int,
+        dup_before_ms: int,
+    ) -> None:
+        """From now on the engine holds this connection's QoS 1 pushes: ``head`` is the
+        push topic (``topic_head``), the rest as ``Outbound`` and ``Outgoing.resent``."""
+
+    def push(self, message_id: str, headers: Headers, body: bytes, tracked: bool) -> None: ...
+
+    def write_held(self, data: bytes) -> None:
+        """A QoS 1/2 PUBLISH (or a PUBREL sent again) within the engine's limit."""
+
 
 class MqttHandler(Protocol):
     def data_received(self, data: bytes) -> None: ...
@@ -53,9 +82,15 @@ class MqttHandler(Protocol):
     ) -> None:
         """The tracked pushes acknowledged are added to ``sessions``/``message_ids``."""
 
+    def push_refused(self, message_id: str, reason: str) -> None:
+        """The engine holding pushes did not take one (``PushHolder``)."""
+
     def connection_lost(self) -> None: ...
 
 
 class MqttFront(Protocol):
     def opened(self, transport: MqttTransport) -> MqttHandler:
         """A new MQTT connection (TCP accepted, TLS done if any)."""
+
+    def pubacks_counted(self, count: int) -> None:
+        """PUBACKs the engine holding pushes resolved itself (for the metrics)."""

@@ -86,6 +86,12 @@ pub enum Event {
         conn: ConnId,
         packet_ids: Vec<u16>,
     },
+    /// Pushes held by the engine (`MqttPush`) the box acknowledged, tracked ones
+    /// (untracked ones are counted with the fan-out ACKs).
+    MqttAcks {
+        conn: ConnId,
+        message_ids: Vec<MessageId>,
+    },
     PushFailed {
         conn: ConnId,
         message_id: MessageId,
@@ -134,7 +140,9 @@ impl Event {
                 message,
                 ..
             } => body.len() + message.len() + headers.list_size() as usize,
-            Event::Acks { message_ids, .. } => message_ids.len() * 24,
+            Event::Acks { message_ids, .. } | Event::MqttAcks { message_ids, .. } => {
+                message_ids.len() * 24
+            }
             Event::MqttPackets { packets, .. } => packets.iter().map(|p| p.len() + 24).sum(),
             Event::MqttPubacks { packet_ids, .. } => packet_ids.len() * 8,
             Event::PushFailed { reason, .. } => reason.len(),
@@ -322,6 +330,25 @@ pub enum Command {
         idle_timeout_ms: u64,
     },
     MqttWrite {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    /// The connection's session is open: QoS 1 pushes (`MqttPush`) are held by the
+    /// engine from now on, and Python's QoS 1/2 PUBLISHes go through `MqttHeld`.
+    MqttPushes {
+        conn: ConnId,
+        setup: crate::mqttout::PushSetup,
+    },
+    /// A QoS 1 push to the box: PUBLISH built and in flight here (`mqttout`).
+    MqttPush {
+        conn: ConnId,
+        message_id: MessageId,
+        headers: HeaderVec,
+        body: Vec<u8>,
+        tracked: bool,
+    },
+    /// Python's QoS 1/2 PUBLISH or restored PUBREL: within the in-flight limit.
+    MqttHeld {
         conn: ConnId,
         data: Vec<u8>,
     },

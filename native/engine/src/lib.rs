@@ -15,6 +15,7 @@ pub mod engine;
 pub mod h1;
 pub mod ids;
 pub mod mqtt;
+pub mod mqttout;
 pub mod proxy;
 pub mod resume;
 pub mod runtime;

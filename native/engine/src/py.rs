@@ -481,6 +481,11 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             append_acks(&conns, &ids, conn, &message_ids)?;
             tuple!(py, kind("ACKS"), conns, ids)
         }
+        Event::MqttAcks { conn, message_ids } => {
+            let (conns, ids) = (PyList::empty(py), PyList::empty(py));
+            append_acks(&conns, &ids, conn, &message_ids)?;
+            tuple!(py, kind("MQTT_ACKS"), conns, ids)
+        }
         Event::Cancel { conn, stream_id } => tuple!(py, kind("CANCEL"), conn.0, stream_id),
         Event::GoAway { conn } => tuple!(py, kind("GOAWAY"), conn.0),
         Event::Closed { conn, reason } => tuple!(py, kind("CLOSED"), conn.0, reason),
@@ -983,6 +988,52 @@ fn parse_command(index: usize, item: &Bound<'_, PyAny>, runtime: &Runtime) -> Py
             f.arity(&["conn"])?;
             Command::CloseIdle { conn: f.conn(1)? }
         }
+        "MQTT_PUSHES" => {
+            let names = [
+                "conn",
+                "head",
+                "mqtt5",
+                "limit",
+                "max_waiting",
+                "max_packet_bytes",
+                "dup_before_ms",
+            ];
+            f.arity(&names)?;
+            let limit = f.int(4, "limit")?;
+            if !(1..=65535).contains(&limit) {
+                return Err(PyValueError::new_err(format!(
+                    "command {index} (MQTT_PUSHES): limit must be 1..65535, got {limit}"
+                )));
+            }
+            Command::MqttPushes {
+                conn: f.conn(1)?,
+                setup: crate::mqttout::PushSetup {
+                    head: f.bytes(2, "head")?,
+                    mqtt5: f.boolean(3, "mqtt5")?,
+                    limit: limit as usize,
+                    max_waiting: f.int(5, "max_waiting")? as usize,
+                    max_packet_bytes: f.int(6, "max_packet_bytes")? as usize,
+                    dup_before_ms: f.int(7, "dup_before_ms")?,
+                },
+            }
+        }
+        "MQTT_PUSH" => {
+            f.arity(&["conn", "message_id", "headers", "body", "tracked"])?;
+            Command::MqttPush {
+                conn: f.conn(1)?,
+                message_id: f.message_id(2, max_message_id)?,
+                headers: f.headers(3)?,
+                body: f.bytes(4, "body")?,
+                tracked: f.boolean(5, "tracked")?,
+            }
+        }
+        "MQTT_HELD" => {
+            f.arity(&["conn", "data"])?;
+            Command::MqttHeld {
+                conn: f.conn(1)?,
+                data: f.bytes(2, "data")?,
+            }
+        }
         "TLS_RESUME" => {
             f.arity(&["conn", "ticket_id", "state"])?;
             let state = f.item(3)?;
@@ -1076,6 +1127,9 @@ impl PyEngine {
         // Consecutive MQTT_PUBACKS events become one ("MQTT_PUBACKS", conns, lists of
         // packet ids), in place: they never move past another event.
         let mut pubacks: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
+        // MQTT_ACKS (pushes the engine holds for MQTT boxes) as ACKS: one event at the
+        // place of the first.
+        let mut mqtt_acks: Option<(Bound<'py, PyList>, Bound<'py, PyList>)> = None;
         for event in events {
             if let Event::Acks { conn, message_ids } = event {
                 let (conns, ids) = match &ack_conns {
@@ -1085,6 +1139,20 @@ impl PyEngine {
                         list.append(tuple!(py, PyString::intern(py, "ACKS"), &lists.0, &lists.1))?;
                         pubacks = None;
                         ack_conns.insert(lists)
+                    }
+                };
+                append_acks(conns, ids, conn, &message_ids)?;
+                continue;
+            }
+            if let Event::MqttAcks { conn, message_ids } = event {
+                let (conns, ids) = match &mqtt_acks {
+                    Some(lists) => lists,
+                    None => {
+                        let lists = (PyList::empty(py), PyList::empty(py));
+                        let kind = PyString::intern(py, "MQTT_ACKS");
+                        list.append(tuple!(py, kind, &lists.0, &lists.1))?;
+                        pubacks = None;
+                        mqtt_acks.insert(lists)
                     }
                 };
                 append_acks(conns, ids, conn, &message_ids)?;

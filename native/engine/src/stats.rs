@@ -80,6 +80,10 @@ counters! {
     mqtt_writes,
     /// PINGREQ answered by the engine.
     mqtt_pings_answered,
+    /// Gauge: QoS 1 pushes the engine holds for MQTT boxes, awaiting their PUBACK.
+    mqtt_pushes_inflight,
+    /// Gauge: ... waiting for room in flight (or for their packet id).
+    mqtt_pushes_waiting,
     /// MMTP PINGs answered by the engine.
     mmtp_pings_answered,
     /// Bytes read from sockets (TLS records included).
@@ -156,6 +160,15 @@ impl Stats {
     pub fn dec(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// A gauge moved from `before` to `after`.
+    pub fn moved(counter: &AtomicU64, before: usize, after: usize) {
+        if after > before {
+            counter.fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else if before > after {
+            counter.fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +184,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 61);
+        assert_eq!(snapshot.len(), 63);
     }
 }

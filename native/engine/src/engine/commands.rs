@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use mio::{Interest, Token};
 
-use super::conn::{flag, Inflight, Proto};
+use super::conn::{flag, Inflight, MqttConn, Proto};
 use super::{Ending, Engine, ListenerState, LISTENER_BASE};
 use crate::boundary::{Command, Event, MessageId};
 use crate::ids::ConnId;
+use crate::mqttout::{Outbound, PushOutcome, OVERFLOW_REASON};
 use crate::stats::Stats;
 
 impl Engine {
@@ -269,6 +270,38 @@ impl Engine {
                 self.conns[slot].out_plain.extend_from_slice(&data);
                 self.mark_dirty(slot);
             }
+            Command::MqttPushes { conn, setup } => {
+                let Some(slot) = self.live(conn) else {
+                    return self.stale();
+                };
+                match &mut self.conns[slot].proto {
+                    Proto::Mqtt(m) => m.out = Some(Box::new(Outbound::new(setup))),
+                    Proto::Mmtp(_) => self.failed(),
+                }
+            }
+            Command::MqttPush {
+                conn,
+                message_id,
+                headers,
+                body,
+                tracked,
+            } => self.mqtt_push(conn, message_id, &headers, &body, tracked),
+            Command::MqttHeld { conn, data } => {
+                let Some(slot) = self.live(conn) else {
+                    return self.stale();
+                };
+                let conn = &mut self.conns[slot];
+                Stats::inc(&self.shared.stats.mqtt_writes);
+                match &mut conn.proto {
+                    Proto::Mqtt(MqttConn { out: Some(out), .. }) => {
+                        if !out.hold(data.clone(), &mut conn.out_plain) {
+                            conn.out_plain.extend_from_slice(&data);
+                        }
+                    }
+                    _ => conn.out_plain.extend_from_slice(&data),
+                }
+                self.mark_dirty(slot);
+            }
             Command::TlsResume {
                 conn,
                 ticket_id,
@@ -348,7 +381,7 @@ impl Engine {
         // Taken out for the call so `f` may use the engine; put back after.
         let mut proto = std::mem::replace(
             &mut self.conns[slot].proto,
-            Proto::Mqtt(crate::mqtt::Framer::default()),
+            Proto::Mqtt(super::conn::MqttConn::default()),
         );
         let ok = match &mut proto {
             Proto::Mmtp(m) => f(self, slot, m),
@@ -418,6 +451,55 @@ impl Engine {
         }
     }
 
+    /// A QoS 1 push to a box whose pushes the engine holds (`mqttout`); how it
+    /// ended, when not written, comes back as PUSH_FAILED ("closed": not live).
+    fn mqtt_push(
+        &mut self,
+        id: ConnId,
+        message_id: MessageId,
+        headers: &[(String, String)],
+        body: &[u8],
+        tracked: bool,
+    ) {
+        let outcome = match self.live(id) {
+            None => None,
+            Some(slot) => {
+                let conn = &mut self.conns[slot];
+                let closing = conn.has(flag::CLOSING);
+                let outcome = match &mut conn.proto {
+                    Proto::Mqtt(MqttConn { out: Some(out), .. }) if !closing => {
+                        let before = out.pushes();
+                        let outcome =
+                            out.push(&message_id, headers, body, tracked, &mut conn.out_plain);
+                        track_pushes(&self.shared.stats, before, out.pushes());
+                        Some(outcome)
+                    }
+                    _ => None,
+                };
+                if outcome == Some(PushOutcome::Sent) {
+                    self.mark_dirty(slot);
+                }
+                outcome
+            }
+        };
+        let stats = &self.shared.stats;
+        let reason = match outcome {
+            Some(PushOutcome::Sent | PushOutcome::Waiting | PushOutcome::Replayed) => {
+                Stats::inc(&stats.pushes_written);
+                return;
+            }
+            None => "closed".to_string(),
+            Some(PushOutcome::Refused(why)) => why,
+            Some(PushOutcome::Overflow) => OVERFLOW_REASON.to_string(),
+        };
+        Stats::inc(&stats.pushes_failed);
+        self.out.push(Event::PushFailed {
+            conn: id,
+            message_id,
+            reason,
+        });
+    }
+
     fn fanout(
         &mut self,
         push: &Arc<mmtp::PreparedPush>,
@@ -469,4 +551,14 @@ impl Engine {
             skipped,
         });
     }
+}
+
+/// The engine's gauges of the pushes it holds for MQTT boxes, after a change.
+pub(super) fn track_pushes(
+    stats: &crate::stats::Stats,
+    before: (usize, usize),
+    after: (usize, usize),
+) {
+    Stats::moved(&stats.mqtt_pushes_inflight, before.0, after.0);
+    Stats::moved(&stats.mqtt_pushes_waiting, before.1, after.1);
 }

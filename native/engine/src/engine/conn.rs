@@ -11,6 +11,7 @@ use crate::boundary::MessageId;
 use crate::deadlines::Timing;
 use crate::ids::ConnId;
 use crate::mqtt::Framer;
+use crate::mqttout::Outbound;
 
 /// A push written and not acknowledged yet.
 #[derive(Debug)]
@@ -46,9 +47,17 @@ pub struct MmtpConn {
     pub rpc: Option<Box<super::rpc::RpcConn>>,
 }
 
+/// The MQTT side of a box connection.
+#[derive(Default)]
+pub struct MqttConn {
+    pub framer: Framer,
+    /// QoS 1 pushes held here (from MQTT_PUSHES, sent when its session opened).
+    pub out: Option<Box<Outbound>>,
+}
+
 pub enum Proto {
     Mmtp(Box<MmtpConn>),
-    Mqtt(Framer),
+    Mqtt(MqttConn),
 }
 
 /// Bits of `Conn::flags`.

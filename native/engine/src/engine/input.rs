@@ -2,7 +2,7 @@
 
 use std::io::{self, Read};
 
-use super::conn::{flag, Conn, Inflight, Proto};
+use super::conn::{flag, Conn, Inflight, MqttConn, Proto};
 use super::{refusal_counter, tlsio, Ending, Engine};
 use crate::boundary::Event;
 use crate::clienthello::{
@@ -10,6 +10,7 @@ use crate::clienthello::{
     MAX_HELLO_BUFFER_BYTES,
 };
 use crate::mqtt::{self, FramingError};
+use crate::mqttout::Resolved;
 use crate::proxy::{self, Parse};
 use crate::singleuse::{SingleUseStore, TICKET_ID_BYTES};
 use crate::stats::Stats;
@@ -369,7 +370,7 @@ impl Engine {
                     }
                 }
             }
-            Proto::Mqtt(framer) => {
+            Proto::Mqtt(MqttConn { framer, .. }) => {
                 scratch.packets.clear();
                 if conn.flags & (flag::TOLD | flag::MQTT5) == 0 {
                     // The CONNECT's first bytes: its protocol level (a few bytes).
@@ -589,6 +590,45 @@ impl Engine {
                 }
                 !ping
             });
+        }
+        if let Proto::Mqtt(MqttConn { out: Some(out), .. }) = &mut conn.proto {
+            // Acknowledgements of the pushes held here are resolved here: their
+            // message ids go up as ACKs (as MMTP's), the packets do not.
+            let mut tracked = Vec::new();
+            let mut freed = false;
+            let before = out.pushes();
+            let fanout_acks = &mut self.out.fanout_acks;
+            packets.retain(|p| match out.received(p) {
+                Resolved::Push {
+                    message_id,
+                    tracked: is_tracked,
+                } => {
+                    freed = true;
+                    if is_tracked {
+                        tracked.push(message_id);
+                    } else {
+                        Stats::inc(&stats.acks_fanout);
+                        *fanout_acks.entry(message_id).or_insert(0) += 1;
+                    }
+                    false
+                }
+                Resolved::Forward { freed: f } => {
+                    freed |= f;
+                    true
+                }
+            });
+            if freed && out.waiting() > 0 {
+                out.ready(&mut conn.out_plain);
+                answered = true; // output to flush
+            }
+            super::commands::track_pushes(stats, before, out.pushes());
+            if !tracked.is_empty() {
+                Stats::add(&stats.acks_tracked, tracked.len() as u64);
+                self.out.push(Event::MqttAcks {
+                    conn: conn.id,
+                    message_ids: tracked,
+                });
+            }
         }
         if !packets.is_empty() {
             let id = conn.id;

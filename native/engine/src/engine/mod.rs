@@ -32,11 +32,10 @@ use crate::boundary::{Command, Event, EventQueue, MessageId};
 use crate::config::EngineConfig;
 use crate::deadlines::{Durations, Expiry, Timing};
 use crate::ids::{ConnId, Generations};
-use crate::mqtt::Framer;
 use crate::stats::Stats;
 use crate::ticketer::KeyRingTicketer;
 use crate::tls::{EarlyData, ServerConfigs};
-use conn::{flag, Conn, MmtpConn, Proto};
+use conn::{flag, Conn, MmtpConn, MqttConn, Proto};
 use dicts::UsageTable;
 
 const WAKER: Token = Token(usize::MAX);
@@ -518,7 +517,7 @@ impl Engine {
                     rpc: None,
                 }))
             }
-            Kind::Mqtt => Proto::Mqtt(Framer::default()),
+            Kind::Mqtt => Proto::Mqtt(MqttConn::default()),
         };
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
@@ -808,6 +807,9 @@ impl Engine {
             *deadline = u64::MAX;
         }
         let stats = &self.shared.stats;
+        if let Proto::Mqtt(MqttConn { out: Some(out), .. }) = &conn.proto {
+            commands::track_pushes(stats, out.pushes(), (0, 0));
+        }
         Stats::dec(&stats.connections);
         Stats::dec(if conn.is_mmtp() {
             &stats.connections_mmtp
