@@ -61,6 +61,9 @@ echo "== mypy --strict (channel/wire, sdk_client)"
 echo "== cargo fmt --check, clippy -D warnings, test (native/: the MMTP core and the engine)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The Python module (py.rs) is behind the `python` feature that maturin turns on:
+# linted here too (a check needs no libpython).
+cargo clippy -p channel-engine --features python --lib --quiet -- -D warnings
 cargo test --workspace --quiet
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
