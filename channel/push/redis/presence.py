@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -55,6 +56,16 @@ def encode_presence(entry: Presence) -> str:
 def decode_presence(device_id: str, value: str) -> Presence:
     node_no, since, user_id = value.split(":", 2)
     return Presence(device_id, user_id, int(node_no), int(since, 36))
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """A presence look-up's commands and what reading their replies needs."""
+
+    batch: Batch
+    runs: list[list[int]]
+    keys: list[str]
+    by_key: dict[str, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,19 @@ class RedisPresence:
         self, device_ids: Sequence[str]
     ) -> tuple[dict[str, Presence], _Leases, dict[int, str]]:
         """Devices on live nodes, and the leases that said so."""
+        request = self.lookup_request(device_ids)
+        leases = self._leases
+        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
+            replies = await self._conn.run(request.batch)  # no second call to wait for
+        else:
+            leases, replies = await asyncio.gather(
+                self._read_leases(LEASE_CACHE_S), self._conn.run(request.batch)
+            )
+        return await self._lookup_found(request, replies, leases)
+
+    def lookup_request(self, device_ids: Sequence[str]) -> LookupRequest:
+        """The commands of a look-up (``lookup_reply`` reads their replies): for a caller
+        that sends them in one round trip with others (``RedisUnicastWriter``)."""
         by_key: dict[str, list[str]] = {}
         fields: dict[str, list[bytes]] = {}
         presence_field = self._keys.presence_field
@@ -194,13 +218,17 @@ class RedisPresence:
                 args.append(len(key_fields))
                 args += key_fields
             batch.script(lua.HMGET_MANY, [keys[i] for i in run], [pack_args(args)])
-        leases = self._leases
-        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
-            replies = await self._conn.run(batch)  # no second call to wait for
-        else:
-            leases, replies = await asyncio.gather(
-                self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
-            )
+        return LookupRequest(batch, runs, keys, by_key)
+
+    async def lookup_reply(self, request: LookupRequest, replies: list[Any]) -> dict[str, Presence]:
+        """``lookup``'s answer from the replies to ``request.batch``."""
+        leases = await self._read_leases(LEASE_CACHE_S)
+        return (await self._lookup_found(request, replies, leases))[0]
+
+    async def _lookup_found(
+        self, request: LookupRequest, replies: list[Any], leases: _Leases
+    ) -> tuple[dict[str, Presence], _Leases, dict[int, str]]:
+        runs, keys, by_key = request.runs, request.keys, request.by_key
         values: dict[str, str] = {}
         found: dict[str, Presence] = {}
         for run, reply in zip(runs, replies, strict=True):

@@ -114,8 +114,14 @@ class RedisReceipts:
     ) -> None:
         # STATUS_CREATE's arguments straight from the tuples: what ``create`` writes for
         # such a status (a device still accepted: kept ``retention_s`` past its expiry).
-        if not pushes:
-            return
+        if pushes:
+            batch = self.create_for_devices_request(pushes, accepted_at_ms, retention_s)
+            await self._conn.run(batch)
+
+    def create_for_devices_request(
+        self, pushes: Sequence[tuple[str, str, int]], accepted_at_ms: int, retention_s: int
+    ) -> Batch:
+        """``create_for_devices``'s commands."""
         keys = [self._keys.status(push[0]) for push in pushes]
         retention_ms = retention_s * 1000
         device, accepted = TargetKind.DEVICE.value, _LETTER[PushStatus.ACCEPTED]
@@ -135,9 +141,15 @@ class RedisReceipts:
                     accepted,
                 )
             batch.script(lua.STATUS_CREATE, [keys[i] for i in run], [pack_args(args)])
-        await self._conn.run(batch)
+        return batch
 
     async def record(self, receipts: Sequence[Receipt]) -> None:
+        batch = self.record_request(receipts)
+        if batch:
+            await self._conn.run(batch)
+
+    def record_request(self, receipts: Sequence[Receipt]) -> Batch:
+        """``record``'s commands (none for no receipts)."""
         # Accepted changes nothing.
         changes = [r for r in receipts if r.status is not PushStatus.ACCEPTED]
         keys = [self._keys.status(r.message_id) for r in changes]
@@ -158,8 +170,7 @@ class RedisReceipts:
             entry = fastjson.dumps([r.to_json() for r in chunk])
             maxlen = entries_for(self._maxlen, len(chunk))
             batch.add("xadd", self._stream, {"r": entry}, maxlen=maxlen, approximate=True)
-        if batch:
-            await self._conn.run(batch)
+        return batch
 
     async def add_delivered(self, counts: Mapping[str, int]) -> None:
         batch = Batch()
