@@ -34,6 +34,8 @@ LEASE_CACHE_S = 0.5
 FRESH_S = 0.05
 #: Leases lapsed this long are dropped from the lease hash by the next join.
 FORGET_NODE_AFTER_MS = 3_600_000
+#: Presences ``RedisPresence`` keeps decoded (~250 B each); past this many it starts over.
+DECODED_MAX_DEVICES = 32_768
 #: ``HSCAN`` page size for a user's bucket (one page while it is listpack-encoded).
 SCAN_COUNT = 1_000
 
@@ -97,6 +99,9 @@ class RedisPresence:
         self._keys = keys
         self._leases: _Leases | None = None
         self._leases_lock = asyncio.Lock()
+        #: Device id → (its presence value as last read, that value decoded): the same
+        #: devices are looked up push after push, and their values rarely change.
+        self._decoded: dict[str, tuple[bytes, Presence]] = {}
 
     async def aclose(self) -> None:
         """Close the backend's Redis clients (``PushBackend.close`` calls this)."""
@@ -231,15 +236,24 @@ class RedisPresence:
         runs, keys, by_key = request.runs, request.keys, request.by_key
         values: dict[str, str] = {}
         found: dict[str, Presence] = {}
+        decoded = self._decoded
         for run, reply in zip(runs, replies, strict=True):
             # Both replies are the values in the order the fields were given.
             devices = (
                 by_key[keys[run[0]]] if len(run) == 1 else [d for i in run for d in by_key[keys[i]]]
             )
             for device_id, value in zip(devices, reply, strict=True):
-                if value is not None:
-                    values[device_id] = text = value.decode()
-                    found[device_id] = decode_presence(device_id, text)
+                if value is None:
+                    continue
+                known = decoded.get(device_id)
+                if known is not None and known[0] == value:
+                    found[device_id] = known[1]
+                    continue
+                values[device_id] = text = value.decode()
+                found[device_id] = presence = decode_presence(device_id, text)
+                if len(decoded) >= DECODED_MAX_DEVICES:
+                    decoded.clear()
+                decoded[device_id] = (value, presence)
         live = leases.live()
         elsewhere = [d for d, p in found.items() if p.node_no not in live]
         if not elsewhere:  # the usual case: every device on a live node
@@ -249,7 +263,10 @@ class RedisPresence:
             live = leases.live()
         stale = [d for d in elsewhere if leases.dead(found[d].node_no, live)]
         if stale:
-            await self._forget((*self._keys.presence_field(d), values[d]) for d in stale)
+            await self._forget(
+                (*self._keys.presence_field(d), values.get(d) or encode_presence(found[d]))
+                for d in stale
+            )
         return {d: p for d, p in found.items() if p.node_no in live}, leases, live
 
     async def user_devices(self, user_id: str) -> list[Presence]:
