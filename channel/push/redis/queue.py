@@ -44,7 +44,7 @@ class RedisQueue:
         """``enqueue``'s commands, and the runs of ``items`` they took (for
         ``enqueue_outcomes``)."""
         now = now_ms()
-        keys = [self._keys.queue(device_id) for device_id, _ in items]
+        keys = self._keys.queues([item[0] for item in items])
         runs = self._conn.groups(keys)
         batch = Batch()
         for run in runs:
@@ -117,7 +117,7 @@ class RedisQueue:
 
     def _removals(self, items: Sequence[QueuedRef]) -> Batch:
         """One script per run of queues; its reply has a 1 or 0 per item, in order."""
-        keys = [self._keys.queue(item[0]) for item in items]
+        keys = self._keys.queues([item[0] for item in items])
         batch = Batch()
         for run in self._conn.groups(keys):
             args: list[str] = []
