@@ -158,3 +158,35 @@ async def test_acks_remove_and_record_in_one_exchange(
         s is not None and s.devices == {d: PushStatus.DELIVERED}
         for s, d in zip(statuses, devices, strict=True)
     )
+
+
+async def test_with_redis_gone_a_batch_is_never_answered_accepted_and_later_ones_arrive(
+    tmp_path: Path, redis_factory: Any
+) -> None:
+    """Redis stops between two batches (the pipeline's connection breaks under it): the
+    batch sent meanwhile fails as a whole, the node answers nothing accepted, and once
+    Redis is back (empty) the next batch is queued and delivered."""
+    server = redis_factory()
+    # A short lease: the node finds the emptied Redis at its next renewal and rejoins.
+    push = {
+        "backend": "redis",
+        "redis_url": server.url,
+        "request_stream_enabled": False,
+        "lease_ms": 1000,
+    }
+    async with gateway(tmp_path, push=push) as gw, online(gw, "d1") as (device,):
+        svc = service(gw)
+        (first,) = await svc.accept([to_device("d1", b"before")])
+        await wait_status(svc, first.message_id, "delivered")
+        server.stop()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await svc.accept([to_device("d1", b"lost"), to_device("d1", b"lost too")])
+        server.start()
+        # The empty Redis forgot the device's presence until the node's next lease
+        # renewal: the push waits in the queue (replayed when the node rejoins) or goes
+        # at once; either way it arrives.
+        await svc.accept([to_device("d1", b"after")])
+        async with asyncio.timeout(10):
+            while b"after" not in device.bodies:
+                await device.wait_pushes(len(device.pushes) + 1)
+        assert b"lost" not in device.bodies and b"lost too" not in device.bodies
