@@ -1,8 +1,11 @@
 """Python per acked unicast push, in process: every step the gateway's Python thread takes.
 
-``python -m stress.push_path [--devices 10000] [--batch 200] [--batches 50] [--rounds 10]``
+``python -m stress.push_path [--devices 10000] [--batch 200] [--batches 50] [--rounds 10]
+[--backend memory|redis]``
 
-One process, the memory backend, ``--devices`` devices on this node and batches of
+One process, the memory backend (or ``--backend redis``: the Redis stores on a
+throwaway ``redis-server``, the node reading its own inbox stream), ``--devices``
+devices on this node and batches of
 ``--batch`` pushes of ``stress.push``'s body, each to a random device, as
 ``POST /v1/push/batch`` carries them. Per batch, timed one step at a time:
 
@@ -18,8 +21,10 @@ The sessions stand in for the engine's (``push`` appends the command tuple
 or engine, only the Python between a request and its ACKs, which the gateway's
 Python thread spends per push on top of aiohttp and the engine. Figures are this
 thread's CPU time (``time.thread_time``: time the machine gave to other work does
-not count) per push, the lowest round of each step; the collector is tuned as the
-gateway tunes it. For a figure other machines reproduce exactly, count instructions:
+not count, nor does Redis's own work) per push, the lowest round of each step; the
+collector is tuned as the gateway tunes it. A push for a device on this node is
+written by ``accept`` itself (no inbox round trip), so ``inbox`` is about 0 there.
+For a figure other machines reproduce exactly, count instructions:
 ``valgrind --tool=cachegrind --cache-sim=no python -m stress.push_path --rounds N``
 for two values of N; the difference over the pushes in between is per push.
 """
@@ -32,6 +37,7 @@ import datetime as _dt
 import json
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +52,7 @@ from channel.push.delivery import NodeDelivery, _Outstanding
 from channel.push.memory import MemoryRouter, memory_backend
 from channel.push.model import Presence
 from channel.push.service import PushService
+from channel.push.stores import PushBackend
 from channel.sessions.registry import SessionRegistry
 from stress.machine import machine_info, machine_line
 from stress.report import write_json
@@ -109,9 +116,39 @@ def _requests(devices: int, batch: int, batches: int, seed: int) -> list[bytes]:
     return bodies
 
 
-async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[str, Any]:
-    config = load_config(None, environ={})
-    backend = memory_backend()
+async def measure(
+    devices: int, batch: int, batches: int, rounds: int, redis_url: str = ""
+) -> dict[str, Any]:
+    """Per push and step; on the Redis stores at ``redis_url`` if given."""
+    # Buckets as stress.compare sizes them for its Redis gateway.
+    overrides = (
+        {
+            "push": {
+                "backend": "redis",
+                "redis_url": redis_url,
+                "presence_buckets": max(16, devices // 64),
+            }
+        }
+        if redis_url
+        else None
+    )
+    config = load_config(None, environ={}, overrides=overrides)
+    backend: PushBackend
+    if redis_url:
+        from channel.push.redis import redis_backend
+
+        backend = await redis_backend(config.push)
+    else:
+        backend = memory_backend()
+    try:
+        return await _measure(config, backend, devices, batch, batches, rounds)
+    finally:
+        await backend.close()
+
+
+async def _measure(
+    config: Any, backend: PushBackend, devices: int, batch: int, batches: int, rounds: int
+) -> dict[str, Any]:
     registry = SessionRegistry()
     delivery = NodeDelivery(registry, backend, config, "bench")
     node_no = delivery.node_no = await backend.presence.join("bench", 600_000)
@@ -125,9 +162,16 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
         registry.by_device[device_id] = session  # type: ignore[assignment]
         delivery._state[session] = _Outstanding(device_id=device_id)  # type: ignore[index]
     router = backend.router
-    assert isinstance(router, MemoryRouter)
-    inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
-    router._inboxes[node_no] = inbox
+    if isinstance(router, MemoryRouter):
+        inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
+        router._inboxes[node_no] = inbox
+        stream = first = None
+    else:
+        # The node's inbox stream, read as the node reads it (one entry per batch here).
+        ready = asyncio.Event()
+        stream = router.inbox(node_no, ready)
+        first = asyncio.ensure_future(anext(stream))
+        await ready.wait()
     service = PushService(registry, backend, delivery, config)
     push = config.push
     body_bytes = min(MAX_PUSH_BODY_BYTES, config.api.max_body_bytes)
@@ -148,8 +192,12 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
             batch_answer(slots, accepted)
             t3 = clock()
             routed: list[Any] = []
-            while not inbox.empty():
-                routed.extend(inbox.get_nowait())
+            if stream is None:
+                while not inbox.empty():
+                    routed.extend(inbox.get_nowait())
+            elif not commands:  # routed through the inbox stream, not written by accept
+                routed = await (first if first is not None else anext(stream))
+                first = None
             await delivery._handle_batch(routed)
             t4 = clock()
             written, commands[:] = commands[:], []
@@ -169,7 +217,13 @@ async def measure(devices: int, batch: int, batches: int, rounds: int) -> dict[s
                 raise RuntimeError(f"{len(valid)} pushes accepted, {len(written)} written")
         per_round.append({step: 1e6 * s / pushes for step, s in spent.items()})
     best = {step: min(r[step] for r in per_round) for step in STEPS}
+    if first is not None:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+    if stream is not None:
+        await stream.aclose()  # type: ignore[attr-defined]
     return {
+        "backend": backend.name,
         "devices": devices,
         "batch": batch,
         "batches": batches,
@@ -194,12 +248,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=200, help="pushes per API request (200)")
     p.add_argument("--batches", type=int, default=50, help="requests per round (50)")
     p.add_argument("--rounds", type=int, default=10, help="rounds; the lowest of each step counts")
+    p.add_argument(
+        "--backend",
+        choices=("memory", "redis"),
+        default="memory",
+        help="memory, or the Redis stores on a throwaway redis-server (memory)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result")
     p.add_argument("--quiet", action="store_true", help="no effect: it prints no progress")
     args = p.parse_args(argv)
     print(f"machine: {machine_line()}")
     tune_gc(load_config(None, environ={}).server.gc_gen0_threshold)
-    doc = asyncio.run(measure(args.devices, args.batch, args.batches, args.rounds))
+    if args.backend == "redis":
+        from stress.push import Redis
+
+        with tempfile.TemporaryDirectory(prefix="push-path-") as workdir:
+            redis = Redis(Path(workdir) / "redis")
+            try:
+                doc = asyncio.run(
+                    measure(args.devices, args.batch, args.batches, args.rounds, redis.url)
+                )
+            finally:
+                redis.stop()
+    else:
+        doc = asyncio.run(measure(args.devices, args.batch, args.batches, args.rounds))
     doc["machine"] = machine_info()
     doc["when"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     print(table(doc))

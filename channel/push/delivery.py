@@ -438,8 +438,42 @@ class NodeDelivery:
         touched: set[Session] = set()
         forward: list[tuple[str, PushMessage]] = []
         self._deliver_many(items, touched, forward, now_ms())
-        for session in touched:
-            session.flush()
+        self._written(touched, forward)
+
+    def is_here(self, node_no: int) -> bool:
+        """``node_no`` is this node's, once it has joined (``deliver_accepted``)."""
+        return node_no == self.node_no and node_no != 0
+
+    def deliver_accepted(self, items: Sequence[tuple[str, PushMessage]]) -> None:
+        """Queued pushes the API accepted here for devices of this node (``is_here``),
+        written as this node's inbox would write them, without the round trip through
+        the store's inbox: high-priority ones first, the rest in order, one write per
+        session; devices gone meanwhile are forwarded to their node. The queue holds
+        every one of them either way (delivery is at-least-once through it)."""
+        touched: set[Session] = set()
+        forward: list[tuple[str, PushMessage]] = []
+        at_ms = now_ms()
+        high = Priority.HIGH
+        for item in items:
+            if item[1].priority is high:
+                self._deliver_many(
+                    [i for i in items if i[1].priority is high], touched, forward, at_ms
+                )
+                items = [i for i in items if i[1].priority is not high]
+                break
+        self._deliver_many(items, touched, forward, at_ms)
+        # Flushed at the end of this loop turn, not now: the native engine takes what
+        # every request of the turn wrote in one batch (a flush now would hand it each
+        # request's pushes on their own and step aside for it each time).
+        if touched:
+            asyncio.get_running_loop().call_soon(_flush_sessions, touched)
+        self._forward_soon(forward)
+
+    def _written(self, touched: set[Session], forward: list[tuple[str, PushMessage]]) -> None:
+        _flush_sessions(touched)
+        self._forward_soon(forward)
+
+    def _forward_soon(self, forward: list[tuple[str, PushMessage]]) -> None:
         if forward:
             task = asyncio.get_running_loop().create_task(self._forward(forward))
             self._tasks.append(task)
@@ -764,10 +798,13 @@ class NodeDelivery:
         acked, self._acked = self._acked, []
         receipts, self._receipts = self._receipts, []
         counts, self._fanout_acks = self._fanout_acks, Counter()
-        if acked:
-            await backend.queue.remove(acked)
-        if receipts:
-            await backend.receipts.record(receipts)
+        if backend.unicast is not None and (acked or receipts):
+            await backend.unicast.acknowledged(acked, receipts)
+        else:
+            if acked:
+                await backend.queue.remove(acked)
+            if receipts:
+                await backend.receipts.record(receipts)
         if counts:
             await backend.receipts.add_delivered(dict(counts))
 
@@ -909,6 +946,11 @@ class NodeDelivery:
         """Queued pushes written to this session and not acknowledged yet."""
         state = self._state.get(session)
         return len(state.message_ids) if state is not None else 0
+
+
+def _flush_sessions(sessions: Iterable[Session]) -> None:
+    for session in sessions:
+        session.flush()
 
 
 def _outstanding_mark(message: PushMessage) -> str:

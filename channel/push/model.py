@@ -69,6 +69,12 @@ QUIET = 1
 UNQUEUED = 2
 
 
+#: One packer for every message (``msgpack.packb`` makes a new one per call, ~1/3 of
+#: a pack's cost). Shared safely: packing strings, bytes, integers and lists calls no
+#: Python code, so one ``pack()`` runs under the GIL from start to end.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class PushMessage:
     """One message as queued and delivered (the same for every target device)."""
@@ -107,7 +113,7 @@ class PushMessage:
     def pack(self) -> bytes:
         if self._packed is not None:
             return self._packed
-        packed: bytes = msgpack.packb(
+        packed: bytes = _PACKER.pack(
             [
                 self.message_id,
                 self.body,
@@ -119,8 +125,7 @@ class PushMessage:
                 self.online_only,
                 list(self.target_users),
                 self.flags,
-            ],
-            use_bin_type=True,
+            ]
         )
         self._packed = packed
         return packed

@@ -108,11 +108,17 @@ class PushService:
                 )
             )
             statuses.append((message_id, device_id, expires_at_ms))
-        await backend.receipts.create_for_devices(statuses, now, push.status_retention_s)
-        receipts = self._queue_receipts(await backend.queue.enqueue(items, push.queue_cap), now)
-        # Queued first, looked up second (see _accept_any).
-        where = await backend.presence.lookup(sorted({device_id for device_id, _ in items}))
-        by_node: dict[int, list[env.Envelope]] = {}
+        if backend.unicast is not None:
+            outcomes, where = await backend.unicast.write(
+                statuses, now, push.status_retention_s, items, push.queue_cap
+            )
+        else:
+            await backend.receipts.create_for_devices(statuses, now, push.status_retention_s)
+            outcomes = await backend.queue.enqueue(items, push.queue_cap)
+            # Queued first, looked up second (see _accept_any).
+            where = await backend.presence.lookup(sorted({device_id for device_id, _ in items}))
+        receipts = self._queue_receipts(outcomes, now)
+        by_node: dict[int, list[env.DevicePush]] = {}
         results: list[AcceptResult] = []
         for item in items:
             presence = where.get(item[0])
@@ -125,11 +131,20 @@ class PushService:
             else:
                 node_batch.append(item)
             results.append(AcceptResult(item[1].message_id, device_kind, 1, 1))
-        for node_no, batch in by_node.items():
-            await backend.router.send(node_no, batch)
+        await self._route(by_node)
         if receipts:
             await backend.receipts.record(receipts)
         return results
+
+    async def _route(self, by_node: dict[int, list[env.DevicePush]]) -> None:
+        """Queued pushes to the nodes their devices are on: this node's written here
+        at once (``NodeDelivery.deliver_accepted``), the others' through their inbox."""
+        delivery = self.delivery
+        for node_no, batch in by_node.items():
+            if delivery.is_here(node_no):
+                delivery.deliver_accepted(batch)
+            else:
+                await self.backend.router.send(node_no, batch)
 
     @staticmethod
     def _queue_receipts(outcomes: Sequence[EnqueueOutcome], now: int) -> list[Receipt]:
@@ -243,7 +258,7 @@ class PushService:
             where = await backend.presence.lookup(sorted({d for d, _ in queue_items}))
         else:
             where = {}
-        by_node: dict[int, list[env.Envelope]] = {}
+        by_node: dict[int, list[env.DevicePush]] = {}
         online_count: dict[str, int] = {}
         for item in queue_items:
             presence = where.get(item[0])
@@ -252,8 +267,7 @@ class PushService:
             message_id = item[1].message_id
             by_node.setdefault(presence.node_no, []).append(item)
             online_count[message_id] = online_count.get(message_id, 0) + 1
-        for node_no, batch in by_node.items():
-            await backend.router.send(node_no, batch)
+        await self._route(by_node)
 
         fanouts: list[bytes] = []
         for message, request in zip(messages, requests, strict=True):

@@ -245,6 +245,10 @@ class PushBackend:
     #: The Redis connection the stores share (``channel.push.redis.connection``; None
     #: for the memory backend): the MQTT store runs on it too.
     connection: Any = None
+    #: Writes a batch of unicast pushes' statuses and queue entries and looks their
+    #: devices up in fewer round trips than the three stores' calls one after the
+    #: other (``channel.push.redis.unicast``; None: those calls).
+    unicast: Any = None
     #: Single-use TLS tickets shared by the fleet (TLS early data; None for the memory
     #: backend, whose node keeps its own: channel/security/tlstickets.py).
     tls_tickets: Any = None

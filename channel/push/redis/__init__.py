@@ -17,6 +17,7 @@ from channel.push.redis.presence import RedisPresence
 from channel.push.redis.queue import RedisQueue
 from channel.push.redis.receipts import RedisReceipts
 from channel.push.redis.router import RedisRouter
+from channel.push.redis.unicast import RedisUnicastWriter
 from channel.push.stores import PushBackend
 from channel.security.tlstickets import RedisTlsTickets
 
@@ -27,6 +28,7 @@ __all__ = [
     "RedisQueue",
     "RedisReceipts",
     "RedisRouter",
+    "RedisUnicastWriter",
     "redis_backend",
 ]
 
@@ -43,20 +45,23 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         raise
     keys = Keys(config.key_prefix, config.presence_buckets)
     presence = RedisPresence(conn, keys)
+    queue = RedisQueue(conn, keys)
+    receipts = RedisReceipts(
+        conn,
+        keys,
+        config.receipt_stream,
+        config.receipt_stream_maxlen,
+        round(config.final_status_retention_s * 1000),
+    )
     return PushBackend(
         redis=conn.blocking,
         connection=conn,
         name="redis",
         presence=presence,
-        queue=RedisQueue(conn, keys),
+        queue=queue,
         router=RedisRouter(conn, keys, presence, config.inbox_max_entries),
-        receipts=RedisReceipts(
-            conn,
-            keys,
-            config.receipt_stream,
-            config.receipt_stream_maxlen,
-            round(config.final_status_retention_s * 1000),
-        ),
+        receipts=receipts,
+        unicast=RedisUnicastWriter(conn, queue, receipts, presence),
         idempotency=RedisIdempotency(conn, keys),
         directory=RedisDirectory(conn, keys, config.user_devices_ttl_s, config.user_devices_cap),
         tls_tickets=RedisTlsTickets(conn, config.key_prefix),

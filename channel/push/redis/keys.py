@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterable
 
 #: Device ids whose queue key and presence key and field ``Keys`` keeps made: a push
 #: names its device's queue when queued and again when acknowledged, and its presence
@@ -90,6 +91,11 @@ class Keys:
             key = f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"
             self._queues[device_id] = key
         return key
+
+    def queues(self, device_ids: Iterable[str]) -> list[str]:
+        """``queue(d)`` for each of ``device_ids``: one call per batch, not per push."""
+        known, make = self._queues.get, self.queue
+        return [known(device_id) or make(device_id) for device_id in device_ids]
 
     def inbox(self, node_no: int) -> str:
         return f"{self.prefix}:in:{{{node_no}}}"

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -33,6 +34,8 @@ LEASE_CACHE_S = 0.5
 FRESH_S = 0.05
 #: Leases lapsed this long are dropped from the lease hash by the next join.
 FORGET_NODE_AFTER_MS = 3_600_000
+#: Presences ``RedisPresence`` keeps decoded (~250 B each); past this many it starts over.
+DECODED_MAX_DEVICES = 32_768
 #: ``HSCAN`` page size for a user's bucket (one page while it is listpack-encoded).
 SCAN_COUNT = 1_000
 
@@ -55,6 +58,16 @@ def encode_presence(entry: Presence) -> str:
 def decode_presence(device_id: str, value: str) -> Presence:
     node_no, since, user_id = value.split(":", 2)
     return Presence(device_id, user_id, int(node_no), int(since, 36))
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """A presence look-up's commands and what reading their replies needs."""
+
+    batch: Batch
+    runs: list[list[int]]
+    keys: list[str]
+    by_key: dict[str, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,9 @@ class RedisPresence:
         self._keys = keys
         self._leases: _Leases | None = None
         self._leases_lock = asyncio.Lock()
+        #: Device id → (its presence value as last read, that value decoded): the same
+        #: devices are looked up push after push, and their values rarely change.
+        self._decoded: dict[str, tuple[bytes, Presence]] = {}
 
     async def aclose(self) -> None:
         """Close the backend's Redis clients (``PushBackend.close`` calls this)."""
@@ -169,6 +185,19 @@ class RedisPresence:
         self, device_ids: Sequence[str]
     ) -> tuple[dict[str, Presence], _Leases, dict[int, str]]:
         """Devices on live nodes, and the leases that said so."""
+        request = self.lookup_request(device_ids)
+        leases = self._leases
+        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
+            replies = await self._conn.run(request.batch)  # no second call to wait for
+        else:
+            leases, replies = await asyncio.gather(
+                self._read_leases(LEASE_CACHE_S), self._conn.run(request.batch)
+            )
+        return await self._lookup_found(request, replies, leases)
+
+    def lookup_request(self, device_ids: Sequence[str]) -> LookupRequest:
+        """The commands of a look-up (``lookup_reply`` reads their replies): for a caller
+        that sends them in one round trip with others (``RedisUnicastWriter``)."""
         by_key: dict[str, list[str]] = {}
         fields: dict[str, list[bytes]] = {}
         presence_field = self._keys.presence_field
@@ -194,24 +223,37 @@ class RedisPresence:
                 args.append(len(key_fields))
                 args += key_fields
             batch.script(lua.HMGET_MANY, [keys[i] for i in run], [pack_args(args)])
-        leases = self._leases
-        if leases is not None and leases.age_s() <= LEASE_CACHE_S:
-            replies = await self._conn.run(batch)  # no second call to wait for
-        else:
-            leases, replies = await asyncio.gather(
-                self._read_leases(LEASE_CACHE_S), self._conn.run(batch)
-            )
+        return LookupRequest(batch, runs, keys, by_key)
+
+    async def lookup_reply(self, request: LookupRequest, replies: list[Any]) -> dict[str, Presence]:
+        """``lookup``'s answer from the replies to ``request.batch``."""
+        leases = await self._read_leases(LEASE_CACHE_S)
+        return (await self._lookup_found(request, replies, leases))[0]
+
+    async def _lookup_found(
+        self, request: LookupRequest, replies: list[Any], leases: _Leases
+    ) -> tuple[dict[str, Presence], _Leases, dict[int, str]]:
+        runs, keys, by_key = request.runs, request.keys, request.by_key
         values: dict[str, str] = {}
         found: dict[str, Presence] = {}
+        decoded = self._decoded
         for run, reply in zip(runs, replies, strict=True):
             # Both replies are the values in the order the fields were given.
             devices = (
                 by_key[keys[run[0]]] if len(run) == 1 else [d for i in run for d in by_key[keys[i]]]
             )
             for device_id, value in zip(devices, reply, strict=True):
-                if value is not None:
-                    values[device_id] = text = value.decode()
-                    found[device_id] = decode_presence(device_id, text)
+                if value is None:
+                    continue
+                known = decoded.get(device_id)
+                if known is not None and known[0] == value:
+                    found[device_id] = known[1]
+                    continue
+                values[device_id] = text = value.decode()
+                found[device_id] = presence = decode_presence(device_id, text)
+                if len(decoded) >= DECODED_MAX_DEVICES:
+                    decoded.clear()
+                decoded[device_id] = (value, presence)
         live = leases.live()
         elsewhere = [d for d, p in found.items() if p.node_no not in live]
         if not elsewhere:  # the usual case: every device on a live node
@@ -221,7 +263,10 @@ class RedisPresence:
             live = leases.live()
         stale = [d for d in elsewhere if leases.dead(found[d].node_no, live)]
         if stale:
-            await self._forget((*self._keys.presence_field(d), values[d]) for d in stale)
+            await self._forget(
+                (*self._keys.presence_field(d), values.get(d) or encode_presence(found[d]))
+                for d in stale
+            )
         return {d: p for d, p in found.items() if p.node_no in live}, leases, live
 
     async def user_devices(self, user_id: str) -> list[Presence]:

@@ -10,6 +10,7 @@ order is restored on read: by (``accepted_at_ms``, message id).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from channel.push.model import PushMessage, now_ms
 from channel.push.redis import lua
@@ -34,8 +35,16 @@ class RedisQueue:
     ) -> list[EnqueueOutcome]:
         if not items:
             return []
+        batch, runs = self.enqueue_request(items, cap)
+        return self.enqueue_outcomes(items, runs, await self._conn.run(batch))
+
+    def enqueue_request(
+        self, items: Sequence[tuple[str, PushMessage]], cap: int
+    ) -> tuple[Batch, list[list[int]]]:
+        """``enqueue``'s commands, and the runs of ``items`` they took (for
+        ``enqueue_outcomes``)."""
         now = now_ms()
-        keys = [self._keys.queue(device_id) for device_id, _ in items]
+        keys = self._keys.queues([item[0] for item in items])
         runs = self._conn.groups(keys)
         batch = Batch()
         for run in runs:
@@ -45,7 +54,12 @@ class RedisQueue:
                 ttl_ms = max(message.expires_at_ms - now, MIN_KEY_TTL_MS)
                 args += (message.message_id, message.pack(), message.collapse_key, ttl_ms)
             batch.script(lua.QUEUE_ENQUEUE, [keys[i] for i in run], [pack_args(args)])
-        replies = await self._conn.run(batch)
+        return batch, runs
+
+    @staticmethod
+    def enqueue_outcomes(
+        items: Sequence[tuple[str, PushMessage]], runs: list[list[int]], replies: list[Any]
+    ) -> list[EnqueueOutcome]:
         # Most pushes replace and drop nothing: the script lists only what did, and so
         # do the outcomes (the contract allows leaving the others out).
         older: dict[int, tuple[list[str], list[str]]] = {}
@@ -97,9 +111,13 @@ class RedisQueue:
         ((removed,),) = await self._conn.run(self._removals([(device_id, message_id)]))
         return bool(removed)
 
+    def removals_request(self, items: Sequence[QueuedRef]) -> Batch:
+        """``remove``'s commands (``RedisUnicastWriter.acknowledged``)."""
+        return self._removals(items)
+
     def _removals(self, items: Sequence[QueuedRef]) -> Batch:
         """One script per run of queues; its reply has a 1 or 0 per item, in order."""
-        keys = [self._keys.queue(item[0]) for item in items]
+        keys = self._keys.queues([item[0] for item in items])
         batch = Batch()
         for run in self._conn.groups(keys):
             args: list[str] = []
