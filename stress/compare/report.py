@@ -176,6 +176,13 @@ FIGURES: list[tuple[str, str, Get, str, bool]] = [
         False,
     ),
     ("rpc", "RPC added latency p99 ms", lambda d: _dig(d, "rpc", "overhead_p99_ms"), "+.3f", False),
+    (
+        "rpc",
+        "RPC gateway CPU µs per call (one in flight)",
+        lambda d: _dig(d, "rpc", "gateway_cpu_us_per_call"),
+        ",.0f",
+        False,
+    ),
 ]
 
 

@@ -372,6 +372,8 @@ def rpc(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
     ids = write_ids(workdir / "ids.txt", server, ["rpc-0001"])
     calls = str(ctx.args.rpc_calls)
     samples: dict[str, list[float]] = {"direct": [], "gateway": []}
+    gateway_cpu_s = 0.0
+    gateway_calls = 0
     try:
         for _ in range(ctx.args.rpc_rounds):
             direct = run_json(
@@ -389,6 +391,7 @@ def rpc(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
                 ctx.client_cpus,
                 300,
             )
+            cpu_before_s = precise_cpu_s(server.pid)
             gateway = run_json(
                 [
                     "mmtp-rpc",
@@ -406,6 +409,10 @@ def rpc(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
                 ctx.client_cpus,
                 300,
             )
+            # The gateway's own CPU (every thread) over the round: its cost per call,
+            # one call in flight, whichever thread serves it.
+            gateway_cpu_s += precise_cpu_s(server.pid) - cpu_before_s
+            gateway_calls += len(gateway["us"])
             for name, doc in (("direct", direct), ("gateway", gateway)):
                 us = doc["us"]
                 samples[name] += us[len(us) // 10 :]  # the first tenth warms up
@@ -424,10 +431,12 @@ def rpc(ctx: Ctx, spec: TargetSpec) -> dict[str, Any]:
         }
     out["overhead_p50_ms"] = out["gateway"]["p50_ms"] - out["direct"]["p50_ms"]
     out["overhead_p99_ms"] = out["gateway"]["p99_ms"] - out["direct"]["p99_ms"]
+    out["gateway_cpu_us_per_call"] = gateway_cpu_s * 1e6 / max(1, gateway_calls)
     out["samples_ms"] = {k: [round(v / 1000, 4) for v in vals] for k, vals in samples.items()}
     ctx.log(
         f"{spec.name} rpc: added p50 {out['overhead_p50_ms']:+.3f} ms, "
-        f"p99 {out['overhead_p99_ms']:+.3f} ms"
+        f"p99 {out['overhead_p99_ms']:+.3f} ms, "
+        f"gateway CPU {out['gateway_cpu_us_per_call']:.0f} µs a call"
     )
     return out
 
