@@ -22,6 +22,15 @@ from channel.config import ConfigError, load_config
         ("fanout_linger_ms = 20000", r"push\.fanout_linger_ms"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
         ("memory_max_statuses = -1", r"push\.memory_max_statuses"),
+        ("redis_max_connections = 1", r"push\.redis_max_connections"),
+        ("redis_max_connections = 10001", r"push\.redis_max_connections"),
+        ("redis_raw_connections = -1", r"push\.redis_raw_connections"),
+        ("redis_raw_connections = 64", r"push\.redis_raw_connections"),
+        ("redis_key_memo_devices = 0", r"push\.redis_key_memo_devices"),
+        ("redis_key_memo_devices = 10000001", r"push\.redis_key_memo_devices"),
+        ("redis_presence_memo_devices = 0", r"push\.redis_presence_memo_devices"),
+        ("redis_local_envelopes = -1", r"push\.redis_local_envelopes"),
+        ("redis_local_envelopes = 10000001", r"push\.redis_local_envelopes"),
     ],
 )
 def test_bad_push_settings_are_named(tmp_path: Path, setting: str, message: str) -> None:
@@ -40,6 +49,35 @@ def test_push_settings_take_environment_overrides(tmp_path: Path) -> None:
         },
     )
     assert config.push.user_devices_ttl_s == 0 and config.push.fanout_batch == 64
+
+
+def test_redis_memory_bounds_keep_their_defaults_and_take_overrides(tmp_path: Path) -> None:
+    defaults = load_config(None, environ={}).push
+    assert (
+        defaults.redis_max_connections,
+        defaults.redis_raw_connections,
+        defaults.redis_key_memo_devices,
+        defaults.redis_presence_memo_devices,
+        defaults.redis_local_envelopes,
+    ) == (64, 4, 32_768, 32_768, 65_536)
+    config_file = tmp_path / "channel.toml"
+    config_file.write_text("[push]\nredis_max_connections = 16\nredis_key_memo_devices = 100\n")
+    config = load_config(
+        config_file,
+        environ={
+            "CHANNEL_PUSH__REDIS_RAW_CONNECTIONS": "0",
+            "CHANNEL_PUSH__REDIS_PRESENCE_MEMO_DEVICES": "200",
+            "CHANNEL_PUSH__REDIS_LOCAL_ENVELOPES": "0",
+            "CHANNEL_PUSH__REDIS_KEY_MEMO_DEVICES": "300",  # the environment wins
+        },
+    ).push
+    assert (
+        config.redis_max_connections,
+        config.redis_raw_connections,
+        config.redis_key_memo_devices,
+        config.redis_presence_memo_devices,
+        config.redis_local_envelopes,
+    ) == (16, 0, 300, 200, 0)
 
 
 @pytest.mark.parametrize("value", ["-1", "3600001"])

@@ -9,8 +9,9 @@ BLOCK`` never holds a connection commands need. Both:
   blocks and retry them silently);
 * retry on connection errors and timeouts with jittered exponential backoff,
   so a Redis restart costs a few failed calls at most, not the process;
-* run at most ``MAX_IN_FLIGHT`` calls at once: redis-py's pools raise rather
-  than wait when full, so callers queue here instead.
+* run at most ``[push] redis_max_connections - redis_raw_connections`` calls at
+  once: redis-py's pools raise rather than wait when full, so callers queue here
+  instead.
 
 Everything goes through ``Batch``: commands and Lua scripts in one pipeline per
 ``PIPELINE_CHUNK`` (a cluster pipeline splits it per node), scripts by SHA and
@@ -57,18 +58,9 @@ MAX_BLOCK_MS = 5_000
 SOCKET_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 15
-#: Connections per pool (per node on a cluster).
-MAX_CONNECTIONS = 64
-MAX_IN_FLIGHT = MAX_CONNECTIONS - 4
 #: Commands per pipeline round trip: bounds the memory of one reply.
 PIPELINE_CHUNK = 1_000
 RETRIES = 6
-#: Connections the raw path keeps between its exchanges (per client, single Redis)
-#: instead of handing them back to redis-py's pool, whose get and release (a lock,
-#: observability records, an event dispatch) cost more Python than the exchange
-#: itself. No more than the pool holds beyond ``MAX_IN_FLIGHT``, so redis-py's own
-#: calls never find it short.
-RAW_IDLE_MAX = MAX_CONNECTIONS - MAX_IN_FLIGHT
 #: Keys one script call takes at most (``Connection.groups``): bounds how long one call
 #: holds Redis (a few hundred µs) and the size of its reply.
 KEYS_PER_SCRIPT = 256
@@ -161,7 +153,7 @@ def _client(config: PushConfig) -> RedisClient:
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.02), RETRIES),
-        "max_connections": MAX_CONNECTIONS,
+        "max_connections": config.redis_max_connections,
     }
     if config.redis_cluster:
         return RedisCluster.from_url(config.redis_url, **options)
@@ -174,10 +166,17 @@ class Connection:
         self.client = _client(config)
         #: For blocking reads only.
         self.blocking = _client(config)
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._blocking_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._idle = _IdleConnections(self.client)
-        self._blocking_idle = _IdleConnections(self.blocking)
+        # Connections the raw path keeps between its exchanges (per client, single
+        # Redis) instead of handing them back to redis-py's pool, whose get and release
+        # (a lock, observability records, an event dispatch) cost more Python than the
+        # exchange itself. Calls in flight are bounded to what the pool holds beyond
+        # them, so redis-py's own calls never find it short.
+        raw = config.redis_raw_connections
+        in_flight = config.redis_max_connections - raw
+        self._slots = asyncio.Semaphore(in_flight)
+        self._blocking_slots = asyncio.Semaphore(in_flight)
+        self._idle = _IdleConnections(self.client, raw)
+        self._blocking_idle = _IdleConnections(self.blocking, raw)
 
     async def start(self) -> None:
         """Reach Redis once, so a wrong URL fails at start-up, not at the first push."""
@@ -385,11 +384,13 @@ def _raw_command(op: _Op) -> tuple[Any, ...] | None:
 
 class _IdleConnections:
     """Connections of a single-Redis client's pool, kept between raw exchanges
-    (``RAW_IDLE_MAX`` at most); one that failed goes back to the pool, disconnected."""
+    (``max_idle`` at most: ``[push] redis_raw_connections``); one that failed goes back
+    to the pool, disconnected."""
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, max_idle: int) -> None:
         self._pool = client.connection_pool if isinstance(client, Redis) else None
         self._idle: list[Any] = []
+        self._max_idle = max_idle
 
     async def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         pool = self._pool
@@ -401,7 +402,7 @@ class _IdleConnections:
         except BaseException:
             await pool.release(conn)
             raise
-        if len(idle) < RAW_IDLE_MAX:
+        if len(idle) < self._max_idle:
             idle.append(conn)
         else:
             await pool.release(conn)
