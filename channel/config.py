@@ -326,6 +326,14 @@ class PushConfig:
     #: Pushes kept as sent for the entries this node added to its own inbox, until read
     #: back (the oldest let go first: those are unpacked from their bytes); 0: none.
     redis_local_envelopes: int = 65_536
+    #: Commands per pipelined round trip (a longer batch goes in several): bounds one
+    #: reply's memory.
+    redis_pipeline_commands: int = 1_000
+    #: Keys one Lua script call takes at most: bounds how long one call holds Redis (a
+    #: few hundred µs at 256) and the size of its reply.
+    redis_keys_per_script: int = 256
+    #: Inbox entries (batches of pushes) taken per read: bounds one read's memory.
+    redis_inbox_read_entries: int = 256
     #: Redis stream API: backends XADD push requests here and read receipts there.
     request_stream: str = "channel:push"
     receipt_stream: str = "channel:receipts"
@@ -834,6 +842,11 @@ def _validate_redis_memory(push: PushConfig) -> None:
             raise ConfigError(f"push.{name}: must be 1..10000000")
     if not 0 <= push.redis_local_envelopes <= 10_000_000:
         raise ConfigError("push.redis_local_envelopes: must be 0..10000000 (0 = keep none)")
+    if not 1 <= push.redis_pipeline_commands <= 100_000:
+        raise ConfigError("push.redis_pipeline_commands: must be 1..100000")
+    for name in ("redis_keys_per_script", "redis_inbox_read_entries"):
+        if not 1 <= getattr(push, name) <= 10_000:
+            raise ConfigError(f"push.{name}: must be 1..10000")
 
 
 def _validate_mqtt(mqtt: MqttConfig) -> None:

@@ -1,5 +1,6 @@
 """The Redis backend's own bounds, as ``[push]`` settings: the per-device key memo, the
-presence decode memo, and the connections to Redis. Each bound set low is held on a
+presence decode memo, the connections to Redis, the keys per script call, the commands
+per round trip and the inbox entries per read. Each bound set low is held on a
 real Redis and a real three-master Redis Cluster, and the answers stay right past it.
 (The envelopes kept for a node's own inbox: tests/test_push_redis_inbox_local.py.)"""
 
@@ -17,7 +18,9 @@ from channel.config import PushConfig
 from channel.push.model import Presence, PushMessage, now_ms
 from channel.push.redis import redis_backend
 from channel.push.redis.connection import Batch, Connection
+from channel.push.redis.router import RedisRouter
 from channel.push.stores import PushBackend
+from tests.test_push_stores import InboxReader
 
 DEVICES = 12
 BOUND = 4
@@ -128,3 +131,80 @@ async def test_connections_to_redis_stay_within_the_setting(
     assert replies == [[1]] * 40
     assert 0 < _clients(owner) - before <= 5
     assert len(conn._idle._idle) <= 2  # type: ignore[attr-defined]
+
+
+async def test_script_calls_take_at_most_their_setting_of_keys(
+    backend_with: BackendFactory,
+) -> None:
+    backend = await backend_with(redis_keys_per_script=BOUND)
+    conn = backend.connection
+    assert isinstance(conn, Connection)
+    keys = backend.presence._keys  # type: ignore[attr-defined]
+    names = [keys.queue(f"dev-{n % 2}") for n in range(DEVICES)]  # 6 a slot
+    runs = conn.groups(names)
+    assert sorted(i for run in runs for i in run) == list(range(DEVICES))
+    assert all(0 < len(run) <= BOUND for run in runs)
+    # And a batch of pushes over them is queued whole.
+    devices = [f"dev-{n}" for n in range(DEVICES)]
+    await backend.queue.enqueue([(d, _message(n)) for n, d in enumerate(devices)], cap=10)
+    pending = await backend.queue.pending_many(devices, now_ms())
+    assert all(len(pending[d][0]) == 1 for d in devices)
+
+
+async def test_a_batch_goes_in_round_trips_of_at_most_its_setting(
+    backend_with: BackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await backend_with(redis_pipeline_commands=BOUND)
+    conn = backend.connection
+    assert isinstance(conn, Connection)
+    sent: list[int] = []
+    execute = conn._execute  # type: ignore[attr-defined]
+
+    async def counted(ops: Any) -> Any:  # the real exchange, its size noted
+        sent.append(len(ops))
+        return await execute(ops)
+
+    monkeypatch.setattr(conn, "_execute", counted)
+    key = f"{backend.presence._keys.prefix}:{{p}}"  # type: ignore[attr-defined]
+    batch = Batch()
+    for n in range(DEVICES + 1):
+        batch.command("RPUSH", key, n)
+    replies = await conn.run(batch)
+    assert replies == list(range(1, DEVICES + 2))
+    assert sent == [BOUND, BOUND, BOUND, 1]
+
+
+class _SizedReader(InboxReader):
+    """An inbox reader that notes how many envelopes each read brought."""
+
+    sizes: list[int]
+
+    async def _read(self) -> None:
+        self.sizes = []
+        async for batch in self._inbox:
+            self.sizes.append(len(batch))
+            self.received.extend(batch)
+            self._changed.set()
+
+
+async def test_an_inbox_read_takes_at_most_its_setting_of_entries(
+    backend_with: BackendFactory,
+) -> None:
+    backend = await backend_with(redis_inbox_read_entries=3)
+    conn, router = backend.connection, backend.router
+    assert isinstance(conn, Connection) and isinstance(router, RedisRouter)
+    reader = _SizedReader(router, 9)
+    try:
+        await reader.ready()
+        reader.sizes.clear()
+        # Twelve entries in one round trip: all but the first wait for the next read.
+        batch = Batch()
+        for n in range(DEVICES):
+            batch.ops += router._sends([9], [b"e:%d" % n]).ops  # type: ignore[attr-defined]
+        await conn.run(batch)
+        got = await reader.take(DEVICES)
+        assert got == [b"e:%d" % n for n in range(DEVICES)]
+        assert sum(reader.sizes) == DEVICES
+        assert max(reader.sizes) <= 3
+    finally:
+        await reader.close()

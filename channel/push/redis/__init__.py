@@ -60,7 +60,12 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         presence=presence,
         queue=queue,
         router=RedisRouter(
-            conn, keys, presence, config.inbox_max_entries, config.redis_local_envelopes
+            conn,
+            keys,
+            presence,
+            config.inbox_max_entries,
+            config.redis_local_envelopes,
+            config.redis_inbox_read_entries,
         ),
         receipts=receipts,
         unicast=RedisUnicastWriter(conn, queue, receipts, presence),

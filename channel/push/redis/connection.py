@@ -14,13 +14,13 @@ BLOCK`` never holds a connection commands need. Both:
   instead.
 
 Everything goes through ``Batch``: commands and Lua scripts in one pipeline per
-``PIPELINE_CHUNK`` (a cluster pipeline splits it per node), scripts by SHA and
+``[push] redis_pipeline_commands`` (a cluster pipeline splits it per node), scripts by SHA and
 loaded on ``NOSCRIPT`` (a restarted Redis has forgotten them).
 
 The hot paths (a push accepted, a push acknowledged) run one script over many keys
 instead of one command per push: ``Connection.groups`` splits a batch's keys into
 runs a script may take together (any keys on one Redis, one hash slot on a cluster),
-at most ``KEYS_PER_SCRIPT`` each. A command costs the gateway ~2 µs of Python to
+at most ``[push] redis_keys_per_script`` each. A command costs the gateway ~2 µs of Python to
 build, pack and parse whatever it carries, and Redis a dispatch.
 """
 
@@ -58,12 +58,7 @@ MAX_BLOCK_MS = 5_000
 SOCKET_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 15
-#: Commands per pipeline round trip: bounds the memory of one reply.
-PIPELINE_CHUNK = 1_000
 RETRIES = 6
-#: Keys one script call takes at most (``Connection.groups``): bounds how long one call
-#: holds Redis (a few hundred µs) and the size of its reply.
-KEYS_PER_SCRIPT = 256
 
 #: Redis calls that failed (after redis-py's own retries), by exception class: the
 #: ``channel_redis_errors_total`` metric. One process, one count: every Connection
@@ -163,6 +158,10 @@ def _client(config: PushConfig) -> RedisClient:
 class Connection:
     def __init__(self, config: PushConfig) -> None:
         self.cluster = config.redis_cluster
+        #: Keys one script call takes at most (``groups``).
+        self.keys_per_script = config.redis_keys_per_script
+        #: Commands per pipelined round trip (``run``).
+        self.pipeline_commands = config.redis_pipeline_commands
         self.client = _client(config)
         #: For blocking reads only.
         self.blocking = _client(config)
@@ -193,30 +192,32 @@ class Connection:
 
     def groups(self, keys: Sequence[str]) -> list[list[int]]:
         """Indexes of ``keys`` in runs one script call may take together, each in the
-        order given: consecutive runs of ``KEYS_PER_SCRIPT`` on one Redis; on a cluster,
+        order given: consecutive runs of ``keys_per_script`` on one Redis; on a cluster,
         keys of one hash slot (scripts refuse keys of several slots)."""
+        per_script = self.keys_per_script
         if not self.cluster:
             count = len(keys)
             return [
-                list(range(start, min(start + KEYS_PER_SCRIPT, count)))
-                for start in range(0, count, KEYS_PER_SCRIPT)
+                list(range(start, min(start + per_script, count)))
+                for start in range(0, count, per_script)
             ]
         by_slot: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_slot.setdefault(key_slot(key.encode()), []).append(index)
         return [
-            indexes[start : start + KEYS_PER_SCRIPT]
+            indexes[start : start + per_script]
             for indexes in by_slot.values()
-            for start in range(0, len(indexes), KEYS_PER_SCRIPT)
+            for start in range(0, len(indexes), per_script)
         ]
 
     async def run(self, batch: Batch) -> list[Any]:
         """Replies in order; raises the first command error after the batch ran."""
         replies: list[Any] = []
-        for start in range(0, len(batch.ops), PIPELINE_CHUNK):
+        chunk = self.pipeline_commands
+        for start in range(0, len(batch.ops), chunk):
             async with self._slots:
                 try:
-                    replies.extend(await self._execute(batch.ops[start : start + PIPELINE_CHUNK]))
+                    replies.extend(await self._execute(batch.ops[start : start + chunk]))
                 except Exception as exc:
                     ERRORS[type(exc).__name__] += 1
                     raise

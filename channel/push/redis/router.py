@@ -34,8 +34,6 @@ from channel.push.redis.presence import RedisPresence
 log = logging.getLogger("channel.push")
 
 INBOX_BLOCK_MS = 1_000
-#: Entries taken per read (each a batch); what they hold is yielded as one batch.
-INBOX_READ_COUNT = 256
 INBOX_IDLE_TTL_MS = 600_000
 RECONNECT_BACKOFF_CAP_S = 2.0
 #: One packer for every inbox entry (``msgpack.packb`` makes a new one each time);
@@ -57,8 +55,12 @@ class RedisRouter:
         presence: RedisPresence,
         max_entries: int = PushConfig.inbox_max_entries,
         local_envelopes: int = PushConfig.redis_local_envelopes,
+        read_entries: int = PushConfig.redis_inbox_read_entries,
     ) -> None:
         self._conn = conn
+        #: ``[push] redis_inbox_read_entries``: entries taken per read (each a batch);
+        #: what they hold is yielded as one batch.
+        self.read_entries = read_entries
         #: ``[push] redis_local_envelopes``: envelopes kept for entries this process
         #: added to an inbox it reads itself (at most; the oldest entries go first).
         self.local_envelopes = local_envelopes
@@ -150,7 +152,7 @@ class RedisRouter:
                     if ready is not None:
                         ready.set()
                 reply = await self._conn.blocking_read(
-                    key, cursor, INBOX_READ_COUNT, INBOX_BLOCK_MS
+                    key, cursor, self.read_entries, INBOX_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
                 # Redis restarting or unreachable: keep the cursor, try again.
