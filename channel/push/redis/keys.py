@@ -81,6 +81,11 @@ class Keys:
             found = self._presences[device_id] = (key, h8(device_id))
         return found
 
+    def presence_memo(self) -> dict[str, tuple[str, bytes]]:
+        """``presence_field``'s memo as it stands (read-only for callers): a caller
+        looking many devices up reads it first and calls ``presence_field`` on a miss."""
+        return self._presences
+
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
 

@@ -207,9 +207,10 @@ class RedisPresence:
         that sends them in one round trip with others (``RedisUnicastWriter``)."""
         by_key: dict[str, list[str]] = {}
         fields: dict[str, list[bytes]] = {}
-        presence_field = self._keys.presence_field
+        # Keys.presence_field's memo read here, the call only for a device not in it.
+        known, presence_field = self._keys.presence_memo().get, self._keys.presence_field
         for device_id in dict.fromkeys(device_ids):
-            key, field = presence_field(device_id)
+            key, field = known(device_id) or presence_field(device_id)
             devices = by_key.get(key)
             if devices is None:
                 by_key[key] = [device_id]
