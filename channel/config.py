@@ -311,6 +311,29 @@ class PushConfig:
     #: (one TLS record, one send, one ACK to read): broadcasts cost the node less CPU per
     #: delivery, each up to this much later. 0: start at once.
     fanout_linger_ms: float = 0.0
+    #: Redis backend, the node's own memory and sockets (docs/operations.md, "Limits"):
+    #: connections per Redis client pool (two clients; per primary on a cluster).
+    redis_max_connections: int = 64
+    #: ...of which a single-Redis client keeps this many between its raw pipelined
+    #: exchanges (they skip the pool's get and release); the other
+    #: ``redis_max_connections - redis_raw_connections`` bound the calls in flight.
+    redis_raw_connections: int = 4
+    #: Devices whose queue and presence keys are kept made (~300 B each); past it the
+    #: memo starts over.
+    redis_key_memo_devices: int = 32_768
+    #: Devices whose presence is kept decoded (~250 B each); past it the memo starts over.
+    redis_presence_memo_devices: int = 32_768
+    #: Pushes kept as sent for the entries this node added to its own inbox, until read
+    #: back (the oldest let go first: those are unpacked from their bytes); 0: none.
+    redis_local_envelopes: int = 65_536
+    #: Commands per pipelined round trip (a longer batch goes in several): bounds one
+    #: reply's memory.
+    redis_pipeline_commands: int = 1_000
+    #: Keys one Lua script call takes at most: bounds how long one call holds Redis (a
+    #: few hundred µs at 256) and the size of its reply.
+    redis_keys_per_script: int = 256
+    #: Inbox entries (batches of pushes) taken per read: bounds one read's memory.
+    redis_inbox_read_entries: int = 256
     #: Redis stream API: backends XADD push requests here and read receipts there.
     request_stream: str = "channel:push"
     receipt_stream: str = "channel:receipts"
@@ -771,6 +794,7 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("push.inbox_max_entries: must be >= 1")
     if not 0 <= push.recent_acks <= 10_000_000:
         raise ConfigError("push.recent_acks: must be 0..10000000")
+    _validate_redis_memory(push)
     api = config.api
     if api.idempotency_ttl_s < 1:
         raise ConfigError("api.idempotency_ttl_s: must be >= 1")
@@ -803,6 +827,26 @@ def validate(config: GatewayConfig) -> None:
         raise ConfigError("auth.token_cache_entries: must be >= 0 (0 = no cache)")
     if config.tls.ticket_store_max_entries < 1:
         raise ConfigError("tls.ticket_store_max_entries: must be >= 1")
+
+
+def _validate_redis_memory(push: PushConfig) -> None:
+    if not 2 <= push.redis_max_connections <= 10_000:
+        raise ConfigError("push.redis_max_connections: must be 2..10000")
+    if not 0 <= push.redis_raw_connections < push.redis_max_connections:
+        raise ConfigError(
+            "push.redis_raw_connections: must be 0..redis_max_connections - 1 "
+            "(the rest carry the calls in flight)"
+        )
+    for name in ("redis_key_memo_devices", "redis_presence_memo_devices"):
+        if not 1 <= getattr(push, name) <= 10_000_000:
+            raise ConfigError(f"push.{name}: must be 1..10000000")
+    if not 0 <= push.redis_local_envelopes <= 10_000_000:
+        raise ConfigError("push.redis_local_envelopes: must be 0..10000000 (0 = keep none)")
+    if not 1 <= push.redis_pipeline_commands <= 100_000:
+        raise ConfigError("push.redis_pipeline_commands: must be 1..100000")
+    for name in ("redis_keys_per_script", "redis_inbox_read_entries"):
+        if not 1 <= getattr(push, name) <= 10_000:
+            raise ConfigError(f"push.{name}: must be 1..10000")
 
 
 def _validate_mqtt(mqtt: MqttConfig) -> None:

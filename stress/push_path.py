@@ -75,6 +75,7 @@ class StandInSession:
     session's does (a command tuple appended for the engine)."""
 
     fanout_engine = None
+    flush_group = None
 
     def __init__(self, device_id: str, conn: int, commands: list[tuple[Any, ...]]) -> None:
         self.device_id = device_id

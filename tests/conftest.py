@@ -52,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_engines: run each test on every gateway engine")
     config.addinivalue_line("markers", "engine_only(name): run this test on one engine only")
+    config.addinivalue_line(
+        "markers", "local_envelopes(n): [push] redis_local_envelopes of the backend under test"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -22,6 +22,19 @@ from channel.config import ConfigError, load_config
         ("fanout_linger_ms = 20000", r"push\.fanout_linger_ms"),
         ("final_status_retention_s = -1", r"push\.final_status_retention_s"),
         ("memory_max_statuses = -1", r"push\.memory_max_statuses"),
+        ("redis_max_connections = 1", r"push\.redis_max_connections"),
+        ("redis_max_connections = 10001", r"push\.redis_max_connections"),
+        ("redis_raw_connections = -1", r"push\.redis_raw_connections"),
+        ("redis_raw_connections = 64", r"push\.redis_raw_connections"),
+        ("redis_key_memo_devices = 0", r"push\.redis_key_memo_devices"),
+        ("redis_key_memo_devices = 10000001", r"push\.redis_key_memo_devices"),
+        ("redis_presence_memo_devices = 0", r"push\.redis_presence_memo_devices"),
+        ("redis_local_envelopes = -1", r"push\.redis_local_envelopes"),
+        ("redis_local_envelopes = 10000001", r"push\.redis_local_envelopes"),
+        ("redis_pipeline_commands = 0", r"push\.redis_pipeline_commands"),
+        ("redis_pipeline_commands = 100001", r"push\.redis_pipeline_commands"),
+        ("redis_keys_per_script = 0", r"push\.redis_keys_per_script"),
+        ("redis_inbox_read_entries = 10001", r"push\.redis_inbox_read_entries"),
     ],
 )
 def test_bad_push_settings_are_named(tmp_path: Path, setting: str, message: str) -> None:
@@ -40,6 +53,44 @@ def test_push_settings_take_environment_overrides(tmp_path: Path) -> None:
         },
     )
     assert config.push.user_devices_ttl_s == 0 and config.push.fanout_batch == 64
+
+
+def test_redis_memory_bounds_keep_their_defaults_and_take_overrides(tmp_path: Path) -> None:
+    defaults = load_config(None, environ={}).push
+    assert (
+        defaults.redis_max_connections,
+        defaults.redis_raw_connections,
+        defaults.redis_key_memo_devices,
+        defaults.redis_presence_memo_devices,
+        defaults.redis_local_envelopes,
+        defaults.redis_pipeline_commands,
+        defaults.redis_keys_per_script,
+        defaults.redis_inbox_read_entries,
+    ) == (64, 4, 32_768, 32_768, 65_536, 1_000, 256, 256)
+    config_file = tmp_path / "channel.toml"
+    config_file.write_text("[push]\nredis_max_connections = 16\nredis_key_memo_devices = 100\n")
+    config = load_config(
+        config_file,
+        environ={
+            "CHANNEL_PUSH__REDIS_RAW_CONNECTIONS": "0",
+            "CHANNEL_PUSH__REDIS_PRESENCE_MEMO_DEVICES": "200",
+            "CHANNEL_PUSH__REDIS_LOCAL_ENVELOPES": "0",
+            "CHANNEL_PUSH__REDIS_KEY_MEMO_DEVICES": "300",  # the environment wins
+            "CHANNEL_PUSH__REDIS_PIPELINE_COMMANDS": "50",
+            "CHANNEL_PUSH__REDIS_KEYS_PER_SCRIPT": "60",
+            "CHANNEL_PUSH__REDIS_INBOX_READ_ENTRIES": "70",
+        },
+    ).push
+    assert (
+        config.redis_max_connections,
+        config.redis_raw_connections,
+        config.redis_key_memo_devices,
+        config.redis_presence_memo_devices,
+        config.redis_local_envelopes,
+        config.redis_pipeline_commands,
+        config.redis_keys_per_script,
+        config.redis_inbox_read_entries,
+    ) == (16, 0, 300, 200, 0, 50, 60, 70)
 
 
 @pytest.mark.parametrize("value", ["-1", "3600001"])

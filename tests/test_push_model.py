@@ -6,13 +6,20 @@ import itertools
 import json
 import random
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channel import fastjson
 from channel.push import model
-from channel.push.model import PushMessage, message_id_of, new_message_id, new_message_ids
+from channel.push.model import (
+    Priority,
+    PushMessage,
+    message_id_of,
+    new_message_id,
+    new_message_ids,
+)
 
 
 def _fields(message_id: str) -> tuple[int, int, int]:
@@ -129,3 +136,42 @@ def test_new_message_ids_are_what_one_call_per_id_gives(
     model._prefix_ms = -1
     assert new_message_ids(at_ms, count) == one_by_one
     assert model._counter == after
+
+
+@pytest.mark.parametrize(
+    ("headers", "users"),
+    [((), ()), ((("a", "1"), ("b", "2")), ()), ((), ("u1", "u2")), ((("a", "1"),), ("u1",))],
+)
+def test_pack_bytes_are_those_of_the_list_form(
+    headers: tuple[tuple[str, str], ...], users: tuple[str, ...]
+) -> None:
+    """A queued push's bytes in Redis stay as they were: empty headers and target users
+    packed as empty arrays, whatever Python type carries them."""
+    message = PushMessage(
+        "m1",
+        b"\x00body",
+        headers,
+        1_700_000_000_000,
+        "ck",
+        Priority.HIGH,
+        123,
+        target_users=users,
+        flags=2,
+    )
+    expected = msgpack.packb(
+        [
+            "m1",
+            b"\x00body",
+            [list(h) for h in headers],
+            1_700_000_000_000,
+            "ck",
+            1,
+            123,
+            False,
+            list(users),
+            2,
+        ],
+        use_bin_type=True,
+    )
+    assert message.pack() == expected
+    assert PushMessage.unpack(expected) == message

@@ -26,12 +26,13 @@ from channel.push.model import (
     now_ms,
 )
 from channel.push.redis import redis_backend
-from channel.push.redis.connection import KEYS_PER_SCRIPT, Connection
+from channel.push.redis.connection import Connection
 from channel.push.redis.keys import Keys
 from channel.push.stores import PushBackend, QueuedRef
 from tests.test_push_stores import changed
 
 FAR_MS = 3_600_000
+KEYS_PER_SCRIPT = PushConfig.redis_keys_per_script
 
 
 def _config(url: str, cluster: bool, buckets: int) -> PushConfig:

@@ -17,20 +17,21 @@ import pytest
 from channel.config import PushConfig
 from channel.push import envelopes as env
 from channel.push.model import PushMessage, PushStatus, Receipt, now_ms
-from channel.push.redis import redis_backend, router
+from channel.push.redis import redis_backend
 from channel.push.stores import PushBackend
 from tests.test_push_stores import InboxReader
 
 NODE_NO = 7
 
 
-def _config(url: str, cluster: bool, prefix: str) -> PushConfig:
+def _config(url: str, cluster: bool, prefix: str, local_envelopes: int = 65_536) -> PushConfig:
     return PushConfig(
         backend="redis",
         redis_url=url,
         redis_cluster=cluster,
         key_prefix=prefix,
         receipt_stream=f"{prefix}:receipts",
+        redis_local_envelopes=local_envelopes,
     )
 
 
@@ -38,11 +39,14 @@ def _config(url: str, cluster: bool, prefix: str) -> PushConfig:
 async def two_processes(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[PushBackend, PushBackend]]:
-    """Two backends on one Redis (or Cluster) and one key prefix: two nodes' views."""
+    """Two backends on one Redis (or Cluster) and one key prefix: two nodes' views. A
+    test marked ``local_envelopes(n)`` gets ``[push] redis_local_envelopes = n`` here."""
     name = "redis_server" if request.param == "redis" else "redis_cluster"
     url = request.getfixturevalue(name).url
     prefix = f"l{uuid.uuid4().hex[:10]}"
-    here = await redis_backend(_config(url, request.param == "cluster", prefix))
+    marker = request.node.get_closest_marker("local_envelopes")
+    kept = marker.args[0] if marker is not None else 65_536
+    here = await redis_backend(_config(url, request.param == "cluster", prefix, kept))
     there = await redis_backend(_config(url, request.param == "cluster", prefix))
     try:
         yield here, there
@@ -79,11 +83,11 @@ async def test_entries_sent_here_come_back_as_sent(
         await reader.close()
 
 
+@pytest.mark.local_envelopes(3)
 async def test_entries_kept_are_bounded_and_the_rest_unpacked(
-    two_processes: tuple[PushBackend, PushBackend], monkeypatch: pytest.MonkeyPatch
+    two_processes: tuple[PushBackend, PushBackend],
 ) -> None:
     here, _ = two_processes
-    monkeypatch.setattr(router, "LOCAL_MAX_ENVELOPES", 3)
     reader = InboxReader(here.router, NODE_NO)
     try:
         await reader.ready()

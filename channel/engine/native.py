@@ -670,11 +670,21 @@ class NativeEngine:
 class NativeMmtpSession(MmtpSession):
     """One authenticated device held by the native engine: an id and who it is."""
 
-    __slots__ = ("_closing", "_connected", "_draining", "_native", "conn", "native_rpc")
+    __slots__ = (
+        "_closing",
+        "_connected",
+        "_draining",
+        "_native",
+        "conn",
+        "flush_group",
+        "native_rpc",
+    )
 
     def __init__(self, engine: NativeEngine, conn: int, auth: AuthResult) -> None:
         super().__init__(engine.service)
         self._native = engine
+        #: ``flush`` submits the engine's batch, every session's at once.
+        self.flush_group = engine
         self.conn = conn
         self.auth = auth
         self._closing = False

@@ -263,4 +263,5 @@ def redis_mqtt_store(backend: PushBackend, config: PushConfig) -> RedisMqttStore
     """The store on the Redis of a push backend built by ``channel.push.redis``."""
     conn = backend.connection
     assert isinstance(conn, Connection), "a Redis push backend"
-    return RedisMqttStore(conn, Keys(config.key_prefix, config.presence_buckets))
+    keys = Keys(config.key_prefix, config.presence_buckets, config.redis_key_memo_devices)
+    return RedisMqttStore(conn, keys)

@@ -505,6 +505,9 @@ class NodeDelivery:
         by_device, states, recent = self.registry.by_device, self._state, self._recent_acks
         add, high = touched.add, Priority.HIGH
         ages: dict[int, int] = {}  # accepted at (ms) -> pushes written: one clock per batch
+        # A batch's pushes were mostly accepted in the same ms: counted as a run, into
+        # ages only when the time changes (a dict update per push was ~3 % of this loop).
+        run_at_ms, run = -1, 0  # -1: no run yet (0 is "no acceptance time")
         written = 0
         for device_id, message in items:
             session = by_device.get(device_id)
@@ -545,8 +548,14 @@ class NodeDelivery:
                     written += 1
             add(session)
             accepted_at_ms = message.accepted_at_ms
-            if accepted_at_ms:
-                ages[accepted_at_ms] = ages.get(accepted_at_ms, 0) + 1
+            if accepted_at_ms == run_at_ms:
+                run += 1
+            elif accepted_at_ms:
+                if run:
+                    ages[run_at_ms] = ages.get(run_at_ms, 0) + run
+                run_at_ms, run = accepted_at_ms, 1
+        if run:
+            ages[run_at_ms] = ages.get(run_at_ms, 0) + run
         self.pushes_written += written
         observe = self.delivery_latency.observe_many
         for accepted_at_ms, count in ages.items():
@@ -949,8 +958,17 @@ class NodeDelivery:
 
 
 def _flush_sessions(sessions: Iterable[Session]) -> None:
+    """``flush()`` each session, or once per ``flush_group``: sessions of one group
+    share what a flush hands on (the native engine's batch of commands), so the first
+    flush of the group does what the others would."""
+    flushed: set[object] = set()
     for session in sessions:
-        session.flush()
+        group = session.flush_group
+        if group is None:
+            session.flush()
+        elif group not in flushed:
+            flushed.add(group)
+            session.flush()
 
 
 def _outstanding_mark(message: PushMessage) -> str:

@@ -113,17 +113,21 @@ class PushMessage:
     def pack(self) -> bytes:
         if self._packed is not None:
             return self._packed
+        # An empty tuple packs as the empty list does (an array of 0): most pushes have
+        # no headers and no target users, and the list comprehension is a function call
+        # in CPython 3.11 (two thirds of this list's cost when both are empty).
+        headers, users = self.headers, self.target_users
         packed: bytes = _PACKER.pack(
             [
                 self.message_id,
                 self.body,
-                [list(h) for h in self.headers],
+                [list(h) for h in headers] if headers else (),
                 self.expires_at_ms,
                 self.collapse_key,
                 1 if self.priority is Priority.HIGH else 0,
                 self.accepted_at_ms,
                 self.online_only,
-                list(self.target_users),
+                list(users) if users else (),
                 self.flags,
             ]
         )

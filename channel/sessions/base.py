@@ -115,6 +115,10 @@ class Session(ABC):
                 written += 1
         return written
 
+    #: Not None: every session of this group flushes the same thing (its engine's batch
+    #: of commands), so flushing any one of them flushes them all.
+    flush_group: object | None = None
+
     @abstractmethod
     def flush(self) -> None:
         """Hand what was queued to the engine (one write)."""

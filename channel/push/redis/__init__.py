@@ -43,8 +43,8 @@ async def redis_backend(config: PushConfig) -> PushBackend:
     except BaseException:
         await conn.aclose()
         raise
-    keys = Keys(config.key_prefix, config.presence_buckets)
-    presence = RedisPresence(conn, keys)
+    keys = Keys(config.key_prefix, config.presence_buckets, config.redis_key_memo_devices)
+    presence = RedisPresence(conn, keys, config.redis_presence_memo_devices)
     queue = RedisQueue(conn, keys)
     receipts = RedisReceipts(
         conn,
@@ -59,7 +59,14 @@ async def redis_backend(config: PushConfig) -> PushBackend:
         name="redis",
         presence=presence,
         queue=queue,
-        router=RedisRouter(conn, keys, presence, config.inbox_max_entries),
+        router=RedisRouter(
+            conn,
+            keys,
+            presence,
+            config.inbox_max_entries,
+            config.redis_local_envelopes,
+            config.redis_inbox_read_entries,
+        ),
         receipts=receipts,
         unicast=RedisUnicastWriter(conn, queue, receipts, presence),
         idempotency=RedisIdempotency(conn, keys),

@@ -9,17 +9,18 @@ BLOCK`` never holds a connection commands need. Both:
   blocks and retry them silently);
 * retry on connection errors and timeouts with jittered exponential backoff,
   so a Redis restart costs a few failed calls at most, not the process;
-* run at most ``MAX_IN_FLIGHT`` calls at once: redis-py's pools raise rather
-  than wait when full, so callers queue here instead.
+* run at most ``[push] redis_max_connections - redis_raw_connections`` calls at
+  once: redis-py's pools raise rather than wait when full, so callers queue here
+  instead.
 
 Everything goes through ``Batch``: commands and Lua scripts in one pipeline per
-``PIPELINE_CHUNK`` (a cluster pipeline splits it per node), scripts by SHA and
+``[push] redis_pipeline_commands`` (a cluster pipeline splits it per node), scripts by SHA and
 loaded on ``NOSCRIPT`` (a restarted Redis has forgotten them).
 
 The hot paths (a push accepted, a push acknowledged) run one script over many keys
 instead of one command per push: ``Connection.groups`` splits a batch's keys into
 runs a script may take together (any keys on one Redis, one hash slot on a cluster),
-at most ``KEYS_PER_SCRIPT`` each. A command costs the gateway ~2 µs of Python to
+at most ``[push] redis_keys_per_script`` each. A command costs the gateway ~2 µs of Python to
 build, pack and parse whatever it carries, and Redis a dispatch.
 """
 
@@ -57,21 +58,7 @@ MAX_BLOCK_MS = 5_000
 SOCKET_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 15
-#: Connections per pool (per node on a cluster).
-MAX_CONNECTIONS = 64
-MAX_IN_FLIGHT = MAX_CONNECTIONS - 4
-#: Commands per pipeline round trip: bounds the memory of one reply.
-PIPELINE_CHUNK = 1_000
 RETRIES = 6
-#: Connections the raw path keeps between its exchanges (per client, single Redis)
-#: instead of handing them back to redis-py's pool, whose get and release (a lock,
-#: observability records, an event dispatch) cost more Python than the exchange
-#: itself. No more than the pool holds beyond ``MAX_IN_FLIGHT``, so redis-py's own
-#: calls never find it short.
-RAW_IDLE_MAX = MAX_CONNECTIONS - MAX_IN_FLIGHT
-#: Keys one script call takes at most (``Connection.groups``): bounds how long one call
-#: holds Redis (a few hundred µs) and the size of its reply.
-KEYS_PER_SCRIPT = 256
 
 #: Redis calls that failed (after redis-py's own retries), by exception class: the
 #: ``channel_redis_errors_total`` metric. One process, one count: every Connection
@@ -161,7 +148,7 @@ def _client(config: PushConfig) -> RedisClient:
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.02), RETRIES),
-        "max_connections": MAX_CONNECTIONS,
+        "max_connections": config.redis_max_connections,
     }
     if config.redis_cluster:
         return RedisCluster.from_url(config.redis_url, **options)
@@ -171,13 +158,24 @@ def _client(config: PushConfig) -> RedisClient:
 class Connection:
     def __init__(self, config: PushConfig) -> None:
         self.cluster = config.redis_cluster
+        #: Keys one script call takes at most (``groups``).
+        self.keys_per_script = config.redis_keys_per_script
+        #: Commands per pipelined round trip (``run``).
+        self.pipeline_commands = config.redis_pipeline_commands
         self.client = _client(config)
         #: For blocking reads only.
         self.blocking = _client(config)
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._blocking_slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._idle = _IdleConnections(self.client)
-        self._blocking_idle = _IdleConnections(self.blocking)
+        # Connections the raw path keeps between its exchanges (per client, single
+        # Redis) instead of handing them back to redis-py's pool, whose get and release
+        # (a lock, observability records, an event dispatch) cost more Python than the
+        # exchange itself. Calls in flight are bounded to what the pool holds beyond
+        # them, so redis-py's own calls never find it short.
+        raw = config.redis_raw_connections
+        in_flight = config.redis_max_connections - raw
+        self._slots = asyncio.Semaphore(in_flight)
+        self._blocking_slots = asyncio.Semaphore(in_flight)
+        self._idle = _IdleConnections(self.client, raw)
+        self._blocking_idle = _IdleConnections(self.blocking, raw)
 
     async def start(self) -> None:
         """Reach Redis once, so a wrong URL fails at start-up, not at the first push."""
@@ -194,30 +192,32 @@ class Connection:
 
     def groups(self, keys: Sequence[str]) -> list[list[int]]:
         """Indexes of ``keys`` in runs one script call may take together, each in the
-        order given: consecutive runs of ``KEYS_PER_SCRIPT`` on one Redis; on a cluster,
+        order given: consecutive runs of ``keys_per_script`` on one Redis; on a cluster,
         keys of one hash slot (scripts refuse keys of several slots)."""
+        per_script = self.keys_per_script
         if not self.cluster:
             count = len(keys)
             return [
-                list(range(start, min(start + KEYS_PER_SCRIPT, count)))
-                for start in range(0, count, KEYS_PER_SCRIPT)
+                list(range(start, min(start + per_script, count)))
+                for start in range(0, count, per_script)
             ]
         by_slot: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_slot.setdefault(key_slot(key.encode()), []).append(index)
         return [
-            indexes[start : start + KEYS_PER_SCRIPT]
+            indexes[start : start + per_script]
             for indexes in by_slot.values()
-            for start in range(0, len(indexes), KEYS_PER_SCRIPT)
+            for start in range(0, len(indexes), per_script)
         ]
 
     async def run(self, batch: Batch) -> list[Any]:
         """Replies in order; raises the first command error after the batch ran."""
         replies: list[Any] = []
-        for start in range(0, len(batch.ops), PIPELINE_CHUNK):
+        chunk = self.pipeline_commands
+        for start in range(0, len(batch.ops), chunk):
             async with self._slots:
                 try:
-                    replies.extend(await self._execute(batch.ops[start : start + PIPELINE_CHUNK]))
+                    replies.extend(await self._execute(batch.ops[start : start + chunk]))
                 except Exception as exc:
                     ERRORS[type(exc).__name__] += 1
                     raise
@@ -385,11 +385,13 @@ def _raw_command(op: _Op) -> tuple[Any, ...] | None:
 
 class _IdleConnections:
     """Connections of a single-Redis client's pool, kept between raw exchanges
-    (``RAW_IDLE_MAX`` at most); one that failed goes back to the pool, disconnected."""
+    (``max_idle`` at most: ``[push] redis_raw_connections``); one that failed goes back
+    to the pool, disconnected."""
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, max_idle: int) -> None:
         self._pool = client.connection_pool if isinstance(client, Redis) else None
         self._idle: list[Any] = []
+        self._max_idle = max_idle
 
     async def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         pool = self._pool
@@ -401,7 +403,7 @@ class _IdleConnections:
         except BaseException:
             await pool.release(conn)
             raise
-        if len(idle) < RAW_IDLE_MAX:
+        if len(idle) < self._max_idle:
             idle.append(conn)
         else:
             await pool.release(conn)

@@ -37,11 +37,7 @@ import hashlib
 import zlib
 from collections.abc import Iterable
 
-#: Device ids whose queue key and presence key and field ``Keys`` keeps made: a push
-#: names its device's queue when queued and again when acknowledged, and its presence
-#: when looked up, and the same devices come back push after push. Past this many the
-#: memo starts over: ~300 B per device, ~10 MB at most.
-DEVICE_MEMO_ENTRIES = 32_768
+from channel.config import PushConfig
 
 
 def h8(ident: str) -> bytes:
@@ -50,8 +46,19 @@ def h8(ident: str) -> bytes:
 
 
 class Keys:
-    def __init__(self, prefix: str, presence_buckets: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        presence_buckets: int,
+        memo_devices: int = PushConfig.redis_key_memo_devices,
+    ) -> None:
+        """``memo_devices`` (``[push] redis_key_memo_devices``): device ids whose queue
+        key and presence key and field are kept made. A push names its device's queue
+        when queued and again when acknowledged, and its presence when looked up, and
+        the same devices come back push after push. Past this many (in either memo) that
+        memo starts over: ~300 B per device, ~10 MB at the default."""
         self.prefix = prefix
+        self.memo_devices = memo_devices
         self.buckets = presence_buckets
         self.nodes = f"{prefix}:{{nodes}}"
         self.node_seq = f"{prefix}:{{nodes}}:seq"
@@ -68,11 +75,16 @@ class Keys:
         """A device's presence key and its field there (``h8``), memoized."""
         found = self._presences.get(device_id)
         if found is None:
-            if len(self._presences) >= DEVICE_MEMO_ENTRIES:
+            if len(self._presences) >= self.memo_devices:
                 self._presences.clear()
             key = f"{self.prefix}:p:{{{self.bucket(device_id)}}}"
             found = self._presences[device_id] = (key, h8(device_id))
         return found
+
+    def presence_memo(self) -> dict[str, tuple[str, bytes]]:
+        """``presence_field``'s memo as it stands (read-only for callers): a caller
+        looking many devices up reads it first and calls ``presence_field`` on a miss."""
+        return self._presences
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{self.bucket(user_id)}}}"
@@ -86,7 +98,7 @@ class Keys:
     def queue(self, device_id: str) -> str:
         key = self._queues.get(device_id)
         if key is None:
-            if len(self._queues) >= DEVICE_MEMO_ENTRIES:
+            if len(self._queues) >= self.memo_devices:
                 self._queues.clear()
             key = f"{self.prefix}:q:{{{self.bucket(device_id)}}}:{device_id}"
             self._queues[device_id] = key

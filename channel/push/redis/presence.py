@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from channel.config import PushConfig
 from channel.push.model import Presence
 from channel.push.redis import lua
 from channel.push.redis.connection import Batch, Connection, pack_args
@@ -34,8 +35,6 @@ LEASE_CACHE_S = 0.5
 FRESH_S = 0.05
 #: Leases lapsed this long are dropped from the lease hash by the next join.
 FORGET_NODE_AFTER_MS = 3_600_000
-#: Presences ``RedisPresence`` keeps decoded (~250 B each); past this many it starts over.
-DECODED_MAX_DEVICES = 32_768
 #: ``HSCAN`` page size for a user's bucket (one page while it is listpack-encoded).
 SCAN_COUNT = 1_000
 
@@ -94,8 +93,16 @@ class _Leases:
 
 
 class RedisPresence:
-    def __init__(self, conn: Connection, keys: Keys) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        keys: Keys,
+        memo_devices: int = PushConfig.redis_presence_memo_devices,
+    ) -> None:
         self._conn = conn
+        #: ``[push] redis_presence_memo_devices``: presences kept decoded (~250 B each);
+        #: past this many the memo starts over.
+        self.memo_devices = memo_devices
         self._keys = keys
         self._leases: _Leases | None = None
         self._leases_lock = asyncio.Lock()
@@ -200,9 +207,10 @@ class RedisPresence:
         that sends them in one round trip with others (``RedisUnicastWriter``)."""
         by_key: dict[str, list[str]] = {}
         fields: dict[str, list[bytes]] = {}
-        presence_field = self._keys.presence_field
+        # Keys.presence_field's memo read here, the call only for a device not in it.
+        known, presence_field = self._keys.presence_memo().get, self._keys.presence_field
         for device_id in dict.fromkeys(device_ids):
-            key, field = presence_field(device_id)
+            key, field = known(device_id) or presence_field(device_id)
             devices = by_key.get(key)
             if devices is None:
                 by_key[key] = [device_id]
@@ -251,7 +259,7 @@ class RedisPresence:
                     continue
                 values[device_id] = text = value.decode()
                 found[device_id] = presence = decode_presence(device_id, text)
-                if len(decoded) >= DECODED_MAX_DEVICES:
+                if len(decoded) >= self.memo_devices:
                     decoded.clear()
                 decoded[device_id] = (value, presence)
         live = leases.live()

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 import msgpack
 from redis.exceptions import RedisError
 
+from channel.config import PushConfig
 from channel.logs import fields
 from channel.push import envelopes as env
 from channel.push.redis import lua
@@ -33,16 +34,11 @@ from channel.push.redis.presence import RedisPresence
 log = logging.getLogger("channel.push")
 
 INBOX_BLOCK_MS = 1_000
-#: Entries taken per read (each a batch); what they hold is yielded as one batch.
-INBOX_READ_COUNT = 256
 INBOX_IDLE_TTL_MS = 600_000
 RECONNECT_BACKOFF_CAP_S = 2.0
 #: One packer for every inbox entry (``msgpack.packb`` makes a new one each time);
 #: shared safely, as ``connection.pack_args``'s is.
 _PACKER = msgpack.Packer(use_bin_type=True)
-#: Envelopes kept for entries this process added to an inbox it reads itself (at
-#: most; the oldest entries go first). See ``RedisRouter._sent``.
-LOCAL_MAX_ENVELOPES = 65_536
 
 
 async def last_stream_id(conn: Connection, key: str) -> str:
@@ -53,9 +49,21 @@ async def last_stream_id(conn: Connection, key: str) -> str:
 
 class RedisRouter:
     def __init__(
-        self, conn: Connection, keys: Keys, presence: RedisPresence, max_entries: int = 10_000
+        self,
+        conn: Connection,
+        keys: Keys,
+        presence: RedisPresence,
+        max_entries: int = PushConfig.inbox_max_entries,
+        local_envelopes: int = PushConfig.redis_local_envelopes,
+        read_entries: int = PushConfig.redis_inbox_read_entries,
     ) -> None:
         self._conn = conn
+        #: ``[push] redis_inbox_read_entries``: entries taken per read (each a batch);
+        #: what they hold is yielded as one batch.
+        self.read_entries = read_entries
+        #: ``[push] redis_local_envelopes``: envelopes kept for entries this process
+        #: added to an inbox it reads itself (at most; the oldest entries go first).
+        self.local_envelopes = local_envelopes
         self._keys = keys
         self._presence = presence
         self.max_entries = max_entries
@@ -100,7 +108,7 @@ class RedisRouter:
             return  # the same bytes: the same envelopes
         sent[payload] = tuple(envelopes)
         self._sent_envelopes += len(envelopes)
-        while self._sent_envelopes > LOCAL_MAX_ENVELOPES:
+        while self._sent_envelopes > self.local_envelopes:
             self._sent_envelopes -= len(sent.pop(next(iter(sent))))
 
     def _envelopes(self, payload: bytes) -> Sequence[env.Envelope]:
@@ -144,7 +152,7 @@ class RedisRouter:
                     if ready is not None:
                         ready.set()
                 reply = await self._conn.blocking_read(
-                    key, cursor, INBOX_READ_COUNT, INBOX_BLOCK_MS
+                    key, cursor, self.read_entries, INBOX_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
                 # Redis restarting or unreachable: keep the cursor, try again.
