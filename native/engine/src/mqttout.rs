@@ -2,7 +2,9 @@
 //! pushes are: the PUBLISH is built here, goes out under the message's stable
 //! packet id within the box's Receive Maximum, and its PUBACK is resolved here to
 //! the message id Python hears of (batched ACKs, as MMTP's), so Python does no
-//! per-packet-id work for pushes.
+//! per-packet-id work for pushes. A PUBACK refusing the push (MQTT 5, reason 0x80
+//! or more) ends it too (MQTT-4.4.0-2: not sent again) but goes up with its reason
+//! (`MQTT_REFUSED`): Python reports the push failed, as its own path does.
 //!
 //! Python's own QoS 1/2 PUBLISHes on such a connection (messages routed from other
 //! boxes, RPC calls, retained copies, fan-out pushes; and a PUBREL restored on
@@ -20,6 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::boundary::MessageId;
 
@@ -79,9 +83,13 @@ pub enum PushOutcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolved {
     /// It acknowledged a push: the engine reports it; Python does not see the packet.
+    /// `reason`: the PUBACK's reason code (0 when absent; 0x80 or more: the box
+    /// refused the message, MQTT 5); `pubcomp`: it was a PUBCOMP (for the counts).
     Push {
         message_id: MessageId,
         tracked: bool,
+        reason: u8,
+        pubcomp: bool,
     },
     /// Python's to handle (`freed`: an id and a slot of the limit were freed).
     Forward { freed: bool },
@@ -113,6 +121,10 @@ impl Hasher for IdHasher {
 
 type IdMap = HashMap<u16, Held, BuildHasherDefault<IdHasher>>;
 
+/// (in flight, waiting) of one connection's pushes, readable from Python's thread
+/// (the admin device lookup) while the engine thread changes them.
+pub type HeldGauge = Arc<[AtomicUsize; 2]>;
+
 #[derive(Debug)]
 pub struct Outbound {
     setup: PushSetup,
@@ -121,6 +133,11 @@ pub struct Outbound {
     /// Of them, pushes (the engine's gauges; Python counts its own).
     pushes_inflight: usize,
     pushes_waiting: usize,
+    /// `pushes()` as last published (`sync_gauge`).
+    gauge: HeldGauge,
+    /// PUBLISHes and PUBRELs written to the output since `take_written`.
+    publishes_out: u64,
+    pubrels_out: u64,
 }
 
 impl Outbound {
@@ -131,7 +148,28 @@ impl Outbound {
             waiting: VecDeque::new(),
             pushes_inflight: 0,
             pushes_waiting: 0,
+            gauge: HeldGauge::default(),
+            publishes_out: 0,
+            pubrels_out: 0,
         }
+    }
+
+    /// The per-connection gauge `sync_gauge` keeps up to date.
+    pub fn gauge(&self) -> HeldGauge {
+        self.gauge.clone()
+    }
+
+    /// Publish `pushes()` to the gauge (after a change).
+    pub fn sync_gauge(&self) {
+        self.gauge[0].store(self.pushes_inflight, Ordering::Relaxed);
+        self.gauge[1].store(self.pushes_waiting, Ordering::Relaxed);
+    }
+
+    /// (PUBLISHes, PUBRELs) written since the last call: what went on the wire.
+    pub fn take_written(&mut self) -> (u64, u64) {
+        let written = (self.publishes_out, self.pubrels_out);
+        (self.publishes_out, self.pubrels_out) = (0, 0);
+        written
     }
 
     /// (in flight, waiting) of the pushes held (not Python's PUBLISHes).
@@ -188,6 +226,7 @@ impl Outbound {
             None if self.waiting.is_empty() && self.inflight.len() < self.setup.limit => {
                 self.inflight.insert(packet_id, held);
                 self.pushes_inflight += 1;
+                self.publishes_out += 1;
                 out.extend_from_slice(&data);
                 return PushOutcome::Sent;
             }
@@ -214,6 +253,7 @@ impl Outbound {
             && self.inflight.len() < self.setup.limit
             && !self.inflight.contains_key(&packet_id)
         {
+            self.count_written(&data);
             self.inflight.insert(packet_id, held);
             out.extend_from_slice(&data);
         } else {
@@ -232,6 +272,14 @@ impl Outbound {
     pub fn received(&mut self, packet: &[u8]) -> Resolved {
         let Some((kind, packet_id, reason)) = ack_of(packet) else {
             return Resolved::Forward { freed: false };
+        };
+        let reason = match reason {
+            None => 0,
+            // A reason code MQTT 3.1.1 has not, or one its packet may not carry: the
+            // packet is malformed, and Python's parser ends the connection for it
+            // (held pushes stay queued for the next one).
+            Some(code) if self.setup.mqtt5 && allowed_reason(kind, code) => code,
+            Some(_) => return Resolved::Forward { freed: false },
         };
         let ends = match kind {
             PUBACK | PUBCOMP => true,
@@ -257,10 +305,20 @@ impl Outbound {
                 Resolved::Push {
                     message_id,
                     tracked,
+                    reason,
+                    pubcomp: kind == PUBCOMP,
                 }
             }
             Some(Held::Python { .. }) => Resolved::Forward { freed: true },
             None => Resolved::Forward { freed: false },
+        }
+    }
+
+    fn count_written(&mut self, data: &[u8]) {
+        if data.first().map(|b| b >> 4) == Some(PUBREL) {
+            self.pubrels_out += 1;
+        } else {
+            self.publishes_out += 1;
         }
     }
 
@@ -279,6 +337,7 @@ impl Outbound {
                 kept.push_back(item);
                 continue;
             }
+            self.count_written(&item.data);
             out.extend_from_slice(&item.data);
             if matches!(item.held, Held::Push { .. }) {
                 self.pushes_waiting -= 1;
@@ -300,17 +359,28 @@ const PUBREC: u8 = 5;
 const PUBREL: u8 = 6;
 const PUBCOMP: u8 = 7;
 
-/// (type, packet id, reason code) of a PUBACK, PUBREC or PUBCOMP (reason 0 when
-/// absent, as in MQTT 3.1.1); None for other packets or ones too short to say.
-fn ack_of(packet: &[u8]) -> Option<(u8, u16, u8)> {
+/// The reason codes MQTT 5 lets a PUBACK / PUBREC (3.4.2.1) or PUBCOMP (3.7.2.1)
+/// carry (`channel.mqtt.reasons.ALLOWED_REASON_CODES`).
+fn allowed_reason(kind: u8, code: u8) -> bool {
+    match kind {
+        PUBCOMP => matches!(code, 0x00 | 0x92),
+        _ => matches!(
+            code,
+            0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+        ),
+    }
+}
+
+/// (type, packet id, reason code if present) of a PUBACK, PUBREC or PUBCOMP; None
+/// for other packets or ones too short to say.
+fn ack_of(packet: &[u8]) -> Option<(u8, u16, Option<u8>)> {
     let kind = packet.first()? >> 4;
     if !matches!(kind, PUBACK | PUBREC | PUBCOMP) || packet[0] & 0x0F != 0 {
         return None;
     }
     let at = body_start(packet)?;
     let id = u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]);
-    let reason = packet.get(at + 2).copied().unwrap_or(0);
-    Some((kind, id, reason))
+    Some((kind, id, packet.get(at + 2).copied()))
 }
 
 /// Where a packet's variable header starts (after the remaining length).
@@ -554,7 +624,9 @@ mod tests {
             outbound.received(&puback(packet_id)),
             Resolved::Push {
                 message_id: m,
-                tracked: true
+                tracked: true,
+                reason: 0,
+                pubcomp: false
             }
         );
         assert_eq!(outbound.inflight(), 0);
@@ -563,6 +635,46 @@ mod tests {
             outbound.received(&puback(packet_id)),
             Resolved::Forward { freed: false }
         );
+    }
+
+    #[test]
+    fn a_refusing_puback_ends_the_exchange_with_its_reason() {
+        let mut outbound = Outbound::new(setup(1, true));
+        let mut out = Vec::new();
+        let (a, b) = (id("a"), id("b"));
+        outbound.push(&a, &[], b"1", true, &mut out);
+        assert_eq!(
+            outbound.push(&b, &[], b"2", false, &mut out),
+            PushOutcome::Waiting
+        );
+        assert_eq!(
+            outbound.take_written(),
+            (1, 0),
+            "the waiting one is not out"
+        );
+        let [high, low] = stable_packet_id(b"a").to_be_bytes();
+        // PUBACK 0x87 (Not authorized) with an empty property length.
+        assert_eq!(
+            outbound.received(&[0x40, 0x04, high, low, 0x87, 0x00]),
+            Resolved::Push {
+                message_id: a,
+                tracked: true,
+                reason: 0x87,
+                pubcomp: false
+            }
+        );
+        // A code PUBACK may not carry: Python's (it ends the connection), held on.
+        let [high, low] = stable_packet_id(b"b").to_be_bytes();
+        outbound.ready(&mut out);
+        assert_eq!(outbound.take_written(), (1, 0));
+        assert_eq!(
+            outbound.received(&[0x40, 0x03, high, low, 0x81]),
+            Resolved::Forward { freed: false }
+        );
+        outbound.sync_gauge();
+        let gauge = outbound.gauge();
+        assert_eq!(gauge[0].load(Ordering::Relaxed), 1);
+        assert_eq!(gauge[1].load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -647,7 +759,7 @@ mod tests {
 
     #[test]
     fn python_publishes_share_ids_and_the_limit() {
-        let mut outbound = Outbound::new(setup(2, false));
+        let mut outbound = Outbound::new(setup(2, true));
         let mut out = Vec::new();
         let a = id("a");
         let taken = stable_packet_id(b"a");
