@@ -195,23 +195,34 @@ impl Outbound {
         out: &mut Vec<u8>,
     ) -> PushOutcome {
         let packet_id = stable_packet_id(message_id);
-        let props = if self.setup.mqtt5 {
-            match push_properties(message_id, headers) {
-                Ok(props) => props,
+        let props_bytes = if self.setup.mqtt5 {
+            match push_properties_len(message_id, headers) {
+                Ok(len) => len,
                 Err(why) => return PushOutcome::Refused(why),
             }
         } else {
-            Vec::new()
+            0
         };
-        let dup = resent(message_id, self.setup.dup_before_ms);
-        let data = push_publish(&self.setup.head, body, packet_id, dup, &props);
+        let remaining = self.setup.head.len() + 2 + props_bytes + body.len();
+        let size = 1 + varint_len(remaining) + remaining;
         let max = self.setup.max_packet_bytes;
-        if max != 0 && data.len() > max {
+        if max != 0 && size > max {
             return PushOutcome::Refused(format!(
-                "{} bytes, over the box's maximum packet size {max}",
-                data.len()
+                "{size} bytes, over the box's maximum packet size {max}"
             ));
         }
+        // Written straight into the output when it goes out now (the usual case: no
+        // allocation per push); built apart only to wait.
+        let publish = PushPublish {
+            head: &self.setup.head,
+            body,
+            packet_id,
+            dup: resent(message_id, self.setup.dup_before_ms),
+            mqtt5: self.setup.mqtt5,
+            message_id,
+            headers,
+            remaining,
+        };
         if self.waiting.len() >= self.setup.max_waiting {
             return PushOutcome::Overflow;
         }
@@ -227,12 +238,15 @@ impl Outbound {
                 self.inflight.insert(packet_id, held);
                 self.pushes_inflight += 1;
                 self.publishes_out += 1;
-                out.extend_from_slice(&data);
+                out.reserve(size);
+                publish.write(out);
                 return PushOutcome::Sent;
             }
             _ => {}
         }
         self.pushes_waiting += 1;
+        let mut data = Vec::with_capacity(size);
+        publish.write(&mut data);
         self.waiting.push_back(Waiting {
             packet_id,
             data,
@@ -497,6 +511,91 @@ fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     }
 }
 
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// A push's QoS 1 PUBLISH, checked and measured, written where it goes.
+struct PushPublish<'a> {
+    head: &'a [u8],
+    body: &'a [u8],
+    packet_id: u16,
+    dup: bool,
+    mqtt5: bool,
+    message_id: &'a [u8],
+    headers: &'a [(String, String)],
+    /// Its remaining length (`push_properties_len` included).
+    remaining: usize,
+}
+
+impl PushPublish<'_> {
+    /// The bytes `push_publish(head, body, packet_id, dup, &push_properties(..))`
+    /// makes, appended to `out` (the strings were checked by `push_properties_len`).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(0x32 | if self.dup { 0x08 } else { 0 });
+        put_varint(out, self.remaining);
+        out.extend_from_slice(self.head);
+        out.extend_from_slice(&self.packet_id.to_be_bytes());
+        if self.mqtt5 {
+            let len = user_properties_len(self.message_id, self.headers);
+            put_varint(out, len);
+            put_user_property(out, b"message-id", self.message_id);
+            for (name, value) in self.headers {
+                put_user_property(out, name.as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(self.body);
+    }
+}
+
+fn user_properties_len(message_id: &[u8], headers: &[(String, String)]) -> usize {
+    let pair = |name: usize, value: usize| 1 + 2 + name + 2 + value;
+    headers
+        .iter()
+        .fold(pair(10, message_id.len()), |sum, (name, value)| {
+            sum + pair(name.len(), value.len())
+        })
+}
+
+fn put_user_property(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(USER_PROPERTY);
+    for text in [name, value] {
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text);
+    }
+}
+
+/// The bytes of a push's MQTT 5 properties (length included), or why MQTT cannot
+/// carry them (`push_properties`' checks, without building them).
+pub fn push_properties_len(
+    message_id: &[u8],
+    headers: &[(String, String)],
+) -> Result<usize, String> {
+    let strings = headers
+        .iter()
+        .flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]);
+    for text in std::iter::once(message_id).chain(strings) {
+        check_string(text)?;
+    }
+    let len = user_properties_len(message_id, headers);
+    Ok(varint_len(len) + len)
+}
+
+fn check_string(text: &[u8]) -> Result<(), String> {
+    if text.contains(&0) {
+        return Err("UTF-8 strings may not contain U+0000".into());
+    }
+    if text.len() > usize::from(u16::MAX) {
+        return Err(format!("string of {} bytes exceeds 65535", text.len()));
+    }
+    Ok(())
+}
+
 /// A QoS 1 PUBLISH of a push (`channel.mqtt.publish.push_bytes`).
 pub fn push_publish(head: &[u8], body: &[u8], packet_id: u16, dup: bool, props: &[u8]) -> Vec<u8> {
     let remaining = head.len() + 2 + props.len() + body.len();
@@ -513,13 +612,8 @@ pub fn push_publish(head: &[u8], body: &[u8], packet_id: u16, dup: bool, props: 
 const USER_PROPERTY: u8 = 0x26;
 
 fn put_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), String> {
-    if text.contains(&0) {
-        return Err("UTF-8 strings may not contain U+0000".into());
-    }
-    let Ok(len) = u16::try_from(text.len()) else {
-        return Err(format!("string of {} bytes exceeds 65535", text.len()));
-    };
-    out.extend_from_slice(&len.to_be_bytes());
+    check_string(text)?;
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
     out.extend_from_slice(text);
     Ok(())
 }
@@ -829,6 +923,38 @@ mod tests {
             outbound.push(&id("n"), &bad, b"b", true, &mut out),
             PushOutcome::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_publish_written_in_place_is_the_one_built_apart() {
+        let headers = vec![("kind".to_string(), "x".repeat(200))];
+        for mqtt5 in [false, true] {
+            for size in [0usize, 90, 200, 20_000, 3_000_000] {
+                let mut resumed = setup(1, mqtt5);
+                resumed.dup_before_ms = 32;
+                let mut outbound = Outbound::new(resumed);
+                let body = vec![b'b'; size];
+                let (now, later) = (id("000000004000000000000000"), id("later"));
+                let (mut out, mut more) = (Vec::new(), Vec::new());
+                let sent = outbound.push(&now, &headers, &body, true, &mut out);
+                assert_eq!(sent, PushOutcome::Sent);
+                let waits = outbound.push(&later, &headers, &body, true, &mut more);
+                assert_eq!(waits, PushOutcome::Waiting);
+                outbound.received(&puback(stable_packet_id(&now)));
+                outbound.ready(&mut more);
+                for (message_id, written) in [(&now, &out), (&later, &more)] {
+                    let props = if mqtt5 {
+                        push_properties(message_id, &headers).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    let packet_id = stable_packet_id(message_id);
+                    let dup = resent(message_id, 32);
+                    let built = push_publish(b"\x00\x03d/p", &body, packet_id, dup, &props);
+                    assert!(*written == built, "mqtt5 {mqtt5}, {size} bytes");
+                }
+            }
+        }
     }
 
     #[test]
