@@ -149,6 +149,14 @@ async def test_a_qos2_push_is_delivered_at_pubrec(tmp_path: Path) -> None:
         await raw.send(Pubrec(message.packet_id))
         await raw.expect(Pubrel)
         await api.status(accepted["message_id"], "till-3", "delivered")
+        # A refusing PUBREC ends the exchange too: no PUBREL, FAILED with the reason.
+        _, refused = await api.post("/v1/push", {"device_id": "till-3", "body": "no"})
+        message = await raw.expect(Publish)
+        await raw.send(Pubrec(message.packet_id, ReasonCode.QUOTA_EXCEEDED), PINGREQ)
+        await raw.expect(Pingresp)
+        await api.status(refused["message_id"], "till-3", "failed")
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_pushes_refused_total{reason="QUOTA_EXCEEDED"} 1.0' in metrics
         await raw.disconnect()
 
 

@@ -616,16 +616,19 @@ class Outgoing(Session):
         if self.outbound.waiting:
             self._send_ready()
 
-    def refused_by_box(self, message_id: str, tracked: bool, reason: int) -> None:
-        """The box answered a QoS 1 PUBLISH with a failure PUBACK (MQTT 5, reason
-        0x80 or more): the exchange is over and the message is not sent again
-        (MQTT-4.4.0-2), but it was not delivered. A queued push gets a FAILED receipt
-        naming the reason and leaves the queue; nothing counts it as an ACK."""
+    def refused_by_box(
+        self, message_id: str, tracked: bool, reason: int, packet: str = "PUBACK"
+    ) -> None:
+        """The box answered a QoS 1 PUBLISH with a failure PUBACK (or a QoS 2 one with
+        a failure PUBREC; MQTT 5, reason 0x80 or more): the exchange is over and the
+        message is not sent again (MQTT-4.4.0-2), but it was not delivered. A queued
+        push gets a FAILED receipt naming the reason and leaves the queue; nothing
+        counts it as an ACK."""
         name = _reason_name(reason)
         self._node.metrics.pushes_refused[name] += 1
         if message_id and tracked:
             self._node.registry.push_failed(
-                self, message_id, f"the box refused it: PUBACK 0x{reason:02X} {name}", True
+                self, message_id, f"the box refused it: {packet} 0x{reason:02X} {name}", True
             )
 
     def on_pubrec(self, pubrec: Pubrec) -> None:
@@ -639,7 +642,7 @@ class Outgoing(Session):
         if pubrec.reason_code >= 0x80:
             # The box refused the message (MQTT 5): the exchange ends here.
             self.outbound.done(packet_id)
-            self._ack(sent.message_id, sent.tracked)
+            self.refused_by_box(sent.message_id, sent.tracked, pubrec.reason_code, "PUBREC")
             self._send_ready()
             return
         self.send(encode(Pubrel(packet_id), self.version))
