@@ -191,6 +191,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 63);
+        assert_eq!(snapshot.len(), 67);
     }
 }
