@@ -45,6 +45,7 @@ MqttOpenEvent: TypeAlias = tuple[Literal["MQTT_OPEN"], int, str, str | None, boo
 MqttPacketsEvent: TypeAlias = tuple[Literal["MQTT_PACKETS"], int, list[bytes]]
 MqttPubacksEvent: TypeAlias = tuple[Literal["MQTT_PUBACKS"], list[int], list[list[int]]]
 MqttAcksEvent: TypeAlias = tuple[Literal["MQTT_ACKS"], list[int], list[str]]
+MqttRefusedEvent: TypeAlias = tuple[Literal["MQTT_REFUSED"], int, bytes, bool, int]
 PushFailedEvent: TypeAlias = tuple[Literal["PUSH_FAILED"], int, bytes, str]
 FanoutDoneEvent: TypeAlias = tuple[Literal["FANOUT_DONE"], bytes, int, int]
 TlsTicketEvent: TypeAlias = tuple[Literal["TLS_TICKET"], bytes, bytes]
@@ -65,6 +66,7 @@ EngineEvent: TypeAlias = (
     | MqttPacketsEvent
     | MqttPubacksEvent
     | MqttAcksEvent
+    | MqttRefusedEvent
     | PushFailedEvent
     | FanoutDoneEvent
     | TlsTicketEvent
@@ -180,5 +182,6 @@ class Engine:
     def set_ticket_keys(self, current_id: int, keys: Iterable[tuple[int, bytes]]) -> None: ...
     def close_listeners(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
+    def mqtt_held(self, conn: int) -> tuple[int, int]: ...
     def usage(self) -> UsageRows: ...
     def shutdown(self) -> None: ...

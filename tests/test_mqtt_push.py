@@ -27,6 +27,7 @@ from channel.mqtt import (
     Publish,
     Pubrec,
     Pubrel,
+    ReasonCode,
     Suback,
     Subscribe,
     Subscription,
@@ -148,6 +149,14 @@ async def test_a_qos2_push_is_delivered_at_pubrec(tmp_path: Path) -> None:
         await raw.send(Pubrec(message.packet_id))
         await raw.expect(Pubrel)
         await api.status(accepted["message_id"], "till-3", "delivered")
+        # A refusing PUBREC ends the exchange too: no PUBREL, FAILED with the reason.
+        _, refused = await api.post("/v1/push", {"device_id": "till-3", "body": "no"})
+        message = await raw.expect(Publish)
+        await raw.send(Pubrec(message.packet_id, ReasonCode.QUOTA_EXCEEDED), PINGREQ)
+        await raw.expect(Pingresp)
+        await api.status(refused["message_id"], "till-3", "failed")
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_pushes_refused_total{reason="QUOTA_EXCEEDED"} 1.0' in metrics
         await raw.disconnect()
 
 
@@ -220,7 +229,13 @@ async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
         first = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(PINGREQ)
         await raw.expect(Pingresp)  # nothing more while two are in flight
-        assert "channel_mqtt_inflight 2.0" in await admin_text(gw, "/metrics")
+        metrics = await admin_text(gw, "/metrics")
+        assert "channel_mqtt_inflight 2.0" in metrics
+        # What went on the wire, whoever holds the pushes (not the 3 waiting).
+        assert 'channel_mqtt_packets_total{direction="out",type="PUBLISH"} 2.0' in metrics
+        # The device lookup counts the pushes the native engine holds too.
+        device = await admin_get(gw, "/admin/devices/till-8")
+        assert (device["inflight"], device["waiting"]) == (2, 3)
         await raw.send(*(Puback(p.packet_id) for p in first))  # one write, two PUBACKs
         second = [await raw.expect(Publish), await raw.expect(Publish)]
         await raw.send(Puback(second[0].packet_id), Puback(second[1].packet_id))
@@ -231,7 +246,11 @@ async def test_pushes_past_the_in_flight_window_wait_and_go_in_order(
         await raw.send(Puback(last.packet_id))
         for message_id in ids:
             await api.status(message_id, "till-8", "delivered")
-        assert (await admin_get(gw, "/admin/devices/till-8"))["inflight"] == 0
+        device = await admin_get(gw, "/admin/devices/till-8")
+        assert (device["inflight"], device["waiting"]) == (0, 0)
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_packets_total{direction="out",type="PUBLISH"} 5.0' in metrics
+        assert 'channel_mqtt_packets_total{direction="in",type="PUBACK"} 5.0' in metrics
         await raw.disconnect()
 
 
@@ -264,6 +283,55 @@ async def test_a_puback_with_nothing_in_flight_under_its_id_changes_nothing(
         assert 'channel_mqtt_packets_total{direction="out",type="PUBLISH"} 2.0' in metrics
         assert 'channel_mqtt_packets_total{direction="in",type="PUBACK"} 4.0' in metrics
         await raw.disconnect()
+
+
+async def test_a_push_the_box_refuses_fails_with_the_reason_and_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """MQTT 5: a PUBACK with a reason of 0x80 or more ends the exchange (the push
+    leaves the queue and is not sent again, MQTT-4.4.0-2) but is no delivery: FAILED
+    with the reason, counted by reason, alike whoever holds the push."""
+    async with api_node(tmp_path) as (gw, api):
+        raw, _ = await raw_box(gw, "till-12", MQTT_5, **persistent(MQTT_5))
+        _, first = await api.post("/v1/push", {"device_id": "till-12", "body": "one"})
+        got = await raw.expect(Publish)
+        await raw.send(Puback(got.packet_id, ReasonCode.NOT_AUTHORIZED))
+        final = await api.status(first["message_id"], "till-12", "failed")
+        assert final["status"] == "failed"
+        receipts = await api.get("/v1/receipts?after=0")
+        failed = [r for r in receipts["receipts"] if r["message_id"] == first["message_id"]]
+        assert [r["status"] for r in failed] == ["failed"]
+        assert "PUBACK 0x87 NOT_AUTHORIZED" in json.dumps(failed)
+        _, second = await api.post("/v1/push", {"device_id": "till-12", "body": "two"})
+        got = await raw.expect(Publish)
+        assert got.payload == b"two"
+        await raw.send(Puback(got.packet_id))
+        await api.status(second["message_id"], "till-12", "delivered")
+        metrics = await admin_text(gw, "/metrics")
+        assert 'channel_mqtt_pushes_refused_total{reason="NOT_AUTHORIZED"} 1.0' in metrics
+        assert 'channel_mqtt_packets_total{direction="in",type="PUBACK"} 2.0' in metrics
+        assert (await admin_get(gw, "/admin/devices/till-12"))["inflight"] == 0
+        await raw.disconnect()
+        # Not in the queue any more: the session's next connection gets nothing.
+        raw, _ = await raw_box(gw, "till-12", MQTT_5, **persistent(MQTT_5))
+        await raw.send(PINGREQ)
+        await raw.expect(Pingresp)
+        await raw.disconnect()
+
+
+async def test_a_puback_with_a_reason_it_may_not_carry_ends_the_connection(
+    tmp_path: Path,
+) -> None:
+    """PUBACK 0x81 (Malformed Packet is no PUBACK reason): the connection ends as for
+    any malformed packet, the push unacknowledged and still queued, on either engine."""
+    async with api_node(tmp_path) as (gw, api):
+        raw, _ = await raw_box(gw, "till-13", MQTT_5)
+        _, first = await api.post("/v1/push", {"device_id": "till-13", "body": "one"})
+        got = await raw.expect(Publish)
+        await raw.send_raw(b"\x40\x03" + got.packet_id.to_bytes(2, "big") + b"\x81")
+        await raw.closed()
+        status = await api.get(f"/v1/messages/{first['message_id']}")
+        assert status["devices"]["till-13"] == "accepted"
 
 
 async def test_the_box_receive_maximum_holds_pushes_and_a_call_back(tmp_path: Path) -> None:

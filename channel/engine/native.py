@@ -71,6 +71,8 @@ class MqttHandler(Protocol):
 
     def push_refused(self, message_id: str, reason: str) -> None: ...
 
+    def refused_by_box(self, message_id: str, tracked: bool, reason: int) -> None: ...
+
     def connection_lost(self) -> None: ...
 
 
@@ -78,8 +80,6 @@ class MqttFront(Protocol):
     """Where MQTT connections go (``channel/mqtt``): one handler per connection."""
 
     def opened(self, transport: NativeMqttTransport) -> MqttHandler: ...
-
-    def pubacks_counted(self, count: int) -> None: ...
 
 
 class NativeEngine:
@@ -574,8 +574,13 @@ class NativeEngine:
         get = self._mqtt.get
         sessions = cast("list[Session | None]", [get(conn) for conn in conns])
         self.service.registry.acks_many(sessions, message_ids)
-        if self.mqtt_front is not None:
-            self.mqtt_front.pubacks_counted(len(message_ids))
+
+    def _mqtt_refused(self, event: tuple[Any, ...]) -> None:
+        # A push the engine held, refused by the box (PUBACK 0x80 or more).
+        _, conn, message_id, tracked, reason = event
+        handler = self._mqtt.get(conn)
+        if handler is not None:
+            handler.refused_by_box(message_id.decode(), tracked, reason)
 
     _handlers: ClassVar[dict[str, Callable[[NativeEngine, tuple[Any, ...]], None]]] = {
         "HELLO": _hello,
@@ -592,6 +597,7 @@ class NativeEngine:
         "MQTT_PACKETS": _mqtt_packets,
         "MQTT_PUBACKS": _mqtt_pubacks,
         "MQTT_ACKS": _mqtt_acks,
+        "MQTT_REFUSED": _mqtt_refused,
         "TLS_TICKET": _tls_ticket,
         "TLS_RESUME": _tls_resume,
         "RPC_HANDOFF": _rpc_handoff,
@@ -660,6 +666,19 @@ class NativeEngine:
 
     def stats(self) -> dict[str, Any]:
         return self._engine.stats() if self._engine is not None else {}
+
+    def held_mqtt_pushes_of(self, conn: int) -> tuple[int, int]:
+        """(in flight, waiting) of the QoS 1 pushes this engine holds for one connection."""
+        return self._engine.mqtt_held(conn) if self._engine is not None else (0, 0)
+
+    def held_mqtt_packets(self) -> tuple[dict[int, int], dict[int, int]]:
+        """MQTT packets (in, out) by type that only this engine saw: the PUBACKs /
+        PUBCOMPs of the pushes it holds, and the PUBLISHes / PUBRELs it held and wrote."""
+        stats = self.stats()
+        return (
+            {4: stats.get("mqtt_held_pubacks_in", 0), 7: stats.get("mqtt_held_pubcomps_in", 0)},
+            {3: stats.get("mqtt_held_publishes_out", 0), 6: stats.get("mqtt_held_pubrels_out", 0)},
+        )
 
     def held_mqtt_pushes(self) -> tuple[int, int]:
         """(in flight, waiting) of the QoS 1 pushes this engine holds for MQTT boxes."""
@@ -883,3 +902,6 @@ class NativeMqttTransport:
 
     def write_held(self, data: bytes) -> None:
         self._native.command(("MQTT_HELD", self.conn, data))
+
+    def held(self) -> tuple[int, int]:
+        return self._native.held_mqtt_pushes_of(self.conn)

@@ -314,6 +314,7 @@ class GatewayNode:
         if isinstance(engine, NativeEngine):
             engine.mqtt_front = self.mqtt
             self.mqtt.metrics.engine_pushes = engine.held_mqtt_pushes
+            self.mqtt.metrics.engine_packets = engine.held_mqtt_packets
             # Boxes come through the same balancers as phones ([server] proxy_protocol).
             proxy = self.config.server.proxy_protocol
             tls_port = (

@@ -181,7 +181,7 @@ class MqttConnection(Outgoing):
             if len(early) > _MAX_EARLY_PACKETS:
                 self.close_now()
         elif isinstance(packet, Puback | Pubcomp):
-            self.on_done(packet.packet_id, isinstance(packet, Pubcomp))
+            self.on_done(packet.packet_id, isinstance(packet, Pubcomp), packet.reason_code)
         elif isinstance(packet, Pubrec):
             self.on_pubrec(packet)
         elif isinstance(packet, Pingreq):

@@ -19,8 +19,12 @@ class MqttMetrics:
     def __init__(self) -> None:
         self.packets_in: Counter[int] = Counter()
         self.packets_out: Counter[int] = Counter()
-        #: PUBLISHes of pushes the native engine holds (``Outgoing.hold_pushes``): out.
-        self.publishes_held = 0
+        #: (in, out) packets by type only the native engine saw (the PUBLISHes it held
+        #: and wrote, the PUBACKs of its pushes), read at scrape time (None: the Python
+        #: engine, which sees them all).
+        self.engine_packets: Callable[[], tuple[dict[int, int], dict[int, int]]] | None = None
+        #: QoS 1 PUBLISHes the box refused (MQTT 5 PUBACK 0x80 or more), by reason.
+        self.pushes_refused: Counter[str] = Counter()
         #: (in flight, waiting) of the pushes the native engine holds, read at scrape
         #: time (the engine's gauges; None: the Python engine, nothing held there).
         self.engine_pushes: Callable[[], tuple[int, int]] | None = None
@@ -66,12 +70,23 @@ class MqttMetrics:
             "MQTT packets by direction and type",
             labels=["direction", "type"],
         )
+        engine_in, engine_out = self.engine_packets() if self.engine_packets else ({}, {})
         for packet_type in PacketType:
-            packets.add_metric(["in", packet_type.name], self.packets_in[packet_type])
-            out = self.packets_out[packet_type]
-            if packet_type == PacketType.PUBLISH:
-                out += self.publishes_held
-            packets.add_metric(["out", packet_type.name], out)
+            packets.add_metric(
+                ["in", packet_type.name],
+                self.packets_in[packet_type] + engine_in.get(packet_type, 0),
+            )
+            packets.add_metric(
+                ["out", packet_type.name],
+                self.packets_out[packet_type] + engine_out.get(packet_type, 0),
+            )
+        refused = CounterMetricFamily(
+            "channel_mqtt_pushes_refused",
+            "QoS 1 PUBLISHes a box refused (MQTT 5 PUBACK 0x80 or more), by reason",
+            labels=["reason"],
+        )
+        for reason, count in self.pushes_refused.items():
+            refused.add_metric([reason], count)
         auth = CounterMetricFamily(
             "channel_mqtt_auth_failures", "Refused CONNECTs by reason", labels=["reason"]
         )
@@ -100,7 +115,7 @@ class MqttMetrics:
         for level, count in levels.items():
             by_version.add_metric([level], count)
         return [
-            packets, auth, errors, by_version,
+            packets, refused, auth, errors, by_version,
             GaugeMetricFamily("channel_mqtt_inflight",
                               "Outbound QoS 1/2 PUBLISHes awaiting the box's acknowledgement",
                               value=inflight),

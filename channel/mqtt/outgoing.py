@@ -241,11 +241,21 @@ class Outgoing(Session):
             "keepalive_s": self.keepalive_s,
             "session_expiry_s": self.expiry_s,
             "subscriptions": sorted(self.subscriptions),
-            "inflight": len(self.outbound.inflight),
-            "waiting": len(self.outbound.waiting),
+            **self._held_counts(),
             "peer_ip": self._transport.peer_ip,
             "tls": self._transport.tls,
         }
+
+    def _held_counts(self) -> dict[str, int]:
+        """``inflight`` / ``waiting``: what Python holds and, on the native engine,
+        the pushes the engine holds for this connection."""
+        inflight, waiting = len(self.outbound.inflight), len(self.outbound.waiting)
+        holder = self._holder
+        if holder is not None:
+            held_inflight, held_waiting = holder.held()
+            inflight += held_inflight
+            waiting += held_waiting
+        return {"inflight": inflight, "waiting": waiting}
 
     def set_client_limits(
         self,
@@ -276,7 +286,7 @@ class Outgoing(Session):
         if holder is None:
             self.send(data)
             return
-        self._node.metrics.packets_out[data[0] >> 4] += 1
+        # Counted by the engine when it goes out (it may wait for room first).
         if self._out:
             self._write_out()
         if not self._gone and not self._closing:
@@ -431,7 +441,6 @@ class Outgoing(Session):
         if holder is not None and (not headers or broker_message_of(body, headers) is None):
             # Open (the holder goes when the connection closes): the engine builds the
             # PUBLISH and keeps it in flight (``hold_pushes``).
-            self._node.metrics.publishes_held += 1
             if self._out:
                 self._write_out()
             holder.push(message_id, headers, body, tracked)
@@ -594,16 +603,33 @@ class Outgoing(Session):
 
     # ------------------------------------------------------------------- acks
 
-    def on_done(self, packet_id: int, pubcomp: bool) -> None:
+    def on_done(self, packet_id: int, pubcomp: bool, reason: int = 0) -> None:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2) from the box."""
         sent = self.outbound.done(packet_id)
         if sent is not None:
-            if sent.qos == 1:
+            if sent.qos == 1 and reason >= 0x80:
+                self.refused_by_box(sent.message_id, sent.tracked, reason)
+            elif sent.qos == 1:
                 self._ack(sent.message_id, sent.tracked)
             elif pubcomp and self.persistent and sent.message_id:
                 self._background(self._node.persist_released(self, packet_id, None))
         if self.outbound.waiting:
             self._send_ready()
+
+    def refused_by_box(
+        self, message_id: str, tracked: bool, reason: int, packet: str = "PUBACK"
+    ) -> None:
+        """The box answered a QoS 1 PUBLISH with a failure PUBACK (or a QoS 2 one with
+        a failure PUBREC; MQTT 5, reason 0x80 or more): the exchange is over and the
+        message is not sent again (MQTT-4.4.0-2), but it was not delivered. A queued
+        push gets a FAILED receipt naming the reason and leaves the queue; nothing
+        counts it as an ACK."""
+        name = _reason_name(reason)
+        self._node.metrics.pushes_refused[name] += 1
+        if message_id and tracked:
+            self._node.registry.push_failed(
+                self, message_id, f"the box refused it: {packet} 0x{reason:02X} {name}", True
+            )
 
     def on_pubrec(self, pubrec: Pubrec) -> None:
         packet_id = pubrec.packet_id
@@ -616,7 +642,7 @@ class Outgoing(Session):
         if pubrec.reason_code >= 0x80:
             # The box refused the message (MQTT 5): the exchange ends here.
             self.outbound.done(packet_id)
-            self._ack(sent.message_id, sent.tracked)
+            self.refused_by_box(sent.message_id, sent.tracked, pubrec.reason_code, "PUBREC")
             self._send_ready()
             return
         self.send(encode(Pubrel(packet_id), self.version))
@@ -750,6 +776,13 @@ def _with(props: Properties, sub_ids: tuple[int, ...], expiry_s: int | None) -> 
 
 def _fanout_props(push: FanoutPush) -> Properties:
     return Properties(user_properties=(("message-id", push.message_id), *push.headers))
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return ReasonCode(reason).name
+    except ValueError:
+        return f"0x{reason:02X}"
 
 
 def _status(value: str) -> int:

@@ -29,7 +29,7 @@ from channel.mqtt.metrics import MqttMetrics
 from channel.mqtt.outgoing import Outgoing, Retained
 from channel.mqtt.packets import Connect, Publish, Subscribe
 from channel.mqtt.properties import Properties
-from channel.mqtt.reasons import MQTT_5, PacketType, ReasonCode
+from channel.mqtt.reasons import MQTT_5, ReasonCode
 from channel.mqtt.routing import Broker
 from channel.mqtt.sessions import SessionRecord, SubOptions, own_namespace
 from channel.mqtt.store import MqttStore
@@ -115,10 +115,6 @@ class MqttService:
         conn = MqttConnection(self, transport)
         self.connections.add(conn)
         return conn
-
-    def pubacks_counted(self, count: int) -> None:
-        """PUBACKs of pushes the native engine held and resolved itself."""
-        self.metrics.packets_in[PacketType.PUBACK] += count
 
     async def drain(self) -> None:
         """DISCONNECT every box (0x8B, or 0x9C with ``[mqtt] server_reference``)."""

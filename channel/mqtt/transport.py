@@ -71,6 +71,9 @@ class PushHolder(Protocol):
     def write_held(self, data: bytes) -> None:
         """A QoS 1/2 PUBLISH (or a PUBREL sent again) within the engine's limit."""
 
+    def held(self) -> tuple[int, int]:
+        """(in flight, waiting) of the pushes the engine holds for this connection."""
+
 
 class MqttHandler(Protocol):
     def data_received(self, data: bytes) -> None: ...
@@ -85,12 +88,12 @@ class MqttHandler(Protocol):
     def push_refused(self, message_id: str, reason: str) -> None:
         """The engine holding pushes did not take one (``PushHolder``)."""
 
+    def refused_by_box(self, message_id: str, tracked: bool, reason: int) -> None:
+        """The box answered a held push with PUBACK ``reason`` (0x80 or more)."""
+
     def connection_lost(self) -> None: ...
 
 
 class MqttFront(Protocol):
     def opened(self, transport: MqttTransport) -> MqttHandler:
         """A new MQTT connection (TCP accepted, TLS done if any)."""
-
-    def pubacks_counted(self, count: int) -> None:
-        """PUBACKs the engine holding pushes resolved itself (for the metrics)."""

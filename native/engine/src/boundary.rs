@@ -92,6 +92,14 @@ pub enum Event {
         conn: ConnId,
         message_ids: Vec<MessageId>,
     },
+    /// A push held by the engine that the box refused (MQTT 5 PUBACK with a reason
+    /// of 0x80 or more): over like an ACK (MQTT-4.4.0-2), reported with the reason.
+    MqttRefused {
+        conn: ConnId,
+        message_id: MessageId,
+        tracked: bool,
+        reason: u8,
+    },
     PushFailed {
         conn: ConnId,
         message_id: MessageId,

@@ -2,7 +2,9 @@
 //! pushes are: the PUBLISH is built here, goes out under the message's stable
 //! packet id within the box's Receive Maximum, and its PUBACK is resolved here to
 //! the message id Python hears of (batched ACKs, as MMTP's), so Python does no
-//! per-packet-id work for pushes.
+//! per-packet-id work for pushes. A PUBACK refusing the push (MQTT 5, reason 0x80
+//! or more) ends it too (MQTT-4.4.0-2: not sent again) but goes up with its reason
+//! (`MQTT_REFUSED`): Python reports the push failed, as its own path does.
 //!
 //! Python's own QoS 1/2 PUBLISHes on such a connection (messages routed from other
 //! boxes, RPC calls, retained copies, fan-out pushes; and a PUBREL restored on
@@ -20,6 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::boundary::MessageId;
 
@@ -79,9 +83,13 @@ pub enum PushOutcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolved {
     /// It acknowledged a push: the engine reports it; Python does not see the packet.
+    /// `reason`: the PUBACK's reason code (0 when absent; 0x80 or more: the box
+    /// refused the message, MQTT 5); `pubcomp`: it was a PUBCOMP (for the counts).
     Push {
         message_id: MessageId,
         tracked: bool,
+        reason: u8,
+        pubcomp: bool,
     },
     /// Python's to handle (`freed`: an id and a slot of the limit were freed).
     Forward { freed: bool },
@@ -113,6 +121,10 @@ impl Hasher for IdHasher {
 
 type IdMap = HashMap<u16, Held, BuildHasherDefault<IdHasher>>;
 
+/// (in flight, waiting) of one connection's pushes, readable from Python's thread
+/// (the admin device lookup) while the engine thread changes them.
+pub type HeldGauge = Arc<[AtomicUsize; 2]>;
+
 #[derive(Debug)]
 pub struct Outbound {
     setup: PushSetup,
@@ -121,6 +133,11 @@ pub struct Outbound {
     /// Of them, pushes (the engine's gauges; Python counts its own).
     pushes_inflight: usize,
     pushes_waiting: usize,
+    /// `pushes()` as last published (`sync_gauge`).
+    gauge: HeldGauge,
+    /// PUBLISHes and PUBRELs written to the output since `take_written`.
+    publishes_out: u64,
+    pubrels_out: u64,
 }
 
 impl Outbound {
@@ -131,7 +148,28 @@ impl Outbound {
             waiting: VecDeque::new(),
             pushes_inflight: 0,
             pushes_waiting: 0,
+            gauge: HeldGauge::default(),
+            publishes_out: 0,
+            pubrels_out: 0,
         }
+    }
+
+    /// The per-connection gauge `sync_gauge` keeps up to date.
+    pub fn gauge(&self) -> HeldGauge {
+        self.gauge.clone()
+    }
+
+    /// Publish `pushes()` to the gauge (after a change).
+    pub fn sync_gauge(&self) {
+        self.gauge[0].store(self.pushes_inflight, Ordering::Relaxed);
+        self.gauge[1].store(self.pushes_waiting, Ordering::Relaxed);
+    }
+
+    /// (PUBLISHes, PUBRELs) written since the last call: what went on the wire.
+    pub fn take_written(&mut self) -> (u64, u64) {
+        let written = (self.publishes_out, self.pubrels_out);
+        (self.publishes_out, self.pubrels_out) = (0, 0);
+        written
     }
 
     /// (in flight, waiting) of the pushes held (not Python's PUBLISHes).
@@ -157,23 +195,34 @@ impl Outbound {
         out: &mut Vec<u8>,
     ) -> PushOutcome {
         let packet_id = stable_packet_id(message_id);
-        let props = if self.setup.mqtt5 {
-            match push_properties(message_id, headers) {
-                Ok(props) => props,
+        let props_bytes = if self.setup.mqtt5 {
+            match push_properties_len(message_id, headers) {
+                Ok(len) => len,
                 Err(why) => return PushOutcome::Refused(why),
             }
         } else {
-            Vec::new()
+            0
         };
-        let dup = resent(message_id, self.setup.dup_before_ms);
-        let data = push_publish(&self.setup.head, body, packet_id, dup, &props);
+        let remaining = self.setup.head.len() + 2 + props_bytes + body.len();
+        let size = 1 + varint_len(remaining) + remaining;
         let max = self.setup.max_packet_bytes;
-        if max != 0 && data.len() > max {
+        if max != 0 && size > max {
             return PushOutcome::Refused(format!(
-                "{} bytes, over the box's maximum packet size {max}",
-                data.len()
+                "{size} bytes, over the box's maximum packet size {max}"
             ));
         }
+        // Written straight into the output when it goes out now (the usual case: no
+        // allocation per push); built apart only to wait.
+        let publish = PushPublish {
+            head: &self.setup.head,
+            body,
+            packet_id,
+            dup: resent(message_id, self.setup.dup_before_ms),
+            mqtt5: self.setup.mqtt5,
+            message_id,
+            headers,
+            remaining,
+        };
         if self.waiting.len() >= self.setup.max_waiting {
             return PushOutcome::Overflow;
         }
@@ -188,12 +237,16 @@ impl Outbound {
             None if self.waiting.is_empty() && self.inflight.len() < self.setup.limit => {
                 self.inflight.insert(packet_id, held);
                 self.pushes_inflight += 1;
-                out.extend_from_slice(&data);
+                self.publishes_out += 1;
+                out.reserve(size);
+                publish.write(out);
                 return PushOutcome::Sent;
             }
             _ => {}
         }
         self.pushes_waiting += 1;
+        let mut data = Vec::with_capacity(size);
+        publish.write(&mut data);
         self.waiting.push_back(Waiting {
             packet_id,
             data,
@@ -214,6 +267,7 @@ impl Outbound {
             && self.inflight.len() < self.setup.limit
             && !self.inflight.contains_key(&packet_id)
         {
+            self.count_written(&data);
             self.inflight.insert(packet_id, held);
             out.extend_from_slice(&data);
         } else {
@@ -232,6 +286,14 @@ impl Outbound {
     pub fn received(&mut self, packet: &[u8]) -> Resolved {
         let Some((kind, packet_id, reason)) = ack_of(packet) else {
             return Resolved::Forward { freed: false };
+        };
+        let reason = match reason {
+            None => 0,
+            // A reason code MQTT 3.1.1 has not, or one its packet may not carry: the
+            // packet is malformed, and Python's parser ends the connection for it
+            // (held pushes stay queued for the next one).
+            Some(code) if self.setup.mqtt5 && allowed_reason(kind, code) => code,
+            Some(_) => return Resolved::Forward { freed: false },
         };
         let ends = match kind {
             PUBACK | PUBCOMP => true,
@@ -257,10 +319,20 @@ impl Outbound {
                 Resolved::Push {
                     message_id,
                     tracked,
+                    reason,
+                    pubcomp: kind == PUBCOMP,
                 }
             }
             Some(Held::Python { .. }) => Resolved::Forward { freed: true },
             None => Resolved::Forward { freed: false },
+        }
+    }
+
+    fn count_written(&mut self, data: &[u8]) {
+        if data.first().map(|b| b >> 4) == Some(PUBREL) {
+            self.pubrels_out += 1;
+        } else {
+            self.publishes_out += 1;
         }
     }
 
@@ -279,6 +351,7 @@ impl Outbound {
                 kept.push_back(item);
                 continue;
             }
+            self.count_written(&item.data);
             out.extend_from_slice(&item.data);
             if matches!(item.held, Held::Push { .. }) {
                 self.pushes_waiting -= 1;
@@ -300,17 +373,28 @@ const PUBREC: u8 = 5;
 const PUBREL: u8 = 6;
 const PUBCOMP: u8 = 7;
 
-/// (type, packet id, reason code) of a PUBACK, PUBREC or PUBCOMP (reason 0 when
-/// absent, as in MQTT 3.1.1); None for other packets or ones too short to say.
-fn ack_of(packet: &[u8]) -> Option<(u8, u16, u8)> {
+/// The reason codes MQTT 5 lets a PUBACK / PUBREC (3.4.2.1) or PUBCOMP (3.7.2.1)
+/// carry (`channel.mqtt.reasons.ALLOWED_REASON_CODES`).
+fn allowed_reason(kind: u8, code: u8) -> bool {
+    match kind {
+        PUBCOMP => matches!(code, 0x00 | 0x92),
+        _ => matches!(
+            code,
+            0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+        ),
+    }
+}
+
+/// (type, packet id, reason code if present) of a PUBACK, PUBREC or PUBCOMP; None
+/// for other packets or ones too short to say.
+fn ack_of(packet: &[u8]) -> Option<(u8, u16, Option<u8>)> {
     let kind = packet.first()? >> 4;
     if !matches!(kind, PUBACK | PUBREC | PUBCOMP) || packet[0] & 0x0F != 0 {
         return None;
     }
     let at = body_start(packet)?;
     let id = u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]);
-    let reason = packet.get(at + 2).copied().unwrap_or(0);
-    Some((kind, id, reason))
+    Some((kind, id, packet.get(at + 2).copied()))
 }
 
 /// Where a packet's variable header starts (after the remaining length).
@@ -427,6 +511,91 @@ fn put_varint(out: &mut Vec<u8>, mut value: usize) {
     }
 }
 
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// A push's QoS 1 PUBLISH, checked and measured, written where it goes.
+struct PushPublish<'a> {
+    head: &'a [u8],
+    body: &'a [u8],
+    packet_id: u16,
+    dup: bool,
+    mqtt5: bool,
+    message_id: &'a [u8],
+    headers: &'a [(String, String)],
+    /// Its remaining length (`push_properties_len` included).
+    remaining: usize,
+}
+
+impl PushPublish<'_> {
+    /// The bytes `push_publish(head, body, packet_id, dup, &push_properties(..))`
+    /// makes, appended to `out` (the strings were checked by `push_properties_len`).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(0x32 | if self.dup { 0x08 } else { 0 });
+        put_varint(out, self.remaining);
+        out.extend_from_slice(self.head);
+        out.extend_from_slice(&self.packet_id.to_be_bytes());
+        if self.mqtt5 {
+            let len = user_properties_len(self.message_id, self.headers);
+            put_varint(out, len);
+            put_user_property(out, b"message-id", self.message_id);
+            for (name, value) in self.headers {
+                put_user_property(out, name.as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(self.body);
+    }
+}
+
+fn user_properties_len(message_id: &[u8], headers: &[(String, String)]) -> usize {
+    let pair = |name: usize, value: usize| 1 + 2 + name + 2 + value;
+    headers
+        .iter()
+        .fold(pair(10, message_id.len()), |sum, (name, value)| {
+            sum + pair(name.len(), value.len())
+        })
+}
+
+fn put_user_property(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(USER_PROPERTY);
+    for text in [name, value] {
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text);
+    }
+}
+
+/// The bytes of a push's MQTT 5 properties (length included), or why MQTT cannot
+/// carry them (`push_properties`' checks, without building them).
+pub fn push_properties_len(
+    message_id: &[u8],
+    headers: &[(String, String)],
+) -> Result<usize, String> {
+    let strings = headers
+        .iter()
+        .flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]);
+    for text in std::iter::once(message_id).chain(strings) {
+        check_string(text)?;
+    }
+    let len = user_properties_len(message_id, headers);
+    Ok(varint_len(len) + len)
+}
+
+fn check_string(text: &[u8]) -> Result<(), String> {
+    if text.contains(&0) {
+        return Err("UTF-8 strings may not contain U+0000".into());
+    }
+    if text.len() > usize::from(u16::MAX) {
+        return Err(format!("string of {} bytes exceeds 65535", text.len()));
+    }
+    Ok(())
+}
+
 /// A QoS 1 PUBLISH of a push (`channel.mqtt.publish.push_bytes`).
 pub fn push_publish(head: &[u8], body: &[u8], packet_id: u16, dup: bool, props: &[u8]) -> Vec<u8> {
     let remaining = head.len() + 2 + props.len() + body.len();
@@ -443,13 +612,8 @@ pub fn push_publish(head: &[u8], body: &[u8], packet_id: u16, dup: bool, props: 
 const USER_PROPERTY: u8 = 0x26;
 
 fn put_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), String> {
-    if text.contains(&0) {
-        return Err("UTF-8 strings may not contain U+0000".into());
-    }
-    let Ok(len) = u16::try_from(text.len()) else {
-        return Err(format!("string of {} bytes exceeds 65535", text.len()));
-    };
-    out.extend_from_slice(&len.to_be_bytes());
+    check_string(text)?;
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
     out.extend_from_slice(text);
     Ok(())
 }
@@ -554,7 +718,9 @@ mod tests {
             outbound.received(&puback(packet_id)),
             Resolved::Push {
                 message_id: m,
-                tracked: true
+                tracked: true,
+                reason: 0,
+                pubcomp: false
             }
         );
         assert_eq!(outbound.inflight(), 0);
@@ -563,6 +729,46 @@ mod tests {
             outbound.received(&puback(packet_id)),
             Resolved::Forward { freed: false }
         );
+    }
+
+    #[test]
+    fn a_refusing_puback_ends_the_exchange_with_its_reason() {
+        let mut outbound = Outbound::new(setup(1, true));
+        let mut out = Vec::new();
+        let (a, b) = (id("a"), id("b"));
+        outbound.push(&a, &[], b"1", true, &mut out);
+        assert_eq!(
+            outbound.push(&b, &[], b"2", false, &mut out),
+            PushOutcome::Waiting
+        );
+        assert_eq!(
+            outbound.take_written(),
+            (1, 0),
+            "the waiting one is not out"
+        );
+        let [high, low] = stable_packet_id(b"a").to_be_bytes();
+        // PUBACK 0x87 (Not authorized) with an empty property length.
+        assert_eq!(
+            outbound.received(&[0x40, 0x04, high, low, 0x87, 0x00]),
+            Resolved::Push {
+                message_id: a,
+                tracked: true,
+                reason: 0x87,
+                pubcomp: false
+            }
+        );
+        // A code PUBACK may not carry: Python's (it ends the connection), held on.
+        let [high, low] = stable_packet_id(b"b").to_be_bytes();
+        outbound.ready(&mut out);
+        assert_eq!(outbound.take_written(), (1, 0));
+        assert_eq!(
+            outbound.received(&[0x40, 0x03, high, low, 0x81]),
+            Resolved::Forward { freed: false }
+        );
+        outbound.sync_gauge();
+        let gauge = outbound.gauge();
+        assert_eq!(gauge[0].load(Ordering::Relaxed), 1);
+        assert_eq!(gauge[1].load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -647,7 +853,7 @@ mod tests {
 
     #[test]
     fn python_publishes_share_ids_and_the_limit() {
-        let mut outbound = Outbound::new(setup(2, false));
+        let mut outbound = Outbound::new(setup(2, true));
         let mut out = Vec::new();
         let a = id("a");
         let taken = stable_packet_id(b"a");
@@ -717,6 +923,38 @@ mod tests {
             outbound.push(&id("n"), &bad, b"b", true, &mut out),
             PushOutcome::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_publish_written_in_place_is_the_one_built_apart() {
+        let headers = vec![("kind".to_string(), "x".repeat(200))];
+        for mqtt5 in [false, true] {
+            for size in [0usize, 90, 200, 20_000, 3_000_000] {
+                let mut resumed = setup(1, mqtt5);
+                resumed.dup_before_ms = 32;
+                let mut outbound = Outbound::new(resumed);
+                let body = vec![b'b'; size];
+                let (now, later) = (id("000000004000000000000000"), id("later"));
+                let (mut out, mut more) = (Vec::new(), Vec::new());
+                let sent = outbound.push(&now, &headers, &body, true, &mut out);
+                assert_eq!(sent, PushOutcome::Sent);
+                let waits = outbound.push(&later, &headers, &body, true, &mut more);
+                assert_eq!(waits, PushOutcome::Waiting);
+                outbound.received(&puback(stable_packet_id(&now)));
+                outbound.ready(&mut more);
+                for (message_id, written) in [(&now, &out), (&later, &more)] {
+                    let props = if mqtt5 {
+                        push_properties(message_id, &headers).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    let packet_id = stable_packet_id(message_id);
+                    let dup = resent(message_id, 32);
+                    let built = push_publish(b"\x00\x03d/p", &body, packet_id, dup, &props);
+                    assert!(*written == built, "mqtt5 {mqtt5}, {size} bytes");
+                }
+            }
+        }
     }
 
     #[test]

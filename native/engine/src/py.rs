@@ -514,6 +514,19 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
                 packets.iter().map(|p| PyBytes::new(py, p)).collect();
             tuple!(py, kind("MQTT_PACKETS"), conn.0, PyList::new(py, packets)?)
         }
+        Event::MqttRefused {
+            conn,
+            message_id,
+            tracked,
+            reason,
+        } => tuple!(
+            py,
+            kind("MQTT_REFUSED"),
+            conn.0,
+            PyBytes::new(py, &message_id),
+            tracked,
+            reason
+        ),
         Event::PushFailed {
             conn,
             message_id,
@@ -1269,6 +1282,23 @@ impl PyEngine {
         d.set_item("event_queue_bytes", queue.bytes)?;
         d.set_item("event_queue_events", queue.events.len())?;
         Ok(d)
+    }
+
+    /// (in flight, waiting) of the QoS 1 pushes the engine holds for MQTT connection
+    /// `conn` ((0, 0): none, or not such a connection).
+    fn mqtt_held(&self, conn: u64) -> (usize, usize) {
+        let held = self
+            .runtime
+            .shared
+            .mqtt_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        held.get(&ConnId(conn)).map_or((0, 0), |gauge| {
+            (
+                gauge[0].load(std::sync::atomic::Ordering::Relaxed),
+                gauge[1].load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// Bodies and bytes by app and dictionary id (-1: sent raw, 0: zstd without a

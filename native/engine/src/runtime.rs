@@ -84,6 +84,7 @@ impl Runtime {
             codec: Arc::new(codec),
             presets: RwLock::new(Arc::new(presets)),
             usage,
+            mqtt_held: Mutex::default(),
             config: setup.config,
         });
         let engine = Engine::new(poll, shared.clone());

@@ -84,6 +84,13 @@ counters! {
     mqtt_pushes_inflight,
     /// Gauge: ... waiting for room in flight (or for their packet id).
     mqtt_pushes_waiting,
+    /// PUBLISHes / PUBRELs the engine wrote for a connection whose pushes it holds
+    /// (its pushes and Python's held QoS 1/2 packets), when they went out.
+    mqtt_held_publishes_out,
+    mqtt_held_pubrels_out,
+    /// PUBACKs / PUBCOMPs of held pushes resolved here (Python does not see them).
+    mqtt_held_pubacks_in,
+    mqtt_held_pubcomps_in,
     /// MMTP PINGs answered by the engine.
     mmtp_pings_answered,
     /// Bytes read from sockets (TLS records included).
@@ -184,6 +191,6 @@ mod tests {
         assert!(snapshot.contains(&("connections", 1)));
         assert!(snapshot.contains(&("bytes_in", 10)));
         assert!(snapshot.contains(&("slow_consumers", 0)));
-        assert_eq!(snapshot.len(), 63);
+        assert_eq!(snapshot.len(), 67);
     }
 }

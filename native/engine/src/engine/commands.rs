@@ -275,7 +275,16 @@ impl Engine {
                     return self.stale();
                 };
                 match &mut self.conns[slot].proto {
-                    Proto::Mqtt(m) => m.out = Some(Box::new(Outbound::new(setup))),
+                    Proto::Mqtt(m) => {
+                        let out = Outbound::new(setup);
+                        let mut held = self
+                            .shared
+                            .mqtt_held
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        held.insert(conn, out.gauge());
+                        m.out = Some(Box::new(out));
+                    }
                     Proto::Mmtp(_) => self.failed(),
                 }
             }
@@ -297,6 +306,7 @@ impl Engine {
                         if !out.hold(data.clone(), &mut conn.out_plain) {
                             conn.out_plain.extend_from_slice(&data);
                         }
+                        count_written(&self.shared.stats, out);
                     }
                     _ => conn.out_plain.extend_from_slice(&data),
                 }
@@ -472,6 +482,8 @@ impl Engine {
                         let outcome =
                             out.push(&message_id, headers, body, tracked, &mut conn.out_plain);
                         track_pushes(&self.shared.stats, before, out.pushes());
+                        out.sync_gauge();
+                        count_written(&self.shared.stats, out);
                         Some(outcome)
                     }
                     _ => None,
@@ -550,6 +562,17 @@ impl Engine {
             written,
             skipped,
         });
+    }
+}
+
+/// PUBLISHes and PUBRELs an `Outbound` wrote since the last call, to the counters.
+pub(super) fn count_written(stats: &crate::stats::Stats, out: &mut Outbound) {
+    let (publishes, pubrels) = out.take_written();
+    if publishes != 0 {
+        Stats::add(&stats.mqtt_held_publishes_out, publishes);
+    }
+    if pubrels != 0 {
+        Stats::add(&stats.mqtt_held_pubrels_out, pubrels);
     }
 }
 

@@ -595,6 +595,7 @@ impl Engine {
             // Acknowledgements of the pushes held here are resolved here: their
             // message ids go up as ACKs (as MMTP's), the packets do not.
             let mut tracked = Vec::new();
+            let mut refused = Vec::new();
             let mut freed = false;
             let before = out.pushes();
             let fanout_acks = &mut self.out.fanout_acks;
@@ -602,9 +603,20 @@ impl Engine {
                 Resolved::Push {
                     message_id,
                     tracked: is_tracked,
+                    reason,
+                    pubcomp,
                 } => {
                     freed = true;
-                    if is_tracked {
+                    Stats::inc(if pubcomp {
+                        &stats.mqtt_held_pubcomps_in
+                    } else {
+                        &stats.mqtt_held_pubacks_in
+                    });
+                    if reason >= 0x80 {
+                        // Refused by the box (MQTT 5): over, but no ACK; Python
+                        // records it with the reason, as for its own pushes.
+                        refused.push((message_id, is_tracked, reason));
+                    } else if is_tracked {
                         tracked.push(message_id);
                     } else {
                         Stats::inc(&stats.acks_fanout);
@@ -622,6 +634,16 @@ impl Engine {
                 answered = true; // output to flush
             }
             super::commands::track_pushes(stats, before, out.pushes());
+            out.sync_gauge();
+            super::commands::count_written(stats, out);
+            for (message_id, tracked, reason) in refused {
+                self.out.push(Event::MqttRefused {
+                    conn: conn.id,
+                    message_id,
+                    tracked,
+                    reason,
+                });
+            }
             if !tracked.is_empty() {
                 Stats::add(&stats.acks_tracked, tracked.len() as u64);
                 self.out.push(Event::MqttAcks {

@@ -81,6 +81,9 @@ pub struct Shared {
     /// Replaced (not changed) when a preset is added: connections keep theirs.
     pub presets: RwLock<Arc<mmtp::Presets>>,
     pub usage: Arc<UsageTable>,
+    /// Per MQTT connection whose pushes the engine holds: its (in flight, waiting),
+    /// for the admin device lookup (entries added at MQTT_PUSHES, removed at close).
+    pub mqtt_held: Mutex<HashMap<ConnId, crate::mqttout::HeldGauge>>,
     pub config: EngineConfig,
 }
 
@@ -809,6 +812,12 @@ impl Engine {
         let stats = &self.shared.stats;
         if let Proto::Mqtt(MqttConn { out: Some(out), .. }) = &conn.proto {
             commands::track_pushes(stats, out.pushes(), (0, 0));
+            let mut held = self
+                .shared
+                .mqtt_held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            held.remove(&conn.id);
         }
         Stats::dec(&stats.connections);
         Stats::dec(if conn.is_mmtp() {
