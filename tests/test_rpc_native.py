@@ -9,6 +9,8 @@ and the upstream the same request bytes; the engine's counters say which path ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -429,4 +431,51 @@ async def test_bodies_of_native_calls_are_sampled_even_when_the_device_leaves_at
                     await asyncio.sleep(0.01)
             assert sampler.count("demo") == 6
             assert stats(gw)["rpc_native_answered"] == 3
+    _SEEN.clear()
+
+
+def sockets_to(port: int) -> int:
+    """This process's open fds that are TCP sockets connected to ``port`` on loopback."""
+    inodes: set[str] = set()
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields_ = line.split()
+        if int(fields_[2].rpartition(":")[2], 16) == port:
+            inodes.add(fields_[9])
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            count += target.startswith("socket:[") and target[8:-1] in inodes
+    return count
+
+
+async def test_a_handoff_nobody_took_closes_its_socket_at_shutdown(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def held(server: RawServer, conn: RawConn) -> None:
+        while await recorded(server, conn) is not None:
+            await release.wait()
+            conn.writer.write(FAILED)  # not simple: handed to Python
+            await conn.writer.drain()
+
+    async with raw_server(held) as upstream:
+        port = int(upstream.url.rpartition(":")[2])
+        config = rpc_config(upstream.url, True)
+        server = {"engine": "native", "drain_timeout_s": 0.1}
+        async with gateway(tmp_path, rpc=config, server=server) as gw:
+            device = await warmed(gw)
+            device.conn.send_request("svc.get", b"{}", ())
+            await device.flush()
+            await upstream.wait_for(lambda: upstream.requests == 1)
+            # Python stops taking events, as it does when the engine shuts down: the
+            # handoff that comes now stays queued.
+            native = gw.node.engine
+            asyncio.get_running_loop().remove_reader(native._engine.event_fd())  # type: ignore[attr-defined]
+            release.set()
+            async with asyncio.timeout(5):
+                while stats(gw)["rpc_handoffs"] != 1:
+                    await asyncio.sleep(0.01)
+            assert sockets_to(port) == 1
+        assert sockets_to(port) == 0
+        await upstream.wait_for(lambda: upstream.closed_connections == 1)
     _SEEN.clear()

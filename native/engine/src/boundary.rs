@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
@@ -168,8 +169,9 @@ pub struct RpcHandoff {
     pub cluster: String,
     /// Index in the cluster's endpoint list (as Python sent it).
     pub endpoint: usize,
-    /// The upstream socket, now owned by whoever takes the event.
-    pub fd: i32,
+    /// The upstream socket, now owned by whoever takes the event: closed with the
+    /// event if nobody does (the engine shut down with it queued).
+    pub fd: OwnedFd,
     /// The answer's bytes read so far.
     pub received: Vec<u8>,
     /// The tail of the request not written yet.

@@ -2,7 +2,7 @@
 //! objects and the engine's Rust values while holding the GIL; the engine thread
 //! never touches Python. See BOUNDARY.md for the contract.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
@@ -420,24 +420,30 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             gate,
             busy
         ),
-        Event::RpcHandoff(h) => tuple!(
-            py,
-            kind("RPC_HANDOFF"),
-            h.conn.0,
-            h.stream_id,
-            h.op,
-            headers_tuple(py, &h.headers)?,
-            PyBytes::new(py, &h.body),
-            h.early,
-            h.route,
-            h.cluster,
-            h.endpoint,
-            h.fd,
-            PyBytes::new(py, &h.received),
-            PyBytes::new(py, &h.unsent),
-            h.reused,
-            h.elapsed_us
-        ),
+        Event::RpcHandoff(h) => {
+            let headers = headers_tuple(py, &h.headers)?;
+            // The socket is Python's from here (its `socket.socket(fileno=...)`); on the
+            // error above it closed with the event.
+            let fd = h.fd.into_raw_fd();
+            tuple!(
+                py,
+                kind("RPC_HANDOFF"),
+                h.conn.0,
+                h.stream_id,
+                h.op,
+                headers,
+                PyBytes::new(py, &h.body),
+                h.early,
+                h.route,
+                h.cluster,
+                h.endpoint,
+                fd,
+                PyBytes::new(py, &h.received),
+                PyBytes::new(py, &h.unsent),
+                h.reused,
+                h.elapsed_us
+            )
+        }
         Event::RpcDone(calls) => {
             let list = PyList::empty(py);
             for c in calls {

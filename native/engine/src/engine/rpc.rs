@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::IntoRawFd;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -639,7 +639,7 @@ impl Engine {
         };
         let _ = slot;
         Stats::inc(&self.shared.stats.rpc_handoffs);
-        let fd = upstream.sock.into_raw_fd();
+        let fd = OwnedFd::from(upstream.sock);
         let elapsed_us = call.started.elapsed().as_micros() as u64;
         self.out.push(Event::RpcHandoff(Box::new(RpcHandoff {
             conn: call.conn,
