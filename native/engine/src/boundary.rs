@@ -219,6 +219,10 @@ pub struct RpcCluster {
     pub max_connections: usize,
     pub keepalive_ms: u64,
     pub limits: crate::h1::Limits,
+    /// Calls a device connection may have in flight (the engine's and Python's, this
+    /// one included) for the engine to send one itself: the lower of
+    /// `max_pending_requests` and the cluster's `device_max_in_flight`.
+    pub max_calls: usize,
 }
 
 #[derive(Debug)]

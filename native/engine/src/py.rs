@@ -660,7 +660,16 @@ impl<'py> Fields<'_, 'py> {
 
 type RouteSpec = (String, bool, Vec<String>, Option<(usize, u64)>);
 type EndpointSpec = (String, u16, String, String, u64);
-type ClusterSpec = (String, Vec<EndpointSpec>, usize, u64, usize, usize, usize);
+type ClusterSpec = (
+    String,
+    Vec<EndpointSpec>,
+    usize,
+    u64,
+    usize,
+    usize,
+    usize,
+    usize,
+);
 
 /// `RPC_TABLE`'s table: (routes, clusters, user agent); see `RpcRouter.native_table`.
 fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTable> {
@@ -671,9 +680,11 @@ fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTabl
         user_agent,
         ..RpcTable::default()
     };
-    for (name, endpoints, max_connections, keepalive_ms, head, headers, body) in clusters {
-        if max_connections == 0 || head == 0 || headers == 0 {
-            return Err(f.err("table", "clusters with max_connections and limits >= 1"));
+    for (name, endpoints, max_connections, keepalive_ms, head, headers, body, max_calls) in clusters
+    {
+        if max_connections == 0 || head == 0 || headers == 0 || max_calls == 0 {
+            let why = "clusters with max_connections, limits and max_calls >= 1";
+            return Err(f.err("table", why));
         }
         let mut eps = Vec::new();
         for (ip, port, authority, prefix, down_ms) in endpoints {
@@ -700,6 +711,7 @@ fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTabl
                 max_headers: headers,
                 max_body_bytes: body,
             },
+            max_calls,
         });
     }
     for (pattern, idempotent, idempotent_ops, native) in routes {
