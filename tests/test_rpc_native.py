@@ -9,6 +9,8 @@ and the upstream the same request bytes; the engine's counters say which path ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -429,4 +431,151 @@ async def test_bodies_of_native_calls_are_sampled_even_when_the_device_leaves_at
                     await asyncio.sleep(0.01)
             assert sampler.count("demo") == 6
             assert stats(gw)["rpc_native_answered"] == 3
+    _SEEN.clear()
+
+
+def sockets_to(port: int) -> int:
+    """This process's open fds that are TCP sockets connected to ``port`` on loopback."""
+    inodes: set[str] = set()
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields_ = line.split()
+        if int(fields_[2].rpartition(":")[2], 16) == port:
+            inodes.add(fields_[9])
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            count += target.startswith("socket:[") and target[8:-1] in inodes
+    return count
+
+
+async def test_a_handoff_nobody_took_closes_its_socket_at_shutdown(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def held(server: RawServer, conn: RawConn) -> None:
+        while await recorded(server, conn) is not None:
+            await release.wait()
+            conn.writer.write(FAILED)  # not simple: handed to Python
+            await conn.writer.drain()
+
+    async with raw_server(held) as upstream:
+        port = int(upstream.url.rpartition(":")[2])
+        config = rpc_config(upstream.url, True)
+        server = {"engine": "native", "drain_timeout_s": 0.1}
+        async with gateway(tmp_path, rpc=config, server=server) as gw:
+            device = await warmed(gw)
+            device.conn.send_request("svc.get", b"{}", ())
+            await device.flush()
+            await upstream.wait_for(lambda: upstream.requests == 1)
+            # Python stops taking events, as it does when the engine shuts down: the
+            # handoff that comes now stays queued.
+            native = gw.node.engine
+            asyncio.get_running_loop().remove_reader(native._engine.event_fd())  # type: ignore[attr-defined]
+            release.set()
+            async with asyncio.timeout(5):
+                while stats(gw)["rpc_handoffs"] != 1:
+                    await asyncio.sleep(0.01)
+            assert sockets_to(port) == 1
+        assert sockets_to(port) == 0
+        await upstream.wait_for(lambda: upstream.closed_connections == 1)
+    _SEEN.clear()
+
+
+def together(count: int) -> Script:
+    """Echoes each request once ``count`` requests arrived (over all connections)."""
+
+    async def script(server: RawServer, conn: RawConn) -> None:
+        while (request := await recorded(server, conn)) is not None:
+            await server.wait_for(lambda: server.requests >= count)
+            body = request.partition(b"\r\n\r\n")[2]
+            conn.writer.write(ok_head(body) + body)
+            await conn.writer.drain()
+
+    return script
+
+
+async def answers_to(device: Any, stream_ids: list[int]) -> list[Outcome]:
+    """The answers to the streams, in the order of ``stream_ids``."""
+    got: dict[int, Outcome] = {}
+    while len(got) < len(stream_ids):
+        events = await device.events()
+        assert events, "the gateway closed the connection"
+        for event in events:
+            if isinstance(event, ResponseReceived | StreamErrorReceived):
+                got[event.stream_id] = outcome(event)
+    return [got[s] for s in stream_ids]
+
+
+def at_once(*bodies: bytes) -> Calls:
+    """A warmed device sends every call before it reads any answer."""
+
+    async def calls(gw: RunningGateway) -> list[Outcome]:
+        device = await warmed(gw)
+        stream_ids = [device.conn.send_request("svc.get", body, ()) for body in bodies]
+        await device.flush()
+        return await answers_to(device, stream_ids)
+
+    return calls
+
+
+async def test_several_calls_in_flight_on_a_connection_are_all_native(tmp_path: Path) -> None:
+    bodies = [b'{"n":%d}' % n for n in range(4)]
+    answers, seen, counters = await run(tmp_path, together(4), at_once(*bodies))
+    assert answers[True] == answers[False]
+    assert [a[3] for a in answers[True]] == bodies
+    assert sorted(seen[True]) == sorted(seen[False]) and len(seen[True]) == 4
+    assert counters[True]["rpc_native_answered"] == 4
+    assert counters[True]["rpc_upstream_connects"] == 4  # each on its own connection
+
+
+@pytest.mark.parametrize(
+    ("sections", "cluster"),
+    [
+        ({}, {"breaker": {"device_max_in_flight": 2}}),
+        ({"limits": {"max_pending_requests": 2}}, {}),
+    ],
+    ids=["device_max_in_flight", "max_pending_requests"],
+)
+async def test_native_and_python_calls_count_together_against_the_caps(
+    tmp_path: Path, sections: dict[str, Any], cluster: dict[str, Any]
+) -> None:
+    answers, seen, counters = await run(
+        tmp_path, together(2), at_once(b"1", b"2", b"3"), sections=sections, cluster=cluster
+    )
+    assert answers[True] == answers[False]
+    assert [a[0] for a in answers[True][:2]] == ["response", "response"]
+    assert answers[True][2][1] != 0  # the third is refused, whoever serves the first two
+    assert len(seen[True]) == len(seen[False]) == 2
+    assert counters[True]["rpc_native_answered"] == 2
+
+
+async def test_a_cancel_ends_only_its_own_native_call(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def held(server: RawServer, conn: RawConn) -> None:
+        while (request := await recorded(server, conn)) is not None:
+            await release.wait()
+            body = request.partition(b"\r\n\r\n")[2]
+            conn.writer.write(ok_head(body) + body)
+            await conn.writer.drain()
+
+    async with raw_server(held) as upstream:
+        config = rpc_config(upstream.url, True)
+        async with gateway(tmp_path, rpc=config, server={"engine": "native"}) as gw:
+            device = await warmed(gw)
+            stream_ids = [device.conn.send_request("svc.get", b, ()) for b in (b"1", b"2", b"3")]
+            await device.flush()
+            await upstream.wait_for(lambda: upstream.requests == 3)
+            port = int(upstream.url.rpartition(":")[2])
+            assert sockets_to(port) == 3
+            device.conn.send_cancel(stream_ids[1])
+            await device.flush()
+            async with asyncio.timeout(5):
+                while sockets_to(port) != 2:  # the cancelled call's connection closed
+                    await asyncio.sleep(0.01)
+            release.set()
+            kept = [stream_ids[0], stream_ids[2]]
+            assert [a[3] for a in await answers_to(device, kept)] == [b"1", b"3"]
+            counted = stats(gw)
+            assert counted["rpc_native_answered"] == 2 and counted["rpc_native_cancelled"] == 1
     _SEEN.clear()

@@ -138,7 +138,9 @@ class NativeEngine:
 
     def _send_table(self) -> None:
         if self.router is not None:
-            self.command(("RPC_TABLE", self.router.native_table()))
+            limits = self.config.limits
+            table = self.router.native_table(limits.max_pending_requests)
+            self.command(("RPC_TABLE", table))
 
     def _device_refused(self, device_id: str) -> None:
         """A device's own breaker opened on a cluster: its calls are Python's from now on

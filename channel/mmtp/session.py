@@ -169,7 +169,7 @@ class MmtpSession(Session):
             return
         device = self.auth.device
         service = self._service
-        request = RpcRequest(op, headers, body, device)
+        request = RpcRequest(op, headers, body, device, busy)
         # The fast path first: no task when the call can go out at once.
         call = service.start_upstream(
             request, functools.partial(self._answered, stream_id, request, now)

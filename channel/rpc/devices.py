@@ -62,12 +62,13 @@ class DeviceGuard:
         #: Times a device's own breaker opened.
         self.opens = 0
 
-    def refusal(self, device: str) -> Refusal | None:
-        """Why ``device`` may not call the cluster now, or None."""
+    def refusal(self, device: str, beside: int = 0) -> Refusal | None:
+        """Why ``device`` may not call the cluster now, or None. ``beside``: its calls
+        in flight that this guard does not count (the native engine's)."""
         failed = self._failed.get(device)
         if failed is not None and failed.open_until > self._clock():
             return Refusal("open", failed.open_until - self._clock())
-        if self.max_in_flight and self._in_flight.get(device, 0) >= self.max_in_flight:
+        if self.max_in_flight and self._in_flight.get(device, 0) + beside >= self.max_in_flight:
             return Refusal("busy", 0.1)
         return None
 

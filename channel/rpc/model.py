@@ -42,6 +42,9 @@ class RpcRequest:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     device: DeviceContext
+    #: Calls the native engine serves for the device on its connection beside this one:
+    #: counted with Python's own against the device's in-flight cap on the cluster.
+    beside: int = 0
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""

@@ -233,7 +233,7 @@ class RpcRouter:
         timeout_ms = route.timeout_ms or pool.config.timeout_ms
         if (
             timeout_ms <= 0
-            or pool.devices.refusal(device) is not None
+            or pool.devices.refusal(device, request.beside) is not None
             or pool.breaker.state is not BreakerState.CLOSED
         ):
             return None
@@ -370,7 +370,7 @@ class RpcRouter:
         """
         device = request.device.device_id
         if resume is None:
-            refusal = pool.devices.refusal(device)
+            refusal = pool.devices.refusal(device, request.beside)
             if refusal is not None:
                 self.metrics.device_rejections[pool.name] += 1
                 return _device_refused(refusal, request.op), False
@@ -509,11 +509,14 @@ class RpcRouter:
         """``[rpc] native``: the native engine may serve plain calls itself."""
         return self._state.config.native
 
-    def native_table(self) -> tuple[list[Any], list[Any], str]:
+    def native_table(self, max_pending_requests: int) -> tuple[list[Any], list[Any], str]:
         """What the native engine may serve itself (its ``RPC_TABLE``): every route's
         match and idempotency (early data is checked by it), and for a route without
         rules and mirror whose cluster's endpoints are ``http://`` IP addresses and whose
         breaker is closed, that cluster and the call's timeout. Anything else stays here.
+        Each cluster carries the calls a connection may have in flight for the engine
+        to send one itself: ``max_pending_requests``, or the cluster's
+        ``device_max_in_flight`` if lower.
         """
         state = self._state
         now = self._clock()
@@ -526,6 +529,9 @@ class RpcRouter:
                 continue
             index[name] = len(clusters)
             cfg = pool.config
+            max_calls = max_pending_requests
+            if pool.devices.max_in_flight:
+                max_calls = min(max_calls, pool.devices.max_in_flight)
             clusters.append(
                 (
                     name,
@@ -535,6 +541,7 @@ class RpcRouter:
                     limits.max_head_bytes,
                     limits.max_headers,
                     pool.max_response_bytes,
+                    max_calls,
                 )
             )
         routes: list[Any] = []

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
@@ -176,8 +177,9 @@ pub struct RpcHandoff {
     pub cluster: String,
     /// Index in the cluster's endpoint list (as Python sent it).
     pub endpoint: usize,
-    /// The upstream socket, now owned by whoever takes the event.
-    pub fd: i32,
+    /// The upstream socket, now owned by whoever takes the event: closed with the
+    /// event if nobody does (the engine shut down with it queued).
+    pub fd: OwnedFd,
     /// The answer's bytes read so far.
     pub received: Vec<u8>,
     /// The tail of the request not written yet.
@@ -225,6 +227,10 @@ pub struct RpcCluster {
     pub max_connections: usize,
     pub keepalive_ms: u64,
     pub limits: crate::h1::Limits,
+    /// Calls a device connection may have in flight (the engine's and Python's, this
+    /// one included) for the engine to send one itself: the lower of
+    /// `max_pending_requests` and the cluster's `device_max_in_flight`.
+    pub max_calls: usize,
 }
 
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! objects and the engine's Rust values while holding the GIL; the engine thread
 //! never touches Python. See BOUNDARY.md for the contract.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
@@ -420,24 +420,30 @@ fn event_tuple<'py>(py: Python<'py>, event: Event) -> PyResult<Bound<'py, PyAny>
             gate,
             busy
         ),
-        Event::RpcHandoff(h) => tuple!(
-            py,
-            kind("RPC_HANDOFF"),
-            h.conn.0,
-            h.stream_id,
-            h.op,
-            headers_tuple(py, &h.headers)?,
-            PyBytes::new(py, &h.body),
-            h.early,
-            h.route,
-            h.cluster,
-            h.endpoint,
-            h.fd,
-            PyBytes::new(py, &h.received),
-            PyBytes::new(py, &h.unsent),
-            h.reused,
-            h.elapsed_us
-        ),
+        Event::RpcHandoff(h) => {
+            let headers = headers_tuple(py, &h.headers)?;
+            // The socket is Python's from here (its `socket.socket(fileno=...)`); on the
+            // error above it closed with the event.
+            let fd = h.fd.into_raw_fd();
+            tuple!(
+                py,
+                kind("RPC_HANDOFF"),
+                h.conn.0,
+                h.stream_id,
+                h.op,
+                headers,
+                PyBytes::new(py, &h.body),
+                h.early,
+                h.route,
+                h.cluster,
+                h.endpoint,
+                fd,
+                PyBytes::new(py, &h.received),
+                PyBytes::new(py, &h.unsent),
+                h.reused,
+                h.elapsed_us
+            )
+        }
         Event::RpcDone(calls) => {
             let list = PyList::empty(py);
             for c in calls {
@@ -667,7 +673,16 @@ impl<'py> Fields<'_, 'py> {
 
 type RouteSpec = (String, bool, Vec<String>, Option<(usize, u64)>);
 type EndpointSpec = (String, u16, String, String, u64);
-type ClusterSpec = (String, Vec<EndpointSpec>, usize, u64, usize, usize, usize);
+type ClusterSpec = (
+    String,
+    Vec<EndpointSpec>,
+    usize,
+    u64,
+    usize,
+    usize,
+    usize,
+    usize,
+);
 
 /// `RPC_TABLE`'s table: (routes, clusters, user agent); see `RpcRouter.native_table`.
 fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTable> {
@@ -678,9 +693,11 @@ fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTabl
         user_agent,
         ..RpcTable::default()
     };
-    for (name, endpoints, max_connections, keepalive_ms, head, headers, body) in clusters {
-        if max_connections == 0 || head == 0 || headers == 0 {
-            return Err(f.err("table", "clusters with max_connections and limits >= 1"));
+    for (name, endpoints, max_connections, keepalive_ms, head, headers, body, max_calls) in clusters
+    {
+        if max_connections == 0 || head == 0 || headers == 0 || max_calls == 0 {
+            let why = "clusters with max_connections, limits and max_calls >= 1";
+            return Err(f.err("table", why));
         }
         let mut eps = Vec::new();
         for (ip, port, authority, prefix, down_ms) in endpoints {
@@ -707,6 +724,7 @@ fn rpc_table_of(item: &Bound<'_, PyAny>, f: &Fields<'_, '_>) -> PyResult<RpcTabl
                 max_headers: headers,
                 max_body_bytes: body,
             },
+            max_calls,
         });
     }
     for (pattern, idempotent, idempotent_ops, native) in routes {

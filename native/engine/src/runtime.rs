@@ -185,6 +185,9 @@ impl Runtime {
         if let Some(thread) = thread {
             self.shared.submit_internal(Command::Shutdown);
             let _ = thread.join();
+            // Nobody takes events any more: what is queued goes now, not with the
+            // last reference (a handed-off upstream socket closes with its event).
+            drop(self.shared.take_events());
         }
     }
 }

@@ -6,9 +6,10 @@
 //! cluster of IP endpoints with a closed breaker), their endpoints and timeouts, each
 //! device's identity headers and request rate. The engine applies them: the rate
 //! limit of every request of such a device (`Event::Request.gate`), then, for a call
-//! alone on its connection whose headers go upstream unchanged, the request Python
-//! would write (`h1::encode_request`) on an idle connection to the endpoint the round
-//! robin picks (or a new one, within the cluster's `max_connections`).
+//! within the connection's cap on calls in flight (`RpcCluster::max_calls`, the
+//! engine's and Python's together) whose headers go upstream unchanged, the request
+//! Python would write (`h1::encode_request`), each call on its own idle connection to
+//! the endpoint the round robin picks (or a new one, within `max_connections`).
 //!
 //! Only a simple whole 2xx (`h1::simple_answer`) is answered here; anything else goes
 //! back to Python exactly where FastCall's fallback would pick it up: nothing sent
@@ -22,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::IntoRawFd;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -232,7 +233,15 @@ impl Engine {
         let Proto::Mmtp(m) = &mut conn.proto else {
             return;
         };
-        let alone = m.wire.open_remote_streams().nth(1).is_none();
+        // Every call of the connection in flight, this one included: the engine's and
+        // those Python serves (their streams stay open until answered). Streams the
+        // same read brought after this one are open already: ids only grow, so they
+        // are the ones above it.
+        let in_flight = m
+            .wire
+            .open_remote_streams()
+            .filter(|&s| s <= req.stream_id)
+            .count();
         let Some(rc) = m.rpc.as_deref_mut() else {
             self.request_to_python(id, req, None, 0);
             return;
@@ -249,9 +258,9 @@ impl Engine {
             self.request_to_python(id, req, Some(retry_after_ms), busy);
             return;
         }
-        let eligible = rc.native && !rc.close_idle && !closing && busy == 0 && alone;
+        let eligible = rc.native && !rc.close_idle && !closing;
         let target = if eligible {
-            self.native_target(&req)
+            self.native_target(&req, in_flight)
         } else {
             None
         };
@@ -263,7 +272,12 @@ impl Engine {
     }
 
     /// (route, cluster, endpoint, timeout) for a call the engine may send, else None.
-    fn native_target(&mut self, req: &Request) -> Option<(usize, usize, usize, u64)> {
+    /// Over the cluster's `max_calls` it is Python's, which refuses it or serves it.
+    fn native_target(
+        &mut self,
+        req: &Request,
+        in_flight: usize,
+    ) -> Option<(usize, usize, usize, u64)> {
         let now = self.now_ms;
         let rpc = &mut self.rpc;
         let table = rpc.table.as_deref()?;
@@ -272,6 +286,9 @@ impl Engine {
         }
         let route = rpc.route(&req.op)?;
         let (cluster, timeout_ms) = table.routes[route].native?;
+        if in_flight > table.clusters[cluster].max_calls {
+            return None;
+        }
         let state = &mut rpc.clusters[cluster];
         let count = table.clusters[cluster].endpoints.len();
         // ClusterPool.pick: round robin over the endpoints not marked down.
@@ -311,13 +328,13 @@ impl Engine {
                 match self.connect_upstream(cluster, endpoint) {
                     Some(up) => up,
                     None => {
-                        self.request_to_python(id, req, Some(0), 0);
+                        self.request_to_python(id, req, Some(0), self.native_busy(slot));
                         return;
                     }
                 }
             }
             None => {
-                self.request_to_python(id, req, Some(0), 0);
+                self.request_to_python(id, req, Some(0), self.native_busy(slot));
                 return;
             }
         };
@@ -639,7 +656,7 @@ impl Engine {
         };
         let _ = slot;
         Stats::inc(&self.shared.stats.rpc_handoffs);
-        let fd = upstream.sock.into_raw_fd();
+        let fd = OwnedFd::from(upstream.sock);
         let elapsed_us = call.started.elapsed().as_micros() as u64;
         self.out.push(Event::RpcHandoff(Box::new(RpcHandoff {
             conn: call.conn,
@@ -667,9 +684,9 @@ impl Engine {
         let Some(call) = upstream.call.take() else {
             return;
         };
-        if self.forget_call(&call).is_none() {
+        let Some(slot) = self.forget_call(&call) else {
             return;
-        }
+        };
         Stats::inc(&self.shared.stats.rpc_unsent);
         let req = Request {
             stream_id: call.stream_id,
@@ -678,7 +695,15 @@ impl Engine {
             body: call.body,
             early: call.early,
         };
-        self.request_to_python(call.conn, req, Some(0), 0);
+        self.request_to_python(call.conn, req, Some(0), self.native_busy(slot));
+    }
+
+    /// Native calls in flight on a device connection (`Event::Request.busy`).
+    fn native_busy(&self, slot: usize) -> u64 {
+        match self.conns.get(slot).map(|c| &c.proto) {
+            Some(Proto::Mmtp(m)) => m.rpc.as_deref().map_or(0, |rc| rc.calls.len() as u64),
+            _ => 0,
+        }
     }
 
     /// Take the call off its device's list; the device's slot if it is still there.
