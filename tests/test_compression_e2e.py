@@ -238,9 +238,7 @@ async def test_sampled_bodies_retrain_the_apps_dictionary(
                     await client.call("feed.home", body)
         # The native engine reports the calls it answered itself (and their bodies)
         # every few ms, after the answers.
-        async with asyncio.timeout(5):
-            while gw.node.compression.sampler.count(APP) < 64:
-                await asyncio.sleep(0.01)
+        await _until(lambda: gw.node.compression.sampler.count(APP) >= 64, "64 samples")
         verdict = await gw.node.compression.retrain_app(APP)
         assert verdict is not None and verdict.pays(0.03), verdict
         current = gw.node.compression.current_dictionary(APP)
